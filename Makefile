@@ -1,0 +1,31 @@
+# novalite: `make run` sets up and serves; `make test` sets up and runs the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup system venv lint bench clean
+
+run: setup
+	$(VENV)/bin/novalite serve
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+setup: system venv
+
+system:
+	bash scripts/setup-system.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check novalite tests bench
+
+clean:
+	rm -rf $(VENV) .novalite clouds.yaml

@@ -1,0 +1,218 @@
+"""Middlewares shared by every API: request ids, errors, auth and microversions."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from novalite.api import errors
+from novalite.identity import IdentityService, TokenInfo
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Microversions novalite answers exactly as Nova does.
+MIN_VERSION = (2, 1)
+MAX_VERSION = (2, 96)
+API_VERSION_HEADER = "OpenStack-API-Version"
+LEGACY_VERSION_HEADER = "X-OpenStack-Nova-API-Version"
+
+# Paths served without a token: version documents and token creation.
+_PUBLIC = re.compile(r"^/(identity|compute|image)(/v[0-9.]+)?/?$|^/identity/v3/auth/tokens/?$|^/?$")
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is calling and what request this is; passed to every layer below the API."""
+
+    request_id: str
+    user_id: str
+    project_id: str
+    roles: tuple[str, ...]
+    user_name: str = ""
+    project_name: str = ""
+    token: TokenInfo | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    def creds(self) -> dict:
+        return {
+            "user_id": self.user_id,
+            "project_id": self.project_id,
+            "roles": list(self.roles),
+            "is_admin": self.is_admin,
+        }
+
+
+def service_of(path: str) -> str:
+    return path.split("/", 2)[1] if path.count("/") >= 1 else ""
+
+
+def error_response(request: web.Request, exc: errors.ApiError) -> web.Response:
+    """Render an error in the body shape of the service the path belongs to."""
+    service = service_of(request.path)
+    if service == "identity" or exc.status == 401:  # 401s come from keystonemiddleware in OpenStack
+        body = errors.keystone_body(exc.status, exc.message)
+    elif service == "image":
+        body = {"code": exc.status, "title": exc.title, "message": exc.message}
+    else:
+        body = errors.nova_body(exc.status, exc.message)
+    resp = web.json_response(body, status=exc.status, headers=exc.headers)
+    if exc.status == 401:
+        public_url = request.app["config"].public_url
+        resp.headers["WWW-Authenticate"] = f'Keystone uri="{public_url}/identity"'
+    return resp
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id, bind it to every log line and echo it back."""
+    request_id = f"req-{uuid.uuid4()}"
+    request["request_id"] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        resp = exc
+    resp.headers["x-openstack-request-id"] = request_id
+    if service_of(request.path) == "compute":
+        resp.headers["x-compute-request-id"] = request_id
+    return resp
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn ApiErrors, aiohttp's own HTTP errors and crashes into proper bodies."""
+    try:
+        return await handler(request)
+    except errors.ApiError as exc:
+        if exc.status >= 500:
+            log.error("api_error", status=exc.status, message=exc.message)
+        return error_response(request, exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(request, errors.OverLimit("Request is too large."))
+    except web.HTTPMethodNotAllowed:
+        return error_response(request, errors.MethodNotAllowed("The method specified is not allowed for this resource."))
+    except web.HTTPNotFound:
+        return error_response(request, errors.NotFound("The resource could not be found."))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path, method=request.method)
+        exc = errors.ApiError(
+            "Unexpected API Error. Please report this at http://bugs.launchpad.net/nova/ "
+            f"and attach the Nova API log if possible.\n<class 'Exception'> (request {request['request_id']})"
+        )
+        return error_response(request, exc)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require a valid X-Auth-Token on everything but discovery and token creation."""
+    identity: IdentityService = request.app["identity"]
+    if request.method == "POST" and _PUBLIC.match(request.path) and request.path.startswith("/identity"):
+        return await handler(request)
+    if request.method == "GET" and _PUBLIC.match(request.path) and "auth/tokens" not in request.path:
+        return await handler(request)
+    token_id = request.headers.get("X-Auth-Token")
+    if not token_id:
+        raise errors.Unauthorized()
+    info = await identity.validate(token_id)
+    if info is None:
+        raise errors.Unauthorized()
+    request["token"] = info
+    if info.project_id is not None:
+        request["ctx"] = RequestContext(
+            request_id=request["request_id"],
+            user_id=info.user_id,
+            project_id=info.project_id,
+            roles=tuple(info.role_names),
+            user_name=info.user_name,
+            project_name=info.project_name or "",
+            token=info,
+        )
+        structlog.contextvars.bind_contextvars(user_id=info.user_id, project_id=info.project_id)
+    elif not request.path.startswith("/identity"):
+        raise errors.Unauthorized()
+    return await handler(request)
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*([1-9]\d*)\.(0|[1-9]\d*)\s*", text)
+    if not m:
+        raise errors.BadRequest(
+            f"API Version String {text} is of invalid format. Must be of format MajorNum.MinorNum."
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def version_string(v: tuple[int, int]) -> str:
+    return f"{v[0]}.{v[1]}"
+
+
+def requested_version(headers: dict) -> tuple[int, int]:
+    """The compute microversion of a request, as Nova reads it from the headers."""
+    raw = None
+    for value in headers.getall(API_VERSION_HEADER, []) if hasattr(headers, "getall") else []:
+        for part in value.split(","):
+            service, _, ver = part.strip().partition(" ")
+            if service.lower() == "compute":
+                raw = ver.strip()
+    if raw is None:
+        raw = headers.get(LEGACY_VERSION_HEADER)
+    if raw is None:
+        return MIN_VERSION
+    if raw.strip().lower() == "latest":
+        return MAX_VERSION
+    version = parse_version(raw)
+    if not MIN_VERSION <= version <= MAX_VERSION:
+        raise errors.NotAcceptable(
+            f"Version {version_string(version)} is not supported by the API. "
+            f"Minimum is {version_string(MIN_VERSION)} and maximum is {version_string(MAX_VERSION)}."
+        )
+    return version
+
+
+@web.middleware
+async def microversion_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Negotiate the compute microversion and echo it back, as Nova does."""
+    if not request.path.startswith("/compute/v2.1/") and request.path != "/compute/v2.1/":
+        return await handler(request)
+    version = requested_version(request.headers)
+    request["version"] = version
+    try:
+        resp = await handler(request)
+    except errors.ApiError as exc:
+        resp = error_response(request, exc)
+    vs = version_string(version)
+    resp.headers[API_VERSION_HEADER] = f"compute {vs}"
+    resp.headers[LEGACY_VERSION_HEADER] = vs
+    resp.headers["Vary"] = f"{API_VERSION_HEADER}, {LEGACY_VERSION_HEADER}"
+    return resp
+
+
+async def read_json(request: web.Request) -> dict:
+    """The request body as a JSON object, or Nova's 400 for anything else."""
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream", "") and not ctype.endswith("+json"):
+        raise errors.UnsupportedMediaType("Unsupported Content-Type")
+    raw = await request.read()
+    if not raw:
+        raise errors.BadRequest("The server could not comply with the request since it is either malformed or otherwise incorrect.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.BadRequest("Malformed request body") from None
+    if not isinstance(body, dict):
+        raise errors.BadRequest("Malformed request body")
+    return body

@@ -1,0 +1,117 @@
+"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from novalite import bootstrap, db
+from novalite.config import Config, ConfigError, load_config
+from novalite.logs import setup_logging
+
+
+async def _with_pool(config: Config, fn):
+    embedded = None
+    dsn = config.database.dsn
+    if not dsn:
+        embedded = db.EmbeddedPostgres(config.state_dir / "pgdata")
+        dsn = await embedded.start()
+    pool = await db.create_pool(dsn, 1, 2)
+    try:
+        return await fn(pool)
+    finally:
+        await pool.close()
+        if embedded is not None:
+            await embedded.stop()
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from novalite.app import init_app
+
+    app = init_app(config, clouds_yaml=Path(args.clouds_yaml))
+
+    async def announce(app: web.Application) -> None:
+        print(
+            f"novalite serving on {config.public_url}\n"
+            f"  try: OS_CLOUD=novalite openstack server list   (clouds.yaml in {Path.cwd()})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    app.on_startup.append(announce)
+    web.run_app(app, host=config.api.listen, port=config.api.port, print=None, access_log=None)
+    return 0
+
+
+def cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
+    version = asyncio.run(_with_pool(config, db.upgrade))
+    print(f"schema version {version}")
+    return 0
+
+
+def cmd_bootstrap(config: Config, args: argparse.Namespace) -> int:
+    async def run(pool):
+        await db.upgrade(pool)
+        return await bootstrap.bootstrap(pool, config)
+
+    creds = asyncio.run(_with_pool(config, run))
+    if creds is None:
+        print("already bootstrapped")
+    else:
+        bootstrap.save_credentials(config, creds)
+        print(f"bootstrapped; credentials in {bootstrap.credentials_file(config)}")
+    return 0
+
+
+def cmd_clouds_yaml(config: Config, args: argparse.Namespace) -> int:
+    path = bootstrap.write_clouds_yaml(config, Path(args.output))
+    if path is None:
+        print("not bootstrapped yet: run `novalite bootstrap` or `novalite serve` first", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="novalite",
+        description="OpenStack Nova's VM boot flow in one process: Keystone, Nova and friends "
+        "on one port, state in Postgres, guests through libvirt.",
+    )
+    parser.add_argument("--config", default=None, help="config file (default: $NOVALITE_CONFIG or ./config.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="set up the database, bootstrap on first start, and serve the APIs")
+    serve.add_argument("--clouds-yaml", default="clouds.yaml", help="where to write clouds.yaml on first start")
+    serve.set_defaults(fn=cmd_serve)
+    dbp = sub.add_parser("db", help="database commands")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply schema.sql and migrations")
+    up.set_defaults(fn=cmd_db_upgrade)
+    boot = sub.add_parser("bootstrap", help="create roles, admin/demo projects and users, default flavors")
+    boot.set_defaults(fn=cmd_bootstrap)
+    cy = sub.add_parser("clouds-yaml", help="write clouds.yaml (clouds novalite and novalite-admin)")
+    cy.add_argument("--output", "-o", default="clouds.yaml")
+    cy.set_defaults(fn=cmd_clouds_yaml)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"novalite: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level, config.log.format)
+    try:
+        return args.fn(config, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

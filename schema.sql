@@ -1,0 +1,310 @@
+-- novalite: the whole schema. Applied idempotently at start (`novalite db upgrade`).
+-- Later changes go into novalite/db/migrations.py keyed by schema_version.
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version integer NOT NULL
+);
+
+-- Identity (Keystone v3 subset, domain "default" only) ---------------------
+
+CREATE TABLE IF NOT EXISTS projects (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    domain_id text NOT NULL DEFAULT 'default',
+    description text NOT NULL DEFAULT '',
+    enabled boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (domain_id, name)
+);
+
+CREATE TABLE IF NOT EXISTS users (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    domain_id text NOT NULL DEFAULT 'default',
+    password_hash text,
+    enabled boolean NOT NULL DEFAULT true,
+    default_project_id text REFERENCES projects(id) ON DELETE SET NULL,
+    email text,
+    description text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (domain_id, name)
+);
+
+CREATE TABLE IF NOT EXISTS roles (
+    id text PRIMARY KEY,
+    name text NOT NULL UNIQUE
+);
+
+CREATE TABLE IF NOT EXISTS role_assignments (
+    user_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    project_id text NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    role_id text NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+    PRIMARY KEY (user_id, project_id, role_id)
+);
+
+CREATE TABLE IF NOT EXISTS tokens (
+    id text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    project_id text REFERENCES projects(id) ON DELETE CASCADE,
+    methods text[] NOT NULL,
+    issued_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    revoked boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS tokens_expires ON tokens (expires_at);
+
+-- Compute catalog: flavors, keypairs, images (until the image API), hosts ---
+
+CREATE TABLE IF NOT EXISTS flavors (
+    flavorid text PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    memory_mb integer NOT NULL,
+    vcpus integer NOT NULL,
+    root_gb integer NOT NULL DEFAULT 0,
+    ephemeral_gb integer NOT NULL DEFAULT 0,
+    swap integer NOT NULL DEFAULT 0,
+    rxtx_factor double precision NOT NULL DEFAULT 1.0,
+    is_public boolean NOT NULL DEFAULT true,
+    disabled boolean NOT NULL DEFAULT false,
+    description text,
+    extra_specs jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS flavor_projects (
+    flavorid text NOT NULL REFERENCES flavors(flavorid) ON DELETE CASCADE,
+    project_id text NOT NULL,
+    PRIMARY KEY (flavorid, project_id)
+);
+
+CREATE TABLE IF NOT EXISTS key_pairs (
+    user_id text NOT NULL,
+    name text NOT NULL,
+    fingerprint text NOT NULL,
+    public_key text NOT NULL,
+    type text NOT NULL DEFAULT 'ssh',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, name)
+);
+
+CREATE TABLE IF NOT EXISTS images (
+    id uuid PRIMARY KEY,
+    name text,
+    owner text,
+    status text NOT NULL DEFAULT 'queued',
+    visibility text NOT NULL DEFAULT 'shared',
+    disk_format text,
+    container_format text,
+    min_disk integer NOT NULL DEFAULT 0,
+    min_ram integer NOT NULL DEFAULT 0,
+    size bigint,
+    checksum text,
+    properties jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per configured compute host (nova-compute service + its node).
+CREATE TABLE IF NOT EXISTS compute_nodes (
+    id serial PRIMARY KEY,
+    host text NOT NULL UNIQUE,
+    hypervisor_hostname text NOT NULL,
+    uuid uuid NOT NULL UNIQUE,
+    service_uuid uuid NOT NULL UNIQUE,
+    uri text NOT NULL,
+    availability_zone text NOT NULL,
+    hypervisor_type text NOT NULL DEFAULT 'QEMU',
+    hypervisor_version integer NOT NULL DEFAULT 0,
+    cpu_arch text NOT NULL DEFAULT 'x86_64',
+    vcpus integer NOT NULL DEFAULT 0,
+    memory_mb integer NOT NULL DEFAULT 0,
+    local_gb integer NOT NULL DEFAULT 0,
+    disabled boolean NOT NULL DEFAULT false,
+    disabled_reason text,
+    forced_down boolean NOT NULL DEFAULT false,
+    heartbeat_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Quota limits that differ from the config defaults.
+CREATE TABLE IF NOT EXISTS quotas (
+    project_id text NOT NULL,
+    resource text NOT NULL,
+    hard_limit integer NOT NULL,
+    PRIMARY KEY (project_id, resource)
+);
+
+CREATE TABLE IF NOT EXISTS security_groups (
+    id uuid PRIMARY KEY,
+    project_id text NOT NULL,
+    name text NOT NULL,
+    description text NOT NULL DEFAULT '',
+    UNIQUE (project_id, name)
+);
+
+CREATE TABLE IF NOT EXISTS instance_groups (
+    uuid uuid PRIMARY KEY,
+    project_id text NOT NULL,
+    user_id text NOT NULL,
+    name text NOT NULL,
+    policy text NOT NULL,
+    rules jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Instances -----------------------------------------------------------------
+
+CREATE TABLE IF NOT EXISTS instances (
+    id bigserial UNIQUE,
+    uuid uuid PRIMARY KEY,
+    project_id text NOT NULL,
+    user_id text NOT NULL,
+    display_name text NOT NULL,
+    display_description text,
+    hostname text NOT NULL,
+    reservation_id text NOT NULL,
+    launch_index integer NOT NULL DEFAULT 0,
+    vm_state text NOT NULL,
+    task_state text,
+    power_state integer NOT NULL DEFAULT 0,
+    host text,
+    node text,
+    launched_on text,
+    availability_zone text,
+    flavor jsonb NOT NULL,
+    vcpus integer NOT NULL,
+    memory_mb integer NOT NULL,
+    root_gb integer NOT NULL,
+    ephemeral_gb integer NOT NULL,
+    image_ref text NOT NULL DEFAULT '',
+    kernel_id text NOT NULL DEFAULT '',
+    ramdisk_id text NOT NULL DEFAULT '',
+    key_name text,
+    key_data text,
+    user_data text,
+    config_drive text NOT NULL DEFAULT '',
+    auto_disk_config boolean NOT NULL DEFAULT false,
+    access_ip_v4 inet,
+    access_ip_v6 inet,
+    root_device_name text,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    system_metadata jsonb NOT NULL DEFAULT '{}',
+    security_groups text[] NOT NULL DEFAULT '{}',
+    tags text[] NOT NULL DEFAULT '{}',
+    injected_files jsonb NOT NULL DEFAULT '[]',
+    requested_networks jsonb,
+    request_spec jsonb NOT NULL DEFAULT '{}',
+    instance_group uuid REFERENCES instance_groups(uuid) ON DELETE SET NULL,
+    locked boolean NOT NULL DEFAULT false,
+    locked_by text,
+    locked_reason text,
+    progress integer NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    launched_at timestamptz,
+    terminated_at timestamptz,
+    deleted boolean NOT NULL DEFAULT false,
+    deleted_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS instances_project ON instances (project_id, deleted, created_at DESC);
+CREATE INDEX IF NOT EXISTS instances_reservation ON instances (reservation_id);
+CREATE INDEX IF NOT EXISTS instances_host ON instances (host) WHERE NOT deleted;
+CREATE INDEX IF NOT EXISTS instances_in_flight ON instances (task_state) WHERE task_state IS NOT NULL;
+CREATE INDEX IF NOT EXISTS instances_updated ON instances (updated_at);
+
+CREATE TABLE IF NOT EXISTS instance_group_members (
+    group_uuid uuid NOT NULL REFERENCES instance_groups(uuid) ON DELETE CASCADE,
+    instance_uuid uuid NOT NULL,
+    PRIMARY KEY (group_uuid, instance_uuid)
+);
+
+CREATE TABLE IF NOT EXISTS instance_faults (
+    id bigserial PRIMARY KEY,
+    instance_uuid uuid NOT NULL REFERENCES instances(uuid) ON DELETE CASCADE,
+    code integer NOT NULL,
+    message text NOT NULL,
+    details text NOT NULL DEFAULT '',
+    host text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS instance_faults_instance ON instance_faults (instance_uuid, id DESC);
+
+CREATE TABLE IF NOT EXISTS block_device_mappings (
+    id bigserial PRIMARY KEY,
+    instance_uuid uuid NOT NULL REFERENCES instances(uuid) ON DELETE CASCADE,
+    source_type text NOT NULL,
+    destination_type text,
+    device_name text,
+    boot_index integer,
+    image_id text,
+    volume_id text,
+    snapshot_id text,
+    volume_size integer,
+    device_type text,
+    disk_bus text,
+    guest_format text,
+    delete_on_termination boolean NOT NULL DEFAULT false,
+    tag text,
+    volume_type text,
+    deleted boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS bdm_instance ON block_device_mappings (instance_uuid);
+-- A volume can be attached to one live instance only.
+CREATE UNIQUE INDEX IF NOT EXISTS bdm_volume_once ON block_device_mappings (volume_id)
+    WHERE volume_id IS NOT NULL AND NOT deleted;
+
+-- Resources claimed on a host by an instance (one row per instance).
+CREATE TABLE IF NOT EXISTS allocations (
+    instance_uuid uuid PRIMARY KEY,
+    host text NOT NULL,
+    vcpus integer NOT NULL,
+    memory_mb integer NOT NULL,
+    disk_gb integer NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS allocations_host ON allocations (host);
+
+CREATE TABLE IF NOT EXISTS instance_actions (
+    id bigserial PRIMARY KEY,
+    action text NOT NULL,
+    instance_uuid uuid NOT NULL,
+    request_id text NOT NULL,
+    user_id text,
+    project_id text,
+    start_time timestamptz NOT NULL DEFAULT now(),
+    finish_time timestamptz,
+    message text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS instance_actions_instance ON instance_actions (instance_uuid, id);
+CREATE INDEX IF NOT EXISTS instance_actions_request ON instance_actions (instance_uuid, request_id);
+
+CREATE TABLE IF NOT EXISTS instance_actions_events (
+    id bigserial PRIMARY KEY,
+    action_id bigint NOT NULL REFERENCES instance_actions(id) ON DELETE CASCADE,
+    event text NOT NULL,
+    start_time timestamptz NOT NULL DEFAULT now(),
+    finish_time timestamptz,
+    result text,
+    traceback text,
+    host text,
+    details text
+);
+CREATE INDEX IF NOT EXISTS instance_actions_events_action ON instance_actions_events (action_id, id);
+
+-- Versioned notifications, kept so tests and operators can read them.
+CREATE TABLE IF NOT EXISTS notifications (
+    id bigserial PRIMARY KEY,
+    event_type text NOT NULL,
+    priority text NOT NULL DEFAULT 'INFO',
+    publisher_id text NOT NULL,
+    instance_uuid uuid,
+    request_id text,
+    payload jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS notifications_instance ON notifications (instance_uuid, id);
+
+INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;
