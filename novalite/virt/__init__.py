@@ -1,0 +1,27 @@
+"""Hypervisor layer: the VirtDriver contract and its backends."""
+
+from novalite.virt.driver import (
+    DiskSpec,
+    GuestSpec,
+    HostInfo,
+    HypervisorUnavailable,
+    InstanceExists,
+    InstanceInfo,
+    InstanceNotFound,
+    NicSpec,
+    VirtDriver,
+    VirtError,
+)
+
+__all__ = [
+    "DiskSpec",
+    "GuestSpec",
+    "HostInfo",
+    "HypervisorUnavailable",
+    "InstanceExists",
+    "InstanceInfo",
+    "InstanceNotFound",
+    "NicSpec",
+    "VirtDriver",
+    "VirtError",
+]

@@ -1,0 +1,523 @@
+"""The libvirt implementation of :class:`novalite.virt.driver.VirtDriver`.
+
+Threading model: libvirt-python calls block, and the whole process runs one
+asyncio loop, so every libvirt call runs in this driver's bounded
+``ThreadPoolExecutor`` via ``loop.run_in_executor``; coroutines only await them.
+libvirt connections are thread-safe, so the workers share one connection.
+
+One connection for the driver's lifetime: libvirt's test driver keeps a
+simulated host's state inside the connection object (opening the same
+``test:///path`` URI twice gives two independent empty hosts), so reconnecting
+would silently lose every domain.  The connection is opened lazily, in a
+worker, by the first call that needs it.
+
+What a guest looks like is decided in :func:`design_guest`, which turns a
+:class:`GuestSpec` into :mod:`novalite.virt.libvirt.config` objects; the config
+classes themselves only serialise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import libvirt
+import structlog
+from lxml import etree
+
+from novalite.virt import driver as virt
+from novalite.virt.driver import (
+    DiskSpec,
+    GuestSpec,
+    HostInfo,
+    HypervisorUnavailable,
+    InstanceExists,
+    InstanceInfo,
+    InstanceNotFound,
+    NicSpec,
+    VirtError,
+)
+from novalite.virt.libvirt.config import (
+    LibvirtConfigGuest,
+    LibvirtConfigGuestConsole,
+    LibvirtConfigGuestDevice,
+    LibvirtConfigGuestDisk,
+    LibvirtConfigGuestInterface,
+    LibvirtConfigGuestMetaNovaInstance,
+    LibvirtConfigGuestSerial,
+)
+from novalite.virt.testnode import read_test_node_name
+
+__all__ = ["LIBVIRT_POWER_STATE", "LibvirtDriver", "design_guest", "domain_type_for"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# libvirt virDomainState -> Nova power_state, as Nova's libvirt driver maps them.
+LIBVIRT_POWER_STATE: dict[int, int] = {
+    libvirt.VIR_DOMAIN_NOSTATE: virt.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: virt.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: virt.RUNNING,  # running, just waiting on I/O
+    libvirt.VIR_DOMAIN_PAUSED: virt.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: virt.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: virt.SHUTDOWN,
+    libvirt.VIR_DOMAIN_CRASHED: virt.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: virt.SUSPENDED,
+}
+
+_X86 = ("x86_64", "i686")
+_UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+)
+
+
+# --------------------------------------------------------------------------- errors
+
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
+    """libvirt error callback that drops the message; errors still raise libvirtError."""
+
+
+def silence_libvirt_stderr() -> None:
+    """Stop libvirt printing every error to stderr (a process-wide setting; idempotent)."""
+    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+
+
+def _code(exc: libvirt.libvirtError) -> int | None:
+    return exc.get_error_code()
+
+
+def _translate(exc: libvirt.libvirtError, what: str) -> VirtError:
+    """Turn a libvirtError into the matching VirtError subclass."""
+    code = _code(exc)
+    message = f"{what}: {exc.get_error_message() or exc}"
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        return InstanceNotFound(message, code)
+    if code == libvirt.VIR_ERR_DOM_EXIST:
+        return InstanceExists(message, code)
+    if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN):
+        return HypervisorUnavailable(message, code)
+    return VirtError(message, code)
+
+
+# ------------------------------------------------------------------------- designer
+
+def domain_type_for(uri: str, virt_type: str) -> str:
+    """The libvirt domain type a host runs: "test" on test:// URIs, else its virt_type."""
+    return "test" if uri.startswith("test:") else virt_type
+
+
+def _creation_time(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _design_disk(disk: DiskSpec, domain_type: str) -> LibvirtConfigGuestDisk:
+    return LibvirtConfigGuestDisk(
+        source_type="file",
+        source_device=disk.device,
+        source_path=disk.path,
+        # The driver name selects the qemu block layer; the test driver has none.
+        driver_name=None if domain_type == "test" else "qemu",
+        driver_format=disk.driver_type,
+        target_dev=disk.target_dev,
+        target_bus=disk.bus,
+        readonly=disk.device == "cdrom",
+    )
+
+
+def _design_nic(nic: NicSpec) -> LibvirtConfigGuestInterface:
+    # A NIC without a network gets usermode (slirp) networking: qemu needs no host
+    # set-up for it, and the test driver accepts it.  Describing the NIC rather
+    # than dropping it keeps the guest's device list the same on every host type.
+    # (The test driver also accepts type="network" naming a network it does not
+    # have, so NICs with a network are described as-is there too.)
+    if nic.network is None:
+        return LibvirtConfigGuestInterface(net_type="user", mac_addr=nic.mac, model=nic.model)
+    return LibvirtConfigGuestInterface(
+        net_type="network", source_network=nic.network, mac_addr=nic.mac, model=nic.model
+    )
+
+
+def _design_metadata(spec: GuestSpec) -> LibvirtConfigGuestMetaNovaInstance:
+    md = spec.metadata
+    return LibvirtConfigGuestMetaNovaInstance(
+        uuid=spec.instance_uuid,
+        name=md.get("display_name"),
+        creation_time=_creation_time(md.get("creation_time")),
+        flavor_name=md.get("flavor_name"),
+        flavor_memory_mb=md.get("memory_mb", spec.memory_mb),
+        flavor_vcpus=md.get("vcpus", spec.vcpus),
+        flavor_disk_gb=md.get("root_gb"),
+        owner_user_id=md.get("user_id"),
+        owner_user_name=md.get("user_name"),
+        owner_project_id=md.get("project_id"),
+        owner_project_name=md.get("project_name"),
+    )
+
+
+def design_guest(spec: GuestSpec, domain_type: str, arch: str | None = None) -> LibvirtConfigGuest:
+    """Decide the libvirt domain for ``spec`` on a host of ``domain_type`` (test/qemu/kvm).
+
+    All per-hypervisor choices live here: the test driver gets a bare domain
+    (its only guest arch is i686, it has no emulator, features or clock), qemu and
+    kvm get the host arch, ACPI/APIC on x86, a UTC clock, host-model CPU on kvm and
+    direct kernel boot when a kernel is given.  The serial console is a pty,
+    logged to ``console_log_path`` when set, with the console bound to it.
+    """
+    if domain_type not in ("test", "qemu", "kvm"):
+        raise VirtError(f"unsupported domain type {domain_type!r}")
+    if (spec.ramdisk or spec.cmdline) and not spec.kernel:
+        raise VirtError("a ramdisk or kernel command line needs a kernel")
+    if spec.memory_mb < 1 or spec.vcpus < 1:
+        raise VirtError("a guest needs at least 1 MiB of memory and one vCPU")
+
+    guest = LibvirtConfigGuest(
+        virt_type=domain_type,
+        name=spec.name,
+        uuid=spec.instance_uuid,
+        memory=spec.memory_mb * 1024,
+        vcpus=spec.vcpus,
+        metadata=[_design_metadata(spec)],
+        on_poweroff="destroy",
+        on_reboot="restart",
+        on_crash="destroy",
+    )
+    if spec.kernel:
+        guest.os_kernel = spec.kernel
+        guest.os_initrd = spec.ramdisk
+        guest.os_cmdline = spec.cmdline
+    elif spec.disks and spec.disks[0].device == "cdrom":
+        guest.os_boot_dev = ["cdrom", "hd"]
+    else:
+        guest.os_boot_dev = ["hd"]
+
+    if domain_type != "test":
+        guest.os_arch = arch or platform.machine()
+        if guest.os_arch in _X86:
+            guest.features = ["acpi", "apic"]
+        guest.clock_offset = "utc"
+        if domain_type == "kvm":
+            guest.cpu_mode = "host-model"
+
+    devices: list[LibvirtConfigGuestDevice] = []
+    devices.extend(_design_disk(d, domain_type) for d in spec.disks)
+    devices.extend(_design_nic(n) for n in spec.nics)
+    devices.append(
+        LibvirtConfigGuestSerial(
+            char_type="pty",
+            log_file=spec.console_log_path,
+            log_append=False if spec.console_log_path else None,
+            target_port=0,
+        )
+    )
+    devices.append(LibvirtConfigGuestConsole(char_type="pty", target_type="serial", target_port=0))
+    guest.devices = devices
+    return guest
+
+
+# --------------------------------------------------------------------------- driver
+
+class LibvirtDriver:
+    """A VirtDriver on one libvirt connection, all calls made from a bounded thread pool."""
+
+    def __init__(
+        self,
+        uri: str,
+        virt_type: str,
+        max_threads: int = 4,
+        *,
+        disk_gb: int | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        """Prepare the driver; nothing is opened until the first call (usually init_host).
+
+        ``local_gb`` is reported from ``disk_gb`` if given, else from the size of
+        the filesystem holding ``state_dir``; one of the two is required.
+        ``hostname`` overrides the name reported by libvirt (a test:/// node file
+        written by :func:`novalite.virt.testnode.write_test_node` names itself).
+        """
+        if virt_type not in ("test", "qemu", "kvm"):
+            raise ValueError(f"virt_type must be test, qemu or kvm, not {virt_type!r}")
+        if disk_gb is None and state_dir is None:
+            raise ValueError("give disk_gb or a state_dir to measure local disk from")
+        if max_threads < 1:
+            raise ValueError("max_threads must be at least 1")
+        self.uri = uri
+        self.virt_type = virt_type
+        self.domain_type = domain_type_for(uri, virt_type)
+        self._disk_gb = disk_gb
+        self._state_dir = Path(state_dir) if state_dir is not None else None
+        self._hostname = hostname
+        self._executor = ThreadPoolExecutor(max_workers=max_threads,
+                                            thread_name_prefix=f"libvirt-{id(self):x}")
+        self._conn: libvirt.virConnect | None = None
+        self._conn_lock = threading.Lock()
+        self._closed = False
+        # Names and uuids of spawns in flight; touched only on the event loop.
+        self._spawning: set[str] = set()
+        silence_libvirt_stderr()
+
+    async def __aenter__(self) -> LibvirtDriver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ thread plumbing
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Schedule ``fn(*args)`` on the worker pool, carrying structlog's context along."""
+        if self._closed:
+            raise HypervisorUnavailable(f"driver for {self.uri} is closed")
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, functools.partial(ctx.run, fn, *args))
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._submit(fn, *args)
+
+    def _connection(self) -> libvirt.virConnect:
+        """The driver's one connection, opened on first use (worker threads only)."""
+        with self._conn_lock:
+            if self._closed and self._conn is None:
+                raise HypervisorUnavailable(f"driver for {self.uri} is closed")
+            if self._conn is None:
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as exc:
+                    raise HypervisorUnavailable(
+                        f"cannot connect to {self.uri}: {exc.get_error_message()}", _code(exc)
+                    ) from exc
+                log.info("libvirt_connected", uri=self.uri)
+            return self._conn
+
+    # ------------------------------------------------------------- blocking parts
+
+    def _init_host_sync(self) -> HostInfo:
+        conn = self._connection()
+        try:
+            model, memory_mb, cpus, *_ = conn.getInfo()
+            caps = etree.fromstring(conn.getCapabilities().encode())
+            hostname = (self._hostname or read_test_node_name(self.uri)
+                        or conn.getHostname())
+            hv_type = conn.getType()
+            hv_version = conn.getVersion()
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, "cannot read host information") from exc
+        cpu_model = caps.findtext("host/cpu/model") or model
+        return HostInfo(
+            hostname=hostname,
+            vcpus=cpus,
+            memory_mb=memory_mb,
+            local_gb=self._local_gb(),
+            hypervisor_type=hv_type,
+            hypervisor_version=hv_version,
+            cpu_arch=model,  # virNodeInfo.model is the host's machine arch (uname -m)
+            cpu_model=cpu_model,
+        )
+
+    def _local_gb(self) -> int:
+        if self._disk_gb is not None:
+            return self._disk_gb
+        assert self._state_dir is not None
+        st = os.statvfs(self._state_dir)
+        return st.f_blocks * st.f_frsize // 1024**3
+
+    def _lookup(self, conn: libvirt.virConnect, instance_uuid: str) -> libvirt.virDomain:
+        try:
+            return conn.lookupByUUIDString(instance_uuid)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"no domain for instance {instance_uuid}") from exc
+
+    def _spawn_sync(self, xml: str, instance_uuid: str, name: str) -> None:
+        conn = self._connection()
+        for key, lookup in ((instance_uuid, conn.lookupByUUIDString), (name, conn.lookupByName)):
+            try:
+                lookup(key)
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise _translate(exc, f"cannot check for domain {key}") from exc
+            else:
+                # Never clean up here: the existing domain is not ours.
+                raise InstanceExists(f"a domain {key} already exists on {self.uri}")
+        try:
+            domain = conn.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot define domain {name}") from exc
+        try:
+            domain.createWithFlags(0)
+        except BaseException as exc:
+            self._rollback_sync(instance_uuid)
+            if isinstance(exc, libvirt.libvirtError):
+                raise _translate(exc, f"cannot start domain {name}") from exc
+            raise
+        log.info("domain_started", instance_uuid=instance_uuid, domain=name)
+
+    def _rollback_sync(self, instance_uuid: str) -> None:
+        """Best-effort removal of a half-built domain; errors are logged, not raised."""
+        try:
+            self._destroy_sync(instance_uuid)
+        except Exception:
+            log.exception("spawn_rollback_failed", instance_uuid=instance_uuid)
+        else:
+            log.warning("spawn_rolled_back", instance_uuid=instance_uuid)
+
+    def _destroy_sync(self, instance_uuid: str) -> None:
+        conn = self._connection()
+        try:
+            domain = self._lookup(conn, instance_uuid)
+        except InstanceNotFound:
+            return
+        gone = (libvirt.VIR_ERR_NO_DOMAIN,)
+        for attempt in range(3):
+            try:
+                if domain.isActive():
+                    domain.destroy()
+                break
+            except libvirt.libvirtError as exc:
+                if _code(exc) in gone:
+                    return
+                if _code(exc) == libvirt.VIR_ERR_OPERATION_INVALID:
+                    break  # it stopped on its own between isActive() and destroy()
+                if _code(exc) == libvirt.VIR_ERR_SYSTEM_ERROR and attempt < 2:
+                    time.sleep(0.5)  # qemu may need a moment to let go (EBUSY)
+                    continue
+                raise _translate(exc, f"cannot destroy instance {instance_uuid}") from exc
+        try:
+            if domain.isPersistent():
+                domain.undefineFlags(_UNDEFINE_FLAGS)
+        except libvirt.libvirtError as exc:
+            if _code(exc) not in gone:
+                raise _translate(exc, f"cannot undefine instance {instance_uuid}") from exc
+        log.info("domain_destroyed", instance_uuid=instance_uuid)
+
+    def _get_info_sync(self, instance_uuid: str) -> InstanceInfo | None:
+        conn = self._connection()
+        try:
+            state, max_mem, mem, num_cpu, _cpu_time = conn.lookupByUUIDString(instance_uuid).info()
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise _translate(exc, f"cannot read state of instance {instance_uuid}") from exc
+        return InstanceInfo(
+            power_state=LIBVIRT_POWER_STATE.get(state, virt.NOSTATE),
+            max_mem_kb=max_mem,
+            mem_kb=mem,
+            num_cpu=num_cpu,
+        )
+
+    def _list_sync(self) -> list[str]:
+        conn = self._connection()
+        try:
+            return [d.UUIDString() for d in conn.listAllDomains(0)]
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, "cannot list domains") from exc
+
+    def _xml_desc_sync(self, instance_uuid: str) -> str:
+        conn = self._connection()
+        try:
+            return self._lookup(conn, instance_uuid).XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot read XML of instance {instance_uuid}") from exc
+
+    def _shutdown_sync(self) -> None:
+        self._executor.shutdown(wait=True)  # lets in-flight calls finish
+        with self._conn_lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                log.warning("libvirt_close_failed", uri=self.uri)
+
+    # -------------------------------------------------------------- the contract
+
+    async def init_host(self) -> HostInfo:
+        """Open the connection (once) and report the host; see VirtDriver.init_host."""
+        return await self._call(self._init_host_sync)
+
+    def design(self, guest: GuestSpec) -> LibvirtConfigGuest:
+        """The domain config this host would define for ``guest`` (no side effects)."""
+        if self.domain_type != "test" and guest.virt_type != self.domain_type:
+            # A test host runs any spec (it simulates real hosts); a real one only its own.
+            raise VirtError(
+                f"guest asks for virt_type {guest.virt_type!r}, host runs {self.domain_type!r}"
+            )
+        return design_guest(guest, self.domain_type)
+
+    async def spawn(self, guest: GuestSpec) -> None:
+        """Define and start ``guest``; on failure nothing is left behind (VirtDriver.spawn)."""
+        keys = {guest.instance_uuid, guest.name}
+        if keys & self._spawning:
+            raise InstanceExists(f"instance {guest.instance_uuid} / {guest.name} is being spawned")
+        xml = self.design(guest).to_xml()
+        self._spawning |= keys
+        try:
+            fut = self._submit(self._spawn_sync, xml, guest.instance_uuid, guest.name)
+            await self._finish_despite_cancel(fut, guest.instance_uuid)
+        finally:
+            self._spawning -= keys
+
+    async def _finish_despite_cancel(self, fut: asyncio.Future[None], instance_uuid: str) -> None:
+        """Await a spawn worker; if we are cancelled meanwhile, wait it out and undo it.
+
+        A worker thread cannot be interrupted, so a cancelled spawn could otherwise
+        leave a running domain nobody knows about.
+        """
+        cancelled = False
+        while not fut.done():
+            try:
+                await asyncio.wait({fut})  # unlike awaiting fut, never cancels it
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            if not fut.cancelled() and fut.exception() is None:
+                undo = self._submit(self._rollback_sync, instance_uuid)
+                while not undo.done():
+                    try:
+                        await asyncio.wait({undo})
+                    except asyncio.CancelledError:
+                        pass
+            raise asyncio.CancelledError()
+        fut.result()  # re-raises the worker's error, after its own rollback
+
+    async def destroy(self, instance_uuid: str) -> None:
+        """Destroy and undefine; a missing domain is fine (VirtDriver.destroy)."""
+        await self._call(self._destroy_sync, instance_uuid)
+
+    async def get_info(self, instance_uuid: str) -> InstanceInfo | None:
+        """Power state and sizes of the domain, None if it does not exist."""
+        return await self._call(self._get_info_sync, instance_uuid)
+
+    async def list_instance_uuids(self) -> list[str]:
+        """Uuids of every domain on this connection, running or not."""
+        return await self._call(self._list_sync)
+
+    async def get_domain_config(self, instance_uuid: str) -> LibvirtConfigGuest:
+        """The domain as libvirt now describes it (libvirt-specific, not in the contract).
+
+        Raises InstanceNotFound if there is no such domain.
+        """
+        return LibvirtConfigGuest.from_xml(await self._call(self._xml_desc_sync, instance_uuid))
+
+    async def close(self) -> None:
+        """Refuse new calls, wait for in-flight ones, close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._shutdown_sync)

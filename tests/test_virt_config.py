@@ -1,0 +1,147 @@
+"""libvirt config objects: XML out, XML back in, nothing lost."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from novalite.virt.libvirt.config import (
+    NOVA_NS,
+    LibvirtConfigGuest,
+    LibvirtConfigGuestConsole,
+    LibvirtConfigGuestDisk,
+    LibvirtConfigGuestInterface,
+    LibvirtConfigGuestMetaNovaInstance,
+    LibvirtConfigGuestSerial,
+)
+
+UUID = "0b8a2a3e-7f5c-4a43-9f0e-3d5a9d0c1e22"
+
+
+def _meta() -> LibvirtConfigGuestMetaNovaInstance:
+    return LibvirtConfigGuestMetaNovaInstance(
+        uuid=UUID,
+        name="web-1",
+        creation_time="2024-05-01 12:00:00",
+        flavor_name="m1.small",
+        flavor_memory_mb=2048,
+        flavor_vcpus=1,
+        flavor_disk_gb=20,
+        owner_user_id="u-1",
+        owner_user_name="alice",
+        owner_project_id="p-1",
+        owner_project_name="demo",
+    )
+
+
+def _guest() -> LibvirtConfigGuest:
+    return LibvirtConfigGuest(
+        virt_type="qemu",
+        name="instance-0b8a2a3e",
+        uuid=UUID,
+        memory=2048 * 1024,
+        vcpus=2,
+        metadata=[_meta()],
+        os_arch="x86_64",
+        os_machine="pc",
+        os_kernel="/var/lib/novalite/k",
+        os_initrd="/var/lib/novalite/r",
+        os_cmdline="console=ttyS0 root=/dev/vda",
+        features=["acpi", "apic"],
+        cpu_mode="host-model",
+        clock_offset="utc",
+        on_poweroff="destroy",
+        on_reboot="restart",
+        on_crash="destroy",
+        devices=[
+            LibvirtConfigGuestDisk(source_path="/d/disk", driver_name="qemu",
+                                   driver_format="qcow2", target_dev="vda", target_bus="virtio"),
+            LibvirtConfigGuestDisk(source_device="cdrom", source_path="/d/cfg.iso",
+                                   driver_format="raw", target_dev="sda", target_bus="sata",
+                                   readonly=True),
+            LibvirtConfigGuestInterface(net_type="network", source_network="default",
+                                        mac_addr="fa:16:3e:00:00:01", model="virtio"),
+            LibvirtConfigGuestInterface(net_type="user", mac_addr="fa:16:3e:00:00:02",
+                                        model="e1000"),
+            LibvirtConfigGuestSerial(char_type="pty", log_file="/d/console.log",
+                                     log_append=False, target_port=0),
+            LibvirtConfigGuestConsole(char_type="pty", target_type="serial", target_port=0),
+        ],
+    )
+
+
+def test_guest_round_trip() -> None:
+    guest = _guest()
+    xml = guest.to_xml()
+    back = LibvirtConfigGuest.from_xml(xml)
+    assert back == guest
+    assert back.to_xml() == xml
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        LibvirtConfigGuestDisk(source_type="block", source_path="/dev/vg/lv", target_dev="vdb",
+                               target_bus="virtio", driver_cache="none", driver_name="qemu"),
+        LibvirtConfigGuestInterface(net_type="bridge", source_bridge="br0", target_dev="tap1"),
+        LibvirtConfigGuestSerial(char_type="file", source_path="/d/serial.out"),
+        LibvirtConfigGuestConsole(char_type="pty"),
+        _meta(),
+        LibvirtConfigGuestMetaNovaInstance(name="only-a-name"),
+    ],
+    ids=lambda d: type(d).__name__,
+)
+def test_device_round_trip(device: object) -> None:
+    xml = device.to_xml()  # type: ignore[attr-defined]
+    back = type(device).from_xml(xml)  # type: ignore[attr-defined]
+    assert back == device
+    assert back.to_xml() == xml
+
+
+def test_guest_xml_shape() -> None:
+    root = _guest().format_dom()
+    assert root.get("type") == "qemu"
+    assert root.findtext("memory") == str(2048 * 1024)
+    assert root.find("memory").get("unit") == "KiB"
+    assert root.find("os/type").get("arch") == "x86_64"
+    serial = root.find("devices/serial")
+    assert serial.get("type") == "pty"
+    assert serial.find("log").attrib == {"file": "/d/console.log", "append": "off"}
+    assert root.find("devices/console/target").get("type") == "serial"
+    assert root.find("devices/disk[@device='cdrom']/readonly") is not None
+    assert root.find("devices/interface[@type='user']/source") is None
+    inst = root.find(f"metadata/{{{NOVA_NS}}}instance")
+    assert inst is not None and inst.prefix == "nova"
+    assert inst.find(f"{{{NOVA_NS}}}flavor").get("name") == "m1.small"
+    assert inst.find(f"{{{NOVA_NS}}}owner/{{{NOVA_NS}}}project").get("uuid") == "p-1"
+
+
+def test_parse_tolerates_libvirt_additions() -> None:
+    """XML as libvirt returns it (extra elements, other units) still parses."""
+    xml = f"""
+    <domain type='qemu' id='3'>
+      <name>i-1</name><uuid>{UUID}</uuid>
+      <metadata><other:x xmlns:other='urn:other'/></metadata>
+      <memory unit='MiB'>512</memory><currentMemory unit='KiB'>524288</currentMemory>
+      <vcpu placement='static'>1</vcpu>
+      <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type><boot dev='hd'/></os>
+      <devices>
+        <emulator>/usr/bin/qemu-system-x86_64</emulator>
+        <disk type='file' device='disk'><source file='/d'/><target dev='vda' bus='virtio'/>
+          <address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/></disk>
+        <controller type='usb' index='0'/>
+        <serial type='pty'><source path='/dev/pts/4'/><target type='isa-serial' port='0'/></serial>
+      </devices>
+    </domain>"""
+    guest = LibvirtConfigGuest.from_xml(xml)
+    assert guest.memory == 512 * 1024
+    assert guest.metadata == []
+    assert guest.os_machine == "pc-i440fx-7.2"
+    assert guest.os_boot_dev == ["hd"]
+    assert [type(d) for d in guest.devices] == [LibvirtConfigGuestDisk, LibvirtConfigGuestSerial]
+    assert guest.devices[1].source_path == "/dev/pts/4"
+
+
+def test_parse_rejects_wrong_root() -> None:
+    with pytest.raises(ValueError):
+        LibvirtConfigGuestDisk.parse_dom(etree.fromstring("<interface type='user'/>"))
