@@ -1,0 +1,117 @@
+"""Quotas: limits from config overlaid by per-project rows, usage counted from live rows.
+
+Usage is never stored as a counter: it is counted from the instances (and key
+pairs, server groups) that exist, inside the same transaction that adds new
+ones, under a per-project advisory lock. So concurrent creates at the limit
+admit exactly what fits, and a crash can never leave usage out of step.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from novalite.api.errors import QuotaExceeded
+from novalite.config import QuotaConfig
+
+# Nova's quota resource names, in the order os-quota-sets shows them.
+RESOURCES = (
+    "instances",
+    "cores",
+    "ram",
+    "metadata_items",
+    "injected_files",
+    "injected_file_content_bytes",
+    "injected_file_path_bytes",
+    "key_pairs",
+    "server_groups",
+    "server_group_members",
+)
+UNLIMITED = -1
+
+
+async def get_limits(conn: asyncpg.Connection, defaults: QuotaConfig, project_id: str) -> dict[str, int]:
+    """Effective hard limits of a project (-1 = unlimited)."""
+    limits = {r: getattr(defaults, r) for r in RESOURCES}
+    for row in await conn.fetch("SELECT resource, hard_limit FROM quotas WHERE project_id = $1", project_id):
+        if row["resource"] in limits:
+            limits[row["resource"]] = row["hard_limit"]
+    return limits
+
+
+async def set_limits(conn: asyncpg.Connection, project_id: str, values: dict[str, int]) -> None:
+    await conn.executemany(
+        """INSERT INTO quotas (project_id, resource, hard_limit) VALUES ($1, $2, $3)
+           ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = EXCLUDED.hard_limit""",
+        [(project_id, k, v) for k, v in values.items()],
+    )
+
+
+async def delete_limits(conn: asyncpg.Connection, project_id: str) -> None:
+    await conn.execute("DELETE FROM quotas WHERE project_id = $1", project_id)
+
+
+async def lock_project(conn: asyncpg.Connection, project_id: str) -> None:
+    """Serialise quota checks of one project until the transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('quota:' || $1::text))", project_id)
+
+
+async def instance_usage(conn: asyncpg.Connection, project_id: str) -> dict[str, int]:
+    row = await conn.fetchrow(
+        """SELECT count(*) AS instances, coalesce(sum(vcpus), 0) AS cores, coalesce(sum(memory_mb), 0) AS ram
+           FROM instances WHERE project_id = $1 AND NOT deleted""",
+        project_id,
+    )
+    return {"instances": row["instances"], "cores": row["cores"], "ram": row["ram"]}
+
+
+async def usage(conn: asyncpg.Connection, project_id: str, user_id: str | None = None) -> dict[str, int]:
+    """In-use counts for every counted resource (key pairs are per user)."""
+    used = await instance_usage(conn, project_id)
+    used["server_groups"] = await conn.fetchval(
+        "SELECT count(*) FROM instance_groups WHERE project_id = $1", project_id
+    )
+    used["key_pairs"] = (
+        await conn.fetchval("SELECT count(*) FROM key_pairs WHERE user_id = $1", user_id) if user_id else 0
+    )
+    return used
+
+
+def admissible_count(limits: dict[str, int], used: dict[str, int], vcpus: int, ram: int, max_count: int) -> int:
+    """How many more instances of this size fit in the project's quota, up to max_count."""
+    fits = max_count
+    for resource, each in (("instances", 1), ("cores", vcpus), ("ram", ram)):
+        limit = limits[resource]
+        if limit == UNLIMITED or each == 0:
+            continue
+        fits = min(fits, max(0, (limit - used[resource]) // each))
+    return fits
+
+
+def instances_over_quota(
+    limits: dict[str, int], used: dict[str, int], vcpus: int, ram: int, count: int
+) -> QuotaExceeded:
+    """Nova's TooManyInstances message for a request of `count` instances that does not fit."""
+    requested = {"instances": count, "cores": vcpus * count, "ram": ram * count}
+    overs = [
+        r
+        for r in ("cores", "instances", "ram")
+        if limits[r] != UNLIMITED and used[r] + requested[r] > limits[r]
+    ]
+    overs = overs or ["instances"]
+    names = ", ".join(overs)
+    req = ", ".join(str(requested[r]) for r in overs)
+    usedv = ", ".join(str(used[r]) for r in overs)
+    allowed = ", ".join(str(limits[r]) for r in overs)
+    return QuotaExceeded(
+        f"Quota exceeded for {names}: Requested {req}, but already used {usedv} of {allowed} {names}"
+    )
+
+
+async def check_count(
+    conn: asyncpg.Connection, defaults: QuotaConfig, project_id: str, resource: str, used: int, adding: int = 1
+) -> None:
+    """403 when adding `adding` of a simple counted resource would pass its limit."""
+    limits = await get_limits(conn, defaults, project_id)
+    limit = limits[resource]
+    if limit != UNLIMITED and used + adding > limit:
+        raise QuotaExceeded(f"Quota exceeded, too many {resource.replace('_', ' ')}.")
