@@ -15,10 +15,21 @@ from aiohttp import web
 
 from novalite import bootstrap, db
 from novalite.api import identity as identity_api
-from novalite.api import middleware
+from novalite.api import identity_admin, middleware
+from novalite.api.compute import catalog_routes, servers
 from novalite.api.compute import versions as compute_versions
-from novalite.config import Config
+from novalite.api.image import images as image_api
+from novalite.compute.api import ComputeAPI
+from novalite.compute.locks import InstanceLocks
+from novalite.compute.manager import ComputeManager
+from novalite.compute.recovery import recover
+from novalite.conductor import Conductor
+from novalite.config import Config, HostConfig
 from novalite.identity import IdentityService
+from novalite.policy import Enforcer
+from novalite.scheduler.manager import Scheduler
+from novalite.virt.libvirt import LibvirtDriver
+from novalite.virt.testnode import write_test_node
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +65,61 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
     return ctx
 
 
+def host_uri(config: Config, host: HostConfig) -> str:
+    """The libvirt URI of a host; simulated hosts get a test-driver node file under the state dir."""
+    if host.simulate is None:
+        return host.uri
+    nodes = config.state_dir / "hosts"
+    nodes.mkdir(parents=True, exist_ok=True)
+    return write_test_node(nodes / f"{host.name}.xml", host.name, host.simulate.vcpus, host.simulate.memory_mb)
+
+
+def compute_ctx(config: Config):
+    """Conductor, scheduler and one compute manager per host, recovered before serving."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = app["db"]
+        locks = InstanceLocks()
+        scheduler = Scheduler(pool, config.scheduler)
+        conductor = Conductor(pool, scheduler, config.scheduler)
+        compute_api = ComputeAPI(pool, config, locks)
+        compute_api.conductor = conductor
+        computes: dict[str, ComputeManager] = {}
+        for host in config.hosts:
+            driver = LibvirtDriver(
+                host_uri(config, host),
+                config.compute.virt_type,
+                config.compute.libvirt_threads,
+                disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
+                state_dir=config.state_dir,
+                hostname=host.name,
+            )
+            computes[host.name] = ComputeManager(host, driver, pool, config, locks, conductor)
+        try:
+            for manager in computes.values():
+                await manager.init_host()
+            conductor.computes = computes
+            compute_api.computes = computes
+            await recover(pool, compute_api, conductor, computes)
+            scheduler.start()
+            conductor.start()
+            for manager in computes.values():
+                manager.start()
+            app["compute_api"] = compute_api
+            app["conductor"] = conductor
+            app["scheduler"] = scheduler
+            app["computes"] = computes
+            yield
+        finally:
+            await conductor.stop()
+            await scheduler.stop()
+            await compute_api.wait_idle()
+            for manager in computes.values():
+                await manager.stop()
+
+    return ctx
+
+
 def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Application:
     """Build the whole process: every API under one aiohttp app."""
     app = web.Application(
@@ -66,7 +132,13 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
         ],
     )
     app["config"] = config
+    app["policy"] = Enforcer(config.policy.file if config.policy.file and config.policy.file.exists() else None)
     app.cleanup_ctx.append(database_ctx(config, clouds_yaml))
+    app.cleanup_ctx.append(compute_ctx(config))
     identity_api.add_routes(app)
+    identity_admin.add_routes(app)
     compute_versions.add_routes(app)
+    catalog_routes.add_routes(app)
+    servers.add_routes(app)
+    image_api.add_routes(app)
     return app

@@ -109,7 +109,7 @@ class Cloud:
     ) -> tuple[int, dict | None, dict]:
         hdrs = {"X-Auth-Token": await self.token(user, project)} if user else {}
         if version:
-            hdrs["OpenStack-API-Version"] = f"compute {version}"
+            hdrs["OpenStack-API-Version"] = f"compute {'latest' if version == '2.latest' else version}"
         hdrs.update(headers or {})
         async with self.session.request(method, f"{self.url}{path}", json=json_body, data=data, headers=hdrs) as r:
             text = await r.text()
@@ -213,3 +213,38 @@ async def cloud(pg_dsn, tmp_path):
 
 def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
+
+
+async def add_image(cloud: Cloud, name: str = "cirros", status: str = "active", **props) -> str:
+    """An image row as the image API will store it (upload arrives with real guests)."""
+    image_id = str(uuid.uuid4())
+    async with cloud.app["db"].acquire() as conn:
+        await conn.execute(
+            """INSERT INTO images (id, name, owner, status, visibility, disk_format, container_format, size,
+                                   min_ram, min_disk, properties)
+               VALUES ($1, $2, NULL, $3, 'public', 'qcow2', 'bare', $4, $5, $6, $7)""",
+            uuid.UUID(image_id),
+            name,
+            status,
+            props.pop("size", 1024 * 1024),
+            props.pop("min_ram", 0),
+            props.pop("min_disk", 0),
+            props,
+        )
+    return image_id
+
+
+async def wait_for_status(cloud: Cloud, server_id: str, statuses, user: str = "demo", timeout: float = 30) -> dict:
+    """Poll GET /servers/{id} until its status is one of `statuses` (404 counts as DELETED)."""
+    if isinstance(statuses, str):
+        statuses = {statuses}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status, body, _ = await cloud.compute("GET", f"/servers/{server_id}", user=user, version="2.latest")
+        current = "DELETED" if status == 404 else body["server"]["status"]
+        if current in statuses:
+            return body["server"] if body and "server" in body else {}
+        if loop.time() > deadline:
+            raise AssertionError(f"server {server_id} stuck in {current}: {body}")
+        await asyncio.sleep(0.05)

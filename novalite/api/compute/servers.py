@@ -1,0 +1,585 @@
+"""/servers: create, list, show, update, delete, metadata and instance actions.
+
+Handlers stay thin: parse and authorize here, validate and provision in
+``novalite.compute.api``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from datetime import datetime
+
+import asyncpg
+from aiohttp import web
+
+from novalite.api import errors
+from novalite.api.compute import schemas, views
+from novalite.api.compute.common import at_least, authorize, bool_query, context, links
+from novalite.api.middleware import RequestContext, read_json
+from novalite.compute.api import ComputeAPI, CreateRequest
+from novalite.compute.states import states_from_status
+from novalite.db import instances as db
+
+MAX_LIMIT = 1000
+SORT_KEYS = {
+    "created_at", "display_name", "updated_at", "launched_at", "terminated_at", "uuid", "vm_state",
+    "task_state", "power_state", "availability_zone", "host", "node", "hostname", "project_id", "user_id",
+    "image_ref", "key_name", "launch_index", "locked", "reservation_id", "root_device_name", "display_description",
+    "config_drive", "kernel_id", "ramdisk_id", "access_ip_v4", "access_ip_v6", "auto_disk_config", "progress",
+}
+SORT_ALIASES = {"name": "display_name", "id": "id", "description": "display_description", "flavor": "flavor"}
+
+
+def compute_api(request: web.Request) -> ComputeAPI:
+    return request.app["compute_api"]
+
+
+def _target(inst: asyncpg.Record) -> dict:
+    return {"project_id": inst["project_id"], "user_id": inst["user_id"]}
+
+
+async def load_instance(request: web.Request, uuid: str | None = None) -> asyncpg.Record:
+    """The instance named in the path, or Nova's 404 (also for other projects' servers)."""
+    uuid = uuid or request.match_info["server_id"]
+    ctx = context(request)
+    try:
+        uuidlib.UUID(uuid)
+    except ValueError:
+        raise errors.NotFound(f"Instance {uuid} could not be found.") from None
+    async with request.app["db"].acquire() as conn:
+        inst = await db.get(conn, uuid)
+    if inst is None:
+        raise errors.NotFound(f"Instance {uuid} could not be found.")
+    if inst["project_id"] != ctx.project_id and not request.app["policy"].check(
+        "os_compute_api:servers:show", ctx.creds(), _target(inst)
+    ):
+        raise errors.NotFound(f"Instance {uuid} could not be found.")
+    return inst
+
+
+# -- create -------------------------------------------------------------------
+
+async def create(request: web.Request) -> web.Response:
+    ctx = context(request)
+    version = request["version"]
+    body = await read_json(request)
+    model, hints = schemas.parse_create(body, version)
+    target = {"project_id": ctx.project_id, "user_id": ctx.user_id, "availability_zone": model.availability_zone}
+    authorize(request, "os_compute_api:servers:create", target)
+    az, host, node = parse_availability_zone(model.availability_zone)
+    if model.host or model.hypervisor_hostname:
+        authorize(request, "compute:servers:create:requested_destination", target)
+    if host or node:
+        authorize(request, "os_compute_api:servers:create:forced_host", target)
+    if model.trusted_image_certificates:
+        authorize(request, "os_compute_api:servers:create:trusted_certs", target)
+    if isinstance(model.networks, list) and model.networks:
+        authorize(request, "os_compute_api:servers:create:attach_network", target)
+    legacy = bool(model.block_device_mapping) and not model.block_device_mapping_v2
+    bdm_items = model.block_device_mapping_v2 or model.block_device_mapping or []
+    bdms = [b.model_dump(exclude_none=True) for b in bdm_items]
+    if any(b.get("source_type") in ("volume", "snapshot") or b.get("volume_id") for b in bdms):
+        authorize(request, "os_compute_api:servers:create:attach_volume", target)
+    if not model.imageRef and not bdms:
+        raise errors.BadRequest("Missing imageRef attribute")
+    image_ref = model.imageRef
+    if image_ref and not _looks_like_image_ref(image_ref):
+        raise errors.BadRequest("Invalid imageRef provided.")
+    req = CreateRequest(
+        name=model.name,
+        flavor_ref=str(model.flavorRef).rstrip("/").rsplit("/", 1)[-1],
+        image_ref=image_ref,
+        description=model.description if at_least(request, 19) else model.name,
+        hostname=model.hostname,
+        admin_password=model.adminPass,
+        access_ip_v4=model.accessIPv4,
+        access_ip_v6=model.accessIPv6,
+        availability_zone=az,
+        forced_host=host or model.host,
+        forced_node=node or model.hypervisor_hostname,
+        block_device_mapping=bdms,
+        legacy_bdm=legacy,
+        config_drive=model.config_drive,
+        auto_disk_config=None if model.disk_config is None else model.disk_config == "AUTO",
+        key_name=model.key_name,
+        min_count=model.min_count or 1,
+        max_count=model.max_count or model.min_count or 1,
+        return_reservation_id=model.return_reservation_id,
+        injected_files=[(p.path, p.contents) for p in model.personality or []],
+        scheduler_hints=hints,
+        security_groups=[g.name for g in model.security_groups or []],
+        user_data=model.user_data,
+        metadata=model.metadata,
+        requested_networks=(
+            model.networks if isinstance(model.networks, str) or model.networks is None
+            else [n.model_dump(exclude_none=True) for n in model.networks]
+        ),
+        tags=model.tags or [],
+    )
+    instances, reservation_id, password = await compute_api(request).create(ctx, req)
+    if req.return_reservation_id:
+        return web.json_response({"reservation_id": reservation_id}, status=202)
+    first = instances[0]
+    server = {
+        "id": str(first["uuid"]),
+        "links": links(request, "servers", str(first["uuid"])),
+        "OS-DCF:diskConfig": "AUTO" if first["auto_disk_config"] else "MANUAL",
+        "security_groups": [{"name": n} for n in first["security_groups"]],
+        "adminPass": password,
+    }
+    return web.json_response({"server": server}, status=202, headers={"Location": server["links"][0]["href"]})
+
+
+def _looks_like_image_ref(ref: str) -> bool:
+    tail = ref.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        uuidlib.UUID(tail)
+        return True
+    except ValueError:
+        return False
+
+
+def parse_availability_zone(value: str | None) -> tuple[str | None, str | None, str | None]:
+    """Nova's `az`, `az:host`, `az:host:node`, `az::node` forms."""
+    if not value or ":" not in value:
+        return value or None, None, None
+    parts = value.split(":")
+    if len(parts) == 2:
+        return parts[0] or None, parts[1] or None, None
+    if len(parts) == 3:
+        return parts[0] or None, parts[1] or None, parts[2] or None
+    raise errors.BadRequest("Invalid input received: Unable to parse availability_zone")
+
+
+# -- list / show ---------------------------------------------------------------
+
+_ADMIN_ONLY_FILTERS = {"host", "node", "all_tenants", "tenant_id", "project_id", "user_id", "deleted", "uuid"}
+
+
+def _parse_time(value: str, name: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.BadRequest(f"Invalid filter field: {name}.") from None
+
+
+async def _list(request: web.Request, detail: bool) -> web.Response:
+    ctx = context(request)
+    q = request.query
+    authorize(request, "os_compute_api:servers:detail" if detail else "os_compute_api:servers:index")
+    all_tenants = "all_tenants" in q and q.get("all_tenants", "").lower() not in ("0", "false", "f", "no", "off", "n")
+    if all_tenants:
+        authorize(request, f"os_compute_api:servers:{'detail' if detail else 'index'}:get_all_tenants")
+    admin_filters = request.app["policy"].check("os_compute_api:servers:allow_all_filters", ctx.creds(), {})
+    where = []
+    args: list = []
+
+    def arg(value) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if not all_tenants:
+        where.append(f"project_id = {arg(ctx.project_id)}")
+    elif admin_filters and (q.get("project_id") or q.get("tenant_id")):
+        where.append(f"project_id = {arg(q.get('project_id') or q.get('tenant_id'))}")
+    changes_since = _parse_time(q["changes-since"], "changes-since") if "changes-since" in q else None
+    changes_before = _parse_time(q["changes-before"], "changes-before") if "changes-before" in q and at_least(request, 66) else None
+    if changes_since and changes_before and changes_before < changes_since:
+        raise errors.BadRequest("The value of changes-since must be less than or equal to changes-before.")
+    deleted = False
+    if "deleted" in q and admin_filters:
+        deleted = bool_query(q["deleted"], "deleted") or False
+    if changes_since:
+        where.append(f"updated_at >= {arg(changes_since)}")
+    if changes_before:
+        where.append(f"updated_at <= {arg(changes_before)}")
+    if not (changes_since or changes_before):
+        where.append("deleted = " + ("true" if deleted else "false"))
+    statuses = q.getall("status", [])
+    if statuses:
+        pairs = [p for s in statuses for p in states_from_status(s)]
+        if not pairs:
+            if at_least(request, 38):
+                raise errors.BadRequest("Invalid status value")
+            return web.json_response({"servers": []})
+        ors = []
+        for vm, task in pairs:
+            if vm == "deleted":
+                if not ctx.is_admin:
+                    raise errors.Forbidden("Only administrators may list deleted instances")
+                ors.append("deleted")
+                continue
+            if task == "*":
+                ors.append(f"vm_state = {arg(vm)}")
+            else:
+                ors.append(f"(vm_state = {arg(vm)} AND task_state = {arg(task)})")
+        where.append("(" + " OR ".join(ors) + ")")
+    if q.get("name"):
+        try:
+            re.compile(q["name"])
+        except re.error:
+            raise errors.BadRequest(f"Invalid regex in name filter: {q['name']}") from None
+        where.append(f"display_name ~ {arg(q['name'])}")
+    if q.get("reservation_id"):
+        where.append(f"reservation_id = {arg(q['reservation_id'])}")
+    if q.get("flavor"):
+        where.append(f"flavor->>'flavorid' = {arg(q['flavor'])}")
+    if q.get("image"):
+        where.append(f"image_ref = {arg(q['image'].rstrip('/').rsplit('/', 1)[-1])}")
+    if admin_filters:
+        if q.get("host"):
+            where.append(f"host = {arg(q['host'])}")
+        if q.get("node"):
+            where.append(f"node = {arg(q['node'])}")
+        if q.get("user_id"):
+            where.append(f"user_id = {arg(q['user_id'])}")
+        if q.get("availability_zone"):
+            where.append(f"availability_zone = {arg(q['availability_zone'])}")
+    if at_least(request, 26):
+        for key, op in (("tags", "@>"), ("tags-any", "&&")):
+            if q.get(key):
+                where.append(f"tags {op} {arg(q[key].split(','))}::text[]")
+        for key, op in (("not-tags", "@>"), ("not-tags-any", "&&")):
+            if q.get(key):
+                where.append(f"NOT (tags {op} {arg(q[key].split(','))}::text[])")
+    if at_least(request, 73) and "locked" in q:
+        where.append(f"locked = {arg(bool_query(q['locked'], 'locked'))}")
+    # sort
+    sort_keys = q.getall("sort_key", []) or ["created_at"]
+    sort_dirs = q.getall("sort_dir", [])
+    order = []
+    for i, key in enumerate(sort_keys):
+        col = SORT_ALIASES.get(key, key)
+        if col not in SORT_KEYS and col not in ("id",):
+            if col == "flavor":
+                continue
+            raise errors.BadRequest(f"Invalid sort_key: {key}")
+        if col in ("host", "node") and not admin_filters:
+            continue
+        direction = (sort_dirs[i] if i < len(sort_dirs) else (sort_dirs[0] if sort_dirs else "desc")).lower()
+        if direction not in ("asc", "desc"):
+            raise errors.BadRequest(f"Invalid sort direction: {direction}")
+        order.append(f"{col} {direction.upper()}")
+    order.append("id DESC")
+    # limit / marker
+    limit = MAX_LIMIT
+    if "limit" in q:
+        if not q["limit"].isdigit():
+            raise errors.BadRequest("limit param must be an integer")
+        limit = min(int(q["limit"]), MAX_LIMIT)
+    marker_id = None
+    keyset = [o.split()[0] for o in order] == ["created_at", "id"]
+    async with request.app["db"].acquire() as conn:
+        if q.get("marker"):
+            marker_id = await conn.fetchval("SELECT id FROM instances WHERE uuid::text = $1", q["marker"])
+            if marker_id is None:
+                raise errors.BadRequest(f"marker [{q['marker']}] not found")
+            if keyset:
+                cmp = "<" if order[0].endswith("DESC") else ">"
+                where.append(f"(created_at, id) {cmp} (SELECT created_at, id FROM instances WHERE id = {arg(marker_id)})")
+        sql = f"SELECT * FROM instances WHERE {' AND '.join(where) or 'true'} ORDER BY {', '.join(order)}"
+        if marker_id is None or keyset:
+            sql += f" LIMIT {arg(limit)}"
+        rows = await conn.fetch(sql, *args)
+        if marker_id is not None and not keyset:
+            ids = [r["id"] for r in rows]
+            rows = rows[ids.index(marker_id) + 1 :][:limit] if marker_id in ids else rows[:limit]
+        uuids = [str(r["uuid"]) for r in rows]
+        faults = await db.latest_faults(conn, uuids) if detail else {}
+        bdms = await db.bdms_for(conn, uuids) if detail else {}
+    if detail:
+        docs = [await _detail_doc(request, ctx, r, faults.get(str(r["uuid"])), bdms.get(str(r["uuid"]), [])) for r in rows]
+    else:
+        docs = [views.basic(request, r) for r in rows]
+    body: dict = {"servers": docs}
+    if len(rows) == limit and rows and "limit" in q:
+        base = request.app["config"].public_url
+        path = "servers/detail" if detail else "servers"
+        params = "&".join(f"{k}={v}" for k, v in q.items() if k != "marker")
+        body["servers_links"] = [
+            {"rel": "next", "href": f"{base}/compute/v2.1/{path}?{params}&marker={rows[-1]['uuid']}"}
+        ]
+    return web.json_response(body)
+
+
+async def index(request: web.Request) -> web.Response:
+    return await _list(request, detail=False)
+
+
+async def detail(request: web.Request) -> web.Response:
+    return await _list(request, detail=True)
+
+
+async def _detail_doc(
+    request: web.Request, ctx: RequestContext, inst: asyncpg.Record, fault, bdms
+) -> dict:
+    policy = request.app["policy"]
+    target = _target(inst)
+    return views.show(
+        request,
+        inst,
+        fault=fault,
+        bdms=bdms,
+        addresses=(inst["system_metadata"] or {}).get("addresses", {}) if inst["system_metadata"] else {},
+        show_extended_attr=policy.check("os_compute_api:os-extended-server-attributes", ctx.creds(), target),
+        show_extra_specs=at_least(request, 47)
+        and policy.check("os_compute_api:servers:show:flavor-extra-specs", ctx.creds(), target),
+        is_admin=ctx.is_admin,
+        host_status=(
+            ("UP" if inst["host"] else "")
+            if at_least(request, 16) and policy.check("os_compute_api:servers:show:host_status", ctx.creds(), target)
+            else None
+        ),
+    )
+
+
+async def show(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    ctx = authorize(request, "os_compute_api:servers:show", _target(inst))
+    async with request.app["db"].acquire() as conn:
+        faults = await db.latest_faults(conn, [str(inst["uuid"])])
+        bdms = await db.bdms_for(conn, [str(inst["uuid"])])
+    doc = await _detail_doc(request, ctx, inst, faults.get(str(inst["uuid"])), bdms.get(str(inst["uuid"]), []))
+    return web.json_response({"server": doc})
+
+
+async def update(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    ctx = authorize(request, "os_compute_api:servers:update", _target(inst))
+    changes = schemas.parse_update(await read_json(request), request["version"])
+    updates: dict = {}
+    if "name" in changes:
+        updates["display_name"] = changes["name"]
+    if "description" in changes:
+        updates["display_description"] = changes["description"]
+    if "hostname" in changes:
+        updates["hostname"] = changes["hostname"]
+    if "accessIPv4" in changes:
+        updates["access_ip_v4"] = changes["accessIPv4"] or None
+    if "accessIPv6" in changes:
+        updates["access_ip_v6"] = changes["accessIPv6"] or None
+    if "OS-DCF:diskConfig" in changes:
+        updates["auto_disk_config"] = changes["OS-DCF:diskConfig"] == "AUTO"
+    async with request.app["db"].acquire() as conn:
+        if updates:
+            inst = await db.compare_and_set(conn, str(inst["uuid"]), **updates)
+        faults = await db.latest_faults(conn, [str(inst["uuid"])])
+        bdms = await db.bdms_for(conn, [str(inst["uuid"])])
+    doc = await _detail_doc(request, ctx, inst, faults.get(str(inst["uuid"])), bdms.get(str(inst["uuid"]), []))
+    return web.json_response({"server": doc})
+
+
+async def delete(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    ctx = authorize(request, "os_compute_api:servers:delete", _target(inst))
+    await compute_api(request).delete(ctx, inst)
+    return web.Response(status=204)
+
+
+async def action(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    body = await read_json(request)
+    if len(body) != 1:
+        raise errors.BadRequest("There is no such action: " + ",".join(body) if body else "Malformed request body")
+    name = next(iter(body))
+    if name == "forceDelete":
+        ctx = authorize(request, "os_compute_api:os-deferred-delete:force", _target(inst))
+        await compute_api(request).delete(ctx, inst, force=True)
+        return web.Response(status=202)
+    raise errors.BadRequest(f"There is no such action: {name}")
+
+
+# -- server metadata -------------------------------------------------------------
+
+def _check_meta(meta: object) -> dict[str, str]:
+    if not isinstance(meta, dict):
+        raise errors.BadRequest("Malformed request body")
+    for k, v in meta.items():
+        if not isinstance(k, str) or not 1 <= len(k) <= 255:
+            raise errors.BadRequest("Invalid input for field/attribute metadata. Metadata property key must be 1-255 characters.")
+        if not isinstance(v, str) or len(v) > 255:
+            raise errors.BadRequest(f"Invalid input for field/attribute {k}. Value must be a string of at most 255 characters.")
+    return meta
+
+
+async def _save_metadata(request: web.Request, inst: asyncpg.Record, meta: dict) -> dict:
+    from novalite import quota
+
+    async with request.app["db"].acquire() as conn:
+        limits = await quota.get_limits(conn, request.app["config"].quota, inst["project_id"])
+        if limits["metadata_items"] != quota.UNLIMITED and len(meta) > limits["metadata_items"]:
+            raise errors.QuotaExceeded(f"Quota exceeded for metadata_items: Requested {len(meta)}, but already used "
+                                       f"0 of {limits['metadata_items']} metadata_items")
+        row = await db.compare_and_set(conn, str(inst["uuid"]), metadata=meta)
+    return row["metadata"]
+
+
+async def metadata_index(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    authorize(request, "os_compute_api:server-metadata:index", _target(inst))
+    return web.json_response({"metadata": inst["metadata"]})
+
+
+async def metadata_create(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    authorize(request, "os_compute_api:server-metadata:create", _target(inst))
+    body = await read_json(request)
+    meta = _check_meta(body.get("metadata"))
+    merged = dict(inst["metadata"], **meta)
+    return web.json_response({"metadata": await _save_metadata(request, inst, merged)})
+
+
+async def metadata_replace(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    authorize(request, "os_compute_api:server-metadata:update_all", _target(inst))
+    body = await read_json(request)
+    meta = _check_meta(body.get("metadata"))
+    return web.json_response({"metadata": await _save_metadata(request, inst, meta)})
+
+
+async def metadata_show(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    authorize(request, "os_compute_api:server-metadata:show", _target(inst))
+    key = request.match_info["key"]
+    if key not in inst["metadata"]:
+        raise errors.NotFound("Metadata item was not found")
+    return web.json_response({"meta": {key: inst["metadata"][key]}})
+
+
+async def metadata_update_item(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    authorize(request, "os_compute_api:server-metadata:update", _target(inst))
+    key = request.match_info["key"]
+    body = await read_json(request)
+    meta = _check_meta(body.get("meta"))
+    if len(meta) != 1:
+        raise errors.BadRequest("Request body contains too many items")
+    if key not in meta:
+        raise errors.BadRequest("Request body and URI mismatch")
+    merged = dict(inst["metadata"], **meta)
+    await _save_metadata(request, inst, merged)
+    return web.json_response({"meta": meta})
+
+
+async def metadata_delete(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    authorize(request, "os_compute_api:server-metadata:delete", _target(inst))
+    key = request.match_info["key"]
+    if key not in inst["metadata"]:
+        raise errors.NotFound("Metadata item was not found")
+    meta = {k: v for k, v in inst["metadata"].items() if k != key}
+    await _save_metadata(request, inst, meta)
+    return web.Response(status=204)
+
+
+# -- instance actions --------------------------------------------------------------
+
+def _action_doc(request: web.Request, a: asyncpg.Record) -> dict:
+    doc = {
+        "action": a["action"],
+        "instance_uuid": str(a["instance_uuid"]),
+        "message": a["message"],
+        "project_id": a["project_id"],
+        "request_id": a["request_id"],
+        "start_time": _action_time(request, a["start_time"]),
+        "user_id": a["user_id"],
+    }
+    if at_least(request, 58):
+        doc["updated_at"] = _action_time(request, a["updated_at"])
+    return doc
+
+
+def _action_time(request: web.Request, ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    if at_least(request, 58):
+        return ts.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return ts.replace(tzinfo=None).isoformat()
+
+
+async def _load_for_actions(request: web.Request) -> asyncpg.Record:
+    uuid = request.match_info["server_id"]
+    ctx = context(request)
+    async with request.app["db"].acquire() as conn:
+        inst = await db.get(conn, uuid, include_deleted=True) if _is_uuid(uuid) else None
+    # Deleted servers' actions are readable from 2.21.
+    if inst is None or (inst["deleted"] and not at_least(request, 21)):
+        raise errors.NotFound(f"Instance {uuid} could not be found.")
+    if inst["project_id"] != ctx.project_id and not ctx.is_admin:
+        raise errors.NotFound(f"Instance {uuid} could not be found.")
+    return inst
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuidlib.UUID(value)
+        return True
+    except ValueError:
+        return False
+
+
+async def actions_index(request: web.Request) -> web.Response:
+    inst = await _load_for_actions(request)
+    authorize(request, "os_compute_api:os-instance-actions:list", _target(inst))
+    async with request.app["db"].acquire() as conn:
+        rows = await db.list_actions(conn, str(inst["uuid"]))
+    return web.json_response({"instanceActions": [_action_doc(request, a) for a in rows]})
+
+
+async def actions_show(request: web.Request) -> web.Response:
+    inst = await _load_for_actions(request)
+    ctx = authorize(request, "os_compute_api:os-instance-actions:show", _target(inst))
+    request_id = request.match_info["request_id"]
+    async with request.app["db"].acquire() as conn:
+        a = await db.get_action(conn, str(inst["uuid"]), request_id)
+        if a is None:
+            raise errors.NotFound(f"Action {request_id} not found")
+        events = await db.list_events(conn, a["id"])
+    doc = _action_doc(request, a)
+    policy = request.app["policy"]
+    if policy.check("os_compute_api:os-instance-actions:events", ctx.creds(), _target(inst)):
+        show_details = at_least(request, 84) and policy.check(
+            "os_compute_api:os-instance-actions:events:details", ctx.creds(), _target(inst)
+        )
+        evs = []
+        for e in events:
+            ev = {
+                "event": e["event"],
+                "start_time": _action_time(request, e["start_time"]),
+                "finish_time": _action_time(request, e["finish_time"]),
+                "result": e["result"],
+            }
+            if ctx.is_admin or not at_least(request, 51):
+                ev["traceback"] = e["traceback"]
+            if at_least(request, 62):
+                ev["hostId"] = views.host_id(e["host"], inst["project_id"]) if e["host"] else ""
+                if ctx.is_admin:
+                    ev["host"] = e["host"] or ""
+            if show_details:
+                ev["details"] = e["details"]
+            evs.append(ev)
+        doc["events"] = evs
+    elif not at_least(request, 51):
+        doc["events"] = []
+    return web.json_response({"instanceAction": doc})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    base = "/compute/v2.1/servers"
+    r.add_post(base, create)
+    r.add_get(base, index)
+    r.add_get(f"{base}/detail", detail)
+    r.add_get(base + "/{server_id}", show)
+    r.add_put(base + "/{server_id}", update)
+    r.add_delete(base + "/{server_id}", delete)
+    r.add_post(base + "/{server_id}/action", action)
+    r.add_get(base + "/{server_id}/metadata", metadata_index)
+    r.add_post(base + "/{server_id}/metadata", metadata_create)
+    r.add_put(base + "/{server_id}/metadata", metadata_replace)
+    r.add_get(base + "/{server_id}/metadata/{key}", metadata_show)
+    r.add_put(base + "/{server_id}/metadata/{key}", metadata_update_item)
+    r.add_delete(base + "/{server_id}/metadata/{key}", metadata_delete)
+    r.add_get(base + "/{server_id}/os-instance-actions", actions_index)
+    r.add_get(base + "/{server_id}/os-instance-actions/{request_id}", actions_show)

@@ -1,0 +1,165 @@
+"""Server documents exactly as Nova's view builder shapes them, per microversion."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+import asyncpg
+from aiohttp import web
+
+from novalite.api.compute.common import at_least, compute_url, links
+from novalite.compute.states import status_from_state
+
+PROGRESS_STATUSES = ("ACTIVE", "BUILD", "REBUILD", "RESIZE", "VERIFY_RESIZE", "MIGRATING")
+FAULT_STATUSES = ("ERROR", "DELETED")
+
+
+def isotime(ts: datetime | None) -> str | None:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ") if ts else None
+
+
+def host_id(host: str | None, project_id: str) -> str:
+    if not host:
+        return ""
+    return hashlib.sha224((project_id + host).encode()).hexdigest()
+
+
+def server_status(inst: asyncpg.Record) -> str:
+    if inst["deleted"]:
+        return "DELETED"
+    return status_from_state(inst["vm_state"], inst["task_state"])
+
+
+def basic(request: web.Request, inst: asyncpg.Record) -> dict:
+    uuid = str(inst["uuid"])
+    return {"id": uuid, "name": inst["display_name"], "links": links(request, "servers", uuid)}
+
+
+def fault_view(fault: asyncpg.Record | None, is_admin: bool) -> dict | None:
+    if fault is None:
+        return None
+    out = {"code": fault["code"], "created": isotime(fault["created_at"]), "message": fault["message"]}
+    if fault["details"] and (is_admin or fault["code"] != 500):
+        out["details"] = fault["details"]
+    return out
+
+
+def show(
+    request: web.Request,
+    inst: asyncpg.Record,
+    *,
+    fault: asyncpg.Record | None,
+    bdms: list[asyncpg.Record],
+    addresses: dict,
+    show_extended_attr: bool,
+    show_extra_specs: bool,
+    is_admin: bool,
+    host_status: str | None = None,
+) -> dict:
+    """The detailed server document (GET /servers/{id}, /servers/detail)."""
+    uuid = str(inst["uuid"])
+    flavor = inst["flavor"]
+    status = server_status(inst)
+    if at_least(request, 47):
+        flavor_doc = {
+            "vcpus": flavor["vcpus"],
+            "ram": flavor["memory_mb"],
+            "disk": flavor["root_gb"],
+            "ephemeral": flavor["ephemeral_gb"],
+            "swap": flavor["swap"],
+            "original_name": flavor["name"],
+        }
+        if show_extra_specs:
+            flavor_doc["extra_specs"] = flavor.get("extra_specs") or {}
+    else:
+        flavor_doc = {
+            "id": str(flavor["flavorid"]),
+            "links": [{"rel": "bookmark", "href": f"{compute_url(request)}/flavors/{flavor['flavorid']}"}],
+        }
+    image: dict | str = ""
+    if inst["image_ref"]:
+        image = {
+            "id": inst["image_ref"],
+            "links": [{"rel": "bookmark", "href": f"{compute_url(request)}/images/{inst['image_ref']}"}],
+        }
+    server: dict = {
+        "accessIPv4": str(inst["access_ip_v4"]) if inst["access_ip_v4"] else "",
+        "accessIPv6": str(inst["access_ip_v6"]) if inst["access_ip_v6"] else "",
+        "addresses": {} if inst["vm_state"] == "building" else addresses,
+        "created": isotime(inst["created_at"]),
+        "flavor": flavor_doc,
+        "hostId": host_id(inst["host"], inst["project_id"]),
+        "id": uuid,
+        "image": image,
+        "links": links(request, "servers", uuid),
+        "metadata": inst["metadata"] or {},
+        "name": inst["display_name"],
+        "status": status,
+        "tenant_id": inst["project_id"],
+        "user_id": inst["user_id"],
+        "updated": isotime(inst["updated_at"]),
+        "OS-DCF:diskConfig": "AUTO" if inst["auto_disk_config"] else "MANUAL",
+    }
+    if status in FAULT_STATUSES:
+        f = fault_view(fault, is_admin)
+        if f:
+            server["fault"] = f
+    if status in PROGRESS_STATUSES:
+        server["progress"] = inst["progress"] or 0
+    server["OS-EXT-AZ:availability_zone"] = inst["availability_zone"] or ""
+    server["config_drive"] = inst["config_drive"]
+    server["key_name"] = inst["key_name"]
+    server["OS-SRV-USG:launched_at"] = _usage_time(inst["launched_at"])
+    server["OS-SRV-USG:terminated_at"] = _usage_time(inst["terminated_at"])
+    if inst["security_groups"] and not inst["deleted"]:
+        server["security_groups"] = [{"name": n} for n in inst["security_groups"]]
+    if show_extended_attr:
+        server["OS-EXT-SRV-ATTR:host"] = inst["host"]
+        server["OS-EXT-SRV-ATTR:instance_name"] = instance_name(request, inst)
+        server["OS-EXT-SRV-ATTR:hypervisor_hostname"] = inst["node"]
+        if at_least(request, 3):
+            server["OS-EXT-SRV-ATTR:hostname"] = inst["hostname"]
+            server["OS-EXT-SRV-ATTR:kernel_id"] = inst["kernel_id"]
+            server["OS-EXT-SRV-ATTR:launch_index"] = inst["launch_index"]
+            server["OS-EXT-SRV-ATTR:ramdisk_id"] = inst["ramdisk_id"]
+            server["OS-EXT-SRV-ATTR:reservation_id"] = inst["reservation_id"]
+            server["OS-EXT-SRV-ATTR:root_device_name"] = inst["root_device_name"]
+            server["OS-EXT-SRV-ATTR:user_data"] = inst["user_data"]
+    server["OS-EXT-STS:task_state"] = inst["task_state"]
+    server["OS-EXT-STS:vm_state"] = inst["vm_state"]
+    server["OS-EXT-STS:power_state"] = inst["power_state"]
+    attached = []
+    for b in bdms:
+        if b["volume_id"]:
+            item = {"id": b["volume_id"]}
+            if at_least(request, 3):
+                item["delete_on_termination"] = b["delete_on_termination"]
+            attached.append(item)
+    server["os-extended-volumes:volumes_attached"] = attached
+    if at_least(request, 9):
+        server["locked"] = bool(inst["locked"])
+    if at_least(request, 16) and host_status is not None:
+        server["host_status"] = host_status
+    if at_least(request, 19):
+        server["description"] = inst["display_description"]
+    if at_least(request, 26):
+        server["tags"] = list(inst["tags"] or [])
+    if at_least(request, 63):
+        server["trusted_image_certificates"] = None
+    if at_least(request, 73):
+        server["locked_reason"] = inst["locked_reason"]
+    if at_least(request, 90) and not show_extended_attr:
+        server["OS-EXT-SRV-ATTR:hostname"] = inst["hostname"]
+    if at_least(request, 96):
+        server["pinned_availability_zone"] = (inst["request_spec"] or {}).get("availability_zone")
+    return server
+
+
+def _usage_time(ts: datetime | None) -> str | None:
+    # Nova prints these naive, with microseconds, no Z.
+    return ts.replace(tzinfo=None).isoformat() if ts else None
+
+
+def instance_name(request: web.Request, inst: asyncpg.Record) -> str:
+    return request.app["config"].compute.instance_name_template % inst["id"]

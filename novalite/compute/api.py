@@ -1,0 +1,603 @@
+"""Compute API layer: validate a create request the way Nova's compute/api.py
+does, provision the instances in one transaction, and cast to the conductor.
+
+Nothing here knows HTTP: errors are ``novalite.api.errors`` exceptions with a
+status, raised before anything is written, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import secrets
+import string
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from novalite import quota
+from novalite.api import errors
+from novalite.api.middleware import RequestContext
+from novalite.compute import states
+from novalite.compute.locks import InstanceLocks
+from novalite.config import Config
+from novalite.db import boot as lookups
+from novalite.db import instances as db
+
+log = structlog.get_logger(__name__)
+
+ROOT_DEVICE_RE = re.compile(r"^/dev/x{0,1}[a-z]{0,1}d{0,1}[a-z]+[0-9]*$")
+DEFAULT_ROOT_DEVICE = "/dev/vda"
+
+
+@dataclass
+class CreateRequest:
+    """create_kwargs as the API handler builds them from the request body."""
+
+    name: str
+    flavor_ref: str
+    image_ref: str = ""
+    description: str | None = None
+    hostname: str | None = None
+    admin_password: str | None = None
+    access_ip_v4: str | None = None
+    access_ip_v6: str | None = None
+    availability_zone: str | None = None
+    forced_host: str | None = None
+    forced_node: str | None = None
+    block_device_mapping: list[dict] = field(default_factory=list)
+    legacy_bdm: bool = False
+    config_drive: bool | None = None
+    auto_disk_config: bool | None = None
+    key_name: str | None = None
+    min_count: int = 1
+    max_count: int = 1
+    return_reservation_id: bool = False
+    injected_files: list[tuple[str, str]] = field(default_factory=list)
+    scheduler_hints: dict = field(default_factory=dict)
+    security_groups: list[str] = field(default_factory=list)
+    user_data: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    requested_networks: Any = None  # "auto" | "none" | list of {uuid, port, fixed_ip, tag}
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildRequest:
+    """What the API casts to the conductor: instances to schedule and build."""
+
+    instance_uuids: list[str]
+    request_spec: dict
+    request_id: str
+
+
+def sanitize_hostname(name: str, default: str = "server") -> str:
+    """Nova's hostname sanitisation: lower case, [a-z0-9-], at most 63 characters."""
+    host = name.lower()
+    host = re.sub(r"[ _]", "-", host)
+    host = re.sub(r"[^\w.-]+", "", host, flags=re.ASCII)
+    host = host.replace(".", "-")
+    host = host[:63].strip("-")
+    return host or default
+
+
+def generate_password(length: int = 12) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def validate_flavor_extra_specs(specs: dict) -> None:
+    """NUMA and PCI extra specs must be well formed before anything is scheduled."""
+    nodes = specs.get("hw:numa_nodes")
+    if nodes is not None:
+        if not str(nodes).isdigit() or int(nodes) < 1:
+            raise errors.BadRequest(f"Invalid flavor extra spec hw:numa_nodes={nodes}: must be a positive integer.")
+        n = int(nodes)
+        cpus = [k for k in specs if k.startswith("hw:numa_cpus.")]
+        mems = [k for k in specs if k.startswith("hw:numa_mem.")]
+        if (cpus or mems) and (len(cpus) != n or len(mems) != n):
+            raise errors.BadRequest("CPU and memory allocation must be provided for all NUMA nodes")
+    for key in ("hw:cpu_policy",):
+        if key in specs and specs[key] not in ("shared", "dedicated", "mixed"):
+            raise errors.BadRequest(f"Invalid {key} extra spec value: {specs[key]}")
+    alias = specs.get("pci_passthrough:alias")
+    if alias is not None:
+        for part in str(alias).split(","):
+            name, _, count = part.strip().partition(":")
+            if not name or not count.isdigit() or int(count) < 1:
+                raise errors.BadRequest(
+                    f"Invalid PCI alias definition: pci_passthrough:alias={alias} (expected name:count[,name:count])"
+                )
+
+
+class ComputeAPI:
+    """Validates and provisions servers, and starts deletes."""
+
+    def __init__(self, pool: asyncpg.Pool, config: Config, locks: InstanceLocks) -> None:
+        self.pool = pool
+        self.config = config
+        self.locks = locks
+        self.conductor: Any = None  # set by the wiring once the conductor exists
+        self.computes: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- create -------------------------------------------------------------
+    async def create(self, ctx: RequestContext, req: CreateRequest) -> tuple[list[asyncpg.Record], str, str]:
+        """Validate, provision and cast; return (instances, reservation_id, admin_password)."""
+        if req.min_count > req.max_count:
+            raise errors.BadRequest("min_count must be <= max_count")
+        async with self.pool.acquire() as conn:
+            base = await self._validate(conn, ctx, req)
+        password = req.admin_password or generate_password()
+        instances, reservation_id = await self._provision(ctx, req, base)
+        uuids = [str(i["uuid"]) for i in instances]
+        self.conductor.build_instances(
+            BuildRequest(instance_uuids=uuids, request_spec=base["request_spec"], request_id=ctx.request_id)
+        )
+        return instances, reservation_id, password
+
+    async def _validate(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> dict:
+        cfg = self.config
+        nets = req.requested_networks
+        if req.max_count > 1 and isinstance(nets, list):
+            if any(n.get("fixed_ip") for n in nets):
+                raise errors.BadRequest(
+                    "Failed to launch instances: max_count can't be greater than 1 if a fixed_ip is specified."
+                )
+            if any(n.get("port") for n in nets):
+                raise errors.BadRequest(
+                    "Failed to launch instances: Unable to launch multiple instances with a single configured "
+                    "port ID. Please launch your instance one by one with different ports."
+                )
+        # flavor
+        flavor = await lookups.flavor(conn, req.flavor_ref, ctx.project_id, ctx.is_admin)
+        if flavor is None or flavor["disabled"]:
+            raise errors.BadRequest(f"Flavor {req.flavor_ref} could not be found.")
+        extra_specs = flavor["extra_specs"] or {}
+        validate_flavor_extra_specs(extra_specs)
+        # block device mappings and the image
+        bdms = self._bdms_with_root(req)
+        image = None
+        image_id = req.image_ref.rsplit("/", 1)[-1] if req.image_ref else ""
+        root = next((b for b in bdms if b.get("boot_index") == 0), None)
+        if root is not None and root.get("source_type") == "image":
+            image_id = root.get("image_id") or image_id
+        if image_id:
+            image = await lookups.image(conn, image_id)
+            if image is None:
+                raise errors.BadRequest("Can not find requested image")
+            if image["status"] != "active":
+                raise errors.BadRequest(f"Image {image_id} is not active.")
+            self._check_image_fits_flavor(image, flavor, root)
+        elif root is None or root.get("source_type") == "image":
+            raise errors.BadRequest("Block Device Mapping is Invalid: Boot sequence for the instance and image/block device mapping combination is not valid.")
+        await self._check_bdms(conn, bdms, flavor)
+        image_props = dict(image["properties"] or {}) if image else {}
+        auto_disk = req.auto_disk_config
+        if auto_disk is None:
+            auto_disk = str(image_props.get("auto_disk_config", "false")).lower() == "true"
+        elif auto_disk and str(image_props.get("auto_disk_config", "")).lower() == "disabled":
+            raise errors.BadRequest(f"Requested image {image_id} has automatic disk resize disabled.")
+        # availability zone and forced host
+        zones = await lookups.availability_zones(conn)
+        az = req.availability_zone
+        if az and az not in zones:
+            raise errors.BadRequest("The requested availability zone is not available")
+        forced_host = req.forced_host or req.forced_node
+        if forced_host:
+            node = await lookups.compute_node(conn, forced_host)
+            if node is None:
+                raise errors.BadRequest(f"Compute host {forced_host} could not be found.")
+            if az and node["availability_zone"] != az:
+                raise errors.BadRequest(
+                    f"Host '{forced_host}' is not a member of availability zone '{az}'."
+                )
+            az = az or node["availability_zone"]
+        # user data
+        if req.user_data is not None:
+            try:
+                decoded = base64.b64decode(req.user_data, validate=True)
+            except ValueError:
+                raise errors.BadRequest("User data needs to be valid base 64.") from None
+            if len(decoded) > cfg.compute.max_user_data_bytes:
+                raise errors.BadRequest("User data too large.")
+        # metadata and injected files quotas
+        limits = await quota.get_limits(conn, cfg.quota, ctx.project_id)
+        if limits["metadata_items"] != quota.UNLIMITED and len(req.metadata) > limits["metadata_items"]:
+            raise errors.QuotaExceeded(f"Maximum number of metadata items exceeds {limits['metadata_items']}")
+        if req.injected_files:
+            if limits["injected_files"] != quota.UNLIMITED and len(req.injected_files) > limits["injected_files"]:
+                raise errors.QuotaExceeded("Personality file limit exceeded")
+            for path, contents in req.injected_files:
+                if len(path.encode()) > limits["injected_file_path_bytes"] >= 0:
+                    raise errors.QuotaExceeded(
+                        f"Personality file path exceeds maximum {limits['injected_file_path_bytes']}"
+                    )
+                try:
+                    content = base64.b64decode(contents, validate=True)
+                except ValueError:
+                    raise errors.BadRequest(f"Personality content for {path} cannot be decoded") from None
+                if len(content) > limits["injected_file_content_bytes"] >= 0:
+                    raise errors.QuotaExceeded(
+                        f"Personality file content exceeds maximum {limits['injected_file_content_bytes']}"
+                    )
+        # security groups
+        await lookups.ensure_default_security_group(conn, ctx.project_id)
+        groups = sorted(set(req.security_groups)) or ["default"]
+        known = await lookups.security_group_names(conn, ctx.project_id)
+        for name in groups:
+            if name not in known:
+                raise errors.BadRequest(f"Security group {name} not found for project {ctx.project_id}.")
+        # networks (the network API arrives later: only auto/none resolve today)
+        if isinstance(nets, list):
+            for net in nets:
+                if net.get("port"):
+                    raise errors.BadRequest(f"Port id {net['port']} could not be found.")
+                if net.get("uuid"):
+                    raise errors.BadRequest(f"Network {net['uuid']} could not be found.")
+        # kernel / ramdisk from image properties
+        kernel_id = str(image_props.get("kernel_id") or "")
+        ramdisk_id = str(image_props.get("ramdisk_id") or "")
+        for ref in (kernel_id, ramdisk_id):
+            if ref and await lookups.image(conn, ref) is None:
+                raise errors.BadRequest(f"Image {ref} could not be found.")
+        # key pair
+        key_data = None
+        if req.key_name is not None:
+            kp = await lookups.keypair(conn, ctx.user_id, req.key_name)
+            if kp is None:
+                raise errors.BadRequest("Invalid key_name provided.")
+            key_data = kp["public_key"]
+        # root device name
+        root_device = (root or {}).get("device_name") or DEFAULT_ROOT_DEVICE
+        if not ROOT_DEVICE_RE.match(root_device):
+            raise errors.BadRequest(f"The supplied device path ({root_device}) is invalid.")
+        # server group from the hints
+        group_hint = req.scheduler_hints.get("group")
+        if isinstance(group_hint, list):
+            group_hint = group_hint[0] if group_hint else None
+        group = None
+        if group_hint:
+            group = await lookups.instance_group(conn, str(group_hint))
+            if group is None or (group["project_id"] != ctx.project_id and not ctx.is_admin):
+                raise errors.BadRequest(f"Instance group {group_hint} could not be found.")
+        flavor_doc = {
+            "flavorid": flavor["flavorid"],
+            "name": flavor["name"],
+            "memory_mb": flavor["memory_mb"],
+            "vcpus": flavor["vcpus"],
+            "root_gb": flavor["root_gb"],
+            "ephemeral_gb": flavor["ephemeral_gb"],
+            "swap": flavor["swap"],
+            "extra_specs": extra_specs,
+        }
+        request_spec = {
+            "project_id": ctx.project_id,
+            "user_id": ctx.user_id,
+            "flavor": flavor_doc,
+            "image": {
+                "id": image_id,
+                "properties": image_props,
+                "min_ram": image["min_ram"] if image else 0,
+                "min_disk": image["min_disk"] if image else 0,
+            },
+            "availability_zone": az,
+            "force_hosts": [forced_host] if forced_host else [],
+            "scheduler_hints": req.scheduler_hints,
+            "instance_group": str(group["uuid"]) if group else None,
+            "num_instances": req.max_count,
+            "retry": {"num_attempts": 0, "hosts": []},
+        }
+        return {
+            "flavor": flavor_doc,
+            "image_id": image_id,
+            "kernel_id": kernel_id,
+            "ramdisk_id": ramdisk_id,
+            "key_data": key_data,
+            "security_groups": groups,
+            "auto_disk_config": auto_disk,
+            "root_device_name": root_device,
+            "bdms": bdms,
+            "group": group,
+            "availability_zone": az,
+            "request_spec": request_spec,
+        }
+
+    def _bdms_with_root(self, req: CreateRequest) -> list[dict]:
+        """check_and_transform_bdm: one root device; an image-backed root when only imageRef is given."""
+        bdms = [dict(b) for b in req.block_device_mapping]
+        if req.legacy_bdm:
+            converted = []
+            for b in bdms:
+                if b.get("no_device"):
+                    continue
+                src = "snapshot" if b.get("snapshot_id") else "volume" if b.get("volume_id") else "blank"
+                is_root = b.get("device_name") in (DEFAULT_ROOT_DEVICE, "vda")
+                converted.append(
+                    {
+                        "source_type": src,
+                        "destination_type": "volume" if src != "blank" else "local",
+                        "volume_id": b.get("volume_id"),
+                        "snapshot_id": b.get("snapshot_id"),
+                        "volume_size": b.get("volume_size"),
+                        "device_name": b.get("device_name"),
+                        "delete_on_termination": bool(b.get("delete_on_termination")),
+                        "boot_index": 0 if is_root else None,
+                    }
+                )
+            bdms = converted
+        for b in bdms:
+            uuid = b.pop("uuid", None)
+            src = b.get("source_type")
+            if src is None:
+                # v1-style entry inside v2: infer the source like Nova's from_legacy
+                src = "snapshot" if b.get("snapshot_id") else "volume" if b.get("volume_id") else "blank"
+                b["source_type"] = src
+            if uuid:
+                key = {"image": "image_id", "volume": "volume_id", "snapshot": "snapshot_id"}.get(src)
+                if key is None:
+                    raise errors.BadRequest("Block Device Mapping is Invalid: uuid given for a blank device.")
+                b[key] = uuid
+            if b.get("boot_index") is not None and b["boot_index"] < 0:
+                b["boot_index"] = None
+            b.setdefault("destination_type", "local" if src in ("image", "blank") else "volume")
+            b["delete_on_termination"] = bool(b.get("delete_on_termination"))
+            for k in ("virtual_name", "no_device", "connection_info"):
+                b.pop(k, None)
+        if req.image_ref and not any(b.get("boot_index") == 0 for b in bdms):
+            image_id = req.image_ref.rsplit("/", 1)[-1]
+            bdms.insert(
+                0,
+                {
+                    "source_type": "image",
+                    "destination_type": "local",
+                    "image_id": image_id,
+                    "boot_index": 0,
+                    "delete_on_termination": True,
+                    "device_name": None,
+                },
+            )
+        roots = [b for b in bdms if b.get("boot_index") == 0]
+        if len(roots) > 1:
+            raise errors.BadRequest(
+                "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
+                "mapping combination is not valid."
+            )
+        indexes = sorted(b["boot_index"] for b in bdms if b.get("boot_index") is not None)
+        if indexes and indexes != list(range(len(indexes))):
+            raise errors.BadRequest(
+                "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
+                "mapping combination is not valid."
+            )
+        for b in bdms:
+            if b.get("boot_index") == 0 and b["source_type"] == "image" and b["destination_type"] == "local":
+                b["delete_on_termination"] = True
+        return bdms
+
+    async def _check_bdms(self, conn: asyncpg.Connection, bdms: list[dict], flavor: asyncpg.Record) -> None:
+        ephemeral_total = 0
+        for b in bdms:
+            src, dest = b["source_type"], b["destination_type"]
+            if src in ("volume", "snapshot") or (src in ("image", "blank") and dest == "volume"):
+                ident = b.get("volume_id") or b.get("snapshot_id")
+                if src == "volume":
+                    raise errors.BadRequest(f"Volume {ident} could not be found.")
+                if src == "snapshot":
+                    raise errors.BadRequest(f"Snapshot {ident} could not be found.")
+                if b.get("volume_size") is None:
+                    raise errors.BadRequest(
+                        "Block Device Mapping is Invalid: You specified more local devices than the limit allows"
+                        if False else "Block Device Mapping is Invalid: volume_size is required to create a volume."
+                    )
+                raise errors.BadRequest("Block Device Mapping is Invalid: volume destinations are not available yet.")
+            if src == "blank" and dest == "local":
+                size = b.get("volume_size")
+                if b.get("guest_format") == "swap":
+                    if size is not None and size * 1024 > flavor["swap"]:
+                        raise errors.BadRequest("Swap drive requested is larger than instance type allows.")
+                else:
+                    ephemeral_total += size if size is not None else flavor["ephemeral_gb"]
+        if ephemeral_total > flavor["ephemeral_gb"]:
+            raise errors.BadRequest(
+                "Ephemeral disks requested are larger than the instance type allows. If no size is given in "
+                "one block device mapping, flavor ephemeral size will be used."
+            )
+        for b in bdms:
+            name = b.get("device_name")
+            if name and not ROOT_DEVICE_RE.match(name if name.startswith("/dev/") else f"/dev/{name}"):
+                raise errors.BadRequest(f"The supplied device path ({name}) is invalid.")
+
+    @staticmethod
+    def _check_image_fits_flavor(image: asyncpg.Record, flavor: asyncpg.Record, root: dict | None) -> None:
+        if image["min_ram"] and flavor["memory_mb"] < image["min_ram"]:
+            raise errors.BadRequest("Flavor's memory is too small for requested image.")
+        if root is not None and root.get("destination_type") == "volume":
+            return
+        if flavor["root_gb"]:
+            if image["min_disk"] and flavor["root_gb"] < image["min_disk"]:
+                raise errors.BadRequest(
+                    f"Flavor's disk is too small for requested image. Flavor disk is {flavor['root_gb'] * 1024**3} "
+                    f"bytes, minimum required by image is {image['min_disk'] * 1024**3} bytes."
+                )
+            if image["size"] and image["size"] > flavor["root_gb"] * 1024**3:
+                raise errors.BadRequest(
+                    f"Flavor's disk is too small for requested image. Flavor disk is "
+                    f"{flavor['root_gb'] * 1024**3} bytes, image is {image['size']} bytes."
+                )
+
+    # -- provision ----------------------------------------------------------
+    async def _provision(
+        self, ctx: RequestContext, req: CreateRequest, base: dict
+    ) -> tuple[list[asyncpg.Record], str]:
+        """One transaction: quota check, instance rows, BDMs, group members, actions, notifications."""
+        flavor = base["flavor"]
+        reservation_id = "r-" + secrets.token_hex(4)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await quota.lock_project(conn, ctx.project_id)
+            limits = await quota.get_limits(conn, self.config.quota, ctx.project_id)
+            used = await quota.instance_usage(conn, ctx.project_id)
+            count = quota.admissible_count(limits, used, flavor["vcpus"], flavor["memory_mb"], req.max_count)
+            if count < req.min_count:
+                raise quota.instances_over_quota(
+                    limits, used, flavor["vcpus"], flavor["memory_mb"], req.min_count if count else max(1, req.min_count)
+                )
+            group = base["group"]
+            if group is not None:
+                members = await conn.fetchval(
+                    "SELECT count(*) FROM instance_group_members WHERE group_uuid = $1", group["uuid"]
+                )
+                limit = limits["server_group_members"]
+                if limit != quota.UNLIMITED and members + count > limit:
+                    raise errors.QuotaExceeded("Quota exceeded, too many servers in group")
+            rows = []
+            template = self.config.compute.multi_instance_display_name_template
+            for index in range(count):
+                uuid = str(uuidlib.uuid4())
+                name = req.name
+                if count > 1:
+                    name = template % {"name": req.name, "count": index + 1, "uuid": uuid}
+                hostname = req.hostname or sanitize_hostname(name)
+                if req.hostname and count > 1:
+                    hostname = f"{req.hostname}-{index + 1}"
+                spec = dict(base["request_spec"], instance_uuid=uuid)
+                rows.append(
+                    {
+                        "uuid": uuid,
+                        "project_id": ctx.project_id,
+                        "user_id": ctx.user_id,
+                        "display_name": name,
+                        "display_description": req.description,
+                        "hostname": hostname,
+                        "reservation_id": reservation_id,
+                        "launch_index": index,
+                        "vm_state": states.BUILDING,
+                        "task_state": states.SCHEDULING,
+                        "power_state": states.NOSTATE,
+                        "availability_zone": base["availability_zone"],
+                        "flavor": flavor,
+                        "vcpus": flavor["vcpus"],
+                        "memory_mb": flavor["memory_mb"],
+                        "root_gb": flavor["root_gb"],
+                        "ephemeral_gb": flavor["ephemeral_gb"],
+                        "image_ref": base["image_id"],
+                        "kernel_id": base["kernel_id"],
+                        "ramdisk_id": base["ramdisk_id"],
+                        "key_name": req.key_name,
+                        "key_data": base["key_data"],
+                        "user_data": req.user_data,
+                        "config_drive": "True" if req.config_drive else "",
+                        "auto_disk_config": base["auto_disk_config"],
+                        "access_ip_v4": req.access_ip_v4 or None,
+                        "access_ip_v6": req.access_ip_v6 or None,
+                        "root_device_name": base["root_device_name"],
+                        "metadata": req.metadata,
+                        "system_metadata": {},
+                        "security_groups": base["security_groups"],
+                        "tags": sorted(set(req.tags)),
+                        "injected_files": [[p, c] for p, c in req.injected_files],
+                        "requested_networks": req.requested_networks,
+                        "request_spec": spec,
+                        "instance_group": group["uuid"] if group else None,
+                    }
+                )
+            await db.insert_instances(conn, rows)
+            uuids = [r["uuid"] for r in rows]
+            for r in rows:
+                await db.insert_bdms(conn, r["uuid"], base["bdms"])
+            if group is not None:
+                await conn.execute(
+                    """INSERT INTO instance_group_members (group_uuid, instance_uuid)
+                       SELECT $1, u FROM unnest($2::uuid[]) AS u""",
+                    group["uuid"],
+                    uuids,
+                )
+            await db.start_actions(conn, uuids, "create", ctx.request_id, ctx.user_id, ctx.project_id)
+            await db.notify(
+                conn,
+                "instance.update",
+                {"state": states.BUILDING, "task_state": states.SCHEDULING, "reservation_id": reservation_id},
+                publisher_id="nova-api",
+                instance_uuids=uuids,
+                request_id=ctx.request_id,
+            )
+            instances = await db.get_many(conn, uuids)
+        log.info("provisioned", reservation_id=reservation_id, instance_uuids=uuids)
+        return instances, reservation_id
+
+    # -- delete -------------------------------------------------------------
+    async def delete(self, ctx: RequestContext, instance: asyncpg.Record, force: bool = False) -> None:
+        """Mark an instance deleting (any stage, even mid-build) and finish the delete in the background."""
+        uuid = str(instance["uuid"])
+        if instance["locked"] and not ctx.is_admin:
+            raise errors.Conflict(f"Instance {uuid} is locked")
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                await db.compare_and_set(
+                    conn, uuid, expect_task_state=db.Not(states.DELETING), task_state=states.DELETING
+                )
+            except db.StateConflict as conflict:
+                if conflict.actual is None or conflict.actual["deleted"]:
+                    raise errors.NotFound(f"Instance {uuid} could not be found.") from None
+                return  # already being deleted: DELETE is idempotent
+            await db.start_actions(conn, [uuid], "delete", ctx.request_id, ctx.user_id, ctx.project_id)
+        self.start_delete(uuid, ctx.request_id)
+
+    def start_delete(self, uuid: str, request_id: str) -> None:
+        task = asyncio.create_task(self.run_delete(uuid, request_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run_delete(self, uuid: str, request_id: str) -> None:
+        """Wait out a build holding the instance lock, then destroy, free and mark deleted."""
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id)
+        async with self.locks.lock(uuid):
+            async with self.pool.acquire() as conn:
+                inst = await db.get(conn, uuid)
+            if inst is None:
+                return
+            host = inst["host"]
+            compute = self.computes.get(host) if host else None
+            if compute is not None:
+                await compute.terminate_instance(inst, request_id)
+            else:
+                await finish_delete(self.pool, uuid, request_id, host=None)
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def finish_delete(pool: asyncpg.Pool, uuid: str, request_id: str, host: str | None) -> None:
+    """Free the claim and mark the instance deleted, in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
+        await conn.execute("DELETE FROM instance_group_members WHERE instance_uuid = $1", uuid)
+        await conn.execute("UPDATE block_device_mappings SET deleted = true WHERE instance_uuid = $1", uuid)
+        now = datetime.now(UTC)
+        await db.compare_and_set(
+            conn,
+            uuid,
+            expect_task_state=states.DELETING,
+            vm_state=states.DELETED,
+            task_state=None,
+            power_state=states.NOSTATE,
+            deleted=True,
+            deleted_at=now,
+            terminated_at=now,
+        )
+        await db.event_finish(conn, uuid, request_id, "compute_terminate_instance")
+        await db.finish_action(conn, uuid, request_id)
+        await db.notify(
+            conn,
+            "instance.delete.end",
+            {"state": states.DELETED},
+            publisher_id=f"nova-compute:{host}" if host else "nova-api",
+            instance_uuids=[uuid],
+            request_id=request_id,
+        )
+    log.info("instance_deleted", instance_uuid=uuid)

@@ -1,0 +1,302 @@
+"""One compute manager per configured host: builds and destroys its instances.
+
+A build runs as its own task (the queue consumer stays free), holds the
+instance's lock, and waits for the host's ``asyncio.Semaphore``
+(max_concurrent_builds). Each step is a compare-and-set of task_state
+(None → networking → block_device_mapping → spawning → active), an action
+event and a notification, so a delete arriving mid-build makes the next step
+fail, the build cleans up what it made, and the delete finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from novalite.compute import states
+from novalite.compute.api import finish_delete
+from novalite.compute.locks import InstanceLocks
+from novalite.conductor import Conductor
+from novalite.config import Config, HostConfig
+from novalite.db import instances as db
+from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec, VirtDriver
+
+log = structlog.get_logger(__name__)
+
+BUILD_EVENT = "compute_build_and_run_instance"
+HEARTBEAT_SECONDS = 10
+
+
+class BuildAborted(Exception):
+    """The instance left the build (deleted meanwhile): stop and clean up, no reschedule."""
+
+
+class ComputeManager:
+    """Builds, destroys and reports instances of one host through its virt driver."""
+
+    def __init__(
+        self,
+        host: HostConfig,
+        driver: VirtDriver,
+        pool: asyncpg.Pool,
+        config: Config,
+        locks: InstanceLocks,
+        conductor: Conductor,
+    ) -> None:
+        self.host = host.name
+        self.host_config = host
+        self.driver = driver
+        self.pool = pool
+        self.config = config
+        self.locks = locks
+        self.conductor = conductor
+        self.semaphore = asyncio.Semaphore(host.max_concurrent_builds or config.compute.max_concurrent_builds)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.host_info: HostInfo | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._workers: list[asyncio.Task] = []
+        # Fault injection for tests and drills: a build on this host fails at spawn
+        # with this message; `before_step(uuid, task_state)` is awaited before each step.
+        self.fail_spawn: str | None = None
+        self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.config.state_dir / "instances" / self.host
+
+    # -- lifecycle ---------------------------------------------------------
+    async def init_host(self) -> None:
+        """Connect to the hypervisor and register/refresh this host's compute node row."""
+        info = await self.driver.init_host()
+        self.host_info = info
+        local_gb = self.host_config.disk_gb or info.local_gb
+        if self.host_config.simulate is not None:
+            local_gb = self.host_config.simulate.disk_gb
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO compute_nodes (host, hypervisor_hostname, uuid, service_uuid, uri, availability_zone,
+                                              hypervisor_type, hypervisor_version, cpu_arch, vcpus, memory_mb,
+                                              local_gb, heartbeat_at)
+                   VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+                   ON CONFLICT (host) DO UPDATE SET uri = EXCLUDED.uri,
+                       availability_zone = EXCLUDED.availability_zone, hypervisor_type = EXCLUDED.hypervisor_type,
+                       hypervisor_version = EXCLUDED.hypervisor_version, cpu_arch = EXCLUDED.cpu_arch,
+                       vcpus = EXCLUDED.vcpus, memory_mb = EXCLUDED.memory_mb, local_gb = EXCLUDED.local_gb,
+                       heartbeat_at = now(), updated_at = now()""",
+                self.host,
+                uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"node.{self.host}.novalite"),
+                uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"service.{self.host}.novalite"),
+                self.host_config.uri or "test:///",
+                self.host_config.availability_zone,
+                "QEMU" if info.hypervisor_type.lower() in ("qemu", "kvm", "test") else info.hypervisor_type,
+                info.hypervisor_version,
+                info.cpu_arch,
+                info.vcpus,
+                info.memory_mb,
+                local_gb,
+            )
+        log.info("compute_host_ready", host=self.host, vcpus=info.vcpus, memory_mb=info.memory_mb, local_gb=local_gb)
+
+    def start(self) -> None:
+        self._workers.append(asyncio.create_task(self._serve(), name=f"compute-{self.host}"))
+        self._workers.append(asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.host}"))
+
+    async def stop(self) -> None:
+        for w in self._workers:
+            w.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10)
+        await self.driver.close()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.execute("UPDATE compute_nodes SET heartbeat_at = now() WHERE host = $1", self.host)
+            except Exception:  # a missed beat is logged, the next one retries
+                log.warning("heartbeat_failed", host=self.host, exc_info=True)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self) -> None:
+        while True:
+            kind, args = await self.queue.get()
+            if kind == "build":
+                self._spawn(self._build(*args))
+
+    # -- build ---------------------------------------------------------------
+    def build_and_run_instance(
+        self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Cast: queue a build for this host."""
+        self.queue.put_nowait(("build", (uuid, request_id, alternates, attempts or [])))
+
+    async def _step(self, conn: asyncpg.Connection, uuid: str, expect: str | None, new: str | None, **updates: Any):
+        if self.before_step is not None:
+            await self.before_step(uuid, new if new is not None else updates.get("vm_state"))
+        try:
+            return await db.compare_and_set(
+                conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=expect, task_state=new, **updates
+            )
+        except db.StateConflict as conflict:
+            raise BuildAborted(f"instance left the build before {new}") from conflict
+
+    async def _build(self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]]) -> None:
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        async with self.locks.lock(uuid), self.semaphore:
+            created = False
+            try:
+                async with self.pool.acquire() as conn:
+                    await db.event_start(conn, uuid, request_id, BUILD_EVENT, self.host)
+                    inst = await self._step(conn, uuid, states.SCHEDULING, None)
+                    if inst["host"] != self.host:
+                        raise BuildAborted("instance is claimed on another host")
+                    await db.notify(conn, "instance.create.start", {"host": self.host},
+                                    publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid],
+                                    request_id=request_id)
+                    # The scheduler's claim is the resource claim; make sure it is still ours.
+                    if not await conn.fetchval(
+                        "SELECT 1 FROM allocations WHERE instance_uuid = $1 AND host = $2", uuid, self.host
+                    ):
+                        raise RuntimeError(f"no resource claim for {uuid} on {self.host}")
+                    nics = await self._networking(conn, inst, request_id)
+                    disks = await self._block_device_mapping(conn, inst, request_id)
+                    inst = await self._step(conn, uuid, states.BLOCK_DEVICE_MAPPING, states.SPAWNING)
+                    await db.event_start(conn, uuid, request_id, "compute_spawn", self.host)
+                guest = self._guest_spec(inst, nics, disks)
+                if self.fail_spawn:
+                    raise RuntimeError(self.fail_spawn)
+                created = True
+                await self.driver.spawn(guest)
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await db.event_finish(conn, uuid, request_id, "compute_spawn")
+                    await self._step(
+                        conn, uuid, states.SPAWNING, None, vm_state=states.ACTIVE, power_state=states.RUNNING,
+                        launched_at=datetime.now(UTC),
+                    )
+                    await db.event_finish(conn, uuid, request_id, BUILD_EVENT)
+                    await db.finish_action(conn, uuid, request_id)
+                    await db.notify(conn, "instance.create.end", {"host": self.host, "state": states.ACTIVE},
+                                    publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid],
+                                    request_id=request_id)
+                log.info("instance_active")
+            except BuildAborted as exc:
+                log.info("build_aborted", reason=str(exc))
+                if created:
+                    await self.driver.destroy(uuid)
+                async with self.pool.acquire() as conn:
+                    await db.event_finish(conn, uuid, request_id, BUILD_EVENT, "Error", details=str(exc))
+            except Exception as exc:
+                log.warning("build_failed", error=str(exc))
+                await self._build_failed(uuid, request_id, alternates, attempts, exc, created)
+
+    async def _networking(self, conn: asyncpg.Connection, inst: asyncpg.Record, request_id: str) -> list[NicSpec]:
+        """NETWORKING: MACs and ports. Real networks arrive with the network API; until then none."""
+        uuid = str(inst["uuid"])
+        await self._step(conn, uuid, None, states.NETWORKING)
+        await db.event_start(conn, uuid, request_id, "compute_allocate_network", self.host)
+        nics: list[NicSpec] = []
+        await db.event_finish(conn, uuid, request_id, "compute_allocate_network",
+                              details=json.dumps({"ports": [n.mac for n in nics]}))
+        return nics
+
+    async def _block_device_mapping(
+        self, conn: asyncpg.Connection, inst: asyncpg.Record, request_id: str
+    ) -> list[DiskSpec]:
+        """BLOCK_DEVICE_MAPPING: local disks for the image root, ephemeral and swap."""
+        uuid = str(inst["uuid"])
+        await self._step(conn, uuid, states.NETWORKING, states.BLOCK_DEVICE_MAPPING)
+        await db.event_start(conn, uuid, request_id, "compute_prep_block_device", self.host)
+        base = self.instances_dir / uuid
+        disks = [DiskSpec(path=str(base / "disk"), target_dev="vda")]
+        flavor = inst["flavor"]
+        letter = iter("bcdefghijklmnop")
+        if flavor["ephemeral_gb"]:
+            disks.append(DiskSpec(path=str(base / "disk.eph0"), target_dev=f"vd{next(letter)}"))
+        if flavor["swap"]:
+            disks.append(DiskSpec(path=str(base / "disk.swap"), target_dev=f"vd{next(letter)}"))
+        await db.event_finish(conn, uuid, request_id, "compute_prep_block_device",
+                              details=json.dumps([d.path for d in disks]))
+        return disks
+
+    def _guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], disks: list[DiskSpec]) -> GuestSpec:
+        flavor = inst["flavor"]
+        return GuestSpec(
+            instance_uuid=str(inst["uuid"]),
+            name=self.config.compute.instance_name_template % inst["id"],
+            memory_mb=flavor["memory_mb"],
+            vcpus=flavor["vcpus"],
+            virt_type=self.config.compute.virt_type,
+            disks=disks,
+            nics=nics,
+            console_log_path=str(self.instances_dir / str(inst["uuid"]) / "console.log"),
+            metadata={
+                "display_name": inst["display_name"],
+                "flavor_name": flavor["name"],
+                "memory_mb": flavor["memory_mb"],
+                "vcpus": flavor["vcpus"],
+                "root_gb": flavor["root_gb"],
+                "project_id": inst["project_id"],
+                "user_id": inst["user_id"],
+                "creation_time": inst["created_at"].isoformat(),
+            },
+        )
+
+    async def _build_failed(
+        self,
+        uuid: str,
+        request_id: str,
+        alternates: list[str],
+        attempts: list[tuple[str, str]],
+        exc: Exception,
+        created: bool,
+    ) -> None:
+        """Clean up what this host made; reschedule to an alternate or go to ERROR."""
+        if created:
+            try:
+                await self.driver.destroy(uuid)
+            except Exception:
+                log.exception("cleanup_destroy_failed")
+        reason = f"{type(exc).__name__}: {exc}"
+        attempts = [*attempts, (self.host, reason)]
+        async with self.pool.acquire() as conn, conn.transaction():
+            if created:
+                await db.event_finish(conn, uuid, request_id, "compute_spawn", "Error", traceback=reason)
+            await db.event_finish(
+                conn, uuid, request_id, BUILD_EVENT, "Error", traceback=traceback.format_exc(limit=5), details=reason
+            )
+            await db.add_fault(conn, uuid, 500, reason[:255], traceback.format_exc(limit=5), self.host)
+            try:
+                # Back to scheduling, with this host's claim released.
+                await db.compare_and_set(
+                    conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=db.Not(states.DELETING),
+                    task_state=states.SCHEDULING, host=None, node=None,
+                )
+            except db.StateConflict:
+                return
+            await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
+        await self.conductor.reschedule(uuid, request_id, alternates, attempts)
+
+    # -- delete --------------------------------------------------------------
+    async def terminate_instance(self, inst: asyncpg.Record, request_id: str) -> None:
+        """Destroy the domain and its files, then free the claim and mark deleted (caller holds the lock)."""
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn:
+            await db.event_start(conn, uuid, request_id, "compute_terminate_instance", self.host)
+            await db.notify(conn, "instance.delete.start", {"host": self.host},
+                            publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id)
+        await self.driver.destroy(uuid)
+        await finish_delete(self.pool, uuid, request_id, self.host)

@@ -1,0 +1,355 @@
+"""Queries for instances, their faults, actions, events, BDMs and notifications.
+
+``compare_and_set`` is the ONE way instance state changes: an UPDATE guarded
+by the (vm_state, task_state) the caller expects, so a delete during a build
+or two actions at once cannot clobber each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+ANY = object()  # an expectation that matches every value
+
+
+class Not:
+    """An expectation that matches every value except these."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = values
+
+INSTANCE_COLUMNS = (
+    "uuid",
+    "project_id",
+    "user_id",
+    "display_name",
+    "display_description",
+    "hostname",
+    "reservation_id",
+    "launch_index",
+    "vm_state",
+    "task_state",
+    "power_state",
+    "availability_zone",
+    "flavor",
+    "vcpus",
+    "memory_mb",
+    "root_gb",
+    "ephemeral_gb",
+    "image_ref",
+    "kernel_id",
+    "ramdisk_id",
+    "key_name",
+    "key_data",
+    "user_data",
+    "config_drive",
+    "auto_disk_config",
+    "access_ip_v4",
+    "access_ip_v6",
+    "root_device_name",
+    "metadata",
+    "system_metadata",
+    "security_groups",
+    "tags",
+    "injected_files",
+    "requested_networks",
+    "request_spec",
+    "instance_group",
+)
+_UPDATABLE = set(INSTANCE_COLUMNS) | {
+    "host",
+    "node",
+    "launched_on",
+    "launched_at",
+    "terminated_at",
+    "deleted",
+    "deleted_at",
+    "locked",
+    "locked_by",
+    "locked_reason",
+    "progress",
+}
+
+
+class StateConflict(Exception):
+    """The instance was not in the state the caller expected (someone else moved it)."""
+
+    def __init__(self, uuid: str, actual: asyncpg.Record | None) -> None:
+        self.uuid = uuid
+        self.actual = actual
+        super().__init__(f"instance {uuid} is not in the expected state")
+
+
+def _expect_clause(column: str, expected: Any, args: list) -> str:
+    if expected is ANY:
+        return "true"
+    if isinstance(expected, Not):
+        parts = []
+        for value in expected.values:
+            if value is None:
+                parts.append(f"{column} IS NOT NULL")
+            else:
+                args.append(value)
+                parts.append(f"{column} IS DISTINCT FROM ${len(args)}")
+        return "(" + " AND ".join(parts or ["true"]) + ")"
+    values = list(expected) if isinstance(expected, (list, tuple, set, frozenset)) else [expected]
+    parts = []
+    non_null = [v for v in values if v is not None]
+    if None in values:
+        parts.append(f"{column} IS NULL")
+    if non_null:
+        args.append(non_null)
+        parts.append(f"{column} = ANY(${len(args)})")
+    return "(" + " OR ".join(parts) + ")"
+
+
+async def compare_and_set(
+    conn: asyncpg.Connection,
+    uuid: str,
+    *,
+    expect_vm_state: Any = ANY,
+    expect_task_state: Any = ANY,
+    allow_deleted: bool = False,
+    **updates: Any,
+) -> asyncpg.Record:
+    """Set `updates` on an instance only if its states are among the expected ones.
+
+    Returns the updated row; raises StateConflict (with the current row) otherwise.
+    """
+    bad = set(updates) - _UPDATABLE
+    if bad:
+        raise ValueError(f"not updatable: {bad}")
+    args: list = [uuid]
+    sets = ["updated_at = now()"]
+    for key, value in updates.items():
+        args.append(value)
+        sets.append(f"{key} = ${len(args)}")
+    where = [
+        "uuid = $1",
+        _expect_clause("vm_state", expect_vm_state, args),
+        _expect_clause("task_state", expect_task_state, args),
+    ]
+    if not allow_deleted:
+        where.append("NOT deleted")
+    row = await conn.fetchrow(
+        f"UPDATE instances SET {', '.join(sets)} WHERE {' AND '.join(where)} RETURNING *", *args
+    )
+    if row is None:
+        raise StateConflict(uuid, await get(conn, uuid, include_deleted=True))
+    log.debug(
+        "instance_state",
+        instance_uuid=uuid,
+        vm_state=row["vm_state"],
+        task_state=row["task_state"],
+        power_state=row["power_state"],
+    )
+    return row
+
+
+async def insert_instances(conn: asyncpg.Connection, rows: Sequence[dict]) -> None:
+    cols = ", ".join(INSTANCE_COLUMNS)
+    params = ", ".join(f"${i + 1}" for i in range(len(INSTANCE_COLUMNS)))
+    await conn.executemany(
+        f"INSERT INTO instances ({cols}) VALUES ({params})",
+        [tuple(r.get(c) for c in INSTANCE_COLUMNS) for r in rows],
+    )
+
+
+async def insert_bdms(conn: asyncpg.Connection, instance_uuid: str, bdms: Iterable[dict]) -> None:
+    cols = (
+        "source_type", "destination_type", "device_name", "boot_index", "image_id", "volume_id",
+        "snapshot_id", "volume_size", "device_type", "disk_bus", "guest_format",
+        "delete_on_termination", "tag", "volume_type",
+    )
+    records = [(instance_uuid, *[b.get(c) for c in cols]) for b in bdms]
+    if not records:
+        return
+    records = [r[:12] + (bool(r[12]),) + r[13:] for r in records]
+    placeholders = ", ".join(f"${i + 1}" for i in range(len(cols) + 1))
+    await conn.executemany(
+        f"INSERT INTO block_device_mappings (instance_uuid, {', '.join(cols)}) VALUES ({placeholders})",
+        records,
+    )
+
+
+async def get(conn: asyncpg.Connection, uuid: str, include_deleted: bool = False) -> asyncpg.Record | None:
+    if include_deleted:
+        return await conn.fetchrow("SELECT * FROM instances WHERE uuid = $1", uuid)
+    return await conn.fetchrow("SELECT * FROM instances WHERE uuid = $1 AND NOT deleted", uuid)
+
+
+async def get_many(conn: asyncpg.Connection, uuids: Sequence[str]) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM instances WHERE uuid = ANY($1::uuid[]) ORDER BY launch_index", list(uuids))
+
+
+async def latest_faults(conn: asyncpg.Connection, uuids: Sequence[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (instance_uuid) * FROM instance_faults
+           WHERE instance_uuid = ANY($1::uuid[]) ORDER BY instance_uuid, id DESC""",
+        list(uuids),
+    )
+    return {str(r["instance_uuid"]): r for r in rows}
+
+
+async def bdms_for(conn: asyncpg.Connection, uuids: Sequence[str]) -> dict[str, list[asyncpg.Record]]:
+    rows = await conn.fetch(
+        """SELECT * FROM block_device_mappings WHERE instance_uuid = ANY($1::uuid[]) AND NOT deleted
+           ORDER BY instance_uuid, boot_index NULLS LAST, id""",
+        list(uuids),
+    )
+    out: dict[str, list[asyncpg.Record]] = {}
+    for r in rows:
+        out.setdefault(str(r["instance_uuid"]), []).append(r)
+    return out
+
+
+async def add_fault(
+    conn: asyncpg.Connection, uuid: str, code: int, message: str, details: str = "", host: str | None = None
+) -> None:
+    await conn.execute(
+        "INSERT INTO instance_faults (instance_uuid, code, message, details, host) VALUES ($1, $2, $3, $4, $5)",
+        uuid,
+        code,
+        message[:255],
+        details,
+        host,
+    )
+
+
+# -- instance actions and events -----------------------------------------------
+
+async def start_actions(
+    conn: asyncpg.Connection, uuids: Sequence[str], action: str, request_id: str, user_id: str, project_id: str
+) -> None:
+    await conn.execute(
+        """INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
+           SELECT $1, u, $3, $4, $5 FROM unnest($2::uuid[]) AS u""",
+        action,
+        list(uuids),
+        request_id,
+        user_id,
+        project_id,
+    )
+
+
+async def finish_action(conn: asyncpg.Connection, uuid: str, request_id: str, message: str | None = None) -> None:
+    await conn.execute(
+        """UPDATE instance_actions SET finish_time = now(), updated_at = now(), message = coalesce($3, message)
+           WHERE instance_uuid = $1 AND request_id = $2 AND finish_time IS NULL""",
+        uuid,
+        request_id,
+        message,
+    )
+
+
+async def event_start(conn: asyncpg.Connection, uuid: str, request_id: str, event: str, host: str | None) -> None:
+    """Record an action event as started (on the action of that request)."""
+    await conn.execute(
+        """INSERT INTO instance_actions_events (action_id, event, host)
+           SELECT id, $3, $4 FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2
+           ORDER BY id DESC LIMIT 1""",
+        uuid,
+        request_id,
+        event,
+        host,
+    )
+
+
+async def event_finish(
+    conn: asyncpg.Connection,
+    uuid: str,
+    request_id: str,
+    event: str,
+    result: str = "Success",
+    traceback: str | None = None,
+    details: str | None = None,
+) -> None:
+    """Finish the latest open event of that name; create it when it was never started."""
+    done = await conn.fetchval(
+        """WITH a AS (SELECT id FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2
+                      ORDER BY id DESC LIMIT 1),
+                e AS (SELECT ev.id FROM instance_actions_events ev, a
+                      WHERE ev.action_id = a.id AND ev.event = $3 AND ev.finish_time IS NULL
+                      ORDER BY ev.id DESC LIMIT 1)
+           UPDATE instance_actions_events SET finish_time = now(), result = $4, traceback = $5, details = $6
+           WHERE id = (SELECT id FROM e) RETURNING id""",
+        uuid,
+        request_id,
+        event,
+        result,
+        traceback,
+        details,
+    )
+    if done is None:
+        await conn.execute(
+            """INSERT INTO instance_actions_events (action_id, event, finish_time, result, traceback, details)
+               SELECT id, $3, now(), $4, $5, $6 FROM instance_actions
+               WHERE instance_uuid = $1 AND request_id = $2 ORDER BY id DESC LIMIT 1""",
+            uuid,
+            request_id,
+            event,
+            result,
+            traceback,
+            details,
+        )
+
+
+async def list_actions(conn: asyncpg.Connection, uuid: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM instance_actions WHERE instance_uuid = $1 ORDER BY start_time DESC, id DESC", uuid
+    )
+
+
+async def get_action(conn: asyncpg.Connection, uuid: str, request_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2 ORDER BY id DESC LIMIT 1",
+        uuid,
+        request_id,
+    )
+
+
+async def list_events(conn: asyncpg.Connection, action_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM instance_actions_events WHERE action_id = $1 ORDER BY id", action_id)
+
+
+# -- notifications ---------------------------------------------------------------
+
+async def notify(
+    conn: asyncpg.Connection,
+    event_type: str,
+    payload: dict,
+    *,
+    publisher_id: str,
+    instance_uuids: Sequence[str] = (),
+    request_id: str | None = None,
+    priority: str = "INFO",
+) -> None:
+    """Store a versioned notification (one row per instance) and log it."""
+    uuids = list(instance_uuids) or [None]
+    await conn.execute(
+        """INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload)
+           SELECT $1, $2, $3, u, $5, $6 FROM unnest($4::uuid[]) AS u""",
+        event_type,
+        priority,
+        publisher_id,
+        uuids,
+        request_id,
+        payload,
+    )
+    log.info("notification", event_type=event_type, publisher_id=publisher_id, instance_uuids=[str(u) for u in uuids if u])
+
+
+def iso(ts: datetime | None) -> str | None:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ") if ts else None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
