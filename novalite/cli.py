@@ -12,6 +12,7 @@ from aiohttp import web
 from novalite import bootstrap, db
 from novalite.config import Config, ConfigError, load_config
 from novalite.logs import setup_logging
+from novalite.policy import PolicyError
 
 
 async def _with_pool(config: Config, fn):
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log.level, config.log.format)
     try:
         return args.fn(config, args)
+    except PolicyError as exc:
+        print(f"novalite: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -83,6 +83,8 @@ class IdentityService:
         self.region = region
         self.token_lifetime = token_lifetime
         self._cache: dict[str, TokenInfo] = {}
+        # Bumped by forget(): a validation that started before a change must not cache its result.
+        self._generation = 0
 
     # -- authentication -------------------------------------------------
     async def authenticate_password(self, user: dict) -> asyncpg.Record:
@@ -150,6 +152,7 @@ class IdentityService:
                 return info
             self._cache.pop(token_id, None)
             return None
+        generation = self._generation
         async with self.pool.acquire() as conn:
             row = await q.get_token(conn, token_id)
             if row is None or not row["user_enabled"]:
@@ -174,18 +177,21 @@ class IdentityService:
             issued_at=row["issued_at"],
             expires_at=row["expires_at"],
         )
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[token_id] = info
+        if generation == self._generation:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[token_id] = info
         return info
 
     async def revoke(self, token_id: str) -> bool:
+        self._generation += 1
         self._cache.pop(token_id, None)
         async with self.pool.acquire() as conn:
             return await q.revoke_token(conn, token_id)
 
     def forget(self, *, user_id: str | None = None, project_id: str | None = None) -> None:
         """Drop cached tokens of a user or project after their roles or state changed."""
+        self._generation += 1
         for tid, info in list(self._cache.items()):
             if (user_id and info.user_id == user_id) or (project_id and info.project_id == project_id):
                 self._cache.pop(tid, None)

@@ -538,9 +538,11 @@ async def actions_show(request: web.Request) -> web.Response:
         events = await db.list_events(conn, a["id"])
     doc = _action_doc(request, a)
     policy = request.app["policy"]
-    if policy.check("os_compute_api:os-instance-actions:events", ctx.creds(), _target(inst)):
+    target = _target(inst)
+    may_see_events = policy.check("os_compute_api:os-instance-actions:events", ctx.creds(), target)
+    if may_see_events or at_least(request, 51):
         show_details = at_least(request, 84) and policy.check(
-            "os_compute_api:os-instance-actions:events:details", ctx.creds(), _target(inst)
+            "os_compute_api:os-instance-actions:events:details", ctx.creds(), target
         )
         evs = []
         for e in events:
@@ -550,18 +552,16 @@ async def actions_show(request: web.Request) -> web.Response:
                 "finish_time": _action_time(request, e["finish_time"]),
                 "result": e["result"],
             }
-            if ctx.is_admin or not at_least(request, 51):
+            if may_see_events:
                 ev["traceback"] = e["traceback"]
+                if at_least(request, 62):
+                    ev["host"] = e["host"]
             if at_least(request, 62):
-                ev["hostId"] = views.host_id(e["host"], inst["project_id"]) if e["host"] else ""
-                if ctx.is_admin:
-                    ev["host"] = e["host"] or ""
+                ev["hostId"] = views.host_id(e["host"], inst["project_id"])
             if show_details:
                 ev["details"] = e["details"]
             evs.append(ev)
         doc["events"] = evs
-    elif not at_least(request, 51):
-        doc["events"] = []
     return web.json_response({"instanceAction": doc})
 
 
