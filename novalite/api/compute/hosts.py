@@ -19,7 +19,7 @@ from aiohttp import web
 
 from novalite.api import errors
 from novalite.api.compute import common
-from novalite.api.compute.flavors import (
+from novalite.api.compute.validation import (
     BOOLEAN,
     PAGINATION,
     limit_and_marker,

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from novalite import quota
 from novalite.api import errors
 from novalite.api.compute import common
-from novalite.api.compute.flavors import (
+from novalite.api.compute.validation import (
     NAME,
     PAGINATION,
     limit_and_marker,

@@ -13,7 +13,7 @@ from aiohttp import web
 from novalite import quota
 from novalite.api import errors
 from novalite.api.compute import common
-from novalite.api.compute.flavors import BOOLEAN, to_bool, validate_body, validate_query
+from novalite.api.compute.validation import BOOLEAN, to_bool, validate_body, validate_query
 from novalite.api.middleware import read_json
 from novalite.db import catalog
 
