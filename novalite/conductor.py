@@ -65,6 +65,7 @@ class Conductor:
         self.scheduler = scheduler
         self.cfg = cfg
         self.computes: dict[str, Any] = {}
+        self.network_api: Any = None
         self.queue: asyncio.Queue[BuildRequest] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -108,12 +109,13 @@ class Conductor:
                 async with self.pool.acquire() as conn:
                     await db.event_finish(
                         conn, uuid, request.request_id, EVENT, "Success",
-                        details=json.dumps({"host": sel.host, "alternates": sel.alternates}),
+                        details=json.dumps({"host": sel.host, "alternates": sel.alternates,
+                                            "verdicts": sel.verdicts.table() if sel.verdicts else []}),
                     )
                 self.computes[sel.host].build_and_run_instance(uuid, request.request_id, sel.alternates)
             elif isinstance(sel, NoValidHost):
                 await set_error(
-                    self.pool, uuid, request.request_id, str(sel), event=EVENT,
+                    self.pool, uuid, request.request_id, str(sel), sel.details(uuid), event=EVENT,
                     event_details=json.dumps(sel.verdicts.table()),
                 )
             else:
@@ -155,3 +157,5 @@ class Conductor:
         else:
             message = f"Build of instance {uuid} aborted: {attempts[-1][1]}"
         await set_error(self.pool, uuid, request_id, message, details=summary, event=EVENT, host=attempts[-1][0])
+        if self.network_api is not None:
+            await self.network_api.deallocate_for_instance(uuid)

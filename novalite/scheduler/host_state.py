@@ -1,4 +1,9 @@
-"""Host states: every compute node with its usage, read from Postgres in one query."""
+"""Host states: every compute node with its usage, read from Postgres in one query.
+
+Free resources are plain attributes computed once at load (and updated by
+``consume``), not properties: filters and weighers read them for every host
+of every request, and at 10,000 hosts each attribute access counts.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,11 @@ import asyncpg
 
 from novalite.config import SchedulerConfig
 
+# Hypervisor types a libvirt host can run guests of, by the type it reports.
+_HV_TYPES = {"QEMU": ("qemu", "kvm"), "KVM": ("kvm", "qemu")}
 
-@dataclass
+
+@dataclass(slots=True)
 class HostState:
     """What the filters and weighers know about one host for one scheduling request."""
 
@@ -35,19 +43,29 @@ class HostState:
     reserved_host_disk_mb: int
     num_instances: int = 0
     instance_uuids: set[str] = field(default_factory=set)
+    hypervisor_version: int = 0
+    numa_cells: int = 1
+    failed_builds: int = 0
+    # Derived (allocation ratios and reservations applied); kept current by consume().
+    free_ram_mb: float = field(init=False, default=0.0)
+    free_vcpus: float = field(init=False, default=0.0)
+    free_disk_gb: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.free_ram_mb = self.memory_mb * self.ram_allocation_ratio - self.reserved_host_memory_mb - self.memory_mb_used
+        self.free_vcpus = self.vcpus * self.cpu_allocation_ratio - self.vcpus_used
+        self.free_disk_gb = (
+            self.local_gb * self.disk_allocation_ratio - self.reserved_host_disk_mb / 1024 - self.disk_gb_used
+        )
 
     @property
-    def free_ram_mb(self) -> float:
-        """RAM still claimable, allocation ratio applied (negative when overcommitted)."""
-        return self.memory_mb * self.ram_allocation_ratio - self.reserved_host_memory_mb - self.memory_mb_used
-
-    @property
-    def free_vcpus(self) -> float:
-        return self.vcpus * self.cpu_allocation_ratio - self.vcpus_used
-
-    @property
-    def free_disk_gb(self) -> float:
-        return self.local_gb * self.disk_allocation_ratio - self.reserved_host_disk_mb / 1024 - self.disk_gb_used
+    def supported_instances(self) -> list[tuple[str, str, str]]:
+        """(architecture, hypervisor type, vm mode) triples this host can run, as Nova's libvirt driver reports."""
+        hv_types = _HV_TYPES.get(self.hypervisor_type.upper(), (self.hypervisor_type.lower(),))
+        return [(self.cpu_arch, hv, "hvm") for hv in hv_types]
 
     def consume(self, vcpus: int, memory_mb: int, disk_gb: int, instance_uuid: str) -> None:
         """Account an instance just claimed here, for the rest of this request."""
@@ -56,51 +74,41 @@ class HostState:
         self.disk_gb_used += disk_gb
         self.num_instances += 1
         self.instance_uuids.add(instance_uuid)
+        self._refresh()
+
+
+HOST_STATES_QUERY = """
+    SELECT n.host, n.hypervisor_hostname, n.availability_zone, n.vcpus, n.memory_mb, n.local_gb,
+           n.disabled, n.disabled_reason, n.forced_down, n.heartbeat_at, n.hypervisor_type,
+           n.hypervisor_version, n.cpu_arch, n.numa_cells, n.failed_builds,
+           coalesce(a.vcpus, 0) AS vcpus_used, coalesce(a.memory_mb, 0) AS memory_mb_used,
+           coalesce(a.disk_gb, 0) AS disk_gb_used, coalesce(a.n, 0) AS num_instances
+      FROM compute_nodes n
+      LEFT JOIN (SELECT host, sum(vcpus)::int AS vcpus, sum(memory_mb)::int AS memory_mb,
+                        sum(disk_gb)::int AS disk_gb, count(*)::int AS n
+                   FROM allocations GROUP BY host) a ON a.host = n.host
+     ORDER BY n.host"""
 
 
 async def load_host_states(conn: asyncpg.Connection, cfg: SchedulerConfig) -> list[HostState]:
     """All hosts with usage summed from allocations: one round trip, no per-host queries."""
-    rows = await conn.fetch(
-        """SELECT n.*, coalesce(a.vcpus, 0) AS vcpus_used, coalesce(a.memory_mb, 0) AS memory_mb_used,
-                  coalesce(a.disk_gb, 0) AS disk_gb_used, coalesce(a.n, 0) AS num_instances,
-                  coalesce(a.uuids, '{}') AS uuids
-           FROM compute_nodes n
-           LEFT JOIN (SELECT host, sum(vcpus) AS vcpus, sum(memory_mb) AS memory_mb, sum(disk_gb) AS disk_gb,
-                             count(*) AS n, array_agg(instance_uuid::text) AS uuids
-                      FROM allocations GROUP BY host) a ON a.host = n.host
-           ORDER BY n.host"""
-    )
+    rows = await conn.fetch(HOST_STATES_QUERY)
     now = datetime.now(UTC)
+    down_after = cfg.service_down_time
+    cpu_r, ram_r, disk_r = cfg.cpu_allocation_ratio, cfg.ram_allocation_ratio, cfg.disk_allocation_ratio
+    res_mem, res_disk = cfg.reserved_host_memory_mb, cfg.reserved_host_disk_mb
     out = []
+    append = out.append
     for r in rows:
-        up = (
-            not r["forced_down"]
-            and r["heartbeat_at"] is not None
-            and (now - r["heartbeat_at"]).total_seconds() <= cfg.service_down_time
-        )
-        out.append(
+        beat = r["heartbeat_at"]
+        up = not r["forced_down"] and beat is not None and (now - beat).total_seconds() <= down_after
+        append(
             HostState(
-                host=r["host"],
-                nodename=r["hypervisor_hostname"],
-                availability_zone=r["availability_zone"],
-                vcpus=r["vcpus"],
-                memory_mb=r["memory_mb"],
-                local_gb=r["local_gb"],
-                vcpus_used=r["vcpus_used"],
-                memory_mb_used=r["memory_mb_used"],
-                disk_gb_used=r["disk_gb_used"],
-                disabled=r["disabled"],
-                disabled_reason=r["disabled_reason"],
-                up=up,
-                hypervisor_type=r["hypervisor_type"],
-                cpu_arch=r["cpu_arch"],
-                cpu_allocation_ratio=cfg.cpu_allocation_ratio,
-                ram_allocation_ratio=cfg.ram_allocation_ratio,
-                disk_allocation_ratio=cfg.disk_allocation_ratio,
-                reserved_host_memory_mb=cfg.reserved_host_memory_mb,
-                reserved_host_disk_mb=cfg.reserved_host_disk_mb,
-                num_instances=r["num_instances"],
-                instance_uuids=set(r["uuids"]),
+                r["host"], r["hypervisor_hostname"], r["availability_zone"], r["vcpus"], r["memory_mb"],
+                r["local_gb"], r["vcpus_used"], r["memory_mb_used"], r["disk_gb_used"], r["disabled"],
+                r["disabled_reason"], up, r["hypervisor_type"], r["cpu_arch"], cpu_r, ram_r, disk_r,
+                res_mem, res_disk, r["num_instances"], set(), r["hypervisor_version"], r["numa_cells"],
+                r["failed_builds"],
             )
         )
     return out

@@ -4,12 +4,20 @@ It serves requests from an asyncio queue (request/reply, as nova-scheduler
 serves RPC calls). Host states come from one query per request; the claim is
 a transaction that locks the host row and re-checks capacity against the
 allocations committed so far, so concurrent schedules never oversubscribe.
+
+Every scheduling keeps its verdicts (each filter's verdict on each host, the
+weights of the hosts that passed) and stores them in one row of
+``scheduling_verdicts``: the explanation behind "No valid host was found",
+and what an admin reads at GET /servers/{id}/os-scheduling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import json
 import random
+import uuid as uuidlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -18,11 +26,96 @@ import structlog
 
 from novalite.config import SchedulerConfig
 from novalite.db import instances as db
-from novalite.scheduler.filters import BaseFilter, build_filters
+from novalite.scheduler.filters import BaseFilter, build_filters, requested_resources
 from novalite.scheduler.host_state import HostState, load_host_states
-from novalite.scheduler.weighers import build_weighers, weigh_hosts
+from novalite.scheduler.weighers import build_weighers, weigh
 
 log = structlog.get_logger(__name__)
+
+# Nova's instance_faults.message is 255 characters; the rest goes to the fault details.
+FAULT_MESSAGE_MAX = 255
+# Rows kept per kind in a stored table: a lab has a handful of hosts, a big cloud need not store 10,000.
+TABLE_MAX_REJECTED = 500
+TABLE_MAX_WEIGHED = 50
+
+
+@dataclass
+class Verdicts:
+    """Why each host was kept or removed, and how the survivors weighed."""
+
+    num_hosts: int = 0
+    filters: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # host, filter, reason
+    weights: list[tuple[str, float, dict[str, float]]] = field(default_factory=list)  # heaviest first
+    num_passed: int = 0
+    chosen: str | None = None
+    alternates: list[str] = field(default_factory=list)
+
+    def _parts(self, samples: bool) -> list[str]:
+        by_filter: dict[str, Counter] = {}
+        for _, flt, reason in self.rejected:
+            by_filter.setdefault(flt, Counter())[reason] += 1
+        parts = []
+        for flt, reasons in by_filter.items():
+            n = sum(reasons.values())
+            if samples:
+                top = reasons.most_common(1)[0][0]
+                parts.append(f"{flt} removed {n} ({top}{', ...' if len(reasons) > 1 else ''})")
+            else:
+                parts.append(f"{flt} removed {n}")
+        return parts
+
+    def explain(self, max_len: int | None = None) -> str:
+        """'3 hosts; AvailabilityZoneFilter removed 1 (...); RamFilter removed 2 (...)', shortened to max_len."""
+        if not self.num_hosts:
+            return "There are no compute hosts."
+        head = f"{self.num_hosts} host{'s' * (self.num_hosts != 1)}"
+        full = "; ".join([head, *self._parts(True)])
+        if max_len is None or len(full) <= max_len:
+            return full
+        # Keep the reason of the filter that removed the last hosts; count the others.
+        short_parts = self._parts(False)
+        if short_parts:
+            short_parts[-1] = self._parts(True)[-1]
+        text = "; ".join([head, *short_parts])
+        if len(text) <= max_len:
+            return text
+        return "; ".join([head, *self._parts(False)])[:max_len]
+
+    def table(self) -> list[dict]:
+        """One row per host: rejected (by which filter, why) or passed (weight, shares per weigher)."""
+        rows: list[dict] = [
+            {"host": h, "result": "rejected", "filter": f, "reason": r}
+            for h, f, r in self.rejected[:TABLE_MAX_REJECTED]
+        ]
+        if len(self.rejected) > TABLE_MAX_REJECTED:
+            rows.append({"host": "...", "result": "rejected", "filter": "",
+                         "reason": f"{len(self.rejected) - TABLE_MAX_REJECTED} more rejections not listed"})
+        for host, total, shares in self.weights:
+            row = {"host": host, "result": "chosen" if host == self.chosen else "passed", "weight": round(total, 4)}
+            if shares:
+                row["weighers"] = {k: round(v, 4) for k, v in shares.items()}
+            rows.append(row)
+        if self.num_passed > len(self.weights):
+            rows.append({"host": "...", "result": "passed",
+                         "reason": f"{self.num_passed - len(self.weights)} lighter hosts not listed"})
+        return rows
+
+    def summary(self) -> str:
+        if self.chosen:
+            return f"Scheduled to {self.chosen} (alternates: {', '.join(self.alternates) or 'none'}). {self.explain()}"
+        return f"No valid host was found. {self.explain()}"
+
+    def to_dict(self) -> dict:
+        return {
+            "summary": self.summary(),
+            "hosts": self.num_hosts,
+            "passed": self.num_passed,
+            "filters": self.filters,
+            "chosen": self.chosen,
+            "alternates": self.alternates,
+            "table": self.table(),
+        }
 
 
 @dataclass
@@ -32,43 +125,36 @@ class Selection:
     host: str
     nodename: str
     alternates: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Verdicts:
-    """Why each host was kept or removed, for the user-facing explanation."""
-
-    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # host, filter, reason
-    weights: list[tuple[str, float]] = field(default_factory=list)
-    num_hosts: int = 0
-
-    def explain(self) -> str:
-        if not self.num_hosts:
-            return "There are no compute hosts."
-        counts = Counter(f for _, f, _ in self.rejected)
-        parts = []
-        for flt, n in counts.items():
-            reasons = sorted({r for _, f, r in self.rejected if f == flt})
-            sample = "; ".join(reasons[:2]) + ("; ..." if len(reasons) > 2 else "")
-            parts.append(f"{flt} removed {n} ({sample})")
-        return f"{self.num_hosts} hosts; " + "; ".join(parts)
-
-    def table(self) -> list[dict]:
-        rows = [{"host": h, "filter": f, "result": "rejected", "reason": r} for h, f, r in self.rejected]
-        rows += [{"host": h, "result": "passed", "weight": round(w, 4)} for h, w in self.weights]
-        return rows
+    verdicts: Verdicts | None = None
 
 
 class NoValidHost(Exception):
+    """No host is left for an instance; the message says which filters removed which hosts."""
+
     def __init__(self, verdicts: Verdicts) -> None:
         self.verdicts = verdicts
-        super().__init__(f"No valid host was found. {verdicts.explain()}")
+        prefix = "No valid host was found. "
+        super().__init__(prefix + verdicts.explain(FAULT_MESSAGE_MAX - len(prefix)))
+
+    def details(self, instance_uuid: str) -> str:
+        """The fault details (admins): the full explanation and where the per-host table is."""
+        return (
+            f"No valid host was found. {self.verdicts.explain()}\n"
+            f"Per-host verdicts: GET /compute/v2.1/servers/{instance_uuid}/os-scheduling (admin), or the "
+            "'conductor_schedule_and_build_instances' event of the create action "
+            "(openstack --os-compute-api-version 2.84 server event show <server> <request-id>)."
+        )
 
 
 async def claim(
     conn: asyncpg.Connection, host: HostState, instance_uuid: str, vcpus: int, memory_mb: int, disk_gb: int
 ) -> bool:
-    """Claim resources on a host for a still-scheduling instance; False when they no longer fit."""
+    """Claim resources on a host for a still-scheduling instance; False when they no longer fit.
+
+    The allocation's created_at is the clock time after the host row lock, so
+    claims on one host are ordered as they happened (the late group policy
+    check relies on that order).
+    """
     async with conn.transaction():
         node = await conn.fetchrow(
             "SELECT vcpus, memory_mb, local_gb, hypervisor_hostname FROM compute_nodes WHERE host = $1 FOR UPDATE",
@@ -88,10 +174,10 @@ async def claim(
                                AND (SELECT v + $3 <= $7::float8 AND m + $4 <= $8::float8 AND d + $5 <= $9::float8
                                     FROM used)
                              RETURNING uuid)
-               INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb)
-               SELECT uuid, $1, $3, $4, $5 FROM inst
+               INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb, created_at)
+               SELECT uuid, $1, $3, $4, $5, clock_timestamp() FROM inst
                ON CONFLICT (instance_uuid) DO UPDATE SET host = EXCLUDED.host, vcpus = EXCLUDED.vcpus,
-                   memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb
+                   memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, created_at = EXCLUDED.created_at
                RETURNING true""",
             host.host,
             instance_uuid,
@@ -106,18 +192,59 @@ async def claim(
         return bool(ok)
 
 
+async def resolve_request(conn: asyncpg.Connection, spec: dict, uuids: list[str]) -> dict:
+    """A per-request copy of the spec with the group's member hosts and the hinted instances' hosts."""
+    spec = dict(spec)
+    spec["group"] = None
+    group_uuid = spec.get("instance_group")
+    if group_uuid:
+        row = await conn.fetchrow("SELECT uuid, policy, rules FROM instance_groups WHERE uuid = $1::uuid", group_uuid)
+        if row is not None:
+            counts = await conn.fetch(
+                """SELECT i.host, count(*)::int AS n FROM instance_group_members m
+                   JOIN instances i ON i.uuid = m.instance_uuid
+                   WHERE m.group_uuid = $1 AND NOT i.deleted AND i.host IS NOT NULL
+                     AND i.uuid <> ALL($2::uuid[])
+                   GROUP BY i.host""",
+                row["uuid"],
+                uuids,
+            )
+            spec["group"] = {
+                "uuid": str(row["uuid"]),
+                "policy": row["policy"],
+                "rules": row["rules"] or {},
+                "hosts": {r["host"]: r["n"] for r in counts},
+            }
+    hints = spec.get("scheduler_hints") or {}
+    wanted = []
+    for key in ("same_host", "different_host"):
+        value = hints.get(key) or []
+        wanted += [value] if isinstance(value, str) else list(value)
+    valid = []
+    for u in wanted:
+        try:
+            valid.append(str(uuidlib.UUID(str(u))))
+        except ValueError:
+            continue
+    if wanted:
+        rows = await conn.fetch(
+            "SELECT uuid::text AS uuid, host FROM instances WHERE uuid = ANY($1::uuid[]) AND NOT deleted", valid
+        )
+        spec["hint_hosts"] = {r["uuid"]: r["host"] for r in rows}
+    return spec
+
+
 class Scheduler:
     """select_destinations over a request/reply queue."""
 
     def __init__(self, pool: asyncpg.Pool, cfg: SchedulerConfig) -> None:
         self.pool = pool
         self.cfg = cfg
-        self.filters: list[BaseFilter] = build_filters(cfg.filters)
+        self.filters: list[BaseFilter] = build_filters(cfg.filters, cfg.image_properties_default_architecture)
         self.weighers = build_weighers(cfg.weighers)
         self.queue: asyncio.Queue = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self.last_verdicts: dict[str, Verdicts] = {}
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._serve(), name="scheduler")
@@ -154,22 +281,27 @@ class Scheduler:
         return await reply
 
     async def _select(self, spec: dict, uuids: list[str], request_id: str) -> list[Selection | NoValidHost]:
-        flavor = spec["flavor"]
-        vcpus, ram = flavor["vcpus"], flavor["memory_mb"]
-        disk = flavor["root_gb"] + flavor["ephemeral_gb"] + (flavor["swap"] + 1023) // 1024
+        vcpus, ram, disk = requested_resources(spec)
         async with self.pool.acquire() as conn:
             await db.notify(
                 conn,
                 "scheduler.select_destinations.start",
-                {"request_spec": {"num_instances": len(uuids), "flavor": flavor["name"]}},
+                {"request_spec": {"num_instances": len(uuids), "flavor": spec["flavor"]["name"]}},
                 publisher_id="nova-scheduler",
                 instance_uuids=uuids,
                 request_id=request_id,
             )
             hosts = await load_host_states(conn, self.cfg)
+            spec = await resolve_request(conn, spec, uuids)
             results: list[Selection | NoValidHost] = []
             for uuid in uuids:
-                results.append(await self._select_one(conn, hosts, spec, uuid, vcpus, ram, disk))
+                result = await self._select_one(conn, hosts, spec, uuid, vcpus, ram, disk)
+                if isinstance(result, Selection) and spec["group"] is not None:
+                    # Later instances of this request see this one as a member on its host.
+                    group_hosts = spec["group"]["hosts"]
+                    group_hosts[result.host] = group_hosts.get(result.host, 0) + 1
+                results.append(result)
+            await store_verdicts(conn, uuids, request_id, results)
             await db.notify(
                 conn,
                 "scheduler.select_destinations.end",
@@ -181,39 +313,97 @@ class Scheduler:
         return results
 
     def filter_hosts(self, hosts: list[HostState], spec: dict) -> tuple[list[HostState], Verdicts]:
-        verdicts = Verdicts(num_hosts=len(hosts))
+        """Run the configured filters in order; every removal is recorded with its reason."""
+        verdicts = Verdicts(num_hosts=len(hosts), filters=[f.name for f in self.filters])
+        rejected = verdicts.rejected
+        remaining = hosts
         forced = set(spec.get("force_hosts") or [])
-        remaining = [h for h in hosts if not forced or h.host in forced or h.nodename in forced]
-        for h in hosts:
-            if h not in remaining:
-                verdicts.rejected.append((h.host, "force_hosts", f"not the requested host {','.join(forced)}"))
+        if forced:
+            remaining = [h for h in hosts if h.host in forced or h.nodename in forced]
+            wanted = ",".join(sorted(forced))
+            rejected += [(h.host, "force_hosts", f"not the requested host {wanted}")
+                         for h in hosts if not (h.host in forced or h.nodename in forced)]
         for flt in self.filters:
-            kept = []
-            for h in remaining:
-                reason = flt.host_passes(h, spec)
-                if reason is None:
-                    kept.append(h)
-                else:
-                    verdicts.rejected.append((h.host, flt.name, reason))
-            remaining = kept
+            if not remaining:
+                break
+            remaining, removed = flt.filter_all(remaining, spec)
+            name = flt.name
+            rejected += [(h.host, name, reason) for h, reason in removed]
+        verdicts.num_passed = len(remaining)
         return remaining, verdicts
+
+    def rank(self, passed: list[HostState], spec: dict, verdicts: Verdicts, k: int | None = None) -> list[HostState]:
+        """The k heaviest hosts, heaviest first (ties keep host order, as Nova's stable sort does):
+        by default enough for the random pick, the alternates and the table, not a sort of 10,000."""
+        totals, shares = weigh(self.weighers, self.cfg, passed, spec)
+        if k is None:
+            k = max(TABLE_MAX_WEIGHED, self.cfg.host_subset_size + self.cfg.max_attempts)
+        if len(passed) <= k:
+            order = sorted(range(len(passed)), key=totals.__getitem__, reverse=True)
+        else:
+            order = heapq.nlargest(k, range(len(passed)), key=totals.__getitem__)
+        verdicts.weights = [
+            (passed[i].host, totals[i], {name: share[i] for name, share in shares.items()})
+            for i in order[:TABLE_MAX_WEIGHED]
+        ]
+        return [passed[i] for i in order]
+
+    def choose(self, hosts: list[HostState], spec: dict) -> tuple[list[HostState], list[HostState], Verdicts]:
+        """One scheduling decision without the claim: filter, weigh, rank (what the benchmark times).
+        Returns (hosts that passed, the heaviest of them in order, verdicts)."""
+        passed, verdicts = self.filter_hosts(hosts, spec)
+        return passed, (self.rank(passed, spec, verdicts) if passed else []), verdicts
 
     async def _select_one(
         self, conn: asyncpg.Connection, hosts: list[HostState], spec: dict, uuid: str, vcpus: int, ram: int, disk: int
     ) -> Selection | NoValidHost:
-        passed, verdicts = self.filter_hosts(hosts, spec)
-        ranked = weigh_hosts(self.weighers, self.cfg, passed, spec)
-        verdicts.weights = [(h.host, w) for h, w in ranked]
-        self.last_verdicts[uuid] = verdicts
-        candidates = [h for h, _ in ranked]
-        while candidates:
+        passed, candidates, verdicts = self.choose(hosts, spec)
+        failed: set[int] = set()
+        while candidates or len(failed) < len(passed):
+            if not candidates:
+                # Every top host's claim failed under concurrency: rank the rest, in full.
+                shown = verdicts.weights
+                candidates = [h for h in self.rank(passed, spec, verdicts, len(passed)) if id(h) not in failed]
+                verdicts.weights = shown
+                if not candidates:
+                    break
             subset = candidates[: self.cfg.host_subset_size]
             chosen = random.choice(subset)
             if await claim(conn, chosen, uuid, vcpus, ram, disk):
                 chosen.consume(vcpus, ram, disk, uuid)
                 alternates = [h.host for h in candidates if h is not chosen][: self.cfg.max_attempts - 1]
+                verdicts.chosen, verdicts.alternates = chosen.host, alternates
                 log.info("scheduled", instance_uuid=uuid, host=chosen.host, alternates=alternates)
-                return Selection(host=chosen.host, nodename=chosen.nodename, alternates=alternates)
+                return Selection(host=chosen.host, nodename=chosen.nodename, alternates=alternates, verdicts=verdicts)
             candidates.remove(chosen)
+            failed.add(id(chosen))
             verdicts.rejected.append((chosen.host, "claim", "resources taken by a concurrent request"))
+        log.info("no_valid_host", instance_uuid=uuid, why=verdicts.explain())
         return NoValidHost(verdicts)
+
+
+async def store_verdicts(
+    conn: asyncpg.Connection, uuids: list[str], request_id: str, results: list[Selection | NoValidHost]
+) -> None:
+    """One row per scheduled instance: the summary and the per-host table."""
+    rows = []
+    for uuid, result in zip(uuids, results, strict=True):
+        verdicts = result.verdicts
+        if verdicts is None:
+            continue
+        rows.append((uuid, request_id, verdicts.chosen, verdicts.summary(), json.dumps(verdicts.to_dict())))
+    if rows:
+        await conn.executemany(
+            """INSERT INTO scheduling_verdicts (instance_uuid, request_id, host, summary, verdicts)
+               VALUES ($1::uuid, $2, $3, $4, $5::text::jsonb)""",
+            rows,
+        )
+
+
+async def latest_verdicts(conn: asyncpg.Connection, instance_uuid: str) -> asyncpg.Record | None:
+    """The newest scheduling verdicts of an instance, or None if it was never scheduled."""
+    return await conn.fetchrow(
+        """SELECT request_id, host, summary, verdicts, created_at FROM scheduling_verdicts
+           WHERE instance_uuid = $1::uuid ORDER BY id DESC LIMIT 1""",
+        instance_uuid,
+    )

@@ -1,4 +1,11 @@
-"""Scheduler weighers: raw weights per host, normalised to [0, 1] as Nova does, times a multiplier."""
+"""Scheduler weighers: raw weights per host, normalised to [0, 1] as Nova does, times a multiplier.
+
+Nova (nova/weights.py): for each weigher, raw weights over all hosts are
+min-max normalised (all equal → all 0), multiplied by the weigher's
+multiplier and summed; the heaviest host wins. A weigher that returns None
+from ``weigh_all`` has nothing to say for this request (e.g. no soft group):
+every host gets 0 from it.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +17,90 @@ class BaseWeigher:
     name = "BaseWeigher"
     multiplier_option = ""
 
-    def weigh(self, host: HostState, spec: dict) -> float:  # pragma: no cover - interface
+    def weigh(self, host: HostState, spec: dict) -> float:
+        """Raw weight of one host (unnormalised)."""
+        out = self.weigh_all([host], spec)
+        return 0.0 if out is None else out[0]
+
+    def weigh_all(self, hosts: list[HostState], spec: dict) -> list[float] | None:  # pragma: no cover
         raise NotImplementedError
+
+    def multiplier(self, cfg: SchedulerConfig) -> float:
+        return float(getattr(cfg, self.multiplier_option, 1.0))
 
 
 class RAMWeigher(BaseWeigher):
-    """Spread by default: more free RAM weighs more."""
+    """Spread by default: more free RAM weighs more (negative multiplier: stack)."""
 
     name = "RAMWeigher"
     multiplier_option = "ram_weight_multiplier"
 
-    def weigh(self, host: HostState, spec: dict) -> float:
-        return host.free_ram_mb
+    def weigh_all(self, hosts, spec):
+        return [h.free_ram_mb for h in hosts]
 
 
 class CPUWeigher(BaseWeigher):
     name = "CPUWeigher"
     multiplier_option = "cpu_weight_multiplier"
 
-    def weigh(self, host: HostState, spec: dict) -> float:
-        return host.free_vcpus
+    def weigh_all(self, hosts, spec):
+        return [h.free_vcpus for h in hosts]
 
 
 class DiskWeigher(BaseWeigher):
     name = "DiskWeigher"
     multiplier_option = "disk_weight_multiplier"
 
-    def weigh(self, host: HostState, spec: dict) -> float:
-        return host.free_disk_gb
+    def weigh_all(self, hosts, spec):
+        return [h.free_disk_gb for h in hosts]
 
 
-ALL_WEIGHERS = {cls.name: cls for cls in (RAMWeigher, CPUWeigher, DiskWeigher)}
+class BuildFailureWeigher(BaseWeigher):
+    """Hosts whose recent builds failed sink (Nova: multiplier × -failed_builds, 1e6 by default)."""
+
+    name = "BuildFailureWeigher"
+    multiplier_option = "build_failure_weight_multiplier"
+
+    def weigh_all(self, hosts, spec):
+        if not any(h.failed_builds for h in hosts):
+            return None
+        return [-h.failed_builds for h in hosts]
+
+
+class _SoftGroupWeigher(BaseWeigher):
+    policy = ""
+    sign = 1.0
+
+    def weigh_all(self, hosts, spec):
+        group = spec.get("group")
+        if not group or group["policy"] != self.policy or not group["hosts"]:
+            return None
+        counts = group["hosts"]
+        return [self.sign * counts.get(h.host, 0) for h in hosts]
+
+
+class ServerGroupSoftAffinityWeigher(_SoftGroupWeigher):
+    """soft-affinity: the more members of the group on a host, the heavier it is."""
+
+    name = "ServerGroupSoftAffinityWeigher"
+    multiplier_option = "soft_affinity_weight_multiplier"
+    policy = "soft-affinity"
+
+
+class ServerGroupSoftAntiAffinityWeigher(_SoftGroupWeigher):
+    """soft-anti-affinity: the more members of the group on a host, the lighter it is."""
+
+    name = "ServerGroupSoftAntiAffinityWeigher"
+    multiplier_option = "soft_anti_affinity_weight_multiplier"
+    policy = "soft-anti-affinity"
+    sign = -1.0
+
+
+ALL_WEIGHERS = {
+    cls.name: cls
+    for cls in (RAMWeigher, CPUWeigher, DiskWeigher, BuildFailureWeigher, ServerGroupSoftAffinityWeigher,
+                ServerGroupSoftAntiAffinityWeigher)
+}
 
 
 def normalize(values: list[float]) -> list[float]:
@@ -49,19 +109,37 @@ def normalize(values: list[float]) -> list[float]:
         return []
     lo, hi = min(values), max(values)
     if hi == lo:
-        return [0.0 for _ in values]
-    return [(v - lo) / (hi - lo) for v in values]
+        return [0.0] * len(values)
+    span = hi - lo
+    return [(v - lo) / span for v in values]
+
+
+def weigh(
+    weighers: list[BaseWeigher], cfg: SchedulerConfig, hosts: list[HostState], spec: dict
+) -> tuple[list[float], dict[str, list[float]]]:
+    """(total weight per host, {weigher: its weighted share per host}) in the hosts' order."""
+    totals = [0.0] * len(hosts)
+    parts: dict[str, list[float]] = {}
+    for weigher in weighers:
+        raw = weigher.weigh_all(hosts, spec)
+        mult = weigher.multiplier(cfg)
+        if raw is None or mult == 0:
+            continue
+        lo, hi = min(raw), max(raw)
+        if hi == lo:
+            continue
+        scale = mult / (hi - lo)
+        share = [(v - lo) * scale for v in raw]
+        parts[weigher.name] = share
+        totals = [t + s for t, s in zip(totals, share, strict=True)]
+    return totals, parts
 
 
 def weigh_hosts(
     weighers: list[BaseWeigher], cfg: SchedulerConfig, hosts: list[HostState], spec: dict
 ) -> list[tuple[HostState, float]]:
-    """Hosts with their total weight, heaviest first."""
-    totals = [0.0] * len(hosts)
-    for weigher in weighers:
-        mult = getattr(cfg, weigher.multiplier_option, 1.0)
-        for i, w in enumerate(normalize([weigher.weigh(h, spec) for h in hosts])):
-            totals[i] += mult * w
+    """Hosts with their total weight, heaviest first (ties keep the hosts' order, as Nova's sort does)."""
+    totals, _ = weigh(weighers, cfg, hosts, spec)
     ranked = list(zip(hosts, totals, strict=True))
     ranked.sort(key=lambda hw: hw[1], reverse=True)
     return ranked
