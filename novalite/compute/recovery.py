@@ -1,12 +1,27 @@
 """Recovery on start: work that was in flight when the process died is finished or redone.
 
 Queues live in memory, state lives in Postgres: before serving, every
-instance whose task_state says work was under way is picked up again, so a
-kill -9 never leaves an instance in BUILD or DELETING forever.
+instance whose state says work was under way is picked up again, so a kill -9
+never leaves an instance in BUILD, DELETING or a power task state forever:
+
+- scheduling never finished → its claim (if any) is released and it is
+  scheduled again;
+- a host was building → that host's libvirt is asked what exists: a running
+  domain after the spawn step finishes the build; anything else is cleaned up
+  (domain, instance directory, claim) and the instance is scheduled again;
+- deleting → the delete is finished;
+- a power action (powering-off, rebooting, ...) → the state is set from the
+  domain's real power state.
+
+Each instance recovered gets a ``compute_recover_instance`` event on its open
+action saying what was found and done, and the events the crash cut off are
+finished as errors, so the action log shows the interruption.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -14,37 +29,149 @@ import structlog
 
 from novalite.compute import states
 from novalite.compute.api import BuildRequest, ComputeAPI
+from novalite.compute.power import POWER_TASK_STATES, RECOVER_EVENT
 from novalite.conductor import Conductor
 from novalite.db import instances as db
 
 log = structlog.get_logger(__name__)
 
+BUILD_EVENT = "compute_build_and_run_instance"
 
-async def recover(pool: asyncpg.Pool, compute_api: ComputeAPI, conductor: Conductor, computes: dict[str, Any]) -> None:
+
+async def interrupt_open_events(conn: asyncpg.Connection, uuid: str, request_id: str, note: str) -> list[str]:
+    """Finish, as errors, the events of this request's action that never finished; return their names."""
+    rows = await conn.fetch(
+        """UPDATE instance_actions_events SET finish_time = now(), result = 'Error', details = $3
+           WHERE finish_time IS NULL AND action_id = (
+               SELECT id FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2
+               ORDER BY id DESC LIMIT 1)
+           RETURNING event""",
+        uuid, request_id, note,
+    )
+    return [r["event"] for r in rows]
+
+
+async def _request_id(conn: asyncpg.Connection, uuid: str) -> str:
+    action = await conn.fetchrow(
+        "SELECT request_id FROM instance_actions WHERE instance_uuid = $1 ORDER BY id DESC LIMIT 1", uuid
+    )
+    return action["request_id"] if action else "req-recovery"
+
+
+async def recover(
+    pool: asyncpg.Pool, compute_api: ComputeAPI, conductor: Conductor, computes: dict[str, Any]
+) -> Counter:
+    """Resume or finish every instance's interrupted work; return what was done, by kind."""
+    done: Counter = Counter()
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT * FROM instances WHERE NOT deleted AND task_state IS NOT NULL ORDER BY id"
+            """SELECT * FROM instances WHERE NOT deleted AND (task_state IS NOT NULL OR vm_state = 'building')
+               ORDER BY id"""
         )
     for inst in rows:
         uuid = str(inst["uuid"])
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid)
         async with pool.acquire() as conn:
-            action = await conn.fetchrow(
-                "SELECT request_id FROM instance_actions WHERE instance_uuid = $1 ORDER BY id DESC LIMIT 1", uuid
+            request_id = await _request_id(conn, uuid)
+        try:
+            kind = await _recover_one(pool, compute_api, conductor, computes, inst, request_id)
+        except Exception:
+            log.exception("recover_failed")
+            kind = "failed"
+        done[kind] += 1
+        log.info("recovered", how=kind, task_state=inst["task_state"], vm_state=inst["vm_state"])
+    structlog.contextvars.unbind_contextvars("instance_uuid")
+    if rows:
+        log.info("recovery_done", **done)
+    return done
+
+
+async def _recover_one(
+    pool: asyncpg.Pool, compute_api: ComputeAPI, conductor: Conductor, computes: dict[str, Any],
+    inst: asyncpg.Record, request_id: str,
+) -> str:
+    uuid = str(inst["uuid"])
+    task = inst["task_state"]
+    compute = computes.get(inst["host"]) if inst["host"] else None
+    if task == states.DELETING:
+        async with pool.acquire() as conn:
+            await interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+            await db.event_finish(conn, uuid, request_id, RECOVER_EVENT,
+                                  details="interrupted by a restart while deleting; finishing the delete")
+        compute_api.start_delete(uuid, request_id)
+        return "delete_finished"
+    if inst["vm_state"] == states.BUILDING:
+        return await _recover_build(pool, conductor, compute, inst, request_id)
+    if task in POWER_TASK_STATES:
+        if compute is None:
+            await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "
+                            f"cannot reconcile the interrupted {task}")
+            return "power_error"
+        vm_state = await compute.reconcile_power_action(inst, request_id)
+        return f"power_reconciled_{vm_state}"
+    # A task state novalite does not drive (e.g. set by an older version): clear it.
+    async with pool.acquire() as conn, conn.transaction():
+        await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=None)
+        await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, "Error",
+                              details=f"interrupted in unknown task_state {task}; cleared")
+    return "task_cleared"
+
+
+async def _recover_build(
+    pool: asyncpg.Pool, conductor: Conductor, compute: Any, inst: asyncpg.Record, request_id: str
+) -> str:
+    uuid = str(inst["uuid"])
+    task = inst["task_state"]
+    if compute is not None and task != states.SCHEDULING:
+        info = await compute.driver.get_info(uuid)
+        if task == states.SPAWNING and info is not None and info.power_state == states.RUNNING:
+            await _finish_build(pool, compute, uuid, request_id)
+            return "build_finished"
+        await compute.clean_partial_build(uuid)
+        found = "no domain" if info is None else f"a domain in power state {info.power_state}"
+    else:
+        found = "no host yet" if inst["host"] is None else "a claim, not yet built"
+    note = f"interrupted by a restart in task_state {task} ({found}); scheduling again"
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
+        await db.compare_and_set(conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=task,
+                                 task_state=states.SCHEDULING, host=None, node=None)
+        if inst["host"] is not None:
+            # The build-outcome trigger counts host → NULL as a failed build on that host;
+            # a crash of novalite is not the host's fault.
+            await conn.execute(
+                "UPDATE compute_nodes SET failed_builds = greatest(failed_builds - 1, 0) WHERE host = $1",
+                inst["host"],
             )
-        request_id = action["request_id"] if action else "req-recovery"
-        if inst["task_state"] == states.DELETING:
-            log.info("recover_delete", instance_uuid=uuid)
-            compute_api.start_delete(uuid, request_id)
-        elif inst["vm_state"] == states.BUILDING:
-            # Whatever a host had started is undone; the build starts again from scheduling.
-            if inst["host"] in computes:
-                await computes[inst["host"]].driver.destroy(uuid)
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
-                await db.compare_and_set(
-                    conn, uuid, expect_vm_state=states.BUILDING, task_state=states.SCHEDULING, host=None, node=None
-                )
-                await db.event_finish(conn, uuid, request_id, "compute_build_and_run_instance", "Error",
-                                      details="interrupted by a restart of novalite")
-            log.info("recover_build", instance_uuid=uuid)
-            conductor.build_instances(BuildRequest([uuid], inst["request_spec"], request_id))
+        await interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+        await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
+    conductor.build_instances(BuildRequest([uuid], inst["request_spec"], request_id))
+    return "build_rescheduled"
+
+
+async def _finish_build(pool: asyncpg.Pool, compute: Any, uuid: str, request_id: str) -> None:
+    """The spawn had finished when the process died: complete the last step."""
+    async with pool.acquire() as conn, conn.transaction():
+        await db.compare_and_set(
+            conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=states.SPAWNING, task_state=None,
+            vm_state=states.ACTIVE, power_state=states.RUNNING, launched_at=datetime.now(UTC),
+        )
+        note = "interrupted by a restart after the domain started; build finished"
+        await db.event_finish(conn, uuid, request_id, "compute_spawn", details=note)
+        await db.event_finish(conn, uuid, request_id, BUILD_EVENT, details=note)
+        await interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+        await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
+        await db.finish_action(conn, uuid, request_id)
+        await db.notify(conn, "instance.create.end", {"host": compute.host, "state": states.ACTIVE},
+                        publisher_id=f"nova-compute:{compute.host}", instance_uuids=[uuid], request_id=request_id)
+
+
+async def _to_error(pool: asyncpg.Pool, inst: asyncpg.Record, request_id: str, message: str) -> None:
+    uuid = str(inst["uuid"])
+    async with pool.acquire() as conn, conn.transaction():
+        await db.compare_and_set(conn, uuid, expect_task_state=inst["task_state"], vm_state=states.ERROR,
+                                 task_state=None)
+        await db.add_fault(conn, uuid, 500, message, "", inst["host"])
+        await interrupt_open_events(conn, uuid, request_id, message)
+        await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, "Error", details=message)
+        await db.finish_action(conn, uuid, request_id)

@@ -8,6 +8,7 @@ is a coroutine; an implementation must never block the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -26,6 +27,7 @@ __all__ = [
     "InstanceExists",
     "InstanceInfo",
     "InstanceNotFound",
+    "LifecycleCallback",
     "NicSpec",
     "VirtDriver",
     "VirtError",
@@ -139,6 +141,11 @@ class HostInfo:
     cpu_model: str
 
 
+# Called on the event loop with (instance_uuid, power_state, event name) whenever
+# the hypervisor reports that a domain started, stopped, paused, resumed, ...
+LifecycleCallback = Callable[[str, int, str], None]
+
+
 @runtime_checkable
 class VirtDriver(Protocol):
     """The verbs the compute manager uses; one driver object per compute host.
@@ -195,5 +202,67 @@ class VirtDriver(Protocol):
         """Wait for in-flight calls, then release the connection and worker threads.
 
         After: every other verb raises HypervisorUnavailable.  Calling close twice is fine.
+        """
+        ...
+
+    # -- power actions (issue 7) ----------------------------------------------
+    # Each verb acts on an existing domain (InstanceNotFound otherwise), returns
+    # once the domain is in the stated power state, and is safe to repeat: asking
+    # for the state the domain is already in is not an error.
+
+    async def power_off(self, instance_uuid: str, timeout: float = 0) -> None:
+        """Stop the guest: a clean (ACPI) shutdown waited for up to ``timeout`` seconds, then a hard stop.
+
+        ``timeout`` 0 means a hard stop at once.  After: the domain is defined and SHUTDOWN.
+        """
+        ...
+
+    async def power_on(self, instance_uuid: str) -> None:
+        """Start a defined, stopped domain (restoring a managed save if there is one).
+
+        After: the domain is RUNNING.
+        """
+        ...
+
+    async def reboot(self, instance_uuid: str, hard: bool, timeout: float = 0) -> bool:
+        """Reboot the guest; return True if a soft reboot worked, False if a hard one was done.
+
+        Soft: a clean shutdown waited for up to ``timeout`` seconds, then start;
+        when the guest ignores it, fall back to hard.  Hard: stop at once, then
+        start (also brings up a stopped, paused or suspended domain).
+        After: the domain is RUNNING.
+        """
+        ...
+
+    async def pause(self, instance_uuid: str) -> None:
+        """Freeze the guest's vCPUs in memory.  Before: RUNNING.  After: PAUSED."""
+        ...
+
+    async def unpause(self, instance_uuid: str) -> None:
+        """Let a paused guest run again.  After: RUNNING."""
+        ...
+
+    async def suspend(self, instance_uuid: str) -> None:
+        """Save the guest's memory to disk and stop it (resumable).  After: SHUTDOWN, with a saved image."""
+        ...
+
+    async def resume(self, instance_uuid: str) -> None:
+        """Restore a suspended guest from its saved image.  After: RUNNING."""
+        ...
+
+    async def has_saved_state(self, instance_uuid: str) -> bool:
+        """True when a stopped domain has a saved image (it was suspended)."""
+        ...
+
+    async def list_instance_states(self) -> dict[str, int]:
+        """Every domain the hypervisor knows, uuid → power_state, in one call (no side effects)."""
+        ...
+
+    async def watch_lifecycle(self, callback: LifecycleCallback) -> None:
+        """Subscribe ``callback`` to lifecycle events of every domain of this host.
+
+        The callback runs on the event loop, must not block, and gets the new
+        power state as the event implies it (callers re-read the domain when they
+        need certainty: events can arrive late or be coalesced).
         """
         ...

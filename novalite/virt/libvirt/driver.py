@@ -44,9 +44,11 @@ from novalite.virt.driver import (
     InstanceExists,
     InstanceInfo,
     InstanceNotFound,
+    LifecycleCallback,
     NicSpec,
     VirtError,
 )
+from novalite.virt.libvirt import eventloop
 from novalite.virt.libvirt.config import (
     LibvirtConfigGuest,
     LibvirtConfigGuestConsole,
@@ -270,6 +272,7 @@ class LibvirtDriver:
         self._closed = False
         # Names and uuids of spawns in flight; touched only on the event loop.
         self._spawning: set[str] = set()
+        self._event_callback_id: int | None = None
         silence_libvirt_stderr()
 
     async def __aenter__(self) -> LibvirtDriver:
@@ -286,6 +289,7 @@ class LibvirtDriver:
             raise HypervisorUnavailable(f"driver for {self.uri} is closed")
         ctx = contextvars.copy_context()
         loop = asyncio.get_running_loop()
+        eventloop.ensure_registered(loop)  # before the first connection opens
         return loop.run_in_executor(self._executor, functools.partial(ctx.run, fn, *args))
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -441,6 +445,9 @@ class LibvirtDriver:
             conn, self._conn = self._conn, None
         if conn is not None:
             try:
+                if self._event_callback_id is not None:
+                    conn.domainEventDeregisterAny(self._event_callback_id)
+                    self._event_callback_id = None
                 conn.close()
             except libvirt.libvirtError:
                 log.warning("libvirt_close_failed", uri=self.uri)
@@ -521,3 +528,184 @@ class LibvirtDriver:
             return
         self._closed = True
         await asyncio.to_thread(self._shutdown_sync)
+
+    # ---------------------------------------------------------- power actions
+
+    def _domain_state(self, domain: libvirt.virDomain) -> int:
+        return LIBVIRT_POWER_STATE.get(domain.state()[0], virt.NOSTATE)
+
+    def _wait_for_state(self, domain: libvirt.virDomain, power_state: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._domain_state(domain) == power_state:
+                    return True
+            except libvirt.libvirtError as exc:
+                raise _translate(exc, f"cannot read state of {domain.UUIDString()}") from exc
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _hard_stop(self, domain: libvirt.virDomain) -> None:
+        try:
+            if domain.isActive():
+                domain.destroy()
+        except libvirt.libvirtError as exc:
+            if _code(exc) != libvirt.VIR_ERR_OPERATION_INVALID:  # stopped meanwhile
+                raise
+
+    def _clean_shutdown(self, domain: libvirt.virDomain, timeout: float) -> bool:
+        """ACPI shutdown and wait; True if the guest went off in time."""
+        if timeout <= 0 or self._domain_state(domain) != virt.RUNNING:
+            return False
+        try:
+            domain.shutdown()
+        except libvirt.libvirtError as exc:
+            log.info("clean_shutdown_refused", instance_uuid=domain.UUIDString(), error=exc.get_error_message())
+            return False
+        return self._wait_for_state(domain, virt.SHUTDOWN, timeout)
+
+    def _power_off_sync(self, instance_uuid: str, timeout: float) -> None:
+        domain = self._lookup(self._connection(), instance_uuid)
+        try:
+            if not domain.isActive():
+                return
+            if not self._clean_shutdown(domain, timeout):
+                self._hard_stop(domain)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot power off instance {instance_uuid}") from exc
+        log.info("domain_powered_off", instance_uuid=instance_uuid)
+
+    def _power_on_sync(self, instance_uuid: str) -> None:
+        domain = self._lookup(self._connection(), instance_uuid)
+        try:
+            if domain.isActive():
+                if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    domain.resume()
+                return
+            domain.createWithFlags(0)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot power on instance {instance_uuid}") from exc
+        log.info("domain_powered_on", instance_uuid=instance_uuid)
+
+    def _reboot_sync(self, instance_uuid: str, hard: bool, timeout: float) -> bool:
+        domain = self._lookup(self._connection(), instance_uuid)
+        try:
+            if not hard and self._clean_shutdown(domain, timeout):
+                domain.createWithFlags(0)
+                log.info("domain_soft_rebooted", instance_uuid=instance_uuid)
+                return True
+            if not hard:
+                log.warning("soft_reboot_fell_back_to_hard", instance_uuid=instance_uuid, timeout=timeout)
+            self._hard_stop(domain)
+            if domain.hasManagedSaveImage(0):
+                domain.managedSaveRemove(0)  # a hard reboot boots afresh, like Nova's
+            domain.createWithFlags(0)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot reboot instance {instance_uuid}") from exc
+        log.info("domain_hard_rebooted", instance_uuid=instance_uuid)
+        return False
+
+    def _domain_call_sync(self, instance_uuid: str, what: str, method: str, *args: Any) -> None:
+        domain = self._lookup(self._connection(), instance_uuid)
+        try:
+            getattr(domain, method)(*args)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot {what} instance {instance_uuid}") from exc
+        log.info("domain_power_action", action=what, instance_uuid=instance_uuid)
+
+    def _has_saved_state_sync(self, instance_uuid: str) -> bool:
+        domain = self._lookup(self._connection(), instance_uuid)
+        try:
+            return bool(domain.hasManagedSaveImage(0))
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot inspect instance {instance_uuid}") from exc
+
+    def _list_states_sync(self) -> dict[str, int]:
+        conn = self._connection()
+        out: dict[str, int] = {}
+        try:
+            domains = conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, "cannot list domains") from exc
+        for d in domains:
+            try:
+                out[d.UUIDString()] = self._domain_state(d)
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:  # undefined meanwhile: skip it
+                    raise _translate(exc, "cannot read domain state") from exc
+        return out
+
+    async def power_off(self, instance_uuid: str, timeout: float = 0) -> None:
+        """Clean shutdown for up to ``timeout`` s, then destroy (VirtDriver.power_off)."""
+        await self._call(self._power_off_sync, instance_uuid, timeout)
+
+    async def power_on(self, instance_uuid: str) -> None:
+        """Start the defined domain; a managed save is restored (VirtDriver.power_on)."""
+        await self._call(self._power_on_sync, instance_uuid)
+
+    async def reboot(self, instance_uuid: str, hard: bool, timeout: float = 0) -> bool:
+        """ACPI shutdown + start, or destroy + start (VirtDriver.reboot)."""
+        return await self._call(self._reboot_sync, instance_uuid, hard, timeout)
+
+    async def pause(self, instance_uuid: str) -> None:
+        """virDomainSuspend: vCPUs stop, memory stays (VirtDriver.pause)."""
+        await self._call(self._domain_call_sync, instance_uuid, "pause", "suspend")
+
+    async def unpause(self, instance_uuid: str) -> None:
+        await self._call(self._domain_call_sync, instance_uuid, "unpause", "resume")
+
+    async def suspend(self, instance_uuid: str) -> None:
+        """virDomainManagedSave, as Nova's libvirt driver suspends (VirtDriver.suspend)."""
+        await self._call(self._domain_call_sync, instance_uuid, "suspend", "managedSave", 0)
+
+    async def resume(self, instance_uuid: str) -> None:
+        """Start the domain, which restores its managed save (VirtDriver.resume)."""
+        await self._call(self._domain_call_sync, instance_uuid, "resume", "createWithFlags", 0)
+
+    async def has_saved_state(self, instance_uuid: str) -> bool:
+        return await self._call(self._has_saved_state_sync, instance_uuid)
+
+    async def list_instance_states(self) -> dict[str, int]:
+        """uuid → power_state of every domain, in one worker call."""
+        return await self._call(self._list_states_sync)
+
+    # ------------------------------------------------------------ lifecycle events
+
+    async def watch_lifecycle(self, callback: LifecycleCallback) -> None:
+        """Deliver this connection's domain lifecycle events to ``callback`` on the loop."""
+        loop = asyncio.get_running_loop()
+        if not eventloop.ensure_registered(loop):
+            log.warning("lifecycle_events_unavailable", uri=self.uri)
+            return
+
+        def on_event(_conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _opaque: object) -> None:
+            power_state, name = _LIFECYCLE.get(event, (virt.NOSTATE, f"event-{event}"))
+            # Runs inside libvirt's dispatch (on the loop's thread via libvirtaio);
+            # hand over through the loop so the callback never runs re-entrantly.
+            loop.call_soon_threadsafe(callback, dom.UUIDString(), power_state, name)
+
+        def register() -> int:
+            try:
+                return self._connection().domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None
+                )
+            except libvirt.libvirtError as exc:
+                raise _translate(exc, "cannot subscribe to domain events") from exc
+
+        self._event_callback_id = await self._call(register)
+        log.info("lifecycle_events_subscribed", uri=self.uri)
+
+
+# virDomainEventType → (the power state it implies, a name for logs and actions).
+_LIFECYCLE: dict[int, tuple[int, str]] = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: (virt.NOSTATE, "defined"),
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: (virt.NOSTATE, "undefined"),
+    libvirt.VIR_DOMAIN_EVENT_STARTED: (virt.RUNNING, "started"),
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: (virt.PAUSED, "paused"),
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: (virt.RUNNING, "resumed"),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: (virt.SHUTDOWN, "stopped"),
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: (virt.SHUTDOWN, "shutdown"),
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: (virt.SUSPENDED, "pmsuspended"),
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: (virt.CRASHED, "crashed"),
+}

@@ -1,0 +1,400 @@
+"""Crash drill: SIGKILL the real server in every boot stage, restart, and check nothing is lost.
+
+    .venv/bin/python bench/crash_test.py --kills 20 --seed 1 [--servers 4] [--dsn postgresql://...]
+
+Hosts are persistent simulated hosts (:mod:`novalite.virt.simhost`): libvirt's
+test driver served by a private libvirtd per host, kept alive by this
+harness's own connection, so they outlive every novalite process we kill.
+The server runs as a subprocess (``python -m novalite.cli --config X serve``)
+with ``compute.drill_stage_delays`` holding each instance a moment in every
+stage, so a kill can land inside the stage we aim at (seen through the DB).
+
+After each restart the harness waits for every instance to settle and checks:
+no instance lost; none in a task state (none stuck past its deadline);
+libvirt domains == database per host; quota in_use (API) == live instances;
+allocations == live instances with a host (and the flavor's sizes); every
+instance the kill interrupted has a ``compute_recover_instance`` event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from novalite import db as novadb  # noqa: E402
+from novalite.virt.simhost import PersistentTestHost  # noqa: E402
+
+STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting"]
+DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
+          "deleting": 0.8}
+LIVE_STATES = ("active", "stopped", "paused", "suspended")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Harness:
+    def __init__(self, workdir: Path, dsn: str, hosts: list[PersistentTestHost], servers: int, log) -> None:
+        self.workdir = workdir
+        self.dsn = dsn
+        self.hosts = hosts
+        self.servers = servers
+        self.log = log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.token: str | None = None
+        self.project_id: str | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.requested_deletes: set[str] = set()
+        self.created: set[str] = set()
+        self.counts: Counter = Counter()
+        self.failures: list[str] = []
+
+    def write_config(self) -> Path:
+        hosts = "".join(
+            f'[[hosts]]\nname = "{h.name}"\nuri = "{h.uri}"\ndisk_gb = 200\n\n' for h in self.hosts
+        )
+        delays = ", ".join(f"{k} = {v}" for k, v in DELAYS.items())
+        text = f"""
+[api]
+listen = "127.0.0.1"
+port = {self.port}
+[database]
+dsn = "{self.dsn}"
+pool_max = 40
+[state]
+dir = "{self.workdir / 'state'}"
+[log]
+level = "info"
+format = "json"
+[identity]
+bcrypt_rounds = 4
+[policy]
+file = "{self.workdir / 'policy.yaml'}"
+[quota]
+instances = 100
+cores = 200
+ram = 512000
+[scheduler]
+reserved_host_memory_mb = 0
+[compute]
+power_sync_interval = 5
+drill_stage_delays = {{ {delays} }}
+[deadlines]
+scheduling = 60
+building = 60
+deleting = 60
+power_action = 60
+watchdog_interval = 2
+
+{hosts}
+"""
+        path = self.workdir / "config.toml"
+        path.write_text(text)
+        return path
+
+    # -- the server process --------------------------------------------------------
+    async def start_server(self) -> float:
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "novalite.cli", "--config", str(self.workdir / "config.toml"), "serve",
+             "--clouds-yaml", str(self.workdir / "clouds.yaml")],
+            cwd=self.workdir, stdout=self.log, stderr=self.log, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                async with self.session.get(f"{self.url}/compute/") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() - t0 > 60:
+                raise RuntimeError("server did not come up in 60 s")
+            await asyncio.sleep(0.05)
+        if self.token is None:
+            await self.login()
+        return time.monotonic() - t0
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def stop_server(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self.proc = None
+
+    async def login(self) -> None:
+        creds = json.loads((self.workdir / "state" / "credentials.json").read_text())
+        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"name": "Default"}, "password": creds["admin"]}}},
+            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
+        async with self.session.post(f"{self.url}/identity/v3/auth/tokens", json=body) as r:
+            assert r.status == 201, await r.text()
+            self.token = r.headers["X-Subject-Token"]
+            self.project_id = (await r.json())["token"]["project"]["id"]
+
+    async def api(self, method: str, path: str, body=None) -> tuple[int, dict | None]:
+        headers = {"X-Auth-Token": self.token, "OpenStack-API-Version": "compute latest"}
+        async with self.session.request(method, f"{self.url}/compute/v2.1{path}", json=body, headers=headers) as r:
+            text = await r.text()
+            return r.status, (json.loads(text) if text else None)
+
+    # -- one round --------------------------------------------------------------------
+    async def create_batch(self, image_id: str) -> list[str]:
+        status, body = await self.api("POST", "/servers", {"server": {
+            "name": "crash", "imageRef": image_id, "flavorRef": "1", "networks": "none",
+            "min_count": self.servers, "return_reservation_id": True}})
+        assert status == 202, body
+        async with self.db.acquire() as conn:
+            rows = await conn.fetch("SELECT uuid FROM instances WHERE reservation_id = $1", body["reservation_id"])
+        uuids = [str(r["uuid"]) for r in rows]
+        self.created.update(uuids)
+        return uuids
+
+    async def wait_stage(self, uuids: list[str], stage: str, timeout: float = 20) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with self.db.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT task_state, host FROM instances WHERE uuid = ANY($1::uuid[]) AND NOT deleted", uuids)
+            if stage == "scheduling":
+                if any(r["task_state"] == "scheduling" and r["host"] for r in rows):
+                    return True
+            elif any(r["task_state"] == stage for r in rows):
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    async def in_flight(self) -> dict[str, str]:
+        async with self.db.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT uuid, task_state, vm_state FROM instances
+                   WHERE NOT deleted AND (task_state IS NOT NULL OR vm_state = 'building')""")
+        return {str(r["uuid"]): r["task_state"] or r["vm_state"] for r in rows}
+
+    async def settle(self, timeout: float = 45) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not await self.in_flight():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def round(self, rng: random.Random, stage: str, image_id: str) -> None:
+        if stage == "deleting":
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the delete")
+            for u in uuids:
+                self.requested_deletes.add(u)
+                await self.api("DELETE", f"/servers/{u}")
+        else:
+            uuids = await self.create_batch(image_id)
+        if stage != "before_scheduling" and not await self.wait_stage(uuids, stage):
+            self.failures.append(f"{stage}: never saw the stage")
+        await asyncio.sleep(rng.uniform(0, 0.15))
+        self.kill()
+        interrupted = await self.in_flight()
+        self.counts[f"killed_in_{stage}"] += 1
+        self.counts["instances_interrupted"] += len(interrupted)
+        restart = await self.start_server()
+        self.counts["restart_seconds_x10"] += int(restart * 10)
+        if not await self.settle():
+            stuck = await self.in_flight()
+            self.failures.append(f"{stage}: stuck after restart: {stuck}")
+        await self.check(stage, interrupted)
+        # Make room for the next round: delete everything and let it finish.
+        async with self.db.acquire() as conn:
+            live = [str(r["uuid"]) for r in await conn.fetch("SELECT uuid FROM instances WHERE NOT deleted")]
+        for u in live:
+            self.requested_deletes.add(u)
+            await self.api("DELETE", f"/servers/{u}")
+        if not await self.settle():
+            self.failures.append(f"{stage}: cleanup deletes never finished")
+        await self.check(f"{stage}/cleanup", {})
+
+    async def check(self, stage: str, interrupted: dict[str, str]) -> None:
+        fail = self.failures.append
+        async with self.db.acquire() as conn:
+            rows = {str(r["uuid"]): r for r in await conn.fetch("SELECT * FROM instances")}
+            allocs = {str(r["instance_uuid"]): r for r in await conn.fetch("SELECT * FROM allocations")}
+            recover_rows = await conn.fetch(
+                """SELECT a.instance_uuid, e.details FROM instance_actions a
+                   JOIN instance_actions_events e ON e.action_id = a.id WHERE e.event = 'compute_recover_instance'""")
+            recovered = {str(r["instance_uuid"]) for r in recover_rows}
+        # no instance lost
+        for u in self.created:
+            r = rows.get(u)
+            if r is None:
+                fail(f"{stage}: instance {u} vanished from the database")
+            elif r["deleted"] and u not in self.requested_deletes:
+                fail(f"{stage}: instance {u} deleted without a delete request")
+            elif not r["deleted"] and r["vm_state"] not in (*LIVE_STATES, "error"):
+                fail(f"{stage}: instance {u} in {r['vm_state']}/{r['task_state']}")
+            if not r["deleted"] and r["vm_state"] == "error":
+                self.counts["ended_in_error"] += 1
+        # domains == database, per host
+        for h in self.hosts:
+            domains = set(h.domains())
+            on_host = {u for u, r in rows.items() if not r["deleted"] and r["host"] == h.name}
+            must = {u for u in on_host if rows[u]["vm_state"] in LIVE_STATES}
+            if not domains <= on_host:
+                fail(f"{stage}: {h.name} has domains the database does not: {sorted(domains - on_host)}")
+            if not must <= domains:
+                fail(f"{stage}: {h.name} lacks domains of live instances: {sorted(must - domains)}")
+        # allocations == live instances with a host
+        for u, a in allocs.items():
+            r = rows.get(u)
+            if r is None or r["deleted"] or r["host"] != a["host"]:
+                fail(f"{stage}: allocation of {u} on {a['host']} matches no live instance there")
+            elif (a["vcpus"], a["memory_mb"]) != (r["vcpus"], r["memory_mb"]):
+                fail(f"{stage}: allocation of {u} has the wrong size")
+        for u, r in rows.items():
+            if not r["deleted"] and r["host"] and r["vm_state"] in LIVE_STATES and u not in allocs:
+                fail(f"{stage}: live instance {u} on {r['host']} has no allocation")
+        # quota usage (as the API reports it) == live instances
+        status, body = await self.api("GET", f"/os-quota-sets/{self.project_id}/detail")
+        live = [r for r in rows.values() if not r["deleted"] and r["project_id"] == self.project_id]
+        if status == 200:
+            qs = body["quota_set"]
+            want = (len(live), sum(r["vcpus"] for r in live), sum(r["memory_mb"] for r in live))
+            got = (qs["instances"]["in_use"], qs["cores"]["in_use"], qs["ram"]["in_use"])
+            if want != got:
+                fail(f"{stage}: quota in_use {got} != live instances {want}")
+        else:
+            fail(f"{stage}: quota API answered {status}")
+        # every interrupted instance's action log shows the interruption
+        outcome = {str(r["instance_uuid"]): r["details"] or "" for r in recover_rows}
+        for u in interrupted:
+            detail = outcome.get(u, "")
+            for key, label in (("build finished", "recovered_build_finished"),
+                               ("scheduling again", "recovered_build_rescheduled"),
+                               ("finishing the delete", "recovered_delete_finished")):
+                if key in detail:
+                    self.counts[label] += 1
+            if u not in recovered:
+                fail(f"{stage}: interrupted instance {u} ({interrupted[u]}) has no compute_recover_instance event")
+        self.counts["checks"] += 1
+
+    async def add_image(self) -> str:
+        image_id = str(uuid.uuid4())
+        async with self.db.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO images (id, name, owner, status, visibility, disk_format, container_format, size,
+                                       min_ram, min_disk, properties)
+                   VALUES ($1, 'crash-image', NULL, 'active', 'public', 'qcow2', 'bare', 1048576, 0, 0, '{}')""",
+                uuid.UUID(image_id))
+        return image_id
+
+
+async def fresh_database(admin_dsn: str) -> str:
+    name = "crash_" + uuid.uuid4().hex[:10]
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
+
+
+async def run(kills: int, seed: int, servers: int, admin_dsn: str | None, hosts: int = 2,
+              workdir: Path | None = None, verbose: bool = True) -> tuple[Counter, list[str]]:
+    """Run the drill; return (counts, failures)."""
+    rng = random.Random(seed)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="novalite-crash-"))
+    embedded = None
+    if admin_dsn is None:
+        embedded = novadb.EmbeddedPostgres(workdir / "pgdata")
+        admin_dsn = await embedded.start()
+    dsn = await fresh_database(admin_dsn)
+    # Each daemon gets its own directory under /tmp: it runs unprivileged and must reach it.
+    sim_hosts = [PersistentTestHost(f"p{i + 1}") for i in range(hosts)]
+    log = open(workdir / "server.log", "ab")  # noqa: SIM115
+    h = Harness(workdir, dsn, sim_hosts, servers, log)
+    try:
+        for s in sim_hosts:
+            await asyncio.to_thread(s.start)
+        h.write_config()
+        h.session = aiohttp.ClientSession()
+        h.db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        await h.start_server()
+        image_id = await h.add_image()
+        for i in range(kills):
+            stage = STAGES[i % len(STAGES)] if i < len(STAGES) else rng.choice(STAGES)
+            before = len(h.failures)
+            await h.round(rng, stage, image_id)
+            if verbose:
+                ok = "ok" if len(h.failures) == before else "FAIL " + "; ".join(h.failures[before:])
+                print(f"kill {i + 1:3d}  stage={stage:22s} {ok}", flush=True)
+        h.stop_server()
+    finally:
+        if h.proc is not None:
+            h.kill()
+        if h.session is not None:
+            await h.session.close()
+        if getattr(h, "db", None) is not None:
+            await h.db.close()
+        for s in sim_hosts:
+            s.stop()
+        log.close()
+        if embedded is not None:
+            await embedded.stop()
+    return h.counts, h.failures
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--servers", type=int, default=4, help="servers per batch")
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--dsn", default=os.environ.get("NOVALITE_TEST_DSN"), help="admin DSN (default: embedded)")
+    args = p.parse_args()
+    t0 = time.monotonic()
+    counts, failures = asyncio.run(run(args.kills, args.seed, args.servers, args.dsn, args.hosts))
+    print(f"\n{args.kills} kills, seed {args.seed}, {time.monotonic() - t0:.1f} s")
+    restarts = counts.pop("restart_seconds_x10", 0)
+    for k in sorted(counts):
+        print(f"  {k:30s} {counts[k]}")
+    print(f"  {'mean restart seconds':30s} {restarts / 10 / max(1, args.kills):.2f}")
+    print(f"  {'failures':30s} {len(failures)}")
+    for f in failures:
+        print("   -", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

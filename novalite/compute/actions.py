@@ -1,0 +1,152 @@
+"""Compute API for server actions: state and lock checks, the task-state change, the cast.
+
+Mirrors Nova's compute/api.py: ``check_instance_lock`` (a locked instance only
+yields to admins), ``check_instance_state`` (allowed vm_states and task_states,
+launched at least once), then one compare-and-set to the action's task state
+in the same transaction as the instance action row, then a cast to the
+instance's host (:mod:`novalite.compute.power`).  Lock, unlock and
+os-resetState change only the database and finish at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from novalite.api import errors
+from novalite.api.middleware import RequestContext
+from novalite.compute import power, states
+from novalite.db import instances as db
+
+log = structlog.get_logger(__name__)
+
+_LAUNCHED = object()
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """Which states an action starts from (Nova's check_instance_state) and where it goes."""
+
+    name: str  # as Nova's messages name it: 'stop', 'reboot', ...
+    action: str  # instance_actions.action
+    vm_states: tuple[str, ...]
+    task_states: tuple[str | None, ...]
+    task_state: str
+    must_have_launched: bool = True
+
+
+SPECS: dict[str, ActionSpec] = {
+    "stop": ActionSpec("stop", "stop", (states.ACTIVE, states.ERROR), (None,), power.POWERING_OFF),
+    "start": ActionSpec("start", "start", (states.STOPPED,), (None,), power.POWERING_ON),
+    "reboot_soft": ActionSpec("reboot", "reboot", (states.ACTIVE,), (None,), power.REBOOTING),
+    "reboot_hard": ActionSpec(
+        "reboot", "reboot", (states.ACTIVE, states.STOPPED, states.PAUSED, states.SUSPENDED, states.ERROR),
+        power.ALLOW_REBOOT, power.REBOOTING_HARD,
+    ),
+    "pause": ActionSpec("pause", "pause", (states.ACTIVE,), (None,), power.PAUSING),
+    "unpause": ActionSpec("unpause", "unpause", (states.PAUSED,), (None,), power.UNPAUSING),
+    "suspend": ActionSpec("suspend", "suspend", (states.ACTIVE,), (None,), power.SUSPENDING),
+    "resume": ActionSpec("resume", "resume", (states.SUSPENDED,), (None,), power.RESUMING),
+}
+
+
+class InstanceInvalidState(errors.Conflict):
+    """Nova's raise_http_conflict_for_instance_invalid_state message."""
+
+    def __init__(self, action: str, uuid: str, attr: str, state: Any) -> None:
+        if state is None:
+            message = f"Instance {uuid} is in an invalid state for '{action}'"
+        else:
+            message = f"Cannot '{action}' instance {uuid} while it is in {attr} {state}"
+        super().__init__(message)
+
+
+def check_instance_lock(ctx: RequestContext, inst: asyncpg.Record) -> None:
+    if inst["locked"] and not ctx.is_admin:
+        raise errors.Conflict(f"Instance {inst['uuid']} is locked")
+
+
+def check_instance_state(spec: ActionSpec, inst: asyncpg.Record) -> None:
+    uuid = str(inst["uuid"])
+    if inst["vm_state"] not in spec.vm_states:
+        raise InstanceInvalidState(spec.name, uuid, "vm_state", inst["vm_state"])
+    if inst["task_state"] not in spec.task_states:
+        raise InstanceInvalidState(spec.name, uuid, "task_state", inst["task_state"])
+    if spec.must_have_launched and not inst["launched_at"]:
+        raise InstanceInvalidState(spec.name, uuid, "launched_at", None)
+
+
+class ServerActions:
+    """Power actions, lock/unlock and reset-state for the API handlers."""
+
+    def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any]) -> None:
+        self.pool = pool
+        self.computes = computes
+
+    async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
+        """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""
+        spec = SPECS[kind]
+        uuid = str(inst["uuid"])
+        check_instance_lock(ctx, inst)
+        check_instance_state(spec, inst)
+        compute = self.computes.get(inst["host"]) if inst["host"] else None
+        if compute is None:
+            raise errors.Conflict(f"Instance {uuid} is not ready")
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                await db.compare_and_set(conn, uuid, expect_vm_state=list(spec.vm_states),
+                                         expect_task_state=list(spec.task_states), task_state=spec.task_state)
+            except db.StateConflict as conflict:
+                # Someone moved it between our read and the update: answer from the fresh row.
+                actual = conflict.actual
+                if actual is None or actual["deleted"]:
+                    raise errors.NotFound(f"Instance {uuid} could not be found.") from None
+                check_instance_state(spec, actual)
+                raise InstanceInvalidState(spec.name, uuid, "task_state", actual["task_state"]) from None
+            await db.start_actions(conn, [uuid], spec.action, ctx.request_id, ctx.user_id, ctx.project_id)
+        log.info("server_action_accepted", instance_uuid=uuid, action=kind, host=inst["host"])
+        compute.cast_power_action(uuid, kind, ctx.request_id)
+
+    async def lock(self, ctx: RequestContext, inst: asyncpg.Record, reason: str | None) -> None:
+        """Nova's lock: owner or admin; an owner re-locking a locked server is a no-op."""
+        uuid = str(inst["uuid"])
+        is_owner = inst["project_id"] == ctx.project_id
+        if inst["locked"] and is_owner:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            await db.start_actions(conn, [uuid], "lock", ctx.request_id, ctx.user_id, ctx.project_id)
+            await db.event_start(conn, uuid, ctx.request_id, "api_lock", None)
+            await db.compare_and_set(conn, uuid, locked=True, locked_by="owner" if is_owner else "admin",
+                                     locked_reason=reason)
+            await db.event_finish(conn, uuid, ctx.request_id, "api_lock")
+            await db.finish_action(conn, uuid, ctx.request_id)
+            await db.notify(conn, "instance.lock", {"locked": True, "locked_reason": reason},
+                            publisher_id="nova-api", instance_uuids=[uuid], request_id=ctx.request_id)
+
+    @staticmethod
+    def is_expected_locked_by(ctx: RequestContext, inst: asyncpg.Record) -> bool:
+        expect = "owner" if inst["project_id"] == ctx.project_id else "admin"
+        return not inst["locked_by"] or inst["locked_by"] == expect
+
+    async def unlock(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            await db.start_actions(conn, [uuid], "unlock", ctx.request_id, ctx.user_id, ctx.project_id)
+            await db.event_start(conn, uuid, ctx.request_id, "api_unlock", None)
+            await db.compare_and_set(conn, uuid, locked=False, locked_by=None, locked_reason=None)
+            await db.event_finish(conn, uuid, ctx.request_id, "api_unlock")
+            await db.finish_action(conn, uuid, ctx.request_id)
+            await db.notify(conn, "instance.unlock", {"locked": False}, publisher_id="nova-api",
+                            instance_uuids=[uuid], request_id=ctx.request_id)
+
+    async def reset_state(self, ctx: RequestContext, inst: asyncpg.Record, vm_state: str) -> None:
+        """os-resetState: an admin forces vm_state active|error and clears task_state."""
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            await db.start_actions(conn, [uuid], "resetState", ctx.request_id, ctx.user_id, ctx.project_id)
+            await db.compare_and_set(conn, uuid, vm_state=vm_state, task_state=None)
+            await db.finish_action(conn, uuid, ctx.request_id)
+        log.info("instance_state_reset", instance_uuid=uuid, vm_state=vm_state)

@@ -1,0 +1,124 @@
+"""Deadlines per task state: overdue work goes to ERROR with a fault naming the step.
+
+Nova's build timeout is off by default and nothing bounds the other task
+states; here every in-flight state has a deadline (``[deadlines]`` in the
+config) counted from ``instances.task_state_since``.  The watchdog moves an
+overdue instance to ERROR by compare-and-set on the exact state it saw, so
+work that moved on meanwhile is left alone, and work still running in this
+process fails its next compare-and-set and cleans up after itself.  A build
+that times out gives up its claim (as every failed build does) and its
+domain, if one was made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import structlog
+
+from novalite.compute import states
+from novalite.compute.power import POWER_TASK_STATES
+from novalite.config import Config
+from novalite.db import instances as db
+
+log = structlog.get_logger(__name__)
+
+
+class Watchdog:
+    """Periodically moves instances stuck past their task state's deadline to ERROR."""
+
+    def __init__(self, pool: asyncpg.Pool, config: Config, computes: dict[str, Any]) -> None:
+        self.pool = pool
+        self.config = config
+        self.computes = computes
+        self._task: asyncio.Task | None = None
+
+    def deadline_for(self, vm_state: str, task_state: str | None) -> float:
+        d = self.config.deadlines
+        if task_state == states.SCHEDULING:
+            return d.scheduling
+        if task_state == states.DELETING:
+            return d.deleting
+        if task_state in POWER_TASK_STATES:
+            return d.power_action
+        return d.building
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="watchdog")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.deadlines.watchdog_interval)
+            try:
+                await self.check_once()
+            except Exception:
+                log.exception("watchdog_failed")
+
+    async def check_once(self) -> list[str]:
+        """One pass; returns the uuids moved to ERROR."""
+        d = self.config.deadlines
+        shortest = min(d.scheduling, d.building, d.deleting, d.power_action)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT *, extract(epoch FROM clock_timestamp() - task_state_since) AS age FROM instances
+                   WHERE NOT deleted AND (task_state IS NOT NULL OR vm_state = 'building')
+                     AND task_state_since < clock_timestamp() - make_interval(secs => $1)""",
+                shortest,
+            )
+        expired = []
+        for inst in rows:
+            deadline = self.deadline_for(inst["vm_state"], inst["task_state"])
+            if inst["age"] > deadline and await self._expire(inst, deadline):
+                expired.append(str(inst["uuid"]))
+        return expired
+
+    async def _expire(self, inst: asyncpg.Record, deadline: float) -> bool:
+        uuid = str(inst["uuid"])
+        task = inst["task_state"]
+        building = inst["vm_state"] == states.BUILDING
+        async with self.pool.acquire() as conn, conn.transaction():
+            action = await conn.fetchrow(
+                "SELECT id, request_id FROM instance_actions WHERE instance_uuid = $1 ORDER BY id DESC LIMIT 1", uuid
+            )
+            step = None
+            if action is not None:
+                step = await conn.fetchval(
+                    """SELECT event FROM instance_actions_events WHERE action_id = $1 AND finish_time IS NULL
+                       ORDER BY id DESC LIMIT 1""",
+                    action["id"],
+                )
+            message = (
+                f"Timed out after {deadline:g} s in task_state {task or 'none'}"
+                f" (step {step or task or 'none'}) of instance {uuid}"
+            )
+            try:
+                await db.compare_and_set(conn, uuid, expect_vm_state=inst["vm_state"], expect_task_state=task,
+                                         vm_state=states.ERROR, task_state=None)
+            except db.StateConflict:
+                return False  # it moved on meanwhile
+            if building:
+                await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
+            await db.add_fault(conn, uuid, 500, message, f"deadline {deadline:g} s", inst["host"])
+            if action is not None:
+                await conn.execute(
+                    """UPDATE instance_actions_events SET finish_time = now(), result = 'Error', details = $2
+                       WHERE action_id = $1 AND finish_time IS NULL""",
+                    action["id"], message,
+                )
+                await db.finish_action(conn, uuid, action["request_id"])
+            await db.notify(conn, "instance.update", {"state": states.ERROR, "fault": message},
+                            publisher_id="nova-compute", instance_uuids=[uuid],
+                            request_id=action["request_id"] if action else None, priority="ERROR")
+        log.warning("task_state_deadline_expired", instance_uuid=uuid, task_state=task, step=step, deadline=deadline)
+        compute = self.computes.get(inst["host"]) if inst["host"] else None
+        if building and compute is not None:
+            # The build's own next step fails and cleans up too; this covers a build no longer running.
+            compute._spawn(compute.clean_partial_build(uuid))
+        return True

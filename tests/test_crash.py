@@ -1,0 +1,27 @@
+"""kill -9 of the real server in boot stages, on hosts that outlive it (bench/crash_test.py, a few kills)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "crash_test.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("crash_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_sigkill_in_scheduling_spawning_and_deleting_loses_nothing(pg_dsn, tmp_path):
+    bench = load_bench()
+    bench.STAGES[:] = ["scheduling", "spawning", "deleting"]
+    counts, failures = await bench.run(3, seed=3, servers=3, admin_dsn=pg_dsn, hosts=1, workdir=tmp_path,
+                                       verbose=False)
+    assert failures == []
+    assert counts["checks"] == 6
+    assert counts["recovered_build_rescheduled"] >= 1
+    assert counts["recovered_build_finished"] >= 1
+    assert counts["recovered_delete_finished"] >= 1
