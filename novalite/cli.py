@@ -1,4 +1,4 @@
-"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml``."""
+"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml | image build-test``."""
 
 from __future__ import annotations
 
@@ -77,6 +77,12 @@ def cmd_clouds_yaml(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image_build_test(config: Config, args: argparse.Namespace) -> int:
+    from novalite.image import testimage
+
+    return testimage.main(config, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="novalite",
@@ -97,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     cy = sub.add_parser("clouds-yaml", help="write clouds.yaml (clouds novalite and novalite-admin)")
     cy.add_argument("--output", "-o", default="clouds.yaml")
     cy.set_defaults(fn=cmd_clouds_yaml)
+    img = sub.add_parser("image", help="image helpers")
+    imgsub = img.add_subparsers(dest="image_command", required=True)
+    bt = imgsub.add_parser("build-test", help="build the CirrOS-like test guest from Debian packages and "
+                           "upload it (aki/ari/ami/qcow2) as admin, or write it to --output")
+    bt.add_argument("--output", "-o", default=None, help="write the files to this directory instead of uploading")
+    bt.add_argument("--cache-dir", default=None, help="default: <state dir>/cache/testimage")
+    bt.add_argument("--kernel-package", default=None, help="default: what linux-image-amd64 depends on")
+    bt.add_argument("--url", default=None, help="novalite URL (default: the config's public URL)")
+    bt.set_defaults(fn=cmd_image_build_test)
     return parser
 
 

@@ -19,6 +19,17 @@ if [ -n "$missing" ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
+# /dev/kvm without udev (containers) stays root:root 0600. libvirtd then probes
+# QEMU with root's capabilities (KVM found) but checks "can the qemu user open
+# /dev/kvm?" (no) before trusting its capabilities cache, so it discards the
+# cache and re-probes QEMU on EVERY API call (~4 s each; a failed spawn ~52 s).
+# Give the node the group and mode udev gives it on a normal host: both checks
+# agree and the cache sticks. Guests still run TCG with virt_type = "qemu".
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
+  $SUDO chgrp kvm /dev/kvm
+  $SUDO chmod 0660 /dev/kvm
+fi
+
 # libvirtd and virtlogd: start them ourselves when nothing else does.
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   if [ -d /run/systemd/system ]; then

@@ -1,0 +1,115 @@
+"""Image data on local disk: ``<state dir>/images/<image id>``.
+
+Uploads stream into ``<id>.part`` (hashed as they arrive, written off the event
+loop) and are renamed into place only once complete and verified, so a reader
+never sees a partial file and a failed upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20  # bytes per disk write / read
+
+
+def image_path(state_dir: Path, image_id: str) -> Path:
+    """The data file of an image of the novalite whose state directory is ``state_dir``."""
+    return Path(state_dir) / "images" / str(image_id)
+
+
+class UploadError(Exception):
+    """The data could not be stored (size or checksum mismatch, client went away, disk full)."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """What an upload produced: Glance's ``size``, ``checksum`` and ``os_hash_*``."""
+
+    size: int
+    checksum: str       # md5, hex
+    os_hash_algo: str   # always sha512
+    os_hash_value: str
+
+
+class ImageStore:
+    """One directory of image files, named by image id."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, image_id: str) -> Path:
+        """Where an active image's data lives (the image cache reads it from here)."""
+        return self.root / str(image_id)  # same as image_path(state_dir, image_id)
+
+    def exists(self, image_id: str) -> bool:
+        return self.path(image_id).is_file()
+
+    async def write(
+        self,
+        image_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        expected_size: int | None = None,
+        expected_md5: str | None = None,
+        expected_sha256: str | None = None,
+    ) -> StoredImage:
+        """Stream ``chunks`` to disk; raise UploadError (leaving no file) unless all is well."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(image_id)
+        part = final.with_name(final.name + ".part")
+        md5, sha512, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha512(), hashlib.sha256()
+        size = 0
+
+        def flush(f, data: bytes) -> None:
+            md5.update(data)
+            sha512.update(data)
+            if expected_sha256:
+                sha256.update(data)
+            f.write(data)
+
+        f = await asyncio.to_thread(open, part, "wb")
+        try:
+            buf = bytearray()
+            async for chunk in chunks:
+                size += len(chunk)
+                if expected_size is not None and size > expected_size:
+                    raise UploadError(f"Image exceeds the expected size of {expected_size} bytes.")
+                buf += chunk
+                if len(buf) >= CHUNK:
+                    await asyncio.to_thread(flush, f, bytes(buf))
+                    buf.clear()
+            if buf:
+                await asyncio.to_thread(flush, f, bytes(buf))
+            await asyncio.to_thread(f.close)
+            if expected_size is not None and size != expected_size:
+                raise UploadError(f"Image size {size} does not match the expected size {expected_size}.")
+            if expected_md5 and md5.hexdigest() != expected_md5.lower():
+                raise UploadError("Image checksum (md5) does not match the owner-specified checksum.")
+            if expected_sha256 and sha256.hexdigest() != expected_sha256.lower():
+                raise UploadError("Image checksum (sha256) does not match the owner-specified checksum.")
+            await asyncio.to_thread(os.replace, part, final)
+        except BaseException:
+            await asyncio.to_thread(f.close)
+            part.unlink(missing_ok=True)
+            raise
+        return StoredImage(size, md5.hexdigest(), "sha512", sha512.hexdigest())
+
+    async def read(self, image_id: str, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        """The image data in chunks, read off the event loop."""
+        f = await asyncio.to_thread(open, self.path(image_id), "rb")
+        try:
+            while data := await asyncio.to_thread(f.read, chunk_size):
+                yield data
+        finally:
+            await asyncio.to_thread(f.close)
+
+    def delete(self, image_id: str) -> None:
+        """Remove an image's data and any leftover partial upload."""
+        final = self.path(image_id)
+        final.unlink(missing_ok=True)
+        final.with_name(final.name + ".part").unlink(missing_ok=True)

@@ -1,0 +1,447 @@
+"""``novalite image build-test``: a CirrOS-like test guest, built offline in seconds.
+
+Nothing is downloaded from image mirrors: the distribution kernel package
+(``linux-image-<abi>-amd64``, resolved through ``apt-cache depends
+linux-image-amd64``) and ``busybox-static`` are fetched with ``apt-get
+download`` into ``<cache>/debs`` and unpacked with ``dpkg-deb -x`` under the
+cache (nothing is installed into /boot). From them it builds, in ``<cache>/out``:
+
+``vmlinuz``
+    the distribution kernel; uploaded as ``novalite-test-kernel``
+    (disk_format ``aki``, container_format ``aki``).
+``initrd.gz``
+    a gzip'd newc cpio written in Python: busybox-static, the kernel modules a
+    qemu guest needs (virtio pci/blk/net/scsi, ata_piix, ahci, sr_mod, cdrom,
+    isofs, in modules.dep order) and ``/init``; uploaded as
+    ``novalite-test-ramdisk`` (``ari``/``ari``).
+``disk.raw``
+    a 1 MiB empty root disk; uploaded as ``novalite-test`` (``ami``/``ami``)
+    with properties ``kernel_id``, ``ramdisk_id``, ``os_command_line``
+    (:data:`CMDLINE`) and ``os_distro=novalite-test``.
+``disk.qcow2``
+    a 64 MiB empty qcow2 (when ``qemu-img`` exists); uploaded as
+    ``novalite-test-qcow2`` (``qcow2``/``bare``) with the same properties.
+
+The guest's ``/init`` prints lines prefixed ``NOVALITE-GUEST: `` on the serial
+console (ttyS0)::
+
+    NOVALITE-GUEST: boot kernel=<uname -r> uptime=<seconds>
+    NOVALITE-GUEST: config_drive=<device>            (or "config_drive=none")
+    NOVALITE-GUEST: uuid=<meta_data uuid>
+    NOVALITE-GUEST: name=<name>
+    NOVALITE-GUEST: hostname=<hostname>
+    NOVALITE-GUEST: availability_zone=<az>
+    NOVALITE-GUEST: launch_index=<n>
+    NOVALITE-GUEST: public_keys=<raw JSON object>
+    NOVALITE-GUEST: meta=<raw JSON object>
+    NOVALITE-GUEST: file <path>=<content>           (one per injected file)
+    NOVALITE-GUEST: user_data=<content>
+    NOVALITE-GUEST: user_data_b64=<base64 of user_data, one line>
+    NOVALITE-GUEST: lease ip=<ip> mac=<mac> iface=<eth0> mask=<prefix> router=<gw>
+    NOVALITE-GUEST: lease none iface=<eth0>         (no DHCP answer)
+    NOVALITE-GUEST: init done uptime=<seconds since the kernel started>
+
+It mounts proc/sys/dev, loads the modules, finds the config drive by label
+``config-2`` (``findfs``, then by trying /dev/sr* /dev/vd* /dev/sd* /dev/hd*),
+runs ``udhcpc`` on every NIC, and after ``init done`` idles, or runs
+``poweroff -f`` when user_data has a line ``poweroff-after-boot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+CMDLINE = "console=ttyS0 quiet"
+PREFIX = "NOVALITE-GUEST: "
+# What a qemu guest needs for a virtio disk/NIC and a config drive on a cdrom,
+# whatever the bus (ide on pc, sata on q35, virtio-scsi); missing ones are skipped.
+WANTED_MODULES = (
+    "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_console",
+    "ata_piix", "ahci", "sd_mod", "sr_mod", "cdrom", "isofs",
+)
+NAMES = {
+    "kernel": "novalite-test-kernel",
+    "ramdisk": "novalite-test-ramdisk",
+    "ami": "novalite-test",
+    "qcow2": "novalite-test-qcow2",
+}
+
+INIT = r"""#!/bin/sh
+# novalite test guest: report what the cloud gave us on the serial console.
+export PATH=/bin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+say() { echo "NOVALITE-GUEST: $*"; }
+say "boot kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+for m in $(cat /etc/modules); do insmod "/lib/modules/$m" 2>/dev/null; done
+
+cd_dev=""
+tries=0
+# cdroms on ata/sata are probed asynchronously: give them up to 3 s to show up
+while [ -z "$cd_dev" ] && [ $tries -lt 30 ]; do
+  cd_dev=$(findfs LABEL=config-2 2>/dev/null)
+  [ -n "$cd_dev" ] || usleep 100000
+  tries=$((tries + 1))
+done
+mkdir -p /mnt/config
+if [ -n "$cd_dev" ] && mount -o ro "$cd_dev" /mnt/config 2>/dev/null; then
+  :
+else
+  cd_dev=""
+  for d in /dev/sr* /dev/vd* /dev/sd* /dev/hd*; do
+    [ -b "$d" ] || continue
+    if mount -o ro "$d" /mnt/config 2>/dev/null; then
+      [ -f /mnt/config/openstack/latest/meta_data.json ] && { cd_dev=$d; break; }
+      umount /mnt/config
+    fi
+  done
+fi
+
+if [ -n "$cd_dev" ]; then
+  say "config_drive=$cd_dev"
+  md=/mnt/config/openstack/latest/meta_data.json
+  flat=$(tr -d '\n' < "$md")
+  str() { echo "$flat" | grep -o "\"$1\": *\"[^\"]*\"" | head -n1 | sed 's/^"[^"]*": *"//; s/"$//'; }
+  obj() { echo "$flat" | grep -o "\"$1\": *{[^}]*}" | head -n1 | sed 's/^"[^"]*": *//'; }
+  say "uuid=$(str uuid)"
+  say "name=$(str name)"
+  h=$(str hostname)
+  say "hostname=$h"
+  [ -n "$h" ] && hostname "$h"
+  say "availability_zone=$(str availability_zone)"
+  say "launch_index=$(echo "$flat" | grep -o '"launch_index": *[0-9]*' | sed 's/.*: *//')"
+  say "public_keys=$(obj public_keys)"
+  say "meta=$(obj meta)"
+  echo "$flat" | grep -o '"files": *\[[^]]*\]' | grep -o '{[^}]*}' | while read -r f; do
+    p=$(echo "$f" | grep -o '"path": *"[^"]*"' | sed 's/^"path": *"//; s/"$//')
+    c=$(echo "$f" | grep -o '"content_path": *"[^"]*"' | sed 's/^"content_path": *"//; s/"$//')
+    say "file $p=$(cat "/mnt/config/openstack/${c#/}" 2>/dev/null)"
+  done
+  ud=/mnt/config/openstack/latest/user_data
+  if [ -f "$ud" ]; then
+    say "user_data=$(cat "$ud")"
+    say "user_data_b64=$(base64 < "$ud" | tr -d '\n')"
+  fi
+else
+  say "config_drive=none"
+fi
+
+for n in /sys/class/net/*; do
+  ifc=${n##*/}
+  [ "$ifc" = lo ] && continue
+  ip link set "$ifc" up
+  udhcpc -i "$ifc" -s /etc/udhcpc.script -n -q -t 10 -T 1 >/dev/null 2>&1 || say "lease none iface=$ifc"
+done
+
+say "init done uptime=$(cut -d' ' -f1 /proc/uptime)"
+if [ -f /mnt/config/openstack/latest/user_data ] && grep -qx 'poweroff-after-boot' /mnt/config/openstack/latest/user_data; then
+  sync
+  poweroff -f
+fi
+while true; do sleep 3600; done
+"""
+
+UDHCPC_SCRIPT = r"""#!/bin/sh
+# udhcpc hook: configure the address and report the lease on the console.
+case "$1" in
+  deconfig)
+    ip addr flush dev "$interface"
+    ip link set "$interface" up
+    ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    if [ -n "$router" ]; then ip route add default via "${router%% *}" dev "$interface"; fi
+    echo "NOVALITE-GUEST: lease ip=$ip mac=$(cat /sys/class/net/$interface/address) iface=$interface mask=$mask router=$router" > /dev/console
+    ;;
+esac
+exit 0
+"""
+
+
+class BuildError(Exception):
+    """The test image could not be built (missing package, no apt, ...)."""
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """The built files and what the cloud needs to know about them."""
+
+    kernel: Path
+    ramdisk: Path
+    disk: Path
+    qcow2: Path | None
+    kernel_version: str
+    cmdline: str = CMDLINE
+
+
+def _run(*cmd: str | Path, cwd: Path | None = None) -> str:
+    try:
+        res = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise BuildError(f"{cmd[0]} not found: {exc}") from None
+    if res.returncode != 0:
+        raise BuildError(f"{' '.join(str(c) for c in cmd)} failed: {res.stderr.strip()[-2000:]}")
+    return res.stdout
+
+
+def resolve_kernel_package(meta: str = "linux-image-amd64") -> str:
+    """The concrete kernel package a Debian kernel metapackage points at."""
+    out = _run("apt-cache", "depends", meta)
+    m = re.search(r"Depends:\s*(linux-image-\S+)", out)
+    if not m:
+        raise BuildError(f"apt-cache depends {meta}: no linux-image dependency")
+    return m.group(1)
+
+
+def fetch_deb(debs: Path, package: str) -> Path:
+    """``apt-get download`` a package into ``debs`` once and return the .deb."""
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    if not found:
+        _run("apt-get", "download", "-q", package, cwd=debs)
+        found = sorted(debs.glob(f"{package}_*.deb"))
+    if not found:
+        raise BuildError(f"apt-get download {package} left no .deb in {debs}")
+    return found[-1]
+
+
+def unpack(deb: Path, dest: Path) -> Path:
+    """``dpkg-deb -x`` once (a marker file says the tree is complete)."""
+    done = dest / ".unpacked"
+    if not done.exists():
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        _run("dpkg-deb", "-x", deb, dest)
+        done.write_text(deb.name)
+    return dest
+
+
+_DEPENDS = re.compile(rb"(?:^|\x00)depends=([^\x00]*)\x00")
+
+
+def module_depends(ko: Path) -> list[str]:
+    """The ``depends=`` entry of a module's .modinfo section (what modules.dep is built from)."""
+    m = _DEPENDS.search(ko.read_bytes())
+    return [d for d in m.group(1).decode().split(",") if d] if m else []
+
+
+def module_closure(moddir: Path, wanted: tuple[str, ...] = WANTED_MODULES) -> list[Path]:
+    """The .ko files for ``wanted`` plus their dependencies, each after what it needs."""
+    index: dict[str, Path] = {}
+    for ko in (moddir / "kernel").rglob("*.ko*"):
+        name = ko.name.split(".ko")[0]
+        index[name] = ko
+        index.setdefault(name.replace("-", "_"), ko)
+    ordered: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        key = name.replace("-", "_")
+        if key in seen or key not in index:
+            return
+        seen.add(key)
+        for dep in module_depends(index[key]):
+            visit(dep)
+        ordered.append(index[key])
+
+    for name in wanted:
+        visit(name)
+    return ordered
+
+
+class Cpio:
+    """A newc ("070701") cpio archive written in memory, as the kernel's initramfs reader wants."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        name_b = name.encode() + b"\0"
+        fields = (self._ino, mode, 0, 0, 2 if mode & 0o040000 else 1, 0, len(data), 0, 0,
+                  rdev[0], rdev[1], len(name_b), 0)
+        self._ino += 1
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        head = header + name_b
+        self._parts.append(head + b"\0" * (-len(head) % 4))
+        self._parts.append(data + b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str) -> None:
+        self._entry(name, 0o040755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, 0o100000 | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, 0o020600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return b"".join(self._parts)
+
+
+def build_initramfs(busybox: Path, moddir: Path) -> bytes:
+    """busybox + modules + /init as a gzip'd cpio."""
+    modules = module_closure(moddir)
+    cpio = Cpio()
+    for d in ("bin", "dev", "proc", "sys", "mnt", "etc", "tmp", "lib", "lib/modules"):
+        cpio.dir(d)
+    cpio.chardev("dev/console", 5, 1)
+    cpio.chardev("dev/null", 1, 3)
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    cpio.symlink("bin/sh", "busybox")
+    cpio.file("init", INIT.encode(), 0o755)
+    cpio.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
+    names = []
+    for ko in modules:
+        cpio.file(f"lib/modules/{ko.name}", ko.read_bytes())
+        names.append(ko.name)
+    cpio.file("etc/modules", ("\n".join(names) + "\n").encode())
+    return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
+
+
+def build(cache_dir: Path, kernel_package: str | None = None) -> TestImage:
+    """Build (or reuse from ``cache_dir``) the kernel, initramfs and disks."""
+    cache_dir = Path(cache_dir)
+    kernel_package = kernel_package or resolve_kernel_package()
+    kdeb = fetch_deb(cache_dir / "debs", kernel_package)
+    bdeb = fetch_deb(cache_dir / "debs", "busybox-static")
+    ktree = unpack(kdeb, cache_dir / "tree" / kdeb.stem)
+    btree = unpack(bdeb, cache_dir / "tree" / bdeb.stem)
+    vmlinuz = sorted((ktree / "boot").glob("vmlinuz-*"))
+    if not vmlinuz:
+        raise BuildError(f"{kdeb.name} has no /boot/vmlinuz-*")
+    version = vmlinuz[-1].name.removeprefix("vmlinuz-")
+    moddir = ktree / "lib" / "modules" / version
+    busybox = btree / "bin" / "busybox"
+    if not busybox.exists():
+        raise BuildError(f"{bdeb.name} has no /bin/busybox")
+
+    # Rebuild when the inputs or the init scripts change.
+    key = hashlib.sha256(f"{kdeb.name}|{bdeb.name}|{INIT}|{UDHCPC_SCRIPT}|{WANTED_MODULES}".encode()).hexdigest()[:16]
+    out = cache_dir / "out" / key
+    kernel, ramdisk, disk, qcow2 = out / "vmlinuz", out / "initrd.gz", out / "disk.raw", out / "disk.qcow2"
+    if not (out / ".done").exists():
+        tmp = cache_dir / "out" / f".{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copyfile(vmlinuz[-1], tmp / "vmlinuz")
+        (tmp / "initrd.gz").write_bytes(build_initramfs(busybox, moddir))
+        with open(tmp / "disk.raw", "wb") as f:
+            f.truncate(1024 * 1024)
+        if shutil.which("qemu-img"):
+            _run("qemu-img", "create", "-q", "-f", "qcow2", tmp / "disk.qcow2", "64M")
+        (tmp / ".done").write_text(version)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return TestImage(kernel, ramdisk, disk, qcow2 if qcow2.exists() else None, version)
+
+
+# ---------------------------------------------------------------------- upload
+
+async def _token(session: aiohttp.ClientSession, url: str, user: str, password: str, project: str) -> str:
+    body = {"auth": {
+        "identity": {"methods": ["password"],
+                     "password": {"user": {"name": user, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
+    }}
+    async with session.post(f"{url}/identity/v3/auth/tokens", json=body) as r:
+        if r.status != 201:
+            raise BuildError(f"login as {user} failed: {r.status} {await r.text()}")
+        return r.headers["X-Subject-Token"]
+
+
+async def _create_and_upload(session: aiohttp.ClientSession, images: str, headers: dict, meta: dict,
+                             path: Path) -> str:
+    async with session.post(images, json=meta, headers=headers) as r:
+        if r.status != 201:
+            raise BuildError(f"create image {meta['name']}: {r.status} {await r.text()}")
+        image_id = (await r.json())["id"]
+    with open(path, "rb") as f:
+        async with session.put(f"{images}/{image_id}/file", data=f,
+                               headers={**headers, "Content-Type": "application/octet-stream"}) as r:
+            if r.status != 204:
+                raise BuildError(f"upload {path.name}: {r.status} {await r.text()}")
+    return image_id
+
+
+async def upload(image: TestImage, url: str, user: str, password: str, project: str = "admin",
+                 *, token: str | None = None, visibility: str = "public") -> dict[str, str]:
+    """Upload the test image through the image API; returns {"kernel"|"ramdisk"|"ami"|"qcow2": id}."""
+    url = url.rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        token = token or await _token(session, url, user, password, project)
+        headers = {"X-Auth-Token": token}
+        images = f"{url}/image/v2/images"
+        common = {"visibility": visibility, "os_distro": "novalite-test"}
+        ids: dict[str, str] = {}
+        ids["kernel"] = await _create_and_upload(
+            session, images, headers,
+            {"name": NAMES["kernel"], "disk_format": "aki", "container_format": "aki", **common}, image.kernel)
+        ids["ramdisk"] = await _create_and_upload(
+            session, images, headers,
+            {"name": NAMES["ramdisk"], "disk_format": "ari", "container_format": "ari", **common}, image.ramdisk)
+        boot = {"kernel_id": ids["kernel"], "ramdisk_id": ids["ramdisk"], "os_command_line": image.cmdline}
+        ids["ami"] = await _create_and_upload(
+            session, images, headers,
+            {"name": NAMES["ami"], "disk_format": "ami", "container_format": "ami", **common, **boot}, image.disk)
+        if image.qcow2 is not None:
+            ids["qcow2"] = await _create_and_upload(
+                session, images, headers,
+                {"name": NAMES["qcow2"], "disk_format": "qcow2", "container_format": "bare", **common, **boot},
+                image.qcow2)
+        return ids
+
+
+def main(config, args: argparse.Namespace) -> int:
+    """CLI entry: build, then write to ``--output`` or upload to the configured cloud as admin."""
+    from novalite.bootstrap import credentials_file
+
+    cache = Path(args.cache_dir) if args.cache_dir else config.state_dir / "cache" / "testimage"
+    try:
+        image = build(cache, args.kernel_package)
+    except BuildError as exc:
+        print(f"novalite: {exc}", file=sys.stderr)
+        return 1
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        for src in (image.kernel, image.ramdisk, image.disk, image.qcow2):
+            if src is not None:
+                shutil.copyfile(src, out / src.name)
+        (out / "cmdline").write_text(image.cmdline + "\n")
+        print(f"wrote {out}: vmlinuz ({image.kernel_version}), initrd.gz, disk.raw"
+              f"{', disk.qcow2' if image.qcow2 else ''}; cmdline {image.cmdline!r}")
+        return 0
+    creds_path = credentials_file(config)
+    if not creds_path.exists():
+        print(f"novalite: {creds_path} not found: run `novalite serve` (or bootstrap) first", file=sys.stderr)
+        return 1
+    creds = json.loads(creds_path.read_text())
+    try:
+        ids = asyncio.run(upload(image, args.url or config.public_url, "admin", creds["admin"], "admin"))
+    except (BuildError, aiohttp.ClientError) as exc:
+        print(f"novalite: {exc}", file=sys.stderr)
+        return 1
+    for kind, image_id in ids.items():
+        print(f"{NAMES[kind]:24} {image_id}")
+    return 0
