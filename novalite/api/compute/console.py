@@ -1,0 +1,103 @@
+"""``os-getConsoleOutput``: the tail of an instance's serial console log.
+
+The compute manager points the guest's serial console log (written by
+virtlogd) at ``<state_dir>/instances/<host>/<uuid>/console.log``; this reads
+its last 100 KiB (Nova's MAX_CONSOLE_BYTES) off the loop and returns the last
+``length`` lines, as Nova's libvirt driver and compute manager do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from novalite.api import errors
+from novalite.api.compute.common import authorize
+
+MAX_CONSOLE_BYTES = 100 * 1024
+POLICY = "os_compute_api:os-console-output"
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")  # Nova strips these (not \t, \n)
+_LENGTH = re.compile(r"^-?[0-9]+$")
+
+
+def console_log_path(state_dir: Path, host: str, instance_uuid: str) -> Path:
+    """Where the compute manager has the guest's serial console logged."""
+    return state_dir / "instances" / host / instance_uuid / "console.log"
+
+
+def read_tail(path: Path, max_bytes: int = MAX_CONSOLE_BYTES) -> bytes | None:
+    """The last ``max_bytes`` of the file, None when it does not exist (blocking)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            return f.read(max_bytes)
+    except FileNotFoundError:
+        return None
+
+
+def tail_lines(data: bytes, length: int | None) -> bytes:
+    """Nova's _tail_log: the last ``length`` lines; None means all, 0 means nothing."""
+    if length is None:
+        return data
+    if length == 0:
+        return b""
+    return b"\n".join(data.split(b"\n")[-length:])
+
+
+def parse_length(body: dict) -> int | None:
+    """Validate the action body as Nova's schema does; -1 or null mean the whole log."""
+    if not isinstance(body, dict) or set(body) != {"os-getConsoleOutput"}:
+        raise errors.BadRequest("Invalid input for field/attribute os-getConsoleOutput.")
+    args = body["os-getConsoleOutput"]
+    if not isinstance(args, dict) or set(args) - {"length"}:
+        raise errors.BadRequest(
+            "Invalid input for field/attribute os-getConsoleOutput. Value: "
+            f"{args}. Additional properties are not allowed"
+        )
+    length = args.get("length")
+    if length is None:
+        return None
+    if isinstance(length, bool) or not isinstance(length, int | str) or (
+        isinstance(length, str) and not _LENGTH.match(length)
+    ):
+        raise errors.BadRequest(f"Invalid input for field/attribute length. Value: {length}. "
+                                f"{length!r} is not of type 'integer', 'string', 'null'")
+    value = int(length)
+    if value < -1:
+        raise errors.BadRequest(f"Invalid input for field/attribute length. Value: {length}. "
+                                f"{value} is less than the minimum of -1")
+    return None if value == -1 else value
+
+
+async def get_console_output(request: web.Request, inst: asyncpg.Record, body: dict) -> web.Response:
+    """POST /servers/{id}/action {"os-getConsoleOutput": {"length": N}} → 200 {"output": "..."}.
+
+    ``inst`` is the instance row the action dispatcher loaded (its 404 covers
+    unknown servers). 409 while the instance has no host yet, is being
+    deleted, or is still building with no console log written yet.
+    """
+    length = parse_length(body)
+    authorize(request, POLICY, {"project_id": inst["project_id"], "user_id": inst["user_id"]})
+    uuid = str(inst["uuid"])
+    if inst["deleted"]:
+        raise errors.NotFound(f"Instance {uuid} could not be found.")
+    if not inst["host"]:
+        raise errors.Conflict(f"Instance {uuid} is not ready")
+    if inst["task_state"] == "deleting":
+        raise errors.Conflict(
+            f"Cannot 'get_console_output' instance {uuid} while it is in task_state deleting"
+        )
+    path = console_log_path(request.app["config"].state_dir, inst["host"], uuid)
+    data = await asyncio.to_thread(read_tail, path)
+    if data is None:
+        if inst["vm_state"] == "building":
+            raise errors.Conflict(f"Instance {uuid} is not ready")
+        data = b""  # Nova's libvirt driver: a console whose log file is not there (yet) is empty
+    output = tail_lines(data, length).decode("ascii", "replace")
+    return web.json_response({"output": _CONTROL.sub("", output)})
