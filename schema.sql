@@ -105,6 +105,25 @@ CREATE TABLE IF NOT EXISTS images (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Image API (Glance v2 subset, issue 6): the rest of Glance's base attributes;
+-- data lives in <state dir>/images/<id>. Extra properties stay in `properties`.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS protected boolean NOT NULL DEFAULT false;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS os_hidden boolean NOT NULL DEFAULT false;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS os_hash_algo text;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS os_hash_value text;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS virtual_size bigint;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS tags text[] NOT NULL DEFAULT '{}';
+
+-- Projects a `shared` image is shared with (Glance image members).
+CREATE TABLE IF NOT EXISTS image_members (
+    image_id uuid NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    member text NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (image_id, member)
+);
+
 -- One row per configured compute host (nova-compute service + its node).
 CREATE TABLE IF NOT EXISTS compute_nodes (
     id serial PRIMARY KEY,
@@ -306,5 +325,118 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS notifications_instance ON notifications (instance_uuid, id);
+
+-- Scheduler (issue 5) ----------------------------------------------------------
+
+-- NUMA cells a host offers (NUMATopologyFilter) and its recent build failures
+-- (BuildFailureWeigher), kept beside the node.
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS numa_cells integer NOT NULL DEFAULT 1;
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS failed_builds integer NOT NULL DEFAULT 0;
+
+-- failed_builds follows build outcomes as Nova's compute manager counts them:
+-- +1 when a building instance is sent back to scheduling from a host (the
+-- build failed there), reset to 0 when a build on the host turns ACTIVE.
+-- A trigger on the one compare-and-set path, so no failure path can forget it.
+CREATE OR REPLACE FUNCTION novalite_track_build_outcome() RETURNS trigger AS $$
+BEGIN
+    IF OLD.vm_state = 'building' AND NEW.vm_state = 'active' AND NEW.host IS NOT NULL THEN
+        UPDATE compute_nodes SET failed_builds = 0 WHERE host = NEW.host AND failed_builds <> 0;
+    ELSIF OLD.vm_state = 'building' AND NEW.vm_state = 'building' AND OLD.host IS NOT NULL
+          AND NEW.host IS NULL AND NEW.task_state = 'scheduling' THEN
+        UPDATE compute_nodes SET failed_builds = failed_builds + 1 WHERE host = OLD.host;
+    END IF;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER instances_build_outcome AFTER UPDATE OF vm_state, host ON instances
+    FOR EACH ROW WHEN (OLD.vm_state = 'building') EXECUTE FUNCTION novalite_track_build_outcome();
+
+-- The verdicts of each scheduling of an instance: every filter's verdict on
+-- every host and the weights of the hosts that passed (one row per scheduling;
+-- the latest is served at GET /servers/{id}/os-scheduling).
+CREATE TABLE IF NOT EXISTS scheduling_verdicts (
+    id bigserial PRIMARY KEY,
+    instance_uuid uuid NOT NULL REFERENCES instances(uuid) ON DELETE CASCADE,
+    request_id text,
+    host text,
+    summary text NOT NULL,
+    verdicts jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS scheduling_verdicts_instance ON scheduling_verdicts (instance_uuid, id DESC);
+
+-- Networks (Neutron v2 subset): isolated libvirt networks, one IPv4 subnet each --
+
+CREATE TABLE IF NOT EXISTS networks (
+    id uuid PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    project_id text NOT NULL,
+    shared boolean NOT NULL DEFAULT true,
+    is_default boolean NOT NULL DEFAULT false,
+    libvirt_name text NOT NULL UNIQUE,
+    mtu integer NOT NULL DEFAULT 1500,
+    status text NOT NULL DEFAULT 'ACTIVE',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS subnets (
+    id uuid PRIMARY KEY,
+    network_id uuid NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+    name text NOT NULL DEFAULT '',
+    project_id text NOT NULL,
+    cidr cidr NOT NULL,
+    gateway_ip inet,
+    pool_start inet NOT NULL,
+    pool_end inet NOT NULL,
+    enable_dhcp boolean NOT NULL DEFAULT true,
+    dns_nameservers text[] NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS subnets_network ON subnets (network_id);
+
+-- A port: one MAC and one fixed IP on a network; device_id is the instance uuid.
+-- The unique constraints make MAC and IP allocation race-free.
+CREATE TABLE IF NOT EXISTS ports (
+    id uuid PRIMARY KEY,
+    network_id uuid NOT NULL REFERENCES networks(id) ON DELETE CASCADE,
+    subnet_id uuid NOT NULL REFERENCES subnets(id) ON DELETE CASCADE,
+    project_id text NOT NULL,
+    name text NOT NULL DEFAULT '',
+    mac_address text NOT NULL UNIQUE,
+    fixed_ip inet NOT NULL,
+    device_id text NOT NULL DEFAULT '',
+    device_owner text NOT NULL DEFAULT '',
+    host text,
+    status text NOT NULL DEFAULT 'DOWN',
+    -- Created by the user (kept, unbound, when its instance goes) or for an instance.
+    preserve_on_delete boolean NOT NULL DEFAULT false,
+    -- NIC order within the instance (the order of requested networks).
+    device_index integer NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (network_id, fixed_ip)
+);
+CREATE INDEX IF NOT EXISTS ports_device ON ports (device_id) WHERE device_id <> '';
+
+-- Lifecycle and crash safety (issue 7) ------------------------------------------
+
+-- When the instance entered its current (vm_state, task_state): the watchdog's
+-- deadlines count from here. A trigger, so every writer (compare-and-set, the
+-- scheduler's claim) keeps it right.
+ALTER TABLE instances ADD COLUMN IF NOT EXISTS task_state_since timestamptz NOT NULL DEFAULT now();
+CREATE OR REPLACE FUNCTION novalite_task_state_since() RETURNS trigger AS $$
+BEGIN
+    IF NEW.task_state IS DISTINCT FROM OLD.task_state OR NEW.vm_state IS DISTINCT FROM OLD.vm_state THEN
+        NEW.task_state_since := clock_timestamp();
+    END IF;
+    RETURN NEW;
+END
+$$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER instances_task_state_since BEFORE UPDATE OF task_state, vm_state ON instances
+    FOR EACH ROW EXECUTE FUNCTION novalite_task_state_since();
+CREATE INDEX IF NOT EXISTS instances_in_flight ON instances (task_state_since)
+    WHERE task_state IS NOT NULL AND NOT deleted;
 
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;

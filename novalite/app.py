@@ -16,19 +16,24 @@ from aiohttp import web
 from novalite import bootstrap, db
 from novalite.api import identity as identity_api
 from novalite.api import identity_admin, middleware
-from novalite.api.compute import catalog_routes, servers
+from novalite.api import networking as networking_api
+from novalite.api.compute import catalog_routes, server_groups, servers
 from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
+from novalite.compute.actions import ServerActions
 from novalite.compute.api import ComputeAPI
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.manager import ComputeManager
 from novalite.compute.recovery import recover
+from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
 from novalite.config import Config, HostConfig
 from novalite.identity import IdentityService
+from novalite.network import NetworkAPI
 from novalite.policy import Enforcer
 from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
+from novalite.virt.libvirt.eventloop import ensure_registered
 from novalite.virt.testnode import write_test_node
 
 log = structlog.get_logger(__name__)
@@ -74,6 +79,22 @@ def host_uri(config: Config, host: HostConfig) -> str:
     return write_test_node(nodes / f"{host.name}.xml", host.name, host.simulate.vcpus, host.simulate.memory_mb)
 
 
+def network_ctx(config: Config):
+    """Networks from config, made in Postgres and as isolated libvirt networks on every host."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        ensure_registered()  # libvirt's event loop before the first libvirt connection
+        network_api = NetworkAPI(app["db"], config)
+        try:
+            await network_api.ensure_networks({h.name: host_uri(config, h) for h in config.hosts})
+            app["network_api"] = network_api
+            yield
+        finally:
+            await network_api.close()
+
+    return ctx
+
+
 def compute_ctx(config: Config):
     """Conductor, scheduler and one compute manager per host, recovered before serving."""
 
@@ -82,8 +103,10 @@ def compute_ctx(config: Config):
         locks = InstanceLocks()
         scheduler = Scheduler(pool, config.scheduler)
         conductor = Conductor(pool, scheduler, config.scheduler)
-        compute_api = ComputeAPI(pool, config, locks)
+        network_api = app["network_api"]
+        compute_api = ComputeAPI(pool, config, locks, network_api)
         compute_api.conductor = conductor
+        conductor.network_api = network_api
         computes: dict[str, ComputeManager] = {}
         for host in config.hosts:
             driver = LibvirtDriver(
@@ -94,7 +117,8 @@ def compute_ctx(config: Config):
                 state_dir=config.state_dir,
                 hostname=host.name,
             )
-            computes[host.name] = ComputeManager(host, driver, pool, config, locks, conductor)
+            computes[host.name] = ComputeManager(host, driver, pool, config, locks, conductor, network_api)
+        watchdog = Watchdog(pool, config, computes)
         try:
             for manager in computes.values():
                 await manager.init_host()
@@ -109,8 +133,12 @@ def compute_ctx(config: Config):
             app["conductor"] = conductor
             app["scheduler"] = scheduler
             app["computes"] = computes
+            app["server_actions"] = ServerActions(pool, computes)
+            app["watchdog"] = watchdog
+            watchdog.start()
             yield
         finally:
+            await watchdog.stop()
             await conductor.stop()
             await scheduler.stop()
             await compute_api.wait_idle()
@@ -134,11 +162,14 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     app["config"] = config
     app["policy"] = Enforcer(config.policy.file if config.policy.file and config.policy.file.exists() else None)
     app.cleanup_ctx.append(database_ctx(config, clouds_yaml))
+    app.cleanup_ctx.append(network_ctx(config))
     app.cleanup_ctx.append(compute_ctx(config))
     identity_api.add_routes(app)
     identity_admin.add_routes(app)
     compute_versions.add_routes(app)
     catalog_routes.add_routes(app)
     servers.add_routes(app)
+    server_groups.add_routes(app)
     image_api.add_routes(app)
+    networking_api.add_routes(app)
     return app

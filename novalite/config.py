@@ -81,11 +81,30 @@ class SchedulerConfig(_Section):
         "RamFilter",
         "CoreFilter",
         "DiskFilter",
+        "ComputeCapabilitiesFilter",
+        "ImagePropertiesFilter",
+        "NUMATopologyFilter",
+        "ServerGroupAntiAffinityFilter",
+        "ServerGroupAffinityFilter",
+        "SameHostFilter",
+        "DifferentHostFilter",
     ]
-    weighers: list[str] = ["RAMWeigher", "CPUWeigher", "DiskWeigher"]
+    weighers: list[str] = [
+        "RAMWeigher",
+        "CPUWeigher",
+        "DiskWeigher",
+        "BuildFailureWeigher",
+        "ServerGroupSoftAffinityWeigher",
+        "ServerGroupSoftAntiAffinityWeigher",
+    ]
     ram_weight_multiplier: float = 1.0
     cpu_weight_multiplier: float = 1.0
     disk_weight_multiplier: float = 1.0
+    build_failure_weight_multiplier: float = 1000000.0
+    soft_affinity_weight_multiplier: float = Field(1.0, ge=0)
+    soft_anti_affinity_weight_multiplier: float = Field(1.0, ge=0)
+    # ImagePropertiesFilter: architecture assumed for images without hw_architecture.
+    image_properties_default_architecture: str | None = None
     host_subset_size: int = Field(1, ge=1)
     max_attempts: int = Field(3, ge=1)
     ram_allocation_ratio: float = Field(1.5, gt=0)
@@ -106,6 +125,27 @@ class ComputeConfig(_Section):
     default_flavor: str = "m1.small"
     max_user_data_bytes: int = 65535
     libvirt_threads: int = Field(4, ge=1)
+    # Attach a config drive to every instance, not only those that ask for one.
+    force_config_drive: bool = False
+    # Power-state sync: libvirt lifecycle events do the work, this periodic pass is the safety net.
+    power_sync_interval: float = Field(600, gt=0, description="seconds")
+    # Domains on a host that no live instance owns: "log" reports them, "reap" also destroys them.
+    unknown_domain_action: Literal["log", "reap"] = "log"
+    shutdown_timeout: float = Field(60, ge=0, description="seconds of clean shutdown before a hard stop")
+    soft_reboot_timeout: float = Field(120, ge=0, description="seconds a soft reboot waits before going hard")
+    # Crash drills only: seconds to hold every instance in a stage, e.g. {spawning = 2, deleting = 1}
+    # (stages: scheduling, none, networking, block_device_mapping, spawning, deleting).
+    drill_stage_delays: dict[str, float] = {}
+
+
+class DeadlinesConfig(_Section):
+    """How long an instance may stay in a task state before the watchdog moves it to ERROR (seconds)."""
+
+    scheduling: float = Field(60, gt=0)
+    building: float = Field(600, gt=0)  # each build step: networking, block_device_mapping, spawning
+    deleting: float = Field(600, gt=0)
+    power_action: float = Field(600, gt=0)  # powering-off/on, rebooting*, pausing, suspending, ...
+    watchdog_interval: float = Field(10, gt=0)
 
 
 class SimulatedHost(_Section):
@@ -134,6 +174,30 @@ class HostConfig(_Section):
         return self
 
 
+class NetworkConfig(_Section):
+    """One isolated libvirt network with one IPv4 subnet (a ``[[networks]]`` entry)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    cidr: str = "10.20.0.0/24"
+    # Defaults: the first host address; the pool is the rest of the subnet.
+    gateway: str | None = None
+    dhcp_start: str | None = None
+    dhcp_end: str | None = None
+    shared: bool = True
+    # Owner project by name (must exist at start); the admin project when unset.
+    project: str | None = None
+    mtu: int = Field(1500, ge=576, le=9000)
+    dns_nameservers: list[str] = []
+
+
+class NetworkingConfig(_Section):
+    """Settings shared by all networks: which one `networks: auto` picks, libvirt naming."""
+
+    default_network: str = "private"
+    # libvirt network name = prefix + network name (so several clouds can share a host).
+    libvirt_prefix: str = "novalite-"
+
+
 class Config(_Section):
     api: ApiConfig = ApiConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -144,7 +208,11 @@ class Config(_Section):
     quota: QuotaConfig = QuotaConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     compute: ComputeConfig = ComputeConfig()
+    deadlines: DeadlinesConfig = DeadlinesConfig()
     hosts: list[HostConfig] = []
+    networking: NetworkingConfig = NetworkingConfig()
+    # Empty: one shared `private` network, 10.20.0.0/24 (see novalite.network.api).
+    networks: list[NetworkConfig] = []
     # Where the file came from, for relative paths and messages.
     source: Path | None = Field(None, exclude=True)
 

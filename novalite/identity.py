@@ -202,6 +202,7 @@ class IdentityService:
             ("identity", "keystone", f"{self.public_url}/identity"),
             ("compute", "nova", f"{self.public_url}/compute/v2.1"),
             ("image", "glance", f"{self.public_url}/image"),
+            ("network", "neutron", f"{self.public_url}/networking"),
         ]
         out = []
         for stype, name, url in services:

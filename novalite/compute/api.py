@@ -118,8 +118,9 @@ def validate_flavor_extra_specs(specs: dict) -> None:
 class ComputeAPI:
     """Validates and provisions servers, and starts deletes."""
 
-    def __init__(self, pool: asyncpg.Pool, config: Config, locks: InstanceLocks) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: Config, locks: InstanceLocks, network_api: Any = None) -> None:
         self.pool = pool
+        self.network_api = network_api
         self.config = config
         self.locks = locks
         self.conductor: Any = None  # set by the wiring once the conductor exists
@@ -133,6 +134,7 @@ class ComputeAPI:
             raise errors.BadRequest("min_count must be <= max_count")
         async with self.pool.acquire() as conn:
             base = await self._validate(conn, ctx, req)
+        await self._validate_networks(ctx, req)
         password = req.admin_password or generate_password()
         instances, reservation_id = await self._provision(ctx, req, base)
         uuids = [str(i["uuid"]) for i in instances]
@@ -233,13 +235,6 @@ class ComputeAPI:
         for name in groups:
             if name not in known:
                 raise errors.BadRequest(f"Security group {name} not found for project {ctx.project_id}.")
-        # networks (the network API arrives later: only auto/none resolve today)
-        if isinstance(nets, list):
-            for net in nets:
-                if net.get("port"):
-                    raise errors.BadRequest(f"Port id {net['port']} could not be found.")
-                if net.get("uuid"):
-                    raise errors.BadRequest(f"Network {net['uuid']} could not be found.")
         # kernel / ramdisk from image properties
         kernel_id = str(image_props.get("kernel_id") or "")
         ramdisk_id = str(image_props.get("ramdisk_id") or "")
@@ -307,6 +302,18 @@ class ComputeAPI:
             "availability_zone": az,
             "request_spec": request_spec,
         }
+
+    async def _validate_networks(self, ctx: RequestContext, req: CreateRequest) -> None:
+        """Requested networks, ports and fixed IPs must exist and be usable by this many instances."""
+        if self.network_api is None:
+            return
+        fits = await self.network_api.validate_requested_networks(
+            ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin
+        )
+        if fits < req.min_count:
+            raise errors.Forbidden(
+                f"Maximum number of ports exceeded: only {fits} of {req.min_count} instances can get addresses."
+            )
 
     def _bdms_with_root(self, req: CreateRequest) -> list[dict]:
         """check_and_transform_bdm: one root device; an image-backed root when only imageRef is given."""
@@ -565,6 +572,8 @@ class ComputeAPI:
             if compute is not None:
                 await compute.terminate_instance(inst, request_id)
             else:
+                if self.network_api is not None:
+                    await self.network_api.deallocate_for_instance(uuid)
                 await finish_delete(self.pool, uuid, request_id, host=None)
 
     async def wait_idle(self) -> None:

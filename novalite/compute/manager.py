@@ -11,6 +11,7 @@ fail, the build cleans up what it made, and the delete finishes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import traceback
 import uuid as uuidlib
@@ -24,10 +25,20 @@ import structlog
 
 from novalite.compute import states
 from novalite.compute.api import finish_delete
+from novalite.compute.disks import (
+    ImageCache,
+    PreparedDisks,
+    prepare_local_disks,
+    remove_instance_files,
+)
 from novalite.compute.locks import InstanceLocks
+from novalite.compute.power import PowerActionsMixin
 from novalite.conductor import Conductor
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
+from novalite.network import NetworkAPI, PortInfo, network_data
+from novalite.scheduler.affinity import validate_instance_group_policy
+from novalite.virt.configdrive import build_config_drive, instance_metadata
 from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec, VirtDriver
 
 log = structlog.get_logger(__name__)
@@ -40,7 +51,7 @@ class BuildAborted(Exception):
     """The instance left the build (deleted meanwhile): stop and clean up, no reschedule."""
 
 
-class ComputeManager:
+class ComputeManager(PowerActionsMixin):
     """Builds, destroys and reports instances of one host through its virt driver."""
 
     def __init__(
@@ -51,8 +62,13 @@ class ComputeManager:
         config: Config,
         locks: InstanceLocks,
         conductor: Conductor,
+        network_api: NetworkAPI | None = None,
     ) -> None:
         self.host = host.name
+        self.network_api = network_api
+        # libvirt's test driver: the same domains are described, but no files are written.
+        self.simulated = host.simulate is not None or (host.uri or "").startswith("test")
+        self.image_cache = ImageCache(config.state_dir / "instances" / host.name / "_base", config.state_dir / "images")
         self.host_config = host
         self.driver = driver
         self.pool = pool
@@ -109,6 +125,8 @@ class ComputeManager:
     def start(self) -> None:
         self._workers.append(asyncio.create_task(self._serve(), name=f"compute-{self.host}"))
         self._workers.append(asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.host}"))
+        self.install_drill_delays()
+        self.start_power_sync()
 
     async def stop(self) -> None:
         for w in self._workers:
@@ -144,26 +162,40 @@ class ComputeManager:
         """Cast: queue a build for this host."""
         self.queue.put_nowait(("build", (uuid, request_id, alternates, attempts or [])))
 
-    async def _step(self, conn: asyncpg.Connection, uuid: str, expect: str | None, new: str | None, **updates: Any):
+    async def _step(self, uuid: str, expect: str | None, new: str | None, event: str | None = None,
+                    **updates: Any) -> asyncpg.Record:
+        """One build step: compare-and-set task_state (and start the step's action event)."""
         if self.before_step is not None:
             await self.before_step(uuid, new if new is not None else updates.get("vm_state"))
-        try:
-            return await db.compare_and_set(
-                conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=expect, task_state=new, **updates
-            )
-        except db.StateConflict as conflict:
-            raise BuildAborted(f"instance left the build before {new}") from conflict
+        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                row = await db.compare_and_set(
+                    conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=expect, task_state=new, **updates
+                )
+            except db.StateConflict as conflict:
+                raise BuildAborted(f"instance left the build before {new or updates.get('vm_state')}") from conflict
+            if event:
+                await db.event_start(conn, uuid, request_id, event, self.host)
+        return row
+
+    async def _event_finish(self, uuid: str, request_id: str, event: str, details: Any = None) -> None:
+        async with self.pool.acquire() as conn:
+            await db.event_finish(conn, uuid, request_id, event,
+                                  details=None if details is None else json.dumps(details, default=str))
 
     async def _build(self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]]) -> None:
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
         async with self.locks.lock(uuid), self.semaphore:
-            created = False
+            made = False  # whether this host may hold a domain or files of the instance
+            spawning = False
             try:
                 async with self.pool.acquire() as conn:
                     await db.event_start(conn, uuid, request_id, BUILD_EVENT, self.host)
-                    inst = await self._step(conn, uuid, states.SCHEDULING, None)
-                    if inst["host"] != self.host:
-                        raise BuildAborted("instance is claimed on another host")
+                inst = await self._step(uuid, states.SCHEDULING, None)
+                if inst["host"] != self.host:
+                    raise BuildAborted("instance is claimed on another host")
+                async with self.pool.acquire() as conn:
                     await db.notify(conn, "instance.create.start", {"host": self.host},
                                     publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid],
                                     request_id=request_id)
@@ -172,21 +204,30 @@ class ComputeManager:
                         "SELECT 1 FROM allocations WHERE instance_uuid = $1 AND host = $2", uuid, self.host
                     ):
                         raise RuntimeError(f"no resource claim for {uuid} on {self.host}")
-                    nics = await self._networking(conn, inst, request_id)
-                    disks = await self._block_device_mapping(conn, inst, request_id)
-                    inst = await self._step(conn, uuid, states.BLOCK_DEVICE_MAPPING, states.SPAWNING)
-                    await db.event_start(conn, uuid, request_id, "compute_spawn", self.host)
-                guest = self._guest_spec(inst, nics, disks)
+                ports = await self._networking(inst, request_id)
+                made = True
+                prepared = await self._block_device_mapping(inst, request_id)
+                async with self.pool.acquire() as conn:
+                    await validate_instance_group_policy(conn, uuid, self.host)  # late group check (Nova)
+                inst = await self._step(uuid, states.BLOCK_DEVICE_MAPPING, states.SPAWNING, event="compute_spawn")
+                spawning = True
+                await self._config_drive(inst, ports, prepared)
+                guest = self._guest_spec(inst, [p.nic() for p in ports], prepared)
                 if self.fail_spawn:
                     raise RuntimeError(self.fail_spawn)
-                created = True
                 await self.driver.spawn(guest)
+                if self.before_step is not None:
+                    await self.before_step(uuid, states.ACTIVE)
                 async with self.pool.acquire() as conn, conn.transaction():
                     await db.event_finish(conn, uuid, request_id, "compute_spawn")
-                    await self._step(
-                        conn, uuid, states.SPAWNING, None, vm_state=states.ACTIVE, power_state=states.RUNNING,
-                        launched_at=datetime.now(UTC),
-                    )
+                    try:
+                        await db.compare_and_set(
+                            conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=states.SPAWNING,
+                            vm_state=states.ACTIVE, task_state=None, power_state=states.RUNNING,
+                            launched_at=datetime.now(UTC),
+                        )
+                    except db.StateConflict as conflict:
+                        raise BuildAborted("instance left the build before active") from conflict
                     await db.event_finish(conn, uuid, request_id, BUILD_EVENT)
                     await db.finish_action(conn, uuid, request_id)
                     await db.notify(conn, "instance.create.end", {"host": self.host, "state": states.ACTIVE},
@@ -195,44 +236,84 @@ class ComputeManager:
                 log.info("instance_active")
             except BuildAborted as exc:
                 log.info("build_aborted", reason=str(exc))
-                if created:
-                    await self.driver.destroy(uuid)
+                if made:
+                    await self._undo_build(uuid)
                 async with self.pool.acquire() as conn:
                     await db.event_finish(conn, uuid, request_id, BUILD_EVENT, "Error", details=str(exc))
             except Exception as exc:
                 log.warning("build_failed", error=str(exc))
-                await self._build_failed(uuid, request_id, alternates, attempts, exc, created)
+                await self._build_failed(uuid, request_id, alternates, attempts, exc, made, spawning)
 
-    async def _networking(self, conn: asyncpg.Connection, inst: asyncpg.Record, request_id: str) -> list[NicSpec]:
-        """NETWORKING: MACs and ports. Real networks arrive with the network API; until then none."""
+    async def _undo_build(self, uuid: str) -> None:
+        """Remove the domain and files this host made for an instance (ports stay: they move with it)."""
+        try:
+            await self.driver.destroy(uuid)
+        except Exception:
+            log.exception("cleanup_destroy_failed")
+        if not self.simulated:
+            await remove_instance_files(self.instances_dir / uuid)
+
+    async def _networking(self, inst: asyncpg.Record, request_id: str) -> list[PortInfo]:
+        """NETWORKING: ports with MACs and fixed IPs, DHCP host entries on this host's networks."""
         uuid = str(inst["uuid"])
-        await self._step(conn, uuid, None, states.NETWORKING)
-        await db.event_start(conn, uuid, request_id, "compute_allocate_network", self.host)
-        nics: list[NicSpec] = []
-        await db.event_finish(conn, uuid, request_id, "compute_allocate_network",
-                              details=json.dumps({"ports": [n.mac for n in nics]}))
-        return nics
+        await self._step(uuid, None, states.NETWORKING, event="compute_allocate_network")
+        ports: list[PortInfo] = []
+        if self.network_api is not None:
+            ports = await self.network_api.allocate_for_instance(
+                uuid, inst["project_id"], inst["requested_networks"], self.host
+            )
+        await self._event_finish(uuid, request_id, "compute_allocate_network",
+                                 {"ports": [{"id": p.port_id, "mac": p.mac, "ip": p.ip} for p in ports]})
+        return ports
 
-    async def _block_device_mapping(
-        self, conn: asyncpg.Connection, inst: asyncpg.Record, request_id: str
-    ) -> list[DiskSpec]:
-        """BLOCK_DEVICE_MAPPING: local disks for the image root, ephemeral and swap."""
+    async def _block_device_mapping(self, inst: asyncpg.Record, request_id: str) -> PreparedDisks:
+        """BLOCK_DEVICE_MAPPING: root overlay on the cached image, ephemeral, swap, kernel/ramdisk."""
         uuid = str(inst["uuid"])
-        await self._step(conn, uuid, states.NETWORKING, states.BLOCK_DEVICE_MAPPING)
-        await db.event_start(conn, uuid, request_id, "compute_prep_block_device", self.host)
-        base = self.instances_dir / uuid
-        disks = [DiskSpec(path=str(base / "disk"), target_dev="vda")]
-        flavor = inst["flavor"]
-        letter = iter("bcdefghijklmnop")
-        if flavor["ephemeral_gb"]:
-            disks.append(DiskSpec(path=str(base / "disk.eph0"), target_dev=f"vd{next(letter)}"))
-        if flavor["swap"]:
-            disks.append(DiskSpec(path=str(base / "disk.swap"), target_dev=f"vd{next(letter)}"))
-        await db.event_finish(conn, uuid, request_id, "compute_prep_block_device",
-                              details=json.dumps([d.path for d in disks]))
-        return disks
+        await self._step(uuid, states.NETWORKING, states.BLOCK_DEVICE_MAPPING, event="compute_prep_block_device")
+        spec_image = (inst["request_spec"] or {}).get("image") or {}
+        image = dict(spec_image, id=inst["image_ref"] or "")
+        if image["id"] and "disk_format" not in image:
+            async with self.pool.acquire() as conn:
+                row = await conn.fetchrow("SELECT disk_format FROM images WHERE id::text = $1", image["id"])
+            image["disk_format"] = row["disk_format"] if row else "raw"
+        prepared = await prepare_local_disks(
+            cache=self.image_cache,
+            inst_dir=self.instances_dir / uuid,
+            image=image,
+            kernel_id=inst["kernel_id"],
+            ramdisk_id=inst["ramdisk_id"],
+            flavor=inst["flavor"],
+            write_files=not self.simulated,
+        )
+        await self._event_finish(uuid, request_id, "compute_prep_block_device", [d.path for d in prepared.disks])
+        return prepared
 
-    def _guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], disks: list[DiskSpec]) -> GuestSpec:
+    async def _config_drive(self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks) -> None:
+        """Build the config drive ISO (label config-2) when asked for or forced by config."""
+        if not (inst["config_drive"] or self.config.compute.force_config_drive):
+            return
+        uuid = str(inst["uuid"])
+        path = self.instances_dir / uuid / "disk.config"
+        prepared.disks.append(DiskSpec(path=str(path), device="cdrom", bus="sata", target_dev="sda",
+                                       driver_type="raw"))
+        if self.simulated:
+            return
+        meta = instance_metadata(
+            uuid=uuid,
+            name=inst["display_name"],
+            hostname=inst["hostname"],
+            availability_zone=inst["availability_zone"] or self.host_config.availability_zone,
+            launch_index=inst["launch_index"],
+            project_id=inst["project_id"],
+            key_name=inst["key_name"],
+            key_data=inst["key_data"],
+            meta=inst["metadata"],
+        )
+        user_data = base64.b64decode(inst["user_data"]) if inst["user_data"] else None
+        files = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])]
+        await asyncio.to_thread(build_config_drive, path, meta, user_data, files, network_data(ports))
+
+    def _guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], prepared: PreparedDisks) -> GuestSpec:
         flavor = inst["flavor"]
         return GuestSpec(
             instance_uuid=str(inst["uuid"]),
@@ -240,8 +321,11 @@ class ComputeManager:
             memory_mb=flavor["memory_mb"],
             vcpus=flavor["vcpus"],
             virt_type=self.config.compute.virt_type,
-            disks=disks,
+            disks=prepared.disks,
             nics=nics,
+            kernel=prepared.kernel,
+            ramdisk=prepared.ramdisk,
+            cmdline=prepared.cmdline,
             console_log_path=str(self.instances_dir / str(inst["uuid"]) / "console.log"),
             metadata={
                 "display_name": inst["display_name"],
@@ -262,18 +346,16 @@ class ComputeManager:
         alternates: list[str],
         attempts: list[tuple[str, str]],
         exc: Exception,
-        created: bool,
+        made: bool,
+        spawning: bool,
     ) -> None:
         """Clean up what this host made; reschedule to an alternate or go to ERROR."""
-        if created:
-            try:
-                await self.driver.destroy(uuid)
-            except Exception:
-                log.exception("cleanup_destroy_failed")
+        if made:
+            await self._undo_build(uuid)
         reason = f"{type(exc).__name__}: {exc}"
         attempts = [*attempts, (self.host, reason)]
         async with self.pool.acquire() as conn, conn.transaction():
-            if created:
+            if spawning:
                 await db.event_finish(conn, uuid, request_id, "compute_spawn", "Error", traceback=reason)
             await db.event_finish(
                 conn, uuid, request_id, BUILD_EVENT, "Error", traceback=traceback.format_exc(limit=5), details=reason
@@ -298,5 +380,7 @@ class ComputeManager:
             await db.event_start(conn, uuid, request_id, "compute_terminate_instance", self.host)
             await db.notify(conn, "instance.delete.start", {"host": self.host},
                             publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id)
-        await self.driver.destroy(uuid)
+        await self._undo_build(uuid)
+        if self.network_api is not None:
+            await self.network_api.deallocate_for_instance(uuid)
         await finish_delete(self.pool, uuid, request_id, self.host)

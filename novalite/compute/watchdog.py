@@ -35,10 +35,11 @@ class Watchdog:
         self.computes = computes
         self._task: asyncio.Task | None = None
 
-    def deadline_for(self, vm_state: str, task_state: str | None) -> float:
+    def deadline_for(self, vm_state: str, task_state: str | None, host: str | None = None) -> float:
         d = self.config.deadlines
         if task_state == states.SCHEDULING:
-            return d.scheduling
+            # Claimed on a host, waiting for its build semaphore: that is building time.
+            return d.building if host else d.scheduling
         if task_state == states.DELETING:
             return d.deleting
         if task_state in POWER_TASK_STATES:
@@ -74,7 +75,7 @@ class Watchdog:
             )
         expired = []
         for inst in rows:
-            deadline = self.deadline_for(inst["vm_state"], inst["task_state"])
+            deadline = self.deadline_for(inst["vm_state"], inst["task_state"], inst["host"])
             if inst["age"] > deadline and await self._expire(inst, deadline):
                 expired.append(str(inst["uuid"]))
         return expired

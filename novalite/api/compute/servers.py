@@ -14,12 +14,14 @@ import asyncpg
 from aiohttp import web
 
 from novalite.api import errors
-from novalite.api.compute import schemas, views
+from novalite.api.compute import actions as server_actions
+from novalite.api.compute import console, schemas, views
 from novalite.api.compute.common import at_least, authorize, bool_query, context, links
 from novalite.api.middleware import RequestContext, read_json
 from novalite.compute.api import ComputeAPI, CreateRequest
 from novalite.compute.states import states_from_status
 from novalite.db import instances as db
+from novalite.scheduler.manager import latest_verdicts
 
 MAX_LIMIT = 1000
 SORT_KEYS = {
@@ -289,7 +291,11 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
         faults = await db.latest_faults(conn, uuids) if detail else {}
         bdms = await db.bdms_for(conn, uuids) if detail else {}
     if detail:
-        docs = [await _detail_doc(request, ctx, r, faults.get(str(r["uuid"])), bdms.get(str(r["uuid"]), [])) for r in rows]
+        addrs = await addresses_for(request, uuids)
+        docs = [
+            await _detail_doc(request, ctx, r, faults.get(u), bdms.get(u, []), addrs.get(u))
+            for r, u in zip(rows, uuids, strict=True)
+        ]
     else:
         docs = [views.basic(request, r) for r in rows]
     body: dict = {"servers": docs}
@@ -311,8 +317,13 @@ async def detail(request: web.Request) -> web.Response:
     return await _list(request, detail=True)
 
 
+async def addresses_for(request: web.Request, uuids: list[str]) -> dict[str, dict]:
+    network_api = request.app.get("network_api")
+    return await network_api.addresses_for(uuids) if network_api is not None and uuids else {}
+
+
 async def _detail_doc(
-    request: web.Request, ctx: RequestContext, inst: asyncpg.Record, fault, bdms
+    request: web.Request, ctx: RequestContext, inst: asyncpg.Record, fault, bdms, addresses: dict | None = None
 ) -> dict:
     policy = request.app["policy"]
     target = _target(inst)
@@ -321,7 +332,7 @@ async def _detail_doc(
         inst,
         fault=fault,
         bdms=bdms,
-        addresses=(inst["system_metadata"] or {}).get("addresses", {}) if inst["system_metadata"] else {},
+        addresses=addresses or {},
         show_extended_attr=policy.check("os_compute_api:os-extended-server-attributes", ctx.creds(), target),
         show_extra_specs=at_least(request, 47)
         and policy.check("os_compute_api:servers:show:flavor-extra-specs", ctx.creds(), target),
@@ -340,7 +351,9 @@ async def show(request: web.Request) -> web.Response:
     async with request.app["db"].acquire() as conn:
         faults = await db.latest_faults(conn, [str(inst["uuid"])])
         bdms = await db.bdms_for(conn, [str(inst["uuid"])])
-    doc = await _detail_doc(request, ctx, inst, faults.get(str(inst["uuid"])), bdms.get(str(inst["uuid"]), []))
+    uuid = str(inst["uuid"])
+    addrs = await addresses_for(request, [uuid])
+    doc = await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid))
     return web.json_response({"server": doc})
 
 
@@ -366,7 +379,9 @@ async def update(request: web.Request) -> web.Response:
             inst = await db.compare_and_set(conn, str(inst["uuid"]), **updates)
         faults = await db.latest_faults(conn, [str(inst["uuid"])])
         bdms = await db.bdms_for(conn, [str(inst["uuid"])])
-    doc = await _detail_doc(request, ctx, inst, faults.get(str(inst["uuid"])), bdms.get(str(inst["uuid"]), []))
+    uuid = str(inst["uuid"])
+    addrs = await addresses_for(request, [uuid])
+    doc = await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid))
     return web.json_response({"server": doc})
 
 
@@ -383,10 +398,15 @@ async def action(request: web.Request) -> web.Response:
     if len(body) != 1:
         raise errors.BadRequest("There is no such action: " + ",".join(body) if body else "Malformed request body")
     name = next(iter(body))
+    if name == "os-getConsoleOutput":
+        return await console.get_console_output(request, inst, body)
     if name == "forceDelete":
         ctx = authorize(request, "os_compute_api:os-deferred-delete:force", _target(inst))
         await compute_api(request).delete(ctx, inst, force=True)
         return web.Response(status=202)
+    response = await server_actions.dispatch(request, inst, name, body[name])
+    if response is not None:
+        return response
     raise errors.BadRequest(f"There is no such action: {name}")
 
 
@@ -565,6 +585,21 @@ async def actions_show(request: web.Request) -> web.Response:
     return web.json_response({"instanceAction": doc})
 
 
+async def scheduling_show(request: web.Request) -> web.Response:
+    """GET /servers/{id}/os-scheduling (novalite extension; admins by default, under the same rule
+    as instance-action event details): the latest scheduling of the server, i.e. every filter's
+    verdict on every host and the weights of the hosts that passed. The NoValidHost fault details
+    point here."""
+    inst = await _load_for_actions(request)
+    authorize(request, "os_compute_api:os-instance-actions:events:details", _target(inst))
+    async with request.app["db"].acquire() as conn:
+        row = await latest_verdicts(conn, str(inst["uuid"]))
+    if row is None:
+        raise errors.NotFound(f"No scheduling recorded for instance {inst['uuid']}.")
+    doc = {"request_id": row["request_id"], "created_at": _action_time(request, row["created_at"]), **row["verdicts"]}
+    return web.json_response({"scheduling": doc})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     base = "/compute/v2.1/servers"
@@ -583,3 +618,4 @@ def add_routes(app: web.Application) -> None:
     r.add_delete(base + "/{server_id}/metadata/{key}", metadata_delete)
     r.add_get(base + "/{server_id}/os-instance-actions", actions_index)
     r.add_get(base + "/{server_id}/os-instance-actions/{request_id}", actions_show)
+    r.add_get(base + "/{server_id}/os-scheduling", scheduling_show)
