@@ -67,6 +67,11 @@ cidr = "10.{net}.7.0/24"
                 if net_obj.isActive():
                     net_obj.destroy()
                 net_obj.undefine()
+        for pool in conn.listAllStoragePools(0):  # the volume pool shares the prefix
+            if pool.name().startswith(f"nle2e{tag}-"):
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
     finally:
         conn.close()
 

@@ -39,7 +39,9 @@ console (ttyS0)::
     NOVALITE-GUEST: user_data_b64=<base64 of user_data, one line>
     NOVALITE-GUEST: lease ip=<ip> mac=<mac> iface=<eth0> mask=<prefix> router=<gw>
     NOVALITE-GUEST: lease none iface=<eth0>         (no DHCP answer)
+    NOVALITE-GUEST: disk <vdX> size=<bytes>              (one per virtio disk)
     NOVALITE-GUEST: init done uptime=<seconds since the kernel started>
+    NOVALITE-GUEST: disks now: <vda vdb ...>           (after a disk was hot-plugged or unplugged)
 
 It mounts proc/sys/dev, loads the modules, finds the config drive by label
 ``config-2`` (``findfs``, then by trying /dev/sr* /dev/vd* /dev/sd* /dev/hd*),
@@ -147,7 +149,20 @@ for n in /sys/class/net/*; do
   udhcpc -i "$ifc" -s /etc/udhcpc.script -n -q -t 10 -T 1 >/dev/null 2>&1 || say "lease none iface=$ifc"
 done
 
+for b in /sys/block/vd*; do
+  [ -e "$b" ] || continue
+  say "disk ${b##*/} size=$(( $(cat "$b/size") * 512 ))"
+done
 say "init done uptime=$(cut -d' ' -f1 /proc/uptime)"
+# Hot-plugged disks (volume attach/detach) show up here when the guest sees them.
+(
+  known=$(ls /sys/block | grep '^vd' | tr '\n' ' ')
+  while true; do
+    sleep 1
+    now=$(ls /sys/block | grep '^vd' | tr '\n' ' ')
+    [ "$now" != "$known" ] && say "disks now: $now" && known=$now
+  done
+) &
 if [ -f /mnt/config/openstack/latest/user_data ] && grep -qx 'poweroff-after-boot' /mnt/config/openstack/latest/user_data; then
   sync
   poweroff -f

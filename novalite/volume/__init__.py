@@ -1,0 +1,5 @@
+"""Block storage: volumes and snapshots in libvirt storage pools (a Cinder v3 subset)."""
+
+from novalite.volume.api import VolumeAPI
+
+__all__ = ["VolumeAPI"]

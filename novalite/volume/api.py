@@ -1,0 +1,850 @@
+"""The volume service: volumes and snapshots in libvirt storage pools, state in Postgres.
+
+Where volume data lives: in the storage pool of ONE compute host (recorded as
+``volumes.host``). The rules that follow from it:
+
+- a volume made through the volume API goes to ``volume.default_host`` (the
+  first configured host by default); one made from a snapshot or another volume
+  goes to its source's host;
+- a volume is attached only to a server on its host: booting with an existing
+  volume or a snapshot forces the server onto that host (two sources on two
+  hosts: 400), and ``os-volume_attachments`` refuses a server elsewhere (400);
+- volumes a build creates (image, blank, snapshot sources) are made on the host
+  the scheduler chose.
+
+A single-host lab, the main case, never notices.
+
+State machine (Cinder's): creating → available → reserved → attaching → in-use →
+detaching → available; error; deleting → gone (error_deleting when the pool
+refuses). Each transition is one compare-and-set (``novalite.db.volumes``):
+two boots or attaches racing for one volume both try ``available → reserved``
+and exactly one wins. Quotas (volumes, gigabytes, snapshots) are counted from
+live rows under the project's advisory lock, in the transaction that adds rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import uuid as uuidlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from novalite import quota
+from novalite.api import errors
+from novalite.api.middleware import RequestContext
+from novalite.compute import states
+from novalite.compute.disks import DiskError, PreparedDisks, qemu_img
+from novalite.config import Config
+from novalite.db import instances as instances_db
+from novalite.db import volumes as q
+from novalite.virt.driver import DiskSpec
+from novalite.volume.pool import LibvirtPoolHost, PoolDef, PoolError
+
+log = structlog.get_logger(__name__)
+
+RESOURCES = ("volumes", "gigabytes", "snapshots")
+ROOT_DEV = "/dev/vda"
+DEVICE_PREFIX = "/dev/vd"
+
+
+class VolumeLimitExceeded(errors.OverLimit):
+    """Cinder answers quota overruns with 413 overLimit."""
+
+
+def vol_name(volume_id: str) -> str:
+    return f"volume-{volume_id}"
+
+
+def snap_name(snapshot_id: str) -> str:
+    return f"snapshot-{snapshot_id}"
+
+
+def normalise_device(name: str | None) -> str | None:
+    if not name:
+        return None
+    return name if name.startswith("/dev/") else f"/dev/{name}"
+
+
+def next_device(used: Iterable[str]) -> str:
+    """The first /dev/vdX not in ``used`` (b..z, then aa..)."""
+    taken = {normalise_device(u) for u in used if u}
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for i in range(1, 26 * 27):
+        suffix = letters[i] if i < 26 else letters[i // 26 - 1] + letters[i % 26]
+        dev = f"{DEVICE_PREFIX}{suffix}"
+        if dev not in taken:
+            return dev
+    raise errors.Forbidden("The maximum allowed number of disk devices (702) to attach to a single instance has been exceeded.")
+
+
+class VolumeAPI:
+    """Volumes, snapshots and attachments; one storage pool backend per compute host."""
+
+    def __init__(self, pool: asyncpg.Pool, config: Config) -> None:
+        self.pool = pool
+        self.config = config
+        self.cfg = config.volume
+        self.backends: dict[str, LibvirtPoolHost] = {}
+        self.computes: dict[str, Any] = {}  # host → ComputeManager, set by the wiring
+        self.locks: Any = None  # InstanceLocks, set by the wiring
+        self._tasks: set[asyncio.Task] = set()
+        self._reaper: asyncio.Task | None = None
+
+    # -- pools -----------------------------------------------------------------------
+    def pool_def(self, host: str) -> PoolDef:
+        cfg = self.cfg
+        prefix = cfg.pool_prefix if cfg.pool_prefix is not None else self.config.networking.libvirt_prefix
+        name = f"{prefix}{host}"
+        if cfg.pool_type == "logical":
+            if not cfg.pool_source:
+                raise errors.ApiError("volume.pool_source (an LVM volume group) is required for logical pools")
+            return PoolDef(name=name, type="logical", target=f"/dev/{cfg.pool_source}", source=cfg.pool_source)
+        target = cfg.pool_target / host if cfg.pool_target else self.config.state_dir / "volumes" / host
+        return PoolDef(name=name, type="dir", target=str(target))
+
+    async def ensure_pools(self, hosts: dict[str, str]) -> None:
+        """Define and start the pool of every host (host name → libvirt URI)."""
+        for host, uri in hosts.items():
+            self.backends[host] = LibvirtPoolHost(uri, self.pool_def(host))
+        await asyncio.gather(*(b.ensure() for b in self.backends.values()))
+
+    def backend(self, host: str | None) -> LibvirtPoolHost:
+        if host is None or host not in self.backends:
+            raise PoolError(f"no storage pool for host {host!r}")
+        return self.backends[host]
+
+    def default_host(self) -> str:
+        if self.cfg.default_host:
+            return self.cfg.default_host
+        if not self.config.hosts:
+            raise errors.ApiError("no compute host to keep volumes on", status=503)
+        return self.config.hosts[0].name
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever(), name="volume-reaper")
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for b in self.backends.values():
+            await b.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- quotas ----------------------------------------------------------------------
+    async def limits(self, conn: asyncpg.Connection, project_id: str) -> dict[str, int]:
+        out = {r: getattr(self.cfg, r) for r in RESOURCES}
+        for row in await conn.fetch(
+            "SELECT resource, hard_limit FROM quotas WHERE project_id = $1 AND resource = ANY($2::text[])",
+            project_id, list(RESOURCES),
+        ):
+            out[row["resource"]] = row["hard_limit"]
+        return out
+
+    async def check_quota(
+        self, conn: asyncpg.Connection, project_id: str, *, volumes: int = 0, gigabytes: int = 0, snapshots: int = 0
+    ) -> None:
+        """Raise 413 when the adds do not fit; the caller holds the project's quota lock in its transaction."""
+        await quota.lock_project(conn, project_id)
+        limits = await self.limits(conn, project_id)
+        used = await q.usage(conn, project_id)
+        if volumes and limits["volumes"] != quota.UNLIMITED and used["volumes"] + volumes > limits["volumes"]:
+            raise VolumeLimitExceeded(
+                f"VolumeLimitExceeded: Maximum number of volumes allowed ({limits['volumes']}) exceeded for "
+                "quota 'volumes'."
+            )
+        if snapshots and limits["snapshots"] != quota.UNLIMITED and used["snapshots"] + snapshots > limits["snapshots"]:
+            raise VolumeLimitExceeded(
+                f"SnapshotLimitExceeded: Maximum number of snapshots allowed ({limits['snapshots']}) exceeded"
+            )
+        if gigabytes and limits["gigabytes"] != quota.UNLIMITED and used["gigabytes"] + gigabytes > limits["gigabytes"]:
+            raise VolumeLimitExceeded(
+                "VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed gigabytes quota. "
+                f"Requested {gigabytes}G, quota is {limits['gigabytes']}G and {used['gigabytes']}G has been consumed."
+            )
+
+    # -- volumes through the volume API ----------------------------------------------
+    async def create(
+        self,
+        ctx: RequestContext,
+        *,
+        size: int | None,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: dict | None = None,
+        image_id: str | None = None,
+        snapshot_id: str | None = None,
+        source_volid: str | None = None,
+        availability_zone: str | None = None,
+    ) -> asyncpg.Record:
+        """Insert the volume (creating) under quota, then make its data in the background."""
+        host = self.default_host()
+        source: dict[str, Any] = {}
+        async with self.pool.acquire() as conn:
+            if snapshot_id:
+                snap = await q.get_snapshot(conn, snapshot_id)
+                if snap is None or (snap["project_id"] != ctx.project_id and not ctx.is_admin):
+                    raise errors.NotFound(f"Snapshot {snapshot_id} could not be found.")
+                if snap["status"] != q.AVAILABLE:
+                    raise errors.BadRequest("Invalid snapshot: Originating snapshot status must be one of "
+                                            "'available' values")
+                size = size or snap["size"]
+                if size < snap["size"]:
+                    raise errors.BadRequest(f"Invalid input received: Volume size '{size}'GB cannot be smaller "
+                                            f"than the snapshot size {snap['size']}GB. They must be >= original "
+                                            "snapshot size.")
+                host, source = snap["host"], {"snapshot": snap}
+            elif source_volid:
+                src = await q.get(conn, source_volid)
+                if src is None or (src["project_id"] != ctx.project_id and not ctx.is_admin):
+                    raise errors.NotFound(f"Volume {source_volid} could not be found.")
+                if src["status"] not in (q.AVAILABLE, q.IN_USE):
+                    raise errors.BadRequest("Invalid volume: Unable to clone volumes that are in an error state.")
+                size = size or src["size"]
+                if size < src["size"]:
+                    raise errors.BadRequest(f"Invalid input received: Volume size '{size}'GB cannot be smaller "
+                                            f"than original volume size {src['size']}GB. They must be >= "
+                                            "original volume size.")
+                host, source = src["host"], {"volume": src}
+            elif image_id:
+                image = await conn.fetchrow("SELECT * FROM images WHERE id::text = $1", image_id)
+                if image is None or image["status"] != "active":
+                    raise errors.BadRequest("Invalid image identifier or unable to access requested image.")
+                min_gb = max(image["min_disk"] or 0, math.ceil((image["size"] or 0) / 1024**3), 1)
+                size = size or min_gb
+                if size < min_gb:
+                    raise errors.BadRequest(f"Invalid input received: Image minDisk size {min_gb} is larger "
+                                            f"than the volume size {size}.")
+                source = {"image": image}
+        if not size or size < 1:
+            raise errors.BadRequest("Invalid input received: 'size' parameter must be an integer greater than 0.")
+        vid = uuidlib.uuid4()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self.check_quota(conn, ctx.project_id, volumes=1, gigabytes=size)
+            row = await q.insert(
+                conn,
+                id=vid, project_id=ctx.project_id, user_id=ctx.user_id, name=name, description=description,
+                size=size, status=q.CREATING, host=host, pool_name=self.pool_def(host).name,
+                vol_name=vol_name(str(vid)), format=self.pool_def(host).volume_format,
+                availability_zone=availability_zone or "nova", metadata=metadata or {},
+                image_id=image_id, snapshot_id=uuidlib.UUID(snapshot_id) if snapshot_id else None,
+                source_volid=uuidlib.UUID(source_volid) if source_volid else None, bootable=bool(image_id),
+            )
+        self._spawn(self._create_data(row, source))
+        return row
+
+    async def _make_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> str:
+        """Make a volume's data in its host's pool from its source; returns its path."""
+        backend = self.backend(vol["host"])
+        name = vol["vol_name"]
+        if "snapshot" in source:
+            return await backend.clone_volume(source["snapshot"]["vol_name"], name, vol["size"])
+        if "volume" in source:
+            return await backend.clone_volume(source["volume"]["vol_name"], name, vol["size"])
+        path = await backend.create_volume(name, vol["size"])
+        if "image" in source:
+            await self._fill_from_image(vol["host"], source["image"], path, vol["format"], vol["size"])
+        return path
+
+    async def _fill_from_image(self, host: str, image: Any, path: str, fmt: str, size_gb: int) -> None:
+        """qemu-img convert the host's cached copy of the image into the volume (real hosts only)."""
+        compute = self.computes.get(host)
+        if compute is None or compute.simulated or self.backend(host).simulated:
+            return
+        image_id = str(image["id"])
+        base = await compute.image_cache.fetch(image_id)
+        src_fmt = "qcow2" if image["disk_format"] == "qcow2" else "raw"
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-img", "info", "--output=json", "-f", src_fmt, str(base),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        virtual = int(json.loads(out)["virtual-size"]) if proc.returncode == 0 else 0
+        if virtual > size_gb * 1024**3:
+            raise DiskError(f"image {image_id} ({virtual} bytes) does not fit a {size_gb} GiB volume")
+        await qemu_img("convert", "-n", "-f", src_fmt, "-O", fmt, str(base), path)
+        await self.backend(host).refresh()
+
+    async def _create_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> None:
+        vid = str(vol["id"])
+        structlog.contextvars.bind_contextvars(volume_id=vid)
+        try:
+            path = await self._make_data(vol, source)
+        except Exception as exc:
+            log.warning("volume_create_failed", error=str(exc))
+            async with self.pool.acquire() as conn:
+                try:
+                    await q.compare_and_set(conn, vid, q.CREATING, status=q.ERROR, error=str(exc)[:255])
+                except q.VolumeStateConflict:
+                    pass
+            return
+        async with self.pool.acquire() as conn:
+            try:
+                await q.compare_and_set(conn, vid, q.CREATING, status=q.AVAILABLE, path=path)
+            except q.VolumeStateConflict:
+                log.info("volume_gone_while_creating")
+        log.info("volume_created", host=vol["host"], path=path)
+
+    async def update(self, ctx: RequestContext, vol: asyncpg.Record, fields: dict[str, Any]) -> asyncpg.Record:
+        async with self.pool.acquire() as conn:
+            row = await q.update_fields(conn, str(vol["id"]), **fields)
+        if row is None:
+            raise errors.NotFound(f"Volume {vol['id']} could not be found.")
+        return row
+
+    async def delete(self, ctx: RequestContext, vol: asyncpg.Record) -> None:
+        """available/error → deleting (one compare-and-set), then remove the data in the background."""
+        vid = str(vol["id"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await q.has_snapshots(conn, vid):
+                raise errors.BadRequest(
+                    f"Invalid volume: Volume {vid} status must be available or error or error_restoring or "
+                    "error_extending or error_managing and must not be migrating, attached, belong to a group, "
+                    "have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer."
+                )
+            try:
+                row = await q.compare_and_set(conn, vid, [q.AVAILABLE, q.ERROR, q.ERROR_DELETING], status=q.DELETING)
+            except q.VolumeStateConflict as conflict:
+                if conflict.actual is None:
+                    raise errors.NotFound(f"Volume {vid} could not be found.") from None
+                raise errors.BadRequest(
+                    "Invalid volume: Volume status must be available or error or error_restoring or "
+                    "error_extending or error_managing and must not be migrating, attached, belong to a group, "
+                    "have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer."
+                ) from None
+        self._spawn(self._delete_data(row))
+
+    async def _delete_data(self, vol: asyncpg.Record) -> None:
+        vid = str(vol["id"])
+        try:
+            if vol["host"] in self.backends:
+                await self.backend(vol["host"]).delete_volume(vol["vol_name"])
+        except Exception as exc:
+            log.warning("volume_delete_failed", volume_id=vid, error=str(exc))
+            async with self.pool.acquire() as conn:
+                try:
+                    await q.compare_and_set(conn, vid, q.DELETING, status=q.ERROR_DELETING, error=str(exc)[:255])
+                except q.VolumeStateConflict:
+                    pass
+            return
+        async with self.pool.acquire() as conn:
+            await q.mark_deleted(conn, vid)
+        log.info("volume_deleted", volume_id=vid)
+
+    # -- snapshots --------------------------------------------------------------------
+    async def create_snapshot(
+        self, ctx: RequestContext, volume_id: str, *, name: str | None, description: str | None,
+        force: bool = False, metadata: dict | None = None,
+    ) -> asyncpg.Record:
+        sid = uuidlib.uuid4()
+        async with self.pool.acquire() as conn, conn.transaction():
+            vol = await q.get(conn, volume_id)
+            if vol is None or (vol["project_id"] != ctx.project_id and not ctx.is_admin):
+                raise errors.NotFound(f"Volume {volume_id} could not be found.")
+            allowed = (q.AVAILABLE, q.IN_USE) if force else (q.AVAILABLE,)
+            if vol["status"] not in allowed:
+                raise errors.BadRequest(f"Invalid volume: Volume {volume_id} status must be available, but "
+                                        f"current status is: {vol['status']}.")
+            await self.check_quota(conn, ctx.project_id, snapshots=1, gigabytes=vol["size"])
+            # Lock the volume row so a delete cannot slip in between the check and the insert.
+            await conn.execute("SELECT 1 FROM volumes WHERE id = $1 FOR UPDATE", vol["id"])
+            snap = await q.insert_snapshot(
+                conn, id=sid, volume_id=vol["id"], project_id=ctx.project_id, user_id=ctx.user_id, name=name,
+                description=description, size=vol["size"], status=q.CREATING, host=vol["host"],
+                pool_name=vol["pool_name"], vol_name=snap_name(str(sid)), metadata=metadata or {},
+            )
+        self._spawn(self._create_snapshot_data(snap, vol))
+        return snap
+
+    async def _create_snapshot_data(self, snap: asyncpg.Record, vol: asyncpg.Record) -> None:
+        sid = str(snap["id"])
+        try:
+            path = await self.backend(vol["host"]).clone_volume(vol["vol_name"], snap["vol_name"], snap["size"])
+        except Exception as exc:
+            log.warning("snapshot_create_failed", snapshot_id=sid, error=str(exc))
+            async with self.pool.acquire() as conn:
+                await q.snapshot_compare_and_set(conn, sid, q.CREATING, status=q.ERROR, error=str(exc)[:255])
+            return
+        async with self.pool.acquire() as conn:
+            try:
+                await q.snapshot_compare_and_set(conn, sid, q.CREATING, status=q.AVAILABLE, path=path)
+            except q.VolumeStateConflict:
+                pass
+        log.info("snapshot_created", snapshot_id=sid, volume_id=str(vol["id"]))
+
+    async def delete_snapshot(self, ctx: RequestContext, snap: asyncpg.Record) -> None:
+        sid = str(snap["id"])
+        async with self.pool.acquire() as conn:
+            try:
+                row = await q.snapshot_compare_and_set(conn, sid, [q.AVAILABLE, q.ERROR], status=q.DELETING)
+            except q.VolumeStateConflict:
+                raise errors.BadRequest("Invalid snapshot: Volume Snapshot status must be available or error") \
+                    from None
+
+        async def remove() -> None:
+            try:
+                await self.backend(row["host"]).delete_volume(row["vol_name"])
+            except Exception as exc:
+                async with self.pool.acquire() as conn:
+                    await q.snapshot_compare_and_set(conn, sid, q.DELETING, status=q.ERROR_DELETING,
+                                                     error=str(exc)[:255])
+                return
+            async with self.pool.acquire() as conn:
+                await q.mark_snapshot_deleted(conn, sid)
+
+        self._spawn(remove())
+
+    # -- boot: check_and_transform_bdm (compute API) ------------------------------------
+    async def check_bdms(self, conn: asyncpg.Connection, ctx: RequestContext, req: Any, bdms: list[dict]) -> None:
+        """Validate the volume BDMs of a create request (Nova's _validate_bdm) and pin the host.
+
+        Volumes and snapshots named by the request must exist, belong to the caller
+        and be available; new volumes need a size. Their host becomes the forced
+        host of the request (they can only be attached there).
+        """
+        hosts: set[str] = set()
+        for b in bdms:
+            src, dest = b["source_type"], b["destination_type"]
+            if dest != "volume":
+                continue
+            size = b.get("volume_size")
+            if size is not None and size < 1:
+                raise errors.BadRequest("Block Device Mapping is Invalid: volume_size must be positive.")
+            if src == "volume":
+                vid = b.get("volume_id")
+                vol = await q.get(conn, vid) if vid else None
+                if vol is None or (vol["project_id"] != ctx.project_id and not ctx.is_admin):
+                    raise errors.BadRequest(f"Volume {vid} could not be found.")  # Nova's VolumeNotFound → 400
+                if req.max_count > 1:
+                    raise errors.BadRequest("Cannot attach one or more volumes to multiple instances")
+                if vol["status"] != q.AVAILABLE:
+                    raise errors.BadRequest(
+                        f"Invalid volume: Volume {vid} status must be available or downloading to reserve, but the "
+                        f"current status is {vol['status']}."
+                    )
+                b["volume_id"] = str(vol["id"])
+                if b.get("volume_size") is None:
+                    b["volume_size"] = vol["size"]
+                hosts.add(vol["host"])
+            elif src == "snapshot":
+                sid = b.get("snapshot_id")
+                snap = await q.get_snapshot(conn, sid) if sid else None
+                if snap is None or (snap["project_id"] != ctx.project_id and not ctx.is_admin):
+                    raise errors.BadRequest(f"Block Device Mapping is Invalid: failed to get snapshot {sid}.")
+                if snap["status"] != q.AVAILABLE:
+                    raise errors.BadRequest(f"Invalid snapshot: Snapshot {sid} status must be available")
+                if size is None:
+                    b["volume_size"] = snap["size"]
+                elif size < snap["size"]:
+                    raise errors.BadRequest(
+                        f"Block Device Mapping is Invalid: volume_size {size} is smaller than snapshot {sid} "
+                        f"({snap['size']} GB)."
+                    )
+                hosts.add(snap["host"])
+            elif src == "image":
+                if size is None:
+                    raise errors.BadRequest(
+                        "Block Device Mapping is Invalid: Images with destination_type 'volume' need to have a "
+                        "non-zero size specified"
+                    )
+            elif src == "blank":
+                if size is None:
+                    raise errors.BadRequest(
+                        "Block Device Mapping is Invalid: Blank volumes (source: 'blank', dest: 'volume') need "
+                        "to have non-zero size"
+                    )
+        hosts.discard(None)  # type: ignore[arg-type]
+        if len(hosts) > 1:
+            raise errors.BadRequest(
+                "Block Device Mapping is Invalid: the requested volumes live on different hosts "
+                f"({', '.join(sorted(hosts))}) and can only be attached on their own host."
+            )
+        if hosts:
+            (host,) = hosts
+            wanted = req.forced_host or req.forced_node
+            if wanted and wanted != host:
+                raise errors.BadRequest(
+                    f"Block Device Mapping is Invalid: the requested volumes live on host {host}, not {wanted}."
+                )
+            req.forced_host = host
+
+    async def reserve_for_instance(self, conn: asyncpg.Connection, instance_uuid: str, bdms: list[dict]) -> None:
+        """available → reserved for each existing volume of the request, in the provisioning transaction.
+
+        Runs before the BDM rows are inserted: a second request for the same
+        volume waits on the row lock, then finds it reserved and fails with 400.
+        """
+        for b in bdms:
+            if b.get("source_type") != "volume" or b.get("destination_type") != "volume" or not b.get("volume_id"):
+                continue
+            try:
+                await q.compare_and_set(
+                    conn, b["volume_id"], q.AVAILABLE, status=q.RESERVED,
+                    instance_uuid=uuidlib.UUID(instance_uuid), attachment_id=uuidlib.uuid4(),
+                )
+            except q.VolumeStateConflict as conflict:
+                actual = conflict.actual["status"] if conflict.actual else "deleted"
+                raise errors.BadRequest(
+                    f"Invalid volume: Volume {b['volume_id']} status must be available or downloading to reserve, "
+                    f"but the current status is {actual}."
+                ) from None
+
+    # -- boot: BLOCK_DEVICE_MAPPING (compute manager) ------------------------------------
+    async def prepare_build(self, manager: Any, inst: asyncpg.Record, prepared: PreparedDisks) -> None:
+        """Claim, create and fill the instance's volumes on this host and add them to ``prepared``.
+
+        A root volume (boot_index 0) replaces the local root disk as vda; the others
+        get their requested device or the next free /dev/vdX after the local disks.
+        On return every volume is in-use by the instance and its BDM names its device.
+        """
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn:
+            bdms = await q.volume_bdms(conn, uuid)
+        if not bdms:
+            return
+        local = list(prepared.disks)
+        root_bdm = next((b for b in bdms if b["boot_index"] == 0), None)
+        if root_bdm is not None:
+            local = [d for d in local if d.target_dev != "vda"]
+        used = {f"/dev/{d.target_dev}" for d in local}
+        if root_bdm is not None:
+            used.add(ROOT_DEV)
+        volume_disks: list[DiskSpec] = []
+        for b in bdms:
+            vol = await self._claim_for_build(manager, inst, b)
+            if b is root_bdm:
+                device = ROOT_DEV
+            else:
+                wanted = normalise_device(b["device_name"])
+                device = wanted if wanted and wanted not in used and wanted.startswith(DEVICE_PREFIX) \
+                    else next_device(used)
+                used.add(device)
+            async with self.pool.acquire() as conn, conn.transaction():
+                vol = await q.compare_and_set(
+                    conn, str(vol["id"]), q.ATTACHING, expect_instance=uuid, status=q.IN_USE, mountpoint=device,
+                    attached_at=datetime.now(UTC),
+                )
+                await q.set_bdm(conn, b["id"], device_name=device, volume_id=str(vol["id"]),
+                                attachment_id=vol["attachment_id"])
+            disk = DiskSpec(path=vol["path"], target_dev=device.removeprefix("/dev/"),
+                            driver_type="qcow2" if vol["format"] == "qcow2" else "raw")
+            volume_disks.append(disk)
+        root = [d for d in volume_disks if d.target_dev == "vda"]
+        others = sorted((d for d in volume_disks if d.target_dev != "vda"), key=lambda d: (len(d.target_dev), d.target_dev))
+        prepared.disks[:] = root + local + others
+        log.info("volumes_prepared", instance_uuid=uuid, devices=[d.target_dev for d in volume_disks])
+
+    async def _claim_for_build(self, manager: Any, inst: asyncpg.Record, bdm: asyncpg.Record) -> asyncpg.Record:
+        """The volume of one BDM in ``attaching`` for this instance: claimed, or created on this host."""
+        uuid = str(inst["uuid"])
+        host = manager.host
+        if bdm["source_type"] == "volume":
+            async with self.pool.acquire() as conn:
+                try:
+                    vol = await q.compare_and_set(conn, bdm["volume_id"], [q.RESERVED, q.ATTACHING, q.IN_USE],
+                                                  expect_instance=uuid, status=q.ATTACHING)
+                except q.VolumeStateConflict as conflict:
+                    actual = conflict.actual["status"] if conflict.actual else "deleted"
+                    raise RuntimeError(f"volume {bdm['volume_id']} is not reserved for this server "
+                                       f"(status {actual})") from None
+            if vol["host"] != host:
+                raise RuntimeError(f"volume {vol['id']} lives on host {vol['host']}, not {host}")
+            return vol
+        # snapshot / image / blank → a new volume made for this instance on this host
+        source: dict[str, Any] = {}
+        async with self.pool.acquire() as conn:
+            if bdm["volume_id"]:  # a retried build: the volume made last time goes first
+                old = await q.get(conn, bdm["volume_id"])
+                if old is not None and old["created_for"] == inst["uuid"]:
+                    await self._destroy_volume(old)
+            if bdm["source_type"] == "snapshot":
+                snap = await q.get_snapshot(conn, bdm["snapshot_id"])
+                if snap is None or snap["status"] != q.AVAILABLE:
+                    raise RuntimeError(f"snapshot {bdm['snapshot_id']} is not available")
+                if snap["host"] != host:
+                    raise RuntimeError(f"snapshot {snap['id']} lives on host {snap['host']}, not {host}")
+                source = {"snapshot": snap}
+            elif bdm["source_type"] == "image":
+                image = await conn.fetchrow("SELECT * FROM images WHERE id::text = $1", bdm["image_id"] or
+                                            inst["image_ref"])
+                if image is None:
+                    raise RuntimeError(f"image {bdm['image_id']} not found")
+                source = {"image": image}
+        vid = uuidlib.uuid4()
+        size = int(bdm["volume_size"] or 1)
+        pool = self.pool_def(host)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self.check_quota(conn, inst["project_id"], volumes=1, gigabytes=size)
+            vol = await q.insert(
+                conn, id=vid, project_id=inst["project_id"], user_id=inst["user_id"], name="", description=None,
+                size=size, status=q.CREATING, host=host, pool_name=pool.name, vol_name=vol_name(str(vid)),
+                format=pool.volume_format, availability_zone=inst["availability_zone"] or "nova",
+                image_id=str(source["image"]["id"]) if "image" in source else None,
+                snapshot_id=source["snapshot"]["id"] if "snapshot" in source else None,
+                bootable="image" in source, instance_uuid=inst["uuid"], created_for=inst["uuid"],
+                attachment_id=uuidlib.uuid4(),
+            )
+            await q.set_bdm(conn, bdm["id"], volume_id=str(vid))
+        path = await self._make_data(vol, source)
+        async with self.pool.acquire() as conn:
+            return await q.compare_and_set(conn, str(vid), q.CREATING, expect_instance=uuid, status=q.ATTACHING,
+                                           path=path)
+
+    async def _destroy_volume(self, vol: asyncpg.Record) -> None:
+        """Remove a volume's data and row (no status check: the caller owns it)."""
+        try:
+            await self.backend(vol["host"]).delete_volume(vol["vol_name"])
+        except Exception as exc:
+            log.warning("volume_delete_failed", volume_id=str(vol["id"]), error=str(exc))
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE volumes SET status = 'error_deleting', instance_uuid = NULL, error = $2, "
+                    "updated_at = now() WHERE id = $1", vol["id"], str(exc)[:255],
+                )
+            return
+        async with self.pool.acquire() as conn:
+            await q.mark_deleted(conn, str(vol["id"]))
+
+    async def undo_build(self, uuid: str) -> None:
+        """A build on this host failed or was aborted: delete the volumes it made, keep the others reserved.
+
+        Only for instances still BUILDING (a delete of a built server goes through
+        :meth:`release_instance`). Kept reservations are released by the reaper (or
+        the delete) if the instance ends in ERROR.
+        """
+        async with self.pool.acquire() as conn:
+            inst = await instances_db.get(conn, uuid, include_deleted=True)
+            if inst is None or inst["vm_state"] != states.BUILDING:
+                return
+            vols = await q.for_instance(conn, uuid)
+        for vol in vols:
+            if vol["created_for"] == inst["uuid"]:
+                await self._destroy_volume(vol)
+                async with self.pool.acquire() as conn:
+                    await conn.execute(
+                        "UPDATE block_device_mappings SET volume_id = NULL, device_name = NULL "
+                        "WHERE instance_uuid = $1 AND volume_id = $2", inst["uuid"], str(vol["id"]),
+                    )
+            elif vol["status"] in (q.ATTACHING, q.IN_USE):
+                async with self.pool.acquire() as conn:
+                    try:
+                        await q.compare_and_set(conn, str(vol["id"]), [q.ATTACHING, q.IN_USE], expect_instance=uuid,
+                                                status=q.RESERVED, mountpoint=None, attached_at=None)
+                    except q.VolumeStateConflict:
+                        pass
+        log.info("volumes_build_undone", instance_uuid=uuid)
+
+    async def release_instance(self, uuid: str) -> None:
+        """The instance is being deleted (its domain is gone): delete_on_termination volumes are
+        deleted, the others go back to available; their BDMs end."""
+        async with self.pool.acquire() as conn:
+            vols = await q.for_instance(conn, uuid)
+            dot = {
+                r["volume_id"]: r["delete_on_termination"]
+                for r in await conn.fetch(
+                    "SELECT volume_id, delete_on_termination FROM block_device_mappings "
+                    "WHERE instance_uuid = $1 AND volume_id IS NOT NULL AND NOT deleted", uuidlib.UUID(uuid),
+                )
+            }
+        for vol in vols:
+            vid = str(vol["id"])
+            async with self.pool.acquire() as conn:
+                has_snaps = await q.has_snapshots(conn, vid)
+            if dot.get(vid) and not has_snaps:
+                async with self.pool.acquire() as conn:
+                    try:
+                        vol = await q.compare_and_set(
+                            conn, vid, [q.RESERVED, q.ATTACHING, q.IN_USE, q.DETACHING, q.CREATING, q.ERROR],
+                            expect_instance=uuid, status=q.DELETING)
+                    except q.VolumeStateConflict:
+                        continue
+                await self._destroy_volume(vol)
+            else:
+                async with self.pool.acquire() as conn:
+                    try:
+                        await q.compare_and_set(
+                            conn, vid, [q.RESERVED, q.ATTACHING, q.IN_USE, q.DETACHING], expect_instance=uuid,
+                            status=q.AVAILABLE, instance_uuid=None, mountpoint=None, attached_at=None,
+                            attachment_id=None, created_for=None,
+                        )
+                    except q.VolumeStateConflict:
+                        continue
+        async with self.pool.acquire() as conn:
+            await q.delete_bdms_of_volumes(conn, [str(v["id"]) for v in vols])
+        if vols:
+            log.info("volumes_released", instance_uuid=uuid, volumes=[str(v["id"]) for v in vols])
+
+    async def reap(self) -> int:
+        """Release volumes held by deleted instances, and reservations of builds that ended in ERROR."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT DISTINCT v.instance_uuid FROM volumes v JOIN instances i ON i.uuid = v.instance_uuid
+                   WHERE NOT v.deleted AND (i.deleted OR (i.vm_state = 'error' AND i.task_state IS NULL
+                                                           AND v.status IN ('reserved', 'attaching', 'creating')))"""
+            )
+        for r in rows:
+            await self.release_instance(str(r["instance_uuid"]))
+        return len(rows)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.reap_interval)
+            try:
+                await self.reap()
+            except Exception:  # the next pass retries
+                log.warning("volume_reap_failed", exc_info=True)
+
+    # -- os-volume_attachments ----------------------------------------------------------
+    async def attach(
+        self, ctx: RequestContext, inst: asyncpg.Record, volume_id: str, device: str | None,
+        delete_on_termination: bool = False, tag: str | None = None,
+    ) -> asyncpg.Record:
+        """Reserve the volume and a device for the server now (one transaction), plug it in the background."""
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            vol = await q.get(conn, volume_id)
+            if vol is None or (vol["project_id"] != inst["project_id"] and not ctx.is_admin):
+                raise errors.NotFound(f"Volume {volume_id} could not be found.")
+            if vol["instance_uuid"] == inst["uuid"]:
+                raise errors.BadRequest(f"Invalid volume: volume {volume_id} already attached")
+            if vol["host"] != inst["host"]:
+                raise errors.BadRequest(
+                    f"Invalid volume: volume {volume_id} lives on host {vol['host']}; it can only be attached to "
+                    "servers on that host."
+                )
+            used = await q.device_names(conn, uuid)
+            used |= await self._domain_devices(inst)
+            used.add(inst["root_device_name"] or ROOT_DEV)
+            device = normalise_device(device)
+            if device is not None and device in used:
+                raise errors.Conflict(f"The supplied device path ({device}) is in use.")
+            device = device or next_device(used)
+            try:
+                vol = await q.compare_and_set(
+                    conn, volume_id, q.AVAILABLE, status=q.RESERVED, instance_uuid=inst["uuid"],
+                    attachment_id=uuidlib.uuid4(), mountpoint=device,
+                )
+            except q.VolumeStateConflict as conflict:
+                actual = conflict.actual["status"] if conflict.actual else "deleted"
+                raise errors.BadRequest(
+                    f"Invalid volume: Volume {volume_id} status must be available or downloading to reserve, but "
+                    f"the current status is {actual}."
+                ) from None
+            bdm = await conn.fetchrow(
+                """INSERT INTO block_device_mappings (instance_uuid, source_type, destination_type, device_name,
+                       volume_id, volume_size, delete_on_termination, tag, attachment_id)
+                   VALUES ($1, 'volume', 'volume', $2, $3, $4, $5, $6, $7) RETURNING *""",
+                inst["uuid"], device, str(vol["id"]), vol["size"], delete_on_termination, tag, vol["attachment_id"],
+            )
+        self._spawn(self._attach_now(inst, vol, device))
+        return bdm
+
+    async def _domain_devices(self, inst: asyncpg.Record) -> set[str]:
+        compute = self.computes.get(inst["host"])
+        if compute is None:
+            return set()
+        from lxml import etree
+
+        from novalite.virt.libvirt.volumes import domain_xml
+
+        try:
+            xml = await domain_xml(compute.driver, str(inst["uuid"]), inactive=True)
+        except Exception:
+            return set()
+        return {f"/dev/{t.get('dev')}" for t in etree.fromstring(xml.encode()).iterfind("devices/disk/target")}
+
+    async def _attach_now(self, inst: asyncpg.Record, vol: asyncpg.Record, device: str) -> None:
+        from novalite.virt.libvirt.volumes import attach_disk
+
+        uuid, vid = str(inst["uuid"]), str(vol["id"])
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, volume_id=vid)
+        async with self.locks.lock(uuid):
+            async with self.pool.acquire() as conn:
+                try:
+                    vol = await q.compare_and_set(conn, vid, q.RESERVED, expect_instance=uuid, status=q.ATTACHING)
+                except q.VolumeStateConflict:
+                    log.info("attach_abandoned")  # released meanwhile (the server went away)
+                    return
+            try:
+                compute = self.computes[inst["host"]]
+                disk = DiskSpec(path=vol["path"], target_dev=device.removeprefix("/dev/"),
+                                driver_type="qcow2" if vol["format"] == "qcow2" else "raw")
+                await attach_disk(compute.driver, uuid, disk)
+            except Exception as exc:
+                log.warning("attach_failed", error=str(exc))
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await q.compare_and_set(conn, vid, q.ATTACHING, status=q.AVAILABLE, instance_uuid=None,
+                                            mountpoint=None, attachment_id=None, error=str(exc)[:255])
+                    await q.delete_bdms_of_volumes(conn, [vid])
+                    await instances_db.add_fault(conn, uuid, 500, f"attach of volume {vid} failed: {exc}"[:255],
+                                                 "", inst["host"])
+                return
+            async with self.pool.acquire() as conn:
+                await q.compare_and_set(conn, vid, q.ATTACHING, status=q.IN_USE, attached_at=datetime.now(UTC))
+        log.info("volume_attached", device=device)
+
+    async def detach(self, ctx: RequestContext, inst: asyncpg.Record, volume_id: str) -> None:
+        """in-use → detaching now; unplug and make it available in the background."""
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn:
+            bdm = await q.bdm_for_volume(conn, uuid, volume_id)
+            if bdm is None:
+                raise errors.NotFound(f"Instance {uuid} is not attached to volume {volume_id}.")
+            if bdm["boot_index"] == 0:
+                raise errors.BadRequest("Can't detach root device volume")
+            try:
+                vol = await q.compare_and_set(conn, volume_id, q.IN_USE, expect_instance=uuid, status=q.DETACHING)
+            except q.VolumeStateConflict as conflict:
+                actual = conflict.actual["status"] if conflict.actual else "deleted"
+                raise errors.BadRequest(f"Invalid volume: Unable to detach volume. Volume status must be 'in-use' "
+                                        f"and attach_status must be 'attached' to detach (status {actual}).") \
+                    from None
+        self._spawn(self._detach_now(inst, vol, bdm))
+
+    async def _detach_now(self, inst: asyncpg.Record, vol: asyncpg.Record, bdm: asyncpg.Record) -> None:
+        from novalite.virt.libvirt.volumes import detach_disk
+
+        uuid, vid = str(inst["uuid"]), str(vol["id"])
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, volume_id=vid)
+        async with self.locks.lock(uuid):
+            try:
+                compute = self.computes.get(inst["host"])
+                if compute is not None:
+                    device = (bdm["device_name"] or vol["mountpoint"] or "").removeprefix("/dev/")
+                    disk = DiskSpec(path=vol["path"], target_dev=device,
+                                    driver_type="qcow2" if vol["format"] == "qcow2" else "raw")
+                    await detach_disk(compute.driver, uuid, disk, self.cfg.detach_timeout)
+            except Exception as exc:
+                log.warning("detach_failed", error=str(exc))
+                async with self.pool.acquire() as conn, conn.transaction():
+                    try:
+                        await q.compare_and_set(conn, vid, q.DETACHING, status=q.IN_USE, error=str(exc)[:255])
+                    except q.VolumeStateConflict:
+                        pass
+                    await instances_db.add_fault(conn, uuid, 500, f"detach of volume {vid} failed: {exc}"[:255],
+                                                 "", inst["host"])
+                return
+            async with self.pool.acquire() as conn, conn.transaction():
+                try:
+                    await q.compare_and_set(conn, vid, q.DETACHING, status=q.AVAILABLE, instance_uuid=None,
+                                            mountpoint=None, attached_at=None, attachment_id=None, created_for=None)
+                except q.VolumeStateConflict:
+                    return
+                await q.delete_bdms_of_volumes(conn, [vid])
+        log.info("volume_detached")
