@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system venv lint bench clean
+.PHONY: run test setup system venv lint bench clean tempest
 
 run: setup
 	$(VENV)/bin/novalite serve
@@ -12,6 +12,10 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 setup: system venv
+
+# Tempest's compute API tests against a fresh server (outside `make test`; ~3 minutes).
+tempest: setup
+	$(PY) scripts/run_tempest.py $(TEMPEST_ARGS)
 
 system:
 	bash scripts/setup-system.sh

@@ -377,6 +377,24 @@ async def security_groups_show(request: web.Request) -> web.Response:
 
 
 @neutron
+async def security_groups_delete(request: web.Request) -> web.Response:
+    """DELETE /security-groups/{id}: a project's `default` group only by an admin (Neutron's
+    rule; Tempest's cleanup of a deleted project does this); it is made again when next needed."""
+    ctx = _caller(request)
+    group_id = request.match_info["group_id"]
+    async with request.app["db"].acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT id, project_id, name FROM security_groups WHERE id::text = $1", group_id
+        )
+        if row is None or (row["project_id"] != ctx.project_id and not ctx.is_admin):
+            raise NeutronError(404, "SecurityGroupNotFound", f"Security group {group_id} does not exist")
+        if row["name"] == "default" and not ctx.is_admin:
+            raise NeutronError(409, "SecurityGroupCannotRemoveDefault", "Insufficient rights for removing default security group.")
+        await conn.execute("DELETE FROM security_groups WHERE id = $1", row["id"])
+    return web.Response(status=204)
+
+
+@neutron
 async def security_group_rules_index(request: web.Request) -> web.Response:
     _caller(request)
     return web.json_response({"security_group_rules": []})
@@ -481,6 +499,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(v2 + "/ports/{port_id}", ports_show)
     r.add_get(v2 + "/security-groups", security_groups_index)
     r.add_get(v2 + "/security-groups/{group_id}", security_groups_show)
+    r.add_delete(v2 + "/security-groups/{group_id}", security_groups_delete)
     r.add_get(v2 + "/security-group-rules", security_group_rules_index)
     r.add_get(v2 + "/quotas", quotas_index)
     r.add_get(v2 + "/quotas/{project_id}/details.json", quotas_details)

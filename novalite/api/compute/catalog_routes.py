@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from novalite.api.compute import flavors, hosts, keypairs, quotas
+from novalite.api.compute import flavors, hosts, keypairs, quotas, usage
 
 BASE = "/compute/v2.1"
 
@@ -52,3 +52,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{b}/os-quota-sets/{{project_id}}/defaults", quotas.show_defaults)
     r.add_get(f"{b}/os-quota-sets/{{project_id}}/detail", quotas.show_quota_set_detail)
     r.add_get(f"{b}/limits", quotas.show_limits)
+    r.add_get(f"{b}/os-quota-class-sets/{{class_name}}", quotas.show_quota_class_set)
+    r.add_put(f"{b}/os-quota-class-sets/{{class_name}}", quotas.update_quota_class_set)
+    r.add_get(f"{b}/os-simple-tenant-usage", usage.list_usages)
+    r.add_get(f"{b}/os-simple-tenant-usage/{{tenant_id}}", usage.show_usage)

@@ -75,6 +75,29 @@ def parse_length(body: dict) -> int | None:
     return None if value == -1 else value
 
 
+def _simulated(request: web.Request, host: str) -> bool:
+    for h in request.app["config"].hosts:
+        if h.name == host:
+            return h.simulate is not None or (h.uri or "").startswith("test")
+    return False
+
+
+def simulated_console(request: web.Request, inst: asyncpg.Record) -> bytes:
+    """What a guest on a simulated (libvirt test driver) host "prints": no guest runs there, so
+    this stands in for the serial log a real guest writes, and says so on its first line."""
+    flavor = inst["flavor"] or {}
+    name = request.app["config"].compute.instance_name_template % inst["id"]
+    lines = [
+        f"novalite: simulated console of {name} on test host {inst['host']} (no guest runs here)",
+        f"Booting {inst['display_name']} ({inst['uuid']})",
+        f"Memory: {flavor.get('memory_mb', 0)} MB, CPUs: {flavor.get('vcpus', 0)}",
+        f"Image: {inst['image_ref'] or 'volume'}",
+        f"Power state: {inst['power_state']} ({inst['vm_state']})",
+        f"{inst['hostname'] or inst['display_name']} login: ",
+    ]
+    return "\n".join(lines).encode()
+
+
 async def get_console_output(request: web.Request, inst: asyncpg.Record, body: dict) -> web.Response:
     """POST /servers/{id}/action {"os-getConsoleOutput": {"length": N}} → 200 {"output": "..."}.
 
@@ -98,6 +121,9 @@ async def get_console_output(request: web.Request, inst: asyncpg.Record, body: d
     if data is None:
         if inst["vm_state"] == "building":
             raise errors.Conflict(f"Instance {uuid} is not ready")
-        data = b""  # Nova's libvirt driver: a console whose log file is not there (yet) is empty
+        if _simulated(request, inst["host"]):
+            data = simulated_console(request, inst)
+        else:
+            data = b""  # Nova's libvirt driver: a console whose log file is not there (yet) is empty
     output = tail_lines(data, length).decode("ascii", "replace")
     return web.json_response({"output": _CONTROL.sub("", output)})

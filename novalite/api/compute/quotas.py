@@ -39,7 +39,8 @@ def shown_resources(request: web.Request) -> list[str]:
 async def project_limits(conn, request: web.Request, project_id: str) -> dict[str, int]:
     """Effective limits of every resource, the legacy network ones included."""
     limits = await quota.get_limits(conn, request.app["config"].quota, project_id)
-    stored = await catalog.stored_limits(conn, project_id)
+    stored = await catalog.stored_limits(conn, quota.CLASS_PREFIX + "default")
+    stored.update(await catalog.stored_limits(conn, project_id))
     for r in NETWORK:
         limits[r] = stored.get(r, quota.UNLIMITED)
     return limits
@@ -50,9 +51,17 @@ async def project_usage(conn, project_id: str) -> dict[str, int]:
     return {r: (0 if r in PER_USER or r in NETWORK else used.get(r, 0)) for r in ALL_RESOURCES}
 
 
-def _defaults(request: web.Request) -> dict[str, int]:
+def _config_defaults(request: web.Request) -> dict[str, int]:
     cfg = request.app["config"].quota
     return {r: getattr(cfg, r) if r in quota.RESOURCES else quota.UNLIMITED for r in ALL_RESOURCES}
+
+
+async def class_limits(conn, request: web.Request, class_name: str) -> dict[str, int]:
+    """A quota class's limits: the config defaults overlaid by class `default`, then by this class."""
+    limits = _config_defaults(request)
+    for name in dict.fromkeys(("default", class_name)):
+        limits.update(await catalog.stored_limits(conn, quota.CLASS_PREFIX + name))
+    return limits
 
 
 async def _verify_project(request: web.Request, conn, project_id: str) -> None:
@@ -97,7 +106,7 @@ async def show_defaults(request: web.Request) -> web.Response:
     common.authorize(request, "os_compute_api:os-quota-sets:defaults", {"project_id": project_id})
     async with request.app["db"].acquire() as conn:
         await _verify_project(request, conn, project_id)
-    defaults = _defaults(request)
+        defaults = await class_limits(conn, request, "default")
     body = {"id": project_id} | {r: defaults[r] for r in shown_resources(request)}
     return web.json_response({"quota_set": body})
 
@@ -150,6 +159,54 @@ async def delete_quota_set(request: web.Request) -> web.Response:
     async with request.app["db"].acquire() as conn:
         await quota.delete_limits(conn, project_id)
     return web.Response(status=202)
+
+
+# -- os-quota-class-sets ------------------------------------------------------------
+
+def class_resources(request: web.Request) -> list[str]:
+    """Nova's quota_classes.py: no server group quotas before 2.50; network ones hidden from 2.50,
+    injected_* from 2.57."""
+    if common.at_least(request, 57):
+        hidden: tuple[str, ...] = (*NETWORK, *INJECTED)
+    elif common.at_least(request, 50):
+        hidden = NETWORK
+    else:
+        hidden = ("server_groups", "server_group_members")
+    return [r for r in ALL_RESOURCES if r not in hidden]
+
+
+async def show_quota_class_set(request: web.Request) -> web.Response:
+    """GET /os-quota-class-sets/{id} (admin)."""
+    class_name = request.match_info["class_name"]
+    common.authorize(request, "os_compute_api:os-quota-class-sets:show", {})
+    async with request.app["db"].acquire() as conn:
+        limits = await class_limits(conn, request, class_name)
+    body = {"id": class_name} | {r: limits[r] for r in class_resources(request)}
+    return web.json_response({"quota_class_set": body})
+
+
+async def update_quota_class_set(request: web.Request) -> web.Response:
+    """PUT /os-quota-class-sets/{id} (admin); class `default` sets every project's defaults."""
+    body = await read_json(request)
+    props: dict = {r: _QUOTA_VALUE for r in class_resources(request)}
+    validate_body(
+        {
+            "type": "object",
+            "properties": {"quota_class_set": {"type": "object", "properties": props, "additionalProperties": False}},
+            "required": ["quota_class_set"],
+            "additionalProperties": False,
+        },
+        body,
+    )
+    class_name = request.match_info["class_name"]
+    common.authorize(request, "os_compute_api:os-quota-class-sets:update", {})
+    if not 1 <= len(class_name) <= 255:
+        raise errors.BadRequest("quota_class_name has to be between 1 and 255 characters long.")
+    values = {k: int(v) for k, v in body["quota_class_set"].items()}
+    async with request.app["db"].acquire() as conn, conn.transaction():
+        await quota.set_limits(conn, quota.CLASS_PREFIX + class_name, values)
+        limits = await class_limits(conn, request, class_name)
+    return web.json_response({"quota_class_set": {r: limits[r] for r in class_resources(request)}})
 
 
 _LIMIT_NAMES = {

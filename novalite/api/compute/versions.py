@@ -50,9 +50,16 @@ async def version_v21(request: web.Request) -> web.Response:
     return web.json_response({"version": _documents(request.app["config"].public_url)[1]})
 
 
+async def version_v20(request: web.Request) -> web.Response:
+    """The deprecated v2.0 document (the listing links it; Tempest follows every link)."""
+    return web.json_response({"version": _documents(request.app["config"].public_url)[0]})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/compute", versions)
     r.add_get("/compute/", versions)
+    r.add_get("/compute/v2", version_v20)
+    r.add_get("/compute/v2/", version_v20)
     r.add_get("/compute/v2.1", version_v21)
     r.add_get("/compute/v2.1/", version_v21)

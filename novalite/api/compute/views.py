@@ -56,8 +56,14 @@ def show(
     show_extra_specs: bool,
     is_admin: bool,
     host_status: str | None = None,
+    all_attributes: bool = True,
+    server_groups: list[str] | None = None,
 ) -> dict:
-    """The detailed server document (GET /servers/{id}, /servers/detail)."""
+    """The detailed server document (GET /servers/{id}, /servers/detail).
+
+    ``all_attributes=False`` is Nova's PUT/rebuild answer before 2.75 (no AZ, config drive,
+    key, usage, security groups, extended status/volumes, MAC/type on addresses);
+    ``server_groups`` is shown when given (show from 2.71, PUT/rebuild too; never in detail)."""
     uuid = str(inst["uuid"])
     flavor = inst["flavor"]
     status = server_status(inst)
@@ -86,7 +92,9 @@ def show(
     server: dict = {
         "accessIPv4": str(inst["access_ip_v4"]) if inst["access_ip_v4"] else "",
         "accessIPv6": str(inst["access_ip_v6"]) if inst["access_ip_v6"] else "",
-        "addresses": {} if inst["vm_state"] == "building" else addresses,
+        "addresses": {} if inst["vm_state"] == "building" else (
+            addresses if all_attributes else unextended(addresses)
+        ),
         "created": isotime(inst["created_at"]),
         "flavor": flavor_doc,
         "hostId": host_id(inst["host"], inst["project_id"]),
@@ -107,13 +115,14 @@ def show(
             server["fault"] = f
     if status in PROGRESS_STATUSES:
         server["progress"] = inst["progress"] or 0
-    server["OS-EXT-AZ:availability_zone"] = inst["availability_zone"] or ""
-    server["config_drive"] = inst["config_drive"]
-    server["key_name"] = inst["key_name"]
-    server["OS-SRV-USG:launched_at"] = _usage_time(inst["launched_at"])
-    server["OS-SRV-USG:terminated_at"] = _usage_time(inst["terminated_at"])
-    if inst["security_groups"] and not inst["deleted"]:
-        server["security_groups"] = [{"name": n} for n in inst["security_groups"]]
+    if all_attributes:
+        server["OS-EXT-AZ:availability_zone"] = inst["availability_zone"] or ""
+        server["config_drive"] = inst["config_drive"]
+        server["key_name"] = inst["key_name"]
+        server["OS-SRV-USG:launched_at"] = _usage_time(inst["launched_at"])
+        server["OS-SRV-USG:terminated_at"] = _usage_time(inst["terminated_at"])
+        if inst["security_groups"] and not inst["deleted"]:
+            server["security_groups"] = [{"name": n} for n in inst["security_groups"]]
     if show_extended_attr:
         server["OS-EXT-SRV-ATTR:host"] = inst["host"]
         server["OS-EXT-SRV-ATTR:instance_name"] = instance_name(request, inst)
@@ -126,17 +135,18 @@ def show(
             server["OS-EXT-SRV-ATTR:reservation_id"] = inst["reservation_id"]
             server["OS-EXT-SRV-ATTR:root_device_name"] = inst["root_device_name"]
             server["OS-EXT-SRV-ATTR:user_data"] = inst["user_data"]
-    server["OS-EXT-STS:task_state"] = inst["task_state"]
-    server["OS-EXT-STS:vm_state"] = inst["vm_state"]
-    server["OS-EXT-STS:power_state"] = inst["power_state"]
-    attached = []
-    for b in bdms:
-        if b["volume_id"]:
-            item = {"id": b["volume_id"]}
-            if at_least(request, 3):
-                item["delete_on_termination"] = b["delete_on_termination"]
-            attached.append(item)
-    server["os-extended-volumes:volumes_attached"] = attached
+    if all_attributes:
+        server["OS-EXT-STS:task_state"] = inst["task_state"]
+        server["OS-EXT-STS:vm_state"] = inst["vm_state"]
+        server["OS-EXT-STS:power_state"] = inst["power_state"]
+        attached = []
+        for b in bdms:
+            if b["volume_id"]:
+                item = {"id": b["volume_id"]}
+                if at_least(request, 3):
+                    item["delete_on_termination"] = b["delete_on_termination"]
+                attached.append(item)
+        server["os-extended-volumes:volumes_attached"] = attached
     if at_least(request, 9):
         server["locked"] = bool(inst["locked"])
     if at_least(request, 16) and host_status is not None:
@@ -147,13 +157,20 @@ def show(
         server["tags"] = list(inst["tags"] or [])
     if at_least(request, 63):
         server["trusted_image_certificates"] = None
+    if server_groups is not None:
+        server["server_groups"] = server_groups
     if at_least(request, 73):
         server["locked_reason"] = inst["locked_reason"]
     if at_least(request, 90) and not show_extended_attr:
         server["OS-EXT-SRV-ATTR:hostname"] = inst["hostname"]
-    if at_least(request, 96):
+    if at_least(request, 96) and all_attributes:
         server["pinned_availability_zone"] = (inst["request_spec"] or {}).get("availability_zone")
     return server
+
+
+def unextended(addresses: dict) -> dict:
+    """Addresses without the OS-EXT-IPS type and MAC (Nova's extend_address=False)."""
+    return {net: [{"addr": a["addr"], "version": a["version"]} for a in ips] for net, ips in addresses.items()}
 
 
 def _usage_time(ts: datetime | None) -> str | None:

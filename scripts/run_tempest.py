@@ -1,0 +1,295 @@
+"""Run Tempest's compute API tests against a fresh novalite (``make tempest``).
+
+Starts ``novalite serve`` in a workspace (default ``.tempest/``) with simulated
+hosts and a private Postgres, provisions what Tempest needs through the public
+APIs (per project a member and a reader user plus admins, two active images;
+flavors m1.tiny and m1.small differ in RAM; the default network ``private``),
+writes ``tempest.conf`` and ``accounts.yaml``, and runs the tests listed in
+``scripts/tempest-include.txt`` minus ``scripts/tempest-exclude.txt`` with
+stestr (concurrency 2). The server is stopped at the end; its log stays in the
+workspace.
+
+    .venv/bin/python scripts/run_tempest.py [--workspace DIR] [--regex R] [--qemu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+INCLUDE = REPO / "scripts" / "tempest-include.txt"
+EXCLUDE = REPO / "scripts" / "tempest-exclude.txt"
+MAX_MICROVERSION = "2.96"  # novalite's advertised maximum (api/middleware.py)
+PROJECTS = 6  # member + reader per project; stestr workers draw from these
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(ws: Path, port: int, qemu: bool) -> Path:
+    hosts = "".join(
+        f'[[hosts]]\nname = "sim{i}"\nsimulate = {{ vcpus = 64, memory_mb = 131072, disk_gb = 2000 }}\n\n'
+        for i in (1, 2)
+    )
+    if qemu:
+        hosts += '[[hosts]]\nname = "local"\nuri = "qemu:///system"\navailability_zone = "qemu"\n'
+    text = f"""
+[api]
+listen = "127.0.0.1"
+port = {port}
+
+[state]
+dir = "{ws / 'state'}"
+
+[log]
+level = "info"
+format = "json"
+
+[identity]
+bcrypt_rounds = 4
+
+[policy]
+file = "{ws / 'policy.yaml'}"
+
+[networking]
+libvirt_prefix = "nltempest-"
+
+{hosts}
+"""
+    path = ws / "config.toml"
+    path.write_text(text)
+    return path
+
+
+async def wait_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"novalite exited with {proc.returncode}")
+            try:
+                async with s.get(f"{url}/compute/") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    raise SystemExit("novalite did not come up")
+
+
+class Admin:
+    """Just enough of the identity API to pre-provision Tempest's accounts."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str):
+        self.s, self.url, self.h = session, url, {"X-Auth-Token": token}
+
+    @classmethod
+    async def login(cls, session: aiohttp.ClientSession, url: str, password: str) -> Admin:
+        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"name": "Default"}, "password": password}}},
+            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
+        async with session.post(f"{url}/identity/v3/auth/tokens", json=body) as r:
+            assert r.status == 201, await r.text()
+            return cls(session, url, r.headers["X-Subject-Token"])
+
+    async def call(self, method: str, path: str, body=None, status=(200, 201, 204)) -> dict:
+        async with self.s.request(method, f"{self.url}{path}", json=body, headers=self.h) as r:
+            text = await r.text()
+            assert r.status in status, f"{method} {path}: {r.status} {text}"
+            return json.loads(text) if text else {}
+
+    async def role_id(self, name: str) -> str:
+        roles = (await self.call("GET", "/identity/v3/roles"))["roles"]
+        return next(r["id"] for r in roles if r["name"] == name)
+
+    async def project(self, name: str) -> str:
+        return (await self.call("POST", "/identity/v3/projects",
+                                {"project": {"name": name, "domain_id": "default"}}))["project"]["id"]
+
+    async def user(self, name: str, password: str, project_id: str, role_id: str) -> None:
+        user = (await self.call("POST", "/identity/v3/users", {"user": {
+            "name": name, "password": password, "domain_id": "default",
+            "default_project_id": project_id}}))["user"]
+        await self.call("PUT", f"/identity/v3/projects/{project_id}/users/{user['id']}/roles/{role_id}")
+
+
+async def provision(url: str, creds: dict, ws: Path) -> dict:
+    from novalite.image import testimage
+
+    async with aiohttp.ClientSession() as session:
+        admin = await Admin.login(session, url, creds["admin"])
+        roles = {n: await admin.role_id(n) for n in ("admin", "member", "reader")}
+        members, readers, admins = [], [], []
+        for i in range(1, PROJECTS + 1):
+            pid = await admin.project(f"tempest-project-{i}")
+            for kind, bucket in (("member", members), ("reader", readers)):
+                name, pw = f"tempest-{kind}-{i}", secrets.token_urlsafe(12)
+                await admin.user(name, pw, pid, roles[kind])
+                bucket.append({"username": name, "project_name": f"tempest-project-{i}",
+                               "password": pw, "roles": [kind]})
+        for i in (1, 2):
+            pid = await admin.project(f"tempest-admin-project-{i}")
+            name, pw = f"tempest-admin-{i}", secrets.token_urlsafe(12)
+            await admin.user(name, pw, pid, roles["admin"])
+            admins.append({"username": name, "project_name": f"tempest-admin-project-{i}",
+                           "password": pw, "types": ["admin"], "roles": ["admin"]})
+        # Members first: Tempest's unscoped requests (alt) take the first free account.
+        accounts = members + readers + admins
+        image = await asyncio.to_thread(testimage.build, Path(os.environ.get(
+            "NOVALITE_TEST_IMAGE_CACHE", "/var/tmp/novalite-testimage-cache")))
+        first = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
+        second = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
+        return {"accounts": accounts, "admin_password": creds["admin"], "image_ref": first["ami"], "image_ref_alt": second["ami"]}
+
+
+def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
+    sections = {
+        "DEFAULT": {"log_dir": str(ws / "logs"), "log_file": "tempest.log", "debug": "true"},
+        "oslo_concurrency": {"lock_path": str(ws / "locks")},
+        "auth": {
+            "use_dynamic_credentials": "false",
+            "test_accounts_file": str(ws / "etc" / "accounts.yaml"),
+            "default_credentials_domain_name": "Default",
+            "admin_domain_name": "Default",
+            "tempest_roles": "member",
+            "create_isolated_networks": "false",
+            # The bootstrap admin: a few admin tests ask for "the configured admin".
+            "admin_username": "admin",
+            "admin_password": env["admin_password"],
+            "admin_project_name": "admin",
+        },
+        "identity": {
+            "uri_v3": f"{url}/identity/v3",
+            "auth_version": "v3",
+            "region": "RegionOne",
+            "v3_endpoint_type": "public",
+            "disable_ssl_certificate_validation": "true",
+        },
+        "identity-feature-enabled": {"api_v2": "false", "security_compliance": "false"},
+        "compute": {
+            "image_ref": env["image_ref"],
+            "image_ref_alt": env["image_ref_alt"],
+            "flavor_ref": "1",
+            "flavor_ref_alt": "2",
+            "min_microversion": "2.1",
+            "max_microversion": MAX_MICROVERSION,
+            "fixed_network_name": "private",
+            "build_timeout": "120",
+            "build_interval": "1",
+            "region": "RegionOne",
+            "endpoint_type": "publicURL",
+            "min_compute_nodes": "2",
+            "compute_volume_common_az": "",
+        },
+        "compute-feature-enabled": {
+            "resize": "false", "cold_migration": "false", "live_migration": "false",
+            "block_migration_for_live_migration": "false", "snapshot": "false", "rescue": "false",
+            "shelve": "false", "shelve_migrate": "false", "change_password": "false",
+            "console_output": "true", "vnc_console": "false", "spice_console": "false",
+            "serial_console": "false", "rdp_console": "false", "interface_attach": "false",
+            "config_drive": "true", "personality": "true", "pause": "true", "suspend": "true",
+            "metadata_service": "false", "attach_encrypted_volume": "false",
+            "swap_volume": "false", "volume_multiattach": "false", "hostname_fqdn_sanitization": "true",
+            "scheduler_enabled_filters": "AvailabilityZoneFilter,ComputeFilter,"
+            "ComputeCapabilitiesFilter,ImagePropertiesFilter,ServerGroupAntiAffinityFilter,"
+            "ServerGroupAffinityFilter,SameHostFilter,DifferentHostFilter",
+            "disk_config": "true", "stable_rescue": "false", "unified_limits": "false",
+        },
+        "image": {"region": "RegionOne", "endpoint_type": "publicURL"},
+        "image-feature-enabled": {"api_v1": "false", "api_v2": "true"},
+        "network": {"region": "RegionOne", "endpoint_type": "publicURL", "shared_physical_network": "false"},
+        "network-feature-enabled": {"ipv6": "false", "floating_ips": "false"},
+        "service_available": {
+            "nova": "true", "glance": "true", "neutron": "true", "cinder": "false",
+            "swift": "false", "horizon": "false", "keystone": "true",
+        },
+        "validation": {"run_validation": "false", "connect_method": "fixed"},
+    }
+    lines = []
+    for name, opts in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {v}" for k, v in opts.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def selection(ws: Path, regex: str | None) -> list[str]:
+    """Arguments to `tempest run` choosing the tests."""
+    if regex:
+        return ["--regex", regex]
+    args = ["--include-list", str(INCLUDE)]
+    if EXCLUDE.exists():
+        args += ["--exclude-list", str(EXCLUDE)]
+    return args
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", default=str(REPO / ".tempest"))
+    parser.add_argument("--regex", default=None, help="run these tests instead of the committed list")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--qemu", action="store_true", help="also manage qemu:///system as host `local`")
+    parser.add_argument("--keep", action="store_true", help="leave the server running (Ctrl-C stops it)")
+    args = parser.parse_args()
+
+    ws = Path(args.workspace).resolve()
+    if ws.exists():
+        shutil.rmtree(ws)
+    (ws / "etc").mkdir(parents=True)
+    (ws / "logs").mkdir()
+    (ws / "locks").mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(ws, port, args.qemu)
+    log = open(ws / "novalite.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "novalite"), "--config", str(config), "serve", "--clouds-yaml", str(ws / "clouds.yaml")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ws, start_new_session=True,
+    )
+    try:
+        asyncio.run(wait_up(url, server))
+        creds = json.loads((ws / "state" / "credentials.json").read_text())
+        env = asyncio.run(provision(url, creds, ws))
+        (ws / "etc" / "accounts.yaml").write_text(yaml.safe_dump(env["accounts"], sort_keys=False))
+        (ws / "etc" / "tempest.conf").write_text(tempest_conf(ws, url, env, args.qemu))
+        print(f"novalite on {url}; workspace {ws}", flush=True)
+        cmd = [str(BIN / "tempest"), "run", "--concurrency", str(args.concurrency),
+               "--config-file", str(ws / "etc" / "tempest.conf"), *selection(ws, args.regex)]
+        rc = subprocess.call(cmd, cwd=ws)
+        if args.keep:
+            print("server still running; Ctrl-C to stop", flush=True)
+            try:
+                server.wait()
+            except KeyboardInterrupt:
+                pass
+        return rc
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
