@@ -439,4 +439,104 @@ CREATE OR REPLACE TRIGGER instances_task_state_since BEFORE UPDATE OF task_state
 CREATE INDEX IF NOT EXISTS instances_in_flight ON instances (task_state_since)
     WHERE task_state IS NOT NULL AND NOT deleted;
 
+-- Volumes (issue 8): Cinder's volumes and snapshots on libvirt storage pools --------
+-- A volume's data lives in one host's pool (host, pool_name, vol_name); every status
+-- change is a compare-and-set on status (novalite.db.volumes). One attachment per
+-- volume: instance_uuid/mountpoint are set from `reserved` to `detaching`.
+CREATE TABLE IF NOT EXISTS volumes (
+    id uuid PRIMARY KEY,
+    project_id text NOT NULL,
+    user_id text NOT NULL,
+    name text,
+    description text,
+    size integer NOT NULL CHECK (size > 0),
+    status text NOT NULL,
+    host text,
+    pool_name text,
+    vol_name text,
+    path text,
+    format text NOT NULL DEFAULT 'qcow2',
+    availability_zone text NOT NULL DEFAULT 'nova',
+    volume_type text NOT NULL DEFAULT '__DEFAULT__',
+    bootable boolean NOT NULL DEFAULT false,
+    image_id text,
+    snapshot_id uuid,
+    source_volid uuid,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    instance_uuid uuid,
+    mountpoint text,
+    attachment_id uuid,
+    attached_at timestamptz,
+    -- Made by a build for this instance (image/blank/snapshot BDM): deleted if that build fails.
+    created_for uuid,
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    deleted boolean NOT NULL DEFAULT false,
+    deleted_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS volumes_project ON volumes (project_id) WHERE NOT deleted;
+CREATE INDEX IF NOT EXISTS volumes_instance ON volumes (instance_uuid) WHERE instance_uuid IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS volume_snapshots (
+    id uuid PRIMARY KEY,
+    volume_id uuid NOT NULL REFERENCES volumes(id),
+    project_id text NOT NULL,
+    user_id text NOT NULL,
+    name text,
+    description text,
+    size integer NOT NULL,
+    status text NOT NULL,
+    host text,
+    pool_name text,
+    vol_name text,
+    path text,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    deleted boolean NOT NULL DEFAULT false,
+    deleted_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS volume_snapshots_volume ON volume_snapshots (volume_id) WHERE NOT deleted;
+-- Nova's BDM uuid and attachment id (os-volume_attachments 2.89).
+ALTER TABLE block_device_mappings ADD COLUMN IF NOT EXISTS uuid uuid NOT NULL DEFAULT gen_random_uuid();
+ALTER TABLE block_device_mappings ADD COLUMN IF NOT EXISTS attachment_id uuid;
+
+-- Host usage counters, kept by a trigger on allocations (the claims), so usage is
+-- still derived from allocations but a claim can check and lock a host's row in
+-- one statement: a concurrent claim waits on the row and re-checks the new counts.
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS vcpus_used integer NOT NULL DEFAULT 0;
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS memory_mb_used integer NOT NULL DEFAULT 0;
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS disk_gb_used integer NOT NULL DEFAULT 0;
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS instances_used integer NOT NULL DEFAULT 0;
+
+CREATE OR REPLACE FUNCTION novalite_allocation_usage() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        UPDATE compute_nodes SET vcpus_used = vcpus_used - OLD.vcpus, memory_mb_used = memory_mb_used - OLD.memory_mb,
+               disk_gb_used = disk_gb_used - OLD.disk_gb, instances_used = instances_used - 1
+         WHERE host = OLD.host;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        UPDATE compute_nodes SET vcpus_used = vcpus_used + NEW.vcpus, memory_mb_used = memory_mb_used + NEW.memory_mb,
+               disk_gb_used = disk_gb_used + NEW.disk_gb, instances_used = instances_used + 1
+         WHERE host = NEW.host;
+    END IF;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+
+DROP TRIGGER IF EXISTS allocations_usage ON allocations;
+CREATE TRIGGER allocations_usage AFTER INSERT OR UPDATE OR DELETE ON allocations
+    FOR EACH ROW EXECUTE FUNCTION novalite_allocation_usage();
+
+-- Re-derive the counters from the claims at every start (cheap; repairs anything).
+UPDATE compute_nodes n SET vcpus_used = coalesce(a.v, 0), memory_mb_used = coalesce(a.m, 0),
+       disk_gb_used = coalesce(a.d, 0), instances_used = coalesce(a.c, 0)
+  FROM compute_nodes n2 LEFT JOIN (SELECT host, sum(vcpus) AS v, sum(memory_mb) AS m, sum(disk_gb) AS d,
+                                          count(*) AS c FROM allocations GROUP BY host) a ON a.host = n2.host
+ WHERE n.host = n2.host
+   AND (n.vcpus_used, n.memory_mb_used, n.disk_gb_used, n.instances_used)
+       IS DISTINCT FROM (coalesce(a.v, 0)::int, coalesce(a.m, 0)::int, coalesce(a.d, 0)::int, coalesce(a.c, 0)::int);
+
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;

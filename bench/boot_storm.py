@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from novalite.db import EmbeddedPostgres  # noqa: E402
 
 POLL_INTERVAL = 0.2
+SQL_TOP = 0  # --sql-top: print the most frequent statements per boot
 
 
 @dataclass
@@ -75,6 +76,9 @@ async def start_postgres(root: Path) -> tuple[EmbeddedPostgres, str]:
     pg = EmbeddedPostgres(root / "pgdata")
     dsn = await pg.start()
     conn = await asyncpg.connect(dsn)
+    if os.environ.get("BENCH_SYNC_COMMIT"):
+        await conn.execute(f"ALTER SYSTEM SET synchronous_commit = '{os.environ['BENCH_SYNC_COMMIT']}'")
+        await conn.execute("SELECT pg_reload_conf()")
     loaded = await conn.fetchval("SHOW shared_preload_libraries")
     if "pg_stat_statements" not in loaded:
         await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
@@ -258,8 +262,16 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
             await probe
             result.errors += errored
             result.statements = (await db.fetchval(
-                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%'"
+                # top-level statements only: what the server sends, not FK checks or trigger bodies
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE toplevel"
+                " AND query NOT ILIKE '%pg_stat_statements%'"
             )) / max(1, n)
+            if SQL_TOP:
+                rows = await db.fetch(
+                    """SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS q FROM pg_stat_statements
+                       WHERE toplevel ORDER BY calls DESC LIMIT $1""", SQL_TOP)
+                for r in rows:
+                    print(f"{r['calls'] / n:7.2f}/boot  {r['q']}", file=sys.stderr)
             result.oversubscribed = await db.fetchval(
                 """SELECT count(*) FROM compute_nodes n JOIN (SELECT host, sum(vcpus) v, sum(memory_mb) m
                    FROM allocations GROUP BY host) a ON a.host = n.host
@@ -320,7 +332,10 @@ async def main() -> int:
     parser.add_argument("--no-small", action="store_true", help="skip the N=200, H=10 row")
     parser.add_argument("--no-batch", action="store_true", help="skip the multi-create run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    parser.add_argument("--sql-top", type=int, default=0, help="print the K most frequent SQL statements")
     args = parser.parse_args()
+    global SQL_TOP
+    SQL_TOP = args.sql_top
     rows = [await storm(args.n, args.hosts, args.c, 1, args.keep)]
     if not args.no_batch:
         rows.append(await storm(args.n, args.hosts, args.c, args.batch, args.keep))

@@ -17,7 +17,8 @@ from novalite import bootstrap, db
 from novalite.api import identity as identity_api
 from novalite.api import identity_admin, middleware
 from novalite.api import networking as networking_api
-from novalite.api.compute import catalog_routes, server_groups, servers
+from novalite.api import volume as volume_api_routes
+from novalite.api.compute import catalog_routes, server_groups, servers, volume_attachments
 from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
 from novalite.compute.actions import ServerActions
@@ -35,6 +36,7 @@ from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
 from novalite.virt.libvirt.eventloop import ensure_registered
 from novalite.virt.testnode import write_test_node
+from novalite.volume import VolumeAPI
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +97,22 @@ def network_ctx(config: Config):
     return ctx
 
 
+def volume_ctx(config: Config):
+    """Volumes: one libvirt storage pool per host, defined and started before the computes run."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        volume_api = VolumeAPI(app["db"], config)
+        try:
+            await volume_api.ensure_pools({h.name: host_uri(config, h) for h in config.hosts})
+            app["volume_api"] = volume_api
+            volume_api.start()
+            yield
+        finally:
+            await volume_api.close()
+
+    return ctx
+
+
 def compute_ctx(config: Config):
     """Conductor, scheduler and one compute manager per host, recovered before serving."""
 
@@ -106,6 +124,7 @@ def compute_ctx(config: Config):
         network_api = app["network_api"]
         compute_api = ComputeAPI(pool, config, locks, network_api)
         compute_api.conductor = conductor
+        compute_api.volume_api = app.get("volume_api")
         conductor.network_api = network_api
         computes: dict[str, ComputeManager] = {}
         for host in config.hosts:
@@ -118,7 +137,11 @@ def compute_ctx(config: Config):
                 hostname=host.name,
             )
             computes[host.name] = ComputeManager(host, driver, pool, config, locks, conductor, network_api)
+            computes[host.name].volume_api = app.get("volume_api")
         watchdog = Watchdog(pool, config, computes)
+        if app.get("volume_api") is not None:
+            app["volume_api"].computes = computes
+            app["volume_api"].locks = locks
         try:
             for manager in computes.values():
                 await manager.init_host()
@@ -142,6 +165,8 @@ def compute_ctx(config: Config):
             await conductor.stop()
             await scheduler.stop()
             await compute_api.wait_idle()
+            if app.get("volume_api") is not None:
+                await app["volume_api"].wait_idle()
             for manager in computes.values():
                 await manager.stop()
 
@@ -163,6 +188,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     app["policy"] = Enforcer(config.policy.file if config.policy.file and config.policy.file.exists() else None)
     app.cleanup_ctx.append(database_ctx(config, clouds_yaml))
     app.cleanup_ctx.append(network_ctx(config))
+    app.cleanup_ctx.append(volume_ctx(config))
     app.cleanup_ctx.append(compute_ctx(config))
     identity_api.add_routes(app)
     identity_admin.add_routes(app)
@@ -172,4 +198,6 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     server_groups.add_routes(app)
     image_api.add_routes(app)
     networking_api.add_routes(app)
+    volume_api_routes.add_routes(app)
+    volume_attachments.add_routes(app)
     return app

@@ -16,7 +16,6 @@ from novalite.compute import states
 from novalite.compute.api import BuildRequest
 from novalite.config import SchedulerConfig
 from novalite.db import instances as db
-from novalite.scheduler.host_state import load_host_states
 from novalite.scheduler.manager import NoValidHost, Scheduler, Selection, claim
 
 log = structlog.get_logger(__name__)
@@ -97,22 +96,26 @@ class Conductor:
         uuids = request.instance_uuids
         structlog.contextvars.bind_contextvars(request_id=request.request_id)
         async with self.pool.acquire() as conn:
-            for uuid in uuids:
-                await db.event_start(conn, uuid, request.request_id, EVENT, None)
+            await db.events_start_many(conn, uuids, request.request_id, EVENT)
         try:
             selections = await self.scheduler.select_destinations(request.request_spec, uuids, request.request_id)
         except Exception as exc:  # scheduler crashed: every instance gets a fault
             log.exception("select_destinations_failed")
             selections = [exc] * len(uuids)
+        scheduled = [(u, sel) for u, sel in zip(uuids, selections, strict=True) if isinstance(sel, Selection)]
+        if scheduled:
+            async with self.pool.acquire() as conn:
+                await db.events_finish_many(
+                    conn, [u for u, _ in scheduled], request.request_id, EVENT,
+                    # the per-host table is stored once, in scheduling_verdicts
+                    [json.dumps({"host": sel.host, "alternates": sel.alternates,
+                                 "verdicts": f"/servers/{u}/os-scheduling"}) for u, sel in scheduled],
+                )
+            for u, sel in scheduled:
+                self.computes[sel.host].build_and_run_instance(u, request.request_id, sel.alternates)
         for uuid, sel in zip(uuids, selections, strict=True):
             if isinstance(sel, Selection):
-                async with self.pool.acquire() as conn:
-                    await db.event_finish(
-                        conn, uuid, request.request_id, EVENT, "Success",
-                        details=json.dumps({"host": sel.host, "alternates": sel.alternates,
-                                            "verdicts": sel.verdicts.table() if sel.verdicts else []}),
-                    )
-                self.computes[sel.host].build_and_run_instance(uuid, request.request_id, sel.alternates)
+                continue
             elif isinstance(sel, NoValidHost):
                 await set_error(
                     self.pool, uuid, request.request_id, str(sel), sel.details(uuid), event=EVENT,
@@ -126,13 +129,14 @@ class Conductor:
     ) -> None:
         """A build failed on a host: claim the next alternate and cast, else ERROR listing every attempt."""
         tried = {h for h, _ in attempts}
+        self.scheduler.invalidate_host_states()  # a failed build released its claim and counts on its host
         async with self.pool.acquire() as conn:
             inst = await db.get(conn, uuid)
             if inst is None or inst["task_state"] != states.SCHEDULING:
                 return
             flavor = inst["flavor"]
             disk = flavor["root_gb"] + flavor["ephemeral_gb"] + (flavor["swap"] + 1023) // 1024
-            hosts = {h.host: h for h in await load_host_states(conn, self.cfg)}
+            hosts = {h.host: h for h in await self.scheduler.host_states(conn)}
             remaining = [h for h in alternates if h not in tried]
             while remaining and len(attempts) < self.cfg.max_attempts:
                 host = remaining.pop(0)
@@ -141,6 +145,7 @@ class Conductor:
                     continue
                 await db.event_start(conn, uuid, request_id, EVENT, None)
                 if await claim(conn, state, uuid, flavor["vcpus"], flavor["memory_mb"], disk):
+                    state.consume(flavor["vcpus"], flavor["memory_mb"], disk, uuid)
                     await db.event_finish(
                         conn, uuid, request_id, EVENT, "Success",
                         details=json.dumps({"host": host, "rescheduled_after": [h for h, _ in attempts]}),

@@ -106,6 +106,8 @@ class SchedulerConfig(_Section):
     # ImagePropertiesFilter: architecture assumed for images without hw_architecture.
     image_properties_default_architecture: str | None = None
     host_subset_size: int = Field(1, ge=1)
+    # Seconds the scheduler reuses host states read from Postgres (claims still check there).
+    host_state_ttl: float = Field(1.0, ge=0)
     max_attempts: int = Field(3, ge=1)
     ram_allocation_ratio: float = Field(1.5, gt=0)
     cpu_allocation_ratio: float = Field(16.0, gt=0)
@@ -198,6 +200,28 @@ class NetworkingConfig(_Section):
     libvirt_prefix: str = "novalite-"
 
 
+class VolumeConfig(_Section):
+    """Block storage (Cinder subset): one libvirt storage pool per host, quotas, which host gets new volumes."""
+
+    # libvirt pool name = prefix + host name (several clouds can share one libvirtd);
+    # unset: networking.libvirt_prefix, so one prefix names all of a cloud's libvirt objects.
+    pool_prefix: str | None = None
+    # "dir": qcow2 files under pool_target (default <state dir>/volumes/<host>);
+    # "logical": raw LVs in the volume group pool_source (made by the operator).
+    pool_type: Literal["dir", "logical"] = "dir"
+    pool_target: Path | None = None
+    pool_source: str | None = None
+    # Host for volumes created through the volume API (default: the first configured host).
+    default_host: str | None = None
+    volumes: int = 10
+    gigabytes: int = 1000
+    snapshots: int = 10
+    # Seconds between passes that release volumes of ERROR/deleted instances (the safety net).
+    reap_interval: float = Field(5, gt=0)
+    # Seconds a live detach waits for the guest to let the disk go before retrying / failing.
+    detach_timeout: float = Field(20, gt=0)
+
+
 class Config(_Section):
     api: ApiConfig = ApiConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -211,6 +235,7 @@ class Config(_Section):
     deadlines: DeadlinesConfig = DeadlinesConfig()
     hosts: list[HostConfig] = []
     networking: NetworkingConfig = NetworkingConfig()
+    volume: VolumeConfig = VolumeConfig()
     # Empty: one shared `private` network, 10.20.0.0/24 (see novalite.network.api).
     networks: list[NetworkConfig] = []
     # Where the file came from, for relative paths and messages.

@@ -197,13 +197,18 @@ class IdentityService:
                 self._cache.pop(tid, None)
 
     # -- documents -------------------------------------------------------
-    def catalog(self) -> list[dict]:
+    def catalog(self, project_id: str | None = None) -> list[dict]:
         services = [
             ("identity", "keystone", f"{self.public_url}/identity"),
             ("compute", "nova", f"{self.public_url}/compute/v2.1"),
             ("image", "glance", f"{self.public_url}/image"),
             ("network", "neutron", f"{self.public_url}/networking"),
         ]
+        if project_id:  # Cinder v3 at 3.0 needs the project in the path, as DevStack lists it
+            services += [
+                ("volumev3", "cinderv3", f"{self.public_url}/volume/v3/{project_id}"),
+                ("block-storage", "cinder", f"{self.public_url}/volume/v3/{project_id}"),
+            ]
         out = []
         for stype, name, url in services:
             sid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{stype}:{url}")).replace("-", "")
@@ -233,7 +238,7 @@ class IdentityService:
             token["is_domain"] = False
             token["roles"] = [{"id": rid, "name": name} for rid, name in info.roles]
             if with_catalog:
-                token["catalog"] = self.catalog()
+                token["catalog"] = self.catalog(info.project_id)
         return {"token": token}
 
 

@@ -8,6 +8,8 @@ admit exactly what fits, and a crash can never leave usage out of step.
 
 from __future__ import annotations
 
+import hashlib
+
 import asyncpg
 
 from novalite.api.errors import QuotaExceeded
@@ -29,10 +31,19 @@ RESOURCES = (
 UNLIMITED = -1
 
 
+# Rows of quota class <name> (os-quota-class-sets) live in `quotas` under this key; project ids
+# are hex uuids, so they cannot collide. Class `default` overrides the config defaults.
+CLASS_PREFIX = "quota_class:"
+
+
 async def get_limits(conn: asyncpg.Connection, defaults: QuotaConfig, project_id: str) -> dict[str, int]:
-    """Effective hard limits of a project (-1 = unlimited)."""
+    """Effective hard limits of a project (-1 = unlimited): config, then class `default`, then the project."""
     limits = {r: getattr(defaults, r) for r in RESOURCES}
-    for row in await conn.fetch("SELECT resource, hard_limit FROM quotas WHERE project_id = $1", project_id):
+    for row in await conn.fetch(
+        "SELECT resource, hard_limit FROM quotas WHERE project_id IN ($1, $2) ORDER BY project_id = $1",
+        project_id,
+        CLASS_PREFIX + "default",
+    ):
         if row["resource"] in limits:
             limits[row["resource"]] = row["hard_limit"]
     return limits
@@ -50,9 +61,22 @@ async def delete_limits(conn: asyncpg.Connection, project_id: str) -> None:
     await conn.execute("DELETE FROM quotas WHERE project_id = $1", project_id)
 
 
+def lock_key(project_id: str) -> int:
+    """The advisory lock id of a project's quota (a stable signed 64-bit hash)."""
+    digest = hashlib.blake2b(f"quota:{project_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 async def lock_project(conn: asyncpg.Connection, project_id: str) -> None:
     """Serialise quota checks of one project until the transaction ends."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('quota:' || $1::text))", project_id)
+    await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", lock_key(project_id))
+
+
+def limits_from(defaults: QuotaConfig, overrides: dict[str, int]) -> dict[str, int]:
+    """Effective limits from the config defaults and a project's override rows."""
+    limits = {r: getattr(defaults, r) for r in RESOURCES}
+    limits.update({k: v for k, v in overrides.items() if k in limits})
+    return limits
 
 
 async def instance_usage(conn: asyncpg.Connection, project_id: str) -> dict[str, int]:

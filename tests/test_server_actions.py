@@ -295,7 +295,7 @@ watchdog_interval = 0.2
         uuid = body["server"]["id"]
         server = await wait_for_status(cloud, uuid, "ERROR", timeout=10)
         assert "task_state networking" in server["fault"]["message"]
-        assert "(step compute_build_and_run_instance)" in server["fault"]["message"]
+        assert "(step compute_allocate_network)" in server["fault"]["message"]  # the open event of the stuck step
         async with cloud.app["db"].acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM allocations WHERE instance_uuid = $1", uuid) == 0
         status, _, _ = await cloud.compute("DELETE", f"/servers/{uuid}")

@@ -171,7 +171,7 @@ async def auth_projects(request: web.Request) -> web.Response:
 async def auth_catalog(request: web.Request) -> web.Response:
     base = request.app["config"].public_url
     return web.json_response(
-        {"catalog": identity_service(request).catalog(), "links": {"self": f"{base}/identity/v3/auth/catalog"}}
+        {"catalog": identity_service(request).catalog(getattr(request.get("token"), "project_id", None)), "links": {"self": f"{base}/identity/v3/auth/catalog"}}
     )
 
 

@@ -25,7 +25,7 @@ API_VERSION_HEADER = "OpenStack-API-Version"
 LEGACY_VERSION_HEADER = "X-OpenStack-Nova-API-Version"
 
 # Paths served without a token: version documents and token creation.
-_PUBLIC = re.compile(r"^/(identity|compute|image|networking)(/v[0-9.]+)?/?$|^/identity/v3/auth/tokens/?$|^/?$")
+_PUBLIC = re.compile(r"^/(identity|compute|image|networking|volume)(/v[0-9.]+)?/?$|^/identity/v3/auth/tokens/?$|^/?$")
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,7 @@ class ComputeAPI:
         self.config = config
         self.locks = locks
         self.conductor: Any = None  # set by the wiring once the conductor exists
+        self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
         self.computes: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -156,21 +157,25 @@ class ComputeAPI:
                     "Failed to launch instances: Unable to launch multiple instances with a single configured "
                     "port ID. Please launch your instance one by one with different ports."
                 )
+        bdms = self._bdms_with_root(req)
+        root = next((b for b in bdms if b.get("boot_index") == 0), None)
+        image_id = req.image_ref.rsplit("/", 1)[-1] if req.image_ref else ""
+        if root is not None and root.get("source_type") == "image":
+            image_id = root.get("image_id") or image_id
+        snap = await lookups.snapshot(
+            conn, flavorid=req.flavor_ref, image_id=image_id, project_id=ctx.project_id, user_id=ctx.user_id,
+            is_admin=ctx.is_admin, key_name=req.key_name,
+        )
         # flavor
-        flavor = await lookups.flavor(conn, req.flavor_ref, ctx.project_id, ctx.is_admin)
+        flavor = snap["flavor"]
         if flavor is None or flavor["disabled"]:
             raise errors.BadRequest(f"Flavor {req.flavor_ref} could not be found.")
         extra_specs = flavor["extra_specs"] or {}
         validate_flavor_extra_specs(extra_specs)
-        # block device mappings and the image
-        bdms = self._bdms_with_root(req)
+        # the image
         image = None
-        image_id = req.image_ref.rsplit("/", 1)[-1] if req.image_ref else ""
-        root = next((b for b in bdms if b.get("boot_index") == 0), None)
-        if root is not None and root.get("source_type") == "image":
-            image_id = root.get("image_id") or image_id
         if image_id:
-            image = await lookups.image(conn, image_id)
+            image = snap["image"]
             if image is None:
                 raise errors.BadRequest("Can not find requested image")
             if image["status"] != "active":
@@ -178,7 +183,7 @@ class ComputeAPI:
             self._check_image_fits_flavor(image, flavor, root)
         elif root is None or root.get("source_type") == "image":
             raise errors.BadRequest("Block Device Mapping is Invalid: Boot sequence for the instance and image/block device mapping combination is not valid.")
-        await self._check_bdms(conn, bdms, flavor)
+        await self._check_bdms(conn, bdms, flavor, ctx, req)
         image_props = dict(image["properties"] or {}) if image else {}
         auto_disk = req.auto_disk_config
         if auto_disk is None:
@@ -186,7 +191,7 @@ class ComputeAPI:
         elif auto_disk and str(image_props.get("auto_disk_config", "")).lower() == "disabled":
             raise errors.BadRequest(f"Requested image {image_id} has automatic disk resize disabled.")
         # availability zone and forced host
-        zones = await lookups.availability_zones(conn)
+        zones = set(snap["zones"])
         az = req.availability_zone
         if az and az not in zones:
             raise errors.BadRequest("The requested availability zone is not available")
@@ -209,7 +214,7 @@ class ComputeAPI:
             if len(decoded) > cfg.compute.max_user_data_bytes:
                 raise errors.BadRequest("User data too large.")
         # metadata and injected files quotas
-        limits = await quota.get_limits(conn, cfg.quota, ctx.project_id)
+        limits = quota.limits_from(cfg.quota, snap["quota_overrides"])
         if limits["metadata_items"] != quota.UNLIMITED and len(req.metadata) > limits["metadata_items"]:
             raise errors.QuotaExceeded(f"Maximum number of metadata items exceeds {limits['metadata_items']}")
         if req.injected_files:
@@ -229,9 +234,11 @@ class ComputeAPI:
                         f"Personality file content exceeds maximum {limits['injected_file_content_bytes']}"
                     )
         # security groups
-        await lookups.ensure_default_security_group(conn, ctx.project_id)
         groups = sorted(set(req.security_groups)) or ["default"]
-        known = await lookups.security_group_names(conn, ctx.project_id)
+        known = set(snap["security_groups"])
+        if "default" not in known:
+            await lookups.ensure_default_security_group(conn, ctx.project_id)
+            known.add("default")
         for name in groups:
             if name not in known:
                 raise errors.BadRequest(f"Security group {name} not found for project {ctx.project_id}.")
@@ -244,10 +251,9 @@ class ComputeAPI:
         # key pair
         key_data = None
         if req.key_name is not None:
-            kp = await lookups.keypair(conn, ctx.user_id, req.key_name)
-            if kp is None:
+            key_data = snap["key_data"]
+            if key_data is None:
                 raise errors.BadRequest("Invalid key_name provided.")
-            key_data = kp["public_key"]
         # root device name
         root_device = (root or {}).get("device_name") or DEFAULT_ROOT_DEVICE
         if not ROOT_DEVICE_RE.match(root_device):
@@ -280,6 +286,7 @@ class ComputeAPI:
                 "properties": image_props,
                 "min_ram": image["min_ram"] if image else 0,
                 "min_disk": image["min_disk"] if image else 0,
+                "disk_format": image["disk_format"] if image else None,
             },
             "availability_zone": az,
             "force_hosts": [forced_host] if forced_host else [],
@@ -287,6 +294,8 @@ class ComputeAPI:
             "instance_group": str(group["uuid"]) if group else None,
             "num_instances": req.max_count,
             "retry": {"num_attempts": 0, "hosts": []},
+            # Whether the compute host has volumes to prepare (skips a lookup when not).
+            "has_volumes": any(b.get("destination_type") == "volume" for b in bdms),
         }
         return {
             "flavor": flavor_doc,
@@ -301,6 +310,7 @@ class ComputeAPI:
             "group": group,
             "availability_zone": az,
             "request_spec": request_spec,
+            "limits": limits,
         }
 
     async def _validate_networks(self, ctx: RequestContext, req: CreateRequest) -> None:
@@ -386,22 +396,22 @@ class ComputeAPI:
                 b["delete_on_termination"] = True
         return bdms
 
-    async def _check_bdms(self, conn: asyncpg.Connection, bdms: list[dict], flavor: asyncpg.Record) -> None:
+    async def _check_bdms(
+        self, conn: asyncpg.Connection, bdms: list[dict], flavor: asyncpg.Record, ctx: RequestContext,
+        req: CreateRequest,
+    ) -> None:
         ephemeral_total = 0
+        if any(b["destination_type"] == "volume" for b in bdms):
+            if self.volume_api is None:
+                raise errors.BadRequest("Block Device Mapping is Invalid: this cloud has no volume service.")
+            # Volumes/snapshots exist, are available and ours; new volumes have a size; their host is forced.
+            await self.volume_api.check_bdms(conn, ctx, req, bdms)
         for b in bdms:
             src, dest = b["source_type"], b["destination_type"]
-            if src in ("volume", "snapshot") or (src in ("image", "blank") and dest == "volume"):
-                ident = b.get("volume_id") or b.get("snapshot_id")
-                if src == "volume":
-                    raise errors.BadRequest(f"Volume {ident} could not be found.")
-                if src == "snapshot":
-                    raise errors.BadRequest(f"Snapshot {ident} could not be found.")
-                if b.get("volume_size") is None:
-                    raise errors.BadRequest(
-                        "Block Device Mapping is Invalid: You specified more local devices than the limit allows"
-                        if False else "Block Device Mapping is Invalid: volume_size is required to create a volume."
-                    )
-                raise errors.BadRequest("Block Device Mapping is Invalid: volume destinations are not available yet.")
+            if src in ("volume", "snapshot") and dest != "volume":
+                raise errors.BadRequest(
+                    f"Block Device Mapping is Invalid: {src} sources need destination_type volume."
+                )
             if src == "blank" and dest == "local":
                 size = b.get("volume_size")
                 if b.get("guest_format") == "swap":
@@ -438,101 +448,115 @@ class ComputeAPI:
                 )
 
     # -- provision ----------------------------------------------------------
+    def _instance_rows(
+        self, ctx: RequestContext, req: CreateRequest, base: dict, count: int, reservation_id: str
+    ) -> list[dict]:
+        """The instance rows of one request (names from the multi-create template)."""
+        flavor = base["flavor"]
+        group = base["group"]
+        rows = []
+        template = self.config.compute.multi_instance_display_name_template
+        for index in range(count):
+            uuid = str(uuidlib.uuid4())
+            name = req.name
+            if count > 1:
+                name = template % {"name": req.name, "count": index + 1, "uuid": uuid}
+            hostname = req.hostname or sanitize_hostname(name)
+            if req.hostname and count > 1:
+                hostname = f"{req.hostname}-{index + 1}"
+            spec = dict(base["request_spec"], instance_uuid=uuid)
+            rows.append(
+                {
+                    "uuid": uuid,
+                    "project_id": ctx.project_id,
+                    "user_id": ctx.user_id,
+                    "display_name": name,
+                    "display_description": req.description,
+                    "hostname": hostname,
+                    "reservation_id": reservation_id,
+                    "launch_index": index,
+                    "vm_state": states.BUILDING,
+                    "task_state": states.SCHEDULING,
+                    "power_state": states.NOSTATE,
+                    "availability_zone": base["availability_zone"],
+                    "flavor": flavor,
+                    "vcpus": flavor["vcpus"],
+                    "memory_mb": flavor["memory_mb"],
+                    "root_gb": flavor["root_gb"],
+                    "ephemeral_gb": flavor["ephemeral_gb"],
+                    "image_ref": base["image_id"],
+                    "kernel_id": base["kernel_id"],
+                    "ramdisk_id": base["ramdisk_id"],
+                    "key_name": req.key_name,
+                    "key_data": base["key_data"],
+                    "user_data": req.user_data,
+                    "config_drive": "True" if req.config_drive else "",
+                    "auto_disk_config": base["auto_disk_config"],
+                    "access_ip_v4": req.access_ip_v4 or None,
+                    "access_ip_v6": req.access_ip_v6 or None,
+                    "root_device_name": base["root_device_name"],
+                    "metadata": req.metadata,
+                    "system_metadata": {},
+                    "security_groups": base["security_groups"],
+                    "tags": sorted(set(req.tags)),
+                    "injected_files": [[p, c] for p, c in req.injected_files],
+                    "requested_networks": req.requested_networks,
+                    "request_spec": spec,
+                    "instance_group": str(group["uuid"]) if group else None,
+                }
+            )
+        return rows
+
     async def _provision(
         self, ctx: RequestContext, req: CreateRequest, base: dict
     ) -> tuple[list[asyncpg.Record], str]:
         """One transaction: quota check, instance rows, BDMs, group members, actions, notifications."""
         flavor = base["flavor"]
         reservation_id = "r-" + secrets.token_hex(4)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await quota.lock_project(conn, ctx.project_id)
-            limits = await quota.get_limits(conn, self.config.quota, ctx.project_id)
-            used = await quota.instance_usage(conn, ctx.project_id)
-            count = quota.admissible_count(limits, used, flavor["vcpus"], flavor["memory_mb"], req.max_count)
-            if count < req.min_count:
-                raise quota.instances_over_quota(
-                    limits, used, flavor["vcpus"], flavor["memory_mb"], req.min_count if count else max(1, req.min_count)
+        limits = base["limits"]
+        group = base["group"]
+        volumes = any(b.get("volume_id") or b.get("snapshot_id") or b.get("destination_type") == "volume"
+                      for b in base["bdms"])
+        counted = group is not None or volumes or any(
+            limits[r] != quota.UNLIMITED for r in ("instances", "cores", "ram")
+        )
+        notification = {"state": states.BUILDING, "task_state": states.SCHEDULING, "reservation_id": reservation_id}
+        async with self.pool.acquire() as conn:
+            if not counted:
+                # Nothing to count or reserve: one statement, atomic on its own, no lock.
+                rows = self._instance_rows(ctx, req, base, req.max_count, reservation_id)
+                instances = await db.provision(
+                    conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
+                    group_uuid=None, request_id=ctx.request_id, user_id=ctx.user_id, project_id=ctx.project_id,
+                    notification=notification,
                 )
-            group = base["group"]
-            if group is not None:
-                members = await conn.fetchval(
-                    "SELECT count(*) FROM instance_group_members WHERE group_uuid = $1", group["uuid"]
-                )
-                limit = limits["server_group_members"]
-                if limit != quota.UNLIMITED and members + count > limit:
-                    raise errors.QuotaExceeded("Quota exceeded, too many servers in group")
-            rows = []
-            template = self.config.compute.multi_instance_display_name_template
-            for index in range(count):
-                uuid = str(uuidlib.uuid4())
-                name = req.name
-                if count > 1:
-                    name = template % {"name": req.name, "count": index + 1, "uuid": uuid}
-                hostname = req.hostname or sanitize_hostname(name)
-                if req.hostname and count > 1:
-                    hostname = f"{req.hostname}-{index + 1}"
-                spec = dict(base["request_spec"], instance_uuid=uuid)
-                rows.append(
-                    {
-                        "uuid": uuid,
-                        "project_id": ctx.project_id,
-                        "user_id": ctx.user_id,
-                        "display_name": name,
-                        "display_description": req.description,
-                        "hostname": hostname,
-                        "reservation_id": reservation_id,
-                        "launch_index": index,
-                        "vm_state": states.BUILDING,
-                        "task_state": states.SCHEDULING,
-                        "power_state": states.NOSTATE,
-                        "availability_zone": base["availability_zone"],
-                        "flavor": flavor,
-                        "vcpus": flavor["vcpus"],
-                        "memory_mb": flavor["memory_mb"],
-                        "root_gb": flavor["root_gb"],
-                        "ephemeral_gb": flavor["ephemeral_gb"],
-                        "image_ref": base["image_id"],
-                        "kernel_id": base["kernel_id"],
-                        "ramdisk_id": base["ramdisk_id"],
-                        "key_name": req.key_name,
-                        "key_data": base["key_data"],
-                        "user_data": req.user_data,
-                        "config_drive": "True" if req.config_drive else "",
-                        "auto_disk_config": base["auto_disk_config"],
-                        "access_ip_v4": req.access_ip_v4 or None,
-                        "access_ip_v6": req.access_ip_v6 or None,
-                        "root_device_name": base["root_device_name"],
-                        "metadata": req.metadata,
-                        "system_metadata": {},
-                        "security_groups": base["security_groups"],
-                        "tags": sorted(set(req.tags)),
-                        "injected_files": [[p, c] for p, c in req.injected_files],
-                        "requested_networks": req.requested_networks,
-                        "request_spec": spec,
-                        "instance_group": group["uuid"] if group else None,
-                    }
-                )
-            await db.insert_instances(conn, rows)
-            uuids = [r["uuid"] for r in rows]
-            for r in rows:
-                await db.insert_bdms(conn, r["uuid"], base["bdms"])
-            if group is not None:
-                await conn.execute(
-                    """INSERT INTO instance_group_members (group_uuid, instance_uuid)
-                       SELECT $1, u FROM unnest($2::uuid[]) AS u""",
-                    group["uuid"],
-                    uuids,
-                )
-            await db.start_actions(conn, uuids, "create", ctx.request_id, ctx.user_id, ctx.project_id)
-            await db.notify(
-                conn,
-                "instance.update",
-                {"state": states.BUILDING, "task_state": states.SCHEDULING, "reservation_id": reservation_id},
-                publisher_id="nova-api",
-                instance_uuids=uuids,
-                request_id=ctx.request_id,
-            )
-            instances = await db.get_many(conn, uuids)
+            else:
+                async with conn.transaction():
+                    await quota.lock_project(conn, ctx.project_id)
+                    used = await quota.instance_usage(conn, ctx.project_id)
+                    count = quota.admissible_count(limits, used, flavor["vcpus"], flavor["memory_mb"], req.max_count)
+                    if count < req.min_count:
+                        raise quota.instances_over_quota(
+                            limits, used, flavor["vcpus"], flavor["memory_mb"],
+                            req.min_count if count else max(1, req.min_count),
+                        )
+                    if group is not None:
+                        members = await conn.fetchval(
+                            "SELECT count(*) FROM instance_group_members WHERE group_uuid = $1", group["uuid"]
+                        )
+                        limit = limits["server_group_members"]
+                        if limit != quota.UNLIMITED and members + count > limit:
+                            raise errors.QuotaExceeded("Quota exceeded, too many servers in group")
+                    rows = self._instance_rows(ctx, req, base, count, reservation_id)
+                    if self.volume_api is not None:  # available → reserved before the BDM rows: one winner per volume
+                        for r in rows:
+                            await self.volume_api.reserve_for_instance(conn, r["uuid"], base["bdms"])
+                    instances = await db.provision(
+                        conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
+                        group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id,
+                        user_id=ctx.user_id, project_id=ctx.project_id, notification=notification,
+                    )
+        uuids = [r["uuid"] for r in rows]
         log.info("provisioned", reservation_id=reservation_id, instance_uuids=uuids)
         return instances, reservation_id
 
@@ -574,6 +598,8 @@ class ComputeAPI:
             else:
                 if self.network_api is not None:
                     await self.network_api.deallocate_for_instance(uuid)
+                if self.volume_api is not None:
+                    await self.volume_api.release_instance(uuid)
                 await finish_delete(self.pool, uuid, request_id, host=None)
 
     async def wait_idle(self) -> None:

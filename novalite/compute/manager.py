@@ -66,6 +66,7 @@ class ComputeManager(PowerActionsMixin):
     ) -> None:
         self.host = host.name
         self.network_api = network_api
+        self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
         # libvirt's test driver: the same domains are described, but no files are written.
         self.simulated = host.simulate is not None or (host.uri or "").startswith("test")
         self.image_cache = ImageCache(config.state_dir / "instances" / host.name / "_base", config.state_dir / "images")
@@ -162,77 +163,65 @@ class ComputeManager(PowerActionsMixin):
         """Cast: queue a build for this host."""
         self.queue.put_nowait(("build", (uuid, request_id, alternates, attempts or [])))
 
-    async def _step(self, uuid: str, expect: str | None, new: str | None, event: str | None = None,
-                    **updates: Any) -> asyncpg.Record:
-        """One build step: compare-and-set task_state (and start the step's action event)."""
+    async def _step(self, uuid: str, request_id: str, expect: str | None, new: str | None, **kwargs: Any
+                    ) -> asyncpg.Record:
+        """One build step in one round trip: compare-and-set task_state, finish the previous
+        step's events, start the next ones (see db.instances.transition)."""
         if self.before_step is not None:
-            await self.before_step(uuid, new if new is not None else updates.get("vm_state"))
-        request_id = structlog.contextvars.get_contextvars().get("request_id", "")
-        async with self.pool.acquire() as conn, conn.transaction():
+            await self.before_step(uuid, new if new is not None else kwargs.get("vm_state"))
+        async with self.pool.acquire() as conn:
             try:
-                row = await db.compare_and_set(
-                    conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=expect, task_state=new, **updates
+                return await db.transition(
+                    conn, uuid, request_id, expect_vm_state=states.BUILDING, expect_task_state=expect,
+                    task_state=new, host=self.host, **kwargs,
                 )
             except db.StateConflict as conflict:
-                raise BuildAborted(f"instance left the build before {new or updates.get('vm_state')}") from conflict
-            if event:
-                await db.event_start(conn, uuid, request_id, event, self.host)
-        return row
-
-    async def _event_finish(self, uuid: str, request_id: str, event: str, details: Any = None) -> None:
-        async with self.pool.acquire() as conn:
-            await db.event_finish(conn, uuid, request_id, event,
-                                  details=None if details is None else json.dumps(details, default=str))
+                actual = conflict.actual
+                if (actual is not None and not actual["deleted"] and kwargs.get("require_claim_on")
+                        and actual["task_state"] == expect and actual["host"] == self.host):
+                    raise RuntimeError(f"no resource claim for {uuid} on {self.host}") from None
+                raise BuildAborted(
+                    f"instance left the build before {new or kwargs.get('vm_state')}"
+                ) from conflict
 
     async def _build(self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]]) -> None:
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        publisher = f"nova-compute:{self.host}"
         async with self.locks.lock(uuid), self.semaphore:
             made = False  # whether this host may hold a domain or files of the instance
             spawning = False
             try:
-                async with self.pool.acquire() as conn:
-                    await db.event_start(conn, uuid, request_id, BUILD_EVENT, self.host)
-                inst = await self._step(uuid, states.SCHEDULING, None)
+                # SCHEDULING → None on this host; the scheduler's claim is the resource claim.
+                inst = await self._step(
+                    uuid, request_id, states.SCHEDULING, None, start_events=[BUILD_EVENT],
+                    notification=("instance.create.start", {"host": self.host}, publisher),
+                    require_claim_on=self.host,
+                )
                 if inst["host"] != self.host:
                     raise BuildAborted("instance is claimed on another host")
-                async with self.pool.acquire() as conn:
-                    await db.notify(conn, "instance.create.start", {"host": self.host},
-                                    publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid],
-                                    request_id=request_id)
-                    # The scheduler's claim is the resource claim; make sure it is still ours.
-                    if not await conn.fetchval(
-                        "SELECT 1 FROM allocations WHERE instance_uuid = $1 AND host = $2", uuid, self.host
-                    ):
-                        raise RuntimeError(f"no resource claim for {uuid} on {self.host}")
                 ports = await self._networking(inst, request_id)
                 made = True
-                prepared = await self._block_device_mapping(inst, request_id)
-                async with self.pool.acquire() as conn:
-                    await validate_instance_group_policy(conn, uuid, self.host)  # late group check (Nova)
-                inst = await self._step(uuid, states.BLOCK_DEVICE_MAPPING, states.SPAWNING, event="compute_spawn")
+                prepared = await self._block_device_mapping(inst, request_id, ports)
+                if inst["instance_group"] is not None:
+                    async with self.pool.acquire() as conn:
+                        await validate_instance_group_policy(conn, uuid, self.host)  # late group check (Nova)
+                inst = await self._step(
+                    uuid, request_id, states.BLOCK_DEVICE_MAPPING, states.SPAWNING,
+                    finish_events=["compute_prep_block_device"], start_events=["compute_spawn"],
+                    event_details=json.dumps([d.path for d in prepared.disks]),
+                )
                 spawning = True
                 await self._config_drive(inst, ports, prepared)
                 guest = self._guest_spec(inst, [p.nic() for p in ports], prepared)
                 if self.fail_spawn:
                     raise RuntimeError(self.fail_spawn)
                 await self.driver.spawn(guest)
-                if self.before_step is not None:
-                    await self.before_step(uuid, states.ACTIVE)
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await db.event_finish(conn, uuid, request_id, "compute_spawn")
-                    try:
-                        await db.compare_and_set(
-                            conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=states.SPAWNING,
-                            vm_state=states.ACTIVE, task_state=None, power_state=states.RUNNING,
-                            launched_at=datetime.now(UTC),
-                        )
-                    except db.StateConflict as conflict:
-                        raise BuildAborted("instance left the build before active") from conflict
-                    await db.event_finish(conn, uuid, request_id, BUILD_EVENT)
-                    await db.finish_action(conn, uuid, request_id)
-                    await db.notify(conn, "instance.create.end", {"host": self.host, "state": states.ACTIVE},
-                                    publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid],
-                                    request_id=request_id)
+                await self._step(
+                    uuid, request_id, states.SPAWNING, None, vm_state=states.ACTIVE, power_state=states.RUNNING,
+                    launched_at=datetime.now(UTC), finish_events=["compute_spawn", BUILD_EVENT], finish_action=True,
+                    notification=("instance.create.end", {"host": self.host, "state": states.ACTIVE}, publisher),
+                    returning="uuid",
+                )
                 log.info("instance_active")
             except BuildAborted as exc:
                 log.info("build_aborted", reason=str(exc))
@@ -252,24 +241,31 @@ class ComputeManager(PowerActionsMixin):
             log.exception("cleanup_destroy_failed")
         if not self.simulated:
             await remove_instance_files(self.instances_dir / uuid)
+        if self.volume_api is not None:  # a failed build: volumes it made go, claimed ones stay reserved
+            await self.volume_api.undo_build(uuid)
 
     async def _networking(self, inst: asyncpg.Record, request_id: str) -> list[PortInfo]:
         """NETWORKING: ports with MACs and fixed IPs, DHCP host entries on this host's networks."""
         uuid = str(inst["uuid"])
-        await self._step(uuid, None, states.NETWORKING, event="compute_allocate_network")
-        ports: list[PortInfo] = []
-        if self.network_api is not None:
-            ports = await self.network_api.allocate_for_instance(
-                uuid, inst["project_id"], inst["requested_networks"], self.host
-            )
-        await self._event_finish(uuid, request_id, "compute_allocate_network",
-                                 {"ports": [{"id": p.port_id, "mac": p.mac, "ip": p.ip} for p in ports]})
-        return ports
+        await self._step(uuid, request_id, None, states.NETWORKING, start_events=["compute_allocate_network"],
+                         returning="uuid")
+        if self.network_api is None or inst["requested_networks"] == "none":
+            return []
+        return await self.network_api.allocate_for_instance(
+            uuid, inst["project_id"], inst["requested_networks"], self.host
+        )
 
-    async def _block_device_mapping(self, inst: asyncpg.Record, request_id: str) -> PreparedDisks:
+    async def _block_device_mapping(
+        self, inst: asyncpg.Record, request_id: str, ports: list[PortInfo]
+    ) -> PreparedDisks:
         """BLOCK_DEVICE_MAPPING: root overlay on the cached image, ephemeral, swap, kernel/ramdisk."""
         uuid = str(inst["uuid"])
-        await self._step(uuid, states.NETWORKING, states.BLOCK_DEVICE_MAPPING, event="compute_prep_block_device")
+        await self._step(
+            uuid, request_id, states.NETWORKING, states.BLOCK_DEVICE_MAPPING,
+            finish_events=["compute_allocate_network"], start_events=["compute_prep_block_device"],
+            event_details=json.dumps({"ports": [{"id": p.port_id, "mac": p.mac, "ip": p.ip} for p in ports]}),
+            returning="uuid",
+        )
         spec_image = (inst["request_spec"] or {}).get("image") or {}
         image = dict(spec_image, id=inst["image_ref"] or "")
         if image["id"] and "disk_format" not in image:
@@ -285,7 +281,9 @@ class ComputeManager(PowerActionsMixin):
             flavor=inst["flavor"],
             write_files=not self.simulated,
         )
-        await self._event_finish(uuid, request_id, "compute_prep_block_device", [d.path for d in prepared.disks])
+        if self.volume_api is not None and (inst["request_spec"] or {}).get("has_volumes", True):
+            # volume/snapshot/image/blank → volume BDMs, attached as disks
+            await self.volume_api.prepare_build(self, inst, prepared)
         return prepared
 
     async def _config_drive(self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks) -> None:
@@ -381,6 +379,8 @@ class ComputeManager(PowerActionsMixin):
             await db.notify(conn, "instance.delete.start", {"host": self.host},
                             publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id)
         await self._undo_build(uuid)
+        if self.volume_api is not None:  # delete_on_termination volumes go, the others become available
+            await self.volume_api.release_instance(uuid)
         if self.network_api is not None:
             await self.network_api.deallocate_for_instance(uuid)
         await finish_delete(self.pool, uuid, request_id, self.host)

@@ -210,6 +210,8 @@ class PowerActionsMixin:
         log.debug("lifecycle_event", host=self.host, instance_uuid=uuid, lifecycle=event, power_state=power_state)
         if uuid in self._sync_pending:
             return  # a sync of this instance is queued and will read the latest state
+        if self.locks.held(uuid):
+            return  # our own build or action caused it and sets the state itself (as the periodic sync does)
         self._sync_pending.add(uuid)
         self._spawn(self._sync_from_event(uuid, event))
 

@@ -60,10 +60,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """novalite keeps no session state (no LISTEN, session locks or cursors): skip
+    asyncpg's reset round trip on every release; only a transaction left open
+    by a cancelled task is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections decode json/jsonb to Python objects."""
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset, command_timeout=60
     )
 
 

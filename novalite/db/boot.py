@@ -6,6 +6,10 @@ import uuid
 
 import asyncpg
 
+from novalite.quota import CLASS_PREFIX
+
+QUOTA_CLASS_DEFAULT = CLASS_PREFIX + "default"
+
 
 async def flavor(conn: asyncpg.Connection, flavorid: str, project_id: str, is_admin: bool) -> asyncpg.Record | None:
     """A flavor the caller may use (public, or private with access)."""
@@ -64,3 +68,43 @@ async def instance_group(conn: asyncpg.Connection, group_uuid: str) -> asyncpg.R
     except ValueError:
         return None
     return await conn.fetchrow("SELECT * FROM instance_groups WHERE uuid = $1::uuid", group_uuid)
+
+
+async def snapshot(
+    conn: asyncpg.Connection,
+    *,
+    flavorid: str,
+    image_id: str,
+    project_id: str,
+    user_id: str,
+    is_admin: bool,
+    key_name: str | None,
+) -> dict:
+    """Everything the create path looks up, in ONE round trip: flavor, image, zones,
+    quota overrides (class `default`, then the project's own, which win), security
+    group names and the key pair's public key."""
+    try:
+        image_uuid = str(uuid.UUID(image_id)) if image_id else None
+    except ValueError:
+        image_uuid = None
+    row = await conn.fetchrow(
+        """SELECT
+             (SELECT to_jsonb(f) FROM flavors f WHERE f.flavorid = $1
+                AND (f.is_public OR $4 OR EXISTS (SELECT 1 FROM flavor_projects p
+                                                  WHERE p.flavorid = f.flavorid AND p.project_id = $3))) AS flavor,
+             (SELECT to_jsonb(i) FROM images i WHERE i.id = $2::uuid) AS image,
+             (SELECT coalesce(array_agg(DISTINCT availability_zone), '{}') FROM compute_nodes) AS zones,
+             (SELECT coalesce(jsonb_object_agg(resource, hard_limit ORDER BY project_id = $3), '{}')
+                FROM quotas WHERE project_id IN ($3, $7)) AS quota_overrides,
+             (SELECT coalesce(array_agg(name) || array_agg(id::text), '{}') FROM security_groups
+               WHERE project_id = $3) AS security_groups,
+             (SELECT public_key FROM key_pairs WHERE user_id = $5 AND name = $6) AS key_data""",
+        flavorid,
+        image_uuid,
+        project_id,
+        is_admin,
+        user_id,
+        key_name,
+        QUOTA_CLASS_DEFAULT,
+    )
+    return dict(row)

@@ -246,18 +246,14 @@ async def delete_keypair(conn: asyncpg.Connection, user_id: str, name: str) -> b
 
 _NODE_QUERY = """
     SELECT n.*,
-           coalesce(a.vcpus, 0) AS vcpus_used,
-           coalesce(a.memory_mb, 0) AS alloc_memory_mb,
-           coalesce(a.disk_gb, 0) AS alloc_disk_gb,
-           coalesce(a.count, 0) AS running_vms,
+           n.memory_mb_used AS alloc_memory_mb,
+           n.disk_gb_used AS alloc_disk_gb,
+           n.instances_used AS running_vms,
            (SELECT count(*) FROM instances i
              WHERE i.host = n.host AND NOT i.deleted AND i.task_state IS NOT NULL) AS current_workload,
            (n.heartbeat_at IS NOT NULL AND NOT n.forced_down
             AND n.heartbeat_at >= now() - make_interval(secs => $1)) AS alive
       FROM compute_nodes n
-      LEFT JOIN (SELECT host, sum(vcpus) AS vcpus, sum(memory_mb) AS memory_mb,
-                        sum(disk_gb) AS disk_gb, count(*) AS count
-                   FROM allocations GROUP BY host) a ON a.host = n.host
 """
 
 

@@ -154,6 +154,153 @@ async def compare_and_set(
     return row
 
 
+async def transition(
+    conn: asyncpg.Connection,
+    uuid: str,
+    request_id: str,
+    *,
+    expect_vm_state: Any = ANY,
+    expect_task_state: Any = ANY,
+    finish_events: Sequence[str] = (),
+    start_events: Sequence[str] = (),
+    host: str | None = None,
+    event_details: str | None = None,
+    finish_action: bool = False,
+    notification: tuple[str, dict, str] | None = None,
+    require_claim_on: str | None = None,
+    returning: str = "*",
+    **updates: Any,
+) -> asyncpg.Record:
+    """compare_and_set plus the step's bookkeeping, in ONE statement (one round trip):
+    finish the previous step's action events, start the next ones, finish the action,
+    and store a notification (event_type, payload, publisher_id) — all only if the
+    state change happened. With `require_claim_on`, the instance must also hold a
+    resource claim on that host. Raises StateConflict like compare_and_set."""
+    bad = set(updates) - _UPDATABLE
+    if bad:
+        raise ValueError(f"not updatable: {bad}")
+    args: list = [uuid, request_id]
+    sets = ["updated_at = now()"]
+    for key, value in updates.items():
+        args.append(value)
+        sets.append(f"{key} = ${len(args)}")
+    where = [
+        "uuid = $1",
+        "NOT deleted",
+        _expect_clause("vm_state", expect_vm_state, args),
+        _expect_clause("task_state", expect_task_state, args),
+    ]
+    if require_claim_on is not None:
+        args.append(require_claim_on)
+        where.append(f"EXISTS (SELECT 1 FROM allocations a WHERE a.instance_uuid = $1 AND a.host = ${len(args)})")
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    ctes = [f"inst AS (UPDATE instances SET {', '.join(sets)} WHERE {' AND '.join(where)} RETURNING *)"]
+    if finish_events or start_events or finish_action:
+        ctes.append(
+            "act AS (SELECT id FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2 "
+            "AND EXISTS (SELECT 1 FROM inst) ORDER BY id DESC LIMIT 1)"
+        )
+    if finish_events:
+        ctes.append(
+            f"fin AS (UPDATE instance_actions_events SET finish_time = now(), result = 'Success', "
+            f"details = coalesce({arg(event_details)}, details) "
+            f"WHERE action_id = (SELECT id FROM act) AND event = ANY({arg(list(finish_events))}::text[]) "
+            "AND finish_time IS NULL)"
+        )
+    if start_events:
+        ctes.append(
+            f"st AS (INSERT INTO instance_actions_events (action_id, event, host) "
+            f"SELECT act.id, e, {arg(host)} FROM act, unnest({arg(list(start_events))}::text[]) AS e)"
+        )
+    if finish_action:
+        ctes.append(
+            "af AS (UPDATE instance_actions SET finish_time = now(), updated_at = now() "
+            "WHERE id = (SELECT id FROM act) AND finish_time IS NULL)"
+        )
+    if notification is not None:
+        event_type, payload, publisher = notification
+        ctes.append(
+            f"n AS (INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload) "
+            f"SELECT {arg(event_type)}, 'INFO', {arg(publisher)}, inst.uuid, $2, {arg(payload)}::jsonb FROM inst)"
+        )
+    row = await conn.fetchrow(f"WITH {', '.join(ctes)} SELECT {returning} FROM inst", *args)
+    if row is None:
+        raise StateConflict(uuid, await get(conn, uuid, include_deleted=True))
+    return row
+
+
+# Column types for jsonb_to_recordset, in INSTANCE_COLUMNS order.
+_INSTANCE_TYPES = {
+    "uuid": "uuid", "launch_index": "integer", "power_state": "integer", "flavor": "jsonb", "vcpus": "integer",
+    "memory_mb": "integer", "root_gb": "integer", "ephemeral_gb": "integer", "auto_disk_config": "boolean",
+    "access_ip_v4": "inet", "access_ip_v6": "inet", "metadata": "jsonb", "system_metadata": "jsonb",
+    "security_groups": "text[]", "tags": "text[]", "injected_files": "jsonb", "requested_networks": "jsonb",
+    "request_spec": "jsonb", "instance_group": "uuid",
+}
+_BDM_COLUMNS = {
+    "instance_uuid": "uuid", "source_type": "text", "destination_type": "text", "device_name": "text",
+    "boot_index": "integer", "image_id": "text", "volume_id": "text", "snapshot_id": "text",
+    "volume_size": "integer", "device_type": "text", "disk_bus": "text", "guest_format": "text",
+    "delete_on_termination": "boolean", "tag": "text", "volume_type": "text",
+}
+
+
+def _recordset(columns: dict[str, str]) -> str:
+    return ", ".join(f"{c} {t}" for c, t in columns.items())
+
+
+_PROVISION_SQL = f"""
+WITH ins AS (
+    INSERT INTO instances ({", ".join(INSTANCE_COLUMNS)})
+    SELECT {", ".join(INSTANCE_COLUMNS)}
+    FROM jsonb_to_recordset($1::jsonb) AS x({_recordset({c: _INSTANCE_TYPES.get(c, "text") for c in INSTANCE_COLUMNS})})
+    RETURNING *),
+bdm AS (
+    INSERT INTO block_device_mappings ({", ".join(_BDM_COLUMNS)})
+    SELECT {", ".join(f"coalesce(b.{c}, false)" if c == "delete_on_termination" else f"b.{c}" for c in _BDM_COLUMNS)}
+    FROM jsonb_to_recordset($2::jsonb) AS b({_recordset(_BDM_COLUMNS)})),
+mem AS (
+    INSERT INTO instance_group_members (group_uuid, instance_uuid)
+    SELECT $3::uuid, uuid FROM ins WHERE $3::uuid IS NOT NULL),
+act AS (
+    INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
+    SELECT 'create', uuid, $4, $5, $6 FROM ins),
+note AS (
+    INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload)
+    SELECT 'instance.update', 'INFO', 'nova-api', uuid, $4, $7::jsonb FROM ins)
+SELECT * FROM ins ORDER BY launch_index
+"""
+
+
+async def provision(
+    conn: asyncpg.Connection,
+    rows: Sequence[dict],
+    bdms: Sequence[dict],
+    *,
+    group_uuid: str | None,
+    request_id: str,
+    user_id: str,
+    project_id: str,
+    notification: dict,
+) -> list[asyncpg.Record]:
+    """Instances, their BDMs, group members, 'create' actions and instance.update
+    notifications in ONE statement; returns the new rows in launch order."""
+    return await conn.fetch(
+        _PROVISION_SQL,
+        [{c: r.get(c) for c in INSTANCE_COLUMNS} for r in rows],
+        [{c: b.get(c) for c in _BDM_COLUMNS} for b in bdms],
+        group_uuid,
+        request_id,
+        user_id,
+        project_id,
+        notification,
+    )
+
+
 async def insert_instances(conn: asyncpg.Connection, rows: Sequence[dict]) -> None:
     cols = ", ".join(INSTANCE_COLUMNS)
     params = ", ".join(f"${i + 1}" for i in range(len(INSTANCE_COLUMNS)))
@@ -300,6 +447,41 @@ async def event_finish(
             traceback,
             details,
         )
+
+
+async def events_start_many(
+    conn: asyncpg.Connection, uuids: Sequence[str], request_id: str, event: str, host: str | None = None
+) -> None:
+    """Start one event on the action of `request_id` of each instance, in one statement."""
+    await conn.execute(
+        """INSERT INTO instance_actions_events (action_id, event, host)
+           SELECT a.id, $3, $4 FROM unnest($1::uuid[]) AS u
+           CROSS JOIN LATERAL (SELECT id FROM instance_actions WHERE instance_uuid = u AND request_id = $2
+                               ORDER BY id DESC LIMIT 1) AS a""",
+        list(uuids),
+        request_id,
+        event,
+        host,
+    )
+
+
+async def events_finish_many(
+    conn: asyncpg.Connection, uuids: Sequence[str], request_id: str, event: str, details: Sequence[str | None],
+    result: str = "Success",
+) -> None:
+    """Finish the open `event` of each instance (with its own details), in one statement."""
+    await conn.execute(
+        """UPDATE instance_actions_events e SET finish_time = now(), result = $4, details = d.details
+             FROM unnest($1::uuid[], $5::text[]) AS d(u, details)
+             CROSS JOIN LATERAL (SELECT id FROM instance_actions WHERE instance_uuid = d.u AND request_id = $2
+                                 ORDER BY id DESC LIMIT 1) AS a
+            WHERE e.action_id = a.id AND e.event = $3 AND e.finish_time IS NULL""",
+        list(uuids),
+        request_id,
+        event,
+        result,
+        list(details),
+    )
 
 
 async def list_actions(conn: asyncpg.Connection, uuid: str) -> list[asyncpg.Record]:

@@ -78,20 +78,16 @@ class HostState:
 
 
 HOST_STATES_QUERY = """
-    SELECT n.host, n.hypervisor_hostname, n.availability_zone, n.vcpus, n.memory_mb, n.local_gb,
-           n.disabled, n.disabled_reason, n.forced_down, n.heartbeat_at, n.hypervisor_type,
-           n.hypervisor_version, n.cpu_arch, n.numa_cells, n.failed_builds,
-           coalesce(a.vcpus, 0) AS vcpus_used, coalesce(a.memory_mb, 0) AS memory_mb_used,
-           coalesce(a.disk_gb, 0) AS disk_gb_used, coalesce(a.n, 0) AS num_instances
-      FROM compute_nodes n
-      LEFT JOIN (SELECT host, sum(vcpus)::int AS vcpus, sum(memory_mb)::int AS memory_mb,
-                        sum(disk_gb)::int AS disk_gb, count(*)::int AS n
-                   FROM allocations GROUP BY host) a ON a.host = n.host
-     ORDER BY n.host"""
+    SELECT host, hypervisor_hostname, availability_zone, vcpus, memory_mb, local_gb,
+           disabled, disabled_reason, forced_down, heartbeat_at, hypervisor_type,
+           hypervisor_version, cpu_arch, numa_cells, failed_builds,
+           vcpus_used, memory_mb_used, disk_gb_used, instances_used AS num_instances
+      FROM compute_nodes
+     ORDER BY host"""
 
 
 async def load_host_states(conn: asyncpg.Connection, cfg: SchedulerConfig) -> list[HostState]:
-    """All hosts with usage summed from allocations: one round trip, no per-host queries."""
+    """All hosts with their usage counters (kept from allocations by a trigger): one round trip."""
     rows = await conn.fetch(HOST_STATES_QUERY)
     now = datetime.now(UTC)
     down_after = cfg.service_down_time

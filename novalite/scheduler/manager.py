@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import random
+import time
 import uuid as uuidlib
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 
 from novalite.config import SchedulerConfig
-from novalite.db import instances as db
 from novalite.scheduler.filters import BaseFilter, build_filters, requested_resources
 from novalite.scheduler.host_state import HostState, load_host_states
 from novalite.scheduler.weighers import build_weighers, weigh
@@ -149,47 +149,43 @@ class NoValidHost(Exception):
 async def claim(
     conn: asyncpg.Connection, host: HostState, instance_uuid: str, vcpus: int, memory_mb: int, disk_gb: int
 ) -> bool:
-    """Claim resources on a host for a still-scheduling instance; False when they no longer fit.
+    """Claim resources on a host for a still-scheduling instance, in ONE statement; False when
+    they no longer fit (or the instance left scheduling).
 
-    The allocation's created_at is the clock time after the host row lock, so
-    claims on one host are ordered as they happened (the late group policy
-    check relies on that order).
+    The host row's UPDATE checks the usage counters (kept from allocations by a trigger) and
+    locks the row until commit; a concurrent claim on the host waits and re-checks the
+    committed counts, so no host is ever oversubscribed. The allocation's created_at is the
+    clock time after that lock, so claims on one host are ordered as they happened (the late
+    group policy check relies on that order).
     """
-    async with conn.transaction():
-        node = await conn.fetchrow(
-            "SELECT vcpus, memory_mb, local_gb, hypervisor_hostname FROM compute_nodes WHERE host = $1 FOR UPDATE",
-            host.host,
-        )
-        if node is None:
-            return False
-        vcpu_limit = node["vcpus"] * host.cpu_allocation_ratio
-        ram_limit = node["memory_mb"] * host.ram_allocation_ratio - host.reserved_host_memory_mb
-        disk_limit = node["local_gb"] * host.disk_allocation_ratio - host.reserved_host_disk_mb / 1024
-        ok = await conn.fetchval(
-            """WITH used AS (SELECT coalesce(sum(vcpus), 0) AS v, coalesce(sum(memory_mb), 0) AS m,
-                                    coalesce(sum(disk_gb), 0) AS d FROM allocations WHERE host = $1),
-                    inst AS (UPDATE instances SET host = $1, node = $6, launched_on = $1, updated_at = now()
-                             WHERE uuid = $2 AND NOT deleted AND vm_state = 'building'
-                               AND task_state = 'scheduling'
-                               AND (SELECT v + $3 <= $7::float8 AND m + $4 <= $8::float8 AND d + $5 <= $9::float8
-                                    FROM used)
-                             RETURNING uuid)
-               INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb, created_at)
-               SELECT uuid, $1, $3, $4, $5, clock_timestamp() FROM inst
-               ON CONFLICT (instance_uuid) DO UPDATE SET host = EXCLUDED.host, vcpus = EXCLUDED.vcpus,
-                   memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, created_at = EXCLUDED.created_at
-               RETURNING true""",
-            host.host,
-            instance_uuid,
-            vcpus,
-            memory_mb,
-            disk_gb,
-            node["hypervisor_hostname"],
-            vcpu_limit,
-            ram_limit,
-            disk_limit,
-        )
-        return bool(ok)
+    vcpu_limit = host.vcpus * host.cpu_allocation_ratio
+    ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
+    disk_limit = host.local_gb * host.disk_allocation_ratio - host.reserved_host_disk_mb / 1024
+    ok = await conn.fetchval(
+        """WITH node AS (UPDATE compute_nodes SET updated_at = now()
+                         WHERE host = $1 AND vcpus_used + $3 <= $6::float8 AND memory_mb_used + $4 <= $7::float8
+                           AND disk_gb_used + $5 <= $8::float8
+                         RETURNING hypervisor_hostname),
+                inst AS (UPDATE instances SET host = $1, node = (SELECT hypervisor_hostname FROM node),
+                                launched_on = $1, updated_at = now()
+                         WHERE uuid = $2 AND NOT deleted AND vm_state = 'building' AND task_state = 'scheduling'
+                           AND EXISTS (SELECT 1 FROM node)
+                         RETURNING uuid)
+           INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb, created_at)
+           SELECT uuid, $1, $3, $4, $5, clock_timestamp() FROM inst
+           ON CONFLICT (instance_uuid) DO UPDATE SET host = EXCLUDED.host, vcpus = EXCLUDED.vcpus,
+               memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, created_at = EXCLUDED.created_at
+           RETURNING true""",
+        host.host,
+        instance_uuid,
+        vcpus,
+        memory_mb,
+        disk_gb,
+        vcpu_limit,
+        ram_limit,
+        disk_limit,
+    )
+    return bool(ok)
 
 
 async def resolve_request(conn: asyncpg.Connection, spec: dict, uuids: list[str]) -> dict:
@@ -245,6 +241,21 @@ class Scheduler:
         self.queue: asyncio.Queue = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._hosts: list[HostState] | None = None
+        self._hosts_loaded = 0.0
+
+    async def host_states(self, conn: asyncpg.Connection) -> list[HostState]:
+        """Host states from Postgres, reused for `host_state_ttl` seconds. Claims made here
+        are applied to them at once (consume), so only other changes (deletes, a disabled
+        service) wait for the refresh; the claim itself always re-checks in Postgres."""
+        now = time.monotonic()
+        if self._hosts is None or now - self._hosts_loaded > self.cfg.host_state_ttl:
+            self._hosts = await load_host_states(conn, self.cfg)
+            self._hosts_loaded = now
+        return self._hosts
+
+    def invalidate_host_states(self) -> None:
+        self._hosts = None
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._serve(), name="scheduler")
@@ -282,34 +293,25 @@ class Scheduler:
 
     async def _select(self, spec: dict, uuids: list[str], request_id: str) -> list[Selection | NoValidHost]:
         vcpus, ram, disk = requested_resources(spec)
+        started = time.monotonic()
+        started_at = datetime.now(UTC)
         async with self.pool.acquire() as conn:
-            await db.notify(
-                conn,
-                "scheduler.select_destinations.start",
-                {"request_spec": {"num_instances": len(uuids), "flavor": spec["flavor"]["name"]}},
-                publisher_id="nova-scheduler",
-                instance_uuids=uuids,
-                request_id=request_id,
-            )
-            hosts = await load_host_states(conn, self.cfg)
+            hosts = await self.host_states(conn)
             spec = await resolve_request(conn, spec, uuids)
             results: list[Selection | NoValidHost] = []
             for uuid in uuids:
                 result = await self._select_one(conn, hosts, spec, uuid, vcpus, ram, disk)
+                if isinstance(result, NoValidHost) and self._hosts_loaded < started:
+                    # The cached view may be stale (e.g. servers deleted since): decide again on fresh states.
+                    self.invalidate_host_states()
+                    hosts = await self.host_states(conn)
+                    result = await self._select_one(conn, hosts, spec, uuid, vcpus, ram, disk)
                 if isinstance(result, Selection) and spec["group"] is not None:
                     # Later instances of this request see this one as a member on its host.
                     group_hosts = spec["group"]["hosts"]
                     group_hosts[result.host] = group_hosts.get(result.host, 0) + 1
                 results.append(result)
-            await store_verdicts(conn, uuids, request_id, results)
-            await db.notify(
-                conn,
-                "scheduler.select_destinations.end",
-                {"selected": [r.host if isinstance(r, Selection) else None for r in results]},
-                publisher_id="nova-scheduler",
-                instance_uuids=uuids,
-                request_id=request_id,
-            )
+            await record_scheduling(conn, uuids, request_id, results, spec, started_at)
         return results
 
     def filter_hosts(self, hosts: list[HostState], spec: dict) -> tuple[list[HostState], Verdicts]:
@@ -377,27 +379,52 @@ class Scheduler:
                 return Selection(host=chosen.host, nodename=chosen.nodename, alternates=alternates, verdicts=verdicts)
             candidates.remove(chosen)
             failed.add(id(chosen))
+            self.invalidate_host_states()  # our view of that host was stale
             verdicts.rejected.append((chosen.host, "claim", "resources taken by a concurrent request"))
         log.info("no_valid_host", instance_uuid=uuid, why=verdicts.explain())
         return NoValidHost(verdicts)
 
 
-async def store_verdicts(
-    conn: asyncpg.Connection, uuids: list[str], request_id: str, results: list[Selection | NoValidHost]
+_RECORD_SCHEDULING = """
+WITH verdicts AS (
+    INSERT INTO scheduling_verdicts (instance_uuid, request_id, host, summary, verdicts)
+    SELECT v.instance_uuid, $2, v.host, v.summary, v.verdicts
+      FROM jsonb_to_recordset($5::jsonb) AS v(instance_uuid uuid, host text, summary text, verdicts jsonb))
+INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload, created_at)
+SELECT n.event_type, 'INFO', 'nova-scheduler', u.u, $2, n.payload, n.at
+  FROM (VALUES (1, 'scheduler.select_destinations.start', $3::jsonb, $4::timestamptz),
+               (2, 'scheduler.select_destinations.end', $6::jsonb, now())) AS n(ord, event_type, payload, at)
+ CROSS JOIN unnest($1::uuid[]) WITH ORDINALITY AS u(u, i)
+ ORDER BY n.ord, u.i
+"""
+
+
+async def record_scheduling(
+    conn: asyncpg.Connection,
+    uuids: list[str],
+    request_id: str,
+    results: list[Selection | NoValidHost],
+    spec: dict,
+    started_at: datetime,
 ) -> None:
-    """One row per scheduled instance: the summary and the per-host table."""
-    rows = []
-    for uuid, result in zip(uuids, results, strict=True):
-        verdicts = result.verdicts
-        if verdicts is None:
-            continue
-        rows.append((uuid, request_id, verdicts.chosen, verdicts.summary(), json.dumps(verdicts.to_dict())))
-    if rows:
-        await conn.executemany(
-            """INSERT INTO scheduling_verdicts (instance_uuid, request_id, host, summary, verdicts)
-               VALUES ($1::uuid, $2, $3, $4, $5::text::jsonb)""",
-            rows,
-        )
+    """The scheduling's start/end notifications and one verdict row per instance (the
+    summary and the per-host table), in one statement."""
+    verdict_rows = [
+        {"instance_uuid": u, "host": r.verdicts.chosen, "summary": r.verdicts.summary(),
+         "verdicts": r.verdicts.to_dict()}
+        for u, r in zip(uuids, results, strict=True)
+        if r.verdicts is not None
+    ]
+    await conn.execute(
+        _RECORD_SCHEDULING,
+        uuids,
+        request_id,
+        {"request_spec": {"num_instances": len(uuids), "flavor": spec["flavor"]["name"]}},
+        started_at,
+        verdict_rows,
+        {"selected": [r.host if isinstance(r, Selection) else None for r in results]},
+    )
+    log.info("notification", event_type="scheduler.select_destinations.end", instance_uuids=uuids)
 
 
 async def latest_verdicts(conn: asyncpg.Connection, instance_uuid: str) -> asyncpg.Record | None:

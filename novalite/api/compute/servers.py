@@ -21,6 +21,7 @@ from novalite.api.middleware import RequestContext, read_json
 from novalite.compute.api import ComputeAPI, CreateRequest
 from novalite.compute.states import states_from_status
 from novalite.db import instances as db
+from novalite.db import server_groups as sg_db
 from novalite.scheduler.manager import latest_verdicts
 
 MAX_LIMIT = 1000
@@ -223,6 +224,17 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
         except re.error:
             raise errors.BadRequest(f"Invalid regex in name filter: {q['name']}") from None
         where.append(f"display_name ~ {arg(q['name'])}")
+    for key, family in (("ip", 4), ("ip6", 6)):
+        if q.get(key):
+            try:
+                re.compile(q[key])
+            except re.error:
+                raise errors.BadRequest(f"Invalid regex in {key} filter: {q[key]}") from None
+            # Nova matches the regex at the start of each fixed IP of the instance.
+            where.append(
+                f"uuid::text IN (SELECT device_id FROM ports WHERE family(fixed_ip) = {family} "
+                f"AND host(fixed_ip) ~ ('^(?:' || {arg(q[key])} || ')'))"
+            )
     if q.get("reservation_id"):
         where.append(f"reservation_id = {arg(q['reservation_id'])}")
     if q.get("flavor"):
@@ -280,7 +292,8 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
             if keyset:
                 cmp = "<" if order[0].endswith("DESC") else ">"
                 where.append(f"(created_at, id) {cmp} (SELECT created_at, id FROM instances WHERE id = {arg(marker_id)})")
-        sql = f"SELECT * FROM instances WHERE {' AND '.join(where) or 'true'} ORDER BY {', '.join(order)}"
+        columns = "*" if detail else "id, uuid, display_name"  # the index view needs no JSON columns
+        sql = f"SELECT {columns} FROM instances WHERE {' AND '.join(where) or 'true'} ORDER BY {', '.join(order)}"
         if marker_id is None or keyset:
             sql += f" LIMIT {arg(limit)}"
         rows = await conn.fetch(sql, *args)
@@ -323,7 +336,8 @@ async def addresses_for(request: web.Request, uuids: list[str]) -> dict[str, dic
 
 
 async def _detail_doc(
-    request: web.Request, ctx: RequestContext, inst: asyncpg.Record, fault, bdms, addresses: dict | None = None
+    request: web.Request, ctx: RequestContext, inst: asyncpg.Record, fault, bdms, addresses: dict | None = None,
+    *, all_attributes: bool = True, server_groups: list[str] | None = None,
 ) -> dict:
     policy = request.app["policy"]
     target = _target(inst)
@@ -333,16 +347,28 @@ async def _detail_doc(
         fault=fault,
         bdms=bdms,
         addresses=addresses or {},
-        show_extended_attr=policy.check("os_compute_api:os-extended-server-attributes", ctx.creds(), target),
+        show_extended_attr=all_attributes
+        and policy.check("os_compute_api:os-extended-server-attributes", ctx.creds(), target),
         show_extra_specs=at_least(request, 47)
         and policy.check("os_compute_api:servers:show:flavor-extra-specs", ctx.creds(), target),
         is_admin=ctx.is_admin,
         host_status=(
             ("UP" if inst["host"] else "")
-            if at_least(request, 16) and policy.check("os_compute_api:servers:show:host_status", ctx.creds(), target)
+            if all_attributes and at_least(request, 16)
+            and policy.check("os_compute_api:servers:show:host_status", ctx.creds(), target)
             else None
         ),
+        all_attributes=all_attributes,
+        server_groups=server_groups,
     )
+
+
+async def _server_groups(request: web.Request, uuid: str) -> list[str] | None:
+    """The instance's group uuids, as show (from 2.71) and update/rebuild answer them."""
+    if not at_least(request, 71):
+        return None
+    async with request.app["db"].acquire() as conn:
+        return await sg_db.groups_of(conn, uuid)
 
 
 async def show(request: web.Request) -> web.Response:
@@ -353,7 +379,8 @@ async def show(request: web.Request) -> web.Response:
         bdms = await db.bdms_for(conn, [str(inst["uuid"])])
     uuid = str(inst["uuid"])
     addrs = await addresses_for(request, [uuid])
-    doc = await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid))
+    doc = await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid),
+                            server_groups=await _server_groups(request, uuid))
     return web.json_response({"server": doc})
 
 
@@ -381,7 +408,8 @@ async def update(request: web.Request) -> web.Response:
         bdms = await db.bdms_for(conn, [str(inst["uuid"])])
     uuid = str(inst["uuid"])
     addrs = await addresses_for(request, [uuid])
-    doc = await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid))
+    doc = await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid),
+                            all_attributes=at_least(request, 75), server_groups=await _server_groups(request, uuid))
     return web.json_response({"server": doc})
 
 
@@ -408,6 +436,25 @@ async def action(request: web.Request) -> web.Response:
     if response is not None:
         return response
     raise errors.BadRequest(f"There is no such action: {name}")
+
+
+# -- addresses (/servers/{id}/ips) ---------------------------------------------------
+
+async def ips_index(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    authorize(request, "os_compute_api:ips:index", {"project_id": inst["project_id"]})
+    addrs = (await addresses_for(request, [str(inst["uuid"])])).get(str(inst["uuid"])) or {}
+    return web.json_response({"addresses": views.unextended(addrs)})
+
+
+async def ips_show(request: web.Request) -> web.Response:
+    inst = await load_instance(request)
+    authorize(request, "os_compute_api:ips:show", {"project_id": inst["project_id"]})
+    label = request.match_info["network"]
+    addrs = (await addresses_for(request, [str(inst["uuid"])])).get(str(inst["uuid"])) or {}
+    if label not in addrs:
+        raise errors.NotFound("Instance is not a member of specified network")
+    return web.json_response(views.unextended({label: addrs[label]}))
 
 
 # -- server metadata -------------------------------------------------------------
@@ -610,6 +657,8 @@ def add_routes(app: web.Application) -> None:
     r.add_put(base + "/{server_id}", update)
     r.add_delete(base + "/{server_id}", delete)
     r.add_post(base + "/{server_id}/action", action)
+    r.add_get(base + "/{server_id}/ips", ips_index)
+    r.add_get(base + "/{server_id}/ips/{network}", ips_show)
     r.add_get(base + "/{server_id}/metadata", metadata_index)
     r.add_post(base + "/{server_id}/metadata", metadata_create)
     r.add_put(base + "/{server_id}/metadata", metadata_replace)
