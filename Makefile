@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+bench: setup
+	$(PY) bench/boot_storm.py $(BENCH_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check novalite tests bench
 

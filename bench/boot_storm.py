@@ -95,7 +95,7 @@ async def start_postgres(root: Path) -> tuple[EmbeddedPostgres, str]:
 def write_config(root: Path, dsn: str, hosts: int, port: int) -> Path:
     lines = [
         f'[api]\nlisten = "127.0.0.1"\nport = {port}\n',
-        f'[database]\ndsn = "{dsn}"\npool_max = 20\n',
+        f'[database]\ndsn = "{dsn}"\n',
         f'[state]\ndir = "{root / "state"}"\n',
         '[log]\nlevel = "warning"\nformat = "json"\n',
         "[identity]\nbcrypt_rounds = 4\n",
@@ -268,10 +268,11 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
             )) / max(1, n)
             if SQL_TOP:
                 rows = await db.fetch(
-                    """SELECT calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS q FROM pg_stat_statements
-                       WHERE toplevel ORDER BY calls DESC LIMIT $1""", SQL_TOP)
+                    """SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) AS q
+                       FROM pg_stat_statements WHERE toplevel ORDER BY total_exec_time DESC LIMIT $1""", SQL_TOP)
                 for r in rows:
-                    print(f"{r['calls'] / n:7.2f}/boot  {r['q']}", file=sys.stderr)
+                    print(f"{r['calls'] / n:6.2f}/boot {r['total_exec_time'] / r['calls']:6.3f} ms  {r['q']}",
+                          file=sys.stderr)
             result.oversubscribed = await db.fetchval(
                 """SELECT count(*) FROM compute_nodes n JOIN (SELECT host, sum(vcpus) v, sum(memory_mb) m
                    FROM allocations GROUP BY host) a ON a.host = n.host

@@ -50,6 +50,7 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
             dsn = await embedded.start()
             log.info("embedded_postgres_started", pgdata=str(embedded.pgdata))
         pool = await db.create_pool(dsn, config.database.pool_min, config.database.pool_max)
+        workers = await db.create_pool(dsn, 1, config.database.worker_pool_max)
         try:
             await db.upgrade(pool)
             creds = await bootstrap.bootstrap(pool, config)
@@ -59,12 +60,14 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
             if clouds_yaml is not None and (creds is not None or not clouds_yaml.exists()):
                 bootstrap.write_clouds_yaml(config, clouds_yaml)
             app["db"] = pool
+            app["db_workers"] = workers
             app["dsn"] = dsn
             app["identity"] = IdentityService(
                 pool, config.public_url, config.identity.region, config.identity.token_lifetime
             )
             yield
         finally:
+            await workers.close()
             await pool.close()
             if embedded is not None:
                 await embedded.stop()
@@ -118,9 +121,10 @@ def compute_ctx(config: Config):
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         pool = app["db"]
+        workers = app["db_workers"]  # background work: conductor, scheduler, compute hosts
         locks = InstanceLocks()
-        scheduler = Scheduler(pool, config.scheduler)
-        conductor = Conductor(pool, scheduler, config.scheduler)
+        scheduler = Scheduler(workers, config.scheduler)
+        conductor = Conductor(workers, scheduler, config.scheduler)
         network_api = app["network_api"]
         compute_api = ComputeAPI(pool, config, locks, network_api)
         compute_api.conductor = conductor
@@ -136,9 +140,9 @@ def compute_ctx(config: Config):
                 state_dir=config.state_dir,
                 hostname=host.name,
             )
-            computes[host.name] = ComputeManager(host, driver, pool, config, locks, conductor, network_api)
+            computes[host.name] = ComputeManager(host, driver, workers, config, locks, conductor, network_api)
             computes[host.name].volume_api = app.get("volume_api")
-        watchdog = Watchdog(pool, config, computes)
+        watchdog = Watchdog(workers, config, computes)
         if app.get("volume_api") is not None:
             app["volume_api"].computes = computes
             app["volume_api"].locks = locks

@@ -44,6 +44,10 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         )
 
     app.on_startup.append(announce)
+    if config.api.event_loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(app, host=config.api.listen, port=config.api.port, print=None, access_log=None)
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -95,24 +96,27 @@ class Conductor:
     async def schedule_and_build_instances(self, request: BuildRequest) -> None:
         uuids = request.instance_uuids
         structlog.contextvars.bind_contextvars(request_id=request.request_id)
-        async with self.pool.acquire() as conn:
-            await db.events_start_many(conn, uuids, request.request_id, EVENT)
+        started_at = datetime.now(UTC)
+        record: dict | None = None
         try:
-            selections = await self.scheduler.select_destinations(request.request_spec, uuids, request.request_id)
+            selections, record = await self.scheduler.select_destinations(
+                request.request_spec, uuids, request.request_id
+            )
         except Exception as exc:  # scheduler crashed: every instance gets a fault
             log.exception("select_destinations_failed")
             selections = [exc] * len(uuids)
         scheduled = [(u, sel) for u, sel in zip(uuids, selections, strict=True) if isinstance(sel, Selection)]
-        if scheduled:
+        if record is not None:
             async with self.pool.acquire() as conn:
-                await db.events_finish_many(
-                    conn, [u for u, _ in scheduled], request.request_id, EVENT,
+                await db.record_schedule(
+                    conn, uuids, request.request_id, record, event=EVENT, event_started_at=started_at,
                     # the per-host table is stored once, in scheduling_verdicts
-                    [json.dumps({"host": sel.host, "alternates": sel.alternates,
-                                 "verdicts": f"/servers/{u}/os-scheduling"}) for u, sel in scheduled],
+                    scheduled=[(u, json.dumps({"host": sel.host, "alternates": sel.alternates,
+                                               "verdicts": f"/servers/{u}/os-scheduling"}))
+                               for u, sel in scheduled],
                 )
-            for u, sel in scheduled:
-                self.computes[sel.host].build_and_run_instance(u, request.request_id, sel.alternates)
+        for u, sel in scheduled:
+            self.computes[sel.host].build_and_run_instance(u, request.request_id, sel.alternates)
         for uuid, sel in zip(uuids, selections, strict=True):
             if isinstance(sel, Selection):
                 continue

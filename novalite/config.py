@@ -30,13 +30,18 @@ class ApiConfig(_Section):
     # URL clients use to reach this process; derived from listen/port when empty.
     public_url: str = ""
     max_body_bytes: int = Field(1_048_576, gt=0)
+    # uvloop (libuv) cuts the event loop's own cost, socket writes above all; "asyncio" is the stdlib loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 class DatabaseConfig(_Section):
     # Empty: novalite starts a private Postgres under the state directory.
     dsn: str = ""
     pool_min: int = Field(2, ge=1)
+    # Connections for API requests; background work (conductor, scheduler, computes)
+    # has its own pool, so a boot storm never makes API requests queue for a connection.
     pool_max: int = Field(10, ge=1)
+    worker_pool_max: int = Field(10, ge=1)
 
 
 class StateConfig(_Section):

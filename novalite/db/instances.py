@@ -449,38 +449,50 @@ async def event_finish(
         )
 
 
-async def events_start_many(
-    conn: asyncpg.Connection, uuids: Sequence[str], request_id: str, event: str, host: str | None = None
-) -> None:
-    """Start one event on the action of `request_id` of each instance, in one statement."""
-    await conn.execute(
-        """INSERT INTO instance_actions_events (action_id, event, host)
-           SELECT a.id, $3, $4 FROM unnest($1::uuid[]) AS u
-           CROSS JOIN LATERAL (SELECT id FROM instance_actions WHERE instance_uuid = u AND request_id = $2
-                               ORDER BY id DESC LIMIT 1) AS a""",
-        list(uuids),
-        request_id,
-        event,
-        host,
-    )
+_RECORD_SCHEDULE = """
+WITH verdicts AS (
+    INSERT INTO scheduling_verdicts (instance_uuid, request_id, host, summary, verdicts)
+    SELECT v.instance_uuid, $2, v.host, v.summary, v.verdicts
+      FROM jsonb_to_recordset($5::jsonb) AS v(instance_uuid uuid, host text, summary text, verdicts jsonb)),
+events AS (
+    INSERT INTO instance_actions_events (action_id, event, start_time, finish_time, result, details)
+    SELECT a.id, $7, $8, now(), 'Success', d.details
+      FROM unnest($9::uuid[], $10::text[]) AS d(u, details)
+      CROSS JOIN LATERAL (SELECT id FROM instance_actions WHERE instance_uuid = d.u AND request_id = $2
+                          ORDER BY id DESC LIMIT 1) AS a)
+INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload, created_at)
+SELECT n.event_type, 'INFO', 'nova-scheduler', u.u, $2, n.payload, n.at
+  FROM (VALUES (1, 'scheduler.select_destinations.start', $3::jsonb, $4::timestamptz),
+               (2, 'scheduler.select_destinations.end', $6::jsonb, now())) AS n(ord, event_type, payload, at)
+ CROSS JOIN unnest($1::uuid[]) WITH ORDINALITY AS u(u, i)
+ ORDER BY n.ord, u.i
+"""
 
 
-async def events_finish_many(
-    conn: asyncpg.Connection, uuids: Sequence[str], request_id: str, event: str, details: Sequence[str | None],
-    result: str = "Success",
+async def record_schedule(
+    conn: asyncpg.Connection,
+    uuids: Sequence[str],
+    request_id: str,
+    record: dict,
+    *,
+    event: str,
+    event_started_at: datetime,
+    scheduled: Sequence[tuple[str, str]],
 ) -> None:
-    """Finish the open `event` of each instance (with its own details), in one statement."""
+    """One statement after a scheduling: the scheduler's notifications and verdict rows, and
+    the conductor's finished event (uuid, details) for each instance that got a host."""
     await conn.execute(
-        """UPDATE instance_actions_events e SET finish_time = now(), result = $4, details = d.details
-             FROM unnest($1::uuid[], $5::text[]) AS d(u, details)
-             CROSS JOIN LATERAL (SELECT id FROM instance_actions WHERE instance_uuid = d.u AND request_id = $2
-                                 ORDER BY id DESC LIMIT 1) AS a
-            WHERE e.action_id = a.id AND e.event = $3 AND e.finish_time IS NULL""",
+        _RECORD_SCHEDULE,
         list(uuids),
         request_id,
+        record["start_payload"],
+        record["started_at"],
+        record["verdicts"],
+        record["end_payload"],
         event,
-        result,
-        list(details),
+        event_started_at,
+        [u for u, _ in scheduled],
+        [d for _, d in scheduled],
     )
 
 

@@ -77,6 +77,16 @@ class HostState:
         self._refresh()
 
 
+    def unconsume(self, vcpus: int, memory_mb: int, disk_gb: int, instance_uuid: str) -> None:
+        """Undo `consume` (a claim that was counted here before Postgres refused it)."""
+        self.vcpus_used -= vcpus
+        self.memory_mb_used -= memory_mb
+        self.disk_gb_used -= disk_gb
+        self.num_instances -= 1
+        self.instance_uuids.discard(instance_uuid)
+        self._refresh()
+
+
 HOST_STATES_QUERY = """
     SELECT host, hypervisor_hostname, availability_zone, vcpus, memory_mb, local_gb,
            disabled, disabled_reason, forced_down, heartbeat_at, hypervisor_type,

@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 FAULT_MESSAGE_MAX = 255
 # Rows kept per kind in a stored table: a lab has a handful of hosts, a big cloud need not store 10,000.
 TABLE_MAX_REJECTED = 500
-TABLE_MAX_WEIGHED = 50
+TABLE_MAX_WEIGHED = 20  # heaviest hosts listed with their weight (a row each)
 
 
 @dataclass
@@ -91,9 +91,11 @@ class Verdicts:
         if len(self.rejected) > TABLE_MAX_REJECTED:
             rows.append({"host": "...", "result": "rejected", "filter": "",
                          "reason": f"{len(self.rejected) - TABLE_MAX_REJECTED} more rejections not listed"})
+        detailed = {self.chosen, *(self.alternates or [])}
         for host, total, shares in self.weights:
             row = {"host": host, "result": "chosen" if host == self.chosen else "passed", "weight": round(total, 4)}
-            if shares:
+            if shares and (host in detailed or self.chosen is None):
+                # per-weigher shares for the chosen host and its alternates (what explains the pick)
                 row["weighers"] = {k: round(v, 4) for k, v in shares.items()}
             rows.append(row)
         if self.num_passed > len(self.weights):
@@ -285,13 +287,16 @@ class Scheduler:
 
     async def select_destinations(
         self, spec: dict, instance_uuids: list[str], request_id: str
-    ) -> list[Selection | NoValidHost]:
-        """Ask the scheduler (over its queue) for a claimed host per instance."""
+    ) -> tuple[list[Selection | NoValidHost], dict]:
+        """Ask the scheduler (over its queue) for a claimed host per instance; also returns what the
+        scheduling has to record (notifications, verdicts), which the conductor writes."""
         reply: asyncio.Future = asyncio.get_running_loop().create_future()
         await self.queue.put((spec, instance_uuids, request_id, reply))
         return await reply
 
-    async def _select(self, spec: dict, uuids: list[str], request_id: str) -> list[Selection | NoValidHost]:
+    async def _select(
+        self, spec: dict, uuids: list[str], request_id: str
+    ) -> tuple[list[Selection | NoValidHost], dict]:
         vcpus, ram, disk = requested_resources(spec)
         started = time.monotonic()
         started_at = datetime.now(UTC)
@@ -311,8 +316,8 @@ class Scheduler:
                     group_hosts = spec["group"]["hosts"]
                     group_hosts[result.host] = group_hosts.get(result.host, 0) + 1
                 results.append(result)
-            await record_scheduling(conn, uuids, request_id, results, spec, started_at)
-        return results
+        # The conductor writes the record together with its own event, in one statement.
+        return results, scheduling_record(uuids, results, spec, started_at)
 
     def filter_hosts(self, hosts: list[HostState], spec: dict) -> tuple[list[HostState], Verdicts]:
         """Run the configured filters in order; every removal is recorded with its reason."""
@@ -371,12 +376,20 @@ class Scheduler:
                     break
             subset = candidates[: self.cfg.host_subset_size]
             chosen = random.choice(subset)
-            if await claim(conn, chosen, uuid, vcpus, ram, disk):
-                chosen.consume(vcpus, ram, disk, uuid)
+            # Count the claim in the shared host states before the round trip, so concurrent
+            # requests decide around it instead of queueing on the same host row.
+            chosen.consume(vcpus, ram, disk, uuid)
+            try:
+                claimed = await claim(conn, chosen, uuid, vcpus, ram, disk)
+            except BaseException:
+                chosen.unconsume(vcpus, ram, disk, uuid)
+                raise
+            if claimed:
                 alternates = [h.host for h in candidates if h is not chosen][: self.cfg.max_attempts - 1]
                 verdicts.chosen, verdicts.alternates = chosen.host, alternates
                 log.info("scheduled", instance_uuid=uuid, host=chosen.host, alternates=alternates)
                 return Selection(host=chosen.host, nodename=chosen.nodename, alternates=alternates, verdicts=verdicts)
+            chosen.unconsume(vcpus, ram, disk, uuid)
             candidates.remove(chosen)
             failed.add(id(chosen))
             self.invalidate_host_states()  # our view of that host was stale
@@ -385,46 +398,22 @@ class Scheduler:
         return NoValidHost(verdicts)
 
 
-_RECORD_SCHEDULING = """
-WITH verdicts AS (
-    INSERT INTO scheduling_verdicts (instance_uuid, request_id, host, summary, verdicts)
-    SELECT v.instance_uuid, $2, v.host, v.summary, v.verdicts
-      FROM jsonb_to_recordset($5::jsonb) AS v(instance_uuid uuid, host text, summary text, verdicts jsonb))
-INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload, created_at)
-SELECT n.event_type, 'INFO', 'nova-scheduler', u.u, $2, n.payload, n.at
-  FROM (VALUES (1, 'scheduler.select_destinations.start', $3::jsonb, $4::timestamptz),
-               (2, 'scheduler.select_destinations.end', $6::jsonb, now())) AS n(ord, event_type, payload, at)
- CROSS JOIN unnest($1::uuid[]) WITH ORDINALITY AS u(u, i)
- ORDER BY n.ord, u.i
-"""
-
-
-async def record_scheduling(
-    conn: asyncpg.Connection,
-    uuids: list[str],
-    request_id: str,
-    results: list[Selection | NoValidHost],
-    spec: dict,
-    started_at: datetime,
-) -> None:
-    """The scheduling's start/end notifications and one verdict row per instance (the
-    summary and the per-host table), in one statement."""
-    verdict_rows = [
-        {"instance_uuid": u, "host": r.verdicts.chosen, "summary": r.verdicts.summary(),
-         "verdicts": r.verdicts.to_dict()}
-        for u, r in zip(uuids, results, strict=True)
-        if r.verdicts is not None
-    ]
-    await conn.execute(
-        _RECORD_SCHEDULING,
-        uuids,
-        request_id,
-        {"request_spec": {"num_instances": len(uuids), "flavor": spec["flavor"]["name"]}},
-        started_at,
-        verdict_rows,
-        {"selected": [r.host if isinstance(r, Selection) else None for r in results]},
-    )
-    log.info("notification", event_type="scheduler.select_destinations.end", instance_uuids=uuids)
+def scheduling_record(
+    uuids: list[str], results: list[Selection | NoValidHost], spec: dict, started_at: datetime
+) -> dict:
+    """What a scheduling leaves behind: its start/end notifications and one verdict row per
+    instance (the summary and the per-host table)."""
+    return {
+        "started_at": started_at,
+        "start_payload": {"request_spec": {"num_instances": len(uuids), "flavor": spec["flavor"]["name"]}},
+        "end_payload": {"selected": [r.host if isinstance(r, Selection) else None for r in results]},
+        "verdicts": [
+            {"instance_uuid": u, "host": r.verdicts.chosen, "summary": r.verdicts.summary(),
+             "verdicts": r.verdicts.to_dict()}
+            for u, r in zip(uuids, results, strict=True)
+            if r.verdicts is not None
+        ],
+    }
 
 
 async def latest_verdicts(conn: asyncpg.Connection, instance_uuid: str) -> asyncpg.Record | None:

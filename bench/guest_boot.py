@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Real guests: novalite's overhead over bare libvirt, side by side.
+
+Boots the test image (novalite image build-test) N times through the API of a
+real `novalite serve` on qemu:///system (TCG), and N times as the same domain
+XML defined and started directly with libvirt, and prints per boot:
+
+    API:  POST → ACTIVE,  POST → guest's "init done" line on the console
+    bare: define+start → "init done" in the serial log
+
+and the difference of the means. Loopback only; nothing talks to the guests.
+Usage: bench/guest_boot.py [-n 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import libvirt
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from boot_storm import free_port, start_postgres, token  # noqa: E402
+
+from novalite.image import testimage  # noqa: E402
+
+INIT_DONE = "NOVALITE-GUEST: init done"
+
+
+async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[list[float], list[float], str]:
+    pg, dsn = await start_postgres(root)
+    port = free_port()
+    tag = uuid.uuid4().hex[:6]
+    cfg = root / "config.toml"
+    cfg.write_text(
+        f'[api]\nlisten = "127.0.0.1"\nport = {port}\n[database]\ndsn = "{dsn}"\n'
+        f'[state]\ndir = "{root / "state"}"\n[log]\nlevel = "warning"\nformat = "json"\n'
+        f'[identity]\nbcrypt_rounds = 4\n[compute]\nvirt_type = "qemu"\n'
+        f'[networking]\nlibvirt_prefix = "nlb{tag}-"\n[volume]\npool_prefix = "nlb{tag}-"\n'
+        f'[[hosts]]\nname = "local"\nuri = "qemu:///system"\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "novalite.cli", "--config", str(cfg), "serve", "--clouds-yaml",
+                             str(root / "clouds.yaml")], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=open(root / "server.log", "w"))  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    to_active: list[float] = []
+    to_init: list[float] = []
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(600):
+                try:
+                    async with s.get(f"{url}/compute/") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            creds = json.loads((root / "state" / "credentials.json").read_text())
+            ids = await testimage.upload(image, url, "admin", creds["admin"])
+            hdrs = {"X-Auth-Token": await token(s, url, creds["admin"]), "OpenStack-API-Version": "compute 2.56"}
+            for i in range(n):
+                body = {"server": {"name": f"bench{i}", "imageRef": ids["ami"], "flavorRef": "1",
+                                   "networks": "none", "config_drive": True}}
+                t0 = time.perf_counter()
+                async with s.post(f"{url}/compute/v2.1/servers", json=body, headers=hdrs) as r:
+                    sid = (await r.json())["server"]["id"]
+                active = None
+                while True:
+                    async with s.get(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs) as r:
+                        status = (await r.json())["server"]["status"]
+                    if status == "ACTIVE" and active is None:
+                        active = time.perf_counter() - t0
+                    if status == "ERROR":
+                        raise RuntimeError(f"boot {i} failed")
+                    if active is not None:
+                        async with s.post(f"{url}/compute/v2.1/servers/{sid}/action", headers=hdrs,
+                                          json={"os-getConsoleOutput": {}}) as r:
+                            if r.status == 200 and INIT_DONE in (await r.json())["output"]:
+                                break
+                    await asyncio.sleep(0.05)
+                to_active.append(active)
+                to_init.append(time.perf_counter() - t0)
+                async with s.delete(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs):
+                    pass
+                while True:
+                    async with s.get(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs) as r:
+                        if r.status == 404:
+                            break
+                    await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        await pg.stop()
+        conn = libvirt.open("qemu:///system")
+        for name in conn.listNetworks() + conn.listDefinedNetworks():
+            if name.startswith(f"nlb{tag}-"):
+                net = conn.networkLookupByName(name)
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
+        for name in conn.listStoragePools() + conn.listDefinedStoragePools():
+            if name.startswith(f"nlb{tag}-"):
+                pool = conn.storagePoolLookupByName(name)
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+        conn.close()
+    return to_active, to_init, str(root)
+
+
+def bare_boots(n: int, root: Path, image: testimage.TestImage) -> list[float]:
+    """The same guest (kernel, initrd, config drive, serial log) defined and started directly."""
+    from novalite.virt import DiskSpec, GuestSpec
+    from novalite.virt.configdrive import build_config_drive, instance_metadata
+    from novalite.virt.libvirt.driver import design_guest
+
+    conn = libvirt.open("qemu:///system")
+    times = []
+    try:
+        for i in range(n):
+            u = str(uuid.uuid4())
+            d = root / f"bare{i}"
+            d.mkdir(mode=0o755)
+            shutil.copy(image.kernel, d / "kernel")
+            shutil.copy(image.ramdisk, d / "ramdisk")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / "disk"), "1G"], check=True)
+            build_config_drive(d / "disk.config", instance_metadata(uuid=u, name=f"bare{i}", hostname=f"bare{i}",
+                                                                    availability_zone="nova"), None, [], {})
+            spec = GuestSpec(instance_uuid=u, name=f"bench-bare-{u[:8]}", memory_mb=512, vcpus=1, virt_type="qemu",
+                             disks=[DiskSpec(path=str(d / "disk")),
+                                    DiskSpec(path=str(d / "disk.config"), device="cdrom", bus="sata",
+                                             target_dev="sda", driver_type="raw")],
+                             kernel=str(d / "kernel"), ramdisk=str(d / "ramdisk"), cmdline=image.cmdline,
+                             console_log_path=str(d / "console.log"))
+            xml = design_guest(spec, "qemu").to_xml()
+            t0 = time.perf_counter()
+            dom = conn.defineXML(xml)
+            dom.create()
+            log = d / "console.log"
+            while not (log.exists() and INIT_DONE in log.read_text(errors="replace")):
+                time.sleep(0.05)
+                if time.perf_counter() - t0 > 120:
+                    raise RuntimeError("bare guest never printed init done")
+            times.append(time.perf_counter() - t0)
+            dom.destroy()
+            dom.undefine()
+    finally:
+        conn.close()
+    return times
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=5)
+    args = parser.parse_args()
+    image = testimage.build(Path("/var/tmp/novalite-testimage-cache"))
+    root = Path(tempfile.mkdtemp(prefix="novalite-guestbench-", dir="/var/tmp"))
+    root.chmod(0o755)
+    try:
+        active, init, _ = await api_boots(args.n, root, image)
+        bare = await asyncio.to_thread(bare_boots, args.n, root, image)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{'boot':>4} | {'API POST→ACTIVE':>16} | {'API POST→init done':>19} | {'bare start→init done':>21}")
+    for i in range(args.n):
+        print(f"{i:>4} | {active[i]:15.2f}s | {init[i]:18.2f}s | {bare[i]:20.2f}s")
+    mean_api, mean_bare = statistics.mean(init), statistics.mean(bare)
+    print(f"mean | {statistics.mean(active):15.2f}s | {mean_api:18.2f}s | {mean_bare:20.2f}s")
+    print(f"novalite overhead over bare libvirt (to the guest's init line): {mean_api - mean_bare:+.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
