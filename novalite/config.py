@@ -39,9 +39,10 @@ class DatabaseConfig(_Section):
     dsn: str = ""
     pool_min: int = Field(2, ge=1)
     # Connections for API requests; background work (conductor, scheduler, computes)
-    # has its own pool, so a boot storm never makes API requests queue for a connection.
-    pool_max: int = Field(10, ge=1)
-    worker_pool_max: int = Field(10, ge=1)
+    # has its own, smaller pool, so a boot storm neither makes API requests queue for a
+    # connection nor crowds them out of Postgres (bench/README.md: 4 gave the best of both).
+    pool_max: int = Field(20, ge=1)
+    worker_pool_max: int = Field(4, ge=1)
 
 
 class StateConfig(_Section):
