@@ -184,8 +184,11 @@ file = "{workdir / 'policy.yaml'}"
     return path
 
 
-async def start_cloud(pg_dsn: str, workdir: Path, extra: str = "", hosts: str | None = None) -> Cloud:
-    dsn = await fresh_database(pg_dsn)
+async def start_cloud(
+    pg_dsn: str, workdir: Path, extra: str = "", hosts: str | None = None, *, dsn: str | None = None
+) -> Cloud:
+    """A server on a fresh database of `pg_dsn`, or on an existing database `dsn` (a restart)."""
+    dsn = dsn or await fresh_database(pg_dsn)
     config = load_config(write_config(workdir, dsn, extra, hosts))
     app = init_app(config)
     runner = web.AppRunner(app, access_log=None)

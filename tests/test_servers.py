@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import asyncpg
 import pytest
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
@@ -379,49 +380,15 @@ async def test_restart_finishes_interrupted_work(pg_dsn, tmp_path):
     # Simulate a crash: the database keeps the half-done build; the process goes away.
     gate.set()
     await stop_cloud(c1)
-    async with asyncpg_connect(dsn) as conn:
+    conn = await asyncpg.connect(dsn)
+    try:
         await conn.execute(
             "UPDATE instances SET vm_state='building', task_state='spawning', power_state=0 WHERE uuid = $1", building)
-    c2 = await start_cloud_on(dsn, tmp_path)
+    finally:
+        await conn.close()
+    c2 = await start_cloud(pg_dsn, tmp_path, dsn=dsn)
     try:
         server = await wait_for_status(c2, building, "ACTIVE")
         assert server["OS-EXT-STS:task_state"] is None
     finally:
         await stop_cloud(c2)
-
-
-class asyncpg_connect:
-    def __init__(self, dsn):
-        self.dsn = dsn
-
-    async def __aenter__(self):
-        import asyncpg
-
-        self.conn = await asyncpg.connect(self.dsn)
-        return self.conn
-
-    async def __aexit__(self, *exc):
-        await self.conn.close()
-
-
-async def start_cloud_on(dsn, workdir):
-    import json
-
-    import aiohttp
-    from aiohttp import web
-    from conftest import Cloud, write_config
-
-    from novalite.app import init_app
-    from novalite.bootstrap import credentials_file
-    from novalite.config import load_config
-
-    config = load_config(write_config(workdir, dsn))
-    app = init_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, config.api.listen, config.api.port).start()
-    creds = json.loads(credentials_file(config).read_text())
-    cloud = Cloud(url=config.public_url, config=config, creds=creds, app=app,
-                  session=aiohttp.ClientSession(), workdir=workdir)
-    cloud._runner = runner
-    return cloud
