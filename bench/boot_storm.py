@@ -122,7 +122,7 @@ class Server:
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "novalite.cli", "--config", str(self.config), "serve", "--clouds-yaml",
+            [sys.executable, "-m", "novalite.cli", "--config", str(self.config), "serve", "--no-test-image", "--clouds-yaml",
              str(self.config.parent / "clouds.yaml")],
             cwd=REPO,
             stdout=subprocess.DEVNULL,

@@ -121,7 +121,7 @@ watchdog_interval = 2
     async def start_server(self) -> float:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "novalite.cli", "--config", str(self.workdir / "config.toml"), "serve",
+            [sys.executable, "-m", "novalite.cli", "--config", str(self.workdir / "config.toml"), "serve", "--no-test-image",
              "--clouds-yaml", str(self.workdir / "clouds.yaml")],
             cwd=self.workdir, stdout=self.log, stderr=self.log, env=dict(os.environ, PYTHONPATH=str(REPO)),
         )

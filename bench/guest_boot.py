@@ -52,7 +52,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[lis
         f'[networking]\nlibvirt_prefix = "nlb{tag}-"\n[volume]\npool_prefix = "nlb{tag}-"\n'
         f'[[hosts]]\nname = "local"\nuri = "qemu:///system"\n'
     )
-    proc = subprocess.Popen([sys.executable, "-m", "novalite.cli", "--config", str(cfg), "serve", "--clouds-yaml",
+    proc = subprocess.Popen([sys.executable, "-m", "novalite.cli", "--config", str(cfg), "serve", "--no-test-image", "--clouds-yaml",
                              str(root / "clouds.yaml")], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=open(root / "server.log", "w"))  # noqa: SIM115
     url = f"http://127.0.0.1:{port}"

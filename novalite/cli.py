@@ -43,7 +43,16 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    async def test_image(app: web.Application) -> None:
+        # After startup: the upload goes through this server's own image API.
+        from novalite.image import testimage
+
+        task = asyncio.get_running_loop().create_task(testimage.ensure_uploaded(config, app["db"]))
+        app["test_image_task"] = task
+
     app.on_startup.append(announce)
+    if not args.no_test_image:
+        app.on_startup.append(test_image)
     if config.api.event_loop == "uvloop":
         import uvloop
 
@@ -97,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="set up the database, bootstrap on first start, and serve the APIs")
     serve.add_argument("--clouds-yaml", default="clouds.yaml", help="where to write clouds.yaml on first start")
+    serve.add_argument("--no-test-image", action="store_true",
+                       help="do not build and upload the test guest when the image list is empty")
     serve.set_defaults(fn=cmd_serve)
     dbp = sub.add_parser("db", help="database commands")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)

@@ -261,7 +261,7 @@ def main() -> int:
     config = write_config(ws, port, args.qemu)
     log = open(ws / "novalite.log", "w")
     server = subprocess.Popen(
-        [str(BIN / "novalite"), "--config", str(config), "serve", "--clouds-yaml", str(ws / "clouds.yaml")],
+        [str(BIN / "novalite"), "--config", str(config), "serve", "--no-test-image", "--clouds-yaml", str(ws / "clouds.yaml")],
         stdout=log, stderr=subprocess.STDOUT, cwd=ws, start_new_session=True,
     )
     try:

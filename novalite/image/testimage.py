@@ -460,3 +460,33 @@ def main(config, args: argparse.Namespace) -> int:
     for kind, image_id in ids.items():
         print(f"{NAMES[kind]:24} {image_id}")
     return 0
+
+
+async def ensure_uploaded(config, pool) -> dict[str, str] | None:
+    """First start of `novalite serve`: build and upload the test guest unless images exist.
+
+    Runs in the background once the server listens; a machine that cannot fetch
+    the Debian packages only gets a warning (the cloud works without it)."""
+    from novalite.bootstrap import credentials_file
+
+    async with pool.acquire() as conn:
+        if await conn.fetchval("SELECT count(*) FROM images"):
+            return None
+    try:
+        image = await asyncio.to_thread(build, config.state_dir / "cache" / "testimage")
+        async with aiohttp.ClientSession() as session:  # wait until this server listens
+            for _ in range(300):
+                try:
+                    async with session.get(f"{config.public_url}/image") as r:
+                        if r.status < 500:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        creds = json.loads(credentials_file(config).read_text())
+        ids = await upload(image, config.public_url, "admin", creds["admin"], "admin")
+    except (BuildError, aiohttp.ClientError, OSError) as exc:
+        print(f"novalite: could not build the test image ({exc}); `novalite image build-test` retries",
+              file=sys.stderr)
+        return None
+    print(f"novalite: uploaded the test guest as image {NAMES['ami']!r} ({ids['ami']})", file=sys.stderr)
+    return ids
