@@ -35,11 +35,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
+import libvirt
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from novalite import db as novadb  # noqa: E402
+from novalite.image import testimage  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting"]
@@ -54,6 +56,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class QemuHost:
+    """This machine's qemu:///system as a host of the drill: its domains outlive any novalite
+    process by nature (libvirtd keeps them). Only the drill's own instances are compared, since
+    other clouds may run guests on the same libvirtd."""
+
+    name = "local"
+    uri = "qemu:///system"
+
+    def __init__(self, created: set[str]) -> None:
+        self.created = created
+
+    def domains(self) -> list[str]:
+        conn = libvirt.open(self.uri)
+        try:
+            return [d.UUIDString() for d in conn.listAllDomains() if d.UUIDString() in self.created]
+        finally:
+            conn.close()
+
+    def cleanup(self, prefix: str) -> None:
+        conn = libvirt.open(self.uri)
+        try:
+            for d in conn.listAllDomains():
+                if d.UUIDString() in self.created:
+                    if d.isActive():
+                        d.destroy()
+                    d.undefine()
+            for name in conn.listNetworks() + conn.listDefinedNetworks():
+                if name.startswith(prefix):
+                    net = conn.networkLookupByName(name)
+                    if net.isActive():
+                        net.destroy()
+                    net.undefine()
+            for name in conn.listStoragePools() + conn.listDefinedStoragePools():
+                if name.startswith(prefix):
+                    pool = conn.storagePoolLookupByName(name)
+                    if pool.isActive():
+                        pool.destroy()
+                    pool.undefine()
+        finally:
+            conn.close()
 
 
 class Harness:
@@ -73,11 +117,20 @@ class Harness:
         self.created: set[str] = set()
         self.counts: Counter = Counter()
         self.failures: list[str] = []
+        self.qemu: QemuHost | None = None
+        self.prefix = f"nlcrash{uuid.uuid4().hex[:6]}-"
+        self.qemu_image: str | None = None
 
     def write_config(self) -> Path:
         hosts = "".join(
             f'[[hosts]]\nname = "{h.name}"\nuri = "{h.uri}"\ndisk_gb = 200\n\n' for h in self.hosts
         )
+        if self.qemu is not None:
+            net = 100 + int(self.prefix[7:13], 16) % 100  # a subnet of its own beside other clouds
+            hosts += (f'[networking]\nlibvirt_prefix = "{self.prefix}"\ndefault_network = "drill"\n\n'
+                      f'[[networks]]\nname = "drill"\ncidr = "10.{net}.9.0/24"\n\n'
+                      f'[volume]\npool_prefix = "{self.prefix}"\n\n'
+                      f'[[hosts]]\nname = "{self.qemu.name}"\nuri = "{self.qemu.uri}"\ndisk_gb = 20\n\n')
         delays = ", ".join(f"{k} = {v}" for k, v in DELAYS.items())
         text = f"""
 [api]
@@ -102,6 +155,7 @@ ram = 512000
 [scheduler]
 reserved_host_memory_mb = 0
 [compute]
+virt_type = "qemu"
 power_sync_interval = 5
 drill_stage_delays = {{ {delays} }}
 [deadlines]
@@ -181,6 +235,12 @@ watchdog_interval = 2
         async with self.db.acquire() as conn:
             rows = await conn.fetch("SELECT uuid FROM instances WHERE reservation_id = $1", body["reservation_id"])
         uuids = [str(r["uuid"]) for r in rows]
+        if self.qemu is not None:  # plus one real guest on this machine's qemu
+            status, body = await self.api("POST", "/servers", {"server": {
+                "name": "crash-qemu", "imageRef": self.qemu_image, "flavorRef": "1", "networks": "none",
+                "availability_zone": f"nova:{self.qemu.name}"}})
+            assert status == 202, body
+            uuids.append(body["server"]["id"])
         self.created.update(uuids)
         return uuids
 
@@ -267,7 +327,7 @@ watchdog_interval = 2
             if not r["deleted"] and r["vm_state"] == "error":
                 self.counts["ended_in_error"] += 1
         # domains == database, per host
-        for h in self.hosts:
+        for h in [*self.hosts, *([self.qemu] if self.qemu else [])]:
             domains = set(h.domains())
             on_host = {u for u, r in rows.items() if not r["deleted"] and r["host"] == h.name}
             must = {u for u in on_host if rows[u]["vm_state"] in LIVE_STATES}
@@ -331,9 +391,12 @@ async def fresh_database(admin_dsn: str) -> str:
 
 
 async def run(kills: int, seed: int, servers: int, admin_dsn: str | None, hosts: int = 2,
-              workdir: Path | None = None, verbose: bool = True) -> tuple[Counter, list[str]]:
-    """Run the drill; return (counts, failures)."""
+              workdir: Path | None = None, verbose: bool = True, qemu: bool = False) -> tuple[Counter, list[str]]:
+    """Run the drill; return (counts, failures). With `qemu`, each batch adds a real guest."""
     rng = random.Random(seed)
+    if workdir is None and qemu:  # qemu runs as its own user: the state dir must be reachable
+        workdir = Path(tempfile.mkdtemp(prefix="novalite-crash-", dir="/var/tmp"))
+        workdir.chmod(0o755)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="novalite-crash-"))
     embedded = None
     if admin_dsn is None:
@@ -344,6 +407,8 @@ async def run(kills: int, seed: int, servers: int, admin_dsn: str | None, hosts:
     sim_hosts = [PersistentTestHost(f"p{i + 1}") for i in range(hosts)]
     log = open(workdir / "server.log", "ab")  # noqa: SIM115
     h = Harness(workdir, dsn, sim_hosts, servers, log)
+    if qemu:
+        h.qemu = QemuHost(h.created)
     try:
         for s in sim_hosts:
             await asyncio.to_thread(s.start)
@@ -352,6 +417,10 @@ async def run(kills: int, seed: int, servers: int, admin_dsn: str | None, hosts:
         h.db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
         await h.start_server()
         image_id = await h.add_image()
+        if h.qemu is not None:
+            creds = json.loads((workdir / "state" / "credentials.json").read_text())
+            built = await asyncio.to_thread(testimage.build, Path("/var/tmp/novalite-testimage-cache"))
+            h.qemu_image = (await testimage.upload(built, h.url, "admin", creds["admin"]))["ami"]
         for i in range(kills):
             stage = STAGES[i % len(STAGES)] if i < len(STAGES) else rng.choice(STAGES)
             before = len(h.failures)
@@ -369,6 +438,8 @@ async def run(kills: int, seed: int, servers: int, admin_dsn: str | None, hosts:
             await h.db.close()
         for s in sim_hosts:
             s.stop()
+        if h.qemu is not None:
+            await asyncio.to_thread(h.qemu.cleanup, h.prefix)
         log.close()
         if embedded is not None:
             await embedded.stop()
@@ -382,9 +453,10 @@ def main() -> int:
     p.add_argument("--servers", type=int, default=4, help="servers per batch")
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--dsn", default=os.environ.get("NOVALITE_TEST_DSN"), help="admin DSN (default: embedded)")
+    p.add_argument("--qemu", action="store_true", help="add a real guest on qemu:///system to every batch")
     args = p.parse_args()
     t0 = time.monotonic()
-    counts, failures = asyncio.run(run(args.kills, args.seed, args.servers, args.dsn, args.hosts))
+    counts, failures = asyncio.run(run(args.kills, args.seed, args.servers, args.dsn, args.hosts, qemu=args.qemu))
     print(f"\n{args.kills} kills, seed {args.seed}, {time.monotonic() - t0:.1f} s")
     restarts = counts.pop("restart_seconds_x10", 0)
     for k in sorted(counts):

@@ -25,3 +25,13 @@ async def test_sigkill_in_scheduling_spawning_and_deleting_loses_nothing(pg_dsn,
     assert counts["recovered_build_rescheduled"] >= 1
     assert counts["recovered_build_finished"] >= 1
     assert counts["recovered_delete_finished"] >= 1
+
+
+async def test_sigkill_during_a_real_guests_spawn_loses_nothing(pg_dsn):
+    """The same drill with a real TCG guest on qemu:///system in the batch."""
+    bench = load_bench()
+    bench.STAGES[:] = ["spawning"]
+    counts, failures = await bench.run(1, seed=5, servers=2, admin_dsn=pg_dsn, hosts=1, verbose=False, qemu=True)
+    assert failures == []
+    assert counts["checks"] == 2
+    assert counts["instances_interrupted"] >= 1

@@ -38,7 +38,12 @@ class ThreadSafeAsyncIOImpl(libvirtaio.virEventAsyncIOImpl):
     """libvirtaio whose timers and watches may be changed from any thread."""
 
     def _later(self, fn: Any, *args: Any) -> None:
-        self.loop.call_soon_threadsafe(fn, *args)
+        if self.loop.is_closed():
+            return  # the process is shutting down: a worker thread's last libvirt call needs no timer
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # closed between the check and the call
+            pass
 
     # -- file handles -------------------------------------------------------
     def _add_handle(self, fd: int, event: int, cb: Any, opaque: Any) -> int:
