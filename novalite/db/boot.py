@@ -11,32 +11,12 @@ from novalite.quota import CLASS_PREFIX
 QUOTA_CLASS_DEFAULT = CLASS_PREFIX + "default"
 
 
-async def flavor(conn: asyncpg.Connection, flavorid: str, project_id: str, is_admin: bool) -> asyncpg.Record | None:
-    """A flavor the caller may use (public, or private with access)."""
-    return await conn.fetchrow(
-        """SELECT * FROM flavors f WHERE f.flavorid = $1
-           AND (f.is_public OR $3 OR EXISTS (SELECT 1 FROM flavor_projects p
-                                             WHERE p.flavorid = f.flavorid AND p.project_id = $2))""",
-        flavorid,
-        project_id,
-        is_admin,
-    )
-
-
-async def flavor_by_name(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM flavors WHERE name = $1", name)
-
-
 async def image(conn: asyncpg.Connection, image_id: str) -> asyncpg.Record | None:
     try:
         uuid.UUID(image_id)
     except ValueError:
         return None
     return await conn.fetchrow("SELECT * FROM images WHERE id = $1::uuid", image_id)
-
-
-async def keypair(conn: asyncpg.Connection, user_id: str, name: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM key_pairs WHERE user_id = $1 AND name = $2", user_id, name)
 
 
 async def ensure_default_security_group(conn: asyncpg.Connection, project_id: str) -> None:
@@ -46,16 +26,6 @@ async def ensure_default_security_group(conn: asyncpg.Connection, project_id: st
         uuid.uuid4(),
         project_id,
     )
-
-
-async def security_group_names(conn: asyncpg.Connection, project_id: str) -> set[str]:
-    rows = await conn.fetch("SELECT name, id::text FROM security_groups WHERE project_id = $1", project_id)
-    return {r["name"] for r in rows} | {r["id"] for r in rows}
-
-
-async def availability_zones(conn: asyncpg.Connection) -> set[str]:
-    rows = await conn.fetch("SELECT DISTINCT availability_zone FROM compute_nodes")
-    return {r["availability_zone"] for r in rows}
 
 
 async def compute_node(conn: asyncpg.Connection, host: str) -> asyncpg.Record | None:

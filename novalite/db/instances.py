@@ -8,7 +8,7 @@ or two actions at once cannot clobber each other.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -301,40 +301,10 @@ async def provision(
     )
 
 
-async def insert_instances(conn: asyncpg.Connection, rows: Sequence[dict]) -> None:
-    cols = ", ".join(INSTANCE_COLUMNS)
-    params = ", ".join(f"${i + 1}" for i in range(len(INSTANCE_COLUMNS)))
-    await conn.executemany(
-        f"INSERT INTO instances ({cols}) VALUES ({params})",
-        [tuple(r.get(c) for c in INSTANCE_COLUMNS) for r in rows],
-    )
-
-
-async def insert_bdms(conn: asyncpg.Connection, instance_uuid: str, bdms: Iterable[dict]) -> None:
-    cols = (
-        "source_type", "destination_type", "device_name", "boot_index", "image_id", "volume_id",
-        "snapshot_id", "volume_size", "device_type", "disk_bus", "guest_format",
-        "delete_on_termination", "tag", "volume_type",
-    )
-    records = [(instance_uuid, *[b.get(c) for c in cols]) for b in bdms]
-    if not records:
-        return
-    records = [r[:12] + (bool(r[12]),) + r[13:] for r in records]
-    placeholders = ", ".join(f"${i + 1}" for i in range(len(cols) + 1))
-    await conn.executemany(
-        f"INSERT INTO block_device_mappings (instance_uuid, {', '.join(cols)}) VALUES ({placeholders})",
-        records,
-    )
-
-
 async def get(conn: asyncpg.Connection, uuid: str, include_deleted: bool = False) -> asyncpg.Record | None:
     if include_deleted:
         return await conn.fetchrow("SELECT * FROM instances WHERE uuid = $1", uuid)
     return await conn.fetchrow("SELECT * FROM instances WHERE uuid = $1 AND NOT deleted", uuid)
-
-
-async def get_many(conn: asyncpg.Connection, uuids: Sequence[str]) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM instances WHERE uuid = ANY($1::uuid[]) ORDER BY launch_index", list(uuids))
 
 
 async def latest_faults(conn: asyncpg.Connection, uuids: Sequence[str]) -> dict[str, asyncpg.Record]:
