@@ -38,15 +38,12 @@ CLASS_PREFIX = "quota_class:"
 
 async def get_limits(conn: asyncpg.Connection, defaults: QuotaConfig, project_id: str) -> dict[str, int]:
     """Effective hard limits of a project (-1 = unlimited): config, then class `default`, then the project."""
-    limits = {r: getattr(defaults, r) for r in RESOURCES}
-    for row in await conn.fetch(
+    rows = await conn.fetch(
         "SELECT resource, hard_limit FROM quotas WHERE project_id IN ($1, $2) ORDER BY project_id = $1",
         project_id,
         CLASS_PREFIX + "default",
-    ):
-        if row["resource"] in limits:
-            limits[row["resource"]] = row["hard_limit"]
-    return limits
+    )
+    return limits_from(defaults, {r["resource"]: r["hard_limit"] for r in rows})  # the project's rows come last
 
 
 async def set_limits(conn: asyncpg.Connection, project_id: str, values: dict[str, int]) -> None:
