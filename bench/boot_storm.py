@@ -33,7 +33,7 @@ import asyncpg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from novalite.db import EmbeddedPostgres  # noqa: E402
+from novalite.db import EmbeddedPostgres, create_database  # noqa: E402
 
 POLL_INTERVAL = 0.2
 SQL_TOP = 0  # --sql-top: print the most frequent statements per boot
@@ -197,12 +197,7 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
     result = Result(n, hosts, concurrency, mode)
     root = Path(tempfile.mkdtemp(prefix="novalite-storm-"))
     pg, admin_dsn = await start_postgres(root)
-    dbname = "storm_" + uuid.uuid4().hex[:8]
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f'CREATE DATABASE "{dbname}"')
-    await conn.close()
-    dsn = admin_dsn.replace("/novalite?", f"/{dbname}?") if "/novalite?" in admin_dsn else admin_dsn.replace(
-        "/novalite", f"/{dbname}")
+    dsn = await create_database(admin_dsn, "storm")
     port = free_port()
     server = Server(write_config(root, dsn, hosts, port), port)
     timeout = aiohttp.ClientTimeout(total=120)

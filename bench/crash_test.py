@@ -31,7 +31,6 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -381,13 +380,7 @@ watchdog_interval = 2
 
 
 async def fresh_database(admin_dsn: str) -> str:
-    name = "crash_" + uuid.uuid4().hex[:10]
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
+    return await novadb.create_database(admin_dsn, "crash")
 
 
 async def run(kills: int, seed: int, servers: int, admin_dsn: str | None, hosts: int = 2,

@@ -26,7 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -51,13 +51,8 @@ SPEC = {
 
 
 async def _scratch_database(admin_dsn: str) -> tuple[str, str]:
-    name = "bench_" + uuid.uuid4().hex[:10]
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return name, urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
+    dsn = await db.create_database(admin_dsn, "bench")
+    return urlsplit(dsn).path.lstrip("/"), dsn
 
 
 async def _drop_database(admin_dsn: str, name: str) -> None:

@@ -11,10 +11,8 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 import pytest
 import yaml
 from aiohttp import web
@@ -45,14 +43,7 @@ async def pg_dsn():
 
 
 async def fresh_database(admin_dsn: str) -> str:
-    name = "t_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    parts = urlsplit(admin_dsn)
-    return urlunsplit(parts._replace(path="/" + name))
+    return await db.create_database(admin_dsn, "t")
 
 
 def free_port() -> int:

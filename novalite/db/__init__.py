@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -58,6 +60,18 @@ class EmbeddedPostgres:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_database(admin_dsn: str, prefix: str) -> str:
+    """Create a new, uniquely named database on the server of `admin_dsn`; return its DSN
+    (tests and benchmarks each get a scratch database)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return urlunsplit(urlsplit(admin_dsn)._replace(path="/" + name))
 
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
