@@ -112,6 +112,24 @@ def write_config(root: Path, dsn: str, hosts: int, port: int) -> Path:
     return path
 
 
+async def wait_serving(
+    session: aiohttp.ClientSession, url: str, proc: subprocess.Popen, log: Path, timeout: float = 120
+) -> None:
+    """Wait until a `novalite serve` subprocess answers its compute root; fail if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: see {log}")
+        try:
+            async with session.get(f"{url}/compute/") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
 class Server:
     """`novalite serve` as a subprocess, and what /proc says about it."""
 
@@ -128,18 +146,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=open(self.config.parent / "server.log", "w"),  # noqa: SIM115
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: see {self.config.parent / 'server.log'}")
-            try:
-                async with session.get(f"{self.url}/compute/") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise RuntimeError("server did not start")
+        await wait_serving(session, self.url, self.proc, self.config.parent / "server.log")
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from boot_storm import free_port, start_postgres, token  # noqa: E402
+from boot_storm import free_port, start_postgres, token, wait_serving  # noqa: E402
 
 from novalite.image import testimage  # noqa: E402
 
@@ -49,7 +49,9 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[lis
         f'[api]\nlisten = "127.0.0.1"\nport = {port}\n[database]\ndsn = "{dsn}"\n'
         f'[state]\ndir = "{root / "state"}"\n[log]\nlevel = "warning"\nformat = "json"\n'
         f'[identity]\nbcrypt_rounds = 4\n[compute]\nvirt_type = "qemu"\n'
-        f'[networking]\nlibvirt_prefix = "nlb{tag}-"\n[volume]\npool_prefix = "nlb{tag}-"\n'
+        f'[networking]\nlibvirt_prefix = "nlb{tag}-"\ndefault_network = "bench"\n'
+        f'[[networks]]\nname = "bench"\ncidr = "10.{100 + int(tag, 16) % 100}.8.0/24"\n'  # beside other clouds
+        f'[volume]\npool_prefix = "nlb{tag}-"\n'
         f'[[hosts]]\nname = "local"\nuri = "qemu:///system"\n'
     )
     proc = subprocess.Popen([sys.executable, "-m", "novalite.cli", "--config", str(cfg), "serve", "--no-test-image", "--clouds-yaml",
@@ -60,14 +62,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[lis
     to_init: list[float] = []
     try:
         async with aiohttp.ClientSession() as s:
-            for _ in range(600):
-                try:
-                    async with s.get(f"{url}/compute/") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_serving(s, url, proc, root / "server.log")
             creds = json.loads((root / "state" / "credentials.json").read_text())
             ids = await testimage.upload(image, url, "admin", creds["admin"])
             hdrs = {"X-Auth-Token": await token(s, url, creds["admin"]), "OpenStack-API-Version": "compute 2.56"}
