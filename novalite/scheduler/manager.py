@@ -14,6 +14,7 @@ and what an admin reads at GET /servers/{id}/os-scheduling.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import random
 import time
@@ -245,6 +246,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task] = set()
         self._hosts: list[HostState] | None = None
         self._hosts_loaded = 0.0
+        self._group_locks: dict[str, asyncio.Lock] = {}
 
     async def host_states(self, conn: asyncpg.Connection) -> list[HostState]:
         """Host states from Postgres, reused for `host_state_ttl` seconds. Claims made here
@@ -300,7 +302,11 @@ class Scheduler:
         vcpus, ram, disk = requested_resources(spec)
         started = time.monotonic()
         started_at = datetime.now(UTC)
-        async with self.pool.acquire() as conn:
+        group = spec.get("instance_group")
+        # Requests of one server group are scheduled one at a time: each sees the others' claims
+        # as members, so concurrent creates cannot split an affinity group (or crowd an anti-affinity one).
+        group_lock = self._group_locks.setdefault(group, asyncio.Lock()) if group else contextlib.nullcontext()
+        async with group_lock, self.pool.acquire() as conn:
             hosts = await self.host_states(conn)
             spec = await resolve_request(conn, spec, uuids)
             results: list[Selection | NoValidHost] = []
