@@ -29,6 +29,7 @@ from novalite.compute.recovery import recover
 from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
 from novalite.config import Config, HostConfig
+from novalite.db.steps import StepWriter
 from novalite.identity import IdentityService
 from novalite.network import NetworkAPI
 from novalite.policy import Enforcer
@@ -123,6 +124,7 @@ def compute_ctx(config: Config):
         pool = app["db"]
         workers = app["db_workers"]  # background work: conductor, scheduler, compute hosts
         locks = InstanceLocks()
+        steps = StepWriter(workers)  # the build steps of all hosts, written together
         scheduler = Scheduler(workers, config.scheduler)
         conductor = Conductor(workers, scheduler, config.scheduler)
         network_api = app["network_api"]
@@ -140,7 +142,8 @@ def compute_ctx(config: Config):
                 state_dir=config.state_dir,
                 hostname=host.name,
             )
-            computes[host.name] = ComputeManager(host, driver, workers, config, locks, conductor, network_api)
+            computes[host.name] = ComputeManager(host, driver, workers, steps, config, locks, conductor,
+                                                network_api)
             computes[host.name].volume_api = app.get("volume_api")
         watchdog = Watchdog(workers, config, computes)
         if app.get("volume_api") is not None:

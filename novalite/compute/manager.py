@@ -16,7 +16,6 @@ import json
 import traceback
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from novalite.compute.power import PowerActionsMixin
 from novalite.conductor import Conductor
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
+from novalite.db.steps import BuildStep, StepWriter
 from novalite.network import NetworkAPI, PortInfo, network_data
 from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt.configdrive import build_config_drive, instance_metadata
@@ -59,6 +59,7 @@ class ComputeManager(PowerActionsMixin):
         host: HostConfig,
         driver: VirtDriver,
         pool: asyncpg.Pool,
+        steps: StepWriter,
         config: Config,
         locks: InstanceLocks,
         conductor: Conductor,
@@ -69,10 +70,12 @@ class ComputeManager(PowerActionsMixin):
         self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
         # libvirt's test driver: the same domains are described, but no files are written.
         self.simulated = host.simulate is not None or (host.uri or "").startswith("test")
-        self.image_cache = ImageCache(config.state_dir / "instances" / host.name / "_base", config.state_dir / "images")
+        self.instances_dir = config.state_dir / "instances" / host.name  # resolved once: builds use it often
+        self.image_cache = ImageCache(self.instances_dir / "_base", config.state_dir / "images")
         self.host_config = host
         self.driver = driver
         self.pool = pool
+        self.steps = steps
         self.config = config
         self.locks = locks
         self.conductor = conductor
@@ -85,10 +88,6 @@ class ComputeManager(PowerActionsMixin):
         # with this message; `before_step(uuid, task_state)` is awaited before each step.
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
-
-    @property
-    def instances_dir(self) -> Path:
-        return self.config.state_dir / "instances" / self.host
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -165,24 +164,23 @@ class ComputeManager(PowerActionsMixin):
 
     async def _step(self, uuid: str, request_id: str, expect: str | None, new: str | None, **kwargs: Any
                     ) -> asyncpg.Record:
-        """One build step in one round trip: compare-and-set task_state, finish the previous
-        step's events, start the next ones (see db.instances.transition)."""
+        """One build step: compare-and-set task_state, finish the previous step's events,
+        start the next ones — written together with the steps of other builds (db.steps)."""
         if self.before_step is not None:
             await self.before_step(uuid, new if new is not None else kwargs.get("vm_state"))
-        async with self.pool.acquire() as conn:
-            try:
-                return await db.transition(
-                    conn, uuid, request_id, expect_vm_state=states.BUILDING, expect_task_state=expect,
-                    task_state=new, host=self.host, **kwargs,
-                )
-            except db.StateConflict as conflict:
-                actual = conflict.actual
-                if (actual is not None and not actual["deleted"] and kwargs.get("require_claim_on")
-                        and actual["task_state"] == expect and actual["host"] == self.host):
-                    raise RuntimeError(f"no resource claim for {uuid} on {self.host}") from None
-                raise BuildAborted(
-                    f"instance left the build before {new or kwargs.get('vm_state')}"
-                ) from conflict
+        try:
+            return await self.steps.step(BuildStep(
+                uuid, request_id, expect_vm_state=states.BUILDING, expect_task_state=expect, task_state=new,
+                host=self.host, **kwargs,
+            ))
+        except db.StateConflict as conflict:
+            actual = conflict.actual
+            if (actual is not None and not actual["deleted"] and kwargs.get("require_claim_on")
+                    and actual["task_state"] == expect and actual["host"] == self.host):
+                raise RuntimeError(f"no resource claim for {uuid} on {self.host}") from None
+            raise BuildAborted(
+                f"instance left the build before {new or kwargs.get('vm_state')}"
+            ) from conflict
 
     async def _build(self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]]) -> None:
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
@@ -195,7 +193,7 @@ class ComputeManager(PowerActionsMixin):
                 inst = await self._step(
                     uuid, request_id, states.SCHEDULING, None, start_events=[BUILD_EVENT],
                     notification=("instance.create.start", {"host": self.host}, publisher),
-                    require_claim_on=self.host,
+                    require_claim_on=self.host, full_row=True,
                 )
                 if inst["host"] != self.host:
                     raise BuildAborted("instance is claimed on another host")
@@ -208,7 +206,7 @@ class ComputeManager(PowerActionsMixin):
                 inst = await self._step(
                     uuid, request_id, states.BLOCK_DEVICE_MAPPING, states.SPAWNING,
                     finish_events=["compute_prep_block_device"], start_events=["compute_spawn"],
-                    event_details=json.dumps([d.path for d in prepared.disks]),
+                    event_details=json.dumps([d.path for d in prepared.disks]), full_row=True,
                 )
                 spawning = True
                 await self._config_drive(inst, ports, prepared)
@@ -218,9 +216,8 @@ class ComputeManager(PowerActionsMixin):
                 await self.driver.spawn(guest)
                 await self._step(
                     uuid, request_id, states.SPAWNING, None, vm_state=states.ACTIVE, power_state=states.RUNNING,
-                    launched_at=datetime.now(UTC), finish_events=["compute_spawn", BUILD_EVENT], finish_action=True,
+                    launched=True, finish_events=["compute_spawn", BUILD_EVENT], finish_action=True,
                     notification=("instance.create.end", {"host": self.host, "state": states.ACTIVE}, publisher),
-                    returning="uuid",
                 )
                 log.info("instance_active")
             except BuildAborted as exc:
@@ -247,8 +244,7 @@ class ComputeManager(PowerActionsMixin):
     async def _networking(self, inst: asyncpg.Record, request_id: str) -> list[PortInfo]:
         """NETWORKING: ports with MACs and fixed IPs, DHCP host entries on this host's networks."""
         uuid = str(inst["uuid"])
-        await self._step(uuid, request_id, None, states.NETWORKING, start_events=["compute_allocate_network"],
-                         returning="uuid")
+        await self._step(uuid, request_id, None, states.NETWORKING, start_events=["compute_allocate_network"])
         if self.network_api is None or inst["requested_networks"] == "none":
             return []
         return await self.network_api.allocate_for_instance(
@@ -264,7 +260,6 @@ class ComputeManager(PowerActionsMixin):
             uuid, request_id, states.NETWORKING, states.BLOCK_DEVICE_MAPPING,
             finish_events=["compute_allocate_network"], start_events=["compute_prep_block_device"],
             event_details=json.dumps({"ports": [{"id": p.port_id, "mac": p.mac, "ip": p.ip} for p in ports]}),
-            returning="uuid",
         )
         spec_image = (inst["request_spec"] or {}).get("image") or {}
         image = dict(spec_image, id=inst["image_ref"] or "")
