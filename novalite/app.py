@@ -50,8 +50,9 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
             embedded = db.EmbeddedPostgres(config.state_dir / "pgdata")
             dsn = await embedded.start()
             log.info("embedded_postgres_started", pgdata=str(embedded.pgdata))
-        pool = await db.create_pool(dsn, config.database.pool_min, config.database.pool_max)
-        workers = await db.create_pool(dsn, 1, config.database.worker_pool_max)
+        pool_max = config.database.pool_max
+        pool = await db.create_pool(dsn, min(config.database.pool_min or pool_max, pool_max), pool_max)
+        workers = await db.create_pool(dsn, config.database.worker_pool_max, config.database.worker_pool_max)
         try:
             await db.upgrade(pool)
             creds = await bootstrap.bootstrap(pool, config)

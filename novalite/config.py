@@ -37,7 +37,9 @@ class ApiConfig(_Section):
 class DatabaseConfig(_Section):
     # Empty: novalite starts a private Postgres under the state directory.
     dsn: str = ""
-    pool_min: int = Field(2, ge=1)
+    # Connections opened at start (default: all of pool_max), so a burst of requests
+    # right after start does not wait for new connections to log in and load their codecs.
+    pool_min: int | None = Field(None, ge=1)
     # Connections for API requests; background work (conductor, scheduler, computes)
     # has its own, smaller pool, so a boot storm neither makes API requests queue for a
     # connection nor crowds them out of Postgres (bench/README.md: 4 gave the best of both).
