@@ -16,7 +16,6 @@ import json
 import traceback
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
