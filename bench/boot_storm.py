@@ -5,10 +5,17 @@ Starts the real server (`novalite serve`) as a subprocess on an embedded
 Postgres with pg_stat_statements loaded, drives it from this process over
 loopback HTTP only, and prints one table row per scenario:
 
-    N, H, C, mode | POST p50/p95/p99/max ms | GET p99 ms | first POST → last ACTIVE s, ACTIVE/s |
-    delete/s | server CPU s | peak RSS MB | SQL statements per boot | errors, oversubscribed hosts
+    N, H, C, mode | POST p50/p95/p99/max ms | GET p99 ms | first → last POST answered s,
+    first POST → last ACTIVE s, ACTIVE/s | delete/s | server CPU s (creates and deletes) |
+    peak RSS MB | SQL statements per boot | errors, oversubscribed hosts, open actions |
+    CPU seconds of the server, Postgres and this client during the creates
 
-Usage: bench/boot_storm.py [-n 1000] [--hosts 100] [-c 50] [--batch 50] [--no-small]
+Before each scenario 2×C servers are booted and deleted (the storm meets a warm server;
+`--no-warmup` storms a freshly started one).
+
+Usage: bench/boot_storm.py [-n 1000] [--hosts 100] [-c 50] [--batch 50] [--no-small] [--no-warmup]
+Environment: BENCH_TRACE=1 prints every POST and probe GET (start offset, latency) to stderr;
+BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit.
 """
 
 from __future__ import annotations
@@ -48,8 +55,10 @@ class Result:
     post_ms: list[float] = field(default_factory=list)
     get_ms: list[float] = field(default_factory=list)
     storm_s: float = 0.0
+    posts_s: float = 0.0  # first POST → last POST answered
     delete_s: float = 0.0
     cpu_s: float = 0.0
+    storm_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # server, Postgres, this client, during the creates
     rss_mb: float = 0.0
     statements: float = 0.0
     errors: int = 0
@@ -130,6 +139,31 @@ async def wait_serving(
     raise RuntimeError("server did not start")
 
 
+def proc_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime + stime of a process from /proc (and of its waited-for children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    used = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        used += int(fields[13]) + int(fields[14])
+    return used / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds(pgdata: Path) -> float:
+    """CPU of the whole Postgres server: the postmaster, its live backends and the exited ones."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    total = proc_cpu_seconds(postmaster, reaped_children=True)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == postmaster:
+                total += proc_cpu_seconds(int(entry.name))
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+    return total
+
+
 class Server:
     """`novalite serve` as a subprocess, and what /proc says about it."""
 
@@ -149,9 +183,7 @@ class Server:
         await wait_serving(session, self.url, self.proc, self.config.parent / "server.log")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return proc_cpu_seconds(self.proc.pid)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -191,15 +223,55 @@ async def add_image(dsn: str) -> str:
     return image_id
 
 
-async def count_active(session, url, headers) -> tuple[int, int]:
-    async with session.get(f"{url}/compute/v2.1/servers?status=ACTIVE&limit=100000", headers=headers) as r:
-        active = len((await r.json())["servers"])
-    async with session.get(f"{url}/compute/v2.1/servers?status=ERROR&limit=100000", headers=headers) as r:
-        errors = len((await r.json())["servers"])
-    return active, errors
+async def any_building(session, url, headers) -> bool:
+    """Whether any server is still in BUILD: the waiter's one cheap poll."""
+    async with session.get(f"{url}/compute/v2.1/servers?status=BUILD&limit=1", headers=headers) as r:
+        return bool((await r.json())["servers"])
 
 
-async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) -> Result:
+async def count_status(session, url, headers, status: str) -> int:
+    async with session.get(f"{url}/compute/v2.1/servers?status={status}&limit=100000", headers=headers) as r:
+        return len((await r.json())["servers"])
+
+
+async def warm_up(session: aiohttp.ClientSession, url: str, headers: dict, image: str, concurrency: int) -> None:
+    """Boot and delete 2×C servers first, so the storm meets a server that has run before
+    (code paths loaded, statements prepared on its connections), as a lab's server has."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def boot(i: int) -> None:
+        body = {"server": {"name": f"warmup{i}", "imageRef": image, "flavorRef": "1", "networks": "none"}}
+        async with sem, session.post(f"{url}/compute/v2.1/servers", json=body, headers=headers) as r:
+            assert r.status == 202, await r.text()
+
+    await asyncio.gather(*(boot(i) for i in range(2 * concurrency)))
+    while await any_building(session, url, headers):
+        await asyncio.sleep(POLL_INTERVAL)
+    if await delete_all(session, url, headers, concurrency):
+        raise RuntimeError("warm-up: a DELETE failed")
+
+
+async def delete_all(session: aiohttp.ClientSession, url: str, headers: dict, concurrency: int) -> int:
+    """DELETE every server with C concurrent requests and wait until none is listed; the failures."""
+    async with session.get(f"{url}/compute/v2.1/servers?limit=100000", headers=headers) as r:
+        ids = [s["id"] for s in (await r.json())["servers"]]
+    sem = asyncio.Semaphore(concurrency)
+    failed = 0
+
+    async def delete(sid: str) -> None:
+        nonlocal failed
+        async with sem, session.delete(f"{url}/compute/v2.1/servers/{sid}", headers=headers) as r:
+            failed += r.status != 204
+
+    await asyncio.gather(*(delete(s) for s in ids))
+    while True:
+        async with session.get(f"{url}/compute/v2.1/servers?limit=1", headers=headers) as r:
+            if not (await r.json())["servers"]:
+                return failed
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, warmup: bool = True) -> Result:
     mode = f"batch {batch}" if batch > 1 else "single"
     result = Result(n, hosts, concurrency, mode)
     root = Path(tempfile.mkdtemp(prefix="novalite-storm-"))
@@ -216,10 +288,13 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
             headers = {"X-Auth-Token": await token(session, server.url, creds["admin"]),
                        "OpenStack-API-Version": "compute 2.latest".replace("2.latest", "latest")}
             image = await add_image(dsn)
+            if warmup:
+                await warm_up(session, server.url, headers, image, concurrency)
             db = await asyncpg.connect(dsn)
             await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             await db.execute("SELECT pg_stat_statements_reset()")
             cpu0 = server.cpu_seconds()
+            storm_cpu0 = (cpu0, postgres_cpu_seconds(root / "pgdata"), time.process_time())
             ids: list[str] = []
             sem = asyncio.Semaphore(concurrency)
             done_posting = asyncio.Event()
@@ -233,6 +308,8 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
                     async with session.post(f"{server.url}/compute/v2.1/servers", json=body, headers=headers) as r:
                         payload = await r.json()
                         result.post_ms.append((time.perf_counter() - t0) * 1000)
+                        if os.environ.get("BENCH_TRACE"):
+                            print(f"POST at {t0 - t_start:.3f}s {result.post_ms[-1]:.1f} ms", file=sys.stderr)
                         if r.status != 202:
                             result.errors += count
                             print(f"POST failed {r.status}: {payload}", file=sys.stderr)
@@ -246,6 +323,8 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
                         async with session.get(f"{server.url}/compute/v2.1/servers/{ids[-1]}", headers=headers) as r:
                             await r.read()
                         result.get_ms.append((time.perf_counter() - t0) * 1000)
+                        if os.environ.get("BENCH_TRACE"):
+                            print(f"GET at {t0 - t_start:.3f}s {result.get_ms[-1]:.1f} ms", file=sys.stderr)
                     await asyncio.sleep(0.02)
 
             t_start = time.perf_counter()
@@ -254,14 +333,19 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
                 await asyncio.gather(*(post(i, min(batch, n - i)) for i in range(0, n, batch)))
             else:
                 await asyncio.gather(*(post(i, 1) for i in range(n)))
-            while True:
-                active, errored = await count_active(session, server.url, headers)
-                if active + errored >= n - result.errors:
-                    break
+            result.posts_s = time.perf_counter() - t_start
+            # every POST has returned, so each of its servers is listed: BUILD until it is ACTIVE or ERROR
+            while await any_building(session, server.url, headers):
                 await asyncio.sleep(POLL_INTERVAL)
             result.storm_s = time.perf_counter() - t_start
+            result.storm_cpu = tuple(b - a for a, b in zip(storm_cpu0, (
+                server.cpu_seconds(), postgres_cpu_seconds(root / "pgdata"), time.process_time()), strict=True))
             done_posting.set()
             await probe
+            created = n - result.errors  # servers whose POST was accepted
+            errored = await count_status(session, server.url, headers, "ERROR")
+            if await count_status(session, server.url, headers, "ACTIVE") + errored != created:
+                raise RuntimeError("servers went missing: ACTIVE + ERROR != accepted")
             result.errors += errored
             result.statements = (await db.fetchval(
                 # top-level statements only: what the server sends, not FK checks or trigger bodies
@@ -284,22 +368,8 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
                 """SELECT count(*) FROM instance_actions a WHERE a.action = 'create' AND (a.finish_time IS NULL
                    OR EXISTS (SELECT 1 FROM instance_actions_events e WHERE e.action_id = a.id AND e.finish_time IS NULL))"""
             )
-            # delete everything
-            async with session.get(f"{server.url}/compute/v2.1/servers?limit=100000", headers=headers) as r:
-                all_ids = [s["id"] for s in (await r.json())["servers"]]
-            t_del = time.perf_counter()
-
-            async def delete(sid: str) -> None:
-                async with sem, session.delete(f"{server.url}/compute/v2.1/servers/{sid}", headers=headers) as r:
-                    if r.status != 204:
-                        result.errors += 1
-
-            await asyncio.gather(*(delete(s) for s in all_ids))
-            while True:
-                async with session.get(f"{server.url}/compute/v2.1/servers?limit=100000", headers=headers) as r:
-                    if not (await r.json())["servers"]:
-                        break
-                await asyncio.sleep(POLL_INTERVAL)
+            t_del = time.perf_counter()  # delete everything (listing the ids included)
+            result.errors += await delete_all(session, server.url, headers, concurrency)
             result.delete_s = time.perf_counter() - t_del
             result.cpu_s = server.cpu_seconds() - cpu0
             result.rss_mb = server.peak_rss_mb()
@@ -314,16 +384,17 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool) ->
 
 def print_table(rows: list[Result]) -> None:
     header = (f"{'N':>5} {'H':>4} {'C':>3} {'mode':>9} | {'POST p50':>8} {'p95':>7} {'p99':>7} {'max':>7} ms | "
-              f"{'GET p99':>7} ms | {'storm s':>7} {'ACTIVE/s':>8} | {'del/s':>7} | {'CPU s':>6} {'RSS MB':>6} | "
-              f"{'SQL/boot':>8} | {'errors':>6} {'oversub':>7} {'open act':>8}")
+              f"{'GET p99':>7} ms | {'POSTs s':>7} {'storm s':>7} {'ACTIVE/s':>8} | {'del/s':>7} | {'CPU s':>6} {'RSS MB':>6} | "
+              f"{'SQL/boot':>8} | {'errors':>6} {'oversub':>7} {'open act':>8} | storm CPU s: server/PG/client")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r.n:>5} {r.hosts:>4} {r.concurrency:>3} {r.mode:>9} | {pct(r.post_ms, 50):8.1f} "
               f"{pct(r.post_ms, 95):7.1f} {pct(r.post_ms, 99):7.1f} {max(r.post_ms or [0]):7.1f} ms | "
-              f"{pct(r.get_ms, 99):7.1f} ms | {r.storm_s:7.2f} {r.n / r.storm_s if r.storm_s else 0:8.1f} | "
+              f"{pct(r.get_ms, 99):7.1f} ms | {r.posts_s:7.2f} {r.storm_s:7.2f} {r.n / r.storm_s if r.storm_s else 0:8.1f} | "
               f"{r.n / r.delete_s if r.delete_s else 0:7.1f} | {r.cpu_s:6.1f} {r.rss_mb:6.0f} | "
-              f"{r.statements:8.1f} | {r.errors:>6} {r.oversubscribed:>7} {r.incomplete_actions:>8}")
+              f"{r.statements:8.1f} | {r.errors:>6} {r.oversubscribed:>7} {r.incomplete_actions:>8} | "
+              + "/".join(f"{c:.1f}" for c in r.storm_cpu))
 
 
 async def main() -> int:
@@ -334,16 +405,18 @@ async def main() -> int:
     parser.add_argument("--batch", type=int, default=50, help="multi-create batch size for the batch run")
     parser.add_argument("--no-small", action="store_true", help="skip the N=200, H=10 row")
     parser.add_argument("--no-batch", action="store_true", help="skip the multi-create run")
+    parser.add_argument("--no-warmup", action="store_true", help="storm a freshly started server (no 2×C warm-up)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     parser.add_argument("--sql-top", type=int, default=0, help="print the K most frequent SQL statements")
     args = parser.parse_args()
     global SQL_TOP
     SQL_TOP = args.sql_top
-    rows = [await storm(args.n, args.hosts, args.c, 1, args.keep)]
+    warm = not args.no_warmup
+    rows = [await storm(args.n, args.hosts, args.c, 1, args.keep, warm)]
     if not args.no_batch:
-        rows.append(await storm(args.n, args.hosts, args.c, args.batch, args.keep))
+        rows.append(await storm(args.n, args.hosts, args.c, args.batch, args.keep, warm))
     if not args.no_small:
-        rows.append(await storm(200, 10, args.c, 1, args.keep))
+        rows.append(await storm(200, 10, args.c, 1, args.keep, warm))
     print_table(rows)
     bad = sum(r.errors + r.oversubscribed + r.incomplete_actions for r in rows)
     return 1 if bad else 0

@@ -21,4 +21,4 @@ async def test_boot_storm_bench_runs_clean_on_a_tiny_storm():
     rows = [line for line in text.splitlines() if line.strip().startswith("20 ")]
     assert len(rows) == 2, text  # one row for single POSTs, one for multi-create batches
     for row in rows:
-        assert row.split("|")[-1].split() == ["0", "0", "0"]  # errors, oversubscribed hosts, open actions
+        assert row.split("|")[-2].split() == ["0", "0", "0"]  # errors, oversubscribed hosts, open actions
