@@ -189,6 +189,40 @@ async def test_quota_race_admits_exactly_the_limit(cloud):
             await wait_for_status(cloud, r[1]["server"]["id"], "ACTIVE")
 
 
+async def test_creates_beyond_the_concurrency_limit_wait_their_turn(pg_dsn, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOVALITE_API__MAX_CONCURRENT_CREATES", "2")
+    cloud = await start_cloud(pg_dsn, tmp_path)
+    api = cloud.app["compute_api"]
+    inside = peak = 0
+    validate_networks = api._validate_networks
+
+    async def slow_and_counted(ctx, req):  # a step inside the limited section, made slow enough to overlap
+        nonlocal inside, peak
+        inside += 1
+        peak = max(peak, inside)
+        try:
+            await asyncio.sleep(0.05)
+            return await validate_networks(ctx, req)
+        finally:
+            inside -= 1
+
+    monkeypatch.setattr(api, "_validate_networks", slow_and_counted)
+    try:
+        image = await add_image(cloud)
+        results = await asyncio.gather(*(create(cloud, image, name=f"burst{i}") for i in range(8)))
+        assert [r[0] for r in results] == [202] * 8, results  # queued, never refused
+        assert peak == 2
+        for _, body, _ in results:
+            await wait_for_status(cloud, body["server"]["id"], "ACTIVE")
+        # a create that fails validation gives its turn back
+        status, _, _ = await create(cloud, image, flavorRef="no-such-flavor")
+        assert status == 400
+        status, _, _ = await create(cloud, image, name="after")
+        assert status == 202
+    finally:
+        await stop_cloud(cloud)
+
+
 async def project_id(cloud, name: str) -> str:
     async with cloud.app["db"].acquire() as conn:
         return await conn.fetchval("SELECT id FROM projects WHERE name = $1", name)

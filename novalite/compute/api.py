@@ -127,17 +127,19 @@ class ComputeAPI:
         self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
         self.computes: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._creating = asyncio.Semaphore(config.api.max_concurrent_creates)  # FIFO: waiters in order
 
     # -- create -------------------------------------------------------------
     async def create(self, ctx: RequestContext, req: CreateRequest) -> tuple[list[asyncpg.Record], str, str]:
         """Validate, provision and cast; return (instances, reservation_id, admin_password)."""
         if req.min_count > req.max_count:
             raise errors.BadRequest("min_count must be <= max_count")
-        async with self.pool.acquire() as conn:
-            base = await self._validate(conn, ctx, req)
-        await self._validate_networks(ctx, req)
-        password = req.admin_password or generate_password()
-        instances, reservation_id = await self._provision(ctx, req, base)
+        async with self._creating:
+            async with self.pool.acquire() as conn:
+                base = await self._validate(conn, ctx, req)
+            await self._validate_networks(ctx, req)
+            password = req.admin_password or generate_password()
+            instances, reservation_id = await self._provision(ctx, req, base)
         uuids = [str(i["uuid"]) for i in instances]
         self.conductor.build_instances(
             BuildRequest(instance_uuids=uuids, request_spec=base["request_spec"], request_id=ctx.request_id)
