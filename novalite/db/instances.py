@@ -154,6 +154,9 @@ async def compare_and_set(
     return row
 
 
+# What a create answers with (the rest of the row, request_spec above all, is not read back).
+PROVISIONED_COLUMNS = ("uuid", "launch_index", "auto_disk_config", "security_groups")
+
 # Column types for jsonb_to_recordset, in INSTANCE_COLUMNS order.
 _INSTANCE_TYPES = {
     "uuid": "uuid", "launch_index": "integer", "power_state": "integer", "flavor": "jsonb", "vcpus": "integer",
@@ -179,7 +182,7 @@ WITH ins AS (
     INSERT INTO instances ({", ".join(INSTANCE_COLUMNS)})
     SELECT {", ".join(INSTANCE_COLUMNS)}
     FROM jsonb_to_recordset($1::jsonb) AS x({_recordset({c: _INSTANCE_TYPES.get(c, "text") for c in INSTANCE_COLUMNS})})
-    RETURNING *),
+    RETURNING {", ".join(PROVISIONED_COLUMNS)}),
 bdm AS (
     INSERT INTO block_device_mappings ({", ".join(_BDM_COLUMNS)})
     SELECT {", ".join(f"coalesce(b.{c}, false)" if c == "delete_on_termination" else f"b.{c}" for c in _BDM_COLUMNS)}
@@ -209,7 +212,7 @@ async def provision(
     notification: dict,
 ) -> list[asyncpg.Record]:
     """Instances, their BDMs, group members, 'create' actions and instance.update
-    notifications in ONE statement; returns the new rows in launch order."""
+    notifications in ONE statement; returns the PROVISIONED_COLUMNS of the new rows in launch order."""
     return await conn.fetch(
         _PROVISION_SQL,
         [{c: r.get(c) for c in INSTANCE_COLUMNS} for r in rows],
