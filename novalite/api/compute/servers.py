@@ -6,6 +6,7 @@ Handlers stay thin: parse and authorize here, validate and provision in
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid as uuidlib
 from datetime import datetime
@@ -371,17 +372,31 @@ async def _server_groups(request: web.Request, uuid: str) -> list[str] | None:
         return await sg_db.groups_of(conn, uuid)
 
 
+async def _query(request: web.Request, fn, *args):
+    async with request.app["db"].acquire() as conn:
+        return await fn(conn, *args)
+
+
+async def _one_server_doc(
+    request: web.Request, ctx: RequestContext, inst: asyncpg.Record, all_attributes: bool = True
+) -> dict:
+    """One server's document. Its fault, BDMs, addresses and groups are read at the same
+    time, each on its own connection: one wait instead of four while the loop is busy."""
+    uuid = str(inst["uuid"])
+    faults, bdms, addrs, groups = await asyncio.gather(
+        _query(request, db.latest_faults, [uuid]),
+        _query(request, db.bdms_for, [uuid]),
+        addresses_for(request, [uuid]),
+        _server_groups(request, uuid),
+    )
+    return await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid),
+                             all_attributes=all_attributes, server_groups=groups)
+
+
 async def show(request: web.Request) -> web.Response:
     inst = await load_instance(request)
     ctx = authorize(request, "os_compute_api:servers:show", _target(inst))
-    async with request.app["db"].acquire() as conn:
-        faults = await db.latest_faults(conn, [str(inst["uuid"])])
-        bdms = await db.bdms_for(conn, [str(inst["uuid"])])
-    uuid = str(inst["uuid"])
-    addrs = await addresses_for(request, [uuid])
-    doc = await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid),
-                            server_groups=await _server_groups(request, uuid))
-    return web.json_response({"server": doc})
+    return web.json_response({"server": await _one_server_doc(request, ctx, inst)})
 
 
 async def update(request: web.Request) -> web.Response:
@@ -401,16 +416,10 @@ async def update(request: web.Request) -> web.Response:
         updates["access_ip_v6"] = changes["accessIPv6"] or None
     if "OS-DCF:diskConfig" in changes:
         updates["auto_disk_config"] = changes["OS-DCF:diskConfig"] == "AUTO"
-    async with request.app["db"].acquire() as conn:
-        if updates:
+    if updates:
+        async with request.app["db"].acquire() as conn:
             inst = await db.compare_and_set(conn, str(inst["uuid"]), **updates)
-        faults = await db.latest_faults(conn, [str(inst["uuid"])])
-        bdms = await db.bdms_for(conn, [str(inst["uuid"])])
-    uuid = str(inst["uuid"])
-    addrs = await addresses_for(request, [uuid])
-    doc = await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid),
-                            all_attributes=at_least(request, 75), server_groups=await _server_groups(request, uuid))
-    return web.json_response({"server": doc})
+    return web.json_response({"server": await _one_server_doc(request, ctx, inst, at_least(request, 75))})
 
 
 async def delete(request: web.Request) -> web.Response:
