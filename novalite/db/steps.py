@@ -12,6 +12,7 @@ lone step still goes out at once.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -120,7 +121,7 @@ class StepWriter:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._pending: dict[bool, list[tuple[BuildStep, asyncio.Future]]] = {True: [], False: []}
+        self._pending: dict[bool, deque[tuple[BuildStep, asyncio.Future]]] = {True: deque(), False: deque()}
         self._writers: dict[bool, asyncio.Task | None] = {True: None, False: None}
 
     async def step(self, step: BuildStep) -> asyncpg.Record:
@@ -142,21 +143,21 @@ class StepWriter:
             while pending:
                 later: list[tuple[BuildStep, asyncio.Future]] = []
                 seen: set[str] = set()
-                for item in pending:
-                    step, future = item
+                while pending and len(batch) < self.MAX_BATCH:
+                    step, future = item = pending.popleft()
                     if future.done():  # its build was cancelled before the step was sent
                         continue
-                    if step.uuid in seen or len(batch) >= self.MAX_BATCH:
+                    if step.uuid in seen:  # one step per instance and statement
                         later.append(item)
                     else:
                         seen.add(step.uuid)
                         batch.append(item)
-                pending[:] = later
+                pending.extendleft(reversed(later))
                 if batch:
                     await self._send(batch, full_row)
                 batch = []
         except asyncio.CancelledError:  # shutting down: nobody waits forever for its step
-            for _, future in batch + pending:
+            for _, future in batch + list(pending):
                 future.cancel()
             pending.clear()
             raise
