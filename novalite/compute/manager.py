@@ -202,10 +202,12 @@ class ComputeManager(PowerActionsMixin):
                 if inst["instance_group"] is not None:
                     async with self.pool.acquire() as conn:
                         await validate_instance_group_policy(conn, uuid, self.host)  # late group check (Nova)
-                inst = await self._step(
+                # The row read at the build's first step serves the spawn, as Nova's build
+                # keeps the Instance it started with.
+                await self._step(
                     uuid, request_id, states.BLOCK_DEVICE_MAPPING, states.SPAWNING,
                     finish_events=["compute_prep_block_device"], start_events=["compute_spawn"],
-                    event_details=json.dumps([d.path for d in prepared.disks]), full_row=True,
+                    event_details=json.dumps([d.path for d in prepared.disks]),
                 )
                 spawning = True
                 await self._config_drive(inst, ports, prepared)
