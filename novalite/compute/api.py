@@ -139,12 +139,11 @@ class ComputeAPI:
         """Validate, provision and cast; return (instances, reservation_id, admin_password)."""
         if req.min_count > req.max_count:
             raise errors.BadRequest("min_count must be <= max_count")
-        async with self._creating:
-            async with self.pool.acquire() as conn:
-                base = await self._validate(conn, ctx, req)
-            await self._validate_networks(ctx, req)
+        async with self._creating, self.pool.acquire() as conn:  # one connection for the whole create
+            base = await self._validate(conn, ctx, req)
+            await self._validate_networks(conn, ctx, req)
             password = req.admin_password or generate_password()
-            instances, reservation_id = await self._provision(ctx, req, base)
+            instances, reservation_id = await self._provision(conn, ctx, req, base)
         uuids = [str(i["uuid"]) for i in instances]
         self.conductor.build_instances(
             BuildRequest(instance_uuids=uuids, request_spec=base["request_spec"], request_id=ctx.request_id)
@@ -320,12 +319,12 @@ class ComputeAPI:
             "limits": limits,
         }
 
-    async def _validate_networks(self, ctx: RequestContext, req: CreateRequest) -> None:
+    async def _validate_networks(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> None:
         """Requested networks, ports and fixed IPs must exist and be usable by this many instances."""
         if self.network_api is None:
             return
         fits = await self.network_api.validate_requested_networks(
-            ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin
+            ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin, conn=conn
         )
         if fits < req.min_count:
             raise errors.Forbidden(
@@ -515,7 +514,7 @@ class ComputeAPI:
         return rows
 
     async def _provision(
-        self, ctx: RequestContext, req: CreateRequest, base: dict
+        self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest, base: dict
     ) -> tuple[list[asyncpg.Record], str]:
         """One transaction: quota check, instance rows, BDMs, group members, actions, notifications."""
         flavor = base["flavor"]
@@ -528,41 +527,40 @@ class ComputeAPI:
             limits[r] != quota.UNLIMITED for r in ("instances", "cores", "ram")
         )
         notification = {"state": states.BUILDING, "task_state": states.SCHEDULING, "reservation_id": reservation_id}
-        async with self.pool.acquire() as conn:
-            if not counted:
-                # Nothing to count or reserve: one statement, atomic on its own, no lock.
-                rows = self._instance_rows(ctx, req, base, req.max_count, reservation_id)
+        if not counted:
+            # Nothing to count or reserve: one statement, atomic on its own, no lock.
+            rows = self._instance_rows(ctx, req, base, req.max_count, reservation_id)
+            instances = await db.provision(
+                conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
+                group_uuid=None, request_id=ctx.request_id, user_id=ctx.user_id, project_id=ctx.project_id,
+                notification=notification,
+            )
+        else:
+            async with conn.transaction():
+                await quota.lock_project(conn, ctx.project_id)
+                used = await quota.instance_usage(conn, ctx.project_id)
+                count = quota.admissible_count(limits, used, flavor["vcpus"], flavor["memory_mb"], req.max_count)
+                if count < req.min_count:
+                    raise quota.instances_over_quota(
+                        limits, used, flavor["vcpus"], flavor["memory_mb"],
+                        req.min_count if count else max(1, req.min_count),
+                    )
+                if group is not None:
+                    members = await conn.fetchval(
+                        "SELECT count(*) FROM instance_group_members WHERE group_uuid = $1", group["uuid"]
+                    )
+                    limit = limits["server_group_members"]
+                    if limit != quota.UNLIMITED and members + count > limit:
+                        raise errors.QuotaExceeded("Quota exceeded, too many servers in group")
+                rows = self._instance_rows(ctx, req, base, count, reservation_id)
+                if self.volume_api is not None:  # available → reserved before the BDM rows: one winner per volume
+                    for r in rows:
+                        await self.volume_api.reserve_for_instance(conn, r["uuid"], base["bdms"])
                 instances = await db.provision(
                     conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
-                    group_uuid=None, request_id=ctx.request_id, user_id=ctx.user_id, project_id=ctx.project_id,
-                    notification=notification,
+                    group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id,
+                    user_id=ctx.user_id, project_id=ctx.project_id, notification=notification,
                 )
-            else:
-                async with conn.transaction():
-                    await quota.lock_project(conn, ctx.project_id)
-                    used = await quota.instance_usage(conn, ctx.project_id)
-                    count = quota.admissible_count(limits, used, flavor["vcpus"], flavor["memory_mb"], req.max_count)
-                    if count < req.min_count:
-                        raise quota.instances_over_quota(
-                            limits, used, flavor["vcpus"], flavor["memory_mb"],
-                            req.min_count if count else max(1, req.min_count),
-                        )
-                    if group is not None:
-                        members = await conn.fetchval(
-                            "SELECT count(*) FROM instance_group_members WHERE group_uuid = $1", group["uuid"]
-                        )
-                        limit = limits["server_group_members"]
-                        if limit != quota.UNLIMITED and members + count > limit:
-                            raise errors.QuotaExceeded("Quota exceeded, too many servers in group")
-                    rows = self._instance_rows(ctx, req, base, count, reservation_id)
-                    if self.volume_api is not None:  # available → reserved before the BDM rows: one winner per volume
-                        for r in rows:
-                            await self.volume_api.reserve_for_instance(conn, r["uuid"], base["bdms"])
-                    instances = await db.provision(
-                        conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
-                        group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id,
-                        user_id=ctx.user_id, project_id=ctx.project_id, notification=notification,
-                    )
         uuids = [r["uuid"] for r in rows]
         log.info("provisioned", reservation_id=reservation_id, instance_uuids=uuids)
         return instances, reservation_id

@@ -318,7 +318,8 @@ class NetworkAPI:
             )
 
     async def validate_requested_networks(
-        self, project_id: str, requested: Any, max_count: int = 1, *, is_admin: bool = False
+        self, project_id: str, requested: Any, max_count: int = 1, *, is_admin: bool = False,
+        conn: asyncpg.Connection | None = None,
     ) -> int:
         """Check requested_networks at create time; return how many instances (≤ max_count) fit.
 
@@ -327,19 +328,22 @@ class NetworkAPI:
         400 ``Network <id> could not be found.`` / ``Port id <id> could not be
         found.`` / fixed IP not in the subnet or already in use; 409 ``Port <id>
         is still in use.``; 403 ``Maximum number of ports exceeded`` when no
-        instance would get an address.
+        instance would get an address. Runs on `conn` when the caller holds one.
         """
-        async with self.pool.acquire() as conn:
-            wanted = await self._resolve(conn, project_id, requested, None, is_admin)
-            needs: dict[str, int] = {}
-            for w in wanted:
-                if w.port is None:
-                    needs[w.network["id"]] = needs.get(w.network["id"], 0) + 1
-            fits = max_count
-            for net_id, per_instance in needs.items():
-                subnet = await q.subnet_of_network(conn, net_id)
-                free = await q.free_addresses(conn, subnet["id"]) if subnet else 0
-                fits = min(fits, free // per_instance)
+        if conn is None:
+            async with self.pool.acquire() as conn:
+                return await self.validate_requested_networks(
+                    project_id, requested, max_count, is_admin=is_admin, conn=conn)
+        wanted = await self._resolve(conn, project_id, requested, None, is_admin)
+        needs: dict[str, int] = {}
+        for w in wanted:
+            if w.port is None:
+                needs[w.network["id"]] = needs.get(w.network["id"], 0) + 1
+        fits = max_count
+        for net_id, per_instance in needs.items():
+            subnet = await q.subnet_of_network(conn, net_id)
+            free = await q.free_addresses(conn, subnet["id"]) if subnet else 0
+            fits = min(fits, free // per_instance)
         if fits < 1:
             raise errors.QuotaExceeded("Maximum number of ports exceeded")
         return fits
