@@ -30,6 +30,7 @@ from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
 from novalite.config import Config, HostConfig
 from novalite.db.steps import StepWriter
+from novalite.foreground import Foreground
 from novalite.identity import IdentityService
 from novalite.network import NetworkAPI
 from novalite.policy import Enforcer
@@ -133,6 +134,7 @@ def compute_ctx(config: Config):
         compute_api.conductor = conductor
         compute_api.volume_api = app.get("volume_api")
         conductor.network_api = network_api
+        conductor.foreground = app["foreground"]
         computes: dict[str, ComputeManager] = {}
         for host in config.hosts:
             driver = LibvirtDriver(
@@ -193,6 +195,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
         ],
     )
     app["config"] = config
+    app["foreground"] = Foreground(config.api.busy_background_interval)  # API first, see novalite.foreground
     app["policy"] = Enforcer(config.policy.file if config.policy.file and config.policy.file.exists() else None)
     app.cleanup_ctx.append(database_ctx(config, clouds_yaml))
     app.cleanup_ctx.append(network_ctx(config))

@@ -17,6 +17,7 @@ from novalite.compute import states
 from novalite.compute.api import BuildRequest
 from novalite.config import SchedulerConfig
 from novalite.db import instances as db
+from novalite.foreground import Foreground
 from novalite.scheduler.manager import NoValidHost, Scheduler, Selection, claim
 
 log = structlog.get_logger(__name__)
@@ -69,6 +70,7 @@ class Conductor:
         self.queue: asyncio.Queue[BuildRequest] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.foreground = Foreground(0)  # the wiring shares the API's
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._serve(), name="conductor")
@@ -91,6 +93,7 @@ class Conductor:
     async def _serve(self) -> None:
         while True:
             request = await self.queue.get()
+            await self.foreground.background_turn()
             self._spawn(self.schedule_and_build_instances(request))
 
     async def schedule_and_build_instances(self, request: BuildRequest) -> None:

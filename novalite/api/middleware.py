@@ -80,10 +80,14 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     request["request_id"] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    foreground = request.app["foreground"]
+    foreground.begin()
     try:
         resp = await handler(request)
     except web.HTTPException as exc:
         resp = exc
+    finally:
+        foreground.end()
     resp.headers["x-openstack-request-id"] = request_id
     if service_of(request.path) == "compute":
         resp.headers["x-compute-request-id"] = request_id
