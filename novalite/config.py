@@ -38,8 +38,8 @@ class ApiConfig(_Section):
     max_concurrent_creates: int = Field(16, ge=1)
     # While API requests are in flight, the conductor starts the next scheduling request
     # at most this often (seconds); when the API is quiet it does not wait. 0: no priority.
-    # (novalite.foreground; bench/README.md: storm POST p99 52-60 -> 41-46 ms.)
-    busy_background_interval: float = Field(0.02, ge=0, le=1)
+    # (novalite.foreground; bench/README.md: storm POST p99 49-60 -> 44-47 ms.)
+    busy_background_interval: float = Field(0.05, ge=0, le=1)
 
 
 class DatabaseConfig(_Section):

@@ -5,8 +5,8 @@ arrive at once, the conductor used to start scheduling each of them at once as
 well, and every answer waited behind that work. While API requests are in
 flight the conductor now starts the next scheduling request at most once per
 `interval`; as soon as the API is quiet it runs at full speed again. Background
-work is slowed during a burst, never stopped (at 0.02 s: still 50 scheduling
-requests a second under continuous API load).
+work is slowed during a burst, never stopped (at 0.05 s: still 20 scheduling
+requests a second, each possibly a multi-create, under continuous API load).
 """
 
 from __future__ import annotations
