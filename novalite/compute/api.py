@@ -170,7 +170,7 @@ class ComputeAPI:
             image_id = root.get("image_id") or image_id
         snap = await lookups.snapshot(
             conn, flavorid=req.flavor_ref, image_id=image_id, project_id=ctx.project_id, user_id=ctx.user_id,
-            is_admin=ctx.is_admin, key_name=req.key_name,
+            is_admin=ctx.is_admin, key_name=req.key_name, zones=bool(req.availability_zone),
         )
         # flavor
         flavor = snap["flavor"]
@@ -197,9 +197,8 @@ class ComputeAPI:
         elif auto_disk and str(image_props.get("auto_disk_config", "")).lower() == "disabled":
             raise errors.BadRequest(f"Requested image {image_id} has automatic disk resize disabled.")
         # availability zone and forced host
-        zones = set(snap["zones"])
         az = req.availability_zone
-        if az and az not in zones:
+        if az and az not in snap["zones"]:
             raise errors.BadRequest("The requested availability zone is not available")
         forced_host = req.forced_host or req.forced_node
         if forced_host:

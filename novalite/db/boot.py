@@ -49,10 +49,12 @@ async def snapshot(
     user_id: str,
     is_admin: bool,
     key_name: str | None,
+    zones: bool = True,
 ) -> dict:
-    """Everything the create path looks up, in ONE round trip: flavor, image, zones,
-    quota overrides (class `default`, then the project's own, which win), security
-    group names and the key pair's public key."""
+    """Everything the create path looks up, in ONE round trip: flavor, image, zones
+    (only when asked for: it reads every compute node), quota overrides (class
+    `default`, then the project's own, which win), security group names and the key
+    pair's public key."""
     try:
         image_uuid = str(uuid.UUID(image_id)) if image_id else None
     except ValueError:
@@ -63,7 +65,8 @@ async def snapshot(
                 AND (f.is_public OR $4 OR EXISTS (SELECT 1 FROM flavor_projects p
                                                   WHERE p.flavorid = f.flavorid AND p.project_id = $3))) AS flavor,
              (SELECT to_jsonb(i) FROM images i WHERE i.id = $2::uuid) AS image,
-             (SELECT coalesce(array_agg(DISTINCT availability_zone), '{}') FROM compute_nodes) AS zones,
+             CASE WHEN $8 THEN (SELECT coalesce(array_agg(DISTINCT availability_zone), '{}')
+                                FROM compute_nodes) END AS zones,
              (SELECT coalesce(jsonb_object_agg(resource, hard_limit ORDER BY project_id = $3), '{}')
                 FROM quotas WHERE project_id IN ($3, $7)) AS quota_overrides,
              (SELECT coalesce(array_agg(name) || array_agg(id::text), '{}') FROM security_groups
@@ -76,5 +79,6 @@ async def snapshot(
         user_id,
         key_name,
         QUOTA_CLASS_DEFAULT,
+        zones,
     )
     return dict(row)
