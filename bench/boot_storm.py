@@ -122,7 +122,8 @@ def write_config(root: Path, dsn: str, hosts: int, port: int) -> Path:
 
 
 async def wait_serving(
-    session: aiohttp.ClientSession, url: str, proc: subprocess.Popen, log: Path, timeout: float = 120
+    session: aiohttp.ClientSession, url: str, proc: subprocess.Popen, log: Path, timeout: float = 120,
+    interval: float = 0.2,
 ) -> None:
     """Wait until a `novalite serve` subprocess answers its compute root; fail if it exits."""
     deadline = time.monotonic() + timeout
@@ -135,8 +136,8 @@ async def wait_serving(
                     return
         except aiohttp.ClientError:
             pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError("server did not start")
+        await asyncio.sleep(interval)
+    raise RuntimeError(f"server did not start in {timeout:.0f} s: see {log}")
 
 
 def proc_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
