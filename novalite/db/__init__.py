@@ -57,6 +57,15 @@ class EmbeddedPostgres:
             self._server = None
 
 
+def is_uuid(value: str) -> bool:
+    """Whether `value` parses as a UUID: ids checked before a query casts them to uuid."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _json_text(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 

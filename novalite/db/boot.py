@@ -6,15 +6,14 @@ import uuid
 
 import asyncpg
 
+from novalite.db import is_uuid
 from novalite.quota import CLASS_PREFIX
 
 QUOTA_CLASS_DEFAULT = CLASS_PREFIX + "default"
 
 
 async def image(conn: asyncpg.Connection, image_id: str) -> asyncpg.Record | None:
-    try:
-        uuid.UUID(image_id)
-    except ValueError:
+    if not is_uuid(image_id):
         return None
     return await conn.fetchrow("SELECT * FROM images WHERE id = $1::uuid", image_id)
 
@@ -33,9 +32,7 @@ async def compute_node(conn: asyncpg.Connection, host: str) -> asyncpg.Record | 
 
 
 async def instance_group(conn: asyncpg.Connection, group_uuid: str) -> asyncpg.Record | None:
-    try:
-        uuid.UUID(group_uuid)
-    except ValueError:
+    if not is_uuid(group_uuid):
         return None
     return await conn.fetchrow("SELECT * FROM instance_groups WHERE uuid = $1::uuid", group_uuid)
 

@@ -7,6 +7,8 @@ import uuid as uuidlib
 
 import asyncpg
 
+from novalite.db import is_uuid
+
 _GROUP_WITH_MEMBERS = """
     SELECT g.uuid, g.project_id, g.user_id, g.name, g.policy, g.rules, g.created_at,
            coalesce((SELECT array_agg(m.instance_uuid::text ORDER BY i.id)
@@ -15,17 +17,9 @@ _GROUP_WITH_MEMBERS = """
       FROM instance_groups g"""
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuidlib.UUID(value)
-        return True
-    except ValueError:
-        return False
-
-
 async def get(conn: asyncpg.Connection, group_uuid: str) -> asyncpg.Record | None:
     """One group with its not-deleted members, or None."""
-    if not _is_uuid(group_uuid):
+    if not is_uuid(group_uuid):
         return None
     return await conn.fetchrow(_GROUP_WITH_MEMBERS + " WHERE g.uuid = $1::uuid", group_uuid)
 

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import time
-import uuid
 
 from aiohttp import web
 
@@ -29,7 +28,7 @@ from novalite.api.compute.validation import (
     validate_query,
 )
 from novalite.api.middleware import read_json
-from novalite.db import catalog
+from novalite.db import catalog, is_uuid
 
 BINARY = "nova-compute"
 
@@ -245,20 +244,12 @@ async def list_hypervisors_detail(request: web.Request) -> web.Response:
     return await _hypervisor_list(request, detail=True)
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 async def _find_hypervisor(request: web.Request, ident: str) -> dict:
     """Nova's _validate_id + compute_node_get: uuid from 2.53, integer id before."""
     not_found = errors.NotFound(f"Hypervisor with ID '{ident}' could not be found.")
     async with request.app["db"].acquire() as conn:
         if common.at_least(request, 53):
-            if not _is_uuid(ident):
+            if not is_uuid(ident):
                 raise errors.BadRequest(f"Invalid uuid {ident}")
             node = await catalog.get_compute_node(conn, _down_time(request), node_uuid=ident)
         else:
@@ -430,7 +421,7 @@ async def update_service(request: web.Request) -> web.Response:
 
 async def _update_v253(request: web.Request, body: dict) -> web.Response:
     service_id = request.match_info["service_id"]
-    if not _is_uuid(service_id):
+    if not is_uuid(service_id):
         raise errors.BadRequest(f"Invalid uuid {service_id}")
     validate_body(
         {

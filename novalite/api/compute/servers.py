@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid as uuidlib
 from datetime import datetime
 
 import asyncpg
@@ -22,6 +21,7 @@ from novalite.api.middleware import RequestContext, read_json
 from novalite.compute.api import ComputeAPI, CreateRequest
 from novalite.compute.states import states_from_status
 from novalite.db import instances as db
+from novalite.db import is_uuid
 from novalite.db import server_groups as sg_db
 from novalite.scheduler.manager import latest_verdicts
 
@@ -47,10 +47,8 @@ async def load_instance(request: web.Request, uuid: str | None = None) -> asyncp
     """The instance named in the path, or Nova's 404 (also for other projects' servers)."""
     uuid = uuid or request.match_info["server_id"]
     ctx = context(request)
-    try:
-        uuidlib.UUID(uuid)
-    except ValueError:
-        raise errors.NotFound(f"Instance {uuid} could not be found.") from None
+    if not is_uuid(uuid):
+        raise errors.NotFound(f"Instance {uuid} could not be found.")
     async with request.app["db"].acquire() as conn:
         inst = await db.get(conn, uuid)
     if inst is None:
@@ -136,12 +134,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 def _looks_like_image_ref(ref: str) -> bool:
-    tail = ref.rstrip("/").rsplit("/", 1)[-1]
-    try:
-        uuidlib.UUID(tail)
-        return True
-    except ValueError:
-        return False
+    return is_uuid(ref.rstrip("/").rsplit("/", 1)[-1])
 
 
 def parse_availability_zone(value: str | None) -> tuple[str | None, str | None, str | None]:
@@ -578,21 +571,13 @@ async def _load_for_actions(request: web.Request) -> asyncpg.Record:
     uuid = request.match_info["server_id"]
     ctx = context(request)
     async with request.app["db"].acquire() as conn:
-        inst = await db.get(conn, uuid, include_deleted=True) if _is_uuid(uuid) else None
+        inst = await db.get(conn, uuid, include_deleted=True) if is_uuid(uuid) else None
     # Deleted servers' actions are readable from 2.21.
     if inst is None or (inst["deleted"] and not at_least(request, 21)):
         raise errors.NotFound(f"Instance {uuid} could not be found.")
     if inst["project_id"] != ctx.project_id and not ctx.is_admin:
         raise errors.NotFound(f"Instance {uuid} could not be found.")
     return inst
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuidlib.UUID(value)
-        return True
-    except ValueError:
-        return False
 
 
 async def actions_index(request: web.Request) -> web.Response:
