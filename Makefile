@@ -33,6 +33,7 @@ bench: setup
 
 lint: venv
 	$(VENV)/bin/ruff check novalite tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .novalite clouds.yaml

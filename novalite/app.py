@@ -15,7 +15,7 @@ from aiohttp import web
 
 from novalite import bootstrap, db
 from novalite.api import identity as identity_api
-from novalite.api import identity_admin, middleware
+from novalite.api import identity_admin, keys, middleware
 from novalite.api import networking as networking_api
 from novalite.api import volume as volume_api_routes
 from novalite.api.compute import catalog_routes, server_groups, servers, volume_attachments
@@ -62,10 +62,10 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
                 log.info("bootstrapped", credentials=str(bootstrap.credentials_file(config)))
             if clouds_yaml is not None and (creds is not None or not clouds_yaml.exists()):
                 bootstrap.write_clouds_yaml(config, clouds_yaml)
-            app["db"] = pool
-            app["db_workers"] = workers
-            app["dsn"] = dsn
-            app["identity"] = IdentityService(
+            app[keys.DB] = pool
+            app[keys.DB_WORKERS] = workers
+            app[keys.DSN] = dsn
+            app[keys.IDENTITY] = IdentityService(
                 pool, config.public_url, config.identity.region, config.identity.token_lifetime
             )
             yield
@@ -92,10 +92,10 @@ def network_ctx(config: Config):
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         ensure_registered()  # libvirt's event loop before the first libvirt connection
-        network_api = NetworkAPI(app["db"], config)
+        network_api = NetworkAPI(app[keys.DB], config)
         try:
             await network_api.ensure_networks({h.name: host_uri(config, h) for h in config.hosts})
-            app["network_api"] = network_api
+            app[keys.NETWORK_API] = network_api
             yield
         finally:
             await network_api.close()
@@ -107,10 +107,10 @@ def volume_ctx(config: Config):
     """Volumes: one libvirt storage pool per host, defined and started before the computes run."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        volume_api = VolumeAPI(app["db"], config)
+        volume_api = VolumeAPI(app[keys.DB], config)
         try:
             await volume_api.ensure_pools({h.name: host_uri(config, h) for h in config.hosts})
-            app["volume_api"] = volume_api
+            app[keys.VOLUME_API] = volume_api
             volume_api.start()
             yield
         finally:
@@ -123,18 +123,18 @@ def compute_ctx(config: Config):
     """Conductor, scheduler and one compute manager per host, recovered before serving."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        pool = app["db"]
-        workers = app["db_workers"]  # background work: conductor, scheduler, compute hosts
+        pool = app[keys.DB]
+        workers = app[keys.DB_WORKERS]  # background work: conductor, scheduler, compute hosts
         locks = InstanceLocks()
         steps = StepWriter(workers)  # the build steps of all hosts, written together
         scheduler = Scheduler(workers, config.scheduler)
         conductor = Conductor(workers, scheduler, config.scheduler)
-        network_api = app["network_api"]
+        network_api = app[keys.NETWORK_API]
         compute_api = ComputeAPI(pool, config, locks, network_api)
         compute_api.conductor = conductor
-        compute_api.volume_api = app.get("volume_api")
+        compute_api.volume_api = app.get(keys.VOLUME_API)
         conductor.network_api = network_api
-        conductor.foreground = app["foreground"]
+        conductor.foreground = app[keys.FOREGROUND]
         computes: dict[str, ComputeManager] = {}
         for host in config.hosts:
             driver = LibvirtDriver(
@@ -147,11 +147,11 @@ def compute_ctx(config: Config):
             )
             computes[host.name] = ComputeManager(host, driver, workers, steps, config, locks, conductor,
                                                 network_api)
-            computes[host.name].volume_api = app.get("volume_api")
+            computes[host.name].volume_api = app.get(keys.VOLUME_API)
         watchdog = Watchdog(workers, config, computes)
-        if app.get("volume_api") is not None:
-            app["volume_api"].computes = computes
-            app["volume_api"].locks = locks
+        if app.get(keys.VOLUME_API) is not None:
+            app[keys.VOLUME_API].computes = computes
+            app[keys.VOLUME_API].locks = locks
         try:
             for manager in computes.values():
                 await manager.init_host()
@@ -162,12 +162,12 @@ def compute_ctx(config: Config):
             conductor.start()
             for manager in computes.values():
                 manager.start()
-            app["compute_api"] = compute_api
-            app["conductor"] = conductor
-            app["scheduler"] = scheduler
-            app["computes"] = computes
-            app["server_actions"] = ServerActions(pool, computes)
-            app["watchdog"] = watchdog
+            app[keys.COMPUTE_API] = compute_api
+            app[keys.CONDUCTOR] = conductor
+            app[keys.SCHEDULER] = scheduler
+            app[keys.COMPUTES] = computes
+            app[keys.SERVER_ACTIONS] = ServerActions(pool, computes)
+            app[keys.WATCHDOG] = watchdog
             watchdog.start()
             yield
         finally:
@@ -175,8 +175,8 @@ def compute_ctx(config: Config):
             await conductor.stop()
             await scheduler.stop()
             await compute_api.wait_idle()
-            if app.get("volume_api") is not None:
-                await app["volume_api"].wait_idle()
+            if app.get(keys.VOLUME_API) is not None:
+                await app[keys.VOLUME_API].wait_idle()
             for manager in computes.values():
                 await manager.stop()
 
@@ -194,9 +194,9 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
             middleware.microversion_middleware,
         ],
     )
-    app["config"] = config
-    app["foreground"] = Foreground(config.api.busy_background_interval)  # API first, see novalite.foreground
-    app["policy"] = Enforcer(config.policy.file if config.policy.file and config.policy.file.exists() else None)
+    app[keys.CONFIG] = config
+    app[keys.FOREGROUND] = Foreground(config.api.busy_background_interval)  # API first, see novalite.foreground
+    app[keys.POLICY] = Enforcer(config.policy.file if config.policy.file and config.policy.file.exists() else None)
     app.cleanup_ctx.append(database_ctx(config, clouds_yaml))
     app.cleanup_ctx.append(network_ctx(config))
     app.cleanup_ctx.append(volume_ctx(config))

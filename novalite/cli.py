@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from novalite import bootstrap, db
+from novalite.api import keys
 from novalite.config import Config, ConfigError, load_config
 from novalite.logs import setup_logging
 from novalite.policy import PolicyError
@@ -55,8 +56,8 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         # After startup: the upload goes through this server's own image API.
         from novalite.image import testimage
 
-        task = asyncio.get_running_loop().create_task(testimage.ensure_uploaded(config, app["db"]))
-        app["test_image_task"] = task
+        task = asyncio.get_running_loop().create_task(testimage.ensure_uploaded(config, app[keys.DB]))
+        app[keys.TEST_IMAGE_TASK] = task
 
     app.on_startup.append(settle_heap)
     app.on_startup.append(announce)

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import bcrypt
 
-from novalite.api.errors import Unauthorized
 from novalite.db import identity as q
+from novalite.exception import NotAuthenticated
 
 DOMAIN = {"id": "default", "name": "Default"}
 
@@ -91,23 +91,23 @@ class IdentityService:
         """Check a password method's user block; any failure is the same 401."""
         password = user.get("password")
         if not isinstance(password, str):
-            raise Unauthorized()
+            raise NotAuthenticated()
         async with self.pool.acquire() as conn:
             if user.get("id"):
                 row = await q.get_user(conn, str(user["id"]))
             elif user.get("name"):
                 domain = user.get("domain") or {}
                 if domain.get("id", "default") != "default" or domain.get("name", "Default") != "Default":
-                    raise Unauthorized()
+                    raise NotAuthenticated()
                 row = await q.get_user_by_name(conn, str(user["name"]))
             else:
-                raise Unauthorized()
+                raise NotAuthenticated()
         if row is None or not row["enabled"]:
             # Spend the same time as a real check: no hint which part was wrong.
             await asyncio.to_thread(check_password, password, _DUMMY_HASH)
-            raise Unauthorized()
+            raise NotAuthenticated()
         if not await asyncio.to_thread(check_password, password, row["password_hash"]):
-            raise Unauthorized()
+            raise NotAuthenticated()
         return row
 
     async def resolve_scope(self, user_id: str, scope: dict | None) -> asyncpg.Record | None:
@@ -116,16 +116,16 @@ class IdentityService:
             return None
         project = scope.get("project")
         if not isinstance(project, dict):
-            raise Unauthorized("Only project scope is supported.")
+            raise NotAuthenticated("Only project scope is supported.")
         async with self.pool.acquire() as conn:
             if project.get("id"):
                 row = await q.get_project(conn, str(project["id"]))
             else:
                 row = await q.get_project_by_name(conn, str(project.get("name")))
             if row is None or not row["enabled"]:
-                raise Unauthorized()
+                raise NotAuthenticated()
             if not await q.role_names(conn, user_id, row["id"]):
-                raise Unauthorized()
+                raise NotAuthenticated()
         return row
 
     # -- tokens ----------------------------------------------------------
@@ -140,7 +140,7 @@ class IdentityService:
             await q.insert_token(conn, token_id, user_id, project_id, methods, now, expires)
         info = await self.validate(token_id)
         if info is None:  # pragma: no cover - just inserted
-            raise Unauthorized()
+            raise NotAuthenticated()
         return info
 
     async def validate(self, token_id: str) -> TokenInfo | None:

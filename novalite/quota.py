@@ -12,8 +12,9 @@ import hashlib
 
 import asyncpg
 
-from novalite.api.errors import QuotaExceeded
 from novalite.config import QuotaConfig
+from novalite.db.catalog import CLASS_PREFIX
+from novalite.exception import QuotaExceeded
 
 # Nova's quota resource names, in the order os-quota-sets shows them.
 RESOURCES = (
@@ -31,9 +32,6 @@ RESOURCES = (
 UNLIMITED = -1
 
 
-# Rows of quota class <name> (os-quota-class-sets) live in `quotas` under this key; project ids
-# are hex uuids, so they cannot collide. Class `default` overrides the config defaults.
-CLASS_PREFIX = "quota_class:"
 
 
 async def get_limits(conn: asyncpg.Connection, defaults: QuotaConfig, project_id: str) -> dict[str, int]:

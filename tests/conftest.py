@@ -18,6 +18,7 @@ import yaml
 from aiohttp import web
 
 from novalite import db
+from novalite.api import keys
 from novalite.app import init_app
 from novalite.bootstrap import clouds_yaml, credentials_file
 from novalite.config import load_config
@@ -212,7 +213,7 @@ def load_yaml(path: Path) -> dict:
 async def add_image(cloud: Cloud, name: str = "cirros", status: str = "active", **props) -> str:
     """An image row as the image API will store it (upload arrives with real guests)."""
     image_id = str(uuid.uuid4())
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         await conn.execute(
             """INSERT INTO images (id, name, owner, status, visibility, disk_format, container_format, size,
                                    min_ram, min_disk, properties)

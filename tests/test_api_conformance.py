@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from conftest import add_image, wait_for_status
 
+from novalite.api import keys
+
 
 async def _boot(cloud, name: str = "vm", **extra) -> dict:
     image_id = await add_image(cloud, name="cirros")
@@ -67,7 +69,7 @@ async def test_ips_and_the_ip_filter(cloud):
 
 async def test_simple_tenant_usage(cloud):
     server = await _boot(cloud)
-    demo = await cloud.app["db"].fetchval("SELECT id FROM projects WHERE name = 'demo'")
+    demo = await cloud.app[keys.DB].fetchval("SELECT id FROM projects WHERE name = 'demo'")
     status, _, _ = await cloud.compute("GET", "/os-simple-tenant-usage")
     assert status == 403
     status, listed, _ = await cloud.compute("GET", "/os-simple-tenant-usage?detailed=1&start=2000-01-01T00:00:00", user="admin")
@@ -94,7 +96,7 @@ async def test_quota_class_default_sets_every_projects_defaults(cloud):
     )
     assert "id" not in updated["quota_class_set"] and updated["quota_class_set"]["instances"] == 3
     assert "injected_files" not in updated["quota_class_set"]
-    demo = await cloud.app["db"].fetchval("SELECT id FROM projects WHERE name = 'demo'")
+    demo = await cloud.app[keys.DB].fetchval("SELECT id FROM projects WHERE name = 'demo'")
     _, quota, _ = await cloud.compute("GET", f"/os-quota-sets/{demo}")
     _, defaults, _ = await cloud.compute("GET", f"/os-quota-sets/{demo}/defaults")
     assert quota["quota_set"]["instances"] == defaults["quota_set"]["instances"] == 3

@@ -18,6 +18,8 @@ import pytest
 from conftest import add_image, wait_for_status
 from test_guest_e2e import guest_cloud, test_image  # noqa: F401  (fixtures of the qemu test)
 
+from novalite.api import keys
+
 ADMIN = "novalite-admin"
 DEFAULT: tuple[str, ...] = ()
 LATEST = ("--os-compute-api-version", "2.latest")
@@ -155,7 +157,7 @@ async def _admin_reads(cloud, mv: tuple[str, ...]) -> None:
     assert {"Name": "instances_used", "Value": 1} in limits
     assert {f["Name"] for f in flavors} >= {"m1.tiny", "m1.small"}
     (row,) = usage  # the SDK sends detailed=True, which Nova (and so novalite) reads as not "1"
-    demo = await cloud.app["db"].fetchval("SELECT id FROM projects WHERE name = 'demo'")
+    demo = await cloud.app[keys.DB].fetchval("SELECT id FROM projects WHERE name = 'demo'")
     assert row["Project"] == demo and float(row["RAM MB-Hours"]) >= 0
 
 

@@ -10,9 +10,9 @@ import pycdlib
 import pytest
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.console import console_log_path, get_console_output, parse_length
-from novalite.api.middleware import RequestContext
+from novalite.context import RequestContext
 from novalite.network.api import PortInfo, network_data
 from novalite.virt.configdrive import VERSIONS, build_config_drive, instance_metadata
 
@@ -88,7 +88,7 @@ async def console_app(cloud):
     project = "p-demo"
 
     async def action(request: web.Request) -> web.Response:
-        request["ctx"] = RequestContext(request_id="req-x", user_id="u1", project_id=project, roles=("member",))
+        request[keys.CONTEXT] = RequestContext(request_id="req-x", user_id="u1", project_id=project, roles=("member",))
         inst = instances.get(request.match_info["id"])
         if inst is None:
             raise errors.NotFound(f"Instance {request.match_info['id']} could not be found.")
@@ -99,11 +99,11 @@ async def console_app(cloud):
         try:
             return await handler(request)
         except errors.ApiError as exc:
-            return web.json_response({"error": exc.message}, status=exc.status)
+            return web.json_response({"error": exc.message}, status=exc.code)
 
     app = web.Application(middlewares=[render])
-    app["config"] = cloud.config
-    app["policy"] = cloud.app["policy"]
+    app[keys.CONFIG] = cloud.config
+    app[keys.POLICY] = cloud.app[keys.POLICY]
     app.router.add_post("/servers/{id}/action", action)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from novalite.api import keys
+
 
 async def create(cloud, **flavor):
     body = {"name": "f1", "ram": 512, "vcpus": 1, "disk": 1} | flavor
@@ -154,7 +156,7 @@ async def test_private_flavor_visible_only_with_access(cloud):
     _, body, _ = await cloud.compute("GET", "/flavors?is_public=false", user="admin")
     assert [f["id"] for f in body["flavors"]] == ["p1"]
 
-    demo_project = await cloud.app["db"].fetchval("SELECT id FROM projects WHERE name = 'demo'")
+    demo_project = await cloud.app[keys.DB].fetchval("SELECT id FROM projects WHERE name = 'demo'")
     status, body, _ = await cloud.compute(
         "POST", "/flavors/p1/action", user="admin", json_body={"addTenantAccess": {"tenant": demo_project}}
     )

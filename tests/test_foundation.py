@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from novalite.api import keys
 from novalite.config import ConfigError, load_config
 
 
@@ -81,9 +82,9 @@ async def test_revoked_token_is_401(cloud):
 
 async def test_expired_token_is_401(cloud):
     token = await cloud.login("demo", cloud.creds["demo"], "demo")
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         await conn.execute("UPDATE tokens SET expires_at = now() - interval '1 second' WHERE id = $1", token)
-    cloud.app["identity"]._cache.clear()
+    cloud.app[keys.IDENTITY]._cache.clear()
     async with cloud.session.get(f"{cloud.url}/compute/v2.1/flavors", headers={"X-Auth-Token": token}) as r:
         assert r.status == 401
 

@@ -20,6 +20,7 @@ import libvirt
 import pytest
 from conftest import start_cloud, stop_cloud
 
+from novalite.api import keys
 from novalite.image import testimage
 
 CACHE = Path(os.environ.get("NOVALITE_TEST_IMAGE_CACHE", "/var/tmp/novalite-testimage-cache"))
@@ -143,11 +144,11 @@ async def test_guest_proves_config_drive_user_data_files_and_lease(guest_cloud):
 
     inst_dir = cloud.config.state_dir / "instances" / "local" / server_id
     assert (inst_dir / "disk").exists() and (inst_dir / "disk.config").exists()
-    network_api = cloud.app["network_api"]
+    network_api = cloud.app[keys.NETWORK_API]
     status, _, _ = await cloud.compute("DELETE", f"/servers/{server_id}")
     assert status == 204
     await wait_for_status(cloud, server_id, "DELETED", timeout=60)
-    assert server_id not in await cloud.app["computes"]["local"].driver.list_instance_uuids()
+    assert server_id not in await cloud.app[keys.COMPUTES]["local"].driver.list_instance_uuids()
     assert not inst_dir.exists()
     assert await network_api.ports_for_instance(server_id) == []
     conn = libvirt.open("qemu:///system")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 
+from novalite.api import keys
+
 
 async def register_hosts(cloud, zones: dict[str, str] | None = None) -> dict[str, dict]:
     """Make sure sim1/sim2 have compute_nodes rows with a fresh heartbeat (as the compute manager does)."""
     zones = zones or {"sim1": "nova", "sim2": "nova"}
     rows = {}
     for host, zone in zones.items():
-        row = await cloud.app["db"].fetchrow(
+        row = await cloud.app[keys.DB].fetchrow(
             """INSERT INTO compute_nodes (host, hypervisor_hostname, uuid, service_uuid, uri, availability_zone,
                                           hypervisor_version, vcpus, memory_mb, local_gb, heartbeat_at)
                VALUES ($1, $1, $2, $3, 'test:///default', $4, 9000000, 8, 16384, 200, now())
@@ -27,7 +29,7 @@ async def register_hosts(cloud, zones: dict[str, str] | None = None) -> dict[str
 
 
 async def allocate(cloud, host: str, vcpus: int, memory_mb: int, disk_gb: int) -> None:
-    await cloud.app["db"].execute(
+    await cloud.app[keys.DB].execute(
         "INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb) VALUES ($1, $2, $3, $4, $5)",
         uuid.uuid4(), host, vcpus, memory_mb, disk_gb,
     )
@@ -49,7 +51,7 @@ async def test_availability_zones(cloud):
     nova = detail["availabilityZoneInfo"][0]
     svc = nova["hosts"]["sim1"]["nova-compute"]
     assert svc["available"] is True and svc["active"] is True and svc["updated_at"]
-    await cloud.app["db"].execute("UPDATE compute_nodes SET disabled = true WHERE host = 'sim2'")
+    await cloud.app[keys.DB].execute("UPDATE compute_nodes SET disabled = true WHERE host = 'sim2'")
     _, body, _ = await cloud.compute("GET", "/os-availability-zone")
     assert body["availabilityZoneInfo"][1] == {"zoneName": "az2", "zoneState": {"available": False}, "hosts": None}
 
@@ -101,7 +103,7 @@ async def test_hypervisors_usage_and_microversions(cloud):
 
 async def test_stale_heartbeat_means_down(cloud):
     await register_hosts(cloud)
-    await cloud.app["db"].execute(
+    await cloud.app[keys.DB].execute(
         "UPDATE compute_nodes SET heartbeat_at = now() - interval '1 hour' WHERE host = 'sim2'"
     )
     _, body, _ = await cloud.compute("GET", "/os-services", user="admin")
@@ -170,5 +172,5 @@ async def test_cli_hosts(cloud):
         "compute", "service", "set", "--disable", "--disable-reason", "r", "sim1", "nova-compute",
         cloud="novalite-admin",
     )
-    row = await cloud.app["db"].fetchrow("SELECT disabled, disabled_reason FROM compute_nodes WHERE host = 'sim1'")
+    row = await cloud.app[keys.DB].fetchrow("SELECT disabled, disabled_reason FROM compute_nodes WHERE host = 'sim1'")
     assert row["disabled"] is True and row["disabled_reason"] == "r"

@@ -7,6 +7,8 @@ import hashlib
 import os
 from urllib.parse import urlsplit
 
+from novalite.api import keys
+
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -53,7 +55,7 @@ async def test_create_upload_show_download_delete(cloud):
     assert shown["os_hash_value"] == hashlib.sha512(data).hexdigest()
     assert shown["virtual_size"] == 64 * 1024 * 1024
     assert shown["os_distro"] == "debian"
-    path = cloud.app["image_store"].path(doc["id"])
+    path = cloud.app[keys.IMAGE_STORE].path(doc["id"])
     assert path.read_bytes() == data
 
     async with cloud.session.get(f"{cloud.url}/image/v2/images/{doc['id']}/file",
@@ -91,7 +93,7 @@ async def test_checksum_mismatch_leaves_the_image_queued_without_data(cloud):
     assert status == 400 and "checksum" in body["message"]
     _, shown, _ = await image_api(cloud, "GET", f"/images/{doc['id']}")
     assert shown["status"] == "queued" and shown["checksum"] is None
-    store_dir = cloud.app["image_store"].root
+    store_dir = cloud.app[keys.IMAGE_STORE].root
     assert list(store_dir.glob(f"{doc['id']}*")) == []
 
 
@@ -120,7 +122,7 @@ async def test_interrupted_upload_leaves_the_image_queued_without_data(cloud):
             break
         await asyncio.sleep(0.05)
     assert shown["status"] == "queued" and shown["size"] is None
-    assert list(cloud.app["image_store"].root.glob(f"{doc['id']}*")) == []
+    assert list(cloud.app[keys.IMAGE_STORE].root.glob(f"{doc['id']}*")) == []
     # and a proper upload works afterwards
     status, _, _ = await image_api(cloud, "PUT", f"/images/{doc['id']}/file", data=b"ok", headers=OCTET)
     assert status == 204
@@ -251,4 +253,4 @@ async def test_openstack_cli_image_lifecycle(cloud):
     await cloud.openstack("image", "delete", "cli-disk", "cli-kernel")
     listed = await cloud.openstack_json("image", "list")
     assert not {"cli-disk", "cli-kernel"} & {i["Name"] for i in listed}
-    assert list(cloud.app["image_store"].root.iterdir()) == []
+    assert list(cloud.app[keys.IMAGE_STORE].root.iterdir()) == []

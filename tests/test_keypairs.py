@@ -5,6 +5,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from novalite.api import keys
 from novalite.api.compute.keypairs import ssh_fingerprint
 
 
@@ -70,7 +71,7 @@ async def test_validation_and_errors(cloud):
     status, body, _ = await cloud.compute("POST", "/os-keypairs", json_body={"keypair": {"name": "dup", "public_key": pub}})
     assert status == 409 and body["conflictingRequest"]["message"] == "Key pair 'dup' already exists."
     status, body, _ = await cloud.compute("GET", "/os-keypairs/missing")
-    demo_user = await cloud.app["db"].fetchval("SELECT id FROM users WHERE name = 'demo'")
+    demo_user = await cloud.app[keys.DB].fetchval("SELECT id FROM users WHERE name = 'demo'")
     assert status == 404
     assert body["itemNotFound"]["message"] == f"Keypair missing not found for user {demo_user}"
     status, body, _ = await cloud.compute("DELETE", "/os-keypairs/dup", version="2.2")
@@ -80,7 +81,7 @@ async def test_validation_and_errors(cloud):
 
 
 async def test_quota_limits_key_pairs(cloud):
-    demo_project = await cloud.app["db"].fetchval("SELECT id FROM projects WHERE name = 'demo'")
+    demo_project = await cloud.app[keys.DB].fetchval("SELECT id FROM projects WHERE name = 'demo'")
     await cloud.compute(
         "PUT", f"/os-quota-sets/{demo_project}", user="admin", json_body={"quota_set": {"key_pairs": 1}}
     )
@@ -96,7 +97,7 @@ async def test_quota_limits_key_pairs(cloud):
 
 
 async def test_admin_user_id_and_paging(cloud):
-    demo_user = await cloud.app["db"].fetchval("SELECT id FROM users WHERE name = 'demo'")
+    demo_user = await cloud.app[keys.DB].fetchval("SELECT id FROM users WHERE name = 'demo'")
     for name in ("a", "b", "c"):
         status, body, _ = await cloud.compute(
             "POST", "/os-keypairs", user="admin", version="2.10",

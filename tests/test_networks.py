@@ -12,7 +12,7 @@ import pytest
 from conftest import fresh_database
 from lxml import etree
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.config import Config, NetworkConfig
 from novalite.network import NetworkAPI, network_data
 from novalite.network.libvirt_net import LibvirtNetworkHost
@@ -161,9 +161,9 @@ async def test_isolated_network_with_dhcp_hosts_on_qemu_system(pool, tmp_path):
 
 
 async def _demo_port(cloud) -> tuple[str, list]:
-    project = await cloud.app["db"].fetchval("SELECT id FROM projects WHERE name = 'demo'")
+    project = await cloud.app[keys.DB].fetchval("SELECT id FROM projects WHERE name = 'demo'")
     instance = str(uuid.uuid4())
-    ports = await cloud.app["network_api"].allocate_for_instance(instance, project, "auto", "sim1")
+    ports = await cloud.app[keys.NETWORK_API].allocate_for_instance(instance, project, "auto", "sim1")
     return instance, ports
 
 

@@ -6,6 +6,8 @@ import uuid
 
 import pytest
 
+from novalite.api import keys
+
 CORE = {"cores", "instances", "ram", "metadata_items", "key_pairs", "server_groups", "server_group_members"}
 INJECTED = {"injected_files", "injected_file_content_bytes", "injected_file_path_bytes"}
 NETWORK = {"fixed_ips", "floating_ips", "security_groups", "security_group_rules"}
@@ -13,11 +15,11 @@ NETWORK = {"fixed_ips", "floating_ips", "security_groups", "security_group_rules
 
 @pytest.fixture
 async def demo_project(cloud) -> str:
-    return await cloud.app["db"].fetchval("SELECT id FROM projects WHERE name = 'demo'")
+    return await cloud.app[keys.DB].fetchval("SELECT id FROM projects WHERE name = 'demo'")
 
 
 async def add_instance(cloud, project_id: str, vcpus: int, ram: int) -> None:
-    await cloud.app["db"].execute(
+    await cloud.app[keys.DB].execute(
         """INSERT INTO instances (uuid, project_id, user_id, display_name, hostname, reservation_id, vm_state,
                                   flavor, vcpus, memory_mb, root_gb, ephemeral_gb)
            VALUES ($1, $2, 'u', 'vm', 'vm', 'r-1', 'active', '{}', $3, $4, 1, 0)""",

@@ -8,6 +8,8 @@ import json
 
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
+from novalite.api import keys
+
 EVENT = "conductor_schedule_and_build_instances"
 
 
@@ -102,7 +104,7 @@ async def test_disabled_service_is_filtered_out_with_its_reason(cloud):
 
 async def test_spawn_failure_reschedules_to_an_alternate_and_counts_against_the_host(cloud):
     image = await add_image(cloud)
-    computes = cloud.app["computes"]
+    computes = cloud.app[keys.COMPUTES]
     # Equal hosts: the first build goes to sim1 (stable order), fails, and is rescheduled to sim2.
     computes["sim1"].fail_spawn = "disk on fire"
     uuid = await boot(cloud, image)
@@ -112,7 +114,7 @@ async def test_spawn_failure_reschedules_to_an_alternate_and_counts_against_the_
     builds = [(e["host"], e["result"]) for e in events if e["event"] == "compute_build_and_run_instance"]
     assert builds == [("sim1", "Error"), ("sim2", "Success")]
     assert [e["result"] for e in events if e["event"] == EVENT] == ["Success", "Success"]
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         failed = dict(await conn.fetch("SELECT host, failed_builds FROM compute_nodes"))
         assert failed == {"sim1": 1, "sim2": 0}
         assert await conn.fetchval("SELECT count(*) FROM allocations WHERE host = 'sim1'") == 0
@@ -123,13 +125,13 @@ async def test_spawn_failure_reschedules_to_an_alternate_and_counts_against_the_
     # A success on sim1 resets its count.
     third = await boot(cloud, image, user="admin", availability_zone="nova:sim1")
     assert (await wait_for_status(cloud, third, "ACTIVE", user="admin"))["OS-EXT-SRV-ATTR:host"] == "sim1"
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         assert await conn.fetchval("SELECT failed_builds FROM compute_nodes WHERE host = 'sim1'") == 0
 
 
 async def test_exhausted_attempts_list_every_attempt(cloud):
     image = await add_image(cloud)
-    for m in cloud.app["computes"].values():
+    for m in cloud.app[keys.COMPUTES].values():
         m.fail_spawn = f"no luck on {m.host}"
     uuid = await boot(cloud, image)
     server = await wait_for_status(cloud, uuid, "ERROR", user="admin")
@@ -172,7 +174,7 @@ async def test_hundred_concurrent_creates_fill_exactly_the_room(pg_dsn, tmp_path
     hosts = "".join(host_block(f"sim{i}", memory_mb=15 * 512) for i in range(1, 5))
     cloud = await start_cloud(pg_dsn, tmp_path, extra=extra, hosts=hosts)
     try:
-        async with cloud.app["db"].acquire() as conn:
+        async with cloud.app[keys.DB].acquire() as conn:
             project = await conn.fetchval("SELECT id FROM projects WHERE name = 'demo'")
         status, _, _ = await cloud.compute("PUT", f"/os-quota-sets/{project}", user="admin", json_body={
             "quota_set": {"instances": 200, "cores": 200, "ram": 200 * 512}})
@@ -188,7 +190,7 @@ async def test_hundred_concurrent_creates_fill_exactly_the_room(pg_dsn, tmp_path
             message = s["fault"]["message"]
             assert message.startswith("No valid host was found. 4 hosts; "), message
             assert "RamFilter removed" in message or "claim removed" in message, message
-        async with cloud.app["db"].acquire() as conn:
+        async with cloud.app[keys.DB].acquire() as conn:
             used = dict(await conn.fetch("SELECT host, sum(memory_mb) FROM allocations GROUP BY host"))
         assert used == {f"sim{i}": 15 * 512 for i in range(1, 5)}
         per_host = {f"sim{i}": 0 for i in range(1, 5)}

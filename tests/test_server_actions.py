@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
+from novalite.api import keys
 from novalite.compute.recovery import recover
 
 
@@ -34,7 +35,7 @@ async def show(cloud, uuid: str) -> dict:
 
 
 def manager_of(cloud, server: dict):
-    return cloud.app["computes"][server["OS-EXT-SRV-ATTR:host"]]
+    return cloud.app[keys.COMPUTES][server["OS-EXT-SRV-ATTR:host"]]
 
 
 async def test_every_power_action_through_the_api(cloud):
@@ -67,7 +68,7 @@ async def test_every_power_action_through_the_api(cloud):
                                        version="2.latest", user="admin")
     (event,) = detail["instanceAction"]["events"]
     assert event["event"] == "compute_stop_instance" and event["result"] == "Success"
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         kinds = [r["event_type"] for r in await conn.fetch(
             "SELECT event_type FROM notifications WHERE instance_uuid = $1 AND event_type LIKE 'instance.p%' "
             "ORDER BY id", uuid)]
@@ -203,13 +204,13 @@ async def test_unknown_domains_are_reported_never_adopted_and_reaped_by_config(p
 
     cloud = await start_cloud(pg_dsn, tmp_path, extra='[compute]\nunknown_domain_action = "reap"\n')
     try:
-        manager = cloud.app["computes"]["sim1"]
+        manager = cloud.app[keys.COMPUTES]["sim1"]
         stray = "0b0e0f00-0000-4000-8000-00000000beef"
         await manager.driver.spawn(GuestSpec(instance_uuid=stray, name="stray", memory_mb=64, vcpus=1,
                                              virt_type="test"))
         await manager.sync_power_states()
         assert stray not in await manager.driver.list_instance_uuids()
-        async with cloud.app["db"].acquire() as conn:
+        async with cloud.app[keys.DB].acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM instances WHERE uuid = $1", stray) == 0
     finally:
         await stop_cloud(cloud)
@@ -219,19 +220,19 @@ async def test_unknown_domains_are_reported_never_adopted_and_reaped_by_config(p
 
 async def _recover(cloud) -> dict:
     app = cloud.app
-    done = await recover(app["db"], app["compute_api"], app["conductor"], app["computes"])
-    await app["compute_api"].wait_idle()
+    done = await recover(app[keys.DB], app[keys.COMPUTE_API], app[keys.CONDUCTOR], app[keys.COMPUTES])
+    await app[keys.COMPUTE_API].wait_idle()
     return dict(done)
 
 
 async def _force(cloud, uuid: str, **cols) -> None:
     sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(cols))
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         await conn.execute(f"UPDATE instances SET {sets} WHERE uuid = $1", uuid, *cols.values())
 
 
 async def _events(cloud, uuid: str) -> list[tuple[str, str]]:
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         rows = await conn.fetch(
             """SELECT e.event, e.result, e.details FROM instance_actions_events e
                JOIN instance_actions a ON a.id = e.action_id WHERE a.instance_uuid = $1 ORDER BY e.id""", uuid)
@@ -254,10 +255,10 @@ async def test_recovery_cleans_a_half_build_and_schedules_again(cloud):
     assert await _recover(cloud) == {"build_rescheduled": 1}
     await wait_for_status(cloud, uuid, "ACTIVE")
     server = await show(cloud, uuid)
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         allocs = await conn.fetch("SELECT host FROM allocations WHERE instance_uuid = $1", uuid)
     assert [a["host"] for a in allocs] == [server["OS-EXT-SRV-ATTR:host"]]
-    domains = {name: await m.driver.list_instance_uuids() for name, m in cloud.app["computes"].items()}
+    domains = {name: await m.driver.list_instance_uuids() for name, m in cloud.app[keys.COMPUTES].items()}
     assert [h for h, uuids in domains.items() if uuid in uuids] == [server["OS-EXT-SRV-ATTR:host"]]
     events = await _events(cloud, uuid)
     assert any(e == "compute_recover_instance" and "scheduling again" in d for e, _, d in events)
@@ -275,7 +276,7 @@ async def test_recovery_finishes_a_delete_and_reconciles_power_actions(cloud):
     await wait_for_status(cloud, doomed, "DELETED")
     server = await show(cloud, stopped)
     assert (server["status"], server["OS-EXT-STS:task_state"]) == ("SHUTOFF", None)
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM allocations WHERE instance_uuid = $1", doomed) == 0
 
 
@@ -296,11 +297,11 @@ watchdog_interval = 0.2
         server = await wait_for_status(cloud, uuid, "ERROR", timeout=10)
         assert "task_state networking" in server["fault"]["message"]
         assert "(step compute_allocate_network)" in server["fault"]["message"]  # the open event of the stuck step
-        async with cloud.app["db"].acquire() as conn:
+        async with cloud.app[keys.DB].acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM allocations WHERE instance_uuid = $1", uuid) == 0
         status, _, _ = await cloud.compute("DELETE", f"/servers/{uuid}")
         assert status == 204
     finally:
-        for m in cloud.app["computes"].values():
+        for m in cloud.app[keys.COMPUTES].values():
             m.before_step = None
         await stop_cloud(cloud)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
+from novalite.api import keys
+
 
 def four_hosts(memory_mb: int = 16384) -> str:
     return "".join(
@@ -104,7 +106,7 @@ async def test_create_rejects_bad_bodies(cloud, version, body, message):
 
 
 async def test_server_group_quota(cloud):
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         project = await conn.fetchval("SELECT id FROM projects WHERE name = 'demo'")
     status, _, _ = await cloud.compute("PUT", f"/os-quota-sets/{project}", user="admin",
                                        json_body={"quota_set": {"server_groups": 2}})
@@ -155,7 +157,7 @@ async def test_members_are_recorded_and_removed_with_the_server(cloud):
 
 
 async def test_server_group_members_quota(cloud):
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         project = await conn.fetchval("SELECT id FROM projects WHERE name = 'demo'")
     await cloud.compute("PUT", f"/os-quota-sets/{project}", user="admin",
                         json_body={"quota_set": {"server_group_members": 2}})

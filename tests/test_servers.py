@@ -9,6 +9,8 @@ import asyncpg
 import pytest
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
+from novalite.api import keys
+
 
 def server_body(image_id: str, **extra) -> dict:
     server = {"name": "vm", "imageRef": image_id, "flavorRef": "1", "networks": "none"}
@@ -21,7 +23,7 @@ async def create(cloud, image_id, version="2.latest", user="demo", **extra):
 
 
 async def domains(cloud) -> dict[str, list[str]]:
-    return {name: await m.driver.list_instance_uuids() for name, m in cloud.app["computes"].items()}
+    return {name: await m.driver.list_instance_uuids() for name, m in cloud.app[keys.COMPUTES].items()}
 
 
 async def test_boot_single_server_to_active(cloud):
@@ -62,7 +64,7 @@ async def test_every_build_step_is_a_state_an_event_and_a_notification(cloud):
         "compute_spawn",
     ]
     assert all(e["result"] == "Success" and e["finish_time"] for e in detail["instanceAction"]["events"])
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         kinds = [r["event_type"] for r in await conn.fetch(
             "SELECT event_type FROM notifications WHERE instance_uuid = $1 ORDER BY id", uuid)]
     assert kinds == [
@@ -132,7 +134,7 @@ async def test_create_validation_errors(cloud, extra, status, message):
     kind = next(iter(body))
     assert kind == {400: "badRequest", 403: "forbidden"}[status]
     assert message in body[kind]["message"]
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM instances") == 0  # nothing half-written
 
 
@@ -143,7 +145,7 @@ async def test_validation_against_image_and_flavor_rules(cloud):
     big = await add_image(cloud, name="big", min_ram=4096)
     code, body, _ = await create(cloud, big)
     assert code == 400 and "memory is too small" in body["badRequest"]["message"]
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         await conn.execute("""INSERT INTO flavors (flavorid, name, memory_mb, vcpus, root_gb, extra_specs)
                               VALUES ('numa', 'numa', 512, 2, 1, '{"hw:numa_nodes": "two"}')""")
         await conn.execute("""INSERT INTO flavors (flavorid, name, memory_mb, vcpus, root_gb, extra_specs)
@@ -192,7 +194,7 @@ async def test_quota_race_admits_exactly_the_limit(cloud):
 async def test_creates_beyond_the_concurrency_limit_wait_their_turn(pg_dsn, tmp_path, monkeypatch):
     monkeypatch.setenv("NOVALITE_API__MAX_CONCURRENT_CREATES", "2")
     cloud = await start_cloud(pg_dsn, tmp_path)
-    api = cloud.app["compute_api"]
+    api = cloud.app[keys.COMPUTE_API]
     inside = peak = 0
     validate_networks = api._validate_networks
 
@@ -224,13 +226,13 @@ async def test_creates_beyond_the_concurrency_limit_wait_their_turn(pg_dsn, tmp_
 
 
 async def project_id(cloud, name: str) -> str:
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         return await conn.fetchval("SELECT id FROM projects WHERE name = $1", name)
 
 
 async def test_no_valid_host_fault_explains_why(cloud):
     image = await add_image(cloud)
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         await conn.execute("""INSERT INTO flavors (flavorid, name, memory_mb, vcpus, root_gb)
                               VALUES ('huge', 'huge', 512, 1, 100000)""")
     code, body, _ = await create(cloud, image, flavorRef="huge")
@@ -240,14 +242,14 @@ async def test_no_valid_host_fault_explains_why(cloud):
     msg = server["fault"]["message"]
     assert msg.startswith("No valid host was found.")
     assert "DiskFilter removed 2" in msg
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM allocations") == 0
 
 
 async def test_spawn_failure_reschedules_to_alternate(cloud):
     image = await add_image(cloud)
-    cloud.app["computes"]["sim1"].fail_spawn = "disk on fire"
-    cloud.app["computes"]["sim2"].fail_spawn = None
+    cloud.app[keys.COMPUTES]["sim1"].fail_spawn = "disk on fire"
+    cloud.app[keys.COMPUTES]["sim2"].fail_spawn = None
     # Force sim1 first by filling sim2's weight: pin with a bigger free RAM on sim1.
     ids = []
     for i in range(4):
@@ -257,19 +259,19 @@ async def test_spawn_failure_reschedules_to_alternate(cloud):
         server = await wait_for_status(cloud, uuid, {"ACTIVE", "ERROR"}, user="admin")
         assert server["status"] == "ACTIVE"
         assert server["OS-EXT-SRV-ATTR:host"] == "sim2"
-    assert await cloud.app["computes"]["sim1"].driver.list_instance_uuids() == []
+    assert await cloud.app[keys.COMPUTES]["sim1"].driver.list_instance_uuids() == []
 
 
 async def test_spawn_failure_everywhere_is_error_with_attempts(cloud):
     image = await add_image(cloud)
-    for m in cloud.app["computes"].values():
+    for m in cloud.app[keys.COMPUTES].values():
         m.fail_spawn = "no space left"
     _, body, _ = await create(cloud, image)
     server = await wait_for_status(cloud, body["server"]["id"], "ERROR", user="admin")
     assert "Exceeded maximum number of retries" in server["fault"]["message"]
     assert "sim1" in server["fault"]["details"] and "sim2" in server["fault"]["details"]
     assert (await domains(cloud)) == {"sim1": [], "sim2": []}
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM allocations") == 0
 
 
@@ -284,7 +286,7 @@ async def test_delete_during_build_stage_leaves_no_domain(cloud, stage):
             reached.set()
             await release.wait()
 
-    for m in cloud.app["computes"].values():
+    for m in cloud.app[keys.COMPUTES].values():
         m.before_step = pause
     _, body, _ = await create(cloud, image)
     uuid = body["server"]["id"]
@@ -296,7 +298,7 @@ async def test_delete_during_build_stage_leaves_no_domain(cloud, stage):
     release.set()
     await wait_for_status(cloud, uuid, "DELETED")
     assert all(uuid not in d for d in (await domains(cloud)).values())
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM allocations") == 0
         usage = await conn.fetchval("SELECT count(*) FROM instances WHERE NOT deleted")
     assert usage == 0
@@ -306,7 +308,7 @@ async def test_delete_during_build_stage_leaves_no_domain(cloud, stage):
 
 async def test_delete_while_scheduling(cloud):
     image = await add_image(cloud)
-    scheduler = cloud.app["scheduler"]
+    scheduler = cloud.app[keys.SCHEDULER]
     scheduler._worker.cancel()  # hold requests in the scheduler queue
     try:
         _, body, _ = await create(cloud, image)
@@ -317,7 +319,7 @@ async def test_delete_while_scheduling(cloud):
     finally:
         scheduler.start()
     await asyncio.sleep(0.2)
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM allocations") == 0
 
 
@@ -401,16 +403,16 @@ async def test_restart_finishes_interrupted_work(pg_dsn, tmp_path):
         if step == "spawning":
             await gate.wait()
 
-    for m in c1.app["computes"].values():
+    for m in c1.app[keys.COMPUTES].values():
         m.before_step = hang
     _, body, _ = await create(c1, image)
     building = body["server"]["id"]
-    async with c1.app["db"].acquire() as conn:
+    async with c1.app[keys.DB].acquire() as conn:
         for _ in range(200):
             if await conn.fetchval("SELECT task_state FROM instances WHERE uuid = $1", building) == "block_device_mapping":
                 break
             await asyncio.sleep(0.02)
-    dsn = c1.app["dsn"]
+    dsn = c1.app[keys.DSN]
     # Simulate a crash: the database keeps the half-done build; the process goes away.
     gate.set()
     await stop_cloud(c1)

@@ -17,6 +17,7 @@ import libvirt
 import pycdlib
 import pytest
 
+from novalite.api import keys
 from novalite.image import testimage
 from novalite.virt import DiskSpec, GuestSpec, NicSpec
 from novalite.virt.libvirt.driver import design_guest
@@ -172,7 +173,7 @@ async def test_build_test_cli_uploads_kernel_ramdisk_and_ami_through_the_api(clo
     assert kernel["size"] == test_image.kernel.stat().st_size
     if "novalite-test-qcow2" in images:
         assert images["novalite-test-qcow2"]["kernel_id"] == kernel["id"]
-    store = cloud.app["image_store"]
+    store = cloud.app[keys.IMAGE_STORE]
     assert store.path(ramdisk["id"]).read_bytes() == test_image.ramdisk.read_bytes()
     for kind in ("novalite-test", "novalite-test-kernel", "novalite-test-ramdisk"):
         assert kind in out.decode()

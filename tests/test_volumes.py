@@ -13,6 +13,7 @@ import libvirt
 import pytest
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
+from novalite.api import keys
 from novalite.virt.libvirt.config import LibvirtConfigGuestDisk
 from novalite.virt.libvirt.volumes import domain_xml
 
@@ -35,7 +36,7 @@ async def volume_call(cloud, method: str, path: str, *, user: str = "demo", json
 
 
 async def project_of(cloud, user: str = "demo") -> str:
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         return await conn.fetchval("SELECT id FROM projects WHERE name = $1", "admin" if user == "admin" else "demo")
 
 
@@ -73,12 +74,12 @@ async def boot(cloud, bdms: list[dict], image: str | None = None, version: str =
 
 
 async def host_of(cloud, server_id: str) -> str:
-    async with cloud.app["db"].acquire() as conn:
+    async with cloud.app[keys.DB].acquire() as conn:
         return await conn.fetchval("SELECT host FROM instances WHERE uuid = $1", server_id)
 
 
 async def pool_volumes(cloud, host: str = "sim1") -> list[str]:
-    return await cloud.app["volume_api"].backends[host].volume_names()
+    return await cloud.app[keys.VOLUME_API].backends[host].volume_names()
 
 
 async def test_version_documents_answer_without_a_token(vcloud):
@@ -183,7 +184,7 @@ async def test_boot_with_existing_volume_attaches_it_and_delete_keeps_it(vcloud)
     vol = await wait_volume(vcloud, vid, "in-use")
     (att,) = vol["attachments"]
     assert att["server_id"] == sid and att["device"] == "/dev/vdb"
-    xml = await domain_xml(vcloud.app["computes"]["sim1"].driver, sid)
+    xml = await domain_xml(vcloud.app[keys.COMPUTES]["sim1"].driver, sid)
     assert f"volume-{vid}" in xml and "vdb" in xml
     status, body, _ = await vcloud.compute("GET", f"/servers/{sid}/os-volume_attachments", version="2.89")
     (a,) = body["volumeAttachments"]
@@ -221,7 +222,7 @@ async def test_boot_from_image_volume_blank_and_snapshot_with_delete_on_terminat
     assert [v["attachments"][0]["device"] for v in vols] == ["/dev/vda", "/dev/vdb", "/dev/vdc"]
     assert vols[0]["bootable"] == "true" and vols[0]["size"] == 2
     assert vols[2]["snapshot_id"] == snap
-    cfg = await vcloud.app["computes"]["sim1"].driver.get_domain_config(sid)
+    cfg = await vcloud.app[keys.COMPUTES]["sim1"].driver.get_domain_config(sid)
     disks = {d.target_dev: d.source_path for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk)}
     assert disks["vda"].endswith(f"volume-{vols[0]['id']}")  # the guest runs from the volume
     status, _, _ = await vcloud.compute("DELETE", f"/servers/{sid}")
@@ -252,7 +253,7 @@ async def test_two_servers_racing_for_one_volume_exactly_one_wins(vcloud):
 
 async def test_failed_build_returns_volumes_and_deletes_the_ones_it_made(vcloud):
     image = await add_image(vcloud)
-    for compute in vcloud.app["computes"].values():
+    for compute in vcloud.app[keys.COMPUTES].values():
         compute.fail_spawn = "injected spawn failure"
     vid = await make_volume(vcloud, 1)
     status, body, _ = await boot(vcloud, [
@@ -266,7 +267,7 @@ async def test_failed_build_returns_volumes_and_deletes_the_ones_it_made(vcloud)
     assert server["status"] == "ERROR"
     await wait_volume(vcloud, vid, "available")
     project = await project_of(vcloud)
-    async with vcloud.app["db"].acquire() as conn:
+    async with vcloud.app[keys.DB].acquire() as conn:
         live = await conn.fetch("SELECT id, status FROM volumes WHERE project_id = $1 AND NOT deleted", project)
     assert [str(r["id"]) for r in live] == [vid]  # the blank volume the build made is gone
     assert [n for n in await pool_volumes(vcloud) if n != f"volume-{vid}"] == []
@@ -285,7 +286,7 @@ async def test_attach_and_detach_on_a_running_server(vcloud):
     assert body["volumeAttachment"] == {"id": vid, "volumeId": vid, "serverId": sid, "device": "/dev/vdb",
                                         "tag": None, "delete_on_termination": True}
     await wait_volume(vcloud, vid, "in-use")
-    driver = vcloud.app["computes"]["sim1"].driver
+    driver = vcloud.app[keys.COMPUTES]["sim1"].driver
     assert f"volume-{vid}" in await domain_xml(driver, sid, inactive=True)
     # attaching it again, or a bad device, or a missing volume: Nova's answers
     status, body, _ = await vcloud.compute("POST", f"/servers/{sid}/os-volume_attachments",
@@ -344,7 +345,7 @@ async def test_volume_on_another_host_is_refused_for_attach(vcloud):
 
 
 async def test_pools_are_libvirt_pools_named_with_the_prefix(vcloud):
-    api = vcloud.app["volume_api"]
+    api = vcloud.app[keys.VOLUME_API]
     backend = api.backends["sim2"]
     assert backend.pool.name == "novalite-sim2" and backend.pool.type == "dir"
 

@@ -20,6 +20,7 @@ from conftest import start_cloud, stop_cloud, wait_for_status
 from test_guest_e2e import CACHE, wait_console
 from test_volumes import volume_call, wait_volume
 
+from novalite.api import keys
 from novalite.image import testimage
 from novalite.virt.libvirt.config import LibvirtConfigGuestDisk
 from novalite.virt.libvirt.volumes import domain_xml
@@ -92,7 +93,7 @@ cidr = "10.{net}.9.0/24"
     try:
         yield cloud
     finally:
-        async with cloud.app["db"].acquire() as conn:
+        async with cloud.app[keys.DB].acquire() as conn:
             domains = [str(r["uuid"]) for r in await conn.fetch("SELECT uuid FROM instances")]
         await stop_cloud(cloud)
         await asyncio.to_thread(_cleanup_libvirt, prefix, domains)
@@ -135,7 +136,7 @@ async def test_guest_runs_from_a_volume_lists_its_volumes_and_takes_hotplug(volu
     assert f"NOVALITE-GUEST: disk vdb size={2 * GiB}" in text
     assert f"NOVALITE-GUEST: disk vdc size={3 * GiB}" in text
 
-    driver = cloud.app["computes"]["local"].driver
+    driver = cloud.app[keys.COMPUTES]["local"].driver
     root = await wait_volume(cloud, root_id, "in-use")
     assert root["bootable"] == "true"
     cfg = await driver.get_domain_config(sid)

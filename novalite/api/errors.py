@@ -1,14 +1,38 @@
-"""API errors and how each service renders them.
+"""HTTP errors of the API layer, and the body shape of each service.
 
-Handlers and the layers below raise ``ApiError`` subclasses; the error
-middleware renders them in the body shape of the service the path belongs to:
-Nova's ``{"badRequest": {"code": 400, "message": ...}}`` under /compute,
-Keystone's ``{"error": {"code", "message", "title"}}`` under /identity.
+Services raise :mod:`novalite.exception` errors; handlers raise those too (the
+names below are the same classes under the API's usual names) or the few
+HTTP-only ones defined here. The error middleware renders every
+:class:`~novalite.exception.NovaliteException` by its ``code`` in the body shape
+of the service the path belongs to (see ``middleware.error_response``).
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
+
+from novalite.exception import Conflict, Forbidden, Invalid, NotFound, OverLimit, QuotaExceeded
+from novalite.exception import NotAuthenticated as Unauthorized
+from novalite.exception import NovaliteException as ApiError
+
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "Invalid",
+    "MethodNotAllowed",
+    "NotAcceptable",
+    "NotFound",
+    "OverLimit",
+    "QuotaExceeded",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "keystone_body",
+    "nova_body",
+]
+
+BadRequest = Invalid
 
 # Nova's fault names by status (nova/api/openstack/wsgi.py Fault); others: computeFault.
 NOVA_FAULT_NAMES = {
@@ -26,68 +50,16 @@ NOVA_FAULT_NAMES = {
 }
 
 
-class ApiError(Exception):
-    """An error with an HTTP status and a user-facing message."""
-
-    status = 500
-
-    def __init__(self, message: str, *, status: int | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-        self.headers = headers or {}
-
-    @property
-    def title(self) -> str:
-        return HTTPStatus(self.status).phrase
-
-
-class BadRequest(ApiError):
-    status = 400
-
-
-class Unauthorized(ApiError):
-    status = 401
-
-    def __init__(self, message: str = "The request you have made requires authentication.") -> None:
-        super().__init__(message)
-
-
-class Forbidden(ApiError):
-    status = 403
-
-
-class NotFound(ApiError):
-    status = 404
-
-
 class MethodNotAllowed(ApiError):
-    status = 405
+    code = 405
 
 
 class NotAcceptable(ApiError):
-    status = 406
-
-
-class Conflict(ApiError):
-    status = 409
-
-
-class OverLimit(ApiError):
-    status = 413
+    code = 406
 
 
 class UnsupportedMediaType(ApiError):
-    status = 415
-
-
-class Invalid(BadRequest):
-    """Input that fails validation (below the API layer, no HTTP knowledge needed)."""
-
-
-class QuotaExceeded(Forbidden):
-    """Nova answers quota overruns on create with 403."""
+    code = 415
 
 
 def nova_body(status: int, message: str) -> dict:

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.middleware import read_json
 from novalite.db import identity as q
 from novalite.identity import IdentityService, TokenInfo
@@ -18,7 +18,7 @@ UPDATED = "2024-04-01T00:00:00Z"
 
 
 def identity_service(request: web.Request) -> IdentityService:
-    return request.app["identity"]
+    return request.app[keys.IDENTITY]
 
 
 def v3_document(base: str) -> dict:
@@ -32,13 +32,13 @@ def v3_document(base: str) -> dict:
 
 
 async def versions(request: web.Request) -> web.Response:
-    base = request.app["config"].public_url
+    base = request.app[keys.CONFIG].public_url
     body = {"versions": {"values": [v3_document(base)]}}
     return web.json_response(body, status=300)
 
 
 async def version_v3(request: web.Request) -> web.Response:
-    return web.json_response({"version": v3_document(request.app["config"].public_url)})
+    return web.json_response({"version": v3_document(request.app[keys.CONFIG].public_url)})
 
 
 def _parse_expires(value: object) -> datetime | None:
@@ -112,7 +112,7 @@ async def _subject(request: web.Request) -> TokenInfo:
 
 
 def _may_inspect(request: web.Request, subject: TokenInfo) -> None:
-    caller: TokenInfo = request["token"]
+    caller: TokenInfo = request[keys.TOKEN]
     if caller.user_id != subject.user_id and not caller.is_admin:
         raise errors.Forbidden("You are not authorized to perform the requested action: identity:validate_token.")
 
@@ -157,9 +157,9 @@ def project_document(row, base: str) -> dict:
 
 async def auth_projects(request: web.Request) -> web.Response:
     """GET /v3/auth/projects: projects the token's user holds a role on."""
-    base = request.app["config"].public_url
+    base = request.app[keys.CONFIG].public_url
     async with identity_service(request).pool.acquire() as conn:
-        rows = await q.user_projects(conn, request["token"].user_id)
+        rows = await q.user_projects(conn, request[keys.TOKEN].user_id)
     return web.json_response(
         {
             "projects": [project_document(r, base) for r in rows if r["enabled"]],
@@ -169,9 +169,9 @@ async def auth_projects(request: web.Request) -> web.Response:
 
 
 async def auth_catalog(request: web.Request) -> web.Response:
-    base = request.app["config"].public_url
+    base = request.app[keys.CONFIG].public_url
     return web.json_response(
-        {"catalog": identity_service(request).catalog(getattr(request.get("token"), "project_id", None)), "links": {"self": f"{base}/identity/v3/auth/catalog"}}
+        {"catalog": identity_service(request).catalog(getattr(request.get(keys.TOKEN), "project_id", None)), "links": {"self": f"{base}/identity/v3/auth/catalog"}}
     )
 
 

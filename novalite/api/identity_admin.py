@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.identity import identity_service, project_document
 from novalite.api.middleware import read_json
 from novalite.db import identity as q
@@ -28,7 +28,7 @@ DEFAULT_DOMAIN_ID = DOMAIN["id"]
 # -- helpers -------------------------------------------------------------
 def base_url(request: web.Request) -> str:
     """The absolute URL of this server as clients see it."""
-    return request.app["config"].public_url
+    return request.app[keys.CONFIG].public_url
 
 
 def forbidden(action: str) -> errors.Forbidden:
@@ -39,7 +39,7 @@ def authorize(
     request: web.Request, action: str, *, own_user: str | None = None, own_project: str | None = None
 ) -> TokenInfo:
     """Allow a project-scoped admin; otherwise only the caller's own user or project, or 403."""
-    token: TokenInfo = request["token"]
+    token: TokenInfo = request[keys.TOKEN]
     if token.project_id is not None and token.is_admin:
         return token
     if own_user is not None and token.user_id == own_user:
@@ -290,7 +290,7 @@ async def _user_fields(request: web.Request, entity: dict, *, creating: bool) ->
         password = entity["password"]
         if password is not None and not isinstance(password, str):
             raise invalid("password", f"{password!r} is not of type 'string'")
-        rounds = request.app["config"].identity.bcrypt_rounds
+        rounds = request.app[keys.CONFIG].identity.bcrypt_rounds
         fields["password_hash"] = (
             None if password is None else await asyncio.to_thread(hash_password, password, rounds)
         )
@@ -402,7 +402,7 @@ async def list_domains(request: web.Request) -> web.Response:
 async def show_domain(request: web.Request) -> web.Response:
     """GET /v3/domains/{id}: readable by anyone scoped to a project in it, as in Keystone."""
     domain_id = request.match_info["domain_id"]
-    token: TokenInfo = request["token"]
+    token: TokenInfo = request[keys.TOKEN]
     if token.project_id is None and not token.is_admin:
         raise forbidden("get_domain")
     check_domain(domain_id)

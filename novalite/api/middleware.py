@@ -6,13 +6,14 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from http import HTTPStatus
 
 import structlog
 from aiohttp import web
 
-from novalite.api import errors
-from novalite.identity import IdentityService, TokenInfo
+from novalite.api import errors, keys
+from novalite.context import RequestContext
+from novalite.identity import IdentityService
 
 log = structlog.get_logger(__name__)
 
@@ -28,47 +29,31 @@ LEGACY_VERSION_HEADER = "X-OpenStack-Nova-API-Version"
 _PUBLIC = re.compile(r"^/(identity|compute|image|networking|volume)(/v[0-9.]+)?/?$|^/identity/v3/auth/tokens/?$|^/?$")
 
 
-@dataclass(frozen=True)
-class RequestContext:
-    """Who is calling and what request this is; passed to every layer below the API."""
-
-    request_id: str
-    user_id: str
-    project_id: str
-    roles: tuple[str, ...]
-    user_name: str = ""
-    project_name: str = ""
-    token: TokenInfo | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.roles
-
-    def creds(self) -> dict:
-        return {
-            "user_id": self.user_id,
-            "project_id": self.project_id,
-            "roles": list(self.roles),
-            "is_admin": self.is_admin,
-        }
-
-
 def service_of(path: str) -> str:
     return path.split("/", 2)[1] if path.count("/") >= 1 else ""
 
 
+# Neutron's exception type names by status, for errors raised without one.
+NEUTRON_ERROR_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden", 404: "HTTPNotFound",
+                       405: "HTTPMethodNotAllowed", 409: "HTTPConflict"}
+
+
 def error_response(request: web.Request, exc: errors.ApiError) -> web.Response:
-    """Render an error in the body shape of the service the path belongs to."""
+    """Render a domain or HTTP error in the body shape of the service the path belongs to."""
     service = service_of(request.path)
-    if service == "identity" or exc.status == 401:  # 401s come from keystonemiddleware in OpenStack
-        body = errors.keystone_body(exc.status, exc.message)
+    status = exc.code
+    if service == "identity" or status == 401:  # 401s come from keystonemiddleware in OpenStack
+        body = errors.keystone_body(status, exc.message)
     elif service == "image":
-        body = {"code": exc.status, "title": exc.title, "message": exc.message}
+        body = {"code": status, "title": HTTPStatus(status).phrase, "message": exc.message}
+    elif service == "networking":
+        kind = getattr(exc, "kind", None) or NEUTRON_ERROR_TYPES.get(status, "HTTPInternalServerError")
+        body = {"NeutronError": {"type": kind, "message": exc.message, "detail": ""}}
     else:
-        body = errors.nova_body(exc.status, exc.message)
-    resp = web.json_response(body, status=exc.status, headers=exc.headers)
-    if exc.status == 401:
-        public_url = request.app["config"].public_url
+        body = errors.nova_body(status, exc.message)
+    resp = web.json_response(body, status=status, headers=exc.headers)
+    if status == 401:
+        public_url = request.app[keys.CONFIG].public_url
         resp.headers["WWW-Authenticate"] = f'Keystone uri="{public_url}/identity"'
     return resp
 
@@ -77,10 +62,10 @@ def error_response(request: web.Request, exc: errors.ApiError) -> web.Response:
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id, bind it to every log line and echo it back."""
     request_id = f"req-{uuid.uuid4()}"
-    request["request_id"] = request_id
+    request[keys.REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    foreground = request.app["foreground"]
+    foreground = request.app[keys.FOREGROUND]
     foreground.begin()
     try:
         resp = await handler(request)
@@ -100,8 +85,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except errors.ApiError as exc:
-        if exc.status >= 500:
-            log.error("api_error", status=exc.status, message=exc.message)
+        if exc.code >= 500:
+            log.error("api_error", status=exc.code, message=exc.message)
         return error_response(request, exc)
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, errors.OverLimit("Request is too large."))
@@ -115,7 +100,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled_error", path=request.path, method=request.method)
         exc = errors.ApiError(
             "Unexpected API Error. Please report this at http://bugs.launchpad.net/nova/ "
-            f"and attach the Nova API log if possible.\n<class 'Exception'> (request {request['request_id']})"
+            f"and attach the Nova API log if possible.\n<class 'Exception'> (request {request[keys.REQUEST_ID]})"
         )
         return error_response(request, exc)
 
@@ -123,7 +108,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Require a valid X-Auth-Token on everything but discovery and token creation."""
-    identity: IdentityService = request.app["identity"]
+    identity: IdentityService = request.app[keys.IDENTITY]
     if request.method == "POST" and _PUBLIC.match(request.path) and request.path.startswith("/identity"):
         return await handler(request)
     if request.method == "GET" and _PUBLIC.match(request.path) and "auth/tokens" not in request.path:
@@ -134,16 +119,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     info = await identity.validate(token_id)
     if info is None:
         raise errors.Unauthorized()
-    request["token"] = info
+    request[keys.TOKEN] = info
     if info.project_id is not None:
-        request["ctx"] = RequestContext(
-            request_id=request["request_id"],
+        request[keys.CONTEXT] = RequestContext(
+            request_id=request[keys.REQUEST_ID],
             user_id=info.user_id,
             project_id=info.project_id,
             roles=tuple(info.role_names),
             user_name=info.user_name,
             project_name=info.project_name or "",
-            token=info,
         )
         structlog.contextvars.bind_contextvars(user_id=info.user_id, project_id=info.project_id)
     elif not request.path.startswith("/identity"):
@@ -193,7 +177,7 @@ async def microversion_middleware(request: web.Request, handler: Handler) -> web
     if not request.path.startswith("/compute/v2.1/") and request.path != "/compute/v2.1/":
         return await handler(request)
     version = requested_version(request.headers)
-    request["version"] = version
+    request[keys.VERSION] = version
     try:
         resp = await handler(request)
     except errors.ApiError as exc:

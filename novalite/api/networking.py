@@ -10,19 +10,15 @@ networks (and their subnets) and its own ports; admins see everything.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.common import context
-from novalite.api.middleware import RequestContext
+from novalite.context import RequestContext
 from novalite.db import boot as lookups
 from novalite.db import networks as q
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _NOT_FILTERS = {"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse", "tags", "tags-any",
                 "not-tags", "not-tags-any"}
@@ -45,38 +41,16 @@ EXTENSIONS = [
     ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
 ]
 
-ERROR_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden", 404: "HTTPNotFound",
-               405: "HTTPMethodNotAllowed", 409: "HTTPConflict"}
-
-
 class NeutronError(errors.ApiError):
-    """An error with Neutron's exception type name (e.g. NetworkNotFound)."""
+    """An error with Neutron's exception type name (e.g. NetworkNotFound), rendered by the error middleware."""
 
     def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message, status=status)
+        super().__init__(message, code=status)
         self.kind = kind
 
 
-def neutron(handler: Handler) -> Handler:
-    """Render ApiErrors raised by ``handler`` in Neutron's error body."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except errors.ApiError as exc:
-            if exc.status == 401:
-                raise
-            kind = getattr(exc, "kind", None) or ERROR_TYPES.get(exc.status, "HTTPInternalServerError")
-            return web.json_response(
-                {"NeutronError": {"type": kind, "message": exc.message, "detail": ""}}, status=exc.status
-            )
-
-    return wrapped
-
-
 def _base(request: web.Request) -> str:
-    return f"{request.app['config'].public_url}/networking"
+    return f"{request.app[keys.CONFIG].public_url}/networking"
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -259,7 +233,6 @@ async def version_v2(request: web.Request) -> web.Response:
     ]})
 
 
-@neutron
 async def extensions_index(request: web.Request) -> web.Response:
     _caller(request)
     return web.json_response({"extensions": [
@@ -268,7 +241,6 @@ async def extensions_index(request: web.Request) -> web.Response:
     ]})
 
 
-@neutron
 async def extensions_show(request: web.Request) -> web.Response:
     _caller(request)
     alias = request.match_info["alias"]
@@ -279,10 +251,9 @@ async def extensions_show(request: web.Request) -> web.Response:
     raise NeutronError(404, "ExtensionNotFound", f"Extension with alias {alias} does not exist")
 
 
-@neutron
 async def networks_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_networks(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
     return web.json_response({"networks": filtered(request, [network_doc(n, ctx.is_admin) for n in rows])})
 
@@ -291,30 +262,27 @@ def _visible_network(ctx: RequestContext, n: dict | None) -> bool:
     return n is not None and (ctx.is_admin or n["shared"] or n["project_id"] == ctx.project_id)
 
 
-@neutron
 async def networks_show(request: web.Request) -> web.Response:
     ctx = _caller(request)
     net_id = request.match_info["network_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         n = await q.get_network(conn, net_id)
     if not _visible_network(ctx, n):
         raise NeutronError(404, "NetworkNotFound", f"Network {net_id} could not be found.")
     return web.json_response({"network": _fields(request, network_doc(n, ctx.is_admin))})
 
 
-@neutron
 async def subnets_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_subnets(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
     return web.json_response({"subnets": filtered(request, [subnet_doc(s) for s in rows])})
 
 
-@neutron
 async def subnets_show(request: web.Request) -> web.Response:
     ctx = _caller(request)
     subnet_id = request.match_info["subnet_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         s = await q.get_subnet(conn, subnet_id)
         n = await q.get_network(conn, s["network_id"]) if s else None
     if s is None or not _visible_network(ctx, n):
@@ -332,21 +300,19 @@ async def _group_ids(conn, project_ids: set[str]) -> dict[str, list[str]]:
     return out
 
 
-@neutron
 async def ports_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_ports(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
         groups = await _group_ids(conn, {p["project_id"] for p in rows})
     docs = [port_doc(p, groups.get(p["project_id"], []), ctx.is_admin) for p in rows]
     return web.json_response({"ports": filtered(request, docs)})
 
 
-@neutron
 async def ports_show(request: web.Request) -> web.Response:
     ctx = _caller(request)
     port_id = request.match_info["port_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         p = await q.get_port(conn, port_id)
         groups = await _group_ids(conn, {p["project_id"]}) if p else {}
     if p is None or not (ctx.is_admin or p["project_id"] == ctx.project_id):
@@ -354,20 +320,18 @@ async def ports_show(request: web.Request) -> web.Response:
     return web.json_response({"port": _fields(request, port_doc(p, groups.get(p["project_id"], []), ctx.is_admin))})
 
 
-@neutron
 async def security_groups_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         await lookups.ensure_default_security_group(conn, ctx.project_id)
         rows = await q.security_groups(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
     return web.json_response({"security_groups": filtered(request, [security_group_doc(g) for g in rows])})
 
 
-@neutron
 async def security_groups_show(request: web.Request) -> web.Response:
     ctx = _caller(request)
     group_id = request.match_info["group_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         await lookups.ensure_default_security_group(conn, ctx.project_id)
         rows = await q.security_groups(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
     for g in rows:
@@ -376,13 +340,12 @@ async def security_groups_show(request: web.Request) -> web.Response:
     raise NeutronError(404, "SecurityGroupNotFound", f"Security group {group_id} does not exist")
 
 
-@neutron
 async def security_groups_delete(request: web.Request) -> web.Response:
     """DELETE /security-groups/{id}: a project's `default` group only by an admin (Neutron's
     rule; Tempest's cleanup of a deleted project does this); it is made again when next needed."""
     ctx = _caller(request)
     group_id = request.match_info["group_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await conn.fetchrow(
             "SELECT id, project_id, name FROM security_groups WHERE id::text = $1", group_id
         )
@@ -394,7 +357,6 @@ async def security_groups_delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@neutron
 async def security_group_rules_index(request: web.Request) -> web.Response:
     _caller(request)
     return web.json_response({"security_group_rules": []})
@@ -406,7 +368,7 @@ NETWORK_QUOTAS = {"network": 100, "subnet": 100, "port": 500, "router": 10, "flo
 
 
 async def _quota_usage(request: web.Request, project_id: str) -> dict[str, int]:
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await conn.fetchrow(
             """SELECT (SELECT count(*) FROM networks WHERE project_id = $1) AS network,
                       (SELECT count(*) FROM subnets WHERE project_id = $1) AS subnet,
@@ -425,13 +387,11 @@ def _quota_project(request: web.Request) -> str:
     return project_id
 
 
-@neutron
 async def quotas_show(request: web.Request) -> web.Response:
     _quota_project(request)
     return web.json_response({"quota": dict(NETWORK_QUOTAS)})
 
 
-@neutron
 async def quotas_details(request: web.Request) -> web.Response:
     project_id = _quota_project(request)
     used = await _quota_usage(request, project_id)
@@ -440,13 +400,11 @@ async def quotas_details(request: web.Request) -> web.Response:
     }})
 
 
-@neutron
 async def quotas_default(request: web.Request) -> web.Response:
     _quota_project(request)
     return web.json_response({"quota": dict(NETWORK_QUOTAS)})
 
 
-@neutron
 async def quotas_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
     if not ctx.is_admin:
@@ -454,17 +412,15 @@ async def quotas_index(request: web.Request) -> web.Response:
     return web.json_response({"quotas": []})
 
 
-@neutron
 async def availability_zones_index(request: web.Request) -> web.Response:
     _caller(request)
     docs = [{"name": "nova", "resource": "network", "state": "available"}]
     return web.json_response({"availability_zones": filtered(request, docs)})
 
 
-@neutron
 async def ip_availability_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         nets = await q.list_networks(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
         out = []
         for n in nets:

@@ -19,9 +19,10 @@ from datetime import datetime
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.common import context
-from novalite.api.middleware import RequestContext, error_response, read_json
+from novalite.api.middleware import error_response, read_json
+from novalite.context import RequestContext
 from novalite.db import volumes as q
 from novalite.volume.api import RESOURCES, VolumeAPI
 
@@ -39,7 +40,7 @@ DEFAULT_TYPE = {
 
 
 def _api(request: web.Request) -> VolumeAPI:
-    return request.app["volume_api"]
+    return request.app[keys.VOLUME_API]
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -47,7 +48,7 @@ def _ts(value: datetime | None) -> str | None:
 
 
 def _base(request: web.Request) -> str:
-    return f"{request.app['config'].public_url}/volume"
+    return f"{request.app[keys.CONFIG].public_url}/volume"
 
 
 def _ctx(request: web.Request) -> RequestContext:
@@ -113,7 +114,7 @@ def versioned(handler):
             _check_version(request)
             resp = await handler(request)
         except errors.ApiError as exc:
-            if exc.status == 401:
+            if exc.code == 401:
                 raise
             resp = error_response(request, exc)
         resp.headers["OpenStack-API-Version"] = f"volume {VERSION}"
@@ -209,7 +210,7 @@ async def _list_volumes(request: web.Request, detail: bool) -> web.Response:
         limit_n = int(limit) if limit else None
     except ValueError:
         raise errors.BadRequest(f"Invalid input received: limit={limit}") from None
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_volumes(conn, _scope(request, ctx), _filters(request), limit_n,
                                     request.query.get("marker"))
     docs = [volume_detail(request, v, ctx.is_admin) if detail else volume_summary(request, v) for v in rows]
@@ -226,7 +227,7 @@ async def list_volumes_detail(request: web.Request) -> web.Response:
 
 async def _load_volume(request: web.Request, ctx: RequestContext) -> asyncpg.Record:
     vid = request.match_info["volume_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         v = await q.get(conn, vid)
     if v is None or (v["project_id"] != ctx.project_id and not ctx.is_admin):
         raise errors.NotFound(f"Volume {vid} could not be found.")
@@ -380,14 +381,14 @@ def snapshot_detail(request: web.Request, s: asyncpg.Record) -> dict:
 
 async def _list_snapshots(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_snapshots(conn, _scope(request, ctx), _filters(request))
     return web.json_response({"snapshots": [snapshot_detail(request, s) for s in rows]})
 
 
 async def _load_snapshot(request: web.Request, ctx: RequestContext) -> asyncpg.Record:
     sid = request.match_info["snapshot_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         s = await q.get_snapshot(conn, sid)
     if s is None or (s["project_id"] != ctx.project_id and not ctx.is_admin):
         raise errors.NotFound(f"Snapshot {sid} could not be found.")
@@ -418,7 +419,7 @@ async def update_snapshot(request: web.Request) -> web.Response:
     body = (await read_json(request)).get("snapshot") or {}
     sets = {k: _str_field(body, k) for k in ("name", "description") if k in body}
     if sets:
-        async with request.app["db"].acquire() as conn:
+        async with request.app[keys.DB].acquire() as conn:
             cols = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(sets))
             s = await conn.fetchrow(f"UPDATE volume_snapshots SET {cols}, updated_at = now() WHERE id = $1 "
                                     "RETURNING *", s["id"], *sets.values())
@@ -448,7 +449,7 @@ async def show_type(request: web.Request) -> web.Response:
 
 async def availability_zones(request: web.Request) -> web.Response:
     _ctx(request)
-    zones = sorted({h.availability_zone for h in request.app["config"].hosts} or {"nova"})
+    zones = sorted({h.availability_zone for h in request.app[keys.CONFIG].hosts} or {"nova"})
     return web.json_response({"availabilityZoneInfo": [
         {"zoneName": z, "zoneState": {"available": True}} for z in zones
     ]})
@@ -456,7 +457,7 @@ async def availability_zones(request: web.Request) -> web.Response:
 
 async def _quota_numbers(request: web.Request, project_id: str) -> tuple[dict, dict]:
     api = _api(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         limits = await api.limits(conn, project_id)
         used = await q.usage(conn, project_id)
     return limits, used
@@ -486,7 +487,7 @@ async def show_quota(request: web.Request) -> web.Response:
 async def quota_defaults(request: web.Request) -> web.Response:
     _ctx(request)
     target = request.match_info["target_id"]
-    cfg = request.app["config"].volume
+    cfg = request.app[keys.CONFIG].volume
     limits = {r: getattr(cfg, r) for r in RESOURCES}
     return web.json_response({"quota_set": _quota_body(target, limits, dict.fromkeys(RESOURCES, 0), False)})
 
@@ -509,7 +510,7 @@ async def update_quota(request: web.Request) -> web.Response:
                     from None
             if values[k] < -1:
                 raise errors.BadRequest(f"Invalid input received: Quota limit {v} for {k} must be -1 or greater.")
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         await conn.executemany(
             """INSERT INTO quotas (project_id, resource, hard_limit) VALUES ($1, $2, $3)
                ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = EXCLUDED.hard_limit""",

@@ -16,9 +16,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from novalite.api import errors
-from novalite.api.middleware import RequestContext
+from novalite import exception
 from novalite.compute import power, states
+from novalite.context import RequestContext
 from novalite.db import instances as db
 
 log = structlog.get_logger(__name__)
@@ -53,7 +53,7 @@ SPECS: dict[str, ActionSpec] = {
 }
 
 
-class InstanceInvalidState(errors.Conflict):
+class InstanceInvalidState(exception.Conflict):
     """Nova's raise_http_conflict_for_instance_invalid_state message."""
 
     def __init__(self, action: str, uuid: str, attr: str, state: Any) -> None:
@@ -66,7 +66,7 @@ class InstanceInvalidState(errors.Conflict):
 
 def check_instance_lock(ctx: RequestContext, inst: asyncpg.Record) -> None:
     if inst["locked"] and not ctx.is_admin:
-        raise errors.Conflict(f"Instance {inst['uuid']} is locked")
+        raise exception.Conflict(f"Instance {inst['uuid']} is locked")
 
 
 def check_instance_state(spec: ActionSpec, inst: asyncpg.Record) -> None:
@@ -94,7 +94,7 @@ class ServerActions:
         check_instance_state(spec, inst)
         compute = self.computes.get(inst["host"]) if inst["host"] else None
         if compute is None:
-            raise errors.Conflict(f"Instance {uuid} is not ready")
+            raise exception.Conflict(f"Instance {uuid} is not ready")
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 await db.compare_and_set(conn, uuid, expect_vm_state=list(spec.vm_states),
@@ -103,7 +103,7 @@ class ServerActions:
                 # Someone moved it between our read and the update: answer from the fresh row.
                 actual = conflict.actual
                 if actual is None or actual["deleted"]:
-                    raise errors.NotFound(f"Instance {uuid} could not be found.") from None
+                    raise exception.NotFound(f"Instance {uuid} could not be found.") from None
                 check_instance_state(spec, actual)
                 raise InstanceInvalidState(spec.name, uuid, "task_state", actual["task_state"]) from None
             await db.start_actions(conn, [uuid], spec.action, ctx.request_id, ctx.user_id, ctx.project_id)

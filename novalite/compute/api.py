@@ -20,12 +20,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from novalite import quota
-from novalite.api import errors
-from novalite.api.middleware import RequestContext
+from novalite import exception, quota
 from novalite.compute import states
 from novalite.compute.locks import InstanceLocks
 from novalite.config import Config
+from novalite.context import RequestContext
 from novalite.db import boot as lookups
 from novalite.db import instances as db
 
@@ -101,21 +100,21 @@ def validate_flavor_extra_specs(specs: dict) -> None:
     nodes = specs.get("hw:numa_nodes")
     if nodes is not None:
         if not str(nodes).isdigit() or int(nodes) < 1:
-            raise errors.BadRequest(f"Invalid flavor extra spec hw:numa_nodes={nodes}: must be a positive integer.")
+            raise exception.Invalid(f"Invalid flavor extra spec hw:numa_nodes={nodes}: must be a positive integer.")
         n = int(nodes)
         cpus = [k for k in specs if k.startswith("hw:numa_cpus.")]
         mems = [k for k in specs if k.startswith("hw:numa_mem.")]
         if (cpus or mems) and (len(cpus) != n or len(mems) != n):
-            raise errors.BadRequest("CPU and memory allocation must be provided for all NUMA nodes")
+            raise exception.Invalid("CPU and memory allocation must be provided for all NUMA nodes")
     for key in ("hw:cpu_policy",):
         if key in specs and specs[key] not in ("shared", "dedicated", "mixed"):
-            raise errors.BadRequest(f"Invalid {key} extra spec value: {specs[key]}")
+            raise exception.Invalid(f"Invalid {key} extra spec value: {specs[key]}")
     alias = specs.get("pci_passthrough:alias")
     if alias is not None:
         for part in str(alias).split(","):
             name, _, count = part.strip().partition(":")
             if not name or not count.isdigit() or int(count) < 1:
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Invalid PCI alias definition: pci_passthrough:alias={alias} (expected name:count[,name:count])"
                 )
 
@@ -138,7 +137,7 @@ class ComputeAPI:
     async def create(self, ctx: RequestContext, req: CreateRequest) -> tuple[list[asyncpg.Record], str, str]:
         """Validate, provision and cast; return (instances, reservation_id, admin_password)."""
         if req.min_count > req.max_count:
-            raise errors.BadRequest("min_count must be <= max_count")
+            raise exception.Invalid("min_count must be <= max_count")
         async with self._creating, self.pool.acquire() as conn:  # one connection for the whole create
             base = await self._validate(conn, ctx, req)
             await self._validate_networks(conn, ctx, req)
@@ -155,11 +154,11 @@ class ComputeAPI:
         nets = req.requested_networks
         if req.max_count > 1 and isinstance(nets, list):
             if any(n.get("fixed_ip") for n in nets):
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     "Failed to launch instances: max_count can't be greater than 1 if a fixed_ip is specified."
                 )
             if any(n.get("port") for n in nets):
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     "Failed to launch instances: Unable to launch multiple instances with a single configured "
                     "port ID. Please launch your instance one by one with different ports."
                 )
@@ -175,7 +174,7 @@ class ComputeAPI:
         # flavor
         flavor = snap["flavor"]
         if flavor is None or flavor["disabled"]:
-            raise errors.BadRequest(f"Flavor {req.flavor_ref} could not be found.")
+            raise exception.Invalid(f"Flavor {req.flavor_ref} could not be found.")
         extra_specs = flavor["extra_specs"] or {}
         validate_flavor_extra_specs(extra_specs)
         # the image
@@ -183,30 +182,30 @@ class ComputeAPI:
         if image_id:
             image = snap["image"]
             if image is None:
-                raise errors.BadRequest("Can not find requested image")
+                raise exception.Invalid("Can not find requested image")
             if image["status"] != "active":
-                raise errors.BadRequest(f"Image {image_id} is not active.")
+                raise exception.Invalid(f"Image {image_id} is not active.")
             self._check_image_fits_flavor(image, flavor, root)
         elif root is None or root.get("source_type") == "image":
-            raise errors.BadRequest("Block Device Mapping is Invalid: Boot sequence for the instance and image/block device mapping combination is not valid.")
+            raise exception.Invalid("Block Device Mapping is Invalid: Boot sequence for the instance and image/block device mapping combination is not valid.")
         await self._check_bdms(conn, bdms, flavor, ctx, req)
         image_props = dict(image["properties"] or {}) if image else {}
         auto_disk = req.auto_disk_config
         if auto_disk is None:
             auto_disk = str(image_props.get("auto_disk_config", "false")).lower() == "true"
         elif auto_disk and str(image_props.get("auto_disk_config", "")).lower() == "disabled":
-            raise errors.BadRequest(f"Requested image {image_id} has automatic disk resize disabled.")
+            raise exception.Invalid(f"Requested image {image_id} has automatic disk resize disabled.")
         # availability zone and forced host
         az = req.availability_zone
         if az and az not in snap["zones"]:
-            raise errors.BadRequest("The requested availability zone is not available")
+            raise exception.Invalid("The requested availability zone is not available")
         forced_host = req.forced_host or req.forced_node
         if forced_host:
             node = await lookups.compute_node(conn, forced_host)
             if node is None:
-                raise errors.BadRequest(f"Compute host {forced_host} could not be found.")
+                raise exception.Invalid(f"Compute host {forced_host} could not be found.")
             if az and node["availability_zone"] != az:
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Host '{forced_host}' is not a member of availability zone '{az}'."
                 )
             az = az or node["availability_zone"]
@@ -215,27 +214,27 @@ class ComputeAPI:
             try:
                 decoded = base64.b64decode(req.user_data, validate=True)
             except ValueError:
-                raise errors.BadRequest("User data needs to be valid base 64.") from None
+                raise exception.Invalid("User data needs to be valid base 64.") from None
             if len(decoded) > cfg.compute.max_user_data_bytes:
-                raise errors.BadRequest("User data too large.")
+                raise exception.Invalid("User data too large.")
         # metadata and injected files quotas
         limits = quota.limits_from(cfg.quota, snap["quota_overrides"])
         if limits["metadata_items"] != quota.UNLIMITED and len(req.metadata) > limits["metadata_items"]:
-            raise errors.QuotaExceeded(f"Maximum number of metadata items exceeds {limits['metadata_items']}")
+            raise exception.QuotaExceeded(f"Maximum number of metadata items exceeds {limits['metadata_items']}")
         if req.injected_files:
             if limits["injected_files"] != quota.UNLIMITED and len(req.injected_files) > limits["injected_files"]:
-                raise errors.QuotaExceeded("Personality file limit exceeded")
+                raise exception.QuotaExceeded("Personality file limit exceeded")
             for path, contents in req.injected_files:
                 if len(path.encode()) > limits["injected_file_path_bytes"] >= 0:
-                    raise errors.QuotaExceeded(
+                    raise exception.QuotaExceeded(
                         f"Personality file path exceeds maximum {limits['injected_file_path_bytes']}"
                     )
                 try:
                     content = base64.b64decode(contents, validate=True)
                 except ValueError:
-                    raise errors.BadRequest(f"Personality content for {path} cannot be decoded") from None
+                    raise exception.Invalid(f"Personality content for {path} cannot be decoded") from None
                 if len(content) > limits["injected_file_content_bytes"] >= 0:
-                    raise errors.QuotaExceeded(
+                    raise exception.QuotaExceeded(
                         f"Personality file content exceeds maximum {limits['injected_file_content_bytes']}"
                     )
         # security groups
@@ -246,23 +245,23 @@ class ComputeAPI:
             known.add("default")
         for name in groups:
             if name not in known:
-                raise errors.BadRequest(f"Security group {name} not found for project {ctx.project_id}.")
+                raise exception.Invalid(f"Security group {name} not found for project {ctx.project_id}.")
         # kernel / ramdisk from image properties
         kernel_id = str(image_props.get("kernel_id") or "")
         ramdisk_id = str(image_props.get("ramdisk_id") or "")
         for ref in (kernel_id, ramdisk_id):
             if ref and await lookups.image(conn, ref) is None:
-                raise errors.BadRequest(f"Image {ref} could not be found.")
+                raise exception.Invalid(f"Image {ref} could not be found.")
         # key pair
         key_data = None
         if req.key_name is not None:
             key_data = snap["key_data"]
             if key_data is None:
-                raise errors.BadRequest("Invalid key_name provided.")
+                raise exception.Invalid("Invalid key_name provided.")
         # root device name
         root_device = (root or {}).get("device_name") or DEFAULT_ROOT_DEVICE
         if not ROOT_DEVICE_RE.match(root_device):
-            raise errors.BadRequest(f"The supplied device path ({root_device}) is invalid.")
+            raise exception.Invalid(f"The supplied device path ({root_device}) is invalid.")
         # server group from the hints
         group_hint = req.scheduler_hints.get("group")
         if isinstance(group_hint, list):
@@ -271,7 +270,7 @@ class ComputeAPI:
         if group_hint:
             group = await lookups.instance_group(conn, str(group_hint))
             if group is None or (group["project_id"] != ctx.project_id and not ctx.is_admin):
-                raise errors.BadRequest(f"Instance group {group_hint} could not be found.")
+                raise exception.Invalid(f"Instance group {group_hint} could not be found.")
         flavor_doc = {
             "flavorid": flavor["flavorid"],
             "name": flavor["name"],
@@ -326,7 +325,7 @@ class ComputeAPI:
             ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin, conn=conn
         )
         if fits < req.min_count:
-            raise errors.Forbidden(
+            raise exception.Forbidden(
                 f"Maximum number of ports exceeded: only {fits} of {req.min_count} instances can get addresses."
             )
 
@@ -363,7 +362,7 @@ class ComputeAPI:
             if uuid:
                 key = {"image": "image_id", "volume": "volume_id", "snapshot": "snapshot_id"}.get(src)
                 if key is None:
-                    raise errors.BadRequest("Block Device Mapping is Invalid: uuid given for a blank device.")
+                    raise exception.Invalid("Block Device Mapping is Invalid: uuid given for a blank device.")
                 b[key] = uuid
             if b.get("boot_index") is not None and b["boot_index"] < 0:
                 b["boot_index"] = None
@@ -386,13 +385,13 @@ class ComputeAPI:
             )
         roots = [b for b in bdms if b.get("boot_index") == 0]
         if len(roots) > 1:
-            raise errors.BadRequest(
+            raise exception.Invalid(
                 "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
                 "mapping combination is not valid."
             )
         indexes = sorted(b["boot_index"] for b in bdms if b.get("boot_index") is not None)
         if indexes and indexes != list(range(len(indexes))):
-            raise errors.BadRequest(
+            raise exception.Invalid(
                 "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
                 "mapping combination is not valid."
             )
@@ -408,46 +407,46 @@ class ComputeAPI:
         ephemeral_total = 0
         if any(b["destination_type"] == "volume" for b in bdms):
             if self.volume_api is None:
-                raise errors.BadRequest("Block Device Mapping is Invalid: this cloud has no volume service.")
+                raise exception.Invalid("Block Device Mapping is Invalid: this cloud has no volume service.")
             # Volumes/snapshots exist, are available and ours; new volumes have a size; their host is forced.
             await self.volume_api.check_bdms(conn, ctx, req, bdms)
         for b in bdms:
             src, dest = b["source_type"], b["destination_type"]
             if src in ("volume", "snapshot") and dest != "volume":
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Block Device Mapping is Invalid: {src} sources need destination_type volume."
                 )
             if src == "blank" and dest == "local":
                 size = b.get("volume_size")
                 if b.get("guest_format") == "swap":
                     if size is not None and size * 1024 > flavor["swap"]:
-                        raise errors.BadRequest("Swap drive requested is larger than instance type allows.")
+                        raise exception.Invalid("Swap drive requested is larger than instance type allows.")
                 else:
                     ephemeral_total += size if size is not None else flavor["ephemeral_gb"]
         if ephemeral_total > flavor["ephemeral_gb"]:
-            raise errors.BadRequest(
+            raise exception.Invalid(
                 "Ephemeral disks requested are larger than the instance type allows. If no size is given in "
                 "one block device mapping, flavor ephemeral size will be used."
             )
         for b in bdms:
             name = b.get("device_name")
             if name and not ROOT_DEVICE_RE.match(name if name.startswith("/dev/") else f"/dev/{name}"):
-                raise errors.BadRequest(f"The supplied device path ({name}) is invalid.")
+                raise exception.Invalid(f"The supplied device path ({name}) is invalid.")
 
     @staticmethod
     def _check_image_fits_flavor(image: asyncpg.Record, flavor: asyncpg.Record, root: dict | None) -> None:
         if image["min_ram"] and flavor["memory_mb"] < image["min_ram"]:
-            raise errors.BadRequest("Flavor's memory is too small for requested image.")
+            raise exception.Invalid("Flavor's memory is too small for requested image.")
         if root is not None and root.get("destination_type") == "volume":
             return
         if flavor["root_gb"]:
             if image["min_disk"] and flavor["root_gb"] < image["min_disk"]:
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Flavor's disk is too small for requested image. Flavor disk is {flavor['root_gb'] * 1024**3} "
                     f"bytes, minimum required by image is {image['min_disk'] * 1024**3} bytes."
                 )
             if image["size"] and image["size"] > flavor["root_gb"] * 1024**3:
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Flavor's disk is too small for requested image. Flavor disk is "
                     f"{flavor['root_gb'] * 1024**3} bytes, image is {image['size']} bytes."
                 )
@@ -550,7 +549,7 @@ class ComputeAPI:
                     )
                     limit = limits["server_group_members"]
                     if limit != quota.UNLIMITED and members + count > limit:
-                        raise errors.QuotaExceeded("Quota exceeded, too many servers in group")
+                        raise exception.QuotaExceeded("Quota exceeded, too many servers in group")
                 rows = self._instance_rows(ctx, req, base, count, reservation_id)
                 if self.volume_api is not None:  # available → reserved before the BDM rows: one winner per volume
                     for r in rows:
@@ -569,7 +568,7 @@ class ComputeAPI:
         """Mark an instance deleting (any stage, even mid-build) and finish the delete in the background."""
         uuid = str(instance["uuid"])
         if instance["locked"] and not ctx.is_admin:
-            raise errors.Conflict(f"Instance {uuid} is locked")
+            raise exception.Conflict(f"Instance {uuid} is locked")
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 await db.compare_and_set(
@@ -577,7 +576,7 @@ class ComputeAPI:
                 )
             except db.StateConflict as conflict:
                 if conflict.actual is None or conflict.actual["deleted"]:
-                    raise errors.NotFound(f"Instance {uuid} could not be found.") from None
+                    raise exception.NotFound(f"Instance {uuid} could not be found.") from None
                 return  # already being deleted: DELETE is idempotent
             await db.start_actions(conn, [uuid], "delete", ctx.request_id, ctx.user_id, ctx.project_id)
         self.start_delete(uuid, ctx.request_id)

@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 
 from novalite.db import is_uuid
-from novalite.quota import CLASS_PREFIX
+from novalite.db.catalog import CLASS_PREFIX
 
 QUOTA_CLASS_DEFAULT = CLASS_PREFIX + "default"
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncpg
 
+# Rows of quota class <name> (os-quota-class-sets) live in `quotas` under this key; project ids
+# are hex uuids, so they cannot collide. Class `default` overrides the config defaults.
+CLASS_PREFIX = "quota_class:"
+
 # Nova's flavor sort keys mapped to columns; `id` (Nova's autoincrement) is
 # creation order, which novalite keeps as (created_at, flavorid).
 FLAVOR_SORT_COLUMNS = {

@@ -22,7 +22,7 @@ import asyncpg
 import libvirt
 import structlog
 
-from novalite.api import errors
+from novalite import exception
 from novalite.config import Config, ConfigError, NetworkConfig
 from novalite.db import networks as q
 from novalite.network.libvirt_net import LibvirtNetworkDef, LibvirtNetworkHost
@@ -255,25 +255,25 @@ class NetworkAPI:
             net = await self._auto_network(conn, project_id, is_admin)
             if net is None:
                 if requested == "auto":
-                    raise errors.BadRequest(f"Unable to automatically allocate a network for project {project_id}")
+                    raise exception.Invalid(f"Unable to automatically allocate a network for project {project_id}")
                 return []
             return [_Wanted(net)]
         if not isinstance(requested, list):
-            raise errors.BadRequest(f"Bad networks format: {requested!r}")
+            raise exception.Invalid(f"Bad networks format: {requested!r}")
         out: list[_Wanted] = []
         for req in requested:
             port_id, net_id, fixed_ip = req.get("port"), req.get("uuid"), req.get("fixed_ip")
             if port_id:
                 port = await q.get_port(conn, port_id)
                 if port is None or (port["project_id"] != project_id and not is_admin):
-                    raise errors.BadRequest(f"Port id {port_id} could not be found.")
+                    raise exception.Invalid(f"Port id {port_id} could not be found.")
                 if port["device_id"] and port["device_id"] != instance_uuid:
-                    raise errors.Conflict(f"Port {port_id} is still in use.")
+                    raise exception.Conflict(f"Port {port_id} is still in use.")
                 out.append(_Wanted(await q.get_network(conn, port["network_id"]), port, None, req.get("tag")))
                 continue
             net = await q.get_network(conn, net_id) if net_id else None
             if net is None or not (net["shared"] or net["project_id"] == project_id or is_admin):
-                raise errors.BadRequest(f"Network {net_id} could not be found.")
+                raise exception.Invalid(f"Network {net_id} could not be found.")
             if fixed_ip:
                 await self._check_fixed_ip(conn, net, str(fixed_ip), instance_uuid)
             out.append(_Wanted(net, None, str(fixed_ip) if fixed_ip else None, req.get("tag")))
@@ -286,7 +286,7 @@ class NetworkAPI:
         if len(own) == 1:
             return own[0]
         if len(own) > 1:
-            raise errors.Conflict(
+            raise exception.Conflict(
                 "Multiple possible networks found, use a Network ID to be more specific."
             )
         default = [n for n in visible if n["is_default"]]
@@ -294,7 +294,7 @@ class NetworkAPI:
             return default[0]
         shared = [n for n in visible if n["shared"]]
         if len(shared) > 1:
-            raise errors.Conflict("Multiple possible networks found, use a Network ID to be more specific.")
+            raise exception.Conflict("Multiple possible networks found, use a Network ID to be more specific.")
         return shared[0] if shared else None
 
     async def _check_fixed_ip(self, conn: asyncpg.Connection, net: dict, address: str,
@@ -303,17 +303,17 @@ class NetworkAPI:
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
-            raise errors.BadRequest(f"Invalid fixed IP address ({address})") from None
+            raise exception.Invalid(f"Invalid fixed IP address ({address})") from None
         cidr = ipaddress.IPv4Network(subnet["cidr"]) if subnet else None
         if (cidr is None or ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address)
                 or address == subnet["gateway_ip"]):
-            raise errors.BadRequest(
+            raise exception.Invalid(
                 f"Fixed IP address {address} is not a valid address of network {net['id']}."
             )
         holder = await q.port_with_address(conn, net["id"], address)
         if holder is not None and holder["device_id"] != (instance_uuid or ""):
             # Nova answers FixedIpAlreadyInUse on create with 400.
-            raise errors.BadRequest(
+            raise exception.Invalid(
                 f"Fixed IP address {address} is already in use on instance {holder['device_id']}."
             )
 
@@ -345,7 +345,7 @@ class NetworkAPI:
             free = await q.free_addresses(conn, subnet["id"]) if subnet else 0
             fits = min(fits, free // per_instance)
         if fits < 1:
-            raise errors.QuotaExceeded("Maximum number of ports exceeded")
+            raise exception.QuotaExceeded("Maximum number of ports exceeded")
         return fits
 
     # -- build and delete -----------------------------------------------------------
@@ -374,7 +374,7 @@ class NetworkAPI:
                         row = await q.bind_port(conn, w.port["id"], device_id=instance_uuid, host=host,
                                                 device_index=index)
                         if row is None:
-                            raise errors.Conflict(f"Port {w.port['id']} is still in use.")
+                            raise exception.Conflict(f"Port {w.port['id']} is still in use.")
                         made.append(row)
                     else:
                         try:
@@ -383,11 +383,11 @@ class NetworkAPI:
                                 device_owner=DEVICE_OWNER, host=host, fixed_ip=w.fixed_ip, device_index=index,
                             )
                         except q.AddressInUse as exc:
-                            raise errors.BadRequest(
+                            raise exception.Invalid(
                                 f"Fixed IP address {exc.address} is already in use on instance {exc.device_id}."
                             ) from None
                         except q.NoMoreAddresses:
-                            raise errors.Conflict(
+                            raise exception.Conflict(
                                 f"No fixed IP addresses available for network: {w.network['id']}"
                             ) from None
                         made.append(row)

@@ -420,12 +420,3 @@ def scheduling_record(
             if r.verdicts is not None
         ],
     }
-
-
-async def latest_verdicts(conn: asyncpg.Connection, instance_uuid: str) -> asyncpg.Record | None:
-    """The newest scheduling verdicts of an instance, or None if it was never scheduled."""
-    return await conn.fetchrow(
-        """SELECT request_id, host, summary, verdicts, created_at FROM scheduling_verdicts
-           WHERE instance_uuid = $1::uuid ORDER BY id DESC LIMIT 1""",
-        instance_uuid,
-    )

@@ -35,12 +35,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from novalite import quota
-from novalite.api import errors
-from novalite.api.middleware import RequestContext
+from novalite import exception, quota
 from novalite.compute import states
 from novalite.compute.disks import DiskError, PreparedDisks, qemu_img
 from novalite.config import Config
+from novalite.context import RequestContext
 from novalite.db import instances as instances_db
 from novalite.db import volumes as q
 from novalite.virt.driver import DiskSpec
@@ -53,7 +52,7 @@ ROOT_DEV = "/dev/vda"
 DEVICE_PREFIX = "/dev/vd"
 
 
-class VolumeLimitExceeded(errors.OverLimit):
+class VolumeLimitExceeded(exception.OverLimit):
     """Cinder answers quota overruns with 413 overLimit."""
 
 
@@ -80,7 +79,7 @@ def next_device(used: Iterable[str]) -> str:
         dev = f"{DEVICE_PREFIX}{suffix}"
         if dev not in taken:
             return dev
-    raise errors.Forbidden("The maximum allowed number of disk devices (702) to attach to a single instance has been exceeded.")
+    raise exception.Forbidden("The maximum allowed number of disk devices (702) to attach to a single instance has been exceeded.")
 
 
 class VolumeAPI:
@@ -103,7 +102,7 @@ class VolumeAPI:
         name = f"{prefix}{host}"
         if cfg.pool_type == "logical":
             if not cfg.pool_source:
-                raise errors.ApiError("volume.pool_source (an LVM volume group) is required for logical pools")
+                raise exception.NovaliteException("volume.pool_source (an LVM volume group) is required for logical pools")
             return PoolDef(name=name, type="logical", target=f"/dev/{cfg.pool_source}", source=cfg.pool_source)
         target = cfg.pool_target / host if cfg.pool_target else self.config.state_dir / "volumes" / host
         return PoolDef(name=name, type="dir", target=str(target))
@@ -123,7 +122,7 @@ class VolumeAPI:
         if self.cfg.default_host:
             return self.cfg.default_host
         if not self.config.hosts:
-            raise errors.ApiError("no compute host to keep volumes on", status=503)
+            raise exception.NovaliteException("no compute host to keep volumes on", code=503)
         return self.config.hosts[0].name
 
     def start(self) -> None:
@@ -200,40 +199,40 @@ class VolumeAPI:
             if snapshot_id:
                 snap = await q.get_snapshot(conn, snapshot_id)
                 if snap is None or (snap["project_id"] != ctx.project_id and not ctx.is_admin):
-                    raise errors.NotFound(f"Snapshot {snapshot_id} could not be found.")
+                    raise exception.NotFound(f"Snapshot {snapshot_id} could not be found.")
                 if snap["status"] != q.AVAILABLE:
-                    raise errors.BadRequest("Invalid snapshot: Originating snapshot status must be one of "
+                    raise exception.Invalid("Invalid snapshot: Originating snapshot status must be one of "
                                             "'available' values")
                 size = size or snap["size"]
                 if size < snap["size"]:
-                    raise errors.BadRequest(f"Invalid input received: Volume size '{size}'GB cannot be smaller "
+                    raise exception.Invalid(f"Invalid input received: Volume size '{size}'GB cannot be smaller "
                                             f"than the snapshot size {snap['size']}GB. They must be >= original "
                                             "snapshot size.")
                 host, source = snap["host"], {"snapshot": snap}
             elif source_volid:
                 src = await q.get(conn, source_volid)
                 if src is None or (src["project_id"] != ctx.project_id and not ctx.is_admin):
-                    raise errors.NotFound(f"Volume {source_volid} could not be found.")
+                    raise exception.NotFound(f"Volume {source_volid} could not be found.")
                 if src["status"] not in (q.AVAILABLE, q.IN_USE):
-                    raise errors.BadRequest("Invalid volume: Unable to clone volumes that are in an error state.")
+                    raise exception.Invalid("Invalid volume: Unable to clone volumes that are in an error state.")
                 size = size or src["size"]
                 if size < src["size"]:
-                    raise errors.BadRequest(f"Invalid input received: Volume size '{size}'GB cannot be smaller "
+                    raise exception.Invalid(f"Invalid input received: Volume size '{size}'GB cannot be smaller "
                                             f"than original volume size {src['size']}GB. They must be >= "
                                             "original volume size.")
                 host, source = src["host"], {"volume": src}
             elif image_id:
                 image = await conn.fetchrow("SELECT * FROM images WHERE id::text = $1", image_id)
                 if image is None or image["status"] != "active":
-                    raise errors.BadRequest("Invalid image identifier or unable to access requested image.")
+                    raise exception.Invalid("Invalid image identifier or unable to access requested image.")
                 min_gb = max(image["min_disk"] or 0, math.ceil((image["size"] or 0) / 1024**3), 1)
                 size = size or min_gb
                 if size < min_gb:
-                    raise errors.BadRequest(f"Invalid input received: Image minDisk size {min_gb} is larger "
+                    raise exception.Invalid(f"Invalid input received: Image minDisk size {min_gb} is larger "
                                             f"than the volume size {size}.")
                 source = {"image": image}
         if not size or size < 1:
-            raise errors.BadRequest("Invalid input received: 'size' parameter must be an integer greater than 0.")
+            raise exception.Invalid("Invalid input received: 'size' parameter must be an integer greater than 0.")
         vid = uuidlib.uuid4()
         async with self.pool.acquire() as conn, conn.transaction():
             await self.check_quota(conn, ctx.project_id, volumes=1, gigabytes=size)
@@ -305,7 +304,7 @@ class VolumeAPI:
         async with self.pool.acquire() as conn:
             row = await q.update_fields(conn, str(vol["id"]), **fields)
         if row is None:
-            raise errors.NotFound(f"Volume {vol['id']} could not be found.")
+            raise exception.NotFound(f"Volume {vol['id']} could not be found.")
         return row
 
     async def delete(self, ctx: RequestContext, vol: asyncpg.Record) -> None:
@@ -313,7 +312,7 @@ class VolumeAPI:
         vid = str(vol["id"])
         async with self.pool.acquire() as conn, conn.transaction():
             if await q.has_snapshots(conn, vid):
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Invalid volume: Volume {vid} status must be available or error or error_restoring or "
                     "error_extending or error_managing and must not be migrating, attached, belong to a group, "
                     "have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer."
@@ -322,8 +321,8 @@ class VolumeAPI:
                 row = await q.compare_and_set(conn, vid, [q.AVAILABLE, q.ERROR, q.ERROR_DELETING], status=q.DELETING)
             except q.VolumeStateConflict as conflict:
                 if conflict.actual is None:
-                    raise errors.NotFound(f"Volume {vid} could not be found.") from None
-                raise errors.BadRequest(
+                    raise exception.NotFound(f"Volume {vid} could not be found.") from None
+                raise exception.Invalid(
                     "Invalid volume: Volume status must be available or error or error_restoring or "
                     "error_extending or error_managing and must not be migrating, attached, belong to a group, "
                     "have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer."
@@ -356,10 +355,10 @@ class VolumeAPI:
         async with self.pool.acquire() as conn, conn.transaction():
             vol = await q.get(conn, volume_id)
             if vol is None or (vol["project_id"] != ctx.project_id and not ctx.is_admin):
-                raise errors.NotFound(f"Volume {volume_id} could not be found.")
+                raise exception.NotFound(f"Volume {volume_id} could not be found.")
             allowed = (q.AVAILABLE, q.IN_USE) if force else (q.AVAILABLE,)
             if vol["status"] not in allowed:
-                raise errors.BadRequest(f"Invalid volume: Volume {volume_id} status must be available, but "
+                raise exception.Invalid(f"Invalid volume: Volume {volume_id} status must be available, but "
                                         f"current status is: {vol['status']}.")
             await self.check_quota(conn, ctx.project_id, snapshots=1, gigabytes=vol["size"])
             # Lock the volume row so a delete cannot slip in between the check and the insert.
@@ -394,7 +393,7 @@ class VolumeAPI:
             try:
                 row = await q.snapshot_compare_and_set(conn, sid, [q.AVAILABLE, q.ERROR], status=q.DELETING)
             except q.VolumeStateConflict:
-                raise errors.BadRequest("Invalid snapshot: Volume Snapshot status must be available or error") \
+                raise exception.Invalid("Invalid snapshot: Volume Snapshot status must be available or error") \
                     from None
 
         async def remove() -> None:
@@ -425,16 +424,16 @@ class VolumeAPI:
                 continue
             size = b.get("volume_size")
             if size is not None and size < 1:
-                raise errors.BadRequest("Block Device Mapping is Invalid: volume_size must be positive.")
+                raise exception.Invalid("Block Device Mapping is Invalid: volume_size must be positive.")
             if src == "volume":
                 vid = b.get("volume_id")
                 vol = await q.get(conn, vid) if vid else None
                 if vol is None or (vol["project_id"] != ctx.project_id and not ctx.is_admin):
-                    raise errors.BadRequest(f"Volume {vid} could not be found.")  # Nova's VolumeNotFound → 400
+                    raise exception.Invalid(f"Volume {vid} could not be found.")  # Nova's VolumeNotFound → 400
                 if req.max_count > 1:
-                    raise errors.BadRequest("Cannot attach one or more volumes to multiple instances")
+                    raise exception.Invalid("Cannot attach one or more volumes to multiple instances")
                 if vol["status"] != q.AVAILABLE:
-                    raise errors.BadRequest(
+                    raise exception.Invalid(
                         f"Invalid volume: Volume {vid} status must be available or downloading to reserve, but the "
                         f"current status is {vol['status']}."
                     )
@@ -446,32 +445,32 @@ class VolumeAPI:
                 sid = b.get("snapshot_id")
                 snap = await q.get_snapshot(conn, sid) if sid else None
                 if snap is None or (snap["project_id"] != ctx.project_id and not ctx.is_admin):
-                    raise errors.BadRequest(f"Block Device Mapping is Invalid: failed to get snapshot {sid}.")
+                    raise exception.Invalid(f"Block Device Mapping is Invalid: failed to get snapshot {sid}.")
                 if snap["status"] != q.AVAILABLE:
-                    raise errors.BadRequest(f"Invalid snapshot: Snapshot {sid} status must be available")
+                    raise exception.Invalid(f"Invalid snapshot: Snapshot {sid} status must be available")
                 if size is None:
                     b["volume_size"] = snap["size"]
                 elif size < snap["size"]:
-                    raise errors.BadRequest(
+                    raise exception.Invalid(
                         f"Block Device Mapping is Invalid: volume_size {size} is smaller than snapshot {sid} "
                         f"({snap['size']} GB)."
                     )
                 hosts.add(snap["host"])
             elif src == "image":
                 if size is None:
-                    raise errors.BadRequest(
+                    raise exception.Invalid(
                         "Block Device Mapping is Invalid: Images with destination_type 'volume' need to have a "
                         "non-zero size specified"
                     )
             elif src == "blank":
                 if size is None:
-                    raise errors.BadRequest(
+                    raise exception.Invalid(
                         "Block Device Mapping is Invalid: Blank volumes (source: 'blank', dest: 'volume') need "
                         "to have non-zero size"
                     )
         hosts.discard(None)  # type: ignore[arg-type]
         if len(hosts) > 1:
-            raise errors.BadRequest(
+            raise exception.Invalid(
                 "Block Device Mapping is Invalid: the requested volumes live on different hosts "
                 f"({', '.join(sorted(hosts))}) and can only be attached on their own host."
             )
@@ -479,7 +478,7 @@ class VolumeAPI:
             (host,) = hosts
             wanted = req.forced_host or req.forced_node
             if wanted and wanted != host:
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Block Device Mapping is Invalid: the requested volumes live on host {host}, not {wanted}."
                 )
             req.forced_host = host
@@ -500,7 +499,7 @@ class VolumeAPI:
                 )
             except q.VolumeStateConflict as conflict:
                 actual = conflict.actual["status"] if conflict.actual else "deleted"
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Invalid volume: Volume {b['volume_id']} status must be available or downloading to reserve, "
                     f"but the current status is {actual}."
                 ) from None
@@ -720,11 +719,11 @@ class VolumeAPI:
         async with self.pool.acquire() as conn, conn.transaction():
             vol = await q.get(conn, volume_id)
             if vol is None or (vol["project_id"] != inst["project_id"] and not ctx.is_admin):
-                raise errors.NotFound(f"Volume {volume_id} could not be found.")
+                raise exception.NotFound(f"Volume {volume_id} could not be found.")
             if vol["instance_uuid"] == inst["uuid"]:
-                raise errors.BadRequest(f"Invalid volume: volume {volume_id} already attached")
+                raise exception.Invalid(f"Invalid volume: volume {volume_id} already attached")
             if vol["host"] != inst["host"]:
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Invalid volume: volume {volume_id} lives on host {vol['host']}; it can only be attached to "
                     "servers on that host."
                 )
@@ -733,7 +732,7 @@ class VolumeAPI:
             used.add(inst["root_device_name"] or ROOT_DEV)
             device = normalise_device(device)
             if device is not None and device in used:
-                raise errors.Conflict(f"The supplied device path ({device}) is in use.")
+                raise exception.Conflict(f"The supplied device path ({device}) is in use.")
             device = device or next_device(used)
             try:
                 vol = await q.compare_and_set(
@@ -742,7 +741,7 @@ class VolumeAPI:
                 )
             except q.VolumeStateConflict as conflict:
                 actual = conflict.actual["status"] if conflict.actual else "deleted"
-                raise errors.BadRequest(
+                raise exception.Invalid(
                     f"Invalid volume: Volume {volume_id} status must be available or downloading to reserve, but "
                     f"the current status is {actual}."
                 ) from None
@@ -805,14 +804,14 @@ class VolumeAPI:
         async with self.pool.acquire() as conn:
             bdm = await q.bdm_for_volume(conn, uuid, volume_id)
             if bdm is None:
-                raise errors.NotFound(f"Instance {uuid} is not attached to volume {volume_id}.")
+                raise exception.NotFound(f"Instance {uuid} is not attached to volume {volume_id}.")
             if bdm["boot_index"] == 0:
-                raise errors.BadRequest("Can't detach root device volume")
+                raise exception.Invalid("Can't detach root device volume")
             try:
                 vol = await q.compare_and_set(conn, volume_id, q.IN_USE, expect_instance=uuid, status=q.DETACHING)
             except q.VolumeStateConflict as conflict:
                 actual = conflict.actual["status"] if conflict.actual else "deleted"
-                raise errors.BadRequest(f"Invalid volume: Unable to detach volume. Volume status must be 'in-use' "
+                raise exception.Invalid(f"Invalid volume: Unable to detach volume. Volume status must be 'in-use' "
                                         f"and attach_status must be 'attached' to detach (status {actual}).") \
                     from None
         self._spawn(self._detach_now(inst, vol, bdm))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.common import at_least, authorize
 from novalite.compute.actions import ServerActions
 
@@ -27,7 +27,7 @@ REBOOT_TYPES = ("HARD", "Hard", "hard", "SOFT", "Soft", "soft")
 
 
 def server_actions(request: web.Request) -> ServerActions:
-    return request.app["server_actions"]
+    return request.app[keys.SERVER_ACTIONS]
 
 
 def _target(inst: asyncpg.Record, with_user: bool = True) -> dict:

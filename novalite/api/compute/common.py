@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from novalite.api import errors
-from novalite.api.middleware import RequestContext
+from novalite.api import errors, keys
+from novalite.context import RequestContext
 from novalite.policy import Enforcer, PolicyNotAuthorized
 
 
 def context(request: web.Request) -> RequestContext:
-    ctx = request.get("ctx")
+    ctx = request.get(keys.CONTEXT)
     if ctx is None:
         raise errors.Unauthorized()
     return ctx
@@ -19,7 +19,7 @@ def context(request: web.Request) -> RequestContext:
 def authorize(request: web.Request, rule: str, target: dict | None = None) -> RequestContext:
     """Enforce a Nova policy rule for the caller; 403 `forbidden` when denied."""
     ctx = context(request)
-    enforcer: Enforcer = request.app["policy"]
+    enforcer: Enforcer = request.app[keys.POLICY]
     if target is None:
         target = {"project_id": ctx.project_id, "user_id": ctx.user_id}
     try:
@@ -30,7 +30,7 @@ def authorize(request: web.Request, rule: str, target: dict | None = None) -> Re
 
 
 def version(request: web.Request) -> tuple[int, int]:
-    return request.get("version", (2, 1))
+    return request.get(keys.VERSION, (2, 1))
 
 
 def at_least(request: web.Request, minor: int) -> bool:
@@ -39,7 +39,7 @@ def at_least(request: web.Request, minor: int) -> bool:
 
 
 def compute_url(request: web.Request) -> str:
-    return f"{request.app['config'].public_url}/compute"
+    return f"{request.app[keys.CONFIG].public_url}/compute"
 
 
 def links(request: web.Request, collection: str, ident: str, project_id: str | None = None) -> list[dict]:

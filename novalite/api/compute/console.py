@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.common import authorize
 
 MAX_CONSOLE_BYTES = 100 * 1024
@@ -76,7 +76,7 @@ def parse_length(body: dict) -> int | None:
 
 
 def _simulated(request: web.Request, host: str) -> bool:
-    for h in request.app["config"].hosts:
+    for h in request.app[keys.CONFIG].hosts:
         if h.name == host:
             return h.simulate is not None or (h.uri or "").startswith("test")
     return False
@@ -86,7 +86,7 @@ def simulated_console(request: web.Request, inst: asyncpg.Record) -> bytes:
     """What a guest on a simulated (libvirt test driver) host "prints": no guest runs there, so
     this stands in for the serial log a real guest writes, and says so on its first line."""
     flavor = inst["flavor"] or {}
-    name = request.app["config"].compute.instance_name_template % inst["id"]
+    name = request.app[keys.CONFIG].compute.instance_name_template % inst["id"]
     lines = [
         f"novalite: simulated console of {name} on test host {inst['host']} (no guest runs here)",
         f"Booting {inst['display_name']} ({inst['uuid']})",
@@ -116,7 +116,7 @@ async def get_console_output(request: web.Request, inst: asyncpg.Record, body: d
         raise errors.Conflict(
             f"Cannot 'get_console_output' instance {uuid} while it is in task_state deleting"
         )
-    path = console_log_path(request.app["config"].state_dir, inst["host"], uuid)
+    path = console_log_path(request.app[keys.CONFIG].state_dir, inst["host"], uuid)
     data = await asyncio.to_thread(read_tail, path)
     if data is None:
         if inst["vm_state"] == "building":

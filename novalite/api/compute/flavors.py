@@ -6,7 +6,7 @@ import uuid
 
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute import common
 from novalite.api.compute.validation import (
     BOOLEAN,
@@ -78,7 +78,7 @@ def _can(request: web.Request, rule: str, target: dict | None = None) -> bool:
     ctx = common.context(request)
     if target is None:
         target = {"project_id": ctx.project_id, "user_id": ctx.user_id}
-    return request.app["policy"].check(rule, ctx.creds(), target)
+    return request.app[keys.POLICY].check(rule, ctx.creds(), target)
 
 
 def _include_extra_specs(request: web.Request) -> bool:
@@ -123,7 +123,7 @@ def _not_found(flavorid: str) -> errors.NotFound:
 
 async def _visible_flavor(request: web.Request, flavorid: str) -> dict:
     ctx = common.context(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         flavor = await catalog.get_flavor(conn, flavorid, project_id=ctx.project_id, is_admin=ctx.is_admin)
     if flavor is None:
         raise _not_found(flavorid)
@@ -171,7 +171,7 @@ async def _flavor_page(request: web.Request) -> list[dict]:
                 mins[name] = int(q[name])
             except ValueError:
                 raise errors.BadRequest(f"Invalid {name} filter [{q[name]}]") from None
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await catalog.list_flavors(
             conn,
             project_id=ctx.project_id,
@@ -259,7 +259,7 @@ async def create_flavor(request: web.Request) -> web.Response:
         "is_public": to_bool(vals.get("os-flavor-access:is_public", True)),
         "description": vals.get("description") if common.at_least(request, 55) else None,
     }
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         try:
             flavor = await catalog.create_flavor(conn, values)
         except catalog.FlavorConflict as exc:
@@ -292,7 +292,7 @@ async def update_flavor(request: web.Request) -> web.Response:
     )
     common.authorize(request, "os_compute_api:os-flavor-manage:update", {})
     flavorid = request.match_info["flavor_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         flavor = await catalog.update_flavor_description(conn, flavorid, body["flavor"]["description"])
     if flavor is None:
         raise _not_found(flavorid)
@@ -303,7 +303,7 @@ async def delete_flavor(request: web.Request) -> web.Response:
     """DELETE /flavors/{flavor_id} (admin): 202, no body."""
     common.authorize(request, "os_compute_api:os-flavor-manage:delete", {})
     flavorid = request.match_info["flavor_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if not await catalog.delete_flavor(conn, flavorid):
             raise _not_found(flavorid)
     return web.Response(status=202)
@@ -355,7 +355,7 @@ async def create_extra_specs(request: web.Request) -> web.Response:
     specs = _check_spec_values(body["extra_specs"])
     flavorid = request.match_info["flavor_id"]
     await _visible_flavor(request, flavorid)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if not await catalog.merge_extra_specs(conn, flavorid, specs):
             raise _not_found(flavorid)
     return web.json_response(body)
@@ -372,7 +372,7 @@ async def update_extra_spec(request: web.Request) -> web.Response:
         raise errors.BadRequest("Request body and URI mismatch")
     flavorid = request.match_info["flavor_id"]
     await _visible_flavor(request, flavorid)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if not await catalog.merge_extra_specs(conn, flavorid, specs):
             raise _not_found(flavorid)
     return web.json_response(body)
@@ -395,7 +395,7 @@ async def delete_extra_spec(request: web.Request) -> web.Response:
     common.authorize(request, "os_compute_api:os-flavor-extra-specs:delete", {})
     flavorid, key = request.match_info["flavor_id"], request.match_info["key"]
     await _visible_flavor(request, flavorid)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if not await catalog.delete_extra_spec(conn, flavorid, key):
             raise errors.NotFound(f"Flavor {flavorid} has no extra specs with key {key}.")
     return web.Response(status=200)
@@ -405,7 +405,7 @@ async def delete_extra_spec(request: web.Request) -> web.Response:
 
 
 async def _access_body(request: web.Request, flavorid: str) -> dict:
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         projects = await catalog.flavor_projects(conn, flavorid)
     return {"flavor_access": [{"flavor_id": flavorid, "tenant_id": p} for p in projects]}
 
@@ -448,7 +448,7 @@ async def flavor_action(request: web.Request) -> web.Response:
         common.authorize(request, "os_compute_api:os-flavor-access:add_tenant_access", {})
     else:
         common.authorize(request, "os_compute_api:os-flavor-access:remove_tenant_access", {})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         known = await catalog.project_exists(conn, tenant)
     if action == "addTenantAccess":
         if not known:
@@ -456,7 +456,7 @@ async def flavor_action(request: web.Request) -> web.Response:
         flavor = await _visible_flavor(request, flavorid)
         if common.at_least(request, 7) and flavor["is_public"]:
             raise errors.Conflict("Can not add access to a public flavor.")
-        async with request.app["db"].acquire() as conn:
+        async with request.app[keys.DB].acquire() as conn:
             try:
                 await catalog.add_flavor_access(conn, flavorid, tenant)
             except catalog.Duplicate:
@@ -465,7 +465,7 @@ async def flavor_action(request: web.Request) -> web.Response:
                 ) from None
     else:
         await _visible_flavor(request, flavorid)
-        async with request.app["db"].acquire() as conn:
+        async with request.app[keys.DB].acquire() as conn:
             if not await catalog.remove_flavor_access(conn, flavorid, tenant):
                 raise errors.NotFound(
                     f"Flavor access not found for {flavorid} / {tenant} combination."

@@ -16,7 +16,7 @@ import time
 
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute import common
 from novalite.api.compute.validation import (
     BOOLEAN,
@@ -41,11 +41,11 @@ def _timestamp(value: datetime.datetime | None) -> str | None:
 
 
 def _down_time(request: web.Request) -> int:
-    return request.app["config"].scheduler.service_down_time
+    return request.app[keys.CONFIG].scheduler.service_down_time
 
 
 async def _nodes(request: web.Request, pattern: str | None = None) -> list[dict]:
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         return await catalog.list_compute_nodes(conn, _down_time(request), pattern)
 
 
@@ -102,7 +102,7 @@ async def list_zones_detail(request: web.Request) -> web.Response:
 
 
 def _usage(request: web.Request, n: dict) -> dict:
-    sched = request.app["config"].scheduler
+    sched = request.app[keys.CONFIG].scheduler
     memory_used = n["alloc_memory_mb"] + sched.reserved_host_memory_mb
     disk_used = n["alloc_disk_gb"] + sched.reserved_host_disk_mb // 1024
     return {
@@ -154,7 +154,7 @@ def hypervisor_view(request: web.Request, n: dict, detail: bool, servers: list[d
     if detail:
         body["hypervisor_type"] = n["hypervisor_type"]
         body["hypervisor_version"] = n["hypervisor_version"]
-        body["host_ip"] = request.app["config"].api.listen
+        body["host_ip"] = request.app[keys.CONFIG].api.listen
         body["service"] = {
             "id": str(n["service_uuid"]) if v253 else n["id"],
             "host": n["host"],
@@ -177,7 +177,7 @@ def _cpu_json(n: dict) -> str:
 
 
 async def _servers_on(request: web.Request, host: str) -> list[dict]:
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await conn.fetch(
             "SELECT uuid, display_name FROM instances WHERE host = $1 AND NOT deleted ORDER BY created_at",
             host,
@@ -247,7 +247,7 @@ async def list_hypervisors_detail(request: web.Request) -> web.Response:
 async def _find_hypervisor(request: web.Request, ident: str) -> dict:
     """Nova's _validate_id + compute_node_get: uuid from 2.53, integer id before."""
     not_found = errors.NotFound(f"Hypervisor with ID '{ident}' could not be found.")
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if common.at_least(request, 53):
             if not is_uuid(ident):
                 raise errors.BadRequest(f"Invalid uuid {ident}")
@@ -409,13 +409,13 @@ async def update_service(request: web.Request) -> web.Response:
         raise errors.BadRequest(
             f"Updating a {binary} service is not supported. Only nova-compute services can be updated."
         )
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         node = await catalog.get_compute_node(conn, _down_time(request), host=host)
         if node is None:
             raise errors.NotFound(f"Could not find binary {binary} on host {host}.")
         await catalog.update_service(conn, node["id"], values)
     if "scheduler" in request.app:  # the scheduler's cached host states must see it at once
-        request.app["scheduler"].invalidate_host_states()
+        request.app[keys.SCHEDULER].invalidate_host_states()
     return web.json_response({"service": result})
 
 
@@ -436,7 +436,7 @@ async def _update_v253(request: web.Request, body: dict) -> web.Response:
         body,
     )
     common.authorize(request, "os_compute_api:os-services:update", {})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         node = await catalog.get_compute_node(conn, _down_time(request), service_uuid=service_id)
         if node is None:
             raise errors.NotFound(f"Service {service_id} could not be found.")
@@ -457,7 +457,7 @@ async def _update_v253(request: web.Request, body: dict) -> web.Response:
         await catalog.update_service(conn, node["id"], values)
         node = await catalog.get_compute_node(conn, _down_time(request), node_id=node["id"])
     if "scheduler" in request.app:  # the scheduler's cached host states must see it at once
-        request.app["scheduler"].invalidate_host_states()
+        request.app[keys.SCHEDULER].invalidate_host_states()
     return web.json_response({"service": service_view(request, node, forced_down=True)})
 
 

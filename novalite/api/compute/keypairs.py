@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from novalite import quota
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute import common
 from novalite.api.compute.validation import (
     NAME,
@@ -174,10 +174,10 @@ async def create_keypair(request: web.Request) -> web.Response:
         private_key, public_key, fingerprint = await asyncio.to_thread(generate_ssh_keypair)
     else:
         private_key, public_key, fingerprint = await asyncio.to_thread(generate_x509_keypair, user_id)
-    async with request.app["db"].acquire() as conn, conn.transaction():
+    async with request.app[keys.DB].acquire() as conn, conn.transaction():
         await quota.lock_project(conn, ctx.project_id)
         used = await catalog.count_keypairs(conn, user_id)
-        await quota.check_count(conn, request.app["config"].quota, ctx.project_id, "key_pairs", used)
+        await quota.check_count(conn, request.app[keys.CONFIG].quota, ctx.project_id, "key_pairs", used)
         try:
             kp = await catalog.create_keypair(conn, user_id, name, fingerprint, public_key, key_type)
         except catalog.Duplicate:
@@ -196,7 +196,7 @@ async def list_keypairs(request: web.Request) -> web.Response:
     ctx = common.context(request)
     user_id = _user_query(request) or ctx.user_id
     common.authorize(request, "os_compute_api:os-keypairs:index", {"user_id": user_id})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await catalog.list_keypairs(conn, user_id)
     paging = common.at_least(request, 35)
     if paging:
@@ -223,7 +223,7 @@ async def show_keypair(request: web.Request) -> web.Response:
     user_id = _user_query(request) or ctx.user_id
     common.authorize(request, "os_compute_api:os-keypairs:show", {"user_id": user_id})
     name = request.match_info["name"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         kp = await catalog.get_keypair(conn, user_id, name)
     if kp is None:
         raise errors.NotFound(f"Keypair {name} not found for user {user_id}")
@@ -237,7 +237,7 @@ async def delete_keypair(request: web.Request) -> web.Response:
     user_id = _user_query(request) or ctx.user_id
     common.authorize(request, "os_compute_api:os-keypairs:delete", {"user_id": user_id})
     name = request.match_info["name"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if not await catalog.delete_keypair(conn, user_id, name):
             raise errors.NotFound(f"Keypair {name} not found for user {user_id}")
     return web.Response(status=204 if common.at_least(request, 2) else 202)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from novalite import quota
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute import common
 from novalite.api.compute.validation import BOOLEAN, to_bool, validate_body, validate_query
 from novalite.api.middleware import read_json
@@ -38,7 +38,7 @@ def shown_resources(request: web.Request) -> list[str]:
 
 async def project_limits(conn, request: web.Request, project_id: str) -> dict[str, int]:
     """Effective limits of every resource, the legacy network ones included."""
-    limits = await quota.get_limits(conn, request.app["config"].quota, project_id)
+    limits = await quota.get_limits(conn, request.app[keys.CONFIG].quota, project_id)
     stored = await catalog.stored_limits(conn, quota.CLASS_PREFIX + "default")
     stored.update(await catalog.stored_limits(conn, project_id))
     for r in NETWORK:
@@ -52,7 +52,7 @@ async def project_usage(conn, project_id: str) -> dict[str, int]:
 
 
 def _config_defaults(request: web.Request) -> dict[str, int]:
-    cfg = request.app["config"].quota
+    cfg = request.app[keys.CONFIG].quota
     return {r: getattr(cfg, r) if r in quota.RESOURCES else quota.UNLIMITED for r in ALL_RESOURCES}
 
 
@@ -78,7 +78,7 @@ async def show_quota_set(request: web.Request) -> web.Response:
     _user_query(request)
     project_id = request.match_info["project_id"]
     common.authorize(request, "os_compute_api:os-quota-sets:show", {"project_id": project_id})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         await _verify_project(request, conn, project_id)
         limits = await project_limits(conn, request, project_id)
     body = {"id": project_id} | {r: limits[r] for r in shown_resources(request)}
@@ -90,7 +90,7 @@ async def show_quota_set_detail(request: web.Request) -> web.Response:
     _user_query(request)
     project_id = request.match_info["project_id"]
     common.authorize(request, "os_compute_api:os-quota-sets:detail", {"project_id": project_id})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         await _verify_project(request, conn, project_id)
         limits = await project_limits(conn, request, project_id)
         used = await project_usage(conn, project_id)
@@ -104,7 +104,7 @@ async def show_defaults(request: web.Request) -> web.Response:
     """GET /os-quota-sets/{project_id}/defaults."""
     project_id = request.match_info["project_id"]
     common.authorize(request, "os_compute_api:os-quota-sets:defaults", {"project_id": project_id})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         await _verify_project(request, conn, project_id)
         defaults = await class_limits(conn, request, "default")
     body = {"id": project_id} | {r: defaults[r] for r in shown_resources(request)}
@@ -130,7 +130,7 @@ async def update_quota_set(request: web.Request) -> web.Response:
     common.authorize(request, "os_compute_api:os-quota-sets:update", {"project_id": project_id})
     quota_set = body["quota_set"]
     force = to_bool(quota_set.get("force", "False"), strict=False)
-    async with request.app["db"].acquire() as conn, conn.transaction():
+    async with request.app[keys.DB].acquire() as conn, conn.transaction():
         await _verify_project(request, conn, project_id)
         await quota.lock_project(conn, project_id)
         used = await project_usage(conn, project_id)
@@ -156,7 +156,7 @@ async def delete_quota_set(request: web.Request) -> web.Response:
     _user_query(request)
     project_id = request.match_info["project_id"]
     common.authorize(request, "os_compute_api:os-quota-sets:delete", {"project_id": project_id})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         await quota.delete_limits(conn, project_id)
     return web.Response(status=202)
 
@@ -179,7 +179,7 @@ async def show_quota_class_set(request: web.Request) -> web.Response:
     """GET /os-quota-class-sets/{id} (admin)."""
     class_name = request.match_info["class_name"]
     common.authorize(request, "os_compute_api:os-quota-class-sets:show", {})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         limits = await class_limits(conn, request, class_name)
     body = {"id": class_name} | {r: limits[r] for r in class_resources(request)}
     return web.json_response({"quota_class_set": body})
@@ -203,7 +203,7 @@ async def update_quota_class_set(request: web.Request) -> web.Response:
     if not 1 <= len(class_name) <= 255:
         raise errors.BadRequest("quota_class_name has to be between 1 and 255 characters long.")
     values = {k: int(v) for k, v in body["quota_class_set"].items()}
-    async with request.app["db"].acquire() as conn, conn.transaction():
+    async with request.app[keys.DB].acquire() as conn, conn.transaction():
         await quota.set_limits(conn, quota.CLASS_PREFIX + class_name, values)
         limits = await class_limits(conn, request, class_name)
     return web.json_response({"quota_class_set": {r: limits[r] for r in class_resources(request)}})
@@ -247,7 +247,7 @@ async def show_limits(request: web.Request) -> web.Response:
                   "injected_file_content_bytes")
     elif common.at_least(request, 36):
         hidden = ("floating_ips", "security_groups", "security_group_rules")
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         limits = await project_limits(conn, request, project_id)
         used = await project_usage(conn, project_id)
     absolute: dict[str, int] = {}

@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import web
 
 from novalite import quota
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.common import at_least, authorize, context
 from novalite.api.compute.validation import (
     MAX_LIMIT,
@@ -116,9 +116,9 @@ async def create(request: web.Request) -> web.Response:
     else:
         policy = _check_policies(request, vals["policies"])
         rules = {}
-    async with request.app["db"].acquire() as conn, conn.transaction():
+    async with request.app[keys.DB].acquire() as conn, conn.transaction():
         await quota.lock_project(conn, ctx.project_id)
-        limits = await quota.get_limits(conn, request.app["config"].quota, ctx.project_id)
+        limits = await quota.get_limits(conn, request.app[keys.CONFIG].quota, ctx.project_id)
         limit = limits["server_groups"]
         if limit != quota.UNLIMITED and await db.count(conn, ctx.project_id) + 1 > limit:
             raise errors.QuotaExceeded("Quota exceeded, too many server groups.")
@@ -152,14 +152,14 @@ async def index(request: web.Request) -> web.Response:
         authorize(request, "os_compute_api:os-server-groups:index:all_projects", {"project_id": ctx.project_id})
         project_id = None
     offset, limit = _page(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         groups = await db.list_groups(conn, project_id, offset, limit)
     return web.json_response({"server_groups": [group_view(request, g) for g in groups]})
 
 
 async def _load(request: web.Request) -> asyncpg.Record:
     group_id = request.match_info["group_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         group = await db.get(conn, group_id)
     if group is None:
         raise _not_found(group_id)
@@ -177,7 +177,7 @@ async def show(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     group = await _load(request)
     authorize(request, "os_compute_api:os-server-groups:delete", {"project_id": group["project_id"]})
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if not await db.delete(conn, str(group["uuid"])):
             raise _not_found(request.match_info["group_id"])
     return web.Response(status=204)

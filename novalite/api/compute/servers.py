@@ -13,17 +13,17 @@ from datetime import datetime
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute import actions as server_actions
 from novalite.api.compute import console, schemas, views
 from novalite.api.compute.common import at_least, authorize, bool_query, context, links
-from novalite.api.middleware import RequestContext, read_json
+from novalite.api.middleware import read_json
 from novalite.compute.api import ComputeAPI, CreateRequest
 from novalite.compute.states import states_from_status
+from novalite.context import RequestContext
 from novalite.db import instances as db
 from novalite.db import is_uuid
 from novalite.db import server_groups as sg_db
-from novalite.scheduler.manager import latest_verdicts
 
 MAX_LIMIT = 1000
 SORT_KEYS = {
@@ -36,7 +36,7 @@ SORT_ALIASES = {"name": "display_name", "id": "id", "description": "display_desc
 
 
 def compute_api(request: web.Request) -> ComputeAPI:
-    return request.app["compute_api"]
+    return request.app[keys.COMPUTE_API]
 
 
 def _target(inst: asyncpg.Record) -> dict:
@@ -49,11 +49,11 @@ async def load_instance(request: web.Request, uuid: str | None = None) -> asyncp
     ctx = context(request)
     if not is_uuid(uuid):
         raise errors.NotFound(f"Instance {uuid} could not be found.")
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         inst = await db.get(conn, uuid)
     if inst is None:
         raise errors.NotFound(f"Instance {uuid} could not be found.")
-    if inst["project_id"] != ctx.project_id and not request.app["policy"].check(
+    if inst["project_id"] != ctx.project_id and not request.app[keys.POLICY].check(
         "os_compute_api:servers:show", ctx.creds(), _target(inst)
     ):
         raise errors.NotFound(f"Instance {uuid} could not be found.")
@@ -64,7 +64,7 @@ async def load_instance(request: web.Request, uuid: str | None = None) -> asyncp
 
 async def create(request: web.Request) -> web.Response:
     ctx = context(request)
-    version = request["version"]
+    version = request[keys.VERSION]
     body = await read_json(request)
     model, hints = schemas.parse_create(body, version)
     target = {"project_id": ctx.project_id, "user_id": ctx.user_id, "availability_zone": model.availability_zone}
@@ -168,7 +168,7 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
     all_tenants = "all_tenants" in q and q.get("all_tenants", "").lower() not in ("0", "false", "f", "no", "off", "n")
     if all_tenants:
         authorize(request, f"os_compute_api:servers:{'detail' if detail else 'index'}:get_all_tenants")
-    admin_filters = request.app["policy"].check("os_compute_api:servers:allow_all_filters", ctx.creds(), {})
+    admin_filters = request.app[keys.POLICY].check("os_compute_api:servers:allow_all_filters", ctx.creds(), {})
     where = []
     args: list = []
 
@@ -278,7 +278,7 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
         limit = min(int(q["limit"]), MAX_LIMIT)
     marker_id = None
     keyset = [o.split()[0] for o in order] == ["created_at", "id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if q.get("marker"):
             marker_id = await conn.fetchval("SELECT id FROM instances WHERE uuid::text = $1", q["marker"])
             if marker_id is None:
@@ -307,7 +307,7 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
         docs = [views.basic(request, r) for r in rows]
     body: dict = {"servers": docs}
     if len(rows) == limit and rows and "limit" in q:
-        base = request.app["config"].public_url
+        base = request.app[keys.CONFIG].public_url
         path = "servers/detail" if detail else "servers"
         params = "&".join(f"{k}={v}" for k, v in q.items() if k != "marker")
         body["servers_links"] = [
@@ -325,7 +325,7 @@ async def detail(request: web.Request) -> web.Response:
 
 
 async def addresses_for(request: web.Request, uuids: list[str]) -> dict[str, dict]:
-    network_api = request.app.get("network_api")
+    network_api = request.app.get(keys.NETWORK_API)
     return await network_api.addresses_for(uuids) if network_api is not None and uuids else {}
 
 
@@ -333,7 +333,7 @@ async def _detail_doc(
     request: web.Request, ctx: RequestContext, inst: asyncpg.Record, fault, bdms, addresses: dict | None = None,
     *, all_attributes: bool = True, server_groups: list[str] | None = None,
 ) -> dict:
-    policy = request.app["policy"]
+    policy = request.app[keys.POLICY]
     target = _target(inst)
     return views.show(
         request,
@@ -361,12 +361,12 @@ async def _server_groups(request: web.Request, uuid: str) -> list[str] | None:
     """The instance's group uuids, as show (from 2.71) and update/rebuild answer them."""
     if not at_least(request, 71):
         return None
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         return await sg_db.groups_of(conn, uuid)
 
 
 async def _query(request: web.Request, fn, *args):
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         return await fn(conn, *args)
 
 
@@ -395,7 +395,7 @@ async def show(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     inst = await load_instance(request)
     ctx = authorize(request, "os_compute_api:servers:update", _target(inst))
-    changes = schemas.parse_update(await read_json(request), request["version"])
+    changes = schemas.parse_update(await read_json(request), request[keys.VERSION])
     updates: dict = {}
     if "name" in changes:
         updates["display_name"] = changes["name"]
@@ -410,7 +410,7 @@ async def update(request: web.Request) -> web.Response:
     if "OS-DCF:diskConfig" in changes:
         updates["auto_disk_config"] = changes["OS-DCF:diskConfig"] == "AUTO"
     if updates:
-        async with request.app["db"].acquire() as conn:
+        async with request.app[keys.DB].acquire() as conn:
             inst = await db.compare_and_set(conn, str(inst["uuid"]), **updates)
     return web.json_response({"server": await _one_server_doc(request, ctx, inst, at_least(request, 75))})
 
@@ -475,8 +475,8 @@ def _check_meta(meta: object) -> dict[str, str]:
 async def _save_metadata(request: web.Request, inst: asyncpg.Record, meta: dict) -> dict:
     from novalite import quota
 
-    async with request.app["db"].acquire() as conn:
-        limits = await quota.get_limits(conn, request.app["config"].quota, inst["project_id"])
+    async with request.app[keys.DB].acquire() as conn:
+        limits = await quota.get_limits(conn, request.app[keys.CONFIG].quota, inst["project_id"])
         if limits["metadata_items"] != quota.UNLIMITED and len(meta) > limits["metadata_items"]:
             raise errors.QuotaExceeded(f"Quota exceeded for metadata_items: Requested {len(meta)}, but already used "
                                        f"0 of {limits['metadata_items']} metadata_items")
@@ -570,7 +570,7 @@ def _action_time(request: web.Request, ts: datetime | None) -> str | None:
 async def _load_for_actions(request: web.Request) -> asyncpg.Record:
     uuid = request.match_info["server_id"]
     ctx = context(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         inst = await db.get(conn, uuid, include_deleted=True) if is_uuid(uuid) else None
     # Deleted servers' actions are readable from 2.21.
     if inst is None or (inst["deleted"] and not at_least(request, 21)):
@@ -583,7 +583,7 @@ async def _load_for_actions(request: web.Request) -> asyncpg.Record:
 async def actions_index(request: web.Request) -> web.Response:
     inst = await _load_for_actions(request)
     authorize(request, "os_compute_api:os-instance-actions:list", _target(inst))
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         rows = await db.list_actions(conn, str(inst["uuid"]))
     return web.json_response({"instanceActions": [_action_doc(request, a) for a in rows]})
 
@@ -592,13 +592,13 @@ async def actions_show(request: web.Request) -> web.Response:
     inst = await _load_for_actions(request)
     ctx = authorize(request, "os_compute_api:os-instance-actions:show", _target(inst))
     request_id = request.match_info["request_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         a = await db.get_action(conn, str(inst["uuid"]), request_id)
         if a is None:
             raise errors.NotFound(f"Action {request_id} not found")
         events = await db.list_events(conn, a["id"])
     doc = _action_doc(request, a)
-    policy = request.app["policy"]
+    policy = request.app[keys.POLICY]
     target = _target(inst)
     may_see_events = policy.check("os_compute_api:os-instance-actions:events", ctx.creds(), target)
     if may_see_events or at_least(request, 51):
@@ -633,8 +633,8 @@ async def scheduling_show(request: web.Request) -> web.Response:
     point here."""
     inst = await _load_for_actions(request)
     authorize(request, "os_compute_api:os-instance-actions:events:details", _target(inst))
-    async with request.app["db"].acquire() as conn:
-        row = await latest_verdicts(conn, str(inst["uuid"]))
+    async with request.app[keys.DB].acquire() as conn:
+        row = await db.latest_verdicts(conn, str(inst["uuid"]))
     if row is None:
         raise errors.NotFound(f"No scheduling recorded for instance {inst['uuid']}.")
     doc = {"request_id": row["request_id"], "created_at": _action_time(request, row["created_at"]), **row["verdicts"]}

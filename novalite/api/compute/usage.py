@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.common import at_least, authorize, compute_url
 
 MAX_LIMIT = 1000
@@ -66,7 +66,7 @@ async def _usages(
     if project_id is not None:
         args.append(project_id)
         marker_sql += f" AND project_id = ${len(args)}"
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         if at_least(request, 40) and q.get("marker"):
             marker = await conn.fetchval("SELECT id FROM instances WHERE uuid::text = $1", q["marker"])
             if marker is None:

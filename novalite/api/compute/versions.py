@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from novalite.api import keys
 from novalite.api.middleware import MAX_VERSION, MIN_VERSION, version_string
 
 
@@ -36,7 +37,7 @@ def _documents(base: str) -> list[dict]:
 
 
 async def versions(request: web.Request) -> web.Response:
-    docs = _documents(request.app["config"].public_url)
+    docs = _documents(request.app[keys.CONFIG].public_url)
     body = {
         "versions": [
             {k: d[k] for k in ("id", "status", "version", "min_version", "updated")} | {"links": d["links"][:1]}
@@ -47,12 +48,12 @@ async def versions(request: web.Request) -> web.Response:
 
 
 async def version_v21(request: web.Request) -> web.Response:
-    return web.json_response({"version": _documents(request.app["config"].public_url)[1]})
+    return web.json_response({"version": _documents(request.app[keys.CONFIG].public_url)[1]})
 
 
 async def version_v20(request: web.Request) -> web.Response:
     """The deprecated v2.0 document (the listing links it; Tempest follows every link)."""
-    return web.json_response({"version": _documents(request.app["config"].public_url)[0]})
+    return web.json_response({"version": _documents(request.app[keys.CONFIG].public_url)[0]})
 
 
 def add_routes(app: web.Application) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 from aiohttp import web
 
+from novalite.api import keys
 from novalite.api.compute.common import at_least, compute_url, links
 from novalite.compute.states import status_from_state
 
@@ -179,4 +180,4 @@ def _usage_time(ts: datetime | None) -> str | None:
 
 
 def instance_name(request: web.Request, inst: asyncpg.Record) -> str:
-    return request.app["config"].compute.instance_name_template % inst["id"]
+    return request.app[keys.CONFIG].compute.instance_name_template % inst["id"]

@@ -16,7 +16,7 @@ import uuid as uuidlib
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.common import at_least, authorize
 from novalite.api.compute.servers import load_instance
 from novalite.api.middleware import read_json
@@ -52,7 +52,7 @@ def attachment_view(request: web.Request, bdm: asyncpg.Record, *, create: bool =
 
 
 async def _volume_bdms(request: web.Request, uuid: str) -> list[asyncpg.Record]:
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         return await conn.fetch(
             """SELECT * FROM block_device_mappings WHERE instance_uuid = $1 AND NOT deleted
                AND volume_id IS NOT NULL ORDER BY boot_index NULLS LAST, id""",
@@ -129,7 +129,7 @@ async def create(request: web.Request) -> web.Response:
         raise errors.BadRequest("Invalid input for field/attribute delete_on_termination.")
     check_instance_lock(ctx, inst)
     _check_state(inst, "attach_volume")
-    bdm = await request.app["volume_api"].attach(ctx, inst, volume_id, device or None, dot, att.get("tag"))
+    bdm = await request.app[keys.VOLUME_API].attach(ctx, inst, volume_id, device or None, dot, att.get("tag"))
     return web.json_response({"volumeAttachment": attachment_view(request, bdm, create=True)})
 
 
@@ -141,14 +141,14 @@ async def update(request: web.Request) -> web.Response:
     new_volume = att.get("volumeId")
     if new_volume and new_volume != volume_id:
         authorize(request, "os_compute_api:os-volumes-attachments:swap", _target(inst))
-        raise errors.ApiError("Swapping volumes is not supported by novalite.", status=501)
+        raise errors.ApiError("Swapping volumes is not supported by novalite.", code=501)
     ctx = authorize(request, "os_compute_api:os-volumes-attachments:update", _target(inst))
     if not at_least(request, 85):
         raise errors.BadRequest("Only swapping volumes is supported below microversion 2.85.")
     check_instance_lock(ctx, inst)
     bdm = await _find(request, inst, volume_id)
     if "delete_on_termination" in att:
-        async with request.app["db"].acquire() as conn:
+        async with request.app[keys.DB].acquire() as conn:
             await q.set_bdm(conn, bdm["id"], delete_on_termination=bool(att["delete_on_termination"]))
     return web.Response(status=202)
 
@@ -160,7 +160,7 @@ async def delete(request: web.Request) -> web.Response:
     check_instance_lock(ctx, inst)
     _check_state(inst, "detach_volume")
     await _find(request, inst, volume_id)
-    await request.app["volume_api"].detach(ctx, inst, volume_id)
+    await request.app[keys.VOLUME_API].detach(ctx, inst, volume_id)
     return web.Response(status=202)
 
 

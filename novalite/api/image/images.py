@@ -23,9 +23,9 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from novalite.api import errors
+from novalite.api import errors, keys
 from novalite.api.compute.common import context
-from novalite.api.middleware import RequestContext
+from novalite.context import RequestContext
 from novalite.db import images as db
 from novalite.image.store import CHUNK, ImageStore, UploadError
 
@@ -49,7 +49,7 @@ OWNER_SHA256 = "owner_specified.openstack.sha256"
 
 
 def store(request: web.Request) -> ImageStore:
-    return request.app["image_store"]
+    return request.app[keys.IMAGE_STORE]
 
 
 def _ts(value) -> str:
@@ -184,11 +184,11 @@ def _versions(base: str) -> list[dict]:
 
 async def versions(request: web.Request) -> web.Response:
     """Glance answers its root with 300 Multiple Choices."""
-    return web.json_response({"versions": _versions(request.app["config"].public_url)}, status=300)
+    return web.json_response({"versions": _versions(request.app[keys.CONFIG].public_url)}, status=300)
 
 
 async def versions_ok(request: web.Request) -> web.Response:
-    return web.json_response({"versions": _versions(request.app["config"].public_url)})
+    return web.json_response({"versions": _versions(request.app[keys.CONFIG].public_url)})
 
 
 def image_schema() -> dict:
@@ -296,14 +296,14 @@ async def create_image(request: web.Request) -> web.Response:
             values[key] = validate_attribute(ctx, key, value)
         else:
             properties[key] = validate_property(key, value)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         try:
             row = await db.create(conn, values, properties)
         except asyncpg.UniqueViolationError:
             raise errors.Conflict(f"An image with identifier {values['id']} already exists") from None
     log.info("image_created", image_id=str(row["id"]), name=row["name"])
     doc = image_document(row)
-    return web.json_response(doc, status=201, headers={"Location": f"{request.app['config'].public_url}/image{doc['self']}"})
+    return web.json_response(doc, status=201, headers={"Location": f"{request.app[keys.CONFIG].public_url}/image{doc['self']}"})
 
 
 def _parse_list_query(request: web.Request, ctx: RequestContext) -> db.ImageQuery:
@@ -389,7 +389,7 @@ def _parse_list_query(request: web.Request, ctx: RequestContext) -> db.ImageQuer
 async def list_images(request: web.Request) -> web.Response:
     ctx = context(request)
     q = _parse_list_query(request, ctx)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         try:
             rows = await db.list_images(conn, q)
         except db.MarkerNotFound:
@@ -405,7 +405,7 @@ async def list_images(request: web.Request) -> web.Response:
 
 async def show_image(request: web.Request) -> web.Response:
     ctx = context(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await visible_image(conn, ctx, request.match_info["image_id"])
     return web.json_response(image_document(row))
 
@@ -443,7 +443,7 @@ async def update_image(request: web.Request) -> web.Response:
             f"Unsupported Content-Type: use one of {', '.join(PATCH_TYPES)}",
             headers={"Accept-Patch": ", ".join(PATCH_TYPES)})
     ops = _patch_ops(await read_body(request), request.content_type)
-    async with request.app["db"].acquire() as conn, conn.transaction():
+    async with request.app[keys.DB].acquire() as conn, conn.transaction():
         row = await owned_image(conn, ctx, request.match_info["image_id"], "modify_image")
         row = await conn.fetchrow("SELECT * FROM images WHERE id = $1 FOR UPDATE", row["id"])
         values: dict[str, Any] = {}
@@ -472,7 +472,7 @@ async def update_image(request: web.Request) -> web.Response:
 async def delete_image(request: web.Request) -> web.Response:
     ctx = context(request)
     image_id = request.match_info["image_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await owned_image(conn, ctx, image_id, "delete_image")
         if row["protected"]:
             raise errors.Forbidden(f"Image {image_id} is protected and cannot be deleted.")
@@ -503,7 +503,7 @@ async def upload_image(request: web.Request) -> web.Response:
     image_id = request.match_info["image_id"]
     if request.content_type not in ("application/octet-stream", ""):
         raise errors.UnsupportedMediaType(f"Content type {request.content_type} is not supported for image data.")
-    pool = request.app["db"]
+    pool = request.app[keys.DB]
     async with pool.acquire() as conn:
         row = await owned_image(conn, ctx, image_id, "upload_image")
         if not row["disk_format"] or not row["container_format"]:
@@ -549,7 +549,7 @@ async def upload_image(request: web.Request) -> web.Response:
 async def download_image(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     image_id = request.match_info["image_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await visible_image(conn, ctx, image_id)
     if row["status"] != "active" or not store(request).exists(str(row["id"])):
         if row["status"] == "deactivated":
@@ -576,7 +576,7 @@ def member_document(m: asyncpg.Record) -> dict:
 
 async def list_members(request: web.Request) -> web.Response:
     ctx = context(request)
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await visible_image(conn, ctx, request.match_info["image_id"])
         if row["visibility"] != "shared":
             raise errors.Forbidden("Only shared images have members.")
@@ -591,7 +591,7 @@ async def add_member(request: web.Request) -> web.Response:
     body = await read_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("member"), str):
         raise errors.BadRequest("Request body must be a JSON object with a 'member' string.")
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await owned_image(conn, ctx, request.match_info["image_id"], "add_member")
         if row["visibility"] != "shared":
             raise errors.Forbidden("Only shared images have members.")
@@ -604,7 +604,7 @@ async def add_member(request: web.Request) -> web.Response:
 async def show_member(request: web.Request) -> web.Response:
     ctx = context(request)
     member_id = request.match_info["member_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await visible_image(conn, ctx, request.match_info["image_id"])
         m = await db.member(conn, row["id"], member_id)
     if m is None or not (ctx.is_admin or row["owner"] == ctx.project_id or member_id == ctx.project_id):
@@ -619,7 +619,7 @@ async def update_member(request: web.Request) -> web.Response:
     status = body.get("status") if isinstance(body, dict) else None
     if status not in ("pending", "accepted", "rejected"):
         raise errors.BadRequest(f"Invalid status value: {status}")
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await visible_image(conn, ctx, request.match_info["image_id"])
         if member_id != ctx.project_id and not ctx.is_admin:
             raise errors.Forbidden("You are not permitted to modify 'status' on this image member.")
@@ -632,7 +632,7 @@ async def update_member(request: web.Request) -> web.Response:
 async def delete_member(request: web.Request) -> web.Response:
     ctx = context(request)
     member_id = request.match_info["member_id"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await owned_image(conn, ctx, request.match_info["image_id"], "delete_member")
         if not await db.delete_member(conn, row["id"], member_id):
             raise errors.NotFound(f"Member {member_id} not found")
@@ -642,7 +642,7 @@ async def delete_member(request: web.Request) -> web.Response:
 async def add_tag(request: web.Request) -> web.Response:
     ctx = context(request)
     tag = request.match_info["tag"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await owned_image(conn, ctx, request.match_info["image_id"], "modify_image")
         if tag not in row["tags"]:
             await db.update(conn, row["id"], {"tags": [*row["tags"], tag]}, None)
@@ -652,7 +652,7 @@ async def add_tag(request: web.Request) -> web.Response:
 async def delete_tag(request: web.Request) -> web.Response:
     ctx = context(request)
     tag = request.match_info["tag"]
-    async with request.app["db"].acquire() as conn:
+    async with request.app[keys.DB].acquire() as conn:
         row = await owned_image(conn, ctx, request.match_info["image_id"], "modify_image")
         if tag not in row["tags"]:
             raise errors.NotFound(f"Tag {tag} not found")
@@ -662,7 +662,7 @@ async def delete_tag(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Image routes; the image store lives under ``<state dir>/images``."""
-    app["image_store"] = ImageStore(app["config"].state_dir / "images")
+    app[keys.IMAGE_STORE] = ImageStore(app[keys.CONFIG].state_dir / "images")
     r = app.router
     r.add_get("/image", versions)
     r.add_get("/image/", versions)

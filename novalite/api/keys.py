@@ -1,0 +1,45 @@
+"""What handlers look up on the application: one typed key per service ``app.py`` wires.
+
+``app.py`` sets each key once while the process starts (``init_app`` and the
+cleanup contexts); handlers read ``request.app[keys.X]`` and never set anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import asyncpg
+from aiohttp import web
+
+from novalite.config import Config
+from novalite.context import RequestContext
+from novalite.foreground import Foreground
+from novalite.policy import Enforcer
+
+if TYPE_CHECKING:  # the services sit below the API; only their types are named here
+    pass
+
+CONFIG = web.AppKey("config", Config)
+POLICY = web.AppKey("policy", Enforcer)
+FOREGROUND = web.AppKey("foreground", Foreground)
+DB = web.AppKey("db", asyncpg.Pool)  # the API's pool
+DB_WORKERS = web.AppKey("db_workers", asyncpg.Pool)  # background work: conductor, scheduler, hosts
+DSN = web.AppKey("dsn", str)
+IDENTITY = web.AppKey("identity", "IdentityService")
+IMAGE_STORE = web.AppKey("image_store", "ImageStore")
+NETWORK_API = web.AppKey("network_api", "NetworkAPI")
+VOLUME_API = web.AppKey("volume_api", "VolumeAPI")
+COMPUTE_API = web.AppKey("compute_api", "ComputeAPI")
+CONDUCTOR = web.AppKey("conductor", "Conductor")
+SCHEDULER = web.AppKey("scheduler", "Scheduler")
+COMPUTES = web.AppKey("computes", "dict[str, ComputeManager]")
+SERVER_ACTIONS = web.AppKey("server_actions", "ServerActions")
+WATCHDOG = web.AppKey("watchdog", "Watchdog")
+TEST_IMAGE_TASK = web.AppKey("test_image_task", asyncio.Task)
+
+# What the middlewares put on each request.
+REQUEST_ID = web.RequestKey("request_id", str)
+TOKEN = web.RequestKey("token", "TokenInfo")
+CONTEXT = web.RequestKey("ctx", RequestContext)
+VERSION = web.RequestKey("version", tuple)  # the compute microversion, (major, minor)
