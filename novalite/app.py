@@ -128,14 +128,16 @@ def compute_ctx(config: Config):
         locks = InstanceLocks()
         steps = StepWriter(workers)  # the build steps of all hosts, written together
         scheduler = Scheduler(workers, config.scheduler)
-        conductor = Conductor(workers, scheduler, config.scheduler)
         network_api = app[keys.NETWORK_API]
-        compute_api = ComputeAPI(pool, config, locks, network_api)
-        compute_api.conductor = conductor
-        compute_api.volume_api = app.get(keys.VOLUME_API)
-        conductor.network_api = network_api
-        conductor.foreground = app[keys.FOREGROUND]
+        volume_api = app.get(keys.VOLUME_API)
         computes: dict[str, ComputeManager] = {}
+
+        def cast_build(host: str, uuid: str, request_id: str, alternates: list[str],
+                       attempts: list[tuple[str, str]]) -> None:
+            computes[host].build_and_run_instance(uuid, request_id, alternates, attempts)
+
+        conductor = Conductor(workers, scheduler, config.scheduler, cast_build=cast_build, network_api=network_api,
+                              foreground=app[keys.FOREGROUND])
         for host in config.hosts:
             driver = LibvirtDriver(
                 host_uri(config, host),
@@ -145,18 +147,18 @@ def compute_ctx(config: Config):
                 state_dir=config.state_dir,
                 hostname=host.name,
             )
-            computes[host.name] = ComputeManager(host, driver, workers, steps, config, locks, conductor,
+            computes[host.name] = ComputeManager(host, driver, workers, steps, config, locks, conductor.reschedule,
                                                 network_api)
-            computes[host.name].volume_api = app.get(keys.VOLUME_API)
+            computes[host.name].volume_api = volume_api
+        compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
+                                 network_api=network_api, volume_api=volume_api)
         watchdog = Watchdog(workers, config, computes)
-        if app.get(keys.VOLUME_API) is not None:
-            app[keys.VOLUME_API].computes = computes
-            app[keys.VOLUME_API].locks = locks
+        if volume_api is not None:
+            volume_api.computes = computes
+            volume_api.locks = locks
         try:
             for manager in computes.values():
                 await manager.init_host()
-            conductor.computes = computes
-            compute_api.computes = computes
             await recover(pool, compute_api, conductor, computes)
             scheduler.start()
             conductor.start()

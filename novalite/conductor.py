@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import structlog
 
 from novalite.compute import states
 from novalite.compute.api import BuildRequest
+from novalite.compute.failures import Failure, Notification, fail_instance
 from novalite.config import SchedulerConfig
 from novalite.db import instances as db
 from novalite.foreground import Foreground
+from novalite.network import NetworkAPI
+from novalite.scheduler.filters import requested_resources
 from novalite.scheduler.manager import NoValidHost, Scheduler, Selection, claim
 
 log = structlog.get_logger(__name__)
@@ -25,52 +28,51 @@ log = structlog.get_logger(__name__)
 EVENT = "conductor_schedule_and_build_instances"
 
 
+# Cast a build to a host's compute manager: (host, uuid, request_id, alternates, attempts).
+CastBuild = Callable[[str, str, str, list[str], list[tuple[str, str]]], None]
+
+
 async def set_error(
     pool: asyncpg.Pool, uuid: str, request_id: str, message: str, details: str = "", *, event: str, host: str | None = None,
     event_details: str | None = None,
 ) -> None:
     """Move a building instance to ERROR with a fault, unless it is being deleted."""
+    failure = Failure(message, details, host, event_details=event_details, traceback=message)
+    notification = Notification("instance.create.error", {"fault": {"message": message}},
+                                f"nova-compute:{host}" if host else "nova-conductor")
     async with pool.acquire() as conn, conn.transaction():
-        try:
-            await db.compare_and_set(
-                conn,
-                uuid,
-                expect_vm_state=states.BUILDING,
-                expect_task_state=db.Not(states.DELETING),
-                vm_state=states.ERROR,
-                task_state=None,
-            )
-        except db.StateConflict:
+        if not await fail_instance(
+            conn, uuid, request_id, failure,
+            expect={"expect_vm_state": states.BUILDING, "expect_task_state": db.Not(states.DELETING)},
+            release_claim=True, events=[event], notification=notification,
+        ):
             log.info("error_skipped_instance_moved_on", instance_uuid=uuid)
-            return
-        await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
-        await db.add_fault(conn, uuid, 500, message, details, host)
-        await db.event_finish(conn, uuid, request_id, event, "Error", traceback=message, details=event_details or message)
-        await db.finish_action(conn, uuid, request_id)
-        await db.notify(
-            conn,
-            "instance.create.error",
-            {"fault": {"message": message}},
-            publisher_id=f"nova-compute:{host}" if host else "nova-conductor",
-            instance_uuids=[uuid],
-            request_id=request_id,
-            priority="ERROR",
-        )
 
 
 class Conductor:
     """Schedules and casts builds; reschedules failed builds to alternates."""
 
-    def __init__(self, pool: asyncpg.Pool, scheduler: Scheduler, cfg: SchedulerConfig) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        scheduler: Scheduler,
+        cfg: SchedulerConfig,
+        *,
+        cast_build: CastBuild,
+        network_api: NetworkAPI | None = None,
+        foreground: Foreground | None = None,
+    ) -> None:
+        """``cast_build`` hands a claimed instance to its host's compute manager (the conductor
+        never holds the managers); ``foreground`` is the API's, so scheduling yields to requests."""
         self.pool = pool
         self.scheduler = scheduler
         self.cfg = cfg
-        self.computes: dict[str, Any] = {}
-        self.network_api: Any = None
+        self.cast_build = cast_build
+        self.network_api = network_api
+        self.foreground = foreground or Foreground(0)
         self.queue: asyncio.Queue[BuildRequest] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        self.foreground = Foreground(0)  # the wiring shares the API's
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._serve(), name="conductor")
@@ -119,7 +121,7 @@ class Conductor:
                                for u, sel in scheduled],
                 )
         for u, sel in scheduled:
-            self.computes[sel.host].build_and_run_instance(u, request.request_id, sel.alternates)
+            self.cast_build(sel.host, u, request.request_id, sel.alternates, [])
         for uuid, sel in zip(uuids, selections, strict=True):
             if isinstance(sel, Selection):
                 continue
@@ -142,7 +144,7 @@ class Conductor:
             if inst is None or inst["task_state"] != states.SCHEDULING:
                 return
             flavor = inst["flavor"]
-            disk = flavor["root_gb"] + flavor["ephemeral_gb"] + (flavor["swap"] + 1023) // 1024
+            vcpus, memory_mb, disk = requested_resources({"flavor": flavor})
             hosts = {h.host: h for h in await self.scheduler.host_states(conn)}
             remaining = [h for h in alternates if h not in tried]
             while remaining and len(attempts) < self.cfg.max_attempts:
@@ -151,13 +153,13 @@ class Conductor:
                 if state is None:
                     continue
                 await db.event_start(conn, uuid, request_id, EVENT, None)
-                if await claim(conn, state, uuid, flavor["vcpus"], flavor["memory_mb"], disk):
-                    state.consume(flavor["vcpus"], flavor["memory_mb"], disk, uuid)
+                if await claim(conn, state, uuid, vcpus, memory_mb, disk):
+                    state.consume(vcpus, memory_mb, disk, uuid)
                     await db.event_finish(
                         conn, uuid, request_id, EVENT, "Success",
                         details=json.dumps({"host": host, "rescheduled_after": [h for h, _ in attempts]}),
                     )
-                    self.computes[host].build_and_run_instance(uuid, request_id, remaining, attempts)
+                    self.cast_build(host, uuid, request_id, remaining, attempts)
                     return
                 await db.event_finish(conn, uuid, request_id, EVENT, "Error", details=f"claim on {host} failed")
         summary = "; ".join(f"{h}: {r}" for h, r in attempts)

@@ -208,7 +208,7 @@ async def test_unknown_domains_are_reported_never_adopted_and_reaped_by_config(p
         stray = "0b0e0f00-0000-4000-8000-00000000beef"
         await manager.driver.spawn(GuestSpec(instance_uuid=stray, name="stray", memory_mb=64, vcpus=1,
                                              virt_type="test"))
-        await manager.sync_power_states()
+        await manager.power.sync_power_states()
         assert stray not in await manager.driver.list_instance_uuids()
         async with cloud.app[keys.DB].acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM instances WHERE uuid = $1", stray) == 0

@@ -108,7 +108,7 @@ class ServerActions:
                 raise InstanceInvalidState(spec.name, uuid, "task_state", actual["task_state"]) from None
             await db.start_actions(conn, [uuid], spec.action, ctx.request_id, ctx.user_id, ctx.project_id)
         log.info("server_action_accepted", instance_uuid=uuid, action=kind, host=inst["host"])
-        compute.cast_power_action(uuid, kind, ctx.request_id)
+        compute.power.cast_power_action(uuid, kind, ctx.request_id)
 
     async def lock(self, ctx: RequestContext, inst: asyncpg.Record, reason: str | None) -> None:
         """Nova's lock: owner or admin; an owner re-locking a locked server is a no-op."""

@@ -1,8 +1,8 @@
 """Compute API layer: validate a create request the way Nova's compute/api.py
 does, provision the instances in one transaction, and cast to the conductor.
 
-Nothing here knows HTTP: errors are ``novalite.api.errors`` exceptions with a
-status, raised before anything is written, so bad input leaves nothing behind.
+Nothing here knows HTTP: errors are :mod:`novalite.exception` errors, raised
+before anything is written, so bad input leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import re
 import secrets
 import string
 import uuid as uuidlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
@@ -27,6 +28,7 @@ from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import boot as lookups
 from novalite.db import instances as db
+from novalite.virt import power_state
 
 log = structlog.get_logger(__name__)
 
@@ -119,17 +121,35 @@ def validate_flavor_extra_specs(specs: dict) -> None:
                 )
 
 
+class HostTerminator(Protocol):
+    """What a delete needs of the compute manager of the instance's host."""
+
+    async def terminate_instance(self, inst: asyncpg.Record, request_id: str) -> None: ...
+
+
 class ComputeAPI:
     """Validates and provisions servers, and starts deletes."""
 
-    def __init__(self, pool: asyncpg.Pool, config: Config, locks: InstanceLocks, network_api: Any = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: Config,
+        locks: InstanceLocks,
+        *,
+        build_instances: Callable[[BuildRequest], None],
+        computes: Mapping[str, HostTerminator],
+        network_api: Any = None,
+        volume_api: Any = None,
+    ) -> None:
+        """``build_instances`` casts provisioned instances to the conductor; ``computes`` are the
+        hosts a delete asks to destroy what they built."""
         self.pool = pool
         self.network_api = network_api
         self.config = config
         self.locks = locks
-        self.conductor: Any = None  # set by the wiring once the conductor exists
-        self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
-        self.computes: dict[str, Any] = {}
+        self.build_instances = build_instances
+        self.volume_api = volume_api
+        self.computes = computes
         self._tasks: set[asyncio.Task] = set()
         self._creating = asyncio.Semaphore(config.api.max_concurrent_creates)  # FIFO: waiters in order
 
@@ -144,7 +164,7 @@ class ComputeAPI:
             password = req.admin_password or generate_password()
             instances, reservation_id = await self._provision(conn, ctx, req, base)
         uuids = [str(i["uuid"]) for i in instances]
-        self.conductor.build_instances(
+        self.build_instances(
             BuildRequest(instance_uuids=uuids, request_spec=base["request_spec"], request_id=ctx.request_id)
         )
         return instances, reservation_id, password
@@ -481,7 +501,7 @@ class ComputeAPI:
                     "launch_index": index,
                     "vm_state": states.BUILDING,
                     "task_state": states.SCHEDULING,
-                    "power_state": states.NOSTATE,
+                    "power_state": power_state.NOSTATE,
                     "availability_zone": base["availability_zone"],
                     "flavor": flavor,
                     "vcpus": flavor["vcpus"],
@@ -623,7 +643,7 @@ async def finish_delete(pool: asyncpg.Pool, uuid: str, request_id: str, host: st
             expect_task_state=states.DELETING,
             vm_state=states.DELETED,
             task_state=None,
-            power_state=states.NOSTATE,
+            power_state=power_state.NOSTATE,
             deleted=True,
             deleted_at=now,
             terminated_at=now,

@@ -15,7 +15,7 @@ import base64
 import json
 import traceback
 import uuid as uuidlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -29,28 +29,32 @@ from novalite.compute.disks import (
     prepare_local_disks,
     remove_instance_files,
 )
+from novalite.compute.failures import Failure, fail_instance
 from novalite.compute.locks import InstanceLocks
-from novalite.compute.power import PowerActionsMixin
-from novalite.conductor import Conductor
+from novalite.compute.power import PowerManager
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
 from novalite.db.steps import BuildStep, StepWriter
 from novalite.network import NetworkAPI, PortInfo, network_data
 from novalite.scheduler.affinity import validate_instance_group_policy
+from novalite.virt import power_state
 from novalite.virt.configdrive import build_config_drive, instance_metadata
 from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec, VirtDriver
 
 log = structlog.get_logger(__name__)
 
-BUILD_EVENT = "compute_build_and_run_instance"
+BUILD_EVENT = "compute_build_and_run_instance"  # the build's action event, as Nova names it
 HEARTBEAT_SECONDS = 10
+
+# The conductor's reschedule, as the manager sees it: (uuid, request_id, alternates, attempts).
+Reschedule = Callable[[str, str, list[str], list[tuple[str, str]]], Awaitable[None]]
 
 
 class BuildAborted(Exception):
     """The instance left the build (deleted meanwhile): stop and clean up, no reschedule."""
 
 
-class ComputeManager(PowerActionsMixin):
+class ComputeManager:
     """Builds, destroys and reports instances of one host through its virt driver."""
 
     def __init__(
@@ -61,9 +65,10 @@ class ComputeManager(PowerActionsMixin):
         steps: StepWriter,
         config: Config,
         locks: InstanceLocks,
-        conductor: Conductor,
+        reschedule: Reschedule,
         network_api: NetworkAPI | None = None,
     ) -> None:
+        """``reschedule`` hands a build that failed here back to the conductor (its alternates)."""
         self.host = host.name
         self.network_api = network_api
         self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
@@ -77,7 +82,7 @@ class ComputeManager(PowerActionsMixin):
         self.steps = steps
         self.config = config
         self.locks = locks
-        self.conductor = conductor
+        self.reschedule = reschedule
         self.semaphore = asyncio.Semaphore(host.max_concurrent_builds or config.compute.max_concurrent_builds)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.host_info: HostInfo | None = None
@@ -87,6 +92,7 @@ class ComputeManager(PowerActionsMixin):
         # with this message; `before_step(uuid, task_state)` is awaited before each step.
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
+        self.power = PowerManager(self.host, driver, pool, locks, config, self._spawn)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -125,7 +131,7 @@ class ComputeManager(PowerActionsMixin):
         self._workers.append(asyncio.create_task(self._serve(), name=f"compute-{self.host}"))
         self._workers.append(asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.host}"))
         self.install_drill_delays()
-        self.start_power_sync()
+        self._workers.append(self.power.start())
 
     async def stop(self) -> None:
         for w in self._workers:
@@ -133,6 +139,40 @@ class ComputeManager(PowerActionsMixin):
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
         await self.driver.close()
+
+    def install_drill_delays(self) -> None:
+        """Crash drills: hold instances in the configured stages (compute.drill_stage_delays)."""
+        delays: dict[str, float] = dict(self.config.compute.drill_stage_delays)
+        if not delays:
+            return
+        # before_step(uuid, next) runs before the step that LEAVES a stage.
+        leaving = {None: "scheduling", states.NETWORKING: "none", states.BLOCK_DEVICE_MAPPING: "networking",
+                   states.SPAWNING: "block_device_mapping"}
+
+        async def before_step(uuid: str, new: str | None) -> None:
+            stage = leaving.get(new)
+            if stage in delays:
+                await asyncio.sleep(delays[stage])
+
+        self.before_step = before_step
+        if "spawning" in delays:
+            # Held after the domain started, before the build records ACTIVE.
+            spawn = self.driver.spawn
+
+            async def slow_spawn(guest: Any, _spawn: Any = spawn) -> None:
+                await _spawn(guest)
+                await asyncio.sleep(delays["spawning"])
+
+            self.driver.spawn = slow_spawn  # type: ignore[method-assign]
+        if "deleting" in delays:
+            destroy = self.driver.destroy
+
+            async def slow_destroy(uuid: str, _destroy: Any = destroy) -> None:
+                await asyncio.sleep(delays["deleting"])
+                await _destroy(uuid)
+
+            self.driver.destroy = slow_destroy  # type: ignore[method-assign]
+        log.warning("drill_delays_installed", host=self.host, delays=delays)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -143,7 +183,7 @@ class ComputeManager(PowerActionsMixin):
             except Exception:  # a missed beat is logged, the next one retries
                 log.warning("heartbeat_failed", host=self.host, exc_info=True)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -216,7 +256,7 @@ class ComputeManager(PowerActionsMixin):
                     raise RuntimeError(self.fail_spawn)
                 await self.driver.spawn(guest)
                 await self._step(
-                    uuid, request_id, states.SPAWNING, None, vm_state=states.ACTIVE, power_state=states.RUNNING,
+                    uuid, request_id, states.SPAWNING, None, vm_state=states.ACTIVE, power_state=power_state.RUNNING,
                     launched=True, finish_events=["compute_spawn", BUILD_EVENT], finish_action=True,
                     notification=("instance.create.end", {"host": self.host, "state": states.ACTIVE}, publisher),
                 )
@@ -241,6 +281,14 @@ class ComputeManager(PowerActionsMixin):
             await remove_instance_files(self.instances_dir / uuid)
         if self.volume_api is not None:  # a failed build: volumes it made go, claimed ones stay reserved
             await self.volume_api.undo_build(uuid)
+
+    async def clean_partial_build(self, uuid: str) -> None:
+        """Remove whatever a cut-off build left on this host (recovery and the watchdog call it)."""
+        await self._undo_build(uuid)
+
+    def cast_clean_partial_build(self, uuid: str) -> None:
+        """Cast: :meth:`clean_partial_build` as one of this host's tracked tasks."""
+        self._spawn(self.clean_partial_build(uuid))
 
     async def _networking(self, inst: asyncpg.Record, request_id: str) -> list[PortInfo]:
         """NETWORKING: ports with MACs and fixed IPs, DHCP host entries on this host's networks."""
@@ -348,13 +396,13 @@ class ComputeManager(PowerActionsMixin):
             await self._undo_build(uuid)
         reason = f"{type(exc).__name__}: {exc}"
         attempts = [*attempts, (self.host, reason)]
+        tb = traceback.format_exc(limit=5)
         async with self.pool.acquire() as conn, conn.transaction():
             if spawning:
                 await db.event_finish(conn, uuid, request_id, "compute_spawn", "Error", traceback=reason)
-            await db.event_finish(
-                conn, uuid, request_id, BUILD_EVENT, "Error", traceback=traceback.format_exc(limit=5), details=reason
-            )
-            await db.add_fault(conn, uuid, 500, reason[:255], traceback.format_exc(limit=5), self.host)
+            # The action goes on: the conductor reschedules it or ends it in ERROR.
+            await fail_instance(conn, uuid, request_id, Failure(reason, tb, self.host, traceback=tb),
+                                events=[BUILD_EVENT], finish_action=False)
             try:
                 # Back to scheduling, with this host's claim released.
                 await db.compare_and_set(
@@ -364,7 +412,7 @@ class ComputeManager(PowerActionsMixin):
             except db.StateConflict:
                 return
             await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
-        await self.conductor.reschedule(uuid, request_id, alternates, attempts)
+        await self.reschedule(uuid, request_id, alternates, attempts)
 
     # -- delete --------------------------------------------------------------
     async def terminate_instance(self, inst: asyncpg.Record, request_id: str) -> None:

@@ -1,4 +1,4 @@
-"""Power actions and power-state sync on a compute host (mixed into ComputeManager).
+"""Power actions and power-state sync on a compute host: the PowerManager each ComputeManager holds.
 
 Actions (stop, start, reboot, pause, unpause, suspend, resume) arrive from
 :mod:`novalite.compute.actions` with the instance already moved to its task
@@ -18,21 +18,22 @@ domains (one libvirt call) is the safety net and reports domains nobody owns.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import traceback
 import uuid as uuidlib
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import structlog
 
 from novalite.compute import states
+from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.locks import InstanceLocks
+from novalite.config import Config
 from novalite.db import instances as db
-from novalite.virt.driver import InstanceNotFound
-
-if TYPE_CHECKING:
-    from novalite.compute.manager import ComputeManager
+from novalite.virt import power_state
+from novalite.virt.driver import InstanceNotFound, VirtDriver
 
 log = structlog.get_logger(__name__)
 
@@ -85,28 +86,46 @@ FLOWS: dict[str, PowerFlow] = {
 }
 
 
-def vm_state_for(power_state: int | None, saved: bool = False) -> str:
+def vm_state_for(power: int | None, saved: bool = False) -> str:
     """The vm_state a domain's real power state stands for (None: no domain → error)."""
-    if power_state is None:
+    if power is None:
         return states.ERROR
-    if power_state == states.RUNNING:
+    if power == power_state.RUNNING:
         return states.ACTIVE
-    if power_state == states.PAUSED_POWER:
+    if power == power_state.PAUSED:
         return states.PAUSED
     if saved:
         return states.SUSPENDED
     return states.STOPPED
 
 
-class PowerActionsMixin:
-    """Host side of power actions, lifecycle events and the periodic power sync."""
+class PowerManager:
+    """Host side of power actions, lifecycle events and the periodic power sync of one host."""
+
+    def __init__(
+        self,
+        host: str,
+        driver: VirtDriver,
+        pool: asyncpg.Pool,
+        locks: InstanceLocks,
+        config: Config,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        """``spawn`` runs a coroutine as one of the host's tracked tasks (waited for at stop)."""
+        self.host = host
+        self.driver = driver
+        self.pool = pool
+        self.locks = locks
+        self.config = config
+        self._spawn = spawn
+        self._sync_pending: set[str] = set()
 
     # -- casts from the compute API -------------------------------------------------
-    def cast_power_action(self: ComputeManager, uuid: str, action: str, request_id: str) -> None:
+    def cast_power_action(self, uuid: str, action: str, request_id: str) -> None:
         """Cast: run a power action on this host (the instance is already in its task state)."""
         self._spawn(self._power_action(uuid, action, request_id))
 
-    async def _power_action(self: ComputeManager, uuid: str, action: str, request_id: str) -> None:
+    async def _power_action(self, uuid: str, action: str, request_id: str) -> None:
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
         flow = FLOWS[action]
         pub = f"nova-compute:{self.host}"
@@ -134,7 +153,7 @@ class PowerActionsMixin:
                 try:
                     await db.compare_and_set(
                         conn, uuid, expect_task_state=last, task_state=None, vm_state=flow.vm_state,
-                        power_state=info.power_state if info else states.NOSTATE,
+                        power_state=info.power_state if info else power_state.NOSTATE,
                     )
                 except db.StateConflict as conflict:
                     await self._power_action_superseded(conn, uuid, request_id, flow, conflict)
@@ -145,7 +164,7 @@ class PowerActionsMixin:
                                 publisher_id=pub, instance_uuids=[uuid], request_id=request_id)
             log.info("power_action_done", action=action, vm_state=flow.vm_state)
 
-    async def _drive(self: ComputeManager, uuid: str, action: str, force: bool = False) -> None:
+    async def _drive(self, uuid: str, action: str, force: bool = False) -> None:
         cfg = self.config.compute
         if action == "stop":
             await self.driver.power_off(uuid, 0 if force else cfg.shutdown_timeout)
@@ -166,7 +185,7 @@ class PowerActionsMixin:
         await db.finish_action(conn, uuid, request_id)
 
     async def _power_action_failed(
-        self: ComputeManager, uuid: str, request_id: str, flow: PowerFlow, exc: Exception
+        self, uuid: str, request_id: str, flow: PowerFlow, exc: Exception
     ) -> None:
         """Like Nova's reverts_task_state + wrap_instance_fault: fault, task_state back to None, real power state."""
         reason = f"{type(exc).__name__}: {exc}"
@@ -174,27 +193,25 @@ class PowerActionsMixin:
             info = await self.driver.get_info(uuid)
         except Exception:
             info = None
+        tb = traceback.format_exc(limit=5)
         async with self.pool.acquire() as conn, conn.transaction():
-            await db.add_fault(conn, uuid, 500, reason, traceback.format_exc(limit=5), self.host)
-            await db.event_finish(conn, uuid, request_id, flow.event, "Error", traceback=traceback.format_exc(limit=5),
-                                  details=reason)
-            await db.finish_action(conn, uuid, request_id)
+            await fail_instance(
+                conn, uuid, request_id, Failure(reason, tb, self.host, traceback=tb), events=[flow.event],
+                notification=Notification(f"instance.{flow.notification}.error", {"host": self.host, "fault": reason},
+                                          f"nova-compute:{self.host}"),
+            )
             try:
                 await db.compare_and_set(conn, uuid, expect_task_state=list(flow.steps), task_state=None,
-                                         power_state=info.power_state if info else states.NOSTATE)
+                                         power_state=info.power_state if info else power_state.NOSTATE)
             except db.StateConflict:
                 pass
-            await db.notify(conn, f"instance.{flow.notification}.error", {"host": self.host, "fault": reason},
-                            publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id,
-                            priority="ERROR")
 
     # -- power-state sync ---------------------------------------------------------------
-    def start_power_sync(self: ComputeManager) -> None:
-        """Subscribe to lifecycle events and start the periodic sync (called from start())."""
-        self._sync_pending: set[str] = set()
-        self._workers.append(asyncio.create_task(self._power_sync_loop(), name=f"power-sync-{self.host}"))
+    def start(self) -> asyncio.Task:
+        """Subscribe to lifecycle events and start the periodic sync; the caller cancels the task at stop."""
+        return asyncio.create_task(self._power_sync_loop(), name=f"power-sync-{self.host}")
 
-    async def _power_sync_loop(self: ComputeManager) -> None:
+    async def _power_sync_loop(self) -> None:
         try:
             await self.driver.watch_lifecycle(self._on_lifecycle_event)
         except Exception:
@@ -206,8 +223,8 @@ class PowerActionsMixin:
                 log.exception("power_sync_failed", host=self.host)
             await asyncio.sleep(self.config.compute.power_sync_interval)
 
-    def _on_lifecycle_event(self: ComputeManager, uuid: str, power_state: int, event: str) -> None:
-        log.debug("lifecycle_event", host=self.host, instance_uuid=uuid, lifecycle=event, power_state=power_state)
+    def _on_lifecycle_event(self, uuid: str, power: int, event: str) -> None:
+        log.debug("lifecycle_event", host=self.host, instance_uuid=uuid, lifecycle=event, power_state=power)
         if uuid in self._sync_pending:
             return  # a sync of this instance is queued and will read the latest state
         if self.locks.held(uuid):
@@ -215,7 +232,7 @@ class PowerActionsMixin:
         self._sync_pending.add(uuid)
         self._spawn(self._sync_from_event(uuid, event))
 
-    async def _sync_from_event(self: ComputeManager, uuid: str, event: str) -> None:
+    async def _sync_from_event(self, uuid: str, event: str) -> None:
         try:
             async with self.locks.lock(uuid):
                 self._sync_pending.discard(uuid)
@@ -224,13 +241,13 @@ class PowerActionsMixin:
                 if inst is None or inst["host"] != self.host:
                     return
                 info = await self.driver.get_info(uuid)
-                await self._sync_instance_power_state(inst, info.power_state if info else states.NOSTATE,
+                await self._sync_instance_power_state(inst, info.power_state if info else power_state.NOSTATE,
                                                       source=f"lifecycle event {event}")
         except Exception:
             self._sync_pending.discard(uuid)
             log.exception("lifecycle_sync_failed", instance_uuid=uuid)
 
-    async def sync_power_states(self: ComputeManager) -> dict[str, int]:
+    async def sync_power_states(self) -> dict[str, int]:
         """One pass over this host: every instance against its domain; unknown domains reported."""
         domains = await self.driver.list_instance_states()
         async with self.pool.acquire() as conn:
@@ -244,13 +261,13 @@ class PowerActionsMixin:
                     inst = await db.get(conn, uuid)
                 if inst is None or inst["host"] != self.host:
                     continue
-                await self._sync_instance_power_state(inst, domains.get(uuid, states.NOSTATE), source="periodic sync")
+                await self._sync_instance_power_state(inst, domains.get(uuid, power_state.NOSTATE), source="periodic sync")
         unknown = sorted(set(domains) - known)
         if unknown:
             await self._handle_unknown_domains(unknown)
         return domains
 
-    async def _handle_unknown_domains(self: ComputeManager, uuids: list[str]) -> None:
+    async def _handle_unknown_domains(self, uuids: list[str]) -> None:
         # Re-check against the database: a build may have claimed this host meanwhile.
         async with self.pool.acquire() as conn:
             owned = {str(r["uuid"]) for r in await conn.fetch(
@@ -265,7 +282,7 @@ class PowerActionsMixin:
             if action == "reap":
                 await self.driver.destroy(uuid)
 
-    async def _sync_instance_power_state(self: ComputeManager, inst: asyncpg.Record, vm_power: int, source: str) -> None:
+    async def _sync_instance_power_state(self, inst: asyncpg.Record, vm_power: int, source: str) -> None:
         """Nova's _sync_instance_power_state: trust the hypervisor, stop what stopped behind our back."""
         uuid = str(inst["uuid"])
         if inst["task_state"] is not None:
@@ -280,18 +297,18 @@ class PowerActionsMixin:
                     return
         if vm_state in (states.BUILDING, states.SUSPENDED, states.ERROR, "rescued", "resized"):
             return
-        off = vm_power in (states.SHUTDOWN, states.CRASHED)
+        off = vm_power in (power_state.SHUTDOWN, power_state.CRASHED)
         if vm_state == states.ACTIVE:
-            if off or vm_power == states.SUSPENDED_POWER:
+            if off or vm_power == power_state.SUSPENDED:
                 log.warning("instance_shutdown_by_itself", source=source, instance_uuid=uuid,
                             detail="Instance shutdown by itself. Calling the stop API.")
                 await self._stop_by_sync(inst, force=False, source=source)
-            elif vm_power == states.PAUSED_POWER:
+            elif vm_power == power_state.PAUSED:
                 log.warning("instance_paused_unexpectedly", instance_uuid=uuid)
-            elif vm_power == states.NOSTATE:
+            elif vm_power == power_state.NOSTATE:
                 log.warning("instance_unexpectedly_not_found", instance_uuid=uuid, source=source)
         elif vm_state == states.STOPPED:
-            if vm_power not in (states.NOSTATE, states.SHUTDOWN, states.CRASHED):
+            if vm_power not in (power_state.NOSTATE, power_state.SHUTDOWN, power_state.CRASHED):
                 log.warning("instance_not_stopped", instance_uuid=uuid, source=source,
                             detail="Instance is not stopped. Calling the stop API.")
                 await self._stop_by_sync(inst, force=True, source=source)
@@ -299,7 +316,7 @@ class PowerActionsMixin:
             log.warning("paused_instance_shutdown_by_itself", instance_uuid=uuid, source=source)
             await self._stop_by_sync(inst, force=True, source=source)
 
-    async def _stop_by_sync(self: ComputeManager, inst: asyncpg.Record, force: bool, source: str) -> None:
+    async def _stop_by_sync(self, inst: asyncpg.Record, force: bool, source: str) -> None:
         """The stop API on the sync's behalf: an instance action 'stop' whose event says why."""
         uuid = str(inst["uuid"])
         request_id = f"req-{uuidlib.uuid4()}"
@@ -327,7 +344,7 @@ class PowerActionsMixin:
             try:
                 await db.compare_and_set(conn, uuid, expect_task_state=POWERING_OFF, task_state=None,
                                          vm_state=states.STOPPED,
-                                         power_state=info.power_state if info else states.NOSTATE)
+                                         power_state=info.power_state if info else power_state.NOSTATE)
             except db.StateConflict as conflict:
                 await self._power_action_superseded(conn, uuid, request_id, flow, conflict)
                 return
@@ -338,13 +355,13 @@ class PowerActionsMixin:
         log.info("instance_stopped_by_sync", instance_uuid=uuid, source=source)
 
     # -- recovery helpers -------------------------------------------------------------
-    async def reconcile_power_action(self: ComputeManager, inst: asyncpg.Record, request_id: str) -> str:
+    async def reconcile_power_action(self, inst: asyncpg.Record, request_id: str) -> str:
         """A power action was cut off by a restart: set the state the domain really is in."""
         uuid = str(inst["uuid"])
         info = await self.driver.get_info(uuid)
-        saved = bool(info) and info.power_state == states.SHUTDOWN and await self.driver.has_saved_state(uuid)
+        saved = bool(info) and info.power_state == power_state.SHUTDOWN and await self.driver.has_saved_state(uuid)
         vm_state = vm_state_for(info.power_state if info else None, saved)
-        power = info.power_state if info else states.NOSTATE
+        power = info.power_state if info else power_state.NOSTATE
         task = inst["task_state"]
         note = f"interrupted by a restart in task_state {task}; domain is {'missing' if info is None else power}"
         async with self.pool.acquire() as conn, conn.transaction():
@@ -358,48 +375,3 @@ class PowerActionsMixin:
             await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=f"{note}; now {vm_state}")
             await db.finish_action(conn, uuid, request_id)
         return vm_state
-
-    async def clean_partial_build(self: ComputeManager, uuid: str) -> None:
-        """Remove whatever a cut-off build left on this host: the domain and the instance directory."""
-        undo = getattr(self, "_undo_build", None)
-        if undo is not None:
-            await undo(uuid)  # the build's own cleanup: domain and files (ports move with the instance)
-            return
-        await self.driver.destroy(uuid)
-        path = self.instances_dir / uuid
-        if path.exists():
-            await asyncio.to_thread(shutil.rmtree, path, True)
-
-    def install_drill_delays(self: ComputeManager) -> None:
-        """Crash drills: hold instances in the configured stages (compute.drill_stage_delays)."""
-        delays: dict[str, float] = dict(self.config.compute.drill_stage_delays)
-        if not delays:
-            return
-        # before_step(uuid, next) runs before the step that LEAVES a stage.
-        leaving = {None: "scheduling", states.NETWORKING: "none", states.BLOCK_DEVICE_MAPPING: "networking",
-                   states.SPAWNING: "block_device_mapping"}
-
-        async def before_step(uuid: str, new: str | None) -> None:
-            stage = leaving.get(new)
-            if stage in delays:
-                await asyncio.sleep(delays[stage])
-
-        self.before_step = before_step
-        if "spawning" in delays:
-            # Held after the domain started, before the build records ACTIVE.
-            spawn = self.driver.spawn
-
-            async def slow_spawn(guest: Any, _spawn: Any = spawn) -> None:
-                await _spawn(guest)
-                await asyncio.sleep(delays["spawning"])
-
-            self.driver.spawn = slow_spawn  # type: ignore[method-assign]
-        if "deleting" in delays:
-            destroy = self.driver.destroy
-
-            async def slow_destroy(uuid: str, _destroy: Any = destroy) -> None:
-                await asyncio.sleep(delays["deleting"])
-                await _destroy(uuid)
-
-            self.driver.destroy = slow_destroy  # type: ignore[method-assign]
-        log.warning("drill_delays_installed", host=self.host, delays=delays)

@@ -29,26 +29,14 @@ import structlog
 
 from novalite.compute import states
 from novalite.compute.api import BuildRequest, ComputeAPI
+from novalite.compute.failures import Failure, fail_instance
+from novalite.compute.manager import BUILD_EVENT
 from novalite.compute.power import POWER_TASK_STATES, RECOVER_EVENT
 from novalite.conductor import Conductor
 from novalite.db import instances as db
+from novalite.virt import power_state
 
 log = structlog.get_logger(__name__)
-
-BUILD_EVENT = "compute_build_and_run_instance"
-
-
-async def interrupt_open_events(conn: asyncpg.Connection, uuid: str, request_id: str, note: str) -> list[str]:
-    """Finish, as errors, the events of this request's action that never finished; return their names."""
-    rows = await conn.fetch(
-        """UPDATE instance_actions_events SET finish_time = now(), result = 'Error', details = $3
-           WHERE finish_time IS NULL AND action_id = (
-               SELECT id FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2
-               ORDER BY id DESC LIMIT 1)
-           RETURNING event""",
-        uuid, request_id, note,
-    )
-    return [r["event"] for r in rows]
 
 
 async def _request_id(conn: asyncpg.Connection, uuid: str) -> str:
@@ -95,7 +83,7 @@ async def _recover_one(
     compute = computes.get(inst["host"]) if inst["host"] else None
     if task == states.DELETING:
         async with pool.acquire() as conn:
-            await interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+            await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
             await db.event_finish(conn, uuid, request_id, RECOVER_EVENT,
                                   details="interrupted by a restart while deleting; finishing the delete")
         compute_api.start_delete(uuid, request_id)
@@ -107,7 +95,7 @@ async def _recover_one(
             await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "
                             f"cannot reconcile the interrupted {task}")
             return "power_error"
-        vm_state = await compute.reconcile_power_action(inst, request_id)
+        vm_state = await compute.power.reconcile_power_action(inst, request_id)
         return f"power_reconciled_{vm_state}"
     # A task state novalite does not drive (e.g. set by an older version): clear it.
     async with pool.acquire() as conn, conn.transaction():
@@ -124,7 +112,7 @@ async def _recover_build(
     task = inst["task_state"]
     if compute is not None and task != states.SCHEDULING:
         info = await compute.driver.get_info(uuid)
-        if task == states.SPAWNING and info is not None and info.power_state == states.RUNNING:
+        if task == states.SPAWNING and info is not None and info.power_state == power_state.RUNNING:
             await _finish_build(pool, compute, uuid, request_id)
             return "build_finished"
         await compute.clean_partial_build(uuid)
@@ -143,7 +131,7 @@ async def _recover_build(
                 "UPDATE compute_nodes SET failed_builds = greatest(failed_builds - 1, 0) WHERE host = $1",
                 inst["host"],
             )
-        await interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+        await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
         await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
     conductor.build_instances(BuildRequest([uuid], inst["request_spec"], request_id))
     return "build_rescheduled"
@@ -154,12 +142,12 @@ async def _finish_build(pool: asyncpg.Pool, compute: Any, uuid: str, request_id:
     async with pool.acquire() as conn, conn.transaction():
         await db.compare_and_set(
             conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=states.SPAWNING, task_state=None,
-            vm_state=states.ACTIVE, power_state=states.RUNNING, launched_at=datetime.now(UTC),
+            vm_state=states.ACTIVE, power_state=power_state.RUNNING, launched_at=datetime.now(UTC),
         )
         note = "interrupted by a restart after the domain started; build finished"
         await db.event_finish(conn, uuid, request_id, "compute_spawn", details=note)
         await db.event_finish(conn, uuid, request_id, BUILD_EVENT, details=note)
-        await interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+        await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
         await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
         await db.finish_action(conn, uuid, request_id)
         await db.notify(conn, "instance.create.end", {"host": compute.host, "state": states.ACTIVE},
@@ -167,11 +155,7 @@ async def _finish_build(pool: asyncpg.Pool, compute: Any, uuid: str, request_id:
 
 
 async def _to_error(pool: asyncpg.Pool, inst: asyncpg.Record, request_id: str, message: str) -> None:
-    uuid = str(inst["uuid"])
     async with pool.acquire() as conn, conn.transaction():
-        await db.compare_and_set(conn, uuid, expect_task_state=inst["task_state"], vm_state=states.ERROR,
-                                 task_state=None)
-        await db.add_fault(conn, uuid, 500, message, "", inst["host"])
-        await interrupt_open_events(conn, uuid, request_id, message)
-        await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, "Error", details=message)
-        await db.finish_action(conn, uuid, request_id)
+        await fail_instance(conn, str(inst["uuid"]), request_id, Failure(message, "", inst["host"]),
+                            expect={"expect_task_state": inst["task_state"]}, interrupt_open=True,
+                            events=[RECOVER_EVENT])

@@ -17,15 +17,8 @@ NETWORKING = "networking"
 BLOCK_DEVICE_MAPPING = "block_device_mapping"
 SPAWNING = "spawning"
 DELETING = "deleting"
-BUILD_TASK_STATES = (None, SCHEDULING, NETWORKING, BLOCK_DEVICE_MAPPING, SPAWNING)
 
-# power_state
-NOSTATE = 0
-RUNNING = 1
-PAUSED_POWER = 3
-SHUTDOWN = 4
-CRASHED = 6
-SUSPENDED_POWER = 7
+# power_state: novalite.virt.power_state (the drivers report it, the compute layer stores it)
 
 _REBOOT = {t: "REBOOT" for t in ("rebooting", "reboot_pending", "reboot_started")}
 _HARD = {t: "HARD_REBOOT" for t in ("rebooting_hard", "reboot_pending_hard", "reboot_started_hard")}

@@ -19,9 +19,9 @@ import asyncpg
 import structlog
 
 from novalite.compute import states
+from novalite.compute.failures import Failure, Notification, fail_instance
 from novalite.compute.power import POWER_TASK_STATES
 from novalite.config import Config
-from novalite.db import instances as db
 
 log = structlog.get_logger(__name__)
 
@@ -99,27 +99,18 @@ class Watchdog:
                 f"Timed out after {deadline:g} s in task_state {task or 'none'}"
                 f" (step {step or task or 'none'}) of instance {uuid}"
             )
-            try:
-                await db.compare_and_set(conn, uuid, expect_vm_state=inst["vm_state"], expect_task_state=task,
-                                         vm_state=states.ERROR, task_state=None)
-            except db.StateConflict:
+            request_id = action["request_id"] if action else None
+            failure = Failure(message, f"deadline {deadline:g} s", inst["host"])
+            if not await fail_instance(
+                conn, uuid, request_id, failure,
+                expect={"expect_vm_state": inst["vm_state"], "expect_task_state": task},
+                release_claim=building, interrupt_open=True,
+                notification=Notification("instance.update", {"state": states.ERROR, "fault": message}, "nova-compute"),
+            ):
                 return False  # it moved on meanwhile
-            if building:
-                await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
-            await db.add_fault(conn, uuid, 500, message, f"deadline {deadline:g} s", inst["host"])
-            if action is not None:
-                await conn.execute(
-                    """UPDATE instance_actions_events SET finish_time = now(), result = 'Error', details = $2
-                       WHERE action_id = $1 AND finish_time IS NULL""",
-                    action["id"], message,
-                )
-                await db.finish_action(conn, uuid, action["request_id"])
-            await db.notify(conn, "instance.update", {"state": states.ERROR, "fault": message},
-                            publisher_id="nova-compute", instance_uuids=[uuid],
-                            request_id=action["request_id"] if action else None, priority="ERROR")
         log.warning("task_state_deadline_expired", instance_uuid=uuid, task_state=task, step=step, deadline=deadline)
         compute = self.computes.get(inst["host"]) if inst["host"] else None
         if building and compute is not None:
             # The build's own next step fails and cleans up too; this covers a build no longer running.
-            compute._spawn(compute.clean_partial_build(uuid))
+            compute.cast_clean_partial_build(uuid)
         return True

@@ -343,6 +343,19 @@ async def event_finish(
         )
 
 
+async def interrupt_open_events(conn: asyncpg.Connection, uuid: str, request_id: str, note: str) -> list[str]:
+    """Finish, as errors, the events of this request's action that never finished; return their names."""
+    rows = await conn.fetch(
+        """UPDATE instance_actions_events SET finish_time = now(), result = 'Error', details = $3
+           WHERE finish_time IS NULL AND action_id = (
+               SELECT id FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2
+               ORDER BY id DESC LIMIT 1)
+           RETURNING event""",
+        uuid, request_id, note,
+    )
+    return [r["event"] for r in rows]
+
+
 _RECORD_SCHEDULE = """
 WITH verdicts AS (
     INSERT INTO scheduling_verdicts (instance_uuid, request_id, host, summary, verdicts)

@@ -12,6 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+# Power states (Nova's numbering) are defined once, in novalite.virt.power_state; re-exported here.
+from novalite.virt.power_state import CRASHED, NOSTATE, PAUSED, RUNNING, SHUTDOWN, SUSPENDED
+from novalite.virt.power_state import STATE_NAMES as POWER_STATE_NAMES
+
 __all__ = [
     "CRASHED",
     "NOSTATE",
@@ -32,24 +36,6 @@ __all__ = [
     "VirtDriver",
     "VirtError",
 ]
-
-# Power states, numbered as in Nova's nova/compute/power_state.py so that the
-# values stored in the database mean the same thing as Nova's.
-NOSTATE = 0
-RUNNING = 1
-PAUSED = 3
-SHUTDOWN = 4  # the guest is off (libvirt "shutdown" and "shutoff" both map here)
-CRASHED = 6
-SUSPENDED = 7
-
-POWER_STATE_NAMES: dict[int, str] = {
-    NOSTATE: "pending",
-    RUNNING: "running",
-    PAUSED: "paused",
-    SHUTDOWN: "shutdown",
-    CRASHED: "crashed",
-    SUSPENDED: "suspended",
-}
 
 VirtType = Literal["test", "qemu", "kvm"]
 
