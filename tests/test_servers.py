@@ -138,6 +138,72 @@ async def test_create_validation_errors(cloud, extra, status, message):
         assert await conn.fetchval("SELECT count(*) FROM instances") == 0  # nothing half-written
 
 
+async def test_create_reports_the_first_error_in_validation_order(pg_dsn, tmp_path):
+    """A body wrong in every way is refused for its first fault in Nova's validation
+    order; mending each fault in turn reveals the next one, then the server is made."""
+    cloud = await start_cloud(pg_dsn, tmp_path, extra="[compute]\nmax_user_data_bytes = 4\n")
+    try:
+        await _mend_create_errors_one_by_one(cloud)
+    finally:
+        await stop_cloud(cloud)
+
+
+async def _mend_create_errors_one_by_one(cloud) -> None:
+    image = await add_image(cloud)
+    missing = "6b2f0d36-0000-4000-8000-00000000000f"
+    kernel_gone = await add_image(cloud, name="kernel-gone", kernel_id=missing)
+    queued = await add_image(cloud, name="queued", status="queued")
+    big = await add_image(cloud, name="big", min_ram=4096)
+    async with cloud.app[keys.DB].acquire() as conn:
+        await conn.execute("""INSERT INTO flavors (flavorid, name, memory_mb, vcpus, root_gb, extra_specs)
+                              VALUES ('numa', 'numa', 512, 2, 1, '{"hw:numa_nodes": "two"}')""")
+    two_roots = [{"source_type": "blank", "destination_type": "local", "boot_index": 0, "volume_size": 1}] * 2
+    too_much_ephemeral = [{"source_type": "blank", "destination_type": "local", "volume_size": 5, "boot_index": -1}]
+    server = {
+        "name": "vm", "flavorRef": "999", "imageRef": missing, "max_count": 2,
+        "networks": [{"uuid": missing, "fixed_ip": "10.0.0.5"}], "block_device_mapping_v2": two_roots,
+        "availability_zone": "nowhere", "user_data": base64.b64encode(b"12345").decode(),
+        "metadata": {f"k{i}": "v" for i in range(129)},
+        "personality": [{"path": f"/etc/f{i}", "contents": "aGk="} for i in range(6)],
+        "security_groups": [{"name": "nope"}], "key_name": "missing",
+    }
+    hints = {"group": "not-a-group"}
+
+    def root_named_vda(image_id: str) -> list[dict]:
+        return [{"source_type": "image", "uuid": image_id, "destination_type": "local", "boot_index": 0,
+                 "device_name": "vda"}]
+
+    steps = [
+        ("fixed_ip is specified", lambda: server.update(networks="none")),
+        ("Boot sequence", lambda: server.update(block_device_mapping_v2=too_much_ephemeral)),
+        ("Flavor 999 could not be found.", lambda: server.update(flavorRef="numa")),
+        ("Invalid flavor extra spec hw:numa_nodes=two", lambda: server.update(flavorRef="1")),
+        ("Can not find requested image", lambda: server.update(imageRef=queued)),
+        (f"Image {queued} is not active.", lambda: server.update(imageRef=big)),
+        ("Flavor's memory is too small for requested image.", lambda: server.update(imageRef=kernel_gone)),
+        ("Ephemeral disks requested are larger", lambda: server.update(block_device_mapping_v2=root_named_vda(kernel_gone))),
+        ("The requested availability zone is not available", lambda: server.pop("availability_zone")),
+        ("User data too large.", lambda: server.pop("user_data")),
+        ("Maximum number of metadata items exceeds 128", lambda: server.pop("metadata")),
+        ("Personality file limit exceeded", lambda: server.pop("personality")),
+        ("Security group nope not found", lambda: server.pop("security_groups")),
+        (f"Image {missing} could not be found.",
+         lambda: server.update(imageRef=image, block_device_mapping_v2=root_named_vda(image))),
+        ("Invalid key_name provided.", lambda: server.pop("key_name")),
+        ("The supplied device path (vda) is invalid.", lambda: server.pop("block_device_mapping_v2")),
+        ("Instance group not-a-group could not be found.", lambda: hints.clear()),
+    ]
+    for message, mend in steps:
+        code, body, _ = await cloud.compute(
+            "POST", "/servers", json_body={"server": server, "os:scheduler_hints": hints}, version="2.56"
+        )
+        assert code in (400, 403), (message, body)
+        assert message in next(iter(body.values()))["message"], (message, body)
+        mend()
+    code, body, _ = await cloud.compute("POST", "/servers", json_body={"server": server}, version="2.56")
+    assert code == 202, body
+
+
 async def test_validation_against_image_and_flavor_rules(cloud):
     queued = await add_image(cloud, name="queued", status="queued")
     code, body, _ = await create(cloud, queued)
