@@ -119,6 +119,25 @@ def validate_flavor_extra_specs(specs: dict) -> None:
                 )
 
 
+@dataclass(slots=True)
+class BaseOptions:
+    """Nova's base_options: what validation hands to provisioning, all checked."""
+
+    flavor: dict  # the flavor document stored with each instance and in the request spec
+    image_id: str  # '' when a volume is the root
+    kernel_id: str
+    ramdisk_id: str
+    key_data: str | None
+    security_groups: list[str]
+    auto_disk_config: bool
+    root_device_name: str
+    bdms: list[dict]  # checked and transformed (check_and_transform_bdm)
+    group: asyncpg.Record | None  # the instance group of the `group` hint
+    availability_zone: str | None
+    request_spec: dict
+    limits: dict  # the project's quota limits
+
+
 class ComputeAPI:
     """Validates and provisions servers, and starts deletes."""
 
@@ -145,11 +164,11 @@ class ComputeAPI:
             instances, reservation_id = await self._provision(conn, ctx, req, base)
         uuids = [str(i["uuid"]) for i in instances]
         self.conductor.build_instances(
-            BuildRequest(instance_uuids=uuids, request_spec=base["request_spec"], request_id=ctx.request_id)
+            BuildRequest(instance_uuids=uuids, request_spec=base.request_spec, request_id=ctx.request_id)
         )
         return instances, reservation_id, password
 
-    async def _validate(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> dict:
+    async def _validate(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> BaseOptions:
         """Nova's _validate_and_build_base_options, check_and_transform_bdm and
         get_requested_instance_group: the boot flow's validation list, a step a call.
 
@@ -188,11 +207,14 @@ class ComputeAPI:
         key_data = self._key_data(req, snap["key_data"])
         root_device = self._root_device_name(root)
         group = await self._instance_group(conn, ctx, req)
-        return self._base_options(
-            ctx, req, flavor=flavor, image_id=image_id, image=image, image_props=image_props, kernel_id=kernel_id,
-            ramdisk_id=ramdisk_id, key_data=key_data, security_groups=groups, auto_disk_config=auto_disk,
-            root_device_name=root_device, bdms=bdms, group=group, availability_zone=az, forced_host=forced_host,
-            limits=limits,
+        flavor_doc = self._flavor_doc(flavor)
+        return BaseOptions(
+            flavor=flavor_doc, image_id=image_id, kernel_id=kernel_id, ramdisk_id=ramdisk_id, key_data=key_data,
+            security_groups=groups, auto_disk_config=auto_disk, root_device_name=root_device, bdms=bdms,
+            group=group, availability_zone=az, limits=limits,
+            request_spec=self._request_spec(
+                ctx, req, flavor_doc, image_id, image, image_props, az, forced_host, group, bdms
+            ),
         )
 
     @staticmethod
@@ -495,14 +517,9 @@ class ComputeAPI:
         return group
 
     @staticmethod
-    def _base_options(
-        ctx: RequestContext, req: CreateRequest, *, flavor: dict, image_id: str, image: dict | None,
-        image_props: dict, kernel_id: str, ramdisk_id: str, key_data: str | None, security_groups: list[str],
-        auto_disk_config: bool, root_device_name: str, bdms: list[dict], group: asyncpg.Record | None,
-        availability_zone: str | None, forced_host: str | None, limits: dict,
-    ) -> dict:
-        """Nova's base_options: what provisioning writes, with the request spec the scheduler reads."""
-        flavor_doc = {
+    def _flavor_doc(flavor: dict) -> dict:
+        """The flavor as each instance stores it and the request spec carries it."""
+        return {
             "flavorid": flavor["flavorid"],
             "name": flavor["name"],
             "memory_mb": flavor["memory_mb"],
@@ -512,7 +529,15 @@ class ComputeAPI:
             "swap": flavor["swap"],
             "extra_specs": flavor["extra_specs"] or {},
         }
-        request_spec = {
+
+    @staticmethod
+    def _request_spec(
+        ctx: RequestContext, req: CreateRequest, flavor_doc: dict, image_id: str, image: dict | None,
+        image_props: dict, availability_zone: str | None, forced_host: str | None, group: asyncpg.Record | None,
+        bdms: list[dict],
+    ) -> dict:
+        """The RequestSpec the conductor and scheduler read (each instance adds its uuid)."""
+        return {
             "project_id": ctx.project_id,
             "user_id": ctx.user_id,
             "flavor": flavor_doc,
@@ -532,21 +557,6 @@ class ComputeAPI:
             # Whether the compute host has volumes to prepare (skips a lookup when not).
             "has_volumes": any(b.get("destination_type") == "volume" for b in bdms),
         }
-        return {
-            "flavor": flavor_doc,
-            "image_id": image_id,
-            "kernel_id": kernel_id,
-            "ramdisk_id": ramdisk_id,
-            "key_data": key_data,
-            "security_groups": security_groups,
-            "auto_disk_config": auto_disk_config,
-            "root_device_name": root_device_name,
-            "bdms": bdms,
-            "group": group,
-            "availability_zone": availability_zone,
-            "request_spec": request_spec,
-            "limits": limits,
-        }
 
     async def _validate_networks(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> None:
         """Requested networks, ports and fixed IPs must exist and be usable by this many instances."""
@@ -562,11 +572,11 @@ class ComputeAPI:
 
     # -- provision ----------------------------------------------------------
     def _instance_rows(
-        self, ctx: RequestContext, req: CreateRequest, base: dict, count: int, reservation_id: str
+        self, ctx: RequestContext, req: CreateRequest, base: BaseOptions, count: int, reservation_id: str
     ) -> list[dict]:
         """The instance rows of one request (names from the multi-create template)."""
-        flavor = base["flavor"]
-        group = base["group"]
+        flavor = base.flavor
+        group = base.group
         rows = []
         template = self.config.compute.multi_instance_display_name_template
         for index in range(count):
@@ -577,7 +587,7 @@ class ComputeAPI:
             hostname = req.hostname or sanitize_hostname(name)
             if req.hostname and count > 1:
                 hostname = f"{req.hostname}-{index + 1}"
-            spec = dict(base["request_spec"], instance_uuid=uuid)
+            spec = dict(base.request_spec, instance_uuid=uuid)
             rows.append(
                 {
                     "uuid": uuid,
@@ -591,26 +601,26 @@ class ComputeAPI:
                     "vm_state": states.BUILDING,
                     "task_state": states.SCHEDULING,
                     "power_state": states.NOSTATE,
-                    "availability_zone": base["availability_zone"],
+                    "availability_zone": base.availability_zone,
                     "flavor": flavor,
                     "vcpus": flavor["vcpus"],
                     "memory_mb": flavor["memory_mb"],
                     "root_gb": flavor["root_gb"],
                     "ephemeral_gb": flavor["ephemeral_gb"],
-                    "image_ref": base["image_id"],
-                    "kernel_id": base["kernel_id"],
-                    "ramdisk_id": base["ramdisk_id"],
+                    "image_ref": base.image_id,
+                    "kernel_id": base.kernel_id,
+                    "ramdisk_id": base.ramdisk_id,
                     "key_name": req.key_name,
-                    "key_data": base["key_data"],
+                    "key_data": base.key_data,
                     "user_data": req.user_data,
                     "config_drive": "True" if req.config_drive else "",
-                    "auto_disk_config": base["auto_disk_config"],
+                    "auto_disk_config": base.auto_disk_config,
                     "access_ip_v4": req.access_ip_v4 or None,
                     "access_ip_v6": req.access_ip_v6 or None,
-                    "root_device_name": base["root_device_name"],
+                    "root_device_name": base.root_device_name,
                     "metadata": req.metadata,
                     "system_metadata": {},
-                    "security_groups": base["security_groups"],
+                    "security_groups": base.security_groups,
                     "tags": sorted(set(req.tags)),
                     "injected_files": [[p, c] for p, c in req.injected_files],
                     "requested_networks": req.requested_networks,
@@ -621,15 +631,15 @@ class ComputeAPI:
         return rows
 
     async def _provision(
-        self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest, base: dict
+        self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest, base: BaseOptions
     ) -> tuple[list[asyncpg.Record], str]:
         """One transaction: quota check, instance rows, BDMs, group members, actions, notifications."""
-        flavor = base["flavor"]
+        flavor = base.flavor
         reservation_id = "r-" + secrets.token_hex(4)
-        limits = base["limits"]
-        group = base["group"]
+        limits = base.limits
+        group = base.group
         volumes = any(b.get("volume_id") or b.get("snapshot_id") or b.get("destination_type") == "volume"
-                      for b in base["bdms"])
+                      for b in base.bdms)
         counted = group is not None or volumes or any(
             limits[r] != quota.UNLIMITED for r in ("instances", "cores", "ram")
         )
@@ -638,7 +648,7 @@ class ComputeAPI:
             # Nothing to count or reserve: one statement, atomic on its own, no lock.
             rows = self._instance_rows(ctx, req, base, req.max_count, reservation_id)
             instances = await db.provision(
-                conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
+                conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms],
                 group_uuid=None, request_id=ctx.request_id, user_id=ctx.user_id, project_id=ctx.project_id,
                 notification=notification,
             )
@@ -662,9 +672,9 @@ class ComputeAPI:
                 rows = self._instance_rows(ctx, req, base, count, reservation_id)
                 if self.volume_api is not None:  # available → reserved before the BDM rows: one winner per volume
                     for r in rows:
-                        await self.volume_api.reserve_for_instance(conn, r["uuid"], base["bdms"])
+                        await self.volume_api.reserve_for_instance(conn, r["uuid"], base.bdms)
                 instances = await db.provision(
-                    conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
+                    conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms],
                     group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id,
                     user_id=ctx.user_id, project_id=ctx.project_id, notification=notification,
                 )
