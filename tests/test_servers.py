@@ -415,6 +415,63 @@ async def test_list_filters_and_paging(cloud):
     assert len(body["servers"]) == 3  # host filter is admin-only: ignored for members
 
 
+async def test_list_sorts_filters_and_pages_by_any_key(cloud):
+    image = await add_image(cloud)
+    ids = {}
+    for name, tags in (("c", []), ("a", ["x", "y"]), ("b", ["x"])):
+        _, body, _ = await create(cloud, image, name=name, tags=tags)
+        ids[name] = body["server"]["id"]
+    await asyncio.gather(*(wait_for_status(cloud, uuid, "ACTIVE") for uuid in ids.values()))
+
+    async def names(query: str, version: str = "2.latest", user: str = "demo") -> list[str]:
+        status, body, _ = await cloud.compute("GET", f"/servers?{query}", version=version, user=user)
+        assert status == 200, (query, body)
+        return [s["name"] for s in body["servers"]]
+
+    async def refused(query: str, version: str = "2.latest", user: str = "demo") -> tuple[int, str]:
+        status, body, _ = await cloud.compute("GET", f"/servers/detail?{query}", version=version, user=user)
+        return status, next(iter(body.values()))["message"]
+
+    assert await names("sort_key=display_name&sort_dir=asc") == ["a", "b", "c"]
+    assert await names("sort_key=name&sort_dir=desc") == ["c", "b", "a"]
+    _, page, _ = await cloud.compute("GET", "/servers?sort_key=name&sort_dir=asc&limit=2")
+    assert [s["name"] for s in page["servers"]] == ["a", "b"]
+    assert f"marker={ids['b']}" in page["servers_links"][0]["href"]
+    assert await names(f"sort_key=name&sort_dir=asc&limit=2&marker={ids['b']}") == ["c"]
+    assert sorted(await names("tags=x")) == ["a", "b"]
+    assert await names("tags=x,y") == ["a"]
+    assert await names("tags-any=y") == ["a"]
+    assert await names("not-tags=x") == ["c"]
+    assert await names("not-tags-any=x,y") == ["c"]
+    assert sorted(await names("tags=y", version="2.25")) == ["a", "b", "c"]  # tag filters begin at 2.26
+    status, _, _ = await cloud.compute("POST", f"/servers/{ids['a']}/action", json_body={"lock": None},
+                                       version="2.73")
+    assert status == 202
+    assert await names("locked=true", version="2.73") == ["a"]
+    assert sorted(await names("locked=false", version="2.73")) == ["b", "c"]
+    assert await names("changes-since=2999-01-01T00:00:00Z") == []
+    assert sorted(await names("changes-before=2999-01-01T00:00:00Z")) == ["a", "b", "c"]
+    assert await names("status=BOGUS", version="2.37") == []
+    demo = await project_id(cloud, "demo")
+    assert await names("sort_key=name", user="admin") == []
+    assert await names(f"all_tenants=1&project_id={demo}&sort_key=name&sort_dir=asc", user="admin") == ["a", "b", "c"]
+    hosts = [await names(f"all_tenants=1&host={h}", user="admin") for h in ("sim1", "sim2")]
+    assert sorted(hosts[0] + hosts[1]) == ["a", "b", "c"]
+    assert len(await names("all_tenants=1&sort_key=host&sort_key=name", user="admin")) == 3
+    assert len(await names("sort_key=host")) == 3  # admin-only sort keys are ignored for members
+    # Nova's messages, and which one wins when a query is wrong in two ways
+    assert await refused("locked=maybe", version="2.73") == (400, "Invalid value 'maybe' for locked.")
+    assert await refused("changes-since=bogus&sort_key=bogus") == (400, "Invalid filter field: changes-since.")
+    assert await refused("changes-since=2020-01-02T00:00:00Z&changes-before=2020-01-01T00:00:00Z") == (
+        400, "The value of changes-since must be less than or equal to changes-before.")
+    assert await refused("status=DELETED&name=(") == (403, "Only administrators may list deleted instances")
+    assert await refused("name=(&ip=(") == (400, "Invalid regex in name filter: (")
+    assert await refused("ip6=(&sort_key=bogus") == (400, "Invalid regex in ip6 filter: (")
+    assert await refused("sort_key=bogus&limit=x") == (400, "Invalid sort_key: bogus")
+    assert await refused("sort_dir=up&limit=x") == (400, "Invalid sort direction: up")
+    assert await refused("limit=x&marker=nope") == (400, "limit param must be an integer")
+
+
 async def test_server_document_fields_follow_microversion(cloud):
     image = await add_image(cloud)
     _, body, _ = await create(cloud, image, description="d", tags=["a"])
