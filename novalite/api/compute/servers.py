@@ -155,9 +155,6 @@ def parse_availability_zone(value: str | None) -> tuple[str | None, str | None, 
 
 # -- list / show ---------------------------------------------------------------
 
-_ADMIN_ONLY_FILTERS = {"host", "node", "all_tenants", "tenant_id", "project_id", "user_id", "deleted", "uuid"}
-
-
 def _parse_time(value: str, name: str) -> datetime:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
