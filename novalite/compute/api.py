@@ -95,6 +95,25 @@ def generate_password(length: int = 12) -> str:
     return "".join(chars[:length])
 
 
+@dataclass(slots=True)
+class BaseOptions:
+    """Nova's base_options: what validation hands to provisioning, all checked."""
+
+    flavor: dict  # the flavor document stored with each instance and in the request spec
+    image_id: str  # '' when a volume is the root
+    kernel_id: str
+    ramdisk_id: str
+    key_data: str | None
+    security_groups: list[str]
+    auto_disk_config: bool
+    root_device_name: str
+    bdms: list[dict]  # checked and transformed (check_and_transform_bdm)
+    group: asyncpg.Record | None  # the instance group of the `group` hint
+    availability_zone: str | None
+    request_spec: dict
+    limits: dict  # the project's quota limits
+
+
 def validate_flavor_extra_specs(specs: dict) -> None:
     """NUMA and PCI extra specs must be well formed before anything is scheduled."""
     nodes = specs.get("hw:numa_nodes")
@@ -117,25 +136,6 @@ def validate_flavor_extra_specs(specs: dict) -> None:
                 raise exception.Invalid(
                     f"Invalid PCI alias definition: pci_passthrough:alias={alias} (expected name:count[,name:count])"
                 )
-
-
-@dataclass(slots=True)
-class BaseOptions:
-    """Nova's base_options: what validation hands to provisioning, all checked."""
-
-    flavor: dict  # the flavor document stored with each instance and in the request spec
-    image_id: str  # '' when a volume is the root
-    kernel_id: str
-    ramdisk_id: str
-    key_data: str | None
-    security_groups: list[str]
-    auto_disk_config: bool
-    root_device_name: str
-    bdms: list[dict]  # checked and transformed (check_and_transform_bdm)
-    group: asyncpg.Record | None  # the instance group of the `group` hint
-    availability_zone: str | None
-    request_spec: dict
-    limits: dict  # the project's quota limits
 
 
 class ComputeAPI:
