@@ -17,7 +17,6 @@ NETWORKING = "networking"
 BLOCK_DEVICE_MAPPING = "block_device_mapping"
 SPAWNING = "spawning"
 DELETING = "deleting"
-BUILD_TASK_STATES = (None, SCHEDULING, NETWORKING, BLOCK_DEVICE_MAPPING, SPAWNING)
 
 # power_state
 NOSTATE = 0
