@@ -138,6 +138,72 @@ async def test_create_validation_errors(cloud, extra, status, message):
         assert await conn.fetchval("SELECT count(*) FROM instances") == 0  # nothing half-written
 
 
+async def test_create_reports_the_first_error_in_validation_order(pg_dsn, tmp_path):
+    """A body wrong in every way is refused for its first fault in Nova's validation
+    order; mending each fault in turn reveals the next one, then the server is made."""
+    cloud = await start_cloud(pg_dsn, tmp_path, extra="[compute]\nmax_user_data_bytes = 4\n")
+    try:
+        await _mend_create_errors_one_by_one(cloud)
+    finally:
+        await stop_cloud(cloud)
+
+
+async def _mend_create_errors_one_by_one(cloud) -> None:
+    image = await add_image(cloud)
+    missing = "6b2f0d36-0000-4000-8000-00000000000f"
+    kernel_gone = await add_image(cloud, name="kernel-gone", kernel_id=missing)
+    queued = await add_image(cloud, name="queued", status="queued")
+    big = await add_image(cloud, name="big", min_ram=4096)
+    async with cloud.app[keys.DB].acquire() as conn:
+        await conn.execute("""INSERT INTO flavors (flavorid, name, memory_mb, vcpus, root_gb, extra_specs)
+                              VALUES ('numa', 'numa', 512, 2, 1, '{"hw:numa_nodes": "two"}')""")
+    two_roots = [{"source_type": "blank", "destination_type": "local", "boot_index": 0, "volume_size": 1}] * 2
+    too_much_ephemeral = [{"source_type": "blank", "destination_type": "local", "volume_size": 5, "boot_index": -1}]
+    server = {
+        "name": "vm", "flavorRef": "999", "imageRef": missing, "max_count": 2,
+        "networks": [{"uuid": missing, "fixed_ip": "10.0.0.5"}], "block_device_mapping_v2": two_roots,
+        "availability_zone": "nowhere", "user_data": base64.b64encode(b"12345").decode(),
+        "metadata": {f"k{i}": "v" for i in range(129)},
+        "personality": [{"path": f"/etc/f{i}", "contents": "aGk="} for i in range(6)],
+        "security_groups": [{"name": "nope"}], "key_name": "missing",
+    }
+    hints = {"group": "not-a-group"}
+
+    def root_named_vda(image_id: str) -> list[dict]:
+        return [{"source_type": "image", "uuid": image_id, "destination_type": "local", "boot_index": 0,
+                 "device_name": "vda"}]
+
+    steps = [
+        ("fixed_ip is specified", lambda: server.update(networks="none")),
+        ("Boot sequence", lambda: server.update(block_device_mapping_v2=too_much_ephemeral)),
+        ("Flavor 999 could not be found.", lambda: server.update(flavorRef="numa")),
+        ("Invalid flavor extra spec hw:numa_nodes=two", lambda: server.update(flavorRef="1")),
+        ("Can not find requested image", lambda: server.update(imageRef=queued)),
+        (f"Image {queued} is not active.", lambda: server.update(imageRef=big)),
+        ("Flavor's memory is too small for requested image.", lambda: server.update(imageRef=kernel_gone)),
+        ("Ephemeral disks requested are larger", lambda: server.update(block_device_mapping_v2=root_named_vda(kernel_gone))),
+        ("The requested availability zone is not available", lambda: server.pop("availability_zone")),
+        ("User data too large.", lambda: server.pop("user_data")),
+        ("Maximum number of metadata items exceeds 128", lambda: server.pop("metadata")),
+        ("Personality file limit exceeded", lambda: server.pop("personality")),
+        ("Security group nope not found", lambda: server.pop("security_groups")),
+        (f"Image {missing} could not be found.",
+         lambda: server.update(imageRef=image, block_device_mapping_v2=root_named_vda(image))),
+        ("Invalid key_name provided.", lambda: server.pop("key_name")),
+        ("The supplied device path (vda) is invalid.", lambda: server.pop("block_device_mapping_v2")),
+        ("Instance group not-a-group could not be found.", lambda: hints.clear()),
+    ]
+    for message, mend in steps:
+        code, body, _ = await cloud.compute(
+            "POST", "/servers", json_body={"server": server, "os:scheduler_hints": hints}, version="2.56"
+        )
+        assert code in (400, 403), (message, body)
+        assert message in next(iter(body.values()))["message"], (message, body)
+        mend()
+    code, body, _ = await cloud.compute("POST", "/servers", json_body={"server": server}, version="2.56")
+    assert code == 202, body
+
+
 async def test_validation_against_image_and_flavor_rules(cloud):
     queued = await add_image(cloud, name="queued", status="queued")
     code, body, _ = await create(cloud, queued)
@@ -347,6 +413,63 @@ async def test_list_filters_and_paging(cloud):
     assert status == 400
     _, body, _ = await cloud.compute("GET", "/servers/detail?host=sim1", version="2.latest")
     assert len(body["servers"]) == 3  # host filter is admin-only: ignored for members
+
+
+async def test_list_sorts_filters_and_pages_by_any_key(cloud):
+    image = await add_image(cloud)
+    ids = {}
+    for name, tags in (("c", []), ("a", ["x", "y"]), ("b", ["x"])):
+        _, body, _ = await create(cloud, image, name=name, tags=tags)
+        ids[name] = body["server"]["id"]
+    await asyncio.gather(*(wait_for_status(cloud, uuid, "ACTIVE") for uuid in ids.values()))
+
+    async def names(query: str, version: str = "2.latest", user: str = "demo") -> list[str]:
+        status, body, _ = await cloud.compute("GET", f"/servers?{query}", version=version, user=user)
+        assert status == 200, (query, body)
+        return [s["name"] for s in body["servers"]]
+
+    async def refused(query: str, version: str = "2.latest", user: str = "demo") -> tuple[int, str]:
+        status, body, _ = await cloud.compute("GET", f"/servers/detail?{query}", version=version, user=user)
+        return status, next(iter(body.values()))["message"]
+
+    assert await names("sort_key=display_name&sort_dir=asc") == ["a", "b", "c"]
+    assert await names("sort_key=name&sort_dir=desc") == ["c", "b", "a"]
+    _, page, _ = await cloud.compute("GET", "/servers?sort_key=name&sort_dir=asc&limit=2")
+    assert [s["name"] for s in page["servers"]] == ["a", "b"]
+    assert f"marker={ids['b']}" in page["servers_links"][0]["href"]
+    assert await names(f"sort_key=name&sort_dir=asc&limit=2&marker={ids['b']}") == ["c"]
+    assert sorted(await names("tags=x")) == ["a", "b"]
+    assert await names("tags=x,y") == ["a"]
+    assert await names("tags-any=y") == ["a"]
+    assert await names("not-tags=x") == ["c"]
+    assert await names("not-tags-any=x,y") == ["c"]
+    assert sorted(await names("tags=y", version="2.25")) == ["a", "b", "c"]  # tag filters begin at 2.26
+    status, _, _ = await cloud.compute("POST", f"/servers/{ids['a']}/action", json_body={"lock": None},
+                                       version="2.73")
+    assert status == 202
+    assert await names("locked=true", version="2.73") == ["a"]
+    assert sorted(await names("locked=false", version="2.73")) == ["b", "c"]
+    assert await names("changes-since=2999-01-01T00:00:00Z") == []
+    assert sorted(await names("changes-before=2999-01-01T00:00:00Z")) == ["a", "b", "c"]
+    assert await names("status=BOGUS", version="2.37") == []
+    demo = await project_id(cloud, "demo")
+    assert await names("sort_key=name", user="admin") == []
+    assert await names(f"all_tenants=1&project_id={demo}&sort_key=name&sort_dir=asc", user="admin") == ["a", "b", "c"]
+    hosts = [await names(f"all_tenants=1&host={h}", user="admin") for h in ("sim1", "sim2")]
+    assert sorted(hosts[0] + hosts[1]) == ["a", "b", "c"]
+    assert len(await names("all_tenants=1&sort_key=host&sort_key=name", user="admin")) == 3
+    assert len(await names("sort_key=host")) == 3  # admin-only sort keys are ignored for members
+    # Nova's messages, and which one wins when a query is wrong in two ways
+    assert await refused("locked=maybe", version="2.73") == (400, "Invalid value 'maybe' for locked.")
+    assert await refused("changes-since=bogus&sort_key=bogus") == (400, "Invalid filter field: changes-since.")
+    assert await refused("changes-since=2020-01-02T00:00:00Z&changes-before=2020-01-01T00:00:00Z") == (
+        400, "The value of changes-since must be less than or equal to changes-before.")
+    assert await refused("status=DELETED&name=(") == (403, "Only administrators may list deleted instances")
+    assert await refused("name=(&ip=(") == (400, "Invalid regex in name filter: (")
+    assert await refused("ip6=(&sort_key=bogus") == (400, "Invalid regex in ip6 filter: (")
+    assert await refused("sort_key=bogus&limit=x") == (400, "Invalid sort_key: bogus")
+    assert await refused("sort_dir=up&limit=x") == (400, "Invalid sort direction: up")
+    assert await refused("limit=x&marker=nope") == (400, "limit param must be an integer")
 
 
 async def test_server_document_fields_follow_microversion(cloud):

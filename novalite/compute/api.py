@@ -97,6 +97,25 @@ def generate_password(length: int = 12) -> str:
     return "".join(chars[:length])
 
 
+@dataclass(slots=True)
+class BaseOptions:
+    """Nova's base_options: what validation hands to provisioning, all checked."""
+
+    flavor: dict  # the flavor document stored with each instance and in the request spec
+    image_id: str  # '' when a volume is the root
+    kernel_id: str
+    ramdisk_id: str
+    key_data: str | None
+    security_groups: list[str]
+    auto_disk_config: bool
+    root_device_name: str
+    bdms: list[dict]  # checked and transformed (check_and_transform_bdm)
+    group: asyncpg.Record | None  # the instance group of the `group` hint
+    availability_zone: str | None
+    request_spec: dict
+    limits: dict  # the project's quota limits
+
+
 def validate_flavor_extra_specs(specs: dict) -> None:
     """NUMA and PCI extra specs must be well formed before anything is scheduled."""
     nodes = specs.get("hw:numa_nodes")
@@ -165,12 +184,62 @@ class ComputeAPI:
             instances, reservation_id = await self._provision(conn, ctx, req, base)
         uuids = [str(i["uuid"]) for i in instances]
         self.build_instances(
-            BuildRequest(instance_uuids=uuids, request_spec=base["request_spec"], request_id=ctx.request_id)
+            BuildRequest(instance_uuids=uuids, request_spec=base.request_spec, request_id=ctx.request_id)
         )
         return instances, reservation_id, password
 
-    async def _validate(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> dict:
-        cfg = self.config
+    async def _validate(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> BaseOptions:
+        """Nova's _validate_and_build_base_options, check_and_transform_bdm and
+        get_requested_instance_group: the boot flow's validation list, a step a call.
+
+        The steps run in the order their errors have always been reported in, which is
+        the list's except where a step needs an earlier one's result: the BDMs get their
+        defaults and one root first (the root may name the image), the flavor is checked
+        before the image (the image must fit it), and the BDMs are checked against the
+        flavor and the volume service right after the image (their host may become the
+        forced host). The API handler checks policy, parses the AZ and validates the
+        config drive value; the requested networks are checked after this, and the
+        reservation id is made when the instances are provisioned. One query
+        (``lookups.snapshot``) reads what every step but the forced host, the kernel and
+        ramdisk, and the group needs.
+        """
+        self._check_multi_create_networks(req)
+        bdms = self._bdms_with_root(req)
+        root = next((b for b in bdms if b.get("boot_index") == 0), None)
+        image_id = self._boot_image_id(req, root)
+        snap = await lookups.snapshot(
+            conn, flavorid=req.flavor_ref, image_id=image_id, project_id=ctx.project_id, user_id=ctx.user_id,
+            is_admin=ctx.is_admin, key_name=req.key_name, zones=bool(req.availability_zone),
+        )
+        flavor = self._flavor(snap, req.flavor_ref)
+        validate_flavor_extra_specs(flavor["extra_specs"] or {})
+        image = self._image(snap, image_id, flavor, root)
+        await self._check_bdms(conn, bdms, flavor, ctx, req)
+        image_props = dict(image["properties"] or {}) if image else {}
+        auto_disk = self._auto_disk_config(req, image_id, image_props)
+        az, forced_host = await self._availability_zone(conn, req, snap["zones"])
+        self._check_user_data(req)
+        limits = quota.limits_from(self.config.quota, snap["quota_overrides"])
+        self._check_metadata_quota(req, limits)
+        self._check_injected_files_quota(req, limits)
+        groups = await self._security_groups(conn, ctx, req, snap["security_groups"])
+        kernel_id, ramdisk_id = await self._kernel_and_ramdisk(conn, image_props)
+        key_data = self._key_data(req, snap["key_data"])
+        root_device = self._root_device_name(root)
+        group = await self._instance_group(conn, ctx, req)
+        flavor_doc = self._flavor_doc(flavor)
+        return BaseOptions(
+            flavor=flavor_doc, image_id=image_id, kernel_id=kernel_id, ramdisk_id=ramdisk_id, key_data=key_data,
+            security_groups=groups, auto_disk_config=auto_disk, root_device_name=root_device, bdms=bdms,
+            group=group, availability_zone=az, limits=limits,
+            request_spec=self._request_spec(
+                ctx, req, flavor_doc, image_id, image, image_props, az, forced_host, group, bdms
+            ),
+        )
+
+    @staticmethod
+    def _check_multi_create_networks(req: CreateRequest) -> None:
+        """Multi-create may name neither fixed IPs nor ports: each could go to one instance only."""
         nets = req.requested_networks
         if req.max_count > 1 and isinstance(nets, list):
             if any(n.get("fixed_ip") for n in nets):
@@ -182,172 +251,6 @@ class ComputeAPI:
                     "Failed to launch instances: Unable to launch multiple instances with a single configured "
                     "port ID. Please launch your instance one by one with different ports."
                 )
-        bdms = self._bdms_with_root(req)
-        root = next((b for b in bdms if b.get("boot_index") == 0), None)
-        image_id = req.image_ref.rsplit("/", 1)[-1] if req.image_ref else ""
-        if root is not None and root.get("source_type") == "image":
-            image_id = root.get("image_id") or image_id
-        snap = await lookups.snapshot(
-            conn, flavorid=req.flavor_ref, image_id=image_id, project_id=ctx.project_id, user_id=ctx.user_id,
-            is_admin=ctx.is_admin, key_name=req.key_name, zones=bool(req.availability_zone),
-        )
-        # flavor
-        flavor = snap["flavor"]
-        if flavor is None or flavor["disabled"]:
-            raise exception.Invalid(f"Flavor {req.flavor_ref} could not be found.")
-        extra_specs = flavor["extra_specs"] or {}
-        validate_flavor_extra_specs(extra_specs)
-        # the image
-        image = None
-        if image_id:
-            image = snap["image"]
-            if image is None:
-                raise exception.Invalid("Can not find requested image")
-            if image["status"] != "active":
-                raise exception.Invalid(f"Image {image_id} is not active.")
-            self._check_image_fits_flavor(image, flavor, root)
-        elif root is None or root.get("source_type") == "image":
-            raise exception.Invalid("Block Device Mapping is Invalid: Boot sequence for the instance and image/block device mapping combination is not valid.")
-        await self._check_bdms(conn, bdms, flavor, ctx, req)
-        image_props = dict(image["properties"] or {}) if image else {}
-        auto_disk = req.auto_disk_config
-        if auto_disk is None:
-            auto_disk = str(image_props.get("auto_disk_config", "false")).lower() == "true"
-        elif auto_disk and str(image_props.get("auto_disk_config", "")).lower() == "disabled":
-            raise exception.Invalid(f"Requested image {image_id} has automatic disk resize disabled.")
-        # availability zone and forced host
-        az = req.availability_zone
-        if az and az not in snap["zones"]:
-            raise exception.Invalid("The requested availability zone is not available")
-        forced_host = req.forced_host or req.forced_node
-        if forced_host:
-            node = await lookups.compute_node(conn, forced_host)
-            if node is None:
-                raise exception.Invalid(f"Compute host {forced_host} could not be found.")
-            if az and node["availability_zone"] != az:
-                raise exception.Invalid(
-                    f"Host '{forced_host}' is not a member of availability zone '{az}'."
-                )
-            az = az or node["availability_zone"]
-        # user data
-        if req.user_data is not None:
-            try:
-                decoded = base64.b64decode(req.user_data, validate=True)
-            except ValueError:
-                raise exception.Invalid("User data needs to be valid base 64.") from None
-            if len(decoded) > cfg.compute.max_user_data_bytes:
-                raise exception.Invalid("User data too large.")
-        # metadata and injected files quotas
-        limits = quota.limits_from(cfg.quota, snap["quota_overrides"])
-        if limits["metadata_items"] != quota.UNLIMITED and len(req.metadata) > limits["metadata_items"]:
-            raise exception.QuotaExceeded(f"Maximum number of metadata items exceeds {limits['metadata_items']}")
-        if req.injected_files:
-            if limits["injected_files"] != quota.UNLIMITED and len(req.injected_files) > limits["injected_files"]:
-                raise exception.QuotaExceeded("Personality file limit exceeded")
-            for path, contents in req.injected_files:
-                if len(path.encode()) > limits["injected_file_path_bytes"] >= 0:
-                    raise exception.QuotaExceeded(
-                        f"Personality file path exceeds maximum {limits['injected_file_path_bytes']}"
-                    )
-                try:
-                    content = base64.b64decode(contents, validate=True)
-                except ValueError:
-                    raise exception.Invalid(f"Personality content for {path} cannot be decoded") from None
-                if len(content) > limits["injected_file_content_bytes"] >= 0:
-                    raise exception.QuotaExceeded(
-                        f"Personality file content exceeds maximum {limits['injected_file_content_bytes']}"
-                    )
-        # security groups
-        groups = sorted(set(req.security_groups)) or ["default"]
-        known = set(snap["security_groups"])
-        if "default" not in known:
-            await lookups.ensure_default_security_group(conn, ctx.project_id)
-            known.add("default")
-        for name in groups:
-            if name not in known:
-                raise exception.Invalid(f"Security group {name} not found for project {ctx.project_id}.")
-        # kernel / ramdisk from image properties
-        kernel_id = str(image_props.get("kernel_id") or "")
-        ramdisk_id = str(image_props.get("ramdisk_id") or "")
-        for ref in (kernel_id, ramdisk_id):
-            if ref and await lookups.image(conn, ref) is None:
-                raise exception.Invalid(f"Image {ref} could not be found.")
-        # key pair
-        key_data = None
-        if req.key_name is not None:
-            key_data = snap["key_data"]
-            if key_data is None:
-                raise exception.Invalid("Invalid key_name provided.")
-        # root device name
-        root_device = (root or {}).get("device_name") or DEFAULT_ROOT_DEVICE
-        if not ROOT_DEVICE_RE.match(root_device):
-            raise exception.Invalid(f"The supplied device path ({root_device}) is invalid.")
-        # server group from the hints
-        group_hint = req.scheduler_hints.get("group")
-        if isinstance(group_hint, list):
-            group_hint = group_hint[0] if group_hint else None
-        group = None
-        if group_hint:
-            group = await lookups.instance_group(conn, str(group_hint))
-            if group is None or (group["project_id"] != ctx.project_id and not ctx.is_admin):
-                raise exception.Invalid(f"Instance group {group_hint} could not be found.")
-        flavor_doc = {
-            "flavorid": flavor["flavorid"],
-            "name": flavor["name"],
-            "memory_mb": flavor["memory_mb"],
-            "vcpus": flavor["vcpus"],
-            "root_gb": flavor["root_gb"],
-            "ephemeral_gb": flavor["ephemeral_gb"],
-            "swap": flavor["swap"],
-            "extra_specs": extra_specs,
-        }
-        request_spec = {
-            "project_id": ctx.project_id,
-            "user_id": ctx.user_id,
-            "flavor": flavor_doc,
-            "image": {
-                "id": image_id,
-                "properties": image_props,
-                "min_ram": image["min_ram"] if image else 0,
-                "min_disk": image["min_disk"] if image else 0,
-                "disk_format": image["disk_format"] if image else None,
-            },
-            "availability_zone": az,
-            "force_hosts": [forced_host] if forced_host else [],
-            "scheduler_hints": req.scheduler_hints,
-            "instance_group": str(group["uuid"]) if group else None,
-            "num_instances": req.max_count,
-            "retry": {"num_attempts": 0, "hosts": []},
-            # Whether the compute host has volumes to prepare (skips a lookup when not).
-            "has_volumes": any(b.get("destination_type") == "volume" for b in bdms),
-        }
-        return {
-            "flavor": flavor_doc,
-            "image_id": image_id,
-            "kernel_id": kernel_id,
-            "ramdisk_id": ramdisk_id,
-            "key_data": key_data,
-            "security_groups": groups,
-            "auto_disk_config": auto_disk,
-            "root_device_name": root_device,
-            "bdms": bdms,
-            "group": group,
-            "availability_zone": az,
-            "request_spec": request_spec,
-            "limits": limits,
-        }
-
-    async def _validate_networks(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> None:
-        """Requested networks, ports and fixed IPs must exist and be usable by this many instances."""
-        if self.network_api is None:
-            return
-        fits = await self.network_api.validate_requested_networks(
-            ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin, conn=conn
-        )
-        if fits < req.min_count:
-            raise exception.Forbidden(
-                f"Maximum number of ports exceeded: only {fits} of {req.min_count} instances can get addresses."
-            )
 
     def _bdms_with_root(self, req: CreateRequest) -> list[dict]:
         """check_and_transform_bdm: one root device; an image-backed root when only imageRef is given."""
@@ -420,10 +323,64 @@ class ComputeAPI:
                 b["delete_on_termination"] = True
         return bdms
 
+    @staticmethod
+    def _boot_image_id(req: CreateRequest, root: dict | None) -> str:
+        """The image to boot: an image-backed root BDM's, else imageRef's ('' for none)."""
+        image_id = req.image_ref.rsplit("/", 1)[-1] if req.image_ref else ""
+        if root is not None and root.get("source_type") == "image":
+            image_id = root.get("image_id") or image_id
+        return image_id
+
+    @staticmethod
+    def _flavor(snap: dict, flavor_ref: str) -> dict:
+        """The requested flavor exists, the caller may use it and it is not disabled."""
+        flavor = snap["flavor"]
+        if flavor is None or flavor["disabled"]:
+            raise exception.Invalid(f"Flavor {flavor_ref} could not be found.")
+        return flavor
+
+    def _image(self, snap: dict, image_id: str, flavor: dict, root: dict | None) -> dict | None:
+        """The image exists, is active and fits the flavor; with no image, a volume is the root."""
+        if not image_id:
+            if root is None or root.get("source_type") == "image":
+                raise exception.Invalid(
+                    "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
+                    "mapping combination is not valid."
+                )
+            return None
+        image = snap["image"]
+        if image is None:
+            raise exception.Invalid("Can not find requested image")
+        if image["status"] != "active":
+            raise exception.Invalid(f"Image {image_id} is not active.")
+        self._check_image_fits_flavor(image, flavor, root)
+        return image
+
+    @staticmethod
+    def _check_image_fits_flavor(image: dict, flavor: dict, root: dict | None) -> None:
+        """The flavor has the memory the image asks for, and a local root disk the room."""
+        if image["min_ram"] and flavor["memory_mb"] < image["min_ram"]:
+            raise exception.Invalid("Flavor's memory is too small for requested image.")
+        if root is not None and root.get("destination_type") == "volume":
+            return
+        if flavor["root_gb"]:
+            if image["min_disk"] and flavor["root_gb"] < image["min_disk"]:
+                raise exception.Invalid(
+                    f"Flavor's disk is too small for requested image. Flavor disk is {flavor['root_gb'] * 1024**3} "
+                    f"bytes, minimum required by image is {image['min_disk'] * 1024**3} bytes."
+                )
+            if image["size"] and image["size"] > flavor["root_gb"] * 1024**3:
+                raise exception.Invalid(
+                    f"Flavor's disk is too small for requested image. Flavor disk is "
+                    f"{flavor['root_gb'] * 1024**3} bytes, image is {image['size']} bytes."
+                )
+
     async def _check_bdms(
-        self, conn: asyncpg.Connection, bdms: list[dict], flavor: asyncpg.Record, ctx: RequestContext,
-        req: CreateRequest,
+        self, conn: asyncpg.Connection, bdms: list[dict], flavor: dict, ctx: RequestContext, req: CreateRequest
     ) -> None:
+        """check_and_transform_bdm against the flavor and the volume service: volumes usable (a
+        volume is never attached to two instances), swap and ephemeral within the flavor, device
+        names valid."""
         ephemeral_total = 0
         if any(b["destination_type"] == "volume" for b in bdms):
             if self.volume_api is None:
@@ -454,30 +411,192 @@ class ComputeAPI:
                 raise exception.Invalid(f"The supplied device path ({name}) is invalid.")
 
     @staticmethod
-    def _check_image_fits_flavor(image: asyncpg.Record, flavor: asyncpg.Record, root: dict | None) -> None:
-        if image["min_ram"] and flavor["memory_mb"] < image["min_ram"]:
-            raise exception.Invalid("Flavor's memory is too small for requested image.")
-        if root is not None and root.get("destination_type") == "volume":
+    def _auto_disk_config(req: CreateRequest, image_id: str, image_props: dict) -> bool:
+        """OS-DCF:diskConfig, or the image's default; AUTO is refused when the image disables it."""
+        if req.auto_disk_config is None:
+            return str(image_props.get("auto_disk_config", "false")).lower() == "true"
+        if req.auto_disk_config and str(image_props.get("auto_disk_config", "")).lower() == "disabled":
+            raise exception.Invalid(f"Requested image {image_id} has automatic disk resize disabled.")
+        return req.auto_disk_config
+
+    @staticmethod
+    async def _availability_zone(
+        conn: asyncpg.Connection, req: CreateRequest, zones: list[str] | None
+    ) -> tuple[str | None, str | None]:
+        """The zone exists; a forced host exists and is in it (its zone is the zone when none is asked).
+
+        Returns (availability zone, forced host)."""
+        az = req.availability_zone
+        if az and az not in zones:
+            raise exception.Invalid("The requested availability zone is not available")
+        forced_host = req.forced_host or req.forced_node
+        if forced_host:
+            node = await lookups.compute_node(conn, forced_host)
+            if node is None:
+                raise exception.Invalid(f"Compute host {forced_host} could not be found.")
+            if az and node["availability_zone"] != az:
+                raise exception.Invalid(
+                    f"Host '{forced_host}' is not a member of availability zone '{az}'."
+                )
+            az = az or node["availability_zone"]
+        return az, forced_host
+
+    def _check_user_data(self, req: CreateRequest) -> None:
+        """user_data is base64 and, decoded, no larger than ``compute.max_user_data_bytes``."""
+        if req.user_data is None:
             return
-        if flavor["root_gb"]:
-            if image["min_disk"] and flavor["root_gb"] < image["min_disk"]:
-                raise exception.Invalid(
-                    f"Flavor's disk is too small for requested image. Flavor disk is {flavor['root_gb'] * 1024**3} "
-                    f"bytes, minimum required by image is {image['min_disk'] * 1024**3} bytes."
+        try:
+            decoded = base64.b64decode(req.user_data, validate=True)
+        except ValueError:
+            raise exception.Invalid("User data needs to be valid base 64.") from None
+        if len(decoded) > self.config.compute.max_user_data_bytes:
+            raise exception.Invalid("User data too large.")
+
+    @staticmethod
+    def _check_metadata_quota(req: CreateRequest, limits: dict) -> None:
+        """No more metadata items than the project's metadata_items quota."""
+        if limits["metadata_items"] != quota.UNLIMITED and len(req.metadata) > limits["metadata_items"]:
+            raise exception.QuotaExceeded(f"Maximum number of metadata items exceeds {limits['metadata_items']}")
+
+    @staticmethod
+    def _check_injected_files_quota(req: CreateRequest, limits: dict) -> None:
+        """Personality files within the quotas: how many, path length, decoded content size."""
+        if not req.injected_files:
+            return
+        if limits["injected_files"] != quota.UNLIMITED and len(req.injected_files) > limits["injected_files"]:
+            raise exception.QuotaExceeded("Personality file limit exceeded")
+        for path, contents in req.injected_files:
+            if len(path.encode()) > limits["injected_file_path_bytes"] >= 0:
+                raise exception.QuotaExceeded(
+                    f"Personality file path exceeds maximum {limits['injected_file_path_bytes']}"
                 )
-            if image["size"] and image["size"] > flavor["root_gb"] * 1024**3:
-                raise exception.Invalid(
-                    f"Flavor's disk is too small for requested image. Flavor disk is "
-                    f"{flavor['root_gb'] * 1024**3} bytes, image is {image['size']} bytes."
+            try:
+                content = base64.b64decode(contents, validate=True)
+            except ValueError:
+                raise exception.Invalid(f"Personality content for {path} cannot be decoded") from None
+            if len(content) > limits["injected_file_content_bytes"] >= 0:
+                raise exception.QuotaExceeded(
+                    f"Personality file content exceeds maximum {limits['injected_file_content_bytes']}"
                 )
+
+    @staticmethod
+    async def _security_groups(
+        conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest, known_names: list[str]
+    ) -> list[str]:
+        """The requested groups (``default`` when none, made on first use) exist in the project."""
+        groups = sorted(set(req.security_groups)) or ["default"]
+        known = set(known_names)
+        if "default" not in known:
+            await lookups.ensure_default_security_group(conn, ctx.project_id)
+            known.add("default")
+        for name in groups:
+            if name not in known:
+                raise exception.Invalid(f"Security group {name} not found for project {ctx.project_id}.")
+        return groups
+
+    @staticmethod
+    async def _kernel_and_ramdisk(conn: asyncpg.Connection, image_props: dict) -> tuple[str, str]:
+        """The kernel and ramdisk the image's properties name ('' for none) exist as images."""
+        kernel_id = str(image_props.get("kernel_id") or "")
+        ramdisk_id = str(image_props.get("ramdisk_id") or "")
+        for ref in (kernel_id, ramdisk_id):
+            if ref and await lookups.image(conn, ref) is None:
+                raise exception.Invalid(f"Image {ref} could not be found.")
+        return kernel_id, ramdisk_id
+
+    @staticmethod
+    def _key_data(req: CreateRequest, key_data: str | None) -> str | None:
+        """The named key pair exists for the caller; its public key, or None when none is named."""
+        if req.key_name is None:
+            return None
+        if key_data is None:
+            raise exception.Invalid("Invalid key_name provided.")
+        return key_data
+
+    @staticmethod
+    def _root_device_name(root: dict | None) -> str:
+        """The root BDM's device name (``/dev/vda`` when it names none) is a valid device path."""
+        root_device = (root or {}).get("device_name") or DEFAULT_ROOT_DEVICE
+        if not ROOT_DEVICE_RE.match(root_device):
+            raise exception.Invalid(f"The supplied device path ({root_device}) is invalid.")
+        return root_device
+
+    @staticmethod
+    async def _instance_group(
+        conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest
+    ) -> asyncpg.Record | None:
+        """The server group of the ``group`` scheduler hint exists and is the caller's (or the caller is admin)."""
+        group_hint = req.scheduler_hints.get("group")
+        if isinstance(group_hint, list):
+            group_hint = group_hint[0] if group_hint else None
+        if not group_hint:
+            return None
+        group = await lookups.instance_group(conn, str(group_hint))
+        if group is None or (group["project_id"] != ctx.project_id and not ctx.is_admin):
+            raise exception.Invalid(f"Instance group {group_hint} could not be found.")
+        return group
+
+    @staticmethod
+    def _flavor_doc(flavor: dict) -> dict:
+        """The flavor as each instance stores it and the request spec carries it."""
+        return {
+            "flavorid": flavor["flavorid"],
+            "name": flavor["name"],
+            "memory_mb": flavor["memory_mb"],
+            "vcpus": flavor["vcpus"],
+            "root_gb": flavor["root_gb"],
+            "ephemeral_gb": flavor["ephemeral_gb"],
+            "swap": flavor["swap"],
+            "extra_specs": flavor["extra_specs"] or {},
+        }
+
+    @staticmethod
+    def _request_spec(
+        ctx: RequestContext, req: CreateRequest, flavor_doc: dict, image_id: str, image: dict | None,
+        image_props: dict, availability_zone: str | None, forced_host: str | None, group: asyncpg.Record | None,
+        bdms: list[dict],
+    ) -> dict:
+        """The RequestSpec the conductor and scheduler read (each instance adds its uuid)."""
+        return {
+            "project_id": ctx.project_id,
+            "user_id": ctx.user_id,
+            "flavor": flavor_doc,
+            "image": {
+                "id": image_id,
+                "properties": image_props,
+                "min_ram": image["min_ram"] if image else 0,
+                "min_disk": image["min_disk"] if image else 0,
+                "disk_format": image["disk_format"] if image else None,
+            },
+            "availability_zone": availability_zone,
+            "force_hosts": [forced_host] if forced_host else [],
+            "scheduler_hints": req.scheduler_hints,
+            "instance_group": str(group["uuid"]) if group else None,
+            "num_instances": req.max_count,
+            "retry": {"num_attempts": 0, "hosts": []},
+            # Whether the compute host has volumes to prepare (skips a lookup when not).
+            "has_volumes": any(b.get("destination_type") == "volume" for b in bdms),
+        }
+
+    async def _validate_networks(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> None:
+        """Requested networks, ports and fixed IPs must exist and be usable by this many instances."""
+        if self.network_api is None:
+            return
+        fits = await self.network_api.validate_requested_networks(
+            ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin, conn=conn
+        )
+        if fits < req.min_count:
+            raise exception.Forbidden(
+                f"Maximum number of ports exceeded: only {fits} of {req.min_count} instances can get addresses."
+            )
 
     # -- provision ----------------------------------------------------------
     def _instance_rows(
-        self, ctx: RequestContext, req: CreateRequest, base: dict, count: int, reservation_id: str
+        self, ctx: RequestContext, req: CreateRequest, base: BaseOptions, count: int, reservation_id: str
     ) -> list[dict]:
         """The instance rows of one request (names from the multi-create template)."""
-        flavor = base["flavor"]
-        group = base["group"]
+        flavor = base.flavor
+        group = base.group
         rows = []
         template = self.config.compute.multi_instance_display_name_template
         for index in range(count):
@@ -488,7 +607,7 @@ class ComputeAPI:
             hostname = req.hostname or sanitize_hostname(name)
             if req.hostname and count > 1:
                 hostname = f"{req.hostname}-{index + 1}"
-            spec = dict(base["request_spec"], instance_uuid=uuid)
+            spec = dict(base.request_spec, instance_uuid=uuid)
             rows.append(
                 {
                     "uuid": uuid,
@@ -502,26 +621,26 @@ class ComputeAPI:
                     "vm_state": states.BUILDING,
                     "task_state": states.SCHEDULING,
                     "power_state": power_state.NOSTATE,
-                    "availability_zone": base["availability_zone"],
+                    "availability_zone": base.availability_zone,
                     "flavor": flavor,
                     "vcpus": flavor["vcpus"],
                     "memory_mb": flavor["memory_mb"],
                     "root_gb": flavor["root_gb"],
                     "ephemeral_gb": flavor["ephemeral_gb"],
-                    "image_ref": base["image_id"],
-                    "kernel_id": base["kernel_id"],
-                    "ramdisk_id": base["ramdisk_id"],
+                    "image_ref": base.image_id,
+                    "kernel_id": base.kernel_id,
+                    "ramdisk_id": base.ramdisk_id,
                     "key_name": req.key_name,
-                    "key_data": base["key_data"],
+                    "key_data": base.key_data,
                     "user_data": req.user_data,
                     "config_drive": "True" if req.config_drive else "",
-                    "auto_disk_config": base["auto_disk_config"],
+                    "auto_disk_config": base.auto_disk_config,
                     "access_ip_v4": req.access_ip_v4 or None,
                     "access_ip_v6": req.access_ip_v6 or None,
-                    "root_device_name": base["root_device_name"],
+                    "root_device_name": base.root_device_name,
                     "metadata": req.metadata,
                     "system_metadata": {},
-                    "security_groups": base["security_groups"],
+                    "security_groups": base.security_groups,
                     "tags": sorted(set(req.tags)),
                     "injected_files": [[p, c] for p, c in req.injected_files],
                     "requested_networks": req.requested_networks,
@@ -532,15 +651,15 @@ class ComputeAPI:
         return rows
 
     async def _provision(
-        self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest, base: dict
+        self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest, base: BaseOptions
     ) -> tuple[list[asyncpg.Record], str]:
         """One transaction: quota check, instance rows, BDMs, group members, actions, notifications."""
-        flavor = base["flavor"]
+        flavor = base.flavor
         reservation_id = "r-" + secrets.token_hex(4)
-        limits = base["limits"]
-        group = base["group"]
+        limits = base.limits
+        group = base.group
         volumes = any(b.get("volume_id") or b.get("snapshot_id") or b.get("destination_type") == "volume"
-                      for b in base["bdms"])
+                      for b in base.bdms)
         counted = group is not None or volumes or any(
             limits[r] != quota.UNLIMITED for r in ("instances", "cores", "ram")
         )
@@ -549,7 +668,7 @@ class ComputeAPI:
             # Nothing to count or reserve: one statement, atomic on its own, no lock.
             rows = self._instance_rows(ctx, req, base, req.max_count, reservation_id)
             instances = await db.provision(
-                conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
+                conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms],
                 group_uuid=None, request_id=ctx.request_id, user_id=ctx.user_id, project_id=ctx.project_id,
                 notification=notification,
             )
@@ -573,9 +692,9 @@ class ComputeAPI:
                 rows = self._instance_rows(ctx, req, base, count, reservation_id)
                 if self.volume_api is not None:  # available → reserved before the BDM rows: one winner per volume
                     for r in rows:
-                        await self.volume_api.reserve_for_instance(conn, r["uuid"], base["bdms"])
+                        await self.volume_api.reserve_for_instance(conn, r["uuid"], base.bdms)
                 instances = await db.provision(
-                    conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base["bdms"]],
+                    conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms],
                     group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id,
                     user_id=ctx.user_id, project_id=ctx.project_id, notification=notification,
                 )

@@ -210,7 +210,8 @@ SERVER_FIELDS_BY_VERSION: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 
 
 def _loc(err: dict) -> str:
-    return "/".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+    """Every part of the error's pydantic ``loc``, list indices included, joined by "/"."""
+    return "/".join(str(p) for p in err["loc"])
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -167,8 +167,6 @@ async def _load(request: web.Request) -> asyncpg.Record:
 
 
 async def show(request: web.Request) -> web.Response:
-    if at_least(request, 102):
-        validate_query(request, {}, strict=True)
     group = await _load(request)
     authorize(request, "os_compute_api:os-server-groups:show", {"project_id": group["project_id"]})
     return web.json_response({"server_group": group_view(request, group)})

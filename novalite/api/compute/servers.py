@@ -1,7 +1,7 @@
 """/servers: create, list, show, update, delete, metadata and instance actions.
 
 Handlers stay thin: parse and authorize here, validate and provision in
-``novalite.compute.api``.
+``novalite.compute.api``; the server list's SQL is ``novalite.db.server_list``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
@@ -22,8 +23,11 @@ from novalite.compute.api import ComputeAPI, CreateRequest
 from novalite.compute.states import states_from_status
 from novalite.context import RequestContext
 from novalite.db import instances as db
-from novalite.db import is_uuid
+from novalite.db import is_uuid, server_list
 from novalite.db import server_groups as sg_db
+
+if TYPE_CHECKING:
+    from multidict import MultiDictProxy
 
 MAX_LIMIT = 1000
 SORT_KEYS = {
@@ -151,9 +155,6 @@ def parse_availability_zone(value: str | None) -> tuple[str | None, str | None, 
 
 # -- list / show ---------------------------------------------------------------
 
-_ADMIN_ONLY_FILTERS = {"host", "node", "all_tenants", "tenant_id", "project_id", "user_id", "deleted", "uuid"}
-
-
 def _parse_time(value: str, name: str) -> datetime:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -161,102 +162,77 @@ def _parse_time(value: str, name: str) -> datetime:
         raise errors.BadRequest(f"Invalid filter field: {name}.") from None
 
 
-async def _list(request: web.Request, detail: bool) -> web.Response:
-    ctx = context(request)
+def _list_query(
+    request: web.Request, ctx: RequestContext, detail: bool, all_tenants: bool, admin_filters: bool
+) -> server_list.ServerListQuery | None:
+    """The list query of the query string, checked as Nova checks it and in its order; None when a
+    status filter names no status at all (before 2.38 that lists nothing rather than failing).
+    Filters and sort keys that need `admin_filters` are ignored without it."""
     q = request.query
-    authorize(request, "os_compute_api:servers:detail" if detail else "os_compute_api:servers:index")
-    all_tenants = "all_tenants" in q and q.get("all_tenants", "").lower() not in ("0", "false", "f", "no", "off", "n")
+    project_id = ctx.project_id
     if all_tenants:
-        authorize(request, f"os_compute_api:servers:{'detail' if detail else 'index'}:get_all_tenants")
-    admin_filters = request.app[keys.POLICY].check("os_compute_api:servers:allow_all_filters", ctx.creds(), {})
-    where = []
-    args: list = []
-
-    def arg(value) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if not all_tenants:
-        where.append(f"project_id = {arg(ctx.project_id)}")
-    elif admin_filters and (q.get("project_id") or q.get("tenant_id")):
-        where.append(f"project_id = {arg(q.get('project_id') or q.get('tenant_id'))}")
+        project_id = (q.get("project_id") or q.get("tenant_id") or None) if admin_filters else None
     changes_since = _parse_time(q["changes-since"], "changes-since") if "changes-since" in q else None
-    changes_before = _parse_time(q["changes-before"], "changes-before") if "changes-before" in q and at_least(request, 66) else None
+    changes_before = None
+    if "changes-before" in q and at_least(request, 66):
+        changes_before = _parse_time(q["changes-before"], "changes-before")
     if changes_since and changes_before and changes_before < changes_since:
         raise errors.BadRequest("The value of changes-since must be less than or equal to changes-before.")
     deleted = False
     if "deleted" in q and admin_filters:
         deleted = bool_query(q["deleted"], "deleted") or False
-    if changes_since:
-        where.append(f"updated_at >= {arg(changes_since)}")
-    if changes_before:
-        where.append(f"updated_at <= {arg(changes_before)}")
-    if not (changes_since or changes_before):
-        where.append("deleted = " + ("true" if deleted else "false"))
     statuses = q.getall("status", [])
-    if statuses:
-        pairs = [p for s in statuses for p in states_from_status(s)]
-        if not pairs:
-            if at_least(request, 38):
-                raise errors.BadRequest("Invalid status value")
-            return web.json_response({"servers": []})
-        ors = []
-        for vm, task in pairs:
-            if vm == "deleted":
-                if not ctx.is_admin:
-                    raise errors.Forbidden("Only administrators may list deleted instances")
-                ors.append("deleted")
-                continue
-            if task == "*":
-                ors.append(f"vm_state = {arg(vm)}")
-            else:
-                ors.append(f"(vm_state = {arg(vm)} AND task_state = {arg(task)})")
-        where.append("(" + " OR ".join(ors) + ")")
-    if q.get("name"):
+    states = [pair for status in statuses for pair in states_from_status(status)]
+    if statuses and not states:
+        if at_least(request, 38):
+            raise errors.BadRequest("Invalid status value")
+        return None
+    if not ctx.is_admin and any(vm_state == "deleted" for vm_state, _ in states):
+        raise errors.Forbidden("Only administrators may list deleted instances")
+    name, ip, ip6 = _regex_filter(q, "name"), _regex_filter(q, "ip"), _regex_filter(q, "ip6")
+
+    def admin_only(key: str) -> str | None:
+        return (q.get(key) or None) if admin_filters else None
+
+    def tag_list(key: str) -> list[str] | None:
+        return q[key].split(",") if q.get(key) and at_least(request, 26) else None
+
+    locked = bool_query(q["locked"], "locked") if at_least(request, 73) and "locked" in q else None
+    sort = _list_sort(q, admin_filters)
+    limit = MAX_LIMIT
+    if "limit" in q:
+        if not q["limit"].isdigit():
+            raise errors.BadRequest("limit param must be an integer")
+        limit = min(int(q["limit"]), MAX_LIMIT)
+    return server_list.ServerListQuery(
+        sort=sort, limit=limit, marker=q.get("marker") or None, detail=detail, project_id=project_id,
+        changes_since=changes_since, changes_before=changes_before, deleted=deleted, states=states,
+        name=name, ip=ip, ip6=ip6, reservation_id=q.get("reservation_id") or None, flavor=q.get("flavor") or None,
+        image=q["image"].rstrip("/").rsplit("/", 1)[-1] if q.get("image") else None,
+        host=admin_only("host"), node=admin_only("node"), user_id=admin_only("user_id"),
+        availability_zone=admin_only("availability_zone"), tags=tag_list("tags"), tags_any=tag_list("tags-any"),
+        not_tags=tag_list("not-tags"), not_tags_any=tag_list("not-tags-any"), locked=locked,
+    )
+
+
+def _regex_filter(q: MultiDictProxy[str], key: str) -> str | None:
+    """A regex filter of the query string (None when absent), or Nova's 400 when it does not compile."""
+    value = q.get(key) or None
+    if value is not None:
         try:
-            re.compile(q["name"])
+            re.compile(value)
         except re.error:
-            raise errors.BadRequest(f"Invalid regex in name filter: {q['name']}") from None
-        where.append(f"display_name ~ {arg(q['name'])}")
-    for key, family in (("ip", 4), ("ip6", 6)):
-        if q.get(key):
-            try:
-                re.compile(q[key])
-            except re.error:
-                raise errors.BadRequest(f"Invalid regex in {key} filter: {q[key]}") from None
-            # Nova matches the regex at the start of each fixed IP of the instance.
-            where.append(
-                f"uuid::text IN (SELECT device_id FROM ports WHERE family(fixed_ip) = {family} "
-                f"AND host(fixed_ip) ~ ('^(?:' || {arg(q[key])} || ')'))"
-            )
-    if q.get("reservation_id"):
-        where.append(f"reservation_id = {arg(q['reservation_id'])}")
-    if q.get("flavor"):
-        where.append(f"flavor->>'flavorid' = {arg(q['flavor'])}")
-    if q.get("image"):
-        where.append(f"image_ref = {arg(q['image'].rstrip('/').rsplit('/', 1)[-1])}")
-    if admin_filters:
-        if q.get("host"):
-            where.append(f"host = {arg(q['host'])}")
-        if q.get("node"):
-            where.append(f"node = {arg(q['node'])}")
-        if q.get("user_id"):
-            where.append(f"user_id = {arg(q['user_id'])}")
-        if q.get("availability_zone"):
-            where.append(f"availability_zone = {arg(q['availability_zone'])}")
-    if at_least(request, 26):
-        for key, op in (("tags", "@>"), ("tags-any", "&&")):
-            if q.get(key):
-                where.append(f"tags {op} {arg(q[key].split(','))}::text[]")
-        for key, op in (("not-tags", "@>"), ("not-tags-any", "&&")):
-            if q.get(key):
-                where.append(f"NOT (tags {op} {arg(q[key].split(','))}::text[])")
-    if at_least(request, 73) and "locked" in q:
-        where.append(f"locked = {arg(bool_query(q['locked'], 'locked'))}")
-    # sort
+            raise errors.BadRequest(f"Invalid regex in {key} filter: {value}") from None
+    return value
+
+
+def _list_sort(q: MultiDictProxy[str], admin_filters: bool) -> list[tuple[str, str]]:
+    """(column, direction) of each sort_key/sort_dir (newest first by default). Nova skips the
+    flavor key, and host and node without `admin_filters`; a direction not given is the first
+    one given, else desc."""
     sort_keys = q.getall("sort_key", []) or ["created_at"]
     sort_dirs = q.getall("sort_dir", [])
-    order = []
+    sort = []
     for i, key in enumerate(sort_keys):
         col = SORT_ALIASES.get(key, key)
         if col not in SORT_KEYS and col not in ("id",):
@@ -268,32 +244,26 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
         direction = (sort_dirs[i] if i < len(sort_dirs) else (sort_dirs[0] if sort_dirs else "desc")).lower()
         if direction not in ("asc", "desc"):
             raise errors.BadRequest(f"Invalid sort direction: {direction}")
-        order.append(f"{col} {direction.upper()}")
-    order.append("id DESC")
-    # limit / marker
-    limit = MAX_LIMIT
-    if "limit" in q:
-        if not q["limit"].isdigit():
-            raise errors.BadRequest("limit param must be an integer")
-        limit = min(int(q["limit"]), MAX_LIMIT)
-    marker_id = None
-    keyset = [o.split()[0] for o in order] == ["created_at", "id"]
+        sort.append((col, direction))
+    return sort
+
+
+async def _list(request: web.Request, detail: bool) -> web.Response:
+    ctx = context(request)
+    q = request.query
+    authorize(request, "os_compute_api:servers:detail" if detail else "os_compute_api:servers:index")
+    all_tenants = "all_tenants" in q and q.get("all_tenants", "").lower() not in ("0", "false", "f", "no", "off", "n")
+    if all_tenants:
+        authorize(request, f"os_compute_api:servers:{'detail' if detail else 'index'}:get_all_tenants")
+    admin_filters = request.app[keys.POLICY].check("os_compute_api:servers:allow_all_filters", ctx.creds(), {})
+    query = _list_query(request, ctx, detail, all_tenants, admin_filters)
+    if query is None:
+        return web.json_response({"servers": []})
     async with request.app[keys.DB].acquire() as conn:
-        if q.get("marker"):
-            marker_id = await conn.fetchval("SELECT id FROM instances WHERE uuid::text = $1", q["marker"])
-            if marker_id is None:
-                raise errors.BadRequest(f"marker [{q['marker']}] not found")
-            if keyset:
-                cmp = "<" if order[0].endswith("DESC") else ">"
-                where.append(f"(created_at, id) {cmp} (SELECT created_at, id FROM instances WHERE id = {arg(marker_id)})")
-        columns = "*" if detail else "id, uuid, display_name"  # the index view needs no JSON columns
-        sql = f"SELECT {columns} FROM instances WHERE {' AND '.join(where) or 'true'} ORDER BY {', '.join(order)}"
-        if marker_id is None or keyset:
-            sql += f" LIMIT {arg(limit)}"
-        rows = await conn.fetch(sql, *args)
-        if marker_id is not None and not keyset:
-            ids = [r["id"] for r in rows]
-            rows = rows[ids.index(marker_id) + 1 :][:limit] if marker_id in ids else rows[:limit]
+        try:
+            rows = await server_list.list_servers(conn, query)
+        except server_list.MarkerNotFound:
+            raise errors.BadRequest(f"marker [{query.marker}] not found") from None
         uuids = [str(r["uuid"]) for r in rows]
         faults = await db.latest_faults(conn, uuids) if detail else {}
         bdms = await db.bdms_for(conn, uuids) if detail else {}
@@ -306,7 +276,7 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
     else:
         docs = [views.basic(request, r) for r in rows]
     body: dict = {"servers": docs}
-    if len(rows) == limit and rows and "limit" in q:
+    if len(rows) == query.limit and rows and "limit" in q:
         base = request.app[keys.CONFIG].public_url
         path = "servers/detail" if detail else "servers"
         params = "&".join(f"{k}={v}" for k, v in q.items() if k != "marker")

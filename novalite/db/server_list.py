@@ -1,0 +1,130 @@
+"""The server list (GET /servers and /servers/detail): Nova's
+instance_get_all_by_filters_sort as one query on ``instances``.
+
+The API layer validates the query string and fills a :class:`ServerListQuery`;
+this module turns it into SQL. It knows nothing of HTTP, microversions or
+policy: what a caller may filter or sort by is decided before the query gets here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(slots=True)
+class ServerListQuery:
+    """One list request, already validated. ``None`` (an empty list for ``states``) leaves a filter out."""
+
+    # (column, "asc" | "desc"), most significant first; the id (descending) always breaks ties.
+    sort: list[tuple[str, str]]
+    limit: int
+    marker: str | None = None  # uuid of the last server of the previous page
+    detail: bool = False  # every column (the detail view) or the index view's id, uuid and name
+    project_id: str | None = None  # None: every project (all_tenants)
+    changes_since: datetime | None = None  # updated_at at or after; with changes_before, deleted rows count too
+    changes_before: datetime | None = None
+    deleted: bool = False  # deleted rows instead of live ones (when neither changes-* filter is given)
+    # (vm_state, task_state) pairs, any one of which matches; task_state "*" matches every task
+    # state and vm_state "deleted" matches deleted rows.
+    states: list[tuple[str, str | None]] = field(default_factory=list)
+    name: str | None = None  # POSIX regex on display_name
+    ip: str | None = None  # regex matched at the start of one of the instance's IPv4 fixed IPs
+    ip6: str | None = None  # the same for IPv6
+    reservation_id: str | None = None
+    flavor: str | None = None  # flavorid
+    image: str | None = None  # image id
+    host: str | None = None
+    node: str | None = None
+    user_id: str | None = None
+    availability_zone: str | None = None
+    tags: list[str] | None = None  # has all of them
+    tags_any: list[str] | None = None  # has one of them at least
+    not_tags: list[str] | None = None  # lacks one of them at least
+    not_tags_any: list[str] | None = None  # has none of them
+    locked: bool | None = None
+
+
+class MarkerNotFound(Exception):
+    """The marker names no instance."""
+
+
+async def list_servers(conn: asyncpg.Connection, q: ServerListQuery) -> list[asyncpg.Record]:
+    """One page of the instances that pass every filter of `q`, in its sort order.
+
+    Sorted by created_at alone (the default), the page after the marker is a keyset
+    condition on (created_at, id) in SQL. Sorted otherwise, every matching row is read
+    and the page is cut after the marker's row here (from the start when the marker
+    is not among the rows). Raises :class:`MarkerNotFound` for an unknown marker.
+    """
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where: list[str] = []
+    if q.project_id is not None:
+        where.append(f"project_id = {arg(q.project_id)}")
+    if q.changes_since:
+        where.append(f"updated_at >= {arg(q.changes_since)}")
+    if q.changes_before:
+        where.append(f"updated_at <= {arg(q.changes_before)}")
+    if not (q.changes_since or q.changes_before):
+        where.append("deleted = " + ("true" if q.deleted else "false"))
+    if q.states:
+        ors = []
+        for vm, task in q.states:
+            if vm == "deleted":
+                ors.append("deleted")
+            elif task == "*":
+                ors.append(f"vm_state = {arg(vm)}")
+            else:
+                ors.append(f"(vm_state = {arg(vm)} AND task_state = {arg(task)})")
+        where.append("(" + " OR ".join(ors) + ")")
+    if q.name is not None:
+        where.append(f"display_name ~ {arg(q.name)}")
+    for pattern, family in ((q.ip, 4), (q.ip6, 6)):
+        if pattern is not None:
+            # Nova matches the regex at the start of each fixed IP of the instance.
+            where.append(
+                f"uuid::text IN (SELECT device_id FROM ports WHERE family(fixed_ip) = {family} "
+                f"AND host(fixed_ip) ~ ('^(?:' || {arg(pattern)} || ')'))"
+            )
+    for column, value in (
+        ("reservation_id", q.reservation_id), ("flavor->>'flavorid'", q.flavor), ("image_ref", q.image),
+        ("host", q.host), ("node", q.node), ("user_id", q.user_id), ("availability_zone", q.availability_zone),
+    ):
+        if value is not None:
+            where.append(f"{column} = {arg(value)}")
+    for tags, condition in (
+        (q.tags, "tags @> {}::text[]"), (q.tags_any, "tags && {}::text[]"),
+        (q.not_tags, "NOT (tags @> {}::text[])"), (q.not_tags_any, "NOT (tags && {}::text[])"),
+    ):
+        if tags is not None:
+            where.append(condition.format(arg(tags)))
+    if q.locked is not None:
+        where.append(f"locked = {arg(q.locked)}")
+    order = [f"{column} {direction.upper()}" for column, direction in q.sort]
+    order.append("id DESC")
+    keyset = [column for column, _ in q.sort] == ["created_at"]
+    marker_id = None
+    if q.marker is not None:
+        marker_id = await conn.fetchval("SELECT id FROM instances WHERE uuid::text = $1", q.marker)
+        if marker_id is None:
+            raise MarkerNotFound(q.marker)
+        if keyset:
+            cmp = "<" if q.sort[0][1] == "desc" else ">"
+            where.append(f"(created_at, id) {cmp} (SELECT created_at, id FROM instances WHERE id = {arg(marker_id)})")
+    columns = "*" if q.detail else "id, uuid, display_name"  # the index view needs no JSON columns
+    sql = f"SELECT {columns} FROM instances WHERE {' AND '.join(where) or 'true'} ORDER BY {', '.join(order)}"
+    if marker_id is None or keyset:
+        sql += f" LIMIT {arg(q.limit)}"
+    rows = await conn.fetch(sql, *args)
+    if marker_id is not None and not keyset:
+        ids = [r["id"] for r in rows]
+        rows = rows[ids.index(marker_id) + 1 :][: q.limit] if marker_id in ids else rows[: q.limit]
+    return rows
