@@ -13,6 +13,10 @@ from novalite.virt.libvirt.config import (
     LibvirtConfigGuestInterface,
     LibvirtConfigGuestMetaNovaInstance,
     LibvirtConfigGuestSerial,
+    LibvirtConfigNetwork,
+    LibvirtConfigNetworkDHCPHost,
+    LibvirtConfigStoragePool,
+    LibvirtConfigStorageVolume,
 )
 
 UUID = "0b8a2a3e-7f5c-4a43-9f0e-3d5a9d0c1e22"
@@ -70,6 +74,15 @@ def _guest() -> LibvirtConfigGuest:
     )
 
 
+def _network() -> LibvirtConfigNetwork:
+    return LibvirtConfigNetwork(
+        name="novalite-private", uuid=UUID, bridge="virbr-nl0", bridge_stp=True, bridge_delay=0, mtu=1450,
+        ip_address="10.20.0.1", ip_netmask="255.255.255.0", dhcp_start="10.20.0.2", dhcp_end="10.20.0.254",
+        dhcp_hosts=[LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01", ip="10.20.0.5"),
+                    LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:02", ip="10.20.0.6", name="vm-2")],
+    )
+
+
 def test_guest_round_trip() -> None:
     guest = _guest()
     xml = guest.to_xml()
@@ -88,6 +101,17 @@ def test_guest_round_trip() -> None:
         LibvirtConfigGuestConsole(char_type="pty"),
         _meta(),
         LibvirtConfigGuestMetaNovaInstance(name="only-a-name"),
+        _network(),
+        LibvirtConfigNetwork(name="nat", forward_mode="nat", bridge="virbr0"),
+        LibvirtConfigNetwork(name="bare"),
+        LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01", ip="10.20.0.5"),
+        LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01"),
+        LibvirtConfigStoragePool(pool_type="dir", name="novalite-sim1", target_path="/srv/v", target_mode="0755"),
+        LibvirtConfigStoragePool(pool_type="logical", name="novalite-lvm", source_name="vg0", source_format="lvm2",
+                                 target_path="/dev/vg0"),
+        LibvirtConfigStorageVolume(name="volume-1", capacity=2 * 1024**3, allocation=0, target_format="qcow2",
+                                   target_mode="0644"),
+        LibvirtConfigStorageVolume(name="raw-1", capacity=1024**3, target_path="/dev/vg0/raw-1"),
     ],
     ids=lambda d: type(d).__name__,
 )
@@ -145,3 +169,30 @@ def test_parse_tolerates_libvirt_additions() -> None:
 def test_parse_rejects_wrong_root() -> None:
     with pytest.raises(ValueError):
         LibvirtConfigGuestDisk.parse_dom(etree.fromstring("<interface type='user'/>"))
+
+
+# ------------------------------------------------------------------ networks and storage
+
+
+def test_network_and_volume_parse_what_libvirt_returns() -> None:
+    net = LibvirtConfigNetwork.from_xml(f"""
+    <network connections='2'>
+      <name>default</name><uuid>{UUID}</uuid>
+      <forward mode='nat'><nat><port start='1024' end='65535'/></nat></forward>
+      <bridge name='virbr0' stp='on' delay='0'/>
+      <mac address='52:54:00:0a:0b:0c'/>
+      <ip address='192.168.122.1' netmask='255.255.255.0'>
+        <dhcp><range start='192.168.122.2' end='192.168.122.254'/>
+          <host mac='FA:16:3E:00:00:01' ip='192.168.122.7'/></dhcp>
+      </ip>
+    </network>""")
+    assert (net.forward_mode, net.bridge, net.ip_address) == ("nat", "virbr0", "192.168.122.1")
+    assert net.dhcp_hosts == [LibvirtConfigNetworkDHCPHost(mac="FA:16:3E:00:00:01", ip="192.168.122.7")]
+    vol = LibvirtConfigStorageVolume.from_xml("""
+    <volume type='file'>
+      <name>v1</name><key>/tmp/p/v1</key>
+      <capacity unit='G'>1</capacity><allocation unit='bytes'>196608</allocation>
+      <target><path>/tmp/p/v1</path><format type='qcow2'/></target>
+    </volume>""")
+    assert (vol.capacity, vol.allocation, vol.target_path, vol.target_format) == (
+        1024**3, 196608, "/tmp/p/v1", "qcow2")
