@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
+from novalite.virt.driver import NetworkSpec, StoragePoolSpec
 from novalite.virt.libvirt.config import (
     NOVA_NS,
     LibvirtConfigGuest,
@@ -18,6 +19,8 @@ from novalite.virt.libvirt.config import (
     LibvirtConfigStoragePool,
     LibvirtConfigStorageVolume,
 )
+from novalite.virt.libvirt.network import design_network
+from novalite.virt.libvirt.storage import design_pool, design_volume
 
 UUID = "0b8a2a3e-7f5c-4a43-9f0e-3d5a9d0c1e22"
 
@@ -172,6 +175,41 @@ def test_parse_rejects_wrong_root() -> None:
 
 
 # ------------------------------------------------------------------ networks and storage
+
+
+def test_designed_network_is_the_isolated_network_libvirt_got_before() -> None:
+    """The XML of the raw etree builder this replaced, element for element."""
+    net = NetworkSpec(name="nl-private", uuid=UUID, cidr="10.20.0.0/24", gateway="10.20.0.1",
+                      dhcp_start="10.20.0.2", dhcp_end="10.20.0.254", mtu=1500)
+    xml = design_network(net, "virbr-nl3", [("fa:16:3e:00:00:01", "10.20.0.9")]).to_xml(pretty=False)
+    assert xml == (
+        f'<network><name>nl-private</name><uuid>{UUID}</uuid>'
+        '<bridge name="virbr-nl3" stp="on" delay="0"/><mtu size="1500"/>'
+        '<ip address="10.20.0.1" netmask="255.255.255.0"><dhcp><range start="10.20.0.2" end="10.20.0.254"/>'
+        '<host mac="fa:16:3e:00:00:01" ip="10.20.0.9"/></dhcp></ip></network>'
+    )
+    assert LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01").to_xml(pretty=False) == \
+        '<host mac="fa:16:3e:00:00:01"/>'
+
+
+def test_designed_pools_and_volumes_are_what_libvirt_got_before() -> None:
+    assert design_pool(StoragePoolSpec("p", "dir", "/srv/v")).to_xml(pretty=False) == (
+        '<pool type="dir"><name>p</name><target><path>/srv/v</path>'
+        '<permissions><mode>0755</mode></permissions></target></pool>'
+    )
+    assert design_pool(StoragePoolSpec("p", "logical", "/dev/vg0", "vg0")).to_xml(pretty=False) == (
+        '<pool type="logical"><name>p</name><source><name>vg0</name><format type="lvm2"/></source>'
+        '<target><path>/dev/vg0</path></target></pool>'
+    )
+    assert design_volume("v", 2, "qcow2").to_xml(pretty=False) == (
+        '<volume><name>v</name><capacity unit="bytes">2147483648</capacity>'
+        '<allocation unit="bytes">0</allocation><target><format type="qcow2"/>'
+        '<permissions><mode>0644</mode></permissions></target></volume>'
+    )
+    assert design_volume("v", 1, "raw").to_xml(pretty=False) == (
+        '<volume><name>v</name><capacity unit="bytes">1073741824</capacity>'
+        '<allocation unit="bytes">0</allocation><target/></volume>'
+    )
 
 
 def test_network_and_volume_parse_what_libvirt_returns() -> None:

@@ -24,11 +24,11 @@ import structlog
 from novalite.compute import states
 from novalite.compute.api import finish_delete
 from novalite.compute.disks import (
-    ImageCache,
     PreparedDisks,
     prepare_local_disks,
     remove_instance_files,
 )
+from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerActionsMixin
 from novalite.conductor import Conductor
@@ -38,7 +38,7 @@ from novalite.db.steps import BuildStep, StepWriter
 from novalite.network import NetworkAPI, PortInfo, network_data
 from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt.configdrive import build_config_drive, instance_metadata
-from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec, VirtDriver
+from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +56,7 @@ class ComputeManager(PowerActionsMixin):
     def __init__(
         self,
         host: HostConfig,
-        driver: VirtDriver,
+        compute_host: ComputeHost,
         pool: asyncpg.Pool,
         steps: StepWriter,
         config: Config,
@@ -68,11 +68,11 @@ class ComputeManager(PowerActionsMixin):
         self.network_api = network_api
         self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
         # libvirt's test driver: the same domains are described, but no files are written.
-        self.simulated = host.simulate is not None or (host.uri or "").startswith("test")
-        self.instances_dir = config.state_dir / "instances" / host.name  # resolved once: builds use it often
-        self.image_cache = ImageCache(self.instances_dir / "_base", config.state_dir / "images")
+        self.simulated = compute_host.simulated
+        self.instances_dir = compute_host.instances_dir  # resolved once: builds use it often
+        self.image_cache = compute_host.image_cache
         self.host_config = host
-        self.driver = driver
+        self.driver = compute_host.driver  # owned by the wiring (app.py), which closes it
         self.pool = pool
         self.steps = steps
         self.config = config
@@ -132,7 +132,6 @@ class ComputeManager(PowerActionsMixin):
             w.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
-        await self.driver.close()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -279,7 +278,7 @@ class ComputeManager(PowerActionsMixin):
         )
         if self.volume_api is not None and (inst["request_spec"] or {}).get("has_volumes", True):
             # volume/snapshot/image/blank → volume BDMs, attached as disks
-            await self.volume_api.prepare_build(self, inst, prepared)
+            await self.volume_api.prepare_build(self.host, inst, prepared)
         return prepared
 
     async def _config_drive(self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks) -> None:

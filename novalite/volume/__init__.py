@@ -1,4 +1,4 @@
-"""Block storage: volumes and snapshots in libvirt storage pools (a Cinder v3 subset)."""
+"""Block storage: volumes and snapshots in the hosts' storage pools (a Cinder v3 subset)."""
 
 from novalite.volume.api import VolumeAPI
 

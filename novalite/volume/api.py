@@ -1,4 +1,6 @@
-"""The volume service: volumes and snapshots in libvirt storage pools, state in Postgres.
+"""The volume service: volumes and snapshots in the hosts' storage pools, state in Postgres.
+
+Volume data is made, attached and removed through each host's virt driver.
 
 Where volume data lives: in the storage pool of ONE compute host (recorded as
 ``volumes.host``). The rules that follow from it:
@@ -28,7 +30,7 @@ import asyncio
 import json
 import math
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,12 +40,13 @@ import structlog
 from novalite import exception, quota
 from novalite.compute import states
 from novalite.compute.disks import DiskError, PreparedDisks, qemu_img
+from novalite.compute.host import ComputeHost
+from novalite.compute.locks import InstanceLocks
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as instances_db
 from novalite.db import volumes as q
-from novalite.virt.driver import DiskSpec
-from novalite.volume.pool import LibvirtPoolHost, PoolDef, PoolError
+from novalite.virt.driver import DiskSpec, StoragePoolSpec, VirtDriver
 
 log = structlog.get_logger(__name__)
 
@@ -82,41 +85,60 @@ def next_device(used: Iterable[str]) -> str:
     raise exception.Forbidden("The maximum allowed number of disk devices (702) to attach to a single instance has been exceeded.")
 
 
-class VolumeAPI:
-    """Volumes, snapshots and attachments; one storage pool backend per compute host."""
 
-    def __init__(self, pool: asyncpg.Pool, config: Config) -> None:
+
+async def reserve(conn: asyncpg.Connection, volume_id: str, instance_uuid: uuidlib.UUID, **fields: Any
+                  ) -> asyncpg.Record:
+    """available → reserved for the instance, in one compare-and-set; 400 with Cinder's message otherwise."""
+    try:
+        return await q.compare_and_set(conn, volume_id, q.AVAILABLE, status=q.RESERVED, instance_uuid=instance_uuid,
+                                       attachment_id=uuidlib.uuid4(), **fields)
+    except q.VolumeStateConflict as conflict:
+        actual = conflict.actual["status"] if conflict.actual else "deleted"
+        raise exception.Invalid(
+            f"Invalid volume: Volume {volume_id} status must be available or downloading to reserve, but the "
+            f"current status is {actual}."
+        ) from None
+
+
+class PoolError(Exception):
+    """A host has no storage pool here."""
+
+
+class VolumeAPI:
+    """Volumes, snapshots and attachments; data in the storage pool of each volume's host."""
+
+    def __init__(self, pool: asyncpg.Pool, config: Config, hosts: Mapping[str, ComputeHost],
+                 locks: InstanceLocks) -> None:
         self.pool = pool
         self.config = config
         self.cfg = config.volume
-        self.backends: dict[str, LibvirtPoolHost] = {}
-        self.computes: dict[str, Any] = {}  # host → ComputeManager, set by the wiring
-        self.locks: Any = None  # InstanceLocks, set by the wiring
+        self.hosts = hosts
+        self.locks = locks
         self._tasks: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
 
     # -- pools -----------------------------------------------------------------------
-    def pool_def(self, host: str) -> PoolDef:
+    def pool_def(self, host: str) -> StoragePoolSpec:
         cfg = self.cfg
         prefix = cfg.pool_prefix if cfg.pool_prefix is not None else self.config.networking.libvirt_prefix
         name = f"{prefix}{host}"
         if cfg.pool_type == "logical":
             if not cfg.pool_source:
                 raise exception.NovaliteException("volume.pool_source (an LVM volume group) is required for logical pools")
-            return PoolDef(name=name, type="logical", target=f"/dev/{cfg.pool_source}", source=cfg.pool_source)
+            return StoragePoolSpec(name=name, type="logical", target=f"/dev/{cfg.pool_source}", source=cfg.pool_source)
         target = cfg.pool_target / host if cfg.pool_target else self.config.state_dir / "volumes" / host
-        return PoolDef(name=name, type="dir", target=str(target))
+        return StoragePoolSpec(name=name, type="dir", target=str(target))
 
-    async def ensure_pools(self, hosts: dict[str, str]) -> None:
-        """Define and start the pool of every host (host name → libvirt URI)."""
-        for host, uri in hosts.items():
-            self.backends[host] = LibvirtPoolHost(uri, self.pool_def(host))
-        await asyncio.gather(*(b.ensure() for b in self.backends.values()))
+    async def ensure_pools(self) -> None:
+        """Define and start the storage pool of every host."""
+        await asyncio.gather(*(h.driver.ensure_pool(self.pool_def(name)) for name, h in self.hosts.items()))
 
-    def backend(self, host: str | None) -> LibvirtPoolHost:
-        if host is None or host not in self.backends:
+    def storage(self, host: str | None) -> tuple[VirtDriver, StoragePoolSpec]:
+        """The driver and the pool that hold the volumes of ``host``."""
+        if host is None or host not in self.hosts:
             raise PoolError(f"no storage pool for host {host!r}")
-        return self.backends[host]
+        return self.hosts[host].driver, self.pool_def(host)
 
     def default_host(self) -> str:
         if self.cfg.default_host:
@@ -125,18 +147,9 @@ class VolumeAPI:
             raise exception.NovaliteException("no compute host to keep volumes on", code=503)
         return self.config.hosts[0].name
 
-    def start(self) -> None:
-        self._reaper = asyncio.create_task(self._reap_forever(), name="volume-reaper")
-
-    async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        for b in self.backends.values():
-            await b.close()
-
-    def _spawn(self, coro) -> asyncio.Task:
+    # -- background work -------------------------------------------------------------
+    def run_in_background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
+        """Run volume work after the request answered; :meth:`wait_idle` waits for all of it."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -145,6 +158,14 @@ class VolumeAPI:
     async def wait_idle(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever(), name="volume-reaper")
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        await self.wait_idle()
 
     # -- quotas ----------------------------------------------------------------------
     async def limits(self, conn: asyncpg.Connection, project_id: str) -> dict[str, int]:
@@ -245,26 +266,28 @@ class VolumeAPI:
                 image_id=image_id, snapshot_id=uuidlib.UUID(snapshot_id) if snapshot_id else None,
                 source_volid=uuidlib.UUID(source_volid) if source_volid else None, bootable=bool(image_id),
             )
-        self._spawn(self._create_data(row, source))
+        self.run_in_background(self._create_data(row, source))
         return row
 
-    async def _make_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> str:
+    async def make_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> str:
         """Make a volume's data in its host's pool from its source; returns its path."""
-        backend = self.backend(vol["host"])
+        driver, pool = self.storage(vol["host"])
         name = vol["vol_name"]
         if "snapshot" in source:
-            return await backend.clone_volume(source["snapshot"]["vol_name"], name, vol["size"])
+            return await driver.clone_volume(pool.name, source["snapshot"]["vol_name"], name, vol["size"],
+                                             pool.volume_format)
         if "volume" in source:
-            return await backend.clone_volume(source["volume"]["vol_name"], name, vol["size"])
-        path = await backend.create_volume(name, vol["size"])
+            return await driver.clone_volume(pool.name, source["volume"]["vol_name"], name, vol["size"],
+                                             pool.volume_format)
+        path = await driver.create_volume(pool.name, name, vol["size"], pool.volume_format)
         if "image" in source:
             await self._fill_from_image(vol["host"], source["image"], path, vol["format"], vol["size"])
         return path
 
     async def _fill_from_image(self, host: str, image: Any, path: str, fmt: str, size_gb: int) -> None:
         """qemu-img convert the host's cached copy of the image into the volume (real hosts only)."""
-        compute = self.computes.get(host)
-        if compute is None or compute.simulated or self.backend(host).simulated:
+        compute = self.hosts.get(host)
+        if compute is None or compute.simulated:
             return
         image_id = str(image["id"])
         base = await compute.image_cache.fetch(image_id)
@@ -278,13 +301,13 @@ class VolumeAPI:
         if virtual > size_gb * 1024**3:
             raise DiskError(f"image {image_id} ({virtual} bytes) does not fit a {size_gb} GiB volume")
         await qemu_img("convert", "-n", "-f", src_fmt, "-O", fmt, str(base), path)
-        await self.backend(host).refresh()
+        await compute.driver.refresh_pool(self.pool_def(host).name)
 
     async def _create_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> None:
         vid = str(vol["id"])
         structlog.contextvars.bind_contextvars(volume_id=vid)
         try:
-            path = await self._make_data(vol, source)
+            path = await self.make_data(vol, source)
         except Exception as exc:
             log.warning("volume_create_failed", error=str(exc))
             async with self.pool.acquire() as conn:
@@ -327,13 +350,14 @@ class VolumeAPI:
                     "error_extending or error_managing and must not be migrating, attached, belong to a group, "
                     "have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer."
                 ) from None
-        self._spawn(self._delete_data(row))
+        self.run_in_background(self._delete_data(row))
 
     async def _delete_data(self, vol: asyncpg.Record) -> None:
         vid = str(vol["id"])
         try:
-            if vol["host"] in self.backends:
-                await self.backend(vol["host"]).delete_volume(vol["vol_name"])
+            if vol["host"] in self.hosts:
+                driver, pool = self.storage(vol["host"])
+                await driver.delete_volume(pool.name, vol["vol_name"])
         except Exception as exc:
             log.warning("volume_delete_failed", volume_id=vid, error=str(exc))
             async with self.pool.acquire() as conn:
@@ -368,13 +392,15 @@ class VolumeAPI:
                 description=description, size=vol["size"], status=q.CREATING, host=vol["host"],
                 pool_name=vol["pool_name"], vol_name=snap_name(str(sid)), metadata=metadata or {},
             )
-        self._spawn(self._create_snapshot_data(snap, vol))
+        self.run_in_background(self._create_snapshot_data(snap, vol))
         return snap
 
     async def _create_snapshot_data(self, snap: asyncpg.Record, vol: asyncpg.Record) -> None:
         sid = str(snap["id"])
         try:
-            path = await self.backend(vol["host"]).clone_volume(vol["vol_name"], snap["vol_name"], snap["size"])
+            driver, pool = self.storage(vol["host"])
+            path = await driver.clone_volume(pool.name, vol["vol_name"], snap["vol_name"], snap["size"],
+                                             pool.volume_format)
         except Exception as exc:
             log.warning("snapshot_create_failed", snapshot_id=sid, error=str(exc))
             async with self.pool.acquire() as conn:
@@ -398,7 +424,8 @@ class VolumeAPI:
 
         async def remove() -> None:
             try:
-                await self.backend(row["host"]).delete_volume(row["vol_name"])
+                driver, pool = self.storage(row["host"])
+                await driver.delete_volume(pool.name, row["vol_name"])
             except Exception as exc:
                 async with self.pool.acquire() as conn:
                     await q.snapshot_compare_and_set(conn, sid, q.DELETING, status=q.ERROR_DELETING,
@@ -407,7 +434,24 @@ class VolumeAPI:
             async with self.pool.acquire() as conn:
                 await q.mark_snapshot_deleted(conn, sid)
 
-        self._spawn(remove())
+        self.run_in_background(remove())
+
+
+    async def destroy_volume(self, vol: asyncpg.Record) -> None:
+        """Remove a volume's data and row (no status check: the caller owns it)."""
+        try:
+            driver, pool = self.storage(vol["host"])
+            await driver.delete_volume(pool.name, vol["vol_name"])
+        except Exception as exc:
+            log.warning("volume_delete_failed", volume_id=str(vol["id"]), error=str(exc))
+            async with self.pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE volumes SET status = 'error_deleting', instance_uuid = NULL, error = $2, "
+                    "updated_at = now() WHERE id = $1", vol["id"], str(exc)[:255],
+                )
+            return
+        async with self.pool.acquire() as conn:
+            await q.mark_deleted(conn, str(vol["id"]))
 
     # -- boot: check_and_transform_bdm (compute API) ------------------------------------
     async def check_bdms(self, conn: asyncpg.Connection, ctx: RequestContext, req: Any, bdms: list[dict]) -> None:
@@ -492,21 +536,11 @@ class VolumeAPI:
         for b in bdms:
             if b.get("source_type") != "volume" or b.get("destination_type") != "volume" or not b.get("volume_id"):
                 continue
-            try:
-                await q.compare_and_set(
-                    conn, b["volume_id"], q.AVAILABLE, status=q.RESERVED,
-                    instance_uuid=uuidlib.UUID(instance_uuid), attachment_id=uuidlib.uuid4(),
-                )
-            except q.VolumeStateConflict as conflict:
-                actual = conflict.actual["status"] if conflict.actual else "deleted"
-                raise exception.Invalid(
-                    f"Invalid volume: Volume {b['volume_id']} status must be available or downloading to reserve, "
-                    f"but the current status is {actual}."
-                ) from None
+            await reserve(conn, b["volume_id"], uuidlib.UUID(instance_uuid))
 
     # -- boot: BLOCK_DEVICE_MAPPING (compute manager) ------------------------------------
-    async def prepare_build(self, manager: Any, inst: asyncpg.Record, prepared: PreparedDisks) -> None:
-        """Claim, create and fill the instance's volumes on this host and add them to ``prepared``.
+    async def prepare_build(self, host: str, inst: asyncpg.Record, prepared: PreparedDisks) -> None:
+        """Claim, create and fill the instance's volumes on ``host`` and add them to ``prepared``.
 
         A root volume (boot_index 0) replaces the local root disk as vda; the others
         get their requested device or the next free /dev/vdX after the local disks.
@@ -526,7 +560,7 @@ class VolumeAPI:
             used.add(ROOT_DEV)
         volume_disks: list[DiskSpec] = []
         for b in bdms:
-            vol = await self._claim_for_build(manager, inst, b)
+            vol = await self._claim_for_build(host, inst, b)
             if b is root_bdm:
                 device = ROOT_DEV
             else:
@@ -549,10 +583,9 @@ class VolumeAPI:
         prepared.disks[:] = root + local + others
         log.info("volumes_prepared", instance_uuid=uuid, devices=[d.target_dev for d in volume_disks])
 
-    async def _claim_for_build(self, manager: Any, inst: asyncpg.Record, bdm: asyncpg.Record) -> asyncpg.Record:
-        """The volume of one BDM in ``attaching`` for this instance: claimed, or created on this host."""
+    async def _claim_for_build(self, host: str, inst: asyncpg.Record, bdm: asyncpg.Record) -> asyncpg.Record:
+        """The volume of one BDM in ``attaching`` for this instance: claimed, or created on ``host``."""
         uuid = str(inst["uuid"])
-        host = manager.host
         if bdm["source_type"] == "volume":
             async with self.pool.acquire() as conn:
                 try:
@@ -571,7 +604,7 @@ class VolumeAPI:
             if bdm["volume_id"]:  # a retried build: the volume made last time goes first
                 old = await q.get(conn, bdm["volume_id"])
                 if old is not None and old["created_for"] == inst["uuid"]:
-                    await self._destroy_volume(old)
+                    await self.destroy_volume(old)
             if bdm["source_type"] == "snapshot":
                 snap = await q.get_snapshot(conn, bdm["snapshot_id"])
                 if snap is None or snap["status"] != q.AVAILABLE:
@@ -600,25 +633,11 @@ class VolumeAPI:
                 attachment_id=uuidlib.uuid4(),
             )
             await q.set_bdm(conn, bdm["id"], volume_id=str(vid))
-        path = await self._make_data(vol, source)
+        path = await self.make_data(vol, source)
         async with self.pool.acquire() as conn:
             return await q.compare_and_set(conn, str(vid), q.CREATING, expect_instance=uuid, status=q.ATTACHING,
                                            path=path)
 
-    async def _destroy_volume(self, vol: asyncpg.Record) -> None:
-        """Remove a volume's data and row (no status check: the caller owns it)."""
-        try:
-            await self.backend(vol["host"]).delete_volume(vol["vol_name"])
-        except Exception as exc:
-            log.warning("volume_delete_failed", volume_id=str(vol["id"]), error=str(exc))
-            async with self.pool.acquire() as conn:
-                await conn.execute(
-                    "UPDATE volumes SET status = 'error_deleting', instance_uuid = NULL, error = $2, "
-                    "updated_at = now() WHERE id = $1", vol["id"], str(exc)[:255],
-                )
-            return
-        async with self.pool.acquire() as conn:
-            await q.mark_deleted(conn, str(vol["id"]))
 
     async def undo_build(self, uuid: str) -> None:
         """A build on this host failed or was aborted: delete the volumes it made, keep the others reserved.
@@ -634,7 +653,7 @@ class VolumeAPI:
             vols = await q.for_instance(conn, uuid)
         for vol in vols:
             if vol["created_for"] == inst["uuid"]:
-                await self._destroy_volume(vol)
+                await self.destroy_volume(vol)
                 async with self.pool.acquire() as conn:
                     await conn.execute(
                         "UPDATE block_device_mappings SET volume_id = NULL, device_name = NULL "
@@ -673,7 +692,7 @@ class VolumeAPI:
                             expect_instance=uuid, status=q.DELETING)
                     except q.VolumeStateConflict:
                         continue
-                await self._destroy_volume(vol)
+                await self.destroy_volume(vol)
             else:
                 async with self.pool.acquire() as conn:
                     try:
@@ -734,43 +753,27 @@ class VolumeAPI:
             if device is not None and device in used:
                 raise exception.Conflict(f"The supplied device path ({device}) is in use.")
             device = device or next_device(used)
-            try:
-                vol = await q.compare_and_set(
-                    conn, volume_id, q.AVAILABLE, status=q.RESERVED, instance_uuid=inst["uuid"],
-                    attachment_id=uuidlib.uuid4(), mountpoint=device,
-                )
-            except q.VolumeStateConflict as conflict:
-                actual = conflict.actual["status"] if conflict.actual else "deleted"
-                raise exception.Invalid(
-                    f"Invalid volume: Volume {volume_id} status must be available or downloading to reserve, but "
-                    f"the current status is {actual}."
-                ) from None
+            vol = await reserve(conn, volume_id, inst["uuid"], mountpoint=device)
             bdm = await conn.fetchrow(
                 """INSERT INTO block_device_mappings (instance_uuid, source_type, destination_type, device_name,
                        volume_id, volume_size, delete_on_termination, tag, attachment_id)
                    VALUES ($1, 'volume', 'volume', $2, $3, $4, $5, $6, $7) RETURNING *""",
                 inst["uuid"], device, str(vol["id"]), vol["size"], delete_on_termination, tag, vol["attachment_id"],
             )
-        self._spawn(self._attach_now(inst, vol, device))
+        self.run_in_background(self._attach_now(inst, vol, device))
         return bdm
 
     async def _domain_devices(self, inst: asyncpg.Record) -> set[str]:
-        compute = self.computes.get(inst["host"])
+        compute = self.hosts.get(inst["host"])
         if compute is None:
             return set()
-        from lxml import etree
-
-        from novalite.virt.libvirt.volumes import domain_xml
-
         try:
-            xml = await domain_xml(compute.driver, str(inst["uuid"]), inactive=True)
+            targets = await compute.driver.disk_targets(str(inst["uuid"]))
         except Exception:
             return set()
-        return {f"/dev/{t.get('dev')}" for t in etree.fromstring(xml.encode()).iterfind("devices/disk/target")}
+        return {f"/dev/{t}" for t in targets}
 
     async def _attach_now(self, inst: asyncpg.Record, vol: asyncpg.Record, device: str) -> None:
-        from novalite.virt.libvirt.volumes import attach_disk
-
         uuid, vid = str(inst["uuid"]), str(vol["id"])
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, volume_id=vid)
         async with self.locks.lock(uuid):
@@ -781,10 +784,10 @@ class VolumeAPI:
                     log.info("attach_abandoned")  # released meanwhile (the server went away)
                     return
             try:
-                compute = self.computes[inst["host"]]
+                compute = self.hosts[inst["host"]]
                 disk = DiskSpec(path=vol["path"], target_dev=device.removeprefix("/dev/"),
                                 driver_type="qcow2" if vol["format"] == "qcow2" else "raw")
-                await attach_disk(compute.driver, uuid, disk)
+                await compute.driver.attach_disk(uuid, disk)
             except Exception as exc:
                 log.warning("attach_failed", error=str(exc))
                 async with self.pool.acquire() as conn, conn.transaction():
@@ -814,21 +817,19 @@ class VolumeAPI:
                 raise exception.Invalid(f"Invalid volume: Unable to detach volume. Volume status must be 'in-use' "
                                         f"and attach_status must be 'attached' to detach (status {actual}).") \
                     from None
-        self._spawn(self._detach_now(inst, vol, bdm))
+        self.run_in_background(self._detach_now(inst, vol, bdm))
 
     async def _detach_now(self, inst: asyncpg.Record, vol: asyncpg.Record, bdm: asyncpg.Record) -> None:
-        from novalite.virt.libvirt.volumes import detach_disk
-
         uuid, vid = str(inst["uuid"]), str(vol["id"])
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, volume_id=vid)
         async with self.locks.lock(uuid):
             try:
-                compute = self.computes.get(inst["host"])
+                compute = self.hosts.get(inst["host"])
                 if compute is not None:
                     device = (bdm["device_name"] or vol["mountpoint"] or "").removeprefix("/dev/")
                     disk = DiskSpec(path=vol["path"], target_dev=device,
                                     driver_type="qcow2" if vol["format"] == "qcow2" else "raw")
-                    await detach_disk(compute.driver, uuid, disk, self.cfg.detach_timeout)
+                    await compute.driver.detach_disk(uuid, disk, self.cfg.detach_timeout)
             except Exception as exc:
                 log.warning("detach_failed", error=str(exc))
                 async with self.pool.acquire() as conn, conn.transaction():
