@@ -40,7 +40,7 @@ from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
 from novalite.virt.libvirt.eventloop import ensure_registered
 from novalite.virt.testnode import write_test_node
-from novalite.volume import VolumeAPI
+from novalite.volume import VolumeAPI, VolumeAttachments, VolumeBuild
 
 log = structlog.get_logger(__name__)
 
@@ -132,13 +132,17 @@ def volume_ctx(config: Config):
     """Volumes: one storage pool per host, defined and started before the computes run."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        volume_api = VolumeAPI(app[keys.DB], config, app[keys.HOSTS], app[keys.LOCKS])
+        volume_api = VolumeAPI(app[keys.DB], config, app[keys.HOSTS])
+        volume_build = VolumeBuild(volume_api)
         try:
             await volume_api.ensure_pools()
             app[keys.VOLUME_API] = volume_api
-            volume_api.start()
+            app[keys.VOLUME_BUILD] = volume_build
+            app[keys.VOLUME_ATTACHMENTS] = VolumeAttachments(volume_api, app[keys.LOCKS])
+            volume_build.start()
             yield
         finally:
+            await volume_build.close()
             await volume_api.close()
 
     return ctx
@@ -157,14 +161,14 @@ def compute_ctx(config: Config):
         network_api = app[keys.NETWORK_API]
         compute_api = ComputeAPI(pool, config, locks, network_api)
         compute_api.conductor = conductor
-        compute_api.volume_api = app.get(keys.VOLUME_API)
+        compute_api.volume_api = app.get(keys.VOLUME_BUILD)
         conductor.network_api = network_api
         conductor.foreground = app[keys.FOREGROUND]
         computes: dict[str, ComputeManager] = {}
         for host in config.hosts:
             computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
                                                 conductor, network_api)
-            computes[host.name].volume_api = app.get(keys.VOLUME_API)
+            computes[host.name].volume_api = app.get(keys.VOLUME_BUILD)
         watchdog = Watchdog(workers, config, computes)
         try:
             for manager in computes.values():

@@ -66,7 +66,7 @@ class ComputeManager(PowerActionsMixin):
     ) -> None:
         self.host = host.name
         self.network_api = network_api
-        self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
+        self.volume_api: Any = None  # novalite.volume.VolumeBuild, set by the wiring
         # libvirt's test driver: the same domains are described, but no files are written.
         self.simulated = compute_host.simulated
         self.instances_dir = compute_host.instances_dir  # resolved once: builds use it often
