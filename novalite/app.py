@@ -7,6 +7,7 @@ use it, so shutdown runs the other way round.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
 from novalite.compute.actions import ServerActions
 from novalite.compute.api import ComputeAPI
+from novalite.compute.host import ComputeHost, compute_host
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.manager import ComputeManager
 from novalite.compute.recovery import recover
@@ -38,7 +40,7 @@ from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
 from novalite.virt.libvirt.eventloop import ensure_registered
 from novalite.virt.testnode import write_test_node
-from novalite.volume import VolumeAPI
+from novalite.volume import VolumeAPI, VolumeAttachments, VolumeBuild
 
 log = structlog.get_logger(__name__)
 
@@ -87,33 +89,60 @@ def host_uri(config: Config, host: HostConfig) -> str:
     return write_test_node(nodes / f"{host.name}.xml", host.name, host.simulate.vcpus, host.simulate.memory_mb)
 
 
-def network_ctx(config: Config):
-    """Networks from config, made in Postgres and as isolated libvirt networks on every host."""
+def hosts_ctx(config: Config):
+    """One virt driver per configured host -- one libvirt connection and worker pool each --
+    shared by its compute manager, the network service and the volume service; closed last."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         ensure_registered()  # libvirt's event loop before the first libvirt connection
-        network_api = NetworkAPI(app[keys.DB], config)
+        hosts: dict[str, ComputeHost] = {}
+        for host in config.hosts:
+            driver = LibvirtDriver(
+                host_uri(config, host),
+                config.compute.virt_type,
+                config.compute.libvirt_threads,
+                disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
+                state_dir=config.state_dir,
+                hostname=host.name,
+            )
+            hosts[host.name] = compute_host(host, config, driver)
+        app[keys.HOSTS] = hosts
         try:
-            await network_api.ensure_networks({h.name: host_uri(config, h) for h in config.hosts})
-            app[keys.NETWORK_API] = network_api
             yield
         finally:
-            await network_api.close()
+            await asyncio.gather(*(h.driver.close() for h in hosts.values()))
+
+    return ctx
+
+
+def network_ctx(config: Config):
+    """Networks from config, made in Postgres and as isolated networks on every host."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        drivers = {name: h.driver for name, h in app[keys.HOSTS].items()}
+        network_api = NetworkAPI(app[keys.DB], config, drivers)
+        await network_api.ensure_networks()
+        app[keys.NETWORK_API] = network_api
+        yield
 
     return ctx
 
 
 def volume_ctx(config: Config):
-    """Volumes: one libvirt storage pool per host, defined and started before the computes run."""
+    """Volumes: one storage pool per host, defined and started before the computes run."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        volume_api = VolumeAPI(app[keys.DB], config)
+        volume_api = VolumeAPI(app[keys.DB], config, app[keys.HOSTS])
+        volume_build = VolumeBuild(volume_api)
         try:
-            await volume_api.ensure_pools({h.name: host_uri(config, h) for h in config.hosts})
+            await volume_api.ensure_pools()
             app[keys.VOLUME_API] = volume_api
-            volume_api.start()
+            app[keys.VOLUME_BUILD] = volume_build
+            app[keys.VOLUME_ATTACHMENTS] = VolumeAttachments(volume_api, app[keys.LOCKS])
+            volume_build.start()
             yield
         finally:
+            await volume_build.close()
             await volume_api.close()
 
     return ctx
@@ -125,11 +154,11 @@ def compute_ctx(config: Config):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         pool = app[keys.DB]
         workers = app[keys.DB_WORKERS]  # background work: conductor, scheduler, compute hosts
-        locks = InstanceLocks()
+        locks = app[keys.LOCKS]
         steps = StepWriter(workers)  # the build steps of all hosts, written together
         scheduler = Scheduler(workers, config.scheduler)
         network_api = app[keys.NETWORK_API]
-        volume_api = app.get(keys.VOLUME_API)
+        volume_build = app[keys.VOLUME_BUILD]
         computes: dict[str, ComputeManager] = {}
 
         def cast_build(host: str, uuid: str, request_id: str, alternates: list[str],
@@ -139,23 +168,11 @@ def compute_ctx(config: Config):
         conductor = Conductor(workers, scheduler, config.scheduler, cast_build=cast_build, network_api=network_api,
                               foreground=app[keys.FOREGROUND])
         for host in config.hosts:
-            driver = LibvirtDriver(
-                host_uri(config, host),
-                config.compute.virt_type,
-                config.compute.libvirt_threads,
-                disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
-                state_dir=config.state_dir,
-                hostname=host.name,
-            )
-            computes[host.name] = ComputeManager(host, driver, workers, steps, config, locks, conductor.reschedule,
-                                                network_api)
-            computes[host.name].volume_api = volume_api
+            computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
+                                                conductor.reschedule, network_api, volume_build)
         compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
-                                 network_api=network_api, volume_api=volume_api)
+                                 network_api=network_api, volume_build=volume_build)
         watchdog = Watchdog(workers, config, computes)
-        if volume_api is not None:
-            volume_api.computes = computes
-            volume_api.locks = locks
         try:
             for manager in computes.values():
                 await manager.init_host()
@@ -177,8 +194,7 @@ def compute_ctx(config: Config):
             await conductor.stop()
             await scheduler.stop()
             await compute_api.wait_idle()
-            if app.get(keys.VOLUME_API) is not None:
-                await app[keys.VOLUME_API].wait_idle()
+            await app[keys.VOLUME_API].wait_idle()  # attachments and volume data running in the background
             for manager in computes.values():
                 await manager.stop()
 
@@ -198,8 +214,10 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     )
     app[keys.CONFIG] = config
     app[keys.FOREGROUND] = Foreground(config.api.busy_background_interval)  # API first, see novalite.foreground
+    app[keys.LOCKS] = InstanceLocks()  # one lock per instance, for the compute and volume services
     app[keys.POLICY] = Enforcer(config.policy.file if config.policy.file and config.policy.file.exists() else None)
     app.cleanup_ctx.append(database_ctx(config, clouds_yaml))
+    app.cleanup_ctx.append(hosts_ctx(config))
     app.cleanup_ctx.append(network_ctx(config))
     app.cleanup_ctx.append(volume_ctx(config))
     app.cleanup_ctx.append(compute_ctx(config))

@@ -15,7 +15,7 @@ from lxml import etree
 from novalite.api import errors, keys
 from novalite.config import Config, NetworkConfig
 from novalite.network import NetworkAPI, network_data
-from novalite.network.libvirt_net import LibvirtNetworkHost
+from novalite.virt.libvirt import LibvirtDriver
 
 
 def _qemu_system_available() -> bool:
@@ -46,8 +46,9 @@ def _config(tmp_path, networks: list[NetworkConfig], prefix: str | None = None) 
 
 async def test_ports_get_distinct_macs_ips_and_dhcp_entries_under_concurrency(pool, tmp_path):
     cfg = _config(tmp_path, [])  # no [[networks]]: the default shared `private` network
-    api = NetworkAPI(pool, cfg)
-    await api.ensure_networks({"sim1": "test:///default"})
+    driver = LibvirtDriver("test:///default", "test", disk_gb=1)
+    api = NetworkAPI(pool, cfg, {"sim1": driver})
+    await api.ensure_networks()
     try:
         uuids = [str(uuid.uuid4()) for _ in range(50)]
         results = await asyncio.gather(
@@ -76,7 +77,7 @@ async def test_ports_get_distinct_macs_ips_and_dhcp_entries_under_concurrency(po
         assert await backend.dhcp_hosts(ports[0].network_name) == {}
         assert await pool.fetchval("SELECT count(*) FROM ports") == 0
     finally:
-        await api.close()
+        await driver.close()
 
 
 async def test_requested_networks_are_validated_with_novas_messages(pool, tmp_path):
@@ -85,7 +86,7 @@ async def test_requested_networks_are_validated_with_novas_messages(pool, tmp_pa
         NetworkConfig(name="lab", cidr="10.21.0.0/28", shared=False, project="demo"),
     ])
     api = NetworkAPI(pool, cfg)
-    await api.ensure_networks({})
+    await api.ensure_networks()
     nets = {r["name"]: str(r["id"]) for r in await pool.fetch("SELECT id, name FROM networks")}
     missing = str(uuid.uuid4())
 
@@ -135,10 +136,11 @@ async def test_isolated_network_with_dhcp_hosts_on_qemu_system(pool, tmp_path):
     """A real isolated libvirt network (bridge + dnsmasq) with DHCP host entries, then removed."""
     octet = 100 + secrets.randbelow(100)
     cfg = _config(tmp_path, [NetworkConfig(name="e2e", cidr=f"10.254.{octet}.0/24")])
-    api = NetworkAPI(pool, cfg)
+    driver = LibvirtDriver("qemu:///system", "qemu", disk_gb=1)
+    api = NetworkAPI(pool, cfg, {"local": driver})
     name = cfg.networking.libvirt_prefix + "e2e"
     try:
-        await api.ensure_networks({"local": "qemu:///system"})
+        await api.ensure_networks()
         backend = api.hosts["local"]
         instance = str(uuid.uuid4())
         ports = await api.allocate_for_instance(instance, "p-demo", "auto", "local")
@@ -151,10 +153,8 @@ async def test_isolated_network_with_dhcp_hosts_on_qemu_system(pool, tmp_path):
         await api.deallocate_for_instance(instance)
         assert await backend.dhcp_hosts(name) == {}
     finally:
-        backend = api.hosts.get("local") or LibvirtNetworkHost("qemu:///system")
-        await backend.undefine(name)
-        await api.close()
-        await backend.close()
+        await driver.undefine_network(name)
+        await driver.close()
 
 
 # -- Neutron API -----------------------------------------------------------------------

@@ -170,7 +170,7 @@ async def test_openstack_cli_drives_the_actions(cloud):
 
 async def _shutdown_behind_our_back(manager, uuid: str, how: str) -> None:
     def act_on_domain() -> None:
-        getattr(manager.driver._connection().lookupByUUIDString(uuid), how)()
+        getattr(manager.driver.host.connection().lookupByUUIDString(uuid), how)()
 
     await asyncio.get_running_loop().run_in_executor(None, act_on_domain)
 

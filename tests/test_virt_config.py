@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
+from novalite.virt.driver import NetworkSpec, StoragePoolSpec
 from novalite.virt.libvirt.config import (
     NOVA_NS,
     LibvirtConfigGuest,
@@ -13,7 +14,13 @@ from novalite.virt.libvirt.config import (
     LibvirtConfigGuestInterface,
     LibvirtConfigGuestMetaNovaInstance,
     LibvirtConfigGuestSerial,
+    LibvirtConfigNetwork,
+    LibvirtConfigNetworkDHCPHost,
+    LibvirtConfigStoragePool,
+    LibvirtConfigStorageVolume,
 )
+from novalite.virt.libvirt.network import design_network
+from novalite.virt.libvirt.storage import design_pool, design_volume
 
 UUID = "0b8a2a3e-7f5c-4a43-9f0e-3d5a9d0c1e22"
 
@@ -70,6 +77,15 @@ def _guest() -> LibvirtConfigGuest:
     )
 
 
+def _network() -> LibvirtConfigNetwork:
+    return LibvirtConfigNetwork(
+        name="novalite-private", uuid=UUID, bridge="virbr-nl0", bridge_stp=True, bridge_delay=0, mtu=1450,
+        ip_address="10.20.0.1", ip_netmask="255.255.255.0", dhcp_start="10.20.0.2", dhcp_end="10.20.0.254",
+        dhcp_hosts=[LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01", ip="10.20.0.5"),
+                    LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:02", ip="10.20.0.6", name="vm-2")],
+    )
+
+
 def test_guest_round_trip() -> None:
     guest = _guest()
     xml = guest.to_xml()
@@ -88,6 +104,17 @@ def test_guest_round_trip() -> None:
         LibvirtConfigGuestConsole(char_type="pty"),
         _meta(),
         LibvirtConfigGuestMetaNovaInstance(name="only-a-name"),
+        _network(),
+        LibvirtConfigNetwork(name="nat", forward_mode="nat", bridge="virbr0"),
+        LibvirtConfigNetwork(name="bare"),
+        LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01", ip="10.20.0.5"),
+        LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01"),
+        LibvirtConfigStoragePool(pool_type="dir", name="novalite-sim1", target_path="/srv/v", target_mode="0755"),
+        LibvirtConfigStoragePool(pool_type="logical", name="novalite-lvm", source_name="vg0", source_format="lvm2",
+                                 target_path="/dev/vg0"),
+        LibvirtConfigStorageVolume(name="volume-1", capacity=2 * 1024**3, allocation=0, target_format="qcow2",
+                                   target_mode="0644"),
+        LibvirtConfigStorageVolume(name="raw-1", capacity=1024**3, target_path="/dev/vg0/raw-1"),
     ],
     ids=lambda d: type(d).__name__,
 )
@@ -145,3 +172,65 @@ def test_parse_tolerates_libvirt_additions() -> None:
 def test_parse_rejects_wrong_root() -> None:
     with pytest.raises(ValueError):
         LibvirtConfigGuestDisk.parse_dom(etree.fromstring("<interface type='user'/>"))
+
+
+# ------------------------------------------------------------------ networks and storage
+
+
+def test_designed_network_is_the_isolated_network_libvirt_got_before() -> None:
+    """The XML of the raw etree builder this replaced, element for element."""
+    net = NetworkSpec(name="nl-private", uuid=UUID, cidr="10.20.0.0/24", gateway="10.20.0.1",
+                      dhcp_start="10.20.0.2", dhcp_end="10.20.0.254", mtu=1500)
+    xml = design_network(net, "virbr-nl3", [("fa:16:3e:00:00:01", "10.20.0.9")]).to_xml(pretty=False)
+    assert xml == (
+        f'<network><name>nl-private</name><uuid>{UUID}</uuid>'
+        '<bridge name="virbr-nl3" stp="on" delay="0"/><mtu size="1500"/>'
+        '<ip address="10.20.0.1" netmask="255.255.255.0"><dhcp><range start="10.20.0.2" end="10.20.0.254"/>'
+        '<host mac="fa:16:3e:00:00:01" ip="10.20.0.9"/></dhcp></ip></network>'
+    )
+    assert LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01").to_xml(pretty=False) == \
+        '<host mac="fa:16:3e:00:00:01"/>'
+
+
+def test_designed_pools_and_volumes_are_what_libvirt_got_before() -> None:
+    assert design_pool(StoragePoolSpec("p", "dir", "/srv/v")).to_xml(pretty=False) == (
+        '<pool type="dir"><name>p</name><target><path>/srv/v</path>'
+        '<permissions><mode>0755</mode></permissions></target></pool>'
+    )
+    assert design_pool(StoragePoolSpec("p", "logical", "/dev/vg0", "vg0")).to_xml(pretty=False) == (
+        '<pool type="logical"><name>p</name><source><name>vg0</name><format type="lvm2"/></source>'
+        '<target><path>/dev/vg0</path></target></pool>'
+    )
+    assert design_volume("v", 2, "qcow2").to_xml(pretty=False) == (
+        '<volume><name>v</name><capacity unit="bytes">2147483648</capacity>'
+        '<allocation unit="bytes">0</allocation><target><format type="qcow2"/>'
+        '<permissions><mode>0644</mode></permissions></target></volume>'
+    )
+    assert design_volume("v", 1, "raw").to_xml(pretty=False) == (
+        '<volume><name>v</name><capacity unit="bytes">1073741824</capacity>'
+        '<allocation unit="bytes">0</allocation><target/></volume>'
+    )
+
+
+def test_network_and_volume_parse_what_libvirt_returns() -> None:
+    net = LibvirtConfigNetwork.from_xml(f"""
+    <network connections='2'>
+      <name>default</name><uuid>{UUID}</uuid>
+      <forward mode='nat'><nat><port start='1024' end='65535'/></nat></forward>
+      <bridge name='virbr0' stp='on' delay='0'/>
+      <mac address='52:54:00:0a:0b:0c'/>
+      <ip address='192.168.122.1' netmask='255.255.255.0'>
+        <dhcp><range start='192.168.122.2' end='192.168.122.254'/>
+          <host mac='FA:16:3E:00:00:01' ip='192.168.122.7'/></dhcp>
+      </ip>
+    </network>""")
+    assert (net.forward_mode, net.bridge, net.ip_address) == ("nat", "virbr0", "192.168.122.1")
+    assert net.dhcp_hosts == [LibvirtConfigNetworkDHCPHost(mac="FA:16:3E:00:00:01", ip="192.168.122.7")]
+    vol = LibvirtConfigStorageVolume.from_xml("""
+    <volume type='file'>
+      <name>v1</name><key>/tmp/p/v1</key>
+      <capacity unit='G'>1</capacity><allocation unit='bytes'>196608</allocation>
+      <target><path>/tmp/p/v1</path><format type='qcow2'/></target>
+    </volume>""")
+    assert (vol.capacity, vol.allocation, vol.target_path, vol.target_format) == (
+        1024**3, 196608, "/tmp/p/v1", "qcow2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -22,7 +23,9 @@ from novalite.virt import (
     GuestSpec,
     HypervisorUnavailable,
     InstanceExists,
+    NetworkSpec,
     NicSpec,
+    StoragePoolSpec,
     VirtDriver,
     VirtError,
 )
@@ -261,7 +264,7 @@ async def test_cancelled_spawn_leaves_nothing(node_uri: str) -> None:
     async with LibvirtDriver(node_uri, "qemu", max_threads=1, disk_gb=1) as driver:
         await driver.init_host()
         gate = threading.Event()
-        blocker = driver._submit(gate.wait, 10)  # occupy the only worker
+        blocker = driver.host.submit(gate.wait, 10)  # occupy the only worker
         spec = make_spec()
         task = asyncio.create_task(driver.spawn(spec))
         await asyncio.sleep(0.05)
@@ -348,3 +351,216 @@ async def test_qemu_start_failure_is_rolled_back(tmp_path: Path) -> None:
             await driver.spawn(spec)
         assert spec.instance_uuid not in await driver.list_instance_uuids()
         assert await driver.get_info(spec.instance_uuid) is None
+
+
+# ------------------------------------------------- one host: connection, pool, events
+
+@pytest.mark.asyncio
+async def test_domains_networks_and_storage_share_one_connection_and_pool(drv: LibvirtDriver,
+                                                                           tmp_path: Path) -> None:
+    """A test:/// host's networks and pools sit beside its domains: one connection, one bounded pool."""
+    net = NetworkSpec(name="nl-shared", uuid=str(uuid.uuid4()), cidr="10.30.0.0/24", gateway="10.30.0.1",
+                      dhcp_start="10.30.0.2", dhcp_end="10.30.0.254")
+    pool = StoragePoolSpec(name="nl-pool", type="dir", target=str(tmp_path / "pool"))
+    await drv.ensure_network(net)
+    await drv.ensure_pool(pool)
+    specs = [make_spec(nics=[NicSpec(mac=f"fa:16:3e:00:10:{i:02x}", network=net.name)]) for i in range(8)]
+    await asyncio.gather(
+        *(drv.spawn(s) for s in specs),
+        *(drv.add_dhcp_host(net.name, s.nics[0].mac, f"10.30.0.{10 + i}") for i, s in enumerate(specs)),
+        *(drv.create_volume(pool.name, f"v{i}", 1, pool.volume_format) for i in range(8)),
+    )
+    conn = drv.host.connection()  # what every verb used
+    assert net.name in [n.name() for n in conn.listAllNetworks(0)]
+    assert pool.name in [p.name() for p in conn.listAllStoragePools(0)]
+    assert {d.UUIDString() for d in conn.listAllDomains(0)} == {s.instance_uuid for s in specs}
+    assert len(await drv.dhcp_hosts(net.name)) == 8
+    assert sorted(await drv.list_volumes(pool.name)) == [f"v{i}" for i in range(8)]
+    workers = [t.name for t in threading.enumerate() if t.name.startswith(f"libvirt-{id(drv.host):x}")]
+    assert 0 < len(workers) <= 4  # the driver's max_threads, for all three kinds of call
+
+
+@pytest.mark.asyncio
+async def test_a_test_host_never_reconnects(drv: LibvirtDriver) -> None:
+    """The test driver's host lives in its connection: a 'dead connection' error must not reopen it."""
+    spec = make_spec()
+    await drv.spawn(spec)
+    conn = drv.host.connection()
+
+    def connection_died() -> None:
+        raise VirtError("connection is gone", libvirt.VIR_ERR_INVALID_CONN)
+
+    with pytest.raises(VirtError):
+        await drv.host.call(connection_died)
+    assert drv.host.connection() is conn
+    assert await drv.list_instance_uuids() == [spec.instance_uuid]
+    assert await drv.is_alive()
+    await drv.close()
+    assert not await drv.is_alive()
+
+
+@pytest.fixture(scope="module")
+def daemon_host():
+    """A simulated host served by its own libvirtd: a remote connection, as a real hypervisor's."""
+    from novalite.virt.simhost import PersistentTestHost
+
+    if shutil.which("libvirtd") is None and not Path("/usr/sbin/libvirtd").exists():
+        pytest.skip("no libvirtd binary")
+    host = PersistentTestHost("reconnect")
+    try:
+        host.start()
+    except RuntimeError as exc:
+        pytest.skip(f"cannot start a private libvirtd: {exc}")
+    yield host
+    host.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_remote_host_reconnects_and_keeps_its_event_registration(daemon_host) -> None:
+    events: list[tuple[str, str]] = []
+    async with LibvirtDriver(daemon_host.uri, "test", disk_gb=1) as driver:
+        await driver.init_host()
+        await driver.watch_lifecycle(lambda uuid_, _state, name: events.append((uuid_, name)))
+        first = driver.host.connection()
+
+        def connection_died() -> None:
+            raise VirtError("connection is gone", libvirt.VIR_ERR_NO_CONNECT)
+
+        with pytest.raises(VirtError):
+            await driver.host.call(connection_died)
+        spec = make_spec("test")
+        await driver.spawn(spec)  # on a new connection, the daemon's host unchanged
+        assert driver.host.connection() is not first
+        assert spec.instance_uuid in daemon_host.domains()
+        for _ in range(100):
+            if (spec.instance_uuid, "started") in events:
+                break
+            await asyncio.sleep(0.05)
+        assert (spec.instance_uuid, "started") in events  # registered again on the new connection
+        # libvirtd restarted behind our back: the next call finds isAlive() false and reopens.
+        second = driver.host.connection()
+        second.close()
+        assert await driver.list_instance_uuids() == [spec.instance_uuid]
+        assert driver.host.connection() is not second
+        await driver.destroy(spec.instance_uuid)
+
+
+# ------------------------------------------------- disks, storage and networks on test:///
+
+@pytest.mark.asyncio
+async def test_disk_hotplug_on_the_test_driver_edits_the_persistent_definition(drv: LibvirtDriver) -> None:
+    """The test driver has no attachDevice: the documented fallback redefines the domain."""
+    spec = make_spec()
+    await drv.spawn(spec)
+    disk = DiskSpec(path="/pool/volume-1", target_dev="vdb", driver_type="raw")
+    await drv.attach_disk(spec.instance_uuid, disk)
+    await drv.attach_disk(spec.instance_uuid, disk)  # idempotent
+    assert await drv.disk_targets(spec.instance_uuid) == {"vda", "sda", "vdb"}
+    assert "/pool/volume-1" in await drv.domain_xml(spec.instance_uuid, inactive=True)
+    kept = LibvirtConfigGuest.from_xml(await drv.domain_xml(spec.instance_uuid, inactive=True))
+    assert kept.metadata[0].uuid == spec.instance_uuid  # the redefinition keeps the rest of the domain
+    await drv.detach_disk(spec.instance_uuid, disk)
+    assert await drv.disk_targets(spec.instance_uuid) == {"vda", "sda"}
+    await drv.detach_disk(spec.instance_uuid, disk)  # a missing disk is fine
+    await drv.detach_disk(str(uuid.uuid4()), disk)  # and so is a missing domain
+    with pytest.raises(virt.InstanceNotFound):
+        await drv.disk_targets(str(uuid.uuid4()))
+
+
+@pytest.mark.asyncio
+async def test_storage_verbs_on_the_test_driver_and_no_streams_there(drv: LibvirtDriver, tmp_path: Path) -> None:
+    pool = StoragePoolSpec(name="nl-sim", type="dir", target=str(tmp_path / "sim"))
+    await drv.ensure_pool(pool)
+    await drv.ensure_pool(pool)  # idempotent
+    path = await drv.create_volume(pool.name, "base", 1, "qcow2")
+    assert path == str(tmp_path / "sim" / "base")
+    assert await drv.clone_volume(pool.name, "base", "copy", 2, "qcow2") == str(tmp_path / "sim" / "copy")
+    assert sorted(await drv.list_volumes(pool.name)) == ["base", "copy"]
+    assert await drv.delete_volume(pool.name, "copy") is True
+    assert await drv.delete_volume(pool.name, "copy") is False
+    with pytest.raises(VirtError) as upload:
+        await drv.upload_volume(pool.name, "base", __file__)
+    assert upload.value.code == libvirt.VIR_ERR_NO_SUPPORT
+    with pytest.raises(VirtError) as download:
+        await drv.download_volume(pool.name, "base", tmp_path / "out")
+    assert download.value.code == libvirt.VIR_ERR_NO_SUPPORT
+    with pytest.raises(VirtError):
+        await drv.create_volume("no-such-pool", "v", 1, "raw")
+
+
+@pytest.mark.asyncio
+async def test_network_verbs_on_the_test_driver(drv: LibvirtDriver) -> None:
+    net = NetworkSpec(name="nl-net", uuid=str(uuid.uuid4()), cidr="10.31.0.0/24", gateway="10.31.0.1",
+                      dhcp_start="10.31.0.2", dhcp_end="10.31.0.254", mtu=1400)
+    bridge = await drv.ensure_network(net)
+    assert bridge.startswith("virbr-nl") and await drv.ensure_network(net) == bridge
+    await drv.add_dhcp_host(net.name, "fa:16:3e:00:00:01", "10.31.0.5")
+    await drv.add_dhcp_host(net.name, "fa:16:3e:00:00:02", "10.31.0.5")  # the IP moves to another MAC
+    assert await drv.dhcp_hosts(net.name) == {"fa:16:3e:00:00:02": "10.31.0.5"}
+    assert await drv.sync_dhcp_hosts(net.name, {"fa:16:3e:00:00:03": "10.31.0.6"}) == (1, 1)
+    assert await drv.remove_dhcp_host(net.name, "fa:16:3e:00:00:03") is True
+    assert await drv.remove_dhcp_host(net.name, "fa:16:3e:00:00:03") is False
+    moved = dataclasses.replace(net, cidr="10.32.0.0/24", gateway="10.32.0.1", dhcp_start="10.32.0.2",
+                                dhcp_end="10.32.0.9")
+    assert await drv.ensure_network(moved) == bridge  # redefined on its bridge
+    assert etree.fromstring((await drv.network_xml(net.name)).encode()).find("ip").get("address") == "10.32.0.1"
+    await drv.undefine_network(net.name)
+    await drv.undefine_network(net.name)
+    assert await drv.dhcp_hosts(net.name) == {}
+    with pytest.raises(VirtError):
+        await drv.add_dhcp_host(net.name, "fa:16:3e:00:00:01", "10.31.0.5")
+
+
+# ------------------------------------------------- streams against qemu:///system
+
+@pytest.mark.qemu
+@pytest.mark.asyncio
+async def test_volume_upload_and_download_through_streams_on_qemu_system(tmp_path: Path) -> None:
+    """A throwaway dir pool under a tmp dir: data in from a file and from an async source, out again."""
+    pool = StoragePoolSpec(name=f"nl-stream-{uuid.uuid4().hex[:8]}", type="dir", target=str(tmp_path / "pool"))
+    payload = os.urandom(3 * 256 * 1024 + 123)
+    source = tmp_path / "payload"
+    source.write_bytes(payload)
+    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as driver:
+        if not await driver.is_alive():
+            pytest.skip("qemu:///system is not reachable")
+        try:
+            await driver.ensure_pool(pool)
+            await driver.create_volume(pool.name, "from-file", 1, "raw")
+            await driver.create_volume(pool.name, "from-chunks", 1, "raw")
+            assert await driver.upload_volume(pool.name, "from-file", source) == len(payload)
+
+            async def chunks():
+                for i in range(0, len(payload), 100_000):
+                    await asyncio.sleep(0)
+                    yield payload[i:i + 100_000]
+
+            assert await driver.upload_volume(pool.name, "from-chunks", chunks()) == len(payload)
+            out = tmp_path / "out"
+            size = await driver.download_volume(pool.name, "from-file", out)
+            with out.open("rb") as f:
+                assert size == out.stat().st_size == 1024**3 and f.read(len(payload)) == payload
+            out.unlink()
+            head, total = bytearray(), 0
+
+            async def sink(data: bytes) -> None:
+                nonlocal total
+                head.extend(data[:len(payload) - len(head)])
+                total += len(data)
+
+            assert await driver.download_volume(pool.name, "from-chunks", sink) == total == 1024**3
+            assert bytes(head) == payload
+        finally:
+            def remove_pool() -> None:
+                conn = driver.host.connection()
+                try:
+                    p = conn.storagePoolLookupByName(pool.name)
+                except libvirt.libvirtError:
+                    return
+                for vol in p.listAllVolumes(0):
+                    vol.delete(0)
+                p.destroy()
+                p.delete(0)
+                p.undefine()
+
+            await driver.host.call(remove_pool)

@@ -15,7 +15,6 @@ from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
 from novalite.api import keys
 from novalite.virt.libvirt.config import LibvirtConfigGuestDisk
-from novalite.virt.libvirt.volumes import domain_xml
 
 EXTRA = """
 [volume]
@@ -79,7 +78,9 @@ async def host_of(cloud, server_id: str) -> str:
 
 
 async def pool_volumes(cloud, host: str = "sim1") -> list[str]:
-    return await cloud.app[keys.VOLUME_API].backends[host].volume_names()
+    api = cloud.app[keys.VOLUME_API]
+    driver, pool = api.storage(host)
+    return await driver.list_volumes(pool.name)
 
 
 async def test_version_documents_answer_without_a_token(vcloud):
@@ -184,7 +185,7 @@ async def test_boot_with_existing_volume_attaches_it_and_delete_keeps_it(vcloud)
     vol = await wait_volume(vcloud, vid, "in-use")
     (att,) = vol["attachments"]
     assert att["server_id"] == sid and att["device"] == "/dev/vdb"
-    xml = await domain_xml(vcloud.app[keys.COMPUTES]["sim1"].driver, sid)
+    xml = await vcloud.app[keys.COMPUTES]["sim1"].driver.domain_xml(sid)
     assert f"volume-{vid}" in xml and "vdb" in xml
     status, body, _ = await vcloud.compute("GET", f"/servers/{sid}/os-volume_attachments", version="2.89")
     (a,) = body["volumeAttachments"]
@@ -287,7 +288,7 @@ async def test_attach_and_detach_on_a_running_server(vcloud):
                                         "tag": None, "delete_on_termination": True}
     await wait_volume(vcloud, vid, "in-use")
     driver = vcloud.app[keys.COMPUTES]["sim1"].driver
-    assert f"volume-{vid}" in await domain_xml(driver, sid, inactive=True)
+    assert f"volume-{vid}" in await driver.domain_xml(sid, inactive=True)
     # attaching it again, or a bad device, or a missing volume: Nova's answers
     status, body, _ = await vcloud.compute("POST", f"/servers/{sid}/os-volume_attachments",
                                            json_body={"volumeAttachment": {"volumeId": vid}})
@@ -310,7 +311,7 @@ async def test_attach_and_detach_on_a_running_server(vcloud):
     status, _, _ = await vcloud.compute("DELETE", f"/servers/{sid}/os-volume_attachments/{vid}")
     assert status == 202
     await wait_volume(vcloud, vid, "available")
-    assert f"volume-{vid}" not in await domain_xml(driver, sid, inactive=True)
+    assert f"volume-{vid}" not in await driver.domain_xml(sid, inactive=True)
     status, _, _ = await vcloud.compute("GET", f"/servers/{sid}/os-volume_attachments/{vid}")
     assert status == 404
     # attached again with delete_on_termination: the server's delete takes it along
@@ -346,14 +347,14 @@ async def test_volume_on_another_host_is_refused_for_attach(vcloud):
 
 async def test_pools_are_libvirt_pools_named_with_the_prefix(vcloud):
     api = vcloud.app[keys.VOLUME_API]
-    backend = api.backends["sim2"]
-    assert backend.pool.name == "novalite-sim2" and backend.pool.type == "dir"
+    driver, pool = api.storage("sim2")
+    assert pool.name == "novalite-sim2" and pool.type == "dir"
 
     def pools() -> list[str]:
-        return [p.name() for p in backend._connection().listAllStoragePools(0)]
+        return [p.name() for p in driver.host.connection().listAllStoragePools(0)]
 
     assert "novalite-sim2" in await asyncio.to_thread(pools)
-    assert libvirt.VIR_ERR_NO_SUPPORT  # the test driver: no resize, no live attach (documented in pool.py)
+    assert libvirt.VIR_ERR_NO_SUPPORT  # the test driver: no resize, no live attach (virt/libvirt/storage.py)
 
 
 async def wait_cli_volume(cloud, name: str, status: str) -> dict:

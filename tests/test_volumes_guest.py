@@ -23,7 +23,6 @@ from test_volumes import volume_call, wait_volume
 from novalite.api import keys
 from novalite.image import testimage
 from novalite.virt.libvirt.config import LibvirtConfigGuestDisk
-from novalite.virt.libvirt.volumes import domain_xml
 
 pytestmark = pytest.mark.qemu
 GiB = 1024**3
@@ -154,14 +153,14 @@ async def test_guest_runs_from_a_volume_lists_its_volumes_and_takes_hotplug(volu
                                           json_body={"volumeAttachment": {"volumeId": extra}})
     assert status == 200 and body["volumeAttachment"]["device"] == "/dev/vdd", body
     await wait_volume(cloud, extra, "in-use")
-    live = await domain_xml(driver, sid)
+    live = await driver.domain_xml(sid)
     assert f"volume-{extra}" in live and "vdd" in live
-    assert f"volume-{extra}" in await domain_xml(driver, sid, inactive=True)
+    assert f"volume-{extra}" in await driver.domain_xml(sid, inactive=True)
     status, _, _ = await cloud.compute("DELETE", f"/servers/{sid}/os-volume_attachments/{extra}")
     assert status == 202
     await wait_volume(cloud, extra, "available", timeout=40)
-    assert f"volume-{extra}" not in await domain_xml(driver, sid)
-    assert f"volume-{extra}" not in await domain_xml(driver, sid, inactive=True)
+    assert f"volume-{extra}" not in await driver.domain_xml(sid)
+    assert f"volume-{extra}" not in await driver.domain_xml(sid, inactive=True)
 
     # delete: delete_on_termination volumes go with the server, the snapshot's volume stays
     status, _, _ = await cloud.compute("DELETE", f"/servers/{sid}")

@@ -158,7 +158,7 @@ class ComputeAPI:
         build_instances: Callable[[BuildRequest], None],
         computes: Mapping[str, HostTerminator],
         network_api: Any = None,
-        volume_api: Any = None,
+        volume_build: Any = None,
     ) -> None:
         """``build_instances`` casts provisioned instances to the conductor; ``computes`` are the
         hosts a delete asks to destroy what they built."""
@@ -167,7 +167,7 @@ class ComputeAPI:
         self.config = config
         self.locks = locks
         self.build_instances = build_instances
-        self.volume_api = volume_api
+        self.volume_build = volume_build
         self.computes = computes
         self._tasks: set[asyncio.Task] = set()
         self._creating = asyncio.Semaphore(config.api.max_concurrent_creates)  # FIFO: waiters in order
@@ -383,10 +383,10 @@ class ComputeAPI:
         names valid."""
         ephemeral_total = 0
         if any(b["destination_type"] == "volume" for b in bdms):
-            if self.volume_api is None:
+            if self.volume_build is None:
                 raise exception.Invalid("Block Device Mapping is Invalid: this cloud has no volume service.")
             # Volumes/snapshots exist, are available and ours; new volumes have a size; their host is forced.
-            await self.volume_api.check_bdms(conn, ctx, req, bdms)
+            await self.volume_build.check_bdms(conn, ctx, req, bdms)
         for b in bdms:
             src, dest = b["source_type"], b["destination_type"]
             if src in ("volume", "snapshot") and dest != "volume":
@@ -690,9 +690,9 @@ class ComputeAPI:
                     if limit != quota.UNLIMITED and members + count > limit:
                         raise exception.QuotaExceeded("Quota exceeded, too many servers in group")
                 rows = self._instance_rows(ctx, req, base, count, reservation_id)
-                if self.volume_api is not None:  # available → reserved before the BDM rows: one winner per volume
+                if self.volume_build is not None:  # available → reserved before the BDM rows: one winner per volume
                     for r in rows:
-                        await self.volume_api.reserve_for_instance(conn, r["uuid"], base.bdms)
+                        await self.volume_build.reserve_for_instance(conn, r["uuid"], base.bdms)
                 instances = await db.provision(
                     conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms],
                     group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id,
@@ -740,8 +740,8 @@ class ComputeAPI:
             else:
                 if self.network_api is not None:
                     await self.network_api.deallocate_for_instance(uuid)
-                if self.volume_api is not None:
-                    await self.volume_api.release_instance(uuid)
+                if self.volume_build is not None:
+                    await self.volume_build.release_instance(uuid)
                 await finish_delete(self.pool, uuid, request_id, host=None)
 
     async def wait_idle(self) -> None:

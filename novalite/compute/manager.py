@@ -24,12 +24,12 @@ import structlog
 from novalite.compute import states
 from novalite.compute.api import finish_delete
 from novalite.compute.disks import (
-    ImageCache,
     PreparedDisks,
     prepare_local_disks,
     remove_instance_files,
 )
 from novalite.compute.failures import Failure, fail_instance
+from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerManager
 from novalite.config import Config, HostConfig
@@ -39,7 +39,8 @@ from novalite.network import NetworkAPI, PortInfo, network_data
 from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt import power_state
 from novalite.virt.configdrive import build_config_drive, instance_metadata
-from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec, VirtDriver
+from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec
+from novalite.volume.build import VolumeBuild
 
 log = structlog.get_logger(__name__)
 
@@ -60,24 +61,25 @@ class ComputeManager:
     def __init__(
         self,
         host: HostConfig,
-        driver: VirtDriver,
+        compute_host: ComputeHost,
         pool: asyncpg.Pool,
         steps: StepWriter,
         config: Config,
         locks: InstanceLocks,
         reschedule: Reschedule,
         network_api: NetworkAPI | None = None,
+        volume_build: VolumeBuild | None = None,
     ) -> None:
         """``reschedule`` hands a build that failed here back to the conductor (its alternates)."""
         self.host = host.name
         self.network_api = network_api
-        self.volume_api: Any = None  # novalite.volume.VolumeAPI, set by the wiring
+        self.volume_build = volume_build  # a build's volumes: prepared, undone, released
         # libvirt's test driver: the same domains are described, but no files are written.
-        self.simulated = host.simulate is not None or (host.uri or "").startswith("test")
-        self.instances_dir = config.state_dir / "instances" / host.name  # resolved once: builds use it often
-        self.image_cache = ImageCache(self.instances_dir / "_base", config.state_dir / "images")
+        self.simulated = compute_host.simulated
+        self.instances_dir = compute_host.instances_dir  # resolved once: builds use it often
+        self.image_cache = compute_host.image_cache
         self.host_config = host
-        self.driver = driver
+        self.driver = compute_host.driver  # owned by the wiring (app.py), which closes it
         self.pool = pool
         self.steps = steps
         self.config = config
@@ -92,7 +94,7 @@ class ComputeManager:
         # with this message; `before_step(uuid, task_state)` is awaited before each step.
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
-        self.power = PowerManager(self.host, driver, pool, locks, config, self._spawn)
+        self.power = PowerManager(self.host, self.driver, pool, locks, config, self._spawn)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -138,7 +140,6 @@ class ComputeManager:
             w.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
-        await self.driver.close()
 
     def install_drill_delays(self) -> None:
         """Crash drills: hold instances in the configured stages (compute.drill_stage_delays)."""
@@ -279,8 +280,8 @@ class ComputeManager:
             log.exception("cleanup_destroy_failed")
         if not self.simulated:
             await remove_instance_files(self.instances_dir / uuid)
-        if self.volume_api is not None:  # a failed build: volumes it made go, claimed ones stay reserved
-            await self.volume_api.undo_build(uuid)
+        if self.volume_build is not None:  # a failed build: volumes it made go, claimed ones stay reserved
+            await self.volume_build.undo_build(uuid)
 
     async def clean_partial_build(self, uuid: str) -> None:
         """Remove whatever a cut-off build left on this host (recovery and the watchdog call it)."""
@@ -325,9 +326,9 @@ class ComputeManager:
             flavor=inst["flavor"],
             write_files=not self.simulated,
         )
-        if self.volume_api is not None and (inst["request_spec"] or {}).get("has_volumes", True):
+        if self.volume_build is not None and (inst["request_spec"] or {}).get("has_volumes", True):
             # volume/snapshot/image/blank → volume BDMs, attached as disks
-            await self.volume_api.prepare_build(self, inst, prepared)
+            await self.volume_build.prepare_build(self.host, inst, prepared)
         return prepared
 
     async def _config_drive(self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks) -> None:
@@ -423,8 +424,8 @@ class ComputeManager:
             await db.notify(conn, "instance.delete.start", {"host": self.host},
                             publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id)
         await self._undo_build(uuid)
-        if self.volume_api is not None:  # delete_on_termination volumes go, the others become available
-            await self.volume_api.release_instance(uuid)
+        if self.volume_build is not None:  # delete_on_termination volumes go, the others become available
+            await self.volume_build.release_instance(uuid)
         if self.network_api is not None:
             await self.network_api.deallocate_for_instance(uuid)
         await finish_delete(self.pool, uuid, request_id, self.host)

@@ -2,7 +2,8 @@
 
 Networks come from config (``[[networks]]``; one shared ``private`` network when
 none is configured) and are created at start by :meth:`NetworkAPI.ensure_networks`
-in Postgres and, as isolated libvirt networks, on every compute host. A build
+in Postgres and, as isolated networks, on every compute host through its virt
+driver (:class:`novalite.virt.driver.VirtDriver`). A build
 asks :meth:`NetworkAPI.allocate_for_instance` for its ports (a MAC, a fixed IP
 and a DHCP host entry on the instance's host each); delete gives them back with
 :meth:`NetworkAPI.deallocate_for_instance`. Ports, MACs and IPs live in Postgres,
@@ -14,19 +15,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import libvirt
 import structlog
 
 from novalite import exception
 from novalite.config import Config, ConfigError, NetworkConfig
 from novalite.db import networks as q
-from novalite.network.libvirt_net import LibvirtNetworkDef, LibvirtNetworkHost
-from novalite.virt.driver import NicSpec
+from novalite.virt.driver import NetworkSpec, NicSpec, VirtDriver
 
 log = structlog.get_logger(__name__)
 
@@ -164,45 +163,28 @@ class _Wanted:
 
 @dataclass
 class NetworkAPI:
-    """Networks, ports and DHCP entries for every compute host; one libvirt connection per URI."""
+    """Networks, ports and DHCP entries for every compute host, each reached through its virt driver."""
 
     pool: asyncpg.Pool
     config: Config
-    # host name → the network backend of its libvirt URI (shared by hosts on one URI)
-    hosts: dict[str, LibvirtNetworkHost] = field(default_factory=dict)
-    _backends: dict[str, LibvirtNetworkHost] = field(default_factory=dict)
+    # host name → the virt driver of that host (its networks live on its hypervisor)
+    hosts: Mapping[str, VirtDriver] = field(default_factory=dict)
 
-    # -- start and stop -------------------------------------------------------------
-    async def ensure_networks(
-        self,
-        hosts: Mapping[str, str],
-        connect: Mapping[str, Callable[[], libvirt.virConnect]] | None = None,
-    ) -> None:
+    # -- start ----------------------------------------------------------------------
+    async def ensure_networks(self) -> None:
         """Create or update the configured networks in Postgres and on every host; idempotent.
 
-        ``hosts`` maps compute host name → libvirt URI. ``connect`` may give, per
-        host name, a function returning an open connection to share (a test:///
-        host's networks live inside one connection, so pass the virt driver's
-        there); otherwise one connection per distinct URI is opened here. DHCP
-        host entries on each host are reconciled with the ports bound to it, so
-        entries left by a crash are removed and missing ones restored.
+        DHCP host entries on each host are reconciled with the ports bound to
+        it, so entries left by a crash are removed and missing ones restored.
         """
-        connect = connect or {}
-        for name, uri in hosts.items():
-            if name in self.hosts:
-                continue
-            backend = self._backends.get(uri)
-            if backend is None:
-                backend = self._backends[uri] = LibvirtNetworkHost(uri, connect.get(name))
-            self.hosts[name] = backend
         defs = await self._ensure_rows()
-        backends = {id(b): b for n, b in self.hosts.items() if n in hosts}
-        await asyncio.gather(*(self._ensure_on(b, defs) for b in backends.values()))
+        drivers = {id(d): d for d in self.hosts.values()}
+        await asyncio.gather(*(self._ensure_on(d, defs) for d in drivers.values()))
 
-    async def _ensure_rows(self) -> list[LibvirtNetworkDef]:
+    async def _ensure_rows(self) -> list[NetworkSpec]:
         prefix = self.config.networking.libvirt_prefix
         default = self.config.networking.default_network
-        defs: list[LibvirtNetworkDef] = []
+        defs: list[NetworkSpec] = []
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(7400006)")
             admin_project = await q.project_id_by_name(conn, "admin") or ""
@@ -222,27 +204,23 @@ class NetworkAPI:
                     cidr=plan.cidr, gateway_ip=plan.gateway, pool_start=plan.pool_start, pool_end=plan.pool_end,
                     dns_nameservers=list(net.dns_nameservers),
                 )
-                defs.append(LibvirtNetworkDef(
+                defs.append(NetworkSpec(
                     name=row["libvirt_name"], uuid=row["id"], cidr=plan.cidr, gateway=plan.gateway,
                     dhcp_start=plan.pool_start, dhcp_end=plan.pool_end, mtu=net.mtu,
                 ))
         return defs
 
-    async def _ensure_on(self, backend: LibvirtNetworkHost, defs: list[LibvirtNetworkDef]) -> None:
+    async def _ensure_on(self, driver: VirtDriver, defs: list[NetworkSpec]) -> None:
         for d in defs:
-            await backend.ensure(d)
-        names = [n for n, b in self.hosts.items() if b is backend]
+            await driver.ensure_network(d)
+        names = [n for n, b in self.hosts.items() if b is driver]
         async with self.pool.acquire() as conn:
             ports = [p for h in names for p in await q.ports_on_host(conn, h)]
         for d in defs:
             wanted = {p["mac_address"]: p["fixed_ip"] for p in ports if p["libvirt_name"] == d.name}
-            added, removed = await backend.sync_dhcp_hosts(d.name, wanted)
+            added, removed = await driver.sync_dhcp_hosts(d.name, wanted)
             if added or removed:
-                log.info("dhcp_hosts_reconciled", network=d.name, uri=backend.uri, added=added, removed=removed)
-
-    async def close(self) -> None:
-        """Close the libvirt connections this service opened (call before the virt drivers close)."""
-        await asyncio.gather(*(b.close() for b in self._backends.values()))
+                log.info("dhcp_hosts_reconciled", network=d.name, hosts=names, added=added, removed=removed)
 
     # -- requested networks ---------------------------------------------------------
     async def _resolve(
@@ -358,7 +336,7 @@ class NetworkAPI:
         Idempotent per instance: if it already has ports (a retried or rescheduled
         build) they are moved to ``host`` and returned as they are. On failure the
         ports made by this call are removed again before the error propagates.
-        A host without a libvirt network backend gets ports in Postgres only.
+        A host without a virt driver here gets ports in Postgres only.
         """
         async with self.pool.acquire() as conn:
             existing = await q.ports_for_devices(conn, [instance_uuid])
@@ -394,10 +372,10 @@ class NetworkAPI:
                     tags.append(w.tag)
                 rows = await q.ports_for_devices(conn, [instance_uuid])
             ports = [_port_info(r, t) for r, t in zip(rows, tags, strict=False)]
-            backend = self.hosts.get(host) if host else None
-            if backend is not None:
+            driver = self.hosts.get(host) if host else None
+            if driver is not None:
                 for p in ports:
-                    await backend.add_dhcp_host(p.network_name, p.mac, p.ip)
+                    await driver.add_dhcp_host(p.network_name, p.mac, p.ip)
             log.info("ports_allocated", instance_uuid=instance_uuid, host=host,
                      ports=[(p.mac, p.ip, p.network_label) for p in ports])
             return ports
@@ -413,30 +391,30 @@ class NetworkAPI:
 
     async def _rebind(self, rows: list[dict], host: str | None) -> list[PortInfo]:
         ports = [_port_info(r) for r in rows]
-        new_backend = self.hosts.get(host) if host else None
+        new_driver = self.hosts.get(host) if host else None
         for p in ports:
-            old_backend = self.hosts.get(p.host) if p.host else None
+            old_driver = self.hosts.get(p.host) if p.host else None
             if p.host != host:
-                if old_backend is not None and old_backend is not new_backend:
-                    await self._forget_dhcp(old_backend, p)
+                if old_driver is not None and old_driver is not new_driver:
+                    await self._forget_dhcp(old_driver, p)
                 async with self.pool.acquire() as conn:
                     await q.set_port_host(conn, p.port_id, host)
-            if new_backend is not None:
-                await new_backend.add_dhcp_host(p.network_name, p.mac, p.ip)
+            if new_driver is not None:
+                await new_driver.add_dhcp_host(p.network_name, p.mac, p.ip)
         return [dataclasses.replace(p, host=host) for p in ports]
 
-    async def _forget_dhcp(self, backend: LibvirtNetworkHost, p: PortInfo) -> None:
+    async def _forget_dhcp(self, driver: VirtDriver, p: PortInfo) -> None:
         try:
-            await backend.remove_dhcp_host(p.network_name, p.mac)
+            await driver.remove_dhcp_host(p.network_name, p.mac)
         except Exception:
             # Left behind only until the next start reconciles the host's entries.
             log.warning("dhcp_host_remove_failed", network=p.network_name, mac=p.mac, exc_info=True)
 
     async def _release(self, rows: list[dict]) -> None:
         for row in rows:
-            backend = self.hosts.get(row["host"]) if row["host"] else None
-            if backend is not None:
-                await self._forget_dhcp(backend, _port_info(row))
+            driver = self.hosts.get(row["host"]) if row["host"] else None
+            if driver is not None:
+                await self._forget_dhcp(driver, _port_info(row))
             async with self.pool.acquire() as conn:
                 await q.release_port(conn, row)
 

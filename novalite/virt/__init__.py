@@ -8,7 +8,9 @@ from novalite.virt.driver import (
     InstanceExists,
     InstanceInfo,
     InstanceNotFound,
+    NetworkSpec,
     NicSpec,
+    StoragePoolSpec,
     VirtDriver,
     VirtError,
 )
@@ -21,7 +23,9 @@ __all__ = [
     "InstanceExists",
     "InstanceInfo",
     "InstanceNotFound",
+    "NetworkSpec",
     "NicSpec",
+    "StoragePoolSpec",
     "VirtDriver",
     "VirtError",
 ]

@@ -8,7 +8,9 @@ is a coroutine; an implementation must never block the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ipaddress
+import os
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -25,6 +27,7 @@ __all__ = [
     "SHUTDOWN",
     "SUSPENDED",
     "DiskSpec",
+    "DownloadTarget",
     "GuestSpec",
     "HostInfo",
     "HypervisorUnavailable",
@@ -32,7 +35,10 @@ __all__ = [
     "InstanceInfo",
     "InstanceNotFound",
     "LifecycleCallback",
+    "NetworkSpec",
     "NicSpec",
+    "StoragePoolSpec",
+    "UploadSource",
     "VirtDriver",
     "VirtError",
 ]
@@ -101,6 +107,46 @@ class GuestSpec:
     cmdline: str | None = None
     console_log_path: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSpec:
+    """An isolated network on a host: no forwarding, a gateway address, DHCP over a range.
+
+    ``name`` is the hypervisor's network name (NicSpec.network of the guests on it).
+    """
+
+    name: str
+    uuid: str
+    cidr: str
+    gateway: str
+    dhcp_start: str
+    dhcp_end: str
+    mtu: int = 1500
+
+    @property
+    def netmask(self) -> str:
+        return str(ipaddress.ip_network(self.cidr, strict=False).netmask)
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePoolSpec:
+    """A storage pool on a host: a directory of qcow2 files, or an LVM volume group of raw volumes."""
+
+    name: str
+    type: Literal["dir", "logical"]
+    target: str  # the directory, or /dev/<vg> for logical
+    source: str | None = None  # the volume group of a logical pool
+
+    @property
+    def volume_format(self) -> Literal["qcow2", "raw"]:
+        return "qcow2" if self.type == "dir" else "raw"
+
+
+# What a volume upload reads: a local file, or chunks from an async source.
+UploadSource = str | os.PathLike[str] | AsyncIterable[bytes]
+# Where a volume download goes: a local file, or an async callable taking each chunk.
+DownloadTarget = str | os.PathLike[str] | Callable[[bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,4 +297,123 @@ class VirtDriver(Protocol):
         power state as the event implies it (callers re-read the domain when they
         need certainty: events can arrive late or be coalesced).
         """
+        ...
+
+    async def is_alive(self) -> bool:
+        """True while the hypervisor connection answers; never raises (a host is "up" only then)."""
+        ...
+
+    # -- volumes: disks plugged into a domain ------------------------------------
+    # A disk is named by its target device (DiskSpec.target_dev, "vdb"); the data
+    # behind it is a storage volume (see below) or any path the hypervisor reads.
+
+    async def attach_disk(self, instance_uuid: str, disk: DiskSpec) -> None:
+        """Plug ``disk`` into the domain: live when it runs, and in its persistent definition.
+
+        Before: the domain exists (InstanceNotFound otherwise).  After: the
+        persistent definition has the disk at ``disk.target_dev`` (and the running
+        guest sees it).  Idempotent: a disk already at that target is not an error.
+        """
+        ...
+
+    async def detach_disk(self, instance_uuid: str, disk: DiskSpec, timeout: float = 20) -> None:
+        """Unplug the disk at ``disk.target_dev`` and wait until the guest let it go.
+
+        After: neither the persistent definition nor the running guest has the
+        disk.  A running guest is asked (again once halfway through ``timeout``);
+        VirtError when it still holds the disk after ``timeout`` seconds.  A missing
+        domain or disk is not an error.
+        """
+        ...
+
+    async def disk_targets(self, instance_uuid: str) -> set[str]:
+        """Target devices ("vda", "sda", ...) in the domain's persistent definition (no side effects).
+
+        Raises InstanceNotFound when there is no such domain.
+        """
+        ...
+
+    # -- storage: one pool of volumes per host -----------------------------------
+    # Volumes are named within their pool; every verb returning a path returns
+    # the path the hypervisor knows the volume by (DiskSpec.path of a guest disk).
+
+    async def ensure_pool(self, pool: StoragePoolSpec) -> None:
+        """Define (once), build, start and autostart the pool; idempotent.
+
+        After: the pool is active and its volume list is fresh.
+        """
+        ...
+
+    async def create_volume(self, pool: str, name: str, size_gb: int, fmt: str) -> str:
+        """A new empty volume of ``size_gb`` GiB in format ``fmt`` ("qcow2", "raw"); returns its path.
+
+        A volume of that name left by a crashed attempt is deleted first.
+        """
+        ...
+
+    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
+        """A full copy of volume ``source`` named ``name``, grown to ``size_gb`` where the pool can; its path.
+
+        The source is untouched; a leftover ``name`` is deleted first.
+        """
+        ...
+
+    async def delete_volume(self, pool: str, name: str) -> bool:
+        """Remove the volume and its data; False (not an error) when it does not exist."""
+        ...
+
+    async def list_volumes(self, pool: str) -> list[str]:
+        """Names of the pool's volumes, after a refresh of the pool."""
+        ...
+
+    async def refresh_pool(self, pool: str) -> None:
+        """Re-read the pool's volumes (after their data was written behind the pool's back)."""
+        ...
+
+    async def upload_volume(self, pool: str, name: str, source: UploadSource) -> int:
+        """Write ``source`` into the volume from offset 0 through a stream (no shared filesystem needed).
+
+        Before: the volume exists and is at least as large as the data.  Returns
+        the bytes written.  A path is read on this machine, not on the host.
+        """
+        ...
+
+    async def download_volume(self, pool: str, name: str, target: DownloadTarget) -> int:
+        """Read the whole volume through a stream into ``target``; returns the bytes read.
+
+        A path is written on this machine; an async callable gets each chunk in order.
+        """
+        ...
+
+    # -- networks: isolated networks and their DHCP host entries -----------------
+
+    async def ensure_network(self, net: NetworkSpec) -> str:
+        """Define (if needed), start and autostart the isolated network; return its bridge name.
+
+        An existing network with another subnet (or a forward) is redefined,
+        keeping its bridge and the DHCP entries that still fit the subnet.
+        """
+        ...
+
+    async def add_dhcp_host(self, network: str, mac: str, ip: str) -> None:
+        """Add the DHCP host entry mac → ip, live and in the persistent definition.
+
+        An entry with this MAC or this IP is replaced; VirtError if the network does not exist.
+        """
+        ...
+
+    async def remove_dhcp_host(self, network: str, mac: str) -> bool:
+        """Remove the entry for ``mac``; False (not an error) when there was none or no network."""
+        ...
+
+    async def sync_dhcp_hosts(self, network: str, wanted: dict[str, str]) -> tuple[int, int]:
+        """Make the network's entries exactly ``wanted`` (MAC → IP); returns (added, removed)."""
+        ...
+
+    async def dhcp_hosts(self, network: str) -> dict[str, str]:
+        """MAC → IP of the network's DHCP host entries; {} when the network does not exist."""
+        ...
+
+    async def undefine_network(self, network: str) -> None:
+        """Stop and remove the network; a missing one is fine."""
         ...

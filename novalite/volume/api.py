@@ -1,4 +1,9 @@
-"""The volume service: volumes and snapshots in libvirt storage pools, state in Postgres.
+"""The volume service: volumes and snapshots in the hosts' storage pools, state in Postgres.
+
+This module holds the volumes' own life (create, update, delete, snapshots,
+quotas) and their data, made through each host's virt driver; what a build
+does with volumes is in :mod:`novalite.volume.build`, plugging volumes into
+running servers in :mod:`novalite.volume.attachments`.
 
 Where volume data lives: in the storage pool of ONE compute host (recorded as
 ``volumes.host``). The rules that follow from it:
@@ -28,22 +33,19 @@ import asyncio
 import json
 import math
 import uuid as uuidlib
-from collections.abc import Iterable
-from datetime import UTC, datetime
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 import asyncpg
 import structlog
 
 from novalite import exception, quota
-from novalite.compute import states
-from novalite.compute.disks import DiskError, PreparedDisks, qemu_img
+from novalite.compute.disks import DiskError, qemu_img
+from novalite.compute.host import ComputeHost
 from novalite.config import Config
 from novalite.context import RequestContext
-from novalite.db import instances as instances_db
 from novalite.db import volumes as q
-from novalite.virt.driver import DiskSpec
-from novalite.volume.pool import LibvirtPoolHost, PoolDef, PoolError
+from novalite.virt.driver import StoragePoolSpec, VirtDriver
 
 log = structlog.get_logger(__name__)
 
@@ -82,41 +84,57 @@ def next_device(used: Iterable[str]) -> str:
     raise exception.Forbidden("The maximum allowed number of disk devices (702) to attach to a single instance has been exceeded.")
 
 
-class VolumeAPI:
-    """Volumes, snapshots and attachments; one storage pool backend per compute host."""
 
-    def __init__(self, pool: asyncpg.Pool, config: Config) -> None:
+
+async def reserve(conn: asyncpg.Connection, volume_id: str, instance_uuid: uuidlib.UUID, **fields: Any
+                  ) -> asyncpg.Record:
+    """available → reserved for the instance, in one compare-and-set; 400 with Cinder's message otherwise."""
+    try:
+        return await q.compare_and_set(conn, volume_id, q.AVAILABLE, status=q.RESERVED, instance_uuid=instance_uuid,
+                                       attachment_id=uuidlib.uuid4(), **fields)
+    except q.VolumeStateConflict as conflict:
+        actual = conflict.actual["status"] if conflict.actual else "deleted"
+        raise exception.Invalid(
+            f"Invalid volume: Volume {volume_id} status must be available or downloading to reserve, but the "
+            f"current status is {actual}."
+        ) from None
+
+
+class PoolError(Exception):
+    """A host has no storage pool here."""
+
+
+class VolumeAPI:
+    """Volumes and snapshots: rows in Postgres, data in the storage pool of their host."""
+
+    def __init__(self, pool: asyncpg.Pool, config: Config, hosts: Mapping[str, ComputeHost]) -> None:
         self.pool = pool
         self.config = config
         self.cfg = config.volume
-        self.backends: dict[str, LibvirtPoolHost] = {}
-        self.computes: dict[str, Any] = {}  # host → ComputeManager, set by the wiring
-        self.locks: Any = None  # InstanceLocks, set by the wiring
+        self.hosts = hosts
         self._tasks: set[asyncio.Task] = set()
-        self._reaper: asyncio.Task | None = None
 
     # -- pools -----------------------------------------------------------------------
-    def pool_def(self, host: str) -> PoolDef:
+    def pool_def(self, host: str) -> StoragePoolSpec:
         cfg = self.cfg
         prefix = cfg.pool_prefix if cfg.pool_prefix is not None else self.config.networking.libvirt_prefix
         name = f"{prefix}{host}"
         if cfg.pool_type == "logical":
             if not cfg.pool_source:
                 raise exception.NovaliteException("volume.pool_source (an LVM volume group) is required for logical pools")
-            return PoolDef(name=name, type="logical", target=f"/dev/{cfg.pool_source}", source=cfg.pool_source)
+            return StoragePoolSpec(name=name, type="logical", target=f"/dev/{cfg.pool_source}", source=cfg.pool_source)
         target = cfg.pool_target / host if cfg.pool_target else self.config.state_dir / "volumes" / host
-        return PoolDef(name=name, type="dir", target=str(target))
+        return StoragePoolSpec(name=name, type="dir", target=str(target))
 
-    async def ensure_pools(self, hosts: dict[str, str]) -> None:
-        """Define and start the pool of every host (host name → libvirt URI)."""
-        for host, uri in hosts.items():
-            self.backends[host] = LibvirtPoolHost(uri, self.pool_def(host))
-        await asyncio.gather(*(b.ensure() for b in self.backends.values()))
+    async def ensure_pools(self) -> None:
+        """Define and start the storage pool of every host."""
+        await asyncio.gather(*(h.driver.ensure_pool(self.pool_def(name)) for name, h in self.hosts.items()))
 
-    def backend(self, host: str | None) -> LibvirtPoolHost:
-        if host is None or host not in self.backends:
+    def storage(self, host: str | None) -> tuple[VirtDriver, StoragePoolSpec]:
+        """The driver and the pool that hold the volumes of ``host``."""
+        if host is None or host not in self.hosts:
             raise PoolError(f"no storage pool for host {host!r}")
-        return self.backends[host]
+        return self.hosts[host].driver, self.pool_def(host)
 
     def default_host(self) -> str:
         if self.cfg.default_host:
@@ -125,18 +143,9 @@ class VolumeAPI:
             raise exception.NovaliteException("no compute host to keep volumes on", code=503)
         return self.config.hosts[0].name
 
-    def start(self) -> None:
-        self._reaper = asyncio.create_task(self._reap_forever(), name="volume-reaper")
-
-    async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        for b in self.backends.values():
-            await b.close()
-
-    def _spawn(self, coro) -> asyncio.Task:
+    # -- background work -------------------------------------------------------------
+    def run_in_background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
+        """Run volume work after the request answered; :meth:`wait_idle` waits for all of it."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -145,6 +154,9 @@ class VolumeAPI:
     async def wait_idle(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.wait_idle()
 
     # -- quotas ----------------------------------------------------------------------
     async def limits(self, conn: asyncpg.Connection, project_id: str) -> dict[str, int]:
@@ -245,26 +257,28 @@ class VolumeAPI:
                 image_id=image_id, snapshot_id=uuidlib.UUID(snapshot_id) if snapshot_id else None,
                 source_volid=uuidlib.UUID(source_volid) if source_volid else None, bootable=bool(image_id),
             )
-        self._spawn(self._create_data(row, source))
+        self.run_in_background(self._create_data(row, source))
         return row
 
-    async def _make_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> str:
+    async def make_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> str:
         """Make a volume's data in its host's pool from its source; returns its path."""
-        backend = self.backend(vol["host"])
+        driver, pool = self.storage(vol["host"])
         name = vol["vol_name"]
         if "snapshot" in source:
-            return await backend.clone_volume(source["snapshot"]["vol_name"], name, vol["size"])
+            return await driver.clone_volume(pool.name, source["snapshot"]["vol_name"], name, vol["size"],
+                                             pool.volume_format)
         if "volume" in source:
-            return await backend.clone_volume(source["volume"]["vol_name"], name, vol["size"])
-        path = await backend.create_volume(name, vol["size"])
+            return await driver.clone_volume(pool.name, source["volume"]["vol_name"], name, vol["size"],
+                                             pool.volume_format)
+        path = await driver.create_volume(pool.name, name, vol["size"], pool.volume_format)
         if "image" in source:
             await self._fill_from_image(vol["host"], source["image"], path, vol["format"], vol["size"])
         return path
 
     async def _fill_from_image(self, host: str, image: Any, path: str, fmt: str, size_gb: int) -> None:
         """qemu-img convert the host's cached copy of the image into the volume (real hosts only)."""
-        compute = self.computes.get(host)
-        if compute is None or compute.simulated or self.backend(host).simulated:
+        compute = self.hosts.get(host)
+        if compute is None or compute.simulated:
             return
         image_id = str(image["id"])
         base = await compute.image_cache.fetch(image_id)
@@ -278,13 +292,13 @@ class VolumeAPI:
         if virtual > size_gb * 1024**3:
             raise DiskError(f"image {image_id} ({virtual} bytes) does not fit a {size_gb} GiB volume")
         await qemu_img("convert", "-n", "-f", src_fmt, "-O", fmt, str(base), path)
-        await self.backend(host).refresh()
+        await compute.driver.refresh_pool(self.pool_def(host).name)
 
     async def _create_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> None:
         vid = str(vol["id"])
         structlog.contextvars.bind_contextvars(volume_id=vid)
         try:
-            path = await self._make_data(vol, source)
+            path = await self.make_data(vol, source)
         except Exception as exc:
             log.warning("volume_create_failed", error=str(exc))
             async with self.pool.acquire() as conn:
@@ -327,13 +341,14 @@ class VolumeAPI:
                     "error_extending or error_managing and must not be migrating, attached, belong to a group, "
                     "have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer."
                 ) from None
-        self._spawn(self._delete_data(row))
+        self.run_in_background(self._delete_data(row))
 
     async def _delete_data(self, vol: asyncpg.Record) -> None:
         vid = str(vol["id"])
         try:
-            if vol["host"] in self.backends:
-                await self.backend(vol["host"]).delete_volume(vol["vol_name"])
+            if vol["host"] in self.hosts:
+                driver, pool = self.storage(vol["host"])
+                await driver.delete_volume(pool.name, vol["vol_name"])
         except Exception as exc:
             log.warning("volume_delete_failed", volume_id=vid, error=str(exc))
             async with self.pool.acquire() as conn:
@@ -368,13 +383,15 @@ class VolumeAPI:
                 description=description, size=vol["size"], status=q.CREATING, host=vol["host"],
                 pool_name=vol["pool_name"], vol_name=snap_name(str(sid)), metadata=metadata or {},
             )
-        self._spawn(self._create_snapshot_data(snap, vol))
+        self.run_in_background(self._create_snapshot_data(snap, vol))
         return snap
 
     async def _create_snapshot_data(self, snap: asyncpg.Record, vol: asyncpg.Record) -> None:
         sid = str(snap["id"])
         try:
-            path = await self.backend(vol["host"]).clone_volume(vol["vol_name"], snap["vol_name"], snap["size"])
+            driver, pool = self.storage(vol["host"])
+            path = await driver.clone_volume(pool.name, vol["vol_name"], snap["vol_name"], snap["size"],
+                                             pool.volume_format)
         except Exception as exc:
             log.warning("snapshot_create_failed", snapshot_id=sid, error=str(exc))
             async with self.pool.acquire() as conn:
@@ -398,7 +415,8 @@ class VolumeAPI:
 
         async def remove() -> None:
             try:
-                await self.backend(row["host"]).delete_volume(row["vol_name"])
+                driver, pool = self.storage(row["host"])
+                await driver.delete_volume(pool.name, row["vol_name"])
             except Exception as exc:
                 async with self.pool.acquire() as conn:
                     await q.snapshot_compare_and_set(conn, sid, q.DELETING, status=q.ERROR_DELETING,
@@ -407,208 +425,14 @@ class VolumeAPI:
             async with self.pool.acquire() as conn:
                 await q.mark_snapshot_deleted(conn, sid)
 
-        self._spawn(remove())
+        self.run_in_background(remove())
 
-    # -- boot: check_and_transform_bdm (compute API) ------------------------------------
-    async def check_bdms(self, conn: asyncpg.Connection, ctx: RequestContext, req: Any, bdms: list[dict]) -> None:
-        """Validate the volume BDMs of a create request (Nova's _validate_bdm) and pin the host.
 
-        Volumes and snapshots named by the request must exist, belong to the caller
-        and be available; new volumes need a size. Their host becomes the forced
-        host of the request (they can only be attached there).
-        """
-        hosts: set[str] = set()
-        for b in bdms:
-            src, dest = b["source_type"], b["destination_type"]
-            if dest != "volume":
-                continue
-            size = b.get("volume_size")
-            if size is not None and size < 1:
-                raise exception.Invalid("Block Device Mapping is Invalid: volume_size must be positive.")
-            if src == "volume":
-                vid = b.get("volume_id")
-                vol = await q.get(conn, vid) if vid else None
-                if vol is None or (vol["project_id"] != ctx.project_id and not ctx.is_admin):
-                    raise exception.Invalid(f"Volume {vid} could not be found.")  # Nova's VolumeNotFound → 400
-                if req.max_count > 1:
-                    raise exception.Invalid("Cannot attach one or more volumes to multiple instances")
-                if vol["status"] != q.AVAILABLE:
-                    raise exception.Invalid(
-                        f"Invalid volume: Volume {vid} status must be available or downloading to reserve, but the "
-                        f"current status is {vol['status']}."
-                    )
-                b["volume_id"] = str(vol["id"])
-                if b.get("volume_size") is None:
-                    b["volume_size"] = vol["size"]
-                hosts.add(vol["host"])
-            elif src == "snapshot":
-                sid = b.get("snapshot_id")
-                snap = await q.get_snapshot(conn, sid) if sid else None
-                if snap is None or (snap["project_id"] != ctx.project_id and not ctx.is_admin):
-                    raise exception.Invalid(f"Block Device Mapping is Invalid: failed to get snapshot {sid}.")
-                if snap["status"] != q.AVAILABLE:
-                    raise exception.Invalid(f"Invalid snapshot: Snapshot {sid} status must be available")
-                if size is None:
-                    b["volume_size"] = snap["size"]
-                elif size < snap["size"]:
-                    raise exception.Invalid(
-                        f"Block Device Mapping is Invalid: volume_size {size} is smaller than snapshot {sid} "
-                        f"({snap['size']} GB)."
-                    )
-                hosts.add(snap["host"])
-            elif src == "image":
-                if size is None:
-                    raise exception.Invalid(
-                        "Block Device Mapping is Invalid: Images with destination_type 'volume' need to have a "
-                        "non-zero size specified"
-                    )
-            elif src == "blank":
-                if size is None:
-                    raise exception.Invalid(
-                        "Block Device Mapping is Invalid: Blank volumes (source: 'blank', dest: 'volume') need "
-                        "to have non-zero size"
-                    )
-        hosts.discard(None)  # type: ignore[arg-type]
-        if len(hosts) > 1:
-            raise exception.Invalid(
-                "Block Device Mapping is Invalid: the requested volumes live on different hosts "
-                f"({', '.join(sorted(hosts))}) and can only be attached on their own host."
-            )
-        if hosts:
-            (host,) = hosts
-            wanted = req.forced_host or req.forced_node
-            if wanted and wanted != host:
-                raise exception.Invalid(
-                    f"Block Device Mapping is Invalid: the requested volumes live on host {host}, not {wanted}."
-                )
-            req.forced_host = host
-
-    async def reserve_for_instance(self, conn: asyncpg.Connection, instance_uuid: str, bdms: list[dict]) -> None:
-        """available → reserved for each existing volume of the request, in the provisioning transaction.
-
-        Runs before the BDM rows are inserted: a second request for the same
-        volume waits on the row lock, then finds it reserved and fails with 400.
-        """
-        for b in bdms:
-            if b.get("source_type") != "volume" or b.get("destination_type") != "volume" or not b.get("volume_id"):
-                continue
-            try:
-                await q.compare_and_set(
-                    conn, b["volume_id"], q.AVAILABLE, status=q.RESERVED,
-                    instance_uuid=uuidlib.UUID(instance_uuid), attachment_id=uuidlib.uuid4(),
-                )
-            except q.VolumeStateConflict as conflict:
-                actual = conflict.actual["status"] if conflict.actual else "deleted"
-                raise exception.Invalid(
-                    f"Invalid volume: Volume {b['volume_id']} status must be available or downloading to reserve, "
-                    f"but the current status is {actual}."
-                ) from None
-
-    # -- boot: BLOCK_DEVICE_MAPPING (compute manager) ------------------------------------
-    async def prepare_build(self, manager: Any, inst: asyncpg.Record, prepared: PreparedDisks) -> None:
-        """Claim, create and fill the instance's volumes on this host and add them to ``prepared``.
-
-        A root volume (boot_index 0) replaces the local root disk as vda; the others
-        get their requested device or the next free /dev/vdX after the local disks.
-        On return every volume is in-use by the instance and its BDM names its device.
-        """
-        uuid = str(inst["uuid"])
-        async with self.pool.acquire() as conn:
-            bdms = await q.volume_bdms(conn, uuid)
-        if not bdms:
-            return
-        local = list(prepared.disks)
-        root_bdm = next((b for b in bdms if b["boot_index"] == 0), None)
-        if root_bdm is not None:
-            local = [d for d in local if d.target_dev != "vda"]
-        used = {f"/dev/{d.target_dev}" for d in local}
-        if root_bdm is not None:
-            used.add(ROOT_DEV)
-        volume_disks: list[DiskSpec] = []
-        for b in bdms:
-            vol = await self._claim_for_build(manager, inst, b)
-            if b is root_bdm:
-                device = ROOT_DEV
-            else:
-                wanted = normalise_device(b["device_name"])
-                device = wanted if wanted and wanted not in used and wanted.startswith(DEVICE_PREFIX) \
-                    else next_device(used)
-                used.add(device)
-            async with self.pool.acquire() as conn, conn.transaction():
-                vol = await q.compare_and_set(
-                    conn, str(vol["id"]), q.ATTACHING, expect_instance=uuid, status=q.IN_USE, mountpoint=device,
-                    attached_at=datetime.now(UTC),
-                )
-                await q.set_bdm(conn, b["id"], device_name=device, volume_id=str(vol["id"]),
-                                attachment_id=vol["attachment_id"])
-            disk = DiskSpec(path=vol["path"], target_dev=device.removeprefix("/dev/"),
-                            driver_type="qcow2" if vol["format"] == "qcow2" else "raw")
-            volume_disks.append(disk)
-        root = [d for d in volume_disks if d.target_dev == "vda"]
-        others = sorted((d for d in volume_disks if d.target_dev != "vda"), key=lambda d: (len(d.target_dev), d.target_dev))
-        prepared.disks[:] = root + local + others
-        log.info("volumes_prepared", instance_uuid=uuid, devices=[d.target_dev for d in volume_disks])
-
-    async def _claim_for_build(self, manager: Any, inst: asyncpg.Record, bdm: asyncpg.Record) -> asyncpg.Record:
-        """The volume of one BDM in ``attaching`` for this instance: claimed, or created on this host."""
-        uuid = str(inst["uuid"])
-        host = manager.host
-        if bdm["source_type"] == "volume":
-            async with self.pool.acquire() as conn:
-                try:
-                    vol = await q.compare_and_set(conn, bdm["volume_id"], [q.RESERVED, q.ATTACHING, q.IN_USE],
-                                                  expect_instance=uuid, status=q.ATTACHING)
-                except q.VolumeStateConflict as conflict:
-                    actual = conflict.actual["status"] if conflict.actual else "deleted"
-                    raise RuntimeError(f"volume {bdm['volume_id']} is not reserved for this server "
-                                       f"(status {actual})") from None
-            if vol["host"] != host:
-                raise RuntimeError(f"volume {vol['id']} lives on host {vol['host']}, not {host}")
-            return vol
-        # snapshot / image / blank → a new volume made for this instance on this host
-        source: dict[str, Any] = {}
-        async with self.pool.acquire() as conn:
-            if bdm["volume_id"]:  # a retried build: the volume made last time goes first
-                old = await q.get(conn, bdm["volume_id"])
-                if old is not None and old["created_for"] == inst["uuid"]:
-                    await self._destroy_volume(old)
-            if bdm["source_type"] == "snapshot":
-                snap = await q.get_snapshot(conn, bdm["snapshot_id"])
-                if snap is None or snap["status"] != q.AVAILABLE:
-                    raise RuntimeError(f"snapshot {bdm['snapshot_id']} is not available")
-                if snap["host"] != host:
-                    raise RuntimeError(f"snapshot {snap['id']} lives on host {snap['host']}, not {host}")
-                source = {"snapshot": snap}
-            elif bdm["source_type"] == "image":
-                image = await conn.fetchrow("SELECT * FROM images WHERE id::text = $1", bdm["image_id"] or
-                                            inst["image_ref"])
-                if image is None:
-                    raise RuntimeError(f"image {bdm['image_id']} not found")
-                source = {"image": image}
-        vid = uuidlib.uuid4()
-        size = int(bdm["volume_size"] or 1)
-        pool = self.pool_def(host)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self.check_quota(conn, inst["project_id"], volumes=1, gigabytes=size)
-            vol = await q.insert(
-                conn, id=vid, project_id=inst["project_id"], user_id=inst["user_id"], name="", description=None,
-                size=size, status=q.CREATING, host=host, pool_name=pool.name, vol_name=vol_name(str(vid)),
-                format=pool.volume_format, availability_zone=inst["availability_zone"] or "nova",
-                image_id=str(source["image"]["id"]) if "image" in source else None,
-                snapshot_id=source["snapshot"]["id"] if "snapshot" in source else None,
-                bootable="image" in source, instance_uuid=inst["uuid"], created_for=inst["uuid"],
-                attachment_id=uuidlib.uuid4(),
-            )
-            await q.set_bdm(conn, bdm["id"], volume_id=str(vid))
-        path = await self._make_data(vol, source)
-        async with self.pool.acquire() as conn:
-            return await q.compare_and_set(conn, str(vid), q.CREATING, expect_instance=uuid, status=q.ATTACHING,
-                                           path=path)
-
-    async def _destroy_volume(self, vol: asyncpg.Record) -> None:
+    async def destroy_volume(self, vol: asyncpg.Record) -> None:
         """Remove a volume's data and row (no status check: the caller owns it)."""
         try:
-            await self.backend(vol["host"]).delete_volume(vol["vol_name"])
+            driver, pool = self.storage(vol["host"])
+            await driver.delete_volume(pool.name, vol["vol_name"])
         except Exception as exc:
             log.warning("volume_delete_failed", volume_id=str(vol["id"]), error=str(exc))
             async with self.pool.acquire() as conn:
@@ -619,231 +443,3 @@ class VolumeAPI:
             return
         async with self.pool.acquire() as conn:
             await q.mark_deleted(conn, str(vol["id"]))
-
-    async def undo_build(self, uuid: str) -> None:
-        """A build on this host failed or was aborted: delete the volumes it made, keep the others reserved.
-
-        Only for instances still BUILDING (a delete of a built server goes through
-        :meth:`release_instance`). Kept reservations are released by the reaper (or
-        the delete) if the instance ends in ERROR.
-        """
-        async with self.pool.acquire() as conn:
-            inst = await instances_db.get(conn, uuid, include_deleted=True)
-            if inst is None or inst["vm_state"] != states.BUILDING:
-                return
-            vols = await q.for_instance(conn, uuid)
-        for vol in vols:
-            if vol["created_for"] == inst["uuid"]:
-                await self._destroy_volume(vol)
-                async with self.pool.acquire() as conn:
-                    await conn.execute(
-                        "UPDATE block_device_mappings SET volume_id = NULL, device_name = NULL "
-                        "WHERE instance_uuid = $1 AND volume_id = $2", inst["uuid"], str(vol["id"]),
-                    )
-            elif vol["status"] in (q.ATTACHING, q.IN_USE):
-                async with self.pool.acquire() as conn:
-                    try:
-                        await q.compare_and_set(conn, str(vol["id"]), [q.ATTACHING, q.IN_USE], expect_instance=uuid,
-                                                status=q.RESERVED, mountpoint=None, attached_at=None)
-                    except q.VolumeStateConflict:
-                        pass
-        log.info("volumes_build_undone", instance_uuid=uuid)
-
-    async def release_instance(self, uuid: str) -> None:
-        """The instance is being deleted (its domain is gone): delete_on_termination volumes are
-        deleted, the others go back to available; their BDMs end."""
-        async with self.pool.acquire() as conn:
-            vols = await q.for_instance(conn, uuid)
-            dot = {
-                r["volume_id"]: r["delete_on_termination"]
-                for r in await conn.fetch(
-                    "SELECT volume_id, delete_on_termination FROM block_device_mappings "
-                    "WHERE instance_uuid = $1 AND volume_id IS NOT NULL AND NOT deleted", uuidlib.UUID(uuid),
-                )
-            }
-        for vol in vols:
-            vid = str(vol["id"])
-            async with self.pool.acquire() as conn:
-                has_snaps = await q.has_snapshots(conn, vid)
-            if dot.get(vid) and not has_snaps:
-                async with self.pool.acquire() as conn:
-                    try:
-                        vol = await q.compare_and_set(
-                            conn, vid, [q.RESERVED, q.ATTACHING, q.IN_USE, q.DETACHING, q.CREATING, q.ERROR],
-                            expect_instance=uuid, status=q.DELETING)
-                    except q.VolumeStateConflict:
-                        continue
-                await self._destroy_volume(vol)
-            else:
-                async with self.pool.acquire() as conn:
-                    try:
-                        await q.compare_and_set(
-                            conn, vid, [q.RESERVED, q.ATTACHING, q.IN_USE, q.DETACHING], expect_instance=uuid,
-                            status=q.AVAILABLE, instance_uuid=None, mountpoint=None, attached_at=None,
-                            attachment_id=None, created_for=None,
-                        )
-                    except q.VolumeStateConflict:
-                        continue
-        async with self.pool.acquire() as conn:
-            await q.delete_bdms_of_volumes(conn, [str(v["id"]) for v in vols])
-        if vols:
-            log.info("volumes_released", instance_uuid=uuid, volumes=[str(v["id"]) for v in vols])
-
-    async def reap(self) -> int:
-        """Release volumes held by deleted instances, and reservations of builds that ended in ERROR."""
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                """SELECT DISTINCT v.instance_uuid FROM volumes v JOIN instances i ON i.uuid = v.instance_uuid
-                   WHERE NOT v.deleted AND (i.deleted OR (i.vm_state = 'error' AND i.task_state IS NULL
-                                                           AND v.status IN ('reserved', 'attaching', 'creating')))"""
-            )
-        for r in rows:
-            await self.release_instance(str(r["instance_uuid"]))
-        return len(rows)
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.reap_interval)
-            try:
-                await self.reap()
-            except Exception:  # the next pass retries
-                log.warning("volume_reap_failed", exc_info=True)
-
-    # -- os-volume_attachments ----------------------------------------------------------
-    async def attach(
-        self, ctx: RequestContext, inst: asyncpg.Record, volume_id: str, device: str | None,
-        delete_on_termination: bool = False, tag: str | None = None,
-    ) -> asyncpg.Record:
-        """Reserve the volume and a device for the server now (one transaction), plug it in the background."""
-        uuid = str(inst["uuid"])
-        async with self.pool.acquire() as conn, conn.transaction():
-            vol = await q.get(conn, volume_id)
-            if vol is None or (vol["project_id"] != inst["project_id"] and not ctx.is_admin):
-                raise exception.NotFound(f"Volume {volume_id} could not be found.")
-            if vol["instance_uuid"] == inst["uuid"]:
-                raise exception.Invalid(f"Invalid volume: volume {volume_id} already attached")
-            if vol["host"] != inst["host"]:
-                raise exception.Invalid(
-                    f"Invalid volume: volume {volume_id} lives on host {vol['host']}; it can only be attached to "
-                    "servers on that host."
-                )
-            used = await q.device_names(conn, uuid)
-            used |= await self._domain_devices(inst)
-            used.add(inst["root_device_name"] or ROOT_DEV)
-            device = normalise_device(device)
-            if device is not None and device in used:
-                raise exception.Conflict(f"The supplied device path ({device}) is in use.")
-            device = device or next_device(used)
-            try:
-                vol = await q.compare_and_set(
-                    conn, volume_id, q.AVAILABLE, status=q.RESERVED, instance_uuid=inst["uuid"],
-                    attachment_id=uuidlib.uuid4(), mountpoint=device,
-                )
-            except q.VolumeStateConflict as conflict:
-                actual = conflict.actual["status"] if conflict.actual else "deleted"
-                raise exception.Invalid(
-                    f"Invalid volume: Volume {volume_id} status must be available or downloading to reserve, but "
-                    f"the current status is {actual}."
-                ) from None
-            bdm = await conn.fetchrow(
-                """INSERT INTO block_device_mappings (instance_uuid, source_type, destination_type, device_name,
-                       volume_id, volume_size, delete_on_termination, tag, attachment_id)
-                   VALUES ($1, 'volume', 'volume', $2, $3, $4, $5, $6, $7) RETURNING *""",
-                inst["uuid"], device, str(vol["id"]), vol["size"], delete_on_termination, tag, vol["attachment_id"],
-            )
-        self._spawn(self._attach_now(inst, vol, device))
-        return bdm
-
-    async def _domain_devices(self, inst: asyncpg.Record) -> set[str]:
-        compute = self.computes.get(inst["host"])
-        if compute is None:
-            return set()
-        from lxml import etree
-
-        from novalite.virt.libvirt.volumes import domain_xml
-
-        try:
-            xml = await domain_xml(compute.driver, str(inst["uuid"]), inactive=True)
-        except Exception:
-            return set()
-        return {f"/dev/{t.get('dev')}" for t in etree.fromstring(xml.encode()).iterfind("devices/disk/target")}
-
-    async def _attach_now(self, inst: asyncpg.Record, vol: asyncpg.Record, device: str) -> None:
-        from novalite.virt.libvirt.volumes import attach_disk
-
-        uuid, vid = str(inst["uuid"]), str(vol["id"])
-        structlog.contextvars.bind_contextvars(instance_uuid=uuid, volume_id=vid)
-        async with self.locks.lock(uuid):
-            async with self.pool.acquire() as conn:
-                try:
-                    vol = await q.compare_and_set(conn, vid, q.RESERVED, expect_instance=uuid, status=q.ATTACHING)
-                except q.VolumeStateConflict:
-                    log.info("attach_abandoned")  # released meanwhile (the server went away)
-                    return
-            try:
-                compute = self.computes[inst["host"]]
-                disk = DiskSpec(path=vol["path"], target_dev=device.removeprefix("/dev/"),
-                                driver_type="qcow2" if vol["format"] == "qcow2" else "raw")
-                await attach_disk(compute.driver, uuid, disk)
-            except Exception as exc:
-                log.warning("attach_failed", error=str(exc))
-                async with self.pool.acquire() as conn, conn.transaction():
-                    await q.compare_and_set(conn, vid, q.ATTACHING, status=q.AVAILABLE, instance_uuid=None,
-                                            mountpoint=None, attachment_id=None, error=str(exc)[:255])
-                    await q.delete_bdms_of_volumes(conn, [vid])
-                    await instances_db.add_fault(conn, uuid, 500, f"attach of volume {vid} failed: {exc}"[:255],
-                                                 "", inst["host"])
-                return
-            async with self.pool.acquire() as conn:
-                await q.compare_and_set(conn, vid, q.ATTACHING, status=q.IN_USE, attached_at=datetime.now(UTC))
-        log.info("volume_attached", device=device)
-
-    async def detach(self, ctx: RequestContext, inst: asyncpg.Record, volume_id: str) -> None:
-        """in-use → detaching now; unplug and make it available in the background."""
-        uuid = str(inst["uuid"])
-        async with self.pool.acquire() as conn:
-            bdm = await q.bdm_for_volume(conn, uuid, volume_id)
-            if bdm is None:
-                raise exception.NotFound(f"Instance {uuid} is not attached to volume {volume_id}.")
-            if bdm["boot_index"] == 0:
-                raise exception.Invalid("Can't detach root device volume")
-            try:
-                vol = await q.compare_and_set(conn, volume_id, q.IN_USE, expect_instance=uuid, status=q.DETACHING)
-            except q.VolumeStateConflict as conflict:
-                actual = conflict.actual["status"] if conflict.actual else "deleted"
-                raise exception.Invalid(f"Invalid volume: Unable to detach volume. Volume status must be 'in-use' "
-                                        f"and attach_status must be 'attached' to detach (status {actual}).") \
-                    from None
-        self._spawn(self._detach_now(inst, vol, bdm))
-
-    async def _detach_now(self, inst: asyncpg.Record, vol: asyncpg.Record, bdm: asyncpg.Record) -> None:
-        from novalite.virt.libvirt.volumes import detach_disk
-
-        uuid, vid = str(inst["uuid"]), str(vol["id"])
-        structlog.contextvars.bind_contextvars(instance_uuid=uuid, volume_id=vid)
-        async with self.locks.lock(uuid):
-            try:
-                compute = self.computes.get(inst["host"])
-                if compute is not None:
-                    device = (bdm["device_name"] or vol["mountpoint"] or "").removeprefix("/dev/")
-                    disk = DiskSpec(path=vol["path"], target_dev=device,
-                                    driver_type="qcow2" if vol["format"] == "qcow2" else "raw")
-                    await detach_disk(compute.driver, uuid, disk, self.cfg.detach_timeout)
-            except Exception as exc:
-                log.warning("detach_failed", error=str(exc))
-                async with self.pool.acquire() as conn, conn.transaction():
-                    try:
-                        await q.compare_and_set(conn, vid, q.DETACHING, status=q.IN_USE, error=str(exc)[:255])
-                    except q.VolumeStateConflict:
-                        pass
-                    await instances_db.add_fault(conn, uuid, 500, f"detach of volume {vid} failed: {exc}"[:255],
-                                                 "", inst["host"])
-                return
-            async with self.pool.acquire() as conn, conn.transaction():
-                try:
-                    await q.compare_and_set(conn, vid, q.DETACHING, status=q.AVAILABLE, instance_uuid=None,
-                                            mountpoint=None, attached_at=None, attachment_id=None, created_for=None)
-                except q.VolumeStateConflict:
-                    return
-                await q.delete_bdms_of_volumes(conn, [vid])
-        log.info("volume_detached")

@@ -129,7 +129,7 @@ async def create(request: web.Request) -> web.Response:
         raise errors.BadRequest("Invalid input for field/attribute delete_on_termination.")
     check_instance_lock(ctx, inst)
     _check_state(inst, "attach_volume")
-    bdm = await request.app[keys.VOLUME_API].attach(ctx, inst, volume_id, device or None, dot, att.get("tag"))
+    bdm = await request.app[keys.VOLUME_ATTACHMENTS].attach(ctx, inst, volume_id, device or None, dot, att.get("tag"))
     return web.json_response({"volumeAttachment": attachment_view(request, bdm, create=True)})
 
 
@@ -160,7 +160,7 @@ async def delete(request: web.Request) -> web.Response:
     check_instance_lock(ctx, inst)
     _check_state(inst, "detach_volume")
     await _find(request, inst, volume_id)
-    await request.app[keys.VOLUME_API].detach(ctx, inst, volume_id)
+    await request.app[keys.VOLUME_ATTACHMENTS].detach(ctx, inst, volume_id)
     return web.Response(status=202)
 
 

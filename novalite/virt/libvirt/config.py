@@ -1,10 +1,12 @@
-"""libvirt domain XML as Python objects, and back.
+"""libvirt domain, network and storage XML as Python objects, and back.
 
 In the spirit of Nova's ``nova/virt/libvirt/config.py``: every class here only
 turns attributes into an lxml element (``format_dom``) and an element back into
 attributes (``parse_dom``).  No defaults are chosen on the caller's behalf and no
 policy lives here; deciding *what* a guest looks like is the designer's job
-(:func:`novalite.virt.libvirt.driver.design_guest`).
+(:func:`novalite.virt.libvirt.driver.design_guest`), and what a network or a
+pool looks like is decided in :mod:`novalite.virt.libvirt.network` and
+:mod:`novalite.virt.libvirt.storage`.
 
 Parsing is tolerant: elements a class does not model (for instance the
 controllers and addresses libvirt adds to a live domain) are ignored, so
@@ -28,7 +30,11 @@ __all__ = [
     "LibvirtConfigGuestInterface",
     "LibvirtConfigGuestMetaNovaInstance",
     "LibvirtConfigGuestSerial",
+    "LibvirtConfigNetwork",
+    "LibvirtConfigNetworkDHCPHost",
     "LibvirtConfigObject",
+    "LibvirtConfigStoragePool",
+    "LibvirtConfigStorageVolume",
 ]
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
@@ -66,6 +72,19 @@ def _text(el: etree._Element | None) -> str | None:
 
 def _int(value: str | None) -> int | None:
     return None if value is None else int(value)
+
+
+def _str(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _bytes(el: etree._Element | None) -> int | None:
+    """A size element (``<capacity unit='G'>1</capacity>``) in bytes."""
+    text = _text(el)
+    if el is None or text is None:
+        return None
+    unit = el.get("unit", "bytes").lower()
+    return int(text) if unit in ("b", "bytes") else int(int(text) * _UNIT_TO_KIB[unit] * 1024)
 
 
 def _nova(tag: str) -> str:
@@ -433,4 +452,183 @@ class LibvirtConfigGuest(LibvirtConfigObject):
                 dev_cls = _DEVICE_CLASSES.get(dev.tag) if isinstance(dev.tag, str) else None
                 if dev_cls is not None:
                     obj.devices.append(dev_cls.parse_dom(dev))
+        return obj
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+@dataclass(eq=True)
+class LibvirtConfigNetworkDHCPHost(LibvirtConfigObject):
+    """``<host mac= ip=/>`` of a network's ``<dhcp>``: a fixed lease (also the body of a DHCP update)."""
+
+    root_name: ClassVar[str] = "host"
+
+    mac: str | None = None
+    ip: str | None = None
+    name: str | None = None
+
+    def format_dom(self) -> etree._Element:
+        return etree.Element("host", {k: v for k, v in (("mac", self.mac), ("name", self.name), ("ip", self.ip))
+                                      if v is not None})
+
+    @classmethod
+    def parse_dom(cls, el: etree._Element) -> Self:
+        cls._check_root(el)
+        return cls(mac=el.get("mac"), ip=el.get("ip"), name=el.get("name"))
+
+
+@dataclass(eq=True)
+class LibvirtConfigNetwork(LibvirtConfigObject):
+    """``<network>``: a virtual network with a bridge, one IPv4 address and its DHCP service.
+
+    ``forward_mode`` None means no ``<forward>``: an isolated network.
+    """
+
+    root_name: ClassVar[str] = "network"
+
+    name: str = ""
+    uuid: str | None = None
+    forward_mode: str | None = None    # nat | route | bridge | ...
+    bridge: str | None = None
+    bridge_stp: bool | None = None
+    bridge_delay: int | None = None
+    mtu: int | None = None
+    ip_address: str | None = None
+    ip_netmask: str | None = None
+    dhcp_start: str | None = None
+    dhcp_end: str | None = None
+    dhcp_hosts: list[LibvirtConfigNetworkDHCPHost] = field(default_factory=list)
+
+    def format_dom(self) -> etree._Element:
+        root = etree.Element("network")
+        _sub(root, "name", self.name)
+        if self.uuid is not None:
+            _sub(root, "uuid", self.uuid)
+        if self.forward_mode is not None:
+            _sub(root, "forward", mode=self.forward_mode)
+        if self.bridge is not None:
+            stp = None if self.bridge_stp is None else ("on" if self.bridge_stp else "off")
+            _sub(root, "bridge", name=self.bridge, stp=stp, delay=_str(self.bridge_delay))
+        if self.mtu is not None:
+            _sub(root, "mtu", size=str(self.mtu))
+        if self.ip_address is not None:
+            ip = _sub(root, "ip", address=self.ip_address, netmask=self.ip_netmask)
+            if self.dhcp_start is not None or self.dhcp_hosts:
+                dhcp = _sub(ip, "dhcp")
+                if self.dhcp_start is not None:
+                    _sub(dhcp, "range", start=self.dhcp_start, end=self.dhcp_end)
+                for host in self.dhcp_hosts:
+                    dhcp.append(host.format_dom())
+        return root
+
+    @classmethod
+    def parse_dom(cls, el: etree._Element) -> Self:
+        cls._check_root(el)
+        obj = cls(name=_text(el.find("name")) or "", uuid=_text(el.find("uuid")))
+        if (forward := el.find("forward")) is not None:
+            obj.forward_mode = forward.get("mode", "nat")  # libvirt's default mode
+        if (bridge := el.find("bridge")) is not None:
+            obj.bridge = bridge.get("name")
+            stp = bridge.get("stp")
+            obj.bridge_stp = None if stp is None else stp == "on"
+            obj.bridge_delay = _int(bridge.get("delay"))
+        if (mtu := el.find("mtu")) is not None:
+            obj.mtu = _int(mtu.get("size"))
+        if (ip := el.find("ip")) is not None:
+            obj.ip_address = ip.get("address")
+            obj.ip_netmask = ip.get("netmask")
+            if (dhcp_range := ip.find("dhcp/range")) is not None:
+                obj.dhcp_start = dhcp_range.get("start")
+                obj.dhcp_end = dhcp_range.get("end")
+            obj.dhcp_hosts = [LibvirtConfigNetworkDHCPHost.parse_dom(h) for h in ip.iterfind("dhcp/host")]
+        return obj
+
+
+# ------------------------------------------------------------------------------ storage
+
+
+@dataclass(eq=True)
+class LibvirtConfigStoragePool(LibvirtConfigObject):
+    """``<pool>``: a storage pool -- a directory (``dir``) or an LVM volume group (``logical``)."""
+
+    root_name: ClassVar[str] = "pool"
+
+    pool_type: str = "dir"             # dir | logical | ...
+    name: str = ""
+    uuid: str | None = None
+    source_name: str | None = None     # the volume group of a logical pool
+    source_format: str | None = None   # e.g. lvm2
+    target_path: str | None = None
+    target_mode: str | None = None     # octal permissions of the target directory
+
+    def format_dom(self) -> etree._Element:
+        root = etree.Element("pool", type=self.pool_type)
+        _sub(root, "name", self.name)
+        if self.uuid is not None:
+            _sub(root, "uuid", self.uuid)
+        if self.source_name is not None or self.source_format is not None:
+            source = _sub(root, "source")
+            if self.source_name is not None:
+                _sub(source, "name", self.source_name)
+            if self.source_format is not None:
+                _sub(source, "format", type=self.source_format)
+        if self.target_path is not None or self.target_mode is not None:
+            target = _sub(root, "target")
+            if self.target_path is not None:
+                _sub(target, "path", self.target_path)
+            if self.target_mode is not None:
+                _sub(_sub(target, "permissions"), "mode", self.target_mode)
+        return root
+
+    @classmethod
+    def parse_dom(cls, el: etree._Element) -> Self:
+        cls._check_root(el)
+        obj = cls(pool_type=el.get("type", "dir"), name=_text(el.find("name")) or "",
+                  uuid=_text(el.find("uuid")))
+        obj.source_name = _text(el.find("source/name"))
+        if (fmt := el.find("source/format")) is not None:
+            obj.source_format = fmt.get("type")
+        obj.target_path = _text(el.find("target/path"))
+        obj.target_mode = _text(el.find("target/permissions/mode"))
+        return obj
+
+
+@dataclass(eq=True)
+class LibvirtConfigStorageVolume(LibvirtConfigObject):
+    """``<volume>``: one volume of a pool; sizes in bytes."""
+
+    root_name: ClassVar[str] = "volume"
+
+    name: str = ""
+    capacity: int = 0
+    allocation: int | None = None
+    target_path: str | None = None     # set by libvirt; ignored when creating
+    target_format: str | None = None   # qcow2 | raw
+    target_mode: str | None = None     # octal permissions of the volume's file
+
+    def format_dom(self) -> etree._Element:
+        root = etree.Element("volume")
+        _sub(root, "name", self.name)
+        _sub(root, "capacity", str(self.capacity), unit="bytes")
+        if self.allocation is not None:
+            _sub(root, "allocation", str(self.allocation), unit="bytes")
+        target = _sub(root, "target")
+        if self.target_path is not None:
+            _sub(target, "path", self.target_path)
+        if self.target_format is not None:
+            _sub(target, "format", type=self.target_format)
+        if self.target_mode is not None:
+            _sub(_sub(target, "permissions"), "mode", self.target_mode)
+        return root
+
+    @classmethod
+    def parse_dom(cls, el: etree._Element) -> Self:
+        cls._check_root(el)
+        obj = cls(name=_text(el.find("name")) or "", capacity=_bytes(el.find("capacity")) or 0,
+                  allocation=_bytes(el.find("allocation")))
+        obj.target_path = _text(el.find("target/path"))
+        if (fmt := el.find("target/format")) is not None:
+            obj.target_format = fmt.get("type")
+        obj.target_mode = _text(el.find("target/permissions/mode"))
         return obj

@@ -1,15 +1,12 @@
 """The libvirt implementation of :class:`novalite.virt.driver.VirtDriver`.
 
-Threading model: libvirt-python calls block, and the whole process runs one
-asyncio loop, so every libvirt call runs in this driver's bounded
-``ThreadPoolExecutor`` via ``loop.run_in_executor``; coroutines only await them.
-libvirt connections are thread-safe, so the workers share one connection.
-
-One connection for the driver's lifetime: libvirt's test driver keeps a
-simulated host's state inside the connection object (opening the same
-``test:///path`` URI twice gives two independent empty hosts), so reconnecting
-would silently lose every domain.  The connection is opened lazily, in a
-worker, by the first call that needs it.
+One driver per hypervisor, on that hypervisor's one :class:`LibvirtHost`:
+its connection and its bounded worker pool serve the domains (here), the
+disks plugged into them, the storage pool (:mod:`.storage`) and the networks
+(:mod:`.network`).  Every libvirt call runs in the host's workers; coroutines
+only await them.  See :mod:`novalite.virt.libvirt.host` for when the
+connection is opened and reopened (never on a ``test:`` URI, whose simulated
+host lives inside the connection).
 
 What a guest looks like is decided in :func:`design_guest`, which turns a
 :class:`GuestSpec` into :mod:`novalite.virt.libvirt.config` objects; the config
@@ -19,17 +16,12 @@ classes themselves only serialise.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import os
 import platform
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import libvirt
 import structlog
@@ -38,6 +30,7 @@ from lxml import etree
 from novalite.virt import driver as virt
 from novalite.virt.driver import (
     DiskSpec,
+    DownloadTarget,
     GuestSpec,
     HostInfo,
     HypervisorUnavailable,
@@ -45,7 +38,10 @@ from novalite.virt.driver import (
     InstanceInfo,
     InstanceNotFound,
     LifecycleCallback,
+    NetworkSpec,
     NicSpec,
+    StoragePoolSpec,
+    UploadSource,
     VirtError,
 )
 from novalite.virt.libvirt import eventloop
@@ -58,13 +54,14 @@ from novalite.virt.libvirt.config import (
     LibvirtConfigGuestMetaNovaInstance,
     LibvirtConfigGuestSerial,
 )
+from novalite.virt.libvirt.host import LibvirtHost
+from novalite.virt.libvirt.network import LibvirtNetworks
+from novalite.virt.libvirt.storage import LibvirtStorage
 from novalite.virt.testnode import read_test_node_name
 
 __all__ = ["LIBVIRT_POWER_STATE", "LibvirtDriver", "design_guest", "domain_type_for"]
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 # libvirt virDomainState -> Nova power_state, as Nova's libvirt driver maps them.
 LIBVIRT_POWER_STATE: dict[int, int] = {
@@ -82,18 +79,11 @@ _X86 = ("x86_64", "i686")
 _UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 )
+_LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+_CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 
 
 # --------------------------------------------------------------------------- errors
-
-def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
-    """libvirt error callback that drops the message; errors still raise libvirtError."""
-
-
-def silence_libvirt_stderr() -> None:
-    """Stop libvirt printing every error to stderr (a process-wide setting; idempotent)."""
-    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
-
 
 def _code(exc: libvirt.libvirtError) -> int | None:
     return exc.get_error_code()
@@ -257,23 +247,18 @@ class LibvirtDriver:
             raise ValueError(f"virt_type must be test, qemu or kvm, not {virt_type!r}")
         if disk_gb is None and state_dir is None:
             raise ValueError("give disk_gb or a state_dir to measure local disk from")
-        if max_threads < 1:
-            raise ValueError("max_threads must be at least 1")
         self.uri = uri
         self.virt_type = virt_type
         self.domain_type = domain_type_for(uri, virt_type)
         self._disk_gb = disk_gb
         self._state_dir = Path(state_dir) if state_dir is not None else None
         self._hostname = hostname
-        self._executor = ThreadPoolExecutor(max_workers=max_threads,
-                                            thread_name_prefix=f"libvirt-{id(self):x}")
-        self._conn: libvirt.virConnect | None = None
-        self._conn_lock = threading.Lock()
-        self._closed = False
+        # The hypervisor: one connection and one worker pool for domains, storage and networks.
+        self.host = LibvirtHost(uri, max_threads)
+        self._storage = LibvirtStorage(self.host)
+        self._networks = LibvirtNetworks(self.host)
         # Names and uuids of spawns in flight; touched only on the event loop.
         self._spawning: set[str] = set()
-        self._event_callback_id: int | None = None
-        silence_libvirt_stderr()
 
     async def __aenter__(self) -> LibvirtDriver:
         return self
@@ -281,39 +266,10 @@ class LibvirtDriver:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # ------------------------------------------------------------ thread plumbing
-
-    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """Schedule ``fn(*args)`` on the worker pool, carrying structlog's context along."""
-        if self._closed:
-            raise HypervisorUnavailable(f"driver for {self.uri} is closed")
-        ctx = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        eventloop.ensure_registered(loop)  # before the first connection opens
-        return loop.run_in_executor(self._executor, functools.partial(ctx.run, fn, *args))
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._submit(fn, *args)
-
-    def _connection(self) -> libvirt.virConnect:
-        """The driver's one connection, opened on first use (worker threads only)."""
-        with self._conn_lock:
-            if self._closed and self._conn is None:
-                raise HypervisorUnavailable(f"driver for {self.uri} is closed")
-            if self._conn is None:
-                try:
-                    self._conn = libvirt.open(self.uri)
-                except libvirt.libvirtError as exc:
-                    raise HypervisorUnavailable(
-                        f"cannot connect to {self.uri}: {exc.get_error_message()}", _code(exc)
-                    ) from exc
-                log.info("libvirt_connected", uri=self.uri)
-            return self._conn
-
     # ------------------------------------------------------------- blocking parts
 
     def _init_host_sync(self) -> HostInfo:
-        conn = self._connection()
+        conn = self.host.connection()
         try:
             model, memory_mb, cpus, *_ = conn.getInfo()
             caps = etree.fromstring(conn.getCapabilities().encode())
@@ -349,7 +305,7 @@ class LibvirtDriver:
             raise _translate(exc, f"no domain for instance {instance_uuid}") from exc
 
     def _spawn_sync(self, xml: str, instance_uuid: str, name: str) -> None:
-        conn = self._connection()
+        conn = self.host.connection()
         for key, lookup in ((instance_uuid, conn.lookupByUUIDString), (name, conn.lookupByName)):
             try:
                 lookup(key)
@@ -382,7 +338,7 @@ class LibvirtDriver:
             log.warning("spawn_rolled_back", instance_uuid=instance_uuid)
 
     def _destroy_sync(self, instance_uuid: str) -> None:
-        conn = self._connection()
+        conn = self.host.connection()
         try:
             domain = self._lookup(conn, instance_uuid)
         except InstanceNotFound:
@@ -411,7 +367,7 @@ class LibvirtDriver:
         log.info("domain_destroyed", instance_uuid=instance_uuid)
 
     def _get_info_sync(self, instance_uuid: str) -> InstanceInfo | None:
-        conn = self._connection()
+        conn = self.host.connection()
         try:
             state, max_mem, mem, num_cpu, _cpu_time = conn.lookupByUUIDString(instance_uuid).info()
         except libvirt.libvirtError as exc:
@@ -426,37 +382,24 @@ class LibvirtDriver:
         )
 
     def _list_sync(self) -> list[str]:
-        conn = self._connection()
+        conn = self.host.connection()
         try:
             return [d.UUIDString() for d in conn.listAllDomains(0)]
         except libvirt.libvirtError as exc:
             raise _translate(exc, "cannot list domains") from exc
 
     def _xml_desc_sync(self, instance_uuid: str) -> str:
-        conn = self._connection()
+        conn = self.host.connection()
         try:
             return self._lookup(conn, instance_uuid).XMLDesc(0)
         except libvirt.libvirtError as exc:
             raise _translate(exc, f"cannot read XML of instance {instance_uuid}") from exc
 
-    def _shutdown_sync(self) -> None:
-        self._executor.shutdown(wait=True)  # lets in-flight calls finish
-        with self._conn_lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                if self._event_callback_id is not None:
-                    conn.domainEventDeregisterAny(self._event_callback_id)
-                    self._event_callback_id = None
-                conn.close()
-            except libvirt.libvirtError:
-                log.warning("libvirt_close_failed", uri=self.uri)
-
     # -------------------------------------------------------------- the contract
 
     async def init_host(self) -> HostInfo:
         """Open the connection (once) and report the host; see VirtDriver.init_host."""
-        return await self._call(self._init_host_sync)
+        return await self.host.call(self._init_host_sync)
 
     def design(self, guest: GuestSpec) -> LibvirtConfigGuest:
         """The domain config this host would define for ``guest`` (no side effects)."""
@@ -475,7 +418,7 @@ class LibvirtDriver:
         xml = self.design(guest).to_xml()
         self._spawning |= keys
         try:
-            fut = self._submit(self._spawn_sync, xml, guest.instance_uuid, guest.name)
+            fut = self.host.submit(self._spawn_sync, xml, guest.instance_uuid, guest.name)
             await self._finish_despite_cancel(fut, guest.instance_uuid)
         finally:
             self._spawning -= keys
@@ -494,7 +437,7 @@ class LibvirtDriver:
                 cancelled = True
         if cancelled:
             if not fut.cancelled() and fut.exception() is None:
-                undo = self._submit(self._rollback_sync, instance_uuid)
+                undo = self.host.submit(self._rollback_sync, instance_uuid)
                 while not undo.done():
                     try:
                         await asyncio.wait({undo})
@@ -505,29 +448,30 @@ class LibvirtDriver:
 
     async def destroy(self, instance_uuid: str) -> None:
         """Destroy and undefine; a missing domain is fine (VirtDriver.destroy)."""
-        await self._call(self._destroy_sync, instance_uuid)
+        await self.host.call(self._destroy_sync, instance_uuid)
 
     async def get_info(self, instance_uuid: str) -> InstanceInfo | None:
         """Power state and sizes of the domain, None if it does not exist."""
-        return await self._call(self._get_info_sync, instance_uuid)
+        return await self.host.call(self._get_info_sync, instance_uuid)
 
     async def list_instance_uuids(self) -> list[str]:
         """Uuids of every domain on this connection, running or not."""
-        return await self._call(self._list_sync)
+        return await self.host.call(self._list_sync)
 
     async def get_domain_config(self, instance_uuid: str) -> LibvirtConfigGuest:
         """The domain as libvirt now describes it (libvirt-specific, not in the contract).
 
         Raises InstanceNotFound if there is no such domain.
         """
-        return LibvirtConfigGuest.from_xml(await self._call(self._xml_desc_sync, instance_uuid))
+        return LibvirtConfigGuest.from_xml(await self.host.call(self._xml_desc_sync, instance_uuid))
 
     async def close(self) -> None:
         """Refuse new calls, wait for in-flight ones, close the connection; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await asyncio.to_thread(self._shutdown_sync)
+        await self.host.close()
+
+    async def is_alive(self) -> bool:
+        """True while the host's connection answers (VirtDriver.is_alive)."""
+        return await self.host.is_alive()
 
     # ---------------------------------------------------------- power actions
 
@@ -566,7 +510,7 @@ class LibvirtDriver:
         return self._wait_for_state(domain, virt.SHUTDOWN, timeout)
 
     def _power_off_sync(self, instance_uuid: str, timeout: float) -> None:
-        domain = self._lookup(self._connection(), instance_uuid)
+        domain = self._lookup(self.host.connection(), instance_uuid)
         try:
             if not domain.isActive():
                 return
@@ -577,7 +521,7 @@ class LibvirtDriver:
         log.info("domain_powered_off", instance_uuid=instance_uuid)
 
     def _power_on_sync(self, instance_uuid: str) -> None:
-        domain = self._lookup(self._connection(), instance_uuid)
+        domain = self._lookup(self.host.connection(), instance_uuid)
         try:
             if domain.isActive():
                 if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
@@ -589,7 +533,7 @@ class LibvirtDriver:
         log.info("domain_powered_on", instance_uuid=instance_uuid)
 
     def _reboot_sync(self, instance_uuid: str, hard: bool, timeout: float) -> bool:
-        domain = self._lookup(self._connection(), instance_uuid)
+        domain = self._lookup(self.host.connection(), instance_uuid)
         try:
             if not hard and self._clean_shutdown(domain, timeout):
                 domain.createWithFlags(0)
@@ -607,7 +551,7 @@ class LibvirtDriver:
         return False
 
     def _domain_call_sync(self, instance_uuid: str, what: str, method: str, *args: Any) -> None:
-        domain = self._lookup(self._connection(), instance_uuid)
+        domain = self._lookup(self.host.connection(), instance_uuid)
         try:
             getattr(domain, method)(*args)
         except libvirt.libvirtError as exc:
@@ -615,14 +559,14 @@ class LibvirtDriver:
         log.info("domain_power_action", action=what, instance_uuid=instance_uuid)
 
     def _has_saved_state_sync(self, instance_uuid: str) -> bool:
-        domain = self._lookup(self._connection(), instance_uuid)
+        domain = self._lookup(self.host.connection(), instance_uuid)
         try:
             return bool(domain.hasManagedSaveImage(0))
         except libvirt.libvirtError as exc:
             raise _translate(exc, f"cannot inspect instance {instance_uuid}") from exc
 
     def _list_states_sync(self) -> dict[str, int]:
-        conn = self._connection()
+        conn = self.host.connection()
         out: dict[str, int] = {}
         try:
             domains = conn.listAllDomains(0)
@@ -638,37 +582,209 @@ class LibvirtDriver:
 
     async def power_off(self, instance_uuid: str, timeout: float = 0) -> None:
         """Clean shutdown for up to ``timeout`` s, then destroy (VirtDriver.power_off)."""
-        await self._call(self._power_off_sync, instance_uuid, timeout)
+        await self.host.call(self._power_off_sync, instance_uuid, timeout)
 
     async def power_on(self, instance_uuid: str) -> None:
         """Start the defined domain; a managed save is restored (VirtDriver.power_on)."""
-        await self._call(self._power_on_sync, instance_uuid)
+        await self.host.call(self._power_on_sync, instance_uuid)
 
     async def reboot(self, instance_uuid: str, hard: bool, timeout: float = 0) -> bool:
         """ACPI shutdown + start, or destroy + start (VirtDriver.reboot)."""
-        return await self._call(self._reboot_sync, instance_uuid, hard, timeout)
+        return await self.host.call(self._reboot_sync, instance_uuid, hard, timeout)
 
     async def pause(self, instance_uuid: str) -> None:
         """virDomainSuspend: vCPUs stop, memory stays (VirtDriver.pause)."""
-        await self._call(self._domain_call_sync, instance_uuid, "pause", "suspend")
+        await self.host.call(self._domain_call_sync, instance_uuid, "pause", "suspend")
 
     async def unpause(self, instance_uuid: str) -> None:
-        await self._call(self._domain_call_sync, instance_uuid, "unpause", "resume")
+        await self.host.call(self._domain_call_sync, instance_uuid, "unpause", "resume")
 
     async def suspend(self, instance_uuid: str) -> None:
         """virDomainManagedSave, as Nova's libvirt driver suspends (VirtDriver.suspend)."""
-        await self._call(self._domain_call_sync, instance_uuid, "suspend", "managedSave", 0)
+        await self.host.call(self._domain_call_sync, instance_uuid, "suspend", "managedSave", 0)
 
     async def resume(self, instance_uuid: str) -> None:
         """Start the domain, which restores its managed save (VirtDriver.resume)."""
-        await self._call(self._domain_call_sync, instance_uuid, "resume", "createWithFlags", 0)
+        await self.host.call(self._domain_call_sync, instance_uuid, "resume", "createWithFlags", 0)
 
     async def has_saved_state(self, instance_uuid: str) -> bool:
-        return await self._call(self._has_saved_state_sync, instance_uuid)
+        return await self.host.call(self._has_saved_state_sync, instance_uuid)
 
     async def list_instance_states(self) -> dict[str, int]:
         """uuid → power_state of every domain, in one worker call."""
-        return await self._call(self._list_states_sync)
+        return await self.host.call(self._list_states_sync)
+
+    # ------------------------------------------------------------ disks (volumes)
+    # Attach: attachDeviceFlags(AFFECT_LIVE | AFFECT_CONFIG) on a running domain
+    # (CONFIG only on a stopped one), as Nova's libvirt driver does.  Detach:
+    # detachDeviceFlags likewise, then wait until the live XML no longer has the
+    # disk (the guest must let go of a PCI device: the request is asynchronous),
+    # asking again once before giving up.  libvirt's test driver supports neither
+    # call (VIR_ERR_NO_SUPPORT): there the disk is added to / removed from the
+    # domain's persistent definition with defineXML, so simulated hosts show
+    # attachments in their inactive XML.
+
+    def _domain_config_sync(self, domain: libvirt.virDomain, inactive: bool) -> LibvirtConfigGuest:
+        return LibvirtConfigGuest.from_xml(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0))
+
+    def _targets_sync(self, domain: libvirt.virDomain, inactive: bool) -> set[str]:
+        cfg = self._domain_config_sync(domain, inactive)
+        return {d.target_dev for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk) and d.target_dev}
+
+    def _redefine_sync(self, domain: libvirt.virDomain, add: LibvirtConfigGuestDisk | None,
+                       remove: str | None) -> None:
+        """The test driver's hot-plug: the persistent definition with the disk added or removed."""
+        cfg = self._domain_config_sync(domain, inactive=True)
+        disks = [d for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk)]
+        if remove is not None:
+            cfg.devices = [d for d in cfg.devices
+                           if not (isinstance(d, LibvirtConfigGuestDisk) and d.target_dev == remove)]
+        if add is not None:
+            if any(d.target_dev == add.target_dev for d in disks):
+                return  # there already: the live XML of a test domain never shows it, so a retry lands here
+            cfg.devices.append(add)
+        self.host.connection().defineXML(cfg.to_xml())
+
+    def _attach_sync(self, instance_uuid: str, disk: LibvirtConfigGuestDisk) -> None:
+        domain = self._lookup(self.host.connection(), instance_uuid)
+        target = disk.target_dev
+        try:
+            live = domain.isActive()
+            if target in self._targets_sync(domain, inactive=not live):
+                return  # already there (a retried attach)
+            try:
+                domain.attachDeviceFlags(disk.to_xml(pretty=False), (_LIVE | _CONFIG) if live else _CONFIG)
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                self._redefine_sync(domain, disk, None)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot attach {target} to instance {instance_uuid}") from exc
+        log.info("disk_attached", instance_uuid=instance_uuid, target=target)
+
+    def _detach_sync(self, instance_uuid: str, disk: LibvirtConfigGuestDisk, timeout: float) -> None:
+        try:
+            domain = self._lookup(self.host.connection(), instance_uuid)
+        except InstanceNotFound:
+            return  # no domain: nothing holds the disk
+        target, xml = disk.target_dev, disk.to_xml(pretty=False)
+        try:
+            live = domain.isActive()
+            try:
+                if target not in self._targets_sync(domain, inactive=True):
+                    flags = _LIVE if live else 0
+                else:
+                    flags = (_LIVE | _CONFIG) if live else _CONFIG
+                if flags == 0:
+                    return
+                if not live or target in self._targets_sync(domain, inactive=False):
+                    domain.detachDeviceFlags(xml, flags)
+                elif flags & _CONFIG:
+                    domain.detachDeviceFlags(xml, _CONFIG)
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                self._redefine_sync(domain, None, target)
+                return
+            if not live:
+                return
+            for attempt in range(2):
+                deadline = time.monotonic() + timeout / 2
+                while time.monotonic() < deadline:
+                    if not domain.isActive() or target not in self._targets_sync(domain, inactive=False):
+                        log.info("disk_detached", instance_uuid=instance_uuid, target=target)
+                        return
+                    time.sleep(0.2)
+                if attempt == 0:
+                    try:
+                        domain.detachDeviceFlags(xml, _LIVE)  # ask the guest again, as Nova does
+                    except libvirt.libvirtError:
+                        pass
+            raise VirtError(f"guest of instance {instance_uuid} did not release {target} in {timeout:.0f}s")
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot detach {target} from instance {instance_uuid}") from exc
+
+    def _disk_targets_sync(self, instance_uuid: str) -> set[str]:
+        domain = self._lookup(self.host.connection(), instance_uuid)
+        try:
+            return self._targets_sync(domain, inactive=True)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot read XML of instance {instance_uuid}") from exc
+
+    async def attach_disk(self, instance_uuid: str, disk: DiskSpec) -> None:
+        """Plug ``disk`` in, live and persistent; idempotent (VirtDriver.attach_disk)."""
+        await self.host.call(self._attach_sync, instance_uuid, _design_disk(disk, self.domain_type))
+
+    async def detach_disk(self, instance_uuid: str, disk: DiskSpec, timeout: float = 20) -> None:
+        """Unplug ``disk`` and wait for the guest; a missing domain or disk is fine (VirtDriver.detach_disk)."""
+        await self.host.call(self._detach_sync, instance_uuid, _design_disk(disk, self.domain_type), timeout)
+
+    async def disk_targets(self, instance_uuid: str) -> set[str]:
+        """Target devices of the persistent definition (VirtDriver.disk_targets)."""
+        return await self.host.call(self._disk_targets_sync, instance_uuid)
+
+    async def domain_xml(self, instance_uuid: str, inactive: bool = False) -> str:
+        """The domain's live (or persistent) XML (libvirt-specific, not in the contract)."""
+        def read() -> str:
+            domain = self._lookup(self.host.connection(), instance_uuid)
+            try:
+                return domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+            except libvirt.libvirtError as exc:
+                raise _translate(exc, f"cannot read XML of instance {instance_uuid}") from exc
+
+        return await self.host.call(read)
+
+    # ------------------------------------------------------------ storage (see .storage)
+
+    async def ensure_pool(self, pool: StoragePoolSpec) -> None:
+        await self.host.call(self._storage.ensure_sync, pool)
+
+    async def create_volume(self, pool: str, name: str, size_gb: int, fmt: str) -> str:
+        return await self.host.call(self._storage.create_sync, pool, name, size_gb, fmt)
+
+    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
+        return await self.host.call(self._storage.clone_sync, pool, source, name, size_gb, fmt)
+
+    async def delete_volume(self, pool: str, name: str) -> bool:
+        return await self.host.call(self._storage.delete_sync, pool, name)
+
+    async def list_volumes(self, pool: str) -> list[str]:
+        return await self.host.call(self._storage.names_sync, pool)
+
+    async def refresh_pool(self, pool: str) -> None:
+        await self.host.call(self._storage.refresh_sync, pool)
+
+    async def upload_volume(self, pool: str, name: str, source: UploadSource) -> int:
+        """Through virStorageVolUpload; the test driver has no streams (VirtError, VIR_ERR_NO_SUPPORT)."""
+        return await self.host.call(self._storage.upload_sync, pool, name, source, asyncio.get_running_loop())
+
+    async def download_volume(self, pool: str, name: str, target: DownloadTarget) -> int:
+        """Through virStorageVolDownload; the test driver has no streams (VirtError, VIR_ERR_NO_SUPPORT)."""
+        return await self.host.call(self._storage.download_sync, pool, name, target, asyncio.get_running_loop())
+
+    # ------------------------------------------------------------ networks (see .network)
+
+    async def ensure_network(self, net: NetworkSpec) -> str:
+        return await self.host.call(self._networks.ensure_sync, net)
+
+    async def add_dhcp_host(self, network: str, mac: str, ip: str) -> None:
+        await self.host.call(self._networks.add_host_sync, network, mac, ip)
+
+    async def remove_dhcp_host(self, network: str, mac: str) -> bool:
+        return await self.host.call(self._networks.remove_host_sync, network, mac)
+
+    async def sync_dhcp_hosts(self, network: str, wanted: dict[str, str]) -> tuple[int, int]:
+        return await self.host.call(self._networks.sync_hosts_sync, network, wanted)
+
+    async def dhcp_hosts(self, network: str) -> dict[str, str]:
+        return await self.host.call(self._networks.hosts_sync, network)
+
+    async def undefine_network(self, network: str) -> None:
+        await self.host.call(self._networks.undefine_sync, network)
+
+    async def network_xml(self, network: str) -> str | None:
+        """The network's live XML, None when it does not exist (libvirt-specific, not in the contract)."""
+        return await self.host.call(self._networks.xml_sync, network)
 
     # ------------------------------------------------------------ lifecycle events
 
@@ -685,15 +801,7 @@ class LibvirtDriver:
             # hand over through the loop so the callback never runs re-entrantly.
             loop.call_soon_threadsafe(callback, dom.UUIDString(), power_state, name)
 
-        def register() -> int:
-            try:
-                return self._connection().domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None
-                )
-            except libvirt.libvirtError as exc:
-                raise _translate(exc, "cannot subscribe to domain events") from exc
-
-        self._event_callback_id = await self._call(register)
+        await self.host.watch_domain_events(on_event)
         log.info("lifecycle_events_subscribed", uri=self.uri)
 
 

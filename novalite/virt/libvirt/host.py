@@ -1,0 +1,230 @@
+"""One hypervisor: its libvirt connection, its worker threads, its event registration.
+
+Every libvirt call of a compute host -- domains, networks, storage -- goes
+through the one :class:`LibvirtHost` of that host, so a host holds one
+connection and one bounded ``ThreadPoolExecutor`` whatever it is asked to do.
+
+- libvirt-python calls block, and the process runs one asyncio loop: every
+  call runs in the pool (:meth:`LibvirtHost.call`), carrying the caller's
+  contextvars (structlog's request id and instance uuid) into the worker.
+  libvirt connections are thread-safe, so the workers share the connection.
+- The connection is opened lazily, in a worker, by the first call that needs
+  it.  Remote connections get libvirt keepalive and are opened again when they
+  die (libvirtd restarted, the network dropped): before each use when
+  ``isAlive()`` says so, and after a call failed with VIR_ERR_NO_CONNECT or
+  VIR_ERR_INVALID_CONN.  A ``test:`` URI is never reopened: libvirt's test
+  driver keeps the simulated host's state inside the connection object, and
+  opening the same URI again gives a new, empty host.
+- Lifecycle events: one registration per host, made again on a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import libvirt
+import structlog
+
+from novalite.virt.driver import HypervisorUnavailable, VirtError
+from novalite.virt.libvirt import eventloop
+
+__all__ = ["KEEPALIVE_COUNT", "KEEPALIVE_INTERVAL", "LibvirtHost", "silence_libvirt_stderr"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# libvirt keepalive for remote connections: a probe every 5 s, the connection is
+# declared dead after 5 unanswered ones (libvirt's own client defaults).
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 5
+
+# Error codes that mean the connection itself is gone, not the call.
+_DEAD_CONNECTION = (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN)
+
+# Called in libvirt's event dispatch with (connection, domain, event, detail, opaque).
+DomainEventHandler = Callable[[libvirt.virConnect, libvirt.virDomain, int, int, object], None]
+
+
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
+    """libvirt error callback that drops the message; errors still raise libvirtError."""
+
+
+def silence_libvirt_stderr() -> None:
+    """Stop libvirt printing every error to stderr (a process-wide setting; idempotent)."""
+    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+
+
+class LibvirtHost:
+    """The connection and the worker pool of one libvirt URI; see the module docstring."""
+
+    def __init__(self, uri: str, max_threads: int = 4) -> None:
+        if max_threads < 1:
+            raise ValueError("max_threads must be at least 1")
+        self.uri = uri
+        # The test driver opened in this process: the host lives in the connection.
+        self.in_process = uri.startswith("test:")
+        self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix=f"libvirt-{id(self):x}")
+        self._conn: libvirt.virConnect | None = None
+        self._stale = False  # a call saw the connection die: reopen before the next use
+        self._lock = threading.Lock()
+        self._closed = False
+        self._on_domain_event: DomainEventHandler | None = None
+        self._event_callback_id: int | None = None
+        silence_libvirt_stderr()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------ calls in workers
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Schedule ``fn(*args)`` on the pool, with the caller's contextvars; returns its future."""
+        if self._closed:
+            raise HypervisorUnavailable(f"host {self.uri} is closed")
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        eventloop.ensure_registered(loop)  # before the first connection opens
+        return loop.run_in_executor(self._executor, functools.partial(ctx.run, self._run, fn, args))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking libvirt code ``fn(*args)`` in a worker and return its result."""
+        return await self.submit(fn, *args)
+
+    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            return fn(*args)
+        except (libvirt.libvirtError, VirtError) as exc:
+            code = exc.get_error_code() if isinstance(exc, libvirt.libvirtError) else exc.code
+            if code in _DEAD_CONNECTION and not self.in_process:
+                self._stale = True
+            raise
+
+    # ------------------------------------------------------------ the connection
+
+    def connection(self) -> libvirt.virConnect:
+        """The host's connection, opened (or reopened when dead) on demand; worker threads only."""
+        conn = self._conn
+        if conn is not None and (self.in_process or (not self._stale and self._is_alive(conn))):
+            return conn  # the usual case: no lock (isAlive is a local check, no round trip)
+        with self._lock:
+            if self._closed and self._conn is None:
+                raise HypervisorUnavailable(f"host {self.uri} is closed")
+            conn = self._conn
+            if conn is not None and not self.in_process and (self._stale or not self._is_alive(conn)):
+                log.warning("libvirt_connection_lost", uri=self.uri)
+                self._forget(conn)
+                conn = None
+            if conn is None:
+                conn = self._open()
+            return conn
+
+    def _open(self) -> libvirt.virConnect:
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorUnavailable(
+                f"cannot connect to {self.uri}: {exc.get_error_message()}", exc.get_error_code()
+            ) from exc
+        if not self.in_process:
+            try:
+                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            except libvirt.libvirtError as exc:
+                log.info("libvirt_keepalive_unavailable", uri=self.uri, error=exc.get_error_message())
+        self._conn, self._stale = conn, False
+        if self._on_domain_event is not None:
+            self._register(conn)
+        log.info("libvirt_connected", uri=self.uri)
+        return conn
+
+    @staticmethod
+    def _is_alive(conn: libvirt.virConnect) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def _forget(self, conn: libvirt.virConnect) -> None:
+        """Drop a dead connection (its event registration died with it)."""
+        self._conn, self._event_callback_id = None, None
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    async def is_alive(self) -> bool:
+        """True while the connection answers (it is opened if it was not); never raises."""
+        if self._closed:
+            return False
+
+        def probe() -> bool:
+            conn = self.connection()
+            conn.getLibVersion()  # one round trip on a remote connection
+            return True
+
+        try:
+            return await self.call(probe)
+        except (libvirt.libvirtError, VirtError):
+            return False
+
+    # ------------------------------------------------------------ lifecycle events
+
+    async def watch_domain_events(self, handler: DomainEventHandler) -> None:
+        """Deliver this host's domain lifecycle events to ``handler`` (one registration per host).
+
+        ``handler`` runs in libvirt's event dispatch; a second call replaces the
+        first handler.  A reopened connection is registered again.
+        """
+        def register() -> None:
+            with self._lock:
+                self._on_domain_event = handler
+            conn = self.connection()
+            with self._lock:
+                if self._event_callback_id is None and conn is self._conn:
+                    self._register(conn)
+
+        await self.call(register)
+
+    def _register(self, conn: libvirt.virConnect) -> None:
+        def dispatch(c: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, opaque: object) -> None:
+            handler = self._on_domain_event  # the latest one, should it have been replaced
+            if handler is not None:
+                handler(c, dom, event, detail, opaque)
+
+        try:
+            self._event_callback_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, dispatch, None
+            )
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"cannot subscribe to domain events of {self.uri}: {exc.get_error_message()}",
+                            exc.get_error_code()) from exc
+
+    # ------------------------------------------------------------ close
+
+    async def close(self) -> None:
+        """Refuse new calls, wait for in-flight ones, close the connection; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._shutdown_sync)
+
+    def _shutdown_sync(self) -> None:
+        self._executor.shutdown(wait=True)  # lets in-flight calls finish
+        with self._lock:
+            conn, self._conn = self._conn, None
+            callback_id, self._event_callback_id = self._event_callback_id, None
+        if conn is None:
+            return
+        try:
+            if callback_id is not None:
+                conn.domainEventDeregisterAny(callback_id)
+            conn.close()
+        except libvirt.libvirtError:
+            log.warning("libvirt_close_failed", uri=self.uri)
