@@ -76,10 +76,8 @@ def parse_length(body: dict) -> int | None:
 
 
 def _simulated(request: web.Request, host: str) -> bool:
-    for h in request.app[keys.CONFIG].hosts:
-        if h.name == host:
-            return h.simulate is not None or (h.uri or "").startswith("test")
-    return False
+    compute_host = request.app[keys.HOSTS].get(host)
+    return compute_host is not None and compute_host.simulated
 
 
 def simulated_console(request: web.Request, inst: asyncpg.Record) -> bytes:
