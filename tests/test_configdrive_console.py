@@ -1,17 +1,19 @@
-"""Config drive ISO content, read back with pycdlib; console output from a real log file."""
+"""Config drive ISO content, read back with pycdlib; console output from the log file a domain names."""
 
 from __future__ import annotations
 
 import io
 import json
+import pathlib
 import uuid
 
 import pycdlib
 import pytest
 from aiohttp import web
+from conftest import add_image, wait_for_status
 
 from novalite.api import errors, keys
-from novalite.api.compute.console import console_log_path, get_console_output, parse_length
+from novalite.api.compute.console import get_console_output, parse_length
 from novalite.context import RequestContext
 from novalite.network.api import PortInfo, network_data
 from novalite.virt.configdrive import VERSIONS, build_config_drive, instance_metadata
@@ -104,6 +106,8 @@ async def console_app(cloud):
     app = web.Application(middlewares=[render])
     app[keys.CONFIG] = cloud.config
     app[keys.POLICY] = cloud.app[keys.POLICY]
+    app[keys.COMPUTE_API] = cloud.app[keys.COMPUTE_API]
+    app[keys.HOSTS] = cloud.app[keys.HOSTS]
     app.router.add_post("/servers/{id}/action", action)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -123,10 +127,15 @@ def _inst(uuid_: str, project: str, **kw) -> dict:
 
 async def test_console_output_tails_the_serial_log(cloud, console_app):
     url, instances, project = console_app
-    uid = str(uuid.uuid4())
-    instances[uid] = _inst(uid, project)
-    log = console_log_path(cloud.config.state_dir, "sim1", uid)
-    log.parent.mkdir(parents=True)
+    image = await add_image(cloud)
+    server = {"name": "c1", "imageRef": image, "flavorRef": "1", "networks": "none"}
+    _, body, _ = await cloud.compute("POST", "/servers", json_body={"server": server}, version="2.37")
+    uid = body["server"]["id"]
+    host = (await wait_for_status(cloud, uid, "ACTIVE", user="admin"))["OS-EXT-SRV-ATTR:host"]
+    instances[uid] = _inst(uid, project, host=host)
+    guest = await cloud.app[keys.HOSTS][host].driver.get_domain_config(uid)
+    log = pathlib.Path(next(d.log_file for d in guest.devices if getattr(d, "log_file", None)))
+    log.parent.mkdir(parents=True, exist_ok=True)  # a simulated host writes no files: the guest's part
     log.write_bytes(b"x" * 200_000 + b"\nline1\nline2\x07\nline3\n")
     post = cloud.session.post
     async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {"length": 2}}) as r:

@@ -198,6 +198,19 @@ async def test_local_gb_from_state_dir(node_uri: str, tmp_path: Path) -> None:
     assert host.local_gb == st.f_blocks * st.f_frsize // 1024**3
 
 
+async def test_console_output_is_the_tail_of_the_log_the_domain_names(drv: LibvirtDriver, tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    spec = make_spec("test", console_log_path=str(log))
+    assert await drv.get_console_output(spec.instance_uuid, 100) is None  # no domain
+    await drv.spawn(spec)
+    assert await drv.get_console_output(spec.instance_uuid, 100) is None  # nothing written yet
+    log.write_bytes(b"a" * 500 + b"\nlast line\n")
+    assert await drv.get_console_output(spec.instance_uuid, 11) == b"\nlast line\n"
+    assert len(await drv.get_console_output(spec.instance_uuid, 100)) == 100
+    await drv.destroy(spec.instance_uuid)
+    assert await drv.get_console_output(spec.instance_uuid, 100) is None
+
+
 @pytest.mark.asyncio
 async def test_spawn_get_info_destroy(drv: LibvirtDriver) -> None:
     await drv.init_host()

@@ -140,10 +140,12 @@ def validate_flavor_extra_specs(specs: dict) -> None:
                 )
 
 
-class HostTerminator(Protocol):
-    """What a delete needs of the compute manager of the instance's host."""
+class ComputeRPC(Protocol):
+    """What the compute API asks of the compute manager of an instance's host (Nova's compute rpcapi)."""
 
     async def terminate_instance(self, inst: asyncpg.Record, request_id: str) -> None: ...
+
+    async def get_console_output(self, uuid: str) -> bytes | None: ...
 
 
 class ComputeAPI:
@@ -156,12 +158,12 @@ class ComputeAPI:
         locks: InstanceLocks,
         *,
         build_instances: Callable[[BuildRequest], None],
-        computes: Mapping[str, HostTerminator],
+        computes: Mapping[str, ComputeRPC],
         network_api: Any = None,
         volume_build: Any = None,
     ) -> None:
         """``build_instances`` casts provisioned instances to the conductor; ``computes`` are the
-        hosts a delete asks to destroy what they built."""
+        managers of the hosts, which deletes and console reads go to."""
         self.pool = pool
         self.network_api = network_api
         self.config = config
@@ -743,6 +745,12 @@ class ComputeAPI:
                 if self.volume_build is not None:
                     await self.volume_build.release_instance(uuid)
                 await finish_delete(self.pool, uuid, request_id, host=None)
+
+    # -- console ------------------------------------------------------------
+    async def get_console_output(self, inst: asyncpg.Record) -> bytes | None:
+        """The tail of the serial console log from the instance's host; None without a host or a log."""
+        compute = self.computes.get(inst["host"]) if inst["host"] else None
+        return None if compute is None else await compute.get_console_output(str(inst["uuid"]))
 
     async def wait_idle(self) -> None:
         while self._tasks:

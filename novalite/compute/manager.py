@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 BUILD_EVENT = "compute_build_and_run_instance"  # the build's action event, as Nova names it
 HEARTBEAT_SECONDS = 10
+MAX_CONSOLE_BYTES = 100 * 1024  # the most of a console log Nova returns
 
 # The conductor's reschedule, as the manager sees it: (uuid, request_id, alternates, attempts).
 Reschedule = Callable[[str, str, list[str], list[tuple[str, str]]], Awaitable[None]]
@@ -414,6 +415,11 @@ class ComputeManager:
                 return
             await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
         await self.reschedule(uuid, request_id, alternates, attempts)
+
+    # -- console -------------------------------------------------------------
+    async def get_console_output(self, uuid: str) -> bytes | None:
+        """The tail of the instance's serial console log (Nova's MAX_CONSOLE_BYTES), None if none yet."""
+        return await self.driver.get_console_output(uuid, MAX_CONSOLE_BYTES)
 
     # -- delete --------------------------------------------------------------
     async def terminate_instance(self, inst: asyncpg.Record, request_id: str) -> None:

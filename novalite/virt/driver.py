@@ -290,6 +290,14 @@ class VirtDriver(Protocol):
         """Every domain the hypervisor knows, uuid → power_state, in one call (no side effects)."""
         ...
 
+    async def get_console_output(self, instance_uuid: str, max_bytes: int) -> bytes | None:
+        """The last ``max_bytes`` the guest wrote to its serial console log.
+
+        None when there is nothing to read: no such domain, a domain without a
+        console log, or a log the guest has not written yet. No side effects.
+        """
+        ...
+
     async def watch_lifecycle(self, callback: LifecycleCallback) -> None:
         """Subscribe ``callback`` to lifecycle events of every domain of this host.
 

@@ -1,17 +1,13 @@
 """``os-getConsoleOutput``: the tail of an instance's serial console log.
 
-The compute manager points the guest's serial console log (written by
-virtlogd) at ``<state_dir>/instances/<host>/<uuid>/console.log``; this reads
-its last 100 KiB (Nova's MAX_CONSOLE_BYTES) off the loop and returns the last
-``length`` lines, as Nova's libvirt driver and compute manager do.
+The compute API asks the instance's host, whose virt driver reads the last
+100 KiB (Nova's MAX_CONSOLE_BYTES) of the serial log the domain names; this
+returns the last ``length`` lines of it, as Nova's API does.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-from pathlib import Path
 
 import asyncpg
 from aiohttp import web
@@ -19,26 +15,9 @@ from aiohttp import web
 from novalite.api import errors, keys
 from novalite.api.compute.common import authorize
 
-MAX_CONSOLE_BYTES = 100 * 1024
 POLICY = "os_compute_api:os-console-output"
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")  # Nova strips these (not \t, \n)
 _LENGTH = re.compile(r"^-?[0-9]+$")
-
-
-def console_log_path(state_dir: Path, host: str, instance_uuid: str) -> Path:
-    """Where the compute manager has the guest's serial console logged."""
-    return state_dir / "instances" / host / instance_uuid / "console.log"
-
-
-def read_tail(path: Path, max_bytes: int = MAX_CONSOLE_BYTES) -> bytes | None:
-    """The last ``max_bytes`` of the file, None when it does not exist (blocking)."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - max_bytes))
-            return f.read(max_bytes)
-    except FileNotFoundError:
-        return None
 
 
 def tail_lines(data: bytes, length: int | None) -> bytes:
@@ -114,8 +93,7 @@ async def get_console_output(request: web.Request, inst: asyncpg.Record, body: d
         raise errors.Conflict(
             f"Cannot 'get_console_output' instance {uuid} while it is in task_state deleting"
         )
-    path = console_log_path(request.app[keys.CONFIG].state_dir, inst["host"], uuid)
-    data = await asyncio.to_thread(read_tail, path)
+    data = await request.app[keys.COMPUTE_API].get_console_output(inst)
     if data is None:
         if inst["vm_state"] == "building":
             raise errors.Conflict(f"Instance {uuid} is not ready")

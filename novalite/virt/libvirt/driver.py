@@ -102,6 +102,17 @@ def _translate(exc: libvirt.libvirtError, what: str) -> VirtError:
     return VirtError(message, code)
 
 
+def read_tail(path: Path, max_bytes: int) -> bytes | None:
+    """The last ``max_bytes`` of the file, None when it does not exist (blocking)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            return f.read(max_bytes)
+    except FileNotFoundError:
+        return None
+
+
 # ------------------------------------------------------------------------- designer
 
 def domain_type_for(uri: str, virt_type: str) -> str:
@@ -613,6 +624,27 @@ class LibvirtDriver:
     async def list_instance_states(self) -> dict[str, int]:
         """uuid → power_state of every domain, in one worker call."""
         return await self.host.call(self._list_states_sync)
+
+    # ------------------------------------------------------------ console
+
+    def _console_output_sync(self, instance_uuid: str, max_bytes: int) -> bytes | None:
+        try:
+            domain = self._lookup(self.host.connection(), instance_uuid)
+        except InstanceNotFound:
+            return None
+        try:
+            guest = self._domain_config_sync(domain, inactive=False)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot read XML of instance {instance_uuid}") from exc
+        logs = [d.log_file for d in guest.devices if isinstance(d, LibvirtConfigGuestSerial) and d.log_file]
+        if not logs:
+            return None
+        # The log is written by this host's virtlogd; novalite runs beside it (remote hosts: issue 17).
+        return read_tail(Path(logs[0]), max_bytes)
+
+    async def get_console_output(self, instance_uuid: str, max_bytes: int) -> bytes | None:
+        """The tail of the serial log the domain's XML names (VirtDriver.get_console_output)."""
+        return await self.host.call(self._console_output_sync, instance_uuid, max_bytes)
 
     # ------------------------------------------------------------ disks (volumes)
     # Attach: attachDeviceFlags(AFFECT_LIVE | AFFECT_CONFIG) on a running domain
