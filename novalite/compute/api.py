@@ -225,7 +225,7 @@ class ComputeAPI:
         self._check_metadata_quota(req, limits)
         self._check_injected_files_quota(req, limits)
         groups = await self._security_groups(conn, ctx, req, snap["security_groups"])
-        kernel_id, ramdisk_id = await self._kernel_and_ramdisk(conn, image_props)
+        kernel_id, ramdisk_id = await self._kernel_and_ramdisk(conn, ctx, image_props)
         key_data = self._key_data(req, snap["key_data"])
         root_device = self._root_device_name(root)
         group = await self._instance_group(conn, ctx, req)
@@ -342,7 +342,8 @@ class ComputeAPI:
         return flavor
 
     def _image(self, snap: dict, image_id: str, flavor: dict, root: dict | None) -> dict | None:
-        """The image exists, is active and fits the flavor; with no image, a volume is the root."""
+        """The image exists for the caller (the snapshot has none it may not see), is active and
+        fits the flavor; with no image, a volume is the root."""
         if not image_id:
             if root is None or root.get("source_type") == "image":
                 raise exception.Invalid(
@@ -497,12 +498,15 @@ class ComputeAPI:
         return groups
 
     @staticmethod
-    async def _kernel_and_ramdisk(conn: asyncpg.Connection, image_props: dict) -> tuple[str, str]:
-        """The kernel and ramdisk the image's properties name ('' for none) exist as images."""
+    async def _kernel_and_ramdisk(
+        conn: asyncpg.Connection, ctx: RequestContext, image_props: dict
+    ) -> tuple[str, str]:
+        """The kernel and ramdisk the image's properties name ('' for none) are images the caller
+        may see; one it may not see is answered as one that does not exist."""
         kernel_id = str(image_props.get("kernel_id") or "")
         ramdisk_id = str(image_props.get("ramdisk_id") or "")
         for ref in (kernel_id, ramdisk_id):
-            if ref and await lookups.image(conn, ref) is None:
+            if ref and await lookups.image(conn, ref, ctx.project_id, ctx.is_admin) is None:
                 raise exception.Invalid(f"Image {ref} could not be found.")
         return kernel_id, ramdisk_id
 

@@ -1,0 +1,110 @@
+"""A project uses only the images it may see (Glance's rule), on every path that reads one (issue 15).
+
+Project ``other`` (user olga) owns the images; ``demo`` asks for them. An image demo may
+not see is answered exactly as one that does not exist, and nothing is written. Shared
+with demo (a pending member: Glance shows an image by id to a member of any status),
+public and community images work; admin sees everything.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from novalite.api import keys
+
+NOT_FOUND = "Can not find requested image"  # Nova's servers.py create, on ImageNotFound
+
+
+async def project_id(cloud, name: str) -> str:
+    async with cloud.app[keys.DB].acquire() as conn:
+        return await conn.fetchval("SELECT id FROM projects WHERE name = $1", name)
+
+
+async def other_project(cloud) -> str:
+    """Project ``other`` with olga as a member, made through the identity API."""
+    status, body, _ = await cloud.request("POST", "/identity/v3/projects", user="admin",
+                                          json_body={"project": {"name": "other"}})
+    assert status == 201, body
+    other = body["project"]["id"]
+    status, body, _ = await cloud.request("POST", "/identity/v3/users", user="admin", json_body={
+        "user": {"name": "olga", "password": "olga-pw", "default_project_id": other}})
+    assert status == 201, body
+    olga = body["user"]["id"]
+    _, body, _ = await cloud.request("GET", "/identity/v3/roles?name=member", user="admin")
+    role = body["roles"][0]["id"]
+    status, _, _ = await cloud.request("PUT", f"/identity/v3/projects/{other}/users/{olga}/roles/{role}",
+                                       user="admin")
+    assert status == 204
+    cloud.creds["olga"] = "olga-pw"
+    return other
+
+
+async def owned_image(cloud, owner: str, visibility: str, **props) -> str:
+    """An active image row of ``owner`` as the image API stores one after an upload."""
+    image_id = uuid.uuid4()
+    async with cloud.app[keys.DB].acquire() as conn:
+        await conn.execute(
+            """INSERT INTO images (id, name, owner, status, visibility, disk_format, container_format, size,
+                                   properties)
+               VALUES ($1, $2, $3, 'active', $4, 'qcow2', 'bare', 1048576, $5)""",
+            image_id, f"{visibility}-image", owner, visibility, props,
+        )
+    return str(image_id)
+
+
+async def images_of_other(cloud, **props) -> dict[str, str]:
+    """other's private, shared-with-demo (member pending), public and community images."""
+    other = await other_project(cloud)
+    images = {v: await owned_image(cloud, other, v, **props) for v in ("private", "shared", "public", "community")}
+    status, member, _ = await cloud.request("POST", f"/image/v2/images/{images['shared']}/members", user="olga",
+                                            project="other", json_body={"member": await project_id(cloud, "demo")})
+    assert status == 200 and member["status"] == "pending", member
+    return images
+
+
+async def count(cloud, table: str, project: str) -> int:
+    async with cloud.app[keys.DB].acquire() as conn:
+        return await conn.fetchval(f"SELECT count(*) FROM {table} WHERE project_id = $1",
+                                   await project_id(cloud, project))
+
+
+async def create_server(cloud, user: str = "demo", **server):
+    server = {"name": "vm", "flavorRef": "1", "networks": "none", **server}
+    return await cloud.compute("POST", "/servers", user=user, version="2.79", json_body={"server": server})
+
+
+def cli_root(image_id: str) -> list[dict]:
+    """The image-backed root BDM the openstack CLI sends along with imageRef."""
+    return [{"boot_index": 0, "uuid": image_id, "source_type": "image", "destination_type": "local",
+             "delete_on_termination": True}]
+
+
+async def test_server_create_with_an_image_of_another_project(cloud):
+    images = await images_of_other(cloud)
+    private = images["private"]
+    for body in ({"imageRef": private}, {"imageRef": private, "block_device_mapping_v2": cli_root(private)}):
+        status, err, _ = await create_server(cloud, **body)
+        assert (status, err) == (400, {"badRequest": {"code": 400, "message": NOT_FOUND}})
+    assert await count(cloud, "instances", "demo") == 0
+    for vis in ("shared", "public", "community"):
+        status, body, _ = await create_server(cloud, imageRef=images[vis],
+                                              block_device_mapping_v2=cli_root(images[vis]))
+        assert status == 202, (vis, body)
+    status, body, _ = await create_server(cloud, user="admin", imageRef=private)
+    assert status == 202, body
+
+
+async def test_kernel_and_ramdisk_of_another_project(cloud):
+    images = await images_of_other(cloud)
+    other = await project_id(cloud, "other")
+    for prop in ("kernel_id", "ramdisk_id"):
+        boot = await owned_image(cloud, other, "public", **{prop: images["private"]})
+        status, err, _ = await create_server(cloud, imageRef=boot)
+        assert status == 400 and err["badRequest"]["message"] == f"Image {images['private']} could not be found."
+        assert await count(cloud, "instances", "demo") == 0
+        status, body, _ = await create_server(cloud, user="admin", imageRef=boot)
+        assert status == 202, body
+    for vis in ("shared", "public", "community"):
+        boot = await owned_image(cloud, other, "public", kernel_id=images[vis], ramdisk_id=images[vis])
+        status, body, _ = await create_server(cloud, imageRef=boot)
+        assert status == 202, (vis, body)
