@@ -13,6 +13,7 @@ import uuid
 from novalite.api import keys
 
 NOT_FOUND = "Can not find requested image"  # Nova's servers.py create, on ImageNotFound
+CINDER_NOT_FOUND = "Invalid image identifier or unable to access requested image."  # Cinder's _image_uuid_from_ref
 
 
 async def project_id(cloud, name: str) -> str:
@@ -108,3 +109,25 @@ async def test_kernel_and_ramdisk_of_another_project(cloud):
         boot = await owned_image(cloud, other, "public", kernel_id=images[vis], ramdisk_id=images[vis])
         status, body, _ = await create_server(cloud, imageRef=boot)
         assert status == 202, (vis, body)
+
+
+async def volume_create(cloud, image_id: str, user: str = "demo"):
+    project = await project_id(cloud, "admin" if user == "admin" else "demo")
+    return await cloud.request("POST", f"/volume/v3/{project}/volumes", user=user,
+                               json_body={"volume": {"size": 1, "imageRef": image_id}})
+
+
+async def test_volume_from_an_image_of_another_project(cloud):
+    images = await images_of_other(cloud)
+    status, err, _ = await volume_create(cloud, images["private"])
+    assert status == 400 and err["badRequest"]["message"] == CINDER_NOT_FOUND
+    assert await count(cloud, "volumes", "demo") == 0
+    for vis in ("shared", "public", "community"):
+        status, body, _ = await volume_create(cloud, images[vis])
+        assert status == 202, (vis, body)
+    async with cloud.app[keys.DB].acquire() as conn:
+        made = await conn.fetch("SELECT image_id FROM volumes WHERE project_id = $1 ORDER BY created_at",
+                                await project_id(cloud, "demo"))
+    assert [str(r["image_id"]) for r in made] == [images["shared"], images["public"], images["community"]]
+    status, body, _ = await volume_create(cloud, images["private"], user="admin")
+    assert status == 202, body
