@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import uuid
 
+from conftest import start_cloud, stop_cloud, wait_for_status
+
 from novalite.api import keys
 
 NOT_FOUND = "Can not find requested image"  # Nova's servers.py create, on ImageNotFound
@@ -131,3 +133,58 @@ async def test_volume_from_an_image_of_another_project(cloud):
     assert [str(r["image_id"]) for r in made] == [images["shared"], images["public"], images["community"]]
     status, body, _ = await volume_create(cloud, images["private"], user="admin")
     assert status == 202, body
+
+
+def volume_from(image_id: str, boot_index: int | None) -> dict:
+    return {"boot_index": boot_index, "uuid": image_id, "source_type": "image", "destination_type": "volume",
+            "volume_size": 1, "delete_on_termination": True}
+
+
+async def test_image_bdms_of_another_project(cloud):
+    images = await images_of_other(cloud)
+    mine = await owned_image(cloud, await project_id(cloud, "demo"), "private")
+    private = images["private"]
+    status, err, _ = await create_server(cloud, imageRef=mine,
+                                         block_device_mapping_v2=[*cli_root(mine), volume_from(private, None)])
+    assert status == 400 and err["badRequest"]["message"] == (
+        f"Block Device Mapping is Invalid: failed to get image {private}.")
+    status, err, _ = await create_server(cloud, block_device_mapping_v2=[volume_from(private, 0)])
+    assert status == 400 and err["badRequest"]["message"] == NOT_FOUND
+    assert await count(cloud, "instances", "demo") == 0
+    assert await count(cloud, "volumes", "demo") == 0
+    servers = []
+    for vis in ("shared", "public", "community"):
+        for bdms in ([*cli_root(mine), volume_from(images[vis], None)], [volume_from(images[vis], 0)]):
+            status, body, _ = await create_server(cloud, block_device_mapping_v2=bdms,
+                                                  **({"imageRef": mine} if len(bdms) == 2 else {}))
+            assert status == 202, (vis, body)
+            servers.append(("demo", body["server"]["id"]))
+    # admin, and again when the build makes the volume: the build reads the image as admin
+    status, body, _ = await create_server(cloud, user="admin", block_device_mapping_v2=[volume_from(private, 0)])
+    assert status == 202, body
+    servers.append(("admin", body["server"]["id"]))
+    for user, sid in servers:
+        server = await wait_for_status(cloud, sid, {"ACTIVE", "ERROR"}, user=user)
+        assert server["status"] == "ACTIVE", server.get("fault")
+
+
+async def test_build_reads_the_image_again_when_it_makes_the_volume(pg_dsn, tmp_path):
+    """Unshared between the create and the build: the build finds no image and the server ends in ERROR."""
+    cloud = await start_cloud(pg_dsn, tmp_path, extra="[compute]\ndrill_stage_delays = { networking = 1.5 }\n")
+    try:
+        images = await images_of_other(cloud)
+        shared = images["shared"]
+        status, body, _ = await create_server(cloud, block_device_mapping_v2=[volume_from(shared, 0)])
+        assert status == 202, body
+        sid = body["server"]["id"]
+        demo = await project_id(cloud, "demo")
+        status, _, _ = await cloud.request("DELETE", f"/image/v2/images/{shared}/members/{demo}", user="olga",
+                                           project="other")
+        assert status == 204
+        server = await wait_for_status(cloud, sid, {"ACTIVE", "ERROR"})
+        assert server["status"] == "ERROR" and f"image {shared} not found" in server["fault"]["message"], server
+        async with cloud.app[keys.DB].acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM volumes WHERE image_id = $1 AND NOT deleted",
+                                       shared) == 0
+    finally:
+        await stop_cloud(cloud)

@@ -25,6 +25,20 @@ async def image(
     )
 
 
+async def visible_image_ids(
+    conn: asyncpg.Connection, image_ids: list[str], project_id: str, is_admin: bool
+) -> set[str]:
+    """Those of ``image_ids`` (as given) that exist and the project may see."""
+    ids = {str(uuid.UUID(i)): i for i in image_ids if is_uuid(i)}
+    if not ids:
+        return set()
+    rows = await conn.fetch(
+        f"SELECT i.id::text AS id FROM images i WHERE i.id = ANY($1::uuid[]) AND {visible('i', '$2', '$3')}",
+        list(ids), project_id, is_admin,
+    )
+    return {ids[r["id"]] for r in rows}
+
+
 async def ensure_default_security_group(conn: asyncpg.Connection, project_id: str) -> None:
     await conn.execute(
         """INSERT INTO security_groups (id, project_id, name, description)
