@@ -225,7 +225,7 @@ class ComputeAPI:
         self._check_metadata_quota(req, limits)
         self._check_injected_files_quota(req, limits)
         groups = await self._security_groups(conn, ctx, req, snap["security_groups"])
-        kernel_id, ramdisk_id = await self._kernel_and_ramdisk(conn, image_props)
+        kernel_id, ramdisk_id = await self._kernel_and_ramdisk(conn, ctx, image_props)
         key_data = self._key_data(req, snap["key_data"])
         root_device = self._root_device_name(root)
         group = await self._instance_group(conn, ctx, req)
@@ -342,7 +342,8 @@ class ComputeAPI:
         return flavor
 
     def _image(self, snap: dict, image_id: str, flavor: dict, root: dict | None) -> dict | None:
-        """The image exists, is active and fits the flavor; with no image, a volume is the root."""
+        """The image exists for the caller (the snapshot has none it may not see), is active and
+        fits the flavor; with no image, a volume is the root."""
         if not image_id:
             if root is None or root.get("source_type") == "image":
                 raise exception.Invalid(
@@ -381,8 +382,9 @@ class ComputeAPI:
         self, conn: asyncpg.Connection, bdms: list[dict], flavor: dict, ctx: RequestContext, req: CreateRequest
     ) -> None:
         """check_and_transform_bdm against the flavor and the volume service: volumes usable (a
-        volume is never attached to two instances), swap and ephemeral within the flavor, device
-        names valid."""
+        volume is never attached to two instances), images the caller may see, swap and ephemeral
+        within the flavor, device names valid."""
+        await self._check_bdm_images(conn, ctx, bdms)
         ephemeral_total = 0
         if any(b["destination_type"] == "volume" for b in bdms):
             if self.volume_build is None:
@@ -411,6 +413,22 @@ class ComputeAPI:
             name = b.get("device_name")
             if name and not ROOT_DEVICE_RE.match(name if name.startswith("/dev/") else f"/dev/{name}"):
                 raise exception.Invalid(f"The supplied device path ({name}) is invalid.")
+
+    @staticmethod
+    async def _check_bdm_images(conn: asyncpg.Connection, ctx: RequestContext, bdms: list[dict]) -> None:
+        """Nova's _validate_bdm: every image a BDM names exists for the caller (one it may not see
+        is answered as one that does not exist). The boot image (the root's) was checked by the
+        snapshot, so only other images cost a query, and only when there are some."""
+        root = next((b for b in bdms if b.get("boot_index") == 0), None)
+        boot_image = root.get("image_id") if root is not None and root["source_type"] == "image" else None
+        wanted = [b.get("image_id") or "" for b in bdms if b["source_type"] == "image" and b is not root]
+        wanted = [i for i in dict.fromkeys(wanted) if i != boot_image]
+        if not wanted:
+            return
+        found = await lookups.visible_image_ids(conn, wanted, ctx.project_id, ctx.is_admin)
+        for image_id in wanted:
+            if image_id not in found:
+                raise exception.Invalid(f"Block Device Mapping is Invalid: failed to get image {image_id}.")
 
     @staticmethod
     def _auto_disk_config(req: CreateRequest, image_id: str, image_props: dict) -> bool:
@@ -497,12 +515,15 @@ class ComputeAPI:
         return groups
 
     @staticmethod
-    async def _kernel_and_ramdisk(conn: asyncpg.Connection, image_props: dict) -> tuple[str, str]:
-        """The kernel and ramdisk the image's properties name ('' for none) exist as images."""
+    async def _kernel_and_ramdisk(
+        conn: asyncpg.Connection, ctx: RequestContext, image_props: dict
+    ) -> tuple[str, str]:
+        """The kernel and ramdisk the image's properties name ('' for none) are images the caller
+        may see; one it may not see is answered as one that does not exist."""
         kernel_id = str(image_props.get("kernel_id") or "")
         ramdisk_id = str(image_props.get("ramdisk_id") or "")
         for ref in (kernel_id, ramdisk_id):
-            if ref and await lookups.image(conn, ref) is None:
+            if ref and await lookups.image(conn, ref, ctx.project_id, ctx.is_admin) is None:
                 raise exception.Invalid(f"Image {ref} could not be found.")
         return kernel_id, ramdisk_id
 
@@ -562,6 +583,8 @@ class ComputeAPI:
         return {
             "project_id": ctx.project_id,
             "user_id": ctx.user_id,
+            # Whether the caller was admin: the build reads images as the caller (Nova's context).
+            "is_admin": ctx.is_admin,
             "flavor": flavor_doc,
             "image": {
                 "id": image_id,

@@ -8,14 +8,35 @@ import asyncpg
 
 from novalite.db import is_uuid
 from novalite.db.catalog import CLASS_PREFIX
+from novalite.db.images import visible
 
 QUOTA_CLASS_DEFAULT = CLASS_PREFIX + "default"
 
 
-async def image(conn: asyncpg.Connection, image_id: str) -> asyncpg.Record | None:
+async def image(
+    conn: asyncpg.Connection, image_id: str, project_id: str, is_admin: bool
+) -> asyncpg.Record | None:
+    """An image the project may see (Glance's rule, :func:`novalite.db.images.visible`), else None."""
     if not is_uuid(image_id):
         return None
-    return await conn.fetchrow("SELECT * FROM images WHERE id = $1::uuid", image_id)
+    return await conn.fetchrow(
+        f"SELECT * FROM images i WHERE i.id = $1::uuid AND {visible('i', '$2', '$3')}",
+        image_id, project_id, is_admin,
+    )
+
+
+async def visible_image_ids(
+    conn: asyncpg.Connection, image_ids: list[str], project_id: str, is_admin: bool
+) -> set[str]:
+    """Those of ``image_ids`` (as given) that exist and the project may see."""
+    ids = {str(uuid.UUID(i)): i for i in image_ids if is_uuid(i)}
+    if not ids:
+        return set()
+    rows = await conn.fetch(
+        f"SELECT i.id::text AS id FROM images i WHERE i.id = ANY($1::uuid[]) AND {visible('i', '$2', '$3')}",
+        list(ids), project_id, is_admin,
+    )
+    return {ids[r["id"]] for r in rows}
 
 
 async def ensure_default_security_group(conn: asyncpg.Connection, project_id: str) -> None:
@@ -37,6 +58,21 @@ async def instance_group(conn: asyncpg.Connection, group_uuid: str) -> asyncpg.R
     return await conn.fetchrow("SELECT * FROM instance_groups WHERE uuid = $1::uuid", group_uuid)
 
 
+# One statement for every lookup of a create: the image only when the project may see it.
+_SNAPSHOT = f"""SELECT
+         (SELECT to_jsonb(f) FROM flavors f WHERE f.flavorid = $1
+            AND (f.is_public OR $4 OR EXISTS (SELECT 1 FROM flavor_projects p
+                                              WHERE p.flavorid = f.flavorid AND p.project_id = $3))) AS flavor,
+         (SELECT to_jsonb(i) FROM images i WHERE i.id = $2::uuid AND {visible('i', '$3', '$4')}) AS image,
+         CASE WHEN $8 THEN (SELECT coalesce(array_agg(DISTINCT availability_zone), '{{}}')
+                            FROM compute_nodes) END AS zones,
+         (SELECT coalesce(jsonb_object_agg(resource, hard_limit ORDER BY project_id = $3), '{{}}')
+            FROM quotas WHERE project_id IN ($3, $7)) AS quota_overrides,
+         (SELECT coalesce(array_agg(name) || array_agg(id::text), '{{}}') FROM security_groups
+           WHERE project_id = $3) AS security_groups,
+         (SELECT public_key FROM key_pairs WHERE user_id = $5 AND name = $6) AS key_data"""
+
+
 async def snapshot(
     conn: asyncpg.Connection,
     *,
@@ -48,27 +84,16 @@ async def snapshot(
     key_name: str | None,
     zones: bool = True,
 ) -> dict:
-    """Everything the create path looks up, in ONE round trip: flavor, image, zones
-    (only when asked for: it reads every compute node), quota overrides (class
-    `default`, then the project's own, which win), security group names and the key
-    pair's public key."""
+    """Everything the create path looks up, in ONE round trip: flavor, image (None when the
+    project may not see it, as if it did not exist), zones (only when asked for: it reads
+    every compute node), quota overrides (class `default`, then the project's own, which
+    win), security group names and the key pair's public key."""
     try:
         image_uuid = str(uuid.UUID(image_id)) if image_id else None
     except ValueError:
         image_uuid = None
     row = await conn.fetchrow(
-        """SELECT
-             (SELECT to_jsonb(f) FROM flavors f WHERE f.flavorid = $1
-                AND (f.is_public OR $4 OR EXISTS (SELECT 1 FROM flavor_projects p
-                                                  WHERE p.flavorid = f.flavorid AND p.project_id = $3))) AS flavor,
-             (SELECT to_jsonb(i) FROM images i WHERE i.id = $2::uuid) AS image,
-             CASE WHEN $8 THEN (SELECT coalesce(array_agg(DISTINCT availability_zone), '{}')
-                                FROM compute_nodes) END AS zones,
-             (SELECT coalesce(jsonb_object_agg(resource, hard_limit ORDER BY project_id = $3), '{}')
-                FROM quotas WHERE project_id IN ($3, $7)) AS quota_overrides,
-             (SELECT coalesce(array_agg(name) || array_agg(id::text), '{}') FROM security_groups
-               WHERE project_id = $3) AS security_groups,
-             (SELECT public_key FROM key_pairs WHERE user_id = $5 AND name = $6) AS key_data""",
+        _SNAPSHOT,
         flavorid,
         image_uuid,
         project_id,

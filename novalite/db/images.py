@@ -27,25 +27,38 @@ def _uuid(value: str) -> uuid.UUID | None:
         return None
 
 
+def visible(image: str, project: str, is_admin: str) -> str:
+    """Glance's is_image_visible as a SQL condition on the image row ``image``, with ``project`` and
+    ``is_admin`` the placeholders of the caller's project and admin flag: admin, no owner, public,
+    community, the owner, or a member of a shared image whatever the member's status (Glance's
+    ``_image_get`` asks with status None; only its list wants accepted members)."""
+    return (f"({is_admin} OR {image}.owner IS NULL OR {image}.visibility IN ('public', 'community')"
+            f" OR {image}.owner = {project} OR ({image}.visibility = 'shared' AND EXISTS"
+            f" (SELECT 1 FROM image_members m WHERE m.image_id = {image}.id AND m.member = {project})))")
+
+
 async def get(conn: asyncpg.Connection, image_id: str) -> asyncpg.Record | None:
-    """An image by id, whoever owns it (callers apply :func:`can_see`)."""
+    """An image by id, whoever owns it (a caller's reads go through :func:`get_visible`)."""
     iid = _uuid(image_id)
     return None if iid is None else await conn.fetchrow("SELECT * FROM images WHERE id = $1", iid)
+
+
+async def get_visible(
+    conn: asyncpg.Connection, image_id: str, project_id: str, is_admin: bool
+) -> asyncpg.Record | None:
+    """An image by id if the project may see it (:func:`visible`), else None, as if it did not exist."""
+    iid = _uuid(image_id)
+    if iid is None:
+        return None
+    return await conn.fetchrow(
+        f"SELECT * FROM images WHERE id = $1 AND {visible('images', '$2', '$3')}", iid, project_id, is_admin
+    )
 
 
 async def member(conn: asyncpg.Connection, image_id: Any, project_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT * FROM image_members WHERE image_id = $1 AND member = $2", image_id, project_id
     )
-
-
-async def can_see(conn: asyncpg.Connection, row: asyncpg.Record, project_id: str, is_admin: bool) -> bool:
-    """Glance's visibility rule for one image: admin, owner, public, community, or a member of a shared one."""
-    if is_admin or row["owner"] == project_id or row["visibility"] in ("public", "community"):
-        return True
-    if row["visibility"] == "shared":
-        return await member(conn, row["id"], project_id) is not None
-    return False
 
 
 async def create(conn: asyncpg.Connection, values: dict[str, Any], properties: dict[str, str]) -> asyncpg.Record:

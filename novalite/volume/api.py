@@ -44,6 +44,7 @@ from novalite.compute.disks import DiskError, qemu_img
 from novalite.compute.host import ComputeHost
 from novalite.config import Config
 from novalite.context import RequestContext
+from novalite.db import images as images_db
 from novalite.db import volumes as q
 from novalite.virt.driver import StoragePoolSpec, VirtDriver
 
@@ -234,7 +235,8 @@ class VolumeAPI:
                                             "original volume size.")
                 host, source = src["host"], {"volume": src}
             elif image_id:
-                image = await conn.fetchrow("SELECT * FROM images WHERE id::text = $1", image_id)
+                # Cinder's answer for an image the caller may not see is its answer for a missing one.
+                image = await images_db.get_visible(conn, image_id, ctx.project_id, ctx.is_admin)
                 if image is None or image["status"] != "active":
                     raise exception.Invalid("Invalid image identifier or unable to access requested image.")
                 min_gb = max(image["min_disk"] or 0, math.ceil((image["size"] or 0) / 1024**3), 1)

@@ -24,6 +24,7 @@ from novalite import exception
 from novalite.compute import states
 from novalite.compute.disks import PreparedDisks
 from novalite.context import RequestContext
+from novalite.db import images as images_db
 from novalite.db import instances as instances_db
 from novalite.db import volumes as q
 from novalite.virt.driver import DiskSpec
@@ -216,8 +217,9 @@ class VolumeBuild:
                     raise RuntimeError(f"snapshot {snap['id']} lives on host {snap['host']}, not {host}")
                 source = {"snapshot": snap}
             elif bdm["source_type"] == "image":
-                image = await conn.fetchrow("SELECT * FROM images WHERE id::text = $1", bdm["image_id"] or
-                                            inst["image_ref"])
+                # Seen again as the caller, now: the image may have been unshared since the create.
+                image = await images_db.get_visible(conn, bdm["image_id"] or inst["image_ref"], inst["project_id"],
+                                                    bool((inst["request_spec"] or {}).get("is_admin")))
                 if image is None:
                     raise RuntimeError(f"image {bdm['image_id']} not found")
                 source = {"image": image}

@@ -93,8 +93,8 @@ def not_found(image_id: str) -> errors.NotFound:
 
 
 async def visible_image(conn: asyncpg.Connection, ctx: RequestContext, image_id: str) -> asyncpg.Record:
-    row = await db.get(conn, image_id)
-    if row is None or not await db.can_see(conn, row, ctx.project_id, ctx.is_admin):
+    row = await db.get_visible(conn, image_id, ctx.project_id, ctx.is_admin)
+    if row is None:
         raise not_found(image_id)
     return row
 
