@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked boolean NOT NULL DEFAULT false
 );
 CREATE INDEX IF NOT EXISTS tokens_expires ON tokens (expires_at);
+-- Revoked tokens wait here for the purge (novalite.retention), which finds them by this index.
+CREATE INDEX IF NOT EXISTS tokens_revoked ON tokens (id) WHERE revoked;
 
 -- Compute catalog: flavors, keypairs, images (until the image API), hosts ---
 
@@ -325,6 +327,8 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS notifications_instance ON notifications (instance_uuid, id);
+-- Kept [retention] notifications_days; the purge takes the oldest by this index, a batch at a time.
+CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at);
 
 -- Scheduler (issue 5) ----------------------------------------------------------
 
@@ -364,6 +368,8 @@ CREATE TABLE IF NOT EXISTS scheduling_verdicts (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS scheduling_verdicts_instance ON scheduling_verdicts (instance_uuid, id DESC);
+-- Kept [retention] scheduling_verdicts_days (novalite.retention purges by this index).
+CREATE INDEX IF NOT EXISTS scheduling_verdicts_created ON scheduling_verdicts (created_at);
 
 -- Networks (Neutron v2 subset): isolated libvirt networks, one IPv4 subnet each --
 

@@ -36,6 +36,7 @@ from novalite.foreground import Foreground
 from novalite.identity import IdentityService
 from novalite.network import NetworkAPI
 from novalite.policy import Enforcer
+from novalite.retention import Retention
 from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
 from novalite.virt.libvirt.eventloop import ensure_registered
@@ -201,6 +202,22 @@ def compute_ctx(config: Config):
     return ctx
 
 
+def retention_ctx(config: Config):
+    """The purge of expired tokens, old notifications and verdicts, on the background pool;
+    started last, so it stops first."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        retention = Retention(app[keys.DB_WORKERS], config.retention)
+        app[keys.RETENTION] = retention
+        retention.start()
+        try:
+            yield
+        finally:
+            await retention.stop()
+
+    return ctx
+
+
 def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Application:
     """Build the whole process: every API under one aiohttp app."""
     app = web.Application(
@@ -221,6 +238,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     app.cleanup_ctx.append(network_ctx(config))
     app.cleanup_ctx.append(volume_ctx(config))
     app.cleanup_ctx.append(compute_ctx(config))
+    app.cleanup_ctx.append(retention_ctx(config))
     identity_api.add_routes(app)
     identity_admin.add_routes(app)
     compute_versions.add_routes(app)

@@ -238,6 +238,17 @@ class VolumeConfig(_Section):
     detach_timeout: float = Field(20, gt=0)
 
 
+class RetentionConfig(_Section):
+    """What the tables keep and for how long; expired and revoked tokens go on every pass."""
+
+    notifications_days: float = Field(7, gt=0)
+    scheduling_verdicts_days: float = Field(7, gt=0)
+    purge_interval: float = Field(600, gt=0, description="seconds between purge passes")
+    # Rows per DELETE: each batch is one short statement on the background pool, so a boot
+    # never waits long behind a purge, however much there is to purge.
+    batch_size: int = Field(1000, ge=1)
+
+
 class Config(_Section):
     api: ApiConfig = ApiConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -252,6 +263,7 @@ class Config(_Section):
     hosts: list[HostConfig] = []
     networking: NetworkingConfig = NetworkingConfig()
     volume: VolumeConfig = VolumeConfig()
+    retention: RetentionConfig = RetentionConfig()
     # Empty: one shared `private` network, 10.20.0.0/24 (see novalite.network.api).
     networks: list[NetworkConfig] = []
     # Where the file came from, for relative paths and messages.

@@ -243,3 +243,24 @@ async def wait_for_status(cloud: Cloud, server_id: str, statuses, user: str = "d
         if loop.time() > deadline:
             raise AssertionError(f"server {server_id} stuck in {current}: {body}")
         await asyncio.sleep(0.05)
+
+
+async def create_user_with_role(cloud: Cloud, name: str, password: str) -> tuple[str, str]:
+    """A user with the member role on the demo project: (user id, the grant's path)."""
+    status, body, _ = await cloud.request("GET", "/identity/v3/projects?name=demo", user="admin")
+    project_id = body["projects"][0]["id"]
+    status, body, _ = await cloud.request(
+        "POST",
+        "/identity/v3/users",
+        user="admin",
+        json_body={"user": {"name": name, "password": password, "default_project_id": project_id}},
+    )
+    assert status == 201, body
+    user_id = body["user"]["id"]
+    status, body, _ = await cloud.request("GET", "/identity/v3/roles?name=member", user="admin")
+    role_id = body["roles"][0]["id"]
+    status, _, _ = await cloud.request(
+        "PUT", f"/identity/v3/projects/{project_id}/users/{user_id}/roles/{role_id}", user="admin"
+    )
+    assert status == 204
+    return user_id, f"/identity/v3/projects/{project_id}/users/{user_id}/roles/{role_id}"

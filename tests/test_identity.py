@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import openstack
+from conftest import create_user_with_role
 
 ADMIN = "novalite-admin"
 
@@ -144,28 +145,8 @@ async def test_lists_carry_links_and_filters(cloud):
     assert status == 200 and [r["name"] for r in body["roles"]] == ["member"]
 
 
-async def _create_user_with_role(cloud, name: str, password: str) -> tuple[str, str]:
-    status, body, _ = await cloud.request("GET", "/identity/v3/projects?name=demo", user="admin")
-    project_id = body["projects"][0]["id"]
-    status, body, _ = await cloud.request(
-        "POST",
-        "/identity/v3/users",
-        user="admin",
-        json_body={"user": {"name": name, "password": password, "default_project_id": project_id}},
-    )
-    assert status == 201, body
-    user_id = body["user"]["id"]
-    status, body, _ = await cloud.request("GET", "/identity/v3/roles?name=member", user="admin")
-    role_id = body["roles"][0]["id"]
-    status, _, _ = await cloud.request(
-        "PUT", f"/identity/v3/projects/{project_id}/users/{user_id}/roles/{role_id}", user="admin"
-    )
-    assert status == 204
-    return user_id, f"/identity/v3/projects/{project_id}/users/{user_id}/roles/{role_id}"
-
-
 async def test_deleted_users_token_is_401_at_once(cloud):
-    user_id, _ = await _create_user_with_role(cloud, "bob", "bob-pw")
+    user_id, _ = await create_user_with_role(cloud, "bob", "bob-pw")
     token = await cloud.login("bob", "bob-pw", "demo")
     hdrs = {"X-Auth-Token": token}
     async with cloud.session.get(f"{cloud.url}/compute/v2.1/flavors", headers=hdrs) as r:
@@ -178,7 +159,7 @@ async def test_deleted_users_token_is_401_at_once(cloud):
 
 
 async def test_removed_role_drops_token_at_once(cloud):
-    _, grant = await _create_user_with_role(cloud, "carol", "carol-pw")
+    _, grant = await create_user_with_role(cloud, "carol", "carol-pw")
     token = await cloud.login("carol", "carol-pw", "demo")
     hdrs = {"X-Auth-Token": token}
     async with cloud.session.get(f"{cloud.url}/compute/v2.1/flavors", headers=hdrs) as r:
@@ -194,7 +175,7 @@ async def test_removed_role_drops_token_at_once(cloud):
 
 
 async def test_effective_assignments_include_implied_roles(cloud):
-    user_id, _ = await _create_user_with_role(cloud, "dave", "dave-pw")
+    user_id, _ = await create_user_with_role(cloud, "dave", "dave-pw")
     status, body, _ = await cloud.request(
         "GET", f"/identity/v3/role_assignments?user.id={user_id}&effective&include_names", user="admin"
     )
@@ -237,7 +218,7 @@ async def test_cli_disabling_project_and_changing_password_end_tokens(cloud):
 
 
 async def test_duplicate_user_is_409(cloud):
-    await _create_user_with_role(cloud, "frank", "pw")
+    await create_user_with_role(cloud, "frank", "pw")
     status, body, _ = await cloud.request(
         "POST", "/identity/v3/users", user="admin", json_body={"user": {"name": "frank", "password": "x"}}
     )

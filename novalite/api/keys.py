@@ -40,6 +40,7 @@ SCHEDULER = web.AppKey("scheduler", "Scheduler")
 COMPUTES = web.AppKey("computes", "dict[str, ComputeManager]")
 SERVER_ACTIONS = web.AppKey("server_actions", "ServerActions")
 WATCHDOG = web.AppKey("watchdog", "Watchdog")
+RETENTION = web.AppKey("retention", "Retention")
 TEST_IMAGE_TASK = web.AppKey("test_image_task", asyncio.Task)
 
 # What the middlewares put on each request.

@@ -12,7 +12,6 @@ domain, if one was made.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import asyncpg
@@ -22,6 +21,7 @@ from novalite.compute import states
 from novalite.compute.failures import Failure, Notification, fail_instance
 from novalite.compute.power import POWER_TASK_STATES
 from novalite.config import Config
+from novalite.periodic import Periodic
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +33,7 @@ class Watchdog:
         self.pool = pool
         self.config = config
         self.computes = computes
-        self._task: asyncio.Task | None = None
+        self._periodic = Periodic("watchdog", config.deadlines.watchdog_interval, self.check_once)
 
     def deadline_for(self, vm_state: str, task_state: str | None, host: str | None = None) -> float:
         d = self.config.deadlines
@@ -47,20 +47,10 @@ class Watchdog:
         return d.building
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="watchdog")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.deadlines.watchdog_interval)
-            try:
-                await self.check_once()
-            except Exception:
-                log.exception("watchdog_failed")
+        await self._periodic.stop()
 
     async def check_once(self) -> list[str]:
         """One pass; returns the uuids moved to ERROR."""

@@ -87,10 +87,6 @@ async def revoke_token(conn: asyncpg.Connection, token_id: str) -> bool:
     return status.endswith(" 1")
 
 
-async def purge_expired_tokens(conn: asyncpg.Connection) -> None:
-    await conn.execute("DELETE FROM tokens WHERE expires_at < now() - interval '1 day'")
-
-
 # -- admin: projects ------------------------------------------------------
 PROJECT_COLUMNS = ("name", "description", "enabled")
 USER_COLUMNS = ("name", "password_hash", "enabled", "default_project_id", "email", "description")
