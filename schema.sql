@@ -442,8 +442,7 @@ END
 $$ LANGUAGE plpgsql;
 CREATE OR REPLACE TRIGGER instances_task_state_since BEFORE UPDATE OF task_state, vm_state ON instances
     FOR EACH ROW EXECUTE FUNCTION novalite_task_state_since();
-CREATE INDEX IF NOT EXISTS instances_in_flight ON instances (task_state_since)
-    WHERE task_state IS NOT NULL AND NOT deleted;
+-- The watchdog's scan of in-flight instances uses instances_in_flight (task_state) above.
 
 -- Volumes (issue 8): Cinder's volumes and snapshots on libvirt storage pools --------
 -- A volume's data lives in one host's pool (host, pool_name, vol_name); every status
