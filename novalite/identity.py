@@ -184,13 +184,18 @@ class IdentityService:
         return info
 
     async def revoke(self, token_id: str) -> bool:
+        # Before the UPDATE: no request is answered from the cache meanwhile. After its commit,
+        # as forget() is called: a validation that read the row before the commit sees a new
+        # generation and does not cache what it read.
+        self._forget_token(token_id)
         async with self.pool.acquire() as conn:
             revoked = await q.revoke_token(conn, token_id)
-        # After the commit, as forget() is called: a validation that read the row before
-        # the UPDATE committed sees a new generation and does not cache what it read.
+        self._forget_token(token_id)
+        return revoked
+
+    def _forget_token(self, token_id: str) -> None:
         self._generation += 1
         self._cache.pop(token_id, None)
-        return revoked
 
     def forget(self, *, user_id: str | None = None, project_id: str | None = None) -> None:
         """Drop cached tokens of a user or project after their roles or state changed."""
