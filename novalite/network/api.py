@@ -178,8 +178,7 @@ class NetworkAPI:
         it, so entries left by a crash are removed and missing ones restored.
         """
         defs = await self._ensure_rows()
-        drivers = {id(d): d for d in self.hosts.values()}
-        await asyncio.gather(*(self._ensure_on(d, defs) for d in drivers.values()))
+        await asyncio.gather(*(self._ensure_on(host, driver, defs) for host, driver in self.hosts.items()))
 
     async def _ensure_rows(self) -> list[NetworkSpec]:
         prefix = self.config.networking.libvirt_prefix
@@ -210,17 +209,16 @@ class NetworkAPI:
                 ))
         return defs
 
-    async def _ensure_on(self, driver: VirtDriver, defs: list[NetworkSpec]) -> None:
+    async def _ensure_on(self, host: str, driver: VirtDriver, defs: list[NetworkSpec]) -> None:
         for d in defs:
             await driver.ensure_network(d)
-        names = [n for n, b in self.hosts.items() if b is driver]
         async with self.pool.acquire() as conn:
-            ports = [p for h in names for p in await q.ports_on_host(conn, h)]
+            ports = await q.ports_on_host(conn, host)
         for d in defs:
             wanted = {p["mac_address"]: p["fixed_ip"] for p in ports if p["libvirt_name"] == d.name}
             added, removed = await driver.sync_dhcp_hosts(d.name, wanted)
             if added or removed:
-                log.info("dhcp_hosts_reconciled", network=d.name, hosts=names, added=added, removed=removed)
+                log.info("dhcp_hosts_reconciled", network=d.name, host=host, added=added, removed=removed)
 
     # -- requested networks ---------------------------------------------------------
     async def _resolve(
