@@ -27,6 +27,7 @@ from novalite.compute.locks import InstanceLocks
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import boot as lookups
+from novalite.db import images as images_db
 from novalite.db import instances as db
 from novalite.virt import power_state
 
@@ -523,7 +524,7 @@ class ComputeAPI:
         kernel_id = str(image_props.get("kernel_id") or "")
         ramdisk_id = str(image_props.get("ramdisk_id") or "")
         for ref in (kernel_id, ramdisk_id):
-            if ref and await lookups.image(conn, ref, ctx.project_id, ctx.is_admin) is None:
+            if ref and await images_db.get_visible(conn, ref, ctx.project_id, ctx.is_admin) is None:
                 raise exception.Invalid(f"Image {ref} could not be found.")
         return kernel_id, ramdisk_id
 

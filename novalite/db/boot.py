@@ -13,18 +13,6 @@ from novalite.db.images import visible
 QUOTA_CLASS_DEFAULT = CLASS_PREFIX + "default"
 
 
-async def image(
-    conn: asyncpg.Connection, image_id: str, project_id: str, is_admin: bool
-) -> asyncpg.Record | None:
-    """An image the project may see (Glance's rule, :func:`novalite.db.images.visible`), else None."""
-    if not is_uuid(image_id):
-        return None
-    return await conn.fetchrow(
-        f"SELECT * FROM images i WHERE i.id = $1::uuid AND {visible('i', '$2', '$3')}",
-        image_id, project_id, is_admin,
-    )
-
-
 async def visible_image_ids(
     conn: asyncpg.Connection, image_ids: list[str], project_id: str, is_admin: bool
 ) -> set[str]:
