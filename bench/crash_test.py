@@ -46,7 +46,8 @@ from novalite import db as novadb  # noqa: E402
 from novalite.image import testimage  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
-STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting"]
+STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
+          "rebuild_spawning"]
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
           "deleting": 0.8}
 LIVE_STATES = ("active", "stopped", "paused", "suspended")
@@ -273,6 +274,17 @@ watchdog_interval = 2
             for u in uuids:
                 self.requested_deletes.add(u)
                 await self.api("DELETE", f"/servers/{u}")
+        elif stage.startswith("rebuild"):
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the rebuild")
+            async with self.db.acquire() as conn:
+                images = {str(r["uuid"]): r["image_ref"] for r in await conn.fetch(
+                    "SELECT uuid, image_ref FROM instances WHERE uuid = ANY($1::uuid[])", uuids)}
+            for u in uuids:
+                status, body = await self.api("POST", f"/servers/{u}/action", {"rebuild": {"imageRef": images[u]}})
+                if status != 202:
+                    self.failures.append(f"{stage}: rebuild of {u} answered {status}: {body}")
         else:
             uuids = await self.create_batch(image_id)
         if stage != "before_scheduling" and not await self.wait_stage(uuids, stage):
@@ -354,7 +366,8 @@ watchdog_interval = 2
             detail = outcome.get(u, "")
             for key, label in (("build finished", "recovered_build_finished"),
                                ("scheduling again", "recovered_build_rescheduled"),
-                               ("finishing the delete", "recovered_delete_finished")):
+                               ("finishing the delete", "recovered_delete_finished"),
+                               ("rebuilding again", "recovered_rebuild_resumed")):
                 if key in detail:
                     self.counts[label] += 1
             if u not in recovered:

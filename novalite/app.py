@@ -186,7 +186,7 @@ def compute_ctx(config: Config):
             app[keys.CONDUCTOR] = conductor
             app[keys.SCHEDULER] = scheduler
             app[keys.COMPUTES] = computes
-            app[keys.SERVER_ACTIONS] = ServerActions(pool, computes)
+            app[keys.SERVER_ACTIONS] = ServerActions(pool, computes, config)
             app[keys.WATCHDOG] = watchdog
             watchdog.start()
             yield

@@ -27,6 +27,16 @@ async def test_sigkill_in_scheduling_spawning_and_deleting_loses_nothing(pg_dsn,
     assert counts["recovered_delete_finished"] >= 1
 
 
+async def test_sigkill_during_rebuilds_loses_nothing(pg_dsn, tmp_path):
+    """A rebuild cut off after its spawn is redone from its first step on restart."""
+    bench = load_bench()
+    bench.STAGES[:] = ["rebuild_spawning"]
+    counts, failures = await bench.run(1, seed=4, servers=3, admin_dsn=pg_dsn, hosts=1, workdir=tmp_path,
+                                       verbose=False)
+    assert failures == []
+    assert counts["recovered_rebuild_resumed"] >= 1
+
+
 async def test_sigkill_during_a_real_guests_spawn_loses_nothing(pg_dsn):
     """The same drill with a real TCG guest on qemu:///system in the batch."""
     bench = load_bench()

@@ -18,6 +18,8 @@ import structlog
 
 from novalite import exception
 from novalite.compute import power, states
+from novalite.compute.rebuild import REBUILD_VM_STATES, REBUILDING, RebuildCheck, RebuildRequest
+from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as db
 
@@ -50,6 +52,7 @@ SPECS: dict[str, ActionSpec] = {
     "unpause": ActionSpec("unpause", "unpause", (states.PAUSED,), (None,), power.UNPAUSING),
     "suspend": ActionSpec("suspend", "suspend", (states.ACTIVE,), (None,), power.SUSPENDING),
     "resume": ActionSpec("resume", "resume", (states.SUSPENDED,), (None,), power.RESUMING),
+    "rebuild": ActionSpec("rebuild", "rebuild", REBUILD_VM_STATES, (None,), REBUILDING),
 }
 
 
@@ -80,21 +83,34 @@ def check_instance_state(spec: ActionSpec, inst: asyncpg.Record) -> None:
 
 
 class ServerActions:
-    """Power actions, lock/unlock and reset-state for the API handlers."""
+    """Power actions, rebuild, lock/unlock and reset-state for the API handlers."""
 
-    def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any]) -> None:
+    def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any], config: Config) -> None:
         self.pool = pool
         self.computes = computes
+        self.rebuilds = RebuildCheck(pool, config)
+
+    def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
+        """The lock and state checks every host action makes first; the instance's compute manager."""
+        check_instance_lock(ctx, inst)
+        check_instance_state(spec, inst)
+        compute = self.computes.get(inst["host"]) if inst["host"] else None
+        if compute is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        return compute
+
+    async def rebuild(self, ctx: RequestContext, inst: asyncpg.Record, req: RebuildRequest) -> asyncpg.Record:
+        """Check lock and state, accept the rebuild (image, flavor fit, quotas) and cast it to the host."""
+        compute = self._host_of(ctx, inst, SPECS["rebuild"])
+        row = await self.rebuilds.accept(ctx, inst, req)
+        compute.cast_rebuild(str(inst["uuid"]), ctx.request_id, req.admin_password, req.preserve_ephemeral)
+        return row
 
     async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
         """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""
         spec = SPECS[kind]
         uuid = str(inst["uuid"])
-        check_instance_lock(ctx, inst)
-        check_instance_state(spec, inst)
-        compute = self.computes.get(inst["host"]) if inst["host"] else None
-        if compute is None:
-            raise exception.Conflict(f"Instance {uuid} is not ready")
+        compute = self._host_of(ctx, inst, spec)
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 await db.compare_and_set(conn, uuid, expect_vm_state=list(spec.vm_states),

@@ -117,6 +117,33 @@ class BaseOptions:
     limits: dict  # the project's quota limits
 
 
+def check_metadata_quota(metadata: dict, limits: dict) -> None:
+    """No more metadata items than the project's metadata_items quota."""
+    if limits["metadata_items"] != quota.UNLIMITED and len(metadata) > limits["metadata_items"]:
+        raise exception.QuotaExceeded(f"Maximum number of metadata items exceeds {limits['metadata_items']}")
+
+
+def check_injected_files_quota(files: list[tuple[str, str]], limits: dict) -> None:
+    """Personality files within the quotas: how many, path length, decoded content size."""
+    if not files:
+        return
+    if limits["injected_files"] != quota.UNLIMITED and len(files) > limits["injected_files"]:
+        raise exception.QuotaExceeded("Personality file limit exceeded")
+    for path, contents in files:
+        if len(path.encode()) > limits["injected_file_path_bytes"] >= 0:
+            raise exception.QuotaExceeded(
+                f"Personality file path exceeds maximum {limits['injected_file_path_bytes']}"
+            )
+        try:
+            content = base64.b64decode(contents, validate=True)
+        except ValueError:
+            raise exception.Invalid(f"Personality content for {path} cannot be decoded") from None
+        if len(content) > limits["injected_file_content_bytes"] >= 0:
+            raise exception.QuotaExceeded(
+                f"Personality file content exceeds maximum {limits['injected_file_content_bytes']}"
+            )
+
+
 def validate_flavor_extra_specs(specs: dict) -> None:
     """NUMA and PCI extra specs must be well formed before anything is scheduled."""
     nodes = specs.get("hw:numa_nodes")
@@ -223,8 +250,8 @@ class ComputeAPI:
         az, forced_host = await self._availability_zone(conn, req, snap["zones"])
         self._check_user_data(req)
         limits = quota.limits_from(self.config.quota, snap["quota_overrides"])
-        self._check_metadata_quota(req, limits)
-        self._check_injected_files_quota(req, limits)
+        check_metadata_quota(req.metadata, limits)
+        check_injected_files_quota(req.injected_files, limits)
         groups = await self._security_groups(conn, ctx, req, snap["security_groups"])
         kernel_id, ramdisk_id = await self._kernel_and_ramdisk(conn, ctx, image_props)
         key_data = self._key_data(req, snap["key_data"])
@@ -472,33 +499,6 @@ class ComputeAPI:
             raise exception.Invalid("User data needs to be valid base 64.") from None
         if len(decoded) > self.config.compute.max_user_data_bytes:
             raise exception.Invalid("User data too large.")
-
-    @staticmethod
-    def _check_metadata_quota(req: CreateRequest, limits: dict) -> None:
-        """No more metadata items than the project's metadata_items quota."""
-        if limits["metadata_items"] != quota.UNLIMITED and len(req.metadata) > limits["metadata_items"]:
-            raise exception.QuotaExceeded(f"Maximum number of metadata items exceeds {limits['metadata_items']}")
-
-    @staticmethod
-    def _check_injected_files_quota(req: CreateRequest, limits: dict) -> None:
-        """Personality files within the quotas: how many, path length, decoded content size."""
-        if not req.injected_files:
-            return
-        if limits["injected_files"] != quota.UNLIMITED and len(req.injected_files) > limits["injected_files"]:
-            raise exception.QuotaExceeded("Personality file limit exceeded")
-        for path, contents in req.injected_files:
-            if len(path.encode()) > limits["injected_file_path_bytes"] >= 0:
-                raise exception.QuotaExceeded(
-                    f"Personality file path exceeds maximum {limits['injected_file_path_bytes']}"
-                )
-            try:
-                content = base64.b64decode(contents, validate=True)
-            except ValueError:
-                raise exception.Invalid(f"Personality content for {path} cannot be decoded") from None
-            if len(content) > limits["injected_file_content_bytes"] >= 0:
-                raise exception.QuotaExceeded(
-                    f"Personality file content exceeds maximum {limits['injected_file_content_bytes']}"
-                )
 
     @staticmethod
     async def _security_groups(

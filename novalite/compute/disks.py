@@ -103,8 +103,12 @@ async def prepare_local_disks(
     ramdisk_id: str,
     flavor: dict,
     write_files: bool,
+    keep_ephemeral: bool = False,
 ) -> PreparedDisks:
-    """Root (overlay on the cached image), ephemeral, swap, and kernel/ramdisk for direct boot."""
+    """Root (overlay on the cached image), ephemeral, swap, and kernel/ramdisk for direct boot.
+
+    ``keep_ephemeral`` (a rebuild's preserve_ephemeral) leaves an existing ephemeral disk as it is.
+    """
     out = PreparedDisks()
     letters = iter("abcdefghijklmnop")
     root = inst_dir / "disk"
@@ -138,7 +142,7 @@ async def prepare_local_disks(
                 await qemu_img("resize", "-q", str(root), str(wanted))
     else:
         await qemu_img("create", "-q", "-f", "qcow2", str(root), f"{max(1, flavor.get('root_gb') or 1)}G")
-    if eph is not None:
+    if eph is not None and not (keep_ephemeral and eph.exists()):
         await qemu_img("create", "-q", "-f", "qcow2", str(eph), f"{flavor['ephemeral_gb']}G")
     if swap is not None:
         await qemu_img("create", "-q", "-f", "qcow2", str(swap), f"{flavor['swap']}M")

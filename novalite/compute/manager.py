@@ -16,6 +16,7 @@ import json
 import traceback
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -28,10 +29,11 @@ from novalite.compute.disks import (
     prepare_local_disks,
     remove_instance_files,
 )
-from novalite.compute.failures import Failure, fail_instance
+from novalite.compute.failures import Failure, Notification, fail_instance
 from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerManager
+from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
 from novalite.db.steps import BuildStep, StepWriter
@@ -45,6 +47,7 @@ from novalite.volume.build import VolumeBuild
 log = structlog.get_logger(__name__)
 
 BUILD_EVENT = "compute_build_and_run_instance"  # the build's action event, as Nova names it
+REBUILD_EVENT = "compute_rebuild_instance"
 HEARTBEAT_SECONDS = 10
 MAX_CONSOLE_BYTES = 100 * 1024  # the most of a console log Nova returns
 
@@ -332,7 +335,9 @@ class ComputeManager:
             await self.volume_build.prepare_build(self.host, inst, prepared)
         return prepared
 
-    async def _config_drive(self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks) -> None:
+    async def _config_drive(
+        self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_pass: str | None = None
+    ) -> None:
         """Build the config drive ISO (label config-2) when asked for or forced by config."""
         if not (inst["config_drive"] or self.config.compute.force_config_drive):
             return
@@ -352,6 +357,7 @@ class ComputeManager:
             key_name=inst["key_name"],
             key_data=inst["key_data"],
             meta=inst["metadata"],
+            admin_pass=admin_pass,
         )
         user_data = base64.b64decode(inst["user_data"]) if inst["user_data"] else None
         files = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])]
@@ -415,6 +421,94 @@ class ComputeManager:
                 return
             await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
         await self.reschedule(uuid, request_id, alternates, attempts)
+
+    # -- rebuild -------------------------------------------------------------
+    def cast_rebuild(self, uuid: str, request_id: str, admin_password: str | None, preserve_ephemeral: bool) -> None:
+        """Cast: rebuild an instance the compute API moved to ``rebuilding`` (the password only travels here)."""
+        self._spawn(self.rebuild_instance(uuid, request_id, admin_password, preserve_ephemeral))
+
+    async def rebuild_instance(
+        self, uuid: str, request_id: str, admin_password: str | None, preserve_ephemeral: bool
+    ) -> None:
+        """Nova's rebuild on the host: rebuilding → rebuild_block_device_mapping → rebuild_spawning → done.
+
+        The domain goes, the root disk (and the ephemeral one unless preserved) is made anew from the
+        instance's image, the config drive is written again, and the guest is defined and started with
+        the same ports and volumes. A server that was STOPPED is stopped again afterwards, as in Nova.
+        """
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        pub = f"nova-compute:{self.host}"
+        async with self.locks.lock(uuid):
+            async with self.pool.acquire() as conn:
+                await db.event_start(conn, uuid, request_id, REBUILD_EVENT, self.host)
+                await db.notify(conn, "instance.rebuild.start", {"host": self.host}, publisher_id=pub,
+                                instance_uuids=[uuid], request_id=request_id)
+            try:
+                async with self.pool.acquire() as conn:
+                    inst = await db.compare_and_set(conn, uuid, expect_task_state=REBUILDING,
+                                                    task_state=REBUILD_BLOCK_DEVICE_MAPPING)
+                stopped = inst["vm_state"] == states.STOPPED
+                await self.driver.destroy(uuid)
+                prepared = await self._rebuild_disks(inst, preserve_ephemeral)
+                async with self.pool.acquire() as conn:
+                    inst = await db.compare_and_set(conn, uuid, expect_task_state=REBUILD_BLOCK_DEVICE_MAPPING,
+                                                    task_state=REBUILD_SPAWNING)
+                ports = await self.network_api.ports_for_instance(uuid) if self.network_api is not None else []
+                await self._config_drive(inst, ports, prepared, admin_password)
+                await self.driver.spawn(self._guest_spec(inst, [p.nic() for p in ports], prepared))
+                if stopped:
+                    await self.driver.power_off(uuid, 0)
+                info = await self.driver.get_info(uuid)
+                vm_state = states.STOPPED if stopped else states.ACTIVE
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await db.compare_and_set(
+                        conn, uuid, expect_task_state=REBUILD_SPAWNING, task_state=None, vm_state=vm_state,
+                        power_state=info.power_state if info else power_state.NOSTATE, launched_at=datetime.now(UTC),
+                    )
+                    await db.event_finish(conn, uuid, request_id, REBUILD_EVENT)
+                    await db.finish_action(conn, uuid, request_id)
+                    await db.notify(conn, "instance.rebuild.end", {"host": self.host, "state": vm_state},
+                                    publisher_id=pub, instance_uuids=[uuid], request_id=request_id)
+                log.info("instance_rebuilt", vm_state=vm_state)
+            except db.StateConflict as conflict:
+                actual = conflict.actual
+                what = "deleted" if actual is None or actual["deleted"] else str(actual["task_state"])
+                log.info("rebuild_superseded", now=what)
+                async with self.pool.acquire() as conn:
+                    await db.event_finish(conn, uuid, request_id, REBUILD_EVENT, "Error",
+                                          details=f"instance moved on: {what}")
+                    await db.finish_action(conn, uuid, request_id)
+            except Exception as exc:
+                log.warning("rebuild_failed", error=str(exc))
+                reason = f"{type(exc).__name__}: {exc}"
+                tb = traceback.format_exc(limit=5)
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await fail_instance(
+                        conn, uuid, request_id, Failure(reason, tb, self.host, traceback=tb), events=[REBUILD_EVENT],
+                        expect={"expect_task_state": [REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING]},
+                        notification=Notification("instance.rebuild.error", {"host": self.host, "fault": reason},
+                                                  pub),
+                    )
+
+    async def _rebuild_disks(self, inst: asyncpg.Record, preserve_ephemeral: bool) -> PreparedDisks:
+        """The rebuilt guest's disks: local ones made anew from the image, the volumes it has in use."""
+        uuid = str(inst["uuid"])
+        inst_dir = self.instances_dir / uuid
+        if not self.simulated:
+            gone = ["disk", "disk.config", "disk.swap", "kernel", "ramdisk"]
+            if not preserve_ephemeral:
+                gone.append("disk.eph0")
+            for name in gone:
+                (inst_dir / name).unlink(missing_ok=True)
+        image = dict((inst["request_spec"] or {}).get("image") or {}, id=inst["image_ref"] or "")
+        prepared = await prepare_local_disks(
+            cache=self.image_cache, inst_dir=inst_dir, image=image, kernel_id=inst["kernel_id"],
+            ramdisk_id=inst["ramdisk_id"], flavor=inst["flavor"], write_files=not self.simulated,
+            keep_ephemeral=preserve_ephemeral,
+        )
+        if self.volume_build is not None:
+            await self.volume_build.attached_disks(uuid, prepared)
+        return prepared
 
     # -- console -------------------------------------------------------------
     async def get_console_output(self, uuid: str) -> bytes | None:

@@ -11,7 +11,10 @@ never leaves an instance in BUILD, DELETING or a power task state forever:
   (domain, instance directory, claim) and the instance is scheduled again;
 - deleting → the delete is finished;
 - a power action (powering-off, rebooting, ...) → the state is set from the
-  domain's real power state.
+  domain's real power state;
+- a rebuild → redone from its first step (the row already names the new image;
+  the ephemeral disk is kept, as losing data is worse than keeping it, and the
+  admin password, which only travelled in memory, is not on the new config drive).
 
 Each instance recovered gets a ``compute_recover_instance`` event on its open
 action saying what was found and done, and the events the crash cut off are
@@ -32,6 +35,7 @@ from novalite.compute.api import BuildRequest, ComputeAPI
 from novalite.compute.failures import Failure, fail_instance
 from novalite.compute.manager import BUILD_EVENT
 from novalite.compute.power import POWER_TASK_STATES, RECOVER_EVENT
+from novalite.compute.rebuild import REBUILD_TASK_STATES, REBUILDING
 from novalite.conductor import Conductor
 from novalite.db import instances as db
 from novalite.virt import power_state
@@ -97,6 +101,18 @@ async def _recover_one(
             return "power_error"
         vm_state = await compute.power.reconcile_power_action(inst, request_id)
         return f"power_reconciled_{vm_state}"
+    if task in REBUILD_TASK_STATES:
+        if compute is None:
+            await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "
+                            f"cannot finish the interrupted rebuild")
+            return "rebuild_error"
+        note = f"interrupted by a restart in task_state {task}; rebuilding again"
+        async with pool.acquire() as conn, conn.transaction():
+            await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=REBUILDING)
+            await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+            await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
+        compute.cast_rebuild(uuid, request_id, None, True)
+        return "rebuild_resumed"
     # A task state novalite does not drive (e.g. set by an older version): clear it.
     async with pool.acquire() as conn, conn.transaction():
         await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=None)

@@ -187,6 +187,27 @@ class VolumeBuild:
         prepared.disks[:] = root + local + others
         log.info("volumes_prepared", instance_uuid=uuid, devices=[d.target_dev for d in volume_disks])
 
+    async def attached_disks(self, uuid: str, prepared: PreparedDisks) -> None:
+        """Add the volumes the instance has in use to ``prepared`` at their devices (a rebuild's guest).
+
+        A root volume replaces the local root disk as vda, as at the build.
+        """
+        async with self.pool.acquire() as conn:
+            vols = {str(v["id"]): v for v in await q.for_instance(conn, uuid)}
+            bdms = await q.volume_bdms(conn, uuid)
+        disks: list[DiskSpec] = []
+        for b in bdms:
+            vol = vols.get(str(b["volume_id"] or ""))
+            if vol is None or vol["status"] != q.IN_USE or not b["device_name"]:
+                continue
+            disks.append(DiskSpec(path=vol["path"], target_dev=b["device_name"].removeprefix("/dev/"),
+                                  driver_type="qcow2" if vol["format"] == "qcow2" else "raw"))
+        targets = {d.target_dev for d in disks}
+        local = [d for d in prepared.disks if d.target_dev not in targets]
+        root = [d for d in disks if d.target_dev == "vda"]
+        others = sorted((d for d in disks if d.target_dev != "vda"), key=lambda d: (len(d.target_dev), d.target_dev))
+        prepared.disks[:] = root + local + others
+
     async def _claim_for_build(self, host: str, inst: asyncpg.Record, bdm: asyncpg.Record) -> asyncpg.Record:
         """The volume of one BDM in ``attaching`` for this instance: claimed, or created on ``host``."""
         uuid = str(inst["uuid"])

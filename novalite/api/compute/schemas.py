@@ -287,3 +287,52 @@ def parse_update(body: dict, version: tuple[int, int]) -> dict:
     except ValidationError as exc:
         raise errors.BadRequest(validation_message(exc)) from None
     return model.model_dump(exclude_unset=True, by_alias=True)
+
+
+class ServerRebuild(_Strict):
+    """Nova's rebuild body (schemas/servers.py rebuild .. rebuild_v294), fields gated by microversion."""
+
+    imageRef: str = Field(min_length=1)
+    name: Name | None = None
+    adminPass: str | None = None
+    metadata: dict[Annotated[str, Field(min_length=1, max_length=255)], Annotated[str, Field(max_length=255)]] | None \
+        = None
+    preserve_ephemeral: NovaBool = False
+    disk_config: Literal["AUTO", "MANUAL"] | None = Field(None, alias="OS-DCF:diskConfig")
+    accessIPv4: str | None = None
+    accessIPv6: str | None = None
+    personality: list[Personality] | None = None
+    description: str | None = Field(None, max_length=255)
+    key_name: Name | None = None
+    user_data: str | None = Field(None, max_length=65535)
+    trusted_image_certificates: list[str] | None = None
+    hostname: str | None = Field(None, min_length=1, max_length=255)
+
+    _v4 = field_validator("accessIPv4")(ServerCreate._v4.__func__)  # type: ignore[attr-defined]
+    _v6 = field_validator("accessIPv6")(ServerCreate._v6.__func__)  # type: ignore[attr-defined]
+    _base64 = field_validator("user_data")(ServerCreate._base64.__func__)  # type: ignore[attr-defined]
+
+
+# rebuild field → (first microversion that has it, first microversion that no longer has it)
+REBUILD_FIELDS_BY_VERSION: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "description": ((2, 19), (9, 0)),
+    "key_name": ((2, 54), (9, 0)),
+    "personality": ((2, 1), (2, 57)),
+    "user_data": ((2, 57), (9, 0)),
+    "trusted_image_certificates": ((2, 63), (9, 0)),
+    "hostname": ((2, 90), (9, 0)),
+}
+
+
+def parse_rebuild(value: object, version: tuple[int, int]) -> ServerRebuild:
+    """Validate the ``rebuild`` action's body for a microversion (unset fields stay unset)."""
+    if not isinstance(value, dict):
+        raise errors.BadRequest(f"Invalid input for field/attribute rebuild. Value: {value}. "
+                                f"{value!r} is not of type 'object'")
+    for name, (first, gone) in REBUILD_FIELDS_BY_VERSION.items():
+        if name in value and not first <= version < gone:
+            raise errors.BadRequest(f"Additional properties are not allowed ('{name}' was unexpected)")
+    try:
+        return ServerRebuild.model_validate(value)
+    except ValidationError as exc:
+        raise errors.BadRequest(validation_message(exc)) from None

@@ -19,7 +19,8 @@ from novalite.api.compute import actions as server_actions
 from novalite.api.compute import console, schemas, views
 from novalite.api.compute.common import at_least, authorize, bool_query, context, links
 from novalite.api.middleware import read_json
-from novalite.compute.api import ComputeAPI, CreateRequest
+from novalite.compute.api import ComputeAPI, CreateRequest, generate_password
+from novalite.compute.rebuild import RebuildRequest
 from novalite.compute.states import states_from_status
 from novalite.context import RequestContext
 from novalite.db import instances as db
@@ -385,6 +386,41 @@ async def update(request: web.Request) -> web.Response:
     return web.json_response({"server": await _one_server_doc(request, ctx, inst, at_least(request, 75))})
 
 
+async def rebuild(request: web.Request, inst: asyncpg.Record, value: object) -> web.Response:
+    """The rebuild action (Nova's servers.py _rebuild): 202 with the server as GET shows it, and adminPass."""
+    model = schemas.parse_rebuild(value, request[keys.VERSION])
+    target = _target(inst)
+    authorize(request, "os_compute_api:servers:rebuild", target)
+    given = model.model_fields_set
+    if "trusted_image_certificates" in given:
+        authorize(request, "os_compute_api:servers:rebuild:trusted_certs", target)
+    if not _looks_like_image_ref(model.imageRef):
+        raise errors.BadRequest("Invalid imageRef provided.")
+    password = model.adminPass if "adminPass" in given else generate_password()
+    req = RebuildRequest(
+        image_ref=model.imageRef, admin_password=password, preserve_ephemeral=model.preserve_ephemeral,
+        injected_files=[(p.path, p.contents) for p in model.personality or []],
+    )
+    for field, attr in (("name", "name"), ("description", "description"), ("metadata", "metadata"),
+                        ("key_name", "key_name"), ("user_data", "user_data"), ("hostname", "hostname")):
+        if field in given:
+            setattr(req, attr, getattr(model, field))
+    if "name" in given and model.name is None:
+        raise errors.BadRequest("Invalid input for field/attribute name. Value: None. None is not of type 'string'")
+    for field, attr in (("accessIPv4", "access_ip_v4"), ("accessIPv6", "access_ip_v6")):
+        if field in given:
+            setattr(req, attr, getattr(model, field) or None)
+    if model.disk_config is not None:
+        req.auto_disk_config = model.disk_config == "AUTO"
+    ctx = context(request)
+    inst = await request.app[keys.SERVER_ACTIONS].rebuild(ctx, inst, req)
+    doc = await _one_server_doc(request, ctx, inst, at_least(request, 75))
+    doc["adminPass"] = password
+    if at_least(request, 57):
+        doc["user_data"] = inst["user_data"]
+    return web.json_response({"server": doc}, status=202)
+
+
 async def delete(request: web.Request) -> web.Response:
     inst = await load_instance(request)
     ctx = authorize(request, "os_compute_api:servers:delete", _target(inst))
@@ -404,6 +440,8 @@ async def action(request: web.Request) -> web.Response:
         ctx = authorize(request, "os_compute_api:os-deferred-delete:force", _target(inst))
         await compute_api(request).delete(ctx, inst, force=True)
         return web.Response(status=202)
+    if name == "rebuild":
+        return await rebuild(request, inst, body[name])
     response = await server_actions.dispatch(request, inst, name, body[name])
     if response is not None:
         return response
