@@ -69,7 +69,10 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
             app[keys.DB_WORKERS] = workers
             app[keys.DSN] = dsn
             app[keys.IDENTITY] = IdentityService(
-                pool, config.public_url, config.identity.region, config.identity.token_lifetime
+                pool, config.public_url, config.identity.region, config.identity.token_lifetime,
+                bcrypt_rounds=config.identity.bcrypt_rounds,
+                lockout_failure_attempts=config.identity.lockout_failure_attempts,
+                lockout_duration=config.identity.lockout_duration,
             )
             yield
         finally:

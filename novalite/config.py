@@ -68,6 +68,16 @@ class IdentityConfig(_Section):
     token_lifetime: int = Field(3600, gt=0, description="seconds")
     region: str = "RegionOne"
     bcrypt_rounds: int = Field(12, ge=4, le=16)
+    # Keystone's [security_compliance] lockout_failure_attempts / lockout_duration: after this
+    # many failed password checks in a row a user is refused (401 "The account is locked ...")
+    # for lockout_duration seconds, correct password or not; 0 turns lockout off (Keystone's
+    # default). A lab listens on a network others share, so it is on: 5 guesses per 5 minutes
+    # make an online guess at even a weak password slow (about 1400 a day), while an operator
+    # who mistypes five times waits minutes, not Keystone's 30. A failure more than
+    # lockout_duration after the previous one starts the count again; a success, or an admin
+    # setting the user enabled, resets it.
+    lockout_failure_attempts: int = Field(5, ge=0)
+    lockout_duration: float = Field(300, gt=0, description="seconds")
 
 
 class PolicyConfig(_Section):
