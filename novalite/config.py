@@ -40,6 +40,10 @@ class ApiConfig(_Section):
     # at most this often (seconds); when the API is quiet it does not wait. 0: no priority.
     # (novalite.foreground; bench/README.md: storm POST p99 49-60 -> 44-47 ms.)
     busy_background_interval: float = Field(0.05, ge=0, le=1)
+    # Nova's [api] enable_instance_password: a create answers the admin password (adminPass)
+    # the guest gets in its config drive (meta_data.json admin_pass). Off: no adminPass in
+    # the answer and none is made up; one the request names still reaches the config drive.
+    enable_instance_password: bool = True
 
 
 class DatabaseConfig(_Section):
