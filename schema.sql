@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS users (
     UNIQUE (domain_id, name)
 );
 
+-- Keystone's lockout (novalite.identity): consecutive failed password checks and the last one's time.
+ALTER TABLE users ADD COLUMN IF NOT EXISTS failed_auth_count integer NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS failed_auth_at timestamptz;
+
 CREATE TABLE IF NOT EXISTS roles (
     id text PRIMARY KEY,
     name text NOT NULL UNIQUE

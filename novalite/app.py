@@ -69,7 +69,10 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
             app[keys.DB_WORKERS] = workers
             app[keys.DSN] = dsn
             app[keys.IDENTITY] = IdentityService(
-                pool, config.public_url, config.identity.region, config.identity.token_lifetime
+                pool, config.public_url, config.identity.region, config.identity.token_lifetime,
+                bcrypt_rounds=config.identity.bcrypt_rounds,
+                lockout_failure_attempts=config.identity.lockout_failure_attempts,
+                lockout_duration=config.identity.lockout_duration,
             )
             yield
         finally:
@@ -163,8 +166,8 @@ def compute_ctx(config: Config):
         computes: dict[str, ComputeManager] = {}
 
         def cast_build(host: str, uuid: str, request_id: str, alternates: list[str],
-                       attempts: list[tuple[str, str]]) -> None:
-            computes[host].build_and_run_instance(uuid, request_id, alternates, attempts)
+                       attempts: list[tuple[str, str]], admin_password: str | None) -> None:
+            computes[host].build_and_run_instance(uuid, request_id, alternates, attempts, admin_password)
 
         conductor = Conductor(workers, scheduler, config.scheduler, cast_build=cast_build, network_api=network_api,
                               foreground=app[keys.FOREGROUND])

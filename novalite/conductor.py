@@ -28,8 +28,9 @@ log = structlog.get_logger(__name__)
 EVENT = "conductor_schedule_and_build_instances"
 
 
-# Cast a build to a host's compute manager: (host, uuid, request_id, alternates, attempts).
-CastBuild = Callable[[str, str, str, list[str], list[tuple[str, str]]], None]
+# Cast a build to a host's compute manager: (host, uuid, request_id, alternates, attempts,
+# admin_password — in memory only, for the config drive).
+CastBuild = Callable[[str, str, str, list[str], list[tuple[str, str]], str | None], None]
 
 
 async def set_error(
@@ -121,7 +122,7 @@ class Conductor:
                                for u, sel in scheduled],
                 )
         for u, sel in scheduled:
-            self.cast_build(sel.host, u, request.request_id, sel.alternates, [])
+            self.cast_build(sel.host, u, request.request_id, sel.alternates, [], request.admin_password)
         for uuid, sel in zip(uuids, selections, strict=True):
             if isinstance(sel, Selection):
                 continue
@@ -134,9 +135,11 @@ class Conductor:
                 await set_error(self.pool, uuid, request.request_id, f"Scheduling failed: {sel}", event=EVENT)
 
     async def reschedule(
-        self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]]
+        self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]],
+        admin_password: str | None = None,
     ) -> None:
-        """A build failed on a host: claim the next alternate and cast, else ERROR listing every attempt."""
+        """A build failed on a host: claim the next alternate and cast (with the build's admin
+        password), else ERROR listing every attempt."""
         tried = {h for h, _ in attempts}
         self.scheduler.invalidate_host_states()  # a failed build released its claim and counts on its host
         async with self.pool.acquire() as conn:
@@ -159,7 +162,7 @@ class Conductor:
                         conn, uuid, request_id, EVENT, "Success",
                         details=json.dumps({"host": host, "rescheduled_after": [h for h, _ in attempts]}),
                     )
-                    self.cast_build(host, uuid, request_id, remaining, attempts)
+                    self.cast_build(host, uuid, request_id, remaining, attempts, admin_password)
                     return
                 await db.event_finish(conn, uuid, request_id, EVENT, "Error", details=f"claim on {host} failed")
         summary = "; ".join(f"{h}: {r}" for h, r in attempts)

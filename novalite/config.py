@@ -40,6 +40,10 @@ class ApiConfig(_Section):
     # at most this often (seconds); when the API is quiet it does not wait. 0: no priority.
     # (novalite.foreground; bench/README.md: storm POST p99 49-60 -> 44-47 ms.)
     busy_background_interval: float = Field(0.05, ge=0, le=1)
+    # Nova's [api] enable_instance_password: a create answers the admin password (adminPass)
+    # the guest gets in its config drive (meta_data.json admin_pass). Off: no adminPass in
+    # the answer and none is made up; one the request names still reaches the config drive.
+    enable_instance_password: bool = True
 
 
 class DatabaseConfig(_Section):
@@ -68,6 +72,16 @@ class IdentityConfig(_Section):
     token_lifetime: int = Field(3600, gt=0, description="seconds")
     region: str = "RegionOne"
     bcrypt_rounds: int = Field(12, ge=4, le=16)
+    # Keystone's [security_compliance] lockout_failure_attempts / lockout_duration: after this
+    # many failed password checks in a row a user is refused (401 "The account is locked ...")
+    # for lockout_duration seconds, correct password or not; 0 turns lockout off (Keystone's
+    # default). A lab listens on a network others share, so it is on: 5 guesses per 5 minutes
+    # make an online guess at even a weak password slow (about 1400 a day), while an operator
+    # who mistypes five times waits minutes, not Keystone's 30. A failure more than
+    # lockout_duration after the previous one starts the count again; a success, or an admin
+    # setting the user enabled, resets it.
+    lockout_failure_attempts: int = Field(5, ge=0)
+    lockout_duration: float = Field(300, gt=0, description="seconds")
 
 
 class PolicyConfig(_Section):

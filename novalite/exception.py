@@ -37,6 +37,13 @@ class NotAuthenticated(NovaliteException):
         super().__init__(message)
 
 
+class AccountLocked(NotAuthenticated):
+    """Too many failed password checks in a row (Keystone's AccountLocked, a 401)."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"The account is locked for user: {user_id}.")
+
+
 class Forbidden(NovaliteException):
     code = 403
 

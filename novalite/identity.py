@@ -11,6 +11,7 @@ to a token the database says no to.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import asyncpg
 import bcrypt
 
 from novalite.db import identity as q
-from novalite.exception import NotAuthenticated
+from novalite.exception import AccountLocked, NotAuthenticated
 
 DOMAIN = {"id": "default", "name": "Default"}
 
@@ -34,6 +35,27 @@ def check_password(password: str, hashed: str | None) -> bool:
     if not hashed:
         return False
     return bcrypt.checkpw(password.encode()[:72], hashed.encode())
+
+
+def dummy_hash(rounds: int) -> str:
+    """A well-formed bcrypt hash of the given cost that no password is known to match:
+    checking against it costs what checking a real user's password costs."""
+    alphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    return bcrypt.gensalt(rounds).decode() + "".join(secrets.choice(alphabet) for _ in range(31))
+
+
+# bcrypt checks at once: a storm of bad logins queues behind itself instead of taking
+# every core from the API and the builds (each check is ~0.25 s of CPU at cost 12).
+PASSWORD_CHECKS = max(1, (os.cpu_count() or 2) // 2)
+
+
+@dataclass
+class _Gate:
+    """The password checks in flight for one user, so a burst cannot outrun the lockout."""
+
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    checking: int = 0
+    waiters: int = 0  # tasks holding the gate; the last one removes it
 
 
 def expand_roles(names: list[str]) -> list[str]:
@@ -77,18 +99,36 @@ def _iso(ts: datetime) -> str:
 class IdentityService:
     """Authenticates users and issues, validates and revokes tokens."""
 
-    def __init__(self, pool: asyncpg.Pool, public_url: str, region: str, token_lifetime: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        public_url: str,
+        region: str,
+        token_lifetime: int,
+        *,
+        bcrypt_rounds: int = 12,
+        lockout_failure_attempts: int = 0,
+        lockout_duration: float = 1800,
+    ) -> None:
+        """``lockout_failure_attempts`` failed checks in a row lock a user for ``lockout_duration``
+        seconds (0: no lockout); unknown users are checked against a hash of ``bcrypt_rounds``."""
         self.pool = pool
         self.public_url = public_url.rstrip("/")
         self.region = region
         self.token_lifetime = token_lifetime
+        self.lockout_failure_attempts = lockout_failure_attempts
+        self.lockout_duration = lockout_duration
+        self._dummy_hash = dummy_hash(bcrypt_rounds)
+        self._checks = asyncio.Semaphore(PASSWORD_CHECKS)
+        self._gates: dict[str, _Gate] = {}
         self._cache: dict[str, TokenInfo] = {}
         # Bumped by forget(): a validation that started before a change must not cache its result.
         self._generation = 0
 
     # -- authentication -------------------------------------------------
     async def authenticate_password(self, user: dict) -> asyncpg.Record:
-        """Check a password method's user block; any failure is the same 401."""
+        """Check a password method's user block; any failure is the same 401, except a
+        locked user's (Keystone's AccountLocked names the user)."""
         password = user.get("password")
         if not isinstance(password, str):
             raise NotAuthenticated()
@@ -102,11 +142,64 @@ class IdentityService:
                 row = await q.get_user_by_name(conn, str(user["name"]))
             else:
                 raise NotAuthenticated()
-        if row is None or not row["enabled"]:
-            # Spend the same time as a real check: no hint which part was wrong.
-            await asyncio.to_thread(check_password, password, _DUMMY_HASH)
+        if row is None or not row["enabled"] or not row["password_hash"]:
+            # The same bcrypt work as a real check: the time taken does not say which part was wrong.
+            await self._check(password, self._dummy_hash)
             raise NotAuthenticated()
-        if not await asyncio.to_thread(check_password, password, row["password_hash"]):
+        if not self.lockout_failure_attempts:
+            if not await self._check(password, row["password_hash"]):
+                raise NotAuthenticated()
+            return row
+        return await self._check_with_lockout(row, password)
+
+    async def _check(self, password: str, hashed: str) -> bool:
+        async with self._checks:
+            return await asyncio.to_thread(check_password, password, hashed)
+
+    def _recent_failures(self, row: asyncpg.Record, now: datetime) -> int:
+        """Failures that still count: those of a run whose last one is younger than the duration."""
+        last = row["failed_auth_at"]
+        if last is None or last <= now - timedelta(seconds=self.lockout_duration):
+            return 0
+        return row["failed_auth_count"]
+
+    async def _check_with_lockout(self, row: asyncpg.Record, password: str) -> asyncpg.Record:
+        """Keystone's lockout: a locked user is refused before the password is looked at; a failure
+        is counted, a success resets the count. At most (attempts - failures) checks of one user
+        run at once, the others wait for their outcome, so parallel guesses get no more tries."""
+        user_id = row["id"]
+        gate = self._gates.setdefault(user_id, _Gate())
+        gate.waiters += 1
+        try:
+            async with gate.changed:
+                while True:
+                    failures = self._recent_failures(row, datetime.now(UTC))
+                    if failures >= self.lockout_failure_attempts:
+                        raise AccountLocked(user_id)
+                    if failures + gate.checking < self.lockout_failure_attempts:
+                        break
+                    await gate.changed.wait()
+                    async with self.pool.acquire() as conn:  # the checks before this one wrote their outcome
+                        row = await q.get_user(conn, user_id)
+                    if row is None or not row["enabled"] or not row["password_hash"]:
+                        raise NotAuthenticated()
+                gate.checking += 1
+            try:
+                ok = await self._check(password, row["password_hash"])
+                async with self.pool.acquire() as conn:
+                    if not ok:
+                        await q.record_failed_auth(conn, user_id, datetime.now(UTC), self.lockout_duration)
+                    elif row["failed_auth_count"]:
+                        await q.reset_failed_auth(conn, user_id)
+            finally:
+                async with gate.changed:
+                    gate.checking -= 1
+                    gate.changed.notify_all()
+        finally:
+            gate.waiters -= 1
+            if not gate.waiters:
+                del self._gates[user_id]
+        if not ok:
             raise NotAuthenticated()
         return row
 
@@ -249,5 +342,3 @@ class IdentityService:
                 token["catalog"] = self.catalog(info.project_id)
         return {"token": token}
 
-
-_DUMMY_HASH = hash_password("novalite-timing-equaliser", rounds=4)

@@ -264,3 +264,13 @@ async def create_user_with_role(cloud: Cloud, name: str, password: str) -> tuple
     )
     assert status == 204
     return user_id, f"/identity/v3/projects/{project_id}/users/{user_id}/roles/{role_id}"
+
+
+async def tables_containing(cloud: Cloud, needle: str) -> list[str]:
+    """Tables of the cloud's database with a row whose text form (every column) contains `needle`."""
+    async with cloud.app[keys.DB].acquire() as conn:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        return [
+            t["tablename"] for t in tables
+            if await conn.fetchval(f'SELECT count(*) FROM "{t["tablename"]}" r WHERE strpos(r::text, $1) > 0', needle)
+        ]

@@ -2,7 +2,8 @@
 
 The guest (novalite's test image: a distribution kernel and a busybox
 initramfs) proves from inside, on its serial console, that the config drive,
-user_data, injected files and the DHCP lease arrived. Nothing sends traffic
+user_data, injected files, the admin password (as a hash) and the DHCP lease
+arrived. Nothing sends traffic
 from the host to the guest.
 """
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import io
+import json
 import os
 import re
 import tempfile
@@ -17,8 +21,9 @@ import uuid
 from pathlib import Path
 
 import libvirt
+import pycdlib
 import pytest
-from conftest import start_cloud, stop_cloud
+from conftest import start_cloud, stop_cloud, tables_containing
 
 from novalite.api import keys
 from novalite.image import testimage
@@ -46,6 +51,8 @@ async def guest_cloud(pg_dsn, test_image):
     extra = f"""
 [compute]
 virt_type = "qemu"
+# Other clouds (other test sessions) may share qemu:///system: domain names must not collide.
+instance_name_template = "nle2e{tag}-%08x"
 
 [networking]
 libvirt_prefix = "nle2e{tag}-"
@@ -124,10 +131,15 @@ async def test_guest_proves_config_drive_user_data_files_and_lease(guest_cloud):
     )
     assert status == 202, body
     server_id = body["server"]["id"]
+    admin_pass = body["server"]["adminPass"]
     server = await wait_for_status(cloud, server_id, {"ACTIVE", "ERROR"}, timeout=180)
     assert server["status"] == "ACTIVE", server.get("fault")
     (addr,) = server["addresses"]["lab"]
     text = await wait_console(cloud, server_id, "NOVALITE-GUEST: init done")
+    # The password the answer showed is the one the guest read from its config drive.
+    assert f"NOVALITE-GUEST: admin_pass_sha256={hashlib.sha256(admin_pass.encode()).hexdigest()}" in text
+    assert admin_pass not in text
+    assert await tables_containing(cloud, admin_pass) == []
     assert f"NOVALITE-GUEST: uuid={server_id}" in text
     assert "NOVALITE-GUEST: hostname=guest-one" in text
     assert f"NOVALITE-GUEST: user_data={user_data}" in text
@@ -144,6 +156,14 @@ async def test_guest_proves_config_drive_user_data_files_and_lease(guest_cloud):
 
     inst_dir = cloud.config.state_dir / "instances" / "local" / server_id
     assert (inst_dir / "disk").exists() and (inst_dir / "disk.config").exists()
+    iso = pycdlib.PyCdlib()
+    iso.open(str(inst_dir / "disk.config"))
+    try:
+        out = io.BytesIO()
+        iso.get_file_from_iso_fp(out, rr_path="/openstack/latest/meta_data.json")
+    finally:
+        iso.close()
+    assert json.loads(out.getvalue())["admin_pass"] == admin_pass
     network_api = cloud.app[keys.NETWORK_API]
     status, _, _ = await cloud.compute("DELETE", f"/servers/{server_id}")
     assert status == 204

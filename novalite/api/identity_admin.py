@@ -346,6 +346,8 @@ async def update_user(request: web.Request) -> web.Response:
             raise errors.NotFound(f"Could not find user: {user_id}.")
         if "password_hash" in fields or fields.get("enabled") is False:
             await q.revoke_user_tokens(conn, user_id)
+        if fields.get("enabled") is True:  # as in Keystone: enabling a user unlocks it
+            await q.reset_failed_auth(conn, user_id)
     identity_service(request).forget(user_id=user_id)
     return web.json_response({"user": user_document(row, base_url(request))})
 

@@ -71,11 +71,18 @@ class CreateRequest:
 
 @dataclass
 class BuildRequest:
-    """What the API casts to the conductor: instances to schedule and build."""
+    """What the API casts to the conductor: instances to schedule and build.
+
+    ``admin_password`` goes to the config drive. It travels only in memory, with the cast
+    (Nova's build RPC carries it the same way), never through Postgres: even a column wiped
+    once the drive is written leaves the text in the WAL and in dead row versions until
+    vacuum. So a build that recovery restarts after a crash gets a drive without it.
+    """
 
     instance_uuids: list[str]
     request_spec: dict
     request_id: str
+    admin_password: str | None = field(default=None, repr=False)
 
 
 def sanitize_hostname(name: str, default: str = "server") -> str:
@@ -203,18 +210,24 @@ class ComputeAPI:
         self._creating = asyncio.Semaphore(config.api.max_concurrent_creates)  # FIFO: waiters in order
 
     # -- create -------------------------------------------------------------
-    async def create(self, ctx: RequestContext, req: CreateRequest) -> tuple[list[asyncpg.Record], str, str]:
-        """Validate, provision and cast; return (instances, reservation_id, admin_password)."""
+    async def create(self, ctx: RequestContext, req: CreateRequest) -> tuple[list[asyncpg.Record], str, str | None]:
+        """Validate, provision and cast; return (instances, reservation_id, admin_password).
+
+        The password (the request's, else a new one unless ``enable_instance_password`` is
+        off) is the one every instance of the request gets on its config drive."""
         if req.min_count > req.max_count:
             raise exception.Invalid("min_count must be <= max_count")
         async with self._creating, self.pool.acquire() as conn:  # one connection for the whole create
             base = await self._validate(conn, ctx, req)
             await self._validate_networks(conn, ctx, req)
-            password = req.admin_password or generate_password()
+            password = req.admin_password or (
+                generate_password() if self.config.api.enable_instance_password else None
+            )
             instances, reservation_id = await self._provision(conn, ctx, req, base)
         uuids = [str(i["uuid"]) for i in instances]
         self.build_instances(
-            BuildRequest(instance_uuids=uuids, request_spec=base.request_spec, request_id=ctx.request_id)
+            BuildRequest(instance_uuids=uuids, request_spec=base.request_spec, request_id=ctx.request_id,
+                         admin_password=password)
         )
         return instances, reservation_id, password
 

@@ -51,8 +51,8 @@ REBUILD_EVENT = "compute_rebuild_instance"
 HEARTBEAT_SECONDS = 10
 MAX_CONSOLE_BYTES = 100 * 1024  # the most of a console log Nova returns
 
-# The conductor's reschedule, as the manager sees it: (uuid, request_id, alternates, attempts).
-Reschedule = Callable[[str, str, list[str], list[tuple[str, str]]], Awaitable[None]]
+# The conductor's reschedule, as the manager sees it: (uuid, request_id, alternates, attempts, admin_password).
+Reschedule = Callable[[str, str, list[str], list[tuple[str, str]], str | None], Awaitable[None]]
 
 
 class BuildAborted(Exception):
@@ -201,10 +201,11 @@ class ComputeManager:
 
     # -- build ---------------------------------------------------------------
     def build_and_run_instance(
-        self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]] | None = None
+        self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]] | None = None,
+        admin_password: str | None = None,
     ) -> None:
-        """Cast: queue a build for this host."""
-        self.queue.put_nowait(("build", (uuid, request_id, alternates, attempts or [])))
+        """Cast: queue a build for this host; ``admin_password`` is for the config drive only."""
+        self.queue.put_nowait(("build", (uuid, request_id, alternates, attempts or [], admin_password)))
 
     async def _step(self, uuid: str, request_id: str, expect: str | None, new: str | None, **kwargs: Any
                     ) -> asyncpg.Record:
@@ -226,7 +227,10 @@ class ComputeManager:
                 f"instance left the build before {new or kwargs.get('vm_state')}"
             ) from conflict
 
-    async def _build(self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]]) -> None:
+    async def _build(
+        self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]],
+        admin_password: str | None,
+    ) -> None:
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
         publisher = f"nova-compute:{self.host}"
         async with self.locks.lock(uuid), self.semaphore:
@@ -255,7 +259,7 @@ class ComputeManager:
                     event_details=json.dumps([d.path for d in prepared.disks]),
                 )
                 spawning = True
-                await self._config_drive(inst, ports, prepared)
+                await self._config_drive(inst, ports, prepared, admin_password)
                 guest = self._guest_spec(inst, [p.nic() for p in ports], prepared)
                 if self.fail_spawn:
                     raise RuntimeError(self.fail_spawn)
@@ -274,7 +278,7 @@ class ComputeManager:
                     await db.event_finish(conn, uuid, request_id, BUILD_EVENT, "Error", details=str(exc))
             except Exception as exc:
                 log.warning("build_failed", error=str(exc))
-                await self._build_failed(uuid, request_id, alternates, attempts, exc, made, spawning)
+                await self._build_failed(uuid, request_id, alternates, attempts, exc, made, spawning, admin_password)
 
     async def _undo_build(self, uuid: str) -> None:
         """Remove the domain and files this host made for an instance (ports stay: they move with it)."""
@@ -336,9 +340,10 @@ class ComputeManager:
         return prepared
 
     async def _config_drive(
-        self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_pass: str | None = None
+        self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_password: str | None
     ) -> None:
-        """Build the config drive ISO (label config-2) when asked for or forced by config."""
+        """Build the config drive ISO (label config-2) when asked for or forced by config; the
+        admin password is in its meta_data.json (and nowhere else on this side)."""
         if not (inst["config_drive"] or self.config.compute.force_config_drive):
             return
         uuid = str(inst["uuid"])
@@ -357,7 +362,7 @@ class ComputeManager:
             key_name=inst["key_name"],
             key_data=inst["key_data"],
             meta=inst["metadata"],
-            admin_pass=admin_pass,
+            admin_pass=admin_password,
         )
         user_data = base64.b64decode(inst["user_data"]) if inst["user_data"] else None
         files = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])]
@@ -398,6 +403,7 @@ class ComputeManager:
         exc: Exception,
         made: bool,
         spawning: bool,
+        admin_password: str | None,
     ) -> None:
         """Clean up what this host made; reschedule to an alternate or go to ERROR."""
         if made:
@@ -420,7 +426,7 @@ class ComputeManager:
             except db.StateConflict:
                 return
             await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
-        await self.reschedule(uuid, request_id, alternates, attempts)
+        await self.reschedule(uuid, request_id, alternates, attempts, admin_password)
 
     # -- rebuild -------------------------------------------------------------
     def cast_rebuild(self, uuid: str, request_id: str, admin_password: str | None, preserve_ephemeral: bool) -> None:

@@ -135,7 +135,10 @@ async def _recover_build(
         found = "no domain" if info is None else f"a domain in power state {info.power_state}"
     else:
         found = "no host yet" if inst["host"] is None else "a claim, not yet built"
-    note = f"interrupted by a restart in task_state {task} ({found}); scheduling again"
+    # The admin password travelled with the cast only (compute/api.py BuildRequest): this
+    # build's config drive will be without it.
+    note = (f"interrupted by a restart in task_state {task} ({found}); scheduling again "
+            "(the admin password is not kept across a restart)")
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
         await db.compare_and_set(conn, uuid, expect_vm_state=states.BUILDING, expect_task_state=task,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -15,6 +15,27 @@ async def get_user_by_name(conn: asyncpg.Connection, name: str, domain_id: str =
 
 async def get_user(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
+
+
+async def record_failed_auth(conn: asyncpg.Connection, user_id: str, now: datetime, window: float) -> int:
+    """Count one failed password check; a failure more than `window` seconds after the last
+    one starts the count again. Returns the new count."""
+    return await conn.fetchval(
+        """UPDATE users SET failed_auth_count = CASE
+               WHEN failed_auth_at > $3 THEN failed_auth_count + 1 ELSE 1 END,
+               failed_auth_at = $2
+           WHERE id = $1 RETURNING failed_auth_count""",
+        user_id,
+        now,
+        now - timedelta(seconds=window),
+    )
+
+
+async def reset_failed_auth(conn: asyncpg.Connection, user_id: str) -> None:
+    await conn.execute(
+        "UPDATE users SET failed_auth_count = 0, failed_auth_at = NULL WHERE id = $1 AND failed_auth_count > 0",
+        user_id,
+    )
 
 
 async def get_project(conn: asyncpg.Connection, project_id: str) -> asyncpg.Record | None:

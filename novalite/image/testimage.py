@@ -34,6 +34,7 @@ console (ttyS0)::
     NOVALITE-GUEST: launch_index=<n>
     NOVALITE-GUEST: public_keys=<raw JSON object>
     NOVALITE-GUEST: meta=<raw JSON object>
+    NOVALITE-GUEST: admin_pass_sha256=<hex>          (when meta_data has admin_pass; its hash, not the password)
     NOVALITE-GUEST: file <path>=<content>           (one per injected file)
     NOVALITE-GUEST: user_data=<content>
     NOVALITE-GUEST: user_data_b64=<base64 of user_data, one line>
@@ -128,6 +129,8 @@ if [ -n "$cd_dev" ]; then
   say "launch_index=$(echo "$flat" | grep -o '"launch_index": *[0-9]*' | sed 's/.*: *//')"
   say "public_keys=$(obj public_keys)"
   say "meta=$(obj meta)"
+  ap=$(str admin_pass)
+  [ -n "$ap" ] && say "admin_pass_sha256=$(printf %s "$ap" | sha256sum | cut -d' ' -f1)"
   echo "$flat" | grep -o '"files": *\[[^]]*\]' | grep -o '{[^}]*}' | while read -r f; do
     p=$(echo "$f" | grep -o '"path": *"[^"]*"' | sed 's/^"path": *"//; s/"$//')
     c=$(echo "$f" | grep -o '"content_path": *"[^"]*"' | sed 's/^"content_path": *"//; s/"$//')

@@ -133,8 +133,9 @@ async def create(request: web.Request) -> web.Response:
         "links": links(request, "servers", str(first["uuid"])),
         "OS-DCF:diskConfig": "AUTO" if first["auto_disk_config"] else "MANUAL",
         "security_groups": [{"name": n} for n in first["security_groups"]],
-        "adminPass": password,
     }
+    if password is not None and request.app[keys.CONFIG].api.enable_instance_password:
+        server["adminPass"] = password
     return web.json_response({"server": server}, status=202, headers={"Location": server["links"][0]["href"]})
 
 
