@@ -35,7 +35,7 @@ from novalite.db.steps import StepWriter
 from novalite.foreground import Foreground
 from novalite.identity import IdentityService
 from novalite.network import NetworkAPI
-from novalite.policy import Enforcer
+from novalite.policy import SERVICES, Enforcer
 from novalite.retention import Retention
 from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
@@ -235,7 +235,10 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     app[keys.CONFIG] = config
     app[keys.FOREGROUND] = Foreground(config.api.busy_background_interval)  # API first, see novalite.foreground
     app[keys.LOCKS] = InstanceLocks()  # one lock per instance, for the compute and volume services
-    app[keys.POLICY] = Enforcer(config.policy.file if config.policy.file and config.policy.file.exists() else None)
+    # One enforcer per service, each over its own defaults and override file.
+    for key, service in ((keys.POLICY, "nova"), (keys.GLANCE_POLICY, "glance"), (keys.NEUTRON_POLICY, "neutron"),
+                         (keys.CINDER_POLICY, "cinder"), (keys.KEYSTONE_POLICY, "keystone")):
+        app[key] = Enforcer(config.policy.service_file(service), defaults=SERVICES[service][1])
     app.cleanup_ctx.append(database_ctx(config, clouds_yaml))
     app.cleanup_ctx.append(hosts_ctx(config))
     app.cleanup_ctx.append(network_ctx(config))

@@ -85,7 +85,17 @@ class IdentityConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    file: Path | None = Path("policy.yaml")
+    """One override file per service (missing file: the service's defaults); relative to config.toml."""
+
+    file: Path | None = Path("policy.yaml")  # Nova's
+    glance_file: Path | None = Path("glance-policy.yaml")
+    neutron_file: Path | None = Path("neutron-policy.yaml")
+    cinder_file: Path | None = Path("cinder-policy.yaml")
+    keystone_file: Path | None = Path("keystone-policy.yaml")
+
+    def service_file(self, service: str) -> Path | None:
+        """The override file of ``service`` (``nova``, ``glance``, ``neutron``, ``cinder``, ``keystone``)."""
+        return self.file if service == "nova" else getattr(self, f"{service}_file")
 
 
 class QuotaConfig(_Section):
@@ -352,6 +362,8 @@ def load_config(path: Path | str | None = None, environ: dict[str, str] | None =
     base = path.resolve().parent
     if not cfg.state.dir.is_absolute():
         cfg.state.dir = base / cfg.state.dir
-    if cfg.policy.file is not None and not cfg.policy.file.is_absolute():
-        cfg.policy.file = base / cfg.policy.file
+    for name in ("file", "glance_file", "neutron_file", "cinder_file", "keystone_file"):
+        policy_file = getattr(cfg.policy, name)
+        if policy_file is not None and not policy_file.is_absolute():
+            setattr(cfg.policy, name, base / policy_file)
     return cfg

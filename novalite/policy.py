@@ -1,8 +1,12 @@
-"""Policy engine for novalite: oslo.policy check strings plus Nova 34's defaults.
+"""Policy engine for novalite: oslo.policy check strings, one Enforcer per service.
 
 Every API call asks ``Enforcer.authorize(rule, creds, target)``. Rules use the
-oslo.policy check-string language (the subset Nova uses) and are parsed once
-into a tree of small check objects, so evaluation is plain Python calls.
+oslo.policy check-string language (the subset Nova, Glance, Neutron, Cinder and
+Keystone use) and are parsed once into a tree of small check objects, so
+evaluation is plain Python calls. The default rules are data, one module per
+service under ``novalite.policies``; each service's API builds its own Enforcer
+from its table and its own override file (base rule names such as
+``context_is_admin`` repeat across services with different check strings).
 
 Supported syntax::
 
@@ -10,7 +14,9 @@ Supported syntax::
     !                        never allow
     role:<name>              creds["roles"] contains <name> (case-insensitive)
     rule:<name>              evaluate another named rule (unknown name: deny)
-    is_admin:True            creds["is_admin"] is True (Nova's own check)
+    is_admin:True            creds["is_admin"] is true (``1`` means true too)
+    field:<res>:<attr>=<v>   Neutron's check of the target's own attribute:
+                             str(target[attr]) == v, ``~re`` matches a regex
     <cred_key>:%(<tkey>)s    str(creds[cred_key]) == str(target[tkey])
     <cred_key>:<literal>     str(creds[cred_key]) == "<literal>"
     '<literal>':%(<tkey>)s   the Python literal equals str(target[tkey])
@@ -19,19 +25,21 @@ Supported syntax::
 Precedence is ``not`` > ``and`` > ``or``; the keywords are case-insensitive,
 check names (``role``, ``rule``, ...) are case-sensitive, as in oslo.policy.
 Dotted cred keys (``a.b``) walk nested dicts; lists match if any item does.
-A target key missing from the target makes that check deny.
+A target key missing from the target makes that check deny. Target keys are
+flat: Keystone's ``%(target.user.id)s`` reads ``target["target.user.id"]``
+(oslo.policy flattens nested targets to the same keys).
 
-Defaults: Nova 34 registers only project-scoped (``scope_types=['project']``)
-or unscoped rules and its check strings no longer contain ``system_scope``
-parts. With ``enforce_scope``/``enforce_new_defaults`` on (Nova 34's default),
-a project-scoped token passes every scope check, and deprecated (legacy) check
-strings are ignored. novalite only has project-scoped credentials, so the
-scope check is dropped and the new-default check strings are used verbatim.
+Defaults: the services register project-scoped (``scope_types`` including
+``project``) or unscoped rules. With ``enforce_scope``/``enforce_new_defaults``
+on (the current releases' default), a project-scoped token passes every scope
+check, and deprecated (legacy) check strings are ignored. novalite only has
+project-scoped credentials, so the scope check is dropped and the new-default
+check strings are used verbatim (``system_scope:all`` parts never match).
 
 Roles: Keystone's bootstrap makes ``admin`` imply ``manager`` imply ``member``
-imply ``reader`` and expands implied roles into the token. novalite has no
-Keystone, so the Enforcer expands the same chain (``IMPLIED_ROLES``) itself;
-pass ``implied_roles={}`` to get oslo.policy's plain behaviour.
+imply ``reader`` and expands implied roles into the token. The Enforcer expands
+the same chain (``IMPLIED_ROLES``) itself; pass ``implied_roles={}`` to get
+oslo.policy's plain behaviour.
 """
 
 from __future__ import annotations
@@ -40,12 +48,14 @@ import ast
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import yaml
+
+from novalite.policies import RuleDefault, cinder, glance, keystone, neutron, nova
+from novalite.policies.nova import DEFAULT_RULES
 
 LOG = logging.getLogger(__name__)
 
@@ -60,7 +70,9 @@ __all__ = [
     "PolicyNotRegistered",
     "PolicySyntaxError",
     "RuleDefault",
+    "SERVICES",
     "generate_sample",
+    "service_sample",
     "parse_rule",
 ]
 
@@ -331,22 +343,66 @@ class _RoleCheck(Check):
 
 
 class _IsAdminCheck(Check):
-    """Nova's ``is_admin:<bool>`` check: compares creds["is_admin"] as a bool."""
+    """``is_admin:<bool>``: compares creds["is_admin"] as a bool.
+
+    ``True`` and ``1`` both mean true: Nova writes ``is_admin:True``, Keystone
+    ``is_admin:1``; either must deny a caller whose is_admin is false.
+    """
 
     __slots__ = ("expected", "text")
 
     def __init__(self, match: str) -> None:
         self.text = match
-        self.expected = match.lower() == "true"
+        self.expected = match.lower() in ("true", "1")
 
     def __call__(self, ctx: _Ctx) -> bool:
         value = ctx.creds.get("is_admin", False)
         if isinstance(value, str):
-            value = value.lower() == "true"
+            value = value.lower() in ("true", "1")
         return bool(value) == self.expected
 
     def __str__(self) -> str:
         return f"is_admin:{self.text}"
+
+
+class _FieldCheck(Check):
+    """Neutron's ``field:<resource>:<attr>=<value>``: an attribute of the target itself.
+
+    ``<value>`` starting with ``~`` is a regular expression matched at the start
+    of the attribute; otherwise the attribute's string form must equal it
+    (booleans compare case-insensitively, ``True`` == ``true``). A target
+    without the attribute denies. The resource name only documents the rule:
+    the API puts the attribute in the target (a subnet's target carries its
+    network's ``shared``, as Neutron looks it up).
+    """
+
+    __slots__ = ("text", "attr", "value", "regex")
+
+    def __init__(self, text: str, match: str) -> None:
+        self.text = match
+        resource, sep, rest = match.partition(":")
+        attr, eq, value = rest.rpartition("=")
+        if not sep or not eq or not resource or not attr:
+            raise PolicySyntaxError(text, f"'field:{match}' is not 'field:<resource>:<attr>=<value>'")
+        self.attr = attr
+        self.value = value
+        self.regex = re.compile(value[1:]) if value.startswith("~") else None
+
+    def __call__(self, ctx: _Ctx) -> bool:
+        try:
+            actual = ctx.target[self.attr]
+        except KeyError:
+            return False
+        if actual is None:
+            return False
+        if self.regex is not None:
+            return self.regex.match(str(actual)) is not None
+        if isinstance(actual, bool):
+            return str(actual).lower() == self.value.lower()
+        return str(actual) == self.value
+
+    def __str__(self) -> str:
+        return f"field:{self.text}"
 
 
 _NO_LITERAL = object()
@@ -428,6 +484,8 @@ def _make_check(text: str, token: str) -> Check:
         return _RoleCheck(match)
     if kind == "is_admin":
         return _IsAdminCheck(match)
+    if kind == "field":
+        return _FieldCheck(text, match)
     return _GenericCheck(kind, match)
 
 
@@ -503,420 +561,18 @@ def parse_rule(text: str | None) -> Check:
     return _Parser(text).parse()
 
 
-# --------------------------------------------------------------------------
-# Defaults (Nova 34, nova/policies/*.py)
-# --------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class RuleDefault:
-    """A registered rule: its name, default check string and a description."""
-
-    name: str
-    check_str: str
-    description: str
-
-
-_r = RuleDefault
-
-# Aliases as in nova/policies/base.py.
-ADMIN = "rule:context_is_admin"
-PROJECT_MANAGER_OR_ADMIN = "rule:project_manager_or_admin"
-PROJECT_MEMBER_OR_ADMIN = "rule:project_member_or_admin"
-PROJECT_READER_OR_ADMIN = "rule:project_reader_or_admin"
-SERVICE_OR_ADMIN = "rule:service_or_admin"
-RULE_ANY = "@"
-RULE_NOBODY = "!"
-# nova/policies/keypairs.py: admin, or the user the keypair belongs to.
-ADMIN_OR_KEYPAIR_OWNER = "(rule:context_is_admin) or user_id:%(user_id)s"
-
-#: Every rule Nova 34 registers, in Nova's order, with its default check string.
-# fmt: off
-DEFAULT_RULES: tuple[RuleDefault, ...] = (
-    _r("context_is_admin", "role:admin",
-       "Decides what is required for the 'is_admin:True' check to succeed"),
-    _r("admin_or_owner", "is_admin:True or project_id:%(project_id)s",
-       "Default rule for most non-Admin APIs"),
-    _r("admin_api", "is_admin:True", "Default rule for most Admin APIs"),
-    _r("project_manager_api", "role:manager and project_id:%(project_id)s",
-       "Default rule for Project level management APIs"),
-    _r("project_member_api", "role:member and project_id:%(project_id)s",
-       "Default rule for Project level non admin APIs"),
-    _r("project_reader_api", "role:reader and project_id:%(project_id)s",
-       "Default rule for Project level read only APIs"),
-    _r("service_api", "role:service", "Default rule for service-to-service APIs"),
-    _r("project_manager_or_admin", "rule:project_manager_api or rule:context_is_admin",
-       "Default rule for Project Manager or admin APIs"),
-    _r("project_member_or_admin", "rule:project_member_api or rule:context_is_admin",
-       "Default rule for Project Member or admin APIs"),
-    _r("project_reader_or_admin", "rule:project_reader_api or rule:context_is_admin",
-       "Default rule for Project reader or admin APIs"),
-    _r("service_or_admin", "rule:service_api or rule:context_is_admin",
-       "Default rule for service or admin APIs"),
-    _r("os_compute_api:os-admin-actions:reset_state", ADMIN,
-       "Reset the state of a given server"),
-    _r("os_compute_api:os-admin-actions:inject_network_info", ADMIN,
-       "Inject network information into the server"),
-    _r("os_compute_api:os-admin-password", PROJECT_MEMBER_OR_ADMIN,
-       "Change the administrative password for a server"),
-    _r("os_compute_api:os-aggregates:set_metadata", ADMIN,
-       "Create or replace metadata for an aggregate"),
-    _r("os_compute_api:os-aggregates:add_host", ADMIN, "Add a host to an aggregate"),
-    _r("os_compute_api:os-aggregates:create", ADMIN, "Create an aggregate"),
-    _r("os_compute_api:os-aggregates:remove_host", ADMIN,
-       "Remove a host from an aggregate"),
-    _r("os_compute_api:os-aggregates:update", ADMIN,
-       "Update name and/or availability zone for an aggregate"),
-    _r("os_compute_api:os-aggregates:index", ADMIN, "List all aggregates"),
-    _r("os_compute_api:os-aggregates:delete", ADMIN, "Delete an aggregate"),
-    _r("os_compute_api:os-aggregates:show", ADMIN, "Show details for an aggregate"),
-    _r("compute:aggregates:images", ADMIN, "Request image caching for an aggregate"),
-    _r("os_compute_api:os-assisted-volume-snapshots:create", SERVICE_OR_ADMIN,
-       "Create an assisted volume snapshot"),
-    _r("os_compute_api:os-assisted-volume-snapshots:delete", SERVICE_OR_ADMIN,
-       "Delete an assisted volume snapshot"),
-    _r("os_compute_api:os-attach-interfaces:list", PROJECT_READER_OR_ADMIN,
-       "List port interfaces attached to a server"),
-    _r("os_compute_api:os-attach-interfaces:show", PROJECT_READER_OR_ADMIN,
-       "Show details of a port interface attached to a server"),
-    _r("os_compute_api:os-attach-interfaces:create", PROJECT_MEMBER_OR_ADMIN,
-       "Attach an interface to a server"),
-    _r("os_compute_api:os-attach-interfaces:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Detach an interface from a server"),
-    _r("os_compute_api:os-availability-zone:list", RULE_ANY,
-       "List availability zone information without host information"),
-    _r("os_compute_api:os-availability-zone:detail", ADMIN,
-       "List detailed availability zone information with host information"),
-    _r("os_compute_api:os-baremetal-nodes:list", ADMIN,
-       "List and show details of bare metal nodes"),
-    _r("os_compute_api:os-baremetal-nodes:show", ADMIN,
-       "Show action details for a server"),
-    _r("os_compute_api:os-console-auth-tokens", ADMIN,
-       "Show console connection information for a given console authentication token"),
-    _r("os_compute_api:os-console-output", PROJECT_MEMBER_OR_ADMIN,
-       "Show console output for a server"),
-    _r("os_compute_api:os-create-backup", PROJECT_MEMBER_OR_ADMIN,
-       "Create a back up of a server"),
-    _r("os_compute_api:os-deferred-delete:restore", PROJECT_MEMBER_OR_ADMIN,
-       "Restore a soft deleted server"),
-    _r("os_compute_api:os-deferred-delete:force", PROJECT_MEMBER_OR_ADMIN,
-       "Force delete a server before deferred cleanup"),
-    _r("os_compute_api:os-evacuate", ADMIN,
-       "Evacuate a server from a failed host to a new host"),
-    _r("os_compute_api:os-extended-server-attributes", ADMIN,
-       "Return extended attributes for server"),
-    _r("os_compute_api:extensions", RULE_ANY,
-       "List available extensions and show information for an extension by alias"),
-    _r("os_compute_api:os-flavor-access:add_tenant_access", ADMIN,
-       "Add flavor access to a tenant"),
-    _r("os_compute_api:os-flavor-access:remove_tenant_access", ADMIN,
-       "Remove flavor access from a tenant"),
-    _r("os_compute_api:os-flavor-access", ADMIN,
-       "List tenants that have access to a flavor"),
-    _r("os_compute_api:os-flavor-extra-specs:show", PROJECT_READER_OR_ADMIN,
-       "Show an extra spec for a flavor"),
-    _r("os_compute_api:os-flavor-extra-specs:create", ADMIN,
-       "Create extra specs for a flavor"),
-    _r("os_compute_api:os-flavor-extra-specs:update", ADMIN,
-       "Update an extra spec for a flavor"),
-    _r("os_compute_api:os-flavor-extra-specs:delete", ADMIN,
-       "Delete an extra spec for a flavor"),
-    _r("os_compute_api:os-flavor-extra-specs:index", PROJECT_READER_OR_ADMIN,
-       "List extra specs for a flavor"),
-    _r("os_compute_api:os-flavor-manage:create", ADMIN, "Create a flavor"),
-    _r("os_compute_api:os-flavor-manage:update", ADMIN, "Update a flavor"),
-    _r("os_compute_api:os-flavor-manage:delete", ADMIN, "Delete a flavor"),
-    _r("os_compute_api:os-floating-ip-pools", RULE_ANY, "List floating IP pools"),
-    _r("os_compute_api:os-floating-ips:add", PROJECT_MEMBER_OR_ADMIN,
-       "Associate floating IPs to server"),
-    _r("os_compute_api:os-floating-ips:remove", PROJECT_MEMBER_OR_ADMIN,
-       "Disassociate floating IPs to server"),
-    _r("os_compute_api:os-floating-ips:list", PROJECT_READER_OR_ADMIN,
-       "List floating IPs"),
-    _r("os_compute_api:os-floating-ips:create", PROJECT_MEMBER_OR_ADMIN,
-       "Create floating IPs"),
-    _r("os_compute_api:os-floating-ips:show", PROJECT_READER_OR_ADMIN,
-       "Show floating IPs"),
-    _r("os_compute_api:os-floating-ips:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Delete floating IPs"),
-    _r("os_compute_api:os-hosts:list", ADMIN, "List physical hosts"),
-    _r("os_compute_api:os-hosts:show", ADMIN, "Show physical host"),
-    _r("os_compute_api:os-hosts:update", ADMIN, "Update physical host"),
-    _r("os_compute_api:os-hosts:reboot", ADMIN, "Reboot physical host"),
-    _r("os_compute_api:os-hosts:shutdown", ADMIN, "Shutdown physical host"),
-    _r("os_compute_api:os-hosts:start", ADMIN, "Start physical host"),
-    _r("os_compute_api:os-hypervisors:list", ADMIN, "List all hypervisors"),
-    _r("os_compute_api:os-hypervisors:list-detail", ADMIN,
-       "List all hypervisors with details"),
-    _r("os_compute_api:os-hypervisors:statistics", ADMIN,
-       "Show summary statistics for all hypervisors over all compute nodes"),
-    _r("os_compute_api:os-hypervisors:show", ADMIN, "Show details for a hypervisor"),
-    _r("os_compute_api:os-hypervisors:uptime", ADMIN,
-       "Show the uptime of a hypervisor"),
-    _r("os_compute_api:os-hypervisors:search", ADMIN,
-       "Search hypervisor by hypervisor_hostname pattern"),
-    _r("os_compute_api:os-hypervisors:servers", ADMIN,
-       "List all servers on hypervisors matching a hypervisor_hostname pattern"),
-    _r("os_compute_api:os-instance-actions:events:details", ADMIN,
-       "Add \"details\" key in action events for a server"),
-    _r("os_compute_api:os-instance-actions:events", ADMIN,
-       "Add events details in action details for a server"),
-    _r("os_compute_api:os-instance-actions:list", PROJECT_READER_OR_ADMIN,
-       "List actions for a server"),
-    _r("os_compute_api:os-instance-actions:show", PROJECT_READER_OR_ADMIN,
-       "Show action details for a server"),
-    _r("os_compute_api:os-instance-usage-audit-log:list", ADMIN,
-       "List all usage audits"),
-    _r("os_compute_api:os-instance-usage-audit-log:show", ADMIN,
-       "List usage audits before a specified time for all servers on all hosts"),
-    _r("os_compute_api:ips:show", PROJECT_READER_OR_ADMIN,
-       "Show IP addresses details for a network label of a server"),
-    _r("os_compute_api:ips:index", PROJECT_READER_OR_ADMIN,
-       "List IP addresses that are assigned to a server"),
-    _r("os_compute_api:os-keypairs:index", ADMIN_OR_KEYPAIR_OWNER, "List all keypairs"),
-    _r("os_compute_api:os-keypairs:create", ADMIN_OR_KEYPAIR_OWNER, "Create a keypair"),
-    _r("os_compute_api:os-keypairs:delete", ADMIN_OR_KEYPAIR_OWNER, "Delete a keypair"),
-    _r("os_compute_api:os-keypairs:show", ADMIN_OR_KEYPAIR_OWNER,
-       "Show details of a keypair"),
-    _r("os_compute_api:limits", RULE_ANY,
-       "Show rate and absolute limits for the current user project"),
-    _r("os_compute_api:limits:other_project", ADMIN,
-       "Show rate and absolute limits of other project"),
-    _r("os_compute_api:os-lock-server:lock", PROJECT_MEMBER_OR_ADMIN, "Lock a server"),
-    _r("os_compute_api:os-lock-server:unlock", PROJECT_MEMBER_OR_ADMIN,
-       "Unlock a server"),
-    _r("os_compute_api:os-lock-server:unlock:unlock_override", ADMIN,
-       "Unlock a server, regardless who locked the server"),
-    _r("os_compute_api:os-migrate-server:migrate", PROJECT_MANAGER_OR_ADMIN,
-       "Cold migrate a server without specifying a host"),
-    _r("os_compute_api:os-migrate-server:migrate:host", ADMIN,
-       "Cold migrate a server to a specified host"),
-    _r("os_compute_api:os-migrate-server:migrate_live", PROJECT_MANAGER_OR_ADMIN,
-       "Live migrate a server to a new host without a reboot, no host given"),
-    _r("os_compute_api:os-migrate-server:migrate_live:host", ADMIN,
-       "Live migrate a server to a specified host without a reboot"),
-    _r("os_compute_api:os-migrations:index", PROJECT_MANAGER_OR_ADMIN,
-       "List migrations without host info"),
-    _r("os_compute_api:os-migrations:index:all_projects", ADMIN,
-       "List migrations for all or cross projects"),
-    _r("os_compute_api:os-migrations:index:host", ADMIN,
-       "List migrations with host info"),
-    _r("os_compute_api:os-multinic:add", PROJECT_MEMBER_OR_ADMIN,
-       "Add a fixed IP address to a server"),
-    _r("os_compute_api:os-multinic:remove", PROJECT_MEMBER_OR_ADMIN,
-       "Remove a fixed IP address from a server"),
-    _r("os_compute_api:os-networks:list", PROJECT_READER_OR_ADMIN,
-       "List networks for the project"),
-    _r("os_compute_api:os-networks:show", PROJECT_READER_OR_ADMIN,
-       "Show network details"),
-    _r("os_compute_api:os-pause-server:pause", PROJECT_MEMBER_OR_ADMIN,
-       "Pause a server"),
-    _r("os_compute_api:os-pause-server:unpause", PROJECT_MEMBER_OR_ADMIN,
-       "Unpause a paused server"),
-    _r("os_compute_api:os-quota-class-sets:show", ADMIN,
-       "List quotas for specific quota classes"),
-    _r("os_compute_api:os-quota-class-sets:update", ADMIN,
-       "Update quotas for specific quota class"),
-    _r("os_compute_api:os-quota-sets:update", ADMIN, "Update the quotas"),
-    _r("os_compute_api:os-quota-sets:defaults", RULE_ANY, "List default quotas"),
-    _r("os_compute_api:os-quota-sets:show", PROJECT_READER_OR_ADMIN, "Show a quota"),
-    _r("os_compute_api:os-quota-sets:delete", ADMIN, "Revert quotas to defaults"),
-    _r("os_compute_api:os-quota-sets:detail", PROJECT_READER_OR_ADMIN,
-       "Show the detail of quota"),
-    _r("os_compute_api:os-remote-consoles", PROJECT_MEMBER_OR_ADMIN,
-       "Generate a URL to access remote server console"),
-    _r("os_compute_api:os-rescue", PROJECT_MEMBER_OR_ADMIN, "Rescue a server"),
-    _r("os_compute_api:os-unrescue", PROJECT_MEMBER_OR_ADMIN, "Unrescue a server"),
-    _r("os_compute_api:os-security-groups:get", PROJECT_READER_OR_ADMIN,
-       "List security groups"),
-    _r("os_compute_api:os-security-groups:show", PROJECT_READER_OR_ADMIN,
-       "Show security group"),
-    _r("os_compute_api:os-security-groups:create", PROJECT_MEMBER_OR_ADMIN,
-       "Create security group"),
-    _r("os_compute_api:os-security-groups:update", PROJECT_MEMBER_OR_ADMIN,
-       "Update security group"),
-    _r("os_compute_api:os-security-groups:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Delete security group"),
-    _r("os_compute_api:os-security-groups:rule:create", PROJECT_MEMBER_OR_ADMIN,
-       "Create security group Rule"),
-    _r("os_compute_api:os-security-groups:rule:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Delete security group Rule"),
-    _r("os_compute_api:os-security-groups:list", PROJECT_READER_OR_ADMIN,
-       "List security groups of server"),
-    _r("os_compute_api:os-security-groups:add", PROJECT_MEMBER_OR_ADMIN,
-       "Add security groups to server"),
-    _r("os_compute_api:os-security-groups:remove", PROJECT_MEMBER_OR_ADMIN,
-       "Remove security groups from server"),
-    _r("os_compute_api:os-server-diagnostics", ADMIN,
-       "Show the usage data for a server"),
-    _r("os_compute_api:os-server-external-events:create", SERVICE_OR_ADMIN,
-       "Create one or more external events"),
-    _r("os_compute_api:os-server-groups:create", PROJECT_MEMBER_OR_ADMIN,
-       "Create a new server group"),
-    _r("os_compute_api:os-server-groups:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Delete a server group"),
-    _r("os_compute_api:os-server-groups:index", PROJECT_READER_OR_ADMIN,
-       "List all server groups"),
-    _r("os_compute_api:os-server-groups:index:all_projects", ADMIN,
-       "List all server groups for all projects"),
-    _r("os_compute_api:os-server-groups:show", PROJECT_READER_OR_ADMIN,
-       "Show details of a server group"),
-    _r("os_compute_api:server-metadata:index", PROJECT_READER_OR_ADMIN,
-       "List all metadata of a server"),
-    _r("os_compute_api:server-metadata:show", PROJECT_READER_OR_ADMIN,
-       "Show metadata for a server"),
-    _r("os_compute_api:server-metadata:create", PROJECT_MEMBER_OR_ADMIN,
-       "Create metadata for a server"),
-    _r("os_compute_api:server-metadata:update_all", PROJECT_MEMBER_OR_ADMIN,
-       "Replace metadata for a server"),
-    _r("os_compute_api:server-metadata:update", PROJECT_MEMBER_OR_ADMIN,
-       "Update metadata from a server"),
-    _r("os_compute_api:server-metadata:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Delete metadata from a server"),
-    _r("os_compute_api:os-server-password:show", PROJECT_READER_OR_ADMIN,
-       "Show the encrypted administrative password of a server"),
-    _r("os_compute_api:os-server-password:clear", PROJECT_MEMBER_OR_ADMIN,
-       "Clear the encrypted administrative password of a server"),
-    _r("os_compute_api:os-server-shares:index", PROJECT_READER_OR_ADMIN,
-       "List all shares for given server"),
-    _r("os_compute_api:os-server-shares:create", PROJECT_MEMBER_OR_ADMIN,
-       "Attach a share to the specified server"),
-    _r("os_compute_api:os-server-shares:show", PROJECT_READER_OR_ADMIN,
-       "Show a share configured for the specified server"),
-    _r("os_compute_api:os-server-shares:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Detach a share to the specified server"),
-    _r("os_compute_api:os-server-tags:delete_all", PROJECT_MEMBER_OR_ADMIN,
-       "Delete all the server tags"),
-    _r("os_compute_api:os-server-tags:index", PROJECT_READER_OR_ADMIN,
-       "List all tags for given server"),
-    _r("os_compute_api:os-server-tags:update_all", PROJECT_MEMBER_OR_ADMIN,
-       "Replace all tags on specified server with the new set of tags"),
-    _r("os_compute_api:os-server-tags:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Delete a single tag from the specified server"),
-    _r("os_compute_api:os-server-tags:update", PROJECT_MEMBER_OR_ADMIN,
-       "Add a single tag to the server if server has no specified tag"),
-    _r("os_compute_api:os-server-tags:show", PROJECT_READER_OR_ADMIN,
-       "Check tag existence on the server"),
-    _r("compute:server:topology:index", PROJECT_READER_OR_ADMIN,
-       "Show the NUMA topology data for a server"),
-    _r("compute:server:topology:host:index", ADMIN,
-       "Show a server's NUMA topology with host NUMA ID and CPU pinning info"),
-    _r("os_compute_api:servers:index", PROJECT_READER_OR_ADMIN, "List all servers"),
-    _r("os_compute_api:servers:detail", PROJECT_READER_OR_ADMIN,
-       "List all servers with detailed information"),
-    _r("os_compute_api:servers:index:get_all_tenants", ADMIN,
-       "List all servers for all projects"),
-    _r("os_compute_api:servers:detail:get_all_tenants", ADMIN,
-       "List all servers with detailed information for all projects"),
-    _r("os_compute_api:servers:allow_all_filters", ADMIN,
-       "Allow all filters when listing servers"),
-    _r("os_compute_api:servers:show", PROJECT_READER_OR_ADMIN, "Show a server"),
-    _r("os_compute_api:servers:show:flavor-extra-specs", PROJECT_READER_OR_ADMIN,
-       "Show flavor extra specs in server show/update/rebuild responses (2.47+)"),
-    _r("os_compute_api:servers:show:host_status", ADMIN,
-       "Show a server with additional host status information"),
-    _r("os_compute_api:servers:show:host_status:unknown-only", ADMIN,
-       "Show a server with host status, only if host status is UNKNOWN"),
-    _r("os_compute_api:servers:create", PROJECT_MEMBER_OR_ADMIN, "Create a server"),
-    _r("os_compute_api:servers:create:forced_host", ADMIN,
-       "Create a server on a specified host/node, bypassing the scheduler filters"),
-    _r("compute:servers:create:requested_destination", ADMIN,
-       "Create a server on a requested host/node, validated by the scheduler"),
-    _r("os_compute_api:servers:create:attach_volume", PROJECT_MEMBER_OR_ADMIN,
-       "Create a server with the requested volume attached to it"),
-    _r("os_compute_api:servers:create:attach_network", PROJECT_MEMBER_OR_ADMIN,
-       "Create a server with the requested network attached to it"),
-    _r("os_compute_api:servers:create:trusted_certs", PROJECT_MEMBER_OR_ADMIN,
-       "Create a server with trusted image certificate IDs"),
-    _r("os_compute_api:servers:create:zero_disk_flavor", ADMIN,
-       "Create a volume-backed server from an image with a flavor with disk=0"),
-    _r("network:attach_external_network", ADMIN,
-       "Attach an unshared external network to a server"),
-    _r("os_compute_api:servers:delete", PROJECT_MEMBER_OR_ADMIN, "Delete a server"),
-    _r("os_compute_api:servers:update", PROJECT_MEMBER_OR_ADMIN, "Update a server"),
-    _r("os_compute_api:servers:confirm_resize", PROJECT_MEMBER_OR_ADMIN,
-       "Confirm a server resize"),
-    _r("os_compute_api:servers:revert_resize", PROJECT_MEMBER_OR_ADMIN,
-       "Revert a server resize"),
-    _r("os_compute_api:servers:reboot", PROJECT_MEMBER_OR_ADMIN, "Reboot a server"),
-    _r("os_compute_api:servers:resize", PROJECT_MEMBER_OR_ADMIN, "Resize a server"),
-    _r("compute:servers:resize:cross_cell", RULE_NOBODY,
-       "Resize a server across cells"),
-    _r("os_compute_api:servers:rebuild", PROJECT_MEMBER_OR_ADMIN, "Rebuild a server"),
-    _r("os_compute_api:servers:rebuild:trusted_certs", PROJECT_MEMBER_OR_ADMIN,
-       "Rebuild a server with trusted image certificate IDs"),
-    _r("os_compute_api:servers:create_image", PROJECT_MEMBER_OR_ADMIN,
-       "Create an image from a server"),
-    _r("os_compute_api:servers:create_image:allow_volume_backed",
-       PROJECT_MEMBER_OR_ADMIN,
-       "Create an image from a volume backed server"),
-    _r("os_compute_api:servers:start", PROJECT_MEMBER_OR_ADMIN, "Start a server"),
-    _r("os_compute_api:servers:stop", PROJECT_MEMBER_OR_ADMIN, "Stop a server"),
-    _r("os_compute_api:servers:trigger_crash_dump", PROJECT_MEMBER_OR_ADMIN,
-       "Trigger crash dump in a server"),
-    _r("os_compute_api:servers:migrations:show", ADMIN,
-       "Show details for an in-progress live migration for a given server"),
-    _r("os_compute_api:servers:migrations:force_complete", PROJECT_MANAGER_OR_ADMIN,
-       "Force an in-progress live migration for a given server to complete"),
-    _r("os_compute_api:servers:migrations:delete", PROJECT_MANAGER_OR_ADMIN,
-       "Delete(Abort) an in-progress live migration"),
-    _r("os_compute_api:servers:migrations:index", PROJECT_MANAGER_OR_ADMIN,
-       "Lists in-progress live migrations for a given server without host info"),
-    _r("os_compute_api:servers:migrations:index:host", ADMIN,
-       "Lists in-progress live migrations for a given server with host info"),
-    _r("os_compute_api:os-services:list", ADMIN,
-       "List all running Compute services in a region"),
-    _r("os_compute_api:os-services:update", ADMIN, "Update a Compute service"),
-    _r("os_compute_api:os-services:delete", ADMIN, "Delete a Compute service"),
-    _r("os_compute_api:os-shelve:shelve", PROJECT_MEMBER_OR_ADMIN, "Shelve server"),
-    _r("os_compute_api:os-shelve:unshelve", PROJECT_MEMBER_OR_ADMIN,
-       "Unshelve (restore) shelved server"),
-    _r("os_compute_api:os-shelve:unshelve_to_host", ADMIN,
-       "Unshelve (restore) shelve offloaded server to a specific host"),
-    _r("os_compute_api:os-shelve:shelve_offload", ADMIN,
-       "Shelf-offload (remove) server"),
-    _r("os_compute_api:os-simple-tenant-usage:show", PROJECT_READER_OR_ADMIN,
-       "Show usage statistics for a specific tenant"),
-    _r("os_compute_api:os-simple-tenant-usage:list", ADMIN,
-       "List per tenant usage statistics for all tenants"),
-    _r("os_compute_api:os-suspend-server:resume", PROJECT_MEMBER_OR_ADMIN,
-       "Resume suspended server"),
-    _r("os_compute_api:os-suspend-server:suspend", PROJECT_MEMBER_OR_ADMIN,
-       "Suspend server"),
-    _r("os_compute_api:os-tenant-networks:list", PROJECT_READER_OR_ADMIN,
-       "List project networks"),
-    _r("os_compute_api:os-tenant-networks:show", PROJECT_READER_OR_ADMIN,
-       "Show project network details"),
-    _r("os_compute_api:os-volumes:list", PROJECT_READER_OR_ADMIN, "List volumes"),
-    _r("os_compute_api:os-volumes:create", PROJECT_MEMBER_OR_ADMIN, "Create volume"),
-    _r("os_compute_api:os-volumes:detail", PROJECT_READER_OR_ADMIN,
-       "List volumes detail"),
-    _r("os_compute_api:os-volumes:show", PROJECT_READER_OR_ADMIN, "Show volume"),
-    _r("os_compute_api:os-volumes:delete", PROJECT_MEMBER_OR_ADMIN, "Delete volume"),
-    _r("os_compute_api:os-volumes:snapshots:list", PROJECT_READER_OR_ADMIN,
-       "List snapshots"),
-    _r("os_compute_api:os-volumes:snapshots:create", PROJECT_MEMBER_OR_ADMIN,
-       "Create snapshots"),
-    _r("os_compute_api:os-volumes:snapshots:detail", PROJECT_READER_OR_ADMIN,
-       "List snapshots details"),
-    _r("os_compute_api:os-volumes:snapshots:show", PROJECT_READER_OR_ADMIN,
-       "Show snapshot"),
-    _r("os_compute_api:os-volumes:snapshots:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Delete snapshot"),
-    _r("os_compute_api:os-volumes-attachments:index", PROJECT_READER_OR_ADMIN,
-       "List volume attachments for an instance"),
-    _r("os_compute_api:os-volumes-attachments:create", PROJECT_MEMBER_OR_ADMIN,
-       "Attach a volume to an instance"),
-    _r("os_compute_api:os-volumes-attachments:show", PROJECT_READER_OR_ADMIN,
-       "Show details of a volume attachment"),
-    _r("os_compute_api:os-volumes-attachments:update", PROJECT_MEMBER_OR_ADMIN,
-       "Update a volume attachment"),
-    _r("os_compute_api:os-volumes-attachments:swap", SERVICE_OR_ADMIN,
-       "Update a volume attachment with a different volumeId"),
-    _r("os_compute_api:os-volumes-attachments:delete", PROJECT_MEMBER_OR_ADMIN,
-       "Detach a volume from an instance"),
+#: Each service's registered defaults, by the name its override file is keyed on
+#: (``[policy] file`` is Nova's, ``glance_file`` Glance's, ...), with the release they come from.
+SERVICES: Mapping[str, tuple[str, tuple[RuleDefault, ...]]] = MappingProxyType(
+    {
+        "nova": ("Nova 34", nova.DEFAULT_RULES),
+        "glance": ("Glance 33", glance.DEFAULT_RULES),
+        "neutron": ("Neutron 29", neutron.DEFAULT_RULES),
+        "cinder": ("Cinder 29", cinder.DEFAULT_RULES),
+        "keystone": ("Keystone 30", keystone.DEFAULT_RULES),
+    }
 )
-# fmt: on
 
 #: Keystone bootstrap's role implications (admin > manager > member > reader).
 IMPLIED_ROLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -1091,14 +747,20 @@ def _load_policy_file(path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------
 
 
-def generate_sample(rules: Iterable[RuleDefault] = DEFAULT_RULES) -> str:
-    """Render a commented policy.yaml.sample listing every rule and its default."""
+def generate_sample(
+    rules: Iterable[RuleDefault] = DEFAULT_RULES,
+    *,
+    source: str = "Nova 34",
+    file: str = "policy.yaml",
+    command: str = "python -m novalite.policy > policy.yaml.sample",
+) -> str:
+    """Render a commented sample policy file listing every rule and its default."""
     lines = [
-        "# novalite policy file sample (defaults from Nova 34, new secure RBAC).",
+        f"# novalite policy file sample (defaults from {source}, new secure RBAC).",
         "#",
         "# Every rule is listed commented out with its default check string.",
-        "# To override a rule, copy it to policy.yaml and uncomment it.",
-        "# Regenerate with: python -m novalite.policy > policy.yaml.sample",
+        f"# To override a rule, copy it to {file} and uncomment it.",
+        f"# Regenerate with: {command}",
         "",
     ]
     for rule in rules:
@@ -1113,5 +775,20 @@ def _yaml_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def service_sample(service: str) -> str:
+    """The sample file of one service: ``policy.yaml.sample`` for Nova, ``<service>-policy.yaml.sample``."""
+    source, rules = SERVICES[service]
+    if service == "nova":
+        return generate_sample(rules)
+    return generate_sample(
+        rules,
+        source=source,
+        file=f"{service}-policy.yaml",
+        command=f"python -m novalite.policy {service} > {service}-policy.yaml.sample",
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(generate_sample(), end="")
+    import sys
+
+    print(service_sample(sys.argv[1] if len(sys.argv) > 1 else "nova"), end="")

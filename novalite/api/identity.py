@@ -1,6 +1,8 @@
 """Keystone v3 subset: version documents and tokens (/identity).
 
-Admin APIs for projects, users and roles live in ``identity_admin``.
+Admin APIs for projects, users and roles live in ``identity_admin``. Both ask
+Keystone's policy (``keys.KEYSTONE_POLICY``, ``identity:*`` rules) through
+``authorize`` with Keystone's flattened targets (``target.user.id``, ...).
 """
 
 from __future__ import annotations
@@ -10,15 +12,44 @@ from datetime import datetime
 from aiohttp import web
 
 from novalite.api import errors, keys
+from novalite.api import policy as api_policy
 from novalite.api.middleware import read_json
 from novalite.db import identity as q
-from novalite.identity import IdentityService, TokenInfo
+from novalite.identity import DOMAIN, IdentityService, TokenInfo
 
 UPDATED = "2024-04-01T00:00:00Z"
 
 
 def identity_service(request: web.Request) -> IdentityService:
     return request.app[keys.IDENTITY]
+
+
+def keystone_creds(request: web.Request) -> dict:
+    """Keystone's credentials for a project-scoped token: no domain or system scope, and the
+    token itself (``token.project.domain.id``) for rules that read it."""
+    ctx = api_policy.context(request)
+    domain = {"id": DOMAIN["id"]}
+    return {
+        **ctx.creds(),
+        "domain_id": None,
+        "system_scope": None,
+        "user_domain_id": DOMAIN["id"],
+        "project_domain_id": DOMAIN["id"],
+        "token": {"user": {"id": ctx.user_id, "domain": domain},
+                  "project": {"id": ctx.project_id, "domain": domain}},
+    }
+
+
+def forbidden(action: str) -> errors.Forbidden:
+    return errors.Forbidden(f"You are not authorized to perform the requested action: identity:{action}.")
+
+
+def authorize(request: web.Request, action: str, target: dict | None = None) -> None:
+    """403 unless Keystone's ``identity:<action>`` allows the caller on ``target``
+    (flat keys as Keystone's enforcer flattens them: ``target.user.id``, ``target.project.domain_id``)."""
+    rule = f"identity:{action}"
+    if not api_policy.check(request, keys.KEYSTONE_POLICY, rule, target or {}, keystone_creds(request)):
+        raise forbidden(action)
 
 
 def v3_document(base: str) -> dict:
@@ -111,15 +142,15 @@ async def _subject(request: web.Request) -> TokenInfo:
     return info
 
 
-def _may_inspect(request: web.Request, subject: TokenInfo) -> None:
-    caller: TokenInfo = request[keys.TOKEN]
-    if caller.user_id != subject.user_id and not caller.is_admin:
-        raise errors.Forbidden("You are not authorized to perform the requested action: identity:validate_token.")
+def _may_inspect(request: web.Request, subject: TokenInfo, action: str) -> None:
+    """validate_token, check_token, revoke_token: an admin or the token's own user (and a service
+    may validate)."""
+    authorize(request, action, {"target.token.user_id": subject.user_id})
 
 
 async def validate_token(request: web.Request) -> web.Response:
     subject = await _subject(request)
-    _may_inspect(request, subject)
+    _may_inspect(request, subject, "validate_token")
     nocatalog = "nocatalog" in request.query
     return web.json_response(
         identity_service(request).token_body(subject, with_catalog=not nocatalog),
@@ -129,13 +160,13 @@ async def validate_token(request: web.Request) -> web.Response:
 
 async def check_token(request: web.Request) -> web.Response:
     subject = await _subject(request)
-    _may_inspect(request, subject)
+    _may_inspect(request, subject, "check_token")
     return web.Response(status=200, headers={"X-Subject-Token": subject.id})
 
 
 async def revoke_token(request: web.Request) -> web.Response:
     subject = await _subject(request)
-    _may_inspect(request, subject)
+    _may_inspect(request, subject, "revoke_token")
     await identity_service(request).revoke(subject.id)
     return web.Response(status=204)
 
@@ -157,6 +188,7 @@ def project_document(row, base: str) -> dict:
 
 async def auth_projects(request: web.Request) -> web.Response:
     """GET /v3/auth/projects: projects the token's user holds a role on."""
+    authorize(request, "get_auth_projects")
     base = request.app[keys.CONFIG].public_url
     async with identity_service(request).pool.acquire() as conn:
         rows = await q.user_projects(conn, request[keys.TOKEN].user_id)
@@ -169,10 +201,22 @@ async def auth_projects(request: web.Request) -> web.Response:
 
 
 async def auth_catalog(request: web.Request) -> web.Response:
+    authorize(request, "get_auth_catalog")
     base = request.app[keys.CONFIG].public_url
     return web.json_response(
         {"catalog": identity_service(request).catalog(getattr(request.get(keys.TOKEN), "project_id", None)), "links": {"self": f"{base}/identity/v3/auth/catalog"}}
     )
+
+
+#: The Keystone rules each handler asks (tests check every one is registered).
+HANDLER_RULES: dict[str, tuple[str, ...]] = {
+    "versions": (), "version_v3": (), "create_token": (),
+    "validate_token": ("identity:validate_token",),
+    "check_token": ("identity:check_token",),
+    "revoke_token": ("identity:revoke_token",),
+    "auth_projects": ("identity:get_auth_projects",),
+    "auth_catalog": ("identity:get_auth_catalog",),
+}
 
 
 def add_routes(app: web.Application) -> None:

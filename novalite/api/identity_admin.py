@@ -16,10 +16,10 @@ import asyncpg
 from aiohttp import web
 
 from novalite.api import errors, keys
-from novalite.api.identity import identity_service, project_document
+from novalite.api.identity import authorize, identity_service, project_document
 from novalite.api.middleware import read_json
 from novalite.db import identity as q
-from novalite.identity import DOMAIN, TokenInfo, hash_password
+from novalite.identity import DOMAIN, hash_password
 
 V3 = "/identity/v3"
 DEFAULT_DOMAIN_ID = DOMAIN["id"]
@@ -31,22 +31,33 @@ def base_url(request: web.Request) -> str:
     return request.app[keys.CONFIG].public_url
 
 
-def forbidden(action: str) -> errors.Forbidden:
-    return errors.Forbidden(f"You are not authorized to perform the requested action: identity:{action}.")
+def domain_filter(request: web.Request) -> dict:
+    """A list's target: the domain_id filter when given (absent, a domain reader's branch
+    must not match a project-scoped token's empty domain)."""
+    domain_id = request.query.get("domain_id")
+    return {} if domain_id is None else {"target.domain_id": domain_id}
 
 
-def authorize(
-    request: web.Request, action: str, *, own_user: str | None = None, own_project: str | None = None
-) -> TokenInfo:
-    """Allow a project-scoped admin; otherwise only the caller's own user or project, or 403."""
-    token: TokenInfo = request[keys.TOKEN]
-    if token.project_id is not None and token.is_admin:
-        return token
-    if own_user is not None and token.user_id == own_user:
-        return token
-    if own_project is not None and token.project_id == own_project:
-        return token
-    raise forbidden(action)
+def project_target(project_id: str | None = None) -> dict:
+    """Keystone's target for a project rule (every project is in the default domain)."""
+    target: dict = {"target.project.domain_id": DEFAULT_DOMAIN_ID}
+    if project_id is not None:
+        target["target.project.id"] = project_id
+    return target
+
+
+def user_target(user_id: str | None = None) -> dict:
+    target: dict = {"target.user.domain_id": DEFAULT_DOMAIN_ID}
+    if user_id is not None:
+        target["target.user.id"] = user_id
+    return target
+
+
+def grant_target(request: web.Request) -> dict:
+    """A user's grant on a project: the project, the user and the (global) role."""
+    m = request.match_info
+    return {**project_target(m["project_id"]), **user_target(m["user_id"]),
+            "target.role.id": m.get("role_id"), "target.role.domain_id": None}
 
 
 def query_is_true(request: web.Request, key: str) -> bool | None:
@@ -181,7 +192,7 @@ async def fetch_role(conn: asyncpg.Connection, role_id: str) -> asyncpg.Record:
 # -- projects ------------------------------------------------------------
 async def list_projects(request: web.Request) -> web.Response:
     """GET /v3/projects with Keystone's name, enabled and domain_id filters."""
-    authorize(request, "list_projects")
+    authorize(request, "list_projects", domain_filter(request))
     async with pool(request).acquire() as conn:
         rows = await q.list_projects(
             conn,
@@ -195,7 +206,7 @@ async def list_projects(request: web.Request) -> web.Response:
 
 async def create_project(request: web.Request) -> web.Response:
     """POST /v3/projects: 201 with the project, 409 on a duplicate name."""
-    authorize(request, "create_project")
+    authorize(request, "create_project", project_target())
     entity = await entity_body(request, "project")
     name = check_string(entity, "name", max_len=64, required=True)
     description = check_string(entity, "description", max_len=65535) or ""
@@ -216,7 +227,7 @@ async def create_project(request: web.Request) -> web.Response:
 
 async def show_project(request: web.Request) -> web.Response:
     project_id = request.match_info["project_id"]
-    authorize(request, "get_project", own_project=project_id)
+    authorize(request, "get_project", project_target(project_id))
     async with pool(request).acquire() as conn:
         row = await fetch_project(conn, project_id)
     return web.json_response({"project": project_document(row, base_url(request))})
@@ -225,7 +236,7 @@ async def show_project(request: web.Request) -> web.Response:
 async def update_project(request: web.Request) -> web.Response:
     """PATCH /v3/projects/{id}: name, description, enabled."""
     project_id = request.match_info["project_id"]
-    authorize(request, "update_project")
+    authorize(request, "update_project", project_target(project_id))
     entity = await entity_body(request, "project")
     changes: dict[str, object] = {}
     if "name" in entity:
@@ -252,7 +263,7 @@ async def update_project(request: web.Request) -> web.Response:
 async def delete_project(request: web.Request) -> web.Response:
     """DELETE /v3/projects/{id}: its grants and tokens go too."""
     project_id = request.match_info["project_id"]
-    authorize(request, "delete_project")
+    authorize(request, "delete_project", project_target(project_id))
     async with pool(request).acquire() as conn:
         deleted = await q.delete_project(conn, project_id)
     if not deleted:
@@ -298,7 +309,7 @@ async def _user_fields(request: web.Request, entity: dict, *, creating: bool) ->
 
 
 async def list_users(request: web.Request) -> web.Response:
-    authorize(request, "list_users")
+    authorize(request, "list_users", domain_filter(request))
     async with pool(request).acquire() as conn:
         rows = await q.list_users(
             conn,
@@ -312,7 +323,7 @@ async def list_users(request: web.Request) -> web.Response:
 
 async def create_user(request: web.Request) -> web.Response:
     """POST /v3/users: 201 with the user (no password), 409 on a duplicate name."""
-    authorize(request, "create_user")
+    authorize(request, "create_user", user_target())
     entity = await entity_body(request, "user")
     fields = await _user_fields(request, entity, creating=True)
     async with pool(request).acquire() as conn:
@@ -325,7 +336,7 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def show_user(request: web.Request) -> web.Response:
     user_id = request.match_info["user_id"]
-    authorize(request, "get_user", own_user=user_id)
+    authorize(request, "get_user", user_target(user_id))
     async with pool(request).acquire() as conn:
         row = await fetch_user(conn, user_id)
     return web.json_response({"user": user_document(row, base_url(request))})
@@ -334,7 +345,7 @@ async def show_user(request: web.Request) -> web.Response:
 async def update_user(request: web.Request) -> web.Response:
     """PATCH /v3/users/{id}; a new password or disabling revokes the user's tokens, as in Keystone."""
     user_id = request.match_info["user_id"]
-    authorize(request, "update_user")
+    authorize(request, "update_user", user_target(user_id))
     entity = await entity_body(request, "user")
     fields = await _user_fields(request, entity, creating=False)
     async with pool(request).acquire() as conn, conn.transaction():
@@ -355,7 +366,7 @@ async def update_user(request: web.Request) -> web.Response:
 async def delete_user(request: web.Request) -> web.Response:
     """DELETE /v3/users/{id}: its grants and tokens go too."""
     user_id = request.match_info["user_id"]
-    authorize(request, "delete_user")
+    authorize(request, "delete_user", user_target(user_id))
     async with pool(request).acquire() as conn:
         deleted = await q.delete_user(conn, user_id)
     if not deleted:
@@ -367,7 +378,7 @@ async def delete_user(request: web.Request) -> web.Response:
 async def list_user_projects(request: web.Request) -> web.Response:
     """GET /v3/users/{id}/projects: projects the user holds a role on."""
     user_id = request.match_info["user_id"]
-    authorize(request, "list_user_projects", own_user=user_id)
+    authorize(request, "list_user_projects", user_target(user_id))
     async with pool(request).acquire() as conn:
         await fetch_user(conn, user_id)
         rows = await q.user_projects(conn, user_id)
@@ -385,7 +396,7 @@ async def list_roles(request: web.Request) -> web.Response:
 
 
 async def show_role(request: web.Request) -> web.Response:
-    authorize(request, "get_role")
+    authorize(request, "get_role", {"target.role.id": request.match_info["role_id"]})
     async with pool(request).acquire() as conn:
         row = await fetch_role(conn, request.match_info["role_id"])
     return web.json_response({"role": role_document(row, base_url(request))})
@@ -404,10 +415,8 @@ async def list_domains(request: web.Request) -> web.Response:
 async def show_domain(request: web.Request) -> web.Response:
     """GET /v3/domains/{id}: readable by anyone scoped to a project in it, as in Keystone."""
     domain_id = request.match_info["domain_id"]
-    token: TokenInfo = request[keys.TOKEN]
-    if token.project_id is None and not token.is_admin:
-        raise forbidden("get_domain")
     check_domain(domain_id)
+    authorize(request, "get_domain", {"target.domain.id": domain_id})
     return web.json_response({"domain": domain_document(base_url(request))})
 
 
@@ -431,7 +440,7 @@ def assignment_not_found(project_id: str, user_id: str, role_id: str) -> errors.
 
 async def add_grant(request: web.Request) -> web.Response:
     """PUT /v3/projects/{p}/users/{u}/roles/{r}: 204."""
-    authorize(request, "create_grant")
+    authorize(request, "create_grant", grant_target(request))
     async with pool(request).acquire() as conn:
         project_id, user_id, role_id = await _grant_target(request, conn)
         await q.add_assignment(conn, user_id, project_id, role_id)
@@ -441,7 +450,7 @@ async def add_grant(request: web.Request) -> web.Response:
 
 async def check_grant(request: web.Request) -> web.Response:
     """HEAD /v3/projects/{p}/users/{u}/roles/{r}: 204 or 404."""
-    authorize(request, "check_grant")
+    authorize(request, "check_grant", grant_target(request))
     async with pool(request).acquire() as conn:
         project_id, user_id, role_id = await _grant_target(request, conn)
         found = await q.has_assignment(conn, user_id, project_id, role_id)
@@ -452,7 +461,7 @@ async def check_grant(request: web.Request) -> web.Response:
 
 async def revoke_grant(request: web.Request) -> web.Response:
     """DELETE /v3/projects/{p}/users/{u}/roles/{r}: 204; the user's cached tokens are dropped."""
-    authorize(request, "revoke_grant")
+    authorize(request, "revoke_grant", grant_target(request))
     async with pool(request).acquire() as conn:
         project_id, user_id, role_id = await _grant_target(request, conn)
         removed = await q.remove_assignment(conn, user_id, project_id, role_id)
@@ -464,7 +473,7 @@ async def revoke_grant(request: web.Request) -> web.Response:
 
 async def list_grants(request: web.Request) -> web.Response:
     """GET /v3/projects/{p}/users/{u}/roles: the roles directly assigned."""
-    authorize(request, "list_grants")
+    authorize(request, "list_grants", grant_target(request))
     project_id = request.match_info["project_id"]
     user_id = request.match_info["user_id"]
     async with pool(request).acquire() as conn:
@@ -523,6 +532,20 @@ async def list_role_assignments(request: web.Request) -> web.Response:
             seen.add(key)
             items.append(_assignment_document(row, role, prior, names, base))
     return collection(request, "role_assignments", items)
+
+
+#: The Keystone rules each handler asks (tests check every one is registered).
+HANDLER_RULES: dict[str, tuple[str, ...]] = {
+    name: (f"identity:{rule}",) for name, rule in {
+        "list_projects": "list_projects", "create_project": "create_project", "show_project": "get_project",
+        "update_project": "update_project", "delete_project": "delete_project", "list_users": "list_users",
+        "create_user": "create_user", "show_user": "get_user", "update_user": "update_user",
+        "delete_user": "delete_user", "list_user_projects": "list_user_projects", "list_roles": "list_roles",
+        "show_role": "get_role", "list_domains": "list_domains", "show_domain": "get_domain",
+        "add_grant": "create_grant", "check_grant": "check_grant", "revoke_grant": "revoke_grant",
+        "list_grants": "list_grants", "list_role_assignments": "list_role_assignments",
+    }.items()
+}
 
 
 def add_routes(app: web.Application) -> None:

@@ -21,7 +21,11 @@ if TYPE_CHECKING:  # the services sit below the API; only their types are named 
     pass
 
 CONFIG = web.AppKey("config", Config)
-POLICY = web.AppKey("policy", Enforcer)
+POLICY = web.AppKey("policy", Enforcer)  # Nova's rules
+GLANCE_POLICY = web.AppKey("glance_policy", Enforcer)
+NEUTRON_POLICY = web.AppKey("neutron_policy", Enforcer)
+CINDER_POLICY = web.AppKey("cinder_policy", Enforcer)
+KEYSTONE_POLICY = web.AppKey("keystone_policy", Enforcer)
 FOREGROUND = web.AppKey("foreground", Foreground)
 DB = web.AppKey("db", asyncpg.Pool)  # the API's pool
 DB_WORKERS = web.AppKey("db_workers", asyncpg.Pool)  # background work: conductor, scheduler, hosts

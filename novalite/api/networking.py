@@ -4,8 +4,12 @@ extensions, quotas and availability zones — what the openstack CLI and opensta
 Reads come straight from Postgres (novalite.db.networks); networks themselves are
 made from config by :meth:`novalite.network.NetworkAPI.ensure_networks`. Errors
 use Neutron's body ``{"NeutronError": {"type", "message", "detail"}}``.
-Visibility follows Neutron's defaults: a project sees its own and shared
-networks (and their subnets) and its own ports; admins see everything.
+Every decision goes through Neutron's policy (``keys.NEUTRON_POLICY``) as Neutron
+takes it: the SQL narrows rows to the caller's project and shared networks (all
+of them when ``context_is_admin`` passes), then each item must pass
+``get_<resource>`` with the resource as target, or it is left out of a list and
+a GET of it is 404; attributes whose ``get_<resource>:<attr>`` rule denies are
+stripped (provider and binding details for non-admins).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from datetime import datetime
 from aiohttp import web
 
 from novalite.api import errors, keys
-from novalite.api.compute.common import context
+from novalite.api import policy as api_policy
+from novalite.api.policy import context
 from novalite.context import RequestContext
 from novalite.db import boot as lookups
 from novalite.db import networks as q
@@ -61,10 +66,55 @@ def _caller(request: web.Request) -> RequestContext:
     return context(request)
 
 
+# -- policy --------------------------------------------------------------------------
+
+
+def allowed(request: web.Request, rule: str, target: dict | None = None) -> bool:
+    """Whether Neutron's policy lets the caller do ``rule`` on ``target`` (default: own project)."""
+    return api_policy.check(request, keys.NEUTRON_POLICY, rule, target)
+
+
+def is_admin(request: web.Request) -> bool:
+    """Neutron's context.is_admin: the ``context_is_admin`` rule."""
+    return allowed(request, "context_is_admin")
+
+
+def disallowed(rule: str) -> NeutronError:
+    return NeutronError(403, "PolicyNotAuthorized", f"(rule:{rule}) is disallowed by policy")
+
+
+def _target(doc: dict, network: dict | None = None) -> dict:
+    """Neutron's policy target: the resource's attributes, plus its network's owner and
+    ``shared`` for subnets and ports (``network:project_id``, ``rule:shared``)."""
+    target = dict(doc)
+    if network is not None:
+        target["network:project_id"] = network["project_id"]
+        target["network:tenant_id"] = network["project_id"]
+        target.setdefault("shared", network["shared"])
+    return target
+
+
+def _shown(request: web.Request, resource: str, doc: dict, network: dict | None = None) -> dict | None:
+    """The document if ``get_<resource>`` allows it, without the attributes the caller may not read."""
+    target = _target(doc, network)
+    if not allowed(request, f"get_{resource}", target):
+        return None
+    enforcer = request.app[keys.NEUTRON_POLICY]
+    for attr in list(doc):
+        rule = f"get_{resource}:{attr}"
+        if enforcer.is_registered(rule) and not allowed(request, rule, target):
+            del doc[attr]
+    return doc
+
+
+async def _networks_by_id(conn) -> dict[str, dict]:
+    return {n["id"]: n for n in await q.list_networks(conn, project_id="", is_admin=True)}
+
+
 # -- documents ---------------------------------------------------------------------
 
 
-def network_doc(n: dict, is_admin: bool = False) -> dict:
+def network_doc(n: dict) -> dict:
     doc = {
         "id": n["id"],
         "name": n["name"],
@@ -88,10 +138,10 @@ def network_doc(n: dict, is_admin: bool = False) -> dict:
         "created_at": _ts(n["created_at"]),
         "updated_at": _ts(n["updated_at"]),
         "revision_number": 1,
+        "provider:network_type": "local",
+        "provider:physical_network": None,
+        "provider:segmentation_id": None,
     }
-    if is_admin:
-        doc.update({"provider:network_type": "local", "provider:physical_network": None,
-                    "provider:segmentation_id": None})
     return doc
 
 
@@ -121,7 +171,7 @@ def subnet_doc(s: dict) -> dict:
     }
 
 
-def port_doc(p: dict, security_group_ids: list[str], is_admin: bool = False) -> dict:
+def port_doc(p: dict, security_group_ids: list[str]) -> dict:
     doc = {
         "id": p["id"],
         "name": p["name"],
@@ -146,10 +196,11 @@ def port_doc(p: dict, security_group_ids: list[str], is_admin: bool = False) -> 
         "created_at": _ts(p["created_at"]),
         "updated_at": _ts(p["updated_at"]),
         "revision_number": 1,
+        "binding:host_id": p["host"] or "",
+        "binding:profile": {},
+        "binding:vif_details": {},
+        "binding:vif_type": "bridge" if p["host"] else "unbound",
     }
-    if is_admin:
-        doc.update({"binding:host_id": p["host"] or "", "binding:profile": {}, "binding:vif_details": {},
-                    "binding:vif_type": "bridge" if p["host"] else "unbound"})
     return doc
 
 
@@ -254,40 +305,45 @@ async def extensions_show(request: web.Request) -> web.Response:
 async def networks_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
     async with request.app[keys.DB].acquire() as conn:
-        rows = await q.list_networks(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
-    return web.json_response({"networks": filtered(request, [network_doc(n, ctx.is_admin) for n in rows])})
+        rows = await q.list_networks(conn, project_id=ctx.project_id, is_admin=is_admin(request))
+    docs = [d for d in (_shown(request, "network", network_doc(n)) for n in rows) if d is not None]
+    return web.json_response({"networks": filtered(request, docs)})
 
 
-def _visible_network(ctx: RequestContext, n: dict | None) -> bool:
-    return n is not None and (ctx.is_admin or n["shared"] or n["project_id"] == ctx.project_id)
+def _visible_network(request: web.Request, n: dict | None) -> bool:
+    """Neutron's network query: the caller's own and shared networks, every one for an admin."""
+    ctx = _caller(request)
+    return n is not None and (n["shared"] or n["project_id"] == ctx.project_id or is_admin(request))
 
 
 async def networks_show(request: web.Request) -> web.Response:
-    ctx = _caller(request)
     net_id = request.match_info["network_id"]
     async with request.app[keys.DB].acquire() as conn:
         n = await q.get_network(conn, net_id)
-    if not _visible_network(ctx, n):
+    doc = _shown(request, "network", network_doc(n)) if _visible_network(request, n) else None
+    if doc is None:
         raise NeutronError(404, "NetworkNotFound", f"Network {net_id} could not be found.")
-    return web.json_response({"network": _fields(request, network_doc(n, ctx.is_admin))})
+    return web.json_response({"network": _fields(request, doc)})
 
 
 async def subnets_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
     async with request.app[keys.DB].acquire() as conn:
-        rows = await q.list_subnets(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
-    return web.json_response({"subnets": filtered(request, [subnet_doc(s) for s in rows])})
+        rows = await q.list_subnets(conn, project_id=ctx.project_id, is_admin=is_admin(request))
+        networks = await _networks_by_id(conn)
+    docs = [_shown(request, "subnet", subnet_doc(s), networks.get(s["network_id"])) for s in rows]
+    return web.json_response({"subnets": filtered(request, [d for d in docs if d is not None])})
 
 
 async def subnets_show(request: web.Request) -> web.Response:
-    ctx = _caller(request)
     subnet_id = request.match_info["subnet_id"]
     async with request.app[keys.DB].acquire() as conn:
         s = await q.get_subnet(conn, subnet_id)
         n = await q.get_network(conn, s["network_id"]) if s else None
-    if s is None or not _visible_network(ctx, n):
+    doc = _shown(request, "subnet", subnet_doc(s), n) if s and _visible_network(request, n) else None
+    if doc is None:
         raise NeutronError(404, "SubnetNotFound", f"Subnet {subnet_id} could not be found.")
-    return web.json_response({"subnet": _fields(request, subnet_doc(s))})
+    return web.json_response({"subnet": _fields(request, doc)})
 
 
 async def _group_ids(conn, project_ids: set[str]) -> dict[str, list[str]]:
@@ -303,10 +359,12 @@ async def _group_ids(conn, project_ids: set[str]) -> dict[str, list[str]]:
 async def ports_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
     async with request.app[keys.DB].acquire() as conn:
-        rows = await q.list_ports(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
+        rows = await q.list_ports(conn, project_id=ctx.project_id, is_admin=is_admin(request))
         groups = await _group_ids(conn, {p["project_id"] for p in rows})
-    docs = [port_doc(p, groups.get(p["project_id"], []), ctx.is_admin) for p in rows]
-    return web.json_response({"ports": filtered(request, docs)})
+        networks = await _networks_by_id(conn)
+    docs = [_shown(request, "port", port_doc(p, groups.get(p["project_id"], [])), networks.get(p["network_id"]))
+            for p in rows]
+    return web.json_response({"ports": filtered(request, [d for d in docs if d is not None])})
 
 
 async def ports_show(request: web.Request) -> web.Response:
@@ -315,17 +373,22 @@ async def ports_show(request: web.Request) -> web.Response:
     async with request.app[keys.DB].acquire() as conn:
         p = await q.get_port(conn, port_id)
         groups = await _group_ids(conn, {p["project_id"]}) if p else {}
-    if p is None or not (ctx.is_admin or p["project_id"] == ctx.project_id):
+        n = await q.get_network(conn, p["network_id"]) if p else None
+    doc = None
+    if p is not None and (p["project_id"] == ctx.project_id or is_admin(request)):
+        doc = _shown(request, "port", port_doc(p, groups.get(p["project_id"], [])), n)
+    if doc is None:
         raise NeutronError(404, "PortNotFound", f"Port {port_id} could not be found.")
-    return web.json_response({"port": _fields(request, port_doc(p, groups.get(p["project_id"], []), ctx.is_admin))})
+    return web.json_response({"port": _fields(request, doc)})
 
 
 async def security_groups_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
     async with request.app[keys.DB].acquire() as conn:
         await lookups.ensure_default_security_group(conn, ctx.project_id)
-        rows = await q.security_groups(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
-    return web.json_response({"security_groups": filtered(request, [security_group_doc(g) for g in rows])})
+        rows = await q.security_groups(conn, project_id=ctx.project_id, is_admin=is_admin(request))
+    docs = [_shown(request, "security_group", security_group_doc(g)) for g in rows]
+    return web.json_response({"security_groups": filtered(request, [d for d in docs if d is not None])})
 
 
 async def security_groups_show(request: web.Request) -> web.Response:
@@ -333,10 +396,12 @@ async def security_groups_show(request: web.Request) -> web.Response:
     group_id = request.match_info["group_id"]
     async with request.app[keys.DB].acquire() as conn:
         await lookups.ensure_default_security_group(conn, ctx.project_id)
-        rows = await q.security_groups(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
+        rows = await q.security_groups(conn, project_id=ctx.project_id, is_admin=is_admin(request))
     for g in rows:
         if g["id"] == group_id:
-            return web.json_response({"security_group": _fields(request, security_group_doc(g))})
+            doc = _shown(request, "security_group", security_group_doc(g))
+            if doc is not None:
+                return web.json_response({"security_group": _fields(request, doc)})
     raise NeutronError(404, "SecurityGroupNotFound", f"Security group {group_id} does not exist")
 
 
@@ -345,20 +410,28 @@ async def security_groups_delete(request: web.Request) -> web.Response:
     rule; Tempest's cleanup of a deleted project does this); it is made again when next needed."""
     ctx = _caller(request)
     group_id = request.match_info["group_id"]
+    admin = is_admin(request)
     async with request.app[keys.DB].acquire() as conn:
         row = await conn.fetchrow(
             "SELECT id, project_id, name FROM security_groups WHERE id::text = $1", group_id
         )
-        if row is None or (row["project_id"] != ctx.project_id and not ctx.is_admin):
+        if row is None or (row["project_id"] != ctx.project_id and not admin):
             raise NeutronError(404, "SecurityGroupNotFound", f"Security group {group_id} does not exist")
-        if row["name"] == "default" and not ctx.is_admin:
+        target = {"id": str(row["id"]), "project_id": row["project_id"], "tenant_id": row["project_id"],
+                  "name": row["name"], "shared": False}
+        if not allowed(request, "delete_security_group", target):
+            # Neutron: 403 to whom may see the group, 404 (it does not exist) to anyone else
+            if allowed(request, "get_security_group", target):
+                raise disallowed("delete_security_group")
+            raise NeutronError(404, "SecurityGroupNotFound", f"Security group {group_id} does not exist")
+        if row["name"] == "default" and not admin:
             raise NeutronError(409, "SecurityGroupCannotRemoveDefault", "Insufficient rights for removing default security group.")
         await conn.execute("DELETE FROM security_groups WHERE id = $1", row["id"])
     return web.Response(status=204)
 
 
 async def security_group_rules_index(request: web.Request) -> web.Response:
-    _caller(request)
+    _caller(request)  # no rules are stored, so none to pass get_security_group_rule
     return web.json_response({"security_group_rules": []})
 
 
@@ -380,10 +453,12 @@ async def _quota_usage(request: web.Request, project_id: str) -> dict[str, int]:
 
 
 def _quota_project(request: web.Request) -> str:
+    """Neutron's quotas: a project reads its own; another's needs get_quota, which Neutron
+    checks against the caller's own project as target."""
     ctx = _caller(request)
     project_id = request.match_info["project_id"].removesuffix(".json")
-    if project_id != ctx.project_id and not ctx.is_admin:
-        raise NeutronError(403, "HTTPForbidden", "Only admin is authorized to access quotas for another project")
+    if project_id != ctx.project_id and not allowed(request, "get_quota"):
+        raise disallowed("get_quota")
     return project_id
 
 
@@ -393,7 +468,10 @@ async def quotas_show(request: web.Request) -> web.Response:
 
 
 async def quotas_details(request: web.Request) -> web.Response:
-    project_id = _quota_project(request)
+    ctx = _caller(request)
+    project_id = request.match_info["project_id"].removesuffix(".json")
+    if project_id != ctx.project_id and not is_admin(request):  # Neutron asks context.is_admin here
+        raise NeutronError(403, "HTTPForbidden", "Only admin is authorized to access quotas for another project")
     used = await _quota_usage(request, project_id)
     return web.json_response({"quota": {
         k: {"limit": v, "used": used.get(k, 0), "reserved": 0} for k, v in NETWORK_QUOTAS.items()
@@ -406,24 +484,25 @@ async def quotas_default(request: web.Request) -> web.Response:
 
 
 async def quotas_index(request: web.Request) -> web.Response:
-    ctx = _caller(request)
-    if not ctx.is_admin:
-        raise NeutronError(403, "HTTPForbidden", "Only admin can view or configure quota")
+    if not allowed(request, "get_quota"):
+        raise disallowed("get_quota")
     return web.json_response({"quotas": []})
 
 
 async def availability_zones_index(request: web.Request) -> web.Response:
-    _caller(request)
     docs = [{"name": "nova", "resource": "network", "state": "available"}]
+    docs = [d for d in docs if allowed(request, "get_availability_zone", d)]
     return web.json_response({"availability_zones": filtered(request, docs)})
 
 
 async def ip_availability_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
     async with request.app[keys.DB].acquire() as conn:
-        nets = await q.list_networks(conn, project_id=ctx.project_id, is_admin=ctx.is_admin)
+        nets = await q.list_networks(conn, project_id=ctx.project_id, is_admin=is_admin(request))
         out = []
         for n in nets:
+            if not allowed(request, "get_network_ip_availability", _target(network_doc(n))):
+                continue
             subnets = []
             for sid in n["subnets"]:
                 s = await q.get_subnet(conn, sid)
@@ -436,6 +515,28 @@ async def ip_availability_index(request: web.Request) -> web.Response:
                         "used_ips": sum(x["used_ips"] for x in subnets),
                         "total_ips": sum(x["total_ips"] for x in subnets)})
     return web.json_response({"network_ip_availabilities": filtered(request, out)})
+
+
+#: The Neutron rules each handler asks (tests check every one is registered).
+HANDLER_RULES: dict[str, tuple[str, ...]] = {
+    "versions": (), "version_v2": (), "extensions_index": (), "extensions_show": (),
+    "networks_index": ("context_is_admin", "get_network", "get_network:provider:network_type"),
+    "networks_show": ("context_is_admin", "get_network", "get_network:provider:network_type"),
+    "subnets_index": ("context_is_admin", "get_subnet"),
+    "subnets_show": ("context_is_admin", "get_subnet"),
+    "ports_index": ("context_is_admin", "get_port", "get_port:binding:host_id"),
+    "ports_show": ("context_is_admin", "get_port", "get_port:binding:host_id"),
+    "security_groups_index": ("context_is_admin", "get_security_group"),
+    "security_groups_show": ("context_is_admin", "get_security_group"),
+    "security_groups_delete": ("context_is_admin", "delete_security_group", "get_security_group"),
+    "security_group_rules_index": ("get_security_group_rule",),
+    "quotas_index": ("get_quota",),
+    "quotas_details": ("context_is_admin",),
+    "quotas_default": ("get_quota",),
+    "quotas_show": ("get_quota",),
+    "availability_zones_index": ("get_availability_zone",),
+    "ip_availability_index": ("context_is_admin", "get_network_ip_availability"),
+}
 
 
 def add_routes(app: web.Application) -> None:

@@ -6,6 +6,13 @@ Nova's (``{"itemNotFound": {"code": 404, "message": ...}}``, ``badRequest``,
 ``overLimit`` for quota, ...), so the shared error middleware renders them.
 Microversion 3.0 only: ``OpenStack-API-Version: volume 3.0`` is echoed, and
 clients negotiate down to it.
+
+Every decision goes through Cinder's policy (``keys.CINDER_POLICY``) with Cinder's
+rule names and the resource's project as target: ``volume:get`` and the action's
+own rule for one volume, ``volume:get_all`` for lists, ``volume_extension:*`` for
+the admin-only attributes (host, migration status) and quotas. Rows of other
+projects stay out of sight (404) unless ``context_is_admin`` passes, as Cinder's
+project-only queries do.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import asyncpg
 from aiohttp import web
 
 from novalite.api import errors, keys
-from novalite.api.compute.common import context
+from novalite.api import policy as api_policy
 from novalite.api.middleware import error_response, read_json
+from novalite.api.policy import context
 from novalite.context import RequestContext
 from novalite.db import volumes as q
 from novalite.volume.api import RESOURCES, VolumeAPI
@@ -51,10 +59,27 @@ def _base(request: web.Request) -> str:
     return f"{request.app[keys.CONFIG].public_url}/volume"
 
 
+def allowed(request: web.Request, rule: str, target: dict | None = None) -> bool:
+    """Whether Cinder's policy lets the caller do ``rule`` on ``target`` (default: own project)."""
+    return api_policy.check(request, keys.CINDER_POLICY, rule, target)
+
+
+def authorize(request: web.Request, rule: str, project_id: str | None = None) -> None:
+    """Cinder's context.authorize: 403 unless ``rule`` allows it on ``project_id`` (default: own)."""
+    target = None if project_id is None else {"project_id": project_id}
+    if not allowed(request, rule, target):
+        raise errors.Forbidden(f"Policy doesn't allow {rule} to be performed.")
+
+
+def is_admin(request: web.Request) -> bool:
+    """Cinder's context.is_admin: the ``context_is_admin`` rule."""
+    return allowed(request, "context_is_admin")
+
+
 def _ctx(request: web.Request) -> RequestContext:
     ctx = context(request)
     project = request.match_info.get("project_id")
-    if project and project != ctx.project_id and not ctx.is_admin:
+    if project and project != ctx.project_id and not is_admin(request):
         raise errors.BadRequest("Malformed request url")
     return ctx
 
@@ -131,7 +156,7 @@ def volume_summary(request: web.Request, v: asyncpg.Record) -> dict:
     return {"id": vid, "name": v["name"], "links": _links(request, "volumes", vid, v["project_id"])}
 
 
-def volume_detail(request: web.Request, v: asyncpg.Record, is_admin: bool) -> dict:
+def volume_detail(request: web.Request, v: asyncpg.Record) -> dict:
     vid = str(v["id"])
     attachments = []
     if v["instance_uuid"] is not None and v["status"] in (q.IN_USE, q.DETACHING, q.ATTACHING):
@@ -165,12 +190,15 @@ def volume_detail(request: web.Request, v: asyncpg.Record, is_admin: bool) -> di
         "replication_status": None,
         "consistencygroup_id": None,
         "multiattach": False,
-        "os-vol-tenant-attr:tenant_id": v["project_id"],
     }
-    if v["image_id"]:
+    target = {"project_id": v["project_id"]}
+    if allowed(request, "volume_extension:volume_tenant_attribute", target):
+        doc["os-vol-tenant-attr:tenant_id"] = v["project_id"]
+    if v["image_id"] and allowed(request, "volume_extension:volume_image_metadata:show", target):
         doc["volume_image_metadata"] = {"image_id": v["image_id"]}
-    if is_admin:
+    if allowed(request, "volume_extension:volume_host_attribute", target):
         doc["os-vol-host-attr:host"] = f"{v['host']}@libvirt#{v['pool_name']}" if v["host"] else None
+    if allowed(request, "volume_extension:volume_mig_status_attribute", target):
         doc["os-vol-mig-status-attr:migstat"] = None
         doc["os-vol-mig-status-attr:name_id"] = None
     return doc
@@ -198,13 +226,14 @@ def _filters(request: web.Request) -> dict:
 
 def _scope(request: web.Request, ctx: RequestContext) -> str | None:
     all_tenants = request.query.get("all_tenants", "").lower() in ("1", "true", "yes")
-    if ctx.is_admin and all_tenants:
+    if all_tenants and is_admin(request):
         return request.query.get("project_id")
     return ctx.project_id
 
 
 async def _list_volumes(request: web.Request, detail: bool) -> web.Response:
     ctx = _ctx(request)
+    authorize(request, "volume:get_all")
     limit = request.query.get("limit")
     try:
         limit_n = int(limit) if limit else None
@@ -213,7 +242,7 @@ async def _list_volumes(request: web.Request, detail: bool) -> web.Response:
     async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_volumes(conn, _scope(request, ctx), _filters(request), limit_n,
                                     request.query.get("marker"))
-    docs = [volume_detail(request, v, ctx.is_admin) if detail else volume_summary(request, v) for v in rows]
+    docs = [volume_detail(request, v) if detail else volume_summary(request, v) for v in rows]
     return web.json_response({"volumes": docs})
 
 
@@ -225,12 +254,16 @@ async def list_volumes_detail(request: web.Request) -> web.Response:
     return await _list_volumes(request, True)
 
 
-async def _load_volume(request: web.Request, ctx: RequestContext) -> asyncpg.Record:
+async def _load_volume(request: web.Request, ctx: RequestContext, rule: str = "volume:get") -> asyncpg.Record:
+    """The volume if the caller's project sees it (404), volume:get and ``rule`` allow it (403)."""
     vid = request.match_info["volume_id"]
     async with request.app[keys.DB].acquire() as conn:
         v = await q.get(conn, vid)
-    if v is None or (v["project_id"] != ctx.project_id and not ctx.is_admin):
+    if v is None or (v["project_id"] != ctx.project_id and not is_admin(request)):
         raise errors.NotFound(f"Volume {vid} could not be found.")
+    authorize(request, "volume:get", v["project_id"])
+    if rule != "volume:get":
+        authorize(request, rule, v["project_id"])
     return v
 
 
@@ -267,6 +300,9 @@ async def create_volume(request: web.Request) -> web.Response:
     image = body.get("imageRef") or body.get("image_id")
     if size is None and not (body.get("snapshot_id") or body.get("source_volid") or image):
         raise errors.BadRequest("Invalid input received: 'size' parameter is required.")
+    authorize(request, "volume:create")
+    if image:
+        authorize(request, "volume:create_from_image")
     vtype = body.get("volume_type")
     if vtype not in (None, "", "__DEFAULT__", DEFAULT_TYPE_ID):
         raise errors.NotFound(f"Volume type with name {vtype} could not be found.")
@@ -288,18 +324,18 @@ async def create_volume(request: web.Request) -> web.Response:
         source_volid=str(body["source_volid"]) if body.get("source_volid") else None,
         availability_zone=body.get("availability_zone"),
     )
-    return web.json_response({"volume": volume_detail(request, vol, ctx.is_admin)}, status=202)
+    return web.json_response({"volume": volume_detail(request, vol)}, status=202)
 
 
 async def show_volume(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     v = await _load_volume(request, ctx)
-    return web.json_response({"volume": volume_detail(request, v, ctx.is_admin)})
+    return web.json_response({"volume": volume_detail(request, v)})
 
 
 async def update_volume(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    v = await _load_volume(request, ctx)
+    v = await _load_volume(request, ctx, "volume:update")
     body = (await read_json(request)).get("volume")
     if not isinstance(body, dict):
         raise errors.BadRequest("Missing required element 'volume' in request body.")
@@ -312,21 +348,23 @@ async def update_volume(request: web.Request) -> web.Response:
     if meta is not None:
         fields["metadata"] = meta
     if not fields:
-        return web.json_response({"volume": volume_detail(request, v, ctx.is_admin)})
+        return web.json_response({"volume": volume_detail(request, v)})
     v = await _api(request).update(ctx, v, fields)
-    return web.json_response({"volume": volume_detail(request, v, ctx.is_admin)})
+    return web.json_response({"volume": volume_detail(request, v)})
 
 
 async def delete_volume(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    v = await _load_volume(request, ctx)
+    v = await _load_volume(request, ctx, "volume:delete")
     await _api(request).delete(ctx, v)
     return web.Response(status=202)
 
 
 async def volume_metadata(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    v = await _load_volume(request, ctx)
+    rule = {"GET": "volume:get_volume_metadata", "POST": "volume:create_volume_metadata"}.get(
+        request.method, "volume:update_volume_metadata")
+    v = await _load_volume(request, ctx, rule)
     if request.method == "GET":
         return web.json_response({"metadata": v["metadata"] or {}})
     meta = _metadata(await read_json(request))
@@ -339,7 +377,7 @@ async def volume_metadata(request: web.Request) -> web.Response:
 
 async def volume_metadata_delete(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    v = await _load_volume(request, ctx)
+    v = await _load_volume(request, ctx, "volume:delete_volume_metadata")
     key = request.match_info["key"]
     meta = dict(v["metadata"] or {})
     if key not in meta:
@@ -354,6 +392,7 @@ async def volume_action(request: web.Request) -> web.Response:
     v = await _load_volume(request, ctx)
     body = await read_json(request)
     if "os-set_bootable" in body:
+        authorize(request, "volume:update", v["project_id"])  # Cinder sets the flag through update
         bootable = str((body["os-set_bootable"] or {}).get("bootable", "")).lower() in ("true", "1", "yes")
         await _api(request).update(ctx, v, {"bootable": bootable})
         return web.Response(status=200)
@@ -364,7 +403,7 @@ async def volume_action(request: web.Request) -> web.Response:
 # -- snapshots -------------------------------------------------------------------------
 
 def snapshot_detail(request: web.Request, s: asyncpg.Record) -> dict:
-    return {
+    doc = {
         "id": str(s["id"]),
         "name": s["name"],
         "description": s["description"],
@@ -374,24 +413,31 @@ def snapshot_detail(request: web.Request, s: asyncpg.Record) -> dict:
         "metadata": s["metadata"] or {},
         "created_at": _ts(s["created_at"]),
         "updated_at": _ts(s["updated_at"]),
-        "os-extended-snapshot-attributes:progress": "100%" if s["status"] == q.AVAILABLE else "0%",
-        "os-extended-snapshot-attributes:project_id": s["project_id"],
     }
+    if allowed(request, "volume_extension:extended_snapshot_attributes", {"project_id": s["project_id"]}):
+        doc["os-extended-snapshot-attributes:progress"] = "100%" if s["status"] == q.AVAILABLE else "0%"
+        doc["os-extended-snapshot-attributes:project_id"] = s["project_id"]
+    return doc
 
 
 async def _list_snapshots(request: web.Request) -> web.Response:
     ctx = _ctx(request)
+    authorize(request, "volume:get_all_snapshots")
     async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_snapshots(conn, _scope(request, ctx), _filters(request))
     return web.json_response({"snapshots": [snapshot_detail(request, s) for s in rows]})
 
 
-async def _load_snapshot(request: web.Request, ctx: RequestContext) -> asyncpg.Record:
+async def _load_snapshot(request: web.Request, ctx: RequestContext, rule: str = "volume:get_snapshot") -> asyncpg.Record:
+    """The snapshot if the caller's project sees it (404), volume:get_snapshot and ``rule`` allow it (403)."""
     sid = request.match_info["snapshot_id"]
     async with request.app[keys.DB].acquire() as conn:
         s = await q.get_snapshot(conn, sid)
-    if s is None or (s["project_id"] != ctx.project_id and not ctx.is_admin):
+    if s is None or (s["project_id"] != ctx.project_id and not is_admin(request)):
         raise errors.NotFound(f"Snapshot {sid} could not be found.")
+    authorize(request, "volume:get_snapshot", s["project_id"])
+    if rule != "volume:get_snapshot":
+        authorize(request, rule, s["project_id"])
     return s
 
 
@@ -400,6 +446,7 @@ async def create_snapshot(request: web.Request) -> web.Response:
     body = (await read_json(request)).get("snapshot")
     if not isinstance(body, dict) or not body.get("volume_id"):
         raise errors.BadRequest("Invalid input for field/attribute snapshot. 'volume_id' is a required property")
+    authorize(request, "volume:create_snapshot")
     force = str(body.get("force", False)).lower() in ("true", "1", "yes")
     snap = await _api(request).create_snapshot(
         ctx, str(body["volume_id"]), name=_str_field(body, "name") or _str_field(body, "display_name"),
@@ -415,7 +462,7 @@ async def show_snapshot(request: web.Request) -> web.Response:
 
 async def update_snapshot(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    s = await _load_snapshot(request, ctx)
+    s = await _load_snapshot(request, ctx, "volume:update_snapshot")
     body = (await read_json(request)).get("snapshot") or {}
     sets = {k: _str_field(body, k) for k in ("name", "description") if k in body}
     if sets:
@@ -428,7 +475,7 @@ async def update_snapshot(request: web.Request) -> web.Response:
 
 async def delete_snapshot(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    await _api(request).delete_snapshot(ctx, await _load_snapshot(request, ctx))
+    await _api(request).delete_snapshot(ctx, await _load_snapshot(request, ctx, "volume:delete_snapshot"))
     return web.Response(status=202)
 
 
@@ -436,11 +483,13 @@ async def delete_snapshot(request: web.Request) -> web.Response:
 
 async def list_types(request: web.Request) -> web.Response:
     _ctx(request)
+    authorize(request, "volume_extension:type_get_all")
     return web.json_response({"volume_types": [DEFAULT_TYPE]})
 
 
 async def show_type(request: web.Request) -> web.Response:
     _ctx(request)
+    authorize(request, "volume_extension:type_get")
     ident = request.match_info["type_id"]
     if ident not in ("default", DEFAULT_TYPE_ID, "__DEFAULT__"):
         raise errors.NotFound(f"Volume type {ident} could not be found.")
@@ -475,10 +524,9 @@ def _quota_body(project_id: str, limits: dict, used: dict, usage: bool) -> dict:
 
 
 async def show_quota(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    _ctx(request)
     target = request.match_info["target_id"]
-    if target != ctx.project_id and not ctx.is_admin:
-        raise errors.Forbidden("Policy doesn't allow volume_extension:quotas:show to be performed.")
+    authorize(request, "volume_extension:quotas:show", target)
     usage = request.query.get("usage", "").lower() in ("1", "true", "yes")
     limits, used = await _quota_numbers(request, target)
     return web.json_response({"quota_set": _quota_body(target, limits, used, usage)})
@@ -487,16 +535,16 @@ async def show_quota(request: web.Request) -> web.Response:
 async def quota_defaults(request: web.Request) -> web.Response:
     _ctx(request)
     target = request.match_info["target_id"]
+    authorize(request, "volume_extension:quotas:show", target)  # Cinder guards defaults with show
     cfg = request.app[keys.CONFIG].volume
     limits = {r: getattr(cfg, r) for r in RESOURCES}
     return web.json_response({"quota_set": _quota_body(target, limits, dict.fromkeys(RESOURCES, 0), False)})
 
 
 async def update_quota(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
-    if not ctx.is_admin:
-        raise errors.Forbidden("Policy doesn't allow volume_extension:quotas:update to be performed.")
+    _ctx(request)
     target = request.match_info["target_id"]
+    authorize(request, "volume_extension:quotas:update", target)
     body = (await read_json(request)).get("quota_set")
     if not isinstance(body, dict):
         raise errors.BadRequest("Missing required element 'quota_set' in request body.")
@@ -525,18 +573,53 @@ async def update_quota(request: web.Request) -> web.Response:
 async def limits(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     lim, used = await _quota_numbers(request, ctx.project_id)
-    return web.json_response({"limits": {"rate": [], "absolute": {
+    absolute = {
         "maxTotalVolumes": lim["volumes"],
         "maxTotalSnapshots": lim["snapshots"],
         "maxTotalVolumeGigabytes": lim["gigabytes"],
         "maxTotalBackups": 10,
         "maxTotalBackupGigabytes": 1000,
-        "totalVolumesUsed": used["volumes"],
-        "totalSnapshotsUsed": used["snapshots"],
-        "totalGigabytesUsed": used["gigabytes"],
-        "totalBackupsUsed": 0,
-        "totalBackupGigabytesUsed": 0,
-    }}})
+    }
+    if allowed(request, "limits_extension:used_limits"):  # Cinder adds usage only when allowed
+        absolute.update({
+            "totalVolumesUsed": used["volumes"],
+            "totalSnapshotsUsed": used["snapshots"],
+            "totalGigabytesUsed": used["gigabytes"],
+            "totalBackupsUsed": 0,
+            "totalBackupGigabytesUsed": 0,
+        })
+    return web.json_response({"limits": {"rate": [], "absolute": absolute}})
+
+
+#: The Cinder rules each handler asks (tests check every one is registered).
+HANDLER_RULES: dict[str, tuple[str, ...]] = {
+    "versions": (),
+    "list_volumes": ("context_is_admin", "volume:get_all"),
+    "list_volumes_detail": ("context_is_admin", "volume:get_all", "volume_extension:volume_tenant_attribute",
+                            "volume_extension:volume_image_metadata:show", "volume_extension:volume_host_attribute",
+                            "volume_extension:volume_mig_status_attribute"),
+    "create_volume": ("volume:create", "volume:create_from_image"),
+    "show_volume": ("context_is_admin", "volume:get"),
+    "update_volume": ("context_is_admin", "volume:get", "volume:update"),
+    "delete_volume": ("context_is_admin", "volume:get", "volume:delete"),
+    "volume_metadata": ("context_is_admin", "volume:get", "volume:get_volume_metadata",
+                        "volume:create_volume_metadata", "volume:update_volume_metadata"),
+    "volume_metadata_delete": ("context_is_admin", "volume:get", "volume:delete_volume_metadata"),
+    "volume_action": ("context_is_admin", "volume:get", "volume:update"),
+    "_list_snapshots": ("context_is_admin", "volume:get_all_snapshots",
+                        "volume_extension:extended_snapshot_attributes"),
+    "create_snapshot": ("volume:create_snapshot",),
+    "show_snapshot": ("context_is_admin", "volume:get_snapshot"),
+    "update_snapshot": ("context_is_admin", "volume:get_snapshot", "volume:update_snapshot"),
+    "delete_snapshot": ("context_is_admin", "volume:get_snapshot", "volume:delete_snapshot"),
+    "list_types": ("volume_extension:type_get_all",),
+    "show_type": ("volume_extension:type_get",),
+    "availability_zones": (),
+    "show_quota": ("volume_extension:quotas:show",),
+    "update_quota": ("volume_extension:quotas:update",),
+    "quota_defaults": ("volume_extension:quotas:show",),
+    "limits": ("limits_extension:used_limits",),
+}
 
 
 def add_routes(app: web.Application) -> None:

@@ -5,15 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from novalite.api import errors, keys
+from novalite.api.policy import context
 from novalite.context import RequestContext
 from novalite.policy import Enforcer, PolicyNotAuthorized
-
-
-def context(request: web.Request) -> RequestContext:
-    ctx = request.get(keys.CONTEXT)
-    if ctx is None:
-        raise errors.Unauthorized()
-    return ctx
 
 
 def authorize(request: web.Request, rule: str, target: dict | None = None) -> RequestContext:

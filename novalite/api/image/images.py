@@ -4,8 +4,11 @@ Create (``POST /v2/images``, status ``queued``), upload (``PUT .../file``:
 streamed to disk while hashed, ``queued`` → ``saving`` → ``active``; any failure
 puts the image back to ``queued`` with no data), download, list with Glance's
 filters, sorting and pagination, show, JSON-patch update, delete, members, tags,
-and the schemas the clients fetch. Visibility and ownership follow Glance's
-defaults: only admins publicize; owners (or admins) modify.
+and the schemas the clients fetch. Every decision goes through Glance's policy
+(``keys.GLANCE_POLICY``, Glance's rule names and targets: the image's owner as
+``project_id``/``owner``, its visibility, ``member_id``); with the defaults only
+admins publicize, owners (or admins) modify. A rule denied on an image the caller
+may not even ``get_image`` answers 404, as Glance hides what it will not show.
 
 Large uploads: aiohttp's ``client_max_size`` only limits bodies read whole
 (``request.read()/json()``); the upload handler reads ``request.content`` as a
@@ -24,7 +27,8 @@ import structlog
 from aiohttp import web
 
 from novalite.api import errors, keys
-from novalite.api.compute.common import context
+from novalite.api import policy as api_policy
+from novalite.api.policy import context
 from novalite.context import RequestContext
 from novalite.db import images as db
 from novalite.image.store import CHUNK, ImageStore, UploadError
@@ -92,22 +96,61 @@ def not_found(image_id: str) -> errors.NotFound:
     return errors.NotFound(f"No image found with ID {image_id}")
 
 
-async def visible_image(conn: asyncpg.Connection, ctx: RequestContext, image_id: str) -> asyncpg.Record:
-    row = await db.get_visible(conn, image_id, ctx.project_id, ctx.is_admin)
+def allowed(request: web.Request, rule: str, target: dict | None = None) -> bool:
+    """Whether Glance's policy lets the caller do ``rule`` on ``target`` (default: own project)."""
+    if target is None:
+        ctx = context(request)
+        target = {"project_id": ctx.project_id, "owner": ctx.project_id}
+    return api_policy.check(request, keys.GLANCE_POLICY, rule, target)
+
+
+def is_admin(request: web.Request) -> bool:
+    """Glance's ``context_is_admin``: who sees and may set everything (owner, any image)."""
+    return allowed(request, "context_is_admin")
+
+
+def denied(action: str) -> errors.Forbidden:
+    return errors.Forbidden(f"You are not authorized to complete {action} action.")
+
+
+def image_target(ctx: RequestContext, row: asyncpg.Record | dict, member_id: str | None = None) -> dict:
+    """Glance's ImageTarget: the owner is ``project_id`` and ``owner``; ``member_id`` is the
+    member an action names, else the caller when it sees a shared image through membership."""
+    owner = row["owner"]
+    target = {"project_id": owner, "owner": owner, "visibility": row["visibility"]}
+    if row.get("id") is not None:
+        target["image_id"] = str(row["id"])
+    if member_id is None and row["visibility"] == "shared" and owner != ctx.project_id:
+        member_id = ctx.project_id
+    if member_id is not None:
+        target["member_id"] = member_id
+    return target
+
+
+def authorize_image(request: web.Request, row: asyncpg.Record, rule: str, member_id: str | None = None) -> None:
+    """403 when ``rule`` denies; 404 when the caller may not even get_image (Glance hides it)."""
+    ctx = context(request)
+    if allowed(request, rule, image_target(ctx, row, member_id)):
+        return
+    if rule == "get_image" or not allowed(request, "get_image", image_target(ctx, row)):
+        raise not_found(str(row["id"]))
+    raise denied(rule)
+
+
+async def visible_image(request: web.Request, conn: asyncpg.Connection, image_id: str) -> asyncpg.Record:
+    """The image if the caller's project sees it (Glance's visibility query) and get_image allows."""
+    ctx = context(request)
+    row = await db.get_visible(conn, image_id, ctx.project_id, is_admin(request))
     if row is None:
         raise not_found(image_id)
+    authorize_image(request, row, "get_image")
     return row
 
 
-def may_modify(ctx: RequestContext, row: asyncpg.Record) -> bool:
-    """Glance's modify_image default: admin, or a member of the owning project."""
-    return ctx.is_admin or (row["owner"] == ctx.project_id and "member" in ctx.roles)
-
-
-async def owned_image(conn: asyncpg.Connection, ctx: RequestContext, image_id: str, action: str) -> asyncpg.Record:
-    row = await visible_image(conn, ctx, image_id)
-    if not may_modify(ctx, row):
-        raise errors.Forbidden(f"You are not authorized to complete {action} action.")
+async def owned_image(request: web.Request, conn: asyncpg.Connection, image_id: str, rule: str) -> asyncpg.Record:
+    """A visible image the caller may ``rule`` (modify_image, delete_image, upload_image, ...)."""
+    row = await visible_image(request, conn, image_id)
+    authorize_image(request, row, rule)
     return row
 
 
@@ -127,8 +170,11 @@ def _check_int(key: str, value: Any) -> int:
     return value
 
 
-def validate_attribute(ctx: RequestContext, key: str, value: Any, *, status: str = "queued") -> Any:
-    """One base attribute as a create body or a patch sets it (403 read-only, 400 invalid)."""
+def validate_attribute(
+    request: web.Request, target: dict, key: str, value: Any, *, status: str = "queued"
+) -> Any:
+    """One base attribute as a create body or a patch sets it on the image ``target``
+    (403 read-only or denied by policy, 400 invalid)."""
     if key in READ_ONLY:
         raise errors.Forbidden(f"Attribute '{key}' is read-only.")
     if key == "name":
@@ -137,18 +183,19 @@ def validate_attribute(ctx: RequestContext, key: str, value: Any, *, status: str
     elif key == "visibility":
         if value not in VISIBILITIES:
             raise errors.BadRequest(f"Invalid visibility value: {value}")
-        if value == "public" and not ctx.is_admin:
-            raise errors.Forbidden("You are not authorized to complete publicize_image action.")
+        rule = {"public": "publicize_image", "community": "communitize_image"}.get(value)
+        if rule and not allowed(request, rule, target):
+            raise denied(rule)
     elif key in ("protected", "os_hidden"):
         if not isinstance(value, bool):
             raise errors.BadRequest(f"Invalid value for {key}: {value!r} is not of type 'boolean'.")
     elif key in ("min_disk", "min_ram"):
         value = _check_int(key, value)
     elif key in ("disk_format", "container_format"):
-        allowed = DISK_FORMATS if key == "disk_format" else CONTAINER_FORMATS
-        if value is not None and value not in allowed:
+        formats = DISK_FORMATS if key == "disk_format" else CONTAINER_FORMATS
+        if value is not None and value not in formats:
             raise errors.BadRequest(f"Invalid value '{value}' for parameter '{key}': "
-                                    f"must be one of {', '.join(allowed)}.")
+                                    f"must be one of {', '.join(formats)}.")
         if status != "queued":
             raise errors.Forbidden(f"Attribute {key} can be only replaced for a queued image.")
     elif key == "tags":
@@ -156,7 +203,7 @@ def validate_attribute(ctx: RequestContext, key: str, value: Any, *, status: str
             raise errors.BadRequest("Invalid value for tags: a list of strings.")
         value = list(dict.fromkeys(value))
     elif key == "owner":
-        if not ctx.is_admin:
+        if not is_admin(request):
             raise errors.Forbidden("Attribute 'owner' can only be changed by an admin.")
         if value is not None and not isinstance(value, str):
             raise errors.BadRequest("Invalid value for owner.")
@@ -279,12 +326,13 @@ async def schema_member(request: web.Request) -> web.Response:
 
 async def create_image(request: web.Request) -> web.Response:
     ctx = context(request)
-    if not (ctx.is_admin or "member" in ctx.roles):
-        raise errors.Forbidden("You are not authorized to complete add_image action.")
+    own = {"owner": ctx.project_id, "visibility": "shared"}
+    if not allowed(request, "add_image", image_target(ctx, own)):
+        raise denied("add_image")
     body = await read_body(request)
     if not isinstance(body, dict):
         raise errors.BadRequest("Request body must be a JSON object.")
-    values: dict[str, Any] = {"owner": ctx.project_id, "visibility": "shared"}
+    values: dict[str, Any] = dict(own)
     properties: dict[str, str] = {}
     for key, value in body.items():
         if key == "id":
@@ -293,9 +341,11 @@ async def create_image(request: web.Request) -> web.Response:
             except ValueError:
                 raise errors.BadRequest(f"Invalid image id {value!r}: not a UUID.") from None
         elif key in WRITABLE or key in READ_ONLY:
-            values[key] = validate_attribute(ctx, key, value)
+            values[key] = validate_attribute(request, image_target(ctx, own), key, value)
         else:
             properties[key] = validate_property(key, value)
+    if values["owner"] != ctx.project_id and not allowed(request, "add_image", image_target(ctx, values)):
+        raise denied("add_image")  # Glance checks add_image on the image as it will be owned
     async with request.app[keys.DB].acquire() as conn:
         try:
             row = await db.create(conn, values, properties)
@@ -308,7 +358,7 @@ async def create_image(request: web.Request) -> web.Response:
 
 def _parse_list_query(request: web.Request, ctx: RequestContext) -> db.ImageQuery:
     qs = request.query
-    q = db.ImageQuery(project_id=ctx.project_id, is_admin=ctx.is_admin)
+    q = db.ImageQuery(project_id=ctx.project_id, is_admin=is_admin(request))
     if "limit" in qs:
         try:
             q.limit = int(qs["limit"])
@@ -388,6 +438,8 @@ def _parse_list_query(request: web.Request, ctx: RequestContext) -> db.ImageQuer
 
 async def list_images(request: web.Request) -> web.Response:
     ctx = context(request)
+    if not allowed(request, "get_images"):
+        raise denied("get_images")
     q = _parse_list_query(request, ctx)
     async with request.app[keys.DB].acquire() as conn:
         try:
@@ -404,9 +456,8 @@ async def list_images(request: web.Request) -> web.Response:
 
 
 async def show_image(request: web.Request) -> web.Response:
-    ctx = context(request)
     async with request.app[keys.DB].acquire() as conn:
-        row = await visible_image(conn, ctx, request.match_info["image_id"])
+        row = await visible_image(request, conn, request.match_info["image_id"])
     return web.json_response(image_document(row))
 
 
@@ -444,8 +495,9 @@ async def update_image(request: web.Request) -> web.Response:
             headers={"Accept-Patch": ", ".join(PATCH_TYPES)})
     ops = _patch_ops(await read_body(request), request.content_type)
     async with request.app[keys.DB].acquire() as conn, conn.transaction():
-        row = await owned_image(conn, ctx, request.match_info["image_id"], "modify_image")
+        row = await owned_image(request, conn, request.match_info["image_id"], "modify_image")
         row = await conn.fetchrow("SELECT * FROM images WHERE id = $1 FOR UPDATE", row["id"])
+        target = image_target(ctx, row)
         values: dict[str, Any] = {}
         props = dict(row["properties"] or {})
         for op, name, value in ops:
@@ -456,7 +508,7 @@ async def update_image(request: web.Request) -> web.Response:
             if name in WRITABLE:
                 if op == "remove":
                     raise errors.Forbidden(f"Attribute '{name}' is reserved.")
-                values[name] = validate_attribute(ctx, name, value, status=row["status"])
+                values[name] = validate_attribute(request, target, name, value, status=row["status"])
             elif op == "remove":
                 if name not in props:
                     raise errors.Conflict(f"Property {name} does not exist.")
@@ -470,10 +522,9 @@ async def update_image(request: web.Request) -> web.Response:
 
 
 async def delete_image(request: web.Request) -> web.Response:
-    ctx = context(request)
     image_id = request.match_info["image_id"]
     async with request.app[keys.DB].acquire() as conn:
-        row = await owned_image(conn, ctx, image_id, "delete_image")
+        row = await owned_image(request, conn, image_id, "delete_image")
         if row["protected"]:
             raise errors.Forbidden(f"Image {image_id} is protected and cannot be deleted.")
         if not await db.delete(conn, row["id"]):
@@ -499,13 +550,12 @@ def _virtual_size(path, disk_format: str | None, size: int) -> int | None:
 
 
 async def upload_image(request: web.Request) -> web.Response:
-    ctx = context(request)
     image_id = request.match_info["image_id"]
     if request.content_type not in ("application/octet-stream", ""):
         raise errors.UnsupportedMediaType(f"Content type {request.content_type} is not supported for image data.")
     pool = request.app[keys.DB]
     async with pool.acquire() as conn:
-        row = await owned_image(conn, ctx, image_id, "upload_image")
+        row = await owned_image(request, conn, image_id, "upload_image")
         if not row["disk_format"] or not row["container_format"]:
             raise errors.BadRequest("Properties disk_format, container_format must be set prior to saving data.")
         saving = await db.compare_and_set_status(conn, row["id"], ("queued",), "saving")
@@ -547,10 +597,9 @@ async def upload_image(request: web.Request) -> web.Response:
 
 
 async def download_image(request: web.Request) -> web.StreamResponse:
-    ctx = context(request)
     image_id = request.match_info["image_id"]
     async with request.app[keys.DB].acquire() as conn:
-        row = await visible_image(conn, ctx, image_id)
+        row = await owned_image(request, conn, image_id, "download_image")
     if row["status"] != "active" or not store(request).exists(str(row["id"])):
         if row["status"] == "deactivated":
             raise errors.Forbidden("The requested image has been deactivated. Image data download is forbidden.")
@@ -577,22 +626,23 @@ def member_document(m: asyncpg.Record) -> dict:
 async def list_members(request: web.Request) -> web.Response:
     ctx = context(request)
     async with request.app[keys.DB].acquire() as conn:
-        row = await visible_image(conn, ctx, request.match_info["image_id"])
+        row = await visible_image(request, conn, request.match_info["image_id"])
         if row["visibility"] != "shared":
             raise errors.Forbidden("Only shared images have members.")
+        authorize_image(request, row, "get_members")
         members = await db.list_members(conn, row["id"])
-    if not (ctx.is_admin or row["owner"] == ctx.project_id):
+    # Glance's member repository: the owner (or an admin) lists every member, a member itself.
+    if not allowed(request, "get_members", {"project_id": row["owner"], "owner": row["owner"]}):
         members = [m for m in members if m["member"] == ctx.project_id]
     return web.json_response({"members": [member_document(m) for m in members], "schema": "/v2/schemas/members"})
 
 
 async def add_member(request: web.Request) -> web.Response:
-    ctx = context(request)
     body = await read_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("member"), str):
         raise errors.BadRequest("Request body must be a JSON object with a 'member' string.")
     async with request.app[keys.DB].acquire() as conn:
-        row = await owned_image(conn, ctx, request.match_info["image_id"], "add_member")
+        row = await owned_image(request, conn, request.match_info["image_id"], "add_member")
         if row["visibility"] != "shared":
             raise errors.Forbidden("Only shared images have members.")
         m = await db.add_member(conn, row["id"], body["member"])
@@ -605,9 +655,9 @@ async def show_member(request: web.Request) -> web.Response:
     ctx = context(request)
     member_id = request.match_info["member_id"]
     async with request.app[keys.DB].acquire() as conn:
-        row = await visible_image(conn, ctx, request.match_info["image_id"])
+        row = await visible_image(request, conn, request.match_info["image_id"])
         m = await db.member(conn, row["id"], member_id)
-    if m is None or not (ctx.is_admin or row["owner"] == ctx.project_id or member_id == ctx.project_id):
+    if m is None or not allowed(request, "get_member", image_target(ctx, row, member_id)):
         raise errors.NotFound(f"Member {member_id} not found")
     return web.json_response(member_document(m))
 
@@ -620,8 +670,8 @@ async def update_member(request: web.Request) -> web.Response:
     if status not in ("pending", "accepted", "rejected"):
         raise errors.BadRequest(f"Invalid status value: {status}")
     async with request.app[keys.DB].acquire() as conn:
-        row = await visible_image(conn, ctx, request.match_info["image_id"])
-        if member_id != ctx.project_id and not ctx.is_admin:
+        row = await visible_image(request, conn, request.match_info["image_id"])
+        if not allowed(request, "modify_member", image_target(ctx, row, member_id)):
             raise errors.Forbidden("You are not permitted to modify 'status' on this image member.")
         m = await db.set_member_status(conn, row["id"], member_id, status)
     if m is None:
@@ -630,34 +680,51 @@ async def update_member(request: web.Request) -> web.Response:
 
 
 async def delete_member(request: web.Request) -> web.Response:
-    ctx = context(request)
     member_id = request.match_info["member_id"]
     async with request.app[keys.DB].acquire() as conn:
-        row = await owned_image(conn, ctx, request.match_info["image_id"], "delete_member")
+        row = await owned_image(request, conn, request.match_info["image_id"], "delete_member")
         if not await db.delete_member(conn, row["id"], member_id):
             raise errors.NotFound(f"Member {member_id} not found")
     return web.Response(status=204)
 
 
 async def add_tag(request: web.Request) -> web.Response:
-    ctx = context(request)
     tag = request.match_info["tag"]
     async with request.app[keys.DB].acquire() as conn:
-        row = await owned_image(conn, ctx, request.match_info["image_id"], "modify_image")
+        row = await owned_image(request, conn, request.match_info["image_id"], "modify_image")
         if tag not in row["tags"]:
             await db.update(conn, row["id"], {"tags": [*row["tags"], tag]}, None)
     return web.Response(status=204)
 
 
 async def delete_tag(request: web.Request) -> web.Response:
-    ctx = context(request)
     tag = request.match_info["tag"]
     async with request.app[keys.DB].acquire() as conn:
-        row = await owned_image(conn, ctx, request.match_info["image_id"], "modify_image")
+        row = await owned_image(request, conn, request.match_info["image_id"], "modify_image")
         if tag not in row["tags"]:
             raise errors.NotFound(f"Tag {tag} not found")
         await db.update(conn, row["id"], {"tags": [t for t in row["tags"] if t != tag]}, None)
     return web.Response(status=204)
+
+
+#: The Glance rules each handler asks (tests check every one is registered).
+HANDLER_RULES: dict[str, tuple[str, ...]] = {
+    "versions": (), "versions_ok": (), "schema_image": (), "schema_images": (), "schema_member": (),
+    "create_image": ("add_image", "publicize_image", "communitize_image", "context_is_admin"),
+    "list_images": ("get_images", "context_is_admin"),
+    "show_image": ("get_image",),
+    "update_image": ("get_image", "modify_image", "publicize_image", "communitize_image", "context_is_admin"),
+    "delete_image": ("get_image", "delete_image"),
+    "upload_image": ("get_image", "upload_image"),
+    "download_image": ("get_image", "download_image"),
+    "list_members": ("get_image", "get_members"),
+    "add_member": ("get_image", "add_member"),
+    "show_member": ("get_image", "get_member"),
+    "update_member": ("get_image", "modify_member"),
+    "delete_member": ("get_image", "delete_member"),
+    "add_tag": ("get_image", "modify_image"),
+    "delete_tag": ("get_image", "modify_image"),
+}
 
 
 def add_routes(app: web.Application) -> None:
