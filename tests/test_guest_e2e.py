@@ -200,6 +200,7 @@ async def test_rebuild_gives_the_guest_a_new_config_drive_and_keeps_its_port(gue
         status, body, _ = await cloud.compute("POST", f"/servers/{server_id}/action", version="2.57", json_body={
             "rebuild": {"imageRef": cloud.image_ids["ami"], "name": "rebuilt-2", "user_data": b64("after rebuild")}})
         assert status == 202, body
+        new_password = body["server"]["adminPass"]
         server = await wait_for_status(cloud, server_id, {"ACTIVE", "ERROR"}, timeout=180)
         assert server["status"] == "ACTIVE", server.get("fault")
         await wait_console(cloud, server_id, "NOVALITE-GUEST: user_data=after rebuild")
@@ -213,6 +214,9 @@ async def test_rebuild_gives_the_guest_a_new_config_drive_and_keeps_its_port(gue
         lease = re.findall(r"NOVALITE-GUEST: lease ip=(\S+) mac=(\S+)", text)
         assert lease and lease[-1][0] == addr["addr"] and lease[-1][1].lower() == addr["OS-EXT-IPS-MAC:mac_addr"]
         assert server["addresses"]["lab"] == [addr]
+        # The rebuild's new admin password is the one on the new config drive, and in no table.
+        assert f"admin_pass_sha256={hashlib.sha256(new_password.encode()).hexdigest()}" in text
+        assert await tables_containing(cloud, new_password) == []
     finally:
         status, _, _ = await cloud.compute("DELETE", f"/servers/{server_id}")
         assert status == 204

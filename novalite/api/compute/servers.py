@@ -397,7 +397,8 @@ async def rebuild(request: web.Request, inst: asyncpg.Record, value: object) -> 
         authorize(request, "os_compute_api:servers:rebuild:trusted_certs", target)
     if not _looks_like_image_ref(model.imageRef):
         raise errors.BadRequest("Invalid imageRef provided.")
-    password = model.adminPass if "adminPass" in given else generate_password()
+    show_password = request.app[keys.CONFIG].api.enable_instance_password
+    password = model.adminPass if "adminPass" in given else (generate_password() if show_password else None)
     req = RebuildRequest(
         image_ref=model.imageRef, admin_password=password, preserve_ephemeral=model.preserve_ephemeral,
         injected_files=[(p.path, p.contents) for p in model.personality or []],
@@ -416,7 +417,8 @@ async def rebuild(request: web.Request, inst: asyncpg.Record, value: object) -> 
     ctx = context(request)
     inst = await request.app[keys.SERVER_ACTIONS].rebuild(ctx, inst, req)
     doc = await _one_server_doc(request, ctx, inst, at_least(request, 75))
-    doc["adminPass"] = password
+    if show_password:
+        doc["adminPass"] = password
     if at_least(request, 57):
         doc["user_data"] = inst["user_data"]
     return web.json_response({"server": doc}, status=202)
