@@ -417,6 +417,9 @@ async def rebuild(request: web.Request, inst: asyncpg.Record, value: object) -> 
     ctx = context(request)
     inst = await request.app[keys.SERVER_ACTIONS].rebuild(ctx, inst, req)
     doc = await _one_server_doc(request, ctx, inst, at_least(request, 75))
+    doc.pop("OS-EXT-SRV-ATTR:user_data", None)  # Nova's rebuild view: user_data only as below (2.57)
+    if at_least(request, 54):
+        doc["key_name"] = inst["key_name"]
     if show_password:
         doc["adminPass"] = password
     if at_least(request, 57):
