@@ -22,6 +22,7 @@ from aiohttp import web
 from novalite.api import errors, keys
 from novalite.api.compute.common import context
 from novalite.api.middleware import error_response, read_json
+from novalite.api.pagination import capped, page_limit
 from novalite.context import RequestContext
 from novalite.db import volumes as q
 from novalite.volume.api import RESOURCES, VolumeAPI
@@ -205,11 +206,7 @@ def _scope(request: web.Request, ctx: RequestContext) -> str | None:
 
 async def _list_volumes(request: web.Request, detail: bool) -> web.Response:
     ctx = _ctx(request)
-    limit = request.query.get("limit")
-    try:
-        limit_n = int(limit) if limit else None
-    except ValueError:
-        raise errors.BadRequest(f"Invalid input received: limit={limit}") from None
+    limit_n = page_limit(request)
     async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_volumes(conn, _scope(request, ctx), _filters(request), limit_n,
                                     request.query.get("marker"))
@@ -383,7 +380,7 @@ async def _list_snapshots(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_snapshots(conn, _scope(request, ctx), _filters(request))
-    return web.json_response({"snapshots": [snapshot_detail(request, s) for s in rows]})
+    return web.json_response({"snapshots": [snapshot_detail(request, s) for s in rows[:page_limit(request)]]})
 
 
 async def _load_snapshot(request: web.Request, ctx: RequestContext) -> asyncpg.Record:
@@ -436,7 +433,7 @@ async def delete_snapshot(request: web.Request) -> web.Response:
 
 async def list_types(request: web.Request) -> web.Response:
     _ctx(request)
-    return web.json_response({"volume_types": [DEFAULT_TYPE]})
+    return web.json_response({"volume_types": capped(request, [DEFAULT_TYPE])})
 
 
 async def show_type(request: web.Request) -> web.Response:
@@ -450,9 +447,9 @@ async def show_type(request: web.Request) -> web.Response:
 async def availability_zones(request: web.Request) -> web.Response:
     _ctx(request)
     zones = sorted({h.availability_zone for h in request.app[keys.CONFIG].hosts} or {"nova"})
-    return web.json_response({"availabilityZoneInfo": [
+    return web.json_response({"availabilityZoneInfo": capped(request, [
         {"zoneName": z, "zoneState": {"available": True}} for z in zones
-    ]})
+    ])})
 
 
 async def _quota_numbers(request: web.Request, project_id: str) -> tuple[dict, dict]:
