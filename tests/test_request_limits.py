@@ -8,10 +8,9 @@ import os
 import re
 
 import pytest
+from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
 from novalite.api import keys
-
-from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
 CAP = 3
 OCTET = {"Content-Type": "application/octet-stream"}
