@@ -225,6 +225,8 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     """Build the whole process: every API under one aiohttp app."""
     app = web.Application(
         client_max_size=config.api.max_body_bytes,
+        # aiohttp answers a longer request line or header field with 400 before any handler runs
+        handler_args={"max_line_size": config.api.max_line_size, "max_field_size": config.api.max_field_size},
         middlewares=[
             middleware.request_id_middleware,
             middleware.error_middleware,

@@ -29,7 +29,19 @@ class ApiConfig(_Section):
     port: int = Field(8774, ge=0, le=65535)
     # URL clients use to reach this process; derived from listen/port when empty.
     public_url: str = ""
+    # Largest request body read whole (JSON); more is 413 in the service's error shape.
+    # Image data uploads stream and are bounded by [image] and [quota] instead.
     max_body_bytes: int = Field(1_048_576, gt=0)
+    # Longest request line and header field (aiohttp's max_line_size / max_field_size);
+    # longer ones are answered 400 before any handler runs.
+    max_line_size: int = Field(8190, ge=1024)
+    max_field_size: int = Field(16384, ge=1024)
+    # JSON request bodies nested deeper than this (objects and arrays) are refused with 400.
+    max_json_depth: int = Field(32, ge=2)
+    # The most items any list answers, whatever `limit` asks: Nova's [api] max_limit,
+    # Glance's api_limit_max, Cinder's osapi_max_limit, Neutron's pagination_max_limit,
+    # Keystone's list_limit.
+    max_limit: int = Field(1000, ge=1)
     # uvloop (libuv) cuts the event loop's own cost, socket writes above all; "asyncio" is the stdlib loop.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Creates validated and provisioned at once; more wait their turn, first come first
@@ -111,6 +123,9 @@ class QuotaConfig(_Section):
     key_pairs: int = 100
     server_groups: int = 10
     server_group_members: int = 10
+    # Glance's unified limit image_size_total: MiB of image data a project may store
+    # (active and saving images); -1 is unlimited.
+    image_size_total_mib: int = Field(-1, ge=-1)
 
 
 class SchedulerConfig(_Section):
@@ -262,6 +277,16 @@ class VolumeConfig(_Section):
     detach_timeout: float = Field(20, gt=0)
 
 
+class ImageConfig(_Section):
+    """The image store (Glance subset): how large an image may be, how much disk to leave free."""
+
+    # Glance's image_size_cap: the largest image data accepted, in bytes (default 1 TiB).
+    size_cap_bytes: int = Field(1_099_511_627_776, ge=1)
+    # Bytes the state directory's filesystem keeps free: an upload that would eat into them
+    # is refused with 507 (Postgres and the instances live on the same disk).
+    reserve_free_bytes: int = Field(1_073_741_824, ge=0)
+
+
 class RetentionConfig(_Section):
     """What the tables keep and for how long; expired and revoked tokens go on every pass."""
 
@@ -287,6 +312,7 @@ class Config(_Section):
     hosts: list[HostConfig] = []
     networking: NetworkingConfig = NetworkingConfig()
     volume: VolumeConfig = VolumeConfig()
+    image: ImageConfig = ImageConfig()
     retention: RetentionConfig = RetentionConfig()
     # Empty: one shared `private` network, 10.20.0.0/24 (see novalite.network.api).
     networks: list[NetworkConfig] = []

@@ -14,6 +14,7 @@ from aiohttp import web
 from novalite.api import errors, keys
 from novalite.api import policy as api_policy
 from novalite.api.middleware import read_json
+from novalite.api.pagination import capped
 from novalite.db import identity as q
 from novalite.identity import DOMAIN, IdentityService, TokenInfo
 
@@ -194,7 +195,7 @@ async def auth_projects(request: web.Request) -> web.Response:
         rows = await q.user_projects(conn, request[keys.TOKEN].user_id)
     return web.json_response(
         {
-            "projects": [project_document(r, base) for r in rows if r["enabled"]],
+            "projects": capped(request, [project_document(r, base) for r in rows if r["enabled"]]),
             "links": {"self": f"{base}/identity/v3/auth/projects", "previous": None, "next": None},
         }
     )

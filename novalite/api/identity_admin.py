@@ -18,6 +18,7 @@ from aiohttp import web
 from novalite.api import errors, keys
 from novalite.api.identity import authorize, identity_service, project_document
 from novalite.api.middleware import read_json
+from novalite.api.pagination import capped
 from novalite.db import identity as q
 from novalite.identity import DOMAIN, hash_password
 
@@ -72,11 +73,15 @@ def invalid(field: str, reason: str) -> errors.BadRequest:
 
 
 def collection(request: web.Request, key: str, items: list[dict]) -> web.Response:
-    """A Keystone list body: the items plus self/previous/next links."""
+    """A Keystone list body: the items plus self/previous/next links, cut to ``[api] max_limit``
+    with ``"truncated": true`` as Keystone's list_limit does (Keystone has no ``limit`` parameter)."""
     self_url = f"{base_url(request)}{request.path}"
     if request.query_string:
         self_url += f"?{request.query_string}"
-    return web.json_response({key: items, "links": {"self": self_url, "previous": None, "next": None}})
+    body: dict = {key: capped(request, items), "links": {"self": self_url, "previous": None, "next": None}}
+    if len(items) > len(body[key]):
+        body["truncated"] = True
+    return web.json_response(body)
 
 
 async def entity_body(request: web.Request, key: str) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,7 +10,7 @@ from http import HTTPStatus
 import structlog
 from aiohttp import web
 
-from novalite.api import errors, keys
+from novalite.api import errors, jsonbody, keys
 from novalite.context import RequestContext
 from novalite.identity import IdentityService
 
@@ -27,6 +26,9 @@ LEGACY_VERSION_HEADER = "X-OpenStack-Nova-API-Version"
 
 # Paths served without a token: version documents and token creation.
 _PUBLIC = re.compile(r"^/(identity|compute|image|networking|volume)(/v[0-9.]+)?/?$|^/identity/v3/auth/tokens/?$|^/?$")
+
+
+_IMAGE_DATA = re.compile(r"^/image/v2/images/[^/]+/file/?$")
 
 
 def service_of(path: str) -> str:
@@ -81,8 +83,16 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn ApiErrors, aiohttp's own HTTP errors and crashes into proper bodies."""
+    """Turn ApiErrors, aiohttp's own HTTP errors and crashes into proper bodies.
+
+    A body announced larger than ``[api] max_body_bytes`` is refused here, before auth
+    and before it is read (as oslo.middleware's sizelimit does in front of Nova); one
+    that only turns out larger while read is refused by aiohttp's ``client_max_size``."""
     try:
+        length = request.content_length
+        if length is not None and length > request.app[keys.CONFIG].api.max_body_bytes and not streams_body(request):
+            raise web.HTTPRequestEntityTooLarge(max_size=request.app[keys.CONFIG].api.max_body_bytes,
+                                                actual_size=length)
         return await handler(request)
     except errors.ApiError as exc:
         if exc.code >= 500:
@@ -197,10 +207,18 @@ async def read_json(request: web.Request) -> dict:
     raw = await request.read()
     if not raw:
         raise errors.BadRequest("The server could not comply with the request since it is either malformed or otherwise incorrect.")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise errors.BadRequest("Malformed request body") from None
+    body = parse_json(request, raw, "Malformed request body")
     if not isinstance(body, dict):
         raise errors.BadRequest("Malformed request body")
     return body
+
+
+def parse_json(request: web.Request, raw: bytes, message: str):
+    """Any service's JSON body through the one parser (UTF-8, depth, number limits); 400 ``message``."""
+    return jsonbody.parse(raw, request.app[keys.CONFIG].api.max_json_depth, message)
+
+
+def streams_body(request: web.Request) -> bool:
+    """Requests whose body is streamed to disk, not read whole: Glance image data uploads,
+    bounded by the image size cap, the image quota and the store's free space instead."""
+    return request.method == "PUT" and _IMAGE_DATA.match(request.path) is not None

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from novalite.api import errors, keys
 from novalite.api import policy as api_policy
+from novalite.api.pagination import capped, page_limit
 from novalite.api.policy import context
 from novalite.context import RequestContext
 from novalite.db import boot as lookups
@@ -249,13 +250,7 @@ def filtered(request: web.Request, docs: list[dict]) -> list[dict]:
     if marker:
         ids = [d["id"] for d in out]
         out = out[ids.index(marker) + 1:] if marker in ids else out
-    limit = request.query.get("limit")
-    if limit:
-        try:
-            out = out[: max(0, int(limit))]
-        except ValueError:
-            raise errors.BadRequest(f"Bad limit request: Limit must be an integer 0 or greater and not '{limit}'.") \
-                from None
+    out = out[: page_limit(request)]
     return [_fields(request, d) for d in out]
 
 
@@ -286,10 +281,10 @@ async def version_v2(request: web.Request) -> web.Response:
 
 async def extensions_index(request: web.Request) -> web.Response:
     _caller(request)
-    return web.json_response({"extensions": [
+    return web.json_response({"extensions": capped(request, [
         {"alias": a, "name": n, "description": d, "updated": "2024-01-01T00:00:00-00:00", "links": []}
         for a, n, d in EXTENSIONS
-    ]})
+    ])})
 
 
 async def extensions_show(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ from aiohttp import web
 from novalite.api import errors, keys
 from novalite.api import policy as api_policy
 from novalite.api.middleware import error_response, read_json
+from novalite.api.pagination import capped, page_limit
 from novalite.api.policy import context
 from novalite.context import RequestContext
 from novalite.db import volumes as q
@@ -234,11 +235,7 @@ def _scope(request: web.Request, ctx: RequestContext) -> str | None:
 async def _list_volumes(request: web.Request, detail: bool) -> web.Response:
     ctx = _ctx(request)
     authorize(request, "volume:get_all")
-    limit = request.query.get("limit")
-    try:
-        limit_n = int(limit) if limit else None
-    except ValueError:
-        raise errors.BadRequest(f"Invalid input received: limit={limit}") from None
+    limit_n = page_limit(request)
     async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_volumes(conn, _scope(request, ctx), _filters(request), limit_n,
                                     request.query.get("marker"))
@@ -425,7 +422,7 @@ async def _list_snapshots(request: web.Request) -> web.Response:
     authorize(request, "volume:get_all_snapshots")
     async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_snapshots(conn, _scope(request, ctx), _filters(request))
-    return web.json_response({"snapshots": [snapshot_detail(request, s) for s in rows]})
+    return web.json_response({"snapshots": [snapshot_detail(request, s) for s in rows[:page_limit(request)]]})
 
 
 async def _load_snapshot(request: web.Request, ctx: RequestContext, rule: str = "volume:get_snapshot") -> asyncpg.Record:
@@ -484,7 +481,7 @@ async def delete_snapshot(request: web.Request) -> web.Response:
 async def list_types(request: web.Request) -> web.Response:
     _ctx(request)
     authorize(request, "volume_extension:type_get_all")
-    return web.json_response({"volume_types": [DEFAULT_TYPE]})
+    return web.json_response({"volume_types": capped(request, [DEFAULT_TYPE])})
 
 
 async def show_type(request: web.Request) -> web.Response:
@@ -499,9 +496,9 @@ async def show_type(request: web.Request) -> web.Response:
 async def availability_zones(request: web.Request) -> web.Response:
     _ctx(request)
     zones = sorted({h.availability_zone for h in request.app[keys.CONFIG].hosts} or {"nova"})
-    return web.json_response({"availabilityZoneInfo": [
+    return web.json_response({"availabilityZoneInfo": capped(request, [
         {"zoneName": z, "zoneState": {"available": True}} for z in zones
-    ]})
+    ])})
 
 
 async def _quota_numbers(request: web.Request, project_id: str) -> tuple[dict, dict]:

@@ -221,3 +221,11 @@ async def delete_member(conn: asyncpg.Connection, image_id: Any, member_id: str)
     return await conn.fetchval(
         "DELETE FROM image_members WHERE image_id = $1 AND member = $2 RETURNING true", image_id, member_id
     ) is not None
+
+
+async def storage_usage(conn: asyncpg.Connection, owner: str, excluding: Any = None) -> int:
+    """Bytes of image data a project holds against image_size_total: its active and saving images."""
+    return await conn.fetchval(
+        "SELECT coalesce(sum(size), 0) FROM images WHERE owner = $1 AND status IN ('active', 'saving') "
+        "AND id IS DISTINCT FROM $2",
+        owner, excluding)

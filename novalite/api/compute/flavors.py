@@ -20,6 +20,7 @@ from novalite.api.compute.validation import (
     validate_query,
 )
 from novalite.api.middleware import read_json
+from novalite.api.pagination import capped
 from novalite.db import catalog
 
 # Flavor views -----------------------------------------------------------------
@@ -407,7 +408,7 @@ async def delete_extra_spec(request: web.Request) -> web.Response:
 async def _access_body(request: web.Request, flavorid: str) -> dict:
     async with request.app[keys.DB].acquire() as conn:
         projects = await catalog.flavor_projects(conn, flavorid)
-    return {"flavor_access": [{"flavor_id": flavorid, "tenant_id": p} for p in projects]}
+    return {"flavor_access": [{"flavor_id": flavorid, "tenant_id": p} for p in capped(request, projects)]}
 
 
 async def list_flavor_access(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from novalite.api.compute.validation import (
     validate_query,
 )
 from novalite.api.middleware import read_json
+from novalite.api.pagination import capped, max_limit
 from novalite.db import catalog, is_uuid
 
 BINARY = "nova-compute"
@@ -72,7 +73,7 @@ async def list_zones(request: web.Request) -> web.Response:
     available, unavailable = _zones(await _nodes(request))
     info = [{"zoneName": z, "zoneState": {"available": True}, "hosts": None} for z in available]
     info += [{"zoneName": z, "zoneState": {"available": False}, "hosts": None} for z in unavailable]
-    return web.json_response({"availabilityZoneInfo": info})
+    return web.json_response({"availabilityZoneInfo": capped(request, info)})
 
 
 async def list_zones_detail(request: web.Request) -> web.Response:
@@ -95,7 +96,7 @@ async def list_zones_detail(request: web.Request) -> web.Response:
         }
         info.append({"zoneName": zone, "zoneState": {"available": True}, "hosts": hosts})
     info += [{"zoneName": z, "zoneState": {"available": False}, "hosts": None} for z in unavailable]
-    return web.json_response({"availabilityZoneInfo": info})
+    return web.json_response({"availabilityZoneInfo": capped(request, info)})
 
 
 # Hypervisors ----------------------------------------------------------------------
@@ -197,7 +198,7 @@ async def _hypervisor_list(request: web.Request, detail: bool) -> web.Response:
     elif common.at_least(request, 33):
         validate_query(request, PAGINATION)
     common.authorize(request, f"os_compute_api:os-hypervisors:{rule}", {})
-    limit, marker, links = None, None, False
+    limit, marker, links = max_limit(request), None, False
     if common.at_least(request, 33):
         limit, marker = limit_and_marker(request)
         links = True
@@ -209,7 +210,7 @@ async def _hypervisor_list(request: web.Request, detail: bool) -> web.Response:
                 "Paging over hypervisors with the hypervisor_hostname_pattern query parameter is not supported."
             )
         links = False
-        nodes = await _nodes(request, pattern)
+        nodes = capped(request, await _nodes(request, pattern))
         if not nodes:
             raise errors.NotFound(f"No hypervisor matching '{pattern}' could be found.")
     else:
@@ -220,8 +221,7 @@ async def _hypervisor_list(request: web.Request, detail: bool) -> web.Response:
             if marker not in ids:
                 raise errors.BadRequest(f"marker [{marker}] not found")
             nodes = nodes[ids.index(marker) + 1 :]
-        if limit is not None:
-            nodes = nodes[:limit]
+        nodes = nodes[:limit]
     out = []
     for n in nodes:
         servers = await _servers_on(request, n["host"]) if with_servers else None
@@ -307,7 +307,7 @@ async def _search(request: web.Request, with_servers: bool) -> web.Response:
         raise errors.NotFound("The resource could not be found.")
     common.authorize(request, f"os_compute_api:os-hypervisors:{'servers' if with_servers else 'search'}", {})
     pattern = request.match_info["pattern"]
-    nodes = await _nodes(request, pattern)
+    nodes = capped(request, await _nodes(request, pattern))
     if not nodes:
         raise errors.NotFound(f"No hypervisor matching '{pattern}' could be found.")
     out = []
@@ -355,7 +355,7 @@ async def list_services(request: web.Request) -> web.Response:
     host = request.query.get("host", "")
     binary = request.query.get("binary", "")
     nodes = [n for n in nodes if (not host or n["host"] == host) and (not binary or binary == BINARY)]
-    return web.json_response({"services": [service_view(request, n) for n in nodes]})
+    return web.json_response({"services": [service_view(request, n) for n in capped(request, nodes)]})
 
 
 _REASON = {"type": "string", "minLength": 1, "maxLength": 255}
@@ -470,4 +470,4 @@ async def list_aggregates(request: web.Request) -> web.Response:
     `openstack hypervisor show` lists aggregates to show a host's membership.
     """
     common.authorize(request, "os_compute_api:os-aggregates:index", {})
-    return web.json_response({"aggregates": []})
+    return web.json_response({"aggregates": capped(request, [])})

@@ -27,6 +27,7 @@ from novalite.api.compute.validation import (
     validate_query,
 )
 from novalite.api.middleware import read_json
+from novalite.api.pagination import capped
 from novalite.db import catalog
 
 # Crypto (Nova's nova/crypto.py) -------------------------------------------------
@@ -207,6 +208,8 @@ async def list_keypairs(request: web.Request) -> web.Response:
                 raise errors.BadRequest(f"Marker {marker} could not be found.")
             rows = rows[names.index(marker) + 1 :]
         rows = rows[:limit]
+    else:
+        rows = capped(request, rows)
     fields = (*_INDEX, "type") if common.at_least(request, 2) else _INDEX
     body: dict = {"keypairs": [{"keypair": _view(r, fields)} for r in rows]}
     if paging:

@@ -15,13 +15,13 @@ from novalite import quota
 from novalite.api import errors, keys
 from novalite.api.compute.common import at_least, authorize, context
 from novalite.api.compute.validation import (
-    MAX_LIMIT,
     NAME,
     NON_NEGATIVE_INT,
     validate_body,
     validate_query,
 )
 from novalite.api.middleware import read_json
+from novalite.api.pagination import max_limit, page_limit
 from novalite.db import server_groups as db
 
 BASE = "/compute/v2.1/os-server-groups"
@@ -128,19 +128,16 @@ async def create(request: web.Request) -> web.Response:
 
 def _page(request: web.Request) -> tuple[int, int]:
     """Nova's common.limited: offset and limit (0 or absent → max_limit)."""
-    values = {}
-    for key in ("limit", "offset"):
-        raw = request.query.get(key)
-        if raw is None:
-            continue
+    offset = 0
+    raw = request.query.get("offset")
+    if raw is not None:
         try:
-            value = int(raw)
+            offset = int(raw)
         except ValueError:
-            raise errors.BadRequest(f"{key} param must be an integer") from None
-        if value < 0:
-            raise errors.BadRequest(f"{key} param must be positive")
-        values[key] = value
-    return values.get("offset", 0), min(MAX_LIMIT, values.get("limit") or MAX_LIMIT)
+            raise errors.BadRequest("offset param must be an integer") from None
+        if offset < 0:
+            raise errors.BadRequest("offset param must be positive")
+    return offset, page_limit(request) or max_limit(request)
 
 
 async def index(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from novalite.api.compute import actions as server_actions
 from novalite.api.compute import console, schemas, views
 from novalite.api.compute.common import at_least, authorize, bool_query, context, links
 from novalite.api.middleware import read_json
+from novalite.api.pagination import capped, page_limit
 from novalite.compute.api import ComputeAPI, CreateRequest, generate_password
 from novalite.compute.rebuild import RebuildRequest
 from novalite.compute.states import states_from_status
@@ -30,7 +31,6 @@ from novalite.db import server_groups as sg_db
 if TYPE_CHECKING:
     from multidict import MultiDictProxy
 
-MAX_LIMIT = 1000
 SORT_KEYS = {
     "created_at", "display_name", "updated_at", "launched_at", "terminated_at", "uuid", "vm_state",
     "task_state", "power_state", "availability_zone", "host", "node", "hostname", "project_id", "user_id",
@@ -201,11 +201,7 @@ def _list_query(
 
     locked = bool_query(q["locked"], "locked") if at_least(request, 73) and "locked" in q else None
     sort = _list_sort(q, admin_filters)
-    limit = MAX_LIMIT
-    if "limit" in q:
-        if not q["limit"].isdigit():
-            raise errors.BadRequest("limit param must be an integer")
-        limit = min(int(q["limit"]), MAX_LIMIT)
+    limit = page_limit(request)
     return server_list.ServerListQuery(
         sort=sort, limit=limit, marker=q.get("marker") or None, detail=detail, project_id=project_id,
         changes_since=changes_since, changes_before=changes_before, deleted=deleted, states=states,
@@ -599,6 +595,7 @@ async def actions_index(request: web.Request) -> web.Response:
     authorize(request, "os_compute_api:os-instance-actions:list", _target(inst))
     async with request.app[keys.DB].acquire() as conn:
         rows = await db.list_actions(conn, str(inst["uuid"]))
+    rows = rows[:page_limit(request)] if at_least(request, 58) else capped(request, rows)
     return web.json_response({"instanceActions": [_action_doc(request, a) for a in rows]})
 
 

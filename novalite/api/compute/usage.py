@@ -14,8 +14,8 @@ from aiohttp import web
 
 from novalite.api import errors, keys
 from novalite.api.compute.common import at_least, authorize, compute_url
+from novalite.api.pagination import max_limit, page_limit
 
-MAX_LIMIT = 1000
 _FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M:%S.%f")
 
 
@@ -56,13 +56,8 @@ async def _usages(
     request: web.Request, start: datetime, stop: datetime, project_id: str | None, detailed: bool
 ) -> tuple[list[dict], list[dict]]:
     q = request.query
-    limit = MAX_LIMIT
+    limit = page_limit(request) if at_least(request, 40) else max_limit(request)
     marker_sql, args = "", [start, stop]
-    if at_least(request, 40):
-        if "limit" in q:
-            if not q["limit"].isdigit():
-                raise errors.BadRequest("limit param must be an integer")
-            limit = min(int(q["limit"]), MAX_LIMIT)
     if project_id is not None:
         args.append(project_id)
         marker_sql += f" AND project_id = ${len(args)}"
@@ -125,7 +120,7 @@ async def _usages(
 def _links(request: web.Request, servers: list[dict], collection: str) -> list[dict] | None:
     """A `next` link when a full page came back (Nova's _get_collection_links)."""
     q = request.query
-    limit = min(int(q["limit"]), MAX_LIMIT) if q.get("limit", "").isdigit() else MAX_LIMIT
+    limit = page_limit(request)
     if not servers or len(servers) < limit:
         return None
     params = "&".join(f"{k}={v}" for k, v in q.items() if k != "marker")

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from novalite.api import errors
 from novalite.api.compute import common
+from novalite.api.pagination import page_limit
 
-MAX_LIMIT = 1000  # Nova's [api]max_limit
 MAX_INT = 0x7FFFFFFF
 
 # JSON Schema validation -------------------------------------------------------
@@ -212,25 +212,12 @@ def to_bool(value: Any, strict: bool = True) -> bool:
 
 def limit_and_marker(request: web.Request) -> tuple[int, str | None]:
     """Nova's get_limit_and_marker (limit capped at max_limit)."""
-    limit = MAX_LIMIT
-    if "limit" in request.query:
-        raw = request.query["limit"]
-        try:
-            value = int(raw)
-        except ValueError:
-            raise errors.BadRequest("limit must be an integer") from None
-        if value < 0:
-            raise errors.BadRequest("limit must be >= 0")
-        limit = min(limit, value)
-    return limit, request.query.get("marker")
+    return page_limit(request), request.query.get("marker")
 
 
 def next_links(request: web.Request, items: list[dict], collection: str, id_key: str) -> list[dict]:
     """Nova's `<collection>_links` next link when the page is full."""
-    try:
-        max_items = min(int(request.query.get("limit", MAX_LIMIT)), MAX_LIMIT)
-    except ValueError:
-        max_items = MAX_LIMIT
+    max_items = page_limit(request)
     if not max_items or max_items != len(items):
         return []
     params = dict(sorted(request.query.items()))

@@ -20,6 +20,7 @@ from novalite.api import errors, keys
 from novalite.api.compute.common import at_least, authorize
 from novalite.api.compute.servers import load_instance
 from novalite.api.middleware import read_json
+from novalite.api.pagination import max_limit, page_limit
 from novalite.compute import states
 from novalite.compute.actions import InstanceInvalidState, check_instance_lock
 from novalite.compute.api import ROOT_DEVICE_RE
@@ -72,13 +73,14 @@ async def index(request: web.Request) -> web.Response:
     authorize(request, "os_compute_api:os-volumes-attachments:index", _target(inst))
     bdms = await _volume_bdms(request, str(inst["uuid"]))
     items = [attachment_view(request, b) for b in bdms]
-    limit = request.query.get("limit")
     offset = request.query.get("offset")
     try:
         start = int(offset) if offset else 0
-        items = items[start:start + int(limit)] if limit else items[start:]
     except ValueError:
-        raise errors.BadRequest("limit and offset must be integers") from None
+        raise errors.BadRequest("offset param must be an integer") from None
+    if start < 0:
+        raise errors.BadRequest("offset param must be positive")
+    items = items[start:start + (page_limit(request) or max_limit(request))]  # Nova's limited: 0 is max_limit
     return web.json_response({"volumeAttachments": items})
 
 

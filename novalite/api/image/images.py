@@ -12,12 +12,14 @@ may not even ``get_image`` answers 404, as Glance hides what it will not show.
 
 Large uploads: aiohttp's ``client_max_size`` only limits bodies read whole
 (``request.read()/json()``); the upload handler reads ``request.content`` as a
-stream, so image size is bounded by disk space, not by that limit.
+stream, bounded instead by ``[image] size_cap_bytes`` (Glance's image_size_cap),
+the owner's ``[quota] image_size_total_mib`` (413 both) and the store's free space
+less ``[image] reserve_free_bytes`` (507): checked against Content-Length before a
+byte is read and again as the data arrives.
 """
 
 from __future__ import annotations
 
-import json
 import uuid as uuidlib
 from typing import Any
 from urllib.parse import urlencode
@@ -28,10 +30,12 @@ from aiohttp import web
 
 from novalite.api import errors, keys
 from novalite.api import policy as api_policy
+from novalite.api.middleware import parse_json
+from novalite.api.pagination import capped, max_limit, page_limit
 from novalite.api.policy import context
 from novalite.context import RequestContext
 from novalite.db import images as db
-from novalite.image.store import CHUNK, ImageStore, UploadError
+from novalite.image.store import CHUNK, ImageStore, ImageTooLarge, StorageFull, UploadError
 
 log = structlog.get_logger(__name__)
 
@@ -156,10 +160,7 @@ async def owned_image(request: web.Request, conn: asyncpg.Connection, image_id: 
 
 async def read_body(request: web.Request) -> Any:
     raw = await request.read()
-    try:
-        return json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
-        raise errors.BadRequest("Malformed JSON in request body.") from None
+    return parse_json(request, raw, "Malformed JSON in request body.") if raw else None
 
 
 # ------------------------------------------------------------------ validation
@@ -359,14 +360,8 @@ async def create_image(request: web.Request) -> web.Response:
 def _parse_list_query(request: web.Request, ctx: RequestContext) -> db.ImageQuery:
     qs = request.query
     q = db.ImageQuery(project_id=ctx.project_id, is_admin=is_admin(request))
-    if "limit" in qs:
-        try:
-            q.limit = int(qs["limit"])
-        except ValueError:
-            raise errors.BadRequest("limit param must be an integer") from None
-        if q.limit < 0:
-            raise errors.BadRequest("limit param must be positive")
-    q.limit = min(q.limit, 1000)
+    # Glance: limit_param_default (25) when absent, clamped to api_limit_max either way
+    q.limit = page_limit(request) if "limit" in qs else min(q.limit, max_limit(request))
     q.marker = qs.get("marker")
     if qs.get("visibility"):
         if qs["visibility"] not in (*VISIBILITIES, "all"):
@@ -549,21 +544,52 @@ def _virtual_size(path, disk_format: str | None, size: int) -> int | None:
     return None
 
 
+MIB = 1 << 20
+
+
+class _UploadLimit:
+    """The most bytes one upload may store, and the error that says why when it tries more."""
+
+    def __init__(self, size_cap: int, quota_mib: int, used: int) -> None:
+        self.size_cap = size_cap
+        self.quota_mib = quota_mib
+        self.quota_left = None if quota_mib < 0 else max(0, quota_mib * MIB - used)
+        self.max_size = size_cap if self.quota_left is None else min(size_cap, self.quota_left)
+
+    def error(self) -> errors.OverLimit:
+        if self.quota_left is not None and self.quota_left < self.size_cap:
+            return errors.OverLimit(
+                f"Image data would exceed the project's image_size_total quota of {self.quota_mib} MiB "
+                f"({self.quota_left} bytes left); quota exceeded.")
+        return errors.OverLimit(f"The incoming image is larger than the image_size_cap of {self.size_cap} bytes.")
+
+
+def storage_full() -> errors.ApiError:
+    return errors.ApiError("Image storage media is full: not enough free space left for the image data.", code=507)
+
+
 async def upload_image(request: web.Request) -> web.Response:
     image_id = request.match_info["image_id"]
     if request.content_type not in ("application/octet-stream", ""):
         raise errors.UnsupportedMediaType(f"Content type {request.content_type} is not supported for image data.")
+    config = request.app[keys.CONFIG]
     pool = request.app[keys.DB]
+    expected_size = request.content_length
     async with pool.acquire() as conn:
         row = await owned_image(request, conn, image_id, "upload_image")
         if not row["disk_format"] or not row["container_format"]:
             raise errors.BadRequest("Properties disk_format, container_format must be set prior to saving data.")
+        used = await db.storage_usage(conn, row["owner"], row["id"]) if config.quota.image_size_total_mib >= 0 else 0
+        limit = _UploadLimit(config.image.size_cap_bytes, config.quota.image_size_total_mib, used)
+        if expected_size is not None and expected_size > limit.max_size:
+            raise limit.error()  # refused before a byte is read; the image stays queued
+        if expected_size is not None and expected_size > store(request).free_bytes():
+            raise storage_full()
         saving = await db.compare_and_set_status(conn, row["id"], ("queued",), "saving")
     if saving is None:
         current = row["status"] if row["status"] != "queued" else "saving"
         raise errors.Conflict(f"Image status transition from {current} to saving is not allowed")
     props = row["properties"] or {}
-    expected_size = request.content_length if request.content_length is not None else None
     done = False
     try:
         try:
@@ -573,7 +599,13 @@ async def upload_image(request: web.Request) -> web.Response:
                 expected_size=expected_size,
                 expected_md5=props.get(OWNER_MD5) or None,
                 expected_sha256=props.get(OWNER_SHA256) or None,
+                max_size=limit.max_size,
             )
+        except ImageTooLarge:
+            raise limit.error() from None
+        except StorageFull:
+            log.error("image_store_full", image_id=str(row["id"]), root=str(store(request).root))
+            raise storage_full() from None
         except UploadError as exc:
             raise errors.BadRequest(str(exc)) from None
         vsize = _virtual_size(store(request).path(str(row["id"])), row["disk_format"], stored.size)
@@ -585,7 +617,7 @@ async def upload_image(request: web.Request) -> web.Response:
             store(request).delete(str(row["id"]))
             raise errors.ApiError(
                 f"Image {image_id} could not be found after upload. The image may have been deleted during "
-                "the upload.", status=410)
+                "the upload.", code=410)
         done = True
         log.info("image_uploaded", image_id=str(row["id"]), size=stored.size)
     finally:
@@ -634,7 +666,8 @@ async def list_members(request: web.Request) -> web.Response:
     # Glance's member repository: the owner (or an admin) lists every member, a member itself.
     if not allowed(request, "get_members", {"project_id": row["owner"], "owner": row["owner"]}):
         members = [m for m in members if m["member"] == ctx.project_id]
-    return web.json_response({"members": [member_document(m) for m in members], "schema": "/v2/schemas/members"})
+    return web.json_response({"members": [member_document(m) for m in capped(request, members)],
+                              "schema": "/v2/schemas/members"})
 
 
 async def add_member(request: web.Request) -> web.Response:
@@ -729,7 +762,8 @@ HANDLER_RULES: dict[str, tuple[str, ...]] = {
 
 def add_routes(app: web.Application) -> None:
     """Image routes; the image store lives under ``<state dir>/images``."""
-    app[keys.IMAGE_STORE] = ImageStore(app[keys.CONFIG].state_dir / "images")
+    config = app[keys.CONFIG]
+    app[keys.IMAGE_STORE] = ImageStore(config.state_dir / "images", config.image.reserve_free_bytes)
     r = app.router
     r.add_get("/image", versions)
     r.add_get("/image/", versions)
