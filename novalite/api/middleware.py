@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,7 +10,7 @@ from http import HTTPStatus
 import structlog
 from aiohttp import web
 
-from novalite.api import errors, keys
+from novalite.api import errors, keys, validation
 from novalite.context import RequestContext
 from novalite.identity import IdentityService
 
@@ -83,6 +82,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn ApiErrors, aiohttp's own HTTP errors and crashes into proper bodies."""
     try:
+        validation.refuse_nul(request.path, request.query)
         return await handler(request)
     except errors.ApiError as exc:
         if exc.code >= 500:
@@ -198,8 +198,8 @@ async def read_json(request: web.Request) -> dict:
     if not raw:
         raise errors.BadRequest("The server could not comply with the request since it is either malformed or otherwise incorrect.")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = validation.loads(raw)
+    except ValueError:
         raise errors.BadRequest("Malformed request body") from None
     if not isinstance(body, dict):
         raise errors.BadRequest("Malformed request body")

@@ -14,7 +14,6 @@ stream, so image size is bounded by disk space, not by that limit.
 
 from __future__ import annotations
 
-import json
 import uuid as uuidlib
 from typing import Any
 from urllib.parse import urlencode
@@ -23,7 +22,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from novalite.api import errors, keys
+from novalite.api import errors, keys, validation
 from novalite.api.compute.common import context
 from novalite.context import RequestContext
 from novalite.db import images as db
@@ -114,8 +113,8 @@ async def owned_image(conn: asyncpg.Connection, ctx: RequestContext, image_id: s
 async def read_body(request: web.Request) -> Any:
     raw = await request.read()
     try:
-        return json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
+        return validation.loads(raw) if raw else None
+    except ValueError:
         raise errors.BadRequest("Malformed JSON in request body.") from None
 
 
