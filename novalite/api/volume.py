@@ -210,6 +210,8 @@ async def _list_volumes(request: web.Request, detail: bool) -> web.Response:
         limit_n = int(limit) if limit else None
     except ValueError:
         raise errors.BadRequest(f"Invalid input received: limit={limit}") from None
+    if limit_n is not None and not 0 <= limit_n <= 2**31 - 1:
+        raise errors.BadRequest(f"Invalid input received: limit={limit} must be a non-negative integer.")
     async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_volumes(conn, _scope(request, ctx), _filters(request), limit_n,
                                     request.query.get("marker"))
@@ -354,7 +356,17 @@ async def volume_action(request: web.Request) -> web.Response:
     v = await _load_volume(request, ctx)
     body = await read_json(request)
     if "os-set_bootable" in body:
-        bootable = str((body["os-set_bootable"] or {}).get("bootable", "")).lower() in ("true", "1", "yes")
+        args = body["os-set_bootable"]
+        if not isinstance(args, dict) or "bootable" not in args:
+            raise errors.BadRequest("Invalid input for field/attribute os-set_bootable. "
+                                    "'bootable' is a required property")
+        raw = args["bootable"]
+        if isinstance(raw, bool):
+            bootable = raw
+        elif str(raw).lower() in ("true", "1", "yes", "false", "0", "no"):
+            bootable = str(raw).lower() in ("true", "1", "yes")
+        else:
+            raise errors.BadRequest(f"Invalid input received: Invalid value for 'bootable': {raw!r}.")
         await _api(request).update(ctx, v, {"bootable": bootable})
         return web.Response(status=200)
     name = next(iter(body), "")
@@ -416,7 +428,9 @@ async def show_snapshot(request: web.Request) -> web.Response:
 async def update_snapshot(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     s = await _load_snapshot(request, ctx)
-    body = (await read_json(request)).get("snapshot") or {}
+    body = (await read_json(request)).get("snapshot")
+    if not isinstance(body, dict):
+        raise errors.BadRequest("Missing required element 'snapshot' in request body.")
     sets = {k: _str_field(body, k) for k in ("name", "description") if k in body}
     if sets:
         async with request.app[keys.DB].acquire() as conn:
