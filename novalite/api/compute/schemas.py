@@ -242,8 +242,8 @@ def parse_create(body: dict, version: tuple[int, int]) -> tuple[ServerCreate, di
     if version < (2, 37) and isinstance(server.get("networks"), str):
         raise errors.BadRequest(f"Invalid input for field/attribute networks. Value: {server['networks']}. "
                                 f"'{server['networks']}' is not of type 'array'")
-    if version < (2, 32):
-        for item in server.get("networks") or []:
+    if version < (2, 32) and isinstance(server.get("networks"), list):
+        for item in server["networks"]:
             if isinstance(item, dict) and "tag" in item:
                 raise errors.BadRequest("Additional properties are not allowed ('tag' was unexpected)")
     hints = body.get("os:scheduler_hints", body.get("OS-SCH-HNT:scheduler_hints", {}))
