@@ -236,6 +236,9 @@ async def _load_volume(request: web.Request, ctx: RequestContext) -> asyncpg.Rec
     return v
 
 
+MAX_QUOTA = 2**31 - 1  # Cinder's db.MAX_INT: a quota is an Integer column
+
+
 def _str_field(body: dict, key: str, max_len: int = 255) -> str | None:
     value = body.get(key)
     if value is not None and (not isinstance(value, str) or len(value) > max_len):
@@ -518,10 +521,15 @@ async def update_quota(request: web.Request) -> web.Response:
     for k, v in body.items():
         if k in RESOURCES:
             try:
+                if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                    raise ValueError(v)
                 values[k] = int(v)
             except (TypeError, ValueError):
                 raise errors.BadRequest(f"Invalid input received: Quota value {v} for {k} must be an integer.") \
                     from None
+            if values[k] > MAX_QUOTA:
+                raise errors.BadRequest(f"Invalid input received: Quota limit {v} for {k} must be less than or "
+                                        f"equal to {MAX_QUOTA}.")
             if values[k] < -1:
                 raise errors.BadRequest(f"Invalid input received: Quota limit {v} for {k} must be -1 or greater.")
     async with request.app[keys.DB].acquire() as conn:
