@@ -19,7 +19,7 @@ from datetime import datetime
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors, keys
+from novalite.api import errors, keys, validation
 from novalite.api.compute.common import context
 from novalite.api.middleware import error_response, read_json
 from novalite.context import RequestContext
@@ -246,6 +246,16 @@ def _str_field(body: dict, key: str, max_len: int = 255) -> str | None:
     return value
 
 
+def _name_field(body: dict, key: str) -> str | None:
+    """A volume or snapshot name: Cinder's 255 characters (empty allowed), and the printable
+    rule every service shares (no control or format characters, no whitespace at either end)."""
+    value = body.get(key)
+    problem = None if value is None else validation.name_problem(value, max_length=255, min_length=0)
+    if problem:
+        raise errors.BadRequest(f"Invalid input for field/attribute {key}. Value: {str(value)[:255]}. {problem}")
+    return value
+
+
 def _metadata(body: dict) -> dict | None:
     meta = body.get("metadata")
     if meta is None:
@@ -285,7 +295,7 @@ async def create_volume(request: web.Request) -> web.Response:
     vol = await _api(request).create(
         ctx,
         size=size,
-        name=_str_field(body, "name") or _str_field(body, "display_name"),
+        name=_name_field(body, "name") or _name_field(body, "display_name"),
         description=_str_field(body, "description") or _str_field(body, "display_description"),
         metadata=_metadata(body),
         image_id=str(image) if image else None,
@@ -312,7 +322,7 @@ async def update_volume(request: web.Request) -> web.Response:
     for key, col in (("name", "name"), ("display_name", "name"), ("description", "description"),
                      ("display_description", "description")):
         if key in body:
-            fields[col] = _str_field(body, key)
+            fields[col] = _name_field(body, key) if col == "name" else _str_field(body, key)
     meta = _metadata(body)
     if meta is not None:
         fields["metadata"] = meta
@@ -417,7 +427,7 @@ async def create_snapshot(request: web.Request) -> web.Response:
         raise errors.BadRequest("Invalid input for field/attribute snapshot. 'volume_id' is a required property")
     force = str(body.get("force", False)).lower() in ("true", "1", "yes")
     snap = await _api(request).create_snapshot(
-        ctx, str(body["volume_id"]), name=_str_field(body, "name") or _str_field(body, "display_name"),
+        ctx, str(body["volume_id"]), name=_name_field(body, "name") or _name_field(body, "display_name"),
         description=_str_field(body, "description"), force=force, metadata=_metadata(body),
     )
     return web.json_response({"snapshot": snapshot_detail(request, snap)}, status=202)
@@ -434,7 +444,8 @@ async def update_snapshot(request: web.Request) -> web.Response:
     body = (await read_json(request)).get("snapshot")
     if not isinstance(body, dict):
         raise errors.BadRequest("Missing required element 'snapshot' in request body.")
-    sets = {k: _str_field(body, k) for k in ("name", "description") if k in body}
+    sets = {k: _name_field(body, k) if k == "name" else _str_field(body, k) for k in ("name", "description")
+            if k in body}
     if sets:
         async with request.app[keys.DB].acquire() as conn:
             cols = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(sets))

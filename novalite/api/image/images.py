@@ -131,8 +131,9 @@ def validate_attribute(ctx: RequestContext, key: str, value: Any, *, status: str
     if key in READ_ONLY:
         raise errors.Forbidden(f"Attribute '{key}' is read-only.")
     if key == "name":
-        if value is not None and (not isinstance(value, str) or len(value) > 255):
-            raise errors.BadRequest("Invalid value for name: a string of at most 255 characters.")
+        problem = None if value is None else validation.name_problem(value, max_length=255, min_length=0)
+        if problem:
+            raise errors.BadRequest(f"Invalid value for name: {problem}")
     elif key == "visibility":
         if value not in VISIBILITIES:
             raise errors.BadRequest(f"Invalid visibility value: {value}")
