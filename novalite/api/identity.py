@@ -91,17 +91,23 @@ async def create_token(request: web.Request) -> web.Response:
         raise errors.BadRequest("Expecting to find identity in auth.")
     ident = auth["identity"]
     methods = ident.get("methods")
-    if not isinstance(methods, list) or not methods:
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
         raise errors.BadRequest("Expecting to find methods in identity.")
     expires: datetime | None = None
     if "password" in methods:
-        user_block = (ident.get("password") or {}).get("user")
+        password = ident.get("password")
+        user_block = password.get("user") if isinstance(password, dict) else None
         if not isinstance(user_block, dict):
             raise errors.BadRequest("Expecting to find user in password.")
+        if not isinstance(user_block.get("domain", {}), dict):
+            raise errors.BadRequest("Expecting to find domain in user.")
         user = await service.authenticate_password(user_block)
         user_id = user["id"]
     elif "token" in methods:
-        old = await service.validate(str((ident.get("token") or {}).get("id", "")))
+        token = ident.get("token")
+        if not isinstance(token, dict):
+            raise errors.BadRequest("Expecting to find token in identity.")
+        old = await service.validate(str(token.get("id", "")))
         if old is None:
             raise errors.Unauthorized()
         user_id, expires = old.user_id, old.expires_at
@@ -110,6 +116,8 @@ async def create_token(request: web.Request) -> web.Response:
     scope = auth.get("scope")
     if scope == "unscoped":
         scope = None
+    if scope is not None and not isinstance(scope, dict):
+        raise errors.BadRequest("Expecting to find scope as an object in auth.")
     if isinstance(scope, dict) and "project" not in scope:
         raise errors.Unauthorized("Only project scope is supported.")
     project = await service.resolve_scope(user_id, scope)

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors, keys
+from novalite.api import errors, keys, validation
 from novalite.api.identity import authorize, identity_service, project_document
 from novalite.api.middleware import read_json
 from novalite.api.pagination import capped
@@ -110,6 +110,16 @@ def check_string(entity: dict, field: str, *, max_len: int, required: bool = Fal
         raise invalid(field, f"{value!r} is too short")
     if len(value) > max_len:
         raise invalid(field, f"{value!r} is too long")
+    return value
+
+
+def check_name(entity: dict, *, max_len: int) -> str:
+    """A project or user name: Keystone's length limit, and the printable rule every
+    service shares (no control or format characters, no whitespace at either end)."""
+    value = check_string(entity, "name", max_len=max_len, required=True)
+    problem = validation.name_problem(value, max_length=max_len)
+    if problem:
+        raise invalid("name", problem)
     return value
 
 
@@ -213,7 +223,7 @@ async def create_project(request: web.Request) -> web.Response:
     """POST /v3/projects: 201 with the project, 409 on a duplicate name."""
     authorize(request, "create_project", project_target())
     entity = await entity_body(request, "project")
-    name = check_string(entity, "name", max_len=64, required=True)
+    name = check_name(entity, max_len=64)
     description = check_string(entity, "description", max_len=65535) or ""
     enabled = check_bool(entity, "enabled")
     check_domain(entity.get("domain_id"))
@@ -245,7 +255,7 @@ async def update_project(request: web.Request) -> web.Response:
     entity = await entity_body(request, "project")
     changes: dict[str, object] = {}
     if "name" in entity:
-        changes["name"] = check_string(entity, "name", max_len=64, required=True)
+        changes["name"] = check_name(entity, max_len=64)
     if "description" in entity:
         changes["description"] = check_string(entity, "description", max_len=65535) or ""
     if "enabled" in entity:
@@ -282,7 +292,7 @@ async def _user_fields(request: web.Request, entity: dict, *, creating: bool) ->
     """Validated column values from a user body; the password becomes a bcrypt hash."""
     fields: dict[str, object] = {}
     if creating or "name" in entity:
-        fields["name"] = check_string(entity, "name", max_len=255, required=True)
+        fields["name"] = check_name(entity, max_len=255)
     for extra in ("email", "description"):
         if extra in entity:
             fields[extra] = check_string(entity, extra, max_len=65535)

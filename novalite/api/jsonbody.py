@@ -2,7 +2,8 @@
 
 Before a handler sees a body it must be UTF-8, nested at most ``[api]
 max_json_depth`` deep, and hold no number a database column or a 64-bit
-integer cannot take (nor NaN/Infinity, which JSON does not have). Anything
+integer cannot take (nor NaN/Infinity, which JSON does not have), and hold
+no NUL character (Postgres stores none in text or jsonb). Anything
 else is ``Invalid`` (400) in the caller's words, never a RecursionError or
 an OverflowError deep in a handler.
 """
@@ -64,6 +65,27 @@ def parse(raw: bytes, max_depth: int, message: str) -> Any:
     if depth(raw) > max_depth:
         raise Invalid(f"{message.rstrip('.')}: JSON nested deeper than {max_depth} levels.")
     try:
-        return json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        doc = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
     except (ValueError, RecursionError):
         raise Invalid(message) from None
+    if _NUL.search(text) and _holds_nul(doc):
+        raise Invalid(f"{message.rstrip('.')}: NUL characters are not allowed.")
+    return doc
+
+
+_NUL = re.compile(r"\\u0000", re.IGNORECASE)  # the only way a JSON text can carry U+0000
+
+
+def _holds_nul(doc: Any) -> bool:
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+            stack.extend(value.keys())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False

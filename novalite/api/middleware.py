@@ -10,7 +10,7 @@ from http import HTTPStatus
 import structlog
 from aiohttp import web
 
-from novalite.api import errors, jsonbody, keys
+from novalite.api import errors, jsonbody, keys, validation
 from novalite.context import RequestContext
 from novalite.identity import IdentityService
 
@@ -93,6 +93,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if length is not None and length > request.app[keys.CONFIG].api.max_body_bytes and not streams_body(request):
             raise web.HTTPRequestEntityTooLarge(max_size=request.app[keys.CONFIG].api.max_body_bytes,
                                                 actual_size=length)
+        validation.refuse_nul(request.path, request.query)
         return await handler(request)
     except errors.ApiError as exc:
         if exc.code >= 500:

@@ -248,7 +248,7 @@ def filtered(request: web.Request, docs: list[dict]) -> list[dict]:
     out = [d for d in docs if all(_matches(d, k, request.query.getall(k)) for k in keys)]
     marker = request.query.get("marker")
     if marker:
-        ids = [d["id"] for d in out]
+        ids = [d.get("id") for d in out]
         out = out[ids.index(marker) + 1:] if marker in ids else out
     out = out[: page_limit(request)]
     return [_fields(request, d) for d in out]

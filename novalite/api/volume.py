@@ -26,7 +26,7 @@ from datetime import datetime
 import asyncpg
 from aiohttp import web
 
-from novalite.api import errors, keys
+from novalite.api import errors, keys, validation
 from novalite.api import policy as api_policy
 from novalite.api.middleware import error_response, read_json
 from novalite.api.pagination import capped, page_limit
@@ -264,10 +264,23 @@ async def _load_volume(request: web.Request, ctx: RequestContext, rule: str = "v
     return v
 
 
+MAX_QUOTA = 2**31 - 1  # Cinder's db.MAX_INT: a quota is an Integer column
+
+
 def _str_field(body: dict, key: str, max_len: int = 255) -> str | None:
     value = body.get(key)
     if value is not None and (not isinstance(value, str) or len(value) > max_len):
         raise errors.BadRequest(f"Invalid input for field/attribute {key}.")
+    return value
+
+
+def _name_field(body: dict, key: str) -> str | None:
+    """A volume or snapshot name: Cinder's 255 characters (empty allowed), and the printable
+    rule every service shares (no control or format characters, no whitespace at either end)."""
+    value = body.get(key)
+    problem = None if value is None else validation.name_problem(value, max_length=255, min_length=0)
+    if problem:
+        raise errors.BadRequest(f"Invalid input for field/attribute {key}. Value: {str(value)[:255]}. {problem}")
     return value
 
 
@@ -313,7 +326,7 @@ async def create_volume(request: web.Request) -> web.Response:
     vol = await _api(request).create(
         ctx,
         size=size,
-        name=_str_field(body, "name") or _str_field(body, "display_name"),
+        name=_name_field(body, "name") or _name_field(body, "display_name"),
         description=_str_field(body, "description") or _str_field(body, "display_description"),
         metadata=_metadata(body),
         image_id=str(image) if image else None,
@@ -340,7 +353,7 @@ async def update_volume(request: web.Request) -> web.Response:
     for key, col in (("name", "name"), ("display_name", "name"), ("description", "description"),
                      ("display_description", "description")):
         if key in body:
-            fields[col] = _str_field(body, key)
+            fields[col] = _name_field(body, key) if col == "name" else _str_field(body, key)
     meta = _metadata(body)
     if meta is not None:
         fields["metadata"] = meta
@@ -390,7 +403,17 @@ async def volume_action(request: web.Request) -> web.Response:
     body = await read_json(request)
     if "os-set_bootable" in body:
         authorize(request, "volume:update", v["project_id"])  # Cinder sets the flag through update
-        bootable = str((body["os-set_bootable"] or {}).get("bootable", "")).lower() in ("true", "1", "yes")
+        args = body["os-set_bootable"]
+        if not isinstance(args, dict) or "bootable" not in args:
+            raise errors.BadRequest("Invalid input for field/attribute os-set_bootable. "
+                                    "'bootable' is a required property")
+        raw = args["bootable"]
+        if isinstance(raw, bool):
+            bootable = raw
+        elif str(raw).lower() in ("true", "1", "yes", "false", "0", "no"):
+            bootable = str(raw).lower() in ("true", "1", "yes")
+        else:
+            raise errors.BadRequest(f"Invalid input received: Invalid value for 'bootable': {raw!r}.")
         await _api(request).update(ctx, v, {"bootable": bootable})
         return web.Response(status=200)
     name = next(iter(body), "")
@@ -446,7 +469,7 @@ async def create_snapshot(request: web.Request) -> web.Response:
     authorize(request, "volume:create_snapshot")
     force = str(body.get("force", False)).lower() in ("true", "1", "yes")
     snap = await _api(request).create_snapshot(
-        ctx, str(body["volume_id"]), name=_str_field(body, "name") or _str_field(body, "display_name"),
+        ctx, str(body["volume_id"]), name=_name_field(body, "name") or _name_field(body, "display_name"),
         description=_str_field(body, "description"), force=force, metadata=_metadata(body),
     )
     return web.json_response({"snapshot": snapshot_detail(request, snap)}, status=202)
@@ -460,8 +483,11 @@ async def show_snapshot(request: web.Request) -> web.Response:
 async def update_snapshot(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     s = await _load_snapshot(request, ctx, "volume:update_snapshot")
-    body = (await read_json(request)).get("snapshot") or {}
-    sets = {k: _str_field(body, k) for k in ("name", "description") if k in body}
+    body = (await read_json(request)).get("snapshot")
+    if not isinstance(body, dict):
+        raise errors.BadRequest("Missing required element 'snapshot' in request body.")
+    sets = {k: _name_field(body, k) if k == "name" else _str_field(body, k) for k in ("name", "description")
+            if k in body}
     if sets:
         async with request.app[keys.DB].acquire() as conn:
             cols = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(sets))
@@ -549,10 +575,15 @@ async def update_quota(request: web.Request) -> web.Response:
     for k, v in body.items():
         if k in RESOURCES:
             try:
+                if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                    raise ValueError(v)
                 values[k] = int(v)
             except (TypeError, ValueError):
                 raise errors.BadRequest(f"Invalid input received: Quota value {v} for {k} must be an integer.") \
                     from None
+            if values[k] > MAX_QUOTA:
+                raise errors.BadRequest(f"Invalid input received: Quota limit {v} for {k} must be less than or "
+                                        f"equal to {MAX_QUOTA}.")
             if values[k] < -1:
                 raise errors.BadRequest(f"Invalid input received: Quota limit {v} for {k} must be -1 or greater.")
     async with request.app[keys.DB].acquire() as conn:

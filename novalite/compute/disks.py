@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +58,8 @@ class ImageCache:
         self._fetches: dict[str, asyncio.Task] = {}
 
     def path(self, image_id: str) -> Path:
-        return self.base_dir / image_id
+        """The cached base image: named by its canonical uuid, never by a path (ValueError)."""
+        return self.base_dir / str(uuidlib.UUID(image_id))
 
     async def fetch(self, image_id: str) -> Path:
         target = self.path(image_id)
@@ -91,7 +93,8 @@ class ImageCache:
 
 
 def instance_dir(root: Path, uuid: str) -> Path:
-    return root / uuid
+    """An instance's directory: its canonical uuid under ``root`` (ValueError for anything else)."""
+    return root / str(uuidlib.UUID(uuid))
 
 
 async def prepare_local_disks(

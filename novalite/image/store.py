@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,15 @@ from pathlib import Path
 CHUNK = 1 << 20  # bytes per disk write / read
 
 
+def file_name(image_id: object) -> str:
+    """An image's file name: its canonical uuid, so no id can name a path outside the store
+    (ValueError for anything else)."""
+    return str(uuid.UUID(str(image_id)))
+
+
 def image_path(state_dir: Path, image_id: str) -> Path:
     """The data file of an image of the novalite whose state directory is ``state_dir``."""
-    return Path(state_dir) / "images" / str(image_id)
+    return Path(state_dir) / "images" / file_name(image_id)
 
 
 class UploadError(Exception):
@@ -71,7 +78,7 @@ class ImageStore:
 
     def path(self, image_id: str) -> Path:
         """Where an active image's data lives (the image cache reads it from here)."""
-        return self.root / str(image_id)  # same as image_path(state_dir, image_id)
+        return self.root / file_name(image_id)  # same as image_path(state_dir, image_id)
 
     def exists(self, image_id: str) -> bool:
         return self.path(image_id).is_file()

@@ -25,14 +25,13 @@ from pydantic import (
 )
 
 from novalite.api import errors
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from novalite.api import validation as shared
 
 
 def _name(value: str) -> str:
-    """Nova's `name` type: no leading/trailing whitespace, no control characters."""
-    if value != value.strip() or _CONTROL.search(value):
-        raise ValueError(f"{value!r} does not match the name pattern (no leading/trailing spaces or control characters)")
+    """Nova's `name` format: printable (no control or format characters), no edge whitespace."""
+    if not shared.valid_name(value):
+        raise ValueError(f"An invalid 'name' value was provided. The name must be: {shared.NAME_RULE}")
     return value
 
 
@@ -223,7 +222,29 @@ def validation_message(exc: ValidationError) -> str:
         return f"'{err['loc'][-1]}' is a required property"
     value = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith("An invalid 'name' value"):  # Nova's format errors are the bare InvalidName message
+        return msg
     return f"Invalid input for field/attribute {_loc(err)}. Value: {value}. {msg}"
+
+
+_HOSTNAME = re.compile(r"[a-zA-Z0-9]+[a-zA-Z0-9-]*[a-zA-Z0-9]+")  # Nova's hostname (2.90 to 2.93)
+_FQDN = re.compile(r"[a-zA-Z0-9-._]*")  # Nova's fqdn (hostname from 2.94, hypervisor_hostname)
+
+
+def _check_hostnames(server: dict, version: tuple[int, int]) -> None:
+    """Nova's hostname and fqdn patterns: what reaches the guest's hostname, its config
+    drive and the DHCP host entry is letters, digits, '-', '.', '_' only."""
+    for key in ("hostname", "hypervisor_hostname"):
+        value = server.get(key)
+        if not isinstance(value, str):
+            continue
+        if key == "hostname" and version < (2, 94):
+            pattern, low, high = _HOSTNAME, 2, 63
+        else:
+            pattern, low, high = _FQDN, 1, 255
+        if not low <= len(value) <= high or not pattern.fullmatch(value):
+            raise errors.BadRequest(f"Invalid input for field/attribute {key}. Value: {value[:255]}. "
+                                    f"'{value[:255]}' does not match '^{pattern.pattern}$'")
 
 
 def parse_create(body: dict, version: tuple[int, int]) -> tuple[ServerCreate, dict]:
@@ -242,10 +263,11 @@ def parse_create(body: dict, version: tuple[int, int]) -> tuple[ServerCreate, di
     if version < (2, 37) and isinstance(server.get("networks"), str):
         raise errors.BadRequest(f"Invalid input for field/attribute networks. Value: {server['networks']}. "
                                 f"'{server['networks']}' is not of type 'array'")
-    if version < (2, 32):
-        for item in server.get("networks") or []:
+    if version < (2, 32) and isinstance(server.get("networks"), list):
+        for item in server["networks"]:
             if isinstance(item, dict) and "tag" in item:
                 raise errors.BadRequest("Additional properties are not allowed ('tag' was unexpected)")
+    _check_hostnames(server, version)
     hints = body.get("os:scheduler_hints", body.get("OS-SCH-HNT:scheduler_hints", {}))
     if not isinstance(hints, dict):
         raise errors.BadRequest("Invalid input for field/attribute os:scheduler_hints. Value must be an object.")
@@ -282,6 +304,7 @@ def parse_update(body: dict, version: tuple[int, int]) -> dict:
         first, gone = SERVER_FIELDS_BY_VERSION[name]
         if name in server and not first <= version < gone:
             raise errors.BadRequest(f"Additional properties are not allowed ('{name}' was unexpected)")
+    _check_hostnames(server, version)
     try:
         model = ServerUpdate.model_validate(server)
     except ValidationError as exc:

@@ -5,15 +5,14 @@ paging helpers (limit/marker, next links)."""
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterator
-from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from novalite.api import errors
+from novalite.api import validation as shared
 from novalite.api.compute import common
 from novalite.api.pagination import page_limit
 
@@ -22,28 +21,10 @@ MAX_INT = 0x7FFFFFFF
 # JSON Schema validation -------------------------------------------------------
 
 
-@cache
-def _printable(ch: str) -> bool:
-    cat = unicodedata.category(ch)
-    return ord(ch) < 0xFFFF and not cat.startswith("C") and (not cat.startswith("Z") or cat == "Zs")
-
-
-def _valid_name(value: str) -> bool:
-    """Nova's valid_name_regex: printable, no leading or trailing whitespace."""
-    if not all(_printable(c) for c in value):
-        return False
-    return not value or (unicodedata.category(value[0]) != "Zs" and unicodedata.category(value[-1]) != "Zs")
-
-
-def _valid_name_spaces(value: str) -> bool:
-    """Nova's name_with_leading_trailing_spaces: printable with one non-space."""
-    return all(_printable(c) for c in value) and any(unicodedata.category(c) != "Zs" for c in value)
-
-
 _NAME_REASONS = {
-    "name": (_valid_name, "printable characters. Can not start or end with whitespace."),
+    "name": (shared.valid_name, shared.NAME_RULE),
     "name_with_leading_trailing_spaces": (
-        _valid_name_spaces,
+        shared.valid_name_with_spaces,
         "printable characters with at least one non space character",
     ),
 }

@@ -135,15 +135,39 @@ async def create(request: web.Request) -> web.Response:
     return web.json_response({"volumeAttachment": attachment_view(request, bdm, create=True)})
 
 
+def _update_body(att: object, version_85: bool) -> dict:
+    """Nova's update schema: an object with a uuid volumeId; from 2.85 also the attachment's
+    other fields (only delete_on_termination may change)."""
+    if not isinstance(att, dict) or "volumeId" not in att:
+        raise errors.BadRequest("Invalid input for field/attribute volumeAttachment. 'volumeId' is a required property")
+    allowed = {"volumeId"} | ({"device", "id", "serverId", "tag", "delete_on_termination"} if version_85 else set())
+    extra = set(att) - allowed
+    if extra:
+        raise errors.BadRequest(
+            f"Invalid input for field/attribute volumeAttachment. Additional properties are not allowed "
+            f"({', '.join(repr(e) for e in sorted(extra))} {'was' if len(extra) == 1 else 'were'} unexpected)"
+        )
+    volume_id = att["volumeId"]
+    try:
+        uuidlib.UUID(volume_id if isinstance(volume_id, str) else "")
+    except ValueError:
+        raise errors.BadRequest(
+            f"Invalid input for field/attribute volumeId. Value: {volume_id}. '{volume_id}' is not a 'uuid'"
+        ) from None
+    if "delete_on_termination" in att and not isinstance(att["delete_on_termination"], bool):
+        raise errors.BadRequest("Invalid input for field/attribute delete_on_termination.")
+    return att
+
+
 async def update(request: web.Request) -> web.Response:
     inst = await load_instance(request)
     volume_id = request.match_info["volume_id"]
     body = await read_json(request)
-    att = body.get("volumeAttachment") or {}
-    new_volume = att.get("volumeId")
-    if new_volume and new_volume != volume_id:
+    att = _update_body(body.get("volumeAttachment"), at_least(request, 85))
+    if att["volumeId"] != volume_id:
         authorize(request, "os_compute_api:os-volumes-attachments:swap", _target(inst))
-        raise errors.ApiError("Swapping volumes is not supported by novalite.", code=501)
+        # Nova's raise_feature_not_supported: a 400, not a 501.
+        raise errors.BadRequest("The requested functionality is not supported: novalite does not swap volumes.")
     ctx = authorize(request, "os_compute_api:os-volumes-attachments:update", _target(inst))
     if not at_least(request, 85):
         raise errors.BadRequest("Only swapping volumes is supported below microversion 2.85.")
@@ -151,7 +175,7 @@ async def update(request: web.Request) -> web.Response:
     bdm = await _find(request, inst, volume_id)
     if "delete_on_termination" in att:
         async with request.app[keys.DB].acquire() as conn:
-            await q.set_bdm(conn, bdm["id"], delete_on_termination=bool(att["delete_on_termination"]))
+            await q.set_bdm(conn, bdm["id"], delete_on_termination=att["delete_on_termination"])
     return web.Response(status=202)
 
 

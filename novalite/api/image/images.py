@@ -28,7 +28,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from novalite.api import errors, keys
+from novalite.api import errors, keys, validation
 from novalite.api import policy as api_policy
 from novalite.api.middleware import parse_json
 from novalite.api.pagination import capped, max_limit, page_limit
@@ -179,8 +179,9 @@ def validate_attribute(
     if key in READ_ONLY:
         raise errors.Forbidden(f"Attribute '{key}' is read-only.")
     if key == "name":
-        if value is not None and (not isinstance(value, str) or len(value) > 255):
-            raise errors.BadRequest("Invalid value for name: a string of at most 255 characters.")
+        problem = None if value is None else validation.name_problem(value, max_length=255, min_length=0)
+        if problem:
+            raise errors.BadRequest(f"Invalid value for name: {problem}")
     elif key == "visibility":
         if value not in VISIBILITIES:
             raise errors.BadRequest(f"Invalid visibility value: {value}")
