@@ -20,6 +20,7 @@ from novalite.api import identity_admin, keys, middleware
 from novalite.api import networking as networking_api
 from novalite.api import volume as volume_api_routes
 from novalite.api.compute import catalog_routes, server_groups, servers, volume_attachments
+from novalite.api.compute import images as compute_images
 from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
 from novalite.compute.actions import ServerActions
@@ -255,6 +256,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     identity_admin.add_routes(app)
     compute_versions.add_routes(app)
     catalog_routes.add_routes(app)
+    compute_images.add_routes(app)
     servers.add_routes(app)
     server_groups.add_routes(app)
     image_api.add_routes(app)
