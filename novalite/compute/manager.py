@@ -182,6 +182,13 @@ class ComputeManager:
                 await _destroy(uuid)
 
             self.driver.destroy = slow_destroy  # type: ignore[method-assign]
+        held = {s: delays[s] for s in ("image_snapshot", "image_pending_upload", "image_uploading") if s in delays}
+        if held:  # a snapshot is held in its task states
+
+            async def after_state(uuid: str, state: str) -> None:
+                await asyncio.sleep(held.get(state, 0))
+
+            self.snapshot.after_state = after_state
         log.warning("drill_delays_installed", host=self.host, delays=delays)
 
     async def _heartbeat(self) -> None:
