@@ -47,9 +47,9 @@ from novalite.image import testimage  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
-          "rebuild_spawning"]
+          "rebuild_spawning", "image_uploading"]
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
-          "deleting": 0.8}
+          "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8}
 LIVE_STATES = ("active", "stopped", "paused", "suspended")
 
 
@@ -123,6 +123,7 @@ class Harness:
         self.qemu: QemuHost | None = None
         self.prefix = f"nlcrash{uuid.uuid4().hex[:6]}-"
         self.qemu_image: str | None = None
+        self.snapshots: list[str] = []  # images of createImage requests this round
 
     def write_config(self) -> Path:
         hosts = "".join(
@@ -285,6 +286,16 @@ watchdog_interval = 2
                 status, body = await self.api("POST", f"/servers/{u}/action", {"rebuild": {"imageRef": images[u]}})
                 if status != 202:
                     self.failures.append(f"{stage}: rebuild of {u} answered {status}: {body}")
+        elif stage.startswith("image_"):
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the snapshot")
+            for u in uuids:
+                status, body = await self.api("POST", f"/servers/{u}/action", {"createImage": {"name": f"s-{u}"}})
+                if status != 202:
+                    self.failures.append(f"{stage}: createImage of {u} answered {status}: {body}")
+                else:
+                    self.snapshots.append(body["image_id"])
         else:
             uuids = await self.create_batch(image_id)
         if stage != "before_scheduling" and not await self.wait_stage(uuids, stage):
@@ -300,6 +311,14 @@ watchdog_interval = 2
             stuck = await self.in_flight()
             self.failures.append(f"{stage}: stuck after restart: {stuck}")
         await self.check(stage, interrupted)
+        if self.snapshots:  # every accepted snapshot ends as an active image, crash or not
+            async with self.db.acquire() as conn:
+                statuses = {str(r["id"]): r["status"] for r in await conn.fetch(
+                    "SELECT id, status FROM images WHERE id = ANY($1::uuid[])", self.snapshots)}
+            for image in self.snapshots:
+                if statuses.get(image) != "active":
+                    self.failures.append(f"{stage}: snapshot {image} is {statuses.get(image, 'gone')}")
+            self.snapshots.clear()
         # Make room for the next round: delete everything and let it finish.
         async with self.db.acquire() as conn:
             live = [str(r["uuid"]) for r in await conn.fetch("SELECT uuid FROM instances WHERE NOT deleted")]
@@ -367,7 +386,8 @@ watchdog_interval = 2
             for key, label in (("build finished", "recovered_build_finished"),
                                ("scheduling again", "recovered_build_rescheduled"),
                                ("finishing the delete", "recovered_delete_finished"),
-                               ("rebuilding again", "recovered_rebuild_resumed")):
+                               ("rebuilding again", "recovered_rebuild_resumed"),
+                               ("taking the snapshot again", "recovered_snapshot_resumed")):
                 if key in detail:
                     self.counts[label] += 1
             if u not in recovered:

@@ -20,6 +20,7 @@ from novalite.api import identity_admin, keys, middleware
 from novalite.api import networking as networking_api
 from novalite.api import volume as volume_api_routes
 from novalite.api.compute import catalog_routes, server_groups, servers, volume_attachments
+from novalite.api.compute import images as compute_images
 from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
 from novalite.compute.actions import ServerActions
@@ -34,6 +35,7 @@ from novalite.config import Config, HostConfig
 from novalite.db.steps import StepWriter
 from novalite.foreground import Foreground
 from novalite.identity import IdentityService
+from novalite.image.store import ImageStore
 from novalite.network import NetworkAPI
 from novalite.policy import SERVICES, Enforcer
 from novalite.retention import Retention
@@ -164,6 +166,8 @@ def compute_ctx(config: Config):
         network_api = app[keys.NETWORK_API]
         volume_build = app[keys.VOLUME_BUILD]
         computes: dict[str, ComputeManager] = {}
+        # Snapshots go through the image store's write path (size, checksum, os_hash as an upload).
+        image_store = ImageStore(config.state_dir / "images", config.image.reserve_free_bytes)
 
         def cast_build(host: str, uuid: str, request_id: str, alternates: list[str],
                        attempts: list[tuple[str, str]], admin_password: str | None) -> None:
@@ -173,7 +177,8 @@ def compute_ctx(config: Config):
                               foreground=app[keys.FOREGROUND])
         for host in config.hosts:
             computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
-                                                conductor.reschedule, network_api, volume_build)
+                                                conductor.reschedule, network_api, volume_build,
+                                                image_store=image_store)
         compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
                                  network_api=network_api, volume_build=volume_build)
         watchdog = Watchdog(workers, config, computes)
@@ -251,6 +256,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     identity_admin.add_routes(app)
     compute_versions.add_routes(app)
     catalog_routes.add_routes(app)
+    compute_images.add_routes(app)
     servers.add_routes(app)
     server_groups.add_routes(app)
     image_api.add_routes(app)

@@ -45,3 +45,13 @@ async def test_sigkill_during_a_real_guests_spawn_loses_nothing(pg_dsn):
     assert failures == []
     assert counts["checks"] == 2
     assert counts["instances_interrupted"] >= 1
+
+
+async def test_sigkill_during_snapshots_loses_nothing(pg_dsn, tmp_path):
+    """A snapshot cut off mid-way is taken again on restart: every accepted image ends active."""
+    bench = load_bench()
+    bench.STAGES[:] = ["image_uploading"]
+    counts, failures = await bench.run(1, seed=6, servers=3, admin_dsn=pg_dsn, hosts=1, workdir=tmp_path,
+                                       verbose=False)
+    assert failures == []
+    assert counts["recovered_snapshot_resumed"] >= 1

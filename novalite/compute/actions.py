@@ -18,6 +18,13 @@ import structlog
 
 from novalite import exception
 from novalite.compute import power, states
+from novalite.compute.image_actions import (
+    IMAGE_BACKUP,
+    IMAGE_SNAPSHOT_PENDING,
+    SNAPSHOT_VM_STATES,
+    ImageActionCheck,
+    ImageRequest,
+)
 from novalite.compute.rebuild import REBUILD_VM_STATES, REBUILDING, RebuildCheck, RebuildRequest
 from novalite.config import Config
 from novalite.context import RequestContext
@@ -53,6 +60,8 @@ SPECS: dict[str, ActionSpec] = {
     "suspend": ActionSpec("suspend", "suspend", (states.ACTIVE,), (None,), power.SUSPENDING),
     "resume": ActionSpec("resume", "resume", (states.SUSPENDED,), (None,), power.RESUMING),
     "rebuild": ActionSpec("rebuild", "rebuild", REBUILD_VM_STATES, (None,), REBUILDING),
+    "createImage": ActionSpec("createImage", "createImage", SNAPSHOT_VM_STATES, (None,), IMAGE_SNAPSHOT_PENDING),
+    "createBackup": ActionSpec("createBackup", "createBackup", SNAPSHOT_VM_STATES, (None,), IMAGE_BACKUP),
 }
 
 
@@ -89,6 +98,7 @@ class ServerActions:
         self.pool = pool
         self.computes = computes
         self.rebuilds = RebuildCheck(pool, config)
+        self.image_actions = ImageActionCheck(pool)
 
     def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
         """The lock and state checks every host action makes first; the instance's compute manager."""
@@ -105,6 +115,18 @@ class ServerActions:
         row = await self.rebuilds.accept(ctx, inst, req)
         compute.cast_rebuild(str(inst["uuid"]), ctx.request_id, req.admin_password, req.preserve_ephemeral)
         return row
+
+    async def create_image(self, ctx: RequestContext, inst: asyncpg.Record, req: ImageRequest) -> asyncpg.Record:
+        """createImage/createBackup: state check (a lock does not stop them, as in Nova), the queued
+        image and the task state, then the cast; returns the image row."""
+        spec = SPECS["createBackup" if req.is_backup else "createImage"]
+        check_instance_state(spec, inst)
+        compute = self.computes.get(inst["host"]) if inst["host"] else None
+        if compute is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        image = await self.image_actions.accept(ctx, inst, req)
+        compute.snapshot.cast_snapshot(str(inst["uuid"]), ctx.request_id)
+        return image
 
     async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
         """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""

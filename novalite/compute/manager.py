@@ -34,6 +34,7 @@ from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerManager
 from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
+from novalite.compute.snapshot import ImageWriter, SnapshotManager
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
 from novalite.db.steps import BuildStep, StepWriter
@@ -73,8 +74,10 @@ class ComputeManager:
         reschedule: Reschedule,
         network_api: NetworkAPI | None = None,
         volume_build: VolumeBuild | None = None,
+        image_store: ImageWriter | None = None,
     ) -> None:
-        """``reschedule`` hands a build that failed here back to the conductor (its alternates)."""
+        """``reschedule`` hands a build that failed here back to the conductor (its alternates);
+        ``image_store`` is where snapshots are written."""
         self.host = host.name
         self.network_api = network_api
         self.volume_build = volume_build  # a build's volumes: prepared, undone, released
@@ -99,6 +102,8 @@ class ComputeManager:
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
         self.power = PowerManager(self.host, self.driver, pool, locks, config, self._spawn)
+        self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
+                                        self.instances_dir, self.simulated, self._spawn)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -177,6 +182,13 @@ class ComputeManager:
                 await _destroy(uuid)
 
             self.driver.destroy = slow_destroy  # type: ignore[method-assign]
+        held = {s: delays[s] for s in ("image_snapshot", "image_pending_upload", "image_uploading") if s in delays}
+        if held:  # a snapshot is held in its task states
+
+            async def after_state(uuid: str, state: str) -> None:
+                await asyncio.sleep(held.get(state, 0))
+
+            self.snapshot.after_state = after_state
         log.warning("drill_delays_installed", host=self.host, delays=delays)
 
     async def _heartbeat(self) -> None:

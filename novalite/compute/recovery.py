@@ -14,7 +14,9 @@ never leaves an instance in BUILD, DELETING or a power task state forever:
   domain's real power state;
 - a rebuild → redone from its first step (the row already names the new image;
   the ephemeral disk is kept, as losing data is worse than keeping it, and the
-  admin password, which only travelled in memory, is not on the new config drive).
+  admin password, which only travelled in memory, is not on the new config drive);
+- a snapshot or backup → a left-over block copy is ended, the image goes back to
+  queued and the snapshot is taken again from its first task state.
 
 Each instance recovered gets a ``compute_recover_instance`` event on its open
 action saying what was found and done, and the events the crash cut off are
@@ -33,6 +35,7 @@ import structlog
 from novalite.compute import states
 from novalite.compute.api import BuildRequest, ComputeAPI
 from novalite.compute.failures import Failure, fail_instance
+from novalite.compute.image_actions import SNAPSHOT_TASK_STATES
 from novalite.compute.manager import BUILD_EVENT
 from novalite.compute.power import POWER_TASK_STATES, RECOVER_EVENT
 from novalite.compute.rebuild import REBUILD_TASK_STATES, REBUILDING
@@ -113,6 +116,14 @@ async def _recover_one(
             await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
         compute.cast_rebuild(uuid, request_id, None, True)
         return "rebuild_resumed"
+    if task in SNAPSHOT_TASK_STATES:
+        if compute is None:
+            await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "
+                            f"cannot finish the interrupted snapshot")
+            return "snapshot_error"
+        await compute.snapshot.resume(inst, request_id, f"interrupted by a restart in task_state {task}; "
+                                      "taking the snapshot again")
+        return "snapshot_resumed"
     # A task state novalite does not drive (e.g. set by an older version): clear it.
     async with pool.acquire() as conn, conn.transaction():
         await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=None)

@@ -41,6 +41,8 @@ console (ttyS0)::
     NOVALITE-GUEST: lease ip=<ip> mac=<mac> iface=<eth0> mask=<prefix> router=<gw>
     NOVALITE-GUEST: lease none iface=<eth0>         (no DHCP answer)
     NOVALITE-GUEST: disk <vdX> size=<bytes>              (one per virtio disk)
+    NOVALITE-GUEST: disk_marker=<word>                 (a marker found at the start of /dev/vda)
+    NOVALITE-GUEST: disk_marker_written=<word>         (user_data line "write-disk-marker <word>")
     NOVALITE-GUEST: init done uptime=<seconds since the kernel started>
     NOVALITE-GUEST: disks now: <vda vdb ...>           (after a disk was hot-plugged or unplugged)
 
@@ -156,6 +158,16 @@ for b in /sys/block/vd*; do
   [ -e "$b" ] || continue
   say "disk ${b##*/} size=$(( $(cat "$b/size") * 512 ))"
 done
+# A marker at the start of the root disk proves disk contents across snapshots: shown at every
+# boot, written when user_data has a line "write-disk-marker <word>".
+mk=$(head -c 80 /dev/vda 2>/dev/null | head -n1 | tr -cd 'A-Za-z0-9:._-')
+case "$mk" in NOVALITE-MARKER:?*) say "disk_marker=${mk#NOVALITE-MARKER:}";; esac
+w=$(sed -n 's/^write-disk-marker //p' /mnt/config/openstack/latest/user_data 2>/dev/null | tr -cd 'A-Za-z0-9._-')
+if [ -n "$w" ] && [ -b /dev/vda ]; then
+  printf 'NOVALITE-MARKER:%s\n' "$w" | dd of=/dev/vda conv=notrunc 2>/dev/null
+  sync
+  say "disk_marker_written=$w"
+fi
 say "init done uptime=$(cut -d' ' -f1 /proc/uptime)"
 # Hot-plugged disks (volume attach/detach) show up here when the guest sees them.
 (

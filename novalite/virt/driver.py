@@ -341,6 +341,25 @@ class VirtDriver(Protocol):
         """
         ...
 
+    # -- disk snapshots (createImage, createBackup, shelve) -----------------------
+
+    async def copy_disk_live(self, instance_uuid: str, target_dev: str, dest_path: str) -> bool:
+        """Copy the disk ``target_dev`` of an active guest into ``dest_path`` without stopping it.
+
+        Before: ``dest_path`` is a qcow2 the caller made over the same backing file as the
+        disk, of the disk's virtual size. A shallow block copy mirrors the disk's top layer
+        into it; once in sync the job ends without a pivot, so ``dest_path`` holds the disk as
+        it was at that instant (crash-consistent) and the guest keeps running on its own disk
+        with its persistent definition unchanged. A job left over from an interrupted copy is
+        ended first. Returns False, having done nothing, when the domain is not active (no
+        one writes the disk: the caller reads the file itself). InstanceNotFound without a domain.
+        """
+        ...
+
+    async def abort_disk_copy(self, instance_uuid: str, target_dev: str) -> None:
+        """End any block job on the disk ``target_dev`` (no pivot); idempotent, no domain is fine."""
+        ...
+
     # -- storage: one pool of volumes per host -----------------------------------
     # Volumes are named within their pool; every verb returning a path returns
     # the path the hypervisor knows the volume by (DiskSpec.path of a guest disk).

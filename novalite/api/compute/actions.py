@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from novalite import quota
 from novalite.api import errors, keys
-from novalite.api.compute.common import at_least, authorize
+from novalite.api.compute import schemas
+from novalite.api.compute.common import at_least, authorize, compute_url
 from novalite.compute.actions import ServerActions
+from novalite.compute.image_actions import ImageRequest, is_volume_backed
 
 # action name → (policy rule, compute kind, target includes user_id)
 POWER_ACTIONS: dict[str, tuple[str, str, bool]] = {
@@ -41,8 +44,41 @@ def _accepted() -> web.Response:
     return web.Response(status=202)
 
 
+async def create_image(request: web.Request, inst: asyncpg.Record, name: str, value: object) -> web.Response:
+    """createImage (Nova's servers.py _create_image) and createBackup (create_backup.py): 202, the
+    image's id in the body from 2.45, before that in a Location header (a backup's only if rotation > 0)."""
+    model = schemas.parse_image_action(name, value)
+    target = {"project_id": inst["project_id"]}
+    backup = isinstance(model, schemas.CreateBackup)
+    ctx = authorize(request, "os_compute_api:os-create-backup" if backup else "os_compute_api:servers:create_image",
+                    target)
+    metadata = dict(model.metadata)
+    async with request.app[keys.DB].acquire() as conn:
+        if metadata and not at_least(request, 39):  # from 2.39 Nova no longer checks a quota here
+            limit = (await quota.get_limits(conn, request.app[keys.CONFIG].quota, ctx.project_id))["metadata_items"]
+            if 0 <= limit < len(metadata):
+                raise errors.Forbidden("Image metadata limit exceeded")
+        if not backup and await is_volume_backed(conn, inst):
+            authorize(request, "os_compute_api:servers:create_image:allow_volume_backed", target)
+    req = ImageRequest(name=model.name, metadata=metadata)
+    if isinstance(model, schemas.CreateBackup):
+        req.backup_type, req.rotation = model.backup_type, int(model.rotation)
+    image = await server_actions(request).create_image(ctx, inst, req)
+    image_id = str(image["id"])
+    if at_least(request, 45):
+        return web.json_response({"image_id": image_id}, status=202)
+    response = web.Response(status=202)
+    if not backup:
+        response.headers["Location"] = f"{request.app[keys.CONFIG].public_url}/image/images/{image_id}"
+    elif req.rotation:
+        response.headers["Location"] = f"{compute_url(request)}/v2.1/images/{image_id}"
+    return response
+
+
 async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value: object) -> web.Response | None:
     """Handle one of this module's actions; None when `name` is not one of them."""
+    if name in ("createImage", "createBackup"):
+        return await create_image(request, inst, name, value)
     if name in POWER_ACTIONS:
         rule, kind, with_user = POWER_ACTIONS[name]
         ctx = authorize(request, rule, _target(inst, with_user))

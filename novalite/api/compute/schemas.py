@@ -359,3 +359,47 @@ def parse_rebuild(value: object, version: tuple[int, int]) -> ServerRebuild:
         return ServerRebuild.model_validate(value)
     except ValidationError as exc:
         raise errors.BadRequest(validation_message(exc)) from None
+
+
+ImageMetadata = dict[Annotated[str, Field(min_length=1, max_length=255)], Annotated[str, Field(max_length=255)]]
+
+
+class CreateImage(_Strict):
+    """Nova's createImage body (schemas/servers.py create_image)."""
+
+    name: Name
+    metadata: ImageMetadata = {}
+
+
+class CreateBackup(_Strict):
+    """Nova's createBackup body (schemas/create_backup.py): rotation a non-negative integer (or digits)."""
+
+    name: Name
+    backup_type: str
+    rotation: int | str
+    metadata: ImageMetadata = {}
+
+    @field_validator("rotation")
+    @classmethod
+    def _rotation(cls, v: int | str) -> int:
+        if isinstance(v, bool):
+            raise ValueError(f"{v!r} is not of type 'integer', 'string'")
+        if isinstance(v, str):
+            if not re.fullmatch(r"[0-9]+", v):
+                raise ValueError(f"{v!r} does not match '^[0-9]*$'")
+            return int(v)
+        if v < 0:
+            raise ValueError(f"{v} is less than the minimum of 0")
+        return v
+
+
+def parse_image_action(name: str, value: object) -> CreateImage | CreateBackup:
+    """Validate a createImage or createBackup action's body."""
+    if not isinstance(value, dict):
+        raise errors.BadRequest(f"Invalid input for field/attribute {name}. Value: {value}. "
+                                f"{value!r} is not of type 'object'")
+    model = CreateBackup if name == "createBackup" else CreateImage
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise errors.BadRequest(validation_message(exc)) from None

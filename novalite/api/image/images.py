@@ -761,6 +761,13 @@ HANDLER_RULES: dict[str, tuple[str, ...]] = {
 }
 
 
+async def image_tasks(request: web.Request) -> web.Response:
+    """GET /v2/images/{id}/tasks (Glance 2.12): the image's import tasks; novalite runs none, so none."""
+    async with request.app[keys.DB].acquire() as conn:
+        await visible_image(request, conn, request.match_info["image_id"])
+    return web.json_response({"tasks": []})
+
+
 def add_routes(app: web.Application) -> None:
     """Image routes; the image store lives under ``<state dir>/images``."""
     config = app[keys.CONFIG]
@@ -779,6 +786,7 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/image/v2/images/{image_id}", delete_image)
     r.add_put("/image/v2/images/{image_id}/file", upload_image)
     r.add_get("/image/v2/images/{image_id}/file", download_image)
+    r.add_get("/image/v2/images/{image_id}/tasks", image_tasks)
     r.add_get("/image/v2/images/{image_id}/members", list_members)
     r.add_post("/image/v2/images/{image_id}/members", add_member)
     r.add_get("/image/v2/images/{image_id}/members/{member_id}", show_member)

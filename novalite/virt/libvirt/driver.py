@@ -755,6 +755,64 @@ class LibvirtDriver:
         """Target devices of the persistent definition (VirtDriver.disk_targets)."""
         return await self.host.call(self._disk_targets_sync, instance_uuid)
 
+    # -- disk snapshots --------------------------------------------------------------
+
+    def _abort_copy_sync(self, domain: libvirt.virDomain, target_dev: str) -> None:
+        try:
+            if domain.blockJobInfo(target_dev, 0):
+                domain.blockJobAbort(target_dev, 0)
+        except libvirt.libvirtError as exc:
+            if _code(exc) not in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN):
+                raise
+
+    def _copy_disk_live_sync(self, instance_uuid: str, target_dev: str, dest_path: str, timeout: float) -> bool:
+        domain = self._lookup(self.host.connection(), instance_uuid)
+        try:
+            if not domain.isActive():
+                return False
+            self._abort_copy_sync(domain, target_dev)
+            dest = _design_disk(DiskSpec(path=dest_path, target_dev=target_dev), self.domain_type).to_xml(False)
+            flags = (libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW | libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
+                     | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB)
+            domain.blockCopy(target_dev, dest, None, flags)
+            try:
+                deadline = time.monotonic() + timeout
+                while True:
+                    info = domain.blockJobInfo(target_dev, 0)
+                    if not info:
+                        raise VirtError(f"block copy of {target_dev} of instance {instance_uuid} ended on its own")
+                    if info["end"] and info["cur"] == info["end"]:
+                        break  # mirrored: from here on the copy only follows the guest's writes
+                    if time.monotonic() > deadline:
+                        raise VirtError(f"block copy of {target_dev} of instance {instance_uuid} timed out")
+                    time.sleep(0.2)
+            finally:
+                # No pivot: the guest stays on its disk; dest_path keeps what was mirrored so far.
+                domain.blockJobAbort(target_dev, 0)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot copy disk {target_dev} of instance {instance_uuid}") from exc
+        log.info("disk_copied_live", instance_uuid=instance_uuid, target_dev=target_dev)
+        return True
+
+    async def copy_disk_live(self, instance_uuid: str, target_dev: str, dest_path: str,
+                             timeout: float = 600) -> bool:
+        """A shallow block copy into ``dest_path``, ended without pivot (VirtDriver.copy_disk_live)."""
+        return await self.host.call(self._copy_disk_live_sync, instance_uuid, target_dev, dest_path, timeout)
+
+    async def abort_disk_copy(self, instance_uuid: str, target_dev: str) -> None:
+        """End a left-over block job on the disk (VirtDriver.abort_disk_copy)."""
+        def abort() -> None:
+            try:
+                domain = self._lookup(self.host.connection(), instance_uuid)
+            except InstanceNotFound:
+                return
+            try:
+                self._abort_copy_sync(domain, target_dev)
+            except libvirt.libvirtError as exc:
+                raise _translate(exc, f"cannot end the block job of instance {instance_uuid}") from exc
+
+        await self.host.call(abort)
+
     async def domain_xml(self, instance_uuid: str, inactive: bool = False) -> str:
         """The domain's live (or persistent) XML (libvirt-specific, not in the contract)."""
         def read() -> str:
