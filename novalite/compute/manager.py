@@ -34,6 +34,7 @@ from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerManager
 from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
+from novalite.compute.resize import ResizeManager
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
 from novalite.db.steps import BuildStep, StepWriter
@@ -73,8 +74,10 @@ class ComputeManager:
         reschedule: Reschedule,
         network_api: NetworkAPI | None = None,
         volume_build: VolumeBuild | None = None,
+        peers: Callable[[str], ComputeManager | None] | None = None,
     ) -> None:
-        """``reschedule`` hands a build that failed here back to the conductor (its alternates)."""
+        """``reschedule`` hands a build that failed here back to the conductor (its alternates);
+        ``peers`` finds another host's manager (the other end of a resize)."""
         self.host = host.name
         self.network_api = network_api
         self.volume_build = volume_build  # a build's volumes: prepared, undone, released
@@ -99,6 +102,7 @@ class ComputeManager:
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
         self.power = PowerManager(self.host, self.driver, pool, locks, config, self._spawn)
+        self.resize = ResizeManager(self, peers or (lambda _host: None))
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -138,10 +142,13 @@ class ComputeManager:
         self._workers.append(asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.host}"))
         self.install_drill_delays()
         self._workers.append(self.power.start())
+        self._resize_confirmer = self.resize.start()
 
     async def stop(self) -> None:
         for w in self._workers:
             w.cancel()
+        if getattr(self, "_resize_confirmer", None) is not None:
+            await self._resize_confirmer.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
 
@@ -530,6 +537,7 @@ class ComputeManager:
             await db.notify(conn, "instance.delete.start", {"host": self.host},
                             publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id)
         await self._undo_build(uuid)
+        await self.resize.cleanup_for_delete(uuid)  # a resize's other host and its held claim
         if self.volume_build is not None:  # delete_on_termination volumes go, the others become available
             await self.volume_build.release_instance(uuid)
         if self.network_api is not None:
