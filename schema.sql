@@ -548,4 +548,38 @@ UPDATE compute_nodes n SET vcpus_used = coalesce(a.v, 0), memory_mb_used = coale
    AND (n.vcpus_used, n.memory_mb_used, n.disk_gb_used, n.instances_used)
        IS DISTINCT FROM (coalesce(a.v, 0)::int, coalesce(a.m, 0)::int, coalesce(a.d, 0)::int, coalesce(a.c, 0)::int);
 
+-- Resize (issue 19) ---------------------------------------------------------------
+-- Nova's migration records: one per resize, its status moving pre-migrating →
+-- migrating → post-migrating → finished → confirming/confirmed or reverting/reverted
+-- (or error). While a resize is in flight the source host's claim is held by the
+-- migration: its allocations row carries the migration's uuid as the consumer.
+-- Flavors get Nova's integer id (the migration's old/new_instance_type_id).
+ALTER TABLE flavors ADD COLUMN IF NOT EXISTS internal_id bigserial;
+CREATE TABLE IF NOT EXISTS migrations (
+    id bigserial PRIMARY KEY,
+    uuid uuid NOT NULL UNIQUE,
+    instance_uuid uuid NOT NULL REFERENCES instances(uuid) ON DELETE CASCADE,
+    project_id text,
+    user_id text,
+    migration_type text NOT NULL DEFAULT 'resize',
+    status text NOT NULL,
+    source_compute text,
+    source_node text,
+    dest_compute text,
+    dest_node text,
+    dest_host text,
+    old_instance_type_id bigint,
+    new_instance_type_id bigint,
+    old_flavor jsonb NOT NULL,
+    new_flavor jsonb NOT NULL,
+    old_vm_state text NOT NULL,
+    request_id text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz,
+    deleted boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS migrations_instance ON migrations (instance_uuid, id DESC);
+CREATE INDEX IF NOT EXISTS migrations_open ON migrations (status)
+    WHERE status NOT IN ('confirmed', 'reverted', 'error');
+
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;

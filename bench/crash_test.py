@@ -47,10 +47,10 @@ from novalite.image import testimage  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
-          "rebuild_spawning", "image_uploading"]
+          "rebuild_spawning", "image_uploading", "resize_finish"]
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
           "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8}
-LIVE_STATES = ("active", "stopped", "paused", "suspended")
+LIVE_STATES = ("active", "stopped", "paused", "suspended", "resized")
 
 
 def free_port() -> int:
@@ -296,6 +296,14 @@ watchdog_interval = 2
                     self.failures.append(f"{stage}: createImage of {u} answered {status}: {body}")
                 else:
                     self.snapshots.append(body["image_id"])
+        elif stage.startswith("resize"):  # needs two hosts: the current one is not a destination
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the resize")
+            for u in uuids:
+                status, body = await self.api("POST", f"/servers/{u}/action", {"resize": {"flavorRef": "2"}})
+                if status != 202:
+                    self.failures.append(f"{stage}: resize of {u} answered {status}: {body}")
         else:
             uuids = await self.create_batch(image_id)
         if stage != "before_scheduling" and not await self.wait_stage(uuids, stage):
@@ -334,6 +342,11 @@ watchdog_interval = 2
         async with self.db.acquire() as conn:
             rows = {str(r["uuid"]): r for r in await conn.fetch("SELECT * FROM instances")}
             allocs = {str(r["instance_uuid"]): r for r in await conn.fetch("SELECT * FROM allocations")}
+            # A resize waiting for confirm: its migration holds the source's claim (Nova's consumer swap).
+            held = {str(r["uuid"]): r for r in await conn.fetch(
+                """SELECT m.uuid, m.source_compute, m.old_flavor FROM migrations m JOIN instances i
+                   ON i.uuid = m.instance_uuid WHERE NOT i.deleted
+                   AND m.status NOT IN ('confirmed', 'reverted', 'error')""")}
             recover_rows = await conn.fetch(
                 """SELECT a.instance_uuid, e.details FROM instance_actions a
                    JOIN instance_actions_events e ON e.action_id = a.id WHERE e.event = 'compute_recover_instance'""")
@@ -360,6 +373,11 @@ watchdog_interval = 2
                 fail(f"{stage}: {h.name} lacks domains of live instances: {sorted(must - domains)}")
         # allocations == live instances with a host
         for u, a in allocs.items():
+            if u in held:
+                m = held[u]
+                if a["host"] != m["source_compute"] or a["memory_mb"] != json.loads(m["old_flavor"])["memory_mb"]:
+                    fail(f"{stage}: allocation held by migration {u} is not its source's old flavor")
+                continue
             r = rows.get(u)
             if r is None or r["deleted"] or r["host"] != a["host"]:
                 fail(f"{stage}: allocation of {u} on {a['host']} matches no live instance there")
@@ -387,7 +405,8 @@ watchdog_interval = 2
                                ("scheduling again", "recovered_build_rescheduled"),
                                ("finishing the delete", "recovered_delete_finished"),
                                ("rebuilding again", "recovered_rebuild_resumed"),
-                               ("taking the snapshot again", "recovered_snapshot_resumed")):
+                               ("taking the snapshot again", "recovered_snapshot_resumed"),
+                               ("resuming the resize", "recovered_resize_resumed")):
                 if key in detail:
                     self.counts[label] += 1
             if u not in recovered:

@@ -21,6 +21,7 @@ from novalite.api import networking as networking_api
 from novalite.api import volume as volume_api_routes
 from novalite.api.compute import catalog_routes, server_groups, servers, volume_attachments
 from novalite.api.compute import images as compute_images
+from novalite.api.compute import migrations as compute_migrations
 from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
 from novalite.compute.actions import ServerActions
@@ -173,12 +174,15 @@ def compute_ctx(config: Config):
                        attempts: list[tuple[str, str]], admin_password: str | None) -> None:
             computes[host].build_and_run_instance(uuid, request_id, alternates, attempts, admin_password)
 
+        def cast_resize(host: str, stage: str, uuid: str, request_id: str, migration_id: int) -> None:
+            computes[host].resize.cast(stage, uuid, request_id, migration_id)
+
         conductor = Conductor(workers, scheduler, config.scheduler, cast_build=cast_build, network_api=network_api,
-                              foreground=app[keys.FOREGROUND])
+                              foreground=app[keys.FOREGROUND], cast_resize=cast_resize)
         for host in config.hosts:
             computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
                                                 conductor.reschedule, network_api, volume_build,
-                                                image_store=image_store)
+                                                image_store=image_store, peers=computes.get)
         compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
                                  network_api=network_api, volume_build=volume_build)
         watchdog = Watchdog(workers, config, computes)
@@ -194,7 +198,7 @@ def compute_ctx(config: Config):
             app[keys.CONDUCTOR] = conductor
             app[keys.SCHEDULER] = scheduler
             app[keys.COMPUTES] = computes
-            app[keys.SERVER_ACTIONS] = ServerActions(pool, computes, config)
+            app[keys.SERVER_ACTIONS] = ServerActions(pool, computes, config, conductor.migrate_server)
             app[keys.WATCHDOG] = watchdog
             watchdog.start()
             yield
@@ -257,6 +261,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     compute_versions.add_routes(app)
     catalog_routes.add_routes(app)
     compute_images.add_routes(app)
+    compute_migrations.add_routes(app)
     servers.add_routes(app)
     server_groups.add_routes(app)
     image_api.add_routes(app)

@@ -16,8 +16,10 @@ import structlog
 from novalite.compute import states
 from novalite.compute.api import BuildRequest
 from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.resize import CONDUCTOR_EVENT, RESIZE_PREP, resize_request_spec
 from novalite.config import SchedulerConfig
 from novalite.db import instances as db
+from novalite.db import migration_records
 from novalite.foreground import Foreground
 from novalite.network import NetworkAPI
 from novalite.scheduler.filters import requested_resources
@@ -31,6 +33,8 @@ EVENT = "conductor_schedule_and_build_instances"
 # Cast a build to a host's compute manager: (host, uuid, request_id, alternates, attempts,
 # admin_password — in memory only, for the config drive).
 CastBuild = Callable[[str, str, str, list[str], list[tuple[str, str]], str | None], None]
+# Cast one resize stage to a host's compute manager: (host, stage, uuid, request_id, migration id).
+CastResize = Callable[[str, str, str, str, int], None]
 
 
 async def set_error(
@@ -62,6 +66,7 @@ class Conductor:
         cast_build: CastBuild,
         network_api: NetworkAPI | None = None,
         foreground: Foreground | None = None,
+        cast_resize: CastResize | None = None,
     ) -> None:
         """``cast_build`` hands a claimed instance to its host's compute manager (the conductor
         never holds the managers); ``foreground`` is the API's, so scheduling yields to requests."""
@@ -69,6 +74,7 @@ class Conductor:
         self.scheduler = scheduler
         self.cfg = cfg
         self.cast_build = cast_build
+        self.cast_resize = cast_resize
         self.network_api = network_api
         self.foreground = foreground or Foreground(0)
         self.queue: asyncio.Queue[BuildRequest] = asyncio.Queue()
@@ -176,3 +182,52 @@ class Conductor:
         await set_error(self.pool, uuid, request_id, message, details=summary, event=EVENT, host=attempts[-1][0])
         if self.network_api is not None:
             await self.network_api.deallocate_for_instance(uuid)
+
+    # -- resize (Nova's migrate_server / MigrationTask) ----------------------------
+    def migrate_server(self, uuid: str, request_id: str, allow_same_host: bool) -> None:
+        """Cast: schedule a resize accepted by the compute API (``resize_prep``, migration ``pre-migrating``)."""
+        self._spawn(self._migrate_server(uuid, request_id, allow_same_host))
+
+    async def _migrate_server(self, uuid: str, request_id: str, allow_same_host: bool) -> None:
+        """The new flavor through the scheduler; the claim moves the source's allocation to the migration
+        and claims the destination; then prep_resize on the destination. No host: back as it was, with a fault."""
+        structlog.contextvars.bind_contextvars(request_id=request_id, instance_uuid=uuid)
+        started_at = datetime.now(UTC)
+        async with self.pool.acquire() as conn:
+            inst = await db.get(conn, uuid)
+            migration = await migration_records.latest(conn, uuid, [migration_records.PRE_MIGRATING])
+            volume_hosts = [r["host"] for r in await conn.fetch(
+                "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1::uuid AND NOT deleted AND host IS NOT NULL",
+                uuid)]
+        if inst is None or migration is None or inst["task_state"] != RESIZE_PREP:
+            return
+        spec = resize_request_spec(inst, migration, allow_same_host, volume_hosts)
+        record: dict | None = None
+        try:
+            selections, record = await self.scheduler.select_destinations(spec, [uuid], request_id)
+            selection = selections[0]
+        except Exception as exc:
+            log.exception("select_destinations_failed")
+            selection = exc
+        if record is not None:
+            async with self.pool.acquire() as conn:
+                await db.record_schedule(
+                    conn, [uuid], request_id, record, event=CONDUCTOR_EVENT, event_started_at=started_at,
+                    scheduled=[(uuid, json.dumps({"host": selection.host, "migration_id": migration["id"],
+                                                  "verdicts": f"/servers/{uuid}/os-scheduling"}))]
+                    if isinstance(selection, Selection) else [],
+                )
+        if isinstance(selection, Selection) and self.cast_resize is not None:
+            self.cast_resize(selection.host, "prep_resize", uuid, request_id, migration["id"])
+            return
+        message = str(selection) if isinstance(selection, NoValidHost) else f"Scheduling failed: {selection}"
+        details = selection.details(uuid) if isinstance(selection, NoValidHost) else ""
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                await db.compare_and_set(conn, uuid, expect_task_state=RESIZE_PREP, task_state=None)
+            except db.StateConflict:
+                return
+            await conn.execute("UPDATE migrations SET status = 'error', updated_at = now() WHERE id = $1",
+                               migration["id"])
+            await fail_instance(conn, uuid, request_id, Failure(message, details, None, traceback=message),
+                                events=[CONDUCTOR_EVENT])

@@ -193,6 +193,10 @@ class ComputeConfig(_Section):
     # Crash drills only: seconds to hold every instance in a stage, e.g. {spawning = 2, deleting = 1}
     # (stages: scheduling, none, networking, block_device_mapping, spawning, deleting).
     drill_stage_delays: dict[str, float] = {}
+    # Resize (Nova's [DEFAULT] allow_resize_to_same_host): the current host may be the destination.
+    allow_resize_to_same_host: bool = False
+    # Seconds after which a resize waiting in VERIFY_RESIZE is confirmed automatically (0: never, Nova's default).
+    resize_confirm_window: float = Field(0, ge=0)
 
 
 class DeadlinesConfig(_Section):

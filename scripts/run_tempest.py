@@ -200,7 +200,7 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
             "compute_volume_common_az": "",
         },
         "compute-feature-enabled": {
-            "resize": "false", "cold_migration": "false", "live_migration": "false",
+            "resize": "true", "cold_migration": "false", "live_migration": "false",
             "block_migration_for_live_migration": "false", "snapshot": "true", "rescue": "false",
             "shelve": "false", "shelve_migrate": "false", "change_password": "false",
             "console_output": "true", "vnc_console": "false", "spice_console": "false",

@@ -37,6 +37,17 @@ async def test_sigkill_during_rebuilds_loses_nothing(pg_dsn, tmp_path):
     assert counts["recovered_rebuild_resumed"] >= 1
 
 
+async def test_sigkill_during_resizes_loses_nothing(pg_dsn, tmp_path):
+    """A resize cut off while the destination defines the guest is finished on restart (VERIFY_RESIZE),
+    its claims held as before: the destination's by the instance, the source's by the migration."""
+    bench = load_bench()
+    bench.STAGES[:] = ["resize_finish"]
+    counts, failures = await bench.run(1, seed=6, servers=3, admin_dsn=pg_dsn, hosts=2, workdir=tmp_path,
+                                       verbose=False)
+    assert failures == []
+    assert counts["recovered_resize_resumed"] >= 1
+
+
 async def test_sigkill_during_a_real_guests_spawn_loses_nothing(pg_dsn):
     """The same drill with a real TCG guest on qemu:///system in the batch."""
     bench = load_bench()

@@ -10,6 +10,7 @@ os-resetState change only the database and finish at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,13 @@ from novalite.compute.image_actions import (
     ImageRequest,
 )
 from novalite.compute.rebuild import REBUILD_VM_STATES, REBUILDING, RebuildCheck, RebuildRequest
+from novalite.compute.resize import (
+    RESIZE_PREP,
+    RESIZE_REVERTING,
+    RESIZE_VM_STATES,
+    RESIZED,
+    ResizeCheck,
+)
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as db
@@ -62,6 +70,9 @@ SPECS: dict[str, ActionSpec] = {
     "rebuild": ActionSpec("rebuild", "rebuild", REBUILD_VM_STATES, (None,), REBUILDING),
     "createImage": ActionSpec("createImage", "createImage", SNAPSHOT_VM_STATES, (None,), IMAGE_SNAPSHOT_PENDING),
     "createBackup": ActionSpec("createBackup", "createBackup", SNAPSHOT_VM_STATES, (None,), IMAGE_BACKUP),
+    "resize": ActionSpec("resize", "resize", RESIZE_VM_STATES, (None,), RESIZE_PREP),
+    "confirmResize": ActionSpec("confirmResize", "confirmResize", (RESIZED,), (None,), ""),
+    "revertResize": ActionSpec("revertResize", "revertResize", (RESIZED,), (None,), RESIZE_REVERTING),
 }
 
 
@@ -94,11 +105,16 @@ def check_instance_state(spec: ActionSpec, inst: asyncpg.Record) -> None:
 class ServerActions:
     """Power actions, rebuild, lock/unlock and reset-state for the API handlers."""
 
-    def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any], config: Config) -> None:
+    def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any], config: Config,
+                 migrate_server: Callable[[str, str, bool], None] | None = None) -> None:
+        """``migrate_server`` is the conductor's resize cast (uuid, request_id, allow_same_host)."""
         self.pool = pool
         self.computes = computes
+        self.config = config
         self.rebuilds = RebuildCheck(pool, config)
         self.image_actions = ImageActionCheck(pool)
+        self.resizes = ResizeCheck(pool, config)
+        self.migrate_server = migrate_server
 
     def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
         """The lock and state checks every host action makes first; the instance's compute manager."""
@@ -127,6 +143,35 @@ class ServerActions:
         image = await self.image_actions.accept(ctx, inst, req)
         compute.snapshot.cast_snapshot(str(inst["uuid"]), ctx.request_id)
         return image
+
+    async def resize(self, ctx: RequestContext, inst: asyncpg.Record, flavor_id: str,
+                     auto_disk_config: bool | None) -> None:
+        """Check lock and state, accept the resize (flavor, disk, quota) and cast it to the conductor."""
+        self._host_of(ctx, inst, SPECS["resize"])
+        if self.migrate_server is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        await self.resizes.accept(ctx, inst, flavor_id, auto_disk_config)
+        self.migrate_server(str(inst["uuid"]), ctx.request_id, self.config.compute.allow_resize_to_same_host)
+
+    async def confirm_resize(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        """Nova's confirm_resize: the source host cleans up; the instance answers 204 at once."""
+        check_instance_lock(ctx, inst)
+        check_instance_state(SPECS["confirmResize"], inst)
+        migration = await self.resizes.confirm(ctx, inst)
+        source = self.computes.get(migration["source_compute"])
+        if source is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        source.resize.cast("confirm_resize", str(inst["uuid"]), ctx.request_id, migration["id"])
+
+    async def revert_resize(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        """Nova's revert_resize: ``resize_reverting``, the destination undoes, the source restarts the guest."""
+        check_instance_lock(ctx, inst)
+        check_instance_state(SPECS["revertResize"], inst)
+        migration = await self.resizes.revert(ctx, inst)
+        dest = self.computes.get(migration["dest_compute"])
+        if dest is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        dest.resize.cast("revert_resize", str(inst["uuid"]), ctx.request_id, migration["id"])
 
     async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
         """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""

@@ -34,6 +34,7 @@ from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerManager
 from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
+from novalite.compute.resize import ResizeManager
 from novalite.compute.snapshot import ImageWriter, SnapshotManager
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
@@ -75,9 +76,11 @@ class ComputeManager:
         network_api: NetworkAPI | None = None,
         volume_build: VolumeBuild | None = None,
         image_store: ImageWriter | None = None,
+        peers: Callable[[str], ComputeManager | None] | None = None,
     ) -> None:
         """``reschedule`` hands a build that failed here back to the conductor (its alternates);
-        ``image_store`` is where snapshots are written."""
+        ``image_store`` is where snapshots are written; ``peers`` finds another host's manager
+        (the other end of a resize)."""
         self.host = host.name
         self.network_api = network_api
         self.volume_build = volume_build  # a build's volumes: prepared, undone, released
@@ -104,6 +107,7 @@ class ComputeManager:
         self.power = PowerManager(self.host, self.driver, pool, locks, config, self._spawn)
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
                                         self.instances_dir, self.simulated, self._spawn)
+        self.resize = ResizeManager(self, peers or (lambda _host: None))
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -143,10 +147,13 @@ class ComputeManager:
         self._workers.append(asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.host}"))
         self.install_drill_delays()
         self._workers.append(self.power.start())
+        self._resize_confirmer = self.resize.start()
 
     async def stop(self) -> None:
         for w in self._workers:
             w.cancel()
+        if getattr(self, "_resize_confirmer", None) is not None:
+            await self._resize_confirmer.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
 
@@ -542,6 +549,7 @@ class ComputeManager:
             await db.notify(conn, "instance.delete.start", {"host": self.host},
                             publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id)
         await self._undo_build(uuid)
+        await self.resize.cleanup_for_delete(uuid)  # a resize's other host and its held claim
         if self.volume_build is not None:  # delete_on_termination volumes go, the others become available
             await self.volume_build.release_instance(uuid)
         if self.network_api is not None:

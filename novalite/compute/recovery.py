@@ -12,6 +12,8 @@ never leaves an instance in BUILD, DELETING or a power task state forever:
 - deleting → the delete is finished;
 - a power action (powering-off, rebooting, ...) → the state is set from the
   domain's real power state;
+- a resize → the stage it was in runs again (each is re-runnable; a resize not yet
+  scheduled is scheduled again); a confirm cut off is run again;
 - a rebuild → redone from its first step (the row already names the new image;
   the ephemeral disk is kept, as losing data is worse than keeping it, and the
   admin password, which only travelled in memory, is not on the new config drive);
@@ -39,6 +41,7 @@ from novalite.compute.image_actions import SNAPSHOT_TASK_STATES
 from novalite.compute.manager import BUILD_EVENT
 from novalite.compute.power import POWER_TASK_STATES, RECOVER_EVENT
 from novalite.compute.rebuild import REBUILD_TASK_STATES, REBUILDING
+from novalite.compute.resize import RESIZE_TASK_STATES, recover_resize, resume_confirms
 from novalite.conductor import Conductor
 from novalite.db import instances as db
 from novalite.virt import power_state
@@ -76,6 +79,9 @@ async def recover(
         done[kind] += 1
         log.info("recovered", how=kind, task_state=inst["task_state"], vm_state=inst["vm_state"])
     structlog.contextvars.unbind_contextvars("instance_uuid")
+    confirms = await resume_confirms(pool, computes)  # confirms cut off (no task state during a confirm)
+    if confirms:
+        done["resize_confirm_resumed"] += confirms
     if rows:
         log.info("recovery_done", **done)
     return done
@@ -124,6 +130,12 @@ async def _recover_one(
         await compute.snapshot.resume(inst, request_id, f"interrupted by a restart in task_state {task}; "
                                       "taking the snapshot again")
         return "snapshot_resumed"
+    if task in RESIZE_TASK_STATES:
+        async def schedule(u: str, rid: str) -> None:
+            allow = any(c.config.compute.allow_resize_to_same_host for c in computes.values())
+            conductor.migrate_server(u, rid, allow)
+
+        return await recover_resize(pool, computes, inst, request_id, schedule)
     # A task state novalite does not drive (e.g. set by an older version): clear it.
     async with pool.acquire() as conn, conn.transaction():
         await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=None)

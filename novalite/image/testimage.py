@@ -92,6 +92,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 say() { echo "NOVALITE-GUEST: $*"; }
 say "boot kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+say "mem_total_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo) cpus=$(grep -c ^processor /proc/cpuinfo)"
 for m in $(cat /etc/modules); do insmod "/lib/modules/$m" 2>/dev/null; done
 
 cd_dev=""

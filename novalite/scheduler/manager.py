@@ -191,6 +191,52 @@ async def claim(
     return bool(ok)
 
 
+async def claim_move(
+    conn: asyncpg.Connection, host: HostState, instance_uuid: str, migration: dict, vcpus: int, memory_mb: int,
+    disk_gb: int,
+) -> bool:
+    """Claim a resize's destination: the new flavor on ``host`` for the instance, while its source claim
+    becomes the migration's (Nova moves it to the migration as consumer), in one transaction.
+
+    The host row is checked and locked as in :func:`claim` (a same-host resize counts both flavors,
+    as Nova does until the confirm); False when it no longer fits or the resize has left
+    ``resize_prep`` or its migration ``pre-migrating``.
+    """
+    vcpu_limit = host.vcpus * host.cpu_allocation_ratio
+    ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
+    disk_limit = host.local_gb * host.disk_allocation_ratio - host.reserved_host_disk_mb / 1024
+    async with conn.transaction():
+        node = await conn.fetchval(
+            """UPDATE compute_nodes SET updated_at = now()
+               WHERE host = $1 AND vcpus_used + $2 <= $5::float8 AND memory_mb_used + $3 <= $6::float8
+                 AND disk_gb_used + $4 <= $7::float8
+               RETURNING hypervisor_hostname""",
+            host.host, vcpus, memory_mb, disk_gb, vcpu_limit, ram_limit, disk_limit,
+        )
+        moving = await conn.fetchval(
+            """SELECT 1 FROM instances i JOIN migrations m ON m.instance_uuid = i.uuid
+               WHERE i.uuid = $1::uuid AND NOT i.deleted AND i.task_state = 'resize_prep'
+                 AND m.id = $2 AND m.status = 'pre-migrating'""",
+            instance_uuid, migration["id"],
+        )
+        if node is None or not moving:
+            return False
+        await conn.execute(
+            "UPDATE allocations SET instance_uuid = $2::uuid WHERE instance_uuid = $1::uuid AND host = $3",
+            instance_uuid, migration["uuid"], migration["source_compute"],
+        )
+        await conn.execute(
+            """INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb, created_at)
+               VALUES ($1::uuid, $2, $3, $4, $5, clock_timestamp())""",
+            instance_uuid, host.host, vcpus, memory_mb, disk_gb,
+        )
+        await conn.execute(
+            "UPDATE migrations SET dest_compute = $2, dest_node = $3, dest_host = $2, updated_at = now() WHERE id = $1",
+            migration["id"], host.host, node,
+        )
+    return True
+
+
 async def resolve_request(conn: asyncpg.Connection, spec: dict, uuids: list[str]) -> dict:
     """A per-request copy of the spec with the group's member hosts and the hinted instances' hosts."""
     spec = dict(spec)
@@ -336,6 +382,11 @@ class Scheduler:
             wanted = ",".join(sorted(forced))
             rejected += [(h.host, "force_hosts", f"not the requested host {wanted}")
                          for h in hosts if not (h.host in forced or h.nodename in forced)]
+        ignored = set(spec.get("ignore_hosts") or [])  # a resize's source, unless same-host is allowed
+        if ignored:
+            rejected += [(h.host, "ignore_hosts", "the instance's current host") for h in remaining
+                         if h.host in ignored]
+            remaining = [h for h in remaining if h.host not in ignored]
         for flt in self.filters:
             if not remaining:
                 break
@@ -386,7 +437,11 @@ class Scheduler:
             # requests decide around it instead of queueing on the same host row.
             chosen.consume(vcpus, ram, disk, uuid)
             try:
-                claimed = await claim(conn, chosen, uuid, vcpus, ram, disk)
+                migration = spec.get("migration")  # a resize: the destination claim, the source held
+                if migration is not None:
+                    claimed = await claim_move(conn, chosen, uuid, migration, vcpus, ram, disk)
+                else:
+                    claimed = await claim(conn, chosen, uuid, vcpus, ram, disk)
             except BaseException:
                 chosen.unconsume(vcpus, ram, disk, uuid)
                 raise

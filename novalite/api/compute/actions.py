@@ -75,6 +75,32 @@ async def create_image(request: web.Request, inst: asyncpg.Record, name: str, va
     return response
 
 
+def _parse_resize(value: object) -> tuple[str, bool | None]:
+    """Nova's resize body: ``flavorRef`` (string or integer, not empty) and ``OS-DCF:diskConfig``."""
+    if not isinstance(value, dict):
+        raise errors.BadRequest(f"Invalid input for field/attribute resize. Value: {value}. "
+                                f"{value!r} is not of type 'object'")
+    extra = sorted(set(value) - {"flavorRef", "OS-DCF:diskConfig"})
+    if extra:
+        raise errors.BadRequest("Invalid input for field/attribute resize. Additional properties are not allowed "
+                                f"({', '.join(repr(k) for k in extra)} {'was' if len(extra) == 1 else 'were'} "
+                                "unexpected)")
+    if "flavorRef" not in value:
+        raise errors.BadRequest("Invalid input for field/attribute resize. Value: "
+                                f"{value}. 'flavorRef' is a required property")
+    ref = value["flavorRef"]
+    if isinstance(ref, bool) or not isinstance(ref, (str, int)):
+        raise errors.BadRequest(f"Invalid input for field/attribute flavorRef. Value: {ref}. "
+                                f"{ref!r} is not of type 'string', 'integer'")
+    if isinstance(ref, str) and not ref:
+        raise errors.BadRequest("Invalid input for field/attribute flavorRef. Value: . '' is too short")
+    disk_config = value.get("OS-DCF:diskConfig")
+    if disk_config is not None and disk_config not in ("AUTO", "MANUAL"):
+        raise errors.BadRequest(f"Invalid input for field/attribute OS-DCF:diskConfig. Value: {disk_config}. "
+                                f"{disk_config!r} is not one of ['AUTO', 'MANUAL']")
+    return str(ref), (None if disk_config is None else disk_config == "AUTO")
+
+
 async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value: object) -> web.Response | None:
     """Handle one of this module's actions; None when `name` is not one of them."""
     if name in ("createImage", "createBackup"):
@@ -112,6 +138,19 @@ async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value:
         if not ServerActions.is_expected_locked_by(ctx, inst):
             authorize(request, "os_compute_api:os-lock-server:unlock:unlock_override", _target(inst, False))
         await server_actions(request).unlock(ctx, inst)
+        return _accepted()
+    if name == "resize":
+        flavor_id, auto_disk_config = _parse_resize(value)
+        ctx = authorize(request, "os_compute_api:servers:resize", _target(inst))
+        await server_actions(request).resize(ctx, inst, flavor_id, auto_disk_config)
+        return _accepted()
+    if name == "confirmResize":
+        ctx = authorize(request, "os_compute_api:servers:confirm_resize", _target(inst, False))
+        await server_actions(request).confirm_resize(ctx, inst)
+        return web.Response(status=204)
+    if name == "revertResize":
+        ctx = authorize(request, "os_compute_api:servers:revert_resize", _target(inst, False))
+        await server_actions(request).revert_resize(ctx, inst)
         return _accepted()
     if name == "os-resetState":
         ctx = authorize(request, "os_compute_api:os-admin-actions:reset_state", _target(inst, False))

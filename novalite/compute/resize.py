@@ -1,0 +1,848 @@
+"""Resize: a server moves to another flavor, on its host or another, and waits in VERIFY_RESIZE.
+
+Mirrors Nova's resize (compute/api.py ``resize``/``confirm_resize``/``revert_resize``, the
+conductor's MigrationTask, compute/manager.py ``prep_resize`` → ``resize_instance`` →
+``finish_resize``, ``confirm_resize``, ``revert_resize`` → ``finish_revert_resize``):
+
+- API (:class:`ResizeCheck`): flavor found and different, no resize to a zero root disk,
+  the image still fits, quota for the upsize deltas; then one transaction moves task_state
+  None → ``resize_prep``, writes a ``pre-migrating`` migration record and starts the
+  ``resize`` action; the conductor schedules the new flavor (the current host ignored
+  unless ``[compute] allow_resize_to_same_host``) and claims the destination while the
+  source's claim is carried over to the migration (:func:`scheduler.manager.claim_move`),
+  so neither host is overcommitted in between.
+- Destination ``prep_resize`` (notifications only: the claim is made) → source
+  ``resize_instance``: ``resize_migrating``, the disk-down check (Nova's
+  "Unable to resize disk down." rolls back to the source), the guest stopped and its domain
+  removed, the instance directory kept as ``<uuid>_resize`` and copied to the destination;
+  ``resize_migrated`` with the host moved → destination ``finish_resize``:
+  ``resize_finish`` with the new flavor on the row (so quota, counted from the
+  instances table as Nova's legacy counting does, moves exactly here), disks grown, the
+  guest defined with the new vCPUs and memory (started unless it was STOPPED) →
+  vm_state ``resized`` (VERIFY_RESIZE), migration ``finished``.
+- confirm: the source's leftovers (domain, ``<uuid>_resize``) and its claim go; ACTIVE (or
+  STOPPED). revert (``resize_reverting``): the destination's guest and copy go, the source
+  directory is restored, the old flavor and host come back, the claim moves back.
+
+Disks move through novalite's own filesystem (every host's instance directory is under the
+state dir): the hosts of one machine. Hosts on other machines need a copy over libvirt
+streams — a later issue. Each stage is re-runnable, so recovery after a kill -9 resumes
+the stage the instance was in (:func:`recover_resize`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import structlog
+
+from novalite import exception, quota
+from novalite.compute import states
+from novalite.compute.disks import PreparedDisks, qemu_img, remove_instance_files
+from novalite.compute.failures import Failure, fail_instance
+from novalite.config import Config
+from novalite.context import RequestContext
+from novalite.db import catalog
+from novalite.db import instances as db
+from novalite.db import migration_records as migrations
+from novalite.periodic import Periodic
+from novalite.virt import power_state
+
+if TYPE_CHECKING:
+    from novalite.compute.manager import ComputeManager
+
+log = structlog.get_logger(__name__)
+
+# vm_state and task_states, as Nova names them
+RESIZED = "resized"
+RESIZE_PREP = "resize_prep"
+RESIZE_MIGRATING = "resize_migrating"
+RESIZE_MIGRATED = "resize_migrated"
+RESIZE_FINISH = "resize_finish"
+RESIZE_REVERTING = "resize_reverting"
+RESIZE_TASK_STATES = (RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH, RESIZE_REVERTING)
+RESIZE_VM_STATES = (states.ACTIVE, states.STOPPED)
+
+# action events (Nova's wrap_instance_event names)
+CONDUCTOR_EVENT = "conductor_migrate_server"
+PREP_EVENT = "compute_prep_resize"
+RESIZE_EVENT = "compute_resize_instance"
+FINISH_EVENT = "compute_finish_resize"
+CONFIRM_EVENT = "compute_confirm_resize"
+REVERT_EVENT = "compute_revert_resize"
+FINISH_REVERT_EVENT = "compute_finish_revert_resize"
+RECOVER_EVENT = "compute_recover_instance"
+
+RESIZE_SUFFIX = "_resize"  # the source's instance directory while a resize waits for confirm/revert
+
+FLAVOR_COLUMNS = ("vcpus", "memory_mb", "root_gb", "ephemeral_gb")
+
+
+class ResizeError(Exception):
+    """Nova's ResizeError raised inside InstanceFaultRollback: the instance goes back as it was."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Resize error: {reason}")
+
+
+def flavor_columns(flavor: dict) -> dict[str, Any]:
+    """The instance columns that follow its flavor (Nova's _set_instance_info)."""
+    return {"flavor": flavor, **{c: flavor[c] for c in FLAVOR_COLUMNS}}
+
+
+def _spec_with_flavor(inst: asyncpg.Record, flavor: dict) -> dict:
+    spec = dict(inst["request_spec"] or {})
+    spec["flavor"] = flavor
+    return spec
+
+
+def upsize_deltas(new: dict, old: dict) -> dict[str, int]:
+    """Nova's upsize_quota_delta: only what grows counts."""
+    out = {}
+    if new["vcpus"] > old["vcpus"]:
+        out["cores"] = new["vcpus"] - old["vcpus"]
+    if new["memory_mb"] > old["memory_mb"]:
+        out["ram"] = new["memory_mb"] - old["memory_mb"]
+    return out
+
+
+async def check_upsize_quota(conn: asyncpg.Connection, config: Config, project_id: str, deltas: dict[str, int]
+                             ) -> None:
+    """Nova's _check_quota_for_upsize (legacy counting): 403 when the deltas pass a limit."""
+    if not deltas:
+        return
+    limits = await quota.get_limits(conn, config.quota, project_id)
+    used = await quota.instance_usage(conn, project_id)
+    overs = [r for r in ("cores", "ram") if r in deltas and limits[r] != quota.UNLIMITED
+             and used[r] + deltas[r] > limits[r]]
+    if overs:
+        names = ", ".join(overs)
+        raise exception.QuotaExceeded(
+            f"Quota exceeded for {names}: Requested {', '.join(str(deltas[r]) for r in overs)}, but already used "
+            f"{', '.join(str(used[r]) for r in overs)} of {', '.join(str(limits[r]) for r in overs)} {names}"
+        )
+
+
+def _conflict(action: str, uuid: str, actual: asyncpg.Record | None) -> exception.NovaliteException:
+    if actual is None or actual["deleted"]:
+        return exception.NotFound(f"Instance {uuid} could not be found.")
+    if actual["task_state"] is not None:
+        return exception.Conflict(f"Cannot '{action}' instance {uuid} while it is in task_state "
+                                  f"{actual['task_state']}")
+    return exception.Conflict(f"Cannot '{action}' instance {uuid} while it is in vm_state {actual['vm_state']}")
+
+
+# -- API side ---------------------------------------------------------------------
+
+
+class ResizeCheck:
+    """The checks and the state changes of resize, confirmResize and revertResize (Nova's compute API)."""
+
+    def __init__(self, pool: asyncpg.Pool, config: Config) -> None:
+        self.pool = pool
+        self.config = config
+
+    async def accept(
+        self, ctx: RequestContext, inst: asyncpg.Record, flavor_id: str, auto_disk_config: bool | None
+    ) -> asyncpg.Record:
+        """Validate a resize, move the instance to ``resize_prep`` with a migration record; return the migration.
+
+        The caller has checked the lock and the state (ACTIVE or STOPPED, no task) and casts to the conductor.
+        """
+        uuid = str(inst["uuid"])
+        current = dict(inst["flavor"])
+        spec_image = dict((inst["request_spec"] or {}).get("image") or {})
+        props = dict(spec_image.get("properties") or {})
+        if auto_disk_config and str(props.get("auto_disk_config", "")).lower() == "disabled":
+            raise exception.Invalid(f"Requested image {inst['image_ref']} has automatic disk resize disabled.")
+        volume_backed = not inst["image_ref"]
+        async with self.pool.acquire() as conn:
+            new = await catalog.get_flavor(conn, flavor_id, project_id=ctx.project_id, is_admin=ctx.is_admin)
+        if new is None:
+            raise exception.Invalid(f"Flavor {flavor_id} could not be found.")
+        new = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in new.items()}
+        if new["root_gb"] == 0 and current.get("root_gb") and not volume_backed:
+            raise exception.Invalid("Server disk was unable to be resized because: "
+                                    "Resize to zero disk flavor is not allowed.")
+        same = new["flavorid"] == current.get("flavorid")
+        if not same and new["disabled"]:
+            raise exception.Invalid(f"Flavor {flavor_id} could not be found.")
+        if same:
+            raise exception.Invalid("When resizing, instances must change flavor!")
+        self._check_image_fits(spec_image, new, volume_backed)
+        spec = _spec_with_flavor(inst, inst["flavor"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            await quota.lock_project(conn, inst["project_id"])
+            await check_upsize_quota(conn, self.config, inst["project_id"], upsize_deltas(new, current))
+            try:
+                row = await db.compare_and_set(
+                    conn, uuid, expect_vm_state=list(RESIZE_VM_STATES), expect_task_state=None,
+                    task_state=RESIZE_PREP, progress=0, auto_disk_config=bool(auto_disk_config),
+                    request_spec=spec,
+                )
+            except db.StateConflict as conflict:
+                raise _conflict("resize", uuid, conflict.actual) from None
+            migration = await migrations.create(conn, row, current, new, ctx.request_id)
+            await db.start_actions(conn, [uuid], "resize", ctx.request_id, ctx.user_id, ctx.project_id)
+        log.info("resize_accepted", instance_uuid=uuid, flavor=new["flavorid"], migration_id=migration["id"])
+        return migration
+
+    @staticmethod
+    def _check_image_fits(image: dict, flavor: dict, volume_backed: bool) -> None:
+        """Nova's _validate_flavor_image_nostatus for the new flavor (memory; the root disk if local)."""
+        min_ram = int(image.get("min_ram") or 0)
+        if min_ram and flavor["memory_mb"] < min_ram:
+            raise exception.Invalid("Flavor's memory is too small for requested image.")
+        if volume_backed or not flavor["root_gb"]:
+            return
+        disk = flavor["root_gb"] * 1024**3
+        min_disk = int(image.get("min_disk") or 0)
+        if min_disk and flavor["root_gb"] < min_disk:
+            raise exception.Invalid(
+                f"Flavor's disk is too small for requested image. Flavor disk is {disk} bytes, "
+                f"minimum required by image is {min_disk * 1024**3} bytes."
+            )
+
+    async def confirm(self, ctx: RequestContext, inst: asyncpg.Record) -> asyncpg.Record:
+        """finished → confirming and the ``confirmResize`` action; return the migration (cast to its source)."""
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            migration = await migrations.latest(conn, uuid, [migrations.FINISHED])
+            if migration is None:
+                raise exception.Invalid("Instance has not been resized.")
+            try:
+                migration = await migrations.set_status(conn, migration["id"], migrations.FINISHED,
+                                                        migrations.CONFIRMING)
+            except migrations.MigrationConflict:
+                raise exception.Invalid("Instance has not been resized.") from None
+            await db.start_actions(conn, [uuid], "confirmResize", ctx.request_id, ctx.user_id, ctx.project_id)
+        return migration
+
+    async def revert(self, ctx: RequestContext, inst: asyncpg.Record) -> asyncpg.Record:
+        """Quota for a revert that grows, ``resize_reverting``, finished → reverting, the ``revertResize`` action."""
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            migration = await migrations.latest(conn, uuid, [migrations.FINISHED])
+            if migration is None:
+                raise exception.Invalid("Instance has not been resized.")
+            await quota.lock_project(conn, inst["project_id"])
+            await check_upsize_quota(conn, self.config, inst["project_id"],
+                                     upsize_deltas(migration["old_flavor"], dict(inst["flavor"])))
+            try:
+                await db.compare_and_set(conn, uuid, expect_vm_state=RESIZED, expect_task_state=None,
+                                         task_state=RESIZE_REVERTING)
+            except db.StateConflict as conflict:
+                raise _conflict("revertResize", uuid, conflict.actual) from None
+            try:
+                migration = await migrations.set_status(conn, migration["id"], migrations.FINISHED,
+                                                        migrations.REVERTING)
+            except migrations.MigrationConflict:
+                raise exception.Invalid("Instance has not been resized.") from None
+            await db.start_actions(conn, [uuid], "revertResize", ctx.request_id, ctx.user_id, ctx.project_id)
+        return migration
+
+
+# -- conductor side -----------------------------------------------------------------
+
+
+def resize_request_spec(inst: asyncpg.Record, migration: asyncpg.Record, allow_same_host: bool,
+                        volume_hosts: list[str]) -> dict:
+    """The scheduling request of a resize: the new flavor, the source ignored unless same-host is allowed;
+    an instance with volumes stays where its volumes are (they live in one host's pool)."""
+    spec = dict(inst["request_spec"] or {})
+    spec["flavor"] = migration["new_flavor"]
+    spec["migration"] = {"id": migration["id"], "uuid": str(migration["uuid"]),
+                         "source_compute": migration["source_compute"]}
+    spec["ignore_hosts"] = [] if allow_same_host else [inst["host"]]
+    spec["force_hosts"] = sorted(set(volume_hosts)) if volume_hosts else []
+    spec.pop("scheduler_hints", None)  # same_host/different_host were for the boot
+    spec.pop("retry", None)
+    return spec
+
+
+# -- host side ----------------------------------------------------------------------
+
+Peers = Callable[[str], "ComputeManager | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """One host-side stage: its event, the task states it starts from, and the one it moves to."""
+
+    event: str
+    expect: tuple[str, ...]
+    task_state: str
+
+
+class ResizeManager:
+    """The host side of resize on one host (held as ``ComputeManager.resize``)."""
+
+    def __init__(self, manager: ComputeManager, peers: Peers) -> None:
+        """``peers`` finds another host's manager by name (the other end of a move)."""
+        self.manager = manager
+        self.host = manager.host
+        self.pool = manager.pool
+        self.locks = manager.locks
+        self.config = manager.config
+        self.driver = manager.driver
+        self.peers = peers
+        self.pub = f"nova-compute:{self.host}"
+        self._confirmer: Periodic | None = None
+
+    # -- casts -------------------------------------------------------------------
+    def cast(self, method: str, uuid: str, request_id: str, migration_id: int) -> None:
+        """Cast: run one stage (prep_resize, resize_instance, finish_resize, confirm_resize,
+        revert_resize, finish_revert_resize) on this host as one of its tracked tasks."""
+        self.manager._spawn(getattr(self, method)(uuid, request_id, migration_id))
+
+    def _peer(self, host: str | None) -> ComputeManager:
+        peer = self.peers(host) if host else None
+        if peer is None:
+            raise RuntimeError(f"host {host} is not managed by this novalite")
+        return peer
+
+    def inst_dir(self, uuid: str) -> Path:
+        return self.manager.instances_dir / uuid
+
+    def resize_dir(self, uuid: str) -> Path:
+        return self.manager.instances_dir / f"{uuid}{RESIZE_SUFFIX}"
+
+    # -- helpers -----------------------------------------------------------------
+    async def _event(self, uuid: str, request_id: str, event: str, note: str, payload: dict | None = None) -> None:
+        async with self.pool.acquire() as conn:
+            await db.event_start(conn, uuid, request_id, event, self.host)
+            if note:
+                await db.notify(conn, note, payload or {"host": self.host}, publisher_id=self.pub,
+                                instance_uuids=[uuid], request_id=request_id)
+
+    async def _migration(self, migration_id: int) -> asyncpg.Record:
+        async with self.pool.acquire() as conn:
+            row = await migrations.get(conn, migration_id)
+        if row is None:
+            raise RuntimeError(f"migration {migration_id} is gone")
+        return row
+
+    async def _superseded(self, uuid: str, request_id: str, event: str, what: str) -> None:
+        log.info("resize_superseded", instance_uuid=uuid, now=what)
+        async with self.pool.acquire() as conn:
+            await db.event_finish(conn, uuid, request_id, event, "Error", details=f"instance moved on: {what}")
+            await db.finish_action(conn, uuid, request_id)
+
+    async def _rollback(self, uuid: str, request_id: str, migration: asyncpg.Record, event: str, exc: Exception,
+                        expect: tuple[str, ...]) -> None:
+        """Nova's InstanceFaultRollback: back on the source as it was (vm_state, flavor, claim), with a fault."""
+        reason = str(exc) if isinstance(exc, ResizeError) else f"{type(exc).__name__}: {exc}"
+        tb = traceback.format_exc(limit=5)
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                await db.compare_and_set(
+                    conn, uuid, expect_task_state=list(expect), task_state=None,
+                    vm_state=migration["old_vm_state"], host=migration["source_compute"],
+                    node=migration["source_node"], **flavor_columns(migration["old_flavor"]),
+                )
+            except db.StateConflict:
+                pass
+            await migrations.revert_allocation(conn, uuid, str(migration["uuid"]))
+            await conn.execute("UPDATE migrations SET status = 'error', updated_at = now() WHERE id = $1",
+                               migration["id"])
+            await fail_instance(conn, uuid, request_id, Failure(reason, tb, self.host, traceback=tb), events=[event])
+        log.warning("resize_rolled_back", instance_uuid=uuid, reason=reason)
+
+    async def _fail(self, uuid: str, request_id: str, migration: asyncpg.Record, event: str, exc: Exception,
+                    expect: tuple[str, ...]) -> None:
+        """A failure after the guest left the source: ERROR where the row says it is (Nova's finish failure)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        tb = traceback.format_exc(limit=5)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await fail_instance(conn, uuid, request_id, Failure(reason, tb, self.host, traceback=tb), events=[event],
+                                expect={"expect_task_state": list(expect)})
+            await conn.execute("UPDATE migrations SET status = 'error', updated_at = now() WHERE id = $1",
+                               migration["id"])
+        log.warning("resize_failed", instance_uuid=uuid, reason=reason)
+
+    # -- destination: prep_resize ------------------------------------------------------
+    async def prep_resize(self, uuid: str, request_id: str, migration_id: int) -> None:
+        """Destination: the claim is already made by the conductor; announce it and hand over to the source."""
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        migration = await self._migration(migration_id)
+        payload = {"host": self.host, "new_flavor": migration["new_flavor"]["name"]}
+        async with self.locks.lock(uuid):
+            await self._event(uuid, request_id, PREP_EVENT, "instance.resize_prep.start", payload)
+            async with self.pool.acquire() as conn, conn.transaction():
+                inst = await db.get(conn, uuid)
+                if inst is None or inst["task_state"] != RESIZE_PREP:
+                    await self._superseded(uuid, request_id, PREP_EVENT,
+                                           "deleted" if inst is None else str(inst["task_state"]))
+                    return
+                await db.event_finish(conn, uuid, request_id, PREP_EVENT)
+                await db.notify(conn, "instance.resize_prep.end", payload, publisher_id=self.pub,
+                                instance_uuids=[uuid], request_id=request_id)
+        self._peer(migration["source_compute"]).resize.cast("resize_instance", uuid, request_id, migration_id)
+
+    # -- source: resize_instance ------------------------------------------------------
+    async def resize_instance(self, uuid: str, request_id: str, migration_id: int) -> None:
+        """Source: stop the guest, keep its directory as ``<uuid>_resize``, copy it to the destination."""
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        migration = await self._migration(migration_id)
+        dest = migration["dest_compute"]
+        async with self.locks.lock(uuid):
+            await self._event(uuid, request_id, RESIZE_EVENT, "")
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    inst = await db.compare_and_set(conn, uuid, expect_task_state=[RESIZE_PREP, RESIZE_MIGRATING],
+                                                    task_state=RESIZE_MIGRATING)
+                    migration = await migrations.set_status(
+                        conn, migration_id, [migrations.PRE_MIGRATING, migrations.MIGRATING], migrations.MIGRATING)
+                    await db.notify(conn, "instance.resize.start", {"host": self.host}, publisher_id=self.pub,
+                                    instance_uuids=[uuid], request_id=request_id)
+            except (db.StateConflict, migrations.MigrationConflict) as conflict:
+                await self._superseded(uuid, request_id, RESIZE_EVENT, str(conflict))
+                return
+            try:
+                old, new = migration["old_flavor"], migration["new_flavor"]
+                volume_backed = not inst["image_ref"]
+                if (new["root_gb"] < old["root_gb"] and not volume_backed) or new["ephemeral_gb"] < old["ephemeral_gb"]:
+                    raise ResizeError("Unable to resize disk down.")
+                dest_manager = self._peer(dest)
+            except Exception as exc:
+                await self._rollback(uuid, request_id, migration, RESIZE_EVENT, exc, (RESIZE_MIGRATING,))
+                return
+            try:
+                await self.migrate_disk_and_power_off(inst, dest_manager)
+            except Exception as exc:
+                log.warning("migrate_disk_failed", error=str(exc))
+                await self._undo_migrate_disk(inst, dest_manager, migration)
+                await self._rollback(uuid, request_id, migration, RESIZE_EVENT, exc, (RESIZE_MIGRATING,))
+                return
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await migrations.set_status(conn, migration_id, migrations.MIGRATING, migrations.POST_MIGRATING)
+                    await db.compare_and_set(conn, uuid, expect_task_state=RESIZE_MIGRATING,
+                                             task_state=RESIZE_MIGRATED, host=dest, node=migration["dest_node"])
+                    await db.event_finish(conn, uuid, request_id, RESIZE_EVENT)
+                    await db.notify(conn, "instance.resize.end", {"host": self.host}, publisher_id=self.pub,
+                                    instance_uuids=[uuid], request_id=request_id)
+            except (db.StateConflict, migrations.MigrationConflict) as conflict:
+                await self._superseded(uuid, request_id, RESIZE_EVENT, str(conflict))
+                return
+        dest_manager.resize.cast("finish_resize", uuid, request_id, migration_id)
+
+    async def migrate_disk_and_power_off(self, inst: asyncpg.Record, dest: ComputeManager) -> None:
+        """Stop the guest (cleanly, within shutdown_timeout), remove its domain here, and copy its
+        directory to the destination's; the original stays as ``<uuid>_resize`` until confirm/revert.
+        Re-runnable: a cut-off copy is made again."""
+        uuid = str(inst["uuid"])
+        info = await self.driver.get_info(uuid)
+        if info is not None and info.power_state == power_state.RUNNING:
+            await self.driver.power_off(uuid, self.config.compute.shutdown_timeout)
+        await self.driver.destroy(uuid)
+        if self.manager.simulated or dest.simulated:
+            return
+        src, kept = self.inst_dir(uuid), self.resize_dir(uuid)
+        target = dest.instances_dir / uuid
+
+        def move() -> None:
+            if not kept.exists():
+                src.rename(kept)
+            if target.exists():
+                shutil.rmtree(target)  # a copy cut off by a crash, or the same host's resized copy
+            part = target.with_name(target.name + ".part")
+            shutil.rmtree(part, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(kept, part, ignore=shutil.ignore_patterns("console.log"))
+            part.rename(target)
+
+        await asyncio.to_thread(move)
+
+    async def _undo_migrate_disk(self, inst: asyncpg.Record, dest: ComputeManager, migration: asyncpg.Record
+                                 ) -> None:
+        """A failed move: the destination's copy goes, the source directory and guest come back."""
+        await self.restore_source(inst, migration, dest)
+
+    # -- destination: finish_resize -----------------------------------------------------
+    async def finish_resize(self, uuid: str, request_id: str, migration_id: int) -> None:
+        """Destination: the new flavor on the row, disks grown, the guest defined (and started) → VERIFY_RESIZE."""
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        migration = await self._migration(migration_id)
+        new = migration["new_flavor"]
+        async with self.locks.lock(uuid):
+            await self._event(uuid, request_id, FINISH_EVENT, "")
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    inst = await db.get(conn, uuid)
+                    inst = await db.compare_and_set(
+                        conn, uuid, expect_task_state=[RESIZE_MIGRATED, RESIZE_FINISH], task_state=RESIZE_FINISH,
+                        request_spec=_spec_with_flavor(inst, new) if inst is not None else {},
+                        **flavor_columns(new),
+                    )
+                    await db.notify(conn, "instance.resize_finish.start", {"host": self.host},
+                                    publisher_id=self.pub, instance_uuids=[uuid], request_id=request_id)
+            except db.StateConflict as conflict:
+                await self._superseded(uuid, request_id, FINISH_EVENT, str(conflict))
+                return
+            try:
+                stopped = migration["old_vm_state"] == states.STOPPED
+                await self.spawn_here(inst, new, stopped)
+                info = await self.driver.get_info(uuid)
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await db.compare_and_set(
+                        conn, uuid, expect_task_state=RESIZE_FINISH, task_state=None, vm_state=RESIZED,
+                        power_state=info.power_state if info else power_state.NOSTATE,
+                        launched_at=datetime.now(UTC), progress=100,
+                    )
+                    await migrations.set_status(conn, migration_id, [migrations.POST_MIGRATING, migrations.FINISHED],
+                                                migrations.FINISHED)
+                    await db.event_finish(conn, uuid, request_id, FINISH_EVENT)
+                    await db.finish_action(conn, uuid, request_id)
+                    await db.notify(conn, "instance.resize_finish.end", {"host": self.host, "state": RESIZED},
+                                    publisher_id=self.pub, instance_uuids=[uuid], request_id=request_id)
+                log.info("instance_resized", flavor=new["name"])
+            except db.StateConflict as conflict:
+                await self._superseded(uuid, request_id, FINISH_EVENT, str(conflict))
+            except Exception as exc:
+                # Nova: the instance stays on the destination in ERROR (a hard reboot may recover it);
+                # the source's claim goes, the destination's stays.
+                await self._fail(uuid, request_id, migration, FINISH_EVENT, exc, (RESIZE_FINISH,))
+                async with self.pool.acquire() as conn:
+                    await migrations.drop_source_allocation(conn, str(migration["uuid"]))
+
+    async def spawn_here(self, inst: asyncpg.Record, flavor: dict, stopped: bool) -> None:
+        """Define and start the guest on this host with ``flavor`` from the disks in its directory
+        (grown to the flavor), its ports bound here and its volumes; stopped again if it was stopped."""
+        uuid = str(inst["uuid"])
+        m = self.manager
+        await self.driver.destroy(uuid)  # re-runnable: a domain from a cut-off attempt goes
+        ports = []
+        if m.network_api is not None and inst["requested_networks"] != "none":
+            ports = await m.network_api.allocate_for_instance(uuid, inst["project_id"], inst["requested_networks"],
+                                                              self.host)
+        prepared = await self._local_disks(inst, flavor)
+        if m.volume_build is not None:
+            await m.volume_build.attached_disks(uuid, prepared)
+        guest = m._guest_spec(inst, [p.nic() for p in ports], prepared)
+        guest.memory_mb, guest.vcpus = flavor["memory_mb"], flavor["vcpus"]
+        guest.metadata.update(flavor_name=flavor["name"], memory_mb=flavor["memory_mb"], vcpus=flavor["vcpus"],
+                              root_gb=flavor["root_gb"])
+        await self.driver.spawn(guest)
+        if stopped:
+            await self.driver.power_off(uuid, 0)
+
+    async def _local_disks(self, inst: asyncpg.Record, flavor: dict) -> PreparedDisks:
+        """The disks already in this host's instance directory, described for ``flavor`` and grown to it:
+        the root overlay rebased onto this host's image cache, root and ephemeral grown (never shrunk),
+        swap made at the flavor's size, the config drive kept."""
+        from novalite.compute.disks import prepare_local_disks
+
+        m = self.manager
+        uuid = str(inst["uuid"])
+        inst_dir = m.instances_dir / uuid
+        image = dict((inst["request_spec"] or {}).get("image") or {}, id=inst["image_ref"] or "")
+        prepared = await prepare_local_disks(
+            cache=m.image_cache, inst_dir=inst_dir, image=image, kernel_id=inst["kernel_id"],
+            ramdisk_id=inst["ramdisk_id"], flavor=flavor, write_files=False,
+        )
+        config_drive = inst_dir / "disk.config"
+        if inst["config_drive"] or self.config.compute.force_config_drive:
+            from novalite.virt.driver import DiskSpec
+
+            prepared.disks.append(DiskSpec(path=str(config_drive), device="cdrom", bus="sata", target_dev="sda",
+                                           driver_type="raw"))
+        if m.simulated:
+            return prepared
+        root = inst_dir / "disk"
+        if image["id"] and root.exists():
+            base = await m.image_cache.fetch(image["id"])
+            fmt = "qcow2" if image.get("disk_format") == "qcow2" else "raw"
+            await qemu_img("rebase", "-q", "-u", "-F", fmt, "-b", str(base), str(root))
+        await _grow(root, flavor.get("root_gb") or 0)
+        if flavor.get("ephemeral_gb"):
+            eph = inst_dir / "disk.eph0"
+            if eph.exists():
+                await _grow(eph, flavor["ephemeral_gb"])
+            else:
+                await qemu_img("create", "-q", "-f", "qcow2", str(eph), f"{flavor['ephemeral_gb']}G")
+        swap = inst_dir / "disk.swap"
+        swap.unlink(missing_ok=True)
+        if flavor.get("swap"):
+            await qemu_img("create", "-q", "-f", "qcow2", str(swap), f"{flavor['swap']}M")
+        if (inst["config_drive"] or self.config.compute.force_config_drive) and not config_drive.exists():
+            ports = await m.network_api.ports_for_instance(uuid) if m.network_api is not None else []
+            prepared.disks.pop()  # _config_drive adds it again, and writes it
+            await m._config_drive(inst, ports, prepared, None)
+        return prepared
+
+    # -- source: confirm_resize ----------------------------------------------------------
+    async def confirm_resize(self, uuid: str, request_id: str, migration_id: int) -> None:
+        """Source: the old guest's leftovers and the source claim go; ACTIVE (or STOPPED if powered off)."""
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        migration = await self._migration(migration_id)
+        async with self.locks.lock(uuid):
+            await self._event(uuid, request_id, CONFIRM_EVENT, "instance.resize_confirm.start")
+            try:
+                await self.clean_source(uuid, migration)
+            except Exception:
+                log.exception("confirm_cleanup_failed")  # the claim goes regardless (Nova), the files stay
+            async with self.pool.acquire() as conn, conn.transaction():
+                await migrations.drop_source_allocation(conn, str(migration["uuid"]))
+                try:
+                    await migrations.set_status(conn, migration_id, [migrations.CONFIRMING], migrations.CONFIRMED)
+                except migrations.MigrationConflict:
+                    pass
+                inst = await db.get(conn, uuid)
+                vm_state = (states.STOPPED if inst is not None and inst["power_state"] == power_state.SHUTDOWN
+                            else states.ACTIVE)
+                try:
+                    await db.compare_and_set(conn, uuid, expect_vm_state=RESIZED,
+                                             expect_task_state=[None, states.DELETING], vm_state=vm_state)
+                except db.StateConflict:
+                    pass
+                await db.event_finish(conn, uuid, request_id, CONFIRM_EVENT)
+                await db.finish_action(conn, uuid, request_id)
+                await db.notify(conn, "instance.resize_confirm.end", {"host": self.host, "state": vm_state},
+                                publisher_id=self.pub, instance_uuids=[uuid], request_id=request_id)
+        log.info("resize_confirmed", vm_state=vm_state)
+
+    async def clean_source(self, uuid: str, migration: asyncpg.Record) -> None:
+        """Remove what the source kept for a revert: its domain (unless the guest now runs here) and ``<uuid>_resize``."""
+        if migration["dest_compute"] != self.host:
+            await self.driver.destroy(uuid)
+        if not self.manager.simulated:
+            await remove_instance_files(self.resize_dir(uuid))
+
+    # -- destination: revert_resize -----------------------------------------------------
+    async def revert_resize(self, uuid: str, request_id: str, migration_id: int) -> None:
+        """Destination: the resized guest and its copy of the disks go; the source finishes the revert."""
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        migration = await self._migration(migration_id)
+        async with self.locks.lock(uuid):
+            await self._event(uuid, request_id, REVERT_EVENT, "")
+            try:
+                source = self._peer(migration["source_compute"])
+                await self.driver.destroy(uuid)
+                if not self.manager.simulated:
+                    same_host = migration["source_compute"] == self.host
+                    if not same_host or self.resize_dir(uuid).exists():
+                        await remove_instance_files(self.inst_dir(uuid))
+                async with self.pool.acquire() as conn:
+                    await db.event_finish(conn, uuid, request_id, REVERT_EVENT)
+            except Exception as exc:
+                await self._fail(uuid, request_id, migration, REVERT_EVENT, exc, (RESIZE_REVERTING,))
+                return
+        source.resize.cast("finish_revert_resize", uuid, request_id, migration_id)
+
+    # -- source: finish_revert_resize ---------------------------------------------------
+    async def finish_revert_resize(self, uuid: str, request_id: str, migration_id: int) -> None:
+        """Source: the kept directory back, the old flavor, host and claim back, the guest defined again."""
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
+        migration = await self._migration(migration_id)
+        old = migration["old_flavor"]
+        async with self.locks.lock(uuid):
+            await self._event(uuid, request_id, FINISH_REVERT_EVENT, "instance.resize_revert.start")
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    inst = await db.get(conn, uuid)
+                    inst = await db.compare_and_set(
+                        conn, uuid, expect_task_state=RESIZE_REVERTING, host=self.host,
+                        node=migration["source_node"], request_spec=_spec_with_flavor(inst, old),
+                        **flavor_columns(old),
+                    )
+                    await migrations.revert_allocation(conn, uuid, str(migration["uuid"]))
+            except db.StateConflict as conflict:
+                await self._superseded(uuid, request_id, FINISH_REVERT_EVENT, str(conflict))
+                return
+            try:
+                await self._restore_dir(uuid)
+                stopped = migration["old_vm_state"] == states.STOPPED
+                await self.spawn_here(inst, old, stopped)
+                info = await self.driver.get_info(uuid)
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await db.compare_and_set(
+                        conn, uuid, expect_task_state=RESIZE_REVERTING, task_state=None,
+                        vm_state=states.STOPPED if stopped else states.ACTIVE,
+                        power_state=info.power_state if info else power_state.NOSTATE, launched_at=datetime.now(UTC),
+                    )
+                    await migrations.set_status(conn, migration_id, [migrations.REVERTING], migrations.REVERTED)
+                    await db.event_finish(conn, uuid, request_id, FINISH_REVERT_EVENT)
+                    await db.finish_action(conn, uuid, request_id)
+                    await db.notify(conn, "instance.resize_revert.end", {"host": self.host},
+                                    publisher_id=self.pub, instance_uuids=[uuid], request_id=request_id)
+                log.info("resize_reverted")
+            except db.StateConflict as conflict:
+                await self._superseded(uuid, request_id, FINISH_REVERT_EVENT, str(conflict))
+            except Exception as exc:
+                await self._fail(uuid, request_id, migration, FINISH_REVERT_EVENT, exc, (RESIZE_REVERTING,))
+
+    async def _restore_dir(self, uuid: str) -> None:
+        if self.manager.simulated:
+            return
+        kept, target = self.resize_dir(uuid), self.inst_dir(uuid)
+
+        def restore() -> None:
+            if kept.exists():
+                if target.exists():
+                    shutil.rmtree(target)
+                kept.rename(target)
+
+        await asyncio.to_thread(restore)
+
+    async def restore_source(self, inst: asyncpg.Record, migration: asyncpg.Record, dest: ComputeManager | None
+                             ) -> None:
+        """Undo a move cut off before the guest reached the destination: the copy there goes, the
+        kept directory comes back, the guest runs here again as before (stopped if it was)."""
+        uuid = str(inst["uuid"])
+        if dest is not None and dest.host != self.host:
+            await dest.driver.destroy(uuid)
+            if not dest.simulated:
+                await remove_instance_files(dest.instances_dir / uuid)
+        await self._restore_dir(uuid)
+        old = migration["old_flavor"]
+        await self.spawn_here(inst, old, migration["old_vm_state"] == states.STOPPED)
+
+    # -- delete of an instance in the middle of a resize ----------------------------------
+    async def cleanup_for_delete(self, uuid: str) -> None:
+        """The instance is being deleted: whatever its open migration left on either host goes, with
+        the migration's claim (the caller removes the instance's own domain, files and claim)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM migrations WHERE instance_uuid = $1::uuid AND status = ANY($2::text[])",
+                uuid, list(migrations.OPEN))
+        for m in rows:
+            for host in {m["source_compute"], m["dest_compute"]} - {None}:
+                peer = self.peers(host)
+                if peer is None:
+                    continue
+                if host != self.host:
+                    await peer.driver.destroy(uuid)
+                    if not peer.simulated:
+                        await remove_instance_files(peer.instances_dir / uuid)
+                if not peer.simulated:
+                    await remove_instance_files(peer.instances_dir / f"{uuid}{RESIZE_SUFFIX}")
+            async with self.pool.acquire() as conn, conn.transaction():
+                await migrations.drop_source_allocation(conn, str(m["uuid"]))
+                status = migrations.CONFIRMED if m["status"] in (migrations.FINISHED, migrations.CONFIRMING) \
+                    else migrations.ERROR
+                await conn.execute("UPDATE migrations SET status = $2, updated_at = now() WHERE id = $1",
+                                   m["id"], status)
+
+    # -- the automatic confirm window ----------------------------------------------------
+    def start(self) -> Periodic | None:
+        """Nova's _poll_unconfirmed_resizes when ``[compute] resize_confirm_window`` > 0 (0: off)."""
+        window = self.config.compute.resize_confirm_window
+        if window <= 0:
+            return None
+        self._confirmer = Periodic(f"resize-confirm-{self.host}", min(60.0, max(1.0, window / 2)),
+                                   self.confirm_expired)
+        self._confirmer.start()
+        return self._confirmer
+
+    async def confirm_expired(self) -> int:
+        """Confirm, as Nova's periodic task does, finished resizes to this host older than the window."""
+        window = self.config.compute.resize_confirm_window
+        done = 0
+        async with self.pool.acquire() as conn:
+            rows = [r for r in await migrations.unconfirmed_older_than(conn, window) if r["dest_compute"] == self.host]
+        for m in rows:
+            uuid = str(m["instance_uuid"])
+            request_id = f"req-auto-confirm-{m['id']}"
+            async with self.pool.acquire() as conn, conn.transaction():
+                try:
+                    await migrations.set_status(conn, m["id"], migrations.FINISHED, migrations.CONFIRMING)
+                except migrations.MigrationConflict:
+                    continue
+                await db.start_actions(conn, [uuid], "confirmResize", request_id, None, m["project_id"])
+            log.info("resize_auto_confirm", instance_uuid=uuid, migration_id=m["id"])
+            await self._peer(m["source_compute"]).resize.confirm_resize(uuid, request_id, m["id"])
+            done += 1
+        return done
+
+
+async def _grow(path: Path, size_gb: int) -> None:
+    """Grow a qcow2 disk to ``size_gb`` (never shrink: Nova refuses a resize down before it gets here)."""
+    if not size_gb or not path.exists():
+        return
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", "info", "-U", "--output=json", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    size = int(json.loads(out)["virtual-size"]) if proc.returncode == 0 else 0
+    wanted = size_gb * 1024**3
+    if wanted > size:
+        await qemu_img("resize", "-q", str(path), str(wanted))
+
+
+# -- recovery after a crash -----------------------------------------------------------
+
+
+async def recover_resize(pool: asyncpg.Pool, computes: dict[str, Any], inst: asyncpg.Record, request_id: str,
+                         schedule: Callable[[str, str], Awaitable[None]]) -> str:
+    """Resume a resize cut off in a resize task state: every stage is re-runnable, so the stage the
+    instance was in runs again (prep without a destination yet: scheduled again)."""
+    uuid = str(inst["uuid"])
+    task = inst["task_state"]
+    async with pool.acquire() as conn:
+        migration = await migrations.latest(conn, uuid)
+    note = f"interrupted by a restart in task_state {task}; resuming the resize"
+    if migration is None:
+        async with pool.acquire() as conn, conn.transaction():
+            await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=None)
+            await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+            await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, "Error",
+                                  details=f"interrupted in {task} with no migration record; task cleared")
+            await db.finish_action(conn, uuid, request_id)
+        return "resize_cleared"
+    request_id = migration["request_id"] or request_id
+    if task == RESIZE_REVERTING:
+        request_id = await _latest_request(pool, uuid, request_id)
+        stage, host = "revert_resize", migration["dest_compute"]
+    elif task == RESIZE_PREP:
+        stage, host = ("prep_resize", migration["dest_compute"]) if migration["dest_compute"] else ("", None)
+    elif task == RESIZE_MIGRATING:
+        stage, host = "resize_instance", migration["source_compute"]
+    else:  # resize_migrated, resize_finish
+        stage, host = "finish_resize", migration["dest_compute"]
+    async with pool.acquire() as conn, conn.transaction():
+        await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+        await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
+    if not stage:
+        await schedule(uuid, request_id)
+        return "resize_rescheduled"
+    compute = computes.get(host) if host else None
+    if compute is None:
+        async with pool.acquire() as conn, conn.transaction():
+            await fail_instance(conn, uuid, request_id,
+                                Failure(f"Host {host} of the resize of {uuid} is not managed here", "", host),
+                                expect={"expect_task_state": task})
+        return "resize_error"
+    compute.resize.cast(stage, uuid, request_id, migration["id"])
+    return f"resize_resumed_{stage}"
+
+
+async def _latest_request(pool: asyncpg.Pool, uuid: str, default: str) -> str:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT request_id FROM instance_actions WHERE instance_uuid = $1 ORDER BY id DESC LIMIT 1", uuid)
+    return row["request_id"] if row else default
+
+
+async def resume_confirms(pool: asyncpg.Pool, computes: dict[str, Any]) -> int:
+    """Confirms cut off by a restart (migration ``confirming``, no task state): run them again."""
+    async with pool.acquire() as conn:
+        rows = await migrations.in_status(conn, [migrations.CONFIRMING])
+    n = 0
+    for m in rows:
+        compute = computes.get(m["source_compute"])
+        if compute is None:
+            continue
+        uuid = str(m["instance_uuid"])
+        compute.resize.cast("confirm_resize", uuid, await _latest_request(pool, uuid, "req-recovery"), m["id"])
+        n += 1
+    return n

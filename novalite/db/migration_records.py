@@ -1,0 +1,148 @@
+"""Nova's migration records (table ``migrations``): one per resize, with its status and both hosts.
+
+Every status change is a compare-and-set on ``status`` (as every instance state change is), so
+two confirms, or a confirm racing a revert, cannot both win.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+# Nova's migration statuses (objects/migration.py) as a resize moves through them.
+PRE_MIGRATING = "pre-migrating"
+MIGRATING = "migrating"
+POST_MIGRATING = "post-migrating"
+FINISHED = "finished"
+CONFIRMING = "confirming"
+CONFIRMED = "confirmed"
+REVERTING = "reverting"
+REVERTED = "reverted"
+ERROR = "error"
+OPEN = (PRE_MIGRATING, MIGRATING, POST_MIGRATING, FINISHED, CONFIRMING, REVERTING)
+
+_UPDATABLE = {"status", "dest_compute", "dest_node", "dest_host"}
+
+
+class MigrationConflict(Exception):
+    """The migration is not in the expected status (the row as it is, or None)."""
+
+    def __init__(self, actual: asyncpg.Record | None) -> None:
+        super().__init__(f"migration is {actual['status'] if actual else 'gone'}")
+        self.actual = actual
+
+
+async def create(
+    conn: asyncpg.Connection, inst: asyncpg.Record, old_flavor: dict, new_flavor: dict, request_id: str,
+) -> asyncpg.Record:
+    """A ``pre-migrating`` resize record of the instance, from its host to a host not yet chosen."""
+    return await conn.fetchrow(
+        """INSERT INTO migrations (uuid, instance_uuid, project_id, user_id, migration_type, status,
+                                   source_compute, source_node, old_instance_type_id, new_instance_type_id,
+                                   old_flavor, new_flavor, old_vm_state, request_id)
+           VALUES ($1, $2, $3, $4, 'resize', $5, $6, $7,
+                   (SELECT internal_id FROM flavors WHERE flavorid = $8),
+                   (SELECT internal_id FROM flavors WHERE flavorid = $9), $10, $11, $12, $13)
+           RETURNING *""",
+        uuidlib.uuid4(), inst["uuid"], inst["project_id"], inst["user_id"], PRE_MIGRATING, inst["host"],
+        inst["node"], old_flavor["flavorid"], new_flavor["flavorid"], old_flavor, new_flavor, inst["vm_state"],
+        request_id,
+    )
+
+
+async def set_status(
+    conn: asyncpg.Connection, migration_id: int, expect: str | Sequence[str], status: str, **updates: Any
+) -> asyncpg.Record:
+    """Move a migration from one of ``expect`` to ``status``; MigrationConflict otherwise."""
+    bad = set(updates) - _UPDATABLE
+    if bad:
+        raise ValueError(f"not updatable: {bad}")
+    expected = [expect] if isinstance(expect, str) else list(expect)
+    args: list[Any] = [migration_id, expected, status]
+    sets = ["status = $3", "updated_at = now()"]
+    for key, value in updates.items():
+        args.append(value)
+        sets.append(f"{key} = ${len(args)}")
+    row = await conn.fetchrow(
+        f"UPDATE migrations SET {', '.join(sets)} WHERE id = $1 AND status = ANY($2::text[]) RETURNING *", *args
+    )
+    if row is None:
+        raise MigrationConflict(await conn.fetchrow("SELECT * FROM migrations WHERE id = $1", migration_id))
+    return row
+
+
+async def latest(conn: asyncpg.Connection, instance_uuid: str, statuses: Sequence[str] = OPEN
+                 ) -> asyncpg.Record | None:
+    """The instance's newest migration in one of ``statuses``."""
+    return await conn.fetchrow(
+        """SELECT * FROM migrations WHERE instance_uuid = $1::uuid AND status = ANY($2::text[])
+           ORDER BY id DESC LIMIT 1""",
+        instance_uuid, list(statuses),
+    )
+
+
+async def get(conn: asyncpg.Connection, migration_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM migrations WHERE id = $1", migration_id)
+
+
+async def in_status(conn: asyncpg.Connection, statuses: Sequence[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM migrations WHERE status = ANY($1::text[]) ORDER BY id", list(statuses)
+    )
+
+
+async def unconfirmed_older_than(conn: asyncpg.Connection, seconds: float) -> list[asyncpg.Record]:
+    """Finished resizes waiting for a confirm longer than ``seconds`` (Nova's _poll_unconfirmed_resizes)."""
+    return await conn.fetch(
+        """SELECT m.* FROM migrations m JOIN instances i ON i.uuid = m.instance_uuid
+           WHERE m.status = 'finished' AND NOT i.deleted AND i.vm_state = 'resized' AND i.task_state IS NULL
+             AND m.updated_at < clock_timestamp() - make_interval(secs => $1)
+           ORDER BY m.id""",
+        seconds,
+    )
+
+
+async def hold_source_allocation(conn: asyncpg.Connection, instance_uuid: str, migration_uuid: str) -> None:
+    """The instance's claim on its source host becomes the migration's (Nova's
+    replace_allocation_with_migration): the host's usage stays as it was."""
+    await conn.execute(
+        "UPDATE allocations SET instance_uuid = $2::uuid WHERE instance_uuid = $1::uuid",
+        instance_uuid, migration_uuid,
+    )
+
+
+async def revert_allocation(conn: asyncpg.Connection, instance_uuid: str, migration_uuid: str) -> None:
+    """Back to the source: the destination claim goes, the migration's claim is the instance's again."""
+    held = await conn.fetchval("SELECT 1 FROM allocations WHERE instance_uuid = $1::uuid", migration_uuid)
+    if held:
+        await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1::uuid", instance_uuid)
+        await conn.execute("UPDATE allocations SET instance_uuid = $1::uuid WHERE instance_uuid = $2::uuid",
+                           instance_uuid, migration_uuid)
+
+
+async def drop_source_allocation(conn: asyncpg.Connection, migration_uuid: str) -> None:
+    """The move is done (confirmed, or the instance lives on the destination now): free the source."""
+    await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1::uuid", migration_uuid)
+
+
+async def list_for_api(conn: asyncpg.Connection, filters: dict[str, Any], limit: int) -> list[asyncpg.Record]:
+    """GET /os-migrations: newest first, filtered by host, status, instance, type, project, user."""
+    where = ["NOT deleted"]
+    args: list[Any] = []
+    for key, column in (("status", "status"), ("migration_type", "migration_type"),
+                        ("instance_uuid", "instance_uuid::text"), ("project_id", "project_id"),
+                        ("user_id", "user_id"), ("source_compute", "source_compute")):
+        if filters.get(key) is not None:
+            args.append(str(filters[key]))
+            where.append(f"{column} = ${len(args)}")
+    if filters.get("host") is not None:
+        args.append(filters["host"])
+        where.append(f"(source_compute = ${len(args)} OR dest_compute = ${len(args)})")
+    args.append(limit)
+    return await conn.fetch(
+        f"SELECT * FROM migrations WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
