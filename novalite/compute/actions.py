@@ -19,6 +19,7 @@ import structlog
 from novalite import exception
 from novalite.compute import power, states
 from novalite.compute.rebuild import REBUILD_VM_STATES, REBUILDING, RebuildCheck, RebuildRequest
+from novalite.compute.rescue import RESCUE_VM_STATES, RESCUING, UNRESCUING, RescueCheck
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as db
@@ -53,6 +54,8 @@ SPECS: dict[str, ActionSpec] = {
     "suspend": ActionSpec("suspend", "suspend", (states.ACTIVE,), (None,), power.SUSPENDING),
     "resume": ActionSpec("resume", "resume", (states.SUSPENDED,), (None,), power.RESUMING),
     "rebuild": ActionSpec("rebuild", "rebuild", REBUILD_VM_STATES, (None,), REBUILDING),
+    "rescue": ActionSpec("rescue", "rescue", RESCUE_VM_STATES, (None,), RESCUING),
+    "unrescue": ActionSpec("unrescue", "unrescue", (states.RESCUED,), (None,), UNRESCUING),
 }
 
 
@@ -89,6 +92,7 @@ class ServerActions:
         self.pool = pool
         self.computes = computes
         self.rebuilds = RebuildCheck(pool, config)
+        self.rescues = RescueCheck(pool)
 
     def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
         """The lock and state checks every host action makes first; the instance's compute manager."""
@@ -105,6 +109,18 @@ class ServerActions:
         row = await self.rebuilds.accept(ctx, inst, req)
         compute.cast_rebuild(str(inst["uuid"]), ctx.request_id, req.admin_password, req.preserve_ephemeral)
         return row
+
+    async def rescue(self, ctx: RequestContext, inst: asyncpg.Record, password: str | None,
+                     rescue_image_ref: str | None, allow_bfv_rescue: bool) -> None:
+        """Check lock and state, accept the rescue (image, volume-backed refusal) and cast it to the host."""
+        compute = self._host_of(ctx, inst, SPECS["rescue"])
+        image_id = await self.rescues.accept_rescue(ctx, inst, rescue_image_ref, allow_bfv_rescue)
+        compute.rescue.cast_rescue(str(inst["uuid"]), ctx.request_id, password, image_id)
+
+    async def unrescue(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        compute = self._host_of(ctx, inst, SPECS["unrescue"])
+        await self.rescues.accept_unrescue(ctx, inst)
+        compute.rescue.cast_unrescue(str(inst["uuid"]), ctx.request_id)
 
     async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
         """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""

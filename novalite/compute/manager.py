@@ -34,6 +34,7 @@ from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerManager
 from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
+from novalite.compute.rescue import RescueManager
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
 from novalite.db.steps import BuildStep, StepWriter
@@ -99,6 +100,7 @@ class ComputeManager:
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
         self.power = PowerManager(self.host, self.driver, pool, locks, config, self._spawn)
+        self.rescue = RescueManager(self)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -340,14 +342,17 @@ class ComputeManager:
         return prepared
 
     async def _config_drive(
-        self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_password: str | None
+        self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_password: str | None,
+        name: str = "disk.config", files: bool = True,
     ) -> None:
         """Build the config drive ISO (label config-2) when asked for or forced by config; the
-        admin password is in its meta_data.json (and nowhere else on this side)."""
+        admin password is in its meta_data.json (and nowhere else on this side).
+
+        A rescue writes its own (``disk.config.rescue``) without the injected files, as Nova's."""
         if not (inst["config_drive"] or self.config.compute.force_config_drive):
             return
         uuid = str(inst["uuid"])
-        path = self.instances_dir / uuid / "disk.config"
+        path = self.instances_dir / uuid / name
         prepared.disks.append(DiskSpec(path=str(path), device="cdrom", bus="sata", target_dev="sda",
                                        driver_type="raw"))
         if self.simulated:
@@ -365,8 +370,8 @@ class ComputeManager:
             admin_pass=admin_password,
         )
         user_data = base64.b64decode(inst["user_data"]) if inst["user_data"] else None
-        files = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])]
-        await asyncio.to_thread(build_config_drive, path, meta, user_data, files, network_data(ports))
+        injected = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])] if files else []
+        await asyncio.to_thread(build_config_drive, path, meta, user_data, injected, network_data(ports))
 
     def _guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], prepared: PreparedDisks) -> GuestSpec:
         flavor = inst["flavor"]
