@@ -47,10 +47,10 @@ from novalite.image import testimage  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
-          "rebuild_spawning"]
+          "rebuild_spawning", "rescuing", "unrescuing"]
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
           "deleting": 0.8}
-LIVE_STATES = ("active", "stopped", "paused", "suspended")
+LIVE_STATES = ("active", "stopped", "paused", "suspended", "rescued")
 
 
 def free_port() -> int:
@@ -285,6 +285,17 @@ watchdog_interval = 2
                 status, body = await self.api("POST", f"/servers/{u}/action", {"rebuild": {"imageRef": images[u]}})
                 if status != 202:
                     self.failures.append(f"{stage}: rebuild of {u} answered {status}: {body}")
+        elif stage in ("rescuing", "unrescuing"):
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the rescue")
+            for action in ("rescue", "unrescue")[: 1 if stage == "rescuing" else 2]:
+                if action == "unrescue" and not await self.settle():
+                    self.failures.append(f"{stage}: rescues never finished")
+                for u in uuids:
+                    status, body = await self.api("POST", f"/servers/{u}/action", {action: None})
+                    if status not in (200, 202):
+                        self.failures.append(f"{stage}: {action} of {u} answered {status}: {body}")
         else:
             uuids = await self.create_batch(image_id)
         if stage != "before_scheduling" and not await self.wait_stage(uuids, stage):
@@ -367,7 +378,9 @@ watchdog_interval = 2
             for key, label in (("build finished", "recovered_build_finished"),
                                ("scheduling again", "recovered_build_rescheduled"),
                                ("finishing the delete", "recovered_delete_finished"),
-                               ("rebuilding again", "recovered_rebuild_resumed")):
+                               ("rebuilding again", "recovered_rebuild_resumed"),
+                               ("rolled back to the server's own guest", "recovered_rescue_rolled_back"),
+                               ("finishing the unrescue", "recovered_unrescue_finished")):
                 if key in detail:
                     self.counts[label] += 1
             if u not in recovered:
