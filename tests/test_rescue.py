@@ -251,3 +251,13 @@ async def test_restart_while_rescuing_rolls_back_and_while_unrescuing_finishes(c
     assert events[-1][0] == "compute_recover_instance" and "rolled back" in events[-1][2]
     assert [e[0] for e in await _events(cloud, second)][-2:] == ["compute_recover_instance",
                                                                  "compute_unrescue_instance"]
+
+
+async def test_openstack_cli_rescues_and_unrescues(cloud):
+    first, second = await add_image(cloud, "first"), await add_image(cloud, "rescue-image")
+    sid = (await boot(cloud, first))["id"]
+    await cloud.openstack("server", "rescue", "--image", second, "--password", "cli-rescue-1", sid)
+    server = await wait_for_status(cloud, sid, "RESCUE")
+    assert server["image"]["id"] == first  # the server keeps its image; only the rescue boot used the other
+    await cloud.openstack("server", "unrescue", sid)
+    await wait_for_status(cloud, sid, "ACTIVE")
