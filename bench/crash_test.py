@@ -47,10 +47,10 @@ from novalite.image import testimage  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
-          "rebuild_spawning", "image_uploading", "resize_finish"]
+          "rebuild_spawning", "image_uploading", "resize_finish", "rescuing", "unrescuing"]
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
           "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8}
-LIVE_STATES = ("active", "stopped", "paused", "suspended", "resized")
+LIVE_STATES = ("active", "stopped", "paused", "suspended", "resized", "rescued")
 
 
 def free_port() -> int:
@@ -304,6 +304,17 @@ watchdog_interval = 2
                 status, body = await self.api("POST", f"/servers/{u}/action", {"resize": {"flavorRef": "2"}})
                 if status != 202:
                     self.failures.append(f"{stage}: resize of {u} answered {status}: {body}")
+        elif stage in ("rescuing", "unrescuing"):
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the rescue")
+            for action in ("rescue", "unrescue")[: 1 if stage == "rescuing" else 2]:
+                if action == "unrescue" and not await self.settle():
+                    self.failures.append(f"{stage}: rescues never finished")
+                for u in uuids:
+                    status, body = await self.api("POST", f"/servers/{u}/action", {action: None})
+                    if status not in (200, 202):
+                        self.failures.append(f"{stage}: {action} of {u} answered {status}: {body}")
         else:
             uuids = await self.create_batch(image_id)
         if stage != "before_scheduling" and not await self.wait_stage(uuids, stage):
@@ -406,7 +417,9 @@ watchdog_interval = 2
                                ("finishing the delete", "recovered_delete_finished"),
                                ("rebuilding again", "recovered_rebuild_resumed"),
                                ("taking the snapshot again", "recovered_snapshot_resumed"),
-                               ("resuming the resize", "recovered_resize_resumed")):
+                               ("resuming the resize", "recovered_resize_resumed"),
+                               ("rolled back to the server's own guest", "recovered_rescue_rolled_back"),
+                               ("finishing the unrescue", "recovered_unrescue_finished")):
                 if key in detail:
                     self.counts[label] += 1
             if u not in recovered:

@@ -48,6 +48,17 @@ async def test_sigkill_during_resizes_loses_nothing(pg_dsn, tmp_path):
     assert counts["recovered_resize_resumed"] >= 1
 
 
+async def test_sigkill_during_rescue_and_unrescue_loses_nothing(pg_dsn, tmp_path):
+    """A rescue cut off is rolled back to the server's own guest; an unrescue cut off is finished."""
+    bench = load_bench()
+    bench.STAGES[:] = ["rescuing", "unrescuing"]
+    counts, failures = await bench.run(2, seed=6, servers=3, admin_dsn=pg_dsn, hosts=1, workdir=tmp_path,
+                                       verbose=False)
+    assert failures == []
+    assert counts["recovered_rescue_rolled_back"] >= 1
+    assert counts["recovered_unrescue_finished"] >= 1
+
+
 async def test_sigkill_during_a_real_guests_spawn_loses_nothing(pg_dsn):
     """The same drill with a real TCG guest on qemu:///system in the batch."""
     bench = load_bench()

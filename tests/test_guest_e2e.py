@@ -51,6 +51,8 @@ async def guest_cloud(pg_dsn, test_image):
     extra = f"""
 [compute]
 virt_type = "qemu"
+# The test guest ignores ACPI: a clean shutdown (a rescue's) would wait out the whole timeout.
+shutdown_timeout = 5
 # Other clouds (other test sessions) may share qemu:///system: domain names must not collide.
 instance_name_template = "nle2e{tag}-%08x"
 
@@ -222,3 +224,48 @@ async def test_rebuild_gives_the_guest_a_new_config_drive_and_keeps_its_port(gue
         status, _, _ = await cloud.compute("DELETE", f"/servers/{server_id}")
         assert status == 204
         await wait_for_status(cloud, server_id, "DELETED", timeout=60)
+
+
+async def test_rescue_boots_the_rescue_disk_with_the_own_disk_second_and_unrescue_boots_the_own_disk(guest_cloud):
+    """A real guest rescued: it boots again from a fresh rescue disk (vda, the image's 1 MiB) with its own
+    root disk as vdb and the rescue password on the rescue config drive; unrescued, it boots its own disk."""
+    cloud = guest_cloud
+    from conftest import wait_for_status
+
+    status, body, _ = await cloud.compute("POST", "/servers", version="2.79", json_body={"server": {
+        "name": "rescued", "imageRef": cloud.image_ids["ami"], "flavorRef": "1", "config_drive": True,
+        "networks": "auto"}})
+    assert status == 202, body
+    server_id = body["server"]["id"]
+    inst_dir = cloud.config.state_dir / "instances" / "local" / server_id
+    root_bytes = 1024**3  # flavor 1's root disk
+    try:
+        server = await wait_for_status(cloud, server_id, {"ACTIVE", "ERROR"}, timeout=180)
+        assert server["status"] == "ACTIVE", server.get("fault")
+        text = await wait_console(cloud, server_id, "NOVALITE-GUEST: init done")
+        assert f"disk vda size={root_bytes}" in text and "disk vdb" not in text
+        status, body, _ = await cloud.compute("POST", f"/servers/{server_id}/action", version="2.79",
+                                              json_body={"rescue": {"adminPass": "Rescue-Pass-42"}})
+        assert status == 200 and body == {"adminPass": "Rescue-Pass-42"}, body
+        server = await wait_for_status(cloud, server_id, {"RESCUE", "ERROR"}, timeout=180)
+        assert server["status"] == "RESCUE", server.get("fault")
+        # The rescue domain truncated the console log when it started: what follows is the rescue boot.
+        text = await wait_console(cloud, server_id, "NOVALITE-GUEST: init done")
+        assert "disk vda size=1048576" in text and f"disk vdb size={root_bytes}" in text, text
+        assert f"admin_pass_sha256={hashlib.sha256(b'Rescue-Pass-42').hexdigest()}" in text
+        assert sorted(p.name for p in inst_dir.glob("*.rescue")) == [
+            "disk.config.rescue", "disk.rescue", "kernel.rescue", "ramdisk.rescue"]
+        assert await tables_containing(cloud, "Rescue-Pass-42") == []
+        status, _, _ = await cloud.compute("POST", f"/servers/{server_id}/action", json_body={"unrescue": None})
+        assert status == 202
+        server = await wait_for_status(cloud, server_id, {"ACTIVE", "ERROR"}, timeout=180)
+        assert server["status"] == "ACTIVE", server.get("fault")
+        text = await wait_console(cloud, server_id, "NOVALITE-GUEST: init done")
+        assert f"disk vda size={root_bytes}" in text and "disk vdb" not in text, text
+        assert "admin_pass_sha256=" + hashlib.sha256(b"Rescue-Pass-42").hexdigest() not in text
+        assert list(inst_dir.glob("*.rescue")) == []
+    finally:
+        status, _, _ = await cloud.compute("DELETE", f"/servers/{server_id}")
+        assert status == 204
+        await wait_for_status(cloud, server_id, "DELETED", timeout=60)
+    assert not inst_dir.exists()

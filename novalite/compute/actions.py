@@ -27,6 +27,7 @@ from novalite.compute.image_actions import (
     ImageRequest,
 )
 from novalite.compute.rebuild import REBUILD_VM_STATES, REBUILDING, RebuildCheck, RebuildRequest
+from novalite.compute.rescue import RESCUE_VM_STATES, RESCUING, UNRESCUING, RescueCheck
 from novalite.compute.resize import (
     RESIZE_PREP,
     RESIZE_REVERTING,
@@ -73,6 +74,8 @@ SPECS: dict[str, ActionSpec] = {
     "resize": ActionSpec("resize", "resize", RESIZE_VM_STATES, (None,), RESIZE_PREP),
     "confirmResize": ActionSpec("confirmResize", "confirmResize", (RESIZED,), (None,), ""),
     "revertResize": ActionSpec("revertResize", "revertResize", (RESIZED,), (None,), RESIZE_REVERTING),
+    "rescue": ActionSpec("rescue", "rescue", RESCUE_VM_STATES, (None,), RESCUING),
+    "unrescue": ActionSpec("unrescue", "unrescue", (states.RESCUED,), (None,), UNRESCUING),
 }
 
 
@@ -115,6 +118,7 @@ class ServerActions:
         self.image_actions = ImageActionCheck(pool)
         self.resizes = ResizeCheck(pool, config)
         self.migrate_server = migrate_server
+        self.rescues = RescueCheck(pool)
 
     def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
         """The lock and state checks every host action makes first; the instance's compute manager."""
@@ -172,6 +176,18 @@ class ServerActions:
         if dest is None:
             raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
         dest.resize.cast("revert_resize", str(inst["uuid"]), ctx.request_id, migration["id"])
+
+    async def rescue(self, ctx: RequestContext, inst: asyncpg.Record, password: str | None,
+                     rescue_image_ref: str | None, allow_bfv_rescue: bool) -> None:
+        """Check lock and state, accept the rescue (image, volume-backed refusal) and cast it to the host."""
+        compute = self._host_of(ctx, inst, SPECS["rescue"])
+        image_id = await self.rescues.accept_rescue(ctx, inst, rescue_image_ref, allow_bfv_rescue)
+        compute.rescue.cast_rescue(str(inst["uuid"]), ctx.request_id, password, image_id)
+
+    async def unrescue(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        compute = self._host_of(ctx, inst, SPECS["unrescue"])
+        await self.rescues.accept_unrescue(ctx, inst)
+        compute.rescue.cast_unrescue(str(inst["uuid"]), ctx.request_id)
 
     async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
         """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""

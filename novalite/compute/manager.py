@@ -34,6 +34,7 @@ from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerManager
 from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
+from novalite.compute.rescue import RescueManager
 from novalite.compute.resize import ResizeManager
 from novalite.compute.snapshot import ImageWriter, SnapshotManager
 from novalite.config import Config, HostConfig
@@ -108,6 +109,7 @@ class ComputeManager:
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
                                         self.instances_dir, self.simulated, self._spawn)
         self.resize = ResizeManager(self, peers or (lambda _host: None))
+        self.rescue = RescueManager(self)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -359,14 +361,17 @@ class ComputeManager:
         return prepared
 
     async def _config_drive(
-        self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_password: str | None
+        self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_password: str | None,
+        name: str = "disk.config", files: bool = True,
     ) -> None:
         """Build the config drive ISO (label config-2) when asked for or forced by config; the
-        admin password is in its meta_data.json (and nowhere else on this side)."""
+        admin password is in its meta_data.json (and nowhere else on this side).
+
+        A rescue writes its own (``disk.config.rescue``) without the injected files, as Nova's."""
         if not (inst["config_drive"] or self.config.compute.force_config_drive):
             return
         uuid = str(inst["uuid"])
-        path = self.instances_dir / uuid / "disk.config"
+        path = self.instances_dir / uuid / name
         prepared.disks.append(DiskSpec(path=str(path), device="cdrom", bus="sata", target_dev="sda",
                                        driver_type="raw"))
         if self.simulated:
@@ -384,8 +389,8 @@ class ComputeManager:
             admin_pass=admin_password,
         )
         user_data = base64.b64decode(inst["user_data"]) if inst["user_data"] else None
-        files = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])]
-        await asyncio.to_thread(build_config_drive, path, meta, user_data, files, network_data(ports))
+        injected = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])] if files else []
+        await asyncio.to_thread(build_config_drive, path, meta, user_data, injected, network_data(ports))
 
     def _guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], prepared: PreparedDisks) -> GuestSpec:
         flavor = inst["flavor"]

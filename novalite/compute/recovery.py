@@ -18,7 +18,9 @@ never leaves an instance in BUILD, DELETING or a power task state forever:
   the ephemeral disk is kept, as losing data is worse than keeping it, and the
   admin password, which only travelled in memory, is not on the new config drive);
 - a snapshot or backup → a left-over block copy is ended, the image goes back to
-  queued and the snapshot is taken again from its first task state.
+  queued and the snapshot is taken again from its first task state;
+- a rescue → rolled back: the server's own guest restored as it was (its rescue
+  password is gone with the process); an unrescue → finished.
 
 Each instance recovered gets a ``compute_recover_instance`` event on its open
 action saying what was found and done, and the events the crash cut off are
@@ -41,6 +43,7 @@ from novalite.compute.image_actions import SNAPSHOT_TASK_STATES
 from novalite.compute.manager import BUILD_EVENT
 from novalite.compute.power import POWER_TASK_STATES, RECOVER_EVENT
 from novalite.compute.rebuild import REBUILD_TASK_STATES, REBUILDING
+from novalite.compute.rescue import RESCUING, UNRESCUING
 from novalite.compute.resize import RESIZE_TASK_STATES, recover_resize, resume_confirms
 from novalite.conductor import Conductor
 from novalite.db import instances as db
@@ -136,6 +139,20 @@ async def _recover_one(
             conductor.migrate_server(u, rid, allow)
 
         return await recover_resize(pool, computes, inst, request_id, schedule)
+    if task in (RESCUING, UNRESCUING):
+        if compute is None:
+            await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "
+                            f"cannot finish the interrupted {task}")
+            return "rescue_error"
+        if task == RESCUING:
+            compute.rescue.cast_roll_back_rescue(uuid, request_id)  # the rescue password is gone with the process
+            return "rescue_rolled_back"
+        note = "interrupted by a restart while unrescuing; finishing the unrescue"
+        async with pool.acquire() as conn, conn.transaction():
+            await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+            await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
+        compute.rescue.cast_unrescue(uuid, request_id)
+        return "unrescue_resumed"
     # A task state novalite does not drive (e.g. set by an older version): clear it.
     async with pool.acquire() as conn, conn.transaction():
         await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=None)

@@ -9,6 +9,7 @@ STOPPED = "stopped"
 PAUSED = "paused"
 SUSPENDED = "suspended"
 ERROR = "error"
+RESCUED = "rescued"
 DELETED = "deleted"
 
 # task_state

@@ -292,6 +292,26 @@ async def get_compute_node(conn: asyncpg.Connection, service_down_time: int, *, 
     return dict(row) if row else None
 
 
+async def host_statuses(conn: asyncpg.Connection, service_down_time: int, hosts: list[str]) -> dict[str, str]:
+    """Nova's get_instance_host_status per host: DOWN (forced down), MAINTENANCE (disabled), UP (heartbeat
+    fresh) or UNKNOWN (heartbeat stale); a host without a service row is left out (the caller shows "")."""
+    rows = await conn.fetch(
+        """SELECT host, forced_down, disabled,
+                  (heartbeat_at IS NOT NULL AND heartbeat_at >= now() - make_interval(secs => $1)) AS alive
+             FROM compute_nodes WHERE host = ANY($2::text[])""",
+        float(service_down_time), hosts,
+    )
+    out = {}
+    for r in rows:
+        if r["forced_down"]:
+            out[r["host"]] = "DOWN"
+        elif r["disabled"]:
+            out[r["host"]] = "MAINTENANCE"
+        else:
+            out[r["host"]] = "UP" if r["alive"] else "UNKNOWN"
+    return out
+
+
 async def update_service(conn: asyncpg.Connection, node_id: int, values: dict) -> None:
     """Set disabled / disabled_reason / forced_down of a host's nova-compute service."""
     allowed = {"disabled", "disabled_reason", "forced_down"}

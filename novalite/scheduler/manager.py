@@ -159,7 +159,8 @@ async def claim(
     locks the row until commit; a concurrent claim on the host waits and re-checks the
     committed counts, so no host is ever oversubscribed. The allocation's created_at is the
     clock time after that lock, so claims on one host are ordered as they happened (the late
-    group policy check relies on that order).
+    group policy check relies on that order). The instance takes the host's availability zone,
+    as Nova's conductor sets it from the selected host.
     """
     vcpu_limit = host.vcpus * host.cpu_allocation_ratio
     ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
@@ -168,8 +169,9 @@ async def claim(
         """WITH node AS (UPDATE compute_nodes SET updated_at = now()
                          WHERE host = $1 AND vcpus_used + $3 <= $6::float8 AND memory_mb_used + $4 <= $7::float8
                            AND disk_gb_used + $5 <= $8::float8
-                         RETURNING hypervisor_hostname),
+                         RETURNING hypervisor_hostname, availability_zone),
                 inst AS (UPDATE instances SET host = $1, node = (SELECT hypervisor_hostname FROM node),
+                                availability_zone = (SELECT availability_zone FROM node),
                                 launched_on = $1, updated_at = now()
                          WHERE uuid = $2 AND NOT deleted AND vm_state = 'building' AND task_state = 'scheduling'
                            AND EXISTS (SELECT 1 FROM node)

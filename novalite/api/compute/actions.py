@@ -7,6 +7,8 @@ compute API, 202 with an empty body; wrong state or a lock → 409.
 
 from __future__ import annotations
 
+import uuid as uuidlib
+
 import asyncpg
 from aiohttp import web
 
@@ -15,6 +17,7 @@ from novalite.api import errors, keys
 from novalite.api.compute import schemas
 from novalite.api.compute.common import at_least, authorize, compute_url
 from novalite.compute.actions import ServerActions
+from novalite.compute.api import generate_password
 from novalite.compute.image_actions import ImageRequest, is_volume_backed
 
 # action name → (policy rule, compute kind, target includes user_id)
@@ -152,6 +155,12 @@ async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value:
         ctx = authorize(request, "os_compute_api:servers:revert_resize", _target(inst, False))
         await server_actions(request).revert_resize(ctx, inst)
         return _accepted()
+    if name == "rescue":
+        return await rescue(request, inst, value)
+    if name == "unrescue":
+        ctx = authorize(request, "os_compute_api:os-unrescue", _target(inst, False))
+        await server_actions(request).unrescue(ctx, inst)
+        return _accepted()
     if name == "os-resetState":
         ctx = authorize(request, "os_compute_api:os-admin-actions:reset_state", _target(inst, False))
         state = value.get("state") if isinstance(value, dict) else None
@@ -163,3 +172,35 @@ async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value:
         await server_actions(request).reset_state(ctx, inst, state)
         return _accepted()
     return None
+
+
+async def rescue(request: web.Request, inst: asyncpg.Record, value: object) -> web.Response:
+    """Nova's rescue.py _rescue: 200 with the rescue password (when enable_instance_password), else {}."""
+    if value is not None and not isinstance(value, dict):
+        raise errors.BadRequest(f"Invalid input for field/attribute rescue. Value: {value}. "
+                                f"{value!r} is not of type 'object', 'null'")
+    body = value or {}
+    extra = sorted(set(body) - {"adminPass", "rescue_image_ref"})
+    if extra:
+        raise errors.BadRequest(f"Additional properties are not allowed ('{extra[0]}' was unexpected)")
+    password = body.get("adminPass")
+    if "adminPass" in body and not isinstance(password, str):
+        raise errors.BadRequest(f"Invalid input for field/attribute adminPass. Value: {password}. "
+                                f"{password!r} is not of type 'string'")
+    image_ref = body.get("rescue_image_ref")
+    if "rescue_image_ref" in body:
+        if not isinstance(image_ref, str):
+            raise errors.BadRequest(f"Invalid input for field/attribute rescue_image_ref. Value: {image_ref}. "
+                                    f"{image_ref!r} is not of type 'string'")
+        try:
+            uuidlib.UUID(image_ref)
+        except ValueError:
+            raise errors.BadRequest(f"Invalid input for field/attribute rescue_image_ref. Value: {image_ref}. "
+                                    f"'{image_ref}' is not a 'uuid'") from None
+    if password is None:
+        password = generate_password()
+    ctx = authorize(request, "os_compute_api:os-rescue", _target(inst))
+    await server_actions(request).rescue(ctx, inst, password, image_ref, at_least(request, 87))
+    if request.app[keys.CONFIG].api.enable_instance_password:
+        return web.json_response({"adminPass": password})
+    return web.json_response({})

@@ -414,7 +414,7 @@ async def update_service(request: web.Request) -> web.Response:
         if node is None:
             raise errors.NotFound(f"Could not find binary {binary} on host {host}.")
         await catalog.update_service(conn, node["id"], values)
-    if "scheduler" in request.app:  # the scheduler's cached host states must see it at once
+    if keys.SCHEDULER in request.app:  # the scheduler's cached host states must see it at once
         request.app[keys.SCHEDULER].invalidate_host_states()
     return web.json_response({"service": result})
 
@@ -456,7 +456,7 @@ async def _update_v253(request: web.Request, body: dict) -> web.Response:
             )
         await catalog.update_service(conn, node["id"], values)
         node = await catalog.get_compute_node(conn, _down_time(request), node_id=node["id"])
-    if "scheduler" in request.app:  # the scheduler's cached host states must see it at once
+    if keys.SCHEDULER in request.app:  # the scheduler's cached host states must see it at once
         request.app[keys.SCHEDULER].invalidate_host_states()
     return web.json_response({"service": service_view(request, node, forced_down=True)})
 

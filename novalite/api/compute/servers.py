@@ -24,8 +24,8 @@ from novalite.compute.api import ComputeAPI, CreateRequest, generate_password
 from novalite.compute.rebuild import RebuildRequest
 from novalite.compute.states import states_from_status
 from novalite.context import RequestContext
+from novalite.db import catalog, is_uuid, server_list
 from novalite.db import instances as db
-from novalite.db import is_uuid, server_list
 from novalite.db import server_groups as sg_db
 
 if TYPE_CHECKING:
@@ -267,8 +267,10 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
         bdms = await db.bdms_for(conn, uuids) if detail else {}
     if detail:
         addrs = await addresses_for(request, uuids)
+        statuses = await _host_statuses(request, ctx, rows, {"project_id": ctx.project_id})
         docs = [
-            await _detail_doc(request, ctx, r, faults.get(u), bdms.get(u, []), addrs.get(u))
+            await _detail_doc(request, ctx, r, faults.get(u), bdms.get(u, []), addrs.get(u),
+                              host_status=statuses.get(u))
             for r, u in zip(rows, uuids, strict=True)
         ]
     else:
@@ -299,8 +301,9 @@ async def addresses_for(request: web.Request, uuids: list[str]) -> dict[str, dic
 
 async def _detail_doc(
     request: web.Request, ctx: RequestContext, inst: asyncpg.Record, fault, bdms, addresses: dict | None = None,
-    *, all_attributes: bool = True, server_groups: list[str] | None = None,
+    *, all_attributes: bool = True, server_groups: list[str] | None = None, host_status: str | None = None,
 ) -> dict:
+    """``host_status``: what :func:`_host_statuses` allows the caller to see of this server's host."""
     policy = request.app[keys.POLICY]
     target = _target(inst)
     return views.show(
@@ -314,12 +317,7 @@ async def _detail_doc(
         show_extra_specs=at_least(request, 47)
         and policy.check("os_compute_api:servers:show:flavor-extra-specs", ctx.creds(), target),
         is_admin=ctx.is_admin,
-        host_status=(
-            ("UP" if inst["host"] else "")
-            if all_attributes and at_least(request, 16)
-            and policy.check("os_compute_api:servers:show:host_status", ctx.creds(), target)
-            else None
-        ),
+        host_status=host_status if all_attributes else None,
         all_attributes=all_attributes,
         server_groups=server_groups,
     )
@@ -344,14 +342,41 @@ async def _one_server_doc(
     """One server's document. Its fault, BDMs, addresses and groups are read at the same
     time, each on its own connection: one wait instead of four while the loop is busy."""
     uuid = str(inst["uuid"])
-    faults, bdms, addrs, groups = await asyncio.gather(
+    faults, bdms, addrs, groups, statuses = await asyncio.gather(
         _query(request, db.latest_faults, [uuid]),
         _query(request, db.bdms_for, [uuid]),
         addresses_for(request, [uuid]),
         _server_groups(request, uuid),
+        _host_statuses(request, ctx, [inst], {"project_id": inst["project_id"]}),
     )
     return await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid),
-                             all_attributes=all_attributes, server_groups=groups)
+                             all_attributes=all_attributes, server_groups=groups, host_status=statuses.get(uuid))
+
+
+async def _host_statuses(
+    request: web.Request, ctx: RequestContext, rows: list[asyncpg.Record], target: dict
+) -> dict[str, str]:
+    """host_status (2.16) of each server the caller may see it for, as Nova's view: with
+    ``show:host_status`` any status, with only ``show:host_status:unknown-only`` just UNKNOWN;
+    "" for a server without a host (or whose host has no service)."""
+    if not at_least(request, 16) or not rows:
+        return {}
+    policy = request.app[keys.POLICY]
+    if policy.check("os_compute_api:servers:show:host_status", ctx.creds(), target):
+        unknown_only = False
+    elif policy.check("os_compute_api:servers:show:host_status:unknown-only", ctx.creds(), target):
+        unknown_only = True
+    else:
+        return {}
+    hosts = sorted({r["host"] for r in rows if r["host"]})
+    by_host = await _query(request, catalog.host_statuses, request.app[keys.CONFIG].scheduler.service_down_time,
+                           hosts) if hosts else {}
+    out = {}
+    for r in rows:
+        status = by_host.get(r["host"], "") if r["host"] else ""
+        if not unknown_only or status == "UNKNOWN":
+            out[str(r["uuid"])] = status
+    return out
 
 
 async def show(request: web.Request) -> web.Response:
