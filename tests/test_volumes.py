@@ -399,3 +399,28 @@ async def test_openstack_cli_volumes_and_servers_with_volumes(vcloud):
     assert await vcloud.openstack_json("volume", "list") == []
     quota = await vcloud.openstack_json("quota", "show")
     assert quota
+
+
+async def test_rebuild_of_a_volume_backed_server_keeps_its_image_and_its_volume(vcloud):
+    """Nova before 2.93: the image of a volume-backed server cannot change; the same one rebuilds."""
+    image, other = await add_image(vcloud, kernel_id="", ramdisk_id=""), await add_image(vcloud, "other")
+    status, body, _ = await boot(vcloud, [
+        {"boot_index": 0, "uuid": image, "source_type": "image", "destination_type": "volume", "volume_size": 1,
+         "delete_on_termination": True}])
+    assert status == 202, body
+    sid = body["server"]["id"]
+    server = await wait_for_status(vcloud, sid, {"ACTIVE", "ERROR"})
+    assert server["status"] == "ACTIVE", server.get("fault")
+    root = server["os-extended-volumes:volumes_attached"][0]["id"]
+    path = f"/servers/{sid}/action"
+    status, body, _ = await vcloud.compute("POST", path, json_body={"rebuild": {"imageRef": other}})
+    assert status == 400 and body["badRequest"]["message"] == (
+        f"Image {other} is unacceptable: Unable to rebuild with a different image for a volume-backed server.")
+    status, body, _ = await vcloud.compute("POST", path, json_body={"rebuild": {"imageRef": image}})
+    assert status == 202, body
+    server = await wait_for_status(vcloud, sid, {"ACTIVE", "ERROR"})
+    assert server["status"] == "ACTIVE", server.get("fault")
+    cfg = await vcloud.app[keys.COMPUTES]["sim1"].driver.get_domain_config(sid)
+    disks = {d.target_dev: d.source_path for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk)}
+    assert disks["vda"].endswith(f"volume-{root}")  # still the same volume
+    assert (await wait_volume(vcloud, root, "in-use"))["attachments"][0]["server_id"] == sid

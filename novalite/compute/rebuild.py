@@ -24,6 +24,7 @@ import structlog
 from novalite import exception, quota
 from novalite.compute import states
 from novalite.compute.api import check_injected_files_quota, check_metadata_quota
+from novalite.compute.image_actions import is_volume_backed
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import catalog
@@ -83,7 +84,7 @@ class RebuildCheck:
                 raise exception.Invalid("Cannot find image for rebuild")
             if image["status"] != "active":
                 raise exception.Invalid(f"Image {image_id} is not active.")
-            volume_backed = not inst["image_ref"]
+            volume_backed = await is_volume_backed(conn, inst)
             if volume_backed:
                 await self._check_volume_image(conn, uuid, image_id)
             self._check_fits(image, inst["flavor"], volume_backed)
@@ -99,11 +100,11 @@ class RebuildCheck:
                 raise exception.Invalid("User data too large.")
         spec = dict(inst["request_spec"] or {})
         spec["image"] = {
-            "id": "" if volume_backed else image_id, "properties": props, "min_ram": image["min_ram"],
+            "id": inst["image_ref"] if volume_backed else image_id, "properties": props, "min_ram": image["min_ram"],
             "min_disk": image["min_disk"], "disk_format": image["disk_format"],
         }
         if not volume_backed:
-            updates["image_ref"] = image_id
+            updates["image_ref"] = image_id  # a volume-backed server keeps its (possibly empty) image_ref
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 row = await db.compare_and_set(
