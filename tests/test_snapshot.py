@@ -250,3 +250,27 @@ async def test_failed_upload_deletes_the_image_and_keeps_the_server(cloud):
             "SELECT event_type FROM notifications WHERE instance_uuid = $1::uuid AND event_type LIKE "
             "'instance.snapshot.%' ORDER BY id", sid)]
     assert kinds == ["instance.snapshot.start", "instance.snapshot.error"]
+
+
+async def test_recovery_after_the_image_turned_active_keeps_the_image(cloud):
+    """A crash between the image going active and the server's last step: the image stays, the task ends."""
+    from novalite.compute.image_actions import SYSMETA_IMAGE
+    from novalite.db import instances as db
+
+    image = await add_image(cloud)
+    sid = (await boot(cloud, image))["id"]
+    status, body, _ = await action(cloud, sid, "createImage", {"name": "snap"}, version="2.45")
+    assert status == 202
+    snap = body["image_id"]
+    await wait_image(cloud, snap)
+    server = await wait_task_done(cloud, sid)
+    async with cloud.app[keys.DB].acquire() as conn:  # the row as the cut-off snapshot left it
+        inst = await db.compare_and_set(conn, sid, task_state="image_uploading",
+                                        system_metadata={SYSMETA_IMAGE: snap})
+        request_id = await conn.fetchval(
+            "SELECT request_id FROM instance_actions WHERE instance_uuid = $1::uuid ORDER BY id DESC LIMIT 1", sid)
+    host = cloud.app[keys.COMPUTES][server["OS-EXT-SRV-ATTR:host"]]
+    await host.snapshot.resume(inst, request_id, "interrupted by a restart in task_state image_uploading")
+    server = await wait_task_done(cloud, sid)
+    assert server["status"] == "ACTIVE"
+    assert (await wait_image(cloud, snap))["status"] == "active"

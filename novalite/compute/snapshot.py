@@ -332,6 +332,16 @@ class SnapshotManager:
                 log.warning("abort_disk_copy_failed", exc_info=True)
             await self._remove_work_files(self.instances_dir / uuid / f"snapshot-{image_id}")
         async with self.pool.acquire() as conn, conn.transaction():
+            image = await images_db.get(conn, image_id) if image_id else None
+            if image is not None and image["status"] == "active":
+                # The upload had finished: only the instance's last step was cut off. Keep the image.
+                await db.compare_and_set(conn, uuid, expect_task_state=inst["task_state"], task_state=None,
+                                         system_metadata=without_snapshot_keys(inst["system_metadata"]))
+                await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+                await db.event_finish(conn, uuid, request_id, RECOVER_EVENT,
+                                      details=f"{note.split(';')[0]}; the image {image_id} was already active")
+                await db.finish_action(conn, uuid, request_id)
+                return
             if image_id:
                 await images_db.compare_and_set_status(conn, image_id, ("saving",), "queued")
             await db.compare_and_set(conn, uuid, expect_task_state=inst["task_state"],
