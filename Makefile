@@ -3,13 +3,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system venv lint bench clean tempest
+.PHONY: run test e2e setup system venv lint bench clean tempest
 
 run: setup
 	$(VENV)/bin/novalite serve
 
+# The suite without real guests (simulated hosts, the real clients, crash drills): under 15 minutes.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not qemu" $(PYTEST_ARGS)
+
+# Real TCG guests under qemu:///system (boot, rebuild, rescue, resize, snapshot, shelve, volumes): ~6 minutes.
+e2e: setup
+	$(PY) -m pytest -q -m qemu $(PYTEST_ARGS)
 
 setup: system venv
 

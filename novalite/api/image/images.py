@@ -758,6 +758,7 @@ HANDLER_RULES: dict[str, tuple[str, ...]] = {
     "delete_member": ("get_image", "delete_member"),
     "add_tag": ("get_image", "modify_image"),
     "delete_tag": ("get_image", "modify_image"),
+    "image_tasks": ("get_image",),
 }
 
 
