@@ -193,6 +193,10 @@ class ComputeConfig(_Section):
     # Crash drills only: seconds to hold every instance in a stage, e.g. {spawning = 2, deleting = 1}
     # (stages: scheduling, none, networking, block_device_mapping, spawning, deleting).
     drill_stage_delays: dict[str, float] = {}
+    # Shelve (Nova's [DEFAULT] shelved_offload_time, shelved_poll_interval): 0 offloads a shelved
+    # server at once, -1 never, N > 0 a periodic pass offloads servers shelved longer than N seconds.
+    shelved_offload_time: int = Field(0, ge=-1)
+    shelved_poll_interval: float = Field(3600, gt=0, description="seconds")
 
 
 class DeadlinesConfig(_Section):

@@ -10,6 +10,7 @@ os-resetState change only the database and finish at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,15 @@ from novalite.compute.image_actions import (
     ImageRequest,
 )
 from novalite.compute.rebuild import REBUILD_VM_STATES, REBUILDING, RebuildCheck, RebuildRequest
+from novalite.compute.shelve import (
+    SHELVE_VM_STATES,
+    SHELVED_VM_STATES,
+    SHELVING,
+    SHELVING_OFFLOADING,
+    UNSET,
+    UNSHELVING,
+    ShelveCheck,
+)
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as db
@@ -62,6 +72,9 @@ SPECS: dict[str, ActionSpec] = {
     "rebuild": ActionSpec("rebuild", "rebuild", REBUILD_VM_STATES, (None,), REBUILDING),
     "createImage": ActionSpec("createImage", "createImage", SNAPSHOT_VM_STATES, (None,), IMAGE_SNAPSHOT_PENDING),
     "createBackup": ActionSpec("createBackup", "createBackup", SNAPSHOT_VM_STATES, (None,), IMAGE_BACKUP),
+    "shelve": ActionSpec("shelve", "shelve", SHELVE_VM_STATES, (None,), SHELVING),
+    "shelveOffload": ActionSpec("shelveOffload", "shelveOffload", (states.SHELVED,), (None,), SHELVING_OFFLOADING),
+    "unshelve": ActionSpec("unshelve", "unshelve", SHELVED_VM_STATES, (None,), UNSHELVING),
 }
 
 
@@ -94,11 +107,15 @@ def check_instance_state(spec: ActionSpec, inst: asyncpg.Record) -> None:
 class ServerActions:
     """Power actions, rebuild, lock/unlock and reset-state for the API handlers."""
 
-    def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any], config: Config) -> None:
+    def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any], config: Config,
+                 unshelve_instance: Callable[[str, str], None] | None = None) -> None:
+        """``unshelve_instance`` casts an accepted unshelve to the conductor (it schedules offloaded servers)."""
         self.pool = pool
         self.computes = computes
         self.rebuilds = RebuildCheck(pool, config)
         self.image_actions = ImageActionCheck(pool)
+        self.shelves = ShelveCheck(pool)
+        self.unshelve_instance = unshelve_instance
 
     def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
         """The lock and state checks every host action makes first; the instance's compute manager."""
@@ -127,6 +144,27 @@ class ServerActions:
         image = await self.image_actions.accept(ctx, inst, req)
         compute.snapshot.cast_snapshot(str(inst["uuid"]), ctx.request_id)
         return image
+
+    async def shelve(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        """Nova's shelve: lock and state, the ``<name>-shelved`` image, ``shelving``, the cast."""
+        compute = self._host_of(ctx, inst, SPECS["shelve"])
+        await self.shelves.accept_shelve(ctx, inst)
+        compute.shelve.cast_shelve(str(inst["uuid"]), ctx.request_id)
+
+    async def shelve_offload(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        compute = self._host_of(ctx, inst, SPECS["shelveOffload"])
+        await self.shelves.accept_offload(ctx, inst)
+        compute.shelve.cast_offload(str(inst["uuid"]), ctx.request_id)
+
+    async def unshelve(self, ctx: RequestContext, inst: asyncpg.Record, new_az: Any = UNSET,
+                       host: str | None = None, authorize_host: Callable[[], None] | None = None) -> None:
+        """Nova's unshelve: lock and state, zone and host checks, ``unshelving``, the cast to the conductor."""
+        check_instance_lock(ctx, inst)
+        check_instance_state(SPECS["unshelve"], inst)
+        if self.unshelve_instance is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        await self.shelves.accept_unshelve(ctx, inst, new_az, host, authorize_host)
+        self.unshelve_instance(str(inst["uuid"]), ctx.request_id)
 
     async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
         """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""
