@@ -385,3 +385,30 @@ async def test_recovery_takes_shelve_and_unshelve_up_again(cloud):
     for sid, note in ((shelving, "shelving again"), (unshelving, "unshelving again")):
         events = await _events(cloud, sid)
         assert any(e == "compute_recover_instance" and note in (d or "") for e, _, d in events), events
+
+
+async def test_volume_backed_server_is_offloaded_without_an_image_and_comes_back_to_its_volume(cloud):
+    from test_volumes import boot as boot_bdms
+    from test_volumes import wait_volume
+
+    image = await add_image(cloud, kernel_id="", ramdisk_id="")
+    status, body, _ = await boot_bdms(cloud, [
+        {"boot_index": 0, "uuid": image, "source_type": "image", "destination_type": "volume", "volume_size": 1,
+         "delete_on_termination": True}], name="bfv")
+    assert status == 202, body
+    sid = body["server"]["id"]
+    server = await wait_for_status(cloud, sid, "ACTIVE", user="admin")
+    [attached] = server["os-extended-volumes:volumes_attached"]
+    volume_host = server["OS-EXT-SRV-ATTR:host"]
+    assert (await action(cloud, sid, "shelve", None))[0] == 202
+    done = await wait_for_status(cloud, sid, "SHELVED_OFFLOADED", user="admin")
+    assert done["OS-EXT-SRV-ATTR:host"] is None and await shelved_images(cloud, "bfv") == []
+    assert "shelved_image_id" not in (await row(cloud, sid))["system_metadata"]
+    assert await last_action(cloud, sid) == ("shelve", {"compute_shelve_offload_instance": "Success"})
+    await wait_volume(cloud, attached["id"], "in-use")  # the volume stays the server's
+    assert (await action(cloud, sid, "unshelve", None))[0] == 202
+    back = await wait_for_status(cloud, sid, "ACTIVE", user="admin")
+    assert back["OS-EXT-SRV-ATTR:host"] == volume_host  # its volume lives in that host's pool
+    cfg = await cloud.app[keys.COMPUTES][volume_host].driver.get_domain_config(sid)
+    disks = {d.target_dev: d.source_path for d in cfg.devices if getattr(d, "target_dev", None)}
+    assert disks["vda"].endswith(f"volume-{attached['id']}")
