@@ -242,10 +242,13 @@ class SnapshotManager:
         await self._drop_unfinished_image(image_id)
 
     async def requeue_image(self, uuid: str, image_id: str) -> None:
-        """After a crash: the image back to queued, its partial data and this host's work files gone."""
+        """After a crash: the image back to queued, its partial data and this host's work files gone.
+
+        An image that became active just before the crash goes back too: the shelve that makes it
+        starts over and uploads it again (no server refers to it until the shelve ends)."""
         await self._remove_work_files(self.instances_dir / uuid / f"snapshot-{image_id}")
         async with self.pool.acquire() as conn:
-            await images_db.compare_and_set_status(conn, image_id, ("saving",), "queued")
+            await images_db.compare_and_set_status(conn, image_id, ("saving", "active"), "queued")
         if self.images is not None:
             self.images.delete(image_id)
 
