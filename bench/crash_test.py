@@ -47,10 +47,13 @@ from novalite.image import testimage  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
-          "rebuild_spawning", "image_uploading", "resize_finish", "rescuing", "unrescuing"]
+          "rebuild_spawning", "image_uploading", "resize_finish", "rescuing", "unrescuing",
+          "shelving_image_uploading", "unshelve_spawning"]
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
-          "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8}
-LIVE_STATES = ("active", "stopped", "paused", "suspended", "resized", "rescued")
+          "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8, "shelving_image_uploading": 0.8,
+          "unshelve_spawning": 0.8}
+# States in which an instance has a domain and a claim on its host.
+LIVE_STATES = ("active", "stopped", "paused", "suspended", "resized", "rescued", "shelved")
 
 
 def free_port() -> int:
@@ -315,9 +318,25 @@ watchdog_interval = 2
                     status, body = await self.api("POST", f"/servers/{u}/action", {action: None})
                     if status not in (200, 202):
                         self.failures.append(f"{stage}: {action} of {u} answered {status}: {body}")
+        elif stage in ("shelving_image_uploading", "unshelve_spawning"):
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the shelve")
+            for u in uuids:
+                status, body = await self.api("POST", f"/servers/{u}/action", {"shelve": None})
+                if status != 202:
+                    self.failures.append(f"{stage}: shelve of {u} answered {status}: {body}")
+            if stage == "unshelve_spawning":
+                if not await self.settle(timeout=90):
+                    self.failures.append(f"{stage}: shelves never settled before the unshelve")
+                for u in uuids:
+                    status, body = await self.api("POST", f"/servers/{u}/action", {"unshelve": None})
+                    if status != 202:
+                        self.failures.append(f"{stage}: unshelve of {u} answered {status}: {body}")
         else:
             uuids = await self.create_batch(image_id)
-        if stage != "before_scheduling" and not await self.wait_stage(uuids, stage):
+        seen = "spawning" if stage == "unshelve_spawning" else stage
+        if stage != "before_scheduling" and not await self.wait_stage(uuids, seen):
             self.failures.append(f"{stage}: never saw the stage")
         await asyncio.sleep(rng.uniform(0, 0.15))
         self.kill()
@@ -362,6 +381,8 @@ watchdog_interval = 2
                 """SELECT a.instance_uuid, e.details FROM instance_actions a
                    JOIN instance_actions_events e ON e.action_id = a.id WHERE e.event = 'compute_recover_instance'""")
             recovered = {str(r["instance_uuid"]) for r in recover_rows}
+            shelved_images = {str(r["id"]) for r in await conn.fetch(
+                "SELECT id FROM images WHERE status = 'active' AND name LIKE '%-shelved'")}
         # no instance lost
         for u in self.created:
             r = rows.get(u)
@@ -369,8 +390,16 @@ watchdog_interval = 2
                 fail(f"{stage}: instance {u} vanished from the database")
             elif r["deleted"] and u not in self.requested_deletes:
                 fail(f"{stage}: instance {u} deleted without a delete request")
-            elif not r["deleted"] and r["vm_state"] not in (*LIVE_STATES, "error"):
+            elif not r["deleted"] and r["vm_state"] not in (*LIVE_STATES, "shelved_offloaded", "error"):
                 fail(f"{stage}: instance {u} in {r['vm_state']}/{r['task_state']}")
+            elif not r["deleted"] and r["vm_state"] == "shelved_offloaded" and (r["host"] or u in allocs):
+                fail(f"{stage}: offloaded instance {u} still on {r['host']} (allocation: {u in allocs})")
+            if r is not None and not r["deleted"] and r["vm_state"] in ("shelved", "shelved_offloaded"):
+                sysmeta = r["system_metadata"]
+                sysmeta = json.loads(sysmeta) if isinstance(sysmeta, str) else (sysmeta or {})
+                shelved_image = sysmeta.get("shelved_image_id")
+                if shelved_image not in shelved_images:
+                    fail(f"{stage}: shelved instance {u} has no active shelved image ({shelved_image})")
             if not r["deleted"] and r["vm_state"] == "error":
                 self.counts["ended_in_error"] += 1
         # domains == database, per host
@@ -419,7 +448,9 @@ watchdog_interval = 2
                                ("taking the snapshot again", "recovered_snapshot_resumed"),
                                ("resuming the resize", "recovered_resize_resumed"),
                                ("rolled back to the server's own guest", "recovered_rescue_rolled_back"),
-                               ("finishing the unrescue", "recovered_unrescue_finished")):
+                               ("finishing the unrescue", "recovered_unrescue_finished"),
+                               ("shelving again", "recovered_shelve_resumed"),
+                               ("unshelving again", "recovered_unshelve_resumed")):
                 if key in detail:
                     self.counts[label] += 1
             if u not in recovered:

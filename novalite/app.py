@@ -177,14 +177,18 @@ def compute_ctx(config: Config):
         def cast_resize(host: str, stage: str, uuid: str, request_id: str, migration_id: int) -> None:
             computes[host].resize.cast(stage, uuid, request_id, migration_id)
 
+        def cast_unshelve(host: str, uuid: str, request_id: str) -> None:
+            computes[host].shelve.cast_unshelve(uuid, request_id)
+
         conductor = Conductor(workers, scheduler, config.scheduler, cast_build=cast_build, network_api=network_api,
-                              foreground=app[keys.FOREGROUND], cast_resize=cast_resize)
+                              foreground=app[keys.FOREGROUND], cast_resize=cast_resize,
+                              cast_unshelve=cast_unshelve)
         for host in config.hosts:
             computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
                                                 conductor.reschedule, network_api, volume_build,
                                                 image_store=image_store, peers=computes.get)
         compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
-                                 network_api=network_api, volume_build=volume_build)
+                                 network_api=network_api, volume_build=volume_build, image_store=image_store)
         watchdog = Watchdog(workers, config, computes)
         try:
             for manager in computes.values():
@@ -198,7 +202,8 @@ def compute_ctx(config: Config):
             app[keys.CONDUCTOR] = conductor
             app[keys.SCHEDULER] = scheduler
             app[keys.COMPUTES] = computes
-            app[keys.SERVER_ACTIONS] = ServerActions(pool, computes, config, conductor.migrate_server)
+            app[keys.SERVER_ACTIONS] = ServerActions(pool, computes, config, conductor.migrate_server,
+                                                     unshelve_instance=conductor.unshelve_instance)
             app[keys.WATCHDOG] = watchdog
             watchdog.start()
             yield

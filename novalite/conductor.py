@@ -35,6 +35,9 @@ EVENT = "conductor_schedule_and_build_instances"
 CastBuild = Callable[[str, str, str, list[str], list[tuple[str, str]], str | None], None]
 # Cast one resize stage to a host's compute manager: (host, stage, uuid, request_id, migration id).
 CastResize = Callable[[str, str, str, str, int], None]
+# Cast an unshelve to a host's compute manager: (host, uuid, request_id).
+CastUnshelve = Callable[[str, str, str], None]
+UNSHELVE_EVENT = "schedule_instances"  # Nova's conductor EventReporter for an unshelve
 
 
 async def set_error(
@@ -67,6 +70,7 @@ class Conductor:
         network_api: NetworkAPI | None = None,
         foreground: Foreground | None = None,
         cast_resize: CastResize | None = None,
+        cast_unshelve: CastUnshelve | None = None,
     ) -> None:
         """``cast_build`` hands a claimed instance to its host's compute manager (the conductor
         never holds the managers); ``foreground`` is the API's, so scheduling yields to requests."""
@@ -75,6 +79,7 @@ class Conductor:
         self.cfg = cfg
         self.cast_build = cast_build
         self.cast_resize = cast_resize
+        self.cast_unshelve = cast_unshelve
         self.network_api = network_api
         self.foreground = foreground or Foreground(0)
         self.queue: asyncio.Queue[BuildRequest] = asyncio.Queue()
@@ -139,6 +144,108 @@ class Conductor:
                 )
             else:
                 await set_error(self.pool, uuid, request.request_id, f"Scheduling failed: {sel}", event=EVENT)
+
+    # -- unshelve -------------------------------------------------------------
+    def unshelve_instance(self, uuid: str, request_id: str) -> None:
+        """Cast: carry out an unshelve the compute API accepted (the instance is in ``unshelving``)."""
+        self._spawn(self.unshelve(uuid, request_id))
+
+    async def unshelve(self, uuid: str, request_id: str) -> None:
+        """Nova's conductor unshelve_instance: a SHELVED server is powered on where it is; a
+        SHELVED_OFFLOADED one is scheduled anew (its flavor, the spec's zone, the requested host)
+        and cast to the chosen host. No host: it stays SHELVED_OFFLOADED, the event says why."""
+        structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id)
+        async with self.pool.acquire() as conn:
+            inst = await db.get(conn, uuid)
+        if inst is None or inst["task_state"] != "unshelving" or self.cast_unshelve is None:
+            return
+        if inst["vm_state"] == states.SHELVED:
+            async with self.pool.acquire() as conn:
+                try:
+                    await db.compare_and_set(conn, uuid, expect_task_state="unshelving", task_state="powering-on")
+                except db.StateConflict:
+                    return
+            self.cast_unshelve(inst["host"], uuid, request_id)
+            return
+        if not await self._unshelve_image_exists(inst, request_id):
+            return
+        spec, why_not = await self._unshelve_spec(inst)
+        started_at = datetime.now(UTC)
+        selection: Selection | Exception
+        record = None
+        if why_not:
+            selection = RuntimeError(why_not)
+        else:
+            try:
+                selections, record = await self.scheduler.select_destinations(spec, [uuid], request_id)
+                selection = selections[0]
+            except Exception as exc:
+                log.exception("select_destinations_failed")
+                selection = exc
+        async with self.pool.acquire() as conn, conn.transaction():
+            if record is not None:
+                scheduled = [(uuid, json.dumps({"host": selection.host, "verdicts": f"/servers/{uuid}/os-scheduling"}))
+                             ] if isinstance(selection, Selection) else []
+                await db.record_schedule(conn, [uuid], request_id, record, event=UNSHELVE_EVENT,
+                                         event_started_at=started_at, scheduled=scheduled)
+            if isinstance(selection, Selection):
+                az = await conn.fetchval("SELECT availability_zone FROM compute_nodes WHERE host = $1", selection.host)
+                try:  # Nova: the instance takes the zone of the host it lands on
+                    await db.compare_and_set(conn, uuid, expect_task_state="unshelving", availability_zone=az)
+                except db.StateConflict:
+                    return  # deleted meanwhile: the delete frees the claim
+            else:
+                details = (json.dumps(selection.verdicts.table()) if isinstance(selection, NoValidHost)
+                           else str(selection))
+                try:
+                    await db.compare_and_set(conn, uuid, expect_task_state="unshelving", task_state=None)
+                except db.StateConflict:
+                    return
+                await db.event_finish(conn, uuid, request_id, UNSHELVE_EVENT, "Error", traceback=str(selection),
+                                      details=details)
+                await db.finish_action(conn, uuid, request_id)
+        if isinstance(selection, Selection):
+            log.info("unshelve_scheduled", host=selection.host)
+            self.cast_unshelve(selection.host, uuid, request_id)
+        else:
+            log.warning("unshelve_no_valid_host", reason=str(selection))
+
+    async def _unshelve_image_exists(self, inst: asyncpg.Record, request_id: str) -> bool:
+        """Nova: an offloaded server whose shelved image is gone goes to ERROR with a fault."""
+        uuid = str(inst["uuid"])
+        image_id = (inst["system_metadata"] or {}).get("shelved_image_id")
+        if not image_id:
+            return True  # volume-backed: nothing to look up
+        async with self.pool.acquire() as conn:
+            await db.event_start(conn, uuid, request_id, "get_image_info", None)
+            image = await conn.fetchrow("SELECT status FROM images WHERE id::text = $1", str(image_id))
+            if image is not None and image["status"] == "active":
+                await db.event_finish(conn, uuid, request_id, "get_image_info")
+                return True
+        message = f"Unshelve attempted but the image {image_id} cannot be found."
+        async with self.pool.acquire() as conn, conn.transaction():
+            await fail_instance(conn, uuid, request_id, Failure(message, message, traceback=message),
+                                expect={"expect_task_state": "unshelving"}, events=["get_image_info"])
+        log.warning("unshelve_image_missing", image_id=image_id)
+        return False
+
+    async def _unshelve_spec(self, inst: asyncpg.Record) -> tuple[dict, str | None]:
+        """The spec of one unshelve: its flavor, no forced host but the requested one, its claim from
+        (shelved_offloaded, unshelving). A server's volumes live in one host's pool: it goes there."""
+        spec = dict(inst["request_spec"] or {})
+        wanted = (spec.get("requested_destination") or {}).get("host")
+        spec.update(flavor=inst["flavor"], num_instances=1, retry={"num_attempts": 0, "hosts": []},
+                    claim_from=["shelved_offloaded", "unshelving"], force_hosts=[wanted] if wanted else [])
+        async with self.pool.acquire() as conn:
+            vol_hosts = {r["host"] for r in await conn.fetch(
+                "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1 AND NOT deleted AND host IS NOT NULL",
+                inst["uuid"])}
+        if vol_hosts:
+            if len(vol_hosts) > 1 or (wanted and wanted not in vol_hosts):
+                return spec, (f"The volumes of instance {inst['uuid']} live on {', '.join(sorted(vol_hosts))}: "
+                              "it can be unshelved only there")
+            spec["force_hosts"] = sorted(vol_hosts)
+        return spec, None
 
     async def reschedule(
         self, uuid: str, request_id: str, alternates: list[str], attempts: list[tuple[str, str]],

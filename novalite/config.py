@@ -197,6 +197,10 @@ class ComputeConfig(_Section):
     allow_resize_to_same_host: bool = False
     # Seconds after which a resize waiting in VERIFY_RESIZE is confirmed automatically (0: never, Nova's default).
     resize_confirm_window: float = Field(0, ge=0)
+    # Shelve (Nova's [DEFAULT] shelved_offload_time, shelved_poll_interval): 0 offloads a shelved
+    # server at once, -1 never, N > 0 a periodic pass offloads servers shelved longer than N seconds.
+    shelved_offload_time: int = Field(0, ge=-1)
+    shelved_poll_interval: float = Field(3600, gt=0, description="seconds")
 
 
 class DeadlinesConfig(_Section):

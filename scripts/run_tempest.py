@@ -202,7 +202,7 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
         "compute-feature-enabled": {
             "resize": "true", "cold_migration": "false", "live_migration": "false",
             "block_migration_for_live_migration": "false", "snapshot": "true", "rescue": "true",
-            "shelve": "false", "shelve_migrate": "false", "change_password": "false",
+            "shelve": "true", "shelve_migrate": "false", "change_password": "false",
             "console_output": "true", "vnc_console": "false", "spice_console": "false",
             "serial_console": "false", "rdp_console": "false", "interface_attach": "false",
             "config_drive": "true", "personality": "true", "pause": "true", "suspend": "true",

@@ -77,3 +77,15 @@ async def test_sigkill_during_snapshots_loses_nothing(pg_dsn, tmp_path):
                                        verbose=False)
     assert failures == []
     assert counts["recovered_snapshot_resumed"] >= 1
+
+
+async def test_sigkill_during_shelve_and_unshelve_loses_nothing(pg_dsn, tmp_path):
+    """A shelve cut off while uploading is shelved again; an unshelve cut off while spawning spawns
+    again on its claim: every server ends offloaded with an active image, or active again."""
+    bench = load_bench()
+    bench.STAGES[:] = ["shelving_image_uploading", "unshelve_spawning"]
+    counts, failures = await bench.run(2, seed=7, servers=2, admin_dsn=pg_dsn, hosts=1, workdir=tmp_path,
+                                       verbose=False)
+    assert failures == []
+    assert counts["recovered_shelve_resumed"] >= 1
+    assert counts["recovered_unshelve_resumed"] >= 1

@@ -35,6 +35,15 @@ from novalite.compute.resize import (
     RESIZED,
     ResizeCheck,
 )
+from novalite.compute.shelve import (
+    SHELVE_VM_STATES,
+    SHELVED_VM_STATES,
+    SHELVING,
+    SHELVING_OFFLOADING,
+    UNSET,
+    UNSHELVING,
+    ShelveCheck,
+)
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as db
@@ -76,6 +85,9 @@ SPECS: dict[str, ActionSpec] = {
     "revertResize": ActionSpec("revertResize", "revertResize", (RESIZED,), (None,), RESIZE_REVERTING),
     "rescue": ActionSpec("rescue", "rescue", RESCUE_VM_STATES, (None,), RESCUING),
     "unrescue": ActionSpec("unrescue", "unrescue", (states.RESCUED,), (None,), UNRESCUING),
+    "shelve": ActionSpec("shelve", "shelve", SHELVE_VM_STATES, (None,), SHELVING),
+    "shelveOffload": ActionSpec("shelveOffload", "shelveOffload", (states.SHELVED,), (None,), SHELVING_OFFLOADING),
+    "unshelve": ActionSpec("unshelve", "unshelve", SHELVED_VM_STATES, (None,), UNSHELVING),
 }
 
 
@@ -109,8 +121,10 @@ class ServerActions:
     """Power actions, rebuild, lock/unlock and reset-state for the API handlers."""
 
     def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any], config: Config,
-                 migrate_server: Callable[[str, str, bool], None] | None = None) -> None:
-        """``migrate_server`` is the conductor's resize cast (uuid, request_id, allow_same_host)."""
+                 migrate_server: Callable[[str, str, bool], None] | None = None,
+                 unshelve_instance: Callable[[str, str], None] | None = None) -> None:
+        """``migrate_server`` is the conductor's resize cast (uuid, request_id, allow_same_host);
+        ``unshelve_instance`` casts an accepted unshelve to the conductor (it schedules offloaded servers)."""
         self.pool = pool
         self.computes = computes
         self.config = config
@@ -119,6 +133,8 @@ class ServerActions:
         self.resizes = ResizeCheck(pool, config)
         self.migrate_server = migrate_server
         self.rescues = RescueCheck(pool)
+        self.shelves = ShelveCheck(pool)
+        self.unshelve_instance = unshelve_instance
 
     def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
         """The lock and state checks every host action makes first; the instance's compute manager."""
@@ -188,6 +204,27 @@ class ServerActions:
         compute = self._host_of(ctx, inst, SPECS["unrescue"])
         await self.rescues.accept_unrescue(ctx, inst)
         compute.rescue.cast_unrescue(str(inst["uuid"]), ctx.request_id)
+
+    async def shelve(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        """Nova's shelve: lock and state, the ``<name>-shelved`` image, ``shelving``, the cast."""
+        compute = self._host_of(ctx, inst, SPECS["shelve"])
+        await self.shelves.accept_shelve(ctx, inst)
+        compute.shelve.cast_shelve(str(inst["uuid"]), ctx.request_id)
+
+    async def shelve_offload(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
+        compute = self._host_of(ctx, inst, SPECS["shelveOffload"])
+        await self.shelves.accept_offload(ctx, inst)
+        compute.shelve.cast_offload(str(inst["uuid"]), ctx.request_id)
+
+    async def unshelve(self, ctx: RequestContext, inst: asyncpg.Record, new_az: Any = UNSET,
+                       host: str | None = None, authorize_host: Callable[[], None] | None = None) -> None:
+        """Nova's unshelve: lock and state, zone and host checks, ``unshelving``, the cast to the conductor."""
+        check_instance_lock(ctx, inst)
+        check_instance_state(SPECS["unshelve"], inst)
+        if self.unshelve_instance is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        await self.shelves.accept_unshelve(ctx, inst, new_az, host, authorize_host)
+        self.unshelve_instance(str(inst["uuid"]), ctx.request_id)
 
     async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
         """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""

@@ -24,6 +24,7 @@ import structlog
 from novalite import exception, quota
 from novalite.compute import states
 from novalite.compute.locks import InstanceLocks
+from novalite.compute.shelve import delete_shelved_image
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import boot as lookups
@@ -196,9 +197,11 @@ class ComputeAPI:
         computes: Mapping[str, ComputeRPC],
         network_api: Any = None,
         volume_build: Any = None,
+        image_store: Any = None,
     ) -> None:
         """``build_instances`` casts provisioned instances to the conductor; ``computes`` are the
-        managers of the hosts, which deletes and console reads go to."""
+        managers of the hosts, which deletes and console reads go to; ``image_store`` deletes the
+        image data of a shelved server's snapshot."""
         self.pool = pool
         self.network_api = network_api
         self.config = config
@@ -206,6 +209,7 @@ class ComputeAPI:
         self.build_instances = build_instances
         self.volume_build = volume_build
         self.computes = computes
+        self.image_store = image_store
         self._tasks: set[asyncio.Task] = set()
         self._creating = asyncio.Semaphore(config.api.max_concurrent_creates)  # FIFO: waiters in order
 
@@ -772,6 +776,10 @@ class ComputeAPI:
                 inst = await db.get(conn, uuid)
             if inst is None:
                 return
+            if inst["vm_state"] in (states.SHELVED, states.SHELVED_OFFLOADED):
+                # Nova: a shelved server's snapshot goes with it.
+                await delete_shelved_image(self.pool, self.image_store,
+                                           (inst["system_metadata"] or {}).get("shelved_image_id"))
             host = inst["host"]
             compute = self.computes.get(host) if host else None
             if compute is not None:

@@ -36,6 +36,7 @@ from novalite.compute.power import PowerManager
 from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
 from novalite.compute.rescue import RescueManager
 from novalite.compute.resize import ResizeManager
+from novalite.compute.shelve_host import ShelveManager
 from novalite.compute.snapshot import ImageWriter, SnapshotManager
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
@@ -110,6 +111,7 @@ class ComputeManager:
                                         self.instances_dir, self.simulated, self._spawn)
         self.resize = ResizeManager(self, peers or (lambda _host: None))
         self.rescue = RescueManager(self)
+        self.shelve = ShelveManager(self, image_store)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -150,8 +152,10 @@ class ComputeManager:
         self.install_drill_delays()
         self._workers.append(self.power.start())
         self._resize_confirmer = self.resize.start()
+        self.shelve.start()
 
     async def stop(self) -> None:
+        await self.shelve.stop()
         for w in self._workers:
             w.cancel()
         if getattr(self, "_resize_confirmer", None) is not None:
@@ -198,6 +202,14 @@ class ComputeManager:
                 await asyncio.sleep(held.get(state, 0))
 
             self.snapshot.after_state = after_state
+        shelve_held = {s: delays[s] for s in ("shelving_image_uploading", "unshelve_spawning") if s in delays}
+        if shelve_held:  # a shelve or an unshelve is held in its task states
+
+            async def shelve_after_state(uuid: str, state: str) -> None:
+                key = "unshelve_spawning" if state == states.SPAWNING else state
+                await asyncio.sleep(shelve_held.get(key, 0))
+
+            self.shelve.after_state = shelve_after_state
         log.warning("drill_delays_installed", host=self.host, delays=delays)
 
     async def _heartbeat(self) -> None:

@@ -20,7 +20,10 @@ never leaves an instance in BUILD, DELETING or a power task state forever:
 - a snapshot or backup → a left-over block copy is ended, the image goes back to
   queued and the snapshot is taken again from its first task state;
 - a rescue → rolled back: the server's own guest restored as it was (its rescue
-  password is gone with the process); an unrescue → finished.
+  password is gone with the process); an unrescue → finished;
+- a shelve, offload or unshelve → taken up again (compute/shelve_host.py
+  ``ShelveManager.resume``); an unshelve that had no host yet is scheduled again,
+  with any claim it held released.
 
 Each instance recovered gets a ``compute_recover_instance`` event on its open
 action saying what was found and done, and the events the crash cut off are
@@ -45,6 +48,7 @@ from novalite.compute.power import POWER_TASK_STATES, RECOVER_EVENT
 from novalite.compute.rebuild import REBUILD_TASK_STATES, REBUILDING
 from novalite.compute.rescue import RESCUING, UNRESCUING
 from novalite.compute.resize import RESIZE_TASK_STATES, recover_resize, resume_confirms
+from novalite.compute.shelve import SHELVE_TASK_STATES, SHELVED_VM_STATES, UNSHELVING
 from novalite.conductor import Conductor
 from novalite.db import instances as db
 from novalite.virt import power_state
@@ -106,6 +110,8 @@ async def _recover_one(
         return "delete_finished"
     if inst["vm_state"] == states.BUILDING:
         return await _recover_build(pool, conductor, compute, inst, request_id)
+    if task in SHELVE_TASK_STATES or inst["vm_state"] in SHELVED_VM_STATES:
+        return await _recover_shelve(pool, conductor, compute, inst, request_id)
     if task in POWER_TASK_STATES:
         if compute is None:
             await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "
@@ -159,6 +165,37 @@ async def _recover_one(
         await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, "Error",
                               details=f"interrupted in unknown task_state {task}; cleared")
     return "task_cleared"
+
+
+async def _recover_shelve(
+    pool: asyncpg.Pool, conductor: Conductor, compute: Any, inst: asyncpg.Record, request_id: str
+) -> str:
+    uuid = str(inst["uuid"])
+    task = inst["task_state"]
+    if task == UNSHELVING and inst["vm_state"] == states.SHELVED_OFFLOADED and compute is None:
+        # Not yet cast to a host (a claim may have been made): release it and schedule again.
+        note = "interrupted by a restart in task_state unshelving (no host yet); scheduling again"
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
+            await db.compare_and_set(conn, uuid, expect_task_state=task, host=None, node=None)
+            await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+            await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
+        conductor.unshelve_instance(uuid, request_id)
+        return "unshelve_rescheduled"
+    if task == UNSHELVING and inst["vm_state"] == states.SHELVED:
+        # The conductor had not yet sent it to its host: send it again.
+        note = "interrupted by a restart in task_state unshelving; unshelving again"
+        async with pool.acquire() as conn, conn.transaction():
+            await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+            await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
+        conductor.unshelve_instance(uuid, request_id)
+        return "unshelve_resumed"
+    if compute is None:
+        await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "
+                        f"cannot finish the interrupted {task}")
+        return "shelve_error"
+    how = await compute.shelve.resume(inst, request_id)
+    return "shelve_resumed_" + how.replace(" ", "_")
 
 
 async def _recover_build(

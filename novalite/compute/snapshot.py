@@ -220,6 +220,38 @@ class SnapshotManager:
             finally:
                 await self._remove_work_files(work)
 
+    # -- for shelve ---------------------------------------------------------------
+    async def snapshot_into(
+        self, inst: asyncpg.Record, image_id: str,
+        update_task_state: Callable[[str], Coroutine[Any, Any, asyncpg.Record]],
+    ) -> None:
+        """Take the root disk into the queued image ``image_id`` (Nova's driver.snapshot as shelve calls
+        it): ``update_task_state`` is awaited with image_pending_upload before the copy and
+        image_uploading before the upload, and returns the instance's row."""
+        work = self.instances_dir / str(inst["uuid"]) / f"snapshot-{image_id}"
+        try:
+            inst = await update_task_state(IMAGE_PENDING_UPLOAD)
+            disk_format = await self._copy_root_disk(inst, work)
+            inst = await update_task_state(IMAGE_UPLOADING)
+            await self._upload(inst, image_id, work if disk_format == "qcow2" else None, disk_format)
+        finally:
+            await self._remove_work_files(work)
+
+    async def discard_image(self, image_id: str) -> None:
+        """Delete an image this host was making unless it became active (a failed or superseded shelve)."""
+        await self._drop_unfinished_image(image_id)
+
+    async def requeue_image(self, uuid: str, image_id: str) -> None:
+        """After a crash: the image back to queued, its partial data and this host's work files gone.
+
+        An image that became active just before the crash goes back too: the shelve that makes it
+        starts over and uploads it again (no server refers to it until the shelve ends)."""
+        await self._remove_work_files(self.instances_dir / uuid / f"snapshot-{image_id}")
+        async with self.pool.acquire() as conn:
+            await images_db.compare_and_set_status(conn, image_id, ("saving", "active"), "queued")
+        if self.images is not None:
+            self.images.delete(image_id)
+
     # -- the disk -----------------------------------------------------------------
     async def _copy_root_disk(self, inst: asyncpg.Record, out: Path) -> str:
         """Write the root disk, flattened, to ``out``; return the image's disk_format.

@@ -11,6 +11,8 @@ SUSPENDED = "suspended"
 ERROR = "error"
 RESCUED = "rescued"
 DELETED = "deleted"
+SHELVED = "shelved"
+SHELVED_OFFLOADED = "shelved_offloaded"
 
 # task_state
 SCHEDULING = "scheduling"

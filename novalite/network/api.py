@@ -424,6 +424,13 @@ class NetworkAPI:
         if rows:
             log.info("ports_deallocated", instance_uuid=instance_uuid, ports=len(rows))
 
+    async def bind_ports_to_host(self, instance_uuid: str, host: str | None) -> list[PortInfo]:
+        """Move an instance's existing ports to ``host`` (None: unbound, as a shelve offload leaves
+        them): DHCP entries leave the old host and are added on the new one; no port is made."""
+        async with self.pool.acquire() as conn:
+            rows = await q.ports_for_devices(conn, [instance_uuid])
+        return await self._rebind(rows, host) if rows else []
+
     # -- reads ----------------------------------------------------------------------
     async def ports_for_instance(self, instance_uuid: str) -> list[PortInfo]:
         """The instance's ports in NIC order (for the config drive and the guest spec)."""

@@ -150,10 +150,14 @@ class NoValidHost(Exception):
 
 
 async def claim(
-    conn: asyncpg.Connection, host: HostState, instance_uuid: str, vcpus: int, memory_mb: int, disk_gb: int
+    conn: asyncpg.Connection, host: HostState, instance_uuid: str, vcpus: int, memory_mb: int, disk_gb: int,
+    from_state: tuple[str, str] = ("building", "scheduling"),
 ) -> bool:
     """Claim resources on a host for a still-scheduling instance, in ONE statement; False when
     they no longer fit (or the instance left scheduling).
+
+    ``from_state`` is the (vm_state, task_state) the instance must still be in: a build's
+    (building, scheduling) by default, an unshelve's (shelved_offloaded, unshelving).
 
     The host row's UPDATE checks the usage counters (kept from allocations by a trigger) and
     locks the row until commit; a concurrent claim on the host waits and re-checks the
@@ -173,7 +177,7 @@ async def claim(
                 inst AS (UPDATE instances SET host = $1, node = (SELECT hypervisor_hostname FROM node),
                                 availability_zone = (SELECT availability_zone FROM node),
                                 launched_on = $1, updated_at = now()
-                         WHERE uuid = $2 AND NOT deleted AND vm_state = 'building' AND task_state = 'scheduling'
+                         WHERE uuid = $2 AND NOT deleted AND vm_state = $9 AND task_state = $10
                            AND EXISTS (SELECT 1 FROM node)
                          RETURNING uuid)
            INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb, created_at)
@@ -189,6 +193,8 @@ async def claim(
         vcpu_limit,
         ram_limit,
         disk_limit,
+        from_state[0],
+        from_state[1],
     )
     return bool(ok)
 
@@ -443,7 +449,9 @@ class Scheduler:
                 if migration is not None:
                     claimed = await claim_move(conn, chosen, uuid, migration, vcpus, ram, disk)
                 else:
-                    claimed = await claim(conn, chosen, uuid, vcpus, ram, disk)
+                    # A spec may name the state the instance is scheduled from (an unshelve's).
+                    claimed = await claim(conn, chosen, uuid, vcpus, ram, disk,
+                                          tuple(spec.get("claim_from") or ("building", "scheduling")))
             except BaseException:
                 chosen.unconsume(vcpus, ram, disk, uuid)
                 raise

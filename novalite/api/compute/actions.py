@@ -16,9 +16,11 @@ from novalite import quota
 from novalite.api import errors, keys
 from novalite.api.compute import schemas
 from novalite.api.compute.common import at_least, authorize, compute_url
+from novalite.api.compute.validation import NAME, validate_body
 from novalite.compute.actions import ServerActions
 from novalite.compute.api import generate_password
 from novalite.compute.image_actions import ImageRequest, is_volume_backed
+from novalite.compute.shelve import UNSET
 
 # action name → (policy rule, compute kind, target includes user_id)
 POWER_ACTIONS: dict[str, tuple[str, str, bool]] = {
@@ -104,8 +106,51 @@ def _parse_resize(value: object) -> tuple[str, bool | None]:
     return str(ref), (None if disk_config is None else disk_config == "AUTO")
 
 
+# Nova's unshelve body schemas (api/openstack/compute/schemas/shelve.py): before 2.77 any value.
+UNSHELVE_V277 = {"type": "object", "properties": {"unshelve": {
+    "type": ["object", "null"], "properties": {"availability_zone": NAME},
+    "required": ["availability_zone"], "additionalProperties": False}},
+    "required": ["unshelve"], "additionalProperties": False}
+UNSHELVE_V291 = {"type": "object", "properties": {"unshelve": {
+    "type": ["object", "null"], "properties": {"availability_zone": {"type": ["string", "null"]},
+                                               "host": {"type": "string"}},
+    "additionalProperties": False}},
+    "required": ["unshelve"], "additionalProperties": False}
+
+
+async def shelve_action(request: web.Request, inst: asyncpg.Record, name: str, value: object) -> web.Response:
+    """Nova's shelve.py: shelve, shelveOffload and unshelve (2.77 a zone, 2.91 a host or null to unpin)."""
+    actions = server_actions(request)
+    if name == "shelve":
+        ctx = authorize(request, "os_compute_api:os-shelve:shelve", _target(inst))
+        await actions.shelve(ctx, inst)
+    elif name == "shelveOffload":
+        ctx = authorize(request, "os_compute_api:os-shelve:shelve_offload", _target(inst))
+        await actions.shelve_offload(ctx, inst)
+    else:
+        if at_least(request, 91):
+            validate_body(UNSHELVE_V291, {"unshelve": value})
+        elif at_least(request, 77):
+            validate_body(UNSHELVE_V277, {"unshelve": value})
+        ctx = authorize(request, "os_compute_api:os-shelve:unshelve", _target(inst, False))
+        new_az, host = UNSET, None
+        if isinstance(value, dict) and value:
+            if at_least(request, 77) and "availability_zone" in value:
+                new_az = value["availability_zone"]
+            if at_least(request, 91):
+                host = value.get("host")
+
+        def authorize_host() -> None:
+            authorize(request, "os_compute_api:os-shelve:unshelve_to_host", _target(inst))
+
+        await actions.unshelve(ctx, inst, new_az, host, authorize_host)
+    return _accepted()
+
+
 async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value: object) -> web.Response | None:
     """Handle one of this module's actions; None when `name` is not one of them."""
+    if name in ("shelve", "shelveOffload", "unshelve"):
+        return await shelve_action(request, inst, name, value)
     if name in ("createImage", "createBackup"):
         return await create_image(request, inst, name, value)
     if name in POWER_ACTIONS:
