@@ -37,11 +37,11 @@ async def test_rebuild_with_another_image_keeps_id_ports_and_host(cloud):
     assert status == 202, body
     doc = body["server"]
     assert doc["id"] == sid and doc["adminPass"] == "s3cret-pass" and doc["user_data"] == user_data
-    assert doc["status"] == "REBUILD" and doc["OS-EXT-STS:task_state"] == "rebuilding"
+    assert doc["status"] == "REBUILD" and doc["OS-EXT-STS:task_state"] == "rebuilding" and doc["progress"] == 0
     assert doc["image"]["id"] == second and doc["name"] == "renamed" and doc["metadata"] == {"b": "2"}
     done = await wait_for_status(cloud, sid, "ACTIVE", user="admin")
     assert done["OS-EXT-SRV-ATTR:host"] == host and done["image"]["id"] == second
-    assert done["OS-EXT-STS:task_state"] is None and done["OS-EXT-STS:power_state"] == 1
+    assert done["OS-EXT-STS:task_state"] is None and done["OS-EXT-STS:power_state"] == 1 and done["progress"] == 100
     assert done["addresses"] == server["addresses"]
     after = await driver.get_domain_config(sid)
     assert sorted(i.mac for i in after.devices if getattr(i, "mac", None)) == macs_before

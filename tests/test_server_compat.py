@@ -61,20 +61,23 @@ async def test_a_server_booted_without_a_zone_shows_its_hosts_zone_once_schedule
         await stop_cloud(cloud)
 
 
-async def test_progress_is_zero_during_build_and_after_as_novas_libvirt_driver_shows(pg_dsn, tmp_path):
-    """Nova's libvirt driver reports progress only for migrations: 0 from create on, in BUILD and ACTIVE."""
+async def test_progress_moves_with_the_build_steps(pg_dsn, tmp_path):
+    """BUILD shows how far the build is (a quarter per step done: networking, block devices, spawn),
+    ACTIVE shows 100; it never goes back. (Nova's libvirt driver leaves it at 0: this is the
+    issue's ask, computed from the steps the build really passed.)"""
     cloud = await start_cloud(pg_dsn, tmp_path, extra="[compute]\ndrill_stage_delays = { spawning = 1.0 }\n")
     try:
         sid = await create(cloud, await add_image(cloud))
-        seen = set()
-        for _ in range(200):
+        seen: list[int] = []
+        for _ in range(300):
             server = await show(cloud, sid)
-            seen.add(server["status"])
-            assert server["progress"] == 0, server
+            seen.append(server["progress"])
             if server["status"] == "ACTIVE":
                 break
+            assert server["status"] == "BUILD"
             await asyncio.sleep(0.02)
-        assert seen >= {"BUILD", "ACTIVE"}
+        assert seen == sorted(seen) and seen[-1] == 100, seen
+        assert 75 in seen  # held in spawning by the drill delay
     finally:
         await stop_cloud(cloud)
 

@@ -488,13 +488,13 @@ class ComputeManager:
             try:
                 async with self.pool.acquire() as conn:
                     inst = await db.compare_and_set(conn, uuid, expect_task_state=REBUILDING,
-                                                    task_state=REBUILD_BLOCK_DEVICE_MAPPING)
+                                                    task_state=REBUILD_BLOCK_DEVICE_MAPPING, progress=33)
                 stopped = inst["vm_state"] == states.STOPPED
                 await self.driver.destroy(uuid)
                 prepared = await self._rebuild_disks(inst, preserve_ephemeral)
                 async with self.pool.acquire() as conn:
                     inst = await db.compare_and_set(conn, uuid, expect_task_state=REBUILD_BLOCK_DEVICE_MAPPING,
-                                                    task_state=REBUILD_SPAWNING)
+                                                    task_state=REBUILD_SPAWNING, progress=66)
                 ports = await self.network_api.ports_for_instance(uuid) if self.network_api is not None else []
                 await self._config_drive(inst, ports, prepared, admin_password)
                 await self.driver.spawn(self._guest_spec(inst, [p.nic() for p in ports], prepared))
@@ -506,6 +506,7 @@ class ComputeManager:
                     await db.compare_and_set(
                         conn, uuid, expect_task_state=REBUILD_SPAWNING, task_state=None, vm_state=vm_state,
                         power_state=info.power_state if info else power_state.NOSTATE, launched_at=datetime.now(UTC),
+                        progress=100,
                     )
                     await db.event_finish(conn, uuid, request_id, REBUILD_EVENT)
                     await db.finish_action(conn, uuid, request_id)

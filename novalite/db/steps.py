@@ -67,7 +67,10 @@ x AS (
 inst AS (
     UPDATE instances i SET updated_at = now(), task_state = x.task_state,
         vm_state = coalesce(x.vm_state, i.vm_state), power_state = coalesce(x.power_state, i.power_state),
-        launched_at = CASE WHEN x.launched THEN now() ELSE i.launched_at END
+        launched_at = CASE WHEN x.launched THEN now() ELSE i.launched_at END,
+        progress = CASE WHEN x.vm_state = 'active' THEN 100
+                        ELSE coalesce(array_position(ARRAY['networking', 'block_device_mapping', 'spawning'],
+                                                     x.task_state) * 25, i.progress) END
     FROM x
     WHERE i.uuid = x.uuid AND NOT i.deleted
       AND i.vm_state IS NOT DISTINCT FROM x.expect_vm_state
