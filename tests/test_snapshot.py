@@ -107,13 +107,17 @@ async def test_task_states_go_through_novas_snapshot_steps(cloud):
             image_status = await conn.fetchval(
                 "SELECT status FROM images WHERE properties->>'instance_uuid' = $1", uuid)
         seen.append(image_status)
+        async with cloud.app[keys.DB].acquire() as conn:
+            progress.append(await conn.fetchval("SELECT progress FROM instances WHERE uuid = $1::uuid", uuid))
 
+    progress: list[int] = []
     host.snapshot.after_state = record
     status, body, _ = await action(cloud, sid, "createImage", {"name": "snap"}, version="2.45")
     assert status == 202 and set(body) == {"image_id"}
     await wait_image(cloud, body["image_id"])
     await wait_task_done(cloud, sid)
     assert seen == ["image_snapshot", "queued", "image_pending_upload", "queued", "image_uploading", "queued"]
+    assert progress == [0, 33, 66] and (await wait_task_done(cloud, sid))["progress"] == 100
 
 
 async def test_create_image_refused_in_wrong_states_but_not_when_locked(cloud):

@@ -60,6 +60,9 @@ from novalite.virt.driver import VirtDriver
 log = structlog.get_logger(__name__)
 
 SNAPSHOT_EVENT = "compute_snapshot_instance"
+# The server's progress while a snapshot (or a shelve's) passes its steps; 100 once the image is active.
+STEP_PROGRESS = {"image_snapshot": 0, "image_backup": 0, "image_pending_upload": 33, "image_uploading": 66,
+                 "shelving_image_pending_upload": 33, "shelving_image_uploading": 66}
 BACKUP_EVENT = "compute_backup_instance"
 MIB = 1 << 20
 READ_CHUNK = 1 << 20
@@ -141,6 +144,8 @@ class SnapshotManager:
         self._spawn(self.snapshot_instance(uuid, request_id))
 
     async def _set(self, uuid: str, expect: str, new: str | None, **updates: Any) -> asyncpg.Record:
+        if new in STEP_PROGRESS and "progress" not in updates:
+            updates["progress"] = STEP_PROGRESS[new]
         async with self.pool.acquire() as conn:
             row = await db.compare_and_set(conn, uuid, expect_task_state=expect, task_state=new, **updates)
         if self.after_state is not None and new is not None and new != expect:
@@ -180,7 +185,8 @@ class SnapshotManager:
                 await self._upload(inst, image_id, work if disk_format == "qcow2" else None, disk_format)
                 async with self.pool.acquire() as conn, conn.transaction():
                     await db.compare_and_set(conn, uuid, expect_task_state=IMAGE_UPLOADING, task_state=None,
-                                             system_metadata=without_snapshot_keys(inst["system_metadata"]))
+                                             system_metadata=without_snapshot_keys(inst["system_metadata"]),
+                                             progress=100)
                     await db.event_finish(conn, uuid, request_id, event)
                     await db.finish_action(conn, uuid, request_id)
                     await db.notify(conn, "instance.snapshot.end", payload, publisher_id=pub,
