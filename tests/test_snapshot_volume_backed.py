@@ -203,3 +203,16 @@ async def test_a_required_quiesce_fails_without_a_guest_agent(cloud):
     status, body, _ = await action(cloud, sid, "createImage", {"name": "cold"}, version="2.45")
     assert status == 202, body
     assert len(await snapshots(cloud)) == 2
+
+
+async def test_openstack_cli_snapshots_a_volume_backed_server_and_boots_from_the_image(cloud):
+    await volume_backed_server(cloud, name="bfv-cli")
+    image = await cloud.openstack_json("server", "image", "create", "--name", "cli-snap", "--wait", "bfv-cli")
+    assert image["name"] == "cli-snap" and image["status"] == "active"
+    snaps = await cloud.openstack_json("volume", "snapshot", "list")
+    assert sorted(s["Name"] for s in snaps) == ["snapshot for cli-snap"] * 2
+    created = await cloud.openstack_json("server", "create", "--image", "cli-snap", "--flavor", "m1.tiny",
+                                         "--nic", "none", "--wait", "from-snap")
+    assert created["status"] == "ACTIVE"
+    shown = await cloud.openstack_json("server", "show", "from-snap")
+    assert len(shown["volumes_attached"]) == 2
