@@ -203,7 +203,8 @@ def compute_ctx(config: Config):
             app[keys.SCHEDULER] = scheduler
             app[keys.COMPUTES] = computes
             app[keys.SERVER_ACTIONS] = ServerActions(pool, computes, config, conductor.migrate_server,
-                                                     unshelve_instance=conductor.unshelve_instance)
+                                                     unshelve_instance=conductor.unshelve_instance,
+                                                     volumes=app[keys.VOLUME_API], images=image_store)
             app[keys.WATCHDOG] = watchdog
             watchdog.start()
             yield

@@ -25,6 +25,7 @@ from novalite.compute.image_actions import (
     SNAPSHOT_VM_STATES,
     ImageActionCheck,
     ImageRequest,
+    is_volume_backed,
 )
 from novalite.compute.rebuild import REBUILD_VM_STATES, REBUILDING, RebuildCheck, RebuildRequest
 from novalite.compute.rescue import RESCUE_VM_STATES, RESCUING, UNRESCUING, RescueCheck
@@ -44,9 +45,11 @@ from novalite.compute.shelve import (
     UNSHELVING,
     ShelveCheck,
 )
+from novalite.compute.volume_snapshot import ImageWriter, VolumeBackedSnapshot
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as db
+from novalite.volume.api import VolumeAPI
 
 log = structlog.get_logger(__name__)
 
@@ -122,9 +125,11 @@ class ServerActions:
 
     def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any], config: Config,
                  migrate_server: Callable[[str, str, bool], None] | None = None,
-                 unshelve_instance: Callable[[str, str], None] | None = None) -> None:
+                 unshelve_instance: Callable[[str, str], None] | None = None,
+                 volumes: VolumeAPI | None = None, images: ImageWriter | None = None) -> None:
         """``migrate_server`` is the conductor's resize cast (uuid, request_id, allow_same_host);
-        ``unshelve_instance`` casts an accepted unshelve to the conductor (it schedules offloaded servers)."""
+        ``unshelve_instance`` casts an accepted unshelve to the conductor (it schedules offloaded servers);
+        ``volumes`` and ``images`` (the image store) make volume-backed snapshots."""
         self.pool = pool
         self.computes = computes
         self.config = config
@@ -135,6 +140,7 @@ class ServerActions:
         self.rescues = RescueCheck(pool)
         self.shelves = ShelveCheck(pool)
         self.unshelve_instance = unshelve_instance
+        self.volume_snapshots = VolumeBackedSnapshot(pool, volumes, images) if volumes is not None else None
 
     def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
         """The lock and state checks every host action makes first; the instance's compute manager."""
@@ -157,6 +163,11 @@ class ServerActions:
         image and the task state, then the cast; returns the image row."""
         spec = SPECS["createBackup" if req.is_backup else "createImage"]
         check_instance_state(spec, inst)
+        if not req.is_backup and self.volume_snapshots is not None:
+            async with self.pool.acquire() as conn:
+                volume_backed = await is_volume_backed(conn, inst)
+            if volume_backed:  # Nova's snapshot_volume_backed: all in the API, no task state, no host
+                return await self.volume_snapshots.snapshot(ctx, inst, req)
         compute = self.computes.get(inst["host"]) if inst["host"] else None
         if compute is None:
             raise exception.Conflict(f"Instance {inst['uuid']} is not ready")

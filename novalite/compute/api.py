@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 
 from novalite import exception, quota
-from novalite.compute import states
+from novalite.compute import image_bdms, states
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.shelve import delete_shelved_image
 from novalite.config import Config
@@ -260,6 +260,10 @@ class ComputeAPI:
         )
         flavor = self._flavor(snap, req.flavor_ref)
         validate_flavor_extra_specs(flavor["extra_specs"] or {})
+        if image_bdms.image_defined_bdms(snap["image"]):  # e.g. a volume-backed server's snapshot
+            bdms = image_bdms.merge_image_bdms(bdms, snap["image"])
+            self._check_boot_sequence(bdms)
+            root = next((b for b in bdms if b.get("boot_index") == 0), None)
         image = self._image(snap, image_id, flavor, root)
         await self._check_bdms(conn, bdms, flavor, ctx, req)
         image_props = dict(image["properties"] or {}) if image else {}
@@ -353,22 +357,22 @@ class ComputeAPI:
                     "device_name": None,
                 },
             )
-        roots = [b for b in bdms if b.get("boot_index") == 0]
-        if len(roots) > 1:
-            raise exception.Invalid(
-                "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
-                "mapping combination is not valid."
-            )
-        indexes = sorted(b["boot_index"] for b in bdms if b.get("boot_index") is not None)
-        if indexes and indexes != list(range(len(indexes))):
-            raise exception.Invalid(
-                "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
-                "mapping combination is not valid."
-            )
+        self._check_boot_sequence(bdms)
         for b in bdms:
             if b.get("boot_index") == 0 and b["source_type"] == "image" and b["destination_type"] == "local":
                 b["delete_on_termination"] = True
         return bdms
+
+    @staticmethod
+    def _check_boot_sequence(bdms: list[dict]) -> None:
+        """One root, and boot indexes 0, 1, 2... without a gap."""
+        roots = [b for b in bdms if b.get("boot_index") == 0]
+        indexes = sorted(b["boot_index"] for b in bdms if b.get("boot_index") is not None)
+        if len(roots) > 1 or (indexes and indexes != list(range(len(indexes)))):
+            raise exception.Invalid(
+                "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
+                "mapping combination is not valid."
+            )
 
     @staticmethod
     def _boot_image_id(req: CreateRequest, root: dict | None) -> str:

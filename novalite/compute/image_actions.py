@@ -81,9 +81,13 @@ async def is_volume_backed(conn: asyncpg.Connection, inst: asyncpg.Record) -> bo
 
 
 async def snapshot_image_values(
-    conn: asyncpg.Connection, ctx: RequestContext, inst: asyncpg.Record, req: ImageRequest
+    conn: asyncpg.Connection, ctx: RequestContext, inst: asyncpg.Record, req: ImageRequest,
+    image_type: bool = True,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """The new image's base attributes and properties (Nova's create_image), before any data."""
+    """The new image's base attributes and properties (Nova's create_image), before any data.
+
+    ``image_type`` False: only what Nova's initialize_instance_snapshot_metadata gives (a
+    volume-backed snapshot has no instance_uuid, user_id or image_type)."""
     spec_image = (inst["request_spec"] or {}).get("image") or {}
     props = {
         str(k): str(v) for k, v in (spec_image.get("properties") or {}).items()
@@ -96,8 +100,9 @@ async def snapshot_image_values(
         props["owner_user_name"] = user["name"]
     if project is not None:
         props["owner_project_name"] = project["name"]
-    props.update(instance_uuid=str(inst["uuid"]), user_id=str(ctx.user_id),
-                 image_type="backup" if req.is_backup else "snapshot")
+    if image_type:
+        props.update(instance_uuid=str(inst["uuid"]), user_id=str(ctx.user_id),
+                     image_type="backup" if req.is_backup else "snapshot")
     if req.is_backup:
         props["backup_type"] = str(req.backup_type)
     props.update({str(k): str(v) for k, v in req.metadata.items()})

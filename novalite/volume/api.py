@@ -366,8 +366,13 @@ class VolumeAPI:
     # -- snapshots --------------------------------------------------------------------
     async def create_snapshot(
         self, ctx: RequestContext, volume_id: str, *, name: str | None, description: str | None,
-        force: bool = False, metadata: dict | None = None,
+        force: bool = False, metadata: dict | None = None, wait: bool = False,
     ) -> asyncpg.Record:
+        """Insert the snapshot (creating) under quota and copy the volume's data in the background.
+
+        ``wait``: return only when the copy ended, with the row as it then is (available or error);
+        the copy runs to its end even if the caller is cancelled.
+        """
         sid = uuidlib.uuid4()
         async with self.pool.acquire() as conn, conn.transaction():
             vol = await q.get(conn, volume_id)
@@ -385,8 +390,12 @@ class VolumeAPI:
                 description=description, size=vol["size"], status=q.CREATING, host=vol["host"],
                 pool_name=vol["pool_name"], vol_name=snap_name(str(sid)), metadata=metadata or {},
             )
-        self.run_in_background(self._create_snapshot_data(snap, vol))
-        return snap
+        task = self.run_in_background(self._create_snapshot_data(snap, vol))
+        if not wait:
+            return snap
+        await asyncio.shield(task)
+        async with self.pool.acquire() as conn:
+            return await q.get_snapshot(conn, str(sid)) or snap
 
     async def _create_snapshot_data(self, snap: asyncpg.Record, vol: asyncpg.Record) -> None:
         sid = str(snap["id"])
