@@ -623,6 +623,8 @@ class ComputeAPI:
             "retry": {"num_attempts": 0, "hosts": []},
             # Whether the compute host has volumes to prepare (skips a lookup when not).
             "has_volumes": any(b.get("destination_type") == "volume" for b in bdms),
+            # The root is a volume: the host makes no local root disk for it.
+            "root_is_volume": any(b.get("boot_index") == 0 and b.get("destination_type") == "volume" for b in bdms),
         }
 
     async def _validate_networks(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> None:

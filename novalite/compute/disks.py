@@ -107,10 +107,12 @@ async def prepare_local_disks(
     flavor: dict,
     write_files: bool,
     keep_ephemeral: bool = False,
+    root_file: bool = True,
 ) -> PreparedDisks:
     """Root (overlay on the cached image), ephemeral, swap, and kernel/ramdisk for direct boot.
 
-    ``keep_ephemeral`` (a rebuild's preserve_ephemeral) leaves an existing ephemeral disk as it is.
+    ``keep_ephemeral`` (a rebuild's preserve_ephemeral) leaves an existing ephemeral disk as it is;
+    without ``root_file`` (the root is a volume) the root keeps its place (vda) but no file is made.
     """
     out = PreparedDisks()
     letters = iter("abcdefghijklmnop")
@@ -135,7 +137,7 @@ async def prepare_local_disks(
     os.chmod(inst_dir, 0o755)
     image_id = image.get("id") or ""
     fmt = "qcow2" if image.get("disk_format") == "qcow2" else "raw"
-    if image_id:
+    if root_file and image_id:
         base = await cache.fetch(image_id)
         await qemu_img("create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base), str(root))
         if flavor.get("root_gb"):
@@ -143,7 +145,7 @@ async def prepare_local_disks(
             wanted = flavor["root_gb"] * 1024**3
             if wanted > size:
                 await qemu_img("resize", "-q", str(root), str(wanted))
-    else:
+    elif root_file:
         await qemu_img("create", "-q", "-f", "qcow2", str(root), f"{max(1, flavor.get('root_gb') or 1)}G")
     if eph is not None and not (keep_ephemeral and eph.exists()):
         await qemu_img("create", "-q", "-f", "qcow2", str(eph), f"{flavor['ephemeral_gb']}G")

@@ -366,6 +366,7 @@ class ComputeManager:
             ramdisk_id=inst["ramdisk_id"],
             flavor=inst["flavor"],
             write_files=not self.simulated,
+            root_file=not (inst["request_spec"] or {}).get("root_is_volume"),
         )
         if self.volume_build is not None and (inst["request_spec"] or {}).get("has_volumes", True):
             # volume/snapshot/image/blank → volume BDMs, attached as disks
@@ -547,7 +548,7 @@ class ComputeManager:
         prepared = await prepare_local_disks(
             cache=self.image_cache, inst_dir=inst_dir, image=image, kernel_id=inst["kernel_id"],
             ramdisk_id=inst["ramdisk_id"], flavor=inst["flavor"], write_files=not self.simulated,
-            keep_ephemeral=preserve_ephemeral,
+            keep_ephemeral=preserve_ephemeral, root_file=not (inst["request_spec"] or {}).get("root_is_volume"),
         )
         if self.volume_build is not None:
             await self.volume_build.attached_disks(uuid, prepared)
