@@ -154,3 +154,33 @@ async def test_openstack_cli_rebuilds(cloud):
     assert out["id"] == sid and out["adminPass"]
     _, server, _ = await cloud.compute("GET", f"/servers/{sid}", version="2.79")
     assert server["server"]["status"] == "ACTIVE" and server["server"]["image"]["id"] == second
+
+
+async def test_rebuild_disks_keep_the_ephemeral_disk_only_when_asked(tmp_path):
+    """preserve_ephemeral: the root is made anew from the image, the ephemeral disk's data stays."""
+    from novalite.compute.disks import ImageCache, prepare_local_disks, qemu_img
+
+    store = tmp_path / "images"
+    store.mkdir()
+    image = "00000000-0000-4000-8000-000000000003"
+    await qemu_img("create", "-q", "-f", "raw", str(store / image), "1M")
+    cache = ImageCache(tmp_path / "_base", store)
+    inst_dir = tmp_path / "inst"
+    flavor = {"root_gb": 1, "ephemeral_gb": 1, "swap": 0}
+
+    async def disks(keep: bool) -> None:
+        for name in ("disk", "disk.config"):  # what the host removes before it rebuilds
+            (inst_dir / name).unlink(missing_ok=True)
+        if not keep:
+            (inst_dir / "disk.eph0").unlink(missing_ok=True)
+        await prepare_local_disks(cache=cache, inst_dir=inst_dir, image={"id": image, "disk_format": "raw"},
+                                  kernel_id="", ramdisk_id="", flavor=flavor, write_files=True, keep_ephemeral=keep)
+
+    await disks(keep=False)
+    eph = inst_dir / "disk.eph0"
+    with eph.open("ab") as f:  # data the guest wrote on its ephemeral disk
+        f.write(b"guest data")
+    await disks(keep=True)
+    assert eph.read_bytes().endswith(b"guest data")
+    await disks(keep=False)
+    assert not eph.read_bytes().endswith(b"guest data")
