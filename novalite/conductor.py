@@ -99,7 +99,7 @@ class Conductor:
         """Cast: queue the request and return at once."""
         self.queue.put_nowait(request)
 
-    def _spawn(self, coro) -> None:
+    def spawn_task(self, coro) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -108,7 +108,7 @@ class Conductor:
         while True:
             request = await self.queue.get()
             await self.foreground.background_turn()
-            self._spawn(self.schedule_and_build_instances(request))
+            self.spawn_task(self.schedule_and_build_instances(request))
 
     async def schedule_and_build_instances(self, request: BuildRequest) -> None:
         uuids = request.instance_uuids
@@ -148,7 +148,7 @@ class Conductor:
     # -- unshelve -------------------------------------------------------------
     def unshelve_instance(self, uuid: str, request_id: str) -> None:
         """Cast: carry out an unshelve the compute API accepted (the instance is in ``unshelving``)."""
-        self._spawn(self.unshelve(uuid, request_id))
+        self.spawn_task(self.unshelve(uuid, request_id))
 
     async def unshelve(self, uuid: str, request_id: str) -> None:
         """Nova's conductor unshelve_instance: a SHELVED server is powered on where it is; a
@@ -293,7 +293,7 @@ class Conductor:
     # -- resize (Nova's migrate_server / MigrationTask) ----------------------------
     def migrate_server(self, uuid: str, request_id: str, allow_same_host: bool) -> None:
         """Cast: schedule a resize accepted by the compute API (``resize_prep``, migration ``pre-migrating``)."""
-        self._spawn(self._migrate_server(uuid, request_id, allow_same_host))
+        self.spawn_task(self._migrate_server(uuid, request_id, allow_same_host))
 
     async def _migrate_server(self, uuid: str, request_id: str, allow_same_host: bool) -> None:
         """The new flavor through the scheduler; the claim moves the source's allocation to the migration

@@ -106,9 +106,9 @@ class ComputeManager:
         # with this message; `before_step(uuid, task_state)` is awaited before each step.
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
-        self.power = PowerManager(self.host, self.driver, pool, locks, config, self._spawn)
+        self.power = PowerManager(self.host, self.driver, pool, locks, config, self.spawn_task)
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
-                                        self.instances_dir, self.simulated, self._spawn)
+                                        self.instances_dir, self.simulated, self.spawn_task)
         self.resize = ResizeManager(self, peers or (lambda _host: None))
         self.rescue = RescueManager(self)
         self.shelve = ShelveManager(self, image_store)
@@ -221,7 +221,7 @@ class ComputeManager:
             except Exception:  # a missed beat is logged, the next one retries
                 log.warning("heartbeat_failed", host=self.host, exc_info=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -230,7 +230,7 @@ class ComputeManager:
         while True:
             kind, args = await self.queue.get()
             if kind == "build":
-                self._spawn(self._build(*args))
+                self.spawn_task(self._build(*args))
 
     # -- build ---------------------------------------------------------------
     def build_and_run_instance(
@@ -292,8 +292,8 @@ class ComputeManager:
                     event_details=json.dumps([d.path for d in prepared.disks]),
                 )
                 spawning = True
-                await self._config_drive(inst, ports, prepared, admin_password)
-                guest = self._guest_spec(inst, [p.nic() for p in ports], prepared)
+                await self.write_config_drive(inst, ports, prepared, admin_password)
+                guest = self.guest_spec(inst, [p.nic() for p in ports], prepared)
                 if self.fail_spawn:
                     raise RuntimeError(self.fail_spawn)
                 await self.driver.spawn(guest)
@@ -330,7 +330,7 @@ class ComputeManager:
 
     def cast_clean_partial_build(self, uuid: str) -> None:
         """Cast: :meth:`clean_partial_build` as one of this host's tracked tasks."""
-        self._spawn(self.clean_partial_build(uuid))
+        self.spawn_task(self.clean_partial_build(uuid))
 
     async def _networking(self, inst: asyncpg.Record, request_id: str) -> list[PortInfo]:
         """NETWORKING: ports with MACs and fixed IPs, DHCP host entries on this host's networks."""
@@ -373,7 +373,7 @@ class ComputeManager:
             await self.volume_build.prepare_build(self.host, inst, prepared)
         return prepared
 
-    async def _config_drive(
+    async def write_config_drive(
         self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_password: str | None,
         name: str = "disk.config", files: bool = True,
     ) -> None:
@@ -405,7 +405,7 @@ class ComputeManager:
         injected = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])] if files else []
         await asyncio.to_thread(build_config_drive, path, meta, user_data, injected, network_data(ports))
 
-    def _guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], prepared: PreparedDisks) -> GuestSpec:
+    def guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], prepared: PreparedDisks) -> GuestSpec:
         flavor = inst["flavor"]
         return GuestSpec(
             instance_uuid=str(inst["uuid"]),
@@ -468,7 +468,7 @@ class ComputeManager:
     # -- rebuild -------------------------------------------------------------
     def cast_rebuild(self, uuid: str, request_id: str, admin_password: str | None, preserve_ephemeral: bool) -> None:
         """Cast: rebuild an instance the compute API moved to ``rebuilding`` (the password only travels here)."""
-        self._spawn(self.rebuild_instance(uuid, request_id, admin_password, preserve_ephemeral))
+        self.spawn_task(self.rebuild_instance(uuid, request_id, admin_password, preserve_ephemeral))
 
     async def rebuild_instance(
         self, uuid: str, request_id: str, admin_password: str | None, preserve_ephemeral: bool
@@ -497,8 +497,8 @@ class ComputeManager:
                     inst = await db.compare_and_set(conn, uuid, expect_task_state=REBUILD_BLOCK_DEVICE_MAPPING,
                                                     task_state=REBUILD_SPAWNING, progress=66)
                 ports = await self.network_api.ports_for_instance(uuid) if self.network_api is not None else []
-                await self._config_drive(inst, ports, prepared, admin_password)
-                await self.driver.spawn(self._guest_spec(inst, [p.nic() for p in ports], prepared))
+                await self.write_config_drive(inst, ports, prepared, admin_password)
+                await self.driver.spawn(self.guest_spec(inst, [p.nic() for p in ports], prepared))
                 if stopped:
                     await self.driver.power_off(uuid, 0)
                 info = await self.driver.get_info(uuid)

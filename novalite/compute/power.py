@@ -117,13 +117,13 @@ class PowerManager:
         self.pool = pool
         self.locks = locks
         self.config = config
-        self._spawn = spawn
+        self.spawn_task = spawn
         self._sync_pending: set[str] = set()
 
     # -- casts from the compute API -------------------------------------------------
     def cast_power_action(self, uuid: str, action: str, request_id: str) -> None:
         """Cast: run a power action on this host (the instance is already in its task state)."""
-        self._spawn(self._power_action(uuid, action, request_id))
+        self.spawn_task(self._power_action(uuid, action, request_id))
 
     async def _power_action(self, uuid: str, action: str, request_id: str) -> None:
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
@@ -230,7 +230,7 @@ class PowerManager:
         if self.locks.held(uuid):
             return  # our own build or action caused it and sets the state itself (as the periodic sync does)
         self._sync_pending.add(uuid)
-        self._spawn(self._sync_from_event(uuid, event))
+        self.spawn_task(self._sync_from_event(uuid, event))
 
     async def _sync_from_event(self, uuid: str, event: str) -> None:
         try:

@@ -148,15 +148,15 @@ class RescueManager:
     # -- casts from the compute API ---------------------------------------------------
     def cast_rescue(self, uuid: str, request_id: str, password: str | None, image_id: str) -> None:
         """Cast: rescue an instance the compute API moved to ``rescuing`` (the password only travels here)."""
-        self.manager._spawn(self.rescue_instance(uuid, request_id, password, image_id))
+        self.manager.spawn_task(self.rescue_instance(uuid, request_id, password, image_id))
 
     def cast_unrescue(self, uuid: str, request_id: str) -> None:
         """Cast: unrescue an instance in ``unrescuing`` (also how recovery finishes one)."""
-        self.manager._spawn(self.unrescue_instance(uuid, request_id))
+        self.manager.spawn_task(self.unrescue_instance(uuid, request_id))
 
     def cast_roll_back_rescue(self, uuid: str, request_id: str) -> None:
         """Cast: a rescue cut off by a restart goes back to the server's own guest (recovery)."""
-        self.manager._spawn(self.roll_back_rescue(uuid, request_id))
+        self.manager.spawn_task(self.roll_back_rescue(uuid, request_id))
 
     # -- rescue ---------------------------------------------------------------------------
     async def rescue_instance(self, uuid: str, request_id: str, password: str | None, image_id: str) -> None:
@@ -175,7 +175,7 @@ class RescueManager:
                     await self.driver.power_off(uuid, self.config.compute.shutdown_timeout)
                 prepared = await self._rescue_disks(inst, image_id, password)
                 await self.driver.destroy(uuid)
-                await self.driver.spawn(self.manager._guest_spec(inst, await self._nics(uuid), prepared))
+                await self.driver.spawn(self.manager.guest_spec(inst, await self._nics(uuid), prepared))
                 info = await self.driver.get_info(uuid)
                 async with self.pool.acquire() as conn, conn.transaction():
                     await db.compare_and_set(
@@ -236,7 +236,7 @@ class RescueManager:
                 if ref and path:
                     await asyncio.to_thread(shutil.copyfile, await m.image_cache.fetch(ref), path)
         ports = await m.network_api.ports_for_instance(uuid) if m.network_api is not None else []
-        await m._config_drive(inst, ports, out, password, name=f"disk.config{RESCUE_SUFFIX}", files=False)
+        await m.write_config_drive(inst, ports, out, password, name=f"disk.config{RESCUE_SUFFIX}", files=False)
         return out
 
     # -- unrescue -----------------------------------------------------------------------
@@ -298,7 +298,7 @@ class RescueManager:
             prepared.disks.append(DiskSpec(path=str(config_drive), device="cdrom", bus="sata", target_dev="sda",
                                            driver_type="raw"))
         await self.driver.destroy(uuid)
-        await self.driver.spawn(m._guest_spec(inst, await self._nics(uuid), prepared))
+        await self.driver.spawn(m.guest_spec(inst, await self._nics(uuid), prepared))
         if not running:
             await self.driver.power_off(uuid, 0)
         if not m.simulated:

@@ -302,7 +302,7 @@ class ResizeManager:
     def cast(self, method: str, uuid: str, request_id: str, migration_id: int) -> None:
         """Cast: run one stage (prep_resize, resize_instance, finish_resize, confirm_resize,
         revert_resize, finish_revert_resize) on this host as one of its tracked tasks."""
-        self.manager._spawn(getattr(self, method)(uuid, request_id, migration_id))
+        self.manager.spawn_task(getattr(self, method)(uuid, request_id, migration_id))
 
     def _peer(self, host: str | None) -> ComputeManager:
         peer = self.peers(host) if host else None
@@ -528,7 +528,7 @@ class ResizeManager:
         prepared = await self._local_disks(inst, flavor)
         if m.volume_build is not None:
             await m.volume_build.attached_disks(uuid, prepared)
-        guest = m._guest_spec(inst, [p.nic() for p in ports], prepared)
+        guest = m.guest_spec(inst, [p.nic() for p in ports], prepared)
         guest.memory_mb, guest.vcpus = flavor["memory_mb"], flavor["vcpus"]
         guest.metadata.update(flavor_name=flavor["name"], memory_mb=flavor["memory_mb"], vcpus=flavor["vcpus"],
                               root_gb=flavor["root_gb"])
@@ -576,8 +576,8 @@ class ResizeManager:
             await qemu_img("create", "-q", "-f", "qcow2", str(swap), f"{flavor['swap']}M")
         if (inst["config_drive"] or self.config.compute.force_config_drive) and not config_drive.exists():
             ports = await m.network_api.ports_for_instance(uuid) if m.network_api is not None else []
-            prepared.disks.pop()  # _config_drive adds it again, and writes it
-            await m._config_drive(inst, ports, prepared, None)
+            prepared.disks.pop()  # write_config_drive adds it again, and writes it
+            await m.write_config_drive(inst, ports, prepared, None)
         return prepared
 
     # -- source: confirm_resize ----------------------------------------------------------

@@ -84,7 +84,7 @@ class ShelveManager:
         self.locks = manager.locks
         self.config = manager.config
         self.image_store = image_store
-        self._spawn: Callable[[Any], None] = manager._spawn
+        self.spawn_task: Callable[[Any], None] = manager.spawn_task
         # Crash drills and tests: awaited after the instance reaches each task state.
         self.after_state: Callable[[str, str], Awaitable[None]] | None = None
         self._periodic = Periodic(f"shelve-offload-{self.host}", self.config.compute.shelved_poll_interval,
@@ -96,14 +96,14 @@ class ShelveManager:
 
     # -- casts -------------------------------------------------------------------
     def cast_shelve(self, uuid: str, request_id: str, clean_shutdown: bool = True) -> None:
-        self._spawn(self.shelve_instance(uuid, request_id, clean_shutdown))
+        self.spawn_task(self.shelve_instance(uuid, request_id, clean_shutdown))
 
     def cast_offload(self, uuid: str, request_id: str, clean_shutdown: bool = True) -> None:
-        self._spawn(self.shelve_offload_instance(uuid, request_id, clean_shutdown))
+        self.spawn_task(self.shelve_offload_instance(uuid, request_id, clean_shutdown))
 
     def cast_unshelve(self, uuid: str, request_id: str) -> None:
         """Cast from the conductor: power a shelved server on here, or spawn an offloaded one claimed here."""
-        self._spawn(self.unshelve_instance(uuid, request_id))
+        self.spawn_task(self.unshelve_instance(uuid, request_id))
 
     def start(self) -> None:
         if self.config.compute.shelved_offload_time > 0:
@@ -352,8 +352,8 @@ class ShelveManager:
             if self.m.network_api is not None:
                 ports = await self.m.network_api.bind_ports_to_host(uuid, self.host)
             prepared = await self._disks(inst, image_id)
-            await self.m._config_drive(inst, ports, prepared, None)
-            await self.driver.spawn(self.m._guest_spec(inst, [p.nic() for p in ports], prepared))
+            await self.m.write_config_drive(inst, ports, prepared, None)
+            await self.driver.spawn(self.m.guest_spec(inst, [p.nic() for p in ports], prepared))
             info = await self.driver.get_info(uuid)
             async with self.pool.acquire() as conn, conn.transaction():
                 await db.compare_and_set(

@@ -135,13 +135,13 @@ class SnapshotManager:
         self.images = images
         self.instances_dir = instances_dir
         self.simulated = simulated
-        self._spawn = spawn
+        self.spawn_task = spawn
         # Crash drills and tests: awaited after the instance reaches each task state.
         self.after_state: Callable[[str, str], Coroutine[Any, Any, None]] | None = None
 
     def cast_snapshot(self, uuid: str, request_id: str) -> None:
         """Cast: take the image the compute API queued for this instance (snapshot or backup)."""
-        self._spawn(self.snapshot_instance(uuid, request_id))
+        self.spawn_task(self.snapshot_instance(uuid, request_id))
 
     async def _set(self, uuid: str, expect: str, new: str | None, **updates: Any) -> asyncpg.Record:
         if new in STEP_PROGRESS and "progress" not in updates:
