@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -39,8 +40,12 @@ async def pg_dsn():
     tmp = Path(tempfile.mkdtemp(prefix="novalite-pg-"))
     server = db.EmbeddedPostgres(tmp / "pgdata")
     dsn = await server.start()
-    yield dsn
-    await server.stop()
+    try:
+        yield dsn
+    finally:
+        await server.stop()
+        # A database per test: a session's cluster is gigabytes; left behind, runs fill the disk.
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def fresh_database(admin_dsn: str) -> str:
