@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -41,23 +43,27 @@ def test_image() -> testimage.TestImage:
         pytest.skip(f"cannot build the test image here: {exc}")
 
 
-@pytest.fixture
-async def guest_cloud(pg_dsn, test_image):
+@contextlib.asynccontextmanager
+async def qemu_cloud(pg_dsn, test_image, prefix: str = "nle2e", compute: str = ""):
+    """A cloud managing this machine's qemu:///system as host ``local``, the test image uploaded.
+
+    Its domains, networks and pools carry a prefix of their own (other clouds, other test sessions
+    may share qemu:///system) and are removed afterwards; ``compute`` adds ``[compute]`` settings."""
     # qemu runs as its own user: the state directory must be traversable (pytest's tmp dirs are 0700).
     workdir = Path(tempfile.mkdtemp(prefix="novalite-e2e-", dir="/var/tmp"))
     workdir.chmod(0o755)
-    tag = uuid.uuid4().hex[:6]
-    net = 100 + int(tag, 16) % 100
+    tag = f"{prefix}{uuid.uuid4().hex[:6]}"
+    net = 100 + int(tag[-6:], 16) % 100
     extra = f"""
 [compute]
 virt_type = "qemu"
-# The test guest ignores ACPI: a clean shutdown (a rescue's) would wait out the whole timeout.
+# The test guest ignores ACPI: a clean shutdown (a rescue's, a shelve's) would wait out the whole timeout.
 shutdown_timeout = 5
-# Other clouds (other test sessions) may share qemu:///system: domain names must not collide.
-instance_name_template = "nle2e{tag}-%08x"
+instance_name_template = "{tag}-%08x"
+{compute}
 
 [networking]
-libvirt_prefix = "nle2e{tag}-"
+libvirt_prefix = "{tag}-"
 default_network = "lab"
 
 [[networks]]
@@ -66,24 +72,38 @@ cidr = "10.{net}.7.0/24"
 """
     hosts = '[[hosts]]\nname = "local"\nuri = "qemu:///system"\n'
     cloud = await start_cloud(pg_dsn, workdir, extra=extra, hosts=hosts)
-    cloud.image_ids = await testimage.upload(test_image, cloud.url, "admin", cloud.creds["admin"])
-    yield cloud
-    await stop_cloud(cloud)
-    conn = libvirt.open("qemu:///system")
     try:
-        for name in conn.listNetworks() + conn.listDefinedNetworks():
-            if name.startswith(f"nle2e{tag}-"):
-                net_obj = conn.networkLookupByName(name)
-                if net_obj.isActive():
-                    net_obj.destroy()
-                net_obj.undefine()
-        for pool in conn.listAllStoragePools(0):  # the volume pool shares the prefix
-            if pool.name().startswith(f"nle2e{tag}-"):
-                if pool.isActive():
-                    pool.destroy()
-                pool.undefine()
+        cloud.image_ids = await testimage.upload(test_image, cloud.url, "admin", cloud.creds["admin"])
+        yield cloud
     finally:
-        conn.close()
+        await stop_cloud(cloud)
+        conn = libvirt.open("qemu:///system")
+        try:
+            for dom in conn.listAllDomains():  # what a failed test left running
+                if dom.name().startswith(f"{tag}-"):
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefine()
+            for name in conn.listNetworks() + conn.listDefinedNetworks():
+                if name.startswith(f"{tag}-"):
+                    net_obj = conn.networkLookupByName(name)
+                    if net_obj.isActive():
+                        net_obj.destroy()
+                    net_obj.undefine()
+            for pool in conn.listAllStoragePools(0):  # the volume pool shares the prefix
+                if pool.name().startswith(f"{tag}-"):
+                    if pool.isActive():
+                        pool.destroy()
+                    pool.undefine()
+        finally:
+            conn.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def guest_cloud(pg_dsn, test_image):
+    async with qemu_cloud(pg_dsn, test_image) as cloud:
+        yield cloud
 
 
 async def console(cloud, server_id: str) -> str:

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import tempfile
-import uuid
 from pathlib import Path
 
-import libvirt
 import pytest
-from conftest import start_cloud, stop_cloud, wait_for_status
-from test_guest_e2e import console, test_image, wait_console  # noqa: F401  (test_image is a fixture)
+from conftest import wait_for_status
+from test_guest_e2e import console, qemu_cloud, test_image, wait_console  # noqa: F401  (test_image is a fixture)
 
 pytestmark = pytest.mark.qemu
 
@@ -24,54 +21,10 @@ BIG = {"name": "resize-big", "ram": 768, "vcpus": 1, "disk": 2, "id": "resize-bi
 
 @pytest.fixture
 async def resize_cloud(pg_dsn, test_image):  # noqa: F811
-    from novalite.image import testimage
-
-    workdir = Path(tempfile.mkdtemp(prefix="novalite-e2e-", dir="/var/tmp"))
-    workdir.chmod(0o755)
-    tag = uuid.uuid4().hex[:6]
-    net = 100 + int(tag, 16) % 100
-    extra = f"""
-[compute]
-virt_type = "qemu"
-instance_name_template = "nlrsz{tag}-%08x"
-allow_resize_to_same_host = true
-shutdown_timeout = 3
-
-[networking]
-libvirt_prefix = "nlrsz{tag}-"
-default_network = "lab"
-
-[[networks]]
-name = "lab"
-cidr = "10.{net}.8.0/24"
-"""
-    cloud = await start_cloud(pg_dsn, workdir, extra=extra, hosts='[[hosts]]\nname = "local"\nuri = "qemu:///system"\n')
-    cloud.image_ids = await testimage.upload(test_image, cloud.url, "admin", cloud.creds["admin"])
-    status, body, _ = await cloud.compute("POST", "/flavors", json_body={"flavor": BIG}, user="admin")
-    assert status == 200, body
-    cloud.workdir_path = workdir
-    yield cloud
-    await stop_cloud(cloud)
-    conn = libvirt.open("qemu:///system")
-    try:
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(f"nlrsz{tag}-"):
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
-        for name in conn.listNetworks() + conn.listDefinedNetworks():
-            if name.startswith(f"nlrsz{tag}-"):
-                n = conn.networkLookupByName(name)
-                if n.isActive():
-                    n.destroy()
-                n.undefine()
-        for pool in conn.listAllStoragePools(0):
-            if pool.name().startswith(f"nlrsz{tag}-"):
-                if pool.isActive():
-                    pool.destroy()
-                pool.undefine()
-    finally:
-        conn.close()
+    async with qemu_cloud(pg_dsn, test_image, "nlrsz", "allow_resize_to_same_host = true") as cloud:
+        status, body, _ = await cloud.compute("POST", "/flavors", json_body={"flavor": BIG}, user="admin")
+        assert status == 200, body
+        yield cloud
 
 
 def facts(text: str) -> tuple[int, int]:
