@@ -83,3 +83,16 @@ async def fail_instance(
         await db.notify(conn, notification.event_type, notification.payload, publisher_id=notification.publisher_id,
                         instance_uuids=[uuid], request_id=request_id, priority="ERROR")
     return True
+
+
+def moved_on(conflict: db.StateConflict) -> str:
+    """Where the instance went when an action's compare-and-set lost: ``deleted`` or vm_state/task_state."""
+    actual = conflict.actual
+    return "deleted" if actual is None or actual["deleted"] else f"{actual['vm_state']}/{actual['task_state']}"
+
+
+async def finish_superseded(conn: asyncpg.Connection, uuid: str, request_id: str, event: str, what: str) -> None:
+    """An action whose instance moved on (deleted, or taken by another action) stops: its event
+    ends as an error saying where the instance went, and the action is finished."""
+    await db.event_finish(conn, uuid, request_id, event, "Error", details=f"instance moved on: {what}")
+    await db.finish_action(conn, uuid, request_id)

@@ -29,7 +29,13 @@ from novalite.compute.disks import (
     prepare_local_disks,
     remove_instance_files,
 )
-from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.failures import (
+    Failure,
+    Notification,
+    fail_instance,
+    finish_superseded,
+    moved_on,
+)
 from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.power import PowerManager
@@ -515,13 +521,10 @@ class ComputeManager:
                                     publisher_id=pub, instance_uuids=[uuid], request_id=request_id)
                 log.info("instance_rebuilt", vm_state=vm_state)
             except db.StateConflict as conflict:
-                actual = conflict.actual
-                what = "deleted" if actual is None or actual["deleted"] else str(actual["task_state"])
+                what = moved_on(conflict)
                 log.info("rebuild_superseded", now=what)
                 async with self.pool.acquire() as conn:
-                    await db.event_finish(conn, uuid, request_id, REBUILD_EVENT, "Error",
-                                          details=f"instance moved on: {what}")
-                    await db.finish_action(conn, uuid, request_id)
+                    await finish_superseded(conn, uuid, request_id, REBUILD_EVENT, what)
             except Exception as exc:
                 log.warning("rebuild_failed", error=str(exc))
                 reason = f"{type(exc).__name__}: {exc}"

@@ -28,7 +28,13 @@ import asyncpg
 import structlog
 
 from novalite.compute import states
-from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.failures import (
+    Failure,
+    Notification,
+    fail_instance,
+    finish_superseded,
+    moved_on,
+)
 from novalite.compute.locks import InstanceLocks
 from novalite.config import Config
 from novalite.db import instances as db
@@ -178,11 +184,9 @@ class PowerManager:
     async def _power_action_superseded(
         self, conn: asyncpg.Connection, uuid: str, request_id: str, flow: PowerFlow, conflict: db.StateConflict
     ) -> None:
-        actual = conflict.actual
-        what = "deleted" if actual is None or actual["deleted"] else f"{actual['vm_state']}/{actual['task_state']}"
+        what = moved_on(conflict)
         log.info("power_action_superseded", action_event=flow.event, now=what)
-        await db.event_finish(conn, uuid, request_id, flow.event, "Error", details=f"instance moved on: {what}")
-        await db.finish_action(conn, uuid, request_id)
+        await finish_superseded(conn, uuid, request_id, flow.event, what)
 
     async def _power_action_failed(
         self, uuid: str, request_id: str, flow: PowerFlow, exc: Exception

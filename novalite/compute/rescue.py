@@ -43,7 +43,13 @@ import structlog
 from novalite import exception
 from novalite.compute import states
 from novalite.compute.disks import PreparedDisks, prepare_local_disks, qemu_img
-from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.failures import (
+    Failure,
+    Notification,
+    fail_instance,
+    finish_superseded,
+    moved_on,
+)
 from novalite.context import RequestContext
 from novalite.db import images as images_db
 from novalite.db import instances as db
@@ -319,12 +325,10 @@ class RescueManager:
         return [p.nic() for p in ports]
 
     async def _superseded(self, uuid: str, request_id: str, event: str, conflict: db.StateConflict) -> None:
-        actual = conflict.actual
-        what = "deleted" if actual is None or actual["deleted"] else f"{actual['vm_state']}/{actual['task_state']}"
+        what = moved_on(conflict)
         log.info("rescue_superseded", action_event=event, now=what)
         async with self.pool.acquire() as conn:
-            await db.event_finish(conn, uuid, request_id, event, "Error", details=f"instance moved on: {what}")
-            await db.finish_action(conn, uuid, request_id)
+            await finish_superseded(conn, uuid, request_id, event, what)
 
     # -- recovery ---------------------------------------------------------------------------
     async def roll_back_rescue(self, uuid: str, request_id: str) -> None:

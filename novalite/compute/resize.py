@@ -48,7 +48,7 @@ import structlog
 from novalite import exception, quota
 from novalite.compute import states
 from novalite.compute.disks import PreparedDisks, qemu_img, remove_instance_files
-from novalite.compute.failures import Failure, fail_instance
+from novalite.compute.failures import Failure, fail_instance, finish_superseded
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import catalog
@@ -334,8 +334,7 @@ class ResizeManager:
     async def _superseded(self, uuid: str, request_id: str, event: str, what: str) -> None:
         log.info("resize_superseded", instance_uuid=uuid, now=what)
         async with self.pool.acquire() as conn:
-            await db.event_finish(conn, uuid, request_id, event, "Error", details=f"instance moved on: {what}")
-            await db.finish_action(conn, uuid, request_id)
+            await finish_superseded(conn, uuid, request_id, event, what)
 
     async def _rollback(self, uuid: str, request_id: str, migration: asyncpg.Record, event: str, exc: Exception,
                         expect: tuple[str, ...]) -> None:

@@ -40,7 +40,13 @@ import structlog
 
 from novalite.compute import states
 from novalite.compute.disks import prepare_local_disks, remove_instance_files
-from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.failures import (
+    Failure,
+    Notification,
+    fail_instance,
+    finish_superseded,
+    moved_on,
+)
 from novalite.compute.image_actions import IMAGE_PENDING_UPLOAD, IMAGE_UPLOADING, SYSMETA_IMAGE
 from novalite.compute.power import POWERING_ON, RECOVER_EVENT
 from novalite.compute.shelve import (
@@ -130,12 +136,10 @@ class ShelveManager:
         await self.driver.power_off(str(inst["uuid"]), self.config.compute.shutdown_timeout if clean else 0)
 
     async def _superseded(self, uuid: str, request_id: str, event: str, conflict: db.StateConflict) -> None:
-        actual = conflict.actual
-        what = "deleted" if actual is None or actual["deleted"] else f"{actual['vm_state']}/{actual['task_state']}"
+        what = moved_on(conflict)
         log.info("shelve_superseded", event=event, now=what)
         async with self.pool.acquire() as conn:
-            await db.event_finish(conn, uuid, request_id, event, "Error", details=f"instance moved on: {what}")
-            await db.finish_action(conn, uuid, request_id)
+            await finish_superseded(conn, uuid, request_id, event, what)
 
     async def _failed(self, uuid: str, request_id: str, event: str, exc: Exception, notification: str,
                       expect_task: list[str], **revert: Any) -> None:

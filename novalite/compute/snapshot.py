@@ -39,7 +39,13 @@ import asyncpg
 import structlog
 
 from novalite.compute.disks import qemu_img
-from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.failures import (
+    Failure,
+    Notification,
+    fail_instance,
+    finish_superseded,
+    moved_on,
+)
 from novalite.compute.image_actions import (
     IMAGE_BACKUP,
     IMAGE_PENDING_UPLOAD,
@@ -198,14 +204,11 @@ class SnapshotManager:
                     if image is not None:
                         await self.rotate_backups(uuid, (image["properties"] or {}).get("backup_type", ""), rotation)
             except db.StateConflict as conflict:
-                actual = conflict.actual
-                what = "deleted" if actual is None or actual["deleted"] else str(actual["task_state"])
+                what = moved_on(conflict)
                 log.info("snapshot_superseded", now=what)
                 await self._drop_unfinished_image(image_id)
                 async with self.pool.acquire() as conn:
-                    await db.event_finish(conn, uuid, request_id, event, "Error",
-                                          details=f"instance moved on: {what}")
-                    await db.finish_action(conn, uuid, request_id)
+                    await finish_superseded(conn, uuid, request_id, event, what)
             except Exception as exc:
                 log.warning("snapshot_failed", error=str(exc))
                 await self._drop_unfinished_image(image_id)
