@@ -168,6 +168,33 @@ CREATE TABLE IF NOT EXISTS security_groups (
     description text NOT NULL DEFAULT '',
     UNIQUE (project_id, name)
 );
+ALTER TABLE security_groups ADD COLUMN IF NOT EXISTS stateful boolean NOT NULL DEFAULT true;
+ALTER TABLE security_groups ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE security_groups ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+ALTER TABLE security_groups ADD COLUMN IF NOT EXISTS revision_number integer NOT NULL DEFAULT 1;
+
+-- Neutron's security group rules. A rule allows traffic: ingress (to the port) or
+-- egress (from it), of one protocol (NULL: any) and port range (for icmp: type and
+-- code), from/to remote_ip_prefix or the current addresses of remote_group_id's
+-- member ports (NULL both: anywhere). Enforced by novalite.network.firewall.
+CREATE TABLE IF NOT EXISTS security_group_rules (
+    id uuid PRIMARY KEY,
+    security_group_id uuid NOT NULL REFERENCES security_groups(id) ON DELETE CASCADE,
+    project_id text NOT NULL,
+    direction text NOT NULL CHECK (direction IN ('ingress', 'egress')),
+    ethertype text NOT NULL DEFAULT 'IPv4' CHECK (ethertype IN ('IPv4', 'IPv6')),
+    protocol text,
+    port_range_min integer,
+    port_range_max integer,
+    remote_ip_prefix cidr,
+    remote_group_id uuid REFERENCES security_groups(id) ON DELETE CASCADE,
+    description text NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS security_group_rules_group ON security_group_rules (security_group_id);
+CREATE INDEX IF NOT EXISTS security_group_rules_remote ON security_group_rules (remote_group_id)
+    WHERE remote_group_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS instance_groups (
     uuid uuid PRIMARY KEY,
@@ -377,9 +404,13 @@ CREATE INDEX IF NOT EXISTS scheduling_verdicts_created ON scheduling_verdicts (c
 
 -- Networks (Neutron v2 subset): isolated libvirt networks, one IPv4 subnet each --
 
+-- config_name is set for networks made from [[networks]] (provider networks: libvirt
+-- serves DHCP from the host's bridge address) and NULL for networks made through the
+-- API (tenant networks: a bridge with no host address, DHCP from a namespace).
 CREATE TABLE IF NOT EXISTS networks (
     id uuid PRIMARY KEY,
-    name text NOT NULL UNIQUE,
+    name text NOT NULL,
+    config_name text UNIQUE,
     project_id text NOT NULL,
     shared boolean NOT NULL DEFAULT true,
     is_default boolean NOT NULL DEFAULT false,
@@ -389,6 +420,19 @@ CREATE TABLE IF NOT EXISTS networks (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- Databases from before API-made networks: every network then came from config.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_name = 'networks' AND column_name = 'config_name') THEN
+        ALTER TABLE networks ADD COLUMN config_name text UNIQUE;
+        UPDATE networks SET config_name = name;
+        ALTER TABLE networks DROP CONSTRAINT IF EXISTS networks_name_key;
+    END IF;
+END $$;
+ALTER TABLE networks ADD COLUMN IF NOT EXISTS external boolean NOT NULL DEFAULT false;
+ALTER TABLE networks ADD COLUMN IF NOT EXISTS port_security_enabled boolean NOT NULL DEFAULT true;
+ALTER TABLE networks ADD COLUMN IF NOT EXISTS admin_state_up boolean NOT NULL DEFAULT true;
+ALTER TABLE networks ADD COLUMN IF NOT EXISTS description text NOT NULL DEFAULT '';
 
 CREATE TABLE IF NOT EXISTS subnets (
     id uuid PRIMARY KEY,
@@ -405,8 +449,14 @@ CREATE TABLE IF NOT EXISTS subnets (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS subnets_network ON subnets (network_id);
+ALTER TABLE subnets ADD COLUMN IF NOT EXISTS ip_version integer NOT NULL DEFAULT 4;
+-- [{"start", "end"}, ...]; pool_start/pool_end are the lowest start and the highest end.
+ALTER TABLE subnets ADD COLUMN IF NOT EXISTS allocation_pools jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE subnets ADD COLUMN IF NOT EXISTS host_routes jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE subnets ADD COLUMN IF NOT EXISTS description text NOT NULL DEFAULT '';
 
--- A port: one MAC and one fixed IP on a network; device_id is the instance uuid.
+-- A port: one MAC and at most one fixed IP on a network (Neutron's max_fixed_ips_per_port
+-- is 1 here; none on a network without a subnet); device_id is the instance uuid.
 -- The unique constraints make MAC and IP allocation race-free.
 CREATE TABLE IF NOT EXISTS ports (
     id uuid PRIMARY KEY,
@@ -429,6 +479,29 @@ CREATE TABLE IF NOT EXISTS ports (
     UNIQUE (network_id, fixed_ip)
 );
 CREATE INDEX IF NOT EXISTS ports_device ON ports (device_id) WHERE device_id <> '';
+ALTER TABLE ports ALTER COLUMN subnet_id DROP NOT NULL;
+ALTER TABLE ports ALTER COLUMN fixed_ip DROP NOT NULL;
+ALTER TABLE ports ADD COLUMN IF NOT EXISTS port_security_enabled boolean NOT NULL DEFAULT true;
+ALTER TABLE ports ADD COLUMN IF NOT EXISTS admin_state_up boolean NOT NULL DEFAULT true;
+ALTER TABLE ports ADD COLUMN IF NOT EXISTS description text NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS ports_host ON ports (host) WHERE host IS NOT NULL;
+
+-- A port's security groups (Neutron's securitygroupportbindings). A group in use
+-- cannot be deleted (409 SecurityGroupInUse).
+CREATE TABLE IF NOT EXISTS port_security_groups (
+    port_id uuid NOT NULL REFERENCES ports(id) ON DELETE CASCADE,
+    security_group_id uuid NOT NULL REFERENCES security_groups(id) ON DELETE RESTRICT,
+    PRIMARY KEY (port_id, security_group_id)
+);
+CREATE INDEX IF NOT EXISTS port_security_groups_group ON port_security_groups (security_group_id);
+
+-- Neutron quota limits that differ from the defaults (novalite.network.quota).
+CREATE TABLE IF NOT EXISTS network_quotas (
+    project_id text NOT NULL,
+    resource text NOT NULL,
+    hard_limit integer NOT NULL,
+    PRIMARY KEY (project_id, resource)
+);
 
 -- Lifecycle and crash safety (issue 7) ------------------------------------------
 

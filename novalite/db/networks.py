@@ -58,11 +58,11 @@ async def upsert_network(
     libvirt_name: str,
     mtu: int,
 ) -> dict:
-    """Create the network named ``name`` or bring an existing one in line (its id is kept)."""
+    """Create the configured network ``name`` ([[networks]]) or bring it in line (its id is kept)."""
     row = await conn.fetchrow(
-        f"""INSERT INTO networks AS n (id, name, project_id, shared, is_default, libvirt_name, mtu)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            ON CONFLICT (name) DO UPDATE SET project_id = EXCLUDED.project_id, shared = EXCLUDED.shared,
+        f"""INSERT INTO networks AS n (id, name, config_name, project_id, shared, is_default, libvirt_name, mtu)
+            VALUES ($1, $2, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (config_name) DO UPDATE SET project_id = EXCLUDED.project_id, shared = EXCLUDED.shared,
                 is_default = EXCLUDED.is_default, libvirt_name = EXCLUDED.libvirt_name, mtu = EXCLUDED.mtu,
                 updated_at = CASE WHEN (n.project_id, n.shared, n.is_default, n.libvirt_name, n.mtu)
                                   IS DISTINCT FROM (EXCLUDED.project_id, EXCLUDED.shared, EXCLUDED.is_default,
@@ -143,7 +143,8 @@ async def get_network(conn: asyncpg.Connection, network_id: str) -> dict | None:
 
 
 async def network_by_name(conn: asyncpg.Connection, name: str) -> dict | None:
-    row = await conn.fetchval("SELECT id::text FROM networks WHERE name = $1", name)
+    """The configured network ``name`` ([[networks]])."""
+    row = await conn.fetchval("SELECT id::text FROM networks WHERE config_name = $1", name)
     return await get_network(conn, row) if row else None
 
 

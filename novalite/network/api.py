@@ -431,6 +431,20 @@ class NetworkAPI:
             rows = await q.ports_for_devices(conn, [instance_uuid])
         return await self._rebind(rows, host) if rows else []
 
+    # -- datapath follows the rows (issue 16: wired by the lead at merge time) -------
+    async def ports_changed(self, port_ids: Iterable[str]) -> None:
+        """After ports' rows changed (fixed IP, security groups, port security, binding): their
+        DHCP entries and packet filters on their hosts follow. INTEGRATION POINT, no-op for now."""
+
+    async def security_changed(self, group_ids: Iterable[str]) -> None:
+        """After groups' rules or members changed: refresh the filters of every port whose
+        filter depends on them (members, and ports with rules naming them as remote group).
+        INTEGRATION POINT, no-op for now."""
+
+    async def port_deleted(self, row: dict) -> None:
+        """After a port row bound to a host was deleted through the API: its DHCP entry,
+        filter (and NIC) leave the host. INTEGRATION POINT, no-op for now."""
+
     # -- reads ----------------------------------------------------------------------
     async def ports_for_instance(self, instance_uuid: str) -> list[PortInfo]:
         """The instance's ports in NIC order (for the config drive and the guest spec)."""

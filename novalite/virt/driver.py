@@ -35,8 +35,10 @@ __all__ = [
     "InstanceInfo",
     "InstanceNotFound",
     "LifecycleCallback",
+    "FilterRule",
     "NetworkSpec",
     "NicSpec",
+    "PortFilterSpec",
     "StoragePoolSpec",
     "UploadSource",
     "VirtDriver",
@@ -79,11 +81,53 @@ class DiskSpec:
 
 @dataclass(frozen=True, slots=True)
 class NicSpec:
-    """One virtual NIC; ``network`` is a libvirt network name, None for no host network."""
+    """One virtual NIC; ``network`` is a libvirt network name, None for no host network.
+
+    ``filter`` names the port's packet filter (:class:`PortFilterSpec`), which must be
+    set on the host (``set_port_filter``) before the NIC is plugged; None: unfiltered.
+    """
 
     mac: str
     network: str | None = None
     model: str = "virtio"
+    filter: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilterRule:
+    """One allowed flow of a port, already resolved from a security group rule.
+
+    ``direction``: "ingress" (to the guest) or "egress" (from it). ``protocol``: None
+    (any), "tcp", "udp", "icmp" or another IP protocol name. ``port_min``/``port_max``:
+    the destination port range (tcp/udp), or ICMP type/code. ``remotes``: the remote
+    addresses as CIDRs (a remote group's members expanded to /32s); None means anywhere,
+    an empty tuple means nowhere (a remote group with no members), so the rule allows nothing.
+    Stateful: replies to an allowed flow are allowed.
+    """
+
+    direction: Literal["ingress", "egress"]
+    protocol: str | None = None
+    port_min: int | None = None
+    port_max: int | None = None
+    remotes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PortFilterSpec:
+    """The packet filter of one port on a host: anti-spoofing plus its security groups' rules.
+
+    ``name`` is unique across clouds sharing a hypervisor (prefix + port id). With
+    ``enabled`` (port security on) the guest may send only from ``mac`` and ``ips``, DHCP
+    is allowed, and other IPv4 traffic passes only when a rule allows it; with
+    ``enabled`` False nothing is filtered.
+    """
+
+    name: str
+    port_id: str
+    mac: str
+    ips: tuple[str, ...]
+    enabled: bool = True
+    rules: tuple[FilterRule, ...] = ()
 
 
 @dataclass(slots=True)
@@ -114,15 +158,24 @@ class NetworkSpec:
     """An isolated network on a host: no forwarding, a gateway address, DHCP over a range.
 
     ``name`` is the hypervisor's network name (NicSpec.network of the guests on it).
+    ``tenant`` networks (made through the API) have a bridge with no host address, so
+    their CIDRs may overlap other networks' on one host; their DHCP server answers from
+    ``dhcp_server`` (the network's DHCP port address) in a namespace of its own.
     """
 
     name: str
     uuid: str
     cidr: str
-    gateway: str
+    gateway: str | None
     dhcp_start: str
     dhcp_end: str
     mtu: int = 1500
+    tenant: bool = False
+    dhcp_server: str | None = None
+    enable_dhcp: bool = True
+    dns_nameservers: tuple[str, ...] = ()
+    # (destination CIDR, nexthop) pairs handed out as DHCP classless static routes
+    host_routes: tuple[tuple[str, str], ...] = ()
 
     @property
     def netmask(self) -> str:
@@ -443,4 +496,26 @@ class VirtDriver(Protocol):
 
     async def undefine_network(self, network: str) -> None:
         """Stop and remove the network; a missing one is fine."""
+        ...
+
+    # -- packet filters (security groups) and hot-plugged NICs ------------------
+
+    async def set_port_filter(self, spec: PortFilterSpec) -> None:
+        """Define or replace the port's filter; NICs referencing it follow within seconds, live."""
+        ...
+
+    async def remove_port_filter(self, name: str) -> bool:
+        """Remove a filter no NIC uses any more; False when there was none."""
+        ...
+
+    async def port_filters(self, prefix: str) -> list[str]:
+        """Names of the filters on this host that start with ``prefix``."""
+        ...
+
+    async def attach_nic(self, instance_uuid: str, nic: NicSpec) -> None:
+        """Plug a NIC into the guest, live if it runs and in its persistent definition."""
+        ...
+
+    async def detach_nic(self, instance_uuid: str, mac: str, timeout: float = 20) -> None:
+        """Unplug the NIC with this MAC, live and persistent; a missing one is fine."""
         ...
