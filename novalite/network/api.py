@@ -24,8 +24,9 @@ import structlog
 
 from novalite import exception
 from novalite.config import Config, ConfigError, NetworkConfig
+from novalite.db import datapath as dq
 from novalite.db import networks as q
-from novalite.virt.driver import NetworkSpec, NicSpec, VirtDriver
+from novalite.virt.driver import NetworkSpec, NicSpec, VirtDriver, VirtError
 
 log = structlog.get_logger(__name__)
 
@@ -151,6 +152,22 @@ def plan_subnet(net: NetworkConfig) -> SubnetPlan:
     return SubnetPlan(str(cidr), str(gateway), str(start), str(end))
 
 
+def _tenant_spec(row: dict) -> NetworkSpec:
+    """A tenant network as its hosts make it (a row of :func:`novalite.db.datapath.tenant_networks`)."""
+    return NetworkSpec(
+        name=row["libvirt_name"], uuid=row["id"], cidr=row["cidr"] or "", gateway=row["gateway_ip"],
+        dhcp_start=row["pool_start"] or "", dhcp_end=row["pool_end"] or "", mtu=row["mtu"], tenant=True,
+        dhcp_server=row["dhcp_server"], enable_dhcp=row["enable_dhcp"],
+        dns_nameservers=tuple(row["dns_nameservers"] or ()),
+        host_routes=tuple((r["destination"], r["nexthop"]) for r in row["host_routes"] or ()),
+    )
+
+
+def _serves_dhcp(spec: NetworkSpec) -> bool:
+    """Whether the network's hosts serve DHCP: a DHCP-enabled subnet with a DHCP port address."""
+    return spec.enable_dhcp and bool(spec.dhcp_server)
+
+
 @dataclass
 class _Wanted:
     """One resolved entry of requested_networks."""
@@ -169,6 +186,12 @@ class NetworkAPI:
     config: Config
     # host name → the virt driver of that host (its networks live on its hypervisor)
     hosts: Mapping[str, VirtDriver] = field(default_factory=dict)
+    # ids of the configured networks: on every host from the start, never made on first use
+    _configured: set[str] = field(default_factory=set, init=False, repr=False)
+    # (host, network id) → whether it serves DHCP, for the tenant networks made on a host
+    _present: dict[tuple[str, str], bool] = field(default_factory=dict, init=False, repr=False)
+    # one lock per (host, network id): making and removing a tenant network never race
+    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
 
     # -- start ----------------------------------------------------------------------
     async def ensure_networks(self) -> None:
@@ -176,8 +199,12 @@ class NetworkAPI:
 
         DHCP host entries on each host are reconciled with the ports bound to
         it, so entries left by a crash are removed and missing ones restored.
+        Each tenant network with ports bound to a host is made there (a running
+        DHCP server is adopted), and this cloud's tenant networks and DHCP
+        namespaces on a host with no port bound there are removed.
         """
         defs = await self._ensure_rows()
+        self._configured |= {d.uuid for d in defs}
         await asyncio.gather(*(self._ensure_on(host, driver, defs) for host, driver in self.hosts.items()))
 
     async def _ensure_rows(self) -> list[NetworkSpec]:
@@ -213,12 +240,95 @@ class NetworkAPI:
         for d in defs:
             await driver.ensure_network(d)
         async with self.pool.acquire() as conn:
-            ports = await q.ports_on_host(conn, host)
-        for d in defs:
+            ports = [p for p in await q.ports_on_host(conn, host)
+                     if p["device_owner"] != dq.DHCP_OWNER and p["fixed_ip"]]
+        tenant = await self._tenant_specs({p["network_id"] for p in ports})
+        served = list(defs)
+        for spec in tenant.values():
+            try:
+                async with self._host_lock(host, spec.uuid):
+                    await self._make_on(host, driver, spec)
+            except VirtError as exc:
+                log.error("tenant_network_failed", network=spec.name, host=host, error=str(exc))
+                continue
+            if _serves_dhcp(spec):
+                served.append(spec)
+        for d in served:
             wanted = {p["mac_address"]: p["fixed_ip"] for p in ports if p["libvirt_name"] == d.name}
             added, removed = await driver.sync_dhcp_hosts(d.name, wanted)
             if added or removed:
                 log.info("dhcp_hosts_reconciled", network=d.name, host=host, added=added, removed=removed)
+        stale = await driver.prune_tenant_networks(self.config.networking.libvirt_prefix,
+                                                   {spec.name for spec in tenant.values()})
+        if stale:
+            log.info("tenant_networks_pruned", host=host, networks=stale)
+
+    # -- tenant networks on the hosts: made on first use, removed with their last port --
+    def _host_lock(self, host: str, network_id: str) -> asyncio.Lock:
+        return self._locks.setdefault((host, network_id), asyncio.Lock())
+
+    async def _tenant_specs(self, network_ids: Iterable[str]) -> dict[str, NetworkSpec]:
+        """The tenant networks among ``network_ids`` (one query; none when all are configured ones)."""
+        ids = set(network_ids) - self._configured
+        if not ids:
+            return {}
+        async with self.pool.acquire() as conn:
+            specs = {r["id"]: _tenant_spec(r) for r in await dq.tenant_networks(conn, ids)}
+        self._configured |= ids - specs.keys()
+        return specs
+
+    async def _make_on(self, host: str, driver: VirtDriver, spec: NetworkSpec) -> None:
+        """Make (or bring in line) a tenant network on a host; the caller holds its lock."""
+        await driver.ensure_network(spec)
+        self._present[(host, spec.uuid)] = _serves_dhcp(spec)
+
+    async def _plug(self, host: str, driver: VirtDriver, ports: list[PortInfo]) -> None:
+        """The ports' DHCP entries on ``host``; a tenant network not there yet is made first.
+
+        Costs no query when every network is configured or already on the host, one otherwise.
+        """
+        specs = await self._tenant_specs({p.network_id for p in ports if (host, p.network_id) not in self._present})
+        for p in ports:
+            if p.network_id in self._configured:
+                await driver.add_dhcp_host(p.network_name, p.mac, p.ip)
+                continue
+            async with self._host_lock(host, p.network_id):
+                if await self._present_on(host, driver, p.network_id, specs) and p.ip:
+                    await driver.add_dhcp_host(p.network_name, p.mac, p.ip)
+
+    async def _present_on(self, host: str, driver: VirtDriver, network_id: str,
+                          specs: dict[str, NetworkSpec]) -> bool:
+        """Make the tenant network on ``host`` unless it is there (the caller holds its lock);
+        whether its ports' DHCP entries go to the host."""
+        if (host, network_id) not in self._present:
+            # Not in ``specs`` when its last port left the host since they were read: read it again.
+            spec = specs.get(network_id) or (await self._tenant_specs([network_id])).get(network_id)
+            if spec is None:
+                return network_id in self._configured
+            await self._make_on(host, driver, spec)
+        return self._present[(host, network_id)]
+
+    async def _drop_unused(self, host: str, network_id: str, name: str) -> None:
+        """Remove a tenant network from ``host`` when no port of it is bound there any more."""
+        driver = self.hosts.get(host)
+        if driver is None or network_id in self._configured:
+            return
+        async with self._host_lock(host, network_id):
+            async with self.pool.acquire() as conn:
+                bound = await dq.tenant_ports_on_host(conn, network_id, host)
+            if bound is None:
+                self._configured.add(network_id)
+                return
+            if bound:
+                return
+            self._present.pop((host, network_id), None)
+            try:
+                await driver.undefine_network(name)
+            except VirtError:
+                # Left behind only until the next start prunes the host's tenant networks.
+                log.warning("tenant_network_remove_failed", network=name, host=host, exc_info=True)
+                return
+            log.info("tenant_network_removed", network=name, host=host)
 
     # -- requested networks ---------------------------------------------------------
     async def _resolve(
@@ -372,8 +482,7 @@ class NetworkAPI:
             ports = [_port_info(r, t) for r, t in zip(rows, tags, strict=False)]
             driver = self.hosts.get(host) if host else None
             if driver is not None:
-                for p in ports:
-                    await driver.add_dhcp_host(p.network_name, p.mac, p.ip)
+                await self._plug(host, driver, ports)
             log.info("ports_allocated", instance_uuid=instance_uuid, host=host,
                      ports=[(p.mac, p.ip, p.network_label) for p in ports])
             return ports
@@ -388,8 +497,11 @@ class NetworkAPI:
         await self._release([r for r in rows if r["id"] in port_ids])
 
     async def _rebind(self, rows: list[dict], host: str | None) -> list[PortInfo]:
+        """Move ports to ``host``: DHCP entries (and tenant networks left without ports) leave
+        the old hosts, and the new host gets its tenant networks and the entries."""
         ports = [_port_info(r) for r in rows]
         new_driver = self.hosts.get(host) if host else None
+        left: set[tuple[str, str, str]] = set()
         for p in ports:
             old_driver = self.hosts.get(p.host) if p.host else None
             if p.host != host:
@@ -397,11 +509,17 @@ class NetworkAPI:
                     await self._forget_dhcp(old_driver, p)
                 async with self.pool.acquire() as conn:
                     await q.set_port_host(conn, p.port_id, host)
-            if new_driver is not None:
-                await new_driver.add_dhcp_host(p.network_name, p.mac, p.ip)
+                if p.host:
+                    left.add((p.host, p.network_id, p.network_name))
+        if new_driver is not None:
+            await self._plug(host, new_driver, ports)
+        for old_host, network_id, name in left:
+            await self._drop_unused(old_host, network_id, name)
         return [dataclasses.replace(p, host=host) for p in ports]
 
     async def _forget_dhcp(self, driver: VirtDriver, p: PortInfo) -> None:
+        if self._present.get((p.host or "", p.network_id)) is False:
+            return  # a tenant network without DHCP on that host: no entries
         try:
             await driver.remove_dhcp_host(p.network_name, p.mac)
         except Exception:
@@ -409,12 +527,18 @@ class NetworkAPI:
             log.warning("dhcp_host_remove_failed", network=p.network_name, mac=p.mac, exc_info=True)
 
     async def _release(self, rows: list[dict]) -> None:
+        """Delete or unbind the ports; their DHCP entries, and tenant networks left without a
+        bound port, leave their hosts."""
+        left: set[tuple[str, str, str]] = set()
         for row in rows:
             driver = self.hosts.get(row["host"]) if row["host"] else None
             if driver is not None:
                 await self._forget_dhcp(driver, _port_info(row))
+                left.add((row["host"], row["network_id"], row["libvirt_name"]))
             async with self.pool.acquire() as conn:
                 await q.release_port(conn, row)
+        for host, network_id, name in left:
+            await self._drop_unused(host, network_id, name)
 
     async def deallocate_for_instance(self, instance_uuid: str) -> None:
         """Remove the instance's DHCP entries and ports (user-made ports are unbound); idempotent."""

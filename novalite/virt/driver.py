@@ -495,7 +495,13 @@ class VirtDriver(Protocol):
         ...
 
     async def undefine_network(self, network: str) -> None:
-        """Stop and remove the network; a missing one is fine."""
+        """Stop and remove the network (a tenant network's DHCP namespace too); a missing one is fine."""
+        ...
+
+    async def prune_tenant_networks(self, prefix: str, keep: set[str]) -> list[str]:
+        """Remove the tenant networks of the cloud named by ``prefix`` (libvirt networks
+        prefix + "n" + 12 hex digits, DHCP namespaces prefix + "dhcp-" + network id) whose
+        network name is not in ``keep``; returns the names removed."""
         ...
 
     # -- packet filters (security groups) and hot-plugged NICs ------------------

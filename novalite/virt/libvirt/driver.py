@@ -267,7 +267,7 @@ class LibvirtDriver:
         # The hypervisor: one connection and one worker pool for domains, storage and networks.
         self.host = LibvirtHost(uri, max_threads)
         self._storage = LibvirtStorage(self.host)
-        self._networks = LibvirtNetworks(self.host)
+        self._networks = LibvirtNetworks(self.host, self._state_dir)
         # Names and uuids of spawns in flight; touched only on the event loop.
         self._spawning: set[str] = set()
 
@@ -871,6 +871,9 @@ class LibvirtDriver:
 
     async def undefine_network(self, network: str) -> None:
         await self.host.call(self._networks.undefine_sync, network)
+
+    async def prune_tenant_networks(self, prefix: str, keep: set[str]) -> list[str]:
+        return await self.host.call(self._networks.prune_tenant_sync, prefix, keep)
 
     async def network_xml(self, network: str) -> str | None:
         """The network's live XML, None when it does not exist (libvirt-specific, not in the contract)."""

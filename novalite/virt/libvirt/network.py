@@ -7,6 +7,11 @@ guest's DHCP lease is the port's fixed IP. The same calls work on libvirt's
 test driver (``test:///``), which keeps networks in its connection, so a
 simulated host's networks sit beside its domains in one connection.
 
+A tenant network (made through the API) on this machine is a bare bridge: no
+host address, so no host route and CIDRs may overlap; its DHCP runs in a
+namespace of its own (:mod:`.netns`) whose hostsfile holds the entries. Remote
+hosts cannot have one yet; on the test driver it is an ordinary network.
+
 What a network looks like is decided in :func:`design_network`; the XML is
 written and read by :mod:`novalite.virt.libvirt.config`.
 """
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import libvirt
@@ -24,8 +31,15 @@ import structlog
 from novalite.virt.driver import NetworkSpec, VirtError
 from novalite.virt.libvirt.config import LibvirtConfigNetwork, LibvirtConfigNetworkDHCPHost
 from novalite.virt.libvirt.host import LibvirtHost
+from novalite.virt.libvirt.netns import (
+    DhcpNamespace,
+    list_namespaces,
+    tenant_libvirt_name,
+    tenant_names,
+    tenant_prefix,
+)
 
-__all__ = ["BRIDGE_PREFIX", "LibvirtNetworks", "design_network"]
+__all__ = ["BRIDGE_PREFIX", "LibvirtNetworks", "design_network", "host_address", "serves_dhcp"]
 
 log = structlog.get_logger(__name__)
 
@@ -34,21 +48,41 @@ _UPDATE_FLAGS_CONFIG = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
 _UPDATE_FLAGS_LIVE = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
 
 
-def design_network(net: NetworkSpec, bridge: str, hosts: list[tuple[str, str]] = ()) -> LibvirtConfigNetwork:
-    """An isolated network: the bridge, the gateway address, the DHCP range and host entries."""
+def host_address(net: NetworkSpec, simulated: bool) -> str | None:
+    """The address the network's bridge holds on the host, which is where libvirt serves its DHCP.
+
+    A configured network: its gateway. A tenant network: none on a real host (no host
+    route, so CIDRs may overlap; DHCP runs in a namespace, :mod:`.netns`); on the test
+    driver, which routes nothing, its DHCP server address so its DHCP entries live in libvirt.
+    """
+    if not net.tenant:
+        return net.gateway
+    return net.dhcp_server if simulated and serves_dhcp(net) else None
+
+
+def serves_dhcp(net: NetworkSpec) -> bool:
+    """Whether the network has a DHCP server: a DHCP-enabled subnet with a DHCP port address."""
+    return net.enable_dhcp and bool(net.dhcp_server)
+
+
+def design_network(net: NetworkSpec, bridge: str, hosts: list[tuple[str, str]] = (),
+                   simulated: bool = False) -> LibvirtConfigNetwork:
+    """An isolated network: the bridge and, when it holds a host address, libvirt's DHCP over
+    the range with its host entries; without one a bare bridge."""
+    address = host_address(net, simulated)
     return LibvirtConfigNetwork(
         name=net.name,
         uuid=net.uuid,
-        # No forward mode: guests reach only each other and the host's dnsmasq.
+        # No forward mode: guests reach only each other (and the host's dnsmasq).
         bridge=bridge,
         bridge_stp=True,
         bridge_delay=0,
         mtu=net.mtu,
-        ip_address=net.gateway,
-        ip_netmask=net.netmask,
-        dhcp_start=net.dhcp_start,
-        dhcp_end=net.dhcp_end,
-        dhcp_hosts=[LibvirtConfigNetworkDHCPHost(mac=mac, ip=ip) for mac, ip in hosts],
+        ip_address=address,
+        ip_netmask=net.netmask if address else None,
+        dhcp_start=net.dhcp_start if address else None,
+        dhcp_end=net.dhcp_end if address else None,
+        dhcp_hosts=[LibvirtConfigNetworkDHCPHost(mac=mac, ip=ip) for mac, ip in hosts] if address else [],
     )
 
 
@@ -79,13 +113,19 @@ def _is_local(host: LibvirtHost) -> bool:
 
 
 class LibvirtNetworks:
-    """The networks of one host; blocking methods (``*_sync``) run in the host's workers."""
+    """The networks of one host; blocking methods (``*_sync``) run in the host's workers.
 
-    def __init__(self, host: LibvirtHost) -> None:
+    ``state_dir`` holds the DHCP servers of tenant networks on this machine (:mod:`.netns`).
+    """
+
+    def __init__(self, host: LibvirtHost, state_dir: Path | None = None) -> None:
         self.host = host
+        self.state_dir = state_dir
         self._lock = threading.Lock()
         # One lock per libvirt network: a DHCP update is read-modify-write for the ADD fallback.
         self._net_locks: dict[str, threading.Lock] = {}
+        # libvirt name → the DHCP namespace of a tenant network ensured on this machine
+        self._namespaces: dict[str, DhcpNamespace] = {}
 
     def _net_lock(self, name: str) -> threading.Lock:
         with self._lock:
@@ -125,37 +165,100 @@ class LibvirtNetworks:
         except libvirt.libvirtError:
             log.warning("libvirt_network_autostart_failed", network=net.name())
 
+    # -- tenant networks: a bridge per network, DHCP in a namespace ---------------
+    def _namespace_of(self, name: str, network_id: str) -> DhcpNamespace | None:
+        """The DHCP namespace of tenant network ``name`` when it can have one here (this machine's qemu)."""
+        prefix = tenant_prefix(name, network_id)
+        if prefix is None or not _is_local(self.host):
+            return None
+        if self.state_dir is None:
+            raise VirtError(f"tenant network {name}: the driver has no state directory for its DHCP server")
+        return DhcpNamespace.of(prefix, network_id, self.state_dir)
+
+    def _tenant_bridge(self, net: NetworkSpec) -> str:
+        """The tenant network's own bridge; VirtError where no namespace can serve its DHCP."""
+        prefix = tenant_prefix(net.name, net.uuid)
+        if prefix is None:
+            raise VirtError(f"tenant network {net.name} is not named prefix + 'n' + 12 hex digits of {net.uuid}")
+        if not self.host.in_process and not _is_local(self.host):
+            raise VirtError(f"tenant network {net.name} cannot be made on {self.host.uri}: its DHCP server "
+                            "needs a network namespace on this machine, and remote hosts have none yet")
+        return tenant_names(prefix, net.uuid).bridge
+
     def ensure_sync(self, net: NetworkSpec) -> str:
-        uri = self.host.uri
+        bridge = self._tenant_bridge(net) if net.tenant else None
         with self._net_lock(net.name):
-            existing = self._lookup(net.name)
-            try:
-                if existing is not None:
-                    cfg = _persistent_config(existing)
-                    if (cfg.ip_address, cfg.ip_netmask) == (net.gateway, net.netmask) and cfg.forward_mode is None:
-                        if not existing.isActive():
-                            existing.create()
-                        self._autostart(existing)
-                        return cfg.bridge or ""
-                    # The subnet changed (or someone added a forward): redefine it, keeping the bridge.
-                    log.warning("libvirt_network_redefined", network=net.name, uri=uri)
-                    bridge = cfg.bridge or self._pick_bridge()
-                    hosts = list(_dhcp_hosts(cfg).items())
-                    if existing.isActive():
-                        existing.destroy()
-                    existing.undefine()
-                    in_subnet = ipaddress.ip_network(net.cidr, strict=False)
-                    hosts = [(m, a) for m, a in hosts if a and ipaddress.ip_address(a) in in_subnet]
+            bridge = self._ensure_libvirt(net, bridge)
+            namespace = self._namespace_of(net.name, net.uuid) if net.tenant else None
+            if namespace is not None:
+                if serves_dhcp(net):
+                    namespace.ensure(net)
+                    self._namespaces[net.name] = namespace
                 else:
-                    bridge, hosts = self._pick_bridge(), []
-                created = self.host.connection().networkDefineXML(design_network(net, bridge, hosts).to_xml())
-                created.create()
-                self._autostart(created)
-                log.info("libvirt_network_started", network=net.name, bridge=bridge, uri=uri)
-                return bridge
-            except libvirt.libvirtError as exc:
-                raise VirtError(f"cannot set up network {net.name} on {uri}: {exc.get_error_message()}",
-                                exc.get_error_code()) from exc
+                    namespace.remove()
+                    self._namespaces.pop(net.name, None)
+            return bridge
+
+    def _ensure_libvirt(self, net: NetworkSpec, bridge: str | None) -> str:
+        """Define (or redefine when its address or bridge changed), start and autostart the network."""
+        uri, simulated = self.host.uri, self.host.in_process
+        existing = self._lookup(net.name)
+        try:
+            if existing is not None:
+                cfg = _persistent_config(existing)
+                address = host_address(net, simulated)
+                wanted = (address, net.netmask if address else None, bridge or cfg.bridge)
+                if (cfg.ip_address, cfg.ip_netmask, cfg.bridge) == wanted and cfg.forward_mode is None:
+                    if not existing.isActive():
+                        existing.create()
+                    self._autostart(existing)
+                    return cfg.bridge or ""
+                # The subnet changed (or someone added a forward): redefine it, keeping the bridge.
+                log.warning("libvirt_network_redefined", network=net.name, uri=uri)
+                bridge = bridge or cfg.bridge or self._pick_bridge()
+                hosts = list(_dhcp_hosts(cfg).items())
+                if existing.isActive():
+                    existing.destroy()
+                existing.undefine()
+                in_subnet = ipaddress.ip_network(net.cidr, strict=False) if net.cidr else None
+                hosts = [(m, a) for m, a in hosts if a and in_subnet and ipaddress.ip_address(a) in in_subnet]
+            else:
+                bridge, hosts = bridge or self._pick_bridge(), []
+            xml = design_network(net, bridge, hosts, simulated).to_xml()
+            created = self.host.connection().networkDefineXML(xml)
+            created.create()
+            self._autostart(created)
+            log.info("libvirt_network_started", network=net.name, bridge=bridge, uri=uri)
+            return bridge
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"cannot set up network {net.name} on {uri}: {exc.get_error_message()}",
+                            exc.get_error_code()) from exc
+
+    def prune_tenant_sync(self, prefix: str, keep: set[str]) -> list[str]:
+        """Remove this cloud's tenant networks (libvirt network, namespace, dnsmasq) not in ``keep``.
+
+        Tenant networks are found by name: libvirt networks ``prefix`` + "n" + 12 hex digits,
+        namespaces ``prefix`` + "dhcp-" + network id and their DHCP state directories.
+        Returns the libvirt names removed.
+        """
+        pattern = re.compile(re.escape(prefix) + r"n[0-9a-f]{12}")
+        removed = [net.name() for net in self.host.connection().listAllNetworks(0)
+                   if pattern.fullmatch(net.name()) and net.name() not in keep]
+        for name in removed:
+            self.undefine_sync(name)
+        if _is_local(self.host) and self.state_dir is not None:
+            ns_prefix = f"{prefix}dhcp-"
+            dhcp_dir = self.state_dir / "dhcp"
+            leftovers = set(list_namespaces()) | set(os.listdir(dhcp_dir) if dhcp_dir.is_dir() else ())
+            for ns in sorted(n for n in leftovers if n.startswith(ns_prefix)):
+                network_id = ns.removeprefix(ns_prefix)
+                name = tenant_libvirt_name(prefix, network_id)
+                if name not in keep:
+                    DhcpNamespace.of(prefix, network_id, self.state_dir).remove()
+                    self._namespaces.pop(name, None)
+                    if name not in removed:
+                        removed.append(name)
+        return removed
 
     @staticmethod
     def _update(net: libvirt.virNetwork, command: int, xml: str) -> None:
@@ -164,6 +267,10 @@ class LibvirtNetworks:
 
     def add_host_sync(self, name: str, mac: str, ip: str) -> None:
         with self._net_lock(name):
+            if (namespace := self._namespaces.get(name)) is not None:
+                hosts = {m: a for m, a in namespace.hosts().items() if m != mac.lower() and a != ip}
+                namespace.write_hosts({**hosts, mac.lower(): ip})
+                return
             net = self._lookup(name)
             if net is None:
                 raise VirtError(f"no network {name} on {self.host.uri}")
@@ -189,6 +296,12 @@ class LibvirtNetworks:
 
     def remove_host_sync(self, name: str, mac: str) -> bool:
         with self._net_lock(name):
+            if (namespace := self._namespaces.get(name)) is not None:
+                hosts = namespace.hosts()
+                if hosts.pop(mac.lower(), None) is None:
+                    return False
+                namespace.write_hosts(hosts)
+                return True
             net = self._lookup(name)
             if net is None:
                 return False
@@ -202,6 +315,8 @@ class LibvirtNetworks:
                                 exc.get_error_code()) from exc
 
     def hosts_sync(self, name: str) -> dict[str, str]:
+        if (namespace := self._namespaces.get(name)) is not None:
+            return namespace.hosts()
         net = self._lookup(name)
         if net is None:
             return {}
@@ -215,10 +330,15 @@ class LibvirtNetworks:
         return None if net is None else net.XMLDesc(0)
 
     def undefine_sync(self, name: str) -> None:
+        """Stop and remove the network, with a tenant network's namespace, veth and dnsmasq."""
         with self._net_lock(name):
             net = self._lookup(name)
             if net is None:
                 return
+            namespace = self._namespace_of(name, net.UUIDString())
+            if namespace is not None:
+                namespace.remove()
+                self._namespaces.pop(name, None)
             try:
                 if net.isActive():
                     net.destroy()
@@ -231,6 +351,11 @@ class LibvirtNetworks:
     def sync_hosts_sync(self, name: str, wanted: dict[str, str]) -> tuple[int, int]:
         current = self.hosts_sync(name)
         wanted = {m.lower(): ip for m, ip in wanted.items()}
+        if (namespace := self._namespaces.get(name)) is not None:
+            if current != wanted:
+                namespace.write_hosts(wanted)  # one rewrite, one SIGHUP
+            return (sum(current.get(m) != ip for m, ip in wanted.items()),
+                    sum(wanted.get(m) != ip for m, ip in current.items()))
         removed = added = 0
         for mac, ip in current.items():
             if wanted.get(mac) != ip:
