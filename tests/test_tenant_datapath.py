@@ -218,6 +218,14 @@ async def test_restart_adopts_dnsmasq_and_removes_stale_namespace(pool, tmp_path
         assert adopted == pid
         assert _hostsfile(cmdline).splitlines() == [f"{port.mac},{port.ip}"]
         assert await again.dhcp_hosts(port.network_name) == {port.mac: port.ip}
+
+        # The subnet's DNS servers change: dnsmasq follows, the lease stays.
+        await pool.execute("UPDATE subnets SET dns_nameservers = '{10.0.0.54}' WHERE network_id = $1",
+                           uuid.UUID(net))
+        await restarted.network_changed(net)
+        _, cmdline = _dnsmasq_of(namespace)
+        assert "--dhcp-option=option:dns-server,10.0.0.54" in cmdline
+        assert _hostsfile(cmdline).splitlines() == [f"{port.mac},{port.ip}"]
     finally:
         await driver.close()
         await again.close()
@@ -283,5 +291,28 @@ async def test_simulated_host_keeps_tenant_networks_in_its_connection(pool, tmp_
         assert await driver.dhcp_hosts(names[0]) == {ports[0][0].mac: ports[0][0].ip}
         await restarted.deallocate_for_instance(instances[0])
         assert await driver.network_xml(names[0]) is None
+    finally:
+        await driver.close()
+
+
+async def test_concurrent_boots_and_deletes_on_one_tenant_network(pool, tmp_path, prefix):
+    """Ports come and go concurrently: the network is on the host exactly while one is bound there."""
+    uri = write_test_node(tmp_path / "sim1.xml", "sim1", 4, 8192)
+    driver = LibvirtDriver(uri, "test", disk_gb=1, state_dir=tmp_path / "state")
+    try:
+        api = NetworkAPI(pool, _config(tmp_path, prefix), {"sim1": driver})
+        net = await _tenant_network(pool, prefix, "p-a")
+        first = [str(uuid.uuid4()) for _ in range(6)]
+        second = [str(uuid.uuid4()) for _ in range(6)]
+        await asyncio.gather(*(api.allocate_for_instance(u, "p-a", [{"uuid": net}], "sim1") for u in first))
+        results = await asyncio.gather(
+            *(api.deallocate_for_instance(u) for u in first),
+            *(api.allocate_for_instance(u, "p-a", [{"uuid": net}], "sim1") for u in second),
+        )
+        name = f"{prefix}n{uuid.UUID(net).hex[:12]}"
+        ports = [p for r in results[len(first):] for p in r]
+        assert await driver.dhcp_hosts(name) == {p.mac: p.ip for p in ports}
+        await asyncio.gather(*(api.deallocate_for_instance(u) for u in second))
+        assert await driver.network_xml(name) is None
     finally:
         await driver.close()

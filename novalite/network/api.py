@@ -163,6 +163,11 @@ def _tenant_spec(row: dict) -> NetworkSpec:
     )
 
 
+def _leases(ports: Iterable[dict], network_id: str) -> dict[str, str]:
+    """MAC → fixed IP of the network's ports among ``ports``: its DHCP entries on their host."""
+    return {p["mac_address"]: p["fixed_ip"] for p in ports if p["network_id"] == network_id}
+
+
 def _serves_dhcp(spec: NetworkSpec) -> bool:
     """Whether the network's hosts serve DHCP: a DHCP-enabled subnet with a DHCP port address."""
     return spec.enable_dhcp and bool(spec.dhcp_server)
@@ -239,9 +244,7 @@ class NetworkAPI:
     async def _ensure_on(self, host: str, driver: VirtDriver, defs: list[NetworkSpec]) -> None:
         for d in defs:
             await driver.ensure_network(d)
-        async with self.pool.acquire() as conn:
-            ports = [p for p in await q.ports_on_host(conn, host)
-                     if p["device_owner"] != dq.DHCP_OWNER and p["fixed_ip"]]
+        ports = await self._leased_ports(host)
         tenant = await self._tenant_specs({p["network_id"] for p in ports})
         served = list(defs)
         for spec in tenant.values():
@@ -254,14 +257,19 @@ class NetworkAPI:
             if _serves_dhcp(spec):
                 served.append(spec)
         for d in served:
-            wanted = {p["mac_address"]: p["fixed_ip"] for p in ports if p["libvirt_name"] == d.name}
-            added, removed = await driver.sync_dhcp_hosts(d.name, wanted)
+            added, removed = await driver.sync_dhcp_hosts(d.name, _leases(ports, d.uuid))
             if added or removed:
                 log.info("dhcp_hosts_reconciled", network=d.name, host=host, added=added, removed=removed)
         stale = await driver.prune_tenant_networks(self.config.networking.libvirt_prefix,
                                                    {spec.name for spec in tenant.values()})
         if stale:
             log.info("tenant_networks_pruned", host=host, networks=stale)
+
+    async def _leased_ports(self, host: str) -> list[dict]:
+        """The ports bound to ``host`` that get a DHCP lease there (a fixed IP; DHCP ports aside)."""
+        async with self.pool.acquire() as conn:
+            return [p for p in await q.ports_on_host(conn, host)
+                    if p["device_owner"] != dq.DHCP_OWNER and p["fixed_ip"]]
 
     # -- tenant networks on the hosts: made on first use, removed with their last port --
     def _host_lock(self, host: str, network_id: str) -> asyncio.Lock:
@@ -307,6 +315,22 @@ class NetworkAPI:
                 return network_id in self._configured
             await self._make_on(host, driver, spec)
         return self._present[(host, network_id)]
+
+    async def network_changed(self, network_id: str) -> None:
+        """After a tenant network's subnet or DHCP port changed (options, DHCP on/off): the hosts
+        where it exists make it again and resync its DHCP entries."""
+        spec = (await self._tenant_specs([network_id])).get(network_id)
+        if spec is None:
+            return
+        for host, nid in list(self._present):
+            if nid != network_id or (driver := self.hosts.get(host)) is None:
+                continue
+            async with self._host_lock(host, network_id):
+                if (host, network_id) not in self._present:
+                    continue
+                await self._make_on(host, driver, spec)
+                if _serves_dhcp(spec):
+                    await driver.sync_dhcp_hosts(spec.name, _leases(await self._leased_ports(host), network_id))
 
     async def _drop_unused(self, host: str, network_id: str, name: str) -> None:
         """Remove a tenant network from ``host`` when no port of it is bound there any more."""

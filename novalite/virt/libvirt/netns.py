@@ -91,6 +91,8 @@ def dnsmasq_args(net: NetworkSpec, names: TenantNames, workdir: Path) -> list[st
     """The dnsmasq command line serving ``net``: DHCP only, fixed leases only, options from the subnet."""
     cidr = ipaddress.ip_network(net.cidr, strict=False)
     args = [
+        # --user=root: dnsmasq re-reads the hostsfile after dropping privileges, and the state
+        # directory need not be readable by "nobody".
         "dnsmasq", "--conf-file=", "--no-hosts", "--no-resolv", "--port=0", "--user=root",
         "--bind-interfaces", f"--interface={names.veth_ns}", "--except-interface=lo",
         f"--pid-file={workdir / 'pid'}", f"--dhcp-leasefile={workdir / 'leases'}",
@@ -131,6 +133,11 @@ class DhcpNamespace:
         """Namespace, veth on the bridge with the DHCP address, and a dnsmasq serving ``net``."""
         n = self.names
         if n.namespace not in list_namespaces():
+            # A dnsmasq or veth left from a namespace deleted behind our back serves nothing: renew them.
+            if (pid := self.running_pid()) is not None:
+                self._stop(pid)
+            if _link_exists(n.veth_host):
+                _ip("link", "del", n.veth_host)
             _ip("netns", "add", n.namespace)
         if not _link_exists(n.veth_host):
             _ip("link", "add", n.veth_host, "mtu", str(net.mtu), "type", "veth",
