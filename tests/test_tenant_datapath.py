@@ -20,6 +20,7 @@ import libvirt
 import pytest
 from conftest import fresh_database
 from lxml import etree
+from test_networks import _qemu_system_available
 
 from novalite.config import Config, NetworkConfig
 from novalite.network import NetworkAPI
@@ -28,14 +29,6 @@ from novalite.virt.testnode import write_test_node
 
 CIDR = "10.0.0.0/24"
 DHCP_ADDRESS = "10.0.0.2"
-
-
-def _qemu_system_available() -> bool:
-    try:
-        libvirt.open("qemu:///system").close()
-        return True
-    except libvirt.libvirtError:
-        return False
 
 
 def _sh(*args: str) -> str:
