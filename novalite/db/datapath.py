@@ -36,7 +36,7 @@ async def tenant_networks(conn: asyncpg.Connection, network_ids: Iterable[str]) 
 
 async def tenant_ports_on_host(conn: asyncpg.Connection, network_id: str, host: str) -> int | None:
     """How many ports of tenant network ``network_id`` are bound to ``host`` (its DHCP port aside);
-    None when the network is a configured one (or gone)."""
+    None when the network is a configured one, 0 when it is gone."""
     row = await conn.fetchrow(
         """SELECT n.config_name IS NULL AS tenant,
                   (SELECT count(*) FROM ports p WHERE p.network_id = n.id AND p.host = $2
