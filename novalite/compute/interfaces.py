@@ -17,7 +17,9 @@ the interface still attached and can be retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import traceback
+from collections.abc import AsyncIterator
 
 import asyncpg
 import structlog
@@ -112,8 +114,27 @@ class InterfaceAttachments:
             raise exception.Conflict(f"Instance {uuid} is not ready")
         return inst, driver
 
-    def _action(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec, event: str) -> _Recorded:
-        return _Recorded(self.pool, ctx, inst, spec.action, event)
+    @contextlib.asynccontextmanager
+    async def _action(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec,
+                      event: str) -> AsyncIterator[None]:
+        """The instance action and its one event around a hot-plug: Success, or Error with the traceback."""
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            await db.start_actions(conn, [uuid], spec.action, ctx.request_id, ctx.user_id, ctx.project_id)
+            await db.event_start(conn, uuid, ctx.request_id, event, inst["host"])
+        trace = None
+        try:
+            yield
+        except BaseException as exc:
+            trace = "".join(traceback.format_exception(exc))
+            raise
+        finally:
+            await asyncio.shield(self._finish(uuid, ctx.request_id, event, trace))
+
+    async def _finish(self, uuid: str, request_id: str, event: str, trace: str | None) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await db.event_finish(conn, uuid, request_id, event, "Success" if trace is None else "Error", trace)
+            await db.finish_action(conn, uuid, request_id, None if trace is None else "Error")
 
     async def repair_nics(self, host: str) -> int:
         """Plug the NICs of ports attached in the DB but missing from their guest (a crash between
@@ -138,29 +159,3 @@ class InterfaceAttachments:
                     continue  # no domain: recovery's business, not a NIC's
         return plugged
 
-
-class _Recorded:
-    """The instance action and its one event around a hot-plug: Success, or Error with the traceback."""
-
-    def __init__(self, pool: asyncpg.Pool, ctx: RequestContext, inst: asyncpg.Record, action: str,
-                 event: str) -> None:
-        self.pool, self.ctx, self.inst, self.action, self.event = pool, ctx, inst, action, event
-
-    async def __aenter__(self) -> None:
-        uuid, ctx = str(self.inst["uuid"]), self.ctx
-        async with self.pool.acquire() as conn, conn.transaction():
-            await db.start_actions(conn, [uuid], self.action, ctx.request_id, ctx.user_id, ctx.project_id)
-            await db.event_start(conn, uuid, ctx.request_id, self.event, self.inst["host"])
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: object) -> None:
-        uuid, request_id = str(self.inst["uuid"]), self.ctx.request_id
-        failed = exc is not None
-        trace = "".join(traceback.format_exception(exc)) if failed else None
-
-        async def record() -> None:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await db.event_finish(conn, uuid, request_id, self.event, "Error" if failed else "Success", trace)
-                await db.finish_action(conn, uuid, request_id, "Error" if failed else None)
-
-        await asyncio.shield(record())
