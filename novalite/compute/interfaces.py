@@ -32,7 +32,7 @@ from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as db
 from novalite.network.api import NetworkAPI, PortInfo
-from novalite.virt.driver import InstanceNotFound, VirtDriver
+from novalite.virt.driver import InstanceNotFound, VirtDriver, VirtError
 
 log = structlog.get_logger(__name__)
 
@@ -157,5 +157,7 @@ class InterfaceAttachments:
                         log.info("interface_replugged", instance_uuid=uuid, port_id=port.port_id)
                 except InstanceNotFound:
                     continue  # no domain: recovery's business, not a NIC's
+                except VirtError as exc:  # one unreachable guest must not stop the start
+                    log.warning("interface_repair_failed", instance_uuid=uuid, error=str(exc))
         return plugged
 
