@@ -655,4 +655,12 @@ CREATE INDEX IF NOT EXISTS migrations_instance ON migrations (instance_uuid, id 
 CREATE INDEX IF NOT EXISTS migrations_open ON migrations (status)
     WHERE status NOT IN ('confirmed', 'reverted', 'error');
 
+-- Nova's virtual interface tags (os-interface ``tag``, 2.49+): the tag a port got when
+-- it was attached to an instance; it counts only while the port is bound to that instance.
+CREATE TABLE IF NOT EXISTS virtual_interfaces (
+    port_id uuid PRIMARY KEY REFERENCES ports(id) ON DELETE CASCADE,
+    instance_uuid text NOT NULL,
+    tag text
+);
+
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;

@@ -21,12 +21,14 @@ from novalite.api import networking as networking_api
 from novalite.api import volume as volume_api_routes
 from novalite.api.compute import catalog_routes, server_groups, servers, volume_attachments
 from novalite.api.compute import images as compute_images
+from novalite.api.compute import interfaces as compute_interfaces
 from novalite.api.compute import migrations as compute_migrations
 from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
 from novalite.compute.actions import ServerActions
 from novalite.compute.api import ComputeAPI
 from novalite.compute.host import ComputeHost, compute_host
+from novalite.compute.interfaces import InterfaceAttachments
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.manager import ComputeManager
 from novalite.compute.recovery import recover
@@ -194,6 +196,9 @@ def compute_ctx(config: Config):
             for manager in computes.values():
                 await manager.init_host()
             await recover(pool, compute_api, conductor, computes)
+            attachments = InterfaceAttachments(pool, network_api, locks, config)
+            for name in computes:
+                await attachments.repair_nics(name)
             scheduler.start()
             conductor.start()
             for manager in computes.values():
@@ -206,6 +211,7 @@ def compute_ctx(config: Config):
                                                      unshelve_instance=conductor.unshelve_instance,
                                                      volumes=app[keys.VOLUME_API], images=image_store)
             app[keys.WATCHDOG] = watchdog
+            app[keys.INTERFACES] = attachments
             watchdog.start()
             yield
         finally:
@@ -274,4 +280,5 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     networking_api.add_routes(app)
     volume_api_routes.add_routes(app)
     volume_attachments.add_routes(app)
+    compute_interfaces.add_routes(app)
     return app

@@ -10,6 +10,7 @@ import yaml
 from conftest import start_cloud, stop_cloud, write_config
 
 from novalite.api import identity, identity_admin, networking, volume
+from novalite.api.compute import interfaces
 from novalite.api.image import images
 from novalite.app import init_app
 from novalite.config import load_config
@@ -113,6 +114,8 @@ HANDLER_TABLES = {
     "/networking": ("neutron", networking.HANDLER_RULES),
     "/volume": ("cinder", volume.HANDLER_RULES),
     "/identity": ("keystone", {**identity.HANDLER_RULES, **identity_admin.HANDLER_RULES}),
+    "/compute/v2.1/servers/{server_id}/os-interface": ("nova", interfaces.HANDLER_RULES),
+    "/compute/v2.1/servers/{server_id}/os-security-groups": ("nova", interfaces.HANDLER_RULES),
 }
 
 

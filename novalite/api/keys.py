@@ -38,6 +38,7 @@ NETWORK_API = web.AppKey("network_api", "NetworkAPI")
 VOLUME_API = web.AppKey("volume_api", "VolumeAPI")
 VOLUME_BUILD = web.AppKey("volume_build", "VolumeBuild")
 VOLUME_ATTACHMENTS = web.AppKey("volume_attachments", "VolumeAttachments")
+INTERFACES = web.AppKey("interfaces", "InterfaceAttachments")  # os-interface, multinic
 COMPUTE_API = web.AppKey("compute_api", "ComputeAPI")
 CONDUCTOR = web.AppKey("conductor", "Conductor")
 SCHEDULER = web.AppKey("scheduler", "Scheduler")

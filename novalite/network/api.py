@@ -25,7 +25,10 @@ import structlog
 from novalite import exception
 from novalite.config import Config, ConfigError, NetworkConfig
 from novalite.db import datapath as dq
+from novalite.db import instances as instances_db
+from novalite.db import interfaces as iq
 from novalite.db import networks as q
+from novalite.db.boot import ensure_default_security_group
 from novalite.virt.driver import NetworkSpec, NicSpec, VirtDriver, VirtError
 
 log = structlog.get_logger(__name__)
@@ -611,3 +614,177 @@ class NetworkAPI:
             p = _port_info(r)
             out.setdefault(r["device_id"], {}).setdefault(p.network_label, []).append(p.address())
         return out
+
+    # -- hot-plug (os-interface, addFixedIp) ---------------------------------------
+    async def attach_port(
+        self, instance_uuid: str, project_id: str, host: str | None, *, availability_zone: str,
+        port_id: str | None = None, network_id: str | None = None, fixed_ip: str | None = None,
+        tag: str | None = None, is_admin: bool = False,
+    ) -> PortInfo:
+        """One more port for the instance, after its last: the user's ``port_id`` bound to it, or a
+        new port on ``network_id`` (the project's network when neither is given), with its DHCP entry
+        on ``host``. Nova's errors: 404 port/network unknown, 409 port or fixed IP in use, 400 no
+        or ambiguous network, no free address. On a failure after the row changed, the port is
+        released again (deleted if made here, unbound if the user's). The NIC is the caller's."""
+        owner = f"compute:{availability_zone}"
+        row: dict | None = None
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                index = await iq.next_device_index(conn, instance_uuid)
+                if port_id:
+                    row = await self._claim_port(conn, port_id, instance_uuid, project_id, owner, host, index,
+                                                 is_admin)
+                else:
+                    row = await self._port_on_network(conn, network_id, fixed_ip, instance_uuid, project_id,
+                                                      owner, host, index, is_admin)
+                await iq.set_tag(conn, row["id"], instance_uuid, tag)
+            port = await self._bound_port(instance_uuid, row["id"], tag)
+            driver = self.hosts.get(host) if host else None
+            if driver is not None:
+                await self._plug(host, driver, [port])
+            await self.ports_changed([port.port_id])
+            log.info("port_attached", instance_uuid=instance_uuid, port_id=port.port_id, host=host)
+            return port
+        except BaseException:
+            if row is not None:
+                await asyncio.shield(self._undo(instance_uuid, {row["id"]}))
+            raise
+
+    async def _claim_port(self, conn: asyncpg.Connection, port_id: str, instance_uuid: str, project_id: str,
+                          owner: str, host: str | None, index: int, is_admin: bool) -> dict:
+        port = await q.get_port(conn, port_id)
+        if port is None or (port["project_id"] != project_id and not is_admin):
+            raise exception.NotFound(f"Port id {port_id} could not be found.")
+        row = await iq.claim_port(conn, port_id, device_id=instance_uuid, device_owner=owner, host=host,
+                                  device_index=index)
+        if row is None:
+            raise exception.Conflict(f"Port {port_id} is still in use.")
+        return row
+
+    async def _port_on_network(self, conn: asyncpg.Connection, network_id: str | None, fixed_ip: str | None,
+                               instance_uuid: str, project_id: str, owner: str, host: str | None, index: int,
+                               is_admin: bool) -> dict:
+        if network_id:
+            net = await q.get_network(conn, network_id)
+            if net is None or not (net["shared"] or net["project_id"] == project_id or is_admin):
+                raise exception.NotFound(f"Network {network_id} could not be found.")
+        else:
+            try:
+                net = await self._auto_network(conn, project_id, is_admin)
+            except exception.Conflict:
+                raise exception.Invalid("More than one possible network found. Specify network ID(s) to "
+                                        "select which one(s) to connect to.") from None
+            if net is None:
+                raise exception.Invalid(
+                    f"No specific network was requested and none are available for project '{project_id}'.")
+        if fixed_ip:
+            holder = await q.port_with_address(conn, net["id"], fixed_ip)
+            if holder is not None:
+                raise exception.Conflict(
+                    f"Fixed IP address {fixed_ip} is already in use on instance {holder['device_id']}.")
+            await self._check_fixed_ip(conn, net, fixed_ip, instance_uuid)
+        try:
+            row = await q.create_port(conn, network_id=net["id"], project_id=project_id, device_id=instance_uuid,
+                                      device_owner=owner, host=host, fixed_ip=fixed_ip, device_index=index)
+        except q.AddressInUse as exc:
+            raise exception.Conflict(
+                f"Fixed IP address {exc.address} is already in use on instance {exc.device_id}.") from None
+        except q.NoMoreAddresses:
+            raise exception.Invalid(f"No fixed IP addresses available for network: {net['id']}") from None
+        # A port made without groups gets the project's default group, as Neutron does.
+        await ensure_default_security_group(conn, project_id)
+        default = await iq.find_groups(conn, project_id, "default")
+        await iq.join_group(conn, [row["id"]], default[0]["id"])
+        return row
+
+    async def _bound_port(self, instance_uuid: str, port_id: str, tag: str | None = None) -> PortInfo:
+        async with self.pool.acquire() as conn:
+            rows = await q.ports_for_devices(conn, [instance_uuid])
+        return _port_info(next(r for r in rows if r["id"] == port_id), tag)
+
+    async def instance_port(self, instance_uuid: str, port_id: str) -> PortInfo | None:
+        """The instance's port ``port_id``, or None when it has no such port."""
+        return next((p for p in await self.ports_for_instance(instance_uuid) if p.port_id == port_id), None)
+
+    async def detach_port(self, instance_uuid: str, port_id: str) -> None:
+        """Release one port of the instance after its NIC left the guest: its DHCP entry goes, the
+        port is deleted (made by Nova) or unbound (the user's); a port not bound to it is fine."""
+        async with self.pool.acquire() as conn:
+            rows = [r for r in await q.ports_for_devices(conn, [instance_uuid]) if r["id"] == port_id]
+        await self._release(rows)
+        for row in rows:
+            if row["preserve_on_delete"]:
+                await self.ports_changed([port_id])
+            else:
+                await self.port_deleted(row)
+            log.info("port_detached", instance_uuid=instance_uuid, port_id=port_id)
+
+    async def interface_ports(self, instance_uuid: str) -> list[dict]:
+        """The instance's port rows as os-interface shows them (status, subnet, tag), in NIC order."""
+        async with self.pool.acquire() as conn:
+            rows = await iq.interface_ports(conn, instance_uuid)
+            tags = await iq.tags(conn, instance_uuid)
+        return [{**r, "tag": tags.get(r["id"])} for r in rows]
+
+    async def unplugged_ports(self, instance_uuid: str, macs: Iterable[str]) -> list[PortInfo]:
+        """The instance's ports whose MAC is not among ``macs`` (the guest's NICs): the ones a
+        crash left attached in the DB but not yet plugged."""
+        have = {m.lower() for m in macs}
+        return [p for p in await self.ports_for_instance(instance_uuid) if p.mac.lower() not in have]
+
+    # -- server security groups (addSecurityGroup, removeSecurityGroup) --------------
+    async def add_security_group(self, instance_uuid: str, project_id: str, name: str) -> None:
+        """Put every port of the instance, and the instance's group names, in the project's group
+        ``name`` (or id) together. Nova's errors: 404 unknown group or no ports, 409 ambiguous name,
+        400 a port without port security or address, 400 already a member."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            group, ports, names = await self._server_group(conn, instance_uuid, project_id, name)
+            for p in ports:
+                if not p["port_security_enabled"] or not p["fixed_ip"]:
+                    raise exception.Invalid("Network requires port_security_enabled and subnet associated in "
+                                            "order to apply security groups.")
+            port_ids = [p["id"] for p in ports]
+            if group["name"] in names or await iq.group_members(conn, port_ids, group["id"]):
+                raise exception.Invalid(f"Duplicate items in the list: '{group['id']}'")
+            await iq.join_group(conn, port_ids, group["id"])
+            await instances_db.compare_and_set(conn, instance_uuid, security_groups=sorted({*names, group["name"]}))
+        await self._security_followup(group["id"], port_ids)
+
+    async def remove_security_group(self, instance_uuid: str, project_id: str, name: str) -> None:
+        """Take every port of the instance, and the instance's group names, out of the group
+        ``name`` (or id) together; 404 when the server is not in it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            group, ports, names = await self._server_group(conn, instance_uuid, project_id, name)
+            port_ids = [p["id"] for p in ports]
+            if group["name"] not in names and not await iq.group_members(conn, port_ids, group["id"]):
+                raise exception.NotFound(
+                    f"Security group {name} not associated with the instance {instance_uuid}")
+            await iq.leave_group(conn, port_ids, group["id"])
+            await instances_db.compare_and_set(
+                conn, instance_uuid, security_groups=sorted(set(names) - {group["name"]}))
+        await self._security_followup(group["id"], port_ids)
+
+    async def _server_group(self, conn: asyncpg.Connection, instance_uuid: str, project_id: str,
+                            name: str) -> tuple[dict, list[dict], list[str]]:
+        """The group named (Neutron's find by name or id), the instance's ports and its group names,
+        the instance row locked so concurrent group changes of one server queue up."""
+        groups = await iq.find_groups(conn, project_id, name)
+        if not groups:
+            raise exception.NotFound(f"Security group {name} is not found for project {project_id}")
+        if len(groups) > 1:
+            raise exception.Conflict(
+                f"Multiple security_group matches found for name '{name}', use an ID to be more specific.")
+        names = await iq.lock_instance_groups(conn, instance_uuid)
+        ports = await iq.interface_ports(conn, instance_uuid)
+        if not ports:
+            raise exception.NotFound(f"instance_id {instance_uuid} could not be found as device id on any ports")
+        return groups[0], ports, names
+
+    async def _security_followup(self, group_id: str, port_ids: list[str]) -> None:
+        await self.security_changed([group_id])
+        await self.ports_changed(port_ids)
+
+    async def server_security_groups(self, project_id: str, names: Iterable[str]) -> list[dict]:
+        """The server's groups (by the names it holds) with their rules, for os-security-groups."""
+        async with self.pool.acquire() as conn:
+            return await iq.groups_by_name(conn, project_id, names)

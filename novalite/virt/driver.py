@@ -519,9 +519,28 @@ class VirtDriver(Protocol):
         ...
 
     async def attach_nic(self, instance_uuid: str, nic: NicSpec) -> None:
-        """Plug a NIC into the guest, live if it runs and in its persistent definition."""
+        """Plug a NIC into the guest, live if it runs and in its persistent definition.
+
+        Before: the domain exists (InstanceNotFound otherwise) and the NIC's network (and
+        filter, if named) exist on the host.  After: the persistent definition has a NIC
+        with ``nic.mac`` (and the running guest sees it).  Idempotent: a NIC with that MAC
+        already there is not an error.
+        """
         ...
 
     async def detach_nic(self, instance_uuid: str, mac: str, timeout: float = 20) -> None:
-        """Unplug the NIC with this MAC, live and persistent; a missing one is fine."""
+        """Unplug the NIC with this MAC, live and persistent; a missing one is fine.
+
+        After: neither the persistent definition nor the running guest has the NIC.  A
+        running guest is asked (again once halfway through ``timeout``); VirtError when it
+        still holds the NIC after ``timeout`` seconds.  A missing domain is not an error.
+        """
+        ...
+
+    async def nic_macs(self, instance_uuid: str) -> list[str]:
+        """MACs (lower case) of the NICs in the domain's persistent definition, in order.
+
+        No side effects; InstanceNotFound when there is no such domain.  The network
+        service compares them with the instance's ports to repair a hot-plug a crash cut short.
+        """
         ...

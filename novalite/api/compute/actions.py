@@ -14,7 +14,7 @@ from aiohttp import web
 
 from novalite import quota
 from novalite.api import errors, keys
-from novalite.api.compute import schemas
+from novalite.api.compute import network_actions, schemas
 from novalite.api.compute.common import at_least, authorize, compute_url
 from novalite.api.compute.validation import NAME, validate_body
 from novalite.compute.actions import ServerActions
@@ -148,7 +148,10 @@ async def shelve_action(request: web.Request, inst: asyncpg.Record, name: str, v
 
 
 async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value: object) -> web.Response | None:
-    """Handle one of this module's actions; None when `name` is not one of them."""
+    """Handle one of this module's actions (or network_actions'); None when `name` is not one of them."""
+    response = await network_actions.dispatch(request, inst, name, value)
+    if response is not None:
+        return response
     if name in ("shelve", "shelveOffload", "unshelve"):
         return await shelve_action(request, inst, name, value)
     if name in ("createImage", "createBackup"):

@@ -19,6 +19,7 @@ import asyncio
 import os
 import platform
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ _UNDEFINE_FLAGS = (
 )
 _LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 _CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+# Picks one device of a domain's config (a disk by target, a NIC by MAC) for hot-plug.
+DeviceMatch = Callable[[LibvirtConfigGuestDevice], bool]
 
 
 # --------------------------------------------------------------------------- errors
@@ -646,15 +649,16 @@ class LibvirtDriver:
         """The tail of the serial log the domain's XML names (VirtDriver.get_console_output)."""
         return await self.host.call(self._console_output_sync, instance_uuid, max_bytes)
 
-    # ------------------------------------------------------------ disks (volumes)
+    # ------------------------------------------------------------ hot-plug (disks and NICs)
     # Attach: attachDeviceFlags(AFFECT_LIVE | AFFECT_CONFIG) on a running domain
     # (CONFIG only on a stopped one), as Nova's libvirt driver does.  Detach:
     # detachDeviceFlags likewise, then wait until the live XML no longer has the
-    # disk (the guest must let go of a PCI device: the request is asynchronous),
+    # device (the guest must let go of a PCI device: the request is asynchronous),
     # asking again once before giving up.  libvirt's test driver supports neither
-    # call (VIR_ERR_NO_SUPPORT): there the disk is added to / removed from the
+    # call (VIR_ERR_NO_SUPPORT): there the device is added to / removed from the
     # domain's persistent definition with defineXML, so simulated hosts show
-    # attachments in their inactive XML.
+    # attachments in their inactive XML.  A device is found by a ``match``
+    # predicate: a disk by its target, a NIC by its MAC.
 
     def _domain_config_sync(self, domain: libvirt.virDomain, inactive: bool) -> LibvirtConfigGuest:
         return LibvirtConfigGuest.from_xml(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0))
@@ -663,68 +667,68 @@ class LibvirtDriver:
         cfg = self._domain_config_sync(domain, inactive)
         return {d.target_dev for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk) and d.target_dev}
 
-    def _redefine_sync(self, domain: libvirt.virDomain, add: LibvirtConfigGuestDisk | None,
-                       remove: str | None) -> None:
-        """The test driver's hot-plug: the persistent definition with the disk added or removed."""
+    def _find_sync(self, domain: libvirt.virDomain, match: DeviceMatch,
+                   inactive: bool) -> LibvirtConfigGuestDevice | None:
+        return next((d for d in self._domain_config_sync(domain, inactive).devices if match(d)), None)
+
+    def _redefine_sync(self, domain: libvirt.virDomain, add: LibvirtConfigGuestDevice | None,
+                       match: DeviceMatch) -> None:
+        """The test driver's hot-plug: the persistent definition with ``add`` added (unless a
+        matching device is there already) or, when ``add`` is None, the matching devices removed."""
         cfg = self._domain_config_sync(domain, inactive=True)
-        disks = [d for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk)]
-        if remove is not None:
-            cfg.devices = [d for d in cfg.devices
-                           if not (isinstance(d, LibvirtConfigGuestDisk) and d.target_dev == remove)]
-        if add is not None:
-            if any(d.target_dev == add.target_dev for d in disks):
-                return  # there already: the live XML of a test domain never shows it, so a retry lands here
+        if add is None:
+            cfg.devices = [d for d in cfg.devices if not match(d)]
+        elif any(match(d) for d in cfg.devices):
+            return  # there already: the live XML of a test domain never shows it, so a retry lands here
+        else:
             cfg.devices.append(add)
         self.host.connection().defineXML(cfg.to_xml())
 
-    def _attach_sync(self, instance_uuid: str, disk: LibvirtConfigGuestDisk) -> None:
+    def _plug_sync(self, instance_uuid: str, device: LibvirtConfigGuestDevice, match: DeviceMatch,
+                   what: str) -> None:
         domain = self._lookup(self.host.connection(), instance_uuid)
-        target = disk.target_dev
         try:
             live = domain.isActive()
-            if target in self._targets_sync(domain, inactive=not live):
+            if self._find_sync(domain, match, inactive=not live) is not None:
                 return  # already there (a retried attach)
             try:
-                domain.attachDeviceFlags(disk.to_xml(pretty=False), (_LIVE | _CONFIG) if live else _CONFIG)
+                domain.attachDeviceFlags(device.to_xml(pretty=False), (_LIVE | _CONFIG) if live else _CONFIG)
             except libvirt.libvirtError as exc:
                 if _code(exc) != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
-                self._redefine_sync(domain, disk, None)
+                self._redefine_sync(domain, device, match)
         except libvirt.libvirtError as exc:
-            raise _translate(exc, f"cannot attach {target} to instance {instance_uuid}") from exc
-        log.info("disk_attached", instance_uuid=instance_uuid, target=target)
+            raise _translate(exc, f"cannot attach {what} to instance {instance_uuid}") from exc
+        log.info("device_attached", instance_uuid=instance_uuid, device=what)
 
-    def _detach_sync(self, instance_uuid: str, disk: LibvirtConfigGuestDisk, timeout: float) -> None:
+    def _unplug_sync(self, instance_uuid: str, match: DeviceMatch, what: str, timeout: float) -> None:
+        """Detach the matching device (described as the domain has it) from the persistent
+        definition and the running guest, then wait for the guest to let it go."""
         try:
             domain = self._lookup(self.host.connection(), instance_uuid)
         except InstanceNotFound:
-            return  # no domain: nothing holds the disk
-        target, xml = disk.target_dev, disk.to_xml(pretty=False)
+            return  # no domain: nothing holds the device
         try:
-            live = domain.isActive()
+            persistent = self._find_sync(domain, match, inactive=True)
+            running = self._find_sync(domain, match, inactive=False) if domain.isActive() else None
+            flags = (_CONFIG if persistent is not None else 0) | (_LIVE if running is not None else 0)
+            if not flags:
+                return
+            xml = (persistent or running).to_xml(pretty=False)
             try:
-                if target not in self._targets_sync(domain, inactive=True):
-                    flags = _LIVE if live else 0
-                else:
-                    flags = (_LIVE | _CONFIG) if live else _CONFIG
-                if flags == 0:
-                    return
-                if not live or target in self._targets_sync(domain, inactive=False):
-                    domain.detachDeviceFlags(xml, flags)
-                elif flags & _CONFIG:
-                    domain.detachDeviceFlags(xml, _CONFIG)
+                domain.detachDeviceFlags(xml, flags)
             except libvirt.libvirtError as exc:
                 if _code(exc) != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
-                self._redefine_sync(domain, None, target)
+                self._redefine_sync(domain, None, match)
                 return
-            if not live:
+            if running is None:
                 return
             for attempt in range(2):
                 deadline = time.monotonic() + timeout / 2
                 while time.monotonic() < deadline:
-                    if not domain.isActive() or target not in self._targets_sync(domain, inactive=False):
-                        log.info("disk_detached", instance_uuid=instance_uuid, target=target)
+                    if not domain.isActive() or self._find_sync(domain, match, inactive=False) is None:
+                        log.info("device_detached", instance_uuid=instance_uuid, device=what)
                         return
                     time.sleep(0.2)
                 if attempt == 0:
@@ -732,9 +736,17 @@ class LibvirtDriver:
                         domain.detachDeviceFlags(xml, _LIVE)  # ask the guest again, as Nova does
                     except libvirt.libvirtError:
                         pass
-            raise VirtError(f"guest of instance {instance_uuid} did not release {target} in {timeout:.0f}s")
+            raise VirtError(f"guest of instance {instance_uuid} did not release {what} in {timeout:.0f}s")
         except libvirt.libvirtError as exc:
-            raise _translate(exc, f"cannot detach {target} from instance {instance_uuid}") from exc
+            raise _translate(exc, f"cannot detach {what} from instance {instance_uuid}") from exc
+
+    @staticmethod
+    def _disk_match(target: str | None) -> DeviceMatch:
+        return lambda d: isinstance(d, LibvirtConfigGuestDisk) and d.target_dev == target
+
+    @staticmethod
+    def _nic_match(mac: str) -> DeviceMatch:
+        return lambda d: isinstance(d, LibvirtConfigGuestInterface) and (d.mac_addr or "").lower() == mac.lower()
 
     def _disk_targets_sync(self, instance_uuid: str) -> set[str]:
         domain = self._lookup(self.host.connection(), instance_uuid)
@@ -745,15 +757,41 @@ class LibvirtDriver:
 
     async def attach_disk(self, instance_uuid: str, disk: DiskSpec) -> None:
         """Plug ``disk`` in, live and persistent; idempotent (VirtDriver.attach_disk)."""
-        await self.host.call(self._attach_sync, instance_uuid, _design_disk(disk, self.domain_type))
+        device = _design_disk(disk, self.domain_type)
+        await self.host.call(self._plug_sync, instance_uuid, device, self._disk_match(device.target_dev),
+                             device.target_dev)
 
     async def detach_disk(self, instance_uuid: str, disk: DiskSpec, timeout: float = 20) -> None:
         """Unplug ``disk`` and wait for the guest; a missing domain or disk is fine (VirtDriver.detach_disk)."""
-        await self.host.call(self._detach_sync, instance_uuid, _design_disk(disk, self.domain_type), timeout)
+        await self.host.call(self._unplug_sync, instance_uuid, self._disk_match(disk.target_dev),
+                             disk.target_dev, timeout)
 
     async def disk_targets(self, instance_uuid: str) -> set[str]:
         """Target devices of the persistent definition (VirtDriver.disk_targets)."""
         return await self.host.call(self._disk_targets_sync, instance_uuid)
+
+    async def attach_nic(self, instance_uuid: str, nic: NicSpec) -> None:
+        """Plug the NIC in, live and persistent; idempotent by MAC (VirtDriver.attach_nic)."""
+        await self.host.call(self._plug_sync, instance_uuid, _design_nic(nic), self._nic_match(nic.mac),
+                             f"NIC {nic.mac}")
+
+    async def detach_nic(self, instance_uuid: str, mac: str, timeout: float = 20) -> None:
+        """Unplug the NIC with this MAC and wait for the guest; a missing domain or NIC is fine
+        (VirtDriver.detach_nic)."""
+        await self.host.call(self._unplug_sync, instance_uuid, self._nic_match(mac), f"NIC {mac}", timeout)
+
+    async def nic_macs(self, instance_uuid: str) -> list[str]:
+        """MACs of the NICs in the domain's persistent definition, in device order (VirtDriver.nic_macs)."""
+        def read() -> list[str]:
+            domain = self._lookup(self.host.connection(), instance_uuid)
+            try:
+                cfg = self._domain_config_sync(domain, inactive=True)
+            except libvirt.libvirtError as exc:
+                raise _translate(exc, f"cannot read XML of instance {instance_uuid}") from exc
+            return [d.mac_addr.lower() for d in cfg.devices
+                    if isinstance(d, LibvirtConfigGuestInterface) and d.mac_addr]
+
+        return await self.host.call(read)
 
     # -- disk snapshots --------------------------------------------------------------
 
