@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -64,21 +65,26 @@ def config_drive(path: Path, meta: dict, user_data: bytes, files: dict[str, byte
     iso.close()
 
 
-def test_initramfs_has_init_busybox_and_modules_in_dependency_order(test_image):
-    data = gzip.decompress(test_image.ramdisk.read_bytes())
-    names, i = [], 0
+def initramfs_files(image: testimage.TestImage) -> dict[str, bytes]:
+    """The built initramfs's entries in archive order: name -> content (a newc cpio read back)."""
+    data = gzip.decompress(image.ramdisk.read_bytes())
+    files, i = {}, 0
     while True:
         assert data[i:i + 6] == b"070701"
         fields = [int(data[i + 6 + 8 * k:i + 14 + 8 * k], 16) for k in range(13)]
         namesize, filesize = fields[11], fields[6]
         name = data[i + 110:i + 110 + namesize - 1].decode()
-        names.append(name)
         i += 110 + namesize
         i += -i % 4
+        files[name] = data[i:i + filesize]
         i += filesize + (-filesize % 4)
         if name == "TRAILER!!!":
-            break
-    assert {"init", "bin/busybox", "bin/sh", "dev/console", "etc/udhcpc.script"} <= set(names)
+            return files
+
+
+def test_initramfs_has_init_busybox_and_modules_in_dependency_order(test_image):
+    names = list(initramfs_files(test_image))
+    assert {"init", "bin/busybox", "bin/sh", "dev/console", "etc/udhcpc.script", "etc/run-script"} <= set(names)
     mods = [n.removeprefix("lib/modules/") for n in names if n.endswith(".ko")]
     for needed in ("virtio_pci.ko", "virtio_net.ko", "sr_mod.ko", "isofs.ko", "ata_piix.ko"):
         assert needed in mods
@@ -86,6 +92,42 @@ def test_initramfs_has_init_busybox_and_modules_in_dependency_order(test_image):
     assert mods.index("virtio.ko") < mods.index("virtio_pci.ko")
     assert mods.index("cdrom.ko") < mods.index("sr_mod.ko")
     assert mods.index("libata.ko") < mods.index("ata_piix.ko")
+
+
+def run_user_script(image: testimage.TestImage, work: Path, user_data: bytes) -> list[str]:
+    """The console lines the image's own script runner prints for ``user_data``, run by the image's
+    own busybox on this machine (what the guest's /init does after "init done", minus the VM)."""
+    files = initramfs_files(image)
+    busybox, runner = work / "busybox", work / "run-script"  # busybox picks its applet from its own name
+    busybox.write_bytes(files["bin/busybox"])
+    busybox.chmod(0o755)
+    runner.write_bytes(files["etc/run-script"])
+    (work / "user_data").write_bytes(user_data)
+    res = subprocess.run([str(busybox), "sh", str(runner), str(work / "user_data")],
+                         env={"PATH": os.environ["PATH"], "TMPDIR": str(work)}, capture_output=True, text=True,
+                         timeout=30, check=True)
+    assert res.stderr == ""
+    return res.stdout.splitlines()
+
+
+def test_user_data_script_output_is_prefixed_on_the_console_and_its_exit_code_follows(test_image, tmp_path):
+    script = (b"#!/bin/sh\necho hello from the script\necho to stderr >&2\necho $((6*7))\n"
+              b"(sleep 1; echo after the exit) &\nprintf 'no newline at the end'\nexit 3")
+    assert run_user_script(test_image, tmp_path, script) == [
+        "NOVALITE-GUEST: script: hello from the script",
+        "NOVALITE-GUEST: script: to stderr",
+        "NOVALITE-GUEST: script: 42",
+        "NOVALITE-GUEST: script: no newline at the end",
+        "NOVALITE-GUEST: script_exit=3",
+        # what the script left in the background still reaches the console, prefixed
+        "NOVALITE-GUEST: script: after the exit",
+    ]
+
+
+def test_user_data_script_that_cannot_run_reports_its_exit_code(test_image, tmp_path):
+    lines = run_user_script(test_image, tmp_path, b"#!/no/such/interpreter\necho never\n")
+    assert lines[-1] == "NOVALITE-GUEST: script_exit=127"
+    assert all(line.startswith("NOVALITE-GUEST: script: ") for line in lines[:-1]) and "never" not in "".join(lines)
 
 
 @pytest.mark.qemu
@@ -135,6 +177,8 @@ async def test_test_image_boots_under_tcg_and_reports_the_config_drive(test_imag
         assert "NOVALITE-GUEST: user_data=hello from user_data" in text
         assert "NOVALITE-GUEST: file /etc/motd=injected-content" in text
         assert "NOVALITE-GUEST: lease ip=10.0.2.15 mac=fa:16:3e:00:00:01" in text
+        assert "NOVALITE-GUEST: addr iface=eth0 ip=10.0.2.15 prefix=24 mac=fa:16:3e:00:00:01" in text
+        assert "script_exit" not in text  # plain user_data is no script
         # poweroff-after-boot: the transient domain goes away by itself
         for _ in range(50):
             try:

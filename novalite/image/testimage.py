@@ -40,16 +40,24 @@ console (ttyS0)::
     NOVALITE-GUEST: user_data_b64=<base64 of user_data, one line>
     NOVALITE-GUEST: lease ip=<ip> mac=<mac> iface=<eth0> mask=<prefix> router=<gw>
     NOVALITE-GUEST: lease none iface=<eth0>         (no DHCP answer)
+    NOVALITE-GUEST: addr iface=<eth0> ip=<ip> prefix=<n> mac=<mac>  (one per IPv4 address after DHCP)
     NOVALITE-GUEST: disk <vdX> size=<bytes>              (one per virtio disk)
     NOVALITE-GUEST: disk_marker=<word>                 (a marker found at the start of /dev/vda)
     NOVALITE-GUEST: disk_marker_written=<word>         (user_data line "write-disk-marker <word>")
     NOVALITE-GUEST: init done uptime=<seconds since the kernel started>
     NOVALITE-GUEST: disks now: <vda vdb ...>           (after a disk was hot-plugged or unplugged)
+    NOVALITE-GUEST: script: <line>                     (each stdout/stderr line of a "#!" user_data)
+    NOVALITE-GUEST: script_exit=<code>                 (when that script ends)
 
 It mounts proc/sys/dev, loads the modules, finds the config drive by label
 ``config-2`` (``findfs``, then by trying /dev/sr* /dev/vd* /dev/sd* /dev/hd*),
 runs ``udhcpc`` on every NIC, and after ``init done`` idles, or runs
 ``poweroff -f`` when user_data has a line ``poweroff-after-boot``.
+
+A user_data that starts with ``#!`` is a script, as cloud-init treats it: after
+``init done`` :data:`RUN_SCRIPT` runs it in the background as root, in /tmp,
+with busybox's tools (nc, ping, ip, arping, httpd, timeout, ...) and the config
+drive still mounted on /mnt/config; the guest keeps idling when it ends.
 """
 
 from __future__ import annotations
@@ -154,6 +162,14 @@ for n in /sys/class/net/*; do
   ip link set "$ifc" up
   udhcpc -i "$ifc" -s /etc/udhcpc.script -n -q -t 10 -T 1 >/dev/null 2>&1 || say "lease none iface=$ifc"
 done
+# What each NIC ended up with, whoever configured it: how a test learns a guest's IP from its console.
+for n in /sys/class/net/*; do
+  ifc=${n##*/}
+  [ "$ifc" = lo ] && continue
+  ip -4 -o addr show dev "$ifc" | while read -r _ _ _ cidr _; do
+    say "addr iface=$ifc ip=${cidr%/*} prefix=${cidr#*/} mac=$(cat "$n/address")"
+  done
+done
 
 for b in /sys/block/vd*; do
   [ -e "$b" ] || continue
@@ -179,6 +195,10 @@ say "init done uptime=$(cut -d' ' -f1 /proc/uptime)"
     [ "$now" != "$known" ] && say "disks now: $now" && known=$now
   done
 ) &
+# A "#!" user_data is a script (cloud-init's convention); other user_data keeps its line commands.
+if [ "$(head -c 2 /mnt/config/openstack/latest/user_data 2>/dev/null)" = "#!" ]; then
+  /etc/run-script /mnt/config/openstack/latest/user_data &
+fi
 if [ -f /mnt/config/openstack/latest/user_data ] && grep -qx 'poweroff-after-boot' /mnt/config/openstack/latest/user_data; then
   sync
   poweroff -f
@@ -201,6 +221,30 @@ case "$1" in
     ;;
 esac
 exit 0
+"""
+
+RUN_SCRIPT = r"""#!/bin/sh
+# Run the script $1 (a "#!" user_data) as cloud-init would, its output on the console:
+# each stdout/stderr line as "NOVALITE-GUEST: script: <line>", then "NOVALITE-GUEST: script_exit=<code>"
+# as soon as the script itself ends (what it left running in the background keeps its prefix).
+if ! script=$(mktemp) || ! cp "$1" "$script" || ! chmod 700 "$script"; then
+  echo "NOVALITE-GUEST: script_exit=126"
+  exit 1
+fi
+# The exit code travels down the same pipe, after the script's last output, behind a marker it cannot
+# guess (on the last line itself when that line had no newline).
+end="novalite-script-end-$$-$(head -c 12 /dev/urandom | md5sum | cut -c1-16)"
+{
+  cd "${TMPDIR:-/tmp}" && "$script" </dev/null 2>&1
+  echo "$end $?"
+} | while IFS= read -r line || [ -n "$line" ]; do
+  case "$line" in
+    *"$end "*)
+      [ -n "${line%%"$end "*}" ] && echo "NOVALITE-GUEST: script: ${line%%"$end "*}"
+      echo "NOVALITE-GUEST: script_exit=${line##*"$end "}" ;;
+    *) echo "NOVALITE-GUEST: script: $line" ;;
+  esac
+done
 """
 
 
@@ -342,6 +386,7 @@ def build_initramfs(busybox: Path, moddir: Path) -> bytes:
     cpio.symlink("bin/sh", "busybox")
     cpio.file("init", INIT.encode(), 0o755)
     cpio.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
+    cpio.file("etc/run-script", RUN_SCRIPT.encode(), 0o755)
     names = []
     for ko in modules:
         cpio.file(f"lib/modules/{ko.name}", ko.read_bytes())
@@ -368,7 +413,8 @@ def build(cache_dir: Path, kernel_package: str | None = None) -> TestImage:
         raise BuildError(f"{bdeb.name} has no /bin/busybox")
 
     # Rebuild when the inputs or the init scripts change.
-    key = hashlib.sha256(f"{kdeb.name}|{bdeb.name}|{INIT}|{UDHCPC_SCRIPT}|{WANTED_MODULES}".encode()).hexdigest()[:16]
+    scripts = f"{INIT}|{UDHCPC_SCRIPT}|{RUN_SCRIPT}"
+    key = hashlib.sha256(f"{kdeb.name}|{bdeb.name}|{scripts}|{WANTED_MODULES}".encode()).hexdigest()[:16]
     out = cache_dir / "out" / key
     kernel, ramdisk, disk, qcow2 = out / "vmlinuz", out / "initrd.gz", out / "disk.raw", out / "disk.qcow2"
     if not (out / ".done").exists():
