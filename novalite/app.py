@@ -132,6 +132,7 @@ def network_ctx(config: Config):
         await network_api.ensure_networks()
         app[keys.NETWORK_API] = network_api
         yield
+        await network_api.firewall.close()
 
     return ctx
 

@@ -401,11 +401,10 @@ class NetworkAPI:
             raise
 
     async def _set_filters(self, ports: list[PortInfo], joined: list[str]) -> None:
-        """The ports' filters on their host before their NICs are plugged; then the filters of
-        ports that allow traffic from the groups the new ports ``joined`` (their members grew)."""
-        ids = [p.port_id for p in ports]
-        await self.firewall.refresh_ports(ids, strict=True)
-        await self.firewall.refresh_groups(joined, skip=ids)
+        """The ports' filters on their host before their NICs are plugged; soon after, the
+        filters of ports that allow traffic from the groups the new ports ``joined``."""
+        await self.firewall.refresh_ports([p.port_id for p in ports], strict=True)
+        self.firewall.refresh_groups_soon(joined)
 
     async def _undo(self, instance_uuid: str, port_ids: set[str]) -> None:
         async with self.pool.acquire() as conn:
@@ -449,7 +448,7 @@ class NetworkAPI:
             async with self.pool.acquire() as conn:
                 await q.release_port(conn, row)
             await self.firewall.remove(row["host"], row["id"])
-        await self.firewall.refresh_groups({g for ids in groups.values() for g in ids})
+        self.firewall.refresh_groups_soon(g for ids in groups.values() for g in ids)
 
     async def deallocate_for_instance(self, instance_uuid: str) -> None:
         """Remove the instance's DHCP entries and ports (user-made ports are unbound); idempotent."""

@@ -12,8 +12,9 @@ stores them, and have nothing to match).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
@@ -74,6 +75,9 @@ class Firewall:
     pool: asyncpg.Pool
     config: Config
     hosts: Mapping[str, VirtDriver]
+    # Groups whose members grew or shrank, refreshed by one background task (see refresh_groups_soon).
+    _pending: set[str] = field(default_factory=set, init=False)
+    _flusher: asyncio.Task | None = field(default=None, init=False)
 
     @property
     def prefix(self) -> str:
@@ -100,16 +104,35 @@ class Firewall:
                     raise
                 log.warning("port_filter_set_failed", port_id=spec.port_id, host=host, exc_info=True)
 
-    async def refresh_groups(self, group_ids: Iterable[str], *, skip: Iterable[str] = ()) -> None:
+    async def refresh_groups(self, group_ids: Iterable[str]) -> None:
         """Refresh every port whose filter depends on the groups (members, and members of groups
-        with rules naming them as remote group), but those in ``skip`` (already set)."""
+        with rules naming them as remote group)."""
         group_ids = list(group_ids)
         if not group_ids:
             return
         async with self.pool.acquire() as conn:
             ports = await q.dependent_ports(conn, group_ids)
-        skipped = set(skip)
-        await self.refresh_ports(p for p in ports if p not in skipped)
+        await self.refresh_ports(ports)
+
+    def refresh_groups_soon(self, group_ids: Iterable[str]) -> None:
+        """Refresh the ports depending on the groups in the background, within moments: a boot
+        storm's membership changes coalesce into a few refreshes instead of one per boot."""
+        self._pending.update(group_ids)
+        if self._pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            groups, self._pending = self._pending, set()
+            try:
+                await self.refresh_groups(groups)
+            except Exception:
+                log.warning("port_filters_refresh_failed", groups=len(groups), exc_info=True)
+
+    async def close(self) -> None:
+        """Finish the pending background refresh (at shutdown)."""
+        if self._flusher is not None:
+            await self._flusher
 
     async def remove(self, host: str | None, port_id: str) -> None:
         """Remove a port's filter from the host it was bound to (kept while a NIC still uses it)."""
