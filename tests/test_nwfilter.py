@@ -12,10 +12,10 @@ import secrets
 import subprocess
 import uuid
 
-import libvirt
 import pytest
 from conftest import fresh_database
 from lxml import etree
+from test_networks import _qemu_system_available
 
 from novalite.config import Config, NetworkConfig
 from novalite.db.security_groups import ensure_default_security_group
@@ -26,15 +26,6 @@ from novalite.virt.libvirt import LibvirtDriver
 from novalite.virt.libvirt.config import LibvirtConfigGuestInterface
 from novalite.virt.libvirt.driver import design_guest
 from novalite.virt.libvirt.nwfilter import design_port_filter
-
-
-def _qemu_system_available() -> bool:
-    try:
-        libvirt.open("qemu:///system").close()
-        return True
-    except libvirt.libvirtError:
-        return False
-
 
 needs_libvirtd = pytest.mark.skipif(not _qemu_system_available(), reason="needs libvirtd (qemu:///system)")
 

@@ -51,6 +51,8 @@ async def test_group_crud(cloud):
     assert body["security_group"]["revision_number"] == group["revision_number"] + 1
     status, body, _ = await cloud.request("GET", f"{SG}/{group['id']}?fields=name")
     assert body == {"security_group": {"name": "web2"}}
+    status, body, _ = await cloud.request("POST", SG, json_body={"security_group": {"name": "s", "stateful": False}})
+    assert status == 400 and "stateful" in body["NeutronError"]["message"]
     status, body, _ = await cloud.request("PUT", f"{SG}/{group['id']}", json_body={"security_group": {"foo": 1}})
     assert status == 400 and "Unrecognized attribute" in body["NeutronError"]["message"]
     status, _, _ = await cloud.request("DELETE", f"{SG}/{group['id']}")

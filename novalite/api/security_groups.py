@@ -22,6 +22,7 @@ from novalite.api import keys
 from novalite.api.middleware import read_json
 from novalite.api.networking import NeutronError, allowed, disallowed, filtered, is_admin
 from novalite.api.networking import _fields as fields_of
+from novalite.api.networking import _ts as neutron_ts
 from novalite.api.policy import context
 from novalite.db import security_groups as q
 from novalite.network import quota
@@ -45,9 +46,8 @@ _RULE_ATTRS = {"security_group_id", "direction", "ethertype", "protocol", "port_
 
 
 def _ts(value: datetime | str | None) -> str | None:
-    if isinstance(value, str):  # rules embedded through jsonb carry ISO strings
-        value = datetime.fromisoformat(value)
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+    # Rules embedded through jsonb carry ISO strings.
+    return neutron_ts(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 def rule_doc(r: dict) -> dict:
@@ -200,6 +200,8 @@ async def security_groups_create(request: web.Request) -> web.Response:
     description = _string(item, "description", "") or ""
     if name.lower() == q.DEFAULT_NAME:
         raise NeutronError(409, "SecurityGroupDefaultAlreadyExists", "Default security group already exists.")
+    if item.get("stateful", True) is not True:
+        raise _bad("Invalid input for stateful. Reason: this cloud's packet filter is stateful only.")
     project_id = _owner(request, item)
     if not allowed(request, "create_security_group", {"project_id": project_id, "tenant_id": project_id}):
         raise disallowed("create_security_group")

@@ -144,9 +144,9 @@ def _design_disk(disk: DiskSpec, domain_type: str) -> LibvirtConfigGuestDisk:
     )
 
 
-def _design_nic(nic: NicSpec, domain_type: str) -> LibvirtConfigGuestInterface:
-    """The NIC's interface element; its packet filter is referenced on hosts that have
-    nwfilter (every one but the test driver's)."""
+def _design_nic(nic: NicSpec, filtered: bool = True) -> LibvirtConfigGuestInterface:
+    """The NIC's interface element, referencing its packet filter when ``filtered`` (hosts
+    with nwfilter: every one but the test driver's)."""
     # A NIC without a network gets usermode (slirp) networking: qemu needs no host
     # set-up for it, and the test driver accepts it.  Describing the NIC rather
     # than dropping it keeps the guest's device list the same on every host type.
@@ -156,7 +156,7 @@ def _design_nic(nic: NicSpec, domain_type: str) -> LibvirtConfigGuestInterface:
         return LibvirtConfigGuestInterface(net_type="user", mac_addr=nic.mac, model=nic.model)
     return LibvirtConfigGuestInterface(
         net_type="network", source_network=nic.network, mac_addr=nic.mac, model=nic.model,
-        filter_name=nic.filter if domain_type != "test" else None,
+        filter_name=nic.filter if filtered else None,
     )
 
 
@@ -223,7 +223,7 @@ def design_guest(spec: GuestSpec, domain_type: str, arch: str | None = None) -> 
 
     devices: list[LibvirtConfigGuestDevice] = []
     devices.extend(_design_disk(d, domain_type) for d in spec.disks)
-    devices.extend(_design_nic(n, domain_type) for n in spec.nics)
+    devices.extend(_design_nic(n, filtered=domain_type != "test") for n in spec.nics)
     devices.append(
         LibvirtConfigGuestSerial(
             char_type="pty",
