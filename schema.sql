@@ -195,6 +195,14 @@ CREATE TABLE IF NOT EXISTS security_group_rules (
 CREATE INDEX IF NOT EXISTS security_group_rules_group ON security_group_rules (security_group_id);
 CREATE INDEX IF NOT EXISTS security_group_rules_remote ON security_group_rules (remote_group_id)
     WHERE remote_group_id IS NOT NULL;
+-- inet, not cidr: Neutron keeps remote_ip_prefix as given (10.0.0.5/24) and shows
+-- normalized_cidr (10.0.0.0/24) beside it.
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'security_group_rules'
+               AND column_name = 'remote_ip_prefix' AND data_type = 'cidr') THEN
+        ALTER TABLE security_group_rules ALTER COLUMN remote_ip_prefix TYPE inet;
+    END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS instance_groups (
     uuid uuid PRIMARY KEY,

@@ -18,6 +18,7 @@ from novalite import bootstrap, db
 from novalite.api import identity as identity_api
 from novalite.api import identity_admin, keys, middleware
 from novalite.api import networking as networking_api
+from novalite.api import security_groups as security_groups_api
 from novalite.api import volume as volume_api_routes
 from novalite.api.compute import catalog_routes, server_groups, servers, volume_attachments
 from novalite.api.compute import images as compute_images
@@ -133,6 +134,7 @@ def network_ctx(config: Config):
         await network_api.ensure_networks()
         app[keys.NETWORK_API] = network_api
         yield
+        await network_api.firewall.close()
 
     return ctx
 
@@ -278,6 +280,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     server_groups.add_routes(app)
     image_api.add_routes(app)
     networking_api.add_routes(app)
+    security_groups_api.add_routes(app)
     volume_api_routes.add_routes(app)
     volume_attachments.add_routes(app)
     compute_interfaces.add_routes(app)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import start_cloud, stop_cloud, write_config
 
-from novalite.api import identity, identity_admin, networking, volume
+from novalite.api import identity, identity_admin, networking, security_groups, volume
 from novalite.api.compute import interfaces
 from novalite.api.image import images
 from novalite.app import init_app
@@ -111,7 +111,7 @@ def test_every_default_parses_and_references_resolve(service: str) -> None:
 
 HANDLER_TABLES = {
     "/image/": ("glance", images.HANDLER_RULES),
-    "/networking": ("neutron", networking.HANDLER_RULES),
+    "/networking": ("neutron", {**networking.HANDLER_RULES, **security_groups.HANDLER_RULES}),
     "/volume": ("cinder", volume.HANDLER_RULES),
     "/identity": ("keystone", {**identity.HANDLER_RULES, **identity_admin.HANDLER_RULES}),
     "/compute/v2.1/servers/{server_id}/os-interface": ("nova", interfaces.HANDLER_RULES),

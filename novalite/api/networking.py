@@ -23,8 +23,8 @@ from novalite.api import policy as api_policy
 from novalite.api.pagination import capped, page_limit
 from novalite.api.policy import context
 from novalite.context import RequestContext
-from novalite.db import boot as lookups
 from novalite.db import networks as q
+from novalite.db import security_groups as sg_q
 
 _NOT_FILTERS = {"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse", "tags", "tags-any",
                 "not-tags", "not-tags-any"}
@@ -205,23 +205,6 @@ def port_doc(p: dict, security_group_ids: list[str]) -> dict:
     return doc
 
 
-def security_group_doc(g: dict) -> dict:
-    return {
-        "id": g["id"],
-        "name": g["name"],
-        "tenant_id": g["project_id"],
-        "project_id": g["project_id"],
-        "description": g["description"],
-        "security_group_rules": [],
-        "stateful": True,
-        "shared": False,
-        "tags": [],
-        "created_at": None,
-        "updated_at": None,
-        "revision_number": 1,
-    }
-
-
 # -- filtering -----------------------------------------------------------------------
 
 
@@ -341,23 +324,13 @@ async def subnets_show(request: web.Request) -> web.Response:
     return web.json_response({"subnet": _fields(request, doc)})
 
 
-async def _group_ids(conn, project_ids: set[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for pid in project_ids:
-        rows = await conn.fetch(
-            "SELECT id::text AS id FROM security_groups WHERE project_id = $1 AND name = 'default'", pid
-        )
-        out[pid] = [r["id"] for r in rows]
-    return out
-
-
 async def ports_index(request: web.Request) -> web.Response:
     ctx = _caller(request)
     async with request.app[keys.DB].acquire() as conn:
         rows = await q.list_ports(conn, project_id=ctx.project_id, is_admin=is_admin(request))
-        groups = await _group_ids(conn, {p["project_id"] for p in rows})
+        groups = await sg_q.port_group_ids(conn, [p["id"] for p in rows])
         networks = await _networks_by_id(conn)
-    docs = [_shown(request, "port", port_doc(p, groups.get(p["project_id"], [])), networks.get(p["network_id"]))
+    docs = [_shown(request, "port", port_doc(p, groups.get(p["id"], [])), networks.get(p["network_id"]))
             for p in rows]
     return web.json_response({"ports": filtered(request, [d for d in docs if d is not None])})
 
@@ -367,67 +340,14 @@ async def ports_show(request: web.Request) -> web.Response:
     port_id = request.match_info["port_id"]
     async with request.app[keys.DB].acquire() as conn:
         p = await q.get_port(conn, port_id)
-        groups = await _group_ids(conn, {p["project_id"]}) if p else {}
+        groups = await sg_q.port_group_ids(conn, [p["id"]]) if p else {}
         n = await q.get_network(conn, p["network_id"]) if p else None
     doc = None
     if p is not None and (p["project_id"] == ctx.project_id or is_admin(request)):
-        doc = _shown(request, "port", port_doc(p, groups.get(p["project_id"], [])), n)
+        doc = _shown(request, "port", port_doc(p, groups.get(p["id"], [])), n)
     if doc is None:
         raise NeutronError(404, "PortNotFound", f"Port {port_id} could not be found.")
     return web.json_response({"port": _fields(request, doc)})
-
-
-async def security_groups_index(request: web.Request) -> web.Response:
-    ctx = _caller(request)
-    async with request.app[keys.DB].acquire() as conn:
-        await lookups.ensure_default_security_group(conn, ctx.project_id)
-        rows = await q.security_groups(conn, project_id=ctx.project_id, is_admin=is_admin(request))
-    docs = [_shown(request, "security_group", security_group_doc(g)) for g in rows]
-    return web.json_response({"security_groups": filtered(request, [d for d in docs if d is not None])})
-
-
-async def security_groups_show(request: web.Request) -> web.Response:
-    ctx = _caller(request)
-    group_id = request.match_info["group_id"]
-    async with request.app[keys.DB].acquire() as conn:
-        await lookups.ensure_default_security_group(conn, ctx.project_id)
-        rows = await q.security_groups(conn, project_id=ctx.project_id, is_admin=is_admin(request))
-    for g in rows:
-        if g["id"] == group_id:
-            doc = _shown(request, "security_group", security_group_doc(g))
-            if doc is not None:
-                return web.json_response({"security_group": _fields(request, doc)})
-    raise NeutronError(404, "SecurityGroupNotFound", f"Security group {group_id} does not exist")
-
-
-async def security_groups_delete(request: web.Request) -> web.Response:
-    """DELETE /security-groups/{id}: a project's `default` group only by an admin (Neutron's
-    rule; Tempest's cleanup of a deleted project does this); it is made again when next needed."""
-    ctx = _caller(request)
-    group_id = request.match_info["group_id"]
-    admin = is_admin(request)
-    async with request.app[keys.DB].acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT id, project_id, name FROM security_groups WHERE id::text = $1", group_id
-        )
-        if row is None or (row["project_id"] != ctx.project_id and not admin):
-            raise NeutronError(404, "SecurityGroupNotFound", f"Security group {group_id} does not exist")
-        target = {"id": str(row["id"]), "project_id": row["project_id"], "tenant_id": row["project_id"],
-                  "name": row["name"], "shared": False}
-        if not allowed(request, "delete_security_group", target):
-            # Neutron: 403 to whom may see the group, 404 (it does not exist) to anyone else
-            if allowed(request, "get_security_group", target):
-                raise disallowed("delete_security_group")
-            raise NeutronError(404, "SecurityGroupNotFound", f"Security group {group_id} does not exist")
-        if row["name"] == "default" and not admin:
-            raise NeutronError(409, "SecurityGroupCannotRemoveDefault", "Insufficient rights for removing default security group.")
-        await conn.execute("DELETE FROM security_groups WHERE id = $1", row["id"])
-    return web.Response(status=204)
-
-
-async def security_group_rules_index(request: web.Request) -> web.Response:
-    _caller(request)  # no rules are stored, so none to pass get_security_group_rule
-    return web.json_response({"security_group_rules": []})
 
 
 # Neutron's default quotas; novalite does not enforce network quotas (ports are bounded by subnets).
@@ -521,10 +441,6 @@ HANDLER_RULES: dict[str, tuple[str, ...]] = {
     "subnets_show": ("context_is_admin", "get_subnet"),
     "ports_index": ("context_is_admin", "get_port", "get_port:binding:host_id"),
     "ports_show": ("context_is_admin", "get_port", "get_port:binding:host_id"),
-    "security_groups_index": ("context_is_admin", "get_security_group"),
-    "security_groups_show": ("context_is_admin", "get_security_group"),
-    "security_groups_delete": ("context_is_admin", "delete_security_group", "get_security_group"),
-    "security_group_rules_index": ("get_security_group_rule",),
     "quotas_index": ("get_quota",),
     "quotas_details": ("context_is_admin",),
     "quotas_default": ("get_quota",),
@@ -549,10 +465,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get(v2 + "/subnets/{subnet_id}", subnets_show)
     r.add_get(v2 + "/ports", ports_index)
     r.add_get(v2 + "/ports/{port_id}", ports_show)
-    r.add_get(v2 + "/security-groups", security_groups_index)
-    r.add_get(v2 + "/security-groups/{group_id}", security_groups_show)
-    r.add_delete(v2 + "/security-groups/{group_id}", security_groups_delete)
-    r.add_get(v2 + "/security-group-rules", security_group_rules_index)
     r.add_get(v2 + "/quotas", quotas_index)
     r.add_get(v2 + "/quotas/{project_id}/details.json", quotas_details)
     r.add_get(v2 + "/quotas/{project_id}/details", quotas_details)

@@ -10,6 +10,11 @@ from novalite.db import is_uuid
 from novalite.db.catalog import CLASS_PREFIX
 from novalite.db.images import visible
 
+# The create path's `default` group lives with the other group queries; callers reach it here too.
+from novalite.db.security_groups import (
+    ensure_default_security_group as ensure_default_security_group,
+)
+
 QUOTA_CLASS_DEFAULT = CLASS_PREFIX + "default"
 
 
@@ -25,15 +30,6 @@ async def visible_image_ids(
         list(ids), project_id, is_admin,
     )
     return {ids[r["id"]] for r in rows}
-
-
-async def ensure_default_security_group(conn: asyncpg.Connection, project_id: str) -> None:
-    await conn.execute(
-        """INSERT INTO security_groups (id, project_id, name, description)
-           VALUES ($1, $2, 'default', 'Default security group') ON CONFLICT DO NOTHING""",
-        uuid.uuid4(),
-        project_id,
-    )
 
 
 async def compute_node(conn: asyncpg.Connection, host: str) -> asyncpg.Record | None:

@@ -28,7 +28,9 @@ from novalite.db import datapath as dq
 from novalite.db import instances as instances_db
 from novalite.db import interfaces as iq
 from novalite.db import networks as q
+from novalite.db import security_groups as sg_q
 from novalite.db.boot import ensure_default_security_group
+from novalite.network.firewall import Firewall, filter_name
 from novalite.virt.driver import NetworkSpec, NicSpec, VirtDriver, VirtError
 
 log = structlog.get_logger(__name__)
@@ -55,17 +57,19 @@ class PortInfo:
     enable_dhcp: bool = True
     host: str | None = None
     tag: str | None = None
+    filter: str | None = None  # the port's packet filter on its host (NicSpec.filter)
 
     def nic(self, model: str = "virtio") -> NicSpec:
         """The guest NIC for this port."""
-        return NicSpec(mac=self.mac, network=self.network_name, model=model)
+        return NicSpec(mac=self.mac, network=self.network_name, model=model, filter=self.filter)
 
     def address(self) -> dict:
         """This port in a server document's ``addresses`` list."""
         return {"addr": self.ip, "version": 4, "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": self.mac}
 
 
-def _port_info(row: dict, tag: str | None = None) -> PortInfo:
+def _port_info(row: dict, tag: str | None = None, filter_prefix: str | None = None) -> PortInfo:
+    """A port row as PortInfo; with ``filter_prefix`` (the cloud's libvirt prefix) its NIC names its filter."""
     return PortInfo(
         port_id=row["id"],
         network_id=row["network_id"],
@@ -81,6 +85,7 @@ def _port_info(row: dict, tag: str | None = None) -> PortInfo:
         enable_dhcp=row["enable_dhcp"],
         host=row["host"],
         tag=tag,
+        filter=filter_name(filter_prefix, row["id"]) if filter_prefix is not None else None,
     )
 
 
@@ -200,6 +205,15 @@ class NetworkAPI:
     _present: dict[tuple[str, str], bool] = field(default_factory=dict, init=False, repr=False)
     # one lock per (host, network id): making and removing a tenant network never race
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
+    # the ports' packet filters on the same hosts (security groups)
+    firewall: Firewall = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.firewall = Firewall(self.pool, self.config, self.hosts)
+
+    @property
+    def _filter_prefix(self) -> str:
+        return self.config.networking.libvirt_prefix
 
     # -- start ----------------------------------------------------------------------
     async def ensure_networks(self) -> None:
@@ -214,6 +228,7 @@ class NetworkAPI:
         defs = await self._ensure_rows()
         self._configured |= {d.uuid for d in defs}
         await asyncio.gather(*(self._ensure_on(host, driver, defs) for host, driver in self.hosts.items()))
+        await asyncio.gather(*(self.firewall.sync_host(host, driver) for host, driver in self.hosts.items()))
 
     async def _ensure_rows(self) -> list[NetworkSpec]:
         prefix = self.config.networking.libvirt_prefix
@@ -505,8 +520,11 @@ class NetworkAPI:
                             ) from None
                         made.append(row)
                     tags.append(w.tag)
+                made_ids = [r["id"] for r, w in zip(made, wanted, strict=True) if w.port is None]
+                groups = await sg_q.join_instance_groups(conn, instance_uuid, made_ids)
                 rows = await q.ports_for_devices(conn, [instance_uuid])
-            ports = [_port_info(r, t) for r, t in zip(rows, tags, strict=False)]
+            ports = [_port_info(r, t, self._filter_prefix) for r, t in zip(rows, tags, strict=False)]
+            await self._set_filters(ports, groups)
             driver = self.hosts.get(host) if host else None
             if driver is not None:
                 await self._plug(host, driver, ports)
@@ -518,6 +536,12 @@ class NetworkAPI:
                 await asyncio.shield(self._undo(instance_uuid, {r["id"] for r in made}))
             raise
 
+    async def _set_filters(self, ports: list[PortInfo], joined: list[str]) -> None:
+        """The ports' filters on their host before their NICs are plugged; soon after, the
+        filters of ports that allow traffic from the groups the new ports ``joined``."""
+        await self.firewall.refresh_ports([p.port_id for p in ports], strict=True)
+        self.firewall.refresh_groups_soon(joined)
+
     async def _undo(self, instance_uuid: str, port_ids: set[str]) -> None:
         async with self.pool.acquire() as conn:
             rows = await q.ports_for_devices(conn, [instance_uuid])
@@ -526,7 +550,7 @@ class NetworkAPI:
     async def _rebind(self, rows: list[dict], host: str | None) -> list[PortInfo]:
         """Move ports to ``host``: DHCP entries (and tenant networks left without ports) leave
         the old hosts, and the new host gets its tenant networks and the entries."""
-        ports = [_port_info(r) for r in rows]
+        ports = [_port_info(r, filter_prefix=self._filter_prefix) for r in rows]
         new_driver = self.hosts.get(host) if host else None
         left: set[tuple[str, str, str]] = set()
         for p in ports:
@@ -534,6 +558,7 @@ class NetworkAPI:
             if p.host != host:
                 if old_driver is not None and old_driver is not new_driver:
                     await self._forget_dhcp(old_driver, p)
+                    await self.firewall.remove(p.host, p.port_id)
                 async with self.pool.acquire() as conn:
                     await q.set_port_host(conn, p.port_id, host)
                 if p.host:
@@ -542,6 +567,7 @@ class NetworkAPI:
             await self._plug(host, new_driver, ports)
         for old_host, network_id, name in left:
             await self._drop_unused(old_host, network_id, name)
+        await self.firewall.refresh_ports([p.port_id for p in ports], strict=True)
         return [dataclasses.replace(p, host=host) for p in ports]
 
     async def _forget_dhcp(self, driver: VirtDriver, p: PortInfo) -> None:
@@ -554,8 +580,13 @@ class NetworkAPI:
             log.warning("dhcp_host_remove_failed", network=p.network_name, mac=p.mac, exc_info=True)
 
     async def _release(self, rows: list[dict]) -> None:
-        """Delete or unbind the ports; their DHCP entries, and tenant networks left without a
-        bound port, leave their hosts."""
+        """Ports leave their hosts (DHCP entry, filter, and tenant networks left without a bound
+        port) and are deleted or unbound; the filters that allowed traffic from their groups'
+        members follow."""
+        if not rows:
+            return
+        async with self.pool.acquire() as conn:
+            groups = await sg_q.port_group_ids(conn, [r["id"] for r in rows])
         left: set[tuple[str, str, str]] = set()
         for row in rows:
             driver = self.hosts.get(row["host"]) if row["host"] else None
@@ -564,6 +595,8 @@ class NetworkAPI:
                 left.add((row["host"], row["network_id"], row["libvirt_name"]))
             async with self.pool.acquire() as conn:
                 await q.release_port(conn, row)
+            await self.firewall.remove(row["host"], row["id"])
+        self.firewall.refresh_groups_soon(g for ids in groups.values() for g in ids)
         for host, network_id, name in left:
             await self._drop_unused(host, network_id, name)
 
@@ -585,12 +618,14 @@ class NetworkAPI:
     # -- datapath follows the rows (issue 16: wired by the lead at merge time) -------
     async def ports_changed(self, port_ids: Iterable[str]) -> None:
         """After ports' rows changed (fixed IP, security groups, port security, binding): their
-        DHCP entries and packet filters on their hosts follow. INTEGRATION POINT, no-op for now."""
+        DHCP entries and packet filters on their hosts follow. INTEGRATION POINT for DHCP; the
+        filters are refreshed here."""
+        await self.firewall.refresh_ports(port_ids)
 
     async def security_changed(self, group_ids: Iterable[str]) -> None:
         """After groups' rules or members changed: refresh the filters of every port whose
-        filter depends on them (members, and ports with rules naming them as remote group).
-        INTEGRATION POINT, no-op for now."""
+        filter depends on them (members, and ports with rules naming them as remote group)."""
+        await self.firewall.refresh_groups(group_ids)
 
     async def port_deleted(self, row: dict) -> None:
         """After a port row bound to a host was deleted through the API: its DHCP entry,
@@ -600,7 +635,8 @@ class NetworkAPI:
     async def ports_for_instance(self, instance_uuid: str) -> list[PortInfo]:
         """The instance's ports in NIC order (for the config drive and the guest spec)."""
         async with self.pool.acquire() as conn:
-            return [_port_info(r) for r in await q.ports_for_devices(conn, [instance_uuid])]
+            rows = await q.ports_for_devices(conn, [instance_uuid])
+        return [_port_info(r, filter_prefix=self._filter_prefix) for r in rows]
 
     async def addresses_for(self, instance_uuids: Iterable[str]) -> dict[str, dict[str, list[dict]]]:
         """Server view ``addresses``: {uuid: {network name: [{addr, version, OS-EXT-IPS:type, ...MAC}]}}."""
@@ -642,7 +678,11 @@ class NetworkAPI:
             driver = self.hosts.get(host) if host else None
             if driver is not None:
                 await self._plug(host, driver, [port])
+            # The port's filter is set before the NIC is plugged; its group mates let it in soon after.
             await self.ports_changed([port.port_id])
+            async with self.pool.acquire() as conn:
+                groups = await sg_q.port_group_ids(conn, [port.port_id])
+            self.firewall.refresh_groups_soon(groups.get(port.port_id, []))
             log.info("port_attached", instance_uuid=instance_uuid, port_id=port.port_id, host=host)
             return port
         except BaseException:
@@ -700,7 +740,7 @@ class NetworkAPI:
     async def _bound_port(self, instance_uuid: str, port_id: str, tag: str | None = None) -> PortInfo:
         async with self.pool.acquire() as conn:
             rows = await q.ports_for_devices(conn, [instance_uuid])
-        return _port_info(next(r for r in rows if r["id"] == port_id), tag)
+        return _port_info(next(r for r in rows if r["id"] == port_id), tag, self._filter_prefix)
 
     async def instance_port(self, instance_uuid: str, port_id: str) -> PortInfo | None:
         """The instance's port ``port_id``, or None when it has no such port."""

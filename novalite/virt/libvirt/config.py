@@ -186,6 +186,7 @@ class LibvirtConfigGuestInterface(LibvirtConfigGuestDevice):
     source_bridge: str | None = None   # for net_type "bridge"
     model: str | None = None           # virtio, e1000, ...
     target_dev: str | None = None      # host-side tap name
+    filter_name: str | None = None     # the nwfilter applied to the NIC's traffic
 
     def format_dom(self) -> etree._Element:
         dev = etree.Element("interface", type=self.net_type)
@@ -197,6 +198,8 @@ class LibvirtConfigGuestInterface(LibvirtConfigGuestDevice):
             _sub(dev, "model", type=self.model)
         if self.target_dev is not None:
             _sub(dev, "target", dev=self.target_dev)
+        if self.filter_name is not None:
+            _sub(dev, "filterref", filter=self.filter_name)
         return dev
 
     @classmethod
@@ -212,6 +215,8 @@ class LibvirtConfigGuestInterface(LibvirtConfigGuestDevice):
             obj.model = model.get("type")
         if (target := el.find("target")) is not None:
             obj.target_dev = target.get("dev")
+        if (ref := el.find("filterref")) is not None:
+            obj.filter_name = ref.get("filter")
         return obj
 
 

@@ -41,6 +41,7 @@ from novalite.virt.driver import (
     LifecycleCallback,
     NetworkSpec,
     NicSpec,
+    PortFilterSpec,
     StoragePoolSpec,
     UploadSource,
     VirtError,
@@ -57,6 +58,7 @@ from novalite.virt.libvirt.config import (
 )
 from novalite.virt.libvirt.host import LibvirtHost
 from novalite.virt.libvirt.network import LibvirtNetworks
+from novalite.virt.libvirt.nwfilter import LibvirtFilters
 from novalite.virt.libvirt.storage import LibvirtStorage
 from novalite.virt.testnode import read_test_node_name
 
@@ -145,7 +147,9 @@ def _design_disk(disk: DiskSpec, domain_type: str) -> LibvirtConfigGuestDisk:
     )
 
 
-def _design_nic(nic: NicSpec) -> LibvirtConfigGuestInterface:
+def _design_nic(nic: NicSpec, filtered: bool = True) -> LibvirtConfigGuestInterface:
+    """The NIC's interface element, referencing its packet filter when ``filtered`` (hosts
+    with nwfilter: every one but the test driver's)."""
     # A NIC without a network gets usermode (slirp) networking: qemu needs no host
     # set-up for it, and the test driver accepts it.  Describing the NIC rather
     # than dropping it keeps the guest's device list the same on every host type.
@@ -154,7 +158,8 @@ def _design_nic(nic: NicSpec) -> LibvirtConfigGuestInterface:
     if nic.network is None:
         return LibvirtConfigGuestInterface(net_type="user", mac_addr=nic.mac, model=nic.model)
     return LibvirtConfigGuestInterface(
-        net_type="network", source_network=nic.network, mac_addr=nic.mac, model=nic.model
+        net_type="network", source_network=nic.network, mac_addr=nic.mac, model=nic.model,
+        filter_name=nic.filter if filtered else None,
     )
 
 
@@ -221,7 +226,7 @@ def design_guest(spec: GuestSpec, domain_type: str, arch: str | None = None) -> 
 
     devices: list[LibvirtConfigGuestDevice] = []
     devices.extend(_design_disk(d, domain_type) for d in spec.disks)
-    devices.extend(_design_nic(n) for n in spec.nics)
+    devices.extend(_design_nic(n, filtered=domain_type != "test") for n in spec.nics)
     devices.append(
         LibvirtConfigGuestSerial(
             char_type="pty",
@@ -271,6 +276,7 @@ class LibvirtDriver:
         self.host = LibvirtHost(uri, max_threads)
         self._storage = LibvirtStorage(self.host)
         self._networks = LibvirtNetworks(self.host, self._state_dir)
+        self._filters = LibvirtFilters(self.host)
         # Names and uuids of spawns in flight; touched only on the event loop.
         self._spawning: set[str] = set()
 
@@ -772,7 +778,8 @@ class LibvirtDriver:
 
     async def attach_nic(self, instance_uuid: str, nic: NicSpec) -> None:
         """Plug the NIC in, live and persistent; idempotent by MAC (VirtDriver.attach_nic)."""
-        await self.host.call(self._plug_sync, instance_uuid, _design_nic(nic), self._nic_match(nic.mac),
+        nic_cfg = _design_nic(nic, filtered=self.domain_type != "test")
+        await self.host.call(self._plug_sync, instance_uuid, nic_cfg, self._nic_match(nic.mac),
                              f"NIC {nic.mac}")
 
     async def detach_nic(self, instance_uuid: str, mac: str, timeout: float = 20) -> None:
@@ -916,6 +923,29 @@ class LibvirtDriver:
     async def network_xml(self, network: str) -> str | None:
         """The network's live XML, None when it does not exist (libvirt-specific, not in the contract)."""
         return await self.host.call(self._networks.xml_sync, network)
+
+    # ------------------------------------------------------- packet filters (see .nwfilter)
+    # libvirt's test driver has no nwfilter: simulated hosts filter nothing.
+
+    async def set_port_filter(self, spec: PortFilterSpec) -> None:
+        if self.domain_type != "test":
+            await self.host.call(self._filters.set_sync, spec)
+
+    async def remove_port_filter(self, name: str) -> bool:
+        if self.domain_type == "test":
+            return False
+        return await self.host.call(self._filters.remove_sync, name)
+
+    async def port_filters(self, prefix: str) -> list[str]:
+        if self.domain_type == "test":
+            return []
+        return await self.host.call(self._filters.names_sync, prefix)
+
+    async def port_filter_xml(self, name: str) -> str | None:
+        """The filter's XML, None when it does not exist (libvirt-specific, not in the contract)."""
+        if self.domain_type == "test":
+            return None
+        return await self.host.call(self._filters.xml_sync, name)
 
     # ------------------------------------------------------------ lifecycle events
 
