@@ -524,10 +524,10 @@ class NetworkAPI:
                 groups = await sg_q.join_instance_groups(conn, instance_uuid, made_ids)
                 rows = await q.ports_for_devices(conn, [instance_uuid])
             ports = [_port_info(r, t, self._filter_prefix) for r, t in zip(rows, tags, strict=False)]
-            await self._set_filters(ports, groups)
             driver = self.hosts.get(host) if host else None
             if driver is not None:
                 await self._plug(host, driver, ports)
+            await self._set_filters(ports, groups)
             log.info("ports_allocated", instance_uuid=instance_uuid, host=host,
                      ports=[(p.mac, p.ip, p.network_label) for p in ports])
             return ports
