@@ -25,6 +25,7 @@ import structlog
 from novalite import exception
 from novalite.config import Config, ConfigError, NetworkConfig
 from novalite.db import networks as q
+from novalite.network import quota
 from novalite.virt.driver import NetworkSpec, NicSpec, VirtDriver
 
 log = structlog.get_logger(__name__)
@@ -245,6 +246,8 @@ class NetworkAPI:
                     raise exception.Invalid(f"Port id {port_id} could not be found.")
                 if port["device_id"] and port["device_id"] != instance_uuid:
                     raise exception.Conflict(f"Port {port_id} is still in use.")
+                if port["fixed_ip"] is None:
+                    raise exception.Invalid(f"Port {port_id} requires a FixedIP in order to be used.")
                 out.append(_Wanted(await q.get_network(conn, port["network_id"]), port, None, req.get("tag")))
                 continue
             net = await q.get_network(conn, net_id) if net_id else None
@@ -275,13 +278,14 @@ class NetworkAPI:
 
     async def _check_fixed_ip(self, conn: asyncpg.Connection, net: dict, address: str,
                               instance_uuid: str | None) -> None:
-        subnet = await q.subnet_of_network(conn, net["id"])
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
             raise exception.Invalid(f"Invalid fixed IP address ({address})") from None
+        subnet = next((s for s in await q.subnets_of_network(conn, net["id"])
+                       if ip in ipaddress.IPv4Network(s["cidr"])), None)
         cidr = ipaddress.IPv4Network(subnet["cidr"]) if subnet else None
-        if (cidr is None or ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address)
+        if (cidr is None or ip in (cidr.network_address, cidr.broadcast_address)
                 or address == subnet["gateway_ip"]):
             raise exception.Invalid(
                 f"Fixed IP address {address} is not a valid address of network {net['id']}."
@@ -304,7 +308,8 @@ class NetworkAPI:
         400 ``Network <id> could not be found.`` / ``Port id <id> could not be
         found.`` / fixed IP not in the subnet or already in use; 409 ``Port <id>
         is still in use.``; 403 ``Maximum number of ports exceeded`` when no
-        instance would get an address. Runs on `conn` when the caller holds one.
+        instance would get an address or its ports would pass the project's Neutron port
+        quota. Runs on `conn` when the caller holds one.
         """
         if conn is None:
             async with self.pool.acquire() as conn:
@@ -317,9 +322,11 @@ class NetworkAPI:
                 needs[w.network["id"]] = needs.get(w.network["id"], 0) + 1
         fits = max_count
         for net_id, per_instance in needs.items():
-            subnet = await q.subnet_of_network(conn, net_id)
-            free = await q.free_addresses(conn, subnet["id"]) if subnet else 0
-            fits = min(fits, free // per_instance)
+            fits = min(fits, await q.free_addresses_on_network(conn, net_id) // per_instance)
+        if needs:
+            room = await quota.headroom(conn, project_id, "port")
+            if room is not None:
+                fits = min(fits, room // sum(needs.values()))
         if fits < 1:
             raise exception.QuotaExceeded("Maximum number of ports exceeded")
         return fits
@@ -354,10 +361,15 @@ class NetworkAPI:
                         made.append(row)
                     else:
                         try:
-                            row = await q.create_port(
-                                conn, network_id=w.network["id"], project_id=project_id, device_id=instance_uuid,
-                                device_owner=DEVICE_OWNER, host=host, fixed_ip=w.fixed_ip, device_index=index,
-                            )
+                            async with conn.transaction():
+                                await quota.reserve(conn, project_id, {"port": 1})
+                                row = await q.create_port(
+                                    conn, network_id=w.network["id"], project_id=project_id,
+                                    device_id=instance_uuid, device_owner=DEVICE_OWNER, host=host,
+                                    fixed_ip=w.fixed_ip, device_index=index,
+                                )
+                        except quota.OverQuota:
+                            raise exception.QuotaExceeded("Maximum number of ports exceeded") from None
                         except q.AddressInUse as exc:
                             raise exception.Invalid(
                                 f"Fixed IP address {exc.address} is already in use on instance {exc.device_id}."
