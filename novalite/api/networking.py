@@ -489,6 +489,14 @@ def _configured(n: dict) -> NeutronError:
                                              "change or remove it there.")
 
 
+async def _check_removable(conn: asyncpg.Connection, n: dict, in_use: NeutronError, **where: str) -> None:
+    """A network or subnet may go unless it is configured or ports other than DHCP's use it."""
+    if n["config_name"] is not None:
+        raise _configured(n)
+    if await q.ports_in_use(conn, **where):
+        raise in_use
+
+
 async def _network_for(request: web.Request, conn: asyncpg.Connection, network_id: str) -> dict:
     """The network a new subnet or port goes on: 404 NetworkNotFound unless the caller sees it."""
     n = await q.get_network(conn, network_id)
@@ -545,11 +553,9 @@ async def networks_delete(request: web.Request) -> web.Response:
         if n is None or not _visible_network(request, n):
             raise _not_found("network", network_id)
         _authorize_change(request, "delete_network", "network", network_doc(n), ())
-        if n["config_name"] is not None:
-            raise _configured(n)
-        if await q.ports_in_use(conn, network_id=network_id):
-            raise NeutronError(409, "NetworkInUse", f"Unable to complete operation on network {network_id}. "
-                                                    "There are one or more ports still in use on the network.")
+        await _check_removable(conn, n, NeutronError(
+            409, "NetworkInUse", f"Unable to complete operation on network {network_id}. "
+                                 "There are one or more ports still in use on the network."), network_id=network_id)
         await q.delete_network(conn, network_id)
     return web.Response(status=204)
 
@@ -624,11 +630,9 @@ async def subnets_delete(request: web.Request) -> web.Response:
     async with _transaction(request) as conn:
         s, n = await _visible_subnet(request, conn, subnet_id)
         _authorize_change(request, "delete_subnet", "subnet", _target(subnet_doc(s), n), ())
-        if n["config_name"] is not None:
-            raise _configured(n)
-        if await q.ports_in_use(conn, subnet_id=subnet_id):
-            raise NeutronError(409, "SubnetInUse", f"Unable to complete operation on subnet {subnet_id}: "
-                                                   "One or more ports have an IP allocation from this subnet.")
+        await _check_removable(conn, n, NeutronError(
+            409, "SubnetInUse", f"Unable to complete operation on subnet {subnet_id}: "
+                                "One or more ports have an IP allocation from this subnet."), subnet_id=subnet_id)
         await q.delete_subnet(conn, subnet_id)
         await q.sync_dhcp_port(conn, n)
     return web.Response(status=204)

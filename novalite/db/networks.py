@@ -51,6 +51,14 @@ class NoMoreAddresses(Exception):
     """Every address of the subnet's allocation pool is taken."""
 
 
+def _uuid(text: str) -> uuidlib.UUID | None:
+    """The id in a URL as a UUID, or None for text that is not one (so: not found)."""
+    try:
+        return uuidlib.UUID(text)
+    except ValueError:
+        return None
+
+
 def random_mac() -> str:
     return MAC_PREFIX + "".join(f":{b:02x}" for b in secrets.token_bytes(3))
 
@@ -140,9 +148,8 @@ async def list_networks(conn: asyncpg.Connection, *, project_id: str, is_admin: 
 
 
 async def get_network(conn: asyncpg.Connection, network_id: str) -> dict | None:
-    try:
-        key = uuidlib.UUID(network_id)
-    except ValueError:
+    key = _uuid(network_id)
+    if key is None:
         return None
     row = await conn.fetchrow(
         f"""SELECT {NETWORK_COLUMNS}, coalesce(array_agg(s.id::text ORDER BY s.created_at)
@@ -170,9 +177,8 @@ async def list_subnets(conn: asyncpg.Connection, *, project_id: str, is_admin: b
 
 
 async def get_subnet(conn: asyncpg.Connection, subnet_id: str) -> dict | None:
-    try:
-        key = uuidlib.UUID(subnet_id)
-    except ValueError:
+    key = _uuid(subnet_id)
+    if key is None:
         return None
     row = await conn.fetchrow(f"SELECT {SUBNET_COLUMNS} FROM subnets s WHERE s.id = $1", key)
     return dict(row) if row else None
@@ -223,7 +229,10 @@ async def subnets_of_network(conn: asyncpg.Connection, network_id: str, *, lock:
 
 async def lock_network(conn: asyncpg.Connection, network_id: str) -> dict | None:
     """Lock the network row for the caller's transaction (subnet and delete checks); None if gone."""
-    found = await conn.fetchval("SELECT id FROM networks WHERE id = $1 FOR UPDATE", uuidlib.UUID(network_id))
+    key = _uuid(network_id)
+    if key is None:
+        return None
+    found = await conn.fetchval("SELECT id FROM networks WHERE id = $1 FOR UPDATE", key)
     return await get_network(conn, network_id) if found else None
 
 
@@ -362,9 +371,8 @@ async def list_ports(conn: asyncpg.Connection, *, project_id: str, is_admin: boo
 
 
 async def get_port(conn: asyncpg.Connection, port_id: str) -> dict | None:
-    try:
-        key = uuidlib.UUID(port_id)
-    except ValueError:
+    key = _uuid(port_id)
+    if key is None:
         return None
     row = await conn.fetchrow(f"SELECT {PORT_COLUMNS} FROM ports p WHERE p.id = $1", key)
     return dict(row) if row else None
