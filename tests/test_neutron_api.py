@@ -327,3 +327,31 @@ async def test_openstack_cli_creates_network_subnet_and_port(cloud):
     await cloud.openstack("port", "delete", "cli-port")
     await cloud.openstack("network", "delete", "cli-net")
     assert [n["Name"] for n in await cloud.openstack_json("network", "list")] == ["private"]
+
+
+async def test_bulk_create_makes_all_or_none(cloud):
+    status, body, _ = await cloud.request("POST", f"{V2}/networks", json_body={"networks": [
+        {"name": "a"}, {"name": "b"}]})
+    assert status == 201 and [n["name"] for n in body["networks"]] == ["a", "b"]
+    net_id = body["networks"][0]["id"]
+    await _post(cloud, "subnet", {"network_id": net_id, "cidr": "10.75.0.0/24", "ip_version": 4})
+    status, body, _ = await cloud.request("POST", f"{V2}/ports", json_body={"ports": [
+        {"network_id": net_id, "fixed_ips": [{"ip_address": "10.75.0.10"}]},
+        {"network_id": net_id, "fixed_ips": [{"ip_address": "10.75.0.10"}]}]})
+    assert status == 409 and _error(body)[0] == "IpAddressAlreadyAllocated"
+    assert [p["device_owner"] for p in await _ports(cloud, net_id)] == ["network:dhcp"]
+
+
+async def test_subnet_and_port_writes_on_one_network_at_once_never_deadlock(cloud):
+    net, subnet = await _network(cloud, cidr="10.76.0.0/24")
+    writes = [cloud.request("POST", f"{V2}/ports", json_body={"port": {"network_id": net["id"]}})
+              for _ in range(12)]
+    writes += [cloud.request("POST", f"{V2}/subnets", json_body={"subnet": {
+        "network_id": net["id"], "cidr": f"10.77.{i}.0/24", "ip_version": 4}}) for i in range(3)]
+    writes += [cloud.request("PUT", f"{V2}/subnets/{subnet['id']}", json_body={"subnet": {"enable_dhcp": flag}})
+               for flag in (False, True, False)]
+    results = await asyncio.gather(*writes)
+    assert all(status in (200, 201) for status, _, _ in results), [r[:2] for r in results if r[0] >= 300]
+    ports = await _ports(cloud, net["id"])
+    addresses = [p["fixed_ips"][0]["ip_address"] for p in ports]
+    assert len(addresses) == len(set(addresses)) and len(ports) >= 12

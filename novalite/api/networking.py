@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -454,6 +454,16 @@ async def _transaction(request: web.Request) -> AsyncIterator[asyncpg.Connection
             raise NeutronError(409, "OverQuota", str(exc)) from None
 
 
+async def _create(request: web.Request, resource: str, spec: dict,
+                  create_one: Callable[[web.Request, asyncpg.Connection, dict], Awaitable[dict]]) -> web.Response:
+    """A POST of one resource or of several (Neutron's bulk create): every item checked first,
+    then all made in one transaction, so a refused item leaves none of them behind."""
+    items, bulk = attrs_of.parse_many(await read_json(request), resource, spec)
+    async with _transaction(request) as conn:
+        docs = [await create_one(request, conn, item) for item in items]
+    return web.json_response({f"{resource}s": docs} if bulk else {resource: docs[0]}, status=201)
+
+
 def _authorize(request: web.Request, action: str, target: dict, explicit: Iterable[str]) -> None:
     """Neutron's enforcement of a write: ``action`` on the target, then ``action:<attr>`` for
     each attribute the request sets (where such a rule is registered). 403 PolicyNotAuthorized."""
@@ -514,20 +524,23 @@ _NETWORK_DEFAULTS = {"shared": False, "router:external": False, "port_security_e
                      "admin_state_up": True}
 
 
-async def networks_create(request: web.Request) -> web.Response:
-    """POST /networks: a tenant network (shared and external ones: admin)."""
-    body = attrs_of.parse(await read_json(request), "network", attrs_of.NETWORK, create=True)
+async def _create_network(request: web.Request, conn: asyncpg.Connection, body: dict) -> dict:
+    """One network of a POST /networks (shared and external ones: admin)."""
     project_id = attrs_of.project_of(body, _caller(request).project_id)
     _authorize(request, "create_network", {**body, "project_id": project_id, "tenant_id": project_id},
                _set(body, _NETWORK_DEFAULTS))
     network_id = uuidlib.uuid4()
     columns = {"shared": False, **{col: body[attr] for attr, col in _NETWORK_COLUMNS.items() if attr in body}}
     prefix = request.app[keys.CONFIG].networking.libvirt_prefix
-    async with _transaction(request) as conn:
-        await quota.reserve(conn, project_id, {"network": 1})
-        n = await q.create_network(conn, network_id=str(network_id), libvirt_name=f"{prefix}n{network_id.hex[:12]}",
-                                   project_id=project_id, **columns)
-    return web.json_response({"network": network_doc(n)}, status=201)
+    await quota.reserve(conn, project_id, {"network": 1})
+    n = await q.create_network(conn, network_id=str(network_id), libvirt_name=f"{prefix}n{network_id.hex[:12]}",
+                               project_id=project_id, **columns)
+    return network_doc(n)
+
+
+async def networks_create(request: web.Request) -> web.Response:
+    """POST /networks: one tenant network, or several (``{"networks": [...]}``) all or none."""
+    return await _create(request, "network", attrs_of.NETWORK, _create_network)
 
 
 async def networks_update(request: web.Request) -> web.Response:
@@ -565,32 +578,35 @@ async def networks_delete(request: web.Request) -> web.Response:
 _SUBNET_CONFIGURED = {"gateway_ip", "allocation_pools", "dns_nameservers"}
 
 
-async def subnets_create(request: web.Request) -> web.Response:
-    """POST /subnets: an IPv4 subnet; the network's DHCP port follows its first DHCP subnet."""
-    body = attrs_of.parse(await read_json(request), "subnet", attrs_of.SUBNET, create=True)
+async def _create_subnet(request: web.Request, conn: asyncpg.Connection, body: dict) -> dict:
+    """One IPv4 subnet of a POST /subnets; the network's DHCP port follows its first DHCP subnet."""
     cidr = attrs_of.parse_cidr(body["cidr"], body["ip_version"])
     project_id = attrs_of.project_of(body, _caller(request).project_id)
-    async with _transaction(request) as conn:
-        n = await _network_for(request, conn, body["network_id"])
-        target = _target({**body, "project_id": project_id, "tenant_id": project_id}, n)
-        _authorize(request, "create_subnet", target, body)
-        if n["config_name"] is not None:
-            raise _configured(n)
-        plan = attrs_of.plan_subnet(cidr, body.get("gateway_ip", attrs_of.UNSET), body.get("allocation_pools"))
-        n = await q.lock_network(conn, n["id"])
-        for other in await q.subnets_of_network(conn, n["id"]):
-            if cidr.overlaps(ipaddress.IPv4Network(other["cidr"])):
-                raise attrs_of.invalid_input(f"Requested subnet with cidr: {cidr} for network: {n['id']} "
-                                             "overlaps with another subnet.")
-        await quota.reserve(conn, project_id, {"subnet": 1})
-        s = await q.create_subnet(
-            conn, network_id=n["id"], project_id=project_id, cidr=plan.cidr, gateway_ip=plan.gateway_ip,
-            allocation_pools=plan.allocation_pools, name=body.get("name", ""),
-            description=body.get("description", ""), enable_dhcp=body.get("enable_dhcp", True),
-            dns_nameservers=body.get("dns_nameservers"), host_routes=body.get("host_routes"),
-        )
-        await q.sync_dhcp_port(conn, n)
-    return web.json_response({"subnet": subnet_doc(s)}, status=201)
+    n = await _network_for(request, conn, body["network_id"])
+    target = _target({**body, "project_id": project_id, "tenant_id": project_id}, n)
+    _authorize(request, "create_subnet", target, body)
+    if n["config_name"] is not None:
+        raise _configured(n)
+    plan = attrs_of.plan_subnet(cidr, body.get("gateway_ip", attrs_of.UNSET), body.get("allocation_pools"))
+    await quota.reserve(conn, project_id, {"subnet": 1})  # the quota lock before the network's, as ports do
+    n = await q.lock_network(conn, n["id"])
+    for other in await q.subnets_of_network(conn, n["id"]):
+        if cidr.overlaps(ipaddress.IPv4Network(other["cidr"])):
+            raise attrs_of.invalid_input(f"Requested subnet with cidr: {cidr} for network: {n['id']} "
+                                         "overlaps with another subnet.")
+    s = await q.create_subnet(
+        conn, network_id=n["id"], project_id=project_id, cidr=plan.cidr, gateway_ip=plan.gateway_ip,
+        allocation_pools=plan.allocation_pools, name=body.get("name", ""),
+        description=body.get("description", ""), enable_dhcp=body.get("enable_dhcp", True),
+        dns_nameservers=body.get("dns_nameservers"), host_routes=body.get("host_routes"),
+    )
+    await q.sync_dhcp_port(conn, n)
+    return subnet_doc(s)
+
+
+async def subnets_create(request: web.Request) -> web.Response:
+    """POST /subnets: one subnet, or several (``{"subnets": [...]}``) all or none."""
+    return await _create(request, "subnet", attrs_of.SUBNET, _create_subnet)
 
 
 async def _visible_subnet(request: web.Request, conn: asyncpg.Connection, subnet_id: str) -> tuple[dict, dict]:
@@ -734,30 +750,33 @@ async def _new_port_groups(conn: asyncpg.Connection, project_id: str, body: dict
     return [await q.default_group_id(conn, project_id)]
 
 
-async def ports_create(request: web.Request) -> web.Response:
-    """POST /ports: a port with a MAC and at most one fixed IP, in its project's security groups."""
-    body = attrs_of.parse(await read_json(request), "port", attrs_of.PORT, create=True)
+async def _create_port(request: web.Request, conn: asyncpg.Connection, body: dict) -> dict:
+    """One port of a POST /ports: a MAC and at most one fixed IP, in its project's security groups."""
     project_id = attrs_of.project_of(body, _caller(request).project_id)
-    async with _transaction(request) as conn:
-        n = await _network_for(request, conn, body["network_id"])
-        target = _target({**body, "project_id": project_id, "tenant_id": project_id}, n)
-        _authorize(request, "create_port", target, _policy_attrs(body, _PORT_DEFAULTS))
-        want = await _address(conn, n, body.get("fixed_ips"), "create")
-        security = body.get("port_security_enabled", n["port_security_enabled"])
-        groups = await _new_port_groups(conn, project_id, body, security, want.with_ip)
-        await quota.reserve(conn, project_id, {"port": 1})
-        try:
-            p = await q.create_port(
-                conn, network_id=n["id"], project_id=project_id, with_ip=want.with_ip, subnet_id=want.subnet_id,
-                fixed_ip=want.ip_address, mac_address=body.get("mac_address"), security_groups=groups,
-                port_security_enabled=security, preserve_on_delete=True, name=body.get("name", ""),
-                description=body.get("description", ""), admin_state_up=body.get("admin_state_up", True),
-                device_id=body.get("device_id", ""), device_owner=body.get("device_owner", ""),
-                host=body.get("binding:host_id") or None,
-            )
-        except (q.AddressInUse, q.NoMoreAddresses, q.MacInUse) as exc:
-            raise _ip_errors(n, exc) from None
-    return web.json_response({"port": port_doc(p, groups)}, status=201)
+    n = await _network_for(request, conn, body["network_id"])
+    target = _target({**body, "project_id": project_id, "tenant_id": project_id}, n)
+    _authorize(request, "create_port", target, _policy_attrs(body, _PORT_DEFAULTS))
+    want = await _address(conn, n, body.get("fixed_ips"), "create")
+    security = body.get("port_security_enabled", n["port_security_enabled"])
+    groups = await _new_port_groups(conn, project_id, body, security, want.with_ip)
+    await quota.reserve(conn, project_id, {"port": 1})
+    try:
+        p = await q.create_port(
+            conn, network_id=n["id"], project_id=project_id, with_ip=want.with_ip, subnet_id=want.subnet_id,
+            fixed_ip=want.ip_address, mac_address=body.get("mac_address"), security_groups=groups,
+            port_security_enabled=security, preserve_on_delete=True, name=body.get("name", ""),
+            description=body.get("description", ""), admin_state_up=body.get("admin_state_up", True),
+            device_id=body.get("device_id", ""), device_owner=body.get("device_owner", ""),
+            host=body.get("binding:host_id") or None,
+        )
+    except (q.AddressInUse, q.NoMoreAddresses, q.MacInUse) as exc:
+        raise _ip_errors(n, exc) from None
+    return port_doc(p, groups)
+
+
+async def ports_create(request: web.Request) -> web.Response:
+    """POST /ports: one port, or several (``{"ports": [...]}``) all or none."""
+    return await _create(request, "port", attrs_of.PORT, _create_port)
 
 
 def _port_groups_after(p: dict, doc: dict, body: dict, with_ip: bool) -> list[str]:
@@ -778,8 +797,10 @@ async def ports_update(request: web.Request) -> web.Response:
     port_id = request.match_info["port_id"]
     body = attrs_of.parse(await read_json(request), "port", attrs_of.PORT, create=False)
     async with _transaction(request) as conn:
+        network_id = await conn.fetchval("SELECT network_id::text FROM ports WHERE id::text = $1", port_id)
+        if network_id is not None:  # the network's lock first, as subnet and network deletes take it
+            await q.lock_network(conn, network_id)
         p, doc, n = await _visible_port(request, conn, port_id)
-        await conn.execute("SELECT 1 FROM ports WHERE id = $1::uuid FOR UPDATE", port_id)
         _authorize_change(request, "update_port", "port", _target({**doc, **body}, n), _policy_attrs(body, {}))
         want = _Address(with_ip=p["fixed_ip"] is not None)
         if "fixed_ips" in body:

@@ -189,6 +189,18 @@ def parse(body: Any, resource: str, attrs: dict[str, Attr], *, create: bool) -> 
     return out
 
 
+def parse_many(body: Any, resource: str, attrs: dict[str, Attr]) -> tuple[list[dict], bool]:
+    """The items of a POST: ``{"<resource>": {...}}`` or, in bulk, ``{"<resource>s": [{...}, ...]}``;
+    and whether it was a bulk request."""
+    collection = f"{resource}s"
+    if not isinstance(body, dict) or collection not in body:
+        return [parse(body, resource, attrs, create=True)], False
+    items = body[collection]
+    if not isinstance(items, list) or not items:
+        raise errors.BadRequest("Resources required")
+    return [parse({resource: item}, resource, attrs, create=True) for item in items], True
+
+
 def project_of(attrs: dict, default: str) -> str:
     """The project a new resource belongs to: the body's project_id/tenant_id, else the caller's."""
     return attrs.get("project_id") or attrs.get("tenant_id") or default

@@ -1,7 +1,8 @@
 """Queries behind networks, subnets and ports (the Neutron subset).
 
 Plain SQL on asyncpg; addresses come back as text. MAC and IP allocation are
-race-free: an IP is picked while the subnet row is locked (``FOR UPDATE``), and
+race-free: an IP is picked while the network row is locked (``FOR UPDATE``, the
+lock subnet and network writes take first too), and
 the unique constraints on ``ports (mac_address)`` and ``ports (network_id,
 fixed_ip)`` back that up, so two concurrent allocations can never share an
 address even across processes.
@@ -217,11 +218,10 @@ _POOLS = """SELECT (e->>'start')::inet AS lo, (e->>'end')::inet AS hi
             FROM jsonb_array_elements(s.allocation_pools) e"""
 
 
-async def subnets_of_network(conn: asyncpg.Connection, network_id: str, *, lock: bool = False) -> list[dict]:
-    """The network's subnets, oldest first (``lock``: FOR UPDATE, serialising its address allocations)."""
+async def subnets_of_network(conn: asyncpg.Connection, network_id: str) -> list[dict]:
+    """The network's subnets, oldest first."""
     rows = await conn.fetch(
-        f"""SELECT {SUBNET_COLUMNS} FROM subnets s WHERE s.network_id = $1 ORDER BY s.created_at, s.id
-            {'FOR UPDATE' if lock else ''}""",
+        f"SELECT {SUBNET_COLUMNS} FROM subnets s WHERE s.network_id = $1 ORDER BY s.created_at, s.id",
         uuidlib.UUID(network_id),
     )
     return [dict(r) for r in rows]
@@ -437,7 +437,7 @@ async def create_port(
     None means the instance's groups (by name, from ``instances.security_groups``) for a port
     made for an instance (``compute:*`` owner), none otherwise; a port without port security or
     address gets none.
-    Runs in its own transaction (or the caller's) holding the network's subnet rows locked, so
+    Runs in its own transaction (or the caller's) holding the network row locked, so
     concurrent allocations never share an address. Raises AddressInUse for a taken
     ``fixed_ip``, NoMoreAddresses when no pool has a free address (or the network no subnet),
     MacInUse for a taken ``mac_address``.
@@ -492,8 +492,11 @@ async def _allocate(
     conn: asyncpg.Connection, network_id: str, subnet_id: str | None, fixed_ip: str | None
 ) -> tuple[uuidlib.UUID, str]:
     """(subnet, address) for a port of the network: ``fixed_ip`` if free, else the lowest free
-    pool address of ``subnet_id`` or of the first subnet with one. Locks the network's subnets."""
-    subnets = await subnets_of_network(conn, network_id, lock=True)
+    pool address of ``subnet_id`` or of the first subnet with one. Locks the network row, as
+    subnet and network changes do first, so allocations on a network are serialised and no
+    two lock orders meet."""
+    await conn.execute("SELECT 1 FROM networks WHERE id = $1 FOR UPDATE", uuidlib.UUID(network_id))
+    subnets = await subnets_of_network(conn, network_id)
     if subnet_id is not None:
         subnets = [s for s in subnets if s["id"] == subnet_id]
     if fixed_ip is not None:
