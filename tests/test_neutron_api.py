@@ -96,11 +96,20 @@ async def test_network_bodies_and_policy_are_checked_as_neutron(cloud, body, sta
     assert _error(doc)[0] == kind and text in _error(doc)[1]
 
 
-async def test_admin_makes_shared_external_network(cloud):
-    net = await _post(cloud, "network", {"name": "pub", "shared": True, "router:external": True}, user="admin")
-    assert (net["shared"], net["router:external"]) == (True, True)
-    status, body, _ = await cloud.request("GET", f"{V2}/networks/{net['id']}")
+async def test_admin_makes_shared_and_external_networks_members_see(cloud):
+    shared = await _post(cloud, "network", {"name": "pub", "shared": True}, user="admin")
+    external = await _post(cloud, "network", {"name": "ext", "router:external": True}, user="admin")
+    assert (shared["shared"], external["router:external"], external["shared"]) == (True, True, False)
+    await _post(cloud, "subnet", {"network_id": external["id"], "cidr": "10.80.0.0/24", "ip_version": 4},
+                user="admin")
+    status, body, _ = await cloud.request("GET", f"{V2}/networks/{external['id']}")
     assert status == 200 and body["network"]["router:external"] is True
+    status, body, _ = await cloud.request("GET", f"{V2}/subnets?network_id={external['id']}")
+    assert [s["cidr"] for s in body["subnets"]] == ["10.80.0.0/24"]
+    # Seeing is not changing: 403 for the member.
+    status, body, _ = await cloud.request("DELETE", f"{V2}/networks/{shared['id']}")
+    assert status == 403 and _error(body) == ("PolicyNotAuthorized",
+                                              "(rule:delete_network) is disallowed by policy")
 
 
 @pytest.mark.parametrize(("extra", "status", "kind", "text"), [

@@ -109,6 +109,7 @@ def _target(doc: dict, network: dict | None = None) -> dict:
         target["network:project_id"] = network["project_id"]
         target["network:tenant_id"] = network["project_id"]
         target.setdefault("shared", network["shared"])
+        target.setdefault("router:external", network["external"])
     return target
 
 
@@ -321,9 +322,10 @@ async def networks_index(request: web.Request) -> web.Response:
 
 
 def _visible_network(request: web.Request, n: dict | None) -> bool:
-    """Neutron's network query: the caller's own and shared networks, every one for an admin."""
+    """Neutron's network query: the caller's own, shared and external networks, every one for an admin."""
     ctx = _caller(request)
-    return n is not None and (n["shared"] or n["project_id"] == ctx.project_id or is_admin(request))
+    return n is not None and (n["shared"] or n["external"] or n["project_id"] == ctx.project_id
+                              or is_admin(request))
 
 
 async def networks_show(request: web.Request) -> web.Response:

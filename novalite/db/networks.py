@@ -132,11 +132,11 @@ async def upsert_subnet(
 
 
 def _visible_networks(project_arg: str, is_admin: bool) -> str:
-    return "true" if is_admin else f"(n.shared OR n.project_id = {project_arg})"
+    return "true" if is_admin else f"(n.shared OR n.external OR n.project_id = {project_arg})"
 
 
 async def list_networks(conn: asyncpg.Connection, *, project_id: str, is_admin: bool) -> list[dict]:
-    """Networks the caller may see: its own and the shared ones (all of them for admins)."""
+    """Networks the caller may see: its own, the shared and the external ones (all of them for admins)."""
     rows = await conn.fetch(
         f"""SELECT {NETWORK_COLUMNS}, coalesce(array_agg(s.id::text ORDER BY s.created_at)
                                     FILTER (WHERE s.id IS NOT NULL), '{{}}') AS subnets
