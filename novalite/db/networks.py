@@ -433,10 +433,9 @@ async def create_port(
     false, the requested ``fixed_ip`` or the lowest free pool address of ``subnet_id`` (default:
     the first of the network's subnets with one).
 
-    ``port_security_enabled`` defaults to the network's. ``security_groups`` are group ids;
-    None means the instance's groups (by name, from ``instances.security_groups``) for a port
-    made for an instance (``compute:*`` owner), none otherwise; a port without port security or
-    address gets none.
+    ``port_security_enabled`` defaults to the network's. ``security_groups`` are the group ids
+    the port joins (a port without port security or address joins none; Nova's ports join their
+    instance's groups through the security group queries after this).
     Runs in its own transaction (or the caller's) holding the network row locked, so
     concurrent allocations never share an address. Raises AddressInUse for a taken
     ``fixed_ip``, NoMoreAddresses when no pool has a free address (or the network no subnet),
@@ -454,17 +453,8 @@ async def create_port(
             host, "ACTIVE" if device_id else "DOWN", preserve_on_delete, device_index, security,
             admin_state_up, description,
         ))
-        if security and address is not None:
-            if security_groups is not None:
-                await set_port_groups(conn, row["id"], security_groups)
-            elif device_owner.startswith("compute:"):
-                await conn.execute(
-                    """INSERT INTO port_security_groups (port_id, security_group_id)
-                       SELECT $1::uuid, g.id FROM instances i JOIN security_groups g
-                              ON g.project_id = i.project_id AND g.name = ANY(i.security_groups)
-                       WHERE i.uuid = $2::uuid""",
-                    uuidlib.UUID(row["id"]), device_id,
-                )
+        if security and address is not None and security_groups:
+            await set_port_groups(conn, row["id"], security_groups)
         return row
 
 
