@@ -462,6 +462,9 @@ ALTER TABLE subnets ADD COLUMN IF NOT EXISTS ip_version integer NOT NULL DEFAULT
 ALTER TABLE subnets ADD COLUMN IF NOT EXISTS allocation_pools jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE subnets ADD COLUMN IF NOT EXISTS host_routes jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE subnets ADD COLUMN IF NOT EXISTS description text NOT NULL DEFAULT '';
+-- A subnet may have no allocation pool at all (Neutron's allocation_pools: []).
+ALTER TABLE subnets ALTER COLUMN pool_start DROP NOT NULL;
+ALTER TABLE subnets ALTER COLUMN pool_end DROP NOT NULL;
 
 -- A port: one MAC and at most one fixed IP on a network (Neutron's max_fixed_ips_per_port
 -- is 1 here; none on a network without a subnet); device_id is the instance uuid.

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
-DHCP_OWNER = "network:dhcp"
+from novalite.db.networks import DHCP_OWNER
 
 
 async def tenant_networks(conn: asyncpg.Connection, network_ids: Iterable[str]) -> list[dict]:

@@ -50,6 +50,13 @@ async def ensure_default_security_group(conn: asyncpg.Connection, project_id: st
     await conn.execute(_MAKE_DEFAULT, uuid.uuid4(), project_id)
 
 
+async def default_group_id(conn: asyncpg.Connection, project_id: str) -> str:
+    """The id of the project's `default` group, made (with its rules) on first use."""
+    await ensure_default_security_group(conn, project_id)
+    return await conn.fetchval(
+        "SELECT id::text FROM security_groups WHERE project_id = $1 AND name = 'default'", project_id)
+
+
 async def list_groups(conn: asyncpg.Connection, *, project_id: str, is_admin: bool) -> list[dict]:
     """The project's groups (every project's for an admin), rules embedded."""
     where = "true" if is_admin else "g.project_id = $1"

@@ -29,7 +29,7 @@ from novalite.db import instances as instances_db
 from novalite.db import interfaces as iq
 from novalite.db import networks as q
 from novalite.db import security_groups as sg_q
-from novalite.db.boot import ensure_default_security_group
+from novalite.network import quota
 from novalite.network.firewall import Firewall, filter_name
 from novalite.virt.driver import NetworkSpec, NicSpec, VirtDriver, VirtError
 
@@ -287,7 +287,7 @@ class NetworkAPI:
         """The ports bound to ``host`` that get a DHCP lease there (a fixed IP; DHCP ports aside)."""
         async with self.pool.acquire() as conn:
             return [p for p in await q.ports_on_host(conn, host)
-                    if p["device_owner"] != dq.DHCP_OWNER and p["fixed_ip"]]
+                    if p["device_owner"] != q.DHCP_OWNER and p["fixed_ip"]]
 
     # -- tenant networks on the hosts: made on first use, removed with their last port --
     def _host_lock(self, host: str, network_id: str) -> asyncio.Lock:
@@ -397,6 +397,8 @@ class NetworkAPI:
                     raise exception.Invalid(f"Port id {port_id} could not be found.")
                 if port["device_id"] and port["device_id"] != instance_uuid:
                     raise exception.Conflict(f"Port {port_id} is still in use.")
+                if port["fixed_ip"] is None:
+                    raise exception.Invalid(f"Port {port_id} requires a FixedIP in order to be used.")
                 out.append(_Wanted(await q.get_network(conn, port["network_id"]), port, None, req.get("tag")))
                 continue
             net = await q.get_network(conn, net_id) if net_id else None
@@ -427,13 +429,14 @@ class NetworkAPI:
 
     async def _check_fixed_ip(self, conn: asyncpg.Connection, net: dict, address: str,
                               instance_uuid: str | None) -> None:
-        subnet = await q.subnet_of_network(conn, net["id"])
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
             raise exception.Invalid(f"Invalid fixed IP address ({address})") from None
+        subnet = next((s for s in await q.subnets_of_network(conn, net["id"])
+                       if ip in ipaddress.IPv4Network(s["cidr"])), None)
         cidr = ipaddress.IPv4Network(subnet["cidr"]) if subnet else None
-        if (cidr is None or ip not in cidr or ip in (cidr.network_address, cidr.broadcast_address)
+        if (cidr is None or ip in (cidr.network_address, cidr.broadcast_address)
                 or address == subnet["gateway_ip"]):
             raise exception.Invalid(
                 f"Fixed IP address {address} is not a valid address of network {net['id']}."
@@ -456,7 +459,8 @@ class NetworkAPI:
         400 ``Network <id> could not be found.`` / ``Port id <id> could not be
         found.`` / fixed IP not in the subnet or already in use; 409 ``Port <id>
         is still in use.``; 403 ``Maximum number of ports exceeded`` when no
-        instance would get an address. Runs on `conn` when the caller holds one.
+        instance would get an address or its ports would pass the project's Neutron port
+        quota. Runs on `conn` when the caller holds one.
         """
         if conn is None:
             async with self.pool.acquire() as conn:
@@ -469,9 +473,11 @@ class NetworkAPI:
                 needs[w.network["id"]] = needs.get(w.network["id"], 0) + 1
         fits = max_count
         for net_id, per_instance in needs.items():
-            subnet = await q.subnet_of_network(conn, net_id)
-            free = await q.free_addresses(conn, subnet["id"]) if subnet else 0
-            fits = min(fits, free // per_instance)
+            fits = min(fits, await q.free_addresses_on_network(conn, net_id) // per_instance)
+        if needs:
+            room = await quota.headroom(conn, project_id, "port")
+            if room is not None:
+                fits = min(fits, room // sum(needs.values()))
         if fits < 1:
             raise exception.QuotaExceeded("Maximum number of ports exceeded")
         return fits
@@ -506,10 +512,15 @@ class NetworkAPI:
                         made.append(row)
                     else:
                         try:
-                            row = await q.create_port(
-                                conn, network_id=w.network["id"], project_id=project_id, device_id=instance_uuid,
-                                device_owner=DEVICE_OWNER, host=host, fixed_ip=w.fixed_ip, device_index=index,
-                            )
+                            async with conn.transaction():
+                                await quota.reserve(conn, project_id, {"port": 1})
+                                row = await q.create_port(
+                                    conn, network_id=w.network["id"], project_id=project_id,
+                                    device_id=instance_uuid, device_owner=DEVICE_OWNER, host=host,
+                                    fixed_ip=w.fixed_ip, device_index=index,
+                                )
+                        except quota.OverQuota:
+                            raise exception.QuotaExceeded("Maximum number of ports exceeded") from None
                         except q.AddressInUse as exc:
                             raise exception.Invalid(
                                 f"Fixed IP address {exc.address} is already in use on instance {exc.device_id}."
@@ -571,13 +582,18 @@ class NetworkAPI:
         return [dataclasses.replace(p, host=host) for p in ports]
 
     async def _forget_dhcp(self, driver: VirtDriver, p: PortInfo) -> None:
-        if self._present.get((p.host or "", p.network_id)) is False:
+        await self._forget_entry(driver, p.host, p.network_id, p.network_name, p.mac)
+
+    async def _forget_entry(self, driver: VirtDriver, host: str | None, network_id: str, network: str,
+                            mac: str) -> None:
+        """Remove a port's DHCP entry from its host's network; failures only logged."""
+        if self._present.get((host or "", network_id)) is False:
             return  # a tenant network without DHCP on that host: no entries
         try:
-            await driver.remove_dhcp_host(p.network_name, p.mac)
+            await driver.remove_dhcp_host(network, mac)
         except Exception:
             # Left behind only until the next start reconciles the host's entries.
-            log.warning("dhcp_host_remove_failed", network=p.network_name, mac=p.mac, exc_info=True)
+            log.warning("dhcp_host_remove_failed", network=network, mac=mac, exc_info=True)
 
     async def _release(self, rows: list[dict]) -> None:
         """Ports leave their hosts (DHCP entry, filter, and tenant networks left without a bound
@@ -617,10 +633,18 @@ class NetworkAPI:
 
     # -- datapath follows the rows (issue 16: wired by the lead at merge time) -------
     async def ports_changed(self, port_ids: Iterable[str]) -> None:
-        """After ports' rows changed (fixed IP, security groups, port security, binding): their
-        DHCP entries and packet filters on their hosts follow. INTEGRATION POINT for DHCP; the
-        filters are refreshed here."""
-        await self.firewall.refresh_ports(port_ids)
+        """After ports' rows changed (fixed IP, security groups, port security): their DHCP
+        entries (an entry with the port's MAC is replaced) and packet filters on their hosts
+        follow, and so do the filters of ports that allow traffic from the ports' groups."""
+        ids = list(port_ids)
+        async with self.pool.acquire() as conn:
+            rows = [r for r in await q.ports_by_ids(conn, ids) if r["host"] and r["device_id"]]
+            groups = await sg_q.port_group_ids(conn, ids)
+        for host in {r["host"] for r in rows}:
+            if (driver := self.hosts.get(host)) is not None:
+                await self._plug(host, driver, [_port_info(r) for r in rows if r["host"] == host])
+        await self.firewall.refresh_ports(ids)
+        self.firewall.refresh_groups_soon(g for gs in groups.values() for g in gs)
 
     async def security_changed(self, group_ids: Iterable[str]) -> None:
         """After groups' rules or members changed: refresh the filters of every port whose
@@ -628,8 +652,25 @@ class NetworkAPI:
         await self.firewall.refresh_groups(group_ids)
 
     async def port_deleted(self, row: dict) -> None:
-        """After a port row bound to a host was deleted through the API: its DHCP entry,
-        filter (and NIC) leave the host. INTEGRATION POINT, no-op for now."""
+        """After a bound port's row was deleted through the API: as Nova does on Neutron's
+        network-vif-deleted, its NIC leaves the guest; then its DHCP entry, its filter and, with
+        the network's last port on that host, the tenant network leave the host."""
+        driver = self.hosts.get(row["host"]) if row["host"] else None
+        if driver is None:
+            return
+        if row["device_id"] and row["device_owner"].startswith("compute:"):
+            try:
+                await driver.detach_nic(row["device_id"], row["mac_address"])
+            except VirtError:
+                log.warning("deleted_port_nic_detach_failed", port_id=row["id"], instance_uuid=row["device_id"],
+                            exc_info=True)
+        async with self.pool.acquire() as conn:
+            net = await q.get_network(conn, row["network_id"])
+        if net is not None:
+            await self._forget_entry(driver, row["host"], row["network_id"], net["libvirt_name"], row["mac_address"])
+        await self.firewall.remove(row["host"], row["id"])
+        if net is not None:
+            await self._drop_unused(row["host"], row["network_id"], net["libvirt_name"])
 
     # -- reads ----------------------------------------------------------------------
     async def ports_for_instance(self, instance_uuid: str) -> list[PortInfo]:
@@ -724,17 +765,18 @@ class NetworkAPI:
                     f"Fixed IP address {fixed_ip} is already in use on instance {holder['device_id']}.")
             await self._check_fixed_ip(conn, net, fixed_ip, instance_uuid)
         try:
+            await quota.reserve(conn, project_id, {"port": 1})
             row = await q.create_port(conn, network_id=net["id"], project_id=project_id, device_id=instance_uuid,
                                       device_owner=owner, host=host, fixed_ip=fixed_ip, device_index=index)
+        except quota.OverQuota:
+            raise exception.QuotaExceeded("Maximum number of ports exceeded") from None
         except q.AddressInUse as exc:
             raise exception.Conflict(
                 f"Fixed IP address {exc.address} is already in use on instance {exc.device_id}.") from None
         except q.NoMoreAddresses:
             raise exception.Invalid(f"No fixed IP addresses available for network: {net['id']}") from None
         # A port made without groups gets the project's default group, as Neutron does.
-        await ensure_default_security_group(conn, project_id)
-        default = await iq.find_groups(conn, project_id, "default")
-        await iq.join_group(conn, [row["id"]], default[0]["id"])
+        await iq.join_group(conn, [row["id"]], await sg_q.default_group_id(conn, project_id))
         return row
 
     async def _bound_port(self, instance_uuid: str, port_id: str, tag: str | None = None) -> PortInfo:

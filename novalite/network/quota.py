@@ -100,3 +100,13 @@ async def projects_with_limits(conn: asyncpg.Connection) -> list[str]:
     """Projects that have limits of their own (GET /quotas)."""
     return [r["project_id"] for r in await conn.fetch(
         "SELECT DISTINCT project_id FROM network_quotas ORDER BY project_id")]
+
+
+async def headroom(conn: asyncpg.Connection, project_id: str, resource: str) -> int | None:
+    """How many more of ``resource`` the project may make now (None: unlimited); one round trip."""
+    row = await conn.fetchrow(
+        f"""SELECT coalesce((SELECT hard_limit FROM network_quotas WHERE project_id = $1 AND resource = $2),
+                            $3::int) AS lim, ({_USAGE[resource]}) AS used""",
+        project_id, resource, DEFAULTS[resource],
+    )
+    return None if row["lim"] == UNLIMITED else max(0, row["lim"] - row["used"])
