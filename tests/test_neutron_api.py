@@ -364,3 +364,21 @@ async def test_subnet_and_port_writes_on_one_network_at_once_never_deadlock(clou
     ports = await _ports(cloud, net["id"])
     addresses = [p["fixed_ips"][0]["ip_address"] for p in ports]
     assert len(addresses) == len(set(addresses)) and len(ports) >= 12
+
+
+async def test_member_sees_the_same_port_attributes_on_create_update_and_show(cloud):
+    """Neutron strips the admin-only attributes (binding:host_id, ...) from every answer a member
+    gets, not only from GETs; an admin sees them on create."""
+    net, _ = await _network(cloud, cidr="10.67.0.0/29")
+    port = await _post(cloud, "port", {"network_id": net["id"], "name": "mine"})
+    status, shown, _ = await cloud.request("GET", f"{V2}/ports/{port['id']}")
+    assert status == 200 and set(port) == set(shown["port"])
+    status, updated, _ = await cloud.request("PUT", f"{V2}/ports/{port['id']}", json_body={"port": {"name": "m2"}})
+    assert status == 200 and set(updated["port"]) == set(shown["port"])
+    assert not {"binding:host_id", "binding:vif_type", "binding:profile", "binding:vif_details"} & set(port)
+    assert "binding:vnic_type" in port
+    status, net_shown, _ = await cloud.request("GET", f"{V2}/networks/{net['id']}")
+    assert set(net) == set(net_shown["network"]) and "provider:network_type" not in net
+    admin_port = await _post(cloud, "port", {"network_id": net["id"], "project_id": port["project_id"]},
+                             user="admin")
+    assert admin_port["binding:vif_type"] == "unbound" and admin_port["binding:host_id"] == ""

@@ -115,9 +115,15 @@ def _target(doc: dict, network: dict | None = None) -> dict:
 
 def _shown(request: web.Request, resource: str, doc: dict, network: dict | None = None) -> dict | None:
     """The document if ``get_<resource>`` allows it, without the attributes the caller may not read."""
-    target = _target(doc, network)
-    if not allowed(request, f"get_{resource}", target):
+    if not allowed(request, f"get_{resource}", _target(doc, network)):
         return None
+    return _readable(request, resource, doc, network)
+
+
+def _readable(request: web.Request, resource: str, doc: dict, network: dict | None = None) -> dict:
+    """The document without the attributes ``get_<resource>:<attr>`` hides from the caller; Neutron
+    strips them from every answer, creates and updates too (e.g. a member's port has no binding:host_id)."""
+    target = _target(doc, network)
     enforcer = request.app[keys.NEUTRON_POLICY]
     for attr in list(doc):
         rule = f"get_{resource}:{attr}"
@@ -392,7 +398,7 @@ async def _create(request: web.Request, resource: str, spec: dict,
     then all made in one transaction, so a refused item leaves none of them behind."""
     items, bulk = attrs_of.parse_many(await read_json(request), resource, spec)
     async with _transaction(request) as conn:
-        docs = [await create_one(request, conn, item) for item in items]
+        docs = [_readable(request, resource, await create_one(request, conn, item)) for item in items]
     if resource == "subnet":
         await _networks_changed(request, {d["network_id"] for d in docs})
     return web.json_response({f"{resource}s": docs} if bulk else {resource: docs[0]}, status=201)
@@ -495,7 +501,7 @@ async def networks_update(request: web.Request) -> web.Response:
         if n["config_name"] is not None and {"mtu", "shared", "router:external"} & set(body):
             raise _configured(n)
         n = await q.update_network(conn, network_id, {_NETWORK_COLUMNS[k]: v for k, v in body.items()})
-    return web.json_response({"network": network_doc(n)})
+    return web.json_response({"network": _readable(request, "network", network_doc(n))})
 
 
 async def networks_delete(request: web.Request) -> web.Response:
@@ -578,7 +584,7 @@ async def subnets_update(request: web.Request) -> web.Response:
         s = await q.update_subnet(conn, subnet_id, changes)
         await q.sync_dhcp_port(conn, n)
     await _networks_changed(request, [n["id"]])
-    return web.json_response({"subnet": subnet_doc(s)})
+    return web.json_response({"subnet": _readable(request, "subnet", subnet_doc(s), n)})
 
 
 async def subnets_delete(request: web.Request) -> web.Response:
@@ -765,7 +771,7 @@ async def ports_update(request: web.Request) -> web.Response:
         await network_api.ports_changed([port_id])
     if set(groups) != set(doc["security_groups"]):
         await network_api.security_changed(set(groups) | set(doc["security_groups"]))
-    return web.json_response({"port": port_doc(p, groups)})
+    return web.json_response({"port": _readable(request, "port", port_doc(p, groups), n)})
 
 
 async def ports_delete(request: web.Request) -> web.Response:
