@@ -1,4 +1,4 @@
-"""Run Tempest's compute API tests against a fresh novalite (``make tempest``).
+"""Run Tempest's compute and network API tests against a fresh novalite (``make tempest``).
 
 Starts ``novalite serve`` in a workspace (default ``.tempest/``) with simulated
 hosts and a private Postgres, provisions what Tempest needs through the public
@@ -36,6 +36,10 @@ INCLUDE = REPO / "scripts" / "tempest-include.txt"
 EXCLUDE = REPO / "scripts" / "tempest-exclude.txt"
 MAX_MICROVERSION = "2.96"  # novalite's advertised maximum (api/middleware.py)
 PROJECTS = 6  # member + reader per project; stestr workers draw from these
+# Neutron quotas of Tempest's projects: a cloud for Tempest lifts Neutron's defaults
+# (10 security groups) above what one worker's tests make between cleanups.
+NETWORK_QUOTA = {"network": 100, "subnet": 100, "port": 500, "security_group": 100,
+                 "security_group_rule": 1000}
 
 
 def free_port() -> int:
@@ -124,6 +128,14 @@ class Admin:
         return (await self.call("POST", "/identity/v3/projects",
                                 {"project": {"name": name, "domain_id": "default"}}))["project"]["id"]
 
+    async def network_quota(self, project_id: str) -> None:
+        """Give the project Tempest's Neutron quotas (admin's PUT /quotas/{project})."""
+        await self.call("PUT", f"/networking/v2.0/quotas/{project_id}", {"quota": NETWORK_QUOTA})
+
+    async def network_extensions(self) -> list[str]:
+        """The aliases novalite's Neutron advertises (GET /extensions), for api_extensions."""
+        return [e["alias"] for e in (await self.call("GET", "/networking/v2.0/extensions"))["extensions"]]
+
     async def user(self, name: str, password: str, project_id: str, role_id: str) -> None:
         user = (await self.call("POST", "/identity/v3/users", {"user": {
             "name": name, "password": password, "domain_id": "default",
@@ -140,6 +152,7 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
         members, readers, admins = [], [], []
         for i in range(1, PROJECTS + 1):
             pid = await admin.project(f"tempest-project-{i}")
+            await admin.network_quota(pid)
             for kind, bucket in (("member", members), ("reader", readers)):
                 name, pw = f"tempest-{kind}-{i}", secrets.token_urlsafe(12)
                 await admin.user(name, pw, pid, roles[kind])
@@ -147,6 +160,7 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
                                "password": pw, "roles": [kind]})
         for i in (1, 2):
             pid = await admin.project(f"tempest-admin-project-{i}")
+            await admin.network_quota(pid)
             name, pw = f"tempest-admin-{i}", secrets.token_urlsafe(12)
             await admin.user(name, pw, pid, roles["admin"])
             admins.append({"username": name, "project_name": f"tempest-admin-project-{i}",
@@ -157,7 +171,8 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
             "NOVALITE_TEST_IMAGE_CACHE", "/var/tmp/novalite-testimage-cache")))
         first = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
         second = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
-        return {"accounts": accounts, "admin_password": creds["admin"], "image_ref": first["ami"], "image_ref_alt": second["ami"]}
+        return {"accounts": accounts, "admin_password": creds["admin"], "image_ref": first["ami"],
+                "image_ref_alt": second["ami"], "network_extensions": await admin.network_extensions()}
 
 
 def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
@@ -204,7 +219,7 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
             "block_migration_for_live_migration": "false", "snapshot": "true", "rescue": "true",
             "shelve": "true", "shelve_migrate": "false", "change_password": "false",
             "console_output": "true", "vnc_console": "false", "spice_console": "false",
-            "serial_console": "false", "rdp_console": "false", "interface_attach": "false",
+            "serial_console": "false", "rdp_console": "false", "interface_attach": "true",
             "config_drive": "true", "personality": "true", "pause": "true", "suspend": "true",
             "metadata_service": "false", "attach_encrypted_volume": "false",
             "swap_volume": "false", "volume_multiattach": "false", "hostname_fqdn_sanitization": "true",
@@ -215,8 +230,17 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
         },
         "image": {"region": "RegionOne", "endpoint_type": "publicURL"},
         "image-feature-enabled": {"api_v1": "false", "api_v2": "true"},
-        "network": {"region": "RegionOne", "endpoint_type": "publicURL", "shared_physical_network": "false"},
-        "network-feature-enabled": {"ipv6": "false", "floating_ips": "false"},
+        "network": {
+            "region": "RegionOne", "endpoint_type": "publicURL", "shared_physical_network": "false",
+            # Tempest's own networks: one /28 per subnet out of this block (private is elsewhere).
+            "project_network_cidr": "10.100.0.0/16", "project_network_mask_bits": "28",
+            "build_timeout": "120", "build_interval": "1",
+        },
+        "network-feature-enabled": {
+            "ipv6": "false", "floating_ips": "false", "port_security": "true",
+            "port_admin_state_change": "true", "ipv6_subnet_attributes": "false",
+            "api_extensions": ",".join(env["network_extensions"]),
+        },
         "service_available": {
             "nova": "true", "glance": "true", "neutron": "true", "cinder": "false",
             "swift": "false", "horizon": "false", "keystone": "true",
