@@ -382,3 +382,17 @@ async def test_member_sees_the_same_port_attributes_on_create_update_and_show(cl
     admin_port = await _post(cloud, "port", {"network_id": net["id"], "project_id": port["project_id"]},
                              user="admin")
     assert admin_port["binding:vif_type"] == "unbound" and admin_port["binding:host_id"] == ""
+
+
+async def test_subnets_say_whether_their_network_is_external(cloud):
+    """subnet-external-network: members see an external network's subnets (rule:external_network),
+    each subnet carries ``router:external``, and the extension says so, as Neutron 2024.1+ does."""
+    external = await _post(cloud, "network", {"name": "ext", "router:external": True}, user="admin")
+    await _post(cloud, "subnet", {"network_id": external["id"], "cidr": "10.81.0.0/24", "ip_version": 4},
+                user="admin")
+    _, own = await _network(cloud, cidr="10.82.0.0/24")
+    assert own["router:external"] is False
+    status, body, _ = await cloud.request("GET", f"{V2}/subnets?router:external=true")
+    assert status == 200 and [(s["cidr"], s["router:external"]) for s in body["subnets"]] == [("10.81.0.0/24", True)]
+    status, body, _ = await cloud.request("GET", f"{V2}/extensions/subnet-external-network")
+    assert status == 200 and body["extension"]["alias"] == "subnet-external-network"

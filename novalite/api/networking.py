@@ -68,6 +68,8 @@ EXTENSIONS = [
     ("quotas", "Quota management support", "Expose functions for quotas management per tenant"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
     ("security-group", "security-group", "The security groups extension."),
+    ("subnet-external-network", "Subnet belongs to an external network",
+     "Informs if the subnet belongs to an external network"),
     ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
     ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
 ]
@@ -189,6 +191,7 @@ def subnet_doc(s: dict) -> dict:
         "dns_nameservers": list(s["dns_nameservers"]),
         "description": s["description"],
         "service_types": [],
+        "router:external": s["external"],  # subnet-external-network: whether its network is external
         "tags": [],
         "created_at": _ts(s["created_at"]),
         "updated_at": _ts(s["updated_at"]),
