@@ -3,7 +3,8 @@
 Starts ``novalite serve`` in a workspace (default ``.tempest/``) with simulated
 hosts and a private Postgres, provisions what Tempest needs through the public
 APIs (per project a member and a reader user plus admins, two active images;
-flavors m1.tiny and m1.small differ in RAM; the default network ``private``),
+flavors m1.tiny and m1.small differ in RAM; the default network ``private``;
+Neutron quotas for the projects and an external network ``public``),
 writes ``tempest.conf`` and ``accounts.yaml``, and runs the tests listed in
 ``scripts/tempest-include.txt`` minus ``scripts/tempest-exclude.txt`` with
 stestr (concurrency 2). The server is stopped at the end; its log stays in the
@@ -136,6 +137,17 @@ class Admin:
         """The aliases novalite's Neutron advertises (GET /extensions), for api_extensions."""
         return [e["alias"] for e in (await self.call("GET", "/networking/v2.0/extensions"))["extensions"]]
 
+    async def public_network(self) -> str:
+        """An external network as a cloud's ``public`` (public_network_id), owned by a ``service``
+        project no Tempest account is in, so it is no project's own network for servers."""
+        owner = await self.project("service")
+        net = (await self.call("POST", "/networking/v2.0/networks", {"network": {
+            "name": "public", "router:external": True, "project_id": owner}}))["network"]
+        await self.call("POST", "/networking/v2.0/subnets", {"subnet": {
+            "network_id": net["id"], "cidr": "172.24.4.0/24", "ip_version": 4, "enable_dhcp": False,
+            "name": "public-subnet", "project_id": owner}})
+        return net["id"]
+
     async def user(self, name: str, password: str, project_id: str, role_id: str) -> None:
         user = (await self.call("POST", "/identity/v3/users", {"user": {
             "name": name, "password": password, "domain_id": "default",
@@ -172,7 +184,8 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
         first = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
         second = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
         return {"accounts": accounts, "admin_password": creds["admin"], "image_ref": first["ami"],
-                "image_ref_alt": second["ami"], "network_extensions": await admin.network_extensions()}
+                "image_ref_alt": second["ami"], "network_extensions": await admin.network_extensions(),
+                "public_network_id": await admin.public_network()}
 
 
 def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
@@ -234,7 +247,7 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
             "region": "RegionOne", "endpoint_type": "publicURL", "shared_physical_network": "false",
             # Tempest's own networks: one /28 per subnet out of this block (private is elsewhere).
             "project_network_cidr": "10.100.0.0/16", "project_network_mask_bits": "28",
-            "build_timeout": "120", "build_interval": "1",
+            "build_timeout": "120", "build_interval": "1", "public_network_id": env["public_network_id"],
         },
         "network-feature-enabled": {
             "ipv6": "false", "floating_ips": "false", "port_security": "true",
