@@ -396,3 +396,22 @@ async def test_subnets_say_whether_their_network_is_external(cloud):
     assert status == 200 and [(s["cidr"], s["router:external"]) for s in body["subnets"]] == [("10.81.0.0/24", True)]
     status, body, _ = await cloud.request("GET", f"{V2}/extensions/subnet-external-network")
     assert status == 200 and body["extension"]["alias"] == "subnet-external-network"
+
+
+async def test_ports_filter_by_part_of_their_address(cloud):
+    """ip-substring-filtering: ``fixed_ips=ip_address_substr=...`` lists the ports whose address
+    contains the text; an exact ``ip_address`` filter still needs the whole address."""
+    net, subnet = await _network(cloud, cidr="10.68.0.0/24")
+    near = await _post(cloud, "port", {"network_id": net["id"], "fixed_ips": [{"ip_address": "10.68.0.19"}]})
+    far = await _post(cloud, "port", {"network_id": net["id"], "fixed_ips": [{"ip_address": "10.68.0.20"}]})
+
+    async def listed(query: str) -> set[str]:
+        status, body, _ = await cloud.request("GET", f"{V2}/ports?network_id={net['id']}&{query}")
+        assert status == 200, body
+        return {p["id"] for p in body["ports"]}
+
+    assert await listed("fixed_ips=ip_address_substr=10.68.0.1") == {near["id"]}
+    assert await listed("fixed_ips=ip_address_substr=0.68.0.") >= {near["id"], far["id"]}
+    assert await listed("fixed_ips=ip_address=10.68.0.1") == set()  # the gateway: no port
+    status, body, _ = await cloud.request("GET", f"{V2}/extensions/ip-substring-filtering")
+    assert status == 200

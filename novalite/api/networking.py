@@ -59,6 +59,8 @@ EXTENSIONS = [
     ("availability_zone", "Availability Zone", "The availability zone extension."),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
+    ("ip-substring-filtering", "IP address substring filtering",
+     "Provides IP address substring filtering when listing ports"),
     ("network-ip-availability", "Network IP Availability", "Provides IP availability data for each network and subnet."),
     ("network_availability_zone", "Network Availability Zone", "Availability zone support for network."),
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
@@ -233,11 +235,19 @@ def port_doc(p: dict, security_group_ids: list[str]) -> dict:
 # -- filtering -----------------------------------------------------------------------
 
 
+def _fixed_ip_matches(ip: dict, attr: str, value: str) -> bool:
+    """One ``fixed_ips=attr=value`` filter on one fixed IP; ``ip_address_substr`` (the
+    ip-substring-filtering extension) matches a part of the address."""
+    if attr == "ip_address_substr":
+        return value in ip["ip_address"]
+    return str(ip.get(attr)) == value
+
+
 def _matches(doc: dict, key: str, wanted: list[str]) -> bool:
     if key == "fixed_ips":
         for spec in wanted:
             attr, _, value = spec.partition("=")
-            if not any(str(ip.get(attr)) == value for ip in doc.get("fixed_ips", [])):
+            if not any(_fixed_ip_matches(ip, attr, value) for ip in doc.get("fixed_ips", [])):
                 return False
         return True
     if key not in doc:
