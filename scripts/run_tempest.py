@@ -1,9 +1,10 @@
-"""Run Tempest's compute API tests against a fresh novalite (``make tempest``).
+"""Run Tempest's compute and network API tests against a fresh novalite (``make tempest``).
 
 Starts ``novalite serve`` in a workspace (default ``.tempest/``) with simulated
 hosts and a private Postgres, provisions what Tempest needs through the public
 APIs (per project a member and a reader user plus admins, two active images;
-flavors m1.tiny and m1.small differ in RAM; the default network ``private``),
+flavors m1.tiny and m1.small differ in RAM; the default network ``private``;
+Neutron quotas for the projects and an external network ``public``),
 writes ``tempest.conf`` and ``accounts.yaml``, and runs the tests listed in
 ``scripts/tempest-include.txt`` minus ``scripts/tempest-exclude.txt`` with
 stestr (concurrency 2). The server is stopped at the end; its log stays in the
@@ -36,6 +37,10 @@ INCLUDE = REPO / "scripts" / "tempest-include.txt"
 EXCLUDE = REPO / "scripts" / "tempest-exclude.txt"
 MAX_MICROVERSION = "2.96"  # novalite's advertised maximum (api/middleware.py)
 PROJECTS = 6  # member + reader per project; stestr workers draw from these
+# Neutron quotas of Tempest's projects: a cloud for Tempest lifts Neutron's defaults
+# (10 security groups) above what one worker's tests make between cleanups.
+NETWORK_QUOTA = {"network": 100, "subnet": 100, "port": 500, "security_group": 100,
+                 "security_group_rule": 1000}
 
 
 def free_port() -> int:
@@ -124,6 +129,25 @@ class Admin:
         return (await self.call("POST", "/identity/v3/projects",
                                 {"project": {"name": name, "domain_id": "default"}}))["project"]["id"]
 
+    async def network_quota(self, project_id: str) -> None:
+        """Give the project Tempest's Neutron quotas (admin's PUT /quotas/{project})."""
+        await self.call("PUT", f"/networking/v2.0/quotas/{project_id}", {"quota": NETWORK_QUOTA})
+
+    async def network_extensions(self) -> list[str]:
+        """The aliases novalite's Neutron advertises (GET /extensions), for api_extensions."""
+        return [e["alias"] for e in (await self.call("GET", "/networking/v2.0/extensions"))["extensions"]]
+
+    async def public_network(self) -> str:
+        """An external network as a cloud's ``public`` (public_network_id), owned by a ``service``
+        project no Tempest account is in, so it is no project's own network for servers."""
+        owner = await self.project("service")
+        net = (await self.call("POST", "/networking/v2.0/networks", {"network": {
+            "name": "public", "router:external": True, "project_id": owner}}))["network"]
+        await self.call("POST", "/networking/v2.0/subnets", {"subnet": {
+            "network_id": net["id"], "cidr": "172.24.4.0/24", "ip_version": 4, "enable_dhcp": False,
+            "name": "public-subnet", "project_id": owner}})
+        return net["id"]
+
     async def user(self, name: str, password: str, project_id: str, role_id: str) -> None:
         user = (await self.call("POST", "/identity/v3/users", {"user": {
             "name": name, "password": password, "domain_id": "default",
@@ -140,6 +164,7 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
         members, readers, admins = [], [], []
         for i in range(1, PROJECTS + 1):
             pid = await admin.project(f"tempest-project-{i}")
+            await admin.network_quota(pid)
             for kind, bucket in (("member", members), ("reader", readers)):
                 name, pw = f"tempest-{kind}-{i}", secrets.token_urlsafe(12)
                 await admin.user(name, pw, pid, roles[kind])
@@ -147,6 +172,7 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
                                "password": pw, "roles": [kind]})
         for i in (1, 2):
             pid = await admin.project(f"tempest-admin-project-{i}")
+            await admin.network_quota(pid)
             name, pw = f"tempest-admin-{i}", secrets.token_urlsafe(12)
             await admin.user(name, pw, pid, roles["admin"])
             admins.append({"username": name, "project_name": f"tempest-admin-project-{i}",
@@ -157,7 +183,9 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
             "NOVALITE_TEST_IMAGE_CACHE", "/var/tmp/novalite-testimage-cache")))
         first = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
         second = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
-        return {"accounts": accounts, "admin_password": creds["admin"], "image_ref": first["ami"], "image_ref_alt": second["ami"]}
+        return {"accounts": accounts, "admin_password": creds["admin"], "image_ref": first["ami"],
+                "image_ref_alt": second["ami"], "network_extensions": await admin.network_extensions(),
+                "public_network_id": await admin.public_network()}
 
 
 def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
@@ -204,7 +232,7 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
             "block_migration_for_live_migration": "false", "snapshot": "true", "rescue": "true",
             "shelve": "true", "shelve_migrate": "false", "change_password": "false",
             "console_output": "true", "vnc_console": "false", "spice_console": "false",
-            "serial_console": "false", "rdp_console": "false", "interface_attach": "false",
+            "serial_console": "false", "rdp_console": "false", "interface_attach": "true",
             "config_drive": "true", "personality": "true", "pause": "true", "suspend": "true",
             "metadata_service": "false", "attach_encrypted_volume": "false",
             "swap_volume": "false", "volume_multiattach": "false", "hostname_fqdn_sanitization": "true",
@@ -215,8 +243,17 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
         },
         "image": {"region": "RegionOne", "endpoint_type": "publicURL"},
         "image-feature-enabled": {"api_v1": "false", "api_v2": "true"},
-        "network": {"region": "RegionOne", "endpoint_type": "publicURL", "shared_physical_network": "false"},
-        "network-feature-enabled": {"ipv6": "false", "floating_ips": "false"},
+        "network": {
+            "region": "RegionOne", "endpoint_type": "publicURL", "shared_physical_network": "false",
+            # Tempest's own networks: one /28 per subnet out of this block (private is elsewhere).
+            "project_network_cidr": "10.100.0.0/16", "project_network_mask_bits": "28",
+            "build_timeout": "120", "build_interval": "1", "public_network_id": env["public_network_id"],
+        },
+        "network-feature-enabled": {
+            "ipv6": "false", "floating_ips": "false", "port_security": "true",
+            "port_admin_state_change": "true", "ipv6_subnet_attributes": "false",
+            "api_extensions": ",".join(env["network_extensions"]),
+        },
         "service_available": {
             "nova": "true", "glance": "true", "neutron": "true", "cinder": "false",
             "swift": "false", "horizon": "false", "keystone": "true",

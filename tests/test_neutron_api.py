@@ -364,3 +364,54 @@ async def test_subnet_and_port_writes_on_one_network_at_once_never_deadlock(clou
     ports = await _ports(cloud, net["id"])
     addresses = [p["fixed_ips"][0]["ip_address"] for p in ports]
     assert len(addresses) == len(set(addresses)) and len(ports) >= 12
+
+
+async def test_member_sees_the_same_port_attributes_on_create_update_and_show(cloud):
+    """Neutron strips the admin-only attributes (binding:host_id, ...) from every answer a member
+    gets, not only from GETs; an admin sees them on create."""
+    net, _ = await _network(cloud, cidr="10.67.0.0/29")
+    port = await _post(cloud, "port", {"network_id": net["id"], "name": "mine"})
+    status, shown, _ = await cloud.request("GET", f"{V2}/ports/{port['id']}")
+    assert status == 200 and set(port) == set(shown["port"])
+    status, updated, _ = await cloud.request("PUT", f"{V2}/ports/{port['id']}", json_body={"port": {"name": "m2"}})
+    assert status == 200 and set(updated["port"]) == set(shown["port"])
+    assert not {"binding:host_id", "binding:vif_type", "binding:profile", "binding:vif_details"} & set(port)
+    assert "binding:vnic_type" in port
+    status, net_shown, _ = await cloud.request("GET", f"{V2}/networks/{net['id']}")
+    assert set(net) == set(net_shown["network"]) and "provider:network_type" not in net
+    admin_port = await _post(cloud, "port", {"network_id": net["id"], "project_id": port["project_id"]},
+                             user="admin")
+    assert admin_port["binding:vif_type"] == "unbound" and admin_port["binding:host_id"] == ""
+
+
+async def test_subnets_say_whether_their_network_is_external(cloud):
+    """subnet-external-network: members see an external network's subnets (rule:external_network),
+    each subnet carries ``router:external``, and the extension says so, as Neutron 2024.1+ does."""
+    external = await _post(cloud, "network", {"name": "ext", "router:external": True}, user="admin")
+    await _post(cloud, "subnet", {"network_id": external["id"], "cidr": "10.81.0.0/24", "ip_version": 4},
+                user="admin")
+    _, own = await _network(cloud, cidr="10.82.0.0/24")
+    assert own["router:external"] is False
+    status, body, _ = await cloud.request("GET", f"{V2}/subnets?router:external=true")
+    assert status == 200 and [(s["cidr"], s["router:external"]) for s in body["subnets"]] == [("10.81.0.0/24", True)]
+    status, body, _ = await cloud.request("GET", f"{V2}/extensions/subnet-external-network")
+    assert status == 200 and body["extension"]["alias"] == "subnet-external-network"
+
+
+async def test_ports_filter_by_part_of_their_address(cloud):
+    """ip-substring-filtering: ``fixed_ips=ip_address_substr=...`` lists the ports whose address
+    contains the text; an exact ``ip_address`` filter still needs the whole address."""
+    net, subnet = await _network(cloud, cidr="10.68.0.0/24")
+    near = await _post(cloud, "port", {"network_id": net["id"], "fixed_ips": [{"ip_address": "10.68.0.19"}]})
+    far = await _post(cloud, "port", {"network_id": net["id"], "fixed_ips": [{"ip_address": "10.68.0.20"}]})
+
+    async def listed(query: str) -> set[str]:
+        status, body, _ = await cloud.request("GET", f"{V2}/ports?network_id={net['id']}&{query}")
+        assert status == 200, body
+        return {p["id"] for p in body["ports"]}
+
+    assert await listed("fixed_ips=ip_address_substr=10.68.0.1") == {near["id"]}
+    assert await listed("fixed_ips=ip_address_substr=0.68.0.") >= {near["id"], far["id"]}
+    assert await listed("fixed_ips=ip_address=10.68.0.1") == set()  # the gateway: no port
+    status, body, _ = await cloud.request("GET", f"{V2}/extensions/ip-substring-filtering")
+    assert status == 200

@@ -59,6 +59,8 @@ EXTENSIONS = [
     ("availability_zone", "Availability Zone", "The availability zone extension."),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
+    ("ip-substring-filtering", "IP address substring filtering",
+     "Provides IP address substring filtering when listing ports"),
     ("network-ip-availability", "Network IP Availability", "Provides IP availability data for each network and subnet."),
     ("network_availability_zone", "Network Availability Zone", "Availability zone support for network."),
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
@@ -68,6 +70,8 @@ EXTENSIONS = [
     ("quotas", "Quota management support", "Expose functions for quotas management per tenant"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
     ("security-group", "security-group", "The security groups extension."),
+    ("subnet-external-network", "Subnet belongs to an external network",
+     "Informs if the subnet belongs to an external network"),
     ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
     ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
 ]
@@ -115,9 +119,15 @@ def _target(doc: dict, network: dict | None = None) -> dict:
 
 def _shown(request: web.Request, resource: str, doc: dict, network: dict | None = None) -> dict | None:
     """The document if ``get_<resource>`` allows it, without the attributes the caller may not read."""
-    target = _target(doc, network)
-    if not allowed(request, f"get_{resource}", target):
+    if not allowed(request, f"get_{resource}", _target(doc, network)):
         return None
+    return _readable(request, resource, doc, network)
+
+
+def _readable(request: web.Request, resource: str, doc: dict, network: dict | None = None) -> dict:
+    """The document without the attributes ``get_<resource>:<attr>`` hides from the caller; Neutron
+    strips them from every answer, creates and updates too (e.g. a member's port has no binding:host_id)."""
+    target = _target(doc, network)
     enforcer = request.app[keys.NEUTRON_POLICY]
     for attr in list(doc):
         rule = f"get_{resource}:{attr}"
@@ -183,6 +193,7 @@ def subnet_doc(s: dict) -> dict:
         "dns_nameservers": list(s["dns_nameservers"]),
         "description": s["description"],
         "service_types": [],
+        "router:external": s["external"],  # subnet-external-network: whether its network is external
         "tags": [],
         "created_at": _ts(s["created_at"]),
         "updated_at": _ts(s["updated_at"]),
@@ -224,11 +235,19 @@ def port_doc(p: dict, security_group_ids: list[str]) -> dict:
 # -- filtering -----------------------------------------------------------------------
 
 
+def _fixed_ip_matches(ip: dict, attr: str, value: str) -> bool:
+    """One ``fixed_ips=attr=value`` filter on one fixed IP; ``ip_address_substr`` (the
+    ip-substring-filtering extension) matches a part of the address."""
+    if attr == "ip_address_substr":
+        return value in ip["ip_address"]
+    return str(ip.get(attr)) == value
+
+
 def _matches(doc: dict, key: str, wanted: list[str]) -> bool:
     if key == "fixed_ips":
         for spec in wanted:
             attr, _, value = spec.partition("=")
-            if not any(str(ip.get(attr)) == value for ip in doc.get("fixed_ips", [])):
+            if not any(_fixed_ip_matches(ip, attr, value) for ip in doc.get("fixed_ips", [])):
                 return False
         return True
     if key not in doc:
@@ -392,7 +411,7 @@ async def _create(request: web.Request, resource: str, spec: dict,
     then all made in one transaction, so a refused item leaves none of them behind."""
     items, bulk = attrs_of.parse_many(await read_json(request), resource, spec)
     async with _transaction(request) as conn:
-        docs = [await create_one(request, conn, item) for item in items]
+        docs = [_readable(request, resource, await create_one(request, conn, item)) for item in items]
     if resource == "subnet":
         await _networks_changed(request, {d["network_id"] for d in docs})
     return web.json_response({f"{resource}s": docs} if bulk else {resource: docs[0]}, status=201)
@@ -495,7 +514,7 @@ async def networks_update(request: web.Request) -> web.Response:
         if n["config_name"] is not None and {"mtu", "shared", "router:external"} & set(body):
             raise _configured(n)
         n = await q.update_network(conn, network_id, {_NETWORK_COLUMNS[k]: v for k, v in body.items()})
-    return web.json_response({"network": network_doc(n)})
+    return web.json_response({"network": _readable(request, "network", network_doc(n))})
 
 
 async def networks_delete(request: web.Request) -> web.Response:
@@ -578,7 +597,7 @@ async def subnets_update(request: web.Request) -> web.Response:
         s = await q.update_subnet(conn, subnet_id, changes)
         await q.sync_dhcp_port(conn, n)
     await _networks_changed(request, [n["id"]])
-    return web.json_response({"subnet": subnet_doc(s)})
+    return web.json_response({"subnet": _readable(request, "subnet", subnet_doc(s), n)})
 
 
 async def subnets_delete(request: web.Request) -> web.Response:
@@ -765,7 +784,7 @@ async def ports_update(request: web.Request) -> web.Response:
         await network_api.ports_changed([port_id])
     if set(groups) != set(doc["security_groups"]):
         await network_api.security_changed(set(groups) | set(doc["security_groups"]))
-    return web.json_response({"port": port_doc(p, groups)})
+    return web.json_response({"port": _readable(request, "port", port_doc(p, groups), n)})
 
 
 async def ports_delete(request: web.Request) -> web.Response:

@@ -26,7 +26,8 @@ NETWORK_COLUMNS = """n.id::text AS id, n.name, n.project_id, n.shared, n.is_defa
 SUBNET_COLUMNS = """s.id::text AS id, s.network_id::text AS network_id, s.name, s.project_id, s.cidr::text AS cidr,
     host(s.gateway_ip) AS gateway_ip, host(s.pool_start) AS pool_start, host(s.pool_end) AS pool_end,
     s.enable_dhcp, s.dns_nameservers, s.ip_version, s.allocation_pools, s.host_routes, s.description,
-    s.created_at, s.updated_at"""
+    s.created_at, s.updated_at,
+    (SELECT sn.external FROM networks sn WHERE sn.id = s.network_id) AS external"""
 PORT_COLUMNS = """p.id::text AS id, p.network_id::text AS network_id, p.subnet_id::text AS subnet_id, p.project_id,
     p.name, p.mac_address, host(p.fixed_ip) AS fixed_ip, p.device_id, p.device_owner, p.host, p.status,
     p.preserve_on_delete, p.device_index, p.port_security_enabled, p.admin_state_up, p.description,
