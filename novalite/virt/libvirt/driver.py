@@ -121,8 +121,9 @@ def read_tail(path: Path, max_bytes: int) -> bytes | None:
 # ------------------------------------------------------------------------- designer
 
 def domain_type_for(uri: str, virt_type: str) -> str:
-    """The libvirt domain type a host runs: "test" on test:// URIs, else its virt_type."""
-    return "test" if uri.startswith("test:") else virt_type
+    """The libvirt domain type a host runs: "test" on the test driver (``test:///...``, or served
+    by a daemon as ``test+unix:///...``), else its virt_type."""
+    return "test" if uri.split(":", 1)[0].split("+", 1)[0] == "test" else virt_type
 
 
 def _creation_time(value: Any) -> str | None:
