@@ -3,11 +3,16 @@ answers it up to 2.35 and 404 from 2.36: the same groups and rules Neutron's API
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
+import libvirt
 import pytest
+from conftest import start_cloud, stop_cloud
+from test_nwfilter import _dumpxml, _rules, needs_libvirtd
 
 from novalite.api import keys
+from novalite.network.firewall import filter_name
 
 SG = "/os-security-groups"
 RULES = "/os-security-group-rules"
@@ -277,3 +282,58 @@ async def test_a_reader_may_list_but_not_change(cloud):
     assert status == 403 and "forbidden" in body
     body = await _rule(cloud, 403, parent_group_id=group["id"], ip_protocol="tcp", from_port=1, to_port=2)
     assert "os_compute_api:os-security-groups:rule:create" in body["forbidden"]["message"]
+
+
+@needs_libvirtd
+async def test_a_proxy_rule_reaches_the_ports_filter_on_the_host(pg_dsn, tmp_path):
+    """A rule made and deleted through the proxy changes the member port's nwfilter on qemu:///system."""
+    prefix = f"nlpx{secrets.token_hex(3)}-"
+    # Its own network range, so its bridge does not collide with other clouds' on this libvirtd.
+    extra = (f'[networking]\nlibvirt_prefix = "{prefix}"\ndefault_network = "lab"\n\n'
+             f'[[networks]]\nname = "lab"\ncidr = "10.{secrets.randbelow(100) + 150}.{secrets.randbelow(250)}.0/24"\n')
+    try:
+        cloud = await start_cloud(pg_dsn, tmp_path, extra=extra,
+                                  hosts='[[hosts]]\nname = "local"\nuri = "qemu:///system"\n')
+    except Exception:
+        _remove_libvirt_objects(prefix)
+        raise
+    try:
+        group = await _group(cloud)
+        async with cloud.app[keys.DB].acquire() as conn:
+            port = await conn.fetchval(
+                """INSERT INTO ports (id, network_id, project_id, mac_address, fixed_ip, host, device_id)
+                   SELECT gen_random_uuid(), id, 'p', 'fa:16:3e:00:00:0b', '10.9.0.5', 'local', 'd'
+                   FROM networks LIMIT 1 RETURNING id::text""")
+            await conn.execute("INSERT INTO port_security_groups VALUES ($1::uuid, $2::uuid)", port, group["id"])
+        name = filter_name(prefix, port)
+
+        def web_rules() -> list[dict]:
+            return [attrs for _, direction, proto, attrs in _rules(_dumpxml(name))
+                    if direction == "in" and proto == "tcp"]
+
+        rule = (await _rule(cloud, parent_group_id=group["id"], ip_protocol="tcp", from_port=8080, to_port=8080,
+                            cidr="10.9.0.0/24"))["security_group_rule"]
+        assert web_rules() == [{"srcipaddr": "10.9.0.0", "srcipmask": "24", "dstportstart": "8080",
+                                "dstportend": "8080"}]
+        status, _, _ = await cloud.compute("DELETE", f"{RULES}/{rule['id']}")
+        assert status == 202
+        assert web_rules() == []
+    finally:
+        await stop_cloud(cloud)
+        _remove_libvirt_objects(prefix)
+
+
+def _remove_libvirt_objects(prefix: str) -> None:
+    """Whatever the test's cloud left on qemu:///system under its prefix: filters, networks, pools."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        for f in conn.listAllNWFilters():
+            if f.name().startswith(prefix):
+                f.undefine()
+        for obj in [*conn.listAllNetworks(), *conn.listAllStoragePools()]:
+            if obj.name().startswith(prefix):
+                if obj.isActive():
+                    obj.destroy()
+                obj.undefine()
+    finally:
+        conn.close()
