@@ -20,7 +20,13 @@ from novalite.api import identity_admin, keys, middleware
 from novalite.api import networking as networking_api
 from novalite.api import security_groups as security_groups_api
 from novalite.api import volume as volume_api_routes
-from novalite.api.compute import catalog_routes, server_groups, servers, volume_attachments
+from novalite.api.compute import (
+    catalog_routes,
+    security_groups_proxy,
+    server_groups,
+    servers,
+    volume_attachments,
+)
 from novalite.api.compute import images as compute_images
 from novalite.api.compute import interfaces as compute_interfaces
 from novalite.api.compute import migrations as compute_migrations
@@ -284,4 +290,5 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     volume_api_routes.add_routes(app)
     volume_attachments.add_routes(app)
     compute_interfaces.add_routes(app)
+    security_groups_proxy.add_routes(app)
     return app

@@ -168,10 +168,15 @@ def _over_quota(exc: quota.OverQuota) -> NeutronError:
 # -- groups ------------------------------------------------------------------------------
 
 
+def readable(request: web.Request, g: dict | None) -> bool:
+    """Whether the group exists and Neutron's policy lets the caller read it."""
+    return g is not None and allowed(request, "get_security_group", _group_target(g))
+
+
 async def _visible_group(request: web.Request, conn: Any, group_id: str) -> dict:
     """The group if the caller may read it (404 otherwise, as if it did not exist)."""
     g = await q.get_group(conn, group_id)
-    if g is None or not allowed(request, "get_security_group", _group_target(g)):
+    if not readable(request, g):
         raise _group_not_found(group_id)
     return g
 
@@ -198,24 +203,35 @@ async def security_groups_create(request: web.Request) -> web.Response:
     item = await _body(request, "security_group", _GROUP_ATTRS)
     name = _string(item, "name", "") or ""
     description = _string(item, "description", "") or ""
-    if name.lower() == q.DEFAULT_NAME:
-        raise NeutronError(409, "SecurityGroupDefaultAlreadyExists", "Default security group already exists.")
+    check_new_name(name)
     if item.get("stateful", True) is not True:
         raise _bad("Invalid input for stateful. Reason: this cloud's packet filter is stateful only.")
     project_id = _owner(request, item)
     if not allowed(request, "create_security_group", {"project_id": project_id, "tenant_id": project_id}):
         raise disallowed("create_security_group")
+    try:
+        g = await create_group(request, project_id, name, description)
+    except quota.OverQuota as exc:
+        raise _over_quota(exc) from None
+    return web.json_response({"security_group": security_group_doc(g)}, status=201)
+
+
+def check_new_name(name: str) -> None:
+    """A group may not be named `default` (case-insensitive): each project has its own already (409)."""
+    if name.lower() == q.DEFAULT_NAME:
+        raise NeutronError(409, "SecurityGroupDefaultAlreadyExists", "Default security group already exists.")
+
+
+async def create_group(request: web.Request, project_id: str, name: str, description: str) -> dict:
+    """A new group with Neutron's egress rules, within the project's quota (raises ``quota.OverQuota``);
+    the group with its rules. The project's `default` group is made first, as Neutron does."""
     async with request.app[keys.DB].acquire() as conn:
         await q.ensure_default_security_group(conn, project_id)
         async with conn.transaction():
-            try:
-                await quota.reserve(conn, project_id, {"security_group": 1})
-            except quota.OverQuota as exc:
-                raise _over_quota(exc) from None
+            await quota.reserve(conn, project_id, {"security_group": 1})
             group_id = await q.create_group(conn, project_id, name, description)
             await q.add_default_egress(conn, group_id, project_id)
-        g = await q.get_group(conn, group_id)
-    return web.json_response({"security_group": security_group_doc(g)}, status=201)
+        return await q.get_group(conn, group_id)
 
 
 async def security_groups_update(request: web.Request) -> web.Response:
@@ -229,13 +245,18 @@ async def security_groups_update(request: web.Request) -> web.Response:
             raise _group_not_found(group_id)
         _authorize(request, "update_security_group", _group_target(g), "get_security_group",
                    _group_not_found(group_id))
-        if "name" in changes and g["name"] == q.DEFAULT_NAME:
-            raise NeutronError(409, "SecurityGroupCannotUpdateDefault", "Updating default security group not allowed.")
-        if (changes.get("name") or "").lower() == q.DEFAULT_NAME:
-            raise NeutronError(409, "SecurityGroupDefaultAlreadyExists", "Default security group already exists.")
-        await q.update_group(conn, group_id, changes)
-        g = await q.get_group(conn, group_id)
+        g = await update_group(conn, g, changes)
     return web.json_response({"security_group": security_group_doc(g)})
+
+
+async def update_group(conn: Any, g: dict, changes: dict[str, str | None]) -> dict:
+    """Rename or describe the group; the `default` group keeps its name and none takes it (409).
+    The group as it is now."""
+    if "name" in changes and g["name"] == q.DEFAULT_NAME:
+        raise NeutronError(409, "SecurityGroupCannotUpdateDefault", "Updating default security group not allowed.")
+    check_new_name(changes.get("name") or "")
+    await q.update_group(conn, g["id"], changes)
+    return await q.get_group(conn, g["id"])
 
 
 async def security_groups_delete(request: web.Request) -> web.Response:
@@ -249,6 +270,15 @@ async def security_groups_delete(request: web.Request) -> web.Response:
             raise _group_not_found(group_id)
         _authorize(request, "delete_security_group", _group_target(g), "get_security_group",
                    _group_not_found(group_id))
+    await delete_group(request, g)
+    return web.Response(status=204)
+
+
+async def delete_group(request: web.Request, g: dict) -> None:
+    """Delete the group: not while a port is a member, the `default` one only by an admin (409).
+    Ports whose filters named it as remote group get their filters anew."""
+    group_id = g["id"]
+    async with request.app[keys.DB].acquire() as conn:
         if await q.group_in_use(conn, group_id):
             raise NeutronError(409, "SecurityGroupInUse", f"Security Group {group_id} in use.")
         if g["name"] == q.DEFAULT_NAME and not is_admin(request):
@@ -258,7 +288,6 @@ async def security_groups_delete(request: web.Request) -> web.Response:
         await q.delete_group(conn, group_id)
     if dependents:  # rules naming it as remote group went with it
         await request.app[keys.NETWORK_API].ports_changed(dependents)
-    return web.Response(status=204)
 
 
 # -- rules -------------------------------------------------------------------------------
@@ -423,11 +452,21 @@ async def security_group_rules_create(request: web.Request) -> web.Response:
             raise disallowed("create_security_group_rule")
         if rule["remote_group_id"]:
             await _visible_group(request, conn, rule["remote_group_id"])
+    try:
+        row = await add_rule(request, g, rule)
+    except quota.OverQuota as exc:
+        raise _over_quota(exc) from None
+    return web.json_response({"security_group_rule": rule_doc(row)}, status=201)
+
+
+async def add_rule(request: web.Request, g: dict, rule: dict) -> dict:
+    """Store a rule checked by :func:`validate_rule` in group ``g``: within the group owner's quota
+    (raises ``quota.OverQuota``), not a duplicate (409 SecurityGroupRuleExists); then the filters
+    of the ports it affects are pushed to their hosts. The stored rule."""
+    rule = {**rule, "project_id": g["project_id"]}
+    async with request.app[keys.DB].acquire() as conn:
         async with conn.transaction():
-            try:
-                await quota.reserve(conn, g["project_id"], {"security_group_rule": 1})
-            except quota.OverQuota as exc:
-                raise _over_quota(exc) from None
+            await quota.reserve(conn, g["project_id"], {"security_group_rule": 1})
             # The group row is locked so two equal rules posted at once cannot both pass the check.
             await conn.execute("SELECT 1 FROM security_groups WHERE id = $1::uuid FOR UPDATE", g["id"])
             current = await q.get_group(conn, g["id"])
@@ -438,7 +477,7 @@ async def security_group_rules_create(request: web.Request) -> web.Response:
             rule_id = await q.insert_rule(conn, rule)
         row = await q.get_rule(conn, rule_id)
     await request.app[keys.NETWORK_API].security_changed([g["id"]])
-    return web.json_response({"security_group_rule": rule_doc(row)}, status=201)
+    return row
 
 
 async def security_group_rules_delete(request: web.Request) -> web.Response:
@@ -449,9 +488,15 @@ async def security_group_rules_delete(request: web.Request) -> web.Response:
             raise _rule_not_found(rule_id)
         _authorize(request, "delete_security_group_rule", _rule_target(r, r["group_project_id"]),
                    "get_security_group_rule", _rule_not_found(rule_id))
-        await q.delete_rule(conn, rule_id)
-    await request.app[keys.NETWORK_API].security_changed([r["security_group_id"]])
+    await delete_rule(request, r)
     return web.Response(status=204)
+
+
+async def delete_rule(request: web.Request, r: dict) -> None:
+    """Delete the rule; the filters of the ports it affected are pushed to their hosts."""
+    async with request.app[keys.DB].acquire() as conn:
+        await q.delete_rule(conn, r["id"])
+    await request.app[keys.NETWORK_API].security_changed([r["security_group_id"]])
 
 
 #: The Neutron rules each handler asks (tests check every one is registered).

@@ -32,7 +32,9 @@ FROM g, (VALUES ('egress', 'IPv4', false), ('egress', 'IPv6', false),
 _RULE_COLUMNS = """r.id::text AS id, r.security_group_id::text AS security_group_id, r.project_id,
     r.direction, r.ethertype, r.protocol, r.port_range_min, r.port_range_max,
     text(r.remote_ip_prefix) AS remote_ip_prefix, text(network(r.remote_ip_prefix)) AS normalized_cidr,
-    r.remote_group_id::text AS remote_group_id, r.description, r.created_at, r.updated_at"""
+    r.remote_group_id::text AS remote_group_id, r.description, r.created_at, r.updated_at,
+    (SELECT rg.name FROM security_groups rg WHERE rg.id = r.remote_group_id) AS remote_group_name,
+    (SELECT rg.project_id FROM security_groups rg WHERE rg.id = r.remote_group_id) AS remote_group_project"""
 
 _GROUPS = f"""SELECT g.id::text AS id, g.project_id, g.name, g.description, g.stateful,
     g.created_at, g.updated_at, g.revision_number,

@@ -32,6 +32,12 @@ def at_least(request: web.Request, minor: int) -> bool:
     return version(request) >= (2, minor)
 
 
+def proxy_only(request: web.Request) -> None:
+    """Nova's proxy APIs (images, security groups, ...) end at 2.35: 404 from 2.36."""
+    if at_least(request, 36):
+        raise errors.NotFound("The resource could not be found.")
+
+
 def compute_url(request: web.Request) -> str:
     return f"{request.app[keys.CONFIG].public_url}/compute"
 

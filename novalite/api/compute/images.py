@@ -13,17 +13,12 @@ import asyncpg
 from aiohttp import web
 
 from novalite.api import errors, keys
-from novalite.api.compute.common import at_least, compute_url
+from novalite.api.compute.common import compute_url, proxy_only
 from novalite.api.image import images as glance
 
 STATUS = {"active": "ACTIVE", "queued": "SAVING", "saving": "SAVING", "deleted": "DELETED",
           "pending_delete": "DELETED", "killed": "ERROR"}
 PROGRESS = {"queued": 25, "saving": 50, "active": 100}
-
-
-def _proxy_only(request: web.Request) -> None:
-    if at_least(request, 36):
-        raise errors.NotFound("The resource could not be found.")
 
 
 def _links(request: web.Request, collection: str, ident: str) -> list[dict]:
@@ -61,7 +56,7 @@ def image_view(request: web.Request, row: asyncpg.Record) -> dict:
 
 
 async def show_image(request: web.Request) -> web.Response:
-    _proxy_only(request)
+    proxy_only(request)
     image_id = request.match_info["image_id"]
     async with request.app[keys.DB].acquire() as conn:
         try:
@@ -72,7 +67,7 @@ async def show_image(request: web.Request) -> web.Response:
 
 
 async def delete_image(request: web.Request) -> web.Response:
-    _proxy_only(request)
+    proxy_only(request)
     image_id = request.match_info["image_id"]
     async with request.app[keys.DB].acquire() as conn:
         try:

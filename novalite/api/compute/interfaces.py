@@ -16,6 +16,7 @@ from aiohttp import web
 
 from novalite.api import errors, keys
 from novalite.api.compute.common import at_least, authorize
+from novalite.api.compute.security_groups_proxy import security_group_view
 from novalite.api.compute.servers import load_instance
 from novalite.api.compute.validation import validate_body
 from novalite.api.middleware import read_json
@@ -134,29 +135,6 @@ async def delete(request: web.Request) -> web.Response:
     ctx = authorize(request, "os_compute_api:os-attach-interfaces:delete", _target(inst))
     await interfaces(request).detach(ctx, inst, request.match_info["port_id"])
     return web.Response(status=202)
-
-
-def _rule_view(rule: dict, group_id: str) -> dict:
-    """A rule in Nova's format (security_group_api's conversion, then the controller's view)."""
-    protocol = rule["protocol"]
-    low, high = rule["port_range_min"], rule["port_range_max"]
-    if protocol and low is None and high is None:
-        low, high = (1, 65535) if protocol.upper() in ("TCP", "UDP") else (-1, -1)
-    doc = {"id": rule["id"], "parent_group_id": group_id, "ip_protocol": protocol, "from_port": low,
-           "to_port": high, "group": {}, "ip_range": {}}
-    if rule["remote_group_name"] is not None:
-        doc["group"] = {"name": rule["remote_group_name"], "tenant_id": rule["remote_group_project"]}
-    else:
-        doc["ip_range"] = {"cidr": rule["remote_ip_prefix"] or "0.0.0.0/0"}
-    return doc
-
-
-def security_group_view(group: dict) -> dict:
-    """Nova's security group document; only ingress rules have a Nova form."""
-    rules = group["rules"]
-    return {"id": group["id"], "name": group["name"], "description": group["description"],
-            "tenant_id": group["project_id"],
-            "rules": [_rule_view(r, group["id"]) for r in rules if r["direction"] == "ingress"]}
 
 
 async def security_groups_index(request: web.Request) -> web.Response:

@@ -17,11 +17,11 @@ from novalite.api.compute.common import at_least, authorize, context
 from novalite.api.compute.validation import (
     NAME,
     NON_NEGATIVE_INT,
+    offset_and_limit,
     validate_body,
     validate_query,
 )
 from novalite.api.middleware import read_json
-from novalite.api.pagination import max_limit, page_limit
 from novalite.db import server_groups as db
 
 BASE = "/compute/v2.1/os-server-groups"
@@ -126,20 +126,6 @@ async def create(request: web.Request) -> web.Response:
     return web.json_response({"server_group": group_view(request, group)})
 
 
-def _page(request: web.Request) -> tuple[int, int]:
-    """Nova's common.limited: offset and limit (0 or absent → max_limit)."""
-    offset = 0
-    raw = request.query.get("offset")
-    if raw is not None:
-        try:
-            offset = int(raw)
-        except ValueError:
-            raise errors.BadRequest("offset param must be an integer") from None
-        if offset < 0:
-            raise errors.BadRequest("offset param must be positive")
-    return offset, page_limit(request) or max_limit(request)
-
-
 async def index(request: web.Request) -> web.Response:
     ctx = authorize(request, "os_compute_api:os-server-groups:index", {"project_id": context(request).project_id})
     props = {"all_projects": {"type": "string"}, "limit": NON_NEGATIVE_INT, "offset": NON_NEGATIVE_INT}
@@ -148,7 +134,7 @@ async def index(request: web.Request) -> web.Response:
     if "all_projects" in request.query and ctx.is_admin:
         authorize(request, "os_compute_api:os-server-groups:index:all_projects", {"project_id": ctx.project_id})
         project_id = None
-    offset, limit = _page(request)
+    offset, limit = offset_and_limit(request)
     async with request.app[keys.DB].acquire() as conn:
         groups = await db.list_groups(conn, project_id, offset, limit)
     return web.json_response({"server_groups": [group_view(request, g) for g in groups]})

@@ -14,7 +14,8 @@ from aiohttp import web
 from novalite.api import errors
 from novalite.api import validation as shared
 from novalite.api.compute import common
-from novalite.api.pagination import page_limit
+from novalite.api.pagination import max_limit, page_limit
+from novalite.db import is_uuid
 
 MAX_INT = 0x7FFFFFFF
 
@@ -80,6 +81,8 @@ def _errors(schema: dict, inst: Any, path: list) -> Iterator[tuple[list, Any, st
             check, reason = _NAME_REASONS[rule]
             if not isinstance(inst, str) or not check(inst):
                 yield path, inst, f"An invalid 'name' value was provided. The name must be: {reason}", True
+        elif key == "format" and rule == "uuid" and isinstance(inst, str) and not is_uuid(inst):
+            yield path, inst, f"{inst!r} is not a 'uuid'", False
         elif key == "pattern" and isinstance(inst, str):
             if not re.search(rule, inst):
                 yield path, inst, f"{inst!r} does not match {rule!r}", False
@@ -189,6 +192,20 @@ def to_bool(value: Any, strict: bool = True) -> bool:
     if low in ("0", "f", "false", "off", "n", "no") or not strict:
         return False
     raise ValueError(value)
+
+
+def offset_and_limit(request: web.Request) -> tuple[int, int]:
+    """Nova's common.limited: offset and limit (0 or absent → max_limit)."""
+    offset = 0
+    raw = request.query.get("offset")
+    if raw is not None:
+        try:
+            offset = int(raw)
+        except ValueError:
+            raise errors.BadRequest("offset param must be an integer") from None
+        if offset < 0:
+            raise errors.BadRequest("offset param must be positive")
+    return offset, page_limit(request) or max_limit(request)
 
 
 def limit_and_marker(request: web.Request) -> tuple[int, str | None]:
