@@ -353,3 +353,28 @@ async def test_nic_hot_plugged_into_running_tcg_guest(pg_dsn):
         assert status == 202
         live = etree.fromstring((await driver.domain_xml(sid)).encode())
         assert mac not in [m.get("address") for m in live.findall("./devices/interface/mac")]
+
+
+async def test_openstack_cli_server_ports_fixed_ips_and_security_groups(cloud):
+    """The commands a lab member types: `server add/remove port`, `server add fixed ip`,
+    `security group (rule) create`, `server add/remove security group`."""
+    server = await boot(cloud)
+    sid = server["id"]
+    await cloud.openstack("security", "group", "create", "web")
+    rule = await cloud.openstack_json("security", "group", "rule", "create", "--protocol", "tcp",
+                                      "--dst-port", "8080", "--remote-group", "default", "web")
+    assert (rule["port_range_min"], rule["port_range_max"], rule["direction"]) == (8080, 8080, "ingress")
+    await cloud.openstack("server", "add", "security", "group", sid, "web")
+    shown = await cloud.openstack_json("server", "show", sid)
+    assert "web" in str(shown["security_groups"]) and "default" in str(shown["security_groups"])
+    port = await cloud.openstack_json("port", "create", "--network", "second", "cli-port")
+    await cloud.openstack("server", "add", "port", sid, "cli-port")
+    await cloud.openstack("server", "add", "fixed", "ip", sid, "second")
+    attached = [i["port_id"] for i in await interfaces(cloud, sid)]
+    assert len(attached) == 3 and port["id"] in attached
+    await cloud.openstack("server", "remove", "port", sid, "cli-port")
+    await cloud.openstack("server", "remove", "security", "group", sid, "web")
+    assert port["id"] not in [i["port_id"] for i in await interfaces(cloud, sid)]
+    kept = await cloud.openstack_json("port", "show", "cli-port")
+    assert kept["device_id"] == "" and kept["status"] == "DOWN"
+    assert "web" not in str((await cloud.openstack_json("server", "show", sid))["security_groups"])
