@@ -674,4 +674,17 @@ CREATE TABLE IF NOT EXISTS virtual_interfaces (
     tag text
 );
 
+-- Console tokens (Nova's console_auth_tokens): the short-lived, single-use token of a
+-- remote console URL, bound to one instance. Only its SHA-256 is kept; connecting deletes
+-- the row, and the retention pass deletes expired ones (found by expires_at).
+CREATE TABLE IF NOT EXISTS console_auth_tokens (
+    token_hash text PRIMARY KEY,
+    console_type text NOT NULL,
+    instance_uuid uuid NOT NULL REFERENCES instances(uuid) ON DELETE CASCADE,
+    host text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_auth_tokens_expires ON console_auth_tokens (expires_at);
+
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;
