@@ -375,6 +375,10 @@ CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at);
 -- (BuildFailureWeigher), kept beside the node.
 ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS numa_cells integer NOT NULL DEFAULT 1;
 ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS failed_builds integer NOT NULL DEFAULT 0;
+-- What the host's guests run on ("kvm" or "qemu", [compute] virt_type "auto" resolved at start)
+-- and the host's CPU model: a KVM guest gets the host's model, a TCG one qemu64 (os-hypervisors cpu_info).
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS virt_type text NOT NULL DEFAULT 'qemu';
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS cpu_model text;
 
 -- failed_builds follows build outcomes as Nova's compute manager counts them:
 -- +1 when a building instance is sent back to scheduling from a host (the

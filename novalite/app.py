@@ -54,6 +54,7 @@ from novalite.retention import Retention
 from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
 from novalite.virt.libvirt.eventloop import ensure_registered
+from novalite.virt.libvirt.kvmprobe import resolve_virt_type
 from novalite.virt.testnode import write_test_node
 from novalite.volume import VolumeAPI, VolumeAttachments, VolumeBuild
 
@@ -115,15 +116,19 @@ def hosts_ctx(config: Config):
         ensure_registered()  # libvirt's event loop before the first libvirt connection
         hosts: dict[str, ComputeHost] = {}
         for host in config.hosts:
+            uri = host_uri(config, host)
+            virt_type, reason = await resolve_virt_type(config.compute.virt_type, uri,
+                                                        config.compute.virt_type_probe_timeout)
+            log.info("virt_type_chosen", host=host.name, virt_type=virt_type, reason=reason)
             driver = LibvirtDriver(
-                host_uri(config, host),
-                config.compute.virt_type,
+                uri,
+                virt_type,
                 config.compute.libvirt_threads,
                 disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
                 state_dir=config.state_dir,
                 hostname=host.name,
             )
-            hosts[host.name] = compute_host(host, config, driver)
+            hosts[host.name] = compute_host(host, config, driver, virt_type)
         app[keys.HOSTS] = hosts
         try:
             yield

@@ -174,7 +174,10 @@ class SchedulerConfig(_Section):
 
 
 class ComputeConfig(_Section):
-    virt_type: Literal["kvm", "qemu"] = "qemu"
+    # "auto": KVM when a probe at start sees a KVM guest really run on the host, else "qemu" (TCG);
+    # "kvm" and "qemu" are explicit (novalite.virt.libvirt.kvmprobe).
+    virt_type: Literal["auto", "kvm", "qemu"] = "auto"
+    virt_type_probe_timeout: float = Field(20, gt=0, description="seconds the KVM probe may take")
     max_concurrent_builds: int = Field(10, ge=1)
     default_availability_zone: str = "nova"
     instance_name_template: str = "instance-%08x"
