@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from conftest import add_image, tables_containing, wait_for_status
 from test_guest_e2e import qemu_cloud, test_image, wait_console  # noqa: F401  (fixtures)
+from test_image_visibility import other_project
 
 from novalite.api import keys
 from novalite.config import Config
@@ -41,24 +42,6 @@ async def console_url(cloud, server_id: str, user: str = "demo", project: str | 
                       version: str = "2.6", body: dict | None = None):
     return await cloud.compute("POST", f"/servers/{server_id}/remote-consoles", user=user, project=project,
                                version=version, json_body=body or SERIAL)
-
-
-async def other_project_member(cloud) -> tuple[str, str]:
-    """A user with the member role on a project of its own: (user name, project name)."""
-    status, body, _ = await cloud.request("POST", "/identity/v3/projects", user="admin",
-                                          json_body={"project": {"name": "elsewhere"}})
-    assert status == 201, body
-    project_id = body["project"]["id"]
-    status, body, _ = await cloud.request("POST", "/identity/v3/users", user="admin", json_body={
-        "user": {"name": "stranger", "password": "pw-stranger", "default_project_id": project_id}})
-    assert status == 201, body
-    user_id = body["user"]["id"]
-    _, roles, _ = await cloud.request("GET", "/identity/v3/roles?name=member", user="admin")
-    status, _, _ = await cloud.request(
-        "PUT", f"/identity/v3/projects/{project_id}/users/{user_id}/roles/{roles['roles'][0]['id']}", user="admin")
-    assert status == 204
-    cloud.creds["stranger"] = "pw-stranger"
-    return "stranger", "elsewhere"
 
 
 async def ws_status(cloud, url: str) -> int:
@@ -108,8 +91,8 @@ async def test_remote_consoles_answers_like_nova_on_a_simulated_host(cloud):
 
 async def test_another_projects_member_gets_404_for_the_console(cloud):
     server = await boot(cloud)
-    user, project = await other_project_member(cloud)
-    status, body, _ = await console_url(cloud, server, user=user, project=project)
+    await other_project(cloud)  # olga, a member of project other
+    status, body, _ = await console_url(cloud, server, user="olga", project="other")
     assert status == 404, body
     assert body["itemNotFound"]["message"] == f"Instance {server} could not be found."
 
@@ -191,8 +174,8 @@ async def test_typing_into_the_guests_shell_through_the_console_url(pg_dsn, test
         server = await boot(cloud, "console-guest", cloud.image_ids["ami"])
         assert (await wait_for_status(cloud, server, {"ACTIVE", "ERROR"}, timeout=120))["status"] == "ACTIVE"
         await wait_console(cloud, server, "NOVALITE-GUEST: console shell: press Enter", timeout=90)
-        user, project = await other_project_member(cloud)
-        status, _, _ = await console_url(cloud, server, user=user, project=project)
+        await other_project(cloud)  # olga, a member of project other
+        status, _, _ = await console_url(cloud, server, user="olga", project="other")
         assert status == 404
 
         status, body, _ = await console_url(cloud, server)
