@@ -66,10 +66,9 @@ class LibvirtConsole:
             self.reader.feed_data(data)
 
     def _eof(self) -> None:
+        """The output ended (the reader's owner then closes the writer, which lets go of the stream)."""
         if not self.reader.at_eof():
             self.reader.feed_eof()
-        if not self._closed:  # the guest side ended: let go of the stream too
-            asyncio.get_running_loop().create_task(self.close())
 
     # -- input and close: the host's workers ------------------------------------------
 
