@@ -375,6 +375,10 @@ CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created_at);
 -- (BuildFailureWeigher), kept beside the node.
 ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS numa_cells integer NOT NULL DEFAULT 1;
 ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS failed_builds integer NOT NULL DEFAULT 0;
+-- What the host's guests run on ("kvm" or "qemu", [compute] virt_type "auto" resolved at start)
+-- and the host's CPU model: a KVM guest gets the host's model, a TCG one qemu64 (os-hypervisors cpu_info).
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS virt_type text NOT NULL DEFAULT 'qemu';
+ALTER TABLE compute_nodes ADD COLUMN IF NOT EXISTS cpu_model text;
 
 -- failed_builds follows build outcomes as Nova's compute manager counts them:
 -- +1 when a building instance is sent back to scheduling from a host (the
@@ -673,5 +677,18 @@ CREATE TABLE IF NOT EXISTS virtual_interfaces (
     instance_uuid text NOT NULL,
     tag text
 );
+
+-- Console tokens (Nova's console_auth_tokens): the short-lived, single-use token of a
+-- remote console URL, bound to one instance. Only its SHA-256 is kept; connecting deletes
+-- the row, and the retention pass deletes expired ones (found by expires_at).
+CREATE TABLE IF NOT EXISTS console_auth_tokens (
+    token_hash text PRIMARY KEY,
+    console_type text NOT NULL,
+    instance_uuid uuid NOT NULL REFERENCES instances(uuid) ON DELETE CASCADE,
+    host text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_auth_tokens_expires ON console_auth_tokens (expires_at);
 
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (singleton) DO NOTHING;

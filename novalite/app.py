@@ -15,13 +15,14 @@ import structlog
 from aiohttp import web
 
 from novalite import bootstrap, db
+from novalite.api import console_proxy, identity_admin, keys, middleware
 from novalite.api import identity as identity_api
-from novalite.api import identity_admin, keys, middleware
 from novalite.api import networking as networking_api
 from novalite.api import security_groups as security_groups_api
 from novalite.api import volume as volume_api_routes
 from novalite.api.compute import (
     catalog_routes,
+    remote_consoles,
     security_groups_proxy,
     server_groups,
     servers,
@@ -34,6 +35,7 @@ from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
 from novalite.compute.actions import ServerActions
 from novalite.compute.api import ComputeAPI
+from novalite.compute.consoles import SerialConsoles
 from novalite.compute.host import ComputeHost, compute_host
 from novalite.compute.interfaces import InterfaceAttachments
 from novalite.compute.locks import InstanceLocks
@@ -52,6 +54,7 @@ from novalite.retention import Retention
 from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
 from novalite.virt.libvirt.eventloop import ensure_registered
+from novalite.virt.libvirt.kvmprobe import resolve_virt_type
 from novalite.virt.testnode import write_test_node
 from novalite.volume import VolumeAPI, VolumeAttachments, VolumeBuild
 
@@ -113,15 +116,19 @@ def hosts_ctx(config: Config):
         ensure_registered()  # libvirt's event loop before the first libvirt connection
         hosts: dict[str, ComputeHost] = {}
         for host in config.hosts:
+            uri = host_uri(config, host)
+            virt_type, reason = await resolve_virt_type(config.compute.virt_type, uri,
+                                                        config.compute.virt_type_probe_timeout)
+            log.info("virt_type_chosen", host=host.name, virt_type=virt_type, reason=reason)
             driver = LibvirtDriver(
-                host_uri(config, host),
-                config.compute.virt_type,
+                uri,
+                virt_type,
                 config.compute.libvirt_threads,
                 disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
                 state_dir=config.state_dir,
                 hostname=host.name,
             )
-            hosts[host.name] = compute_host(host, config, driver)
+            hosts[host.name] = compute_host(host, config, driver, virt_type)
         app[keys.HOSTS] = hosts
         try:
             yield
@@ -219,6 +226,7 @@ def compute_ctx(config: Config):
                                                      unshelve_instance=conductor.unshelve_instance,
                                                      volumes=app[keys.VOLUME_API], images=image_store)
             app[keys.WATCHDOG] = watchdog
+            app[keys.SERIAL_CONSOLES] = SerialConsoles(pool, config, app[keys.HOSTS])
             app[keys.INTERFACES] = attachments
             watchdog.start()
             yield
@@ -291,4 +299,6 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     volume_attachments.add_routes(app)
     compute_interfaces.add_routes(app)
     security_groups_proxy.add_routes(app)
+    remote_consoles.add_routes(app)
+    console_proxy.add_routes(app)
     return app

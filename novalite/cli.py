@@ -1,13 +1,20 @@
-"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml | image build-test``."""
+"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml | image build-test | console``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import os
 import sys
+import termios
+import tty
+from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
+import yaml
 from aiohttp import web
 
 from novalite import bootstrap, db
@@ -106,6 +113,118 @@ def cmd_image_build_test(config: Config, args: argparse.Namespace) -> int:
     return testimage.main(config, args)
 
 
+# ---------------------------------------------------------------- novalite console
+
+LEAVE = b"\x1d"  # Ctrl-]
+CLOUDS_YAML = (Path("clouds.yaml"), Path.home() / ".config" / "openstack" / "clouds.yaml",
+               Path("/etc/openstack/clouds.yaml"))
+
+
+def cloud_auth(name: str) -> dict:
+    """The ``auth`` section of cloud ``name`` in clouds.yaml, found where the openstack CLI looks."""
+    env = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    for path in ((Path(env),) if env else ()) + CLOUDS_YAML:
+        if path.exists():
+            clouds = (yaml.safe_load(path.read_text()) or {}).get("clouds") or {}
+            if name in clouds:
+                return clouds[name]["auth"]
+    raise LookupError(f"no cloud {name!r} in clouds.yaml (run `novalite clouds-yaml`)")
+
+
+async def _login(session: aiohttp.ClientSession, auth: dict) -> tuple[str, str]:
+    """Password login as clouds.yaml says: (token, the compute endpoint from the catalog)."""
+    body = {"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": auth["username"], "password": auth["password"],
+            "domain": {"name": auth.get("user_domain_name", "Default")}}}},
+        "scope": {"project": {"name": auth["project_name"],
+                              "domain": {"name": auth.get("project_domain_name", "Default")}}},
+    }}
+    async with session.post(f"{auth['auth_url'].rstrip('/')}/v3/auth/tokens", json=body) as r:
+        if r.status != 201:
+            raise LookupError(f"login as {auth['username']} failed: {r.status} {await r.text()}")
+        catalog = (await r.json())["token"]["catalog"]
+        token = r.headers["X-Subject-Token"]
+    for service in catalog:
+        if service["type"] == "compute":
+            return token, next(e["url"] for e in service["endpoints"] if e["interface"] == "public")
+    raise LookupError("the catalog has no compute endpoint")
+
+
+async def serial_console_url(session: aiohttp.ClientSession, auth: dict, server: str) -> str:
+    """The serial console URL of ``server`` (id or exact name), through Nova's remote-consoles API."""
+    token, compute = await _login(session, auth)
+    headers = {"X-Auth-Token": token, "OpenStack-API-Version": "compute 2.6"}
+    async with session.get(f"{compute}/servers", params={"name": f"^{server}$"}, headers=headers) as r:
+        named = [s["id"] for s in (await r.json()).get("servers", [])] if r.status == 200 else []
+    server_id = named[0] if len(named) == 1 else server
+    async with session.post(f"{compute}/servers/{server_id}/remote-consoles", headers=headers,
+                            json={"remote_console": {"protocol": "serial", "type": "serial"}}) as r:
+        body = await r.json()
+        if r.status != 200:
+            message = next(iter(body.values()), {}).get("message", body) if isinstance(body, dict) else body
+            raise LookupError(f"{server}: {message}")
+    return body["remote_console"]["url"]
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    """The terminal in raw mode (every key goes to the guest), restored however we leave."""
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def attach(url: str, stdin: int, stdout: int) -> None:
+    """Relay the terminal and the console websocket until Ctrl-] or the console closes."""
+    loop = asyncio.get_running_loop()
+    keys_in: asyncio.Queue[bytes] = asyncio.Queue()
+    loop.add_reader(stdin, lambda: keys_in.put_nowait(os.read(stdin, 1024)))
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url, protocols=("binary",)) as ws:
+            async def typing() -> None:
+                while (data := await keys_in.get()) and LEAVE not in data:
+                    await ws.send_bytes(data)
+                if data:
+                    await ws.send_bytes(data[:data.index(LEAVE)])
+
+            async def showing() -> None:
+                async for msg in ws:
+                    if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                        os.write(stdout, msg.data if isinstance(msg.data, bytes) else msg.data.encode())
+
+            legs = [asyncio.ensure_future(typing()), asyncio.ensure_future(showing())]
+            await asyncio.wait(legs, return_when=asyncio.FIRST_COMPLETED)
+            for leg in legs:
+                leg.cancel()
+    finally:
+        loop.remove_reader(stdin)
+
+
+def cmd_console(config: Config, args: argparse.Namespace) -> int:
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            url = await serial_console_url(session, cloud_auth(args.os_cloud), args.server)
+        with raw_terminal(sys.stdin.fileno()):
+            print(f"Connected to the serial console of {args.server}; Ctrl-] leaves. "
+                  "Press Enter for a prompt.\r", file=sys.stderr, flush=True)
+            await attach(url, sys.stdin.fileno(), sys.stdout.fileno())
+
+    try:
+        asyncio.run(run())
+    except (LookupError, aiohttp.ClientError) as exc:
+        print(f"novalite: {exc}", file=sys.stderr)
+        return 1
+    print("\r\nConsole closed.", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="novalite",
@@ -137,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--kernel-package", default=None, help="default: what linux-image-amd64 depends on")
     bt.add_argument("--url", default=None, help="novalite URL (default: the config's public URL)")
     bt.set_defaults(fn=cmd_image_build_test)
+    con = sub.add_parser("console", help="attach this terminal to a server's serial console (Ctrl-] leaves)")
+    con.add_argument("server", help="server name or id")
+    con.add_argument("--os-cloud", default=os.environ.get("OS_CLOUD", "novalite"),
+                     help="the cloud in clouds.yaml (default: $OS_CLOUD or novalite)")
+    con.set_defaults(fn=cmd_console)
     return parser
 
 

@@ -174,7 +174,10 @@ class SchedulerConfig(_Section):
 
 
 class ComputeConfig(_Section):
-    virt_type: Literal["kvm", "qemu"] = "qemu"
+    # "auto": KVM when a probe at start sees a KVM guest really run on the host, else "qemu" (TCG);
+    # "kvm" and "qemu" are explicit (novalite.virt.libvirt.kvmprobe).
+    virt_type: Literal["auto", "kvm", "qemu"] = "auto"
+    virt_type_probe_timeout: float = Field(20, gt=0, description="seconds the KVM probe may take")
     max_concurrent_builds: int = Field(10, ge=1)
     default_availability_zone: str = "nova"
     instance_name_template: str = "instance-%08x"
@@ -295,6 +298,13 @@ class ImageConfig(_Section):
     reserve_free_bytes: int = Field(1_073_741_824, ge=0)
 
 
+class ConsoleConfig(_Section):
+    """Remote consoles (Nova's serial console): how long a console URL's token is good."""
+
+    # Nova's [consoleauth] token_ttl: seconds a token may wait before its one connect.
+    token_ttl: float = Field(600, gt=0, description="seconds")
+
+
 class RetentionConfig(_Section):
     """What the tables keep and for how long; expired and revoked tokens go on every pass."""
 
@@ -322,6 +332,7 @@ class Config(_Section):
     volume: VolumeConfig = VolumeConfig()
     image: ImageConfig = ImageConfig()
     retention: RetentionConfig = RetentionConfig()
+    console: ConsoleConfig = ConsoleConfig()
     # Empty: one shared `private` network, 10.20.0.0/24 (see novalite.network.api).
     networks: list[NetworkConfig] = []
     # Where the file came from, for relative paths and messages.

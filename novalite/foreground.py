@@ -12,7 +12,9 @@ requests a second, each possibly a multi-create, under continuous API load).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 
 class Foreground:
@@ -35,6 +37,16 @@ class Foreground:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._quiet.set()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Inside a request that only waits for a long time (a console session): it does not
+        count as in flight meanwhile, so it does not slow background work for its whole life."""
+        self.end()
+        try:
+            yield
+        finally:
+            self.begin()
 
     async def background_turn(self) -> None:
         """Return when background work may start its next unit: at once while the API is

@@ -1,4 +1,4 @@
-"""Retention: expired and revoked tokens, old notifications and scheduling verdicts are purged.
+"""Retention: expired and revoked tokens, expired console tokens, old notifications and scheduling verdicts are purged.
 
 Every CLI call leaves a token and every boot a dozen notifications and a
 verdict row; nothing else ever deletes them. Every ``[retention]
@@ -45,7 +45,8 @@ class Retention:
         """One pass over every table; returns the rows deleted per table."""
         days = {"notifications": self.config.notifications_days,
                 "scheduling_verdicts": self.config.scheduling_verdicts_days}
-        purged = {"tokens": await self._purge("tokens", q.purge_tokens)}
+        purged = {"tokens": await self._purge("tokens", q.purge_tokens),
+                  "console_auth_tokens": await self._purge("console_auth_tokens", q.purge_console_tokens)}
         for table in q.KEPT_BY_AGE:
             purged[table] = await self._purge(
                 table, lambda conn, limit, t=table: q.purge_older_than(conn, t, days[t], limit)

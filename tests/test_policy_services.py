@@ -10,7 +10,7 @@ import yaml
 from conftest import start_cloud, stop_cloud, write_config
 
 from novalite.api import identity, identity_admin, networking, security_groups, volume
-from novalite.api.compute import interfaces, security_groups_proxy
+from novalite.api.compute import interfaces, remote_consoles, security_groups_proxy
 from novalite.api.image import images
 from novalite.app import init_app
 from novalite.config import load_config
@@ -117,6 +117,7 @@ HANDLER_TABLES = {
     "/compute/v2.1/servers/{server_id}/os-interface": ("nova", interfaces.HANDLER_RULES),
     "/compute/v2.1/servers/{server_id}/os-security-groups": ("nova", interfaces.HANDLER_RULES),
     "/compute/v2.1/os-security-group": ("nova", security_groups_proxy.HANDLER_RULES),
+    "/compute/v2.1/servers/{server_id}/remote-consoles": ("nova", remote_consoles.HANDLER_RULES),
 }
 
 

@@ -202,6 +202,8 @@ async def test_build_test_cli_uploads_kernel_ramdisk_and_ami_through_the_api(clo
         str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "novalite"),
         "--config", str(cloud.workdir / "config.toml"), "image", "build-test", "--cache-dir", str(CACHE),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        # this checkout's novalite, not the one the shared venv was installed from (its INIT may differ)
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode == 0, err.decode()

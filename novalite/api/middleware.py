@@ -25,7 +25,9 @@ API_VERSION_HEADER = "OpenStack-API-Version"
 LEGACY_VERSION_HEADER = "X-OpenStack-Nova-API-Version"
 
 # Paths served without a token: version documents and token creation.
-_PUBLIC = re.compile(r"^/(identity|compute|image|networking|volume)(/v[0-9.]+)?/?$|^/identity/v3/auth/tokens/?$|^/?$")
+# The serial console's websocket carries its own credential (a console token).
+_PUBLIC = re.compile(r"^/(identity|compute|image|networking|volume)(/v[0-9.]+)?/?$|^/identity/v3/auth/tokens/?$|^/?$"
+                     r"|^/console/serial$")
 
 
 _IMAGE_DATA = re.compile(r"^/image/v2/images/[^/]+/file/?$")

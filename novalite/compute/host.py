@@ -27,9 +27,10 @@ class ComputeHost:
     image_cache: ImageCache
     instances_dir: Path  # <state dir>/instances/<host>
     simulated: bool
+    virt_type: str  # what guests are built for: "kvm" or "qemu" ("auto" resolved at start)
 
 
-def compute_host(host: HostConfig, config: Config, driver: VirtDriver) -> ComputeHost:
+def compute_host(host: HostConfig, config: Config, driver: VirtDriver, virt_type: str) -> ComputeHost:
     """The port of ``host`` around its driver; its directories are resolved once, here."""
     instances_dir = config.state_dir / "instances" / host.name
     return ComputeHost(
@@ -38,4 +39,5 @@ def compute_host(host: HostConfig, config: Config, driver: VirtDriver) -> Comput
         image_cache=ImageCache(instances_dir / "_base", config.state_dir / "images"),
         instances_dir=instances_dir,
         simulated=host.simulate is not None or (host.uri or "").startswith("test"),
+        virt_type=virt_type,
     )

@@ -96,6 +96,7 @@ class ComputeManager:
         self.simulated = compute_host.simulated
         self.instances_dir = compute_host.instances_dir  # resolved once: builds use it often
         self.image_cache = compute_host.image_cache
+        self.virt_type = compute_host.virt_type  # "auto" already resolved by the wiring
         self.host_config = host
         self.driver = compute_host.driver  # owned by the wiring (app.py), which closes it
         self.pool = pool
@@ -131,12 +132,13 @@ class ComputeManager:
             await conn.execute(
                 """INSERT INTO compute_nodes (host, hypervisor_hostname, uuid, service_uuid, uri, availability_zone,
                                               hypervisor_type, hypervisor_version, cpu_arch, vcpus, memory_mb,
-                                              local_gb, heartbeat_at)
-                   VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+                                              local_gb, virt_type, cpu_model, heartbeat_at)
+                   VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
                    ON CONFLICT (host) DO UPDATE SET uri = EXCLUDED.uri,
                        availability_zone = EXCLUDED.availability_zone, hypervisor_type = EXCLUDED.hypervisor_type,
                        hypervisor_version = EXCLUDED.hypervisor_version, cpu_arch = EXCLUDED.cpu_arch,
                        vcpus = EXCLUDED.vcpus, memory_mb = EXCLUDED.memory_mb, local_gb = EXCLUDED.local_gb,
+                       virt_type = EXCLUDED.virt_type, cpu_model = EXCLUDED.cpu_model,
                        heartbeat_at = now(), updated_at = now()""",
                 self.host,
                 uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"node.{self.host}.novalite"),
@@ -149,6 +151,8 @@ class ComputeManager:
                 info.vcpus,
                 info.memory_mb,
                 local_gb,
+                self.virt_type,
+                info.cpu_model,
             )
         log.info("compute_host_ready", host=self.host, vcpus=info.vcpus, memory_mb=info.memory_mb, local_gb=local_gb)
 
@@ -418,7 +422,7 @@ class ComputeManager:
             name=self.config.compute.instance_name_template % inst["id"],
             memory_mb=flavor["memory_mb"],
             vcpus=flavor["vcpus"],
-            virt_type=self.config.compute.virt_type,
+            virt_type=self.virt_type,
             disks=prepared.disks,
             nics=nics,
             kernel=prepared.kernel,

@@ -42,3 +42,12 @@ async def purge_older_than(conn: asyncpg.Connection, table: str, days: float, li
         days,
         limit,
     ))
+
+
+async def purge_console_tokens(conn: asyncpg.Connection, limit: int) -> int:
+    """Delete up to `limit` console tokens past their expiry (used ones are gone already)."""
+    return _count(await conn.execute(
+        """DELETE FROM console_auth_tokens WHERE token_hash = ANY(ARRAY(
+               SELECT token_hash FROM console_auth_tokens WHERE expires_at <= now() LIMIT $1))""",
+        limit,
+    ))

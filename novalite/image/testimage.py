@@ -48,11 +48,13 @@ console (ttyS0)::
     NOVALITE-GUEST: disks now: <vda vdb ...>           (after a disk was hot-plugged or unplugged)
     NOVALITE-GUEST: script: <line>                     (each stdout/stderr line of a "#!" user_data)
     NOVALITE-GUEST: script_exit=<code>                 (when that script ends)
+    NOVALITE-GUEST: console shell: press Enter          (then Enter on ttyS0 starts a root shell there)
 
 It mounts proc/sys/dev, loads the modules, finds the config drive by label
 ``config-2`` (``findfs``, then by trying /dev/sr* /dev/vd* /dev/sd* /dev/hd*),
-runs ``udhcpc`` on every NIC, and after ``init done`` idles, or runs
-``poweroff -f`` when user_data has a line ``poweroff-after-boot``.
+runs ``udhcpc`` on every NIC, and after ``init done`` offers a root shell on
+ttyS0 (started by Enter; ``novalite console``), or runs ``poweroff -f`` when
+user_data has a line ``poweroff-after-boot``.
 
 A user_data that starts with ``#!`` is a script, as cloud-init treats it: after
 ``init done`` :data:`RUN_SCRIPT` runs it in the background as root, in /tmp,
@@ -203,7 +205,14 @@ if [ -f /mnt/config/openstack/latest/user_data ] && grep -qx 'poweroff-after-boo
   sync
   poweroff -f
 fi
-while true; do sleep 3600; done
+# A root shell on the serial console (`novalite console`, the remote console's websocket), started
+# by Enter as busybox's askfirst does, so no prompt lands in the middle of the lines above; its
+# output goes to the console log too. Leaving it (exit) waits for the next Enter.
+say "console shell: press Enter"
+while true; do
+  read -r _ </dev/ttyS0 || { sleep 60; continue; }
+  setsid cttyhack sh -l </dev/ttyS0 >/dev/ttyS0 2>&1 || sleep 1
+done
 """
 
 UDHCPC_SCRIPT = r"""#!/bin/sh

@@ -8,6 +8,7 @@ is a coroutine; an implementation must never block the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -26,6 +27,8 @@ __all__ = [
     "RUNNING",
     "SHUTDOWN",
     "SUSPENDED",
+    "ConsoleUnavailable",
+    "ConsoleWriter",
     "DiskSpec",
     "DownloadTarget",
     "GuestSpec",
@@ -66,6 +69,22 @@ class InstanceExists(VirtError):
 
 class HypervisorUnavailable(VirtError):
     """The hypervisor connection could not be opened or was closed."""
+
+
+class ConsoleUnavailable(VirtError):
+    """The domain has no serial console that can be opened (not running, or a driver without one)."""
+
+
+class ConsoleWriter(Protocol):
+    """The writing half of an open serial console; closing it ends the reading half too."""
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` to the guest's serial port (all of it, or raise VirtError)."""
+        ...
+
+    async def close(self) -> None:
+        """Close the console stream (idempotent); the reader then sees end of file."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +367,18 @@ class VirtDriver(Protocol):
 
         None when there is nothing to read: no such domain, a domain without a
         console log, or a log the guest has not written yet. No side effects.
+        """
+        ...
+
+    async def open_console(self, instance_uuid: str) -> tuple[asyncio.StreamReader, ConsoleWriter]:
+        """Open the running domain's serial console for reading and writing (virDomainOpenConsole).
+
+        Returns the guest's output as a reader (end of file when the console
+        closes, the domain stops, or the writer is closed) and a writer for its
+        input. An earlier session on the same console is taken over (it sees end
+        of file). The serial log keeps being written. Raises InstanceNotFound
+        for an unknown domain, ConsoleUnavailable when it is not running or the
+        hypervisor has no console to offer (libvirt's test driver).
         """
         ...
 

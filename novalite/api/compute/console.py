@@ -1,8 +1,10 @@
-"""``os-getConsoleOutput``: the tail of an instance's serial console log.
+"""An instance's consoles: ``os-getConsoleOutput`` and the ``os-getSerialConsole`` action.
 
-The compute API asks the instance's host, whose virt driver reads the last
-100 KiB (Nova's MAX_CONSOLE_BYTES) of the serial log the domain names; this
-returns the last ``length`` lines of it, as Nova's API does.
+Console output: the compute API asks the instance's host, whose virt driver
+reads the last 100 KiB (Nova's MAX_CONSOLE_BYTES) of the serial log the domain
+names; this returns the last ``length`` lines of it, as Nova's API does.
+The serial console's URL (also asked for through ``remote-consoles``,
+:mod:`.remote_consoles`) comes from :class:`novalite.compute.consoles.SerialConsoles`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import asyncpg
 from aiohttp import web
 
 from novalite.api import errors, keys
-from novalite.api.compute.common import authorize
+from novalite.api.compute.common import at_least, authorize
+from novalite.api.compute.validation import validate_body
+from novalite.compute.consoles import SERIAL
 
 POLICY = "os_compute_api:os-console-output"
+POLICY_REMOTE = "os_compute_api:os-remote-consoles"
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")  # Nova strips these (not \t, \n)
 _LENGTH = re.compile(r"^-?[0-9]+$")
 
@@ -103,3 +108,28 @@ async def get_console_output(request: web.Request, inst: asyncpg.Record, body: d
             data = b""  # Nova's libvirt driver: a console whose log file is not there (yet) is empty
     output = tail_lines(data, length).decode("ascii", "replace")
     return web.json_response({"output": _CONTROL.sub("", output)})
+
+
+GET_SERIAL = {"type": "object", "properties": {"os-getSerialConsole": {
+    "type": "object", "properties": {"type": {"type": "string", "enum": ["serial"]}},
+    "required": ["type"], "additionalProperties": False}},
+    "required": ["os-getSerialConsole"], "additionalProperties": False}
+
+
+async def console_url(request: web.Request, inst: asyncpg.Record, protocol: str, console_type: str) -> str:
+    """A remote console's URL; only the serial protocol is offered (no VNC, SPICE or MKS here)."""
+    if protocol != SERIAL:
+        raise errors.BadRequest(f"Unavailable console type {console_type}.")
+    return await request.app[keys.SERIAL_CONSOLES].get_serial_console(inst, console_type)
+
+
+async def get_serial_console(request: web.Request, inst: asyncpg.Record, body: dict) -> web.Response:
+    """POST /servers/{id}/action {"os-getSerialConsole": {"type": "serial"}} (2.1-2.5)
+    → 200 {"console": {"type", "url"}}; from 2.6 remote-consoles replaces it (404)."""
+    if at_least(request, 6):
+        raise errors.NotFound("The resource could not be found.")
+    validate_body(GET_SERIAL, body)
+    authorize(request, POLICY_REMOTE, {"project_id": inst["project_id"]})
+    console_type = body["os-getSerialConsole"]["type"]
+    url = await console_url(request, inst, SERIAL, console_type)
+    return web.json_response({"console": {"type": console_type, "url": url}})

@@ -122,9 +122,10 @@ def _usage(request: web.Request, n: dict) -> dict:
 
 
 def _cpu_info(n: dict) -> dict:
+    """The CPU guests see: the host's model under KVM (host-model), qemu64 under TCG."""
     return {
         "arch": n["cpu_arch"],
-        "model": "qemu64",
+        "model": n["cpu_model"] if n["virt_type"] == "kvm" and n["cpu_model"] else "qemu64",
         "vendor": "Intel",
         "topology": {"cells": 1, "sockets": 1, "cores": n["vcpus"], "threads": 1},
         "features": [],

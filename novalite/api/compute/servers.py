@@ -463,6 +463,8 @@ async def action(request: web.Request) -> web.Response:
     name = next(iter(body))
     if name == "os-getConsoleOutput":
         return await console.get_console_output(request, inst, body)
+    if name == "os-getSerialConsole":
+        return await console.get_serial_console(request, inst, body)
     if name == "forceDelete":
         ctx = authorize(request, "os_compute_api:os-deferred-delete:force", _target(inst))
         await compute_api(request).delete(ctx, inst, force=True)

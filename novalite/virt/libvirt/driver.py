@@ -46,7 +46,7 @@ from novalite.virt.driver import (
     UploadSource,
     VirtError,
 )
-from novalite.virt.libvirt import eventloop
+from novalite.virt.libvirt import console, eventloop
 from novalite.virt.libvirt.config import (
     LibvirtConfigGuest,
     LibvirtConfigGuestConsole,
@@ -655,6 +655,11 @@ class LibvirtDriver:
     async def get_console_output(self, instance_uuid: str, max_bytes: int) -> bytes | None:
         """The tail of the serial log the domain's XML names (VirtDriver.get_console_output)."""
         return await self.host.call(self._console_output_sync, instance_uuid, max_bytes)
+
+    async def open_console(self, instance_uuid: str) -> tuple[asyncio.StreamReader, virt.ConsoleWriter]:
+        """The running domain's serial console, read and written through a libvirt stream
+        (VirtDriver.open_console; :mod:`novalite.virt.libvirt.console`)."""
+        return await console.open_console(self.host, instance_uuid)
 
     # ------------------------------------------------------------ hot-plug (disks and NICs)
     # Attach: attachDeviceFlags(AFFECT_LIVE | AFFECT_CONFIG) on a running domain
