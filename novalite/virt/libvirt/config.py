@@ -30,6 +30,7 @@ __all__ = [
     "LibvirtConfigGuestInterface",
     "LibvirtConfigGuestMetaNovaInstance",
     "LibvirtConfigGuestSerial",
+    "LibvirtConfigGuestSysinfo",
     "LibvirtConfigNetwork",
     "LibvirtConfigNetworkDHCPHost",
     "LibvirtConfigObject",
@@ -343,6 +344,40 @@ class LibvirtConfigGuestMetaNovaInstance(LibvirtConfigObject):
         return obj
 
 
+@dataclass(eq=True)
+class LibvirtConfigGuestSysinfo(LibvirtConfigObject):
+    """``<sysinfo type='smbios'>``: the SMBIOS system table the guest reads (dmidecode,
+    /sys/class/dmi/id); only its ``<system>`` entries, as Nova writes them."""
+
+    root_name: ClassVar[str] = "sysinfo"
+
+    system_manufacturer: str | None = None
+    system_product: str | None = None
+    system_version: str | None = None
+    system_serial: str | None = None
+    system_uuid: str | None = None
+    system_family: str | None = None
+
+    _ENTRIES: ClassVar[tuple[str, ...]] = ("manufacturer", "product", "version", "serial", "uuid", "family")
+
+    def format_dom(self) -> etree._Element:
+        root = etree.Element("sysinfo", type="smbios")
+        system = _sub(root, "system")
+        for name in self._ENTRIES:
+            if (value := getattr(self, f"system_{name}")) is not None:
+                _sub(system, "entry", value, name=name)
+        return root
+
+    @classmethod
+    def parse_dom(cls, el: etree._Element) -> Self:
+        cls._check_root(el)
+        obj = cls()
+        for entry in el.iterfind("system/entry"):
+            if entry.get("name") in cls._ENTRIES:
+                setattr(obj, f"system_{entry.get('name')}", _text(entry))
+        return obj
+
+
 _DEVICE_CLASSES: dict[str, type[LibvirtConfigGuestDevice]] = {
     cls.root_name: cls
     for cls in (
@@ -373,6 +408,8 @@ class LibvirtConfigGuest(LibvirtConfigObject):
     os_initrd: str | None = None
     os_cmdline: str | None = None
     os_boot_dev: list[str] = field(default_factory=list)
+    os_smbios: str | None = None       # <smbios mode=...>: "sysinfo" shows ``sysinfo`` to the guest
+    sysinfo: LibvirtConfigGuestSysinfo | None = None
     features: list[str] = field(default_factory=list)   # flag features: acpi, apic, pae
     cpu_mode: str | None = None        # host-model | host-passthrough | custom
     clock_offset: str | None = None    # utc | localtime
@@ -392,6 +429,8 @@ class LibvirtConfigGuest(LibvirtConfigObject):
                 meta.append(item.format_dom())
         _sub(root, "memory", str(self.memory), unit="KiB")
         _sub(root, "vcpu", str(self.vcpus))
+        if self.sysinfo is not None:
+            root.append(self.sysinfo.format_dom())
 
         os_el = _sub(root, "os")
         _sub(os_el, "type", self.os_type, arch=self.os_arch, machine=self.os_machine)
@@ -401,6 +440,8 @@ class LibvirtConfigGuest(LibvirtConfigObject):
                 _sub(os_el, tag, value)
         for boot_dev in self.os_boot_dev:
             _sub(os_el, "boot", dev=boot_dev)
+        if self.os_smbios is not None:
+            _sub(os_el, "smbios", mode=self.os_smbios)
 
         if self.features:
             features = _sub(root, "features")
@@ -441,6 +482,10 @@ class LibvirtConfigGuest(LibvirtConfigObject):
             obj.os_initrd = _text(os_el.find("initrd"))
             obj.os_cmdline = _text(os_el.find("cmdline"))
             obj.os_boot_dev = [b.get("dev") for b in os_el.iterfind("boot") if b.get("dev")]
+            if (smbios := os_el.find("smbios")) is not None:
+                obj.os_smbios = smbios.get("mode")
+        if (sysinfo := el.find("sysinfo[@type='smbios']")) is not None:
+            obj.sysinfo = LibvirtConfigGuestSysinfo.parse_dom(sysinfo)
 
         if (features := el.find("features")) is not None:
             obj.features = [f.tag for f in features if isinstance(f.tag, str)]
