@@ -111,6 +111,8 @@ def test_guest_round_trip() -> None:
         _network(),
         LibvirtConfigNetwork(name="nat", forward_mode="nat", bridge="virbr0"),
         LibvirtConfigNetwork(name="bare"),
+        LibvirtConfigNetwork(name="routes", bridge="virbr9", ip_address="10.9.0.1", ip_netmask="255.255.255.0",
+                             dnsmasq_options=["dhcp-option=option:classless-static-route,169.254.169.254/32,10.9.0.1"]),
         LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01", ip="10.20.0.5"),
         LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01"),
         LibvirtConfigStoragePool(pool_type="dir", name="novalite-sim1", target_path="/srv/v", target_mode="0755"),

@@ -40,6 +40,7 @@ __all__ = [
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 NOVA_PREFIX = "nova"
+DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
 
 # Never resolve entities or touch the network while reading XML.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)
@@ -549,9 +550,11 @@ class LibvirtConfigNetwork(LibvirtConfigObject):
     dhcp_start: str | None = None
     dhcp_end: str | None = None
     dhcp_hosts: list[LibvirtConfigNetworkDHCPHost] = field(default_factory=list)
+    # extra dnsmasq options (``<dnsmasq:options>``), e.g. a DHCP classless static route
+    dnsmasq_options: list[str] = field(default_factory=list)
 
     def format_dom(self) -> etree._Element:
-        root = etree.Element("network")
+        root = etree.Element("network", nsmap={"dnsmasq": DNSMASQ_NS} if self.dnsmasq_options else None)
         _sub(root, "name", self.name)
         if self.uuid is not None:
             _sub(root, "uuid", self.uuid)
@@ -570,6 +573,10 @@ class LibvirtConfigNetwork(LibvirtConfigObject):
                     _sub(dhcp, "range", start=self.dhcp_start, end=self.dhcp_end)
                 for host in self.dhcp_hosts:
                     dhcp.append(host.format_dom())
+        if self.dnsmasq_options:
+            options = _sub(root, f"{{{DNSMASQ_NS}}}options")
+            for value in self.dnsmasq_options:
+                _sub(options, f"{{{DNSMASQ_NS}}}option", value=value)
         return root
 
     @classmethod
@@ -592,6 +599,7 @@ class LibvirtConfigNetwork(LibvirtConfigObject):
                 obj.dhcp_start = dhcp_range.get("start")
                 obj.dhcp_end = dhcp_range.get("end")
             obj.dhcp_hosts = [LibvirtConfigNetworkDHCPHost.parse_dom(h) for h in ip.iterfind("dhcp/host")]
+        obj.dnsmasq_options = [o.get("value") for o in el.iterfind(f"{{{DNSMASQ_NS}}}options/{{{DNSMASQ_NS}}}option")]
         return obj
 
 
