@@ -172,8 +172,9 @@ http_get() {
   sed "1,/^$cr\$/d" /tmp/http.out > "$2"
 }
 fetch_meta() {
+  # Only where the network says so (a host route from DHCP): never through a default route off the machine.
   why="no route to 169.254.169.254"
-  ip route get 169.254.169.254 >/dev/null 2>&1 || return 1
+  [ -n "$(ip route show 169.254.169.254 2>/dev/null)" ] || return 1
   mkdir -p /mnt/config/openstack/latest
   for t in 1 2 3; do
     http_get /openstack/latest/meta_data.json /mnt/config/openstack/latest/meta_data.json && break
