@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -33,6 +34,7 @@ from novalite.api.compute import interfaces as compute_interfaces
 from novalite.api.compute import migrations as compute_migrations
 from novalite.api.compute import versions as compute_versions
 from novalite.api.image import images as image_api
+from novalite.api.metadata import MetadataListeners
 from novalite.compute.actions import ServerActions
 from novalite.compute.api import ComputeAPI
 from novalite.compute.consoles import SerialConsoles
@@ -40,6 +42,7 @@ from novalite.compute.host import ComputeHost, compute_host
 from novalite.compute.interfaces import InterfaceAttachments
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.manager import ComputeManager
+from novalite.compute.metadata import MetadataService
 from novalite.compute.recovery import recover
 from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
@@ -148,6 +151,35 @@ def network_ctx(config: Config):
         app[keys.NETWORK_API] = network_api
         yield
         await network_api.firewall.close()
+
+    return ctx
+
+
+def _local_qemu(config: Config) -> bool:
+    """Whether a configured host is this machine's qemu (its networks' bridges are ours)."""
+    return any(urlsplit(h.uri).scheme.startswith("qemu") and not urlsplit(h.uri).hostname for h in config.hosts)
+
+
+def metadata_ctx(config: Config):
+    """The metadata service on each configured network's gateway, when this machine hosts guests."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        network_api = app[keys.NETWORK_API]
+        listeners = MetadataListeners(MetadataService(app[keys.DB], config, network_api))
+        app[keys.METADATA] = listeners
+        if config.metadata.enabled and _local_qemu(config):
+            for network_id, gateway in network_api.metadata_networks.items():
+                try:
+                    await listeners.listen(network_id, gateway, config.metadata.port)
+                except OSError as exc:
+                    log.warning("metadata_listen_failed", network_id=network_id, address=gateway,
+                                port=config.metadata.port, error=str(exc))
+                    continue
+                log.info("metadata_listening", network_id=network_id, address=gateway, port=config.metadata.port)
+        try:
+            yield
+        finally:
+            await listeners.close()
 
     return ctx
 
@@ -281,6 +313,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     app.cleanup_ctx.append(database_ctx(config, clouds_yaml))
     app.cleanup_ctx.append(hosts_ctx(config))
     app.cleanup_ctx.append(network_ctx(config))
+    app.cleanup_ctx.append(metadata_ctx(config))
     app.cleanup_ctx.append(volume_ctx(config))
     app.cleanup_ctx.append(compute_ctx(config))
     app.cleanup_ctx.append(retention_ctx(config))

@@ -266,6 +266,15 @@ class NetworkingConfig(_Section):
     libvirt_prefix: str = "novalite-"
 
 
+class MetadataConfig(_Section):
+    """The metadata service (Nova's nova-api-metadata) for guests on this machine's configured networks:
+    169.254.169.254:80 is redirected to a listener on each network's gateway at ``port``
+    (Nova's metadata_listen_port). Guests on remote hosts use the config drive."""
+
+    enabled: bool = True
+    port: int = Field(8775, ge=1, le=65535)
+
+
 class VolumeConfig(_Section):
     """Block storage (Cinder subset): one libvirt storage pool per host, quotas, which host gets new volumes."""
 
@@ -329,6 +338,7 @@ class Config(_Section):
     deadlines: DeadlinesConfig = DeadlinesConfig()
     hosts: list[HostConfig] = []
     networking: NetworkingConfig = NetworkingConfig()
+    metadata: MetadataConfig = MetadataConfig()
     volume: VolumeConfig = VolumeConfig()
     image: ImageConfig = ImageConfig()
     retention: RetentionConfig = RetentionConfig()

@@ -29,6 +29,7 @@ from conftest import start_cloud, stop_cloud, tables_containing
 
 from novalite.api import keys
 from novalite.image import testimage
+from novalite.virt.libvirt.metadata import prune_redirects
 
 CACHE = Path(os.environ.get("NOVALITE_TEST_IMAGE_CACHE", "/var/tmp/novalite-testimage-cache"))
 
@@ -97,6 +98,7 @@ cidr = "10.{net}.7.0/24"
                     pool.undefine()
         finally:
             conn.close()
+        prune_redirects(f"{tag}-", set())  # the networks' metadata redirects went with them
         shutil.rmtree(workdir, ignore_errors=True)
 
 

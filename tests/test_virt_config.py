@@ -14,6 +14,7 @@ from novalite.virt.libvirt.config import (
     LibvirtConfigGuestInterface,
     LibvirtConfigGuestMetaNovaInstance,
     LibvirtConfigGuestSerial,
+    LibvirtConfigGuestSysinfo,
     LibvirtConfigNetwork,
     LibvirtConfigNetworkDHCPHost,
     LibvirtConfigStoragePool,
@@ -54,6 +55,9 @@ def _guest() -> LibvirtConfigGuest:
         os_kernel="/var/lib/novalite/k",
         os_initrd="/var/lib/novalite/r",
         os_cmdline="console=ttyS0 root=/dev/vda",
+        os_smbios="sysinfo",
+        sysinfo=LibvirtConfigGuestSysinfo(system_manufacturer="OpenStack Foundation",
+                                          system_product="OpenStack Nova", system_uuid=UUID),
         features=["acpi", "apic"],
         cpu_mode="host-model",
         clock_offset="utc",
@@ -107,6 +111,8 @@ def test_guest_round_trip() -> None:
         _network(),
         LibvirtConfigNetwork(name="nat", forward_mode="nat", bridge="virbr0"),
         LibvirtConfigNetwork(name="bare"),
+        LibvirtConfigNetwork(name="routes", bridge="virbr9", ip_address="10.9.0.1", ip_netmask="255.255.255.0",
+                             dnsmasq_options=["dhcp-option=option:classless-static-route,169.254.169.254/32,10.9.0.1"]),
         LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01", ip="10.20.0.5"),
         LibvirtConfigNetworkDHCPHost(mac="fa:16:3e:00:00:01"),
         LibvirtConfigStoragePool(pool_type="dir", name="novalite-sim1", target_path="/srv/v", target_mode="0755"),
@@ -131,6 +137,9 @@ def test_guest_xml_shape() -> None:
     assert root.findtext("memory") == str(2048 * 1024)
     assert root.find("memory").get("unit") == "KiB"
     assert root.find("os/type").get("arch") == "x86_64"
+    assert root.find("os/smbios").get("mode") == "sysinfo"
+    assert root.find("sysinfo").get("type") == "smbios"
+    assert root.findtext("sysinfo/system/entry[@name='product']") == "OpenStack Nova"
     serial = root.find("devices/serial")
     assert serial.get("type") == "pty"
     assert serial.find("log").attrib == {"file": "/d/console.log", "append": "off"}

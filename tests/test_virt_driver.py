@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from lxml import etree
 
+import novalite
 from novalite.virt import (
     DiskSpec,
     GuestSpec,
@@ -129,6 +130,12 @@ def test_design_qemu_domain() -> None:
     assert log.attrib == {"file": spec.console_log_path, "append": "off"}
     console = root.find("devices/console")
     assert console.get("type") == "pty" and console.find("target").get("type") == "serial"
+    # Nova's SMBIOS system table, shown to the guest
+    assert root.find("os/smbios").get("mode") == "sysinfo"
+    entries = {e.get("name"): e.text for e in root.iterfind("sysinfo[@type='smbios']/system/entry")}
+    assert entries == {"manufacturer": "OpenStack Foundation", "product": "OpenStack Nova",
+                       "version": novalite.__version__, "serial": spec.instance_uuid,
+                       "uuid": spec.instance_uuid, "family": "Virtual Machine"}
 
 
 def test_design_kvm_and_validation() -> None:

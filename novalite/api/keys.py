@@ -35,6 +35,7 @@ IMAGE_STORE = web.AppKey("image_store", "ImageStore")
 HOSTS = web.AppKey("hosts", "dict[str, ComputeHost]")  # one per configured host: its driver, image cache
 LOCKS = web.AppKey("locks", "InstanceLocks")
 NETWORK_API = web.AppKey("network_api", "NetworkAPI")
+METADATA = web.AppKey("metadata", "MetadataListeners")  # the metadata service's listeners
 VOLUME_API = web.AppKey("volume_api", "VolumeAPI")
 VOLUME_BUILD = web.AppKey("volume_build", "VolumeBuild")
 VOLUME_ATTACHMENTS = web.AppKey("volume_attachments", "VolumeAttachments")

@@ -11,7 +11,6 @@ fail, the build cleans up what it made, and the delete finishes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import traceback
 import uuid as uuidlib
@@ -38,6 +37,7 @@ from novalite.compute.failures import (
 )
 from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
+from novalite.compute.metadata import injected_files, instance_meta, user_data
 from novalite.compute.power import PowerManager
 from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
 from novalite.compute.rescue import RescueManager
@@ -50,7 +50,7 @@ from novalite.db.steps import BuildStep, StepWriter
 from novalite.network import NetworkAPI, PortInfo, network_data
 from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt import power_state
-from novalite.virt.configdrive import build_config_drive, instance_metadata
+from novalite.virt.configdrive import build_config_drive
 from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec
 from novalite.volume.build import VolumeBuild
 
@@ -399,21 +399,9 @@ class ComputeManager:
                                        driver_type="raw"))
         if self.simulated:
             return
-        meta = instance_metadata(
-            uuid=uuid,
-            name=inst["display_name"],
-            hostname=inst["hostname"],
-            availability_zone=inst["availability_zone"] or self.host_config.availability_zone,
-            launch_index=inst["launch_index"],
-            project_id=inst["project_id"],
-            key_name=inst["key_name"],
-            key_data=inst["key_data"],
-            meta=inst["metadata"],
-            admin_pass=admin_password,
-        )
-        user_data = base64.b64decode(inst["user_data"]) if inst["user_data"] else None
-        injected = [(p, base64.b64decode(c)) for p, c in (inst["injected_files"] or [])] if files else []
-        await asyncio.to_thread(build_config_drive, path, meta, user_data, injected, network_data(ports))
+        meta = instance_meta(inst, self.host_config.availability_zone, admin_password)
+        injected = injected_files(inst) if files else []
+        await asyncio.to_thread(build_config_drive, path, meta, user_data(inst), injected, network_data(ports))
 
     def guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], prepared: PreparedDisks) -> GuestSpec:
         flavor = inst["flavor"]

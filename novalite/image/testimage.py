@@ -26,7 +26,10 @@ The guest's ``/init`` prints lines prefixed ``NOVALITE-GUEST: `` on the serial
 console (ttyS0)::
 
     NOVALITE-GUEST: boot kernel=<uname -r> uptime=<seconds>
+    NOVALITE-GUEST: smbios product=<SMBIOS product name>   ("OpenStack Nova")
     NOVALITE-GUEST: config_drive=<device>            (or "config_drive=none")
+    NOVALITE-GUEST: metadata_service=169.254.169.254 (no config drive: the lines below come after
+                                                      the lease, fetched from there; or "=none <why>")
     NOVALITE-GUEST: uuid=<meta_data uuid>
     NOVALITE-GUEST: name=<name>
     NOVALITE-GUEST: hostname=<hostname>
@@ -38,7 +41,7 @@ console (ttyS0)::
     NOVALITE-GUEST: file <path>=<content>           (one per injected file)
     NOVALITE-GUEST: user_data=<content>
     NOVALITE-GUEST: user_data_b64=<base64 of user_data, one line>
-    NOVALITE-GUEST: lease ip=<ip> mac=<mac> iface=<eth0> mask=<prefix> router=<gw>
+    NOVALITE-GUEST: lease ip=<ip> mac=<mac> iface=<eth0> mask=<prefix> router=<gw> routes=<option 121>
     NOVALITE-GUEST: lease none iface=<eth0>         (no DHCP answer)
     NOVALITE-GUEST: addr iface=<eth0> ip=<ip> prefix=<n> mac=<mac>  (one per IPv4 address after DHCP)
     NOVALITE-GUEST: disk <vdX> size=<bytes>              (one per virtio disk)
@@ -52,9 +55,11 @@ console (ttyS0)::
 
 It mounts proc/sys/dev, loads the modules, finds the config drive by label
 ``config-2`` (``findfs``, then by trying /dev/sr* /dev/vd* /dev/sd* /dev/hd*),
-runs ``udhcpc`` on every NIC, and after ``init done`` offers a root shell on
-ttyS0 (started by Enter; ``novalite console``), or runs ``poweroff -f`` when
-user_data has a line ``poweroff-after-boot``.
+runs ``udhcpc`` on every NIC (applying DHCP classless static routes), and with no config drive
+fetches ``meta_data.json`` and ``user_data`` from ``http://169.254.169.254/openstack/latest/``
+into the same place (an HTTP/1.0 GET through busybox ``nc``), so what follows reads them alike; after
+``init done`` it offers a root shell on ttyS0 (started by Enter; ``novalite console``), or runs
+``poweroff -f`` when user_data has a line ``poweroff-after-boot``.
 
 A user_data that starts with ``#!`` is a script, as cloud-init treats it: after
 ``init done`` :data:`RUN_SCRIPT` runs it in the background as root, in /tmp,
@@ -102,6 +107,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 say() { echo "NOVALITE-GUEST: $*"; }
 say "boot kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)"
+say "smbios product=$(cat /sys/class/dmi/id/product_name 2>/dev/null)"
 say "mem_total_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo) cpus=$(grep -c ^processor /proc/cpuinfo)"
 for m in $(cat /etc/modules); do insmod "/lib/modules/$m" 2>/dev/null; done
 
@@ -127,8 +133,8 @@ else
   done
 fi
 
-if [ -n "$cd_dev" ]; then
-  say "config_drive=$cd_dev"
+# What meta_data.json and user_data say, from the config drive or as fetched from the metadata service.
+report_meta() {
   md=/mnt/config/openstack/latest/meta_data.json
   flat=$(tr -d '\n' < "$md")
   str() { echo "$flat" | grep -o "\"$1\": *\"[^\"]*\"" | head -n1 | sed 's/^"[^"]*": *"//; s/"$//'; }
@@ -154,6 +160,35 @@ if [ -n "$cd_dev" ]; then
     say "user_data=$(cat "$ud")"
     say "user_data_b64=$(base64 < "$ud" | tr -d '\n')"
   fi
+}
+# No config drive: once DHCP has run, ask the metadata service (reached through a DHCP route).
+# GET http://169.254.169.254$1 into file $2 when the answer is 200 (nc: busybox-static's wget
+# crashes in an initramfs without /etc). nc half-closes at the end of its input, and aiohttp
+# drops a half-closed connection: the input stays open until the answer is in (nc ends then).
+# On failure $why says what went wrong.
+http_get() {
+  { printf 'GET %s HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n' "$1"; sleep 1; } \
+    | nc -w 3 169.254.169.254 80 > /tmp/http.out 2> /tmp/http.err || { why=$(cat /tmp/http.err); return 1; }
+  head -n1 /tmp/http.out | grep -q ' 200 ' || { why=$(head -n1 /tmp/http.out); return 1; }
+  cr=$(printf '\r')
+  sed "1,/^$cr\$/d" /tmp/http.out > "$2"
+}
+fetch_meta() {
+  # Only where the network says so (a host route from DHCP): never through a default route off the machine.
+  why="no route to 169.254.169.254"
+  [ -n "$(ip route show 169.254.169.254 2>/dev/null)" ] || return 1
+  mkdir -p /mnt/config/openstack/latest
+  for t in 1 2 3; do
+    http_get /openstack/latest/meta_data.json /mnt/config/openstack/latest/meta_data.json && break
+    sleep 1
+  done
+  [ -s /mnt/config/openstack/latest/meta_data.json ] || return 1
+  http_get /openstack/latest/user_data /mnt/config/openstack/latest/user_data \
+    || rm -f /mnt/config/openstack/latest/user_data
+}
+if [ -n "$cd_dev" ]; then
+  say "config_drive=$cd_dev"
+  report_meta
 else
   say "config_drive=none"
 fi
@@ -162,8 +197,16 @@ for n in /sys/class/net/*; do
   ifc=${n##*/}
   [ "$ifc" = lo ] && continue
   ip link set "$ifc" up
-  udhcpc -i "$ifc" -s /etc/udhcpc.script -n -q -t 10 -T 1 >/dev/null 2>&1 || say "lease none iface=$ifc"
+  udhcpc -i "$ifc" -s /etc/udhcpc.script -O staticroutes -n -q -t 10 -T 1 >/dev/null 2>&1 || say "lease none iface=$ifc"
 done
+if [ -z "$cd_dev" ]; then
+  if fetch_meta; then
+    say "metadata_service=169.254.169.254"
+    report_meta
+  else
+    say "metadata_service=none $(echo "$why" | tr -d '\r' | tail -n1)"
+  fi
+fi
 # What each NIC ended up with, whoever configured it: how a test learns a guest's IP from its console.
 for n in /sys/class/net/*; do
   ifc=${n##*/}
@@ -226,7 +269,10 @@ case "$1" in
     ip addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
     if [ -n "$router" ]; then ip route add default via "${router%% *}" dev "$interface"; fi
-    echo "NOVALITE-GUEST: lease ip=$ip mac=$(cat /sys/class/net/$interface/address) iface=$interface mask=$mask router=$router" > /dev/console
+    # DHCP option 121 (classless static routes), e.g. to the metadata service: "dest/len gateway" pairs
+    set -- $staticroutes
+    while [ $# -ge 2 ]; do ip route add "$1" via "$2" dev "$interface"; shift 2; done
+    echo "NOVALITE-GUEST: lease ip=$ip mac=$(cat /sys/class/net/$interface/address) iface=$interface mask=$mask router=$router routes=$staticroutes" > /dev/console
     ;;
 esac
 exit 0

@@ -31,7 +31,7 @@ from novalite.db import networks as q
 from novalite.db import security_groups as sg_q
 from novalite.network import quota
 from novalite.network.firewall import Firewall, filter_name
-from novalite.virt.driver import NetworkSpec, NicSpec, VirtDriver, VirtError
+from novalite.virt.driver import METADATA_ADDRESS, NetworkSpec, NicSpec, VirtDriver, VirtError
 
 log = structlog.get_logger(__name__)
 
@@ -205,6 +205,8 @@ class NetworkAPI:
     _present: dict[tuple[str, str], bool] = field(default_factory=dict, init=False, repr=False)
     # one lock per (host, network id): making and removing a tenant network never race
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
+    # configured network id → gateway, where the metadata service listens for it
+    _metadata_gateways: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     # the ports' packet filters on the same hosts (security groups)
     firewall: Firewall = field(init=False)
 
@@ -227,6 +229,7 @@ class NetworkAPI:
         """
         defs = await self._ensure_rows()
         self._configured |= {d.uuid for d in defs}
+        self._metadata_gateways = {d.uuid: d.gateway for d in defs if d.metadata_port and d.gateway}
         await asyncio.gather(*(self._ensure_on(host, driver, defs) for host, driver in self.hosts.items()))
         await asyncio.gather(*(self.firewall.sync_host(host, driver) for host, driver in self.hosts.items()))
 
@@ -256,8 +259,22 @@ class NetworkAPI:
                 defs.append(NetworkSpec(
                     name=row["libvirt_name"], uuid=row["id"], cidr=plan.cidr, gateway=plan.gateway,
                     dhcp_start=plan.pool_start, dhcp_end=plan.pool_end, mtu=net.mtu,
+                    **self._metadata_route(plan.gateway),
                 ))
         return defs
+
+    def _metadata_route(self, gateway: str) -> dict[str, Any]:
+        """A configured network's way to the metadata service: a DHCP route to 169.254.169.254
+        via the gateway, where the host redirects it to novalite's listener (``[metadata]``)."""
+        if not self.config.metadata.enabled:
+            return {}
+        return {"host_routes": ((f"{METADATA_ADDRESS}/32", gateway),), "metadata_port": self.config.metadata.port}
+
+    @property
+    def metadata_networks(self) -> dict[str, str]:
+        """Network id → gateway of the configured networks that reach the metadata service
+        (after :meth:`ensure_networks`): where its listeners bind."""
+        return dict(self._metadata_gateways)
 
     async def _ensure_on(self, host: str, driver: VirtDriver, defs: list[NetworkSpec]) -> None:
         for d in defs:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pycdlib
 
-__all__ = ["CONFIG_DRIVE_LABEL", "VERSIONS", "build_config_drive", "instance_metadata"]
+__all__ = ["CONFIG_DRIVE_LABEL", "VERSIONS", "build_config_drive", "instance_metadata", "openstack_documents"]
 
 CONFIG_DRIVE_LABEL = "config-2"
 # The OpenStack metadata versions Nova serves, oldest first; "latest" is added last.
@@ -65,6 +65,28 @@ def instance_metadata(
     if admin_pass:
         doc["admin_pass"] = admin_pass
     return doc
+
+
+def openstack_documents(
+    instance_meta: Mapping[str, Any],
+    user_data: bytes | None,
+    injected_files: list[tuple[str, bytes]],
+    network_data: Mapping[str, Any] | None,
+) -> dict[str, bytes]:
+    """The documents of every ``openstack/<version>/`` directory, by file name: what the config
+    drive carries and the metadata service serves. ``meta_data.json`` points its ``files`` at
+    ``/content/0000``, ... in the order of ``injected_files``; ``user_data`` only when there is one."""
+    meta = dict(instance_meta)
+    meta["files"] = [{"path": p, "content_path": f"/content/{i:04d}"} for i, (p, _) in enumerate(injected_files)]
+    documents = {
+        "meta_data.json": json.dumps(meta).encode(),
+        "network_data.json": json.dumps(dict(network_data or {"links": [], "networks": [], "services": []})).encode(),
+        "vendor_data.json": b"{}",
+        "vendor_data2.json": b"{}",
+    }
+    if user_data is not None:
+        documents["user_data"] = bytes(user_data)
+    return documents
 
 
 class _Iso:
@@ -114,17 +136,7 @@ def build_config_drive(
     (:func:`novalite.network.network_data`). Blocking: run it in a thread.
     """
     files = list(injected_files)
-    meta = dict(instance_meta)
-    meta["files"] = [{"path": p, "content_path": f"/content/{i:04d}"} for i, (p, _) in enumerate(files)]
-    documents = {
-        "meta_data.json": json.dumps(meta).encode(),
-        "network_data.json": json.dumps(dict(network_data or {"links": [], "networks": [], "services": []})).encode(),
-        "vendor_data.json": b"{}",
-        "vendor_data2.json": b"{}",
-    }
-    if user_data is not None:
-        documents["user_data"] = bytes(user_data)
-
+    documents = openstack_documents(instance_meta, user_data, files, network_data)
     iso = _Iso()
     iso.mkdir("openstack")
     for version in (*VERSIONS, "latest"):

@@ -38,6 +38,7 @@ __all__ = [
     "InstanceInfo",
     "InstanceNotFound",
     "LifecycleCallback",
+    "METADATA_ADDRESS",
     "FilterRule",
     "NetworkSpec",
     "NicSpec",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 VirtType = Literal["test", "qemu", "kvm"]
+# Where guests find the metadata service (Nova's and EC2's link-local address).
+METADATA_ADDRESS = "169.254.169.254"
 
 
 class VirtError(Exception):
@@ -195,6 +198,9 @@ class NetworkSpec:
     dns_nameservers: tuple[str, ...] = ()
     # (destination CIDR, nexthop) pairs handed out as DHCP classless static routes
     host_routes: tuple[tuple[str, str], ...] = ()
+    # A configured network on this machine: 169.254.169.254:80 arriving on its bridge goes to
+    # novalite's metadata listener on the gateway, this port (novalite.virt.libvirt.metadata).
+    metadata_port: int | None = None
 
     @property
     def netmask(self) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "LibvirtConfigGuestInterface",
     "LibvirtConfigGuestMetaNovaInstance",
     "LibvirtConfigGuestSerial",
+    "LibvirtConfigGuestSysinfo",
     "LibvirtConfigNetwork",
     "LibvirtConfigNetworkDHCPHost",
     "LibvirtConfigObject",
@@ -39,6 +40,7 @@ __all__ = [
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 NOVA_PREFIX = "nova"
+DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
 
 # Never resolve entities or touch the network while reading XML.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True)
@@ -343,6 +345,40 @@ class LibvirtConfigGuestMetaNovaInstance(LibvirtConfigObject):
         return obj
 
 
+@dataclass(eq=True)
+class LibvirtConfigGuestSysinfo(LibvirtConfigObject):
+    """``<sysinfo type='smbios'>``: the SMBIOS system table the guest reads (dmidecode,
+    /sys/class/dmi/id); only its ``<system>`` entries, as Nova writes them."""
+
+    root_name: ClassVar[str] = "sysinfo"
+
+    system_manufacturer: str | None = None
+    system_product: str | None = None
+    system_version: str | None = None
+    system_serial: str | None = None
+    system_uuid: str | None = None
+    system_family: str | None = None
+
+    _ENTRIES: ClassVar[tuple[str, ...]] = ("manufacturer", "product", "version", "serial", "uuid", "family")
+
+    def format_dom(self) -> etree._Element:
+        root = etree.Element("sysinfo", type="smbios")
+        system = _sub(root, "system")
+        for name in self._ENTRIES:
+            if (value := getattr(self, f"system_{name}")) is not None:
+                _sub(system, "entry", value, name=name)
+        return root
+
+    @classmethod
+    def parse_dom(cls, el: etree._Element) -> Self:
+        cls._check_root(el)
+        obj = cls()
+        for entry in el.iterfind("system/entry"):
+            if entry.get("name") in cls._ENTRIES:
+                setattr(obj, f"system_{entry.get('name')}", _text(entry))
+        return obj
+
+
 _DEVICE_CLASSES: dict[str, type[LibvirtConfigGuestDevice]] = {
     cls.root_name: cls
     for cls in (
@@ -373,6 +409,8 @@ class LibvirtConfigGuest(LibvirtConfigObject):
     os_initrd: str | None = None
     os_cmdline: str | None = None
     os_boot_dev: list[str] = field(default_factory=list)
+    os_smbios: str | None = None       # <smbios mode=...>: "sysinfo" shows ``sysinfo`` to the guest
+    sysinfo: LibvirtConfigGuestSysinfo | None = None
     features: list[str] = field(default_factory=list)   # flag features: acpi, apic, pae
     cpu_mode: str | None = None        # host-model | host-passthrough | custom
     clock_offset: str | None = None    # utc | localtime
@@ -392,6 +430,8 @@ class LibvirtConfigGuest(LibvirtConfigObject):
                 meta.append(item.format_dom())
         _sub(root, "memory", str(self.memory), unit="KiB")
         _sub(root, "vcpu", str(self.vcpus))
+        if self.sysinfo is not None:
+            root.append(self.sysinfo.format_dom())
 
         os_el = _sub(root, "os")
         _sub(os_el, "type", self.os_type, arch=self.os_arch, machine=self.os_machine)
@@ -401,6 +441,8 @@ class LibvirtConfigGuest(LibvirtConfigObject):
                 _sub(os_el, tag, value)
         for boot_dev in self.os_boot_dev:
             _sub(os_el, "boot", dev=boot_dev)
+        if self.os_smbios is not None:
+            _sub(os_el, "smbios", mode=self.os_smbios)
 
         if self.features:
             features = _sub(root, "features")
@@ -441,6 +483,10 @@ class LibvirtConfigGuest(LibvirtConfigObject):
             obj.os_initrd = _text(os_el.find("initrd"))
             obj.os_cmdline = _text(os_el.find("cmdline"))
             obj.os_boot_dev = [b.get("dev") for b in os_el.iterfind("boot") if b.get("dev")]
+            if (smbios := os_el.find("smbios")) is not None:
+                obj.os_smbios = smbios.get("mode")
+        if (sysinfo := el.find("sysinfo[@type='smbios']")) is not None:
+            obj.sysinfo = LibvirtConfigGuestSysinfo.parse_dom(sysinfo)
 
         if (features := el.find("features")) is not None:
             obj.features = [f.tag for f in features if isinstance(f.tag, str)]
@@ -504,9 +550,11 @@ class LibvirtConfigNetwork(LibvirtConfigObject):
     dhcp_start: str | None = None
     dhcp_end: str | None = None
     dhcp_hosts: list[LibvirtConfigNetworkDHCPHost] = field(default_factory=list)
+    # extra dnsmasq options (``<dnsmasq:options>``), e.g. a DHCP classless static route
+    dnsmasq_options: list[str] = field(default_factory=list)
 
     def format_dom(self) -> etree._Element:
-        root = etree.Element("network")
+        root = etree.Element("network", nsmap={"dnsmasq": DNSMASQ_NS} if self.dnsmasq_options else None)
         _sub(root, "name", self.name)
         if self.uuid is not None:
             _sub(root, "uuid", self.uuid)
@@ -525,6 +573,10 @@ class LibvirtConfigNetwork(LibvirtConfigObject):
                     _sub(dhcp, "range", start=self.dhcp_start, end=self.dhcp_end)
                 for host in self.dhcp_hosts:
                     dhcp.append(host.format_dom())
+        if self.dnsmasq_options:
+            options = _sub(root, f"{{{DNSMASQ_NS}}}options")
+            for value in self.dnsmasq_options:
+                _sub(options, f"{{{DNSMASQ_NS}}}option", value=value)
         return root
 
     @classmethod
@@ -547,6 +599,7 @@ class LibvirtConfigNetwork(LibvirtConfigObject):
                 obj.dhcp_start = dhcp_range.get("start")
                 obj.dhcp_end = dhcp_range.get("end")
             obj.dhcp_hosts = [LibvirtConfigNetworkDHCPHost.parse_dom(h) for h in ip.iterfind("dhcp/host")]
+        obj.dnsmasq_options = [o.get("value") for o in el.iterfind(f"{{{DNSMASQ_NS}}}options/{{{DNSMASQ_NS}}}option")]
         return obj
 
 

@@ -28,6 +28,7 @@ import libvirt
 import structlog
 from lxml import etree
 
+import novalite
 from novalite.virt import driver as virt
 from novalite.virt.driver import (
     DiskSpec,
@@ -55,6 +56,7 @@ from novalite.virt.libvirt.config import (
     LibvirtConfigGuestInterface,
     LibvirtConfigGuestMetaNovaInstance,
     LibvirtConfigGuestSerial,
+    LibvirtConfigGuestSysinfo,
 )
 from novalite.virt.libvirt.host import LibvirtHost
 from novalite.virt.libvirt.network import LibvirtNetworks
@@ -181,6 +183,20 @@ def _design_metadata(spec: GuestSpec) -> LibvirtConfigGuestMetaNovaInstance:
     )
 
 
+def _design_sysinfo(spec: GuestSpec) -> LibvirtConfigGuestSysinfo:
+    """Nova's SMBIOS system table: cloud-init's OpenStack datasource recognises the product name.
+
+    The serial is the instance uuid, as Nova's default ``[libvirt] sysinfo_serial = unique``."""
+    return LibvirtConfigGuestSysinfo(
+        system_manufacturer="OpenStack Foundation",
+        system_product="OpenStack Nova",
+        system_version=novalite.__version__,
+        system_serial=spec.instance_uuid,
+        system_uuid=spec.instance_uuid,
+        system_family="Virtual Machine",
+    )
+
+
 def design_guest(spec: GuestSpec, domain_type: str, arch: str | None = None) -> LibvirtConfigGuest:
     """Decide the libvirt domain for ``spec`` on a host of ``domain_type`` (test/qemu/kvm).
 
@@ -207,6 +223,8 @@ def design_guest(spec: GuestSpec, domain_type: str, arch: str | None = None) -> 
         on_poweroff="destroy",
         on_reboot="restart",
         on_crash="destroy",
+        os_smbios="sysinfo",
+        sysinfo=_design_sysinfo(spec),
     )
     if spec.kernel:
         guest.os_kernel = spec.kernel

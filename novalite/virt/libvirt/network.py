@@ -29,6 +29,7 @@ import libvirt
 import structlog
 
 from novalite.virt.driver import NetworkSpec, VirtError
+from novalite.virt.libvirt import metadata
 from novalite.virt.libvirt.config import LibvirtConfigNetwork, LibvirtConfigNetworkDHCPHost
 from novalite.virt.libvirt.host import LibvirtHost
 from novalite.virt.libvirt.netns import (
@@ -65,10 +66,18 @@ def serves_dhcp(net: NetworkSpec) -> bool:
     return net.enable_dhcp and bool(net.dhcp_server)
 
 
+def _dnsmasq_options(net: NetworkSpec, address: str | None) -> list[str]:
+    """libvirt's dnsmasq gives no router on an isolated network: the subnet's host routes (the
+    metadata address via the gateway) go out as a DHCP classless static route."""
+    if not address or not net.host_routes:
+        return []
+    return ["dhcp-option=option:classless-static-route," + ",".join(f"{d},{h}" for d, h in net.host_routes)]
+
+
 def design_network(net: NetworkSpec, bridge: str, hosts: list[tuple[str, str]] = (),
                    simulated: bool = False) -> LibvirtConfigNetwork:
     """An isolated network: the bridge and, when it holds a host address, libvirt's DHCP over
-    the range with its host entries; without one a bare bridge."""
+    the range with its host entries and host routes; without one a bare bridge."""
     address = host_address(net, simulated)
     return LibvirtConfigNetwork(
         name=net.name,
@@ -83,6 +92,7 @@ def design_network(net: NetworkSpec, bridge: str, hosts: list[tuple[str, str]] =
         dhcp_start=net.dhcp_start if address else None,
         dhcp_end=net.dhcp_end if address else None,
         dhcp_hosts=[LibvirtConfigNetworkDHCPHost(mac=mac, ip=ip) for mac, ip in hosts] if address else [],
+        dnsmasq_options=_dnsmasq_options(net, address),
     )
 
 
@@ -189,6 +199,11 @@ class LibvirtNetworks:
         bridge = self._tenant_bridge(net) if net.tenant else None
         with self._net_lock(net.name):
             bridge = self._ensure_libvirt(net, bridge)
+            if not net.tenant and _is_local(self.host):
+                if net.metadata_port and net.gateway:
+                    metadata.ensure_redirect(net.name, bridge, net.gateway, net.metadata_port)
+                else:
+                    metadata.remove_redirect(net.name)
             namespace = self._namespace_of(net.name, net.uuid) if net.tenant else None
             if namespace is not None:
                 if serves_dhcp(net):
@@ -207,13 +222,15 @@ class LibvirtNetworks:
             if existing is not None:
                 cfg = _persistent_config(existing)
                 address = host_address(net, simulated)
-                wanted = (address, net.netmask if address else None, bridge or cfg.bridge)
-                if (cfg.ip_address, cfg.ip_netmask, cfg.bridge) == wanted and cfg.forward_mode is None:
+                wanted = (address, net.netmask if address else None, bridge or cfg.bridge,
+                          _dnsmasq_options(net, address))
+                if (cfg.ip_address, cfg.ip_netmask, cfg.bridge, cfg.dnsmasq_options) == wanted \
+                        and cfg.forward_mode is None:
                     if not existing.isActive():
                         existing.create()
                     self._autostart(existing)
                     return cfg.bridge or ""
-                # The subnet changed (or someone added a forward): redefine it, keeping the bridge.
+                # The subnet or its routes changed (or someone added a forward): redefine it, keeping the bridge.
                 log.warning("libvirt_network_redefined", network=net.name, uri=uri)
                 bridge = bridge or cfg.bridge or self._pick_bridge()
                 hosts = list(_dhcp_hosts(cfg).items())
@@ -235,7 +252,8 @@ class LibvirtNetworks:
                             exc.get_error_code()) from exc
 
     def prune_tenant_sync(self, prefix: str, keep: set[str]) -> list[str]:
-        """Remove this cloud's tenant networks (libvirt network, namespace, dnsmasq) not in ``keep``.
+        """Remove this cloud's tenant networks (libvirt network, namespace, dnsmasq) not in ``keep``,
+        and the metadata redirects of its networks no longer in libvirt.
 
         Tenant networks are found by name: libvirt networks ``prefix`` + "n" + 12 hex digits,
         namespaces ``prefix`` + "dhcp-" + network id and their DHCP state directories.
@@ -258,6 +276,8 @@ class LibvirtNetworks:
                     self._namespaces.pop(name, None)
                     if name not in removed:
                         removed.append(name)
+        if _is_local(self.host):
+            metadata.prune_redirects(prefix, {net.name() for net in self.host.connection().listAllNetworks(0)})
         return removed
 
     @staticmethod
@@ -339,6 +359,8 @@ class LibvirtNetworks:
             if namespace is not None:
                 namespace.remove()
                 self._namespaces.pop(name, None)
+            elif _is_local(self.host):
+                metadata.remove_redirect(name)
             try:
                 if net.isActive():
                     net.destroy()
