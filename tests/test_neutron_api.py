@@ -366,6 +366,20 @@ async def test_subnet_and_port_writes_on_one_network_at_once_never_deadlock(clou
     assert len(addresses) == len(set(addresses)) and len(ports) >= 12
 
 
+async def test_bulk_ports_on_two_networks_in_opposite_orders_all_get_made(cloud):
+    """Two bulks naming the same networks in opposite orders may deadlock in Postgres: the one
+    rolled back is made again, so both answer 201 and nothing is half made."""
+    (a, _), (b, _) = await _network(cloud, cidr="10.78.0.0/24"), await _network(cloud, cidr="10.79.0.0/24")
+
+    def bulk(first: dict, second: dict):
+        return cloud.request("POST", f"{V2}/ports", json_body={"ports": [
+            {"network_id": first["id"]}, {"network_id": second["id"]}]})
+
+    results = await asyncio.gather(*(bulk(a, b) if i % 2 else bulk(b, a) for i in range(10)))
+    assert [status for status, _, _ in results] == [201] * 10, [r[:2] for r in results if r[0] != 201]
+    assert len(await _ports(cloud, a["id"])) == len(await _ports(cloud, b["id"])) == 11  # + the DHCP port
+
+
 async def test_member_sees_the_same_port_attributes_on_create_update_and_show(cloud):
     """Neutron strips the admin-only attributes (binding:host_id, ...) from every answer a member
     gets, not only from GETs; an admin sees them on create."""

@@ -405,13 +405,25 @@ async def _transaction(request: web.Request) -> AsyncIterator[asyncpg.Connection
             raise NeutronError(409, "OverQuota", str(exc)) from None
 
 
+_DEADLOCK_RETRIES = 3
+
+
 async def _create(request: web.Request, resource: str, spec: dict,
                   create_one: Callable[[web.Request, asyncpg.Connection, dict], Awaitable[dict]]) -> web.Response:
     """A POST of one resource or of several (Neutron's bulk create): every item checked first,
-    then all made in one transaction, so a refused item leaves none of them behind."""
+    then all made in one transaction, so a refused item leaves none of them behind. Items on
+    several networks lock them in the order given, so two bulks naming them in opposite orders
+    can deadlock: Postgres then rolls one back, and it is simply made again."""
     items, bulk = attrs_of.parse_many(await read_json(request), resource, spec)
-    async with _transaction(request) as conn:
-        docs = [_readable(request, resource, await create_one(request, conn, item)) for item in items]
+    for attempt in range(_DEADLOCK_RETRIES + 1):
+        try:
+            async with _transaction(request) as conn:
+                docs = [_readable(request, resource, await create_one(request, conn, item)) for item in items]
+            break
+        except asyncpg.DeadlockDetectedError:
+            if attempt == _DEADLOCK_RETRIES:
+                raise NeutronError(409, "Conflict", "Concurrent requests changed these networks; try again.") \
+                    from None
     if resource == "subnet":
         await _networks_changed(request, {d["network_id"] for d in docs})
     return web.json_response({f"{resource}s": docs} if bulk else {resource: docs[0]}, status=201)
