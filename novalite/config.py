@@ -12,6 +12,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -187,6 +188,9 @@ class ComputeConfig(_Section):
     libvirt_threads: int = Field(4, ge=1)
     # Attach a config drive to every instance, not only those that ask for one.
     force_config_drive: bool = False
+    # ... and to every instance on a remote host (a URI naming another machine): the metadata
+    # service answers only on this machine's networks, so there the config drive is the way in.
+    force_config_drive_remote: bool = True
     # Power-state sync: libvirt lifecycle events do the work, this periodic pass is the safety net.
     power_sync_interval: float = Field(600, gt=0, description="seconds")
     # Domains on a host that no live instance owns: "log" reports them, "reap" also destroys them.
@@ -204,6 +208,10 @@ class ComputeConfig(_Section):
     # server at once, -1 never, N > 0 a periodic pass offloads servers shelved longer than N seconds.
     shelved_offload_time: int = Field(0, ge=-1)
     shelved_poll_interval: float = Field(3600, gt=0, description="seconds")
+
+    def forces_config_drive(self, host: HostConfig) -> bool:
+        """Whether every instance on ``host`` gets a config drive, asked for or not (no connection needed)."""
+        return self.force_config_drive or (self.force_config_drive_remote and host.remote)
 
 
 class DeadlinesConfig(_Section):
@@ -232,6 +240,11 @@ class HostConfig(_Section):
     availability_zone: str = "nova"
     max_concurrent_builds: int | None = Field(None, ge=1)
     disk_gb: int | None = Field(None, ge=1)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the host's libvirt runs on another machine: its URI names a host (qemu+ssh://lab2/system)."""
+        return bool(urlsplit(self.uri).hostname)
 
     @model_validator(mode="after")
     def _uri_or_simulate(self) -> HostConfig:

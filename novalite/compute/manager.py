@@ -383,6 +383,11 @@ class ComputeManager:
             await self.volume_build.prepare_build(self.host, inst, prepared)
         return prepared
 
+    def wants_config_drive(self, inst: asyncpg.Record) -> bool:
+        """Whether the instance has a config drive here: asked for, or forced for this host
+        (``[compute] force_config_drive``, ``force_config_drive_remote`` on a remote host)."""
+        return bool(inst["config_drive"]) or self.config.compute.forces_config_drive(self.host_config)
+
     async def write_config_drive(
         self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks, admin_password: str | None,
         name: str = "disk.config", files: bool = True,
@@ -391,7 +396,7 @@ class ComputeManager:
         admin password is in its meta_data.json (and nowhere else on this side).
 
         A rescue writes its own (``disk.config.rescue``) without the injected files, as Nova's."""
-        if not (inst["config_drive"] or self.config.compute.force_config_drive):
+        if not self.wants_config_drive(inst):
             return
         uuid = str(inst["uuid"])
         path = self.instances_dir / uuid / name

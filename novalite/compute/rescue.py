@@ -300,7 +300,7 @@ class RescueManager:
         if m.volume_build is not None:
             await m.volume_build.attached_disks(uuid, prepared)
         config_drive = inst_dir / "disk.config"
-        if (inst["config_drive"] or self.config.compute.force_config_drive) and (m.simulated or config_drive.exists()):
+        if m.wants_config_drive(inst) and (m.simulated or config_drive.exists()):
             prepared.disks.append(DiskSpec(path=str(config_drive), device="cdrom", bus="sata", target_dev="sda",
                                            driver_type="raw"))
         await self.driver.destroy(uuid)

@@ -550,7 +550,7 @@ class ResizeManager:
             ramdisk_id=inst["ramdisk_id"], flavor=flavor, write_files=False,
         )
         config_drive = inst_dir / "disk.config"
-        if inst["config_drive"] or self.config.compute.force_config_drive:
+        if m.wants_config_drive(inst):
             from novalite.virt.driver import DiskSpec
 
             prepared.disks.append(DiskSpec(path=str(config_drive), device="cdrom", bus="sata", target_dev="sda",
@@ -573,7 +573,7 @@ class ResizeManager:
         swap.unlink(missing_ok=True)
         if flavor.get("swap"):
             await qemu_img("create", "-q", "-f", "qcow2", str(swap), f"{flavor['swap']}M")
-        if (inst["config_drive"] or self.config.compute.force_config_drive) and not config_drive.exists():
+        if m.wants_config_drive(inst) and not config_drive.exists():
             ports = await m.network_api.ports_for_instance(uuid) if m.network_api is not None else []
             prepared.disks.pop()  # write_config_drive adds it again, and writes it
             await m.write_config_drive(inst, ports, prepared, None)
