@@ -256,7 +256,16 @@ class HostConfig(_Section):
 
 
 class NetworkConfig(_Section):
-    """One isolated libvirt network with one IPv4 subnet (a ``[[networks]]`` entry)."""
+    """One libvirt network with one IPv4 subnet (a ``[[networks]]`` entry).
+
+    ``forward``: "isolated" (no ``<forward>``: guests reach each other and the host's DHCP),
+    "nat" (libvirt NATs guest traffic out through the host; the gateway is the host's bridge
+    address and DHCP hands it out as the default route) or "bridge" (a provider network: guests
+    join the existing host bridge ``bridge``, e.g. a lab's LAN; novalite runs no DHCP there, the
+    subnet is recorded with DHCP off as Neutron's ``--no-dhcp`` provider subnets, the LAN's own
+    DHCP server and addressing apply, and ``cidr``/pool only give ports the fixed IPs the API
+    shows -- make them the LAN's subnet and a range its DHCP does not hand out).
+    """
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     cidr: str = "10.20.0.0/24"
@@ -269,6 +278,15 @@ class NetworkConfig(_Section):
     project: str | None = None
     mtu: int = Field(1500, ge=576, le=9000)
     dns_nameservers: list[str] = []
+    forward: Literal["isolated", "nat", "bridge"] = "isolated"
+    # The existing host bridge a "bridge" network joins (novalite neither makes nor removes it).
+    bridge: str | None = Field(None, min_length=1, max_length=15, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @model_validator(mode="after")
+    def _bridge_with_bridge_mode(self) -> NetworkConfig:
+        if (self.forward == "bridge") != (self.bridge is not None):
+            raise ValueError('`bridge` (an existing host bridge) is needed with forward = "bridge", and only then')
+        return self
 
 
 class NetworkingConfig(_Section):

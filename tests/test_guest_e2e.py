@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -45,16 +46,19 @@ def test_image() -> testimage.TestImage:
 
 
 @contextlib.asynccontextmanager
-async def qemu_cloud(pg_dsn, test_image, prefix: str = "nle2e", compute: str = ""):
+async def qemu_cloud(pg_dsn, test_image, prefix: str = "nle2e", compute: str = "", network: str = ""):
     """A cloud managing this machine's qemu:///system as host ``local``, the test image uploaded.
 
     Its domains, networks and pools carry a prefix of their own (other clouds, other test sessions
-    may share qemu:///system) and are removed afterwards; ``compute`` adds ``[compute]`` settings."""
+    may share qemu:///system) and are removed afterwards; ``compute`` adds ``[compute]`` settings,
+    ``network`` keys of its network ``lab`` (e.g. ``forward = "nat"``)."""
     # qemu runs as its own user: the state directory must be traversable (pytest's tmp dirs are 0700).
     workdir = Path(tempfile.mkdtemp(prefix="novalite-e2e-", dir="/var/tmp"))
     workdir.chmod(0o755)
     tag = f"{prefix}{uuid.uuid4().hex[:6]}"
-    net = 100 + int(tag[-6:], 16) % 100
+    # A /24 no route of this machine uses yet (other clouds' networks, the host's own).
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
+    net = next(n for i in range(100) if f"10.{(n := 100 + (int(tag[-6:], 16) + i) % 100)}.7.0/24" not in routes)
     extra = f"""
 [compute]
 virt_type = "qemu"
@@ -70,6 +74,7 @@ default_network = "lab"
 [[networks]]
 name = "lab"
 cidr = "10.{net}.7.0/24"
+{network}
 """
     hosts = '[[hosts]]\nname = "local"\nuri = "qemu:///system"\n'
     cloud = await start_cloud(pg_dsn, workdir, extra=extra, hosts=hosts)

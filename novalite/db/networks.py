@@ -105,6 +105,7 @@ async def upsert_subnet(
     pool_start: str,
     pool_end: str,
     dns_nameservers: list[str],
+    enable_dhcp: bool = True,
 ) -> dict:
     """The network's one subnet, created or updated to match the config."""
     existing = await conn.fetchval("SELECT id FROM subnets WHERE network_id = $1 ORDER BY created_at LIMIT 1",
@@ -112,22 +113,24 @@ async def upsert_subnet(
     if existing is None:
         row = await conn.fetchrow(
             f"""INSERT INTO subnets AS s (id, network_id, name, project_id, cidr, gateway_ip, pool_start, pool_end,
-                                          dns_nameservers, allocation_pools)
-                VALUES ($1, $2, $3, $4, $5::cidr, $6::inet, $7::inet, $8::inet, $9, $10)
+                                          dns_nameservers, allocation_pools, enable_dhcp)
+                VALUES ($1, $2, $3, $4, $5::cidr, $6::inet, $7::inet, $8::inet, $9, $10, $11)
                 RETURNING {SUBNET_COLUMNS}""",
             uuidlib.uuid4(), uuidlib.UUID(network_id), name, project_id, cidr, gateway_ip, pool_start, pool_end,
-            dns_nameservers, [{"start": pool_start, "end": pool_end}],
+            dns_nameservers, [{"start": pool_start, "end": pool_end}], enable_dhcp,
         )
     else:
         row = await conn.fetchrow(
             f"""UPDATE subnets AS s SET name = $2, project_id = $3, cidr = $4::cidr, gateway_ip = $5::inet,
                        pool_start = $6::inet, pool_end = $7::inet, dns_nameservers = $8, allocation_pools = $9,
-                       updated_at = CASE WHEN (s.cidr, s.gateway_ip, s.pool_start, s.pool_end, s.dns_nameservers)
-                           IS DISTINCT FROM ($4::cidr, $5::inet, $6::inet, $7::inet, $8::text[])
+                       enable_dhcp = $10,
+                       updated_at = CASE WHEN (s.cidr, s.gateway_ip, s.pool_start, s.pool_end, s.dns_nameservers,
+                                               s.enable_dhcp)
+                           IS DISTINCT FROM ($4::cidr, $5::inet, $6::inet, $7::inet, $8::text[], $10)
                            THEN now() ELSE s.updated_at END
                 WHERE id = $1 RETURNING {SUBNET_COLUMNS}""",
             existing, name, project_id, cidr, gateway_ip, pool_start, pool_end, dns_nameservers,
-            [{"start": pool_start, "end": pool_end}],
+            [{"start": pool_start, "end": pool_end}], enable_dhcp,
         )
     return dict(row)
 

@@ -254,18 +254,20 @@ class NetworkAPI:
                 await q.upsert_subnet(
                     conn, network_id=row["id"], name=f"{net.name}-subnet", project_id=project_id,
                     cidr=plan.cidr, gateway_ip=plan.gateway, pool_start=plan.pool_start, pool_end=plan.pool_end,
-                    dns_nameservers=list(net.dns_nameservers),
+                    dns_nameservers=list(net.dns_nameservers), enable_dhcp=net.forward != "bridge",
                 )
                 defs.append(NetworkSpec(
                     name=row["libvirt_name"], uuid=row["id"], cidr=plan.cidr, gateway=plan.gateway,
                     dhcp_start=plan.pool_start, dhcp_end=plan.pool_end, mtu=net.mtu,
-                    **self._metadata_route(plan.gateway),
+                    forward=net.forward, host_bridge=net.bridge, enable_dhcp=net.forward != "bridge",
+                    **(self._metadata_route(plan.gateway) if net.forward != "bridge" else {}),
                 ))
         return defs
 
     def _metadata_route(self, gateway: str) -> dict[str, Any]:
         """A configured network's way to the metadata service: a DHCP route to 169.254.169.254
-        via the gateway, where the host redirects it to novalite's listener (``[metadata]``)."""
+        via the gateway, where the host redirects it to novalite's listener (``[metadata]``).
+        Not on a bridge network: the gateway there is the LAN's router, not this host."""
         if not self.config.metadata.enabled:
             return {}
         return {"host_routes": ((f"{METADATA_ADDRESS}/32", gateway),), "metadata_port": self.config.metadata.port}
@@ -281,7 +283,7 @@ class NetworkAPI:
             await driver.ensure_network(d)
         ports = await self._leased_ports(host)
         tenant = await self._tenant_specs({p["network_id"] for p in ports})
-        served = list(defs)
+        served = [d for d in defs if d.enable_dhcp]
         for spec in tenant.values():
             try:
                 async with self._host_lock(host, spec.uuid):
@@ -333,7 +335,8 @@ class NetworkAPI:
         specs = await self._tenant_specs({p.network_id for p in ports if (host, p.network_id) not in self._present})
         for p in ports:
             if p.network_id in self._configured:
-                await driver.add_dhcp_host(p.network_name, p.mac, p.ip)
+                if p.enable_dhcp:  # not on a bridge network: the LAN's DHCP serves it
+                    await driver.add_dhcp_host(p.network_name, p.mac, p.ip)
                 continue
             async with self._host_lock(host, p.network_id):
                 if await self._present_on(host, driver, p.network_id, specs) and p.ip:

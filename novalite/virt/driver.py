@@ -177,7 +177,11 @@ class GuestSpec:
 
 @dataclass(frozen=True, slots=True)
 class NetworkSpec:
-    """An isolated network on a host: no forwarding, a gateway address, DHCP over a range.
+    """A network on a host: by default isolated (no forwarding), a gateway address, DHCP over a range.
+
+    ``forward`` "nat": the same, and guests reach the outside NATed through the host (the gateway
+    is their default route); "bridge": guests join the existing host bridge ``host_bridge`` (a
+    provider network such as a lab's LAN) and the host holds no address and serves no DHCP there.
 
     ``name`` is the hypervisor's network name (NicSpec.network of the guests on it).
     ``tenant`` networks (made through the API) have a bridge with no host address, so
@@ -201,6 +205,8 @@ class NetworkSpec:
     # A configured network on this machine: 169.254.169.254:80 arriving on its bridge goes to
     # novalite's metadata listener on the gateway, this port (novalite.virt.libvirt.metadata).
     metadata_port: int | None = None
+    forward: Literal["isolated", "nat", "bridge"] = "isolated"
+    host_bridge: str | None = None
 
     @property
     def netmask(self) -> str:

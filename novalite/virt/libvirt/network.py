@@ -1,8 +1,11 @@
-"""Isolated libvirt networks and their DHCP host entries, on a host's one connection.
+"""libvirt networks and their DHCP host entries, on a host's one connection.
 
-A novalite network on a host is a libvirt network with NO ``<forward>``
+A novalite network on a host is by default a libvirt network with NO ``<forward>``
 element: libvirt makes a bridge and a dnsmasq for it, and nothing is routed or
-NATed off the machine. Each port gets a ``<dhcp><host mac= ip=/>`` entry, so the
+NATed off the machine. A configured network may instead be ``nat`` (the same with
+``<forward mode='nat'/>``: libvirt NATs guest traffic out through the host) or
+``bridge`` (``<forward mode='bridge'/>`` on an existing host bridge: no address,
+no DHCP of ours, the LAN's apply). Each port gets a ``<dhcp><host mac= ip=/>`` entry, so the
 guest's DHCP lease is the port's fixed IP. The same calls work on libvirt's
 test driver (``test:///``), which keeps networks in its connection, so a
 simulated host's networks sit beside its domains in one connection.
@@ -56,6 +59,8 @@ def host_address(net: NetworkSpec, simulated: bool) -> str | None:
     route, so CIDRs may overlap; DHCP runs in a namespace, :mod:`.netns`); on the test
     driver, which routes nothing, its DHCP server address so its DHCP entries live in libvirt.
     """
+    if net.forward == "bridge":
+        return None
     if not net.tenant:
         return net.gateway
     return net.dhcp_server if simulated and serves_dhcp(net) else None
@@ -68,21 +73,34 @@ def serves_dhcp(net: NetworkSpec) -> bool:
 
 def _dnsmasq_options(net: NetworkSpec, address: str | None) -> list[str]:
     """libvirt's dnsmasq gives no router on an isolated network: the subnet's host routes (the
-    metadata address via the gateway) go out as a DHCP classless static route."""
+    metadata address via the gateway) go out as a DHCP classless static route. On a NAT network,
+    where the gateway is the router, the route list starts with the default route as Neutron's
+    does: a client given classless routes ignores the router option (RFC 3442)."""
     if not address or not net.host_routes:
         return []
-    return ["dhcp-option=option:classless-static-route," + ",".join(f"{d},{h}" for d, h in net.host_routes)]
+    routes = ([("0.0.0.0/0", address)] if net.forward == "nat" else []) + list(net.host_routes)
+    return ["dhcp-option=option:classless-static-route," + ",".join(f"{d},{h}" for d, h in routes)]
+
+
+def _forward_mode(net: NetworkSpec) -> str | None:
+    """libvirt's ``<forward mode>`` of the network: none for an isolated one."""
+    return None if net.forward == "isolated" else net.forward
 
 
 def design_network(net: NetworkSpec, bridge: str, hosts: list[tuple[str, str]] = (),
                    simulated: bool = False) -> LibvirtConfigNetwork:
-    """An isolated network: the bridge and, when it holds a host address, libvirt's DHCP over
-    the range with its host entries and host routes; without one a bare bridge."""
+    """The network on ``bridge`` and, when it holds a host address, libvirt's DHCP over the
+    range with its host entries and host routes; without one a bare bridge. Isolated: no
+    forward mode, guests reach only each other (and the host's dnsmasq); NAT: the same, NATed
+    out through the host. Bridge: only the existing host bridge (libvirt neither makes it nor
+    sets its STP, delay or MTU)."""
+    if net.forward == "bridge":
+        return LibvirtConfigNetwork(name=net.name, uuid=net.uuid, forward_mode="bridge", bridge=net.host_bridge)
     address = host_address(net, simulated)
     return LibvirtConfigNetwork(
         name=net.name,
         uuid=net.uuid,
-        # No forward mode: guests reach only each other (and the host's dnsmasq).
+        forward_mode=_forward_mode(net),
         bridge=bridge,
         bridge_stp=True,
         bridge_delay=0,
@@ -196,7 +214,7 @@ class LibvirtNetworks:
         return tenant_names(prefix, net.uuid).bridge
 
     def ensure_sync(self, net: NetworkSpec) -> str:
-        bridge = self._tenant_bridge(net) if net.tenant else None
+        bridge = self._tenant_bridge(net) if net.tenant else net.host_bridge
         with self._net_lock(net.name):
             bridge = self._ensure_libvirt(net, bridge)
             if not net.tenant and _is_local(self.host):
@@ -215,28 +233,31 @@ class LibvirtNetworks:
             return bridge
 
     def _ensure_libvirt(self, net: NetworkSpec, bridge: str | None) -> str:
-        """Define (or redefine when its address or bridge changed), start and autostart the network."""
+        """Define (or redefine when its address, bridge, routes or forward mode changed), start and
+        autostart the network."""
         uri, simulated = self.host.uri, self.host.in_process
         existing = self._lookup(net.name)
         try:
             if existing is not None:
                 cfg = _persistent_config(existing)
                 address = host_address(net, simulated)
-                wanted = (address, net.netmask if address else None, bridge or cfg.bridge,
-                          _dnsmasq_options(net, address))
-                if (cfg.ip_address, cfg.ip_netmask, cfg.bridge, cfg.dnsmasq_options) == wanted \
-                        and cfg.forward_mode is None:
+                # A network that was in bridge mode leaves the host's bridge to the host.
+                own_bridge = cfg.bridge if cfg.forward_mode != "bridge" else None
+                wanted = (address, net.netmask if address else None, bridge or own_bridge,
+                          _dnsmasq_options(net, address), _forward_mode(net))
+                if (cfg.ip_address, cfg.ip_netmask, cfg.bridge, cfg.dnsmasq_options, cfg.forward_mode) == wanted:
                     if not existing.isActive():
                         existing.create()
                     self._autostart(existing)
                     return cfg.bridge or ""
-                # The subnet or its routes changed (or someone added a forward): redefine it, keeping the bridge.
-                log.warning("libvirt_network_redefined", network=net.name, uri=uri)
-                bridge = bridge or cfg.bridge or self._pick_bridge()
+                # The subnet, its routes or the forward mode changed: redefine it, keeping its own bridge.
+                log.warning("libvirt_network_redefined", network=net.name, uri=uri,
+                            forward=net.forward, was=cfg.forward_mode or "isolated")
                 hosts = list(_dhcp_hosts(cfg).items())
                 if existing.isActive():
                     existing.destroy()
                 existing.undefine()
+                bridge = bridge or own_bridge or self._pick_bridge()
                 in_subnet = ipaddress.ip_network(net.cidr, strict=False) if net.cidr else None
                 hosts = [(m, a) for m, a in hosts if a and in_subnet and ipaddress.ip_address(a) in in_subnet]
             else:
