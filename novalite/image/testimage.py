@@ -559,22 +559,24 @@ async def upload(image: TestImage, url: str, user: str, password: str, project: 
                                  visibility=visibility)
 
 
-def upload_as_admin(config, url: str | None, upload_fn) -> dict[str, str] | None:
-    """Run ``upload_fn(url, admin_password)`` (a coroutine function) against the configured cloud.
-
-    Returns its image ids, or None after saying on stderr why it could not."""
+def upload_as_admin(config, url: str | None, upload_fn, names: dict[str, str]) -> int:
+    """Run ``upload_fn(url, admin_password)`` (a coroutine function) against the configured cloud
+    and list the images it made (``names[kind]`` and id); the exit code, 1 after saying why not."""
     from novalite.bootstrap import credentials_file
 
     creds_path = credentials_file(config)
     if not creds_path.exists():
         print(f"novalite: {creds_path} not found: run `novalite serve` (or bootstrap) first", file=sys.stderr)
-        return None
+        return 1
     creds = json.loads(creds_path.read_text())
     try:
-        return asyncio.run(upload_fn(url or config.public_url, creds["admin"]))
+        ids = asyncio.run(upload_fn(url or config.public_url, creds["admin"]))
     except (BuildError, aiohttp.ClientError) as exc:
         print(f"novalite: {exc}", file=sys.stderr)
-        return None
+        return 1
+    for kind, image_id in ids.items():
+        print(f"{names[kind]:24} {image_id}")
+    return 0
 
 
 def main(config, args: argparse.Namespace) -> int:
@@ -595,12 +597,7 @@ def main(config, args: argparse.Namespace) -> int:
         print(f"wrote {out}: vmlinuz ({image.kernel_version}), initrd.gz, disk.raw"
               f"{', disk.qcow2' if image.qcow2 else ''}; cmdline {image.cmdline!r}")
         return 0
-    ids = upload_as_admin(config, args.url, lambda url, password: upload(image, url, "admin", password))
-    if ids is None:
-        return 1
-    for kind, image_id in ids.items():
-        print(f"{NAMES[kind]:24} {image_id}")
-    return 0
+    return upload_as_admin(config, args.url, lambda url, password: upload(image, url, "admin", password), NAMES)
 
 
 async def ensure_uploaded(config, pool) -> dict[str, str] | None:
