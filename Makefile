@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test e2e setup system venv lint bench clean tempest
+.PHONY: run test e2e e2e-cloud setup system venv lint bench clean tempest
 
 run: setup
 	$(VENV)/bin/novalite serve
@@ -14,7 +14,11 @@ test: setup
 
 # Real TCG guests under qemu:///system (boot, rebuild, rescue, resize, snapshot, shelve, volumes): ~6 minutes.
 e2e: setup
-	$(PY) -m pytest -q -m qemu $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "qemu and not cloudimage" $(PYTEST_ARGS)
+
+# The Debian cloud image (built once with mmdebstrap, cached in /var/tmp) booted with cloud-init.
+e2e-cloud: setup
+	$(PY) -m pytest -q -m cloudimage $(PYTEST_ARGS)
 
 setup: system venv
 

@@ -1,4 +1,4 @@
-"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml | image build-test | console``."""
+"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml | image build-test | build-cloud | console``."""
 
 from __future__ import annotations
 
@@ -111,6 +111,12 @@ def cmd_image_build_test(config: Config, args: argparse.Namespace) -> int:
     from novalite.image import testimage
 
     return testimage.main(config, args)
+
+
+def cmd_image_build_cloud(config: Config, args: argparse.Namespace) -> int:
+    from novalite.image import cloudimage
+
+    return cloudimage.main(config, args)
 
 
 # ---------------------------------------------------------------- novalite console
@@ -256,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--kernel-package", default=None, help="default: what linux-image-amd64 depends on")
     bt.add_argument("--url", default=None, help="novalite URL (default: the config's public URL)")
     bt.set_defaults(fn=cmd_image_build_test)
+    bc = imgsub.add_parser("build-cloud", help="build a small Debian 12 image with cloud-init and openssh-server "
+                           "from Debian's packages (mmdebstrap; cached) and upload it as debian-12-cloud")
+    bc.add_argument("--cache-dir", default=None, help="default: /var/tmp/novalite-cloudimage-cache")
+    bc.add_argument("--url", default=None, help="novalite URL (default: the config's public URL)")
+    bc.set_defaults(fn=cmd_image_build_cloud)
     con = sub.add_parser("console", help="attach this terminal to a server's serial console (Ctrl-] leaves)")
     con.add_argument("server", help="server name or id")
     con.add_argument("--os-cloud", default=os.environ.get("OS_CLOUD", "novalite"),

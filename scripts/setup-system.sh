@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS="libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-qemu-system-x86 qemu-utils dnsmasq-base iptables python3-venv python3-dev gcc"
+qemu-system-x86 qemu-utils dnsmasq-base iptables python3-venv python3-dev gcc mmdebstrap"
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

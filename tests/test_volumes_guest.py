@@ -23,6 +23,7 @@ from test_volumes import volume_call, wait_volume
 from novalite.api import keys
 from novalite.image import testimage
 from novalite.virt.libvirt.config import LibvirtConfigGuestDisk
+from novalite.virt.libvirt.metadata import prune_redirects
 
 pytestmark = pytest.mark.qemu
 GiB = 1024**3
@@ -96,6 +97,8 @@ cidr = "10.{net}.9.0/24"
             domains = [str(r["uuid"]) for r in await conn.fetch("SELECT uuid FROM instances")]
         await stop_cloud(cloud)
         await asyncio.to_thread(_cleanup_libvirt, prefix, domains)
+        # The network's metadata redirect names its bridge, which the next network may reuse.
+        prune_redirects(prefix, set())
 
 
 async def test_guest_runs_from_a_volume_lists_its_volumes_and_takes_hotplug(volume_guest_cloud):

@@ -38,6 +38,17 @@ class PreparedDisks:
     kernel: str | None = None
     ramdisk: str | None = None
     cmdline: str | None = None
+    cdrom_bus: str = "sata"  # the image's hw_cdrom_bus when it is one of CDROM_TARGETS
+
+    def add_config_drive(self, path: Path | str) -> None:
+        """The config drive as the cdrom on :attr:`cdrom_bus` (sda on sata, hda on ide)."""
+        self.disks.append(DiskSpec(path=str(path), device="cdrom", bus=self.cdrom_bus,
+                                   target_dev=CDROM_TARGETS[self.cdrom_bus], driver_type="raw"))
+
+
+# Buses the config drive may use (Nova's hw_cdrom_bus image property): ide for guest kernels
+# without an AHCI driver (Debian's cloud kernel); anything else keeps sata.
+CDROM_TARGETS = {"sata": "sda", "ide": "hda"}
 
 
 async def qemu_img(*args: str) -> None:
@@ -126,6 +137,8 @@ async def prepare_local_disks(
         swap = inst_dir / "disk.swap"
         out.disks.append(DiskSpec(path=str(swap), target_dev=f"vd{next(letters)}"))
     props = image.get("properties") or {}
+    if props.get("hw_cdrom_bus") in CDROM_TARGETS:
+        out.cdrom_bus = props["hw_cdrom_bus"]
     if kernel_id:
         out.kernel = str(inst_dir / "kernel")
         out.cmdline = str(props.get("os_command_line") or "console=ttyS0")

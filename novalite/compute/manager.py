@@ -51,7 +51,7 @@ from novalite.network import NetworkAPI, PortInfo, network_data
 from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt import power_state
 from novalite.virt.configdrive import build_config_drive
-from novalite.virt.driver import DiskSpec, GuestSpec, HostInfo, NicSpec
+from novalite.virt.driver import GuestSpec, HostInfo, NicSpec
 from novalite.volume.build import VolumeBuild
 
 log = structlog.get_logger(__name__)
@@ -400,8 +400,7 @@ class ComputeManager:
             return
         uuid = str(inst["uuid"])
         path = self.instances_dir / uuid / name
-        prepared.disks.append(DiskSpec(path=str(path), device="cdrom", bus="sata", target_dev="sda",
-                                       driver_type="raw"))
+        prepared.add_config_drive(path)
         if self.simulated:
             return
         meta = instance_meta(inst, self.host_config.availability_zone, admin_password)

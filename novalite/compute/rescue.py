@@ -301,8 +301,7 @@ class RescueManager:
             await m.volume_build.attached_disks(uuid, prepared)
         config_drive = inst_dir / "disk.config"
         if m.wants_config_drive(inst) and (m.simulated or config_drive.exists()):
-            prepared.disks.append(DiskSpec(path=str(config_drive), device="cdrom", bus="sata", target_dev="sda",
-                                           driver_type="raw"))
+            prepared.add_config_drive(config_drive)
         await self.driver.destroy(uuid)
         await self.driver.spawn(m.guest_spec(inst, await self._nics(uuid), prepared))
         if not running:

@@ -551,10 +551,7 @@ class ResizeManager:
         )
         config_drive = inst_dir / "disk.config"
         if m.wants_config_drive(inst):
-            from novalite.virt.driver import DiskSpec
-
-            prepared.disks.append(DiskSpec(path=str(config_drive), device="cdrom", bus="sata", target_dev="sda",
-                                           driver_type="raw"))
+            prepared.add_config_drive(config_drive)
         if m.simulated:
             return prepared
         root = inst_dir / "disk"

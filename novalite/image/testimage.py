@@ -516,38 +516,71 @@ async def _create_and_upload(session: aiohttp.ClientSession, images: str, header
     return image_id
 
 
-async def upload(image: TestImage, url: str, user: str, password: str, project: str = "admin",
-                 *, token: str | None = None, visibility: str = "public") -> dict[str, str]:
-    """Upload the test image through the image API; returns {"kernel"|"ramdisk"|"ami"|"qcow2": id}."""
+async def upload_boot_set(url: str, user: str, password: str, project: str, *, names: dict[str, str],
+                          kernel: Path, ramdisk: Path, disks: dict[str, tuple[Path, str, str]],
+                          cmdline: str, properties: dict, token: str | None = None,
+                          visibility: str = "public") -> dict[str, str]:
+    """Upload a kernel, a ramdisk and the disks booted with them through the image API.
+
+    ``disks`` maps a kind to (file, disk_format, container_format); each disk image gets
+    ``kernel_id``, ``ramdisk_id`` and ``os_command_line``, and every image ``properties``.
+    Returns {"kernel"|"ramdisk"|<kind>: image id}, the images named after ``names[kind]``."""
     url = url.rstrip("/")
     async with aiohttp.ClientSession() as session:
         token = token or await _token(session, url, user, password, project)
         headers = {"X-Auth-Token": token}
         images = f"{url}/image/v2/images"
-        common = {"visibility": visibility, "os_distro": "novalite-test"}
+        common = {"visibility": visibility, **properties}
         ids: dict[str, str] = {}
         ids["kernel"] = await _create_and_upload(
             session, images, headers,
-            {"name": NAMES["kernel"], "disk_format": "aki", "container_format": "aki", **common}, image.kernel)
+            {"name": names["kernel"], "disk_format": "aki", "container_format": "aki", **common}, kernel)
         ids["ramdisk"] = await _create_and_upload(
             session, images, headers,
-            {"name": NAMES["ramdisk"], "disk_format": "ari", "container_format": "ari", **common}, image.ramdisk)
-        boot = {"kernel_id": ids["kernel"], "ramdisk_id": ids["ramdisk"], "os_command_line": image.cmdline}
-        ids["ami"] = await _create_and_upload(
-            session, images, headers,
-            {"name": NAMES["ami"], "disk_format": "ami", "container_format": "ami", **common, **boot}, image.disk)
-        if image.qcow2 is not None:
-            ids["qcow2"] = await _create_and_upload(
+            {"name": names["ramdisk"], "disk_format": "ari", "container_format": "ari", **common}, ramdisk)
+        boot = {"kernel_id": ids["kernel"], "ramdisk_id": ids["ramdisk"], "os_command_line": cmdline}
+        for kind, (path, disk_format, container_format) in disks.items():
+            ids[kind] = await _create_and_upload(
                 session, images, headers,
-                {"name": NAMES["qcow2"], "disk_format": "qcow2", "container_format": "bare", **common, **boot},
-                image.qcow2)
+                {"name": names[kind], "disk_format": disk_format, "container_format": container_format,
+                 **common, **boot}, path)
         return ids
+
+
+async def upload(image: TestImage, url: str, user: str, password: str, project: str = "admin",
+                 *, token: str | None = None, visibility: str = "public") -> dict[str, str]:
+    """Upload the test image through the image API; returns {"kernel"|"ramdisk"|"ami"|"qcow2": id}."""
+    disks = {"ami": (image.disk, "ami", "ami")}
+    if image.qcow2 is not None:
+        disks["qcow2"] = (image.qcow2, "qcow2", "bare")
+    return await upload_boot_set(url, user, password, project, names=NAMES, kernel=image.kernel,
+                                 ramdisk=image.ramdisk, disks=disks, cmdline=image.cmdline,
+                                 properties={"os_distro": "novalite-test"}, token=token,
+                                 visibility=visibility)
+
+
+def upload_as_admin(config, url: str | None, upload_fn, names: dict[str, str]) -> int:
+    """Run ``upload_fn(url, admin_password)`` (a coroutine function) against the configured cloud
+    and list the images it made (``names[kind]`` and id); the exit code, 1 after saying why not."""
+    from novalite.bootstrap import credentials_file
+
+    creds_path = credentials_file(config)
+    if not creds_path.exists():
+        print(f"novalite: {creds_path} not found: run `novalite serve` (or bootstrap) first", file=sys.stderr)
+        return 1
+    creds = json.loads(creds_path.read_text())
+    try:
+        ids = asyncio.run(upload_fn(url or config.public_url, creds["admin"]))
+    except (BuildError, aiohttp.ClientError) as exc:
+        print(f"novalite: {exc}", file=sys.stderr)
+        return 1
+    for kind, image_id in ids.items():
+        print(f"{names[kind]:24} {image_id}")
+    return 0
 
 
 def main(config, args: argparse.Namespace) -> int:
     """CLI entry: build, then write to ``--output`` or upload to the configured cloud as admin."""
-    from novalite.bootstrap import credentials_file
-
     cache = Path(args.cache_dir) if args.cache_dir else config.state_dir / "cache" / "testimage"
     try:
         image = build(cache, args.kernel_package)
@@ -564,19 +597,7 @@ def main(config, args: argparse.Namespace) -> int:
         print(f"wrote {out}: vmlinuz ({image.kernel_version}), initrd.gz, disk.raw"
               f"{', disk.qcow2' if image.qcow2 else ''}; cmdline {image.cmdline!r}")
         return 0
-    creds_path = credentials_file(config)
-    if not creds_path.exists():
-        print(f"novalite: {creds_path} not found: run `novalite serve` (or bootstrap) first", file=sys.stderr)
-        return 1
-    creds = json.loads(creds_path.read_text())
-    try:
-        ids = asyncio.run(upload(image, args.url or config.public_url, "admin", creds["admin"], "admin"))
-    except (BuildError, aiohttp.ClientError) as exc:
-        print(f"novalite: {exc}", file=sys.stderr)
-        return 1
-    for kind, image_id in ids.items():
-        print(f"{NAMES[kind]:24} {image_id}")
-    return 0
+    return upload_as_admin(config, args.url, lambda url, password: upload(image, url, "admin", password), NAMES)
 
 
 async def ensure_uploaded(config, pool) -> dict[str, str] | None:
