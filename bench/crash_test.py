@@ -44,6 +44,7 @@ from boot_storm import wait_serving  # noqa: E402
 
 from novalite import db as novadb  # noqa: E402
 from novalite.image import testimage  # noqa: E402
+from novalite.virt.libvirt.metadata import prune_redirects  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
@@ -104,6 +105,7 @@ class QemuHost:
                     pool.undefine()
         finally:
             conn.close()
+        prune_redirects(prefix, set())  # the metadata redirects of the networks just removed
 
 
 class Harness:

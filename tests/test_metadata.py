@@ -152,3 +152,23 @@ async def test_unknown_source_or_wrong_network_gets_404(meta_cloud):
     finally:
         await stranger.close()
         await elsewhere.close()
+
+
+def test_a_stale_redirect_on_a_reused_bridge_gives_way_to_the_networks_own():
+    """libvirt reuses the name of a bridge that is gone; a metadata rule a vanished network left
+    on it (any cloud's) would catch the new network's guests first, so ensuring removes it."""
+    import subprocess
+    import uuid as uuidlib
+
+    from novalite.virt.libvirt import metadata
+
+    tag = "nlmd" + uuidlib.uuid4().hex[:6]
+    bridge = tag + "br"  # no such interface: iptables keeps rules for any name
+    try:
+        metadata.ensure_redirect(f"{tag}-gone", bridge, "10.251.1.1", 8775)
+        metadata.ensure_redirect(f"{tag}-new", bridge, "10.251.2.1", 8775)
+        rules = [r for r in subprocess.run(["iptables", "-w", "-t", "nat", "-S", "PREROUTING"], check=True,
+                                           capture_output=True, text=True).stdout.splitlines() if bridge in r]
+        assert len(rules) == 1 and f"{tag}-new metadata" in rules[0] and "10.251.2.1:8775" in rules[0]
+    finally:
+        metadata.prune_redirects(tag, set())

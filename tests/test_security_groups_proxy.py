@@ -13,6 +13,7 @@ from test_nwfilter import _dumpxml, _rules, needs_libvirtd
 
 from novalite.api import keys
 from novalite.network.firewall import filter_name
+from novalite.virt.libvirt.metadata import prune_redirects
 
 SG = "/os-security-groups"
 RULES = "/os-security-group-rules"
@@ -337,3 +338,4 @@ def _remove_libvirt_objects(prefix: str) -> None:
                 obj.undefine()
     finally:
         conn.close()
+    prune_redirects(prefix, set())

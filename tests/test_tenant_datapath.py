@@ -25,6 +25,7 @@ from test_networks import _qemu_system_available
 from novalite.config import Config, NetworkConfig
 from novalite.network import NetworkAPI
 from novalite.virt.libvirt import LibvirtDriver
+from novalite.virt.libvirt.metadata import prune_redirects
 from novalite.virt.testnode import write_test_node
 
 CIDR = "10.0.0.0/24"
@@ -60,6 +61,7 @@ def prefix():
                     net.destroy()
                 net.undefine()
         conn.close()
+    prune_redirects(prefix, set())
     for ns in _sh("ip", "netns", "list").split("\n"):
         name = ns.split(" ")[0]
         if name.startswith(prefix):

@@ -22,9 +22,13 @@ _SUFFIX = " metadata"
 
 def _rule(network: str, bridge: str, gateway: str, port: int) -> list[str]:
     """The rule's match and target, as ``iptables -t nat -S`` prints them after the chain name."""
-    return ["-i", bridge, "-d", f"{METADATA_ADDRESS}/32", "-p", "tcp", "-m", "tcp", "--dport", "80",
+    return ["-d", f"{METADATA_ADDRESS}/32", "-i", bridge, "-p", "tcp", "-m", "tcp", "--dport", "80",
             "-m", "comment", "--comment", network + _SUFFIX,
             "-j", "DNAT", "--to-destination", f"{gateway}:{port}"]
+
+
+def _bridge(rule: list[str]) -> str | None:
+    return rule[rule.index("-i") + 1] if "-i" in rule else None
 
 
 def _iptables(*args: str) -> str:
@@ -51,13 +55,19 @@ def _redirects() -> dict[str, list[list[str]]]:
 
 
 def ensure_redirect(network: str, bridge: str, gateway: str, port: int) -> None:
-    """Exactly one metadata rule for ``network``: from its bridge to ``gateway:port``; idempotent."""
+    """Exactly one metadata rule for ``network``: from its bridge to ``gateway:port``; idempotent.
+
+    A bridge belongs to one libvirt network at a time, and libvirt reuses the names of bridges
+    that are gone, so any other metadata rule on this bridge is stale (left by a network of any
+    cloud that vanished without its cleanup) and would catch the guests' requests first: it goes.
+    """
     wanted = _rule(network, bridge, gateway, port)
-    rules = _redirects().get(network, [])
-    for rule in rules:
+    rules = [(name, rule) for name, found in _redirects().items() for rule in found
+             if name == network or _bridge(rule) == bridge]
+    for _, rule in rules:
         if rule != wanted:
             _iptables("-D", "PREROUTING", *rule)
-    if wanted not in rules:
+    if wanted not in [rule for _, rule in rules]:
         _iptables("-A", "PREROUTING", *wanted)
 
 
