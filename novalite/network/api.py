@@ -651,7 +651,7 @@ class NetworkAPI:
             rows = await q.ports_for_devices(conn, [instance_uuid])
         return await self._rebind(rows, host) if rows else []
 
-    # -- datapath follows the rows (issue 16: wired by the lead at merge time) -------
+    # -- the datapath follows the rows: DHCP entries, filters, NICs ------------------
     async def ports_changed(self, port_ids: Iterable[str]) -> None:
         """After ports' rows changed (fixed IP, security groups, port security): their DHCP
         entries (an entry with the port's MAC is replaced) and packet filters on their hosts
