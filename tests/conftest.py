@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -141,7 +142,16 @@ class Cloud:
 
     async def openstack_json(self, *args: str, cloud: str = "novalite"):
         _, out, _ = await self.openstack(*args, "-f", "json", cloud=cloud)
-        return json.loads(out)
+        return cli_json(out)
+
+
+_PROGRESS = re.compile(r"^(\rProgress: \d+)+")
+
+
+def cli_json(out: str):
+    """The JSON the `openstack` CLI printed. `server create --wait` first writes its polls'
+    ``\rProgress: N`` to stdout while the server builds (as users see it), so those go first."""
+    return json.loads(_PROGRESS.sub("", out))
 
 
 def write_config(workdir: Path, dsn: str, extra: str = "", hosts: str | None = None) -> Path:

@@ -10,12 +10,11 @@ except where the latest microversion changes the documents.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import openstack
 import pytest
-from conftest import add_image, wait_for_status
+from conftest import add_image, cli_json, wait_for_status
 from test_guest_e2e import guest_cloud, test_image  # noqa: F401  (fixtures of the qemu test)
 
 from novalite.api import keys
@@ -30,7 +29,7 @@ def cli(cloud, mv: tuple[str, ...]):
 
     async def run(*args: str, cloud_name: str = "novalite"):
         _, out, _ = await cloud.openstack(*mv, *args, cloud=cloud_name)
-        return json.loads(out) if "-f" in args else out
+        return cli_json(out) if "-f" in args else out
 
     return run
 
