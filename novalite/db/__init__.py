@@ -18,7 +18,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent.parent / "schema.sql"
+SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
 SCHEMA_VERSION = 1
 DATABASE_NAME = "novalite"
 
