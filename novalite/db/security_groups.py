@@ -225,3 +225,72 @@ async def join_instance_groups(conn: asyncpg.Connection, instance_uuid: str, por
         instance_uuid, port_ids,
     )
     return sorted({r["id"] for r in rows})
+
+
+# Membership of ports in groups, as the server actions and os-interface change it.
+
+async def find_groups(conn: asyncpg.Connection, project_id: str, name_or_id: str) -> list[dict]:
+    """The project's security groups with this id, else with this name (Neutron's find by name or id)."""
+    cols = "id::text AS id, project_id, name, description"
+    try:
+        by_id = await conn.fetch(f"SELECT {cols} FROM security_groups WHERE id = $1 AND project_id = $2",
+                                 uuid.UUID(name_or_id), project_id)
+    except ValueError:
+        by_id = []
+    if by_id:
+        return [dict(r) for r in by_id]
+    rows = await conn.fetch(f"SELECT {cols} FROM security_groups WHERE name = $1 AND project_id = $2",
+                            name_or_id, project_id)
+    return [dict(r) for r in rows]
+
+
+async def groups_by_name(conn: asyncpg.Connection, project_id: str, names: Iterable[str]) -> list[dict]:
+    """The project's security groups with these names, with their rules as a JSON list."""
+    rows = await conn.fetch(
+        """SELECT g.id::text AS id, g.project_id, g.name, g.description,
+                  coalesce(jsonb_agg(jsonb_build_object(
+                      'id', r.id::text, 'protocol', r.protocol, 'port_range_min', r.port_range_min,
+                      'port_range_max', r.port_range_max, 'remote_ip_prefix', r.remote_ip_prefix::text,
+                      'remote_group_name', rg.name, 'remote_group_project', rg.project_id,
+                      'direction', r.direction, 'ethertype', r.ethertype) ORDER BY r.created_at, r.id)
+                      FILTER (WHERE r.id IS NOT NULL), '[]') AS rules
+           FROM security_groups g
+           LEFT JOIN security_group_rules r ON r.security_group_id = g.id
+           LEFT JOIN security_groups rg ON rg.id = r.remote_group_id
+           WHERE g.project_id = $1 AND g.name = ANY($2::text[])
+           GROUP BY g.id ORDER BY g.project_id, g.name""",
+        project_id, list(names),
+    )
+    return [dict(r) for r in rows]
+
+
+async def group_members(conn: asyncpg.Connection, port_ids: Iterable[str], group_id: str) -> set[str]:
+    """Which of these ports are members of the group."""
+    rows = await conn.fetch(
+        """SELECT port_id::text AS port_id FROM port_security_groups
+           WHERE port_id = ANY($1::uuid[]) AND security_group_id = $2""",
+        [uuid.UUID(p) for p in port_ids], uuid.UUID(group_id),
+    )
+    return {r["port_id"] for r in rows}
+
+
+async def join_group(conn: asyncpg.Connection, port_ids: Iterable[str], group_id: str) -> None:
+    await conn.execute(
+        """INSERT INTO port_security_groups (port_id, security_group_id)
+           SELECT p, $2 FROM unnest($1::uuid[]) AS p ON CONFLICT DO NOTHING""",
+        [uuid.UUID(p) for p in port_ids], uuid.UUID(group_id),
+    )
+
+
+async def leave_group(conn: asyncpg.Connection, port_ids: Iterable[str], group_id: str) -> None:
+    await conn.execute(
+        "DELETE FROM port_security_groups WHERE port_id = ANY($1::uuid[]) AND security_group_id = $2",
+        [uuid.UUID(p) for p in port_ids], uuid.UUID(group_id),
+    )
+
+
+async def lock_instance_groups(conn: asyncpg.Connection, instance_uuid: str) -> list[str]:
+    """The server's group names, its row locked until the transaction ends."""
+    names = await conn.fetchval("SELECT security_groups FROM instances WHERE uuid = $1 FOR UPDATE",
+                                uuid.UUID(instance_uuid))
+    return list(names or [])

@@ -796,7 +796,7 @@ class NetworkAPI:
         except q.NoMoreAddresses:
             raise exception.Invalid(f"No fixed IP addresses available for network: {net['id']}") from None
         # A port made without groups gets the project's default group, as Neutron does.
-        await iq.join_group(conn, [row["id"]], await sg_q.default_group_id(conn, project_id))
+        await sg_q.join_group(conn, [row["id"]], await sg_q.default_group_id(conn, project_id))
         return row
 
     async def _bound_port(self, instance_uuid: str, port_id: str, tag: str | None = None) -> PortInfo:
@@ -846,9 +846,9 @@ class NetworkAPI:
                     raise exception.Invalid("Network requires port_security_enabled and subnet associated in "
                                             "order to apply security groups.")
             port_ids = [p["id"] for p in ports]
-            if group["name"] in names or await iq.group_members(conn, port_ids, group["id"]):
+            if group["name"] in names or await sg_q.group_members(conn, port_ids, group["id"]):
                 raise exception.Invalid(f"Duplicate items in the list: '{group['id']}'")
-            await iq.join_group(conn, port_ids, group["id"])
+            await sg_q.join_group(conn, port_ids, group["id"])
             await instances_db.compare_and_set(conn, instance_uuid, security_groups=sorted({*names, group["name"]}))
         await self._security_followup(group["id"], port_ids)
 
@@ -858,10 +858,10 @@ class NetworkAPI:
         async with self.pool.acquire() as conn, conn.transaction():
             group, ports, names = await self._server_group(conn, instance_uuid, project_id, name)
             port_ids = [p["id"] for p in ports]
-            if group["name"] not in names and not await iq.group_members(conn, port_ids, group["id"]):
+            if group["name"] not in names and not await sg_q.group_members(conn, port_ids, group["id"]):
                 raise exception.NotFound(
                     f"Security group {name} not associated with the instance {instance_uuid}")
-            await iq.leave_group(conn, port_ids, group["id"])
+            await sg_q.leave_group(conn, port_ids, group["id"])
             await instances_db.compare_and_set(
                 conn, instance_uuid, security_groups=sorted(set(names) - {group["name"]}))
         await self._security_followup(group["id"], port_ids)
@@ -870,13 +870,13 @@ class NetworkAPI:
                             name: str) -> tuple[dict, list[dict], list[str]]:
         """The group named (Neutron's find by name or id), the instance's ports and its group names,
         the instance row locked so concurrent group changes of one server queue up."""
-        groups = await iq.find_groups(conn, project_id, name)
+        groups = await sg_q.find_groups(conn, project_id, name)
         if not groups:
             raise exception.NotFound(f"Security group {name} is not found for project {project_id}")
         if len(groups) > 1:
             raise exception.Conflict(
                 f"Multiple security_group matches found for name '{name}', use an ID to be more specific.")
-        names = await iq.lock_instance_groups(conn, instance_uuid)
+        names = await sg_q.lock_instance_groups(conn, instance_uuid)
         ports = await iq.interface_ports(conn, instance_uuid)
         if not ports:
             raise exception.NotFound(f"instance_id {instance_uuid} could not be found as device id on any ports")
@@ -889,4 +889,4 @@ class NetworkAPI:
     async def server_security_groups(self, project_id: str, names: Iterable[str]) -> list[dict]:
         """The server's groups (by the names it holds) with their rules, for os-security-groups."""
         async with self.pool.acquire() as conn:
-            return await iq.groups_by_name(conn, project_id, names)
+            return await sg_q.groups_by_name(conn, project_id, names)
