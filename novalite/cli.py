@@ -85,7 +85,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
     async def stopping(app: web.Application) -> None:
         sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing requests and builds in flight")
-        log.info("shutdown_started", signal="SIGTERM/SIGINT", timeout=config.api.shutdown_timeout)
+        log.info("shutdown_started", timeout_s=config.api.shutdown_timeout)
 
     app.on_startup.append(settle_heap)
     if not args.no_test_image:
