@@ -13,6 +13,11 @@ from pathlib import Path
 
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "bench"))
+from boot_storm import token as admin_token  # noqa: E402  (the admin login the benchmarks use)
+
+__all__ = ["ServeProcess", "admin_token"]
+
 
 class ServeProcess:
     """One `novalite serve` (``--config``, JSON logs at info) whose stderr is kept in ``log``."""

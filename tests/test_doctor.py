@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from conftest import REPO, fresh_database, free_port, write_config
+from conftest import REPO, free_port, fresh_database, write_config
 
 SIM = '[[hosts]]\nname = "sim1"\nsimulate = { vcpus = 4, memory_mb = 8192, disk_gb = 50 }\n'
 

@@ -10,10 +10,10 @@ import subprocess
 import time
 
 import aiohttp
-from serve_process import ServeProcess
-from test_shutdown import SIMS, admin_token
-
 from conftest import fresh_database, write_config
+from serve_process import ServeProcess, admin_token
+from test_shutdown import SIMS
+
 from novalite.image.testimage import NAMES
 
 CACHE = "/var/tmp/novalite-testimage-cache"  # the test image cache other tests build into

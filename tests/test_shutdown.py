@@ -10,9 +10,9 @@ import uuid
 
 import aiohttp
 import asyncpg
-from serve_process import ServeProcess
-
 from conftest import fresh_database, write_config
+from serve_process import ServeProcess, admin_token
+
 from novalite import sdnotify
 
 SIMS = "".join(f'[[hosts]]\nname = "sim{i}"\nsimulate = {{ vcpus = 8, memory_mb = 16384, disk_gb = 200 }}\n\n'
@@ -24,15 +24,6 @@ max_concurrent_builds = 3
 """
 SHUTDOWN_TIMEOUT = 20
 BURST = 8
-
-
-async def admin_token(session: aiohttp.ClientSession, url: str, password: str) -> str:
-    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "admin", "domain": {"name": "Default"}, "password": password}}},
-        "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
-    async with session.post(f"{url}/identity/v3/auth/tokens", json=body) as r:
-        assert r.status == 201, await r.text()
-        return r.headers["X-Subject-Token"]
 
 
 async def test_sigterm_during_a_burst_finishes_the_builds_and_leaves_nothing_to_recover(pg_dsn, tmp_path):
