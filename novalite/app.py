@@ -38,6 +38,7 @@ from novalite.api.metadata import MetadataListeners
 from novalite.compute.actions import ServerActions
 from novalite.compute.api import ComputeAPI
 from novalite.compute.consoles import SerialConsoles
+from novalite.compute.drain import drain
 from novalite.compute.host import ComputeHost, compute_host
 from novalite.compute.interfaces import InterfaceAttachments
 from novalite.compute.locks import InstanceLocks
@@ -98,6 +99,7 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
             await pool.close()
             if embedded is not None:
                 await embedded.stop()
+            log.info("postgres_closed", embedded=embedded is not None)
 
     return ctx
 
@@ -137,6 +139,7 @@ def hosts_ctx(config: Config):
             yield
         finally:
             await asyncio.gather(*(h.driver.close() for h in hosts.values()))
+            log.info("libvirt_closed", hosts=sorted(hosts))
 
     return ctx
 
@@ -263,6 +266,10 @@ def compute_ctx(config: Config):
             watchdog.start()
             yield
         finally:
+            # Accepted work runs to its end first (bounded), so a clean stop leaves nothing to recover.
+            await drain({"scheduling": conductor.pending, "background": compute_api.pending,
+                         **{f"host_{name}": m.pending for name, m in computes.items()}},
+                        config.api.shutdown_timeout)
             await watchdog.stop()
             await conductor.stop()
             await scheduler.stop()

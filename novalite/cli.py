@@ -14,14 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import structlog
 import yaml
 from aiohttp import web
 
-from novalite import bootstrap, db
+from novalite import bootstrap, db, sdnotify
 from novalite.api import keys
 from novalite.config import Config, ConfigError, load_config
 from novalite.logs import setup_logging
 from novalite.policy import PolicyError
+
+log = structlog.get_logger(__name__)
 
 
 async def _with_pool(config: Config, fn):
@@ -39,9 +42,26 @@ async def _with_pool(config: Config, fn):
             await embedded.stop()
 
 
+def preflight(config: Config) -> int | None:
+    """``novalite doctor``'s checks before serving: each problem a warning line with its fix;
+    a fatal one (Postgres, libvirt, the API port) stops the start with exit code 1."""
+    from novalite import doctor
+
+    checks = asyncio.run(doctor.run_checks(config))
+    fatal = [c for c in checks if c.status == doctor.FAIL and c.fatal]
+    for check in checks:
+        if check.status != doctor.OK:
+            log.warning("preflight", check=check.check, status=check.status, problem=check.what, fix=check.fix)
+    for check in fatal:
+        print(f"novalite: cannot start: {check.line()}", file=sys.stderr)
+    return 1 if fatal else None
+
+
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from novalite.app import init_app
 
+    if (refused := preflight(config)) is not None:
+        return refused
     app = init_app(config, clouds_yaml=Path(args.clouds_yaml))
 
     async def settle_heap(app: web.Application) -> None:
@@ -51,14 +71,6 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()
 
-    async def announce(app: web.Application) -> None:
-        print(
-            f"novalite serving on {config.public_url}\n"
-            f"  try: OS_CLOUD=novalite openstack server list   (clouds.yaml in {Path.cwd()})",
-            file=sys.stderr,
-            flush=True,
-        )
-
     async def test_image(app: web.Application) -> None:
         # After startup: the upload goes through this server's own image API.
         from novalite.image import testimage
@@ -66,16 +78,69 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         task = asyncio.get_running_loop().create_task(testimage.ensure_uploaded(config, app[keys.DB]))
         app[keys.TEST_IMAGE_TASK] = task
 
+    background: list[asyncio.Task] = []  # held here: the loop keeps only weak references to tasks
+
+    async def ready(app: web.Application) -> None:
+        background.append(asyncio.get_running_loop().create_task(announce_ready(app, config, Path(args.clouds_yaml))))
+
+    async def stopping(app: web.Application) -> None:
+        sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing requests and builds in flight")
+        log.info("shutdown_started", timeout_s=config.api.shutdown_timeout)
+
     app.on_startup.append(settle_heap)
-    app.on_startup.append(announce)
     if not args.no_test_image:
         app.on_startup.append(test_image)
+    app.on_startup.append(ready)
+    app.on_shutdown.append(stopping)
     if config.api.event_loop == "uvloop":
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(app, host=config.api.listen, port=config.api.port, print=None, access_log=None)
+    web.run_app(app, host=config.api.listen, port=config.api.port, print=None, access_log=None,
+                shutdown_timeout=config.api.shutdown_timeout)
+    log.info("stopped")
     return 0
+
+
+async def announce_ready(app: web.Application, config: Config, clouds_yaml: Path) -> None:
+    """Once the API listens: READY=1 to systemd; once the first start's test image is active
+    (at once when there is none to make), the "ready: try ..." line with commands that work."""
+    host = "127.0.0.1" if config.api.listen in ("0.0.0.0", "") else config.api.listen.strip("[]")
+    host = "::1" if host == "::" else host
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection(host, config.api.port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        break
+    sdnotify.notify("READY=1", f"STATUS=serving on {config.public_url}")
+    log.info("serving", url=config.public_url)
+    task = app.get(keys.TEST_IMAGE_TASK)
+    ids = await task if task is not None else None
+    print(ready_line(clouds_yaml, with_image=bool(ids)), file=sys.stderr, flush=True)
+
+
+def ready_line(clouds_yaml: Path, *, with_image: bool) -> str:
+    """The commands a user can paste: the openstack CLI by its full path (or how to install it),
+    pointed at this cloud's clouds.yaml."""
+    cli = Path(sys.prefix) / "bin" / "openstack"
+    env = f"OS_CLIENT_CONFIG_FILE={clouds_yaml.resolve()} OS_CLOUD=novalite"
+    if cli.exists():
+        openstack, extra = str(cli), f"\n  (or `. {sys.prefix}/bin/activate` first, then plain `openstack`)"
+    else:
+        openstack, extra = "openstack", "\n  (the openstack CLI: `pip install python-openstackclient`)"
+    lines = [f"ready: try  {env} {openstack} server list"]
+    if with_image:
+        lines.append(f"  and  {env} {openstack} server create --image novalite-test --flavor m1.tiny --wait demo")
+    return "\n".join(lines) + extra
+
+
+def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
+    from novalite import doctor
+
+    return doctor.main(config)
 
 
 def cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
@@ -244,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-test-image", action="store_true",
                        help="do not build and upload the test guest when the image list is empty")
     serve.set_defaults(fn=cmd_serve)
+    doc = sub.add_parser("doctor", help="check what a start needs (Postgres, libvirt per host, qemu's access to "
+                         "the state directory, /dev/kvm, dnsmasq, the API port, disk space); one line each")
+    doc.set_defaults(fn=cmd_doctor)
     dbp = sub.add_parser("db", help="database commands")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="apply schema.sql and migrations")

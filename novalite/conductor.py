@@ -95,6 +95,10 @@ class Conductor:
         for t in list(self._tasks):
             t.cancel()
 
+    def pending(self) -> int:
+        """Build requests queued or being scheduled (what a clean shutdown waits for)."""
+        return self.queue.qsize() + len(self._tasks)
+
     def build_instances(self, request: BuildRequest) -> None:
         """Cast: queue the request and return at once."""
         self.queue.put_nowait(request)

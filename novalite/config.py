@@ -57,6 +57,9 @@ class ApiConfig(_Section):
     # the guest gets in its config drive (meta_data.json admin_pass). Off: no adminPass in
     # the answer and none is made up; one the request names still reaches the config drive.
     enable_instance_password: bool = True
+    # On SIGTERM/SIGINT: seconds the API requests and build steps in flight get to finish after
+    # the listener closes; builds not yet started then are set to ERROR (nothing left to recover).
+    shutdown_timeout: float = Field(30, ge=0, description="seconds")
 
 
 class DatabaseConfig(_Section):

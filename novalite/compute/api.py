@@ -803,6 +803,10 @@ class ComputeAPI:
         compute = self.computes.get(inst["host"]) if inst["host"] else None
         return None if compute is None else await compute.get_console_output(str(inst["uuid"]))
 
+    def pending(self) -> int:
+        """Deletes and other work started in the background and not yet done."""
+        return len(self._tasks)
+
     async def wait_idle(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -173,6 +173,10 @@ class ComputeManager:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
 
+    def pending(self) -> int:
+        """Casts queued or running on this host: builds and the other tasks (what a clean shutdown waits for)."""
+        return self.queue.qsize() + len(self._tasks)
+
     def install_drill_delays(self) -> None:
         """Crash drills: hold instances in the configured stages (compute.drill_stage_delays)."""
         delays: dict[str, float] = dict(self.config.compute.drill_stage_delays)

@@ -89,8 +89,8 @@ async def recover(
     confirms = await resume_confirms(pool, computes)  # confirms cut off (no task state during a confirm)
     if confirms:
         done["resize_confirm_resumed"] += confirms
-    if rows:
-        log.info("recovery_done", **done)
+    # After a clean stop there is nothing to redo: the count says so (0) at every start.
+    log.info("recovery_done", to_redo=len(rows), **done)
     return done
 
 

@@ -82,6 +82,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import structlog
+
+log = structlog.get_logger(__name__)
 
 CMDLINE = "console=ttyS0 quiet"
 PREFIX = "NOVALITE-GUEST: "
@@ -343,6 +346,7 @@ def fetch_deb(debs: Path, package: str) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{package}_*.deb"))
     if not found:
+        log.info("test_image_step", step=f"downloading {package} (apt-get download)")
         _run("apt-get", "download", "-q", package, cwd=debs)
         found = sorted(debs.glob(f"{package}_*.deb"))
     if not found:
@@ -357,6 +361,7 @@ def unpack(deb: Path, dest: Path) -> Path:
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
+        log.info("test_image_step", step=f"unpacking {deb.name}")
         _run("dpkg-deb", "-x", deb, dest)
         done.write_text(deb.name)
     return dest
@@ -473,6 +478,7 @@ def build(cache_dir: Path, kernel_package: str | None = None) -> TestImage:
     out = cache_dir / "out" / key
     kernel, ramdisk, disk, qcow2 = out / "vmlinuz", out / "initrd.gz", out / "disk.raw", out / "disk.qcow2"
     if not (out / ".done").exists():
+        log.info("test_image_step", step=f"building the initramfs and disks for kernel {version}", out=str(out))
         tmp = cache_dir / "out" / f".{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -502,48 +508,62 @@ async def _token(session: aiohttp.ClientSession, url: str, user: str, password: 
         return r.headers["X-Subject-Token"]
 
 
-async def _create_and_upload(session: aiohttp.ClientSession, images: str, headers: dict, meta: dict,
-                             path: Path) -> str:
+async def _create(session: aiohttp.ClientSession, images: str, headers: dict, meta: dict) -> str:
     async with session.post(images, json=meta, headers=headers) as r:
         if r.status != 201:
             raise BuildError(f"create image {meta['name']}: {r.status} {await r.text()}")
-        image_id = (await r.json())["id"]
-    with open(path, "rb") as f:
-        async with session.put(f"{images}/{image_id}/file", data=f,
-                               headers={**headers, "Content-Type": "application/octet-stream"}) as r:
-            if r.status != 204:
-                raise BuildError(f"upload {path.name}: {r.status} {await r.text()}")
-    return image_id
+        return (await r.json())["id"]
+
+
+async def register_boot_set(session: aiohttp.ClientSession, images: str, headers: dict, *,
+                            names: dict[str, str], disks: dict[str, tuple[str, str]], cmdline: str,
+                            properties: dict, visibility: str = "public") -> dict[str, str]:
+    """Create the records (``queued``, no data yet) of a kernel, a ramdisk and the disks booted
+    with them: ``disks`` maps a kind to (disk_format, container_format); each disk image gets
+    ``kernel_id``, ``ramdisk_id`` and ``os_command_line``, and every image ``properties``.
+    Returns {"kernel"|"ramdisk"|<kind>: image id}, the images named after ``names[kind]``."""
+    common = {"visibility": visibility, **properties}
+    ids = {kind: await _create(session, images, headers, {"name": names[kind], "disk_format": fmt,
+                                                          "container_format": fmt, **common})
+           for kind, fmt in (("kernel", "aki"), ("ramdisk", "ari"))}
+    boot = {"kernel_id": ids["kernel"], "ramdisk_id": ids["ramdisk"], "os_command_line": cmdline}
+    for kind, (disk_format, container_format) in disks.items():
+        ids[kind] = await _create(session, images, headers, {
+            "name": names[kind], "disk_format": disk_format, "container_format": container_format,
+            **common, **boot})
+    return ids
+
+
+async def upload_files(session: aiohttp.ClientSession, images: str, headers: dict, ids: dict[str, str],
+                       files: dict[str, Path]) -> None:
+    """Upload each kind's file into its registered image (``saving``, then ``active``)."""
+    for kind, path in files.items():
+        log.info("image_uploading", image_id=ids[kind], file=str(path), bytes=path.stat().st_size)
+        with open(path, "rb") as f:
+            async with session.put(f"{images}/{ids[kind]}/file", data=f,
+                                   headers={**headers, "Content-Type": "application/octet-stream"}) as r:
+                if r.status != 204:
+                    raise BuildError(f"upload {path.name}: {r.status} {await r.text()}")
+        log.info("image_active", image_id=ids[kind])
 
 
 async def upload_boot_set(url: str, user: str, password: str, project: str, *, names: dict[str, str],
                           kernel: Path, ramdisk: Path, disks: dict[str, tuple[Path, str, str]],
                           cmdline: str, properties: dict, token: str | None = None,
                           visibility: str = "public") -> dict[str, str]:
-    """Upload a kernel, a ramdisk and the disks booted with them through the image API.
-
-    ``disks`` maps a kind to (file, disk_format, container_format); each disk image gets
-    ``kernel_id``, ``ramdisk_id`` and ``os_command_line``, and every image ``properties``.
-    Returns {"kernel"|"ramdisk"|<kind>: image id}, the images named after ``names[kind]``."""
+    """Register, then upload, a kernel, a ramdisk and the disks booted with them through the
+    image API (see :func:`register_boot_set`); ``disks`` maps a kind to (file, disk_format,
+    container_format). Returns {"kernel"|"ramdisk"|<kind>: image id}."""
     url = url.rstrip("/")
     async with aiohttp.ClientSession() as session:
         token = token or await _token(session, url, user, password, project)
         headers = {"X-Auth-Token": token}
         images = f"{url}/image/v2/images"
-        common = {"visibility": visibility, **properties}
-        ids: dict[str, str] = {}
-        ids["kernel"] = await _create_and_upload(
-            session, images, headers,
-            {"name": names["kernel"], "disk_format": "aki", "container_format": "aki", **common}, kernel)
-        ids["ramdisk"] = await _create_and_upload(
-            session, images, headers,
-            {"name": names["ramdisk"], "disk_format": "ari", "container_format": "ari", **common}, ramdisk)
-        boot = {"kernel_id": ids["kernel"], "ramdisk_id": ids["ramdisk"], "os_command_line": cmdline}
-        for kind, (path, disk_format, container_format) in disks.items():
-            ids[kind] = await _create_and_upload(
-                session, images, headers,
-                {"name": names[kind], "disk_format": disk_format, "container_format": container_format,
-                 **common, **boot}, path)
+        ids = await register_boot_set(session, images, headers, names=names, cmdline=cmdline,
+                                      disks={kind: formats for kind, (_, *formats) in disks.items()},
+                                      properties=properties, visibility=visibility)
+        files = {"kernel": kernel, "ramdisk": ramdisk, **{kind: path for kind, (path, *_) in disks.items()}}
+        await upload_files(session, images, headers, ids, files)
         return ids
 
 
@@ -601,30 +621,53 @@ def main(config, args: argparse.Namespace) -> int:
 
 
 async def ensure_uploaded(config, pool) -> dict[str, str] | None:
-    """First start of `novalite serve`: build and upload the test guest unless images exist.
+    """First start of `novalite serve`: the test guest, unless images exist.
 
-    Runs in the background once the server listens; a machine that cannot fetch
-    the Debian packages only gets a warning (the cloud works without it)."""
+    Runs in the background once the server listens: the images are registered at once
+    (``queued``, so the image list shows them coming), then built (each step a log line) and
+    uploaded (``saving``, then ``active``). Returns their ids; None when images existed or the
+    test guest could not be made: a machine that cannot fetch the Debian packages only gets a
+    warning (the cloud works without it) and no image is left behind."""
     from novalite.bootstrap import credentials_file
 
     async with pool.acquire() as conn:
         if await conn.fetchval("SELECT count(*) FROM images"):
             return None
-    try:
-        image = await asyncio.to_thread(build, config.state_dir / "cache" / "testimage")
-        async with aiohttp.ClientSession() as session:  # wait until this server listens
-            for _ in range(300):
-                try:
-                    async with session.get(f"{config.public_url}/image") as r:
-                        if r.status < 500:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
-        creds = json.loads(credentials_file(config).read_text())
-        ids = await upload(image, config.public_url, "admin", creds["admin"], "admin")
-    except (BuildError, aiohttp.ClientError, OSError) as exc:
-        print(f"novalite: could not build the test image ({exc}); `novalite image build-test` retries",
-              file=sys.stderr)
-        return None
-    print(f"novalite: uploaded the test guest as image {NAMES['ami']!r} ({ids['ami']})", file=sys.stderr)
+    url = config.public_url
+    images = f"{url}/image/v2/images"
+    disks = {"ami": ("ami", "ami"), **({"qcow2": ("qcow2", "bare")} if shutil.which("qemu-img") else {})}
+    ids: dict[str, str] = {}
+    async with aiohttp.ClientSession() as session:
+        try:
+            await _wait_serving(session, url)
+            creds = json.loads(credentials_file(config).read_text())
+            headers = {"X-Auth-Token": await _token(session, url, "admin", creds["admin"], "admin")}
+            ids = await register_boot_set(session, images, headers, names=NAMES, disks=disks, cmdline=CMDLINE,
+                                          properties={"os_distro": "novalite-test"})
+            log.info("test_image_registered", status="queued", images=[NAMES[k] for k in ids])
+            cache = config.state_dir / "cache" / "testimage"
+            log.info("test_image_building", cache=str(cache))
+            image = await asyncio.to_thread(build, cache)
+            files = {"kernel": image.kernel, "ramdisk": image.ramdisk, "ami": image.disk}
+            if "qcow2" in ids and image.qcow2 is not None:
+                files["qcow2"] = image.qcow2
+            await upload_files(session, images, headers, ids, files)
+        except (BuildError, aiohttp.ClientError, OSError, KeyError) as exc:
+            log.warning("test_image_failed", error=str(exc), fix="`novalite image build-test` retries")
+            for image_id in ids.values():
+                async with session.delete(f"{images}/{image_id}", headers=headers):
+                    pass
+            return None
+    log.info("test_image_active", image=NAMES["ami"], image_id=ids["ami"])
     return ids
+
+
+async def _wait_serving(session: aiohttp.ClientSession, url: str, timeout: float = 30) -> None:
+    """Until this server answers HTTP at ``url`` (it runs once the listener is up)."""
+    for _ in range(int(timeout * 10)):
+        try:
+            async with session.get(f"{url}/image") as r:
+                if r.status < 500:
+                    return
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.1)
