@@ -44,11 +44,16 @@ async def _with_pool(config: Config, fn):
 
 def preflight(config: Config) -> int | None:
     """``novalite doctor``'s checks before serving: each problem a warning line with its fix;
-    a fatal one (Postgres, libvirt, the API port) stops the start with exit code 1."""
+    a fatal one (Postgres, the API port, libvirt when no host answers) stops the start with
+    exit code 1."""
     from novalite import doctor
 
     checks = asyncio.run(doctor.run_checks(config))
     fatal = [c for c in checks if c.status == doctor.FAIL and c.fatal]
+    hosts = [c for c in checks if c.check.startswith("libvirt ")]
+    if any(c.status == doctor.OK for c in hosts):
+        # A lab with one hypervisor down still serves on the others (its service shows down).
+        fatal = [c for c in fatal if c not in hosts]
     for check in checks:
         if check.status != doctor.OK:
             log.warning("preflight", check=check.check, status=check.status, problem=check.what, fix=check.fix)
