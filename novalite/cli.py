@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=cmd_serve)
     dbp = sub.add_parser("db", help="database commands")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
-    up = dbsub.add_parser("upgrade", help="apply schema.sql and migrations")
+    up = dbsub.add_parser("upgrade", help="apply the schema migrations the database lacks")
     up.set_defaults(fn=cmd_db_upgrade)
     boot = sub.add_parser("bootstrap", help="create roles, admin/demo projects and users, default flavors")
     boot.set_defaults(fn=cmd_bootstrap)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log.level, config.log.format)
     try:
         return args.fn(config, args)
-    except PolicyError as exc:
+    except (PolicyError, db.SchemaError) as exc:
         print(f"novalite: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
