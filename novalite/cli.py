@@ -1,4 +1,4 @@
-"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml | image build-test | build-cloud | console``."""
+"""Command line: ``novalite serve | db upgrade|backup|restore | bootstrap | clouds-yaml | image build-test | build-cloud | console``."""
 
 from __future__ import annotations
 
@@ -20,23 +20,34 @@ from aiohttp import web
 from novalite import bootstrap, db
 from novalite.api import keys
 from novalite.config import Config, ConfigError, load_config
+from novalite.db import dump
 from novalite.logs import setup_logging
 from novalite.policy import PolicyError
 
 
-async def _with_pool(config: Config, fn):
+async def _with_dsn(config: Config, fn):
+    """Call ``fn(dsn)`` on the configured database (the embedded server started for it if need be)."""
     embedded = None
     dsn = config.database.dsn
     if not dsn:
         embedded = db.EmbeddedPostgres(config.state_dir / "pgdata")
         dsn = await embedded.start()
-    pool = await db.create_pool(dsn, 1, 2)
     try:
-        return await fn(pool)
+        return await fn(dsn)
     finally:
-        await pool.close()
         if embedded is not None:
             await embedded.stop()
+
+
+async def _with_pool(config: Config, fn):
+    async def on_pool(dsn: str):
+        pool = await db.create_pool(dsn, 1, 2)
+        try:
+            return await fn(pool)
+        finally:
+            await pool.close()
+
+    return await _with_dsn(config, on_pool)
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
@@ -81,6 +92,20 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 def cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
     version = asyncio.run(_with_pool(config, db.upgrade))
     print(f"schema version {version}")
+    return 0
+
+
+def cmd_db_backup(config: Config, args: argparse.Namespace) -> int:
+    path = Path(args.path).resolve()
+    asyncio.run(_with_dsn(config, lambda dsn: dump.backup(dsn, path)))
+    print(f"backed up to {path}")
+    return 0
+
+
+def cmd_db_restore(config: Config, args: argparse.Namespace) -> int:
+    path = Path(args.path).resolve()
+    asyncio.run(_with_dsn(config, lambda dsn: dump.restore(dsn, path)))
+    print(f"restored from {path}; `novalite serve` upgrades it if it is older than this novalite")
     return 0
 
 
@@ -248,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="apply the schema migrations the database lacks")
     up.set_defaults(fn=cmd_db_upgrade)
+    bk = dbsub.add_parser("backup", help="write the database to a file (pg_dump's custom format)")
+    bk.add_argument("path")
+    bk.set_defaults(fn=cmd_db_backup)
+    rs = dbsub.add_parser("restore", help="replace the database by a backup's content (refused while "
+                          "a novalite server is connected to it)")
+    rs.add_argument("path")
+    rs.set_defaults(fn=cmd_db_restore)
     boot = sub.add_parser("bootstrap", help="create roles, admin/demo projects and users, default flavors")
     boot.set_defaults(fn=cmd_bootstrap)
     cy = sub.add_parser("clouds-yaml", help="write clouds.yaml (clouds novalite and novalite-admin)")
@@ -285,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log.level, config.log.format)
     try:
         return args.fn(config, args)
-    except (PolicyError, db.SchemaError) as exc:
+    except (PolicyError, db.SchemaError, dump.BackupError) as exc:
         print(f"novalite: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 import structlog
 
+from novalite.db.dump import APPLICATION_NAME
 from novalite.db.migrate import SCHEMA_VERSION as SCHEMA_VERSION
 from novalite.db.migrate import SchemaError as SchemaError
 from novalite.db.migrate import upgrade as upgrade
@@ -101,7 +102,9 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections decode json/jsonb to Python objects."""
+    """A pool whose connections decode json/jsonb to Python objects (named ``novalite`` in
+    pg_stat_activity, which is how ``novalite db restore`` sees a running server)."""
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset, command_timeout=60
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset, command_timeout=60,
+        server_settings={"application_name": APPLICATION_NAME},
     )
