@@ -1,4 +1,4 @@
-"""Command line: ``novalite serve | db upgrade|backup|restore | bootstrap | clouds-yaml | image build-test | build-cloud | console``."""
+"""Command line: ``novalite serve | db upgrade|backup|restore | bootstrap | clouds-yaml | image build-test | build-cloud | console | completion | install-service``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from novalite import bootstrap, db
+from novalite import __version__, bootstrap, db, install
 from novalite.api import keys
 from novalite.config import Config, ConfigError, load_config
 from novalite.db import dump
@@ -129,6 +129,29 @@ def cmd_clouds_yaml(config: Config, args: argparse.Namespace) -> int:
         print("not bootstrapped yet: run `novalite bootstrap` or `novalite serve` first", file=sys.stderr)
         return 1
     print(f"wrote {path}")
+    if config.api.user_clouds_yaml and (merged := bootstrap.merge_user_clouds_yaml(config)):
+        print(f"merged clouds novalite and novalite-admin into {merged}")
+    return 0
+
+
+def cmd_completion(config: Config, args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+def cmd_install_service(config: Config, args: argparse.Namespace) -> int:
+    config_path = Path(args.config).resolve() if args.config else install.SERVICE_CONFIG
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else install.SERVICE_STATE_DIR
+    unit = install.systemd_unit(
+        command=install.novalite_command(), config=config_path, state_dir=state_dir, user=args.user,
+        stop_timeout=config.compute.shutdown_timeout + 30,
+    )
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(unit)
+    print(f"wrote {output}\nnext: systemctl daemon-reload && systemctl enable --now {output.stem}")
     return 0
 
 
@@ -262,7 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="OpenStack Nova's VM boot flow in one process: Keystone, Nova and friends "
         "on one port, state in Postgres, guests through libvirt.",
     )
+    parser.add_argument("--version", action="version", version=f"novalite {__version__}")
     parser.add_argument("--config", default=None, help="config file (default: $NOVALITE_CONFIG or ./config.toml)")
+    parser.add_argument("--state-dir", default=os.environ.get("NOVALITE_STATE_DIR"),
+                        help="where the database, images and instances live (default: $NOVALITE_STATE_DIR, "
+                        "else [state] dir)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="set up the database, bootstrap on first start, and serve the APIs")
     serve.add_argument("--clouds-yaml", default="clouds.yaml", help="where to write clouds.yaml on first start")
@@ -304,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--os-cloud", default=os.environ.get("OS_CLOUD", "novalite"),
                      help="the cloud in clouds.yaml (default: $OS_CLOUD or novalite)")
     con.set_defaults(fn=cmd_console)
+    comp = sub.add_parser("completion", help="print the shell completion script (bash: "
+                          "`novalite completion bash > /etc/bash_completion.d/novalite`)")
+    comp.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    comp.set_defaults(fn=cmd_completion)
+    svc = sub.add_parser("install-service", help="write a systemd unit that runs `novalite serve` "
+                         "(--config and --state-dir given before the command are the service's)")
+    svc.add_argument("--user", default=None, help="the account the service runs as (default: root)")
+    svc.add_argument("--output", "-o", default=str(install.UNIT_PATH))
+    svc.set_defaults(fn=cmd_install_service)
     return parser
 
 
@@ -314,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"novalite: {exc}", file=sys.stderr)
         return 2
+    if args.state_dir:
+        config.state.dir = Path(args.state_dir).resolve()
     setup_logging(config.log.level, config.log.format)
     try:
         return args.fn(config, args)

@@ -57,6 +57,9 @@ class ApiConfig(_Section):
     # the guest gets in its config drive (meta_data.json admin_pass). Off: no adminPass in
     # the answer and none is made up; one the request names still reaches the config drive.
     enable_instance_password: bool = True
+    # `novalite serve` and `novalite clouds-yaml` also put clouds novalite and novalite-admin into
+    # ~/.config/openstack/clouds.yaml (other clouds there are kept), so `openstack` works from any directory.
+    user_clouds_yaml: bool = True
 
 
 class DatabaseConfig(_Section):
@@ -73,6 +76,8 @@ class DatabaseConfig(_Section):
 
 
 class StateConfig(_Section):
+    # Relative to config.toml's directory; `novalite --state-dir` / $NOVALITE_STATE_DIR override it
+    # (`novalite install-service` makes a service use /var/lib/novalite).
     dir: Path = Path(".novalite")
 
 
