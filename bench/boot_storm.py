@@ -103,7 +103,7 @@ async def start_postgres(root: Path) -> tuple[EmbeddedPostgres, str]:
 
 def write_config(root: Path, dsn: str, hosts: int, port: int) -> Path:
     lines = [
-        f'[api]\nlisten = "127.0.0.1"\nport = {port}\n',
+        f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n',
         f'[database]\ndsn = "{dsn}"\n',
         f'[state]\ndir = "{root / "state"}"\n',
         '[log]\nlevel = "warning"\nformat = "json"\n',

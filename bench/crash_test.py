@@ -145,6 +145,7 @@ class Harness:
 [api]
 listen = "127.0.0.1"
 port = {self.port}
+user_clouds_yaml = false
 [database]
 dsn = "{self.dsn}"
 pool_max = 40

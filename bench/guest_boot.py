@@ -46,7 +46,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[lis
     tag = uuid.uuid4().hex[:6]
     cfg = root / "config.toml"
     cfg.write_text(
-        f'[api]\nlisten = "127.0.0.1"\nport = {port}\n[database]\ndsn = "{dsn}"\n'
+        f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n[database]\ndsn = "{dsn}"\n'
         f'[state]\ndir = "{root / "state"}"\n[log]\nlevel = "warning"\nformat = "json"\n'
         f'[identity]\nbcrypt_rounds = 4\n[compute]\nvirt_type = "qemu"\n'
         f'[networking]\nlibvirt_prefix = "nlb{tag}-"\ndefault_network = "bench"\n'

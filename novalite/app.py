@@ -84,6 +84,8 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
                 log.info("bootstrapped", credentials=str(bootstrap.credentials_file(config)))
             if clouds_yaml is not None and (creds is not None or not clouds_yaml.exists()):
                 bootstrap.write_clouds_yaml(config, clouds_yaml)
+            if clouds_yaml is not None and config.api.user_clouds_yaml:
+                log.info("user_clouds_yaml", path=str(bootstrap.merge_user_clouds_yaml(config)))
             app[keys.DB] = pool
             app[keys.DB_WORKERS] = workers
             app[keys.DSN] = dsn

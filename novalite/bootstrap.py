@@ -107,16 +107,31 @@ def credentials_file(config: Config) -> Path:
     return config.state_dir / "credentials.json"
 
 
-def save_credentials(config: Config, creds: dict) -> None:
-    path = credentials_file(config)
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` whole or not at all (a temporary file renamed over it), mode 0600: it holds passwords."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(creds, f)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(partial, 0o600)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
-def clouds_yaml(config: Config, creds: dict) -> str:
-    """clouds.yaml text with clouds `novalite` (demo member) and `novalite-admin`."""
+def save_credentials(config: Config, creds: dict) -> None:
+    _write_private(credentials_file(config), json.dumps(creds))
+
+
+def _saved_credentials(config: Config) -> dict | None:
+    path = credentials_file(config)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def novalite_clouds(config: Config, creds: dict) -> dict:
+    """clouds.yaml's entries `novalite` (demo member) and `novalite-admin`."""
 
     def cloud(user: str, project: str, password: str) -> dict:
         return {
@@ -133,21 +148,43 @@ def clouds_yaml(config: Config, creds: dict) -> str:
             "interface": "public",
         }
 
-    clouds = {
+    return {
         "novalite": cloud("demo", "demo", creds["demo"]),
         "novalite-admin": cloud("admin", "admin", creds["admin"]),
     }
-    return yaml.safe_dump({"clouds": clouds}, sort_keys=False)
+
+
+def clouds_yaml(config: Config, creds: dict) -> str:
+    """clouds.yaml text with clouds `novalite` and `novalite-admin` only."""
+    return yaml.safe_dump({"clouds": novalite_clouds(config, creds)}, sort_keys=False)
 
 
 def write_clouds_yaml(config: Config, path: Path = Path("clouds.yaml")) -> Path | None:
     """Write clouds.yaml (mode 0600) from the saved credentials; None if there are none."""
-    cred_path = credentials_file(config)
-    if not cred_path.exists():
+    creds = _saved_credentials(config)
+    if creds is None:
         return None
-    creds = json.loads(cred_path.read_text())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(clouds_yaml(config, creds))
-    os.chmod(path, 0o600)
+    _write_private(path, clouds_yaml(config, creds))
+    return path
+
+
+USER_CLOUDS_YAML = Path(".config") / "openstack" / "clouds.yaml"
+
+
+def merge_user_clouds_yaml(config: Config, home: Path | None = None) -> Path | None:
+    """Put our two clouds into ``~/.config/openstack/clouds.yaml``, where the openstack CLI looks
+    from any directory; the file's other clouds and keys stay as they are. None without
+    credentials, or when the file is not a YAML mapping (it is left alone then)."""
+    creds = _saved_credentials(config)
+    path = (home or Path.home()) / USER_CLOUDS_YAML
+    if creds is None:
+        return None
+    try:
+        document = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    except yaml.YAMLError:
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("clouds") or {}, dict):
+        return None
+    document["clouds"] = {**(document.get("clouds") or {}), **novalite_clouds(config, creds)}
+    _write_private(path, yaml.safe_dump(document, sort_keys=False))
     return path

@@ -1,4 +1,4 @@
-"""Command line: ``novalite serve | db upgrade | bootstrap | clouds-yaml | image build-test | build-cloud | console``."""
+"""Command line: ``novalite serve | db upgrade|backup|restore | bootstrap | clouds-yaml | image build-test | build-cloud | console | completion | install-service``."""
 
 from __future__ import annotations
 
@@ -18,28 +18,39 @@ import structlog
 import yaml
 from aiohttp import web
 
-from novalite import bootstrap, db, sdnotify
+from novalite import __version__, bootstrap, db, install, sdnotify
 from novalite.api import keys
 from novalite.config import Config, ConfigError, load_config
+from novalite.db import dump
 from novalite.logs import setup_logging
 from novalite.policy import PolicyError
 
 log = structlog.get_logger(__name__)
 
 
-async def _with_pool(config: Config, fn):
+async def _with_dsn(config: Config, fn):
+    """Call ``fn(dsn)`` on the configured database (the embedded server started for it if need be)."""
     embedded = None
     dsn = config.database.dsn
     if not dsn:
         embedded = db.EmbeddedPostgres(config.state_dir / "pgdata")
         dsn = await embedded.start()
-    pool = await db.create_pool(dsn, 1, 2)
     try:
-        return await fn(pool)
+        return await fn(dsn)
     finally:
-        await pool.close()
         if embedded is not None:
             await embedded.stop()
+
+
+async def _with_pool(config: Config, fn):
+    async def on_pool(dsn: str):
+        pool = await db.create_pool(dsn, 1, 2)
+        try:
+            return await fn(pool)
+        finally:
+            await pool.close()
+
+    return await _with_dsn(config, on_pool)
 
 
 def preflight(config: Config) -> int | None:
@@ -154,6 +165,20 @@ def cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_backup(config: Config, args: argparse.Namespace) -> int:
+    path = Path(args.path).resolve()
+    asyncio.run(_with_dsn(config, lambda dsn: dump.backup(dsn, path)))
+    print(f"backed up to {path}")
+    return 0
+
+
+def cmd_db_restore(config: Config, args: argparse.Namespace) -> int:
+    path = Path(args.path).resolve()
+    asyncio.run(_with_dsn(config, lambda dsn: dump.restore(dsn, path)))
+    print(f"restored from {path}; `novalite serve` upgrades it if it is older than this novalite")
+    return 0
+
+
 def cmd_bootstrap(config: Config, args: argparse.Namespace) -> int:
     async def run(pool):
         await db.upgrade(pool)
@@ -174,6 +199,29 @@ def cmd_clouds_yaml(config: Config, args: argparse.Namespace) -> int:
         print("not bootstrapped yet: run `novalite bootstrap` or `novalite serve` first", file=sys.stderr)
         return 1
     print(f"wrote {path}")
+    if config.api.user_clouds_yaml and (merged := bootstrap.merge_user_clouds_yaml(config)):
+        print(f"merged clouds novalite and novalite-admin into {merged}")
+    return 0
+
+
+def cmd_completion(config: Config, args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
+def cmd_install_service(config: Config, args: argparse.Namespace) -> int:
+    config_path = Path(args.config).resolve() if args.config else install.SERVICE_CONFIG
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else install.SERVICE_STATE_DIR
+    unit = install.systemd_unit(
+        command=install.novalite_command(), config=config_path, state_dir=state_dir, user=args.user,
+        stop_timeout=config.compute.shutdown_timeout + 30,
+    )
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(unit)
+    print(f"wrote {output}\nnext: systemctl daemon-reload && systemctl enable --now {output.stem}")
     return 0
 
 
@@ -307,7 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="OpenStack Nova's VM boot flow in one process: Keystone, Nova and friends "
         "on one port, state in Postgres, guests through libvirt.",
     )
+    parser.add_argument("--version", action="version", version=f"novalite {__version__}")
     parser.add_argument("--config", default=None, help="config file (default: $NOVALITE_CONFIG or ./config.toml)")
+    parser.add_argument("--state-dir", default=os.environ.get("NOVALITE_STATE_DIR"),
+                        help="where the database, images and instances live (default: $NOVALITE_STATE_DIR, "
+                        "else [state] dir)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="set up the database, bootstrap on first start, and serve the APIs")
     serve.add_argument("--clouds-yaml", default="clouds.yaml", help="where to write clouds.yaml on first start")
@@ -319,8 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     doc.set_defaults(fn=cmd_doctor)
     dbp = sub.add_parser("db", help="database commands")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
-    up = dbsub.add_parser("upgrade", help="apply schema.sql and migrations")
+    up = dbsub.add_parser("upgrade", help="apply the schema migrations the database lacks")
     up.set_defaults(fn=cmd_db_upgrade)
+    bk = dbsub.add_parser("backup", help="write the database to a file (pg_dump's custom format)")
+    bk.add_argument("path")
+    bk.set_defaults(fn=cmd_db_backup)
+    rs = dbsub.add_parser("restore", help="replace the database by a backup's content (refused while "
+                          "a novalite server is connected to it)")
+    rs.add_argument("path")
+    rs.set_defaults(fn=cmd_db_restore)
     boot = sub.add_parser("bootstrap", help="create roles, admin/demo projects and users, default flavors")
     boot.set_defaults(fn=cmd_bootstrap)
     cy = sub.add_parser("clouds-yaml", help="write clouds.yaml (clouds novalite and novalite-admin)")
@@ -345,6 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--os-cloud", default=os.environ.get("OS_CLOUD", "novalite"),
                      help="the cloud in clouds.yaml (default: $OS_CLOUD or novalite)")
     con.set_defaults(fn=cmd_console)
+    comp = sub.add_parser("completion", help="print the shell completion script (bash: "
+                          "`novalite completion bash > /etc/bash_completion.d/novalite`)")
+    comp.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    comp.set_defaults(fn=cmd_completion)
+    svc = sub.add_parser("install-service", help="write a systemd unit that runs `novalite serve` "
+                         "(--config and --state-dir given before the command are the service's)")
+    svc.add_argument("--user", default=None, help="the account the service runs as (default: root)")
+    svc.add_argument("--output", "-o", default=str(install.UNIT_PATH))
+    svc.set_defaults(fn=cmd_install_service)
     return parser
 
 
@@ -355,10 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"novalite: {exc}", file=sys.stderr)
         return 2
+    if args.state_dir:
+        config.state.dir = Path(args.state_dir).resolve()
     setup_logging(config.log.level, config.log.format)
     try:
         return args.fn(config, args)
-    except PolicyError as exc:
+    except (PolicyError, db.SchemaError, dump.BackupError) as exc:
         print(f"novalite: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

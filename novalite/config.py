@@ -58,8 +58,11 @@ class ApiConfig(_Section):
     # the answer and none is made up; one the request names still reaches the config drive.
     enable_instance_password: bool = True
     # On SIGTERM/SIGINT: seconds the API requests and build steps in flight get to finish after
-    # the listener closes; builds not yet started then are set to ERROR (nothing left to recover).
+    # the listener closes; builds still running then are cancelled and redone by the next start's recovery.
     shutdown_timeout: float = Field(30, ge=0, description="seconds")
+    # `novalite serve` and `novalite clouds-yaml` also put clouds novalite and novalite-admin into
+    # ~/.config/openstack/clouds.yaml (other clouds there are kept), so `openstack` works from any directory.
+    user_clouds_yaml: bool = True
 
 
 class DatabaseConfig(_Section):
@@ -76,6 +79,8 @@ class DatabaseConfig(_Section):
 
 
 class StateConfig(_Section):
+    # Relative to config.toml's directory; `novalite --state-dir` / $NOVALITE_STATE_DIR override it
+    # (`novalite install-service` makes a service use /var/lib/novalite).
     dir: Path = Path(".novalite")
 
 

@@ -60,6 +60,7 @@ def write_config(ws: Path, port: int, qemu: bool) -> Path:
 [api]
 listen = "127.0.0.1"
 port = {port}
+user_clouds_yaml = false
 
 [state]
 dir = "{ws / 'state'}"

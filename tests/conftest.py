@@ -26,6 +26,10 @@ from novalite.bootstrap import clouds_yaml, credentials_file
 from novalite.config import load_config
 from novalite.logs import setup_logging
 
+# Servers the tests start (in process or as `novalite serve`) leave the user's own
+# ~/.config/openstack/clouds.yaml alone: their clouds are temporary.
+os.environ["NOVALITE_API__USER_CLOUDS_YAML"] = "false"
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 

@@ -1,4 +1,5 @@
-"""Database: the Postgres server (external or embedded), the pool and the schema.
+"""Database: the Postgres server (external or embedded), the pool and the schema
+(``migrate.py``: numbered migrations under ``migrations/``).
 
 Queries live in one module per area (identity, instances, ...), plain SQL on
 asyncpg. Every instance state change goes through ``instances.compare_and_set``.
@@ -16,10 +17,13 @@ import asyncpg
 import orjson
 import structlog
 
+from novalite.db.dump import APPLICATION_NAME
+from novalite.db.migrate import SCHEMA_VERSION as SCHEMA_VERSION
+from novalite.db.migrate import SchemaError as SchemaError
+from novalite.db.migrate import upgrade as upgrade
+
 log = structlog.get_logger(__name__)
 
-SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
-SCHEMA_VERSION = 1
 DATABASE_NAME = "novalite"
 
 
@@ -98,19 +102,9 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections decode json/jsonb to Python objects."""
+    """A pool whose connections decode json/jsonb to Python objects (named ``novalite`` in
+    pg_stat_activity, which is how ``novalite db restore`` sees a running server)."""
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset, command_timeout=60
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset, command_timeout=60,
+        server_settings={"application_name": APPLICATION_NAME},
     )
-
-
-async def upgrade(pool: asyncpg.Pool) -> int:
-    """Apply schema.sql idempotently (under an advisory lock) and return the version."""
-    sql = SCHEMA_FILE.read_text()
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(7400001)")
-        await conn.execute(sql)
-        version = await conn.fetchval("SELECT version FROM schema_version")
-    if version != SCHEMA_VERSION:
-        raise RuntimeError(f"database schema version {version}, this novalite knows {SCHEMA_VERSION}")
-    return version
