@@ -152,5 +152,9 @@ async def test_debug_level_shows_stdlib_records_with_the_request_id(pg_dsn, tmp_
         writer.close()
         [garbage] = await served.lines_where(logger="aiohttp.server", level="debug")
         assert garbage["event"].startswith("Error handling request from 127.0.0.1")
+
+        # libvirt's own error messages (a first start looks its network up before making it): debug lines.
+        missing = await served.lines_where(event="libvirt_error", level="debug")
+        assert any("novalite-private" in line["message"] for line in missing)
     finally:
         await served.stop()
