@@ -15,7 +15,8 @@ Before each scenario 2×C servers are booted and deleted (the storm meets a warm
 
 Usage: bench/boot_storm.py [-n 1000] [--hosts 100] [-c 50] [--batch 50] [--no-small] [--no-warmup]
 Environment: BENCH_TRACE=1 prints every POST and probe GET (start offset, latency) to stderr;
-BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit.
+BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit;
+BENCH_ACCESS_LOG=on|off logs at info with [log] access_log on or off (default: warning, no access lines).
 """
 
 from __future__ import annotations
@@ -101,12 +102,19 @@ async def start_postgres(root: Path) -> tuple[EmbeddedPostgres, str]:
     return pg, dsn
 
 
+def log_section(access_log: str | None) -> str:
+    """[log]: warning (no access lines), or info with the access log on or off to measure its cost."""
+    if access_log is None:
+        return '[log]\nlevel = "warning"\nformat = "json"\n'
+    return f'[log]\nlevel = "info"\nformat = "json"\naccess_log = {"true" if access_log == "on" else "false"}\n'
+
+
 def write_config(root: Path, dsn: str, hosts: int, port: int) -> Path:
     lines = [
         f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n',
         f'[database]\ndsn = "{dsn}"\n',
         f'[state]\ndir = "{root / "state"}"\n',
-        '[log]\nlevel = "warning"\nformat = "json"\n',
+        log_section(os.environ.get("BENCH_ACCESS_LOG")),
         "[identity]\nbcrypt_rounds = 4\n",
         "[quota]\ninstances = -1\ncores = -1\nram = -1\n",
         "[scheduler]\nhost_subset_size = 2\n",

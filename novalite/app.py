@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import structlog
 from aiohttp import web
 
 from novalite import bootstrap, db
-from novalite.api import console_proxy, identity_admin, keys, middleware
+from novalite.api import console_proxy, healthcheck, identity_admin, keys, middleware
 from novalite.api import identity as identity_api
 from novalite.api import networking as networking_api
 from novalite.api import security_groups as security_groups_api
@@ -48,6 +49,7 @@ from novalite.compute.recovery import recover
 from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
 from novalite.config import Config, HostConfig
+from novalite.db import startup
 from novalite.db.steps import StepWriter
 from novalite.foreground import Foreground
 from novalite.identity import IdentityService
@@ -72,12 +74,12 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
         if not dsn:
             embedded = db.EmbeddedPostgres(config.state_dir / "pgdata")
             dsn = await embedded.start()
-            log.info("embedded_postgres_started", pgdata=str(embedded.pgdata))
         pool_max = config.database.pool_max
         pool = await db.create_pool(dsn, min(config.database.pool_min or pool_max, pool_max), pool_max)
         workers = await db.create_pool(dsn, config.database.worker_pool_max, config.database.worker_pool_max)
         try:
             await db.upgrade(pool)
+            await log_database(pool, embedded)
             creds = await bootstrap.bootstrap(pool, config)
             if creds is not None:
                 bootstrap.save_credentials(config, creds)
@@ -86,6 +88,7 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
                 bootstrap.write_clouds_yaml(config, clouds_yaml)
             if clouds_yaml is not None and config.api.user_clouds_yaml:
                 log.info("user_clouds_yaml", path=str(bootstrap.merge_user_clouds_yaml(config)))
+            await log_images(pool)
             app[keys.DB] = pool
             app[keys.DB_WORKERS] = workers
             app[keys.DSN] = dsn
@@ -104,6 +107,23 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
             log.info("postgres_closed", embedded=embedded is not None)
 
     return ctx
+
+
+async def log_database(pool: asyncpg.Pool, embedded: db.EmbeddedPostgres | None) -> None:
+    """Say at start which Postgres novalite uses: embedded (its data directory) or external
+    (address and database; never the DSN, which may hold a password), and its version."""
+    row = await startup.server_info(pool)
+    where = ({"pgdata": str(embedded.pgdata)} if embedded is not None else
+             {"address": row["address"] or "unix socket", "port": row["port"]})
+    log.info("postgres", embedded=embedded is not None, database=row["database"], server_version=row["version"],
+             **where)
+
+
+async def log_images(pool: asyncpg.Pool, shown: int = 20) -> None:
+    """Say at start which images the image service holds (name and status of the first ``shown``)."""
+    rows = await startup.images_present(pool, shown + 1)
+    log.info("images", count=len(rows) if len(rows) <= shown else f"more than {shown}",
+             images=[f"{r['name']} ({r['status']})" for r in rows[:shown]])
 
 
 def host_uri(config: Config, host: HostConfig) -> str:
@@ -126,7 +146,7 @@ def hosts_ctx(config: Config):
             uri = host_uri(config, host)
             virt_type, reason = await resolve_virt_type(config.compute.virt_type, uri,
                                                         config.compute.virt_type_probe_timeout)
-            log.info("virt_type_chosen", host=host.name, virt_type=virt_type, reason=reason)
+            log.info("virt_type_chosen", host=host.name, uri=uri, virt_type=virt_type, reason=reason)
             driver = LibvirtDriver(
                 uri,
                 virt_type,
@@ -343,4 +363,5 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     security_groups_proxy.add_routes(app)
     remote_consoles.add_routes(app)
     console_proxy.add_routes(app)
+    healthcheck.add_routes(app)
     return app

@@ -87,6 +87,9 @@ class StateConfig(_Section):
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+    # One structured line per API request (event "request", level info): request id, user, project,
+    # method, route, path, status, duration, remote address. aiohttp's own access log stays off.
+    access_log: bool = True
 
 
 class IdentityConfig(_Section):

@@ -33,25 +33,57 @@ def escape_controls(_logger: Any, _method: str, event_dict: dict) -> dict:
     return {k: _escape(v) if isinstance(v, str) and k not in _MULTILINE else v for k, v in event_dict.items()}
 
 
+# Per stdlib logger: the least severe level worth showing, whatever ``[log] level`` says.
+# aiohttp's access logger is replaced by novalite's own access line (``[log] access_log``).
+_STDLIB_FLOORS = {"aiohttp.access": logging.WARNING}
+
+# Marks the handler setup_logging puts on the root logger, so a second call replaces it.
+_HANDLER_NAME = "novalite"
+
+
+def _renderer(fmt: str) -> list:
+    """The last processors of a line: control characters escaped on a console, then rendered."""
+    if fmt == "console":
+        return [escape_controls, structlog.dev.ConsoleRenderer()]
+    return [structlog.processors.JSONRenderer()]
+
+
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog (and stdlib logging) once for the process."""
+    """Configure structlog and stdlib logging once for the process (a second call replaces both).
+
+    structlog events are rendered straight to stderr (the hot path: no stdlib
+    logging in between). Records of stdlib loggers -- aiohttp, asyncpg, asyncio,
+    Python warnings -- go through structlog's ProcessorFormatter to the same
+    stream in the same format, with the same bound context (request id, user,
+    project, instance uuid) and the logger's name; the root logger's level is
+    ``level``, so ``debug`` shows their debug records too."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
-    )
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            *([escape_controls] if fmt == "console" else []),
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info,
+                    *_renderer(fmt)],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info,
+                    *_renderer(fmt)],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+    for name, floor in _STDLIB_FLOORS.items():
+        logging.getLogger(name).setLevel(max(floor, _LEVELS[level]))
+    logging.captureWarnings(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from novalite.api import errors, jsonbody, keys, validation
 from novalite.context import RequestContext
-from novalite.identity import IdentityService
+from novalite.identity import IdentityService, TokenInfo
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +30,15 @@ LEGACY_VERSION_HEADER = "X-OpenStack-Nova-API-Version"
 _PUBLIC = re.compile(r"^/(identity|compute|image|networking|volume)(/v[0-9.]+)?/?$|^/identity/v3/auth/tokens/?$|^/?$"
                      r"|^/console/serial$")
 
+
+# Answered to anyone (load balancers, systemd, monitoring); a valid admin token gets the detail.
+HEALTHCHECK_PATH = "/healthcheck"
+
+# oslo.middleware's request_id format: an incoming X-OpenStack-Request-ID is taken only in this shape.
+_REQUEST_ID = re.compile(r"^req-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$")
+REQUEST_ID_HEADER = "X-OpenStack-Request-ID"
+
+access_log = structlog.get_logger("novalite.access")
 
 _IMAGE_DATA = re.compile(r"^/image/v2/images/[^/]+/file/?$")
 
@@ -62,10 +72,29 @@ def error_response(request: web.Request, exc: errors.ApiError) -> web.Response:
     return resp
 
 
+def incoming_request_id(request: web.Request) -> str:
+    """The caller's X-OpenStack-Request-ID when well formed (``req-<uuid>``), else a new one.
+
+    oslo.middleware keeps a caller's id as the *global* request id beside a new
+    local one; novalite is one process, so the caller's id is the request id
+    itself: one id to grep in the client's and the server's logs."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _REQUEST_ID.match(given) else f"req-{uuid.uuid4()}"
+
+
+def log_access(request: web.Request, status: int, started: float) -> None:
+    """The access line of one request; user and project come from the bound context."""
+    route = request.match_info.route.resource
+    access_log.info("request", method=request.method, route=route.canonical if route is not None else None,
+                    path=request.path, status=status, duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    remote=request.remote)
+
+
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id, bind it to every log line and echo it back."""
-    request_id = f"req-{uuid.uuid4()}"
+    """Give every request an id, bind it to every log line, echo it back, and log the access line."""
+    started = time.perf_counter()
+    request_id = incoming_request_id(request)
     request[keys.REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -80,6 +109,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     resp.headers["x-openstack-request-id"] = request_id
     if service_of(request.path) == "compute":
         resp.headers["x-compute-request-id"] = request_id
+    if request.app[keys.CONFIG].log.access_log:
+        log_access(request, resp.status, started)
     return resp
 
 
@@ -120,18 +151,31 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require a valid X-Auth-Token on everything but discovery and token creation."""
-    identity: IdentityService = request.app[keys.IDENTITY]
+    """Require a valid X-Auth-Token on everything but discovery, token creation and the healthcheck."""
     if request.method == "POST" and _PUBLIC.match(request.path) and request.path.startswith("/identity"):
         return await handler(request)
     if request.method == "GET" and _PUBLIC.match(request.path) and "auth/tokens" not in request.path:
         return await handler(request)
-    token_id = request.headers.get("X-Auth-Token")
-    if not token_id:
-        raise errors.Unauthorized()
-    info = await identity.validate(token_id)
+    if request.path == HEALTHCHECK_PATH:  # anyone; the handler reads a token itself, for the detail only
+        return await handler(request)
+    info = await authenticate(request)
     if info is None:
         raise errors.Unauthorized()
+    if info.project_id is None and not request.path.startswith("/identity"):
+        raise errors.Unauthorized()
+    return await handler(request)
+
+
+async def authenticate(request: web.Request) -> TokenInfo | None:
+    """Validate the request's X-Auth-Token: None without a valid one; else the token, put on the
+    request with (for a project-scoped token) its RequestContext, user and project bound to the log."""
+    token_id = request.headers.get("X-Auth-Token")
+    if not token_id:
+        return None
+    identity: IdentityService = request.app[keys.IDENTITY]
+    info = await identity.validate(token_id)
+    if info is None:
+        return None
     request[keys.TOKEN] = info
     if info.project_id is not None:
         request[keys.CONTEXT] = RequestContext(
@@ -143,9 +187,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             project_name=info.project_name or "",
         )
         structlog.contextvars.bind_contextvars(user_id=info.user_id, project_id=info.project_id)
-    elif not request.path.startswith("/identity"):
-        raise errors.Unauthorized()
-    return await handler(request)
+    return info
 
 
 def parse_version(text: str) -> tuple[int, int]:

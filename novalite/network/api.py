@@ -232,6 +232,9 @@ class NetworkAPI:
         self._metadata_gateways = {d.uuid: d.gateway for d in defs if d.metadata_port and d.gateway}
         await asyncio.gather(*(self._ensure_on(host, driver, defs) for host, driver in self.hosts.items()))
         await asyncio.gather(*(self.firewall.sync_host(host, driver) for host, driver in self.hosts.items()))
+        for d in defs:
+            log.info("network_ready", network=d.name, id=str(d.uuid), cidr=str(d.cidr), gateway=d.gateway,
+                     forward=d.forward, hosts=sorted(self.hosts))
 
     async def _ensure_rows(self) -> list[NetworkSpec]:
         prefix = self.config.networking.libvirt_prefix

@@ -52,13 +52,17 @@ _DEAD_CONNECTION = (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN)
 DomainEventHandler = Callable[[libvirt.virConnect, libvirt.virDomain, int, int, object], None]
 
 
-def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
-    """libvirt error callback that drops the message; errors still raise libvirtError."""
+def _log_libvirt_error(_ctx: object, err: tuple) -> None:
+    """libvirt's error callback: each error as a debug line (code, domain, message), in the
+    calling worker's context (request id, instance uuid); the call still raises libvirtError,
+    which its caller handles or logs at the level it deserves."""
+    log.debug("libvirt_error", code=err[0], domain=err[1], message=err[2])
 
 
 def silence_libvirt_stderr() -> None:
-    """Stop libvirt printing every error to stderr (a process-wide setting; idempotent)."""
-    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+    """Stop libvirt printing every error to stderr: they go to the debug log instead
+    (a process-wide setting; idempotent)."""
+    libvirt.registerErrorHandler(_log_libvirt_error, None)
 
 
 class LibvirtHost:
