@@ -49,7 +49,8 @@ async def run_checks(app: web.Application) -> tuple[list[Result], float | None, 
     try:
         async with asyncio.timeout(POSTGRES_TIMEOUT), app[keys.DB].acquire() as conn:
             nodes = await catalog.list_compute_nodes(conn, config.scheduler.service_down_time)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        # InternalClientError: a pooled connection whose session the server ended mid-use.
         reason = Result("postgres", False, "postgres unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
         return [reason], None, {}
     latency = round((time.perf_counter() - started) * 1000, 2)
