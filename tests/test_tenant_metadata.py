@@ -18,8 +18,16 @@ import uuid
 
 import pytest
 from test_networks import _qemu_system_available
-from test_tenant_datapath import DHCP_ADDRESS, _config, _dnsmasq_of, _namespaces, _sh, _tenant_network
-from test_tenant_datapath import pool, prefix  # noqa: F401 (fixtures)
+from test_tenant_datapath import (  # noqa: F401 (fixtures)
+    DHCP_ADDRESS,
+    _config,
+    _dnsmasq_of,
+    _namespaces,
+    _sh,
+    _tenant_network,
+    pool,
+    prefix,
+)
 
 from novalite.api.metadata import MetadataListeners
 from novalite.compute.metadata import MetadataService
