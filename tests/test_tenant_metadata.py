@@ -109,6 +109,11 @@ async def test_tenant_network_serves_metadata_in_its_dhcp_namespace(pool, tmp_pa
         assert listening(namespace) == []
         restarted, listeners = await serving(pool, cfg, driver)
         assert await ask_from_namespace(namespace, DHCP_ADDRESS) == "404"
+        # The subnet changes (DNS servers): the network is made again, the service with it.
+        await pool.execute("UPDATE subnets SET dns_nameservers = '{10.0.0.54}' WHERE network_id = $1",
+                           uuid.UUID(net))
+        await restarted.network_changed(net)
+        assert await ask_from_namespace(namespace, DHCP_ADDRESS) == "404"
         [sock] = listening(namespace)
         inode = sock.split("ino:")[1].split()[0]
 

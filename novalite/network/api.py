@@ -366,10 +366,12 @@ class NetworkAPI:
                         await self._open_metadata(host, driver, specs[nid])
 
     async def _open_metadata(self, host: str, driver: VirtDriver, spec: NetworkSpec) -> None:
-        """Serve the network's metadata in its namespace on ``host`` (a socket made again replaces
-        the old one: the namespace may be new); a failure is logged, the guests then get none."""
+        """Serve the network's metadata in its namespace on ``host``, on a new socket: the namespace
+        may be new, and the old socket, closed first, holds the address and port. A failure is
+        logged; the guests then get none."""
         if self._serve_metadata is None:
             return
+        await self._close_metadata(host, spec.uuid)
         try:
             sock = await driver.metadata_socket(spec.name)
         except VirtError as exc:
