@@ -186,7 +186,8 @@ def _local_qemu(config: Config) -> bool:
 
 
 def metadata_ctx(config: Config):
-    """The metadata service on each configured network's gateway, when this machine hosts guests."""
+    """The metadata service on each configured network's gateway and in each tenant network's DHCP
+    namespace, when this machine hosts guests."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         network_api = app[keys.NETWORK_API]
@@ -201,6 +202,7 @@ def metadata_ctx(config: Config):
                                 port=config.metadata.port, error=str(exc))
                     continue
                 log.info("metadata_listening", network_id=network_id, address=gateway, port=config.metadata.port)
+            await network_api.watch_tenant_metadata(listeners.serve_socket)
         try:
             yield
         finally:

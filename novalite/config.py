@@ -311,7 +311,8 @@ class NetworkingConfig(_Section):
 class MetadataConfig(_Section):
     """The metadata service (Nova's nova-api-metadata) for guests on this machine's configured networks:
     169.254.169.254:80 is redirected to a listener on each network's gateway at ``port``
-    (Nova's metadata_listen_port). Guests on remote hosts use the config drive."""
+    (Nova's metadata_listen_port). Tenant networks get it on 169.254.169.254:80 inside their DHCP
+    namespace (``port`` is not used there). Guests on remote hosts use the config drive."""
 
     enabled: bool = True
     port: int = Field(8775, ge=1, le=65535)

@@ -166,8 +166,10 @@ async def test_overlapping_tenant_networks_get_own_bridges_and_dhcp_namespaces(p
             assert "--port=0" in cmdline
             assert "--dhcp-option=option:router,10.0.0.1" in cmdline
             assert "--dhcp-option=option:dns-server,10.0.0.53" in cmdline
-            assert ("--dhcp-option=option:classless-static-route,192.168.50.0/24,10.0.0.9,0.0.0.0/0,10.0.0.1"
-                    in cmdline)
+            # The subnet's route, the metadata service in the namespace, then the default route.
+            routes = "192.168.50.0/24,10.0.0.9,169.254.169.254/32,10.0.0.2,0.0.0.0/0,10.0.0.1"
+            assert f"--dhcp-option=option:classless-static-route,{routes}" in cmdline
+            assert f"--dhcp-option=249,{routes}" in cmdline
             assert f"{port.mac},{port.ip}" in _hostsfile(cmdline).splitlines()
         assert ports[0].ip == ports[1].ip == "10.0.0.3"  # the same address in both projects
 

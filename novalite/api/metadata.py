@@ -1,7 +1,9 @@
 """The metadata service over HTTP, as Nova's nova-api-metadata answers a guest.
 
 One small aiohttp app per network (:func:`metadata_app`), served by
-:class:`MetadataListeners` on the addresses guests reach it at; the network a
+:class:`MetadataListeners` on the addresses guests reach it at (a configured network's
+gateway; a tenant network's 169.254.169.254 through a socket made inside its DHCP
+namespace, :meth:`MetadataListeners.serve_socket`); the network a
 request arrived on plus its source address name the instance
 (:meth:`novalite.compute.metadata.MetadataService.lookup`), an unknown address is 404.
 Paths, as Nova serves them:
@@ -15,6 +17,7 @@ Paths, as Nova serves them:
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import structlog
@@ -144,6 +147,7 @@ class MetadataListeners:
     def __init__(self, service: MetadataService) -> None:
         self.service = service
         self._runners: list[web.AppRunner] = []
+        self._sockets: dict[str, web.AppRunner] = {}  # network id → the runner of its namespace's socket
 
     async def listen(self, network_id: str, host: str, port: int) -> int:
         """Serve ``network_id``'s metadata on ``host:port`` (port 0: any); returns the bound port.
@@ -159,7 +163,26 @@ class MetadataListeners:
         self._runners.append(runner)
         return runner.addresses[0][1]
 
+    async def serve_socket(self, network_id: str, sock: socket.socket | None) -> None:
+        """Serve ``network_id``'s metadata on a listening socket made for it (a tenant network's, in
+        its DHCP namespace), instead of the one served so far; None: stop and close it."""
+        old = self._sockets.pop(network_id, None)
+        if old is not None:
+            await old.cleanup()  # closes the socket, which releases its namespace
+        if sock is None:
+            return
+        runner = web.AppRunner(metadata_app(self.service, network_id), access_log=None)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            sock.close()
+            raise
+        self._sockets[network_id] = runner
+
     async def close(self) -> None:
-        for runner in self._runners:
+        for runner in [*self._runners, *self._sockets.values()]:
             await runner.cleanup()
         self._runners.clear()
+        self._sockets.clear()

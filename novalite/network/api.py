@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,10 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_NETWORK = NetworkConfig(name="private", cidr="10.20.0.0/24", shared=True)
 DEVICE_OWNER = "compute:nova"
+METADATA_ROUTE = f"{METADATA_ADDRESS}/32"
+
+# Serves a tenant network's metadata socket (network id, listening socket), or stops (network id, None).
+ServeMetadata = Callable[[str, socket.socket | None], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +212,10 @@ class NetworkAPI:
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
     # configured network id → gateway, where the metadata service listens for it
     _metadata_gateways: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    # who serves the tenant networks' metadata sockets (watch_tenant_metadata), and the host
+    # whose DHCP namespace holds each network's open socket
+    _serve_metadata: ServeMetadata | None = field(default=None, init=False, repr=False)
+    _metadata_hosts: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     # the ports' packet filters on the same hosts (security groups)
     firewall: Firewall = field(init=False)
 
@@ -321,14 +330,67 @@ class NetworkAPI:
         if not ids:
             return {}
         async with self.pool.acquire() as conn:
-            specs = {r["id"]: _tenant_spec(r) for r in await dq.tenant_networks(conn, ids)}
+            specs = {r["id"]: self._with_metadata_route(_tenant_spec(r)) for r in await dq.tenant_networks(conn, ids)}
         self._configured |= ids - specs.keys()
         return specs
 
+    def _with_metadata_route(self, spec: NetworkSpec) -> NetworkSpec:
+        """A tenant network with DHCP reaches the metadata service in its DHCP namespace: a DHCP
+        route to 169.254.169.254/32 via the DHCP port's address, as Neutron's isolated metadata
+        gives, unless the subnet's host routes name that destination already."""
+        if not self.config.metadata.enabled or not _serves_dhcp(spec) \
+                or any(ipaddress.ip_network(dst, strict=False) == ipaddress.ip_network(METADATA_ROUTE)
+                       for dst, _ in spec.host_routes):
+            return spec
+        return dataclasses.replace(spec, host_routes=(*spec.host_routes, (METADATA_ROUTE, spec.dhcp_server)))
+
     async def _make_on(self, host: str, driver: VirtDriver, spec: NetworkSpec) -> None:
-        """Make (or bring in line) a tenant network on a host; the caller holds its lock."""
+        """Make (or bring in line) a tenant network on a host, with its metadata socket where
+        its DHCP namespace has one; the caller holds its lock."""
+        if not _serves_dhcp(spec):
+            await self._close_metadata(host, spec.uuid)  # before its namespace goes
         await driver.ensure_network(spec)
         self._present[(host, spec.uuid)] = _serves_dhcp(spec)
+        if _serves_dhcp(spec):
+            await self._open_metadata(host, driver, spec)
+
+    # -- the metadata service of tenant networks, in their DHCP namespaces ---------------
+    async def watch_tenant_metadata(self, serve: ServeMetadata) -> None:
+        """From now on hand ``serve`` the metadata socket of each tenant network's DHCP namespace
+        (network id, listening socket) when the network is made on a host, and (network id, None)
+        before the namespace goes; starting with the networks made already (at start)."""
+        self._serve_metadata = serve
+        made = [(host, nid) for (host, nid), dhcp in self._present.items() if dhcp]
+        specs = await self._tenant_specs({nid for _, nid in made})
+        for host, nid in made:
+            if nid in specs and (driver := self.hosts.get(host)) is not None:
+                async with self._host_lock(host, nid):
+                    if self._present.get((host, nid)):
+                        await self._open_metadata(host, driver, specs[nid])
+
+    async def _open_metadata(self, host: str, driver: VirtDriver, spec: NetworkSpec) -> None:
+        """Serve the network's metadata in its namespace on ``host``, on a new socket: the namespace
+        may be new, and the old socket, closed first, holds the address and port. A failure is
+        logged; the guests then get none."""
+        if self._serve_metadata is None:
+            return
+        await self._close_metadata(host, spec.uuid)
+        try:
+            sock = await driver.metadata_socket(spec.name)
+        except VirtError as exc:
+            log.warning("tenant_metadata_failed", network=spec.name, host=host, error=str(exc))
+            return
+        if sock is None:
+            return
+        self._metadata_hosts[spec.uuid] = host
+        await self._serve_metadata(spec.uuid, sock)
+        log.info("tenant_metadata_listening", network=spec.name, host=host, address=METADATA_ADDRESS)
+
+    async def _close_metadata(self, host: str, network_id: str) -> None:
+        """Stop serving the network's metadata socket if ``host``'s namespace holds it."""
+        if self._serve_metadata is not None and self._metadata_hosts.get(network_id) == host:
+            del self._metadata_hosts[network_id]
+            await self._serve_metadata(network_id, None)
 
     async def _plug(self, host: str, driver: VirtDriver, ports: list[PortInfo]) -> None:
         """The ports' DHCP entries on ``host``; a tenant network not there yet is made first.
@@ -387,6 +449,7 @@ class NetworkAPI:
             if bound:
                 return
             self._present.pop((host, network_id), None)
+            await self._close_metadata(host, network_id)
             try:
                 await driver.undefine_network(name)
             except VirtError:

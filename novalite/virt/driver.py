@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -545,6 +546,13 @@ class VirtDriver(Protocol):
         """Remove the tenant networks of the cloud named by ``prefix`` (libvirt networks
         prefix + "n" + 12 hex digits, DHCP namespaces prefix + "dhcp-" + network id) whose
         network name is not in ``keep``; returns the names removed."""
+        ...
+
+    async def metadata_socket(self, network: str, port: int = 80) -> socket.socket | None:
+        """A listening TCP socket on 169.254.169.254:``port`` inside the DHCP namespace of tenant
+        network ``network`` on this machine, for the caller to serve; None where the network has
+        no such namespace (no DHCP, a remote or simulated host). The socket is the caller's to
+        close, before the network is removed. VirtError when it cannot be bound."""
         ...
 
     # -- packet filters (security groups) and hot-plugged NICs ------------------

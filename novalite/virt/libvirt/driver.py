@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -943,6 +944,9 @@ class LibvirtDriver:
 
     async def prune_tenant_networks(self, prefix: str, keep: set[str]) -> list[str]:
         return await self.host.call(self._networks.prune_tenant_sync, prefix, keep)
+
+    async def metadata_socket(self, network: str, port: int = 80) -> socket.socket | None:
+        return await self.host.call(self._networks.metadata_socket_sync, network, port)
 
     async def network_xml(self, network: str) -> str | None:
         """The network's live XML, None when it does not exist (libvirt-specific, not in the contract)."""

@@ -10,24 +10,33 @@ state directory, so it outlives a novalite restart and is adopted afterwards.
 Interface names are limited to 15 characters by Linux; they carry a hash of the
 cloud's libvirt prefix and the network id, so two clouds on one machine never
 collide. Everything here is blocking: callers run it in the host's workers.
+
+The namespace also carries the tenant network's metadata service, as Neutron's DHCP agent
+does with its metadata proxy: ``169.254.169.254/32`` on the namespace's loopback, a DHCP
+classless static route to it via the DHCP port's address, and a listening socket opened
+inside the namespace (:meth:`DhcpNamespace.metadata_socket`) that novalite's one process
+serves. No rule on the host is involved.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import ipaddress
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from novalite.virt.driver import NetworkSpec, VirtError
+from novalite.virt.driver import METADATA_ADDRESS, NetworkSpec, VirtError
 
 __all__ = ["DhcpNamespace", "TenantNames", "list_namespaces", "tenant_libvirt_name", "tenant_names",
            "tenant_prefix"]
@@ -38,6 +47,7 @@ LEASE_SECONDS = 86400  # Neutron's dhcp_lease_duration
 _DHCP_DIR = "dhcp"
 _NS_RUN_DIR = Path("/run/netns")
 _START_WAIT = 5.0
+_CLONE_NEWNET = 0x40000000  # setns(2)'s nstype for a network namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +120,63 @@ def dnsmasq_args(net: NetworkSpec, names: TenantNames, workdir: Path) -> list[st
         if net.gateway:
             # A client given option 121 ignores the router option: the default route goes along.
             routes.append(f"0.0.0.0/0,{net.gateway}")
-        args.append("--dhcp-option=option:classless-static-route," + ",".join(routes))
+        # Option 249 too, with the same routes, for the clients that only ask for Microsoft's (as Neutron does).
+        args += ["--dhcp-option=option:classless-static-route," + ",".join(routes),
+                 "--dhcp-option=249," + ",".join(routes)]
     return args
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _bind_in(namespace: Path, address: str, port: int, out: list) -> None:
+    """In the calling thread: enter ``namespace``, bind a listening TCP socket, go back; the
+    socket (or the error) is appended to ``out``. A socket keeps the namespace it was made in."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(namespace, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((address, port))
+                sock.listen(128)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            out.append(sock)
+        finally:
+            _setns(home)
+    except OSError as exc:
+        out.append(exc)
+    finally:
+        os.close(home)
+
+
+def listen_in_namespace(namespace: str, address: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``address:port`` inside the named network namespace.
+
+    The namespace is entered by a thread of its own that ends afterwards, so no worker of the
+    caller is ever left in another namespace, even when going back fails. OSError when the
+    namespace is missing or the address cannot be bound there.
+    """
+    out: list[socket.socket | OSError] = []
+    thread = threading.Thread(target=_bind_in, args=(_NS_RUN_DIR / namespace, address, port, out),
+                              name=f"setns-{namespace}")
+    thread.start()
+    thread.join()
+    if not out or isinstance(out[0], OSError):
+        raise out[0] if out else OSError(f"no socket made in {namespace}")
+    return out[0]
 
 
 class DhcpNamespace:
@@ -166,6 +231,17 @@ class DhcpNamespace:
             _ip("link", "del", self.names.veth_host, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
         log.info("dhcp_namespace_removed", namespace=self.names.namespace)
+
+    # -- the metadata service -------------------------------------------------------
+    def metadata_socket(self, port: int = 80) -> socket.socket:
+        """A listening socket on 169.254.169.254:``port`` in the namespace, the address put on its
+        loopback first (idempotent); VirtError when the namespace is missing or the port taken."""
+        ns = self.names.namespace
+        _ip("netns", "exec", ns, "ip", "addr", "replace", f"{METADATA_ADDRESS}/32", "dev", "lo")
+        try:
+            return listen_in_namespace(ns, METADATA_ADDRESS, port)
+        except OSError as exc:
+            raise VirtError(f"cannot listen on {METADATA_ADDRESS}:{port} in {ns}: {exc}") from None
 
     # -- dnsmasq -------------------------------------------------------------------
     def running_pid(self) -> int | None:

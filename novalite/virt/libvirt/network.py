@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -365,6 +366,13 @@ class LibvirtNetworks:
             return _dhcp_hosts(_persistent_config(net))
         except libvirt.libvirtError as exc:
             raise VirtError(f"cannot read network {name}: {exc.get_error_message()}", exc.get_error_code()) from exc
+
+    def metadata_socket_sync(self, name: str, port: int) -> socket.socket | None:
+        """The metadata socket of tenant network ``name``'s DHCP namespace on this machine; None
+        where the network has none here (no DHCP, a remote or simulated host)."""
+        with self._net_lock(name):
+            namespace = self._namespaces.get(name)
+            return namespace.metadata_socket(port) if namespace is not None else None
 
     def xml_sync(self, name: str) -> str | None:
         net = self._lookup(name)
