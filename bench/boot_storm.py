@@ -13,10 +13,21 @@ loopback HTTP only, and prints one table row per scenario:
 Before each scenario 2×C servers are booted and deleted (the storm meets a warm server;
 `--no-warmup` storms a freshly started one).
 
-Usage: bench/boot_storm.py [-n 1000] [--hosts 100] [-c 50] [--batch 50] [--no-small] [--no-warmup]
+Two paths (`--path real|minimal|both`, default real; every row says which):
+- real: the path a user's cloud takes. Finite compute quotas big enough for the storm (so the
+  per-project check runs), `networks: auto` on one isolated network of `--cidr` (default a /16:
+  a port, a fixed IP and a DHCP host entry per server on the simulated hosts), the `default`
+  security group, an image uploaded through Glance with data, info-level JSON logs with
+  the access log on (its default), and whatever REAL_EXTRA_CONFIG adds.
+- minimal: the old scenario. Unlimited quotas, `networks: none`, an image row with no data,
+  warning-level logs.
+
+Ends with one JSON line per path of its single-POST row (the real path's last).
+
+Usage: bench/boot_storm.py [-n 1000] [--hosts 100] [-c 50] [--path real|minimal|both] [--cidr 10.200.0.0/16]
+                           [--batch 50] [--no-small] [--no-batch] [--no-warmup]
 Environment: BENCH_TRACE=1 prints every POST and probe GET (start offset, latency) to stderr;
-BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit;
-BENCH_ACCESS_LOG=on|off logs at info with [log] access_log on or off (default: warning, no access lines).
+BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit.
 """
 
 from __future__ import annotations
@@ -45,6 +56,35 @@ from novalite.db import EmbeddedPostgres, create_database  # noqa: E402
 
 POLL_INTERVAL = 0.2
 SQL_TOP = 0  # --sql-top: print the most frequent statements per boot
+CIDR = "10.200.0.0/16"  # --cidr: the real path's network
+IMAGE_BYTES = 1024 * 1024  # the real path's uploaded image
+
+# The real path's extra config: the hook for what a lab turns on that is not here yet
+# (issue #21's access log and metrics: add their sections here once they exist).
+REAL_EXTRA_CONFIG: list[str] = []
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a scenario exercises (see the module docstring)."""
+
+    name: str  # "real" or "minimal"
+    quota: bool  # finite instance/core/RAM quotas
+    networks: str  # the create's `networks`
+    upload: bool  # the image uploaded through Glance, with data
+    log_level: str
+
+    def settings(self) -> str:
+        quota = "quota finite" if self.quota else "quota unlimited"
+        image = "uploaded image" if self.upload else "image row, no data"
+        net = f"networks {self.networks}" + (f" ({CIDR})" if self.networks == "auto" else "")
+        return f"{self.name}: {quota}, {net}, {image}, {self.log_level} JSON logs"
+
+
+PATHS = {
+    "real": Scenario("real", quota=True, networks="auto", upload=True, log_level="info"),
+    "minimal": Scenario("minimal", quota=False, networks="none", upload=False, log_level="warning"),
+}
 
 
 @dataclass
@@ -53,6 +93,7 @@ class Result:
     hosts: int
     concurrency: int
     mode: str
+    path: str = "real"
     post_ms: list[float] = field(default_factory=list)
     get_ms: list[float] = field(default_factory=list)
     storm_s: float = 0.0
@@ -102,31 +143,30 @@ async def start_postgres(root: Path) -> tuple[EmbeddedPostgres, str]:
     return pg, dsn
 
 
-def log_section(access_log: str | None) -> str:
-    """[log]: warning (no access lines), or info with the access log on or off to measure its cost."""
-    if access_log is None:
-        return '[log]\nlevel = "warning"\nformat = "json"\n'
-    return f'[log]\nlevel = "info"\nformat = "json"\naccess_log = {"true" if access_log == "on" else "false"}\n'
-
-
-def write_config(root: Path, dsn: str, hosts: int, port: int) -> Path:
+def write_config(root: Path, dsn: str, hosts: int, port: int, path: Scenario, n: int) -> Path:
+    room = 2 * n + 1000  # the storm and its warm-up, with room to spare: finite, never reached
+    quota = (f"[quota]\ninstances = {room}\ncores = {room}\nram = {room * 512}\n" if path.quota
+             else "[quota]\ninstances = -1\ncores = -1\nram = -1\n")
     lines = [
         f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n',
         f'[database]\ndsn = "{dsn}"\n',
         f'[state]\ndir = "{root / "state"}"\n',
-        log_section(os.environ.get("BENCH_ACCESS_LOG")),
+        f'[log]\nlevel = "{path.log_level}"\nformat = "json"\n',
         "[identity]\nbcrypt_rounds = 4\n",
-        "[quota]\ninstances = -1\ncores = -1\nram = -1\n",
+        quota,
         "[scheduler]\nhost_subset_size = 2\n",
     ]
+    if path.networks == "auto":
+        lines.append(f'[[networks]]\nname = "private"\ncidr = "{CIDR}"\n')
+        lines.extend(REAL_EXTRA_CONFIG)
     for i in range(hosts):
         lines.append(
             f'[[hosts]]\nname = "sim{i:04d}"\nmax_concurrent_builds = 20\n'
             "simulate = { vcpus = 64, memory_mb = 262144, disk_gb = 4000 }\n"
         )
-    path = root / "config.toml"
-    path.write_text("\n".join(lines))
-    return path
+    config = root / "config.toml"
+    config.write_text("\n".join(lines))
+    return config
 
 
 async def wait_serving(
@@ -219,6 +259,7 @@ async def token(session: aiohttp.ClientSession, url: str, password: str) -> str:
 
 
 async def add_image(dsn: str) -> str:
+    """The minimal path's image: a row with no data."""
     image_id = str(uuid.uuid4())
     conn = await asyncpg.connect(dsn)
     try:
@@ -232,6 +273,26 @@ async def add_image(dsn: str) -> str:
     return image_id
 
 
+async def upload_image(session: aiohttp.ClientSession, url: str, headers: dict) -> str:
+    """The real path's image: created and uploaded through Glance, with data."""
+    body = {"name": "bench", "disk_format": "raw", "container_format": "bare", "visibility": "public"}
+    async with session.post(f"{url}/image/v2/images", json=body, headers=headers) as r:
+        assert r.status == 201, await r.text()
+        image_id = (await r.json())["id"]
+    data = os.urandom(IMAGE_BYTES)
+    put_headers = {**headers, "Content-Type": "application/octet-stream"}
+    async with session.put(f"{url}/image/v2/images/{image_id}/file", data=data, headers=put_headers) as r:
+        assert r.status == 204, await r.text()
+    return image_id
+
+
+def server_body(name: str, image: str, path: Scenario) -> dict:
+    server = {"name": name, "imageRef": image, "flavorRef": "1", "networks": path.networks}
+    if path.networks != "none":
+        server["security_groups"] = [{"name": "default"}]
+    return {"server": server}
+
+
 async def any_building(session, url, headers) -> bool:
     """Whether any server is still in BUILD: the waiter's one cheap poll."""
     async with session.get(f"{url}/compute/v2.1/servers?status=BUILD&limit=1", headers=headers) as r:
@@ -243,13 +304,14 @@ async def count_status(session, url, headers, status: str) -> int:
         return len((await r.json())["servers"])
 
 
-async def warm_up(session: aiohttp.ClientSession, url: str, headers: dict, image: str, concurrency: int) -> None:
+async def warm_up(session: aiohttp.ClientSession, url: str, headers: dict, image: str, concurrency: int,
+                  path: Scenario) -> None:
     """Boot and delete 2×C servers first, so the storm meets a server that has run before
     (code paths loaded, statements prepared on its connections), as a lab's server has."""
     sem = asyncio.Semaphore(concurrency)
 
     async def boot(i: int) -> None:
-        body = {"server": {"name": f"warmup{i}", "imageRef": image, "flavorRef": "1", "networks": "none"}}
+        body = server_body(f"warmup{i}", image, path)
         async with sem, session.post(f"{url}/compute/v2.1/servers", json=body, headers=headers) as r:
             assert r.status == 202, await r.text()
 
@@ -280,14 +342,15 @@ async def delete_all(session: aiohttp.ClientSession, url: str, headers: dict, co
         await asyncio.sleep(POLL_INTERVAL)
 
 
-async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, warmup: bool = True) -> Result:
+async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, path: Scenario, warmup: bool = True
+                ) -> Result:
     mode = f"batch {batch}" if batch > 1 else "single"
-    result = Result(n, hosts, concurrency, mode)
+    result = Result(n, hosts, concurrency, mode, path.name)
     root = Path(tempfile.mkdtemp(prefix="novalite-storm-"))
     pg, admin_dsn = await start_postgres(root)
     dsn = await create_database(admin_dsn, "storm")
     port = free_port()
-    server = Server(write_config(root, dsn, hosts, port), port)
+    server = Server(write_config(root, dsn, hosts, port, path, n), port)
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -296,9 +359,9 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, wa
             creds = json.loads((root / "state" / "credentials.json").read_text())
             headers = {"X-Auth-Token": await token(session, server.url, creds["admin"]),
                        "OpenStack-API-Version": "compute 2.latest".replace("2.latest", "latest")}
-            image = await add_image(dsn)
+            image = await upload_image(session, server.url, headers) if path.upload else await add_image(dsn)
             if warmup:
-                await warm_up(session, server.url, headers, image, concurrency)
+                await warm_up(session, server.url, headers, image, concurrency, path)
             db = await asyncpg.connect(dsn)
             await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             await db.execute("SELECT pg_stat_statements_reset()")
@@ -309,7 +372,7 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, wa
             done_posting = asyncio.Event()
 
             async def post(i: int, count: int) -> None:
-                body = {"server": {"name": f"storm{i}", "imageRef": image, "flavorRef": "1", "networks": "none"}}
+                body = server_body(f"storm{i}", image, path)
                 if count > 1:
                     body["server"].update(min_count=count, max_count=count, return_reservation_id=True)
                 async with sem:
@@ -394,18 +457,30 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, wa
 
 
 def print_table(rows: list[Result]) -> None:
-    header = (f"{'N':>5} {'H':>4} {'C':>3} {'mode':>9} | {'POST p50':>8} {'p95':>7} {'p99':>7} {'max':>7} ms | "
+    header = (f"{'path':>7} {'N':>5} {'H':>4} {'C':>3} {'mode':>9} | {'POST p50':>8} {'p95':>7} {'p99':>7} {'max':>7} ms | "
               f"{'GET p99':>7} ms | {'POSTs s':>7} {'storm s':>7} {'ACTIVE/s':>8} | {'del/s':>7} | {'CPU s':>6} {'RSS MB':>6} | "
               f"{'SQL/boot':>8} | {'errors':>6} {'oversub':>7} {'open act':>8} | storm CPU s: server/PG/client")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r.n:>5} {r.hosts:>4} {r.concurrency:>3} {r.mode:>9} | {pct(r.post_ms, 50):8.1f} "
+        print(f"{r.path:>7} {r.n:>5} {r.hosts:>4} {r.concurrency:>3} {r.mode:>9} | {pct(r.post_ms, 50):8.1f} "
               f"{pct(r.post_ms, 95):7.1f} {pct(r.post_ms, 99):7.1f} {max(r.post_ms or [0]):7.1f} ms | "
               f"{pct(r.get_ms, 99):7.1f} ms | {r.posts_s:7.2f} {r.storm_s:7.2f} {r.n / r.storm_s if r.storm_s else 0:8.1f} | "
               f"{r.n / r.delete_s if r.delete_s else 0:7.1f} | {r.cpu_s:6.1f} {r.rss_mb:6.0f} | "
               f"{r.statements:8.1f} | {r.errors:>6} {r.oversubscribed:>7} {r.incomplete_actions:>8} | "
               + "/".join(f"{c:.1f}" for c in r.storm_cpu))
+    for name in dict.fromkeys(r.path for r in rows):
+        print(f"  {PATHS[name].settings()}")
+
+
+def headline(r: Result) -> str:
+    """The issue's JSON line of one path's single-POST row."""
+    return json.dumps({
+        "bench": "boot_storm", "path": r.path, "n": r.n, "hosts": r.hosts,
+        "active_per_s": round(r.n / r.storm_s, 1) if r.storm_s else 0, "post_p99_ms": round(pct(r.post_ms, 99), 1),
+        "get_p99_ms": round(pct(r.get_ms, 99), 1), "delete_per_s": round(r.n / r.delete_s, 1) if r.delete_s else 0,
+        "sql_per_boot": round(float(r.statements), 2), "peak_rss_mb": round(r.rss_mb), "errors": r.errors,
+    })
 
 
 async def main() -> int:
@@ -413,6 +488,9 @@ async def main() -> int:
     parser.add_argument("-n", type=int, default=1000, help="servers to boot (default 1000)")
     parser.add_argument("--hosts", type=int, default=100, help="simulated hosts (default 100)")
     parser.add_argument("-c", type=int, default=50, help="concurrent POSTs (default 50)")
+    parser.add_argument("--path", choices=("real", "minimal", "both"), default="real",
+                        help="the user's path (default), the old minimal one, or both side by side")
+    parser.add_argument("--cidr", default="10.200.0.0/16", help="the real path's network (default a /16)")
     parser.add_argument("--batch", type=int, default=50, help="multi-create batch size for the batch run")
     parser.add_argument("--no-small", action="store_true", help="skip the N=200, H=10 row")
     parser.add_argument("--no-batch", action="store_true", help="skip the multi-create run")
@@ -420,15 +498,23 @@ async def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     parser.add_argument("--sql-top", type=int, default=0, help="print the K most frequent SQL statements")
     args = parser.parse_args()
-    global SQL_TOP
+    global SQL_TOP, CIDR
     SQL_TOP = args.sql_top
+    CIDR = args.cidr
     warm = not args.no_warmup
-    rows = [await storm(args.n, args.hosts, args.c, 1, args.keep, warm)]
-    if not args.no_batch:
-        rows.append(await storm(args.n, args.hosts, args.c, args.batch, args.keep, warm))
-    if not args.no_small:
-        rows.append(await storm(200, 10, args.c, 1, args.keep, warm))
+    paths = [PATHS["minimal"], PATHS["real"]] if args.path == "both" else [PATHS[args.path]]
+    rows: list[Result] = []
+    heads: list[Result] = []
+    for path in paths:  # side by side: each scenario of one path, then the next path
+        heads.append(await storm(args.n, args.hosts, args.c, 1, args.keep, path, warm))
+        rows.append(heads[-1])
+        if not args.no_batch:
+            rows.append(await storm(args.n, args.hosts, args.c, args.batch, args.keep, path, warm))
+        if not args.no_small:
+            rows.append(await storm(200, 10, args.c, 1, args.keep, path, warm))
     print_table(rows)
+    for r in heads:
+        print(headline(r))
     bad = sum(r.errors + r.oversubscribed + r.incomplete_actions for r in rows)
     return 1 if bad else 0
 

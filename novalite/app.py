@@ -49,6 +49,7 @@ from novalite.compute.recovery import recover
 from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
 from novalite.config import Config, HostConfig
+from novalite.db import instances as instances_db
 from novalite.db import startup
 from novalite.db.steps import StepWriter
 from novalite.foreground import Foreground
@@ -79,6 +80,9 @@ def database_ctx(config: Config, clouds_yaml: Path | None):
         workers = await db.create_pool(dsn, config.database.worker_pool_max, config.database.worker_pool_max)
         try:
             await db.upgrade(pool)
+            async with pool.acquire() as conn:
+                if fixed := await instances_db.rederive_usage(conn):
+                    log.warning("quota_usage_rederived", projects=fixed)
             await log_database(pool, embedded)
             creds = await bootstrap.bootstrap(pool, config)
             if creds is not None:

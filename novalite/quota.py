@@ -1,9 +1,12 @@
 """Quotas: limits from config overlaid by per-project rows, usage counted from live rows.
 
-Usage is never stored as a counter: it is counted from the instances (and key
-pairs, server groups) that exist, inside the same transaction that adds new
-ones, under a per-project advisory lock. So concurrent creates at the limit
-admit exactly what fits, and a crash can never leave usage out of step.
+A project's instance usage (instances, cores, RAM) is kept in ``project_usage`` by
+triggers on ``instances`` (schema.sql, section #22), so every path that adds, deletes or
+resizes an instance moves it in the same transaction, and it is re-derived at every
+start. A create checks and inserts in one statement that locks the project's row
+(``db.instances.provision``): concurrent creates at the limit admit exactly what fits,
+and they wait on each other for that one statement only. Key pairs and server groups
+are counted from their rows under a per-project advisory lock.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ RESOURCES = (
     "server_group_members",
 )
 UNLIMITED = -1
+NO_USAGE = {"instances": 0, "cores": 0, "ram": 0}
 
 
 
@@ -104,6 +108,15 @@ def admissible_count(limits: dict[str, int], used: dict[str, int], vcpus: int, r
             continue
         fits = min(fits, max(0, (limit - used[resource]) // each))
     return fits
+
+
+def usage_bounds(limits: dict[str, int], vcpus: int, ram: int, count: int) -> tuple[int | None, ...]:
+    """The most instances, cores and RAM the project may already use for ``count`` more
+    instances of this size to fit (None: no bound), in the order provisioning checks them."""
+    return tuple(
+        None if limits[resource] == UNLIMITED or each == 0 else limits[resource] - each * count
+        for resource, each in (("instances", 1), ("cores", vcpus), ("ram", ram))
+    )
 
 
 def instances_over_quota(

@@ -106,6 +106,14 @@ def generate_password(length: int = 12) -> str:
     return "".join(chars[:length])
 
 
+class _Refused(Exception):
+    """Provisioning wrote nothing: the project's usage (``used``, as its statement saw it) no longer fits."""
+
+    def __init__(self, used: dict[str, int]) -> None:
+        super().__init__("quota re-check refused")
+        self.used = used
+
+
 @dataclass(slots=True)
 class BaseOptions:
     """Nova's base_options: what validation hands to provisioning, all checked."""
@@ -123,6 +131,7 @@ class BaseOptions:
     availability_zone: str | None
     request_spec: dict
     limits: dict  # the project's quota limits
+    used: dict  # the project's instance usage when validated (provisioning re-checks it under its lock)
 
 
 def check_metadata_quota(metadata: dict, limits: dict) -> None:
@@ -282,7 +291,7 @@ class ComputeAPI:
         return BaseOptions(
             flavor=flavor_doc, image_id=image_id, kernel_id=kernel_id, ramdisk_id=ramdisk_id, key_data=key_data,
             security_groups=groups, auto_disk_config=auto_disk, root_device_name=root_device, bdms=bdms,
-            group=group, availability_zone=az, limits=limits,
+            group=group, availability_zone=az, limits=limits, used=snap["usage"] or dict(quota.NO_USAGE),
             request_spec=self._request_spec(
                 ctx, req, flavor_doc, image_id, image, image_props, az, forced_host, group, bdms
             ),
@@ -702,54 +711,67 @@ class ComputeAPI:
     async def _provision(
         self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest, base: BaseOptions
     ) -> tuple[list[asyncpg.Record], str]:
-        """One transaction: quota check, instance rows, BDMs, group members, actions, notifications."""
+        """Admit what fits in the project's quota and write it: instance rows, BDMs, group
+        members, actions, notifications. How many fit is computed from the usage last seen;
+        the provisioning statement re-checks it under the project's lock and writes nothing if
+        a concurrent create took the room, and then it is computed again from the newer usage."""
         flavor = base.flavor
         reservation_id = "r-" + secrets.token_hex(4)
-        limits = base.limits
+        notification = {"state": states.BUILDING, "task_state": states.SCHEDULING, "reservation_id": reservation_id}
+        used = base.used
+        while True:
+            count = quota.admissible_count(base.limits, used, flavor["vcpus"], flavor["memory_mb"], req.max_count)
+            if count < req.min_count:
+                raise quota.instances_over_quota(
+                    base.limits, used, flavor["vcpus"], flavor["memory_mb"],
+                    req.min_count if count else max(1, req.min_count),
+                )
+            rows = self._instance_rows(ctx, req, base, count, reservation_id)
+            try:
+                instances = await self._write(conn, ctx, base, rows, notification)
+                break
+            except _Refused as refused:
+                used = refused.used
+        log.info("provisioned", reservation_id=reservation_id, instance_uuids=[r["uuid"] for r in rows])
+        return instances, reservation_id
+
+    async def _write(
+        self, conn: asyncpg.Connection, ctx: RequestContext, base: BaseOptions, rows: list[dict], notification: dict
+    ) -> list[asyncpg.Record]:
+        """One statement on its own; in a transaction when a server group's member quota
+        (its row locked) or volumes (reserved first: one winner per volume) come with it.
+        Raises _Refused (nothing written) when the project's usage no longer fits ``rows``."""
         group = base.group
         volumes = any(b.get("volume_id") or b.get("snapshot_id") or b.get("destination_type") == "volume"
                       for b in base.bdms)
-        counted = group is not None or volumes or any(
-            limits[r] != quota.UNLIMITED for r in ("instances", "cores", "ram")
+        bounds = quota.usage_bounds(base.limits, base.flavor["vcpus"], base.flavor["memory_mb"], len(rows))
+        args = dict(
+            group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id, user_id=ctx.user_id,
+            project_id=ctx.project_id, notification=notification, usage_bounds=bounds,
         )
-        notification = {"state": states.BUILDING, "task_state": states.SCHEDULING, "reservation_id": reservation_id}
-        if not counted:
-            # Nothing to count or reserve: one statement, atomic on its own, no lock.
-            rows = self._instance_rows(ctx, req, base, req.max_count, reservation_id)
-            instances = await db.provision(
-                conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms],
-                group_uuid=None, request_id=ctx.request_id, user_id=ctx.user_id, project_id=ctx.project_id,
-                notification=notification,
-            )
-        else:
-            async with conn.transaction():
-                await quota.lock_project(conn, ctx.project_id)
-                used = await quota.instance_usage(conn, ctx.project_id)
-                count = quota.admissible_count(limits, used, flavor["vcpus"], flavor["memory_mb"], req.max_count)
-                if count < req.min_count:
-                    raise quota.instances_over_quota(
-                        limits, used, flavor["vcpus"], flavor["memory_mb"],
-                        req.min_count if count else max(1, req.min_count),
-                    )
-                if group is not None:
-                    members = await conn.fetchval(
-                        "SELECT count(*) FROM instance_group_members WHERE group_uuid = $1", group["uuid"]
-                    )
-                    limit = limits["server_group_members"]
-                    if limit != quota.UNLIMITED and members + count > limit:
-                        raise exception.QuotaExceeded("Quota exceeded, too many servers in group")
-                rows = self._instance_rows(ctx, req, base, count, reservation_id)
-                if self.volume_build is not None:  # available → reserved before the BDM rows: one winner per volume
-                    for r in rows:
-                        await self.volume_build.reserve_for_instance(conn, r["uuid"], base.bdms)
-                instances = await db.provision(
-                    conn, rows, [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms],
-                    group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id,
-                    user_id=ctx.user_id, project_id=ctx.project_id, notification=notification,
+        bdms = [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms]
+        if group is None and not volumes:
+            instances, used = await db.provision(conn, rows, bdms, **args)
+            if not instances:
+                raise _Refused(used)
+            return instances
+        async with conn.transaction():
+            if group is not None:
+                members = await conn.fetchval(
+                    """SELECT (SELECT count(*) FROM instance_group_members m WHERE m.group_uuid = g.uuid)
+                       FROM instance_groups g WHERE g.uuid = $1 FOR UPDATE""",
+                    group["uuid"],
                 )
-        uuids = [r["uuid"] for r in rows]
-        log.info("provisioned", reservation_id=reservation_id, instance_uuids=uuids)
-        return instances, reservation_id
+                limit = base.limits["server_group_members"]
+                if limit != quota.UNLIMITED and (members or 0) + len(rows) > limit:
+                    raise exception.QuotaExceeded("Quota exceeded, too many servers in group")
+            if self.volume_build is not None:  # available → reserved before the BDM rows: one winner per volume
+                for r in rows:
+                    await self.volume_build.reserve_for_instance(conn, r["uuid"], base.bdms)
+            instances, used = await db.provision(conn, rows, bdms, **args)
+            if not instances:
+                raise _Refused(used)  # rolls the reservations back
+            return instances
 
     # -- delete -------------------------------------------------------------
     async def delete(self, ctx: RequestContext, instance: asyncpg.Record, force: bool = False) -> None:

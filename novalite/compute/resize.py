@@ -117,11 +117,12 @@ def upsize_deltas(new: dict, old: dict) -> dict[str, int]:
 
 async def check_upsize_quota(conn: asyncpg.Connection, config: Config, project_id: str, deltas: dict[str, int]
                              ) -> None:
-    """Nova's _check_quota_for_upsize (legacy counting): 403 when the deltas pass a limit."""
+    """Nova's _check_quota_for_upsize (legacy counting): 403 when the deltas pass a limit.
+    Holds the project's usage row to the end of the caller's transaction, as a create does."""
     if not deltas:
         return
     limits = await quota.get_limits(conn, config.quota, project_id)
-    used = await quota.instance_usage(conn, project_id)
+    used = await db.lock_usage(conn, project_id)
     overs = [r for r in ("cores", "ram") if r in deltas and limits[r] != quota.UNLIMITED
              and used[r] + deltas[r] > limits[r]]
     if overs:
@@ -181,7 +182,6 @@ class ResizeCheck:
         self._check_image_fits(spec_image, new, volume_backed)
         spec = _spec_with_flavor(inst, inst["flavor"])
         async with self.pool.acquire() as conn, conn.transaction():
-            await quota.lock_project(conn, inst["project_id"])
             await check_upsize_quota(conn, self.config, inst["project_id"], upsize_deltas(new, current))
             try:
                 row = await db.compare_and_set(
@@ -234,7 +234,6 @@ class ResizeCheck:
             migration = await migrations.latest(conn, uuid, [migrations.FINISHED])
             if migration is None:
                 raise exception.Invalid("Instance has not been resized.")
-            await quota.lock_project(conn, inst["project_id"])
             await check_upsize_quota(conn, self.config, inst["project_id"],
                                      upsize_deltas(migration["old_flavor"], dict(inst["flavor"])))
             try:

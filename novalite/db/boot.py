@@ -54,7 +54,9 @@ _SNAPSHOT = f"""SELECT
             FROM quotas WHERE project_id IN ($3, $7)) AS quota_overrides,
          (SELECT coalesce(array_agg(name) || array_agg(id::text), '{{}}') FROM security_groups
            WHERE project_id = $3) AS security_groups,
-         (SELECT public_key FROM key_pairs WHERE user_id = $5 AND name = $6) AS key_data"""
+         (SELECT public_key FROM key_pairs WHERE user_id = $5 AND name = $6) AS key_data,
+         (SELECT jsonb_build_object('instances', instances, 'cores', cores, 'ram', ram) FROM project_usage
+           WHERE project_id = $3) AS usage"""
 
 
 async def snapshot(
@@ -71,7 +73,8 @@ async def snapshot(
     """Everything the create path looks up, in ONE round trip: flavor, image (None when the
     project may not see it, as if it did not exist), zones (only when asked for: it reads
     every compute node), quota overrides (class `default`, then the project's own, which
-    win), security group names and the key pair's public key."""
+    win), security group names, the key pair's public key and the project's instance usage
+    (None before its first instance; read without a lock: provisioning re-checks it)."""
     try:
         image_uuid = str(uuid.UUID(image_id)) if image_id else None
     except ValueError:

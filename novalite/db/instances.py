@@ -177,16 +177,25 @@ def _recordset(columns: dict[str, str]) -> str:
     return ", ".join(f"{c} {t}" for c, t in columns.items())
 
 
+# The project's usage row, created if missing and locked to the end of the transaction;
+# its latest committed counts (a concurrent holder is waited for, then re-read).
+_LOCK_USAGE = """INSERT INTO project_usage AS u (project_id) VALUES ($1) ON CONFLICT (project_id)
+                 DO UPDATE SET project_id = u.project_id RETURNING instances, cores, ram"""
+
 _PROVISION_SQL = f"""
-WITH ins AS (
+WITH gate AS ({_LOCK_USAGE.replace("$1", "$6")}),
+ins AS (
     INSERT INTO instances ({", ".join(INSTANCE_COLUMNS)})
     SELECT {", ".join(INSTANCE_COLUMNS)}
     FROM jsonb_to_recordset($1::jsonb) AS x({_recordset({c: _INSTANCE_TYPES.get(c, "text") for c in INSTANCE_COLUMNS})})
+    WHERE (SELECT ($8::int IS NULL OR g.instances <= $8) AND ($9::int IS NULL OR g.cores <= $9)
+                  AND ($10::bigint IS NULL OR g.ram <= $10) FROM gate g)
     RETURNING {", ".join(PROVISIONED_COLUMNS)}),
 bdm AS (
     INSERT INTO block_device_mappings ({", ".join(_BDM_COLUMNS)})
     SELECT {", ".join(f"coalesce(b.{c}, false)" if c == "delete_on_termination" else f"b.{c}" for c in _BDM_COLUMNS)}
-    FROM jsonb_to_recordset($2::jsonb) AS b({_recordset(_BDM_COLUMNS)})),
+    FROM jsonb_to_recordset($2::jsonb) AS b({_recordset(_BDM_COLUMNS)})
+    WHERE b.instance_uuid IN (SELECT uuid FROM ins)),
 mem AS (
     INSERT INTO instance_group_members (group_uuid, instance_uuid)
     SELECT $3::uuid, uuid FROM ins WHERE $3::uuid IS NOT NULL),
@@ -196,7 +205,8 @@ act AS (
 note AS (
     INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload)
     SELECT 'instance.update', 'INFO', 'nova-api', uuid, $4, $7::jsonb FROM ins)
-SELECT * FROM ins ORDER BY launch_index
+SELECT g.instances AS used_instances, g.cores AS used_cores, g.ram AS used_ram, ins.*
+FROM gate g LEFT JOIN ins ON true ORDER BY launch_index
 """
 
 
@@ -210,10 +220,15 @@ async def provision(
     user_id: str,
     project_id: str,
     notification: dict,
-) -> list[asyncpg.Record]:
+    usage_bounds: Sequence[int | None] = (None, None, None),
+) -> tuple[list[asyncpg.Record], dict[str, int]]:
     """Instances, their BDMs, group members, 'create' actions and instance.update
-    notifications in ONE statement; returns the PROVISIONED_COLUMNS of the new rows in launch order."""
-    return await conn.fetch(
+    notifications in ONE statement, if the project's usage is within ``usage_bounds`` (the
+    most instances, cores and RAM it may already use; None: no bound). Returns the
+    PROVISIONED_COLUMNS of the new rows in launch order (none when it was not) and the usage
+    the statement saw. The project's usage row is locked from the check to the commit: for
+    this statement alone when the caller has no transaction open."""
+    result = await conn.fetch(
         _PROVISION_SQL,
         [{c: r.get(c) for c in INSTANCE_COLUMNS} for r in rows],
         [{c: b.get(c) for c in _BDM_COLUMNS} for b in bdms],
@@ -222,7 +237,43 @@ async def provision(
         user_id,
         project_id,
         notification,
+        *usage_bounds,
     )
+    first = result[0]
+    used = {"instances": first["used_instances"], "cores": first["used_cores"], "ram": first["used_ram"]}
+    return [r for r in result if r["uuid"] is not None], used
+
+
+async def lock_usage(conn: asyncpg.Connection, project_id: str) -> dict[str, int]:
+    """The project's instance usage (instances, cores, ram), its row locked to the end of the
+    caller's transaction: the same serialisation point a create's provisioning takes."""
+    return dict(await conn.fetchrow(_LOCK_USAGE, project_id))
+
+
+async def rederive_usage(conn: asyncpg.Connection) -> int:
+    """Set every project's usage counters (kept by triggers, see migration 0003) to what its
+    live instances add up to, in one transaction under the project rows' locks; run at each
+    start, so nothing (a restore, a hand edit) can leave a quota off. Returns the rows fixed."""
+    async with conn.transaction():
+        fixed = await conn.fetchval(
+            """WITH live AS (SELECT project_id, count(*) AS instances, sum(vcpus) AS cores,
+                                    sum(memory_mb) AS ram
+                             FROM instances WHERE NOT deleted GROUP BY project_id),
+                    upsert AS (
+                 INSERT INTO project_usage AS u (project_id, instances, cores, ram)
+                 SELECT project_id, instances, cores, ram FROM live
+                 ON CONFLICT (project_id) DO UPDATE SET instances = EXCLUDED.instances,
+                     cores = EXCLUDED.cores, ram = EXCLUDED.ram
+                  WHERE (u.instances, u.cores, u.ram) IS DISTINCT FROM
+                        (EXCLUDED.instances, EXCLUDED.cores, EXCLUDED.ram)
+                 RETURNING 1),
+                    zero AS (
+                 UPDATE project_usage u SET instances = 0, cores = 0, ram = 0
+                  WHERE (u.instances, u.cores, u.ram) IS DISTINCT FROM (0, 0, 0)
+                    AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.project_id = u.project_id AND NOT i.deleted)
+                 RETURNING 1)
+               SELECT (SELECT count(*) FROM upsert) + (SELECT count(*) FROM zero)""")
+    return fixed
 
 
 async def get(conn: asyncpg.Connection, uuid: str, include_deleted: bool = False) -> asyncpg.Record | None:

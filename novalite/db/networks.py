@@ -446,7 +446,7 @@ async def create_port(
     description: str = "",
 ) -> dict:
     """Create a port with a fresh unique MAC (or ``mac_address``) and, unless ``with_ip`` is
-    false, the requested ``fixed_ip`` or the lowest free pool address of ``subnet_id`` (default:
+    false, the requested ``fixed_ip`` or the next free pool address of ``subnet_id`` (default:
     the first of the network's subnets with one).
 
     ``port_security_enabled`` defaults to the network's. ``security_groups`` are the group ids
@@ -497,7 +497,7 @@ async def _insert_port(conn: asyncpg.Connection, values: tuple) -> dict:
 async def _allocate(
     conn: asyncpg.Connection, network_id: str, subnet_id: str | None, fixed_ip: str | None
 ) -> tuple[uuidlib.UUID, str]:
-    """(subnet, address) for a port of the network: ``fixed_ip`` if free, else the lowest free
+    """(subnet, address) for a port of the network: ``fixed_ip`` if free, else the next free
     pool address of ``subnet_id`` or of the first subnet with one. Locks the network row, as
     subnet and network changes do first, so allocations on a network are serialised and no
     two lock orders meet."""
@@ -519,30 +519,17 @@ async def _allocate(
             raise AddressInUse(fixed_ip, holder, subnets[0]["id"])
         return uuidlib.UUID(subnets[0]["id"]), fixed_ip
     for subnet in subnets:
-        address = await _lowest_free(conn, subnet["id"])
+        address = await _next_free(conn, subnet["id"])
         if address is not None:
             return uuidlib.UUID(subnet["id"]), address
     raise NoMoreAddresses(f"no more addresses on network {network_id}")
 
 
-async def _lowest_free(conn: asyncpg.Connection, subnet_id: str) -> str | None:
-    """The lowest pool address no port holds and that is not the gateway. It is a pool's start
-    or the address after a held one (or after the gateway), so only those are tried: the cost
-    follows the number of ports, not the size of the pools."""
-    return await conn.fetchval(
-        f"""WITH s AS (SELECT * FROM subnets WHERE id = $1),
-                 pools AS (SELECT lo, hi FROM s, LATERAL ({_POOLS}) x),
-                 taken AS (SELECT p.fixed_ip AS ip FROM ports p, s
-                           WHERE p.network_id = s.network_id AND p.fixed_ip IS NOT NULL),
-                 candidates AS (SELECT lo AS a FROM pools
-                                UNION SELECT ip + 1 FROM taken WHERE ip < '255.255.255.255'
-                                UNION SELECT gateway_ip + 1 FROM s WHERE gateway_ip IS NOT NULL)
-            SELECT host(min(c.a)) FROM candidates c, s
-            WHERE EXISTS (SELECT 1 FROM pools WHERE c.a BETWEEN lo AND hi)
-              AND c.a IS DISTINCT FROM s.gateway_ip
-              AND NOT EXISTS (SELECT 1 FROM taken WHERE ip = c.a)""",
-        uuidlib.UUID(subnet_id),
-    )
+async def _next_free(conn: asyncpg.Connection, subnet_id: str) -> str | None:
+    """The next free pool address of the subnet from its cursor on (wrapping around the pools;
+    never the gateway), the cursor moved past it. The cost follows the held addresses the
+    cursor meets, not the size of the pools nor the number of ports (schema: novalite_next_ip)."""
+    return await conn.fetchval("SELECT host(novalite_next_ip($1))", uuidlib.UUID(subnet_id))
 
 
 async def readdress_port(

@@ -1,0 +1,81 @@
+"""Address allocation: concurrent ports fill a small subnet exactly (distinct addresses, then
+Neutron's 409), freed addresses come back once the cursor wraps, and an allocation reads as
+many rows on a subnet with 5,000 used addresses as on one with 5."""
+
+from __future__ import annotations
+
+import asyncio
+
+from novalite.api import keys
+from novalite.db import networks as q
+
+V2 = "/networking/v2.0"
+
+
+async def post(cloud, resource: str, body: dict):
+    status, doc, _ = await cloud.request("POST", f"{V2}/{resource}s", user="demo", json_body={resource: body})
+    return status, doc
+
+
+async def network(cloud, cidr: str) -> tuple[str, str]:
+    status, net = await post(cloud, "network", {"name": "ipam"})
+    assert status == 201, net
+    status, sub = await post(cloud, "subnet", {"network_id": net["network"]["id"], "cidr": cidr, "ip_version": 4,
+                                               "enable_dhcp": False})
+    assert status == 201, sub
+    return net["network"]["id"], sub["subnet"]["id"]
+
+
+async def test_concurrent_ports_fill_a_small_subnet_exactly(cloud):
+    net, _ = await network(cloud, "10.70.0.0/29")  # pool .2-.6: five addresses
+    results = await asyncio.gather(*(post(cloud, "port", {"network_id": net}) for _ in range(8)))
+    made = [doc["port"]["fixed_ips"][0]["ip_address"] for status, doc in results if status == 201]
+    assert sorted(made) == [f"10.70.0.{i}" for i in range(2, 7)]
+    refused = [doc for status, doc in results if status != 201]
+    assert len(refused) == 3
+    assert {(d["NeutronError"]["type"], d["NeutronError"]["message"]) for d in refused} == {
+        ("IpAddressGenerationFailure", f"No more IP addresses available on network {net}.")}
+    # a freed address is given out again once the cursor has passed the end of the pool
+    port = next(doc["port"] for status, doc in results if status == 201
+                and doc["port"]["fixed_ips"][0]["ip_address"] == "10.70.0.4")
+    status, _, _ = await cloud.request("DELETE", f"{V2}/ports/{port['id']}", user="demo")
+    assert status == 204
+    status, doc = await post(cloud, "port", {"network_id": net})
+    assert status == 201 and doc["port"]["fixed_ips"][0]["ip_address"] == "10.70.0.4"
+
+
+async def rows_read_by_one_allocation(cloud, net: str) -> tuple[int, str]:
+    """Rows of ports and subnets one allocation reads (sequential + index fetches), from the
+    transaction's own statistics."""
+    stats = """SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)
+               FROM pg_stat_xact_user_tables WHERE relname IN ('ports', 'subnets')"""
+    async with cloud.app[keys.DB].acquire() as conn, conn.transaction():
+        before = await conn.fetchval(stats)
+        port = await q.create_port(conn, network_id=net, project_id="ipam")
+        return await conn.fetchval(stats) - before, str(port["fixed_ip"])
+
+
+async def fill(cloud, net: str, sub: str, n: int) -> None:
+    """``n`` ports allocated as the API allocates them (cursor and all), in one statement."""
+    await cloud.app[keys.DB].execute(
+        """INSERT INTO ports (id, network_id, subnet_id, project_id, mac_address, fixed_ip)
+           SELECT gen_random_uuid(), $1, $2, 'ipam', '02:' || md5(gen_random_uuid()::text), novalite_next_ip($2)
+           FROM generate_series(1, $3)""",
+        net, sub, n,
+    )
+
+
+async def test_an_allocation_costs_the_same_on_a_full_16_as_on_an_empty_24(cloud):
+    small_net, small_sub = await network(cloud, "10.71.0.0/24")
+    big_net, big_sub = await network(cloud, "10.80.0.0/16")
+    await fill(cloud, small_net, small_sub, 5)
+    await fill(cloud, big_net, big_sub, 5000)
+    small = [await rows_read_by_one_allocation(cloud, small_net) for _ in range(3)]
+    big = [await rows_read_by_one_allocation(cloud, big_net) for _ in range(3)]
+    assert [r for r, _ in big] == [r for r, _ in small], (small, big)
+    assert max(r for r, _ in big) < 20
+    assert [a for _, a in small] == ["10.71.0.7", "10.71.0.8", "10.71.0.9"]
+    assert [a for _, a in big] == ["10.80.19.138", "10.80.19.139", "10.80.19.140"]  # .0.2 + 5,000 on
+    distinct = await cloud.app[keys.DB].fetchval(
+        "SELECT count(DISTINCT fixed_ip) = count(*) FROM ports WHERE network_id = $1", big_net)
+    assert distinct
