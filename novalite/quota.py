@@ -1,7 +1,7 @@
 """Quotas: limits from config overlaid by per-project rows, usage counted from live rows.
 
 A project's instance usage (instances, cores, RAM) is kept in ``project_usage`` by
-triggers on ``instances`` (schema.sql, section #22), so every path that adds, deletes or
+triggers on ``instances`` (migration 0003), so every path that adds, deletes or
 resizes an instance moves it in the same transaction, and it is re-derived at every
 start. A create checks and inserts in one statement that locks the project's row
 (``db.instances.provision``): concurrent creates at the limit admit exactly what fits,
