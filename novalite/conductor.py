@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 
+from novalite import metrics
 from novalite.compute import states
 from novalite.compute.api import BuildRequest
 from novalite.compute.failures import Failure, Notification, fail_instance
@@ -55,6 +57,9 @@ async def set_error(
             release_claim=True, events=[event], notification=notification,
         ):
             log.info("error_skipped_instance_moved_on", instance_uuid=uuid)
+            metrics.boot_finished("deleted")  # the delete that moved it on ends the boot
+            return
+    metrics.boot_finished("error")
 
 
 class Conductor:
@@ -95,6 +100,10 @@ class Conductor:
         for t in list(self._tasks):
             t.cancel()
 
+    def queue_depth(self) -> int:
+        """Build requests queued or being scheduled (read at scrape)."""
+        return self.queue.qsize() + len(self._tasks)
+
     def build_instances(self, request: BuildRequest) -> None:
         """Cast: queue the request and return at once."""
         self.queue.put_nowait(request)
@@ -114,6 +123,7 @@ class Conductor:
         uuids = request.instance_uuids
         structlog.contextvars.bind_contextvars(request_id=request.request_id)
         started_at = datetime.now(UTC)
+        started = time.perf_counter()
         record: dict | None = None
         try:
             selections, record = await self.scheduler.select_destinations(
@@ -122,6 +132,9 @@ class Conductor:
         except Exception as exc:  # scheduler crashed: every instance gets a fault
             log.exception("select_destinations_failed")
             selections = [exc] * len(uuids)
+        took = time.perf_counter() - started
+        for _ in uuids:
+            metrics.step_took("scheduling", took)
         scheduled = [(u, sel) for u, sel in zip(uuids, selections, strict=True) if isinstance(sel, Selection)]
         if record is not None:
             async with self.pool.acquire() as conn:
