@@ -44,6 +44,7 @@ from novalite.db import EmbeddedPostgres, create_database  # noqa: E402
 
 POLL_INTERVAL = 0.2
 SQL_TOP = 0  # --sql-top: print the most frequent statements per boot
+METRICS = True  # --metrics on|off: [metrics] enabled, and on: /metrics scraped every second during the storm
 
 
 @dataclass
@@ -110,6 +111,7 @@ def write_config(root: Path, dsn: str, hosts: int, port: int) -> Path:
         "[identity]\nbcrypt_rounds = 4\n",
         "[quota]\ninstances = -1\ncores = -1\nram = -1\n",
         "[scheduler]\nhost_subset_size = 2\n",
+        f"[metrics]\nenabled = {'true' if METRICS else 'false'}\n",
     ]
     for i in range(hosts):
         lines.append(
@@ -328,10 +330,17 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, wa
                             print(f"GET at {t0 - t_start:.3f}s {result.get_ms[-1]:.1f} ms", file=sys.stderr)
                     await asyncio.sleep(0.02)
 
+            async def scraper() -> None:  # a Prometheus scraping every second (its default is 15 s)
+                while METRICS and not done_posting.is_set():
+                    async with session.get(f"{server.url}/metrics", headers=headers) as r:
+                        await r.read()
+                    await asyncio.sleep(1)
+
             t_start = time.perf_counter()
             if os.environ.get("BENCH_TRACE"):
                 print(f"STORM START {time.time():.3f}", file=sys.stderr)
             probe = asyncio.create_task(prober())
+            scrapes = asyncio.create_task(scraper())
             if batch > 1:
                 await asyncio.gather(*(post(i, min(batch, n - i)) for i in range(0, n, batch)))
             else:
@@ -345,6 +354,7 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, wa
                 server.cpu_seconds(), postgres_cpu_seconds(root / "pgdata"), time.process_time()), strict=True))
             done_posting.set()
             await probe
+            await scrapes
             created = n - result.errors  # servers whose POST was accepted
             errored = await count_status(session, server.url, headers, "ERROR")
             if await count_status(session, server.url, headers, "ACTIVE") + errored != created:
@@ -411,9 +421,12 @@ async def main() -> int:
     parser.add_argument("--no-warmup", action="store_true", help="storm a freshly started server (no 2×C warm-up)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     parser.add_argument("--sql-top", type=int, default=0, help="print the K most frequent SQL statements")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on",
+                        help="[metrics] enabled; on: /metrics is scraped every second during the storm")
     args = parser.parse_args()
-    global SQL_TOP
+    global SQL_TOP, METRICS
     SQL_TOP = args.sql_top
+    METRICS = args.metrics == "on"
     warm = not args.no_warmup
     rows = [await storm(args.n, args.hosts, args.c, 1, args.keep, warm)]
     if not args.no_batch:
