@@ -289,6 +289,7 @@ class Conductor:
                         details=json.dumps({"host": host, "rescheduled_after": [h for h, _ in attempts]}),
                     )
                     self.cast_build(host, uuid, request_id, remaining, attempts, admin_password)
+                    metrics.boot_finished("rescheduled")
                     return
                 await db.event_finish(conn, uuid, request_id, EVENT, "Error", details=f"claim on {host} failed")
         summary = "; ".join(f"{h}: {r}" for h, r in attempts)

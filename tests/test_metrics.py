@@ -11,6 +11,8 @@ import asyncio
 from conftest import add_image, free_port, start_cloud, stop_cloud, wait_for_status
 from prometheus_client.parser import text_string_to_metric_families
 
+from novalite.api import keys
+
 HOSTS = "".join(
     f'[[hosts]]\nname = "{name}"\nsimulate = {{ vcpus = 8, memory_mb = 4096, disk_gb = 200 }}\n\n'
     for name in ("msim1", "msim2")
@@ -124,5 +126,24 @@ async def test_disabled_metrics_are_not_served(pg_dsn, tmp_path):
     try:
         status, _, _ = await scrape(cloud)
         assert status == 404
+    finally:
+        await stop_cloud(cloud)
+
+
+async def test_a_failed_spawn_counts_a_reschedule(pg_dsn, tmp_path):
+    cloud = await start_cloud(pg_dsn, tmp_path, hosts=HOSTS)
+    try:
+        image = await add_image(cloud)
+        cloud.app[keys.COMPUTES]["msim1"].fail_spawn = "injected spawn failure"  # the first host picked
+        _, text, _ = await scrape(cloud)
+        before = parse(text)
+        uuid = await boot(cloud, image)
+        server = await wait_for_status(cloud, uuid, "ACTIVE", user="admin")
+        assert server["OS-EXT-SRV-ATTR:host"] == "msim2"
+        _, text, _ = await scrape(cloud)
+        after = parse(text)
+        for outcome, expected in (("rescheduled", 1), ("active", 1), ("error", 0)):
+            assert value(after, "novalite_boots_total", outcome=outcome) - \
+                value(before, "novalite_boots_total", outcome=outcome) == expected, outcome
     finally:
         await stop_cloud(cloud)

@@ -489,7 +489,6 @@ class ComputeManager:
                 metrics.boot_finished("deleted")  # deleted while it failed here
                 return
             await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
-        metrics.boot_finished("rescheduled")
         await self.reschedule(uuid, request_id, alternates, attempts, admin_password)
 
     # -- rebuild -------------------------------------------------------------
