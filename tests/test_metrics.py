@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from conftest import add_image, free_port, start_cloud, stop_cloud, wait_for_status
 from prometheus_client.parser import text_string_to_metric_families
 
 from novalite.api import keys
+from novalite.config import ConfigError, load_config
 
 HOSTS = "".join(
     f'[[hosts]]\nname = "{name}"\nsimulate = {{ vcpus = 8, memory_mb = 4096, disk_gb = 200 }}\n\n'
@@ -147,3 +149,12 @@ async def test_a_failed_spawn_counts_a_reschedule(pg_dsn, tmp_path):
                 value(before, "novalite_boots_total", outcome=outcome) == expected, outcome
     finally:
         await stop_cloud(cloud)
+
+
+def test_listen_must_be_host_and_port(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[metrics]\nlisten = "9180"\n')
+    with pytest.raises(ConfigError, match="metrics.listen"):
+        load_config(path)
+    path.write_text('[metrics]\nlisten = "[::1]:9180"\n')
+    assert load_config(path).metrics.address == ("::1", 9180)
