@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -59,8 +60,8 @@ SQL_TOP = 0  # --sql-top: print the most frequent statements per boot
 CIDR = "10.200.0.0/16"  # --cidr: the real path's network
 IMAGE_BYTES = 1024 * 1024  # the real path's uploaded image
 
-# The real path's extra config: the hook for what a lab turns on that is not here yet
-# (issue #21's access log and metrics: add their sections here once they exist).
+# The real path's extra config: anything a lab turns on beyond the defaults (the access
+# log and metrics are on by default; --metrics off turns metrics off on both paths).
 REAL_EXTRA_CONFIG: list[str] = []
 
 
@@ -85,6 +86,7 @@ PATHS = {
     "real": Scenario("real", quota=True, networks="auto", upload=True, log_level="info"),
     "minimal": Scenario("minimal", quota=False, networks="none", upload=False, log_level="warning"),
 }
+METRICS = True  # --metrics on|off: [metrics] enabled, and on: /metrics scraped every 5 s during the storm
 
 
 @dataclass
@@ -155,6 +157,7 @@ def write_config(root: Path, dsn: str, hosts: int, port: int, path: Scenario, n:
         "[identity]\nbcrypt_rounds = 4\n",
         quota,
         "[scheduler]\nhost_subset_size = 2\n",
+        f"[metrics]\nenabled = {'true' if METRICS else 'false'}\n",
     ]
     if path.networks == "auto":
         lines.append(f'[[networks]]\nname = "private"\ncidr = "{CIDR}"\n')
@@ -399,10 +402,18 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, pa
                             print(f"GET at {t0 - t_start:.3f}s {result.get_ms[-1]:.1f} ms", file=sys.stderr)
                     await asyncio.sleep(0.02)
 
+            async def scraper() -> None:  # a Prometheus scraping every 5 s (a usual interval is 15 s)
+                while METRICS and not done_posting.is_set():
+                    async with session.get(f"{server.url}/metrics", headers=headers) as r:
+                        await r.read()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done_posting.wait(), 5)
+
             t_start = time.perf_counter()
             if os.environ.get("BENCH_TRACE"):
                 print(f"STORM START {time.time():.3f}", file=sys.stderr)
             probe = asyncio.create_task(prober())
+            scrapes = asyncio.create_task(scraper())
             if batch > 1:
                 await asyncio.gather(*(post(i, min(batch, n - i)) for i in range(0, n, batch)))
             else:
@@ -416,6 +427,7 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, pa
                 server.cpu_seconds(), postgres_cpu_seconds(root / "pgdata"), time.process_time()), strict=True))
             done_posting.set()
             await probe
+            await scrapes
             created = n - result.errors  # servers whose POST was accepted
             errored = await count_status(session, server.url, headers, "ERROR")
             if await count_status(session, server.url, headers, "ACTIVE") + errored != created:
@@ -497,10 +509,13 @@ async def main() -> int:
     parser.add_argument("--no-warmup", action="store_true", help="storm a freshly started server (no 2×C warm-up)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     parser.add_argument("--sql-top", type=int, default=0, help="print the K most frequent SQL statements")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on",
+                        help="[metrics] enabled; on: /metrics is scraped every 5 s during the storm")
     args = parser.parse_args()
-    global SQL_TOP, CIDR
+    global SQL_TOP, CIDR, METRICS
     SQL_TOP = args.sql_top
     CIDR = args.cidr
+    METRICS = args.metrics == "on"
     warm = not args.no_warmup
     paths = [PATHS["minimal"], PATHS["real"]] if args.path == "both" else [PATHS[args.path]]
     rows: list[Result] = []

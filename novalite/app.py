@@ -16,9 +16,10 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from novalite import bootstrap, db
+from novalite import bootstrap, db, metrics
 from novalite.api import console_proxy, healthcheck, identity_admin, keys, middleware
 from novalite.api import identity as identity_api
+from novalite.api import metrics as metrics_api
 from novalite.api import networking as networking_api
 from novalite.api import security_groups as security_groups_api
 from novalite.api import volume as volume_api_routes
@@ -58,6 +59,7 @@ from novalite.image.store import ImageStore
 from novalite.network import NetworkAPI
 from novalite.policy import SERVICES, Enforcer
 from novalite.retention import Retention
+from novalite.scheduler.host_state import load_host_states
 from novalite.scheduler.manager import Scheduler
 from novalite.virt.libvirt import LibvirtDriver
 from novalite.virt.libvirt.eventloop import ensure_registered
@@ -309,6 +311,43 @@ def compute_ctx(config: Config):
     return ctx
 
 
+def metrics_ctx(config: Config):
+    """What a scrape of /metrics reads (queues, pools, hosts, instances by state), read only then;
+    the separate listener when ``[metrics] listen`` names one."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        conductor, scheduler, computes, pool = app[keys.CONDUCTOR], app[keys.SCHEDULER], app[keys.COMPUTES], app[keys.DB]
+
+        async def hosts() -> list:
+            states = scheduler.cached_host_states()  # the scheduler's view, as its last request left it
+            if states is None:
+                async with pool.acquire() as conn:
+                    states = await load_host_states(conn, config.scheduler)
+            return states
+
+        async def instances() -> list[tuple[str, str, int]]:
+            async with pool.acquire() as conn:
+                return await instances_db.count_by_state(conn)
+
+        sources = metrics.ScrapeSources(
+            queues=lambda: {"conductor": conductor.pending(), "scheduler": scheduler.queue_depth()},
+            host_builds=lambda: {name: manager.builds_in_flight() for name, manager in computes.items()},
+            pools=lambda: {"api": pool, "workers": app[keys.DB_WORKERS]},
+            hosts=hosts, instances=instances,
+        )
+        app[keys.METRICS] = sources
+        listener = metrics_api.MetricsListener(sources)
+        if config.metrics.address is not None:
+            await listener.start(*config.metrics.address)
+            log.info("metrics_listening", address=config.metrics.listen)
+        try:
+            yield
+        finally:
+            await listener.close()
+
+    return ctx
+
+
 def retention_ctx(config: Config):
     """The purge of expired tokens, old notifications and verdicts, on the background pool;
     started last, so it stops first."""
@@ -332,6 +371,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
         # aiohttp answers a longer request line or header field with 400 before any handler runs
         handler_args={"max_line_size": config.api.max_line_size, "max_field_size": config.api.max_field_size},
         middlewares=[
+            *([metrics_api.metrics_middleware] if config.metrics.enabled else []),  # times everything
             middleware.request_id_middleware,
             middleware.error_middleware,
             middleware.auth_middleware,
@@ -351,6 +391,11 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     app.cleanup_ctx.append(metadata_ctx(config))
     app.cleanup_ctx.append(volume_ctx(config))
     app.cleanup_ctx.append(compute_ctx(config))
+    metrics.set_recording(config.metrics.enabled)
+    if config.metrics.enabled:
+        app.cleanup_ctx.append(metrics_ctx(config))
+        if config.metrics.address is None:
+            metrics_api.add_routes(app)
     app.cleanup_ctx.append(retention_ctx(config))
     identity_api.add_routes(app)
     identity_admin.add_routes(app)

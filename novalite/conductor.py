@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 
+from novalite import metrics
 from novalite.compute import states
 from novalite.compute.api import BuildRequest
 from novalite.compute.failures import Failure, Notification, fail_instance
@@ -55,6 +57,9 @@ async def set_error(
             release_claim=True, events=[event], notification=notification,
         ):
             log.info("error_skipped_instance_moved_on", instance_uuid=uuid)
+            metrics.boot_finished("deleted")  # the delete that moved it on ends the boot
+            return
+    metrics.boot_finished("error")
 
 
 class Conductor:
@@ -118,6 +123,7 @@ class Conductor:
         uuids = request.instance_uuids
         structlog.contextvars.bind_contextvars(request_id=request.request_id)
         started_at = datetime.now(UTC)
+        started = time.perf_counter()
         record: dict | None = None
         try:
             selections, record = await self.scheduler.select_destinations(
@@ -126,6 +132,9 @@ class Conductor:
         except Exception as exc:  # scheduler crashed: every instance gets a fault
             log.exception("select_destinations_failed")
             selections = [exc] * len(uuids)
+        took = time.perf_counter() - started
+        for _ in uuids:
+            metrics.step_took("scheduling", took)
         scheduled = [(u, sel) for u, sel in zip(uuids, selections, strict=True) if isinstance(sel, Selection)]
         if record is not None:
             async with self.pool.acquire() as conn:
@@ -280,6 +289,7 @@ class Conductor:
                         details=json.dumps({"host": host, "rescheduled_after": [h for h, _ in attempts]}),
                     )
                     self.cast_build(host, uuid, request_id, remaining, attempts, admin_password)
+                    metrics.boot_finished("rescheduled")
                     return
                 await db.event_finish(conn, uuid, request_id, EVENT, "Error", details=f"claim on {host} failed")
         summary = "; ".join(f"{h}: {r}" for h, r in attempts)

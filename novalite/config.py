@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -368,6 +368,31 @@ class RetentionConfig(_Section):
     batch_size: int = Field(1000, ge=1)
 
 
+class MetricsConfig(_Section):
+    """Prometheus metrics (novalite.metrics): recorded when enabled, served at /metrics."""
+
+    enabled: bool = True
+    # "": GET /metrics on the API port, for tokens that pass the `novalite:metrics` rule (admin);
+    # "HOST:PORT": a separate plain listener there, without auth (a Prometheus on this machine).
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if value and not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("must be empty or HOST:PORT")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The separate listener's (host, port); None: served on the API port."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Config(_Section):
     api: ApiConfig = ApiConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -386,6 +411,7 @@ class Config(_Section):
     image: ImageConfig = ImageConfig()
     retention: RetentionConfig = RetentionConfig()
     console: ConsoleConfig = ConsoleConfig()
+    metrics: MetricsConfig = MetricsConfig()
     # Empty: one shared `private` network, 10.20.0.0/24 (see novalite.network.api).
     networks: list[NetworkConfig] = []
     # Where the file came from, for relative paths and messages.

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import bcrypt
 
+from novalite import metrics
 from novalite.db import identity as q
 from novalite.exception import AccountLocked, NotAuthenticated
 
@@ -240,6 +241,7 @@ class IdentityService:
         """The token's info, or None when it is unknown, expired or revoked."""
         info = self._cache.get(token_id)
         now = datetime.now(UTC)
+        metrics.token_lookup(info is not None)
         if info is not None:
             if info.expires_at > now:
                 return info

@@ -47,6 +47,7 @@ COMPUTES = web.AppKey("computes", "dict[str, ComputeManager]")
 SERVER_ACTIONS = web.AppKey("server_actions", "ServerActions")
 WATCHDOG = web.AppKey("watchdog", "Watchdog")
 RETENTION = web.AppKey("retention", "Retention")
+METRICS = web.AppKey("metrics", "ScrapeSources")  # what a scrape of /metrics reads
 SERIAL_CONSOLES = web.AppKey("serial_consoles", "SerialConsoles")  # console URLs and their websocket
 TEST_IMAGE_TASK = web.AppKey("test_image_task", asyncio.Task)
 

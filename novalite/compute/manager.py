@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import traceback
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Coroutine
@@ -21,6 +22,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from novalite import metrics
 from novalite.compute import states
 from novalite.compute.api import finish_delete
 from novalite.compute.disks import (
@@ -63,6 +65,13 @@ MAX_CONSOLE_BYTES = 100 * 1024  # the most of a console log Nova returns
 
 # The conductor's reschedule, as the manager sees it: (uuid, request_id, alternates, attempts, admin_password).
 Reschedule = Callable[[str, str, list[str], list[tuple[str, str]], str | None], Awaitable[None]]
+
+
+def _lap(step: str, since: float) -> float:
+    """Record that a build spent the time since ``since`` in ``step``; the time now, for the next step."""
+    now = time.perf_counter()
+    metrics.step_took(step, now - since)
+    return now
 
 
 class BuildAborted(Exception):
@@ -108,6 +117,7 @@ class ComputeManager:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.host_info: HostInfo | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._builds: set[asyncio.Task] = set()  # the builds among the tasks (read at scrape)
         self._workers: list[asyncio.Task] = []
         # Fault injection for tests and drills: a build on this host fails at spawn
         # with this message; `before_step(uuid, task_state)` is awaited before each step.
@@ -244,7 +254,14 @@ class ComputeManager:
         while True:
             kind, args = await self.queue.get()
             if kind == "build":
-                self.spawn_task(self._build(*args))
+                task = asyncio.create_task(self._build(*args))
+                for tracked in (self._tasks, self._builds):
+                    tracked.add(task)
+                    task.add_done_callback(tracked.discard)
+
+    def builds_in_flight(self) -> int:
+        """Builds queued for this host or running on it (read at scrape)."""
+        return self.queue.qsize() + len(self._builds)
 
     # -- build ---------------------------------------------------------------
     def build_and_run_instance(
@@ -292,8 +309,10 @@ class ComputeManager:
                 )
                 if inst["host"] != self.host:
                     raise BuildAborted("instance is claimed on another host")
+                mark = time.perf_counter()
                 ports = await self._networking(inst, request_id)
                 made = True
+                mark = _lap("networking", mark)
                 prepared = await self._block_device_mapping(inst, request_id, ports)
                 if inst["instance_group"] is not None:
                     async with self.pool.acquire() as conn:
@@ -306,6 +325,7 @@ class ComputeManager:
                     event_details=json.dumps([d.path for d in prepared.disks]),
                 )
                 spawning = True
+                mark = _lap("block_device_mapping", mark)
                 await self.write_config_drive(inst, ports, prepared, admin_password)
                 guest = self.guest_spec(inst, [p.nic() for p in ports], prepared)
                 if self.fail_spawn:
@@ -316,9 +336,12 @@ class ComputeManager:
                     launched=True, finish_events=["compute_spawn", BUILD_EVENT], finish_action=True,
                     notification=("instance.create.end", {"host": self.host, "state": states.ACTIVE}, publisher),
                 )
+                _lap("spawning", mark)
+                metrics.boot_finished("active")
                 log.info("instance_active")
             except BuildAborted as exc:
                 log.info("build_aborted", reason=str(exc))
+                metrics.boot_finished("deleted")
                 if made:
                     await self._undo_build(uuid)
                 async with self.pool.acquire() as conn:
@@ -467,6 +490,7 @@ class ComputeManager:
                     task_state=states.SCHEDULING, host=None, node=None,
                 )
             except db.StateConflict:
+                metrics.boot_finished("deleted")  # deleted while it failed here
                 return
             await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
         await self.reschedule(uuid, request_id, alternates, attempts, admin_password)

@@ -514,3 +514,12 @@ async def latest_verdicts(conn: asyncpg.Connection, instance_uuid: str) -> async
            WHERE instance_uuid = $1::uuid ORDER BY id DESC LIMIT 1""",
         instance_uuid,
     )
+
+
+async def count_by_state(conn: asyncpg.Connection) -> list[tuple[str, str, int]]:
+    """Instances not deleted, counted by (vm_state, task_state or "none"): a few rows however many
+    instances there are (metrics read it at scrape; 5 s at most)."""
+    rows = await conn.fetch(
+        "SELECT vm_state, coalesce(task_state, 'none') AS task_state, count(*) AS n FROM instances"
+        " WHERE NOT deleted GROUP BY 1, 2", timeout=5)
+    return [(r["vm_state"], r["task_state"], r["n"]) for r in rows]

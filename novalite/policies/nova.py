@@ -1,4 +1,5 @@
-"""Nova 34's default rules (nova/policies/*.py), every rule it registers, in its order."""
+"""Nova 34's default rules (nova/policies/*.py), every rule it registers, in its order; then
+novalite's own (`novalite:*`)."""
 
 from __future__ import annotations
 
@@ -402,5 +403,7 @@ DEFAULT_RULES: tuple[RuleDefault, ...] = (
        "Update a volume attachment with a different volumeId"),
     _r("os_compute_api:os-volumes-attachments:delete", PROJECT_MEMBER_OR_ADMIN,
        "Detach a volume from an instance"),
+    # novalite's own, not Nova's: the Prometheus metrics on the API port.
+    _r("novalite:metrics", ADMIN, "Read the Prometheus metrics at GET /metrics"),
 )
 # fmt: on

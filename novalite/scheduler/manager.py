@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
+from novalite import metrics
 from novalite.config import SchedulerConfig
 from novalite.scheduler.filters import BaseFilter, build_filters, requested_resources
 from novalite.scheduler.host_state import HostState, load_host_states
@@ -103,6 +104,10 @@ class Verdicts:
             rows.append({"host": "...", "result": "passed",
                          "reason": f"{self.num_passed - len(self.weights)} lighter hosts not listed"})
         return rows
+
+    def emptied_by(self) -> str:
+        """The filter that removed the last hosts (``claim``: every claim lost a race), as metrics name it."""
+        return self.rejected[-1][1] if self.rejected else "no_hosts"
 
     def summary(self) -> str:
         if self.chosen:
@@ -312,6 +317,14 @@ class Scheduler:
             self._hosts_loaded = now
         return self._hosts
 
+    def queue_depth(self) -> int:
+        """Scheduling requests queued or being answered (read at scrape)."""
+        return self.queue.qsize() + len(self._tasks)
+
+    def cached_host_states(self) -> list[HostState] | None:
+        """The host states in memory, as the last request left them (None when none are loaded)."""
+        return self._hosts
+
     def invalidate_host_states(self) -> None:
         self._hosts = None
 
@@ -375,6 +388,7 @@ class Scheduler:
                     # Later instances of this request see this one as a member on its host.
                     group_hosts = spec["group"]["hosts"]
                     group_hosts[result.host] = group_hosts.get(result.host, 0) + 1
+                metrics.scheduled(None if isinstance(result, Selection) else result.verdicts.emptied_by())
                 results.append(result)
         # The conductor writes the record together with its own event, in one statement.
         return results, scheduling_record(uuids, results, spec, started_at)

@@ -293,7 +293,7 @@ class LibvirtDriver:
         self._state_dir = Path(state_dir) if state_dir is not None else None
         self._hostname = hostname
         # The hypervisor: one connection and one worker pool for domains, storage and networks.
-        self.host = LibvirtHost(uri, max_threads)
+        self.host = LibvirtHost(uri, max_threads, name=hostname)
         self._storage = LibvirtStorage(self.host)
         self._networks = LibvirtNetworks(self.host, self._state_dir)
         self._filters = LibvirtFilters(self.host)

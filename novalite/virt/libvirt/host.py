@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 import libvirt
 import structlog
 
+from novalite import metrics
 from novalite.virt.driver import HypervisorUnavailable, VirtError
 from novalite.virt.libvirt import eventloop
 
@@ -65,13 +67,21 @@ def silence_libvirt_stderr() -> None:
     libvirt.registerErrorHandler(_log_libvirt_error, None)
 
 
+def call_name(fn: Callable[..., Any]) -> str:
+    """A worker function's name as metrics label it: ``_spawn_sync`` is ``spawn``."""
+    name = getattr(fn, "__name__", type(fn).__name__)
+    return name.strip("_").removesuffix("_sync")
+
+
 class LibvirtHost:
     """The connection and the worker pool of one libvirt URI; see the module docstring."""
 
-    def __init__(self, uri: str, max_threads: int = 4) -> None:
+    def __init__(self, uri: str, max_threads: int = 4, name: str | None = None) -> None:
+        """``name``: the host as metrics label it (default: the URI)."""
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.uri = uri
+        self.name = name or uri
         # The test driver opened in this process: the host lives in the connection.
         self.in_process = uri.startswith("test:")
         self._executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix=f"libvirt-{id(self):x}")
@@ -103,6 +113,7 @@ class LibvirtHost:
         return await self.submit(fn, *args)
 
     def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        started = time.perf_counter() if metrics.recording() else None
         try:
             return fn(*args)
         except (libvirt.libvirtError, VirtError) as exc:
@@ -110,6 +121,9 @@ class LibvirtHost:
             if code in _DEAD_CONNECTION and not self.in_process:
                 self._stale = True
             raise
+        finally:
+            if started is not None:
+                metrics.libvirt_call(self.name, call_name(fn), time.perf_counter() - started)
 
     # ------------------------------------------------------------ the connection
 
