@@ -3,24 +3,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test e2e e2e-cloud setup system venv lint bench clean tempest
+.PHONY: run test e2e e2e-cloud setup test-setup system test-system venv lint bench clean tempest
 
 run: setup
 	$(VENV)/bin/novalite serve
 
 # The suite without real guests (simulated hosts, the real clients, crash drills): under 15 minutes.
-test: setup
+test: test-setup
 	$(PY) -m pytest -q -m "not qemu" $(PYTEST_ARGS)
 
 # Real TCG guests under qemu:///system (boot, rebuild, rescue, resize, snapshot, shelve, volumes): ~6 minutes.
-e2e: setup
+e2e: test-setup
 	$(PY) -m pytest -q -m "qemu and not cloudimage" $(PYTEST_ARGS)
 
 # The Debian cloud image (built once with mmdebstrap, cached in /var/tmp) booted with cloud-init.
-e2e-cloud: setup
+e2e-cloud: test-setup
 	$(PY) -m pytest -q -m cloudimage $(PYTEST_ARGS)
 
 setup: system venv
+
+# The suite's extra system packages (headless Chromium for the dashboard's browser tests).
+test-setup: test-system venv
 
 # Tempest's compute API tests against a fresh server (outside `make test`; ~3 minutes).
 tempest: setup
@@ -28,6 +31,9 @@ tempest: setup
 
 system:
 	bash scripts/setup-system.sh
+
+test-system:
+	bash scripts/setup-system.sh --test
 
 venv: $(STAMP)
 

@@ -5,6 +5,10 @@ set -euo pipefail
 
 PKGS="libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
 qemu-system-x86 qemu-utils dnsmasq-base iptables python3-venv python3-dev gcc mmdebstrap"
+# `--test`: what the suite adds (the dashboard's tests drive Debian's headless Chromium).
+if [ "${1:-}" = "--test" ]; then
+  PKGS="$PKGS chromium chromium-driver"
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
