@@ -14,6 +14,8 @@ from conftest import fresh_database, write_config
 from serve_process import ServeProcess, admin_token
 from test_shutdown import SIMS
 
+from novalite.api import keys
+from novalite.image import testimage
 from novalite.image.testimage import NAMES
 
 CACHE = "/var/tmp/novalite-testimage-cache"  # the test image cache other tests build into
@@ -65,3 +67,21 @@ async def test_first_start_lists_the_test_image_coming_and_then_says_ready(pg_ds
         assert f"{NAMES['ami']} active" in run.stdout
     finally:
         serve.stop()
+
+
+async def test_a_first_start_cut_short_is_redone_at_the_next_start(cloud, tmp_path):
+    """The test set a stop left queued (registered, never uploaded) does not count as images:
+    the next start removes it and builds the test guest again."""
+    cache = cloud.config.state_dir / "cache" / "testimage"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.symlink_to(CACHE)
+    status, body, _ = await cloud.request("POST", "/image/v2/images", user="admin",
+                                       json_body={"name": NAMES["ami"], "disk_format": "ami",
+                                                  "container_format": "ami"})
+    assert status == 201 and body["status"] == "queued", body
+    ids = await testimage.ensure_uploaded(cloud.config, cloud.app[keys.DB])
+    assert ids is not None and body["id"] not in ids.values()
+    status, listed, _ = await cloud.request("GET", "/image/v2/images", user="admin")
+    by_name = {i["name"]: i["status"] for i in listed["images"]}
+    assert by_name[NAMES["ami"]] == "active" and body["id"] not in {i["id"] for i in listed["images"]}
+    assert await testimage.ensure_uploaded(cloud.config, cloud.app[keys.DB]) is None  # images now exist
