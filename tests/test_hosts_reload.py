@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import time
-import uuid
 
 import aiohttp
-import asyncpg
-from conftest import fresh_database, write_config
+from conftest import REPO, fresh_database, write_config
 from serve_process import ServeProcess, admin_token
+
+sys.path.insert(0, str(REPO / "bench"))
+from boot_storm import add_image  # noqa: E402  (the benchmarks' image row)
 
 
 def sims(*names: str) -> str:
@@ -30,14 +32,7 @@ async def test_sighup_adds_a_host_and_removes_one_only_once_it_is_empty(pg_dsn, 
     try:
         serve.start()
         await serve.wait_listening(port)
-        image = str(uuid.uuid4())
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(
-            """INSERT INTO images (id, name, owner, status, visibility, disk_format, container_format, size,
-                                   min_ram, min_disk, properties)
-               VALUES ($1, 'reload-image', NULL, 'active', 'public', 'qcow2', 'bare', 1048576, 0, 0, '{}')""",
-            uuid.UUID(image))
-        await conn.close()
+        image = await add_image(dsn)  # a row with no data: enough for simulated hosts
         password = json.loads((tmp_path / "state" / "credentials.json").read_text())["admin"]
         async with aiohttp.ClientSession() as session:
             headers = {"X-Auth-Token": await admin_token(session, f"http://127.0.0.1:{port}", password),
