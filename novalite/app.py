@@ -8,7 +8,8 @@ use it, so shutdown runs the other way round.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,9 +50,9 @@ from novalite.compute.metadata import MetadataService
 from novalite.compute.recovery import recover
 from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
-from novalite.config import Config, HostConfig
+from novalite.config import Config, ConfigError, HostConfig, load_config
+from novalite.db import catalog, startup
 from novalite.db import instances as instances_db
-from novalite.db import startup
 from novalite.db.steps import StepWriter
 from novalite.foreground import Foreground
 from novalite.identity import IdentityService
@@ -141,6 +142,22 @@ def host_uri(config: Config, host: HostConfig) -> str:
     return write_test_node(nodes / f"{host.name}.xml", host.name, host.simulate.vcpus, host.simulate.memory_mb)
 
 
+async def make_compute_host(config: Config, host: HostConfig) -> ComputeHost:
+    """The driver (its connection opened lazily) and port of one configured host."""
+    uri = host_uri(config, host)
+    virt_type, reason = await resolve_virt_type(config.compute.virt_type, uri, config.compute.virt_type_probe_timeout)
+    log.info("virt_type_chosen", host=host.name, uri=uri, virt_type=virt_type, reason=reason)
+    driver = LibvirtDriver(
+        uri,
+        virt_type,
+        config.compute.libvirt_threads,
+        disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
+        state_dir=config.state_dir,
+        hostname=host.name,
+    )
+    return compute_host(host, config, driver, virt_type)
+
+
 def hosts_ctx(config: Config):
     """One virt driver per configured host -- one libvirt connection and worker pool each --
     shared by its compute manager, the network service and the volume service; closed last."""
@@ -149,19 +166,7 @@ def hosts_ctx(config: Config):
         ensure_registered()  # libvirt's event loop before the first libvirt connection
         hosts: dict[str, ComputeHost] = {}
         for host in config.hosts:
-            uri = host_uri(config, host)
-            virt_type, reason = await resolve_virt_type(config.compute.virt_type, uri,
-                                                        config.compute.virt_type_probe_timeout)
-            log.info("virt_type_chosen", host=host.name, uri=uri, virt_type=virt_type, reason=reason)
-            driver = LibvirtDriver(
-                uri,
-                virt_type,
-                config.compute.libvirt_threads,
-                disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
-                state_dir=config.state_dir,
-                hostname=host.name,
-            )
-            hosts[host.name] = compute_host(host, config, driver, virt_type)
+            hosts[host.name] = await make_compute_host(config, host)
         app[keys.HOSTS] = hosts
         try:
             yield
@@ -237,8 +242,9 @@ def volume_ctx(config: Config):
     return ctx
 
 
-def compute_ctx(config: Config):
-    """Conductor, scheduler and one compute manager per host, recovered before serving."""
+def compute_ctx(config: Config, sighup: bool = False):
+    """Conductor, scheduler and one compute manager per host, recovered before serving; with
+    ``sighup``, [[hosts]] are read again on SIGHUP (:class:`HostsReload`)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         pool = app[keys.DB]
@@ -265,10 +271,14 @@ def compute_ctx(config: Config):
         conductor = Conductor(workers, scheduler, config.scheduler, cast_build=cast_build, network_api=network_api,
                               foreground=app[keys.FOREGROUND], cast_resize=cast_resize,
                               cast_unshelve=cast_unshelve)
-        for host in config.hosts:
+        def add_manager(host: HostConfig) -> ComputeManager:
             computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
                                                 conductor.reschedule, network_api, volume_build,
                                                 image_store=image_store, peers=computes.get)
+            return computes[host.name]
+
+        for host in config.hosts:
+            add_manager(host)
         compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
                                  network_api=network_api, volume_build=volume_build, image_store=image_store)
         watchdog = Watchdog(workers, config, computes)
@@ -294,8 +304,13 @@ def compute_ctx(config: Config):
             app[keys.SERIAL_CONSOLES] = SerialConsoles(pool, config, app[keys.HOSTS])
             app[keys.INTERFACES] = attachments
             watchdog.start()
+            if sighup:
+                reload = HostsReload(app, config, add_manager)
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.request)
             yield
         finally:
+            if sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             # Accepted work runs to its end first (bounded), so a clean stop leaves nothing to recover.
             await drain({"scheduling": conductor.pending, "background": compute_api.pending,
                          **{f"host_{name}": m.pending for name, m in computes.items()}},
@@ -309,6 +324,86 @@ def compute_ctx(config: Config):
                 await manager.stop()
 
     return ctx
+
+
+class HostsReload:
+    """SIGHUP: config.toml's ``[[hosts]]`` read again and applied without a restart.
+
+    An added host gets what a host gets at start -- its driver, the configured networks and
+    its storage pool there, its compute manager (its node row, heartbeat, power sync) -- and
+    the scheduler sees it at its next request. A removed host stops, unless instances still
+    live on it: then it is refused with a log line and keeps running. A host whose entry
+    changed (same name, other settings) needs a restart, and says so. One reload at a time.
+    """
+
+    def __init__(self, app: web.Application, config: Config,
+                 add_manager: Callable[[HostConfig], ComputeManager]) -> None:
+        self.app, self.config, self.add_manager = app, config, add_manager
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    def request(self) -> None:
+        """The signal handler: a reload as a task (one after another)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> None:
+        async with self._lock:
+            try:
+                wanted = {h.name: h for h in load_config(self.config.source).hosts}
+            except ConfigError as exc:
+                log.error("hosts_reload_failed", error=str(exc), detail="the hosts stay as they were")
+                return
+            current = {h.name: h for h in self.config.hosts}
+            log.info("hosts_reload", added=sorted(wanted.keys() - current.keys()),
+                     removed=sorted(current.keys() - wanted.keys()))
+            for name in sorted(current.keys() & wanted.keys()):
+                if current[name] != wanted[name]:
+                    log.warning("host_change_needs_restart", host=name)
+            for name in sorted(current.keys() - wanted.keys()):
+                await self._remove(current[name])
+            for name in sorted(wanted.keys() - current.keys()):
+                await self._add(wanted[name])
+            self.app[keys.SCHEDULER].invalidate_host_states()
+
+    async def _add(self, host: HostConfig) -> None:
+        hosts, network_api = self.app[keys.HOSTS], self.app[keys.NETWORK_API]
+        compute_host = await make_compute_host(self.config, host)
+        hosts[host.name] = compute_host
+        try:
+            await network_api.add_host(host.name, compute_host.driver)
+            volume_api = self.app[keys.VOLUME_API]
+            await compute_host.driver.ensure_pool(volume_api.pool_def(host.name))
+            manager = self.add_manager(host)
+            await manager.init_host()
+        except Exception:
+            log.exception("host_add_failed", host=host.name)
+            self.app[keys.COMPUTES].pop(host.name, None)
+            network_api.remove_host(host.name)
+            del hosts[host.name]
+            await compute_host.driver.close()
+            return
+        manager.start()
+        self.config.hosts.append(host)
+        log.info("host_added", host=host.name)
+
+    async def _remove(self, host: HostConfig) -> None:
+        async with self.app[keys.DB].acquire() as conn:
+            left = await instances_db.count_on_host(conn, host.name)
+            if left:
+                log.error("host_removal_refused", host=host.name, instances=left,
+                          detail="instances still live on it: delete or move them, then send SIGHUP again")
+                return
+            await catalog.delete_compute_node(conn, host.name)
+        self.config.hosts.remove(host)
+        self.app[keys.SCHEDULER].invalidate_host_states()
+        manager = self.app[keys.COMPUTES].pop(host.name)
+        await manager.stop()
+        self.app[keys.NETWORK_API].remove_host(host.name)
+        compute_host = self.app[keys.HOSTS].pop(host.name)
+        await compute_host.driver.close()
+        log.info("host_removed", host=host.name)
 
 
 def metrics_ctx(config: Config):
@@ -364,8 +459,9 @@ def retention_ctx(config: Config):
     return ctx
 
 
-def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Application:
-    """Build the whole process: every API under one aiohttp app."""
+def init_app(config: Config, *, clouds_yaml: Path | None = None, sighup: bool = False) -> web.Application:
+    """Build the whole process: every API under one aiohttp app (``sighup``: hosts reload on SIGHUP,
+    for `novalite serve`)."""
     app = web.Application(
         client_max_size=config.api.max_body_bytes,
         # aiohttp answers a longer request line or header field with 400 before any handler runs
@@ -390,7 +486,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None) -> web.Applicat
     app.cleanup_ctx.append(network_ctx(config))
     app.cleanup_ctx.append(metadata_ctx(config))
     app.cleanup_ctx.append(volume_ctx(config))
-    app.cleanup_ctx.append(compute_ctx(config))
+    app.cleanup_ctx.append(compute_ctx(config, sighup))
     metrics.set_recording(config.metrics.enabled)
     if config.metrics.enabled:
         app.cleanup_ctx.append(metrics_ctx(config))

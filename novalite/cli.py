@@ -78,7 +78,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
     if (refused := preflight(config)) is not None:
         return refused
-    app = init_app(config, clouds_yaml=Path(args.clouds_yaml))
+    app = init_app(config, clouds_yaml=Path(args.clouds_yaml), sighup=True)
 
     async def settle_heap(app: web.Application) -> None:
         # What startup built (policy rules, models, hosts, connections) lives as long as the

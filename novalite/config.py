@@ -202,6 +202,9 @@ class ComputeConfig(_Section):
     # ... and to every instance on a remote host (a URI naming another machine): the metadata
     # service answers only on this machine's networks, so there the config drive is the way in.
     force_config_drive_remote: bool = True
+    # Nova's report_interval: seconds between a host's heartbeats, each written only while its
+    # libvirt connection answers (so a host whose libvirtd is gone goes down after service_down_time).
+    report_interval: float = Field(10, gt=0, description="seconds")
     # Power-state sync: libvirt lifecycle events do the work, this periodic pass is the safety net.
     power_sync_interval: float = Field(600, gt=0, description="seconds")
     # Domains on a host that no live instance owns: "log" reports them, "reap" also destroys them.

@@ -60,7 +60,6 @@ log = structlog.get_logger(__name__)
 
 BUILD_EVENT = "compute_build_and_run_instance"  # the build's action event, as Nova names it
 REBUILD_EVENT = "compute_rebuild_instance"
-HEARTBEAT_SECONDS = 10
 MAX_CONSOLE_BYTES = 100 * 1024  # the most of a console log Nova returns
 
 # The conductor's reschedule, as the manager sees it: (uuid, request_id, alternates, attempts, admin_password).
@@ -142,14 +141,18 @@ class ComputeManager:
             await conn.execute(
                 """INSERT INTO compute_nodes (host, hypervisor_hostname, uuid, service_uuid, uri, availability_zone,
                                               hypervisor_type, hypervisor_version, cpu_arch, vcpus, memory_mb,
-                                              local_gb, virt_type, cpu_model, heartbeat_at)
-                   VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
+                                              local_gb, virt_type, cpu_model, cpu_vendor, cpu_features,
+                                              cpu_topology, host_ip, booted_at, heartbeat_at)
+                   VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17,
+                           now() - make_interval(secs => $18), now())
                    ON CONFLICT (host) DO UPDATE SET uri = EXCLUDED.uri,
                        availability_zone = EXCLUDED.availability_zone, hypervisor_type = EXCLUDED.hypervisor_type,
                        hypervisor_version = EXCLUDED.hypervisor_version, cpu_arch = EXCLUDED.cpu_arch,
                        vcpus = EXCLUDED.vcpus, memory_mb = EXCLUDED.memory_mb, local_gb = EXCLUDED.local_gb,
                        virt_type = EXCLUDED.virt_type, cpu_model = EXCLUDED.cpu_model,
-                       heartbeat_at = now(), updated_at = now()""",
+                       cpu_vendor = EXCLUDED.cpu_vendor, cpu_features = EXCLUDED.cpu_features,
+                       cpu_topology = EXCLUDED.cpu_topology, host_ip = EXCLUDED.host_ip,
+                       booted_at = EXCLUDED.booted_at, heartbeat_at = now(), updated_at = now()""",
                 self.host,
                 uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"node.{self.host}.novalite"),
                 uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"service.{self.host}.novalite"),
@@ -163,6 +166,11 @@ class ComputeManager:
                 local_gb,
                 self.virt_type,
                 info.cpu_model,
+                info.cpu_vendor,
+                list(info.cpu_features),
+                json.dumps(info.cpu_topology),
+                info.host_ip,
+                info.uptime_seconds,
             )
         log.info("compute_host_ready", host=self.host, vcpus=info.vcpus, memory_mb=info.memory_mb, local_gb=local_gb)
 
@@ -237,13 +245,44 @@ class ComputeManager:
         log.warning("drill_delays_installed", host=self.host, delays=delays)
 
     async def _heartbeat(self) -> None:
+        """Nova's service heartbeat, written only while the host's libvirt connection answers: a
+        host whose libvirtd is gone goes down after ``service_down_time`` everywhere "up" is read
+        (os-services, os-hypervisors, ComputeFilter, host_status). When it answers again its
+        power states are synced at once (its lifecycle events come back with the connection)."""
+        interval = self.config.compute.report_interval
+        reachable = True
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(interval)
+            alive = await self._libvirt_answers(interval)
+            if alive != reachable:
+                reachable = alive
+                log.warning("compute_host_reachable" if alive else "compute_host_unreachable",
+                            host=self.host, uri=self.host_config.uri or "test:///")
+                if alive:
+                    self.spawn_task(self._resync())
+            if not alive:
+                continue
             try:
                 async with self.pool.acquire() as conn:
                     await conn.execute("UPDATE compute_nodes SET heartbeat_at = now() WHERE host = $1", self.host)
             except Exception:  # a missed beat is logged, the next one retries
                 log.warning("heartbeat_failed", host=self.host, exc_info=True)
+
+    async def _libvirt_answers(self, timeout: float) -> bool:
+        """Whether the host's libvirt answers within ``timeout`` s (a worker may stay on a hung host)."""
+        try:
+            return await asyncio.wait_for(self.driver.is_alive(), timeout)
+        except TimeoutError:
+            return False
+
+    async def _resync(self) -> None:
+        """A host that came back: its facts read again (it may have rebooted), its instances against
+        its domains now, not at the next periodic pass."""
+        try:
+            await self.init_host()
+            await self.power.sync_power_states()
+        except Exception:
+            log.exception("power_sync_failed", host=self.host)
 
     def spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -334,3 +334,8 @@ async def stored_limits(conn: asyncpg.Connection, project_id: str) -> dict[str, 
     """Every per-project limit row, including the legacy network resources."""
     rows = await conn.fetch("SELECT resource, hard_limit FROM quotas WHERE project_id = $1", project_id)
     return {r["resource"]: r["hard_limit"] for r in rows}
+
+
+async def delete_compute_node(conn: asyncpg.Connection, host: str) -> None:
+    """Forget a host taken out of the configuration: its node and service row (Nova's service delete)."""
+    await conn.execute("DELETE FROM compute_nodes WHERE host = $1", host)

@@ -523,3 +523,8 @@ async def count_by_state(conn: asyncpg.Connection) -> list[tuple[str, str, int]]
         "SELECT vm_state, coalesce(task_state, 'none') AS task_state, count(*) AS n FROM instances"
         " WHERE NOT deleted GROUP BY 1, 2", timeout=5)
     return [(r["vm_state"], r["task_state"], r["n"]) for r in rows]
+
+
+async def count_on_host(conn: asyncpg.Connection, host: str) -> int:
+    """Instances not deleted whose host is ``host`` (a host with any cannot be removed)."""
+    return await conn.fetchval("SELECT count(*) FROM instances WHERE host = $1 AND NOT deleted", host)

@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,7 +203,7 @@ class NetworkAPI:
     pool: asyncpg.Pool
     config: Config
     # host name → the virt driver of that host (its networks live on its hypervisor)
-    hosts: Mapping[str, VirtDriver] = field(default_factory=dict)
+    hosts: dict[str, VirtDriver] = field(default_factory=dict)
     # ids of the configured networks: on every host from the start, never made on first use
     _configured: set[str] = field(default_factory=set, init=False, repr=False)
     # (host, network id) → whether it serves DHCP, for the tenant networks made on a host
@@ -244,6 +244,18 @@ class NetworkAPI:
         for d in defs:
             log.info("network_ready", network=d.name, id=str(d.uuid), cidr=str(d.cidr), gateway=d.gateway,
                      forward=d.forward, hosts=sorted(self.hosts))
+
+    async def add_host(self, host: str, driver: VirtDriver) -> None:
+        """A host added while running (SIGHUP): the configured networks made there as at start."""
+        self.hosts[host] = driver
+        defs = await self._ensure_rows()
+        await self._ensure_on(host, driver, defs)
+        await self.firewall.sync_host(host, driver)
+
+    def remove_host(self, host: str) -> None:
+        """A host taken out while running: no network work goes there any more (its libvirt
+        networks stay on its hypervisor, as a host's guests would)."""
+        self.hosts.pop(host, None)
 
     async def _ensure_rows(self) -> list[NetworkSpec]:
         prefix = self.config.networking.libvirt_prefix

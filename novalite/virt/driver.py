@@ -256,6 +256,14 @@ class HostInfo:
     hypervisor_version: int
     cpu_arch: str
     cpu_model: str
+    # From the host's capabilities: the CPU's vendor, its features, and sockets/cores/threads/cells.
+    cpu_vendor: str = ""
+    cpu_features: tuple[str, ...] = ()
+    cpu_topology: dict[str, int] = field(default_factory=dict)
+    host_ip: str | None = None  # the address the host's URI names; None: this machine
+    # Seconds since the host booted as libvirt's node CPU times tell it (their sum over the CPUs,
+    # so a little short: steal time is not in them); None where libvirt gives no CPU times.
+    uptime_seconds: float | None = None
 
 
 # Called on the event loop with (instance_uuid, power_state, event name) whenever

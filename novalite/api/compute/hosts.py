@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import time
 
@@ -122,25 +121,28 @@ def _usage(request: web.Request, n: dict) -> dict:
 
 
 def _cpu_info(n: dict) -> dict:
-    """The CPU guests see: the host's model under KVM (host-model), qemu64 under TCG."""
+    """The host's CPU as its libvirt capabilities describe it (Nova's cpu_info); the model is the one
+    guests see: the host's under KVM (host-model), qemu64 under TCG."""
+    topology = n["cpu_topology"] if isinstance(n["cpu_topology"], dict) else json.loads(n["cpu_topology"] or "{}")
     return {
         "arch": n["cpu_arch"],
         "model": n["cpu_model"] if n["virt_type"] == "kvm" and n["cpu_model"] else "qemu64",
-        "vendor": "Intel",
-        "topology": {"cells": 1, "sockets": 1, "cores": n["vcpus"], "threads": 1},
-        "features": [],
+        "vendor": n["cpu_vendor"] or "unknown",
+        "topology": topology or {"cells": 1, "sockets": 1, "cores": n["vcpus"], "threads": 1},
+        "features": list(n["cpu_features"]),
     }
 
 
-def _uptime() -> str:
-    """The host's `uptime` line, which Nova's libvirt driver returns."""
-    with open("/proc/uptime") as f:
-        seconds = int(float(f.read().split()[0]))
-    days, rest = divmod(seconds, 86400)
+def _uptime(n: dict) -> str | None:
+    """Nova's `uptime` line from the boot time the host's libvirt reported (no users or load
+    average: libvirt does not report them); None where the host gave no boot time."""
+    if n["booted_at"] is None:
+        return None
+    seconds = int((datetime.datetime.now(datetime.UTC) - n["booted_at"]).total_seconds())
+    days, rest = divmod(max(seconds, 0), 86400)
     hours, minutes = divmod(rest // 60, 60)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     up = f"{days} days, {hours:2d}:{minutes:02d}" if days else f"{hours:2d}:{minutes:02d}"
-    return f" {time.strftime('%H:%M:%S')} up {up},  1 user,  load average: {load}"
+    return f" {time.strftime('%H:%M:%S')} up {up}"
 
 
 def hypervisor_view(request: web.Request, n: dict, detail: bool, servers: list[dict] | None = None,
@@ -156,7 +158,7 @@ def hypervisor_view(request: web.Request, n: dict, detail: bool, servers: list[d
     if detail:
         body["hypervisor_type"] = n["hypervisor_type"]
         body["hypervisor_version"] = n["hypervisor_version"]
-        body["host_ip"] = request.app[keys.CONFIG].api.listen
+        body["host_ip"] = n["host_ip"] or request.app[keys.CONFIG].api.listen  # None: this machine
         body["service"] = {
             "id": str(n["service_uuid"]) if v253 else n["id"],
             "host": n["host"],
@@ -166,7 +168,7 @@ def hypervisor_view(request: web.Request, n: dict, detail: bool, servers: list[d
             body.update(_usage(request, n))
             body["cpu_info"] = _cpu_info(n) if common.at_least(request, 28) else _cpu_json(n)
         else:
-            body["uptime"] = _uptime() if n["alive"] else None
+            body["uptime"] = _uptime(n) if n["alive"] else None
     if servers:
         body["servers"] = [{"name": s["name"], "uuid": s["uuid"]} for s in servers]
     elif with_servers and common.at_least(request, 75):
@@ -283,7 +285,7 @@ async def hypervisor_uptime(request: web.Request) -> web.Response:
     if not node["alive"]:
         raise errors.BadRequest(f"Compute service of {node['host']} is unavailable at this time.")
     body = hypervisor_view(request, node, False)
-    body["uptime"] = _uptime()
+    body["uptime"] = _uptime(node)
     return web.json_response({"hypervisor": body})
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import libvirt
 import structlog
@@ -122,6 +123,40 @@ def read_tail(path: Path, max_bytes: int) -> bytes | None:
 
 
 # ------------------------------------------------------------------------- designer
+
+def host_cpu(caps: etree._Element) -> tuple[str, tuple[str, ...], dict[str, int]]:
+    """Vendor, features and topology of the host's CPU from its capabilities (Nova's cpu_info)."""
+    cpu = caps.find("host/cpu")
+    if cpu is None:
+        return "", (), {}
+    topology = cpu.find("topology")
+    shape = {k: int(topology.get(k, "1")) for k in ("sockets", "cores", "threads")} if topology is not None else {}
+    cells = caps.find("host/topology/cells")
+    if shape and cells is not None:
+        shape["cells"] = int(cells.get("num", "1"))
+    return (cpu.findtext("vendor") or "", tuple(f.get("name", "") for f in cpu.findall("feature")), shape)
+
+
+def node_uptime(conn: libvirt.virConnect, cpus: int) -> float | None:
+    """Seconds since the host booted, from its node CPU times (all CPUs summed); None if libvirt has none."""
+    try:
+        stats = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS, 0)
+    except libvirt.libvirtError:
+        return None
+    total_ns = sum(stats.get(k, 0) for k in ("kernel", "user", "idle", "iowait"))
+    return total_ns / 1e9 / max(cpus, 1) if total_ns else None
+
+
+def uri_host_ip(uri: str) -> str | None:
+    """The address of the machine a libvirt URI names (its host resolved), None for this machine."""
+    name = urlsplit(uri).hostname
+    if not name:
+        return None
+    try:
+        return str(socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0])
+    except OSError:
+        return name
+
 
 def domain_type_for(uri: str, virt_type: str) -> str:
     """The libvirt domain type a host runs: "test" on the test driver (``test:///...``, or served
@@ -320,6 +355,7 @@ class LibvirtDriver:
         except libvirt.libvirtError as exc:
             raise _translate(exc, "cannot read host information") from exc
         cpu_model = caps.findtext("host/cpu/model") or model
+        vendor, features, topology = host_cpu(caps)
         return HostInfo(
             hostname=hostname,
             vcpus=cpus,
@@ -329,6 +365,11 @@ class LibvirtDriver:
             hypervisor_version=hv_version,
             cpu_arch=model,  # virNodeInfo.model is the host's machine arch (uname -m)
             cpu_model=cpu_model,
+            cpu_vendor=vendor,
+            cpu_features=features,
+            cpu_topology=topology,
+            host_ip=uri_host_ip(self.uri),
+            uptime_seconds=node_uptime(conn, cpus),
         )
 
     def _local_gb(self) -> int:

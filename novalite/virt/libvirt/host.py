@@ -11,8 +11,12 @@ connection and one bounded ``ThreadPoolExecutor`` whatever it is asked to do.
 - The connection is opened lazily, in a worker, by the first call that needs
   it.  Remote connections get libvirt keepalive and are opened again when they
   die (libvirtd restarted, the network dropped): before each use when
-  ``isAlive()`` says so, and after a call failed with VIR_ERR_NO_CONNECT or
-  VIR_ERR_INVALID_CONN.  A ``test:`` URI is never reopened: libvirt's test
+  ``isAlive()`` says so, when libvirt's close callback said the connection
+  closed, and after a call failed with VIR_ERR_NO_CONNECT or
+  VIR_ERR_INVALID_CONN.  A failed reopen is not tried again before a backoff
+  (1 s, doubling to 30 s) and only one worker reopens at a time: meanwhile
+  calls fail at once with HypervisorUnavailable, so an unreachable host holds
+  no worker threads and never the event loop.  A ``test:`` URI is never reopened: libvirt's test
   driver keeps the simulated host's state inside the connection object, and
   opening the same URI again gives a new, empty host.
 - Lifecycle events: one registration per host, made again on a new connection.
@@ -36,7 +40,7 @@ from novalite import metrics
 from novalite.virt.driver import HypervisorUnavailable, VirtError
 from novalite.virt.libvirt import eventloop
 
-__all__ = ["KEEPALIVE_COUNT", "KEEPALIVE_INTERVAL", "LibvirtHost", "silence_libvirt_stderr"]
+__all__ = ["KEEPALIVE_COUNT", "KEEPALIVE_INTERVAL", "RECONNECT_BACKOFF", "LibvirtHost", "silence_libvirt_stderr"]
 
 log = structlog.get_logger(__name__)
 
@@ -46,9 +50,19 @@ T = TypeVar("T")
 # declared dead after 5 unanswered ones (libvirt's own client defaults).
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 5
+# Seconds before the first retry of a failed (re)open, and the most it doubles to.
+RECONNECT_BACKOFF = (1.0, 30.0)
 
 # Error codes that mean the connection itself is gone, not the call.
 _DEAD_CONNECTION = (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN)
+
+# Why libvirt closed a connection (virConnectCloseReason), for the log.
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "eof",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "client",
+}
 
 # Called in libvirt's event dispatch with (connection, domain, event, detail, opaque).
 DomainEventHandler = Callable[[libvirt.virConnect, libvirt.virDomain, int, int, object], None]
@@ -88,6 +102,10 @@ class LibvirtHost:
         self._conn: libvirt.virConnect | None = None
         self._stale = False  # a call saw the connection die: reopen before the next use
         self._lock = threading.Lock()
+        self._reopen_lock = threading.Lock()  # one worker (re)opens; the others fail fast
+        self._connected_once = False  # the first open is waited for by every caller
+        self._retry_at = 0.0  # time.monotonic() before which no reopen is tried
+        self._backoff = RECONNECT_BACKOFF[0]
         self._closed = False
         self._on_domain_event: DomainEventHandler | None = None
         self._event_callback_id: int | None = None
@@ -128,21 +146,45 @@ class LibvirtHost:
     # ------------------------------------------------------------ the connection
 
     def connection(self) -> libvirt.virConnect:
-        """The host's connection, opened (or reopened when dead) on demand; worker threads only."""
+        """The host's connection, opened (or reopened when dead) on demand; worker threads only.
+
+        Raises HypervisorUnavailable when it cannot be had now: the open failed, a reopen is
+        in its backoff, or another worker is reopening it.
+        """
         conn = self._conn
         if conn is not None and (self.in_process or (not self._stale and self._is_alive(conn))):
             return conn  # the usual case: no lock (isAlive is a local check, no round trip)
-        with self._lock:
-            if self._closed and self._conn is None:
-                raise HypervisorUnavailable(f"host {self.uri} is closed")
-            conn = self._conn
-            if conn is not None and not self.in_process and (self._stale or not self._is_alive(conn)):
-                log.warning("libvirt_connection_lost", uri=self.uri)
-                self._forget(conn)
-                conn = None
+        if not self._reopen_lock.acquire(blocking=not self._connected_once):
+            raise HypervisorUnavailable(f"host {self.uri} is being reconnected")
+        try:
+            with self._lock:
+                if self._closed:
+                    raise HypervisorUnavailable(f"host {self.uri} is closed")
+                conn = self._conn
+                if conn is not None and not self.in_process and (self._stale or not self._is_alive(conn)):
+                    log.warning("libvirt_connection_lost", uri=self.uri)
+                    self._forget(conn)
+                    conn = None
             if conn is None:
-                conn = self._open()
+                conn = self._open_with_backoff()
             return conn
+        finally:
+            self._reopen_lock.release()
+
+    def _open_with_backoff(self) -> libvirt.virConnect:
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise HypervisorUnavailable(f"host {self.uri} is unreachable; next attempt in "
+                                        f"{self._retry_at - now:.1f} s")
+        try:
+            conn = self._open()
+        except HypervisorUnavailable:
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning("libvirt_reconnect_failed", uri=self.uri, retry_in=self._backoff)
+            self._backoff = min(self._backoff * 2, RECONNECT_BACKOFF[1])
+            raise
+        self._connected_once, self._retry_at, self._backoff = True, 0.0, RECONNECT_BACKOFF[0]
+        return conn
 
     def _open(self) -> libvirt.virConnect:
         try:
@@ -156,11 +198,22 @@ class LibvirtHost:
                 conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
             except libvirt.libvirtError as exc:
                 log.info("libvirt_keepalive_unavailable", uri=self.uri, error=exc.get_error_message())
-        self._conn, self._stale = conn, False
+            try:
+                conn.registerCloseCallback(self._on_close, None)
+            except libvirt.libvirtError as exc:
+                log.info("libvirt_close_callback_unavailable", uri=self.uri, error=exc.get_error_message())
+        with self._lock:
+            self._conn, self._stale = conn, False
         if self._on_domain_event is not None:
             self._register(conn)
         log.info("libvirt_connected", uri=self.uri)
         return conn
+
+    def _on_close(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+        """libvirt's close callback (its event loop): the connection is gone, reopen before the next use."""
+        if conn is self._conn:
+            self._stale = True
+        log.warning("libvirt_connection_closed", uri=self.uri, reason=_CLOSE_REASONS.get(reason, reason))
 
     @staticmethod
     def _is_alive(conn: libvirt.virConnect) -> bool:
@@ -172,6 +225,15 @@ class LibvirtHost:
     def _forget(self, conn: libvirt.virConnect) -> None:
         """Drop a dead connection (its event registration died with it)."""
         self._conn, self._event_callback_id = None, None
+        self._close_quietly(conn)
+
+    def _close_quietly(self, conn: libvirt.virConnect) -> None:
+        """Close a connection we are done with, its close callback first (it would only say "client")."""
+        if not self.in_process:
+            try:
+                conn.unregisterCloseCallback()
+            except libvirt.libvirtError:
+                pass
         try:
             conn.close()
         except libvirt.libvirtError:
@@ -184,7 +246,11 @@ class LibvirtHost:
 
         def probe() -> bool:
             conn = self.connection()
-            conn.getLibVersion()  # one round trip on a remote connection
+            try:
+                conn.getLibVersion()  # one round trip on a remote connection
+            except libvirt.libvirtError:
+                self._stale = not self.in_process  # whatever the code: reopen before the next use
+                raise
             return True
 
         try:
@@ -243,6 +309,6 @@ class LibvirtHost:
         try:
             if callback_id is not None:
                 conn.domainEventDeregisterAny(callback_id)
-            conn.close()
         except libvirt.libvirtError:
             log.warning("libvirt_close_failed", uri=self.uri)
+        self._close_quietly(conn)

@@ -141,6 +141,13 @@ def _is_local(host: LibvirtHost) -> bool:
     return not parts.hostname and not parts.scheme.startswith("test")
 
 
+def _shares_interfaces(host: LibvirtHost) -> bool:
+    """Whether the host's bridges are among this machine's interfaces: a local host, or a daemon on
+    this machine reached over loopback (a `scripts/lab-host.sh` host), whose bridges must not take
+    a name another daemon's bridge has."""
+    return _is_local(host) or urlsplit(host.uri).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 class LibvirtNetworks:
     """The networks of one host; blocking methods (``*_sync``) run in the host's workers.
 
@@ -175,7 +182,7 @@ class LibvirtNetworks:
             bridge = LibvirtConfigNetwork.from_xml(net.XMLDesc(0)).bridge
             if bridge:
                 used.add(bridge)
-        if _is_local(self.host) and os.path.isdir("/sys/class/net"):
+        if _shares_interfaces(self.host) and os.path.isdir("/sys/class/net"):
             used |= set(os.listdir("/sys/class/net"))
         return used
 
