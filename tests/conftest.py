@@ -42,7 +42,10 @@ async def pg_dsn():
     if os.environ.get("NOVALITE_TEST_DSN"):
         yield os.environ["NOVALITE_TEST_DSN"]
         return
-    tmp = Path(tempfile.mkdtemp(prefix="novalite-pg-"))
+    # In memory when it can be: a database per test makes a cluster of gigabytes and a
+    # hundred thousand files, whose writes and final removal crawl on a busy disk.
+    shm = Path("/dev/shm")
+    tmp = Path(tempfile.mkdtemp(prefix="novalite-pg-", dir=shm if os.access(shm, os.W_OK) else None))
     server = db.EmbeddedPostgres(tmp / "pgdata")
     dsn = await server.start()
     try:
