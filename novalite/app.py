@@ -51,6 +51,7 @@ from novalite.compute.recovery import recover
 from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
 from novalite.config import Config, ConfigError, HostConfig, load_config
+from novalite.dashboard import add_routes as add_dashboard
 from novalite.db import catalog, startup
 from novalite.db import instances as instances_db
 from novalite.db.steps import StepWriter
@@ -511,4 +512,6 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None, sighup: bool = 
     remote_consoles.add_routes(app)
     console_proxy.add_routes(app)
     healthcheck.add_routes(app)
+    if config.dashboard.enabled:
+        add_dashboard(app)
     return app

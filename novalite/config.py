@@ -396,6 +396,14 @@ class MetricsConfig(_Section):
         return host.strip("[]"), int(port)
 
 
+class DashboardConfig(_Section):
+    """The web dashboard at / (novalite.dashboard): pages that call the APIs as the logged-in user."""
+
+    enabled: bool = True
+    # Servers per page of the instances list (paged by marker, as the API pages).
+    page_size: int = Field(50, ge=1, le=1000)
+
+
 class Config(_Section):
     api: ApiConfig = ApiConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -415,6 +423,7 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     console: ConsoleConfig = ConsoleConfig()
     metrics: MetricsConfig = MetricsConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     # Empty: one shared `private` network, 10.20.0.0/24 (see novalite.network.api).
     networks: list[NetworkConfig] = []
     # Where the file came from, for relative paths and messages.

@@ -31,6 +31,10 @@ _PUBLIC = re.compile(r"^/(identity|compute|image|networking|volume)(/v[0-9.]+)?/
                      r"|^/console/serial$")
 
 
+# The web dashboard (novalite.dashboard) and / sending browsers to it: they authenticate by their own
+# session cookie and reach the APIs with the session's token, through this middleware like any client.
+_DASHBOARD = re.compile(r"^/dashboard(/.*)?$")
+
 # Answered to anyone (load balancers, systemd, monitoring); a valid admin token gets the detail.
 HEALTHCHECK_PATH = "/healthcheck"
 
@@ -157,6 +161,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.method == "GET" and _PUBLIC.match(request.path) and "auth/tokens" not in request.path:
         return await handler(request)
     if request.path == HEALTHCHECK_PATH:  # anyone; the handler reads a token itself, for the detail only
+        return await handler(request)
+    if _DASHBOARD.match(request.path):
         return await handler(request)
     info = await authenticate(request)
     if info is None:
