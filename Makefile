@@ -8,9 +8,11 @@ STAMP := $(VENV)/.installed
 run: setup
 	$(VENV)/bin/novalite serve
 
-# The suite without real guests (simulated hosts, the real clients, crash drills): under 15 minutes.
+# The suite without real guests (simulated hosts, the real clients, crash drills): under 15 minutes,
+# on TEST_WORKERS pytest-xdist workers (tests/conftest.py keeps what shares the machine on one).
+TEST_WORKERS ?= 2
 test: test-setup
-	$(PY) -m pytest -q -m "not qemu" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not qemu" $(PYTEST_ARGS)
 
 # Real TCG guests under qemu:///system (boot, rebuild, rescue, resize, snapshot, shelve, volumes): ~6 minutes.
 e2e: test-setup

@@ -36,6 +36,24 @@ VENV_BIN = REPO / ".venv" / "bin"
 setup_logging(os.environ.get("NOVALITE_TEST_LOG", "warning"), "console")
 
 
+# Modules that touch what this machine shares: qemu:///system (bridges, nwfilters, networks with
+# fixed CIDRs), network namespaces, iptables, lab libvirtds, the test image's cache. `make test`
+# runs on two xdist workers (--dist loadgroup): these go to one of them, one after another; every
+# other module is a group of its own, so its module-scoped cloud is made once.
+SHARED_MACHINE = {
+    "test_console", "test_crash", "test_doctor", "test_first_start", "test_interfaces",
+    "test_kvm_probe", "test_lab_host", "test_metadata", "test_network_forward", "test_networks",
+    "test_nwfilter", "test_security_groups_proxy", "test_tenant_datapath", "test_tenant_metadata",
+    "test_testimage", "test_virt_driver",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("machine" if module in SHARED_MACHINE else module))
+
+
 @pytest.fixture(scope="session")
 async def pg_dsn():
     """One embedded Postgres for the whole session (or $NOVALITE_TEST_DSN)."""

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import gzip
 import hashlib
 import json
@@ -456,8 +457,16 @@ def build_initramfs(busybox: Path, moddir: Path) -> bytes:
 
 
 def build(cache_dir: Path, kernel_package: str | None = None) -> TestImage:
-    """Build (or reuse from ``cache_dir``) the kernel, initramfs and disks."""
+    """Build (or reuse from ``cache_dir``) the kernel, initramfs and disks; one builder at a
+    time per cache (two starts, or the suite's parallel workers, may share it)."""
     cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(cache_dir, kernel_package)
+
+
+def _build(cache_dir: Path, kernel_package: str | None) -> TestImage:
     kernel_package = kernel_package or resolve_kernel_package()
     kdeb = fetch_deb(cache_dir / "debs", kernel_package)
     bdeb = fetch_deb(cache_dir / "debs", "busybox-static")
