@@ -106,16 +106,23 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     foreground.begin()
     try:
         resp = await handler(request)
-    except web.HTTPException as exc:
-        resp = exc
+    except web.HTTPException as exc:  # a redirect or an error aiohttp renders: raised on, as aiohttp wants
+        _answered(request, exc, request_id, started)
+        raise
     finally:
         foreground.end()
+    _answered(request, resp, request_id, started)
+    return resp
+
+
+def _answered(request: web.Request, resp: web.StreamResponse | web.HTTPException, request_id: str,
+              started: float) -> None:
+    """Echo the request id in the answer's headers and write the access line."""
     resp.headers["x-openstack-request-id"] = request_id
     if service_of(request.path) == "compute":
         resp.headers["x-compute-request-id"] = request_id
     if request.app[keys.CONFIG].log.access_log:
         log_access(request, resp.status, started)
-    return resp
 
 
 @web.middleware
