@@ -14,7 +14,7 @@ Before each scenario 2×C servers are booted and deleted (the storm meets a warm
 `--no-warmup` storms a freshly started one).
 
 Two paths (`--path real|minimal|both`, default real; every row says which):
-- real: the path a user's cloud takes. Finite compute quotas big enough for the storm (so the
+- real: the path a user's cloud takes. Finite compute and Neutron port quotas big enough for the storm (so the
   per-project check runs), `networks: auto` on one isolated network of `--cidr` (default a /16:
   a port, a fixed IP and a DHCP host entry per server on the simulated hosts), the `default`
   security group, an image uploaded through Glance with data, info-level JSON logs with
@@ -145,8 +145,13 @@ async def start_postgres(root: Path) -> tuple[EmbeddedPostgres, str]:
     return pg, dsn
 
 
+def quota_room(n: int) -> int:
+    """The real path's quotas: the storm and its warm-up, with room to spare; finite, never reached."""
+    return 2 * n + 1000
+
+
 def write_config(root: Path, dsn: str, hosts: int, port: int, path: Scenario, n: int) -> Path:
-    room = 2 * n + 1000  # the storm and its warm-up, with room to spare: finite, never reached
+    room = quota_room(n)
     quota = (f"[quota]\ninstances = {room}\ncores = {room}\nram = {room * 512}\n" if path.quota
              else "[quota]\ninstances = -1\ncores = -1\nram = -1\n")
     lines = [
@@ -289,6 +294,17 @@ async def upload_image(session: aiohttp.ClientSession, url: str, headers: dict) 
     return image_id
 
 
+async def raise_port_quota(session: aiohttp.ClientSession, url: str, headers: dict, ports: int) -> None:
+    """The real path's Neutron port quota (default 500): finite, large enough for the storm."""
+    async with session.get(f"{url}/identity/v3/auth/tokens",
+                           headers={**headers, "X-Subject-Token": headers["X-Auth-Token"]}) as r:
+        assert r.status == 200, await r.text()
+        project_id = (await r.json())["token"]["project"]["id"]
+    body = {"quota": {"port": ports}}
+    async with session.put(f"{url}/networking/v2.0/quotas/{project_id}", json=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+
+
 def server_body(name: str, image: str, path: Scenario) -> dict:
     server = {"name": name, "imageRef": image, "flavorRef": "1", "networks": path.networks}
     if path.networks != "none":
@@ -363,6 +379,8 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, pa
             headers = {"X-Auth-Token": await token(session, server.url, creds["admin"]),
                        "OpenStack-API-Version": "compute 2.latest".replace("2.latest", "latest")}
             image = await upload_image(session, server.url, headers) if path.upload else await add_image(dsn)
+            if path.quota and path.networks != "none":
+                await raise_port_quota(session, server.url, headers, quota_room(n))
             if warmup:
                 await warm_up(session, server.url, headers, image, concurrency, path)
             db = await asyncpg.connect(dsn)

@@ -251,9 +251,10 @@ async def lock_usage(conn: asyncpg.Connection, project_id: str) -> dict[str, int
 
 
 async def rederive_usage(conn: asyncpg.Connection) -> int:
-    """Set every project's usage counters (kept by triggers, see migration 0003) to what its
-    live instances add up to, in one transaction under the project rows' locks; run at each
-    start, so nothing (a restore, a hand edit) can leave a quota off. Returns the rows fixed."""
+    """Set every project's usage counters (kept by triggers, see migrations 0003 and 0005) to
+    what its live instances and its ports (DHCP ports aside) add up to, in one transaction
+    under the project rows' locks; run at each start, so nothing (a restore, a hand edit) can
+    leave a quota off. Returns the rows fixed."""
     async with conn.transaction():
         fixed = await conn.fetchval(
             """WITH live AS (SELECT project_id, count(*) AS instances, sum(vcpus) AS cores,
@@ -271,6 +272,18 @@ async def rederive_usage(conn: asyncpg.Connection) -> int:
                  UPDATE project_usage u SET instances = 0, cores = 0, ram = 0
                   WHERE (u.instances, u.cores, u.ram) IS DISTINCT FROM (0, 0, 0)
                     AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.project_id = u.project_id AND NOT i.deleted)
+                 RETURNING 1)
+               SELECT (SELECT count(*) FROM upsert) + (SELECT count(*) FROM zero)""")
+        fixed += await conn.fetchval(
+            """WITH live AS (SELECT project_id, count(*) AS ports FROM ports
+                             WHERE device_owner <> 'network:dhcp' GROUP BY project_id),
+                    upsert AS (
+                 INSERT INTO network_usage AS u (project_id, ports) SELECT project_id, ports FROM live
+                 ON CONFLICT (project_id) DO UPDATE SET ports = EXCLUDED.ports WHERE u.ports <> EXCLUDED.ports
+                 RETURNING 1),
+                    zero AS (
+                 UPDATE network_usage u SET ports = 0
+                  WHERE u.ports <> 0 AND NOT EXISTS (SELECT 1 FROM live WHERE live.project_id = u.project_id)
                  RETURNING 1)
                SELECT (SELECT count(*) FROM upsert) + (SELECT count(*) FROM zero)""")
     return fixed

@@ -199,27 +199,24 @@ async def subnet_of_network(conn: asyncpg.Connection, network_id: str) -> dict |
 
 async def free_addresses(conn: asyncpg.Connection, subnet_id: str) -> int:
     """How many addresses of the subnet's allocation pools no port holds yet (nor the gateway)."""
-    return await conn.fetchval(
-        f"""SELECT (coalesce(sum(pl.hi - pl.lo + 1), 0)
-                    - count(*) FILTER (WHERE s.gateway_ip BETWEEN pl.lo AND pl.hi)
-                    - (SELECT count(*) FROM ports p WHERE p.subnet_id = s.id
-                       AND EXISTS (SELECT 1 FROM ({_POOLS}) q WHERE p.fixed_ip BETWEEN q.lo AND q.hi)))::bigint
-            FROM subnets s LEFT JOIN LATERAL ({_POOLS}) pl ON true WHERE s.id = $1 GROUP BY s.id""",
-        uuidlib.UUID(subnet_id),
-    )
+    return await conn.fetchval(f"SELECT ({_FREE})::bigint FROM subnets s WHERE s.id = $1", uuidlib.UUID(subnet_id))
 
 
 async def free_addresses_on_network(conn: asyncpg.Connection, network_id: str) -> int:
-    """Free pool addresses over all of the network's subnets (a port takes one from the first with any)."""
-    total = 0
-    for subnet in await subnets_of_network(conn, network_id):
-        total += await free_addresses(conn, subnet["id"])
-    return total
+    """Free pool addresses over all of the network's subnets (a port takes one from the first
+    with any); one statement."""
+    return await conn.fetchval(
+        f"SELECT coalesce(sum({_FREE}), 0)::bigint FROM subnets s WHERE s.network_id = $1", uuidlib.UUID(network_id))
 
 
 # The subnet's allocation pools as rows (lo, hi), for the subnet ``s`` of the enclosing query.
 _POOLS = """SELECT (e->>'start')::inet AS lo, (e->>'end')::inet AS hi
             FROM jsonb_array_elements(s.allocation_pools) e"""
+# The free pool addresses of the subnet ``s`` of the enclosing query.
+_FREE = f"""(SELECT coalesce(sum(pl.hi - pl.lo + 1), 0) - count(*) FILTER (WHERE s.gateway_ip BETWEEN pl.lo AND pl.hi)
+             FROM ({_POOLS}) pl)
+          - (SELECT count(*) FROM ports p WHERE p.subnet_id = s.id
+             AND EXISTS (SELECT 1 FROM ({_POOLS}) q WHERE p.fixed_ip BETWEEN q.lo AND q.hi))"""
 
 
 async def subnets_of_network(conn: asyncpg.Connection, network_id: str) -> list[dict]:
@@ -472,6 +469,33 @@ async def create_port(
         if security and address is not None and security_groups:
             await set_port_groups(conn, row["id"], security_groups)
         return row
+
+
+class PortQuotaExceeded(Exception):
+    """The project's Neutron port quota has no room for another port."""
+
+
+async def create_nova_port(
+    conn: asyncpg.Connection, *, network_id: str, project_id: str, device_id: str, device_owner: str,
+    host: str | None, device_index: int, port_limit: int,
+) -> tuple[str, list[str]]:
+    """A server's port on the network with the next free address, in one statement (schema:
+    novalite_nova_port): the port quota (``port_limit`` unless the project has its own) checked
+    on the project's usage row, the address picked as :func:`create_port` picks it, and the port
+    made a member of the instance's security groups. Returns (port id, ids of the groups it
+    joined); raises PortQuotaExceeded or NoMoreAddresses."""
+    try:
+        row = await conn.fetchrow(
+            "SELECT port_id::text AS id, group_ids::text[] AS groups FROM novalite_nova_port($1, $2, $3, $4, $5, $6, $7)",
+            uuidlib.UUID(network_id), project_id, device_id, device_owner, host, device_index, port_limit,
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == "NLQ01":
+            raise PortQuotaExceeded() from None
+        if exc.sqlstate == "NLA01":
+            raise NoMoreAddresses(f"no more addresses on network {network_id}") from None
+        raise
+    return row["id"], sorted(row["groups"])
 
 
 async def _insert_port(conn: asyncpg.Connection, values: tuple) -> dict:

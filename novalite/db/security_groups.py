@@ -168,8 +168,8 @@ async def port_group_ids(conn: asyncpg.Connection, port_ids: Iterable[str]) -> d
 
 # -- what the firewall reads -------------------------------------------------------------
 
-async def filter_inputs(conn: asyncpg.Connection, port_ids: Iterable[str]) -> list[dict]:
-    """For each existing port: its MAC, IP, host, port security and the IPv4 rules of its groups,
+async def filter_inputs(conn: asyncpg.Connection, port_ids: Iterable[str], hosts: list[str]) -> list[dict]:
+    """For each existing port bound to one of ``hosts``: its MAC, IP, host, port security and the IPv4 rules of its groups,
     each remote group already expanded to the fixed IPs of that group's member ports. One statement."""
     rows = await conn.fetch(
         """SELECT p.id::text AS port_id, p.mac_address, host(p.fixed_ip) AS fixed_ip, p.host,
@@ -186,8 +186,8 @@ async def filter_inputs(conn: asyncpg.Connection, port_ids: Iterable[str]) -> li
                      FROM security_group_rules r JOIN port_security_groups ps
                        ON ps.security_group_id = r.security_group_id
                      WHERE ps.port_id = p.id AND r.ethertype = 'IPv4'), '[]') AS rules
-           FROM ports p WHERE p.id = ANY($1::uuid[])""",
-        [str(p) for p in port_ids],
+           FROM ports p WHERE p.id = ANY($1::uuid[]) AND p.host = ANY($2::text[])""",
+        [str(p) for p in port_ids], hosts,
     )
     return [dict(r) for r in rows]
 

@@ -601,6 +601,8 @@ class NetworkAPI:
             async with self.pool.acquire() as conn:
                 wanted = await self._resolve(conn, project_id, requested_networks, instance_uuid, is_admin)
                 tags: list[str | None] = []
+                joined: set[str] = set()
+                fixed_ids: list[str] = []  # ports made on a requested fixed IP
                 for index, w in enumerate(wanted):
                     if w.port is not None:
                         row = await q.bind_port(conn, w.port["id"], device_id=instance_uuid, host=host,
@@ -609,34 +611,19 @@ class NetworkAPI:
                             raise exception.Conflict(f"Port {w.port['id']} is still in use.")
                         made.append(row)
                     else:
-                        try:
-                            async with conn.transaction():
-                                await quota.reserve(conn, project_id, {"port": 1})
-                                row = await q.create_port(
-                                    conn, network_id=w.network["id"], project_id=project_id,
-                                    device_id=instance_uuid, device_owner=DEVICE_OWNER, host=host,
-                                    fixed_ip=w.fixed_ip, device_index=index,
-                                )
-                        except quota.OverQuota:
-                            raise exception.QuotaExceeded("Maximum number of ports exceeded") from None
-                        except q.AddressInUse as exc:
-                            raise exception.Invalid(
-                                f"Fixed IP address {exc.address} is already in use on instance {exc.device_id}."
-                            ) from None
-                        except q.NoMoreAddresses:
-                            raise exception.Conflict(
-                                f"No fixed IP addresses available for network: {w.network['id']}"
-                            ) from None
-                        made.append(row)
+                        port_id, groups = await self._make_port(conn, w, instance_uuid, project_id, host, index)
+                        made.append({"id": port_id})
+                        joined.update(groups)
+                        if w.fixed_ip is not None:
+                            fixed_ids.append(port_id)
                     tags.append(w.tag)
-                made_ids = [r["id"] for r, w in zip(made, wanted, strict=True) if w.port is None]
-                groups = await sg_q.join_instance_groups(conn, instance_uuid, made_ids)
+                joined.update(await sg_q.join_instance_groups(conn, instance_uuid, fixed_ids))
                 rows = await q.ports_for_devices(conn, [instance_uuid])
             ports = [_port_info(r, t, self._filter_prefix) for r, t in zip(rows, tags, strict=False)]
             driver = self.hosts.get(host) if host else None
             if driver is not None:
                 await self._plug(host, driver, ports)
-            await self._set_filters(ports, groups)
+            await self._set_filters(ports, sorted(joined))
             log.info("ports_allocated", instance_uuid=instance_uuid, host=host,
                      ports=[(p.mac, p.ip, p.network_label) for p in ports])
             return ports
@@ -644,6 +631,35 @@ class NetworkAPI:
             if made:
                 await asyncio.shield(self._undo(instance_uuid, {r["id"] for r in made}))
             raise
+
+    async def _make_port(
+        self, conn: asyncpg.Connection, w: _Wanted, instance_uuid: str, project_id: str, host: str | None,
+        index: int,
+    ) -> tuple[str, list[str]]:
+        """The server's port on ``w.network``: (its id, the security groups it joined, none yet
+        for a requested fixed IP). The next free address takes one statement; a requested one
+        goes through the general port create."""
+        try:
+            if w.fixed_ip is None:
+                return await q.create_nova_port(
+                    conn, network_id=w.network["id"], project_id=project_id, device_id=instance_uuid,
+                    device_owner=DEVICE_OWNER, host=host, device_index=index, port_limit=quota.DEFAULTS["port"],
+                )
+            async with conn.transaction():
+                await quota.reserve(conn, project_id, {"port": 1})
+                row = await q.create_port(
+                    conn, network_id=w.network["id"], project_id=project_id, device_id=instance_uuid,
+                    device_owner=DEVICE_OWNER, host=host, fixed_ip=w.fixed_ip, device_index=index,
+                )
+            return row["id"], []
+        except (quota.OverQuota, q.PortQuotaExceeded):
+            raise exception.QuotaExceeded("Maximum number of ports exceeded") from None
+        except q.AddressInUse as exc:
+            raise exception.Invalid(
+                f"Fixed IP address {exc.address} is already in use on instance {exc.device_id}."
+            ) from None
+        except q.NoMoreAddresses:
+            raise exception.Conflict(f"No fixed IP addresses available for network: {w.network['id']}") from None
 
     async def _set_filters(self, ports: list[PortInfo], joined: list[str]) -> None:
         """The ports' filters on their host before their NICs are plugged; soon after, the

@@ -83,14 +83,19 @@ class Firewall:
     def prefix(self) -> str:
         return self.config.networking.libvirt_prefix
 
+    def _enforcing(self) -> list[str]:
+        """The hosts whose filters filter (simulated hosts' do not: their ports need no filter work)."""
+        return [host for host, driver in self.hosts.items() if driver.enforces_port_filters]
+
     async def _specs(self, port_ids: Iterable[str]) -> list[tuple[str, PortFilterSpec]]:
-        """(host, spec) of each of the ports bound to a host of this cloud."""
+        """(host, spec) of each of the ports bound to a host of this cloud that enforces filters."""
         ids = list(dict.fromkeys(port_ids))
-        if not ids:
+        hosts = self._enforcing()
+        if not ids or not hosts:
             return []
         async with self.pool.acquire() as conn:
-            rows = await q.filter_inputs(conn, ids)
-        return [(r["host"], port_filter_spec(r, self.prefix)) for r in rows if r["host"] in self.hosts]
+            rows = await q.filter_inputs(conn, ids, hosts)
+        return [(r["host"], port_filter_spec(r, self.prefix)) for r in rows]
 
     async def refresh_ports(self, port_ids: Iterable[str], *, strict: bool = False) -> None:
         """Set the current filter of each port on its host. ``strict``: a failure raises (a build
@@ -108,7 +113,7 @@ class Firewall:
         """Refresh every port whose filter depends on the groups (members, and members of groups
         with rules naming them as remote group)."""
         group_ids = list(group_ids)
-        if not group_ids:
+        if not group_ids or not self._enforcing():
             return
         async with self.pool.acquire() as conn:
             ports = await q.dependent_ports(conn, group_ids)

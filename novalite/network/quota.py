@@ -5,7 +5,9 @@ Limits are Neutron's defaults (``[quota]`` of neutron.conf) overlaid by rows of
 the live rows inside the transaction that adds new ones, under a per-project
 advisory lock of its own (not the compute quota's lock, so Neutron creates never
 wait for a project's server creates), so concurrent creates at the limit admit
-exactly what fits.
+exactly what fits. Ports are the exception: their count is kept by triggers and
+their creates hold the project's counter row instead (a server's port is made in one
+statement that checks the quota on that row, without the advisory lock).
 """
 
 from __future__ import annotations
@@ -25,14 +27,20 @@ DEFAULTS: dict[str, int] = {
 UNLIMITED = -1
 
 # How each resource's usage is counted, for one project ($1). Ports include the ones Nova
-# makes for servers, as in Neutron; DHCP ports are the cloud's, not the project's.
+# makes for servers, as in Neutron; DHCP ports are the cloud's, not the project's. Ports are
+# counted by triggers into network_usage (migration 0005), read in constant time.
 _USAGE = {
     "network": "SELECT count(*) FROM networks WHERE project_id = $1",
     "subnet": "SELECT count(*) FROM subnets WHERE project_id = $1",
-    "port": "SELECT count(*) FROM ports WHERE project_id = $1 AND device_owner <> 'network:dhcp'",
+    "port": "SELECT coalesce((SELECT ports FROM network_usage WHERE project_id = $1), 0)",
     "security_group": "SELECT count(*) FROM security_groups WHERE project_id = $1",
     "security_group_rule": "SELECT count(*) FROM security_group_rules WHERE project_id = $1",
 }
+
+
+# Holds the project's port usage row to the end of the transaction (made if missing).
+_HOLD_PORTS = """INSERT INTO network_usage AS u (project_id) VALUES ($1)
+                 ON CONFLICT (project_id) DO UPDATE SET ports = u.ports"""
 
 
 class OverQuota(Exception):
@@ -74,6 +82,9 @@ async def reserve(conn: asyncpg.Connection, project_id: str, wanted: dict[str, i
     checked = {r: n for r, n in wanted.items() if n > 0 and lim.get(r, UNLIMITED) != UNLIMITED}
     if not checked:
         return
+    if "port" in checked:
+        # The builds' port creates (db.networks.create_nova_port) hold this row, not the lock above.
+        await conn.execute(_HOLD_PORTS, project_id)
     parts = ", ".join(f"({_USAGE[r]}) AS {r}" for r in checked)
     used = await conn.fetchrow(f"SELECT {parts}", project_id)
     over = sorted(r for r, n in checked.items() if used[r] + n > lim[r])

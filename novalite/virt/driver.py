@@ -565,6 +565,12 @@ class VirtDriver(Protocol):
 
     # -- packet filters (security groups) and hot-plugged NICs ------------------
 
+    @property
+    def enforces_port_filters(self) -> bool:
+        """Whether this host's filters filter anything (a simulated host's do not): where they
+        do not, the cloud skips working them out."""
+        ...
+
     async def set_port_filter(self, spec: PortFilterSpec) -> None:
         """Define or replace the port's filter; NICs referencing it follow within seconds, live."""
         ...

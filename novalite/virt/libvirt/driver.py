@@ -996,6 +996,10 @@ class LibvirtDriver:
     # ------------------------------------------------------- packet filters (see .nwfilter)
     # libvirt's test driver has no nwfilter: simulated hosts filter nothing.
 
+    @property
+    def enforces_port_filters(self) -> bool:
+        return self.domain_type != "test"
+
     async def set_port_filter(self, spec: PortFilterSpec) -> None:
         if self.domain_type != "test":
             await self.host.call(self._filters.set_sync, spec)
