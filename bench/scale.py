@@ -29,7 +29,7 @@ Prints a table and ends with one JSON line:
  "storm_active_per_s"} (list/detail: the worse of member and admin).
 
 Usage: bench/scale.py [--instances 100000] [--projects 10] [--live 20000] [--hosts 1000]
-                      [--storm 1000] [-c 50] [--samples 200] [--no-plans] [--keep]
+                      [--storm 1000] [-c 50] [--samples 200] [--no-plans] [--show-plans] [--port-groups] [--keep]
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ async def make_projects(conn: asyncpg.Connection, projects: int) -> None:
 # Instance g (0 .. N-1) of project g % P, created HISTORY_DAYS * (N - g) / N days ago: the newest
 # `live` are live (g >= N - live), on host g % H; the others were deleted a day after creation.
 # Every 10th has tag blue (every 100th red too), every 50th is locked; of the live ones every
-# 20th is stopped and every 200th in ERROR (with a fault).
+# 20th is stopped and every 200th in ERROR (with a fault). Ports join their project's default
+# group only with --port-groups ({SG}).
 _CLONE = """
 CREATE TEMP TABLE g AS
 SELECT g, md5('scale-' || g)::uuid AS uuid, 'scale-p' || (g % {P}) AS project_id, 'scale-u' || (g % {P}) AS user_id,
@@ -161,7 +162,7 @@ UPDATE subnets s SET ip_cursor = s.pool_start + 1000 + {L}
 
 INSERT INTO port_security_groups (port_id, security_group_id)
 SELECT md5('scale-port-' || g.g)::uuid, sg.id
-  FROM g JOIN security_groups sg ON sg.project_id = g.project_id AND sg.name = 'default' WHERE g.live;
+  FROM g JOIN security_groups sg ON sg.project_id = g.project_id AND sg.name = 'default' WHERE g.live AND {SG};
 
 INSERT INTO instance_faults (instance_uuid, code, message, details, host, created_at)
 SELECT g.uuid, 500, 'No valid host was found. ', '', g.host, g.created_at + interval '30 seconds'
@@ -198,13 +199,15 @@ SELECT n.event_type, n.priority, n.publisher_id, g.uuid, 'req-' || md5('c' || g.
 """
 
 
-async def load(dsn: str, template: str, instances: int, projects: int, live: int, hosts: int) -> int:
+async def load(dsn: str, template: str, instances: int, projects: int, live: int, hosts: int, port_groups: bool
+               ) -> int:
     """Clone the template server's rows into the lived database (see _CLONE); the instances it has."""
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
             await conn.execute(_CLONE.format(N=instances, P=projects, L=live, H=hosts, D=HISTORY_DAYS,
-                                             ND=NOTIFICATION_DAYS, T=template))
+                                             ND=NOTIFICATION_DAYS, T=template,
+                                             SG="true" if port_groups else "false"))
         await conn.execute("VACUUM ANALYZE")
         return await conn.fetchval("SELECT count(*) FROM instances")
     finally:
@@ -421,7 +424,8 @@ async def run(args: argparse.Namespace) -> Figures:
             server.stop()
 
             t0 = time.perf_counter()
-            figures.instances = await load(dsn, template, args.instances, args.projects, args.live, args.hosts)
+            figures.instances = await load(dsn, template, args.instances, args.projects, args.live,
+                                          args.hosts, args.port_groups)
             figures.load_s = time.perf_counter() - t0
 
             server = storm.Server(server.config, port)
@@ -508,6 +512,9 @@ async def main() -> int:
     parser.add_argument("--samples", type=int, default=200, help="GETs per index list case (detail: a quarter)")
     parser.add_argument("--no-plans", action="store_true", help="skip the EXPLAIN of every filter")
     parser.add_argument("--show-plans", action="store_true", help="print each filter's plan")
+    parser.add_argument("--port-groups", action="store_true",
+                        help="bind every loaded port to its project's default group (the start's firewall sync "
+                             "then costs ports x group members: see bench/README.md)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
     if args.live > args.instances or args.live > 60000:
