@@ -214,6 +214,19 @@ async def load(dsn: str, template: str, instances: int, projects: int, live: int
         await conn.close()
 
 
+async def storm_room(dsn: str, n: int) -> None:
+    """Room for the storm's ports in the admin project: Neutron's default port quota (500) would
+    fail every boot after the 500th at its network step."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """INSERT INTO network_quotas (project_id, resource, hard_limit)
+               SELECT id, 'port', $1 FROM projects WHERE name = 'admin'
+               ON CONFLICT (project_id, resource) DO UPDATE SET hard_limit = EXCLUDED.hard_limit""", 2 * n + 1000)
+    finally:
+        await conn.close()
+
+
 async def login(session: aiohttp.ClientSession, url: str, user: str, project: str, password: str) -> dict:
     body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": user, "domain": {"id": "default"}, "password": password}}},
@@ -419,6 +432,7 @@ async def run(args: argparse.Namespace) -> Figures:
             await make_projects(conn, args.projects)
             await conn.close()
             member = await login(session, server.url, "scale-u0", "scale-p0", password)
+            await storm_room(dsn, args.storm)
             image = await storm.upload_image(session, server.url, admin)
             template = await boot_template(session, server.url, member, image)
             server.stop()
