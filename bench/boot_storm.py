@@ -379,111 +379,120 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, pa
             headers = {"X-Auth-Token": await token(session, server.url, creds["admin"]),
                        "OpenStack-API-Version": "compute 2.latest".replace("2.latest", "latest")}
             image = await upload_image(session, server.url, headers) if path.upload else await add_image(dsn)
-            if path.quota and path.networks != "none":
-                await raise_port_quota(session, server.url, headers, quota_room(n))
-            if warmup:
-                await warm_up(session, server.url, headers, image, concurrency, path)
-            db = await asyncpg.connect(dsn)
-            await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            await db.execute("SELECT pg_stat_statements_reset()")
-            cpu0 = server.cpu_seconds()
-            storm_cpu0 = (cpu0, postgres_cpu_seconds(root / "pgdata"), time.process_time())
-            ids: list[str] = []
-            sem = asyncio.Semaphore(concurrency)
-            done_posting = asyncio.Event()
-
-            async def post(i: int, count: int) -> None:
-                body = server_body(f"storm{i}", image, path)
-                if count > 1:
-                    body["server"].update(min_count=count, max_count=count, return_reservation_id=True)
-                async with sem:
-                    t0 = time.perf_counter()
-                    async with session.post(f"{server.url}/compute/v2.1/servers", json=body, headers=headers) as r:
-                        payload = await r.json()
-                        result.post_ms.append((time.perf_counter() - t0) * 1000)
-                        if os.environ.get("BENCH_TRACE"):
-                            print(f"POST at {t0 - t_start:.3f}s {result.post_ms[-1]:.1f} ms", file=sys.stderr)
-                        if r.status != 202:
-                            result.errors += count
-                            print(f"POST failed {r.status}: {payload}", file=sys.stderr)
-                        elif count == 1:
-                            ids.append(payload["server"]["id"])
-
-            async def prober() -> None:
-                while not done_posting.is_set():
-                    if ids:
-                        t0 = time.perf_counter()
-                        async with session.get(f"{server.url}/compute/v2.1/servers/{ids[-1]}", headers=headers) as r:
-                            await r.read()
-                        result.get_ms.append((time.perf_counter() - t0) * 1000)
-                        if os.environ.get("BENCH_TRACE"):
-                            print(f"GET at {t0 - t_start:.3f}s {result.get_ms[-1]:.1f} ms", file=sys.stderr)
-                    await asyncio.sleep(0.02)
-
-            async def scraper() -> None:  # a Prometheus scraping every 5 s (a usual interval is 15 s)
-                while METRICS and not done_posting.is_set():
-                    async with session.get(f"{server.url}/metrics", headers=headers) as r:
-                        await r.read()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(done_posting.wait(), 5)
-
-            t_start = time.perf_counter()
-            if os.environ.get("BENCH_TRACE"):
-                print(f"STORM START {time.time():.3f}", file=sys.stderr)
-            probe = asyncio.create_task(prober())
-            scrapes = asyncio.create_task(scraper())
-            if batch > 1:
-                await asyncio.gather(*(post(i, min(batch, n - i)) for i in range(0, n, batch)))
-            else:
-                await asyncio.gather(*(post(i, 1) for i in range(n)))
-            result.posts_s = time.perf_counter() - t_start
-            # every POST has returned, so each of its servers is listed: BUILD until it is ACTIVE or ERROR
-            while await any_building(session, server.url, headers):
-                await asyncio.sleep(POLL_INTERVAL)
-            result.storm_s = time.perf_counter() - t_start
-            result.storm_cpu = tuple(b - a for a, b in zip(storm_cpu0, (
-                server.cpu_seconds(), postgres_cpu_seconds(root / "pgdata"), time.process_time()), strict=True))
-            done_posting.set()
-            await probe
-            await scrapes
-            created = n - result.errors  # servers whose POST was accepted
-            errored = await count_status(session, server.url, headers, "ERROR")
-            if await count_status(session, server.url, headers, "ACTIVE") + errored != created:
-                raise RuntimeError("servers went missing: ACTIVE + ERROR != accepted")
-            result.errors += errored
-            result.statements = (await db.fetchval(
-                # top-level statements only: what the server sends, not FK checks or trigger bodies
-                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE toplevel"
-                " AND query NOT ILIKE '%pg_stat_statements%'"
-            )) / max(1, n)
-            if SQL_TOP:
-                rows = await db.fetch(
-                    """SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) AS q
-                       FROM pg_stat_statements WHERE toplevel ORDER BY total_exec_time DESC LIMIT $1""", SQL_TOP)
-                for r in rows:
-                    print(f"{r['calls'] / n:6.2f}/boot {r['total_exec_time'] / r['calls']:6.3f} ms  {r['q']}",
-                          file=sys.stderr)
-            result.oversubscribed = await db.fetchval(
-                """SELECT count(*) FROM compute_nodes n JOIN (SELECT host, sum(vcpus) v, sum(memory_mb) m
-                   FROM allocations GROUP BY host) a ON a.host = n.host
-                   WHERE a.v > n.vcpus * 16.0 OR a.m > n.memory_mb * 1.5 - 512"""
-            )
-            result.incomplete_actions = await db.fetchval(
-                """SELECT count(*) FROM instance_actions a WHERE a.action = 'create' AND (a.finish_time IS NULL
-                   OR EXISTS (SELECT 1 FROM instance_actions_events e WHERE e.action_id = a.id AND e.finish_time IS NULL))"""
-            )
-            t_del = time.perf_counter()  # delete everything (listing the ids included)
-            result.errors += await delete_all(session, server.url, headers, concurrency)
-            result.delete_s = time.perf_counter() - t_del
-            result.cpu_s = server.cpu_seconds() - cpu0
-            result.rss_mb = server.peak_rss_mb()
-            await db.close()
+            await run_storm(session, server, headers, image, dsn, root / "pgdata", result, path, batch, warmup)
         finally:
             server.stop()
             await pg.stop()
             if not keep:
                 shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+async def run_storm(session: aiohttp.ClientSession, server: Server, headers: dict, image: str, dsn: str,
+                    pgdata: Path, result: Result, path: Scenario, batch: int = 1, warmup: bool = True) -> None:
+    """The storm itself on a running server: result.n servers booted with result.concurrency POSTs
+    at a time (batches of `batch` when > 1) in the token's project, waited for, checked, deleted;
+    the figures go into `result`. The project must have no servers before."""
+    n, concurrency = result.n, result.concurrency
+    if path.quota and path.networks != "none":
+        await raise_port_quota(session, server.url, headers, quota_room(n))
+    if warmup:
+        await warm_up(session, server.url, headers, image, concurrency, path)
+    db = await asyncpg.connect(dsn)
+    await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    await db.execute("SELECT pg_stat_statements_reset()")
+    cpu0 = server.cpu_seconds()
+    storm_cpu0 = (cpu0, postgres_cpu_seconds(pgdata), time.process_time())
+    ids: list[str] = []
+    sem = asyncio.Semaphore(concurrency)
+    done_posting = asyncio.Event()
+
+    async def post(i: int, count: int) -> None:
+        body = server_body(f"storm{i}", image, path)
+        if count > 1:
+            body["server"].update(min_count=count, max_count=count, return_reservation_id=True)
+        async with sem:
+            t0 = time.perf_counter()
+            async with session.post(f"{server.url}/compute/v2.1/servers", json=body, headers=headers) as r:
+                payload = await r.json()
+                result.post_ms.append((time.perf_counter() - t0) * 1000)
+                if os.environ.get("BENCH_TRACE"):
+                    print(f"POST at {t0 - t_start:.3f}s {result.post_ms[-1]:.1f} ms", file=sys.stderr)
+                if r.status != 202:
+                    result.errors += count
+                    print(f"POST failed {r.status}: {payload}", file=sys.stderr)
+                elif count == 1:
+                    ids.append(payload["server"]["id"])
+
+    async def prober() -> None:
+        while not done_posting.is_set():
+            if ids:
+                t0 = time.perf_counter()
+                async with session.get(f"{server.url}/compute/v2.1/servers/{ids[-1]}", headers=headers) as r:
+                    await r.read()
+                result.get_ms.append((time.perf_counter() - t0) * 1000)
+                if os.environ.get("BENCH_TRACE"):
+                    print(f"GET at {t0 - t_start:.3f}s {result.get_ms[-1]:.1f} ms", file=sys.stderr)
+            await asyncio.sleep(0.02)
+
+    async def scraper() -> None:  # a Prometheus scraping every 5 s (a usual interval is 15 s)
+        while METRICS and not done_posting.is_set():
+            async with session.get(f"{server.url}/metrics", headers=headers) as r:
+                await r.read()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done_posting.wait(), 5)
+
+    t_start = time.perf_counter()
+    if os.environ.get("BENCH_TRACE"):
+        print(f"STORM START {time.time():.3f}", file=sys.stderr)
+    probe = asyncio.create_task(prober())
+    scrapes = asyncio.create_task(scraper())
+    if batch > 1:
+        await asyncio.gather(*(post(i, min(batch, n - i)) for i in range(0, n, batch)))
+    else:
+        await asyncio.gather(*(post(i, 1) for i in range(n)))
+    result.posts_s = time.perf_counter() - t_start
+    # every POST has returned, so each of its servers is listed: BUILD until it is ACTIVE or ERROR
+    while await any_building(session, server.url, headers):
+        await asyncio.sleep(POLL_INTERVAL)
+    result.storm_s = time.perf_counter() - t_start
+    result.storm_cpu = tuple(b - a for a, b in zip(storm_cpu0, (
+        server.cpu_seconds(), postgres_cpu_seconds(pgdata), time.process_time()), strict=True))
+    done_posting.set()
+    await probe
+    await scrapes
+    created = n - result.errors  # servers whose POST was accepted
+    errored = await count_status(session, server.url, headers, "ERROR")
+    if await count_status(session, server.url, headers, "ACTIVE") + errored != created:
+        raise RuntimeError("servers went missing: ACTIVE + ERROR != accepted")
+    result.errors += errored
+    result.statements = (await db.fetchval(
+        # top-level statements only: what the server sends, not FK checks or trigger bodies
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE toplevel"
+        " AND query NOT ILIKE '%pg_stat_statements%'"
+    )) / max(1, n)
+    if SQL_TOP:
+        rows = await db.fetch(
+            """SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) AS q
+               FROM pg_stat_statements WHERE toplevel ORDER BY total_exec_time DESC LIMIT $1""", SQL_TOP)
+        for r in rows:
+            print(f"{r['calls'] / n:6.2f}/boot {r['total_exec_time'] / r['calls']:6.3f} ms  {r['q']}",
+                  file=sys.stderr)
+    result.oversubscribed = await db.fetchval(
+        """SELECT count(*) FROM compute_nodes n JOIN (SELECT host, sum(vcpus) v, sum(memory_mb) m
+           FROM allocations GROUP BY host) a ON a.host = n.host
+           WHERE a.v > n.vcpus * 16.0 OR a.m > n.memory_mb * 1.5 - 512"""
+    )
+    result.incomplete_actions = await db.fetchval(
+        """SELECT count(*) FROM instance_actions a WHERE a.action = 'create' AND (a.finish_time IS NULL
+           OR EXISTS (SELECT 1 FROM instance_actions_events e WHERE e.action_id = a.id AND e.finish_time IS NULL))"""
+    )
+    t_del = time.perf_counter()  # delete everything (listing the ids included)
+    result.errors += await delete_all(session, server.url, headers, concurrency)
+    result.delete_s = time.perf_counter() - t_del
+    result.cpu_s = server.cpu_seconds() - cpu0
+    result.rss_mb = server.peak_rss_mb()
+    await db.close()
 
 
 def print_table(rows: list[Result]) -> None:

@@ -8,6 +8,7 @@ policy: what a caller may filter or sort by is decided before the query gets her
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,6 +47,15 @@ class ServerListQuery:
     not_tags: list[str] | None = None  # lacks one of them at least
     not_tags_any: list[str] | None = None  # has none of them
     locked: bool | None = None
+
+
+# A uuid as Postgres prints it (lower case, dashed): only such device ids name an instance.
+_UUID_TEXT = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def _is_shown_uuid(value: str) -> bool:
+    """Whether `value` is a uuid written as the API writes them (what ``uuid::text`` gives)."""
+    return re.fullmatch(_UUID_TEXT, value) is not None
 
 
 class MarkerNotFound(Exception):
@@ -90,9 +100,11 @@ async def list_servers(conn: asyncpg.Connection, q: ServerListQuery) -> list[asy
     for pattern, family in ((q.ip, 4), (q.ip6, 6)):
         if pattern is not None:
             # Nova matches the regex at the start of each fixed IP of the instance.
+            # The ports are few next to the instances (deleted ones have none): the matching
+            # ports' device ids, as uuids, probe the instances' primary key.
             where.append(
-                f"uuid::text IN (SELECT device_id FROM ports WHERE family(fixed_ip) = {family} "
-                f"AND host(fixed_ip) ~ ('^(?:' || {arg(pattern)} || ')'))"
+                f"uuid IN (SELECT CASE WHEN device_id ~ '{_UUID_TEXT}' THEN device_id::uuid END FROM ports "
+                f"WHERE family(fixed_ip) = {family} AND host(fixed_ip) ~ ('^(?:' || {arg(pattern)} || ')'))"
             )
     for column, value in (
         ("reservation_id", q.reservation_id), ("flavor->>'flavorid'", q.flavor), ("image_ref", q.image),
@@ -107,13 +119,15 @@ async def list_servers(conn: asyncpg.Connection, q: ServerListQuery) -> list[asy
         if tags is not None:
             where.append(condition.format(arg(tags)))
     if q.locked is not None:
-        where.append(f"locked = {arg(q.locked)}")
+        where.append("locked" if q.locked else "NOT locked")  # a constant, so the partial index on locked matches
     order = [f"{column} {direction.upper()}" for column, direction in q.sort]
     order.append("id DESC")
     keyset = [column for column, _ in q.sort] == ["created_at"]
     marker_id = None
     if q.marker is not None:
-        marker_id = await conn.fetchval("SELECT id FROM instances WHERE uuid::text = $1", q.marker)
+        # Compared as a uuid (the primary key), for markers in the form the API shows them only.
+        marker_id = await conn.fetchval("SELECT id FROM instances WHERE uuid = $1::uuid", q.marker) if (
+            _is_shown_uuid(q.marker)) else None
         if marker_id is None:
             raise MarkerNotFound(q.marker)
         if keyset:
