@@ -195,7 +195,7 @@ bdm AS (
     INSERT INTO block_device_mappings ({", ".join(_BDM_COLUMNS)})
     SELECT {", ".join(f"coalesce(b.{c}, false)" if c == "delete_on_termination" else f"b.{c}" for c in _BDM_COLUMNS)}
     FROM jsonb_to_recordset($2::jsonb) AS b({_recordset(_BDM_COLUMNS)})
-    WHERE b.instance_uuid IN (SELECT uuid FROM ins)),
+    WHERE EXISTS (SELECT FROM ins)),  -- all instances got in or none; a join here would reorder the BDMs
 mem AS (
     INSERT INTO instance_group_members (group_uuid, instance_uuid)
     SELECT $3::uuid, uuid FROM ins WHERE $3::uuid IS NOT NULL),
