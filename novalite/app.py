@@ -161,7 +161,7 @@ def hosts_ctx(config: Config):
                 state_dir=config.state_dir,
                 hostname=host.name,
             )
-            hosts[host.name] = compute_host(host, config, driver, virt_type)
+            hosts[host.name] = compute_host(host, config, driver, virt_type, app[keys.DB])
         app[keys.HOSTS] = hosts
         try:
             yield
