@@ -143,7 +143,7 @@ async def test_guest_runs_from_a_volume_lists_its_volumes_and_takes_hotplug(volu
     assert root["bootable"] == "true"
     cfg = await driver.get_domain_config(sid)
     disks = {d.target_dev: d.source_path for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk)}
-    pool_dir = cloud.config.state_dir / "volumes" / "local"
+    pool_dir = Path(cloud.app[keys.VOLUME_API].pool_def("local").target)  # on the host, not under the state dir
     assert disks["vda"] == str(pool_dir / f"volume-{root_id}")  # the guest runs from the volume
     assert disks["vdb"] == str(pool_dir / f"volume-{blank_id}")
     assert disks["vdc"] == str(pool_dir / f"volume-{snap_vol_id}")

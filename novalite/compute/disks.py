@@ -206,14 +206,14 @@ class InstanceStore:
         if size:
             await self.driver.grow_volume(self.pool.name, self.volume(uuid, name), size)
 
-    async def copy(self, uuid: str, names: Iterable[str], dest: InstanceStore, rename: str = "") -> None:
-        """Copy the instance's volumes ``names`` to ``dest`` (another host's pool, or this one with
-        ``rename`` appended to each name), standalone: an overlay is flattened by the host first
-        (its backing file is a path of this host). Between hosts the data streams through novalite
-        (download here, upload there): the hosts share nothing."""
-        for name in names:
+    async def copy(self, uuid: str, names: Iterable[tuple[str, str]], dest: InstanceStore) -> None:
+        """Copy the instance's volumes, (name here, name there) pairs, to ``dest`` (another host's
+        pool, or this one), standalone: an overlay is flattened by the host first (its backing file
+        is a path of this host). Between hosts the data streams through novalite (download here,
+        upload there): the hosts share nothing."""
+        for name, new_name in names:
             source = self.volume(uuid, name)
-            target = dest.volume(uuid, name + rename)
+            target = dest.volume(uuid, new_name)
             info = await self.driver.volume_info(self.pool.name, source)
             if info is None:
                 continue

@@ -135,6 +135,7 @@ class ComputeManager:
         info = await self.driver.init_host()
         self.host_info = info
         await self.store.ensure_pool()
+        await self.remove_orphan_volumes()
         local_gb = self.host_config.disk_gb or info.local_gb
         if self.host_config.simulate is not None:
             local_gb = self.host_config.simulate.disk_gb
@@ -584,6 +585,24 @@ class ComputeManager:
         if self.volume_build is not None:
             await self.volume_build.attached_disks(uuid, prepared)
         return prepared
+
+    async def remove_orphan_volumes(self) -> list[str]:
+        """At start: the volumes of instances that are deleted or unknown go (a delete or a build
+        cut off between the domain and its volumes); a live instance's stay, whichever host it is on
+        (a resize in progress has volumes on both)."""
+        found = await self.store.instance_uuids()
+        if not found:
+            return []
+        async with self.pool.acquire() as conn:
+            live = {str(u) for u in await conn.fetchval(
+                "SELECT coalesce(array_agg(uuid), '{}') FROM instances WHERE uuid = ANY($1::uuid[]) AND NOT deleted",
+                list(found))}
+        orphans = sorted(found - live)
+        for uuid in orphans:
+            await self.store.remove(uuid)
+        if orphans:
+            log.info("orphan_volumes_removed", host=self.host, instances=orphans)
+        return orphans
 
     async def prune_image_cache(self) -> list[str]:
         """Nova's image cache manager pass: cached images no instance of this host refers to

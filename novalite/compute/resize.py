@@ -439,9 +439,9 @@ class ResizeManager:
         store = self.manager.store
         names = [n for n in await store.names(uuid) if n in MOVED]
         if dest.store is store:  # the same host: the originals are kept as <name>_resize for a revert
-            await store.copy(uuid, names, store, rename=RESIZE_SUFFIX)
+            await store.copy(uuid, [(n, n + RESIZE_SUFFIX) for n in names], store)
         else:  # another host: the originals stay here as they are until confirm/revert
-            await store.copy(uuid, names, dest.store)
+            await store.copy(uuid, [(n, n) for n in names], dest.store)
 
     async def _undo_migrate_disk(self, inst: asyncpg.Record, dest: ComputeManager, migration: asyncpg.Record
                                  ) -> None:
@@ -654,8 +654,7 @@ class ResizeManager:
         if not kept:
             return
         await store.remove(uuid, kept)
-        for name in kept:
-            await store.copy(uuid, [name + RESIZE_SUFFIX], store, rename="")
+        await store.copy(uuid, [(n + RESIZE_SUFFIX, n) for n in kept], store)
         await store.remove(uuid, [n + RESIZE_SUFFIX for n in kept])
 
     async def restore_source(self, inst: asyncpg.Record, migration: asyncpg.Record, dest: ComputeManager | None
