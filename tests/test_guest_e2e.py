@@ -31,6 +31,7 @@ from conftest import start_cloud, stop_cloud, tables_containing
 from novalite.api import keys
 from novalite.image import testimage
 from novalite.virt.libvirt.metadata import prune_redirects
+from novalite.virt.libvirt.storage import purge_pools
 
 CACHE = Path(os.environ.get("NOVALITE_TEST_IMAGE_CACHE", "/var/tmp/novalite-testimage-cache"))
 
@@ -96,16 +97,7 @@ cidr = "10.{net}.7.0/24"
                     if net_obj.isActive():
                         net_obj.destroy()
                     net_obj.undefine()
-            for pool in conn.listAllStoragePools(0):  # the instance and volume pools share the prefix
-                if pool.name().startswith(f"{tag}-"):
-                    if not pool.isActive():
-                        pool.create(0)
-                    pool.refresh(0)
-                    for vol in pool.listAllVolumes(0):
-                        vol.delete(0)
-                    pool.destroy()
-                    pool.delete(0)  # its directory on the host (under /var/lib/libvirt/images)
-                    pool.undefine()
+            purge_pools(conn, f"{tag}-")  # the instance and volume pools share the prefix
         finally:
             conn.close()
         prune_redirects(f"{tag}-", set())  # the networks' metadata redirects went with them

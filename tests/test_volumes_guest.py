@@ -24,6 +24,7 @@ from novalite.api import keys
 from novalite.image import testimage
 from novalite.virt.libvirt.config import LibvirtConfigGuestDisk
 from novalite.virt.libvirt.metadata import prune_redirects
+from novalite.virt.libvirt.storage import purge_pools
 
 pytestmark = pytest.mark.qemu
 GiB = 1024**3
@@ -45,15 +46,7 @@ def _cleanup_libvirt(prefix: str, domains: list[str]) -> None:
                 if dom.isActive():
                     dom.destroy()
                 dom.undefine()
-        for pool in conn.listAllStoragePools(0):
-            if pool.name().startswith(prefix):
-                if not pool.isActive():
-                    pool.create(0)
-                for vol in pool.listAllVolumes(0):
-                    vol.delete(0)
-                pool.destroy()
-                pool.delete(0)
-                pool.undefine()
+        purge_pools(conn, prefix)
         for net in conn.listAllNetworks(0):
             if net.name().startswith(prefix):
                 if net.isActive():

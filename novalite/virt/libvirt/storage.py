@@ -36,7 +36,7 @@ from novalite.virt.driver import (
 from novalite.virt.libvirt.config import LibvirtConfigStoragePool, LibvirtConfigStorageVolume
 from novalite.virt.libvirt.host import LibvirtHost
 
-__all__ = ["CHUNK", "LibvirtStorage", "design_pool", "design_sized_volume", "design_volume"]
+__all__ = ["CHUNK", "LibvirtStorage", "design_pool", "design_sized_volume", "design_volume", "purge_pools"]
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +71,26 @@ def design_sized_volume(name: str, capacity: int, fmt: str, backing: VolumeInfo 
     if backing is not None:
         vol.backing_path, vol.backing_format = backing.path, backing.format
     return vol
+
+
+def purge_pools(conn: libvirt.virConnect, prefix: str) -> list[str]:
+    """Remove every pool whose name starts with ``prefix`` with its volumes and its directory on the
+    host (a cloud's teardown: tests, benchmarks; pools live on the host, not in a state directory)."""
+    gone = []
+    for pool in conn.listAllStoragePools(0):
+        if not pool.name().startswith(prefix):
+            continue
+        if not pool.isActive():
+            pool.create(0)
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            vol.delete(0)
+        pool.destroy()
+        with contextlib.suppress(libvirt.libvirtError):  # a logical pool's volume group stays the operator's
+            pool.delete(0)
+        pool.undefine()
+        gone.append(pool.name())
+    return gone
 
 
 def _error(exc: libvirt.libvirtError, what: str) -> VirtError:
