@@ -45,6 +45,7 @@ from boot_storm import wait_serving  # noqa: E402
 from novalite import db as novadb  # noqa: E402
 from novalite.image import testimage  # noqa: E402
 from novalite.virt.libvirt.metadata import prune_redirects  # noqa: E402
+from novalite.virt.libvirt.storage import purge_pools  # noqa: E402
 from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
@@ -97,12 +98,7 @@ class QemuHost:
                     if net.isActive():
                         net.destroy()
                     net.undefine()
-            for name in conn.listStoragePools() + conn.listDefinedStoragePools():
-                if name.startswith(prefix):
-                    pool = conn.storagePoolLookupByName(name)
-                    if pool.isActive():
-                        pool.destroy()
-                    pool.undefine()
+            purge_pools(conn, prefix)
         finally:
             conn.close()
         prune_redirects(prefix, set())  # the metadata redirects of the networks just removed

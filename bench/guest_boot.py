@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from boot_storm import free_port, start_postgres, token, wait_serving  # noqa: E402
 
 from novalite.image import testimage  # noqa: E402
+from novalite.virt.libvirt.storage import purge_pools  # noqa: E402
 
 INIT_DONE = "NOVALITE-GUEST: init done"
 
@@ -106,12 +107,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[lis
                 if net.isActive():
                     net.destroy()
                 net.undefine()
-        for name in conn.listStoragePools() + conn.listDefinedStoragePools():
-            if name.startswith(f"nlb{tag}-"):
-                pool = conn.storagePoolLookupByName(name)
-                if pool.isActive():
-                    pool.destroy()
-                pool.undefine()
+        purge_pools(conn, f"nlb{tag}-")
         conn.close()
     return to_active, to_init, str(root)
 

@@ -143,8 +143,9 @@ def host_uri(config: Config, host: HostConfig) -> str:
     return write_test_node(nodes / f"{host.name}.xml", host.name, host.simulate.vcpus, host.simulate.memory_mb)
 
 
-async def make_compute_host(config: Config, host: HostConfig) -> ComputeHost:
-    """The driver (its connection opened lazily) and port of one configured host."""
+async def make_compute_host(config: Config, host: HostConfig, pool: asyncpg.Pool) -> ComputeHost:
+    """The driver (its connection opened lazily) and port of one configured host (``pool``
+    gives its image cache Glance's checksums)."""
     uri = host_uri(config, host)
     virt_type, reason = await resolve_virt_type(config.compute.virt_type, uri, config.compute.virt_type_probe_timeout)
     log.info("virt_type_chosen", host=host.name, uri=uri, virt_type=virt_type, reason=reason)
@@ -156,7 +157,7 @@ async def make_compute_host(config: Config, host: HostConfig) -> ComputeHost:
         state_dir=config.state_dir,
         hostname=host.name,
     )
-    return compute_host(host, config, driver, virt_type)
+    return compute_host(host, config, driver, virt_type, pool)
 
 
 def hosts_ctx(config: Config):
@@ -167,7 +168,7 @@ def hosts_ctx(config: Config):
         ensure_registered()  # libvirt's event loop before the first libvirt connection
         hosts: dict[str, ComputeHost] = {}
         for host in config.hosts:
-            hosts[host.name] = await make_compute_host(config, host)
+            hosts[host.name] = await make_compute_host(config, host, app[keys.DB])
         app[keys.HOSTS] = hosts
         try:
             yield
@@ -370,7 +371,7 @@ class HostsReload:
 
     async def _add(self, host: HostConfig) -> None:
         hosts, network_api = self.app[keys.HOSTS], self.app[keys.NETWORK_API]
-        compute_host = await make_compute_host(self.config, host)
+        compute_host = await make_compute_host(self.config, host, self.app[keys.DB])
         hosts[host.name] = compute_host
         try:
             await network_api.add_host(host.name, compute_host.driver)

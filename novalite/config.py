@@ -222,6 +222,10 @@ class ComputeConfig(_Section):
     # server at once, -1 never, N > 0 a periodic pass offloads servers shelved longer than N seconds.
     shelved_offload_time: int = Field(0, ge=-1)
     shelved_poll_interval: float = Field(3600, gt=0, description="seconds")
+    # Where each host keeps its instance pool (disks, config drives, console logs, the image
+    # cache): the directory <instance_pool_target>/<libvirt_prefix>instances-<host> on the HOST,
+    # made by libvirt; nothing of an instance is on novalite's own disk (novalite.compute.disks).
+    instance_pool_target: str = Field("/var/lib/libvirt/images", pattern=r"^/")
 
     def forces_config_drive(self, host: HostConfig) -> bool:
         """Whether every instance on ``host`` gets a config drive, asked for or not (no connection needed)."""
@@ -327,7 +331,7 @@ class VolumeConfig(_Section):
     # libvirt pool name = prefix + host name (several clouds can share one libvirtd);
     # unset: networking.libvirt_prefix, so one prefix names all of a cloud's libvirt objects.
     pool_prefix: str | None = None
-    # "dir": qcow2 files under pool_target (default <state dir>/volumes/<host>);
+    # "dir": qcow2 files under pool_target/<host> on the host (default: [compute] instance_pool_target/<pool name>);
     # "logical": raw LVs in the volume group pool_source (made by the operator).
     pool_type: Literal["dir", "logical"] = "dir"
     pool_target: Path | None = None
@@ -341,6 +345,15 @@ class VolumeConfig(_Section):
     reap_interval: float = Field(5, gt=0)
     # Seconds a live detach waits for the guest to let the disk go before retrying / failing.
     detach_timeout: float = Field(20, gt=0)
+
+
+class ImageCacheConfig(_Section):
+    """Nova's [image_cache]: each host's cached images (volumes of its instance pool)."""
+
+    # Seconds between passes that remove cached images no instance of the host uses any more.
+    manager_interval: float = Field(2400, gt=0, description="seconds")
+    # A cached image is removed once unused for this long (seen unused by consecutive passes).
+    remove_unused_original_minimum_age_seconds: float = Field(86400, ge=0, description="seconds")
 
 
 class ImageConfig(_Section):
@@ -420,6 +433,7 @@ class Config(_Section):
     metadata: MetadataConfig = MetadataConfig()
     volume: VolumeConfig = VolumeConfig()
     image: ImageConfig = ImageConfig()
+    image_cache: ImageCacheConfig = ImageCacheConfig()
     retention: RetentionConfig = RetentionConfig()
     console: ConsoleConfig = ConsoleConfig()
     metrics: MetricsConfig = MetricsConfig()

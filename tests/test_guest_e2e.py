@@ -31,6 +31,7 @@ from conftest import start_cloud, stop_cloud, tables_containing
 from novalite.api import keys
 from novalite.image import testimage
 from novalite.virt.libvirt.metadata import prune_redirects
+from novalite.virt.libvirt.storage import purge_pools
 
 CACHE = Path(os.environ.get("NOVALITE_TEST_IMAGE_CACHE", "/var/tmp/novalite-testimage-cache"))
 
@@ -96,11 +97,7 @@ cidr = "10.{net}.7.0/24"
                     if net_obj.isActive():
                         net_obj.destroy()
                     net_obj.undefine()
-            for pool in conn.listAllStoragePools(0):  # the volume pool shares the prefix
-                if pool.name().startswith(f"{tag}-"):
-                    if pool.isActive():
-                        pool.destroy()
-                    pool.undefine()
+            purge_pools(conn, f"{tag}-")  # the instance and volume pools share the prefix
         finally:
             conn.close()
         prune_redirects(f"{tag}-", set())  # the networks' metadata redirects went with them
@@ -111,6 +108,12 @@ cidr = "10.{net}.7.0/24"
 async def guest_cloud(pg_dsn, test_image):
     async with qemu_cloud(pg_dsn, test_image) as cloud:
         yield cloud
+
+
+def libvirt_xml(xml: str):
+    from lxml import etree
+
+    return etree.fromstring(xml.encode())
 
 
 async def console(cloud, server_id: str) -> str:
@@ -183,22 +186,40 @@ async def test_guest_proves_config_drive_user_data_files_and_lease(guest_cloud):
     )
     assert len(tail["output"].splitlines()) <= 3
 
-    inst_dir = cloud.config.state_dir / "instances" / "local" / server_id
-    assert (inst_dir / "disk").exists() and (inst_dir / "disk.config").exists()
+    # Everything of the guest is a volume of the host's instance pool; its domain names no path of
+    # novalite's state directory (the same code serves a host on another machine).
+    store = cloud.app[keys.HOSTS]["local"].store
+    xml = await store.driver.domain_xml(server_id)
+    assert str(cloud.config.state_dir) not in xml and str(cloud.config.state_dir.resolve()) not in xml
+    conn = libvirt.open("qemu:///system")
+    try:
+        pool = conn.storagePoolLookupByName(store.pool.name)
+        pool.refresh(0)
+        volumes = {v.path(): v.name() for v in pool.listAllVolumes(0)}
+        dom = libvirt_xml(xml)
+        sources = [d.get("file") for d in dom.findall("devices/disk/source")]
+        assert sources and all(src in volumes for src in sources), (sources, volumes)
+        assert dom.find("devices/serial/log").get("file") in volumes  # the console log too
+        assert {f"{server_id}_disk", f"{server_id}_disk.config", f"{server_id}_console.log"} <= set(volumes.values())
+    finally:
+        conn.close()
+    config_drive = Path(tempfile.mkdtemp()) / "disk.config"
+    await store.driver.download_volume(store.pool.name, store.volume(server_id, "disk.config"), config_drive)
     iso = pycdlib.PyCdlib()
-    iso.open(str(inst_dir / "disk.config"))
+    iso.open(str(config_drive))
     try:
         out = io.BytesIO()
         iso.get_file_from_iso_fp(out, rr_path="/openstack/latest/meta_data.json")
     finally:
         iso.close()
+        shutil.rmtree(config_drive.parent)
     assert json.loads(out.getvalue())["admin_pass"] == admin_pass
     network_api = cloud.app[keys.NETWORK_API]
     status, _, _ = await cloud.compute("DELETE", f"/servers/{server_id}")
     assert status == 204
     await wait_for_status(cloud, server_id, "DELETED", timeout=60)
     assert server_id not in await cloud.app[keys.COMPUTES]["local"].driver.list_instance_uuids()
-    assert not inst_dir.exists()
+    assert await store.names(server_id) == []  # delete leaves no volume behind
     assert await network_api.ports_for_instance(server_id) == []
     conn = libvirt.open("qemu:///system")
     try:
@@ -264,7 +285,11 @@ async def test_rescue_boots_the_rescue_disk_with_the_own_disk_second_and_unrescu
         "networks": "auto"}})
     assert status == 202, body
     server_id = body["server"]["id"]
-    inst_dir = cloud.config.state_dir / "instances" / "local" / server_id
+    store = cloud.app[keys.HOSTS]["local"].store  # the host's instance pool
+
+    async def rescue_volumes() -> list[str]:
+        return sorted(n for n in await store.names(server_id) if n.endswith(".rescue"))
+
     root_bytes = 1024**3  # flavor 1's root disk
     try:
         server = await wait_for_status(cloud, server_id, {"ACTIVE", "ERROR"}, timeout=180)
@@ -280,8 +305,7 @@ async def test_rescue_boots_the_rescue_disk_with_the_own_disk_second_and_unrescu
         text = await wait_console(cloud, server_id, "NOVALITE-GUEST: init done")
         assert "disk vda size=1048576" in text and f"disk vdb size={root_bytes}" in text, text
         assert f"admin_pass_sha256={hashlib.sha256(b'Rescue-Pass-42').hexdigest()}" in text
-        assert sorted(p.name for p in inst_dir.glob("*.rescue")) == [
-            "disk.config.rescue", "disk.rescue", "kernel.rescue", "ramdisk.rescue"]
+        assert await rescue_volumes() == ["disk.config.rescue", "disk.rescue"]  # kernel, ramdisk: the cached images
         assert await tables_containing(cloud, "Rescue-Pass-42") == []
         status, _, _ = await cloud.compute("POST", f"/servers/{server_id}/action", json_body={"unrescue": None})
         assert status == 202
@@ -290,9 +314,9 @@ async def test_rescue_boots_the_rescue_disk_with_the_own_disk_second_and_unrescu
         text = await wait_console(cloud, server_id, "NOVALITE-GUEST: init done")
         assert f"disk vda size={root_bytes}" in text and "disk vdb" not in text, text
         assert "admin_pass_sha256=" + hashlib.sha256(b"Rescue-Pass-42").hexdigest() not in text
-        assert list(inst_dir.glob("*.rescue")) == []
+        assert await rescue_volumes() == []
     finally:
         status, _, _ = await cloud.compute("DELETE", f"/servers/{server_id}")
         assert status == 204
         await wait_for_status(cloud, server_id, "DELETED", timeout=60)
-    assert not inst_dir.exists()
+    assert await store.names(server_id) == []

@@ -157,30 +157,43 @@ async def test_openstack_cli_rebuilds(cloud):
 
 
 async def test_rebuild_disks_keep_the_ephemeral_disk_only_when_asked(tmp_path):
-    """preserve_ephemeral: the root is made anew from the image, the ephemeral disk's data stays."""
-    from novalite.compute.disks import ImageCache, prepare_local_disks, qemu_img
+    """preserve_ephemeral: the root is made anew from the image, the ephemeral volume's data stays."""
+    import uuid as uuidlib
 
-    store = tmp_path / "images"
-    store.mkdir()
+    from novalite.compute.disks import InstanceStore, prepare_local_disks, qemu_img
+    from novalite.virt.driver import StoragePoolSpec
+    from novalite.virt.libvirt.driver import LibvirtDriver
+
+    store_dir = tmp_path / "images"
+    store_dir.mkdir()
     image = "00000000-0000-4000-8000-000000000003"
-    await qemu_img("create", "-q", "-f", "raw", str(store / image), "1M")
-    cache = ImageCache(tmp_path / "_base", store)
-    inst_dir = tmp_path / "inst"
+    await qemu_img("create", "-q", "-f", "raw", str(store_dir / image), "1M")
+    pool = StoragePoolSpec(name=f"rbt{uuidlib.uuid4().hex[:8]}-instances", type="dir", target=str(tmp_path / "pool"))
+    uuid = str(uuidlib.uuid4())
     flavor = {"root_gb": 1, "ephemeral_gb": 1, "swap": 0}
+    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as driver:
+        store = InstanceStore(driver, pool, False, store_dir, None, tmp_path / "scratch")
+        await store.ensure_pool()
+        try:
+            async def disks(keep: bool) -> None:
+                await store.remove(uuid, ["disk"] if keep else ["disk", "disk.eph0"])  # what a rebuild removes
+                await prepare_local_disks(store=store, uuid=uuid, image={"id": image, "disk_format": "raw"},
+                                          kernel_id="", ramdisk_id="", flavor=flavor, write_files=True,
+                                          keep_ephemeral=keep)
 
-    async def disks(keep: bool) -> None:
-        for name in ("disk", "disk.config"):  # what the host removes before it rebuilds
-            (inst_dir / name).unlink(missing_ok=True)
-        if not keep:
-            (inst_dir / "disk.eph0").unlink(missing_ok=True)
-        await prepare_local_disks(cache=cache, inst_dir=inst_dir, image={"id": image, "disk_format": "raw"},
-                                  kernel_id="", ramdisk_id="", flavor=flavor, write_files=True, keep_ephemeral=keep)
-
-    await disks(keep=False)
-    eph = inst_dir / "disk.eph0"
-    with eph.open("ab") as f:  # data the guest wrote on its ephemeral disk
-        f.write(b"guest data")
-    await disks(keep=True)
-    assert eph.read_bytes().endswith(b"guest data")
-    await disks(keep=False)
-    assert not eph.read_bytes().endswith(b"guest data")
+            eph = tmp_path / "pool" / f"{uuid}_disk.eph0"
+            await disks(keep=False)
+            with eph.open("ab") as f:  # data the guest wrote on its ephemeral disk
+                f.write(b"guest data")
+            await disks(keep=True)
+            assert eph.read_bytes().endswith(b"guest data")
+            await disks(keep=False)
+            assert not eph.read_bytes().endswith(b"guest data")
+        finally:
+            await store.remove(uuid)
+            for name in await driver.list_volumes(pool.name):
+                await driver.delete_volume(pool.name, name)
+            conn = driver.host.connection()
+            sp = conn.storagePoolLookupByName(pool.name)
+            sp.destroy()
+            sp.undefine()

@@ -20,11 +20,12 @@ async def act(cloud, server_id: str, body: dict, version: str = "2.79", user: st
 
 
 async def disks(cloud, server_id: str) -> list[tuple[str, str, str]]:
-    """The domain's disks in XML order: (target, device, file name)."""
+    """The domain's disks in XML order: (target, device, name) -- the instance's volumes of its host's
+    pool are ``<uuid>_<name>``."""
     async with cloud.app[keys.DB].acquire() as conn:
         host = await conn.fetchval("SELECT host FROM instances WHERE uuid = $1::uuid", server_id)
     cfg = await cloud.app[keys.COMPUTES][host].driver.get_domain_config(server_id)
-    return [(d.target_dev, d.source_device, d.source_path.rsplit("/", 1)[-1])
+    return [(d.target_dev, d.source_device, d.source_path.rsplit("/", 1)[-1].removeprefix(f"{server_id}_"))
             for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk)]
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 
 import pytest
 from conftest import wait_for_status
 from test_guest_e2e import console, qemu_cloud, test_image, wait_console  # noqa: F401  (test_image is a fixture)
+
+from novalite.api import keys
 
 pytestmark = pytest.mark.qemu
 
@@ -70,18 +71,18 @@ async def test_resize_gives_the_guest_more_memory_and_a_bigger_disk(resize_cloud
         text = await boot_count(cloud, sid, 1)  # the resized guest's console log starts anew
         mem, disk = facts(text)
         assert 512 * 1024 < mem <= 768 * 1024 and disk == 2 * 1024**3
-        inst_dir = Path(cloud.config.state_dir) / "instances" / "local"
-        assert (inst_dir / f"{sid}_resize").is_dir()  # kept for a revert until the confirm
+        store = cloud.app[keys.HOSTS]["local"].store
+        assert "disk_resize" in await store.names(sid)  # the original kept for a revert until the confirm
         status, body, _ = await cloud.compute("POST", f"/servers/{sid}/action", json_body={"confirmResize": None})
         assert status == 204, body
         server = await wait_for_status(cloud, sid, "ACTIVE", timeout=60)
         assert server["flavor"]["original_name"] == "resize-big"
         for _ in range(50):
-            if not (inst_dir / f"{sid}_resize").exists():
+            if "disk_resize" not in await store.names(sid):
                 break
             await asyncio.sleep(0.2)
-        assert not (inst_dir / f"{sid}_resize").exists()
-        assert (inst_dir / sid / "disk").is_file()
+        names = await store.names(sid)
+        assert "disk" in names and not [n for n in names if n.endswith("_resize")], names
     finally:
         await cloud.compute("DELETE", f"/servers/{sid}")
         await wait_for_status(cloud, sid, "DELETED", timeout=60)
@@ -105,8 +106,8 @@ async def test_revert_brings_back_the_old_guest(resize_cloud):
         text = await boot_count(cloud, sid, 1)  # the guest's log starts anew when its domain starts
         mem, disk = facts(text)
         assert mem < 512 * 1024 and disk == 1024**3
-        inst_dir = Path(cloud.config.state_dir) / "instances" / "local"
-        assert not (inst_dir / f"{sid}_resize").exists()
+        names = await cloud.app[keys.HOSTS]["local"].store.names(sid)
+        assert not [n for n in names if n.endswith("_resize")], names
     finally:
         await cloud.compute("DELETE", f"/servers/{sid}")
         await wait_for_status(cloud, sid, "DELETED", timeout=60)

@@ -14,6 +14,7 @@ from test_nwfilter import _dumpxml, _rules, needs_libvirtd
 from novalite.api import keys
 from novalite.network.firewall import filter_name
 from novalite.virt.libvirt.metadata import prune_redirects
+from novalite.virt.libvirt.storage import purge_pools
 
 SG = "/os-security-groups"
 RULES = "/os-security-group-rules"
@@ -331,7 +332,8 @@ def _remove_libvirt_objects(prefix: str) -> None:
         for f in conn.listAllNWFilters():
             if f.name().startswith(prefix):
                 f.undefine()
-        for obj in [*conn.listAllNetworks(), *conn.listAllStoragePools()]:
+        purge_pools(conn, prefix)
+        for obj in conn.listAllNetworks():
             if obj.name().startswith(prefix):
                 if obj.isActive():
                     obj.destroy()

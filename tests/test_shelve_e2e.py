@@ -18,6 +18,8 @@ from test_guest_e2e import guest_cloud, test_image, wait_console  # noqa: F401, 
 from test_snapshot import wait_image
 from test_snapshot_e2e import image_head
 
+from novalite.api import keys
+
 pytestmark = pytest.mark.qemu
 
 
@@ -35,7 +37,6 @@ async def test_shelve_offload_and_unshelve_keep_the_guests_disk(guest_cloud):  #
         server = await wait_for_status(cloud, sid, {"ACTIVE", "ERROR"}, timeout=180)
         assert server["status"] == "ACTIVE", server.get("fault")
         await wait_console(cloud, sid, f"NOVALITE-GUEST: disk_marker_written={marker}")
-        inst_dir = cloud.config.state_dir / "instances" / "local" / sid
 
         status, _, _ = await cloud.compute("POST", f"/servers/{sid}/action", json_body={"shelve": None})
         assert status == 202
@@ -48,7 +49,7 @@ async def test_shelve_offload_and_unshelve_keep_the_guests_disk(guest_cloud):  #
                 conn.lookupByUUIDString(sid)  # the domain is gone from the host
         finally:
             conn.close()
-        assert not inst_dir.exists()
+        assert await cloud.app[keys.HOSTS]["local"].store.names(sid) == []  # no volume left on the host
         _, images, _ = await cloud.request("GET", "/image/v2/images?name=shelf-shelved")
         [image] = images["images"]
         assert image["disk_format"] == "qcow2" and image["size"] > 0

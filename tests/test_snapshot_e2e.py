@@ -21,6 +21,8 @@ from conftest import wait_for_status
 from test_guest_e2e import guest_cloud, test_image, wait_console  # noqa: F401, F811  (fixtures)
 from test_snapshot import wait_image, wait_task_done
 
+from novalite.api import keys
+
 pytestmark = pytest.mark.qemu
 
 
@@ -54,7 +56,7 @@ async def test_snapshot_of_a_running_guest_boots_with_its_disk_contents(guest_cl
         server = await wait_for_status(cloud, sid, {"ACTIVE", "ERROR"}, timeout=180)
         assert server["status"] == "ACTIVE", server.get("fault")
         await wait_console(cloud, sid, f"NOVALITE-GUEST: disk_marker_written={marker}")
-        disk = cloud.config.state_dir / "instances" / "local" / sid / "disk"
+        disk = Path(cloud.app[keys.HOSTS]["local"].store.path(sid, "disk"))  # this machine's host: a local file
         chain_before = disk_chain(disk)
 
         # Live: the guest keeps running while its disk is copied.

@@ -205,17 +205,31 @@ async def test_local_gb_from_state_dir(node_uri: str, tmp_path: Path) -> None:
     assert host.local_gb == st.f_blocks * st.f_frsize // 1024**3
 
 
-async def test_console_output_is_the_tail_of_the_log_the_domain_names(drv: LibvirtDriver, tmp_path: Path) -> None:
-    log = tmp_path / "console.log"
-    spec = make_spec("test", console_log_path=str(log))
-    assert await drv.get_console_output(spec.instance_uuid, 100) is None  # no domain
-    await drv.spawn(spec)
-    assert await drv.get_console_output(spec.instance_uuid, 100) is None  # nothing written yet
-    log.write_bytes(b"a" * 500 + b"\nlast line\n")
-    assert await drv.get_console_output(spec.instance_uuid, 11) == b"\nlast line\n"
-    assert len(await drv.get_console_output(spec.instance_uuid, 100)) == 100
-    await drv.destroy(spec.instance_uuid)
-    assert await drv.get_console_output(spec.instance_uuid, 100) is None
+async def test_console_output_is_the_tail_of_the_log_the_domain_names(tmp_path: Path) -> None:
+    """The serial log is a file of a pool on the host, read back through a stream (virStorageVolDownload):
+    the log a stopped (defined) domain names too, none before the guest wrote it."""
+    pool = StoragePoolSpec(name=f"nlcon{uuid.uuid4().hex[:8]}", type="dir", target=str(tmp_path / "pool"))
+    log = tmp_path / "pool" / "console.log"
+    spec = make_spec("qemu", console_log_path=str(log), disks=[], nics=[])
+    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as drv:
+        conn = drv.host.connection()
+        await drv.ensure_pool(pool)
+        try:
+            assert await drv.get_console_output(spec.instance_uuid, 100) is None  # no domain
+            conn.defineXML(drv.design(spec).to_xml())
+            assert await drv.get_console_output(spec.instance_uuid, 100) is None  # nothing written yet
+            log.write_bytes(b"a" * 500 + b"\nlast line\n")  # as the host's virtlogd writes it
+            assert await drv.get_console_output(spec.instance_uuid, 11) == b"\nlast line\n"
+            assert len(await drv.get_console_output(spec.instance_uuid, 100)) == 100
+            log.write_bytes(b"a" * 600)  # grown since: the tail is read afresh
+            assert await drv.get_console_output(spec.instance_uuid, 1000) == b"a" * 600
+        finally:
+            await drv.destroy(spec.instance_uuid)
+            for name in await drv.list_volumes(pool.name):
+                await drv.delete_volume(pool.name, name)
+            sp = conn.storagePoolLookupByName(pool.name)
+            sp.destroy()
+            sp.undefine()
 
 
 @pytest.mark.asyncio

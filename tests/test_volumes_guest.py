@@ -24,6 +24,7 @@ from novalite.api import keys
 from novalite.image import testimage
 from novalite.virt.libvirt.config import LibvirtConfigGuestDisk
 from novalite.virt.libvirt.metadata import prune_redirects
+from novalite.virt.libvirt.storage import purge_pools
 
 pytestmark = pytest.mark.qemu
 GiB = 1024**3
@@ -45,15 +46,7 @@ def _cleanup_libvirt(prefix: str, domains: list[str]) -> None:
                 if dom.isActive():
                     dom.destroy()
                 dom.undefine()
-        for pool in conn.listAllStoragePools(0):
-            if pool.name().startswith(prefix):
-                if not pool.isActive():
-                    pool.create(0)
-                for vol in pool.listAllVolumes(0):
-                    vol.delete(0)
-                pool.destroy()
-                pool.delete(0)
-                pool.undefine()
+        purge_pools(conn, prefix)
         for net in conn.listAllNetworks(0):
             if net.name().startswith(prefix):
                 if net.isActive():
@@ -143,7 +136,7 @@ async def test_guest_runs_from_a_volume_lists_its_volumes_and_takes_hotplug(volu
     assert root["bootable"] == "true"
     cfg = await driver.get_domain_config(sid)
     disks = {d.target_dev: d.source_path for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk)}
-    pool_dir = cloud.config.state_dir / "volumes" / "local"
+    pool_dir = Path(cloud.app[keys.VOLUME_API].pool_def("local").target)  # on the host, not under the state dir
     assert disks["vda"] == str(pool_dir / f"volume-{root_id}")  # the guest runs from the volume
     assert disks["vdb"] == str(pool_dir / f"volume-{blank_id}")
     assert disks["vdc"] == str(pool_dir / f"volume-{snap_vol_id}")

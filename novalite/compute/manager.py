@@ -25,11 +25,7 @@ import structlog
 from novalite import metrics
 from novalite.compute import states
 from novalite.compute.api import finish_delete
-from novalite.compute.disks import (
-    PreparedDisks,
-    prepare_local_disks,
-    remove_instance_files,
-)
+from novalite.compute.disks import PreparedDisks, prepare_local_disks
 from novalite.compute.failures import (
     Failure,
     Notification,
@@ -50,6 +46,7 @@ from novalite.config import Config, HostConfig
 from novalite.db import instances as db
 from novalite.db.steps import BuildStep, StepWriter
 from novalite.network import NetworkAPI, PortInfo, network_data
+from novalite.periodic import Periodic
 from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt import power_state
 from novalite.virt.configdrive import build_config_drive
@@ -100,10 +97,10 @@ class ComputeManager:
         self.host = host.name
         self.network_api = network_api
         self.volume_build = volume_build  # a build's volumes: prepared, undone, released
-        # libvirt's test driver: the same domains are described, but no files are written.
+        # libvirt's test driver: the same domains are described, but no volumes are made.
         self.simulated = compute_host.simulated
-        self.instances_dir = compute_host.instances_dir  # resolved once: builds use it often
-        self.image_cache = compute_host.image_cache
+        self.store = compute_host.store  # the host's instance pool: image cache, instance volumes
+        self.scratch = compute_host.scratch  # this machine's working files (config drives before upload)
         self.virt_type = compute_host.virt_type  # "auto" already resolved by the wiring
         self.host_config = host
         self.driver = compute_host.driver  # owned by the wiring (app.py), which closes it
@@ -124,16 +121,20 @@ class ComputeManager:
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
         self.power = PowerManager(self.host, self.driver, pool, locks, config, self.spawn_task)
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
-                                        self.instances_dir, self.simulated, self.spawn_task)
+                                        self.store, self.scratch, self.spawn_task)
         self.resize = ResizeManager(self, peers or (lambda _host: None))
         self.rescue = RescueManager(self)
         self.shelve = ShelveManager(self, image_store)
+        self._image_cache = Periodic(f"image-cache-{self.host}", config.image_cache.manager_interval,
+                                     self.prune_image_cache)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
         """Connect to the hypervisor and register/refresh this host's compute node row."""
         info = await self.driver.init_host()
         self.host_info = info
+        await self.store.ensure_pool()
+        await self.remove_orphan_volumes()
         local_gb = self.host_config.disk_gb or info.local_gb
         if self.host_config.simulate is not None:
             local_gb = self.host_config.simulate.disk_gb
@@ -181,9 +182,11 @@ class ComputeManager:
         self._workers.append(self.power.start())
         self._resize_confirmer = self.resize.start()
         self.shelve.start()
+        self._image_cache.start()
 
     async def stop(self) -> None:
         await self.shelve.stop()
+        await self._image_cache.stop()
         for w in self._workers:
             w.cancel()
         if getattr(self, "_resize_confirmer", None) is not None:
@@ -390,13 +393,12 @@ class ComputeManager:
                 await self._build_failed(uuid, request_id, alternates, attempts, exc, made, spawning, admin_password)
 
     async def _undo_build(self, uuid: str) -> None:
-        """Remove the domain and files this host made for an instance (ports stay: they move with it)."""
+        """Remove the domain and volumes this host made for an instance (ports stay: they move with it)."""
         try:
             await self.driver.destroy(uuid)
         except Exception:
             log.exception("cleanup_destroy_failed")
-        if not self.simulated:
-            await remove_instance_files(self.instances_dir / uuid)
+        await self.store.remove(uuid)
         if self.volume_build is not None:  # a failed build: volumes it made go, claimed ones stay reserved
             await self.volume_build.undo_build(uuid)
 
@@ -435,8 +437,8 @@ class ComputeManager:
                 row = await conn.fetchrow("SELECT disk_format FROM images WHERE id::text = $1", image["id"])
             image["disk_format"] = row["disk_format"] if row else "raw"
         prepared = await prepare_local_disks(
-            cache=self.image_cache,
-            inst_dir=self.instances_dir / uuid,
+            store=self.store,
+            uuid=uuid,
             image=image,
             kernel_id=inst["kernel_id"],
             ramdisk_id=inst["ramdisk_id"],
@@ -461,17 +463,23 @@ class ComputeManager:
         """Build the config drive ISO (label config-2) when asked for or forced by config; the
         admin password is in its meta_data.json (and nowhere else on this side).
 
-        A rescue writes its own (``disk.config.rescue``) without the injected files, as Nova's."""
+        A rescue writes its own (``disk.config.rescue``) without the injected files, as Nova's.
+        The ISO is built on this machine and uploaded as a volume of the host's instance pool."""
         if not self.wants_config_drive(inst):
             return
         uuid = str(inst["uuid"])
-        path = self.instances_dir / uuid / name
-        prepared.add_config_drive(path)
+        prepared.add_config_drive(self.store.path(uuid, name))
         if self.simulated:
             return
         meta = instance_meta(inst, self.host_config.availability_zone, admin_password)
         injected = injected_files(inst) if files else []
-        await asyncio.to_thread(build_config_drive, path, meta, user_data(inst), injected, network_data(ports))
+        local = self.scratch / self.store.volume(uuid, name)
+        await asyncio.to_thread(local.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(build_config_drive, local, meta, user_data(inst), injected, network_data(ports))
+            await self.store.upload(uuid, name, local)
+        finally:
+            await asyncio.to_thread(local.unlink, True)
 
     def guest_spec(self, inst: asyncpg.Record, nics: list[NicSpec], prepared: PreparedDisks) -> GuestSpec:
         flavor = inst["flavor"]
@@ -486,7 +494,7 @@ class ComputeManager:
             kernel=prepared.kernel,
             ramdisk=prepared.ramdisk,
             cmdline=prepared.cmdline,
-            console_log_path=str(self.instances_dir / str(inst["uuid"]) / "console.log"),
+            console_log_path=self.store.path(str(inst["uuid"]), "console.log"),
             metadata={
                 "display_name": inst["display_name"],
                 "flavor_name": flavor["name"],
@@ -603,22 +611,46 @@ class ComputeManager:
     async def _rebuild_disks(self, inst: asyncpg.Record, preserve_ephemeral: bool) -> PreparedDisks:
         """The rebuilt guest's disks: local ones made anew from the image, the volumes it has in use."""
         uuid = str(inst["uuid"])
-        inst_dir = self.instances_dir / uuid
-        if not self.simulated:
-            gone = ["disk", "disk.config", "disk.swap", "kernel", "ramdisk"]
-            if not preserve_ephemeral:
-                gone.append("disk.eph0")
-            for name in gone:
-                (inst_dir / name).unlink(missing_ok=True)
+        gone = ["disk", "disk.config", "disk.swap"]
+        if not preserve_ephemeral:
+            gone.append("disk.eph0")
+        await self.store.remove(uuid, gone)
         image = dict((inst["request_spec"] or {}).get("image") or {}, id=inst["image_ref"] or "")
         prepared = await prepare_local_disks(
-            cache=self.image_cache, inst_dir=inst_dir, image=image, kernel_id=inst["kernel_id"],
+            store=self.store, uuid=uuid, image=image, kernel_id=inst["kernel_id"],
             ramdisk_id=inst["ramdisk_id"], flavor=inst["flavor"], write_files=not self.simulated,
             keep_ephemeral=preserve_ephemeral, root_file=not (inst["request_spec"] or {}).get("root_is_volume"),
         )
         if self.volume_build is not None:
             await self.volume_build.attached_disks(uuid, prepared)
         return prepared
+
+    async def remove_orphan_volumes(self) -> list[str]:
+        """At start: the volumes of instances that are deleted or unknown go (a delete or a build
+        cut off between the domain and its volumes); a live instance's stay, whichever host it is on
+        (a resize in progress has volumes on both)."""
+        found = await self.store.instance_uuids()
+        if not found:
+            return []
+        async with self.pool.acquire() as conn:
+            live = {str(u) for u in await conn.fetchval(
+                "SELECT coalesce(array_agg(uuid), '{}') FROM instances WHERE uuid = ANY($1::uuid[]) AND NOT deleted",
+                list(found))}
+        orphans = sorted(found - live)
+        for uuid in orphans:
+            await self.store.remove(uuid)
+        if orphans:
+            log.info("orphan_volumes_removed", host=self.host, instances=orphans)
+        return orphans
+
+    async def prune_image_cache(self) -> list[str]:
+        """Nova's image cache manager pass: cached images no instance of this host refers to
+        (image, kernel, ramdisk) go once unused for ``remove_unused_original_minimum_age_seconds``."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT image_ref, kernel_id, ramdisk_id FROM instances"
+                                    " WHERE host = $1 AND NOT deleted", self.host)
+        in_use = {str(v) for r in rows for v in r.values() if v}
+        return await self.store.prune_images(in_use, self.config.image_cache.remove_unused_original_minimum_age_seconds)
 
     # -- console -------------------------------------------------------------
     async def get_console_output(self, uuid: str) -> bytes | None:

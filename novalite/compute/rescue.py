@@ -15,11 +15,11 @@ down (cleanly, as Nova's ``_power_off_instance``), its domain is replaced by
 one that boots a fresh ``disk.rescue`` made from the rescue image (vda, not
 resized), with the server's own root disk as vdb and, when the server has a
 config drive, a new ``disk.config.rescue`` holding the rescue password; the
-kernel and ramdisk are the server's own (``kernel.rescue``/``ramdisk.rescue``),
+kernel and ramdisk are the server's own (the host's cached image volumes),
 as Nova's rescue uses ``instance.kernel_id``. vm_state RESCUED, status RESCUE.
 Unrescue destroys the rescue domain, defines and starts the server's own
 guest again (disks, volumes, config drive, ports, all read from the database
-as at the build) and removes the ``*.rescue`` files; vm_state ACTIVE.
+as at the build) and removes the ``*.rescue`` volumes; vm_state ACTIVE.
 
 The rescue password travels only in the cast, never through Postgres.
 After a crash (:mod:`novalite.compute.recovery`): ``rescuing`` is rolled back
@@ -30,11 +30,8 @@ finished.
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import traceback
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -42,7 +39,7 @@ import structlog
 
 from novalite import exception
 from novalite.compute import states
-from novalite.compute.disks import PreparedDisks, prepare_local_disks, qemu_img
+from novalite.compute.disks import PreparedDisks, prepare_local_disks
 from novalite.compute.failures import (
     Failure,
     Notification,
@@ -215,32 +212,27 @@ class RescueManager:
         """disk.rescue (vda) from the rescue image, the server's own root disk (vdb), the rescue config drive."""
         m = self.manager
         uuid = str(inst["uuid"])
-        inst_dir = m.instances_dir / uuid
         own = await prepare_local_disks(
-            cache=m.image_cache, inst_dir=inst_dir, image={"id": inst["image_ref"] or ""},
+            store=m.store, uuid=uuid, image={"id": inst["image_ref"] or ""},
             kernel_id=inst["kernel_id"], ramdisk_id=inst["ramdisk_id"], flavor=inst["flavor"], write_files=False,
         )
-        rescue_disk = inst_dir / f"disk{RESCUE_SUFFIX}"
-        out = PreparedDisks(disks=[DiskSpec(path=str(rescue_disk), target_dev="vda"),
+        out = PreparedDisks(disks=[DiskSpec(path=m.store.path(uuid, f"disk{RESCUE_SUFFIX}"), target_dev="vda"),
                                    DiskSpec(path=own.disks[0].path, target_dev="vdb")])
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow("SELECT disk_format, properties FROM images WHERE id::text = $1", image_id)
         props = dict(row["properties"] or {}) if row else {}
         own_props = ((inst["request_spec"] or {}).get("image") or {}).get("properties") or {}
         if inst["kernel_id"]:
-            out.kernel = str(inst_dir / f"kernel{RESCUE_SUFFIX}")
+            out.kernel = own.kernel  # the server's kernel and ramdisk: the host's cached image volumes
             out.cmdline = str(props.get("os_command_line") or own_props.get("os_command_line") or "console=ttyS0")
-            if inst["ramdisk_id"]:
-                out.ramdisk = str(inst_dir / f"ramdisk{RESCUE_SUFFIX}")
+            out.ramdisk = own.ramdisk
         if not m.simulated:
-            await asyncio.to_thread(_remove_rescue_files, inst_dir)
-            base = await m.image_cache.fetch(image_id)
-            fmt = "qcow2" if row is not None and row["disk_format"] == "qcow2" else "raw"
+            await _remove_rescue_volumes(m, uuid)
             # Not resized to the flavor: Nova's rescue disk keeps the image's size.
-            await qemu_img("create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base), str(rescue_disk))
-            for ref, path in ((inst["kernel_id"], out.kernel), (inst["ramdisk_id"], out.ramdisk)):
-                if ref and path:
-                    await asyncio.to_thread(shutil.copyfile, await m.image_cache.fetch(ref), path)
+            await m.store.overlay(uuid, f"disk{RESCUE_SUFFIX}", image_id, 0)
+            for ref in (inst["kernel_id"], inst["ramdisk_id"]):
+                if ref:
+                    await m.store.image(ref)
         ports = await m.network_api.ports_for_instance(uuid) if m.network_api is not None else []
         await m.write_config_drive(inst, ports, out, password, name=f"disk.config{RESCUE_SUFFIX}", files=False)
         return out
@@ -291,23 +283,20 @@ class RescueManager:
         """
         m = self.manager
         uuid = str(inst["uuid"])
-        inst_dir = m.instances_dir / uuid
         image = dict((inst["request_spec"] or {}).get("image") or {}, id=inst["image_ref"] or "")
         prepared = await prepare_local_disks(
-            cache=m.image_cache, inst_dir=inst_dir, image=image, kernel_id=inst["kernel_id"],
+            store=m.store, uuid=uuid, image=image, kernel_id=inst["kernel_id"],
             ramdisk_id=inst["ramdisk_id"], flavor=inst["flavor"], write_files=False,
         )
         if m.volume_build is not None:
             await m.volume_build.attached_disks(uuid, prepared)
-        config_drive = inst_dir / "disk.config"
-        if m.wants_config_drive(inst) and (m.simulated or config_drive.exists()):
-            prepared.add_config_drive(config_drive)
+        if m.wants_config_drive(inst) and (m.simulated or await m.store.exists(uuid, "disk.config")):
+            prepared.add_config_drive(m.store.path(uuid, "disk.config"))
         await self.driver.destroy(uuid)
         await self.driver.spawn(m.guest_spec(inst, await self._nics(uuid), prepared))
         if not running:
             await self.driver.power_off(uuid, 0)
-        if not m.simulated:
-            await asyncio.to_thread(_remove_rescue_files, inst_dir)
+        await _remove_rescue_volumes(m, uuid)
 
     async def _restore_quietly(self, uuid: str) -> None:
         try:
@@ -358,8 +347,6 @@ class RescueManager:
                                         events=[RECOVER_EVENT])
 
 
-def _remove_rescue_files(inst_dir: Path) -> None:
-    """Every ``*.rescue`` file of an instance (Nova's unrescue globs the same)."""
-    if inst_dir.is_dir():
-        for path in inst_dir.glob(f"*{RESCUE_SUFFIX}"):
-            path.unlink(missing_ok=True)
+async def _remove_rescue_volumes(m: ComputeManager, uuid: str) -> None:
+    """Every ``*.rescue`` volume of an instance (Nova's unrescue globs the same files)."""
+    await m.store.remove(uuid, [f"{name}{RESCUE_SUFFIX}" for name in ("disk", "disk.config")])

@@ -14,7 +14,7 @@ conductor's MigrationTask, compute/manager.py ``prep_resize`` → ``resize_insta
 - Destination ``prep_resize`` (notifications only: the claim is made) → source
   ``resize_instance``: ``resize_migrating``, the disk-down check (Nova's
   "Unable to resize disk down." rolls back to the source), the guest stopped and its domain
-  removed, the instance directory kept as ``<uuid>_resize`` and copied to the destination;
+  removed, its volumes copied to the destination's pool (the originals stay on the source);
   ``resize_migrated`` with the host moved → destination ``finish_resize``:
   ``resize_finish`` with the new flavor on the row (so quota, counted from the
   instances table as Nova's legacy counting does, moves exactly here), disks grown, the
@@ -22,24 +22,20 @@ conductor's MigrationTask, compute/manager.py ``prep_resize`` → ``resize_insta
   vm_state ``resized`` (VERIFY_RESIZE), migration ``finished``.
 - confirm: the source's leftovers (domain, ``<uuid>_resize``) and its claim go; ACTIVE (or
   STOPPED). revert (``resize_reverting``): the destination's guest and copy go, the source
-  directory is restored, the old flavor and host come back, the claim moves back.
+  volumes are used again, the old flavor and host come back, the claim moves back.
 
-Disks move through novalite's own filesystem (every host's instance directory is under the
-state dir): the hosts of one machine. Hosts on other machines need a copy over libvirt
-streams — a later issue. Each stage is re-runnable, so recovery after a kill -9 resumes
+Disks move as volumes through libvirt streams (:meth:`InstanceStore.copy`: an overlay is
+flattened by its host, downloaded and uploaded into the destination's pool), so the hosts
+share nothing. Each stage is re-runnable, so recovery after a kill -9 resumes
 the stage the instance was in (:func:`recover_resize`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -47,7 +43,7 @@ import structlog
 
 from novalite import exception, quota
 from novalite.compute import states
-from novalite.compute.disks import PreparedDisks, qemu_img, remove_instance_files
+from novalite.compute.disks import GiB, PreparedDisks, prepare_local_disks
 from novalite.compute.failures import Failure, fail_instance, finish_superseded
 from novalite.config import Config
 from novalite.context import RequestContext
@@ -82,7 +78,8 @@ REVERT_EVENT = "compute_revert_resize"
 FINISH_REVERT_EVENT = "compute_finish_revert_resize"
 RECOVER_EVENT = "compute_recover_instance"
 
-RESIZE_SUFFIX = "_resize"  # the source's instance directory while a resize waits for confirm/revert
+RESIZE_SUFFIX = "_resize"  # a same-host resize keeps the originals as <name>_resize until confirm/revert
+MOVED = ("disk", "disk.eph0", "disk.swap", "disk.config")  # the volumes a resize takes along
 
 FLAVOR_COLUMNS = ("vcpus", "memory_mb", "root_gb", "ephemeral_gb")
 
@@ -309,12 +306,6 @@ class ResizeManager:
             raise RuntimeError(f"host {host} is not managed by this novalite")
         return peer
 
-    def inst_dir(self, uuid: str) -> Path:
-        return self.manager.instances_dir / uuid
-
-    def resize_dir(self, uuid: str) -> Path:
-        return self.manager.instances_dir / f"{uuid}{RESIZE_SUFFIX}"
-
     # -- helpers -----------------------------------------------------------------
     async def _event(self, uuid: str, request_id: str, event: str, note: str, payload: dict | None = None) -> None:
         async with self.pool.acquire() as conn:
@@ -388,7 +379,7 @@ class ResizeManager:
 
     # -- source: resize_instance ------------------------------------------------------
     async def resize_instance(self, uuid: str, request_id: str, migration_id: int) -> None:
-        """Source: stop the guest, keep its directory as ``<uuid>_resize``, copy it to the destination."""
+        """Source: stop the guest, copy its volumes to the destination (the originals are kept)."""
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
         migration = await self._migration(migration_id)
         dest = migration["dest_compute"]
@@ -436,8 +427,8 @@ class ResizeManager:
 
     async def migrate_disk_and_power_off(self, inst: asyncpg.Record, dest: ComputeManager) -> None:
         """Stop the guest (cleanly, within shutdown_timeout), remove its domain here, and copy its
-        directory to the destination's; the original stays as ``<uuid>_resize`` until confirm/revert.
-        Re-runnable: a cut-off copy is made again."""
+        volumes to the destination's pool; the originals stay here (as ``<name>_resize`` when the
+        destination is this host) until confirm/revert. Re-runnable: a cut-off copy is made again."""
         uuid = str(inst["uuid"])
         info = await self.driver.get_info(uuid)
         if info is not None and info.power_state == power_state.RUNNING:
@@ -445,25 +436,16 @@ class ResizeManager:
         await self.driver.destroy(uuid)
         if self.manager.simulated or dest.simulated:
             return
-        src, kept = self.inst_dir(uuid), self.resize_dir(uuid)
-        target = dest.instances_dir / uuid
-
-        def move() -> None:
-            if not kept.exists():
-                src.rename(kept)
-            if target.exists():
-                shutil.rmtree(target)  # a copy cut off by a crash, or the same host's resized copy
-            part = target.with_name(target.name + ".part")
-            shutil.rmtree(part, ignore_errors=True)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(kept, part, ignore=shutil.ignore_patterns("console.log"))
-            part.rename(target)
-
-        await asyncio.to_thread(move)
+        store = self.manager.store
+        names = [n for n in await store.names(uuid) if n in MOVED]
+        if dest.store is store:  # the same host: the originals are kept as <name>_resize for a revert
+            await store.copy(uuid, [(n, n + RESIZE_SUFFIX) for n in names], store)
+        else:  # another host: the originals stay here as they are until confirm/revert
+            await store.copy(uuid, [(n, n) for n in names], dest.store)
 
     async def _undo_migrate_disk(self, inst: asyncpg.Record, dest: ComputeManager, migration: asyncpg.Record
                                  ) -> None:
-        """A failed move: the destination's copy goes, the source directory and guest come back."""
+        """A failed move: the destination's copy goes, the source's volumes and guest come back."""
         await self.restore_source(inst, migration, dest)
 
     # -- destination: finish_resize -----------------------------------------------------
@@ -514,7 +496,7 @@ class ResizeManager:
                     await migrations.drop_source_allocation(conn, str(migration["uuid"]))
 
     async def spawn_here(self, inst: asyncpg.Record, flavor: dict, stopped: bool) -> None:
-        """Define and start the guest on this host with ``flavor`` from the disks in its directory
+        """Define and start the guest on this host with ``flavor`` from the disks in its pool
         (grown to the flavor), its ports bound here and its volumes; stopped again if it was stopped."""
         uuid = str(inst["uuid"])
         m = self.manager
@@ -535,41 +517,31 @@ class ResizeManager:
             await self.driver.power_off(uuid, 0)
 
     async def _local_disks(self, inst: asyncpg.Record, flavor: dict) -> PreparedDisks:
-        """The disks already in this host's instance directory, described for ``flavor`` and grown to it:
-        the root overlay rebased onto this host's image cache, root and ephemeral grown (never shrunk),
-        swap made at the flavor's size, the config drive kept."""
-        from novalite.compute.disks import prepare_local_disks
-
+        """The disks already in this host's pool, described for ``flavor`` and grown to it: root and
+        ephemeral grown (never shrunk), swap made at the flavor's size, the config drive kept."""
         m = self.manager
         uuid = str(inst["uuid"])
-        inst_dir = m.instances_dir / uuid
         image = dict((inst["request_spec"] or {}).get("image") or {}, id=inst["image_ref"] or "")
         prepared = await prepare_local_disks(
-            cache=m.image_cache, inst_dir=inst_dir, image=image, kernel_id=inst["kernel_id"],
+            store=m.store, uuid=uuid, image=image, kernel_id=inst["kernel_id"],
             ramdisk_id=inst["ramdisk_id"], flavor=flavor, write_files=False,
         )
-        config_drive = inst_dir / "disk.config"
         if m.wants_config_drive(inst):
-            prepared.add_config_drive(config_drive)
+            prepared.add_config_drive(m.store.path(uuid, "disk.config"))
         if m.simulated:
             return prepared
-        root = inst_dir / "disk"
-        if image["id"] and root.exists():
-            base = await m.image_cache.fetch(image["id"])
-            fmt = "qcow2" if image.get("disk_format") == "qcow2" else "raw"
-            await qemu_img("rebase", "-q", "-u", "-F", fmt, "-b", str(base), str(root))
-        await _grow(root, flavor.get("root_gb") or 0)
+        have = set(await m.store.names(uuid))
+        if "disk" in have:
+            await m.store.grow(uuid, "disk", (flavor.get("root_gb") or 0) * GiB)
         if flavor.get("ephemeral_gb"):
-            eph = inst_dir / "disk.eph0"
-            if eph.exists():
-                await _grow(eph, flavor["ephemeral_gb"])
+            if "disk.eph0" in have:
+                await m.store.grow(uuid, "disk.eph0", flavor["ephemeral_gb"] * GiB)
             else:
-                await qemu_img("create", "-q", "-f", "qcow2", str(eph), f"{flavor['ephemeral_gb']}G")
-        swap = inst_dir / "disk.swap"
-        swap.unlink(missing_ok=True)
+                await m.store.blank(uuid, "disk.eph0", flavor["ephemeral_gb"] * GiB)
+        await m.store.remove(uuid, ["disk.swap"])
         if flavor.get("swap"):
-            await qemu_img("create", "-q", "-f", "qcow2", str(swap), f"{flavor['swap']}M")
-        if m.wants_config_drive(inst) and not config_drive.exists():
+            await m.store.blank(uuid, "disk.swap", flavor["swap"] * 1024**2)
+        if m.wants_config_drive(inst) and "disk.config" not in have:
             ports = await m.network_api.ports_for_instance(uuid) if m.network_api is not None else []
             prepared.disks.pop()  # write_config_drive adds it again, and writes it
             await m.write_config_drive(inst, ports, prepared, None)
@@ -610,8 +582,9 @@ class ResizeManager:
         """Remove what the source kept for a revert: its domain (unless the guest now runs here) and ``<uuid>_resize``."""
         if migration["dest_compute"] != self.host:
             await self.driver.destroy(uuid)
-        if not self.manager.simulated:
-            await remove_instance_files(self.resize_dir(uuid))
+            await self.manager.store.remove(uuid)
+        else:
+            await self.manager.store.remove(uuid, [n + RESIZE_SUFFIX for n in MOVED])
 
     # -- destination: revert_resize -----------------------------------------------------
     async def revert_resize(self, uuid: str, request_id: str, migration_id: int) -> None:
@@ -623,10 +596,8 @@ class ResizeManager:
             try:
                 source = self._peer(migration["source_compute"])
                 await self.driver.destroy(uuid)
-                if not self.manager.simulated:
-                    same_host = migration["source_compute"] == self.host
-                    if not same_host or self.resize_dir(uuid).exists():
-                        await remove_instance_files(self.inst_dir(uuid))
+                if migration["source_compute"] != self.host:  # the same host's are put back by the source
+                    await self.manager.store.remove(uuid)
                 async with self.pool.acquire() as conn:
                     await db.event_finish(conn, uuid, request_id, REVERT_EVENT)
             except Exception as exc:
@@ -636,7 +607,7 @@ class ResizeManager:
 
     # -- source: finish_revert_resize ---------------------------------------------------
     async def finish_revert_resize(self, uuid: str, request_id: str, migration_id: int) -> None:
-        """Source: the kept directory back, the old flavor, host and claim back, the guest defined again."""
+        """Source: the kept volumes back, the old flavor, host and claim back, the guest defined again."""
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id, host=self.host)
         migration = await self._migration(migration_id)
         old = migration["old_flavor"]
@@ -677,27 +648,23 @@ class ResizeManager:
                 await self._fail(uuid, request_id, migration, FINISH_REVERT_EVENT, exc, (RESIZE_REVERTING,))
 
     async def _restore_dir(self, uuid: str) -> None:
-        if self.manager.simulated:
+        """A same-host resize's kept originals back in place (another host's originals never moved)."""
+        store = self.manager.store
+        kept = [n[:-len(RESIZE_SUFFIX)] for n in await store.names(uuid) if n.endswith(RESIZE_SUFFIX)]
+        if not kept:
             return
-        kept, target = self.resize_dir(uuid), self.inst_dir(uuid)
-
-        def restore() -> None:
-            if kept.exists():
-                if target.exists():
-                    shutil.rmtree(target)
-                kept.rename(target)
-
-        await asyncio.to_thread(restore)
+        await store.remove(uuid, kept)
+        await store.copy(uuid, [(n + RESIZE_SUFFIX, n) for n in kept], store)
+        await store.remove(uuid, [n + RESIZE_SUFFIX for n in kept])
 
     async def restore_source(self, inst: asyncpg.Record, migration: asyncpg.Record, dest: ComputeManager | None
                              ) -> None:
         """Undo a move cut off before the guest reached the destination: the copy there goes, the
-        kept directory comes back, the guest runs here again as before (stopped if it was)."""
+        kept volumes come back, the guest runs here again as before (stopped if it was)."""
         uuid = str(inst["uuid"])
         if dest is not None and dest.host != self.host:
             await dest.driver.destroy(uuid)
-            if not dest.simulated:
-                await remove_instance_files(dest.instances_dir / uuid)
+            await dest.store.remove(uuid)
         await self._restore_dir(uuid)
         old = migration["old_flavor"]
         await self.spawn_here(inst, old, migration["old_vm_state"] == states.STOPPED)
@@ -715,12 +682,9 @@ class ResizeManager:
                 peer = self.peers(host)
                 if peer is None:
                     continue
-                if host != self.host:
+                if host != self.host:  # this host's volumes, kept ones too, go with the instance
                     await peer.driver.destroy(uuid)
-                    if not peer.simulated:
-                        await remove_instance_files(peer.instances_dir / uuid)
-                if not peer.simulated:
-                    await remove_instance_files(peer.instances_dir / f"{uuid}{RESIZE_SUFFIX}")
+                    await peer.store.remove(uuid)
             async with self.pool.acquire() as conn, conn.transaction():
                 await migrations.drop_source_allocation(conn, str(m["uuid"]))
                 status = migrations.CONFIRMED if m["status"] in (migrations.FINISHED, migrations.CONFIRMING) \
@@ -758,20 +722,6 @@ class ResizeManager:
             await self._peer(m["source_compute"]).resize.confirm_resize(uuid, request_id, m["id"])
             done += 1
         return done
-
-
-async def _grow(path: Path, size_gb: int) -> None:
-    """Grow a qcow2 disk to ``size_gb`` (never shrink: Nova refuses a resize down before it gets here)."""
-    if not size_gb or not path.exists():
-        return
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img", "info", "-U", "--output=json", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    size = int(json.loads(out)["virtual-size"]) if proc.returncode == 0 else 0
-    wanted = size_gb * 1024**3
-    if wanted > size:
-        await qemu_img("resize", "-q", str(path), str(wanted))
 
 
 # -- recovery after a crash -----------------------------------------------------------

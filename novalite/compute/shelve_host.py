@@ -39,7 +39,7 @@ import asyncpg
 import structlog
 
 from novalite.compute import states
-from novalite.compute.disks import prepare_local_disks, remove_instance_files
+from novalite.compute.disks import prepare_local_disks
 from novalite.compute.failures import (
     Failure,
     Notification,
@@ -239,8 +239,7 @@ class ShelveManager:
             if self.m.network_api is not None:
                 await self.m.network_api.bind_ports_to_host(uuid, None)
             await self.driver.destroy(uuid)
-            if not self.m.simulated:
-                await remove_instance_files(self.m.instances_dir / uuid)
+            await self.m.store.remove(uuid)
             async with self.pool.acquire() as conn, conn.transaction():
                 # The claim goes in the same transaction that clears the host: no host counts it any more.
                 await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
@@ -399,7 +398,7 @@ class ShelveManager:
                 raise RuntimeError(f"Unshelve attempted but the image {image_id} cannot be found.")
             image.update(id=image_id, disk_format=row["disk_format"])
         prepared = await prepare_local_disks(
-            cache=self.m.image_cache, inst_dir=self.m.instances_dir / uuid, image=image, kernel_id=inst["kernel_id"],
+            store=self.m.store, uuid=uuid, image=image, kernel_id=inst["kernel_id"],
             ramdisk_id=inst["ramdisk_id"], flavor=inst["flavor"], write_files=not self.m.simulated,
         )
         if self.m.volume_build is not None:

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import asyncpg
 import structlog
 
-from novalite.compute.disks import qemu_img
+from novalite.compute.disks import InstanceStore
 from novalite.compute.failures import (
     Failure,
     Notification,
@@ -129,7 +129,7 @@ class SnapshotManager:
 
     def __init__(
         self, host: str, driver: VirtDriver, pool: asyncpg.Pool, locks: InstanceLocks, config: Config,
-        images: ImageWriter | None, instances_dir: Path, simulated: bool,
+        images: ImageWriter | None, store: InstanceStore, scratch: Path,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
     ) -> None:
         """``images`` is the image store's write path; ``spawn`` runs a cast as a tracked task of the host."""
@@ -139,8 +139,9 @@ class SnapshotManager:
         self.locks = locks
         self.config = config
         self.images = images
-        self.instances_dir = instances_dir
-        self.simulated = simulated
+        self.store = store  # the host's instance pool: the root disk and the copy are its volumes
+        self.scratch = scratch  # this machine's working files: the flattened copy, downloaded
+        self.simulated = store.simulated
         self.spawn_task = spawn
         # Crash drills and tests: awaited after the instance reaches each task state.
         self.after_state: Callable[[str, str], Coroutine[Any, Any, None]] | None = None
@@ -176,7 +177,7 @@ class SnapshotManager:
                 await db.event_start(conn, uuid, request_id, event, self.host)
                 await db.notify(conn, "instance.snapshot.start", payload, publisher_id=pub,
                                 instance_uuids=[uuid], request_id=request_id)
-            work = self.instances_dir / uuid / f"snapshot-{image_id}"
+            work = self._work(uuid, image_id)
             try:
                 state = first_task_state(inst)
                 if not backup:
@@ -237,7 +238,7 @@ class SnapshotManager:
         """Take the root disk into the queued image ``image_id`` (Nova's driver.snapshot as shelve calls
         it): ``update_task_state`` is awaited with image_pending_upload before the copy and
         image_uploading before the upload, and returns the instance's row."""
-        work = self.instances_dir / str(inst["uuid"]) / f"snapshot-{image_id}"
+        work = self._work(str(inst["uuid"]), image_id)
         try:
             inst = await update_task_state(IMAGE_PENDING_UPLOAD)
             disk_format = await self._copy_root_disk(inst, work)
@@ -255,7 +256,7 @@ class SnapshotManager:
 
         An image that became active just before the crash goes back too: the shelve that makes it
         starts over and uploads it again (no server refers to it until the shelve ends)."""
-        await self._remove_work_files(self.instances_dir / uuid / f"snapshot-{image_id}")
+        await self._remove_work_files(self._work(uuid, image_id))
         async with self.pool.acquire() as conn:
             await images_db.compare_and_set_status(conn, image_id, ("saving", "active"), "queued")
         if self.images is not None:
@@ -270,23 +271,29 @@ class SnapshotManager:
         if self.simulated:
             return "raw"
         uuid = str(inst["uuid"])
-        disk = self.instances_dir / uuid / "disk"
-        delta = out.with_name(out.name + ".delta")
-        info = await _qemu_info(disk)
+        pool, disk = self.store.pool.name, self.store.volume(uuid, "disk")
+        flat, delta = out.name, out.name + ".delta"  # volumes of the host named as the local copy
+        info = await self.driver.volume_info(pool, disk)
+        if info is None:
+            raise RuntimeError(f"instance {uuid} has no root disk on {self.host}")
+        backing = info.backing.rsplit("/", 1)[-1] if info.backing else None  # a volume of the same pool
         source = disk
-        backing = info.get("full-backing-filename") or info.get("backing-filename")
-        args = ["create", "-q", "-f", "qcow2"]
-        if backing:
-            args += ["-F", info.get("backing-filename-format") or "raw", "-b", str(backing)]
-        await qemu_img(*args, str(delta), str(info["virtual-size"]))
-        if await self.driver.copy_disk_live(uuid, "vda", str(delta)):
+        delta_path = await self.driver.make_volume(pool, delta, info.capacity, "qcow2", backing=backing)
+        if await self.driver.copy_disk_live(uuid, "vda", delta_path):
             source = delta  # the mirror of the top layer, over the same base
-        await qemu_img("convert", "-q", "-O", "qcow2", str(source), str(out))
+        await self.driver.clone_volume(pool, source, flat, 0, "qcow2")  # the host's qemu-img flattens it
+        await asyncio.to_thread(out.parent.mkdir, parents=True, exist_ok=True)
+        await self.driver.download_volume(pool, flat, out)
         return "qcow2"
 
+    def _work(self, uuid: str, image_id: str) -> Path:
+        """The flattened copy on this machine; its volumes on the host have the same name."""
+        return self.scratch / self.store.volume(uuid, f"snapshot-{image_id}")
+
     async def _remove_work_files(self, work: Path) -> None:
-        for path in (work, work.with_name(work.name + ".delta")):
-            await asyncio.to_thread(path.unlink, True)
+        await asyncio.to_thread(work.unlink, True)
+        uuid = work.name.split("_", 1)[0]
+        await self.store.remove(uuid, [work.name[len(uuid) + 1:] + suffix for suffix in ("", ".delta")])
 
     # -- the image ----------------------------------------------------------------
     async def _image(self, image_id: str) -> asyncpg.Record | None:
@@ -371,7 +378,7 @@ class SnapshotManager:
                 await self.driver.abort_disk_copy(uuid, "vda")
             except Exception:
                 log.warning("abort_disk_copy_failed", exc_info=True)
-            await self._remove_work_files(self.instances_dir / uuid / f"snapshot-{image_id}")
+            await self._remove_work_files(self._work(uuid, image_id))
         async with self.pool.acquire() as conn, conn.transaction():
             image = await images_db.get(conn, image_id) if image_id else None
             if image is not None and image["status"] == "active":

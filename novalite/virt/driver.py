@@ -48,6 +48,7 @@ __all__ = [
     "UploadSource",
     "VirtDriver",
     "VirtError",
+    "VolumeInfo",
 ]
 
 VirtType = Literal["test", "qemu", "kvm"]
@@ -226,6 +227,18 @@ class StoragePoolSpec:
     @property
     def volume_format(self) -> Literal["qcow2", "raw"]:
         return "qcow2" if self.type == "dir" else "raw"
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """One volume as its host sees it: the path the hypervisor knows it by, its format
+    ("qcow2", "raw", ... as the host probed the data), its capacity in bytes, its backing file."""
+
+    path: str
+    format: str
+    capacity: int
+    backing: str | None = None  # the path of a qcow2 overlay's backing file
+    physical: int = 0  # bytes a download of the volume gives (a qcow2 file holds less than its capacity)
 
 
 # What a volume upload reads: a local file, or chunks from an async source.
@@ -488,6 +501,22 @@ class VirtDriver(Protocol):
 
         The source is untouched; a leftover ``name`` is deleted first.
         """
+        ...
+
+    async def make_volume(self, pool: str, name: str, capacity: int, fmt: str, backing: str | None = None) -> str:
+        """A new volume of ``capacity`` bytes in format ``fmt``; returns its path.
+
+        ``backing`` names a volume of the same pool: the new one is a qcow2 overlay on it, at
+        least as large as it. A volume of that name left by a crashed attempt is deleted first.
+        """
+        ...
+
+    async def grow_volume(self, pool: str, name: str, capacity: int) -> None:
+        """Grow the volume to ``capacity`` bytes (the guest sees a larger disk); never shrinks one."""
+        ...
+
+    async def volume_info(self, pool: str, name: str) -> VolumeInfo | None:
+        """The volume's path, format and capacity; None (not an error) when it does not exist."""
         ...
 
     async def delete_volume(self, pool: str, name: str) -> bool:

@@ -124,7 +124,8 @@ class VolumeAPI:
             if not cfg.pool_source:
                 raise exception.NovaliteException("volume.pool_source (an LVM volume group) is required for logical pools")
             return StoragePoolSpec(name=name, type="logical", target=f"/dev/{cfg.pool_source}", source=cfg.pool_source)
-        target = cfg.pool_target / host if cfg.pool_target else self.config.state_dir / "volumes" / host
+        # On the host, never under novalite's state directory: a domain names only the host's paths.
+        target = cfg.pool_target / host if cfg.pool_target else f"{self.config.compute.instance_pool_target}/{name}"
         return StoragePoolSpec(name=name, type="dir", target=str(target))
 
     async def ensure_pools(self) -> None:
@@ -283,7 +284,9 @@ class VolumeAPI:
         if compute is None or compute.simulated:
             return
         image_id = str(image["id"])
-        base = await compute.image_cache.fetch(image_id)
+        # The host's cached image volume, converted by this machine's qemu-img: a host on this machine
+        # only (a remote host's volume would need the host to convert it; not done yet).
+        base = (await compute.store.image(image_id)).path
         src_fmt = "qcow2" if image["disk_format"] == "qcow2" else "raw"
         proc = await asyncio.create_subprocess_exec(
             "qemu-img", "info", "--output=json", "-f", src_fmt, str(base),

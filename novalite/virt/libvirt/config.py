@@ -664,6 +664,9 @@ class LibvirtConfigStorageVolume(LibvirtConfigObject):
     target_path: str | None = None     # set by libvirt; ignored when creating
     target_format: str | None = None   # qcow2 | raw
     target_mode: str | None = None     # octal permissions of the volume's file
+    backing_path: str | None = None    # a qcow2 overlay's backing file (a volume of the same pool)
+    backing_format: str | None = None
+    physical: int | None = None        # set by libvirt: the bytes of the volume's file
 
     def format_dom(self) -> etree._Element:
         root = etree.Element("volume")
@@ -678,6 +681,11 @@ class LibvirtConfigStorageVolume(LibvirtConfigObject):
             _sub(target, "format", type=self.target_format)
         if self.target_mode is not None:
             _sub(_sub(target, "permissions"), "mode", self.target_mode)
+        if self.backing_path is not None:
+            backing = _sub(root, "backingStore")
+            _sub(backing, "path", self.backing_path)
+            if self.backing_format is not None:
+                _sub(backing, "format", type=self.backing_format)
         return root
 
     @classmethod
@@ -689,4 +697,8 @@ class LibvirtConfigStorageVolume(LibvirtConfigObject):
         if (fmt := el.find("target/format")) is not None:
             obj.target_format = fmt.get("type")
         obj.target_mode = _text(el.find("target/permissions/mode"))
+        obj.physical = _bytes(el.find("physical"))
+        obj.backing_path = _text(el.find("backingStore/path"))
+        if (fmt := el.find("backingStore/format")) is not None:
+            obj.backing_format = fmt.get("type")
         return obj

@@ -48,6 +48,7 @@ from novalite.virt.driver import (
     StoragePoolSpec,
     UploadSource,
     VirtError,
+    VolumeInfo,
 )
 from novalite.virt.libvirt import console, eventloop
 from novalite.virt.libvirt.config import (
@@ -109,17 +110,6 @@ def _translate(exc: libvirt.libvirtError, what: str) -> VirtError:
     if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN):
         return HypervisorUnavailable(message, code)
     return VirtError(message, code)
-
-
-def read_tail(path: Path, max_bytes: int) -> bytes | None:
-    """The last ``max_bytes`` of the file, None when it does not exist (blocking)."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - max_bytes))
-            return f.read(max_bytes)
-    except FileNotFoundError:
-        return None
 
 
 # ------------------------------------------------------------------------- designer
@@ -709,8 +699,8 @@ class LibvirtDriver:
         logs = [d.log_file for d in guest.devices if isinstance(d, LibvirtConfigGuestSerial) and d.log_file]
         if not logs:
             return None
-        # The log is written by this host's virtlogd; novalite runs beside it (remote hosts: issue 17).
-        return read_tail(Path(logs[0]), max_bytes)
+        # The log is a file of the host's instance pool, written by its virtlogd: read through the API.
+        return self._storage.tail_sync(logs[0], max_bytes)
 
     async def get_console_output(self, instance_uuid: str, max_bytes: int) -> bytes | None:
         """The tail of the serial log the domain's XML names (VirtDriver.get_console_output)."""
@@ -945,6 +935,15 @@ class LibvirtDriver:
 
     async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
         return await self.host.call(self._storage.clone_sync, pool, source, name, size_gb, fmt)
+
+    async def make_volume(self, pool: str, name: str, capacity: int, fmt: str, backing: str | None = None) -> str:
+        return await self.host.call(self._storage.make_sync, pool, name, capacity, fmt, backing)
+
+    async def grow_volume(self, pool: str, name: str, capacity: int) -> None:
+        await self.host.call(self._storage.grow_sync, pool, name, capacity)
+
+    async def volume_info(self, pool: str, name: str) -> VolumeInfo | None:
+        return await self.host.call(self._storage.info_sync, pool, name)
 
     async def delete_volume(self, pool: str, name: str) -> bool:
         return await self.host.call(self._storage.delete_sync, pool, name)

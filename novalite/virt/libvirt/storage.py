@@ -26,11 +26,17 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator
 import libvirt
 import structlog
 
-from novalite.virt.driver import DownloadTarget, StoragePoolSpec, UploadSource, VirtError
+from novalite.virt.driver import (
+    DownloadTarget,
+    StoragePoolSpec,
+    UploadSource,
+    VirtError,
+    VolumeInfo,
+)
 from novalite.virt.libvirt.config import LibvirtConfigStoragePool, LibvirtConfigStorageVolume
 from novalite.virt.libvirt.host import LibvirtHost
 
-__all__ = ["CHUNK", "LibvirtStorage", "design_pool", "design_volume"]
+__all__ = ["CHUNK", "LibvirtStorage", "design_pool", "design_sized_volume", "design_volume", "purge_pools"]
 
 log = structlog.get_logger(__name__)
 
@@ -49,11 +55,42 @@ def design_pool(pool: StoragePoolSpec) -> LibvirtConfigStoragePool:
 
 def design_volume(name: str, size_gb: int, fmt: str) -> LibvirtConfigStorageVolume:
     """A volume of ``size_gb`` GiB, nothing allocated up front; qcow2 files readable by qemu (0644)."""
-    vol = LibvirtConfigStorageVolume(name=name, capacity=size_gb * GiB, allocation=0)
+    return design_sized_volume(name, size_gb * GiB, fmt)
+
+
+def design_sized_volume(name: str, capacity: int, fmt: str, backing: VolumeInfo | None = None,
+                        mode: str | None = None) -> LibvirtConfigStorageVolume:
+    """A volume of ``capacity`` bytes, nothing allocated up front; qcow2 files readable by qemu
+    (0644), other files with ``mode``. ``backing``: a qcow2 overlay on that volume (its file and format)."""
+    vol = LibvirtConfigStorageVolume(name=name, capacity=capacity, allocation=0, target_mode=mode)
     if fmt == "qcow2":
         vol.target_format = "qcow2"
         vol.target_mode = "0644"
+    elif mode is not None:
+        vol.target_format = fmt
+    if backing is not None:
+        vol.backing_path, vol.backing_format = backing.path, backing.format
     return vol
+
+
+def purge_pools(conn: libvirt.virConnect, prefix: str) -> list[str]:
+    """Remove every pool whose name starts with ``prefix`` with its volumes and its directory on the
+    host (a cloud's teardown: tests, benchmarks; pools live on the host, not in a state directory)."""
+    gone = []
+    for pool in conn.listAllStoragePools(0):
+        if not pool.name().startswith(prefix):
+            continue
+        if not pool.isActive():
+            pool.create(0)
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            vol.delete(0)
+        pool.destroy()
+        with contextlib.suppress(libvirt.libvirtError):  # a logical pool's volume group stays the operator's
+            pool.delete(0)
+        pool.undefine()
+        gone.append(pool.name())
+    return gone
 
 
 def _error(exc: libvirt.libvirtError, what: str) -> VirtError:
@@ -135,6 +172,72 @@ class LibvirtStorage:
             return vol.path()
         except libvirt.libvirtError as exc:
             raise _error(exc, f"cannot copy volume {source} to {name}") from exc
+
+    def make_sync(self, pool: str, name: str, capacity: int, fmt: str, backing: str | None) -> str:
+        """A new volume of ``capacity`` bytes (at least the backing volume's size for an overlay)."""
+        sp = self._pool(pool)
+        try:
+            base = self.info_sync(pool, backing) if backing is not None else None
+            if backing is not None and base is None:
+                raise VirtError(f"no volume {backing} in {pool} to back {name}")
+            if base is not None:
+                capacity = max(capacity, base.capacity)
+            self.delete_sync(pool, name)  # a leftover of a crashed attempt
+            vol = sp.createXML(design_sized_volume(name, capacity, fmt, base, mode="0644").to_xml(), 0)
+            return vol.path()
+        except libvirt.libvirtError as exc:
+            raise _error(exc, f"cannot create volume {name} in {pool}") from exc
+
+    def grow_sync(self, pool: str, name: str, capacity: int) -> None:
+        """Grow the volume to ``capacity`` bytes; a larger one stays as it is (never shrunk)."""
+        vol = self._volume(pool, name)
+        try:
+            if vol.info()[1] < capacity:
+                vol.resize(capacity, 0)
+        except libvirt.libvirtError as exc:
+            raise _error(exc, f"cannot grow volume {name} in {pool}") from exc
+
+    def info_sync(self, pool: str, name: str) -> VolumeInfo | None:
+        """The volume's path, format (as libvirt probed it) and capacity; None when there is none."""
+        sp = self._pool(pool)
+        try:
+            vol = sp.storageVolLookupByName(name)
+            cfg = LibvirtConfigStorageVolume.from_xml(vol.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise _error(exc, f"cannot look up volume {name}") from exc
+        return VolumeInfo(path=cfg.target_path or vol.path(), format=cfg.target_format or "raw",
+                          capacity=cfg.capacity, backing=cfg.backing_path,
+                          physical=cfg.physical if cfg.physical is not None else cfg.capacity)
+
+    def tail_sync(self, path: str, max_bytes: int) -> bytes | None:
+        """The last ``max_bytes`` of the volume at ``path`` on the host (a pool's file written
+        behind its back, a serial log: the pool holding the directory is refreshed first when
+        the volume is not known yet); None when there is no such file or pool."""
+        conn = self.host.connection()
+        try:
+            try:
+                vol = conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+                sp = conn.storagePoolLookupByTargetPath(os.path.dirname(path))
+                sp.refresh(0)
+                vol = sp.storageVolLookupByName(os.path.basename(path))
+            size = vol.info()[1]  # current: libvirt re-reads a file volume's size on each call
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL,
+                                        libvirt.VIR_ERR_NO_SUPPORT):  # the test driver: no log to read
+                return None
+            raise _error(exc, f"cannot look up {path}") from exc
+        offset = max(0, size - max_bytes)
+        out = bytearray()
+        with self._stream(f"cannot read {path} on {self.host.uri}") as stream:
+            vol.download(stream, offset, size - offset, 0)
+            while data := stream.recv(CHUNK):
+                out += data
+        return bytes(out)
 
     def delete_sync(self, pool: str, name: str) -> bool:
         sp = self._pool(pool)
