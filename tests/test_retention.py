@@ -151,10 +151,14 @@ async def test_revoke_racing_a_validation_leaves_no_cached_token(cloud):
         async with blocker.transaction():
             await blocker.execute("SELECT 1 FROM tokens WHERE id = $1 FOR UPDATE", token)
             revoke = asyncio.create_task(identity.revoke(token))
-            while not await blocker.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE tokens%'"
-            ):
-                await asyncio.sleep(0.01)
+            # pg_stat_activity is read through a snapshot kept for the whole transaction: clear
+            # it on each look, or a revoke that starts waiting after the first look is never seen.
+            async with asyncio.timeout(30):
+                while not await blocker.fetchval(
+                    "SELECT pg_stat_clear_snapshot(), count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE tokens%'", column=1
+                ):
+                    await asyncio.sleep(0.01)
             assert await identity.validate(token) is not None  # not revoked yet in Postgres
         assert await revoke
     assert await identity.validate(token) is None
