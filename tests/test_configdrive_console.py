@@ -1,22 +1,25 @@
-"""Config drive ISO content, read back with pycdlib; console output from the log file a domain names."""
+"""Config drive ISO content, read back with pycdlib; console output from the log a domain names."""
 
 from __future__ import annotations
 
 import io
 import json
-import pathlib
 import uuid
 
+import libvirt
 import pycdlib
 import pytest
 from aiohttp import web
-from conftest import add_image, wait_for_status
 
 from novalite.api import errors, keys
 from novalite.api.compute.console import get_console_output, parse_length
+from novalite.compute.manager import MAX_CONSOLE_BYTES
 from novalite.context import RequestContext
 from novalite.network.api import PortInfo, network_data
 from novalite.virt.configdrive import VERSIONS, build_config_drive, instance_metadata
+from novalite.virt.driver import StoragePoolSpec
+from novalite.virt.libvirt.driver import LibvirtDriver
+from novalite.virt.libvirt.storage import purge_pools
 
 
 def _read(iso: pycdlib.PyCdlib, path: str, kind: str = "rr_path") -> bytes:
@@ -83,11 +86,9 @@ def test_console_length_is_validated_as_nova_does():
             parse_length({"os-getConsoleOutput": bad})
 
 
-@pytest.fixture
-async def console_app(cloud):
-    """A small app with the real handler, the cloud's config and policy, instance rows from a dict."""
-    instances: dict[str, dict] = {}
-    project = "p-demo"
+async def _serve_console(cloud, compute_api, instances: dict, project: str) -> tuple[str, web.AppRunner]:
+    """A small app with the real handler, the cloud's config and policy, instance rows from a
+    dict, and ``compute_api`` reading the console."""
 
     async def action(request: web.Request) -> web.Response:
         request[keys.CONTEXT] = RequestContext(request_id="req-x", user_id="u1", project_id=project, roles=("member",))
@@ -106,15 +107,23 @@ async def console_app(cloud):
     app = web.Application(middlewares=[render])
     app[keys.CONFIG] = cloud.config
     app[keys.POLICY] = cloud.app[keys.POLICY]
-    app[keys.COMPUTE_API] = cloud.app[keys.COMPUTE_API]
+    app[keys.COMPUTE_API] = compute_api
     app[keys.HOSTS] = cloud.app[keys.HOSTS]
     app.router.add_post("/servers/{id}/action", action)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", instances, project
+    return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", runner
+
+
+@pytest.fixture
+async def console_app(cloud):
+    """The console handler in front of the cloud's own compute API."""
+    instances: dict[str, dict] = {}
+    project = "p-demo"
+    url, runner = await _serve_console(cloud, cloud.app[keys.COMPUTE_API], instances, project)
+    yield url, instances, project
     await runner.cleanup()
 
 
@@ -125,29 +134,51 @@ def _inst(uuid_: str, project: str, **kw) -> dict:
     return row
 
 
-async def test_console_output_tails_the_serial_log(cloud, console_app):
-    url, instances, project = console_app
-    image = await add_image(cloud)
-    server = {"name": "c1", "imageRef": image, "flavorRef": "1", "networks": "none"}
-    _, body, _ = await cloud.compute("POST", "/servers", json_body={"server": server}, version="2.37")
-    uid = body["server"]["id"]
-    host = (await wait_for_status(cloud, uid, "ACTIVE", user="admin"))["OS-EXT-SRV-ATTR:host"]
-    instances[uid] = _inst(uid, project, host=host)
-    guest = await cloud.app[keys.HOSTS][host].driver.get_domain_config(uid)
-    log = pathlib.Path(next(d.log_file for d in guest.devices if getattr(d, "log_file", None)))
-    log.parent.mkdir(parents=True, exist_ok=True)  # a simulated host writes no files: the guest's part
-    log.write_bytes(b"x" * 200_000 + b"\nline1\nline2\x07\nline3\n")
-    post = cloud.session.post
-    async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {"length": 2}}) as r:
-        assert r.status == 200
-        assert await r.json() == {"output": "line3\n"}
-    async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {"length": 3}}) as r:
-        assert (await r.json())["output"] == "line2\nline3\n"  # control characters stripped
-    async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {}}) as r:
-        out = (await r.json())["output"]
-        assert len(out) <= 100 * 1024 and out.endswith("line1\nline2\nline3\n")
-    async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {"length": 0}}) as r:
-        assert (await r.json())["output"] == ""
+class _HostConsole:
+    """The compute API's console read on a real host: the domain's serial log through the driver."""
+
+    def __init__(self, driver: LibvirtDriver) -> None:
+        self.driver = driver
+
+    async def get_console_output(self, inst: dict) -> bytes | None:
+        return await self.driver.get_console_output(str(inst["uuid"]), MAX_CONSOLE_BYTES)
+
+
+_DOMAIN = """<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid><memory unit='MiB'>64</memory>
+<os><type arch='x86_64'>hvm</type></os><devices><serial type='pty'><log file='{log}'/>
+<target port='0'/></serial></devices></domain>"""
+
+
+async def test_console_output_tails_the_serial_log(cloud, tmp_path):
+    """A domain defined on qemu:///system whose serial log is a file of a pool of this test's own:
+    read through libvirt's stream API, as for any host."""
+    prefix = f"nlcons{uuid.uuid4().hex[:6]}"
+    uid, project = str(uuid.uuid4()), "p-demo"
+    log = tmp_path / "pool" / f"{uid}_console.log"
+    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as driver:
+        await driver.ensure_pool(StoragePoolSpec(name=f"{prefix}-instances", type="dir", target=str(log.parent)))
+        conn = libvirt.open("qemu:///system")
+        domain = conn.defineXML(_DOMAIN.format(name=f"{prefix}-dom", uuid=uid, log=log))
+        url, runner = await _serve_console(cloud, _HostConsole(driver), {uid: _inst(uid, project, host="qemu")},
+                                           project)
+        try:
+            log.write_bytes(b"x" * 200_000 + b"\nline1\nline2\x07\nline3\n")  # what virtlogd writes
+            post = cloud.session.post
+            async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {"length": 2}}) as r:
+                assert r.status == 200
+                assert await r.json() == {"output": "line3\n"}
+            async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {"length": 3}}) as r:
+                assert (await r.json())["output"] == "line2\nline3\n"  # control characters stripped
+            async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {}}) as r:
+                out = (await r.json())["output"]
+                assert len(out) <= 100 * 1024 and out.endswith("line1\nline2\nline3\n")
+            async with post(f"{url}/servers/{uid}/action", json={"os-getConsoleOutput": {"length": 0}}) as r:
+                assert (await r.json())["output"] == ""
+        finally:
+            await runner.cleanup()
+            domain.undefine()
+            purge_pools(conn, prefix)
+            conn.close()
 
 
 async def test_console_output_conflicts_before_the_console_exists(cloud, console_app):

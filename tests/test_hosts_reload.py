@@ -78,6 +78,7 @@ async def test_sighup_adds_a_host_and_removes_one_only_once_it_is_empty(pg_dsn, 
             await until(lambda: _is(server_status(sid), "DELETED"), "server not deleted")
             serve.proc.send_signal(signal.SIGHUP)
             await until(lambda: _has(services, {"sim1": "up"}), "sim2 was not removed")
+            await until(lambda: _logged(serve, "host_removed"), "no host_removed line")  # logged once stopped
             assert [e["host"] for e in serve.events("host_removed")] == ["sim2"]
         rc, _ = await serve.terminate(30)
         assert rc == 0, serve.log.read_text()[-3000:]
