@@ -153,12 +153,34 @@ function keyDownload() {
   });
 }
 
+// xterm.js writes some of its rules into <style> elements it makes at run time, which the CSP
+// (no inline styles) blocks. This page hands it inert <template> elements instead, whose text
+// becomes a constructed stylesheet (CSSOM, which the CSP does not govern); the vendored file stays
+// unchanged.
+function constructedStyles() {
+  const create = document.createElement.bind(document);
+  document.createElement = (tag, options) => {
+    if (String(tag).toLowerCase() !== "style") return create(tag, options);
+    const holder = create("template");
+    const sheet = new CSSStyleSheet();
+    document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+    const setText = { get: () => "", set: (text) => sheet.replaceSync(String(text)) };
+    Object.defineProperties(holder, { textContent: setText, innerText: setText, sheet: { get: () => sheet } });
+    holder.remove = () => {
+      document.adoptedStyleSheets = document.adoptedStyleSheets.filter((s) => s !== sheet);
+      Element.prototype.remove.call(holder);
+    };
+    return holder;
+  };
+}
+
 // The instance page's serial console: a fresh console URL from the API (asked by the dashboard as
 // the user), then xterm.js over that websocket; bytes both ways.
 function serialConsole() {
   const button = document.getElementById("console-connect");
   if (!button || !window.Terminal) return;
   const status = document.getElementById("console-status");
+  constructedStyles();
   button.addEventListener("click", async () => {
     const answer = await postForm(button.dataset.url, { [CSRF_FIELD]: button.dataset.csrf });
     if (!answer.ok) {
