@@ -2,7 +2,7 @@
 """Screenshots of the dashboard for the README: docs/screenshots/*.png.
 
 Starts `novalite serve` on three simulated hosts of different sizes (an embedded
-Postgres, bench/boot_storm.py's server and config helpers), boots a few servers
+Postgres; bench/dashboard.py's admin_cloud, bench/boot_storm.py's config), boots a few servers
 of several flavors into the admin project, then drives Debian's headless
 chromium (Selenium, chromium-driver) through the dashboard as admin and saves:
 instances.png (the list), launch.png (the form), instance.png (an instance page
@@ -15,30 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from boot_storm import (  # noqa: E402  (the storm's server, config and image helpers)
-    PATHS,
-    Server,
-    any_building,
-    free_port,
-    start_postgres,
-    token,
-    upload_image,
-    write_config,
-)
+from boot_storm import PATHS, any_building, write_config  # noqa: E402  (the storm's config helpers)
+from dashboard import admin_cloud  # noqa: E402  (bench/dashboard.py: the server with an image)
 
 HOSTS = (("lab1", 4, 8192, 80), ("lab2", 16, 32768, 400), ("lab3", 8, 16384, 200))  # name, vCPU, MB, GB
-SERVERS = (("big-1", "5"), ("web-1", "2"), ("web-2", "2"), ("web-3", "2"), ("db-1", "4"), ("cache-1", "3"), ("worker-1", "3"),
-           ("build-1", "4"), ("lab-vm", "1"))  # name, flavor
+SERVERS = (("big-1", "5"), ("web-1", "2"), ("web-2", "2"), ("web-3", "2"), ("db-1", "4"), ("cache-1", "3"),
+           ("worker-1", "3"), ("build-1", "4"), ("lab-vm", "1"))  # name, flavor
 WIDTH, HEIGHT = 1280, 760
 
 
@@ -106,21 +96,9 @@ async def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="novalite-screenshots-"))
-    pg, dsn = await start_postgres(root)
-    port = free_port()
-    server = Server(lab_config(root, dsn, port), port)
-    async with aiohttp.ClientSession() as session:
-        try:
-            await server.start(session)
-            password = json.loads((root / "state" / "credentials.json").read_text())["admin"]
-            headers = {"X-Auth-Token": await token(session, server.url, password)}
-            image = await upload_image(session, server.url, headers)
-            server_id = await boot(session, server.url, headers, image)
-            saved = await asyncio.to_thread(shoot, server.url, password, server_id, args.out)
-        finally:
-            server.stop()
-            await pg.stop()
+    async with admin_cloud("novalite-screenshots-", lab_config) as (session, url, password, headers, image):
+        server_id = await boot(session, url, headers, image)
+        saved = await asyncio.to_thread(shoot, url, password, server_id, args.out)
     for path in saved:
         print(f"{path} ({path.stat().st_size // 1024} KB)")
     return 0

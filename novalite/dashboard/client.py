@@ -17,6 +17,7 @@ from aiohttp import web
 
 from novalite.api import keys
 
+UPLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=300)  # no total bound; a stalled upload ends
 COMPUTE_VERSION = "compute 2.96"  # the newest microversion novalite speaks: every field the pages show
 
 
@@ -71,8 +72,9 @@ class ApiClient:
             hdrs["X-Auth-Token"] = token
         hdrs.update(headers or {})
         url = own_listener(request) + path
-        async with self.session().request(method, url, json=body, data=data, headers=hdrs,
-                                          params=params) as resp:
+        upload = {"timeout": UPLOAD_TIMEOUT} if data is not None else {}  # as long as its bytes take
+        async with self.session().request(method, url, json=body, data=data, headers=hdrs, params=params,
+                                          **upload) as resp:
             raw = await resp.read()
             parsed = None
             if raw and resp.content_type.endswith("json"):
