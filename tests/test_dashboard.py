@@ -213,6 +213,8 @@ async def test_image_upload_streams_the_bytes_to_glance_with_the_token_kept_serv
     data = os.urandom(3 * 2**20 + 7)
     async with browser.http.put(cloud.url + created["upload_url"], data=data) as r:
         assert r.status == 403  # a PUT without the page's CSRF token
+    async with cloud.session.put(cloud.url + created["upload_url"], data=b"x", allow_redirects=False) as r:
+        assert r.status == 401  # nor without a session (a script's request: no login page to go to)
     async with browser.http.put(cloud.url + created["upload_url"], data=data,
                                 headers={"X-CSRF-Token": csrf}) as r:
         assert r.status == 200, await r.text()

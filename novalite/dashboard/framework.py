@@ -155,6 +155,8 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     if session is not None:
         request[SESSION] = session
     elif not is_public:
+        if request.method not in ("GET", "HEAD", "POST"):  # a script's request (an upload): no page to go to
+            raise PageError(401, "The session has ended; log in again.")
         resp = web.HTTPFound(url("/login"))
         if request.cookies.get(COOKIE):
             clear_cookie(resp)  # a session this process no longer knows (expired, or a restart)
