@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -55,6 +57,26 @@ async def boot(session: aiohttp.ClientSession, url: str, headers: dict, image: s
         await asyncio.sleep(0.2)
 
 
+@contextlib.asynccontextmanager
+async def admin_cloud(prefix: str, config: Callable[[Path, str, int], Path]) -> AsyncIterator[tuple]:
+    """`novalite serve` on an embedded Postgres in a new directory, with ``config(root, dsn, port)``
+    and an uploaded image: (client session, URL, admin password, admin API headers, image id)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    pg, dsn = await start_postgres(root)
+    port = free_port()
+    server = Server(config(root, dsn, port), port)
+    async with aiohttp.ClientSession() as session:
+        try:
+            await server.start(session)
+            password = json.loads((root / "state" / "credentials.json").read_text())["admin"]
+            headers = {"X-Auth-Token": await token(session, server.url, password)}
+            image = await upload_image(session, server.url, headers)
+            yield session, server.url, password, headers, image
+        finally:
+            server.stop()
+            await pg.stop()
+
+
 async def dashboard_login(url: str, password: str) -> aiohttp.ClientSession:
     browser = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
     async with browser.get(f"{url}/dashboard/login") as r:
@@ -84,43 +106,35 @@ async def main() -> int:
     parser.add_argument("--hosts", type=int, default=10, help="simulated hosts (default 10)")
     parser.add_argument("-r", type=int, default=30, help="timed GETs per page (default 30)")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="novalite-bench-dash-"))
-    pg, dsn = await start_postgres(root)
-    port = free_port()
-    server = Server(write_config(root, dsn, args.hosts, port, PATHS["real"], args.n), port)
-    async with aiohttp.ClientSession() as session:
-        try:
-            await server.start(session)
-            password = json.loads((root / "state" / "credentials.json").read_text())["admin"]
-            headers = {"X-Auth-Token": await token(session, server.url, password)}
-            image = await upload_image(session, server.url, headers)
-            started = time.perf_counter()
-            await boot(session, server.url, headers, image, args.n)
-            print(f"booted {args.n} servers on {args.hosts} simulated hosts in {time.perf_counter() - started:.1f} s")
-            browser = await dashboard_login(server.url, password)
-            async with session.get(f"{server.url}/compute/v2.1/servers?limit=1", headers=headers) as r:
-                one = (await r.json())["servers"][0]["id"]
-            await asyncio.sleep(5)  # the hosts' last DHCP and lifecycle work after the storm settles
-            base, api = f"{server.url}/dashboard", f"{server.url}/compute/v2.1/servers/detail"
-            pages = {  # label: (url, what the answer holds, the API token for the API's own rows)
-                "instances.json (page of 50)": (f"{base}/instances.json", '"rows"', None),
-                "instances (page of 50)": (f"{base}/instances", 'id="next-page"', None),
-                "instance page": (f"{base}/instances/{one}", 'id="timeline"', None),
-                f"instances (all {args.n})": (f"{base}/instances?limit={args.n}", "dash", None),
-                "API servers/detail limit=50": (f"{api}?limit=50", "servers", headers),
-                f"API servers/detail limit={args.n}": (f"{api}?limit={args.n}", "servers", headers),
-            }
-            figures = {}
-            for label, (url, expect, auth) in pages.items():
-                await timed(browser, url, 3, expect, auth)  # warm
-                times = await timed(browser, url, args.r, expect, auth)
-                figures[label] = times
-                print(f"{label:30s} p50 {pct(times, 50):7.1f} ms  p95 {pct(times, 95):7.1f} ms  "
-                      f"max {max(times):7.1f} ms  (n={len(times)})")
-            await browser.close()
-        finally:
-            server.stop()
-            await pg.stop()
+
+    def config(root: Path, dsn: str, port: int) -> Path:
+        return write_config(root, dsn, args.hosts, port, PATHS["real"], args.n)
+
+    async with admin_cloud("novalite-bench-dash-", config) as (session, url, password, headers, image):
+        started = time.perf_counter()
+        await boot(session, url, headers, image, args.n)
+        print(f"booted {args.n} servers on {args.hosts} simulated hosts in {time.perf_counter() - started:.1f} s")
+        browser = await dashboard_login(url, password)
+        async with session.get(f"{url}/compute/v2.1/servers?limit=1", headers=headers) as r:
+            one = (await r.json())["servers"][0]["id"]
+        await asyncio.sleep(5)  # the hosts' last DHCP and lifecycle work after the storm settles
+        base, api = f"{url}/dashboard", f"{url}/compute/v2.1/servers/detail"
+        pages = {  # label: (url, what the answer holds, the API token for the API's own rows)
+            "instances.json (page of 50)": (f"{base}/instances.json", '"rows"', None),
+            "instances (page of 50)": (f"{base}/instances", 'id="next-page"', None),
+            "instance page": (f"{base}/instances/{one}", 'id="timeline"', None),
+            f"instances (all {args.n})": (f"{base}/instances?limit={args.n}", "dash", None),
+            "API servers/detail limit=50": (f"{api}?limit=50", "servers", headers),
+            f"API servers/detail limit={args.n}": (f"{api}?limit={args.n}", "servers", headers),
+        }
+        figures = {}
+        for label, (page_url, expect, auth) in pages.items():
+            await timed(browser, page_url, 3, expect, auth)  # warm
+            times = await timed(browser, page_url, args.r, expect, auth)
+            figures[label] = times
+            print(f"{label:30s} p50 {pct(times, 50):7.1f} ms  p95 {pct(times, 95):7.1f} ms  "
+                  f"max {max(times):7.1f} ms  (n={len(times)})")
+        await browser.close()
     page, everything = figures["instances (page of 50)"], figures[f"instances (all {args.n})"]
     print(json.dumps({"bench": "dashboard", "servers": args.n, "hosts": args.hosts, "repeats": args.r,
                       "page_p50_ms": round(pct(page, 50), 1), "page_p95_ms": round(pct(page, 95), 1),

@@ -3,11 +3,17 @@ escaping, project scoping) and what logging out does to the token on the API."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import html
+import json
+import os
 import re
 
 import aiohttp
 import pytest
-from conftest import add_image, start_cloud, stop_cloud
+from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 from yarl import URL
 
 from novalite.dashboard import framework as fw
@@ -173,3 +179,203 @@ async def test_admin_switches_project_and_the_old_token_is_revoked(cloud, browse
     assert resp.status == 200 and '<span class="project">demo</span>' in page
     async with cloud.session.get(cloud.url + "/compute/v2.1/servers", headers={"X-Auth-Token": old}) as r:
         assert r.status == 401
+
+
+# --- the other areas: images, volumes, key pairs, networks, security groups, admin, console ---------
+
+async def until(check, timeout: float = 20):
+    """``await check()`` until it is truthy (bounded), returning its value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await check()):
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def form_post(browser, page: str, action: str, fields: dict) -> tuple[aiohttp.ClientResponse, str]:
+    """A form of ``page`` posted with its CSRF token, redirects followed (the page showing the answer)."""
+    return await browser.post(action, {"csrf_token": await browser.csrf(page), **fields})
+
+
+def flash(page: str) -> str:
+    found = re.search(r'id="flash">([^<]*)<', page)
+    return html.unescape(found.group(1)) if found else ""
+
+
+async def test_image_upload_streams_the_bytes_to_glance_with_the_token_kept_server_side(cloud, browser):
+    await browser.login()
+    csrf = await browser.csrf("/dashboard/images")
+    resp, text = await browser.post("/dashboard/images", {"csrf_token": csrf, "name": XSS, "disk_format": "raw",
+                                                          "visibility": "private"})
+    assert resp.status == 201, text
+    created = json.loads(text)
+    data = os.urandom(3 * 2**20 + 7)
+    async with browser.http.put(cloud.url + created["upload_url"], data=data) as r:
+        assert r.status == 403  # a PUT without the page's CSRF token
+    async with cloud.session.put(cloud.url + created["upload_url"], data=b"x", allow_redirects=False) as r:
+        assert r.status == 401  # nor without a session (a script's request: no login page to go to)
+    async with browser.http.put(cloud.url + created["upload_url"], data=data,
+                                headers={"X-CSRF-Token": csrf}) as r:
+        assert r.status == 200, await r.text()
+    status, image, _ = await cloud.request("GET", f"/image/v2/images/{created['id']}")
+    assert image["status"] == "active" and image["size"] == len(data)
+    assert image["checksum"] == hashlib.md5(data).hexdigest()  # noqa: S324  (Glance's own checksum)
+    _, page = await browser.get("/dashboard/images")
+    assert created["id"] in page and "&lt;script&gt;" in page and XSS not in page
+    async with browser.http.put(cloud.url + created["upload_url"], data=b"again",
+                                headers={"X-CSRF-Token": csrf}) as r:
+        assert r.status == 409 and "not allowed" in (await r.json())["error"]  # Glance's answer, passed on
+    resp, text = await browser.post("/dashboard/images", {"csrf_token": csrf, "name": "pub", "disk_format": "raw",
+                                                          "visibility": "public"})
+    assert resp.status == 403 and json.loads(text)["error"]  # members may not publicize: Glance's policy
+    _, page = await form_post(browser, "/dashboard/images", f"/dashboard/images/{created['id']}/delete", {})
+    assert flash(page) == "Image deleted." and created["id"] not in page
+
+
+async def test_volume_create_attach_detach_delete(cloud, browser):
+    await browser.login()
+    image = await add_image(cloud, "vol-image")
+    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
+        "name": "vol-host", "imageRef": image, "flavorRef": "1", "networks": "none"}})
+    server_id = body["server"]["id"]
+    _, page = await form_post(browser, "/dashboard/volumes", "/dashboard/volumes", {"name": "data", "size": "zero"})
+    assert "size" in flash(page).lower() and 'id="flash"' in page  # Cinder's 400, on the page
+    _, page = await form_post(browser, "/dashboard/volumes", "/dashboard/volumes", {"name": "data", "size": "1"})
+    assert flash(page) == "Volume created."
+    volume_id = re.search(r'<tr data-id="([0-9a-f-]+)">\s*<td>data</td>', page).group(1)
+    await wait_for_status(cloud, server_id, "ACTIVE")
+
+    async def volume_page_shows(status: str):
+        _, page = await browser.get("/dashboard/volumes")
+        row = page[page.index(f'data-id="{volume_id}"'):]
+        return page if f'<td class="status">{status}</td>' in row[:400] else None
+
+    await until(lambda: volume_page_shows("available"))
+    _, page = await form_post(browser, "/dashboard/volumes", f"/dashboard/volumes/{volume_id}/attach",
+                              {"server_id": server_id})
+    assert flash(page) == "Attach requested.", flash(page)
+    page = await until(lambda: volume_page_shows("in-use"))
+    assert "vol-host /dev/vdb" in page
+    resp, page = await form_post(browser, "/dashboard/volumes", f"/dashboard/volumes/{volume_id}/delete", {})
+    assert "attached" in flash(page) or "in-use" in flash(page), flash(page)  # Cinder refuses: it is in use
+    _, page = await form_post(browser, "/dashboard/volumes", f"/dashboard/volumes/{volume_id}/detach",
+                              {"server_id": server_id})
+    assert flash(page) == "Detach requested."
+    await until(lambda: volume_page_shows("available"))
+    _, page = await form_post(browser, "/dashboard/volumes", f"/dashboard/volumes/{volume_id}/delete", {})
+    assert flash(page) == "Delete requested."
+
+
+async def test_keypair_private_key_is_shown_once_and_import_shows_novas_errors(cloud, browser):
+    await browser.login()
+    resp, page = await form_post(browser, "/dashboard/keypairs", "/dashboard/keypairs/create", {"name": "made"})
+    assert resp.status == 201 and "-----BEGIN RSA PRIVATE KEY-----" in page and 'id="download-key"' in page
+    assert resp.headers["Cache-Control"] == "no-store"
+    _, page = await browser.get("/dashboard/keypairs")
+    assert "<td>made</td>" in page and "PRIVATE KEY" not in page
+    status, body, _ = await cloud.compute("GET", "/os-keypairs/made")
+    assert status == 200 and "private_key" not in body["keypair"]
+    _, page = await form_post(browser, "/dashboard/keypairs", "/dashboard/keypairs/create", {"name": "made"})
+    assert "already exists" in flash(page)
+    _, page = await form_post(browser, "/dashboard/keypairs", "/dashboard/keypairs/import",
+                              {"name": "bad", "public_key": "not a key"})
+    assert flash(page).startswith("Keypair data is invalid") and "<td>bad</td>" not in page
+    public = "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes(32)).decode()
+    _, page = await form_post(browser, "/dashboard/keypairs", "/dashboard/keypairs/import",
+                              {"name": "mine", "public_key": public})
+    assert flash(page) == "Key pair imported." and "<td>mine</td>" in page
+    _, page = await form_post(browser, "/dashboard/keypairs", "/dashboard/keypairs/delete", {"name": "mine"})
+    assert flash(page) == "Key pair deleted." and "<td>mine</td>" not in page
+
+
+async def test_network_with_subnet_and_security_group_rules(cloud, browser):
+    await browser.login()
+    _, page = await form_post(browser, "/dashboard/networks", "/dashboard/networks",
+                              {"name": "half", "cidr": "10.300.0.0/24", "enable_dhcp": "on"})
+    assert "10.300.0.0/24" in flash(page) and "<td>half</td>" not in page  # Neutron's 400; no network left
+    _, page = await form_post(browser, "/dashboard/networks", "/dashboard/networks",
+                              {"name": "lab", "cidr": "10.42.0.0/24", "enable_dhcp": "on"})
+    assert flash(page) == "Network created." and "10.42.0.0/24" in page
+    _, page = await form_post(browser, "/dashboard/security-groups", "/dashboard/security-groups",
+                              {"name": "web", "description": XSS})
+    assert flash(page) == "Security group created." and XSS not in page
+    group_id = re.search(r'<section class="card group" data-id="([0-9a-f-]+)">\s*<h2>web ', page).group(1)
+    rule = {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": "22",
+            "port_range_max": "22", "remote_ip_prefix": "0.0.0.0/0"}
+    _, page = await form_post(browser, "/dashboard/security-groups",
+                              f"/dashboard/security-groups/{group_id}/rules", rule)
+    assert flash(page) == "Rule added."
+    _, page = await form_post(browser, "/dashboard/security-groups", f"/dashboard/security-groups/{group_id}/rules",
+                              {**rule, "port_range_min": "90", "port_range_max": "80"})
+    assert "port" in flash(page).lower() and flash(page) != "Rule added."  # Neutron's own refusal
+    status, body, _ = await cloud.request("GET", f"/networking/v2.0/security-group-rules?security_group_id={group_id}"
+                                                 "&protocol=tcp")
+    (made,) = body["security_group_rules"]
+    assert made["port_range_min"] == 22
+    _, page = await form_post(browser, "/dashboard/security-groups",
+                              f"/dashboard/security-group-rules/{made['id']}/delete", {})
+    assert flash(page) == "Rule deleted." and made["id"] not in page
+
+
+async def test_admin_pages_are_absent_for_members_and_show_admins_the_hypervisors_usage(cloud, browser):
+    await browser.login()
+    _, page = await browser.get("/dashboard/instances")
+    assert 'id="admin-link"' not in page
+    for path in ("/dashboard/admin/hypervisors", "/dashboard/admin/services", "/dashboard/admin/identity",
+                 "/dashboard/admin/quotas"):
+        resp, page = await browser.get(path)
+        page = html.unescape(page)  # Nova's or Keystone's own 403 message
+        assert resp.status == 403 and ("Policy doesn't allow" in page or "not authorized" in page), path
+    admin = Browser(cloud)
+    try:
+        await admin.login("admin", "admin")
+        _, page = await admin.get("/dashboard/instances")
+        assert 'id="admin-link"' in page
+        _, page = await admin.get("/dashboard/admin/hypervisors")
+        meters = re.findall(r'<tr data-host="(sim\d)">|<meter min="0" max="(\d+)" value="(\d+)" data-usage="(\w+)"',
+                            page)
+        assert [m[0] for m in meters if m[0]] == ["sim1", "sim2"]
+        vcpus = [(int(m[1]), int(m[2])) for m in meters if m[3] == "vCPU"]
+        assert [total for total, _ in vcpus] == [8, 8] and sum(used for _, used in vcpus) >= 1  # the servers above
+        _, page = await admin.get("/dashboard/admin/services")
+        assert page.count('class="state-up">up<') == 2
+        _, page = await admin.get("/dashboard/admin/identity")
+        assert "<td>demo</td>" in page and "<td>admin</td>" in page
+        demo_id = re.search(r'<option value="([0-9a-f]+)">demo</option>', page) or re.search(
+            r'<tr><td>demo</td><td class="mono">([0-9a-f]+)</td>', page)
+        quotas = f"/dashboard/admin/quotas?project_id={demo_id.group(1)}"
+        _, page = await form_post(admin, quotas, f"/dashboard/admin/quotas/{demo_id.group(1)}",
+                                  {"q_instances": "-2"})
+        assert "instances" in flash(page) and flash(page) != "Quotas updated."  # Nova's 400 on the page
+        _, page = await form_post(admin, quotas, f"/dashboard/admin/quotas/{demo_id.group(1)}",
+                                  {"q_instances": "33", "q_cores": ""})
+        assert flash(page) == "Quotas updated." and '<td>instances</td><td class="num">' in page
+        status, body, _ = await cloud.compute("GET", "/os-quota-sets/" + demo_id.group(1), user="admin")
+        assert body["quota_set"]["instances"] == 33
+    finally:
+        await admin.close()
+
+
+async def test_instance_page_offers_the_serial_console_and_serves_xterm(cloud, browser):
+    """Simulated hosts have no console to open, so the API's refusal is what the page gets; a real
+    guest's URL goes to the page's terminal the same way (the vendored xterm.js over the websocket)."""
+    await browser.login()
+    image = await add_image(cloud, "console-image")
+    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
+        "name": "console-vm", "imageRef": image, "flavorRef": "1", "networks": "none"}})
+    server_id = body["server"]["id"]
+    await wait_for_status(cloud, server_id, "ACTIVE")
+    _, page = await browser.get(f"/dashboard/instances/{server_id}")
+    url = f"/dashboard/instances/{server_id}/console-url"
+    assert f'data-url="{url}"' in page and "/dashboard/static/vendor/xterm.js" in page
+    resp, text = await browser.post(url, {})
+    assert resp.status == 403  # a POST: the CSRF token is required
+    resp, text = await browser.post(url, {"csrf_token": await browser.csrf(f"/dashboard/instances/{server_id}")})
+    status, api, _ = await cloud.compute("POST", f"/servers/{server_id}/remote-consoles", version="2.latest",
+                                         json_body={"remote_console": {"protocol": "serial", "type": "serial"}})
+    assert resp.status == status == 400 and json.loads(text)["error"] == api["badRequest"]["message"]
+    for name, kind in (("xterm.js", "javascript"), ("xterm.css", "text/css"), ("xterm.LICENSE", "")):
+        resp, text = await browser.get(f"/dashboard/static/vendor/{name}")
+        assert resp.status == 200 and kind in resp.headers["Content-Type"], (name, resp.headers["Content-Type"])
+    assert "xterm.js 6.0.0" in (await browser.get("/dashboard/static/vendor/README"))[1]

@@ -44,7 +44,7 @@ REQUEST_ID_HEADER = "X-OpenStack-Request-ID"
 
 access_log = structlog.get_logger("novalite.access")
 
-_IMAGE_DATA = re.compile(r"^/image/v2/images/[^/]+/file/?$")
+_IMAGE_DATA = re.compile(r"^/(image/v2/images/[^/]+/file|dashboard/images/[^/]+/data)/?$")  # and the dashboard's
 
 
 def service_of(path: str) -> str:
@@ -277,6 +277,6 @@ def parse_json(request: web.Request, raw: bytes, message: str):
 
 
 def streams_body(request: web.Request) -> bool:
-    """Requests whose body is streamed to disk, not read whole: Glance image data uploads,
-    bounded by the image size cap, the image quota and the store's free space instead."""
+    """Requests whose body is streamed to disk, not read whole: Glance image data uploads (and
+    the dashboard's, which it streams on to Glance), bounded by the image size cap, the image quota and the store's free space instead."""
     return request.method == "PUT" and _IMAGE_DATA.match(request.path) is not None

@@ -15,12 +15,12 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from novalite.dashboard import auth, instances
+from novalite.dashboard import admin, auth, images, instances, keypairs, networks, volumes
 from novalite.dashboard import framework as fw
 from novalite.dashboard.client import ApiClient
 from novalite.dashboard.sessions import SessionStore
 
-AREAS = (auth, instances)
+AREAS = (auth, instances, images, volumes, keypairs, networks, admin)
 HERE = Path(__file__).parent
 
 

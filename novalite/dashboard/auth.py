@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from aiohttp import web
 
+from novalite.dashboard import admin
 from novalite.dashboard import framework as fw
 from novalite.dashboard.sessions import Session, clear_cookie, over_tls, set_cookie
 
@@ -68,7 +70,7 @@ async def login(request: web.Request) -> web.Response:
     if not fields["project_id"]:
         await client.call(request, "DELETE", TOKENS, fields["token"], headers={"X-Subject-Token": fields["token"]})
         return login_page(request, "This user has no project to log in to; name one.", values, status=401)
-    session = request.config_dict[fw.SESSIONS].create(**fields, projects=await user_projects(request, fields["token"]))
+    session = request.config_dict[fw.SESSIONS].create(**fields, **await token_extras(request, fields["token"]))
     resp = fw.redirect("/instances")
     set_cookie(request, resp, session)
     resp.del_cookie(fw.LOGIN_CSRF_COOKIE, path=fw.url("/login"))
@@ -79,6 +81,12 @@ async def user_projects(request: web.Request, token: str) -> list[tuple[str, str
     """(id, name) of the projects the user holds a role on, for the project switcher."""
     answer = await request.config_dict[fw.CLIENT].call(request, "GET", "/identity/v3/auth/projects", token)
     return sorted(((p["id"], p["name"]) for p in (answer.body or {}).get("projects", [])), key=lambda p: p[1])
+
+
+async def token_extras(request: web.Request, token: str) -> dict:
+    """What a session keeps beside the token: the project switcher's list, whether the admin menu shows."""
+    projects, admin_area = await asyncio.gather(user_projects(request, token), admin.allowed(request, token))
+    return {"projects": projects, "admin_area": admin_area}
 
 
 async def switch_project(request: web.Request) -> web.Response:
@@ -92,8 +100,7 @@ async def switch_project(request: web.Request) -> web.Response:
         raise fw.PageError(answer.status, answer.message())
     old = session.token
     fields = token_fields(answer)
-    request.config_dict[fw.SESSIONS].replace_token(session, **fields,
-                                                   projects=await user_projects(request, fields["token"]))
+    request.config_dict[fw.SESSIONS].replace_token(session, **fields, **await token_extras(request, fields["token"]))
     await request.config_dict[fw.CLIENT].call(request, "DELETE", TOKENS, old, headers={"X-Subject-Token": old})
     raise fw.redirect("/instances")
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from novalite.api import keys
 
+UPLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=300)  # no total bound; a stalled upload ends
 COMPUTE_VERSION = "compute 2.96"  # the newest microversion novalite speaks: every field the pages show
 
 
@@ -63,14 +64,17 @@ class ApiClient:
 
     async def call(self, request: web.Request, method: str, path: str, token: str | None, *,
                    body: dict | None = None, headers: dict[str, str] | None = None,
-                   params: dict[str, str] | None = None) -> ApiAnswer:
-        """``method path`` on the listener ``request`` came in on, with ``token`` as X-Auth-Token."""
+                   params: dict[str, str] | None = None, data: object = None) -> ApiAnswer:
+        """``method path`` on the listener ``request`` came in on, with ``token`` as X-Auth-Token;
+        ``data`` (bytes or a stream, an image upload) goes as the raw body instead of JSON ``body``."""
         hdrs = {"OpenStack-API-Version": COMPUTE_VERSION, "X-OpenStack-Request-ID": request_id_of(request)}
         if token:
             hdrs["X-Auth-Token"] = token
         hdrs.update(headers or {})
         url = own_listener(request) + path
-        async with self.session().request(method, url, json=body, headers=hdrs, params=params) as resp:
+        upload = {"timeout": UPLOAD_TIMEOUT} if data is not None else {}  # as long as its bytes take
+        async with self.session().request(method, url, json=body, data=data, headers=hdrs, params=params,
+                                          **upload) as resp:
             raw = await resp.read()
             parsed = None
             if raw and resp.content_type.endswith("json"):

@@ -8,6 +8,7 @@ marked ``@public`` are served without a session (the login page)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+CSRF_HEADER = "X-CSRF-Token"  # a script's PUT (an image's bytes) carries the token here: its body is data
 LOGIN_CSRF_COOKIE = "novalite_login_csrf"  # double-submit token of the login form (no session yet)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,6 +61,17 @@ def url(path: str = "/") -> str:
     return PREFIX + path
 
 
+ID = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")  # an id or name in a path: never a dot segment, never a slash
+
+
+def path_id(request: web.Request, key: str, noun: str = "Resource") -> str:
+    """The ``key`` of the page's path, fit to go into an API path (else the API's kind of 404)."""
+    value = request.match_info[key]
+    if not ID.match(value) or value in (".", ".."):
+        raise PageError(404, f"{noun} {value} could not be found.")
+    return value
+
+
 def session_of(request: web.Request) -> Session:
     return request[SESSION]
 
@@ -69,10 +82,11 @@ def form_of(request: web.Request) -> MultiDictProxy:
 
 
 async def api(request: web.Request, method: str, path: str, *, body: dict | None = None,
-              headers: dict[str, str] | None = None, params: dict[str, str] | None = None) -> ApiAnswer:
+              headers: dict[str, str] | None = None, params: dict[str, str] | None = None,
+              data: object = None) -> ApiAnswer:
     """One API call as the logged-in user; a token the API no longer takes ends the session."""
     answer = await request.config_dict[CLIENT].call(request, method, path, session_of(request).token, body=body,
-                                            headers=headers, params=params)
+                                                    headers=headers, params=params, data=data)
     if answer.status == 401:
         request.config_dict[SESSIONS].drop(session_of(request))
         raise web.HTTPFound(url("/login"))
@@ -91,6 +105,13 @@ async def api_many(request: web.Request, paths: dict[str, str]) -> dict[str, Api
     """Several GETs at once (a page's lists), keyed as ``paths`` is."""
     answers = await asyncio.gather(*(api(request, "GET", p) for p in paths.values()))
     return dict(zip(paths, answers, strict=True))
+
+
+async def act(request: web.Request, method: str, path: str, done: str, back: str, **kw) -> web.Response:
+    """A form's one API call: ``done`` or the API's own error shown on the page ``back`` redirects to."""
+    answer = await api(request, method, path, **kw)
+    session_of(request).flash = done if answer.ok else answer.message()
+    raise redirect(back)
 
 
 def render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
@@ -134,6 +155,8 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     if session is not None:
         request[SESSION] = session
     elif not is_public:
+        if request.method not in ("GET", "HEAD", "POST"):  # a script's request (an upload): no page to go to
+            raise PageError(401, "The session has ended; log in again.")
         resp = web.HTTPFound(url("/login"))
         if request.cookies.get(COOKIE):
             clear_cookie(resp)  # a session this process no longer knows (expired, or a restart)
@@ -145,4 +168,7 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
         if not expected or not given or not secrets.compare_digest(expected.encode(), given.encode()):
             raise PageError(403, "The form's CSRF token is missing or wrong; reload the page and try again.")
         request[FORM] = form
+    elif request.method not in ("GET", "HEAD") and (session is None or not session.csrf_ok(
+            request.headers.get(CSRF_HEADER, ""))):
+        raise PageError(403, "The request's CSRF token is missing or wrong; reload the page and try again.")
     return await handler(request)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
@@ -16,7 +15,6 @@ from novalite.dashboard import framework as fw
 
 SERVERS = "/compute/v2.1/servers"
 POWER_STATES = {0: "No state", 1: "Running", 3: "Paused", 4: "Shut down", 6: "Crashed", 7: "Suspended"}
-SERVER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # never a dot segment in the API path it goes into
 TIMELINE_ACTIONS = 10  # the newest actions drawn on the instance page
 CONSOLE_LINES = 200
 ACTIONS = {  # the page's buttons → the compute API's server actions
@@ -187,10 +185,7 @@ async def launch(request: web.Request) -> web.Response:
 # --- one instance -----------------------------------------------------------------------------------
 
 def server_path(request: web.Request) -> str:
-    server_id = request.match_info["server_id"]
-    if not SERVER_ID.match(server_id):
-        raise fw.PageError(404, f"Instance {server_id} could not be found.")
-    return f"{SERVERS}/{quote(server_id, safe='')}"
+    return f"{SERVERS}/{quote(fw.path_id(request, 'server_id', 'Instance'), safe='')}"
 
 
 def timeline(action: dict, now: datetime) -> dict:
@@ -267,6 +262,7 @@ async def detail(request: web.Request) -> web.Response:
         "console": console, "metadata": server.get("metadata") or {}, "actions": ACTIONS,
         "state_url": fw.url(f"/instances/{quote(server['id'])}/state.json"),
         "console_url": fw.url(f"/instances/{quote(server['id'])}/console.json"),
+        "terminal_url": fw.url(f"/instances/{quote(server['id'])}/console-url"),
     })
 
 
@@ -282,6 +278,16 @@ async def state_json(request: web.Request) -> web.Response:
 
 async def console_json(request: web.Request) -> web.Response:
     return web.json_response({"output": await console_text(request, server_path(request))})
+
+
+async def console_url(request: web.Request) -> web.Response:
+    """POST (the page's Connect button): a fresh serial console URL from the API, as the user;
+    JSON ``{"url"}`` for the page's terminal, or ``{"error"}`` with the API's message."""
+    body = {"remote_console": {"protocol": "serial", "type": "serial"}}
+    answer = await fw.api(request, "POST", f"{server_path(request)}/remote-consoles", body=body)
+    if not answer.ok:
+        return web.json_response({"error": answer.message()}, status=answer.status)
+    return web.json_response({"url": answer.body["remote_console"]["url"]})
 
 
 async def server_action(request: web.Request) -> web.Response:
@@ -310,3 +316,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/instances/{server_id}/state.json", state_json)
     router.add_get("/instances/{server_id}/console.json", console_json)
     router.add_post("/instances/{server_id}/action", server_action)
+    router.add_post("/instances/{server_id}/console-url", console_url)

@@ -36,6 +36,7 @@ class Session:
     expires_at: float  # the token's expiry, epoch seconds
     projects: list[tuple[str, str]] = field(default_factory=list)  # (id, name) for the project switcher
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    admin_area: bool = False  # the policy lets this token into the admin pages (the menu shows them)
     flash: str = ""  # one message for the next page (an action's answer), shown once
 
     def take_flash(self) -> str:
