@@ -4,7 +4,8 @@ Two TCG guests boot in parallel with a keypair and ``#cloud-config`` user_data, 
 the metadata service at 169.254.169.254 (no config drive), one a config drive. Its runcmd prints
 what cloud-init did (hostname, the written file, the default user's authorized_keys) on the serial
 console; the test reads it through the API's console log, with cloud-init's final message. Nothing
-is sent from the host to a guest. Slow (a Debian userland under TCG): ``make e2e-cloud``.
+is sent from the host to a guest. Slow (a Debian userland under TCG, ~3 min): in ``make e2e``
+(and CI), alone with ``make e2e-cloud``.
 """
 
 from __future__ import annotations
