@@ -17,7 +17,7 @@ test: test-setup
 # Real TCG guests under qemu:///system (boot, rebuild, rescue, resize, snapshot, shelve, volumes,
 # and the Debian cloud image with cloud-init, built once and cached in /var/tmp): ~15 minutes.
 e2e: test-setup
-	$(PY) -m pytest -q -m qemu $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m qemu --durations=25 $(PYTEST_ARGS)
 
 # The Debian cloud image (built once with mmdebstrap, cached in /var/tmp) booted with cloud-init.
 e2e-cloud: test-setup
