@@ -26,6 +26,7 @@ from novalite import metrics
 from novalite.compute import states
 from novalite.compute.api import finish_delete
 from novalite.compute.disks import PreparedDisks, prepare_local_disks
+from novalite.compute.evacuate import EvacuateManager
 from novalite.compute.failures import (
     Failure,
     Notification,
@@ -37,7 +38,12 @@ from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.metadata import injected_files, instance_meta, user_data
 from novalite.compute.power import PowerManager
-from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
+from novalite.compute.rebuild import (
+    REBUILD_BLOCK_DEVICE_MAPPING,
+    REBUILD_EVENT,
+    REBUILD_SPAWNING,
+    REBUILDING,
+)
 from novalite.compute.rescue import RescueManager
 from novalite.compute.resize import ResizeManager
 from novalite.compute.shelve_host import ShelveManager
@@ -56,7 +62,6 @@ from novalite.volume.build import VolumeBuild
 log = structlog.get_logger(__name__)
 
 BUILD_EVENT = "compute_build_and_run_instance"  # the build's action event, as Nova names it
-REBUILD_EVENT = "compute_rebuild_instance"
 MAX_CONSOLE_BYTES = 100 * 1024  # the most of a console log Nova returns
 
 # The conductor's reschedule, as the manager sees it: (uuid, request_id, alternates, attempts, admin_password).
@@ -123,6 +128,7 @@ class ComputeManager:
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
                                         self.store, self.scratch, self.spawn_task)
         self.resize = ResizeManager(self, peers or (lambda _host: None))
+        self.evacuate = EvacuateManager(self, peers or (lambda _host: None))
         self.rescue = RescueManager(self)
         self.shelve = ShelveManager(self, image_store)
         self._image_cache = Periodic(f"image-cache-{self.host}", config.image_cache.manager_interval,
@@ -267,9 +273,20 @@ class ComputeManager:
                 continue
             try:
                 async with self.pool.acquire() as conn:
-                    await conn.execute("UPDATE compute_nodes SET heartbeat_at = now() WHERE host = $1", self.host)
+                    forced_down = await conn.fetchval(
+                        "UPDATE compute_nodes SET heartbeat_at = now() WHERE host = $1 RETURNING forced_down",
+                        self.host)
             except Exception:  # a missed beat is logged, the next one retries
                 log.warning("heartbeat_failed", host=self.host, exc_info=True)
+                continue
+            if not forced_down:  # back (or never gone): what evacuations left here goes
+                await self._destroy_evacuated()
+
+    async def _destroy_evacuated(self) -> None:
+        try:
+            await self.evacuate.destroy_evacuated()
+        except Exception:  # the next beat tries again
+            log.warning("destroy_evacuated_failed", host=self.host, exc_info=True)
 
     async def _libvirt_answers(self, timeout: float) -> bool:
         """Whether the host's libvirt answers within ``timeout`` s (a worker may stay on a hung host)."""
@@ -569,7 +586,7 @@ class ComputeManager:
                                                     task_state=REBUILD_BLOCK_DEVICE_MAPPING, progress=33)
                 stopped = inst["vm_state"] == states.STOPPED
                 await self.driver.destroy(uuid)
-                prepared = await self._rebuild_disks(inst, preserve_ephemeral)
+                prepared = await self.rebuild_disks(inst, preserve_ephemeral)
                 async with self.pool.acquire() as conn:
                     inst = await db.compare_and_set(conn, uuid, expect_task_state=REBUILD_BLOCK_DEVICE_MAPPING,
                                                     task_state=REBUILD_SPAWNING, progress=66)
@@ -608,7 +625,7 @@ class ComputeManager:
                                                   pub),
                     )
 
-    async def _rebuild_disks(self, inst: asyncpg.Record, preserve_ephemeral: bool) -> PreparedDisks:
+    async def rebuild_disks(self, inst: asyncpg.Record, preserve_ephemeral: bool) -> PreparedDisks:
         """The rebuilt guest's disks: local ones made anew from the image, the volumes it has in use."""
         uuid = str(inst["uuid"])
         gone = ["disk", "disk.config", "disk.swap"]
