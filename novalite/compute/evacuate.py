@@ -44,14 +44,13 @@ from novalite.compute.rebuild import (
     REBUILD_SPAWNING,
     REBUILDING,
 )
+from novalite.compute.resize import named_host, start_move
 from novalite.config import Config
 from novalite.context import RequestContext
-from novalite.db import boot as lookups
 from novalite.db import catalog
 from novalite.db import instances as db
 from novalite.db import migration_records as migrations
 from novalite.db import volumes as volumes_db
-from novalite.virt import power_state
 
 if TYPE_CHECKING:
     from novalite.compute.manager import ComputeManager
@@ -80,11 +79,7 @@ class EvacuateCheck:
         The caller has checked the instance's state and casts to the conductor afterwards."""
         uuid = str(inst["uuid"])
         async with self.pool.acquire() as conn:
-            if host is not None:
-                node = await lookups.compute_node(conn, host)
-                if node is None:
-                    raise exception.NotFound(f"Compute host {host} not found.")
-                host = node["host"]
+            host = await named_host(conn, host, exception.NotFound(f"Compute host {host} not found."))
             if host == inst["host"]:
                 raise exception.Invalid("The target host can't be the same one.")
             source = await catalog.get_compute_node(conn, self.config.scheduler.service_down_time,
@@ -96,20 +91,9 @@ class EvacuateCheck:
         spec["requested_destination"] = {"host": host} if host else None
         spec[STOP_KEY] = stop
         async with self.pool.acquire() as conn, conn.transaction():
-            try:
-                row = await db.compare_and_set(conn, uuid, expect_vm_state=list(EVACUATE_VM_STATES),
-                                               expect_task_state=None, task_state=REBUILDING, progress=0,
-                                               request_spec=spec)
-            except db.StateConflict as conflict:
-                actual = conflict.actual
-                if actual is None or actual["deleted"]:
-                    raise exception.NotFound(f"Instance {uuid} could not be found.") from None
-                raise exception.Conflict(f"Cannot 'evacuate' instance {uuid} while it is in task_state "
-                                         f"{actual['task_state']}") from None
-            flavor = dict(inst["flavor"])
-            migration = await migrations.create(conn, row, flavor, flavor, ctx.request_id,
-                                                migration_type=migrations.EVACUATION, status=migrations.ACCEPTED)
-            await db.start_actions(conn, [uuid], "evacuate", ctx.request_id, ctx.user_id, ctx.project_id)
+            migration = await start_move(conn, ctx, inst, "evacuate", vm_states=EVACUATE_VM_STATES,
+                                         task_state=REBUILDING, migration_type=migrations.EVACUATION,
+                                         status=migrations.ACCEPTED, request_spec=spec)
         log.info("evacuate_accepted", instance_uuid=uuid, source=inst["host"], host=host,
                  migration_id=migration["id"])
         return migration
@@ -183,19 +167,13 @@ class EvacuateManager:
                     inst = await db.compare_and_set(conn, uuid, expect_task_state=[REBUILD_BLOCK_DEVICE_MAPPING,
                                                                                    REBUILD_SPAWNING],
                                                     task_state=REBUILD_SPAWNING, progress=66)
-                await m.write_config_drive(inst, ports, prepared, admin_password)
-                await m.driver.spawn(m.guest_spec(inst, [p.nic() for p in ports], prepared))
-                if stop:
-                    await m.driver.power_off(uuid, 0)
-                info = await m.driver.get_info(uuid)
-                vm_state = states.STOPPED if stop else states.ACTIVE
+                vm_state, power = await m.spawn_rebuilt(inst, ports, prepared, admin_password, stop)
                 spec = {k: v for k, v in (inst["request_spec"] or {}).items()
                         if k not in ("requested_destination", STOP_KEY)}
                 async with self.pool.acquire() as conn, conn.transaction():
                     await db.compare_and_set(
                         conn, uuid, expect_task_state=REBUILD_SPAWNING, task_state=None, vm_state=vm_state,
-                        power_state=info.power_state if info else power_state.NOSTATE,
-                        launched_at=datetime.now(UTC), progress=100, request_spec=spec,
+                        power_state=power, launched_at=datetime.now(UTC), progress=100, request_spec=spec,
                     )
                     await migrations.set_status(conn, migration_id, [migrations.PRE_MIGRATING, migrations.DONE],
                                                 migrations.DONE)

@@ -591,17 +591,11 @@ class ComputeManager:
                     inst = await db.compare_and_set(conn, uuid, expect_task_state=REBUILD_BLOCK_DEVICE_MAPPING,
                                                     task_state=REBUILD_SPAWNING, progress=66)
                 ports = await self.network_api.ports_for_instance(uuid) if self.network_api is not None else []
-                await self.write_config_drive(inst, ports, prepared, admin_password)
-                await self.driver.spawn(self.guest_spec(inst, [p.nic() for p in ports], prepared))
-                if stopped:
-                    await self.driver.power_off(uuid, 0)
-                info = await self.driver.get_info(uuid)
-                vm_state = states.STOPPED if stopped else states.ACTIVE
+                vm_state, power = await self.spawn_rebuilt(inst, ports, prepared, admin_password, stopped)
                 async with self.pool.acquire() as conn, conn.transaction():
                     await db.compare_and_set(
                         conn, uuid, expect_task_state=REBUILD_SPAWNING, task_state=None, vm_state=vm_state,
-                        power_state=info.power_state if info else power_state.NOSTATE, launched_at=datetime.now(UTC),
-                        progress=100,
+                        power_state=power, launched_at=datetime.now(UTC), progress=100,
                     )
                     await db.event_finish(conn, uuid, request_id, REBUILD_EVENT)
                     await db.finish_action(conn, uuid, request_id)
@@ -624,6 +618,18 @@ class ComputeManager:
                         notification=Notification("instance.rebuild.error", {"host": self.host, "fault": reason},
                                                   pub),
                     )
+
+    async def spawn_rebuilt(self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks,
+                            admin_password: str | None, stopped: bool) -> tuple[str, int]:
+        """The last step of a rebuild (or an evacuation's): the config drive written, the guest
+        started (stopped again if it is to end STOPPED); its vm_state and power state."""
+        uuid = str(inst["uuid"])
+        await self.write_config_drive(inst, ports, prepared, admin_password)
+        await self.driver.spawn(self.guest_spec(inst, [p.nic() for p in ports], prepared))
+        if stopped:
+            await self.driver.power_off(uuid, 0)
+        info = await self.driver.get_info(uuid)
+        return (states.STOPPED if stopped else states.ACTIVE), (info.power_state if info else power_state.NOSTATE)
 
     async def rebuild_disks(self, inst: asyncpg.Record, preserve_ephemeral: bool) -> PreparedDisks:
         """The rebuilt guest's disks: local ones made anew from the image, the volumes it has in use."""

@@ -142,6 +142,37 @@ def _conflict(action: str, uuid: str, actual: asyncpg.Record | None) -> exceptio
     return exception.Conflict(f"Cannot '{action}' instance {uuid} while it is in vm_state {actual['vm_state']}")
 
 
+async def named_host(conn: asyncpg.Connection, host: str | None, missing: exception.NovaliteException
+                     ) -> str | None:
+    """The compute host a move names (by host or hypervisor hostname; None when none is named);
+    ``missing`` is raised when there is no such host (each API answers it its own way)."""
+    if host is None:
+        return None
+    node = await lookups.compute_node(conn, host)
+    if node is None:
+        raise missing
+    return node["host"]
+
+
+async def start_move(conn: asyncpg.Connection, ctx: RequestContext, inst: asyncpg.Record, action: str, *,
+                     vm_states: tuple[str, ...], task_state: str, migration_type: str,
+                     status: str = migrations.PRE_MIGRATING, new_flavor: dict | None = None, **updates: Any
+                     ) -> asyncpg.Record:
+    """The accepted move's state change, in the caller's transaction: task_state None → ``task_state``
+    (from one of ``vm_states``), its migration record, its instance action; return the migration."""
+    uuid = str(inst["uuid"])
+    try:
+        row = await db.compare_and_set(conn, uuid, expect_vm_state=list(vm_states), expect_task_state=None,
+                                       task_state=task_state, progress=0, **updates)
+    except db.StateConflict as conflict:
+        raise _conflict(action, uuid, conflict.actual) from None
+    flavor = dict(inst["flavor"])
+    migration = await migrations.create(conn, row, flavor, new_flavor or flavor, ctx.request_id,
+                                        migration_type=migration_type, status=status)
+    await db.start_actions(conn, [uuid], action, ctx.request_id, ctx.user_id, ctx.project_id)
+    return migration
+
+
 # -- API side ---------------------------------------------------------------------
 
 
@@ -183,16 +214,9 @@ class ResizeCheck:
         spec = _spec_with_flavor(inst, inst["flavor"])
         async with self.pool.acquire() as conn, conn.transaction():
             await check_upsize_quota(conn, self.config, inst["project_id"], upsize_deltas(new, current))
-            try:
-                row = await db.compare_and_set(
-                    conn, uuid, expect_vm_state=list(RESIZE_VM_STATES), expect_task_state=None,
-                    task_state=RESIZE_PREP, progress=0, auto_disk_config=bool(auto_disk_config),
-                    request_spec=spec,
-                )
-            except db.StateConflict as conflict:
-                raise _conflict("resize", uuid, conflict.actual) from None
-            migration = await migrations.create(conn, row, current, new, ctx.request_id)
-            await db.start_actions(conn, [uuid], "resize", ctx.request_id, ctx.user_id, ctx.project_id)
+            migration = await start_move(conn, ctx, inst, "resize", vm_states=RESIZE_VM_STATES,
+                                         task_state=RESIZE_PREP, migration_type=migrations.RESIZE, new_flavor=new,
+                                         auto_disk_config=bool(auto_disk_config), request_spec=spec)
         log.info("resize_accepted", instance_uuid=uuid, flavor=new["flavorid"], migration_id=migration["id"])
         return migration
 
@@ -202,28 +226,16 @@ class ResizeCheck:
         named host goes to the scheduler (its filters still run) through the request spec."""
         uuid = str(inst["uuid"])
         async with self.pool.acquire() as conn:
-            if host is not None:
-                node = await lookups.compute_node(conn, host)
-                if node is None:
-                    raise exception.Invalid(f"Compute host {host} could not be found.")
-                host = node["host"]
-                if host == inst["host"]:
-                    raise exception.Invalid("Cannot migrate to the host where the server exists.")
+            host = await named_host(conn, host, exception.Invalid(f"Compute host {host} could not be found."))
+            if host is not None and host == inst["host"]:
+                raise exception.Invalid("Cannot migrate to the host where the server exists.")
         spec = _spec_with_flavor(inst, inst["flavor"])
         if host is not None:
             spec["requested_destination"] = {"host": host}
         async with self.pool.acquire() as conn, conn.transaction():
-            try:
-                row = await db.compare_and_set(
-                    conn, uuid, expect_vm_state=list(RESIZE_VM_STATES), expect_task_state=None,
-                    task_state=RESIZE_PREP, progress=0, request_spec=spec,
-                )
-            except db.StateConflict as conflict:
-                raise _conflict("migrate", uuid, conflict.actual) from None
-            flavor = dict(inst["flavor"])
-            migration = await migrations.create(conn, row, flavor, flavor, ctx.request_id,
-                                                migration_type=migrations.MIGRATION)
-            await db.start_actions(conn, [uuid], "migrate", ctx.request_id, ctx.user_id, ctx.project_id)
+            migration = await start_move(conn, ctx, inst, "migrate", vm_states=RESIZE_VM_STATES,
+                                         task_state=RESIZE_PREP, migration_type=migrations.MIGRATION,
+                                         request_spec=spec)
         log.info("migrate_accepted", instance_uuid=uuid, host=host, migration_id=migration["id"])
         return migration
 

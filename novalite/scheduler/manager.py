@@ -220,6 +220,10 @@ async def claim_move(
     ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
     disk_limit = host.local_gb * host.disk_allocation_ratio - host.reserved_host_disk_mb / 1024
     async with conn.transaction():
+        # Both hosts' rows are locked in one order first: two moves crossing between the same hosts
+        # (A: p1 → p2, B: p2 → p1) would otherwise each hold one row and wait for the other's.
+        await conn.execute("SELECT 1 FROM compute_nodes WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE",
+                           [host.host, migration["source_compute"]])
         node = await conn.fetchval(
             """UPDATE compute_nodes SET updated_at = now()
                WHERE host = $1 AND vcpus_used + $2 <= $5::float8 AND memory_mb_used + $3 <= $6::float8
