@@ -135,13 +135,18 @@ async def test_evacuate_refusals_microversions_and_no_valid_host(ecloud):
     assert server["OS-EXT-SRV-ATTR:host"] == "sim1" and server["OS-EXT-STS:vm_state"] == "stopped"
 
 
-async def test_openstack_cli_evacuates(ecloud):
+async def test_openstack_cli_evacuates_a_stopped_server_which_stays_stopped(ecloud):
     image = await add_image(ecloud)
     sid = await boot_on_sim1(ecloud, image)
+    status, _, _ = await ecloud.compute("POST", f"/servers/{sid}/action", json_body={"os-stop": None},
+                                        user="admin")
+    assert status == 202
+    await wait_for_status(ecloud, sid, "SHUTOFF", user="admin")
     await force_down(ecloud, "sim1", True)
     await ecloud.openstack("--os-compute-api-version", "2.29", "server", "evacuate", "--host", "sim2", sid,
                            cloud="novalite-admin")
-    server = await wait_for_status(ecloud, sid, "ACTIVE", user="admin")
-    assert server["OS-EXT-SRV-ATTR:host"] == "sim2"
+    await wait_migration(ecloud, sid, "done")
+    server = await wait_for_status(ecloud, sid, "SHUTOFF", user="admin")
+    assert server["OS-EXT-SRV-ATTR:host"] == "sim2" and server["OS-EXT-STS:task_state"] is None
     await force_down(ecloud, "sim1", False)
     await wait_migration(ecloud, sid, "completed")

@@ -18,9 +18,10 @@ with ``recreate``, compute/manager.py ``rebuild_instance`` on the destination an
   out of reach), the config drive written, the guest started: ``rebuild_block_device_mapping``
   → ``rebuild_spawning`` → ACTIVE (STOPPED if it was, or always from microversion 2.95);
   migration ``done``.
-- Old host back (its heartbeat written again and not forced down, or init_host):
-  :meth:`EvacuateManager.destroy_evacuated` removes its leftovers (domain, pool volumes) and
-  the claim the migration held; ``done`` → ``completed``.
+- Old host back (its heartbeat written again — its libvirt answers — and not forced down; so
+  also at the first heartbeat after a restart): :meth:`EvacuateManager.destroy_evacuated`
+  removes its leftovers (domain, pool volumes) and the claim the migration held; ``done`` →
+  ``completed``. A ``failed`` evacuation keeps both, for the operator, as in Nova.
 
 Each stage is re-runnable: a kill -9 in the middle resumes it (:func:`recover_evacuation`).
 """
@@ -215,23 +216,21 @@ class EvacuateManager:
     async def destroy_evacuated(self) -> int:
         """Nova's _destroy_evacuated_instances: what this host still has of instances evacuated away
         from it (domain, pool volumes) goes, with the claim their migration held; ``done`` →
-        ``completed``. Called when the host is reachable and not forced down."""
+        ``completed`` (a ``failed`` one is left for the operator, as in Nova). Called at every
+        heartbeat of the host while it answers and is not forced down."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT m.* FROM migrations m LEFT JOIN instances i ON i.uuid = m.instance_uuid
-                   WHERE m.source_compute = $1 AND m.migration_type = 'evacuation'
-                     AND m.status = ANY($2::text[]) AND (i.host IS DISTINCT FROM $1 OR i.deleted)""",
-                self.host, [migrations.DONE, migrations.FAILED])
+                   WHERE m.source_compute = $1 AND m.migration_type = 'evacuation' AND m.status = $2
+                     AND (i.host IS DISTINCT FROM $1 OR i.deleted)""",
+                self.host, migrations.DONE)
         for m in rows:
             uuid = str(m["instance_uuid"])
             await self.manager.driver.destroy(uuid)
             await self.manager.store.remove(uuid)
             async with self.pool.acquire() as conn, conn.transaction():
                 await migrations.drop_source_allocation(conn, str(m["uuid"]))
-                if m["status"] == migrations.DONE:
-                    await migrations.set_status(conn, m["id"], migrations.DONE, migrations.COMPLETED)
-                else:  # failed stays failed; its leftovers are gone all the same
-                    await conn.execute("UPDATE migrations SET updated_at = now() WHERE id = $1", m["id"])
+                await migrations.set_status(conn, m["id"], migrations.DONE, migrations.COMPLETED)
             log.info("evacuated_instance_destroyed", instance_uuid=uuid, migration_id=m["id"])
         return len(rows)
 
