@@ -1,6 +1,7 @@
 """Crash drill: SIGKILL the real server in every boot stage, restart, and check nothing is lost.
 
     .venv/bin/python bench/crash_test.py --kills 20 --seed 1 [--servers 4] [--dsn postgresql://...]
+        [--stages migrating evacuating]
 
 Hosts are persistent simulated hosts (:mod:`novalite.virt.simhost`): libvirt's
 test driver served by a private libvirtd per host, kept alive by this
@@ -50,7 +51,9 @@ from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
           "rebuild_spawning", "image_uploading", "resize_finish", "rescuing", "unrescuing",
-          "shelving_image_uploading", "unshelve_spawning"]
+          "shelving_image_uploading", "unshelve_spawning", "migrating", "evacuating"]
+# The task state a stage's kill aims at, when the stage is named after the action.
+SEEN = {"unshelve_spawning": "spawning", "migrating": "resize_finish", "evacuating": "rebuild_spawning"}
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
           "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8, "shelving_image_uploading": 0.8,
           "unshelve_spawning": 0.8}
@@ -125,6 +128,7 @@ class Harness:
         self.prefix = f"nlcrash{uuid.uuid4().hex[:6]}-"
         self.qemu_image: str | None = None
         self.snapshots: list[str] = []  # images of createImage requests this round
+        self.down = ""  # the host an evacuating round forced down
 
     def write_config(self) -> Path:
         hosts = "".join(
@@ -163,6 +167,7 @@ reserved_host_memory_mb = 0
 [compute]
 virt_type = "qemu"
 power_sync_interval = 5
+report_interval = 2
 drill_stage_delays = {{ {delays} }}
 [deadlines]
 scheduling = 60
@@ -306,6 +311,16 @@ watchdog_interval = 2
                 status, body = await self.api("POST", f"/servers/{u}/action", {"resize": {"flavorRef": "2"}})
                 if status != 202:
                     self.failures.append(f"{stage}: resize of {u} answered {status}: {body}")
+        elif stage == "migrating":  # a cold migration: resize's stages with the same flavor
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the migration")
+            for u in uuids:
+                status, body = await self.api("POST", f"/servers/{u}/action", {"migrate": None})
+                if status != 202:
+                    self.failures.append(f"{stage}: migrate of {u} answered {status}: {body}")
+        elif stage == "evacuating":
+            uuids = await self.evacuate_batch(image_id)
         elif stage in ("rescuing", "unrescuing"):
             uuids = await self.create_batch(image_id)
             if not await self.settle():
@@ -334,7 +349,7 @@ watchdog_interval = 2
                         self.failures.append(f"{stage}: unshelve of {u} answered {status}: {body}")
         else:
             uuids = await self.create_batch(image_id)
-        seen = "spawning" if stage == "unshelve_spawning" else stage
+        seen = SEEN.get(stage, stage)
         if stage != "before_scheduling" and not await self.wait_stage(uuids, seen):
             self.failures.append(f"{stage}: never saw the stage")
         await asyncio.sleep(rng.uniform(0, 0.15))
@@ -347,6 +362,8 @@ watchdog_interval = 2
         if not await self.settle():
             stuck = await self.in_flight()
             self.failures.append(f"{stage}: stuck after restart: {stuck}")
+        if stage == "evacuating":  # the host comes back: its leftovers of the evacuated go first
+            await self.host_back()
         await self.check(stage, interrupted)
         if self.snapshots:  # every accepted snapshot ends as an active image, crash or not
             async with self.db.acquire() as conn:
@@ -365,6 +382,43 @@ watchdog_interval = 2
         if not await self.settle():
             self.failures.append(f"{stage}: cleanup deletes never finished")
         await self.check(f"{stage}/cleanup", {})
+
+    async def force_down(self, host: str, down: bool) -> None:
+        """The operator's fence: PUT /os-services/{id} forced_down (2.53)."""
+        status, body = await self.api("GET", f"/os-services?host={host}")
+        service = body["services"][0]["id"]
+        status, body = await self.api("PUT", f"/os-services/{service}", {"forced_down": down})
+        if status != 200:
+            self.failures.append(f"evacuating: force-down {host}={down} answered {status}: {body}")
+
+    async def evacuate_batch(self, image_id: str) -> list[str]:
+        """A batch, then the first host forced down and its servers evacuated to the other."""
+        uuids = await self.create_batch(image_id)
+        if not await self.settle():
+            self.failures.append("evacuating: batch never settled before the evacuation")
+        self.down = self.hosts[0].name
+        async with self.db.acquire() as conn:
+            mine = [str(r["uuid"]) for r in await conn.fetch(
+                "SELECT uuid FROM instances WHERE uuid = ANY($1::uuid[]) AND host = $2", uuids, self.down)]
+        await self.force_down(self.down, True)
+        for u in mine:
+            status, body = await self.api("POST", f"/servers/{u}/action", {"evacuate": {}})
+            if status != 200:
+                self.failures.append(f"evacuating: evacuate of {u} answered {status}: {body}")
+        return mine or uuids
+
+    async def host_back(self, timeout: float = 20) -> None:
+        """Un-force the evacuated host and wait until its leftovers are gone (migrations completed)."""
+        await self.force_down(self.down, False)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with self.db.acquire() as conn:
+                left = await conn.fetchval("SELECT count(*) FROM migrations WHERE migration_type = 'evacuation' "
+                                           "AND status = 'done'")
+            if not left:
+                return
+            await asyncio.sleep(0.2)
+        self.failures.append(f"evacuating: {self.down} back, but its evacuated leftovers stay")
 
     async def check(self, stage: str, interrupted: dict[str, str]) -> None:
         fail = self.failures.append
@@ -446,6 +500,7 @@ watchdog_interval = 2
                                ("rebuilding again", "recovered_rebuild_resumed"),
                                ("taking the snapshot again", "recovered_snapshot_resumed"),
                                ("resuming the resize", "recovered_resize_resumed"),
+                               ("resuming the evacuation", "recovered_evacuation_resumed"),
                                ("rolled back to the server's own guest", "recovered_rescue_rolled_back"),
                                ("finishing the unrescue", "recovered_unrescue_finished"),
                                ("shelving again", "recovered_shelve_resumed"),
@@ -535,7 +590,10 @@ def main() -> int:
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--dsn", default=os.environ.get("NOVALITE_TEST_DSN"), help="admin DSN (default: embedded)")
     p.add_argument("--qemu", action="store_true", help="add a real guest on qemu:///system to every batch")
+    p.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (default: all, in turn)")
     args = p.parse_args()
+    if args.stages:
+        STAGES[:] = args.stages
     t0 = time.monotonic()
     counts, failures = asyncio.run(run(args.kills, args.seed, args.servers, args.dsn, args.hosts, qemu=args.qemu))
     print(f"\n{args.kills} kills, seed {args.seed}, {time.monotonic() - t0:.1f} s")

@@ -270,9 +270,12 @@ def compute_ctx(config: Config, sighup: bool = False):
         def cast_unshelve(host: str, uuid: str, request_id: str) -> None:
             computes[host].shelve.cast_unshelve(uuid, request_id)
 
+        def cast_evacuate(host: str, uuid: str, request_id: str, migration_id: int, password: str | None) -> None:
+            computes[host].evacuate.cast(uuid, request_id, migration_id, password)
+
         conductor = Conductor(workers, scheduler, config.scheduler, cast_build=cast_build, network_api=network_api,
                               foreground=app[keys.FOREGROUND], cast_resize=cast_resize,
-                              cast_unshelve=cast_unshelve)
+                              cast_unshelve=cast_unshelve, cast_evacuate=cast_evacuate)
         def add_manager(host: HostConfig) -> ComputeManager:
             computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
                                                 conductor.reschedule, network_api, volume_build,
@@ -301,7 +304,8 @@ def compute_ctx(config: Config, sighup: bool = False):
             app[keys.COMPUTES] = computes
             app[keys.SERVER_ACTIONS] = ServerActions(pool, computes, config, conductor.migrate_server,
                                                      unshelve_instance=conductor.unshelve_instance,
-                                                     volumes=app[keys.VOLUME_API], images=image_store)
+                                                     volumes=app[keys.VOLUME_API], images=image_store,
+                                                     evacuate_server=conductor.evacuate_server)
             app[keys.WATCHDOG] = watchdog
             app[keys.SERIAL_CONSOLES] = SerialConsoles(pool, config, app[keys.HOSTS])
             app[keys.INTERFACES] = attachments

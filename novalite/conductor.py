@@ -17,7 +17,10 @@ import structlog
 from novalite import metrics
 from novalite.compute import states
 from novalite.compute.api import BuildRequest
+from novalite.compute.evacuate import CONDUCTOR_EVENT as EVACUATE_EVENT
+from novalite.compute.evacuate import evacuate_request_spec
 from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.rebuild import REBUILDING
 from novalite.compute.resize import CONDUCTOR_EVENT, RESIZE_PREP, resize_request_spec
 from novalite.config import SchedulerConfig
 from novalite.db import instances as db
@@ -39,6 +42,8 @@ CastBuild = Callable[[str, str, str, list[str], list[tuple[str, str]], str | Non
 CastResize = Callable[[str, str, str, str, int], None]
 # Cast an unshelve to a host's compute manager: (host, uuid, request_id).
 CastUnshelve = Callable[[str, str, str], None]
+# Cast an evacuation's rebuild to its destination: (host, uuid, request_id, migration id, admin_password).
+CastEvacuate = Callable[[str, str, str, int, str | None], None]
 UNSHELVE_EVENT = "schedule_instances"  # Nova's conductor EventReporter for an unshelve
 
 
@@ -76,6 +81,7 @@ class Conductor:
         foreground: Foreground | None = None,
         cast_resize: CastResize | None = None,
         cast_unshelve: CastUnshelve | None = None,
+        cast_evacuate: CastEvacuate | None = None,
     ) -> None:
         """``cast_build`` hands a claimed instance to its host's compute manager (the conductor
         never holds the managers); ``foreground`` is the API's, so scheduling yields to requests."""
@@ -85,6 +91,7 @@ class Conductor:
         self.cast_build = cast_build
         self.cast_resize = cast_resize
         self.cast_unshelve = cast_unshelve
+        self.cast_evacuate = cast_evacuate
         self.network_api = network_api
         self.foreground = foreground or Foreground(0)
         self.queue: asyncio.Queue[BuildRequest] = asyncio.Queue()
@@ -304,25 +311,38 @@ class Conductor:
         if self.network_api is not None:
             await self.network_api.deallocate_for_instance(uuid)
 
-    # -- resize (Nova's migrate_server / MigrationTask) ----------------------------
+    # -- resize and cold migration (Nova's migrate_server / MigrationTask) ----------------
     def migrate_server(self, uuid: str, request_id: str, allow_same_host: bool) -> None:
-        """Cast: schedule a resize accepted by the compute API (``resize_prep``, migration ``pre-migrating``)."""
+        """Cast: schedule a resize or cold migration accepted by the compute API (``resize_prep``,
+        migration ``pre-migrating``)."""
         self.spawn_task(self._migrate_server(uuid, request_id, allow_same_host))
 
     async def _migrate_server(self, uuid: str, request_id: str, allow_same_host: bool) -> None:
         """The new flavor through the scheduler; the claim moves the source's allocation to the migration
         and claims the destination; then prep_resize on the destination. No host: back as it was, with a fault."""
         structlog.contextvars.bind_contextvars(request_id=request_id, instance_uuid=uuid)
-        started_at = datetime.now(UTC)
         async with self.pool.acquire() as conn:
             inst = await db.get(conn, uuid)
             migration = await migration_records.latest(conn, uuid, [migration_records.PRE_MIGRATING])
-            volume_hosts = [r["host"] for r in await conn.fetch(
-                "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1::uuid AND NOT deleted AND host IS NOT NULL",
-                uuid)]
+            volume_hosts = await self._volume_hosts(conn, uuid)
         if inst is None or migration is None or inst["task_state"] != RESIZE_PREP:
             return
         spec = resize_request_spec(inst, migration, allow_same_host, volume_hosts)
+        host = await self._schedule_move(uuid, request_id, migration, spec, CONDUCTOR_EVENT, RESIZE_PREP)
+        if host is not None and self.cast_resize is not None:
+            self.cast_resize(host, "prep_resize", uuid, request_id, migration["id"])
+
+    @staticmethod
+    async def _volume_hosts(conn: asyncpg.Connection, uuid: str) -> list[str]:
+        return [r["host"] for r in await conn.fetch(
+            "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1::uuid AND NOT deleted AND host IS NOT NULL",
+            uuid)]
+
+    async def _schedule_move(self, uuid: str, request_id: str, migration: asyncpg.Record, spec: dict, event: str,
+                             task_state: str) -> str | None:
+        """Schedule a move (its claim made as a move's) and record it under ``event``; the chosen host,
+        or None after putting the instance back as it was (task cleared, migration ``error``, a fault)."""
+        started_at = datetime.now(UTC)
         record: dict | None = None
         try:
             selections, record = await self.scheduler.select_destinations(spec, [uuid], request_id)
@@ -333,22 +353,43 @@ class Conductor:
         if record is not None:
             async with self.pool.acquire() as conn:
                 await db.record_schedule(
-                    conn, [uuid], request_id, record, event=CONDUCTOR_EVENT, event_started_at=started_at,
+                    conn, [uuid], request_id, record, event=event, event_started_at=started_at,
                     scheduled=[(uuid, json.dumps({"host": selection.host, "migration_id": migration["id"],
                                                   "verdicts": f"/servers/{uuid}/os-scheduling"}))]
                     if isinstance(selection, Selection) else [],
                 )
-        if isinstance(selection, Selection) and self.cast_resize is not None:
-            self.cast_resize(selection.host, "prep_resize", uuid, request_id, migration["id"])
-            return
+        if isinstance(selection, Selection):
+            return selection.host
         message = str(selection) if isinstance(selection, NoValidHost) else f"Scheduling failed: {selection}"
         details = selection.details(uuid) if isinstance(selection, NoValidHost) else ""
         async with self.pool.acquire() as conn, conn.transaction():
             try:
-                await db.compare_and_set(conn, uuid, expect_task_state=RESIZE_PREP, task_state=None)
+                await db.compare_and_set(conn, uuid, expect_task_state=task_state, task_state=None)
             except db.StateConflict:
-                return
+                return None
             await conn.execute("UPDATE migrations SET status = 'error', updated_at = now() WHERE id = $1",
                                migration["id"])
             await fail_instance(conn, uuid, request_id, Failure(message, details, None, traceback=message),
-                                events=[CONDUCTOR_EVENT])
+                                events=[event])
+        return None
+
+    # -- evacuation (Nova's rebuild_instance with recreate) ------------------------------
+    def evacuate_server(self, uuid: str, request_id: str, admin_password: str | None) -> None:
+        """Cast: schedule an evacuation accepted by the compute API (``rebuilding``, migration ``accepted``)."""
+        self.spawn_task(self._evacuate_server(uuid, request_id, admin_password))
+
+    async def _evacuate_server(self, uuid: str, request_id: str, admin_password: str | None) -> None:
+        """``pre-migrating``, a host other than the down one (the old claim held by the migration, the new
+        one made), then the rebuild there. No host: back as it was, with a fault."""
+        structlog.contextvars.bind_contextvars(request_id=request_id, instance_uuid=uuid)
+        async with self.pool.acquire() as conn:
+            inst = await db.get(conn, uuid)
+            migration = await migration_records.latest(conn, uuid, [migration_records.ACCEPTED])
+            if inst is None or migration is None or inst["task_state"] != REBUILDING:
+                return
+            migration = await migration_records.set_status(conn, migration["id"], migration_records.ACCEPTED,
+                                                           migration_records.PRE_MIGRATING)
+        spec = evacuate_request_spec(inst, migration)
+        host = await self._schedule_move(uuid, request_id, migration, spec, EVACUATE_EVENT, REBUILDING)
+        if host is not None and self.cast_evacuate is not None:
+            self.cast_evacuate(host, uuid, request_id, migration["id"], admin_password)

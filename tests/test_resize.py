@@ -64,8 +64,8 @@ async def notifications(cloud, sid: str, like: str) -> list[str]:
             sid, like)]
 
 
-async def events_of(cloud, sid: str, action_name: str) -> dict[str, str]:
-    _, actions, _ = await cloud.compute("GET", f"/servers/{sid}/os-instance-actions", version="2.79")
+async def events_of(cloud, sid: str, action_name: str, user: str = "demo") -> dict[str, str]:
+    _, actions, _ = await cloud.compute("GET", f"/servers/{sid}/os-instance-actions", version="2.79", user=user)
     req = next(a["request_id"] for a in actions["instanceActions"] if a["action"] == action_name)
     _, act, _ = await cloud.compute("GET", f"/servers/{sid}/os-instance-actions/{req}", version="2.79", user="admin")
     return {e["event"]: e["result"] for e in act["instanceAction"]["events"]}

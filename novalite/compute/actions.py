@@ -19,6 +19,7 @@ import structlog
 
 from novalite import exception
 from novalite.compute import power, states
+from novalite.compute.evacuate import EVACUATE_VM_STATES, EvacuateCheck
 from novalite.compute.image_actions import (
     IMAGE_BACKUP,
     IMAGE_SNAPSHOT_PENDING,
@@ -84,6 +85,8 @@ SPECS: dict[str, ActionSpec] = {
     "createImage": ActionSpec("createImage", "createImage", SNAPSHOT_VM_STATES, (None,), IMAGE_SNAPSHOT_PENDING),
     "createBackup": ActionSpec("createBackup", "createBackup", SNAPSHOT_VM_STATES, (None,), IMAGE_BACKUP),
     "resize": ActionSpec("resize", "resize", RESIZE_VM_STATES, (None,), RESIZE_PREP),
+    "migrate": ActionSpec("migrate", "migrate", RESIZE_VM_STATES, (None,), RESIZE_PREP),
+    "evacuate": ActionSpec("evacuate", "evacuate", EVACUATE_VM_STATES, (None,), REBUILDING),
     "confirmResize": ActionSpec("confirmResize", "confirmResize", (RESIZED,), (None,), ""),
     "revertResize": ActionSpec("revertResize", "revertResize", (RESIZED,), (None,), RESIZE_REVERTING),
     "rescue": ActionSpec("rescue", "rescue", RESCUE_VM_STATES, (None,), RESCUING),
@@ -126,8 +129,10 @@ class ServerActions:
     def __init__(self, pool: asyncpg.Pool, computes: dict[str, Any], config: Config,
                  migrate_server: Callable[[str, str, bool], None] | None = None,
                  unshelve_instance: Callable[[str, str], None] | None = None,
-                 volumes: VolumeAPI | None = None, images: ImageWriter | None = None) -> None:
+                 volumes: VolumeAPI | None = None, images: ImageWriter | None = None,
+                 evacuate_server: Callable[[str, str, str | None], None] | None = None) -> None:
         """``migrate_server`` is the conductor's resize cast (uuid, request_id, allow_same_host);
+        ``evacuate_server`` its evacuation cast (uuid, request_id, admin_password);
         ``unshelve_instance`` casts an accepted unshelve to the conductor (it schedules offloaded servers);
         ``volumes`` and ``images`` (the image store) make volume-backed snapshots."""
         self.pool = pool
@@ -137,6 +142,8 @@ class ServerActions:
         self.image_actions = ImageActionCheck(pool)
         self.resizes = ResizeCheck(pool, config)
         self.migrate_server = migrate_server
+        self.evacuations = EvacuateCheck(pool, config)
+        self.evacuate_server = evacuate_server
         self.rescues = RescueCheck(pool)
         self.shelves = ShelveCheck(pool)
         self.unshelve_instance = unshelve_instance
@@ -183,6 +190,25 @@ class ServerActions:
             raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
         await self.resizes.accept(ctx, inst, flavor_id, auto_disk_config)
         self.migrate_server(str(inst["uuid"]), ctx.request_id, self.config.compute.allow_resize_to_same_host)
+
+    async def migrate(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None) -> None:
+        """Nova's cold migration (resize with the same flavor): checked like a resize, then the conductor
+        schedules it away from its host (to ``host`` if named); VERIFY_RESIZE, confirm/revert as a resize."""
+        self._host_of(ctx, inst, SPECS["migrate"])
+        if self.migrate_server is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        await self.resizes.accept_migrate(ctx, inst, host)
+        self.migrate_server(str(inst["uuid"]), ctx.request_id, False)
+
+    async def evacuate(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None,
+                       admin_password: str | None, stop: bool) -> None:
+        """Nova's evacuate (no lock check, as in Nova): the instance's host must be down; the conductor
+        picks another host (or checks ``host``) and the instance is rebuilt there from its image."""
+        check_instance_state(SPECS["evacuate"], inst)
+        if self.evacuate_server is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        await self.evacuations.accept(ctx, inst, host, stop)
+        self.evacuate_server(str(inst["uuid"]), ctx.request_id, admin_password)
 
     async def confirm_resize(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
         """Nova's confirm_resize: the source host cleans up; the instance answers 204 at once."""

@@ -227,8 +227,8 @@ class InstanceStore:
                 info = await self.driver.volume_info(self.pool.name, flat)
                 source = flat
             try:
-                await _stream(self.driver, self.pool.name, source, dest.driver, dest.pool.name, target,
-                              info.physical if info is not None else 0)
+                await stream_volume(self.driver, self.pool.name, source, dest.driver, dest.pool.name, target,
+                                    info.physical if info is not None else 0)
             finally:
                 if source == flat:
                     await self.driver.delete_volume(self.pool.name, flat)
@@ -268,10 +268,10 @@ class InstanceStore:
         return removed
 
 
-async def _stream(src: VirtDriver, src_pool: str, name: str, dst: VirtDriver, dst_pool: str, target: str,
-                  size: int) -> None:
+async def stream_volume(src: VirtDriver, src_pool: str, name: str, dst: VirtDriver, dst_pool: str, target: str,
+                        size: int) -> str:
     """One volume's bytes from one host's pool into a new raw-created volume of another's (the
-    target's format is probed by its pool afterwards, as for an uploaded image)."""
+    target's format is probed by its pool afterwards, as for an uploaded image); the new one's path."""
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
 
     async def put(chunk: bytes) -> None:
@@ -287,9 +287,10 @@ async def _stream(src: VirtDriver, src_pool: str, name: str, dst: VirtDriver, ds
         finally:
             await queue.put(None)
 
-    await dst.make_volume(dst_pool, target, size, "raw")
+    path = await dst.make_volume(dst_pool, target, size, "raw")
     await asyncio.gather(download(), dst.upload_volume(dst_pool, target, chunks()))
     await dst.refresh_pool(dst_pool)
+    return path
 
 
 async def prepare_local_disks(

@@ -26,6 +26,7 @@ from novalite import metrics
 from novalite.compute import states
 from novalite.compute.api import finish_delete
 from novalite.compute.disks import PreparedDisks, prepare_local_disks
+from novalite.compute.evacuate import EvacuateManager
 from novalite.compute.failures import (
     Failure,
     Notification,
@@ -37,7 +38,12 @@ from novalite.compute.host import ComputeHost
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.metadata import injected_files, instance_meta, user_data
 from novalite.compute.power import PowerManager
-from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING, REBUILDING
+from novalite.compute.rebuild import (
+    REBUILD_BLOCK_DEVICE_MAPPING,
+    REBUILD_EVENT,
+    REBUILD_SPAWNING,
+    REBUILDING,
+)
 from novalite.compute.rescue import RescueManager
 from novalite.compute.resize import ResizeManager
 from novalite.compute.shelve_host import ShelveManager
@@ -56,7 +62,6 @@ from novalite.volume.build import VolumeBuild
 log = structlog.get_logger(__name__)
 
 BUILD_EVENT = "compute_build_and_run_instance"  # the build's action event, as Nova names it
-REBUILD_EVENT = "compute_rebuild_instance"
 MAX_CONSOLE_BYTES = 100 * 1024  # the most of a console log Nova returns
 
 # The conductor's reschedule, as the manager sees it: (uuid, request_id, alternates, attempts, admin_password).
@@ -123,6 +128,7 @@ class ComputeManager:
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
                                         self.store, self.scratch, self.spawn_task)
         self.resize = ResizeManager(self, peers or (lambda _host: None))
+        self.evacuate = EvacuateManager(self, peers or (lambda _host: None))
         self.rescue = RescueManager(self)
         self.shelve = ShelveManager(self, image_store)
         self._image_cache = Periodic(f"image-cache-{self.host}", config.image_cache.manager_interval,
@@ -267,9 +273,20 @@ class ComputeManager:
                 continue
             try:
                 async with self.pool.acquire() as conn:
-                    await conn.execute("UPDATE compute_nodes SET heartbeat_at = now() WHERE host = $1", self.host)
+                    forced_down = await conn.fetchval(
+                        "UPDATE compute_nodes SET heartbeat_at = now() WHERE host = $1 RETURNING forced_down",
+                        self.host)
             except Exception:  # a missed beat is logged, the next one retries
                 log.warning("heartbeat_failed", host=self.host, exc_info=True)
+                continue
+            if not forced_down:  # back (or never gone): what evacuations left here goes
+                await self._destroy_evacuated()
+
+    async def _destroy_evacuated(self) -> None:
+        try:
+            await self.evacuate.destroy_evacuated()
+        except Exception:  # the next beat tries again
+            log.warning("destroy_evacuated_failed", host=self.host, exc_info=True)
 
     async def _libvirt_answers(self, timeout: float) -> bool:
         """Whether the host's libvirt answers within ``timeout`` s (a worker may stay on a hung host)."""
@@ -569,22 +586,16 @@ class ComputeManager:
                                                     task_state=REBUILD_BLOCK_DEVICE_MAPPING, progress=33)
                 stopped = inst["vm_state"] == states.STOPPED
                 await self.driver.destroy(uuid)
-                prepared = await self._rebuild_disks(inst, preserve_ephemeral)
+                prepared = await self.rebuild_disks(inst, preserve_ephemeral)
                 async with self.pool.acquire() as conn:
                     inst = await db.compare_and_set(conn, uuid, expect_task_state=REBUILD_BLOCK_DEVICE_MAPPING,
                                                     task_state=REBUILD_SPAWNING, progress=66)
                 ports = await self.network_api.ports_for_instance(uuid) if self.network_api is not None else []
-                await self.write_config_drive(inst, ports, prepared, admin_password)
-                await self.driver.spawn(self.guest_spec(inst, [p.nic() for p in ports], prepared))
-                if stopped:
-                    await self.driver.power_off(uuid, 0)
-                info = await self.driver.get_info(uuid)
-                vm_state = states.STOPPED if stopped else states.ACTIVE
+                vm_state, power = await self.spawn_rebuilt(inst, ports, prepared, admin_password, stopped)
                 async with self.pool.acquire() as conn, conn.transaction():
                     await db.compare_and_set(
                         conn, uuid, expect_task_state=REBUILD_SPAWNING, task_state=None, vm_state=vm_state,
-                        power_state=info.power_state if info else power_state.NOSTATE, launched_at=datetime.now(UTC),
-                        progress=100,
+                        power_state=power, launched_at=datetime.now(UTC), progress=100,
                     )
                     await db.event_finish(conn, uuid, request_id, REBUILD_EVENT)
                     await db.finish_action(conn, uuid, request_id)
@@ -608,7 +619,19 @@ class ComputeManager:
                                                   pub),
                     )
 
-    async def _rebuild_disks(self, inst: asyncpg.Record, preserve_ephemeral: bool) -> PreparedDisks:
+    async def spawn_rebuilt(self, inst: asyncpg.Record, ports: list[PortInfo], prepared: PreparedDisks,
+                            admin_password: str | None, stopped: bool) -> tuple[str, int]:
+        """The last step of a rebuild (or an evacuation's): the config drive written, the guest
+        started (stopped again if it is to end STOPPED); its vm_state and power state."""
+        uuid = str(inst["uuid"])
+        await self.write_config_drive(inst, ports, prepared, admin_password)
+        await self.driver.spawn(self.guest_spec(inst, [p.nic() for p in ports], prepared))
+        if stopped:
+            await self.driver.power_off(uuid, 0)
+        info = await self.driver.get_info(uuid)
+        return (states.STOPPED if stopped else states.ACTIVE), (info.power_state if info else power_state.NOSTATE)
+
+    async def rebuild_disks(self, inst: asyncpg.Record, preserve_ephemeral: bool) -> PreparedDisks:
         """The rebuilt guest's disks: local ones made anew from the image, the volumes it has in use."""
         uuid = str(inst["uuid"])
         gone = ["disk", "disk.config", "disk.swap"]

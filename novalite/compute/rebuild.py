@@ -41,6 +41,7 @@ REBUILD_SPAWNING = "rebuild_spawning"
 REBUILD_TASK_STATES = (REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING)
 
 REBUILD_VM_STATES = (states.ACTIVE, states.STOPPED, states.ERROR)
+REBUILD_EVENT = "compute_rebuild_instance"  # the host's action event (a rebuild's and an evacuation's)
 
 UNSET: Any = object()  # a field the request did not name: the instance keeps its value
 

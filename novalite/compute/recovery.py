@@ -14,6 +14,8 @@ never leaves an instance in BUILD, DELETING or a power task state forever:
   domain's real power state;
 - a resize → the stage it was in runs again (each is re-runnable; a resize not yet
   scheduled is scheduled again); a confirm cut off is run again;
+- an evacuation → scheduled again if it had no destination yet, else its rebuild there runs
+  again (compute/evacuate.py ``recover_evacuation``);
 - a rebuild → redone from its first step (the row already names the new image;
   the ephemeral disk is kept, as losing data is worse than keeping it, and the
   admin password, which only travelled in memory, is not on the new config drive);
@@ -41,6 +43,7 @@ import structlog
 
 from novalite.compute import states
 from novalite.compute.api import BuildRequest, ComputeAPI
+from novalite.compute.evacuate import recover_evacuation
 from novalite.compute.failures import Failure, fail_instance
 from novalite.compute.image_actions import SNAPSHOT_TASK_STATES
 from novalite.compute.manager import BUILD_EVENT
@@ -120,6 +123,10 @@ async def _recover_one(
         vm_state = await compute.power.reconcile_power_action(inst, request_id)
         return f"power_reconciled_{vm_state}"
     if task in REBUILD_TASK_STATES:
+        resumed = await recover_evacuation(pool, computes, inst,
+                                           lambda u, rid: conductor.evacuate_server(u, rid, None))
+        if resumed is not None:
+            return resumed
         if compute is None:
             await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "
                             f"cannot finish the interrupted rebuild")

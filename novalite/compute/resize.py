@@ -47,6 +47,7 @@ from novalite.compute.disks import GiB, PreparedDisks, prepare_local_disks
 from novalite.compute.failures import Failure, fail_instance, finish_superseded
 from novalite.config import Config
 from novalite.context import RequestContext
+from novalite.db import boot as lookups
 from novalite.db import catalog
 from novalite.db import instances as db
 from novalite.db import migration_records as migrations
@@ -97,8 +98,10 @@ def flavor_columns(flavor: dict) -> dict[str, Any]:
 
 
 def _spec_with_flavor(inst: asyncpg.Record, flavor: dict) -> dict:
+    """The instance's request spec with ``flavor``; a host named for one move is not kept for the next."""
     spec = dict(inst["request_spec"] or {})
     spec["flavor"] = flavor
+    spec.pop("requested_destination", None)
     return spec
 
 
@@ -137,6 +140,37 @@ def _conflict(action: str, uuid: str, actual: asyncpg.Record | None) -> exceptio
         return exception.Conflict(f"Cannot '{action}' instance {uuid} while it is in task_state "
                                   f"{actual['task_state']}")
     return exception.Conflict(f"Cannot '{action}' instance {uuid} while it is in vm_state {actual['vm_state']}")
+
+
+async def named_host(conn: asyncpg.Connection, host: str | None, missing: exception.NovaliteException
+                     ) -> str | None:
+    """The compute host a move names (by host or hypervisor hostname; None when none is named);
+    ``missing`` is raised when there is no such host (each API answers it its own way)."""
+    if host is None:
+        return None
+    node = await lookups.compute_node(conn, host)
+    if node is None:
+        raise missing
+    return node["host"]
+
+
+async def start_move(conn: asyncpg.Connection, ctx: RequestContext, inst: asyncpg.Record, action: str, *,
+                     vm_states: tuple[str, ...], task_state: str, migration_type: str,
+                     status: str = migrations.PRE_MIGRATING, new_flavor: dict | None = None, **updates: Any
+                     ) -> asyncpg.Record:
+    """The accepted move's state change, in the caller's transaction: task_state None → ``task_state``
+    (from one of ``vm_states``), its migration record, its instance action; return the migration."""
+    uuid = str(inst["uuid"])
+    try:
+        row = await db.compare_and_set(conn, uuid, expect_vm_state=list(vm_states), expect_task_state=None,
+                                       task_state=task_state, progress=0, **updates)
+    except db.StateConflict as conflict:
+        raise _conflict(action, uuid, conflict.actual) from None
+    flavor = dict(inst["flavor"])
+    migration = await migrations.create(conn, row, flavor, new_flavor or flavor, ctx.request_id,
+                                        migration_type=migration_type, status=status)
+    await db.start_actions(conn, [uuid], action, ctx.request_id, ctx.user_id, ctx.project_id)
+    return migration
 
 
 # -- API side ---------------------------------------------------------------------
@@ -180,17 +214,29 @@ class ResizeCheck:
         spec = _spec_with_flavor(inst, inst["flavor"])
         async with self.pool.acquire() as conn, conn.transaction():
             await check_upsize_quota(conn, self.config, inst["project_id"], upsize_deltas(new, current))
-            try:
-                row = await db.compare_and_set(
-                    conn, uuid, expect_vm_state=list(RESIZE_VM_STATES), expect_task_state=None,
-                    task_state=RESIZE_PREP, progress=0, auto_disk_config=bool(auto_disk_config),
-                    request_spec=spec,
-                )
-            except db.StateConflict as conflict:
-                raise _conflict("resize", uuid, conflict.actual) from None
-            migration = await migrations.create(conn, row, current, new, ctx.request_id)
-            await db.start_actions(conn, [uuid], "resize", ctx.request_id, ctx.user_id, ctx.project_id)
+            migration = await start_move(conn, ctx, inst, "resize", vm_states=RESIZE_VM_STATES,
+                                         task_state=RESIZE_PREP, migration_type=migrations.RESIZE, new_flavor=new,
+                                         auto_disk_config=bool(auto_disk_config), request_spec=spec)
         log.info("resize_accepted", instance_uuid=uuid, flavor=new["flavorid"], migration_id=migration["id"])
+        return migration
+
+    async def accept_migrate(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None) -> asyncpg.Record:
+        """Validate a cold migration (Nova's resize without a flavor): the named host exists and is not
+        the current one; ``resize_prep`` with a ``migration`` record and the ``migrate`` action; the
+        named host goes to the scheduler (its filters still run) through the request spec."""
+        uuid = str(inst["uuid"])
+        async with self.pool.acquire() as conn:
+            host = await named_host(conn, host, exception.Invalid(f"Compute host {host} could not be found."))
+            if host is not None and host == inst["host"]:
+                raise exception.Invalid("Cannot migrate to the host where the server exists.")
+        spec = _spec_with_flavor(inst, inst["flavor"])
+        if host is not None:
+            spec["requested_destination"] = {"host": host}
+        async with self.pool.acquire() as conn, conn.transaction():
+            migration = await start_move(conn, ctx, inst, "migrate", vm_states=RESIZE_VM_STATES,
+                                         task_state=RESIZE_PREP, migration_type=migrations.MIGRATION,
+                                         request_spec=spec)
+        log.info("migrate_accepted", instance_uuid=uuid, host=host, migration_id=migration["id"])
         return migration
 
     @staticmethod
@@ -252,14 +298,16 @@ class ResizeCheck:
 
 def resize_request_spec(inst: asyncpg.Record, migration: asyncpg.Record, allow_same_host: bool,
                         volume_hosts: list[str]) -> dict:
-    """The scheduling request of a resize: the new flavor, the source ignored unless same-host is allowed;
-    an instance with volumes stays where its volumes are (they live in one host's pool)."""
+    """The scheduling request of a resize or cold migration: the new flavor, the source ignored unless
+    same-host is allowed, the host a cold migration named (the filters still judge it); an instance
+    with volumes stays where its volumes are (they live in one host's pool)."""
     spec = dict(inst["request_spec"] or {})
+    wanted = (spec.pop("requested_destination", None) or {}).get("host")
     spec["flavor"] = migration["new_flavor"]
     spec["migration"] = {"id": migration["id"], "uuid": str(migration["uuid"]),
                          "source_compute": migration["source_compute"]}
     spec["ignore_hosts"] = [] if allow_same_host else [inst["host"]]
-    spec["force_hosts"] = sorted(set(volume_hosts)) if volume_hosts else []
+    spec["force_hosts"] = sorted(set(volume_hosts)) if volume_hosts else ([wanted] if wanted else [])
     spec.pop("scheduler_hints", None)  # same_host/different_host were for the boot
     spec.pop("retry", None)
     return spec

@@ -1,4 +1,5 @@
-"""Nova's migration records (table ``migrations``): one per resize, with its status and both hosts.
+"""Nova's migration records (table ``migrations``): one per resize, cold migration or evacuation,
+with its status and both hosts.
 
 Every status change is a compare-and-set on ``status`` (as every instance state change is), so
 two confirms, or a confirm racing a revert, cannot both win.
@@ -22,6 +23,16 @@ CONFIRMED = "confirmed"
 REVERTING = "reverting"
 REVERTED = "reverted"
 ERROR = "error"
+# An evacuation's own (Nova's rebuild with recreate): accepted → pre-migrating → done; completed once
+# the old host removed its leftovers; failed when the rebuild elsewhere failed.
+ACCEPTED = "accepted"
+DONE = "done"
+COMPLETED = "completed"
+FAILED = "failed"
+# migration_type, as Nova names them
+RESIZE = "resize"
+MIGRATION = "migration"
+EVACUATION = "evacuation"
 OPEN = (PRE_MIGRATING, MIGRATING, POST_MIGRATING, FINISHED, CONFIRMING, REVERTING)
 
 _UPDATABLE = {"status", "dest_compute", "dest_node", "dest_host"}
@@ -37,19 +48,21 @@ class MigrationConflict(Exception):
 
 async def create(
     conn: asyncpg.Connection, inst: asyncpg.Record, old_flavor: dict, new_flavor: dict, request_id: str,
+    migration_type: str = RESIZE, status: str = PRE_MIGRATING,
 ) -> asyncpg.Record:
-    """A ``pre-migrating`` resize record of the instance, from its host to a host not yet chosen."""
+    """A record of the instance's move (a resize by default, ``pre-migrating``), from its host to a
+    host not yet chosen."""
     return await conn.fetchrow(
         """INSERT INTO migrations (uuid, instance_uuid, project_id, user_id, migration_type, status,
                                    source_compute, source_node, old_instance_type_id, new_instance_type_id,
                                    old_flavor, new_flavor, old_vm_state, request_id)
-           VALUES ($1, $2, $3, $4, 'resize', $5, $6, $7,
+           VALUES ($1, $2, $3, $4, $14, $5, $6, $7,
                    (SELECT internal_id FROM flavors WHERE flavorid = $8),
                    (SELECT internal_id FROM flavors WHERE flavorid = $9), $10, $11, $12, $13)
            RETURNING *""",
-        uuidlib.uuid4(), inst["uuid"], inst["project_id"], inst["user_id"], PRE_MIGRATING, inst["host"],
+        uuidlib.uuid4(), inst["uuid"], inst["project_id"], inst["user_id"], status, inst["host"],
         inst["node"], old_flavor["flavorid"], new_flavor["flavorid"], old_flavor, new_flavor, inst["vm_state"],
-        request_id,
+        request_id, migration_type,
     )
 
 

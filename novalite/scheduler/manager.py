@@ -212,13 +212,18 @@ async def claim_move(
     becomes the migration's (Nova moves it to the migration as consumer), in one transaction.
 
     The host row is checked and locked as in :func:`claim` (a same-host resize counts both flavors,
-    as Nova does until the confirm); False when it no longer fits or the resize has left
-    ``resize_prep`` or its migration ``pre-migrating``.
+    as Nova does until the confirm); False when it no longer fits or the move has left its task
+    state (``migration["task_state"]``: ``resize_prep`` unless named, ``rebuilding`` for an
+    evacuation) or its migration ``pre-migrating``.
     """
     vcpu_limit = host.vcpus * host.cpu_allocation_ratio
     ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
     disk_limit = host.local_gb * host.disk_allocation_ratio - host.reserved_host_disk_mb / 1024
     async with conn.transaction():
+        # Both hosts' rows are locked in one order first: two moves crossing between the same hosts
+        # (A: p1 → p2, B: p2 → p1) would otherwise each hold one row and wait for the other's.
+        await conn.execute("SELECT 1 FROM compute_nodes WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE",
+                           [host.host, migration["source_compute"]])
         node = await conn.fetchval(
             """UPDATE compute_nodes SET updated_at = now()
                WHERE host = $1 AND vcpus_used + $2 <= $5::float8 AND memory_mb_used + $3 <= $6::float8
@@ -228,9 +233,9 @@ async def claim_move(
         )
         moving = await conn.fetchval(
             """SELECT 1 FROM instances i JOIN migrations m ON m.instance_uuid = i.uuid
-               WHERE i.uuid = $1::uuid AND NOT i.deleted AND i.task_state = 'resize_prep'
+               WHERE i.uuid = $1::uuid AND NOT i.deleted AND i.task_state = $3
                  AND m.id = $2 AND m.status = 'pre-migrating'""",
-            instance_uuid, migration["id"],
+            instance_uuid, migration["id"], migration.get("task_state", "resize_prep"),
         )
         if node is None or not moving:
             return False

@@ -40,7 +40,7 @@ import asyncpg
 import structlog
 
 from novalite import exception, quota
-from novalite.compute.disks import DiskError, qemu_img
+from novalite.compute.disks import DiskError, qemu_img, stream_volume
 from novalite.compute.host import ComputeHost
 from novalite.config import Config
 from novalite.context import RequestContext
@@ -277,6 +277,28 @@ class VolumeAPI:
         if "image" in source:
             await self._fill_from_image(vol["host"], source["image"], path, vol["format"], vol["size"])
         return path
+
+    async def move(self, vol: asyncpg.Record, host: str) -> asyncpg.Record:
+        """Move a volume's data into ``host``'s pool (an evacuated server's volume: its old host is
+        fenced off, but the volume is only reachable while that host's libvirt still answers): the
+        bytes streamed between the hosts, the row re-pointed, the old copy deleted."""
+        src, src_pool = self.storage(vol["host"])
+        dst, dst_pool = self.storage(host)
+        if not await src.is_alive():
+            raise PoolError(f"volume {vol['id']} lives in the pool of host {vol['host']}, whose libvirt does not "
+                            "answer: it cannot be re-attached elsewhere")
+        name = vol["vol_name"]
+        if self.hosts[host].simulated or self.hosts[vol["host"]].simulated:
+            path = await dst.create_volume(dst_pool.name, name, vol["size"], dst_pool.volume_format)
+        else:
+            info = await src.volume_info(src_pool.name, name)
+            path = await stream_volume(src, src_pool.name, name, dst, dst_pool.name, name,
+                                       info.physical if info is not None else 0)
+        async with self.pool.acquire() as conn:
+            row = await q.update_fields(conn, str(vol["id"]), host=host, pool_name=dst_pool.name, path=path)
+        await src.delete_volume(src_pool.name, name)
+        log.info("volume_moved", volume_id=str(vol["id"]), source=vol["host"], host=host)
+        return row
 
     async def _fill_from_image(self, host: str, image: Any, path: str, fmt: str, size_gb: int) -> None:
         """qemu-img convert the host's cached copy of the image into the volume (real hosts only)."""

@@ -1,4 +1,5 @@
-"""POST /servers/{id}/action for power actions, lock/unlock and os-resetState.
+"""POST /servers/{id}/action for power actions, lock/unlock and os-resetState (migrate and evacuate
+in move_actions, interface/network ones in network_actions).
 
 Nova's handlers (servers.py _start/_stop/_reboot, pause_server.py,
 suspend_server.py, lock_server.py, admin_actions.py): policy first, then the
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from novalite import quota
 from novalite.api import errors, keys
-from novalite.api.compute import network_actions, schemas
+from novalite.api.compute import move_actions, network_actions, schemas
 from novalite.api.compute.common import at_least, authorize, compute_url
 from novalite.api.compute.validation import NAME, validate_body
 from novalite.compute.actions import ServerActions
@@ -149,9 +150,10 @@ async def shelve_action(request: web.Request, inst: asyncpg.Record, name: str, v
 
 async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value: object) -> web.Response | None:
     """Handle one of this module's actions (or network_actions'); None when `name` is not one of them."""
-    response = await network_actions.dispatch(request, inst, name, value)
-    if response is not None:
-        return response
+    for module in (network_actions, move_actions):
+        response = await module.dispatch(request, inst, name, value)
+        if response is not None:
+            return response
     if name in ("shelve", "shelveOffload", "unshelve"):
         return await shelve_action(request, inst, name, value)
     if name in ("createImage", "createBackup"):
