@@ -34,6 +34,7 @@ from novalite.compute.failures import (
     moved_on,
 )
 from novalite.compute.host import ComputeHost
+from novalite.compute.live_migration import LiveMigrationManager
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.metadata import injected_files, instance_meta, user_data
 from novalite.compute.power import PowerManager
@@ -123,6 +124,7 @@ class ComputeManager:
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
                                         self.store, self.scratch, self.spawn_task)
         self.resize = ResizeManager(self, peers or (lambda _host: None))
+        self.live = LiveMigrationManager(self, peers or (lambda _host: None))
         self.rescue = RescueManager(self)
         self.shelve = ShelveManager(self, image_store)
         self._image_cache = Periodic(f"image-cache-{self.host}", config.image_cache.manager_interval,

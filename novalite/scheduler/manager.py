@@ -212,8 +212,9 @@ async def claim_move(
     becomes the migration's (Nova moves it to the migration as consumer), in one transaction.
 
     The host row is checked and locked as in :func:`claim` (a same-host resize counts both flavors,
-    as Nova does until the confirm); False when it no longer fits or the resize has left
-    ``resize_prep`` or its migration ``pre-migrating``.
+    as Nova does until the confirm); False when it no longer fits or the move has left its task
+    state or its migration its status (``migration["task_state"]``/``["status"]``: a live
+    migration's ``migrating``/``accepted``; a resize's ``resize_prep``/``pre-migrating`` by default).
     """
     vcpu_limit = host.vcpus * host.cpu_allocation_ratio
     ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
@@ -228,9 +229,10 @@ async def claim_move(
         )
         moving = await conn.fetchval(
             """SELECT 1 FROM instances i JOIN migrations m ON m.instance_uuid = i.uuid
-               WHERE i.uuid = $1::uuid AND NOT i.deleted AND i.task_state = 'resize_prep'
-                 AND m.id = $2 AND m.status = 'pre-migrating'""",
-            instance_uuid, migration["id"],
+               WHERE i.uuid = $1::uuid AND NOT i.deleted AND i.task_state = $3
+                 AND m.id = $2 AND m.status = $4""",
+            instance_uuid, migration["id"], migration.get("task_state", "resize_prep"),
+            migration.get("status", "pre-migrating"),
         )
         if node is None or not moving:
             return False
