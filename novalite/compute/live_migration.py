@@ -330,8 +330,9 @@ class LiveMigrationManager:
     # -- destination: pre_live_migration -----------------------------------------------
     async def pre_live_migration(self, inst: asyncpg.Record, source: ComputeManager) -> None:
         """Destination: the guest's volumes made here (same names and sizes; a root overlay on this
-        host's copy of the base image, so only the top layer is copied), the config drive uploaded,
-        an empty console log; its networks, DHCP entries and port filters here too."""
+        host's copy of the base image, so only the top layer is copied), the config drive uploaded
+        (libvirt copies no read-only disk), the kernel and ramdisk cached; its networks, DHCP
+        entries and port filters here too. The console log is started anew by this host's virtlogd."""
         uuid = str(inst["uuid"])
         m = self.manager
         if not m.simulated:
@@ -348,6 +349,9 @@ class LiveMigrationManager:
                 else:
                     fmt = "qcow2" if info.format == "qcow2" else "raw"
                     await m.driver.make_volume(m.store.pool.name, m.store.volume(uuid, name), info.capacity, fmt)
+            for ref in (inst["kernel_id"], inst["ramdisk_id"]):  # a direct boot's kernel and ramdisk
+                if ref:
+                    await m.store.image(ref)
         if m.network_api is not None:
             await m.network_api.prepare_host(uuid, self.host)
 
