@@ -50,10 +50,10 @@ from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
           "rebuild_spawning", "image_uploading", "resize_finish", "rescuing", "unrescuing",
-          "shelving_image_uploading", "unshelve_spawning"]
+          "shelving_image_uploading", "unshelve_spawning", "live_migrating"]
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
           "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8, "shelving_image_uploading": 0.8,
-          "unshelve_spawning": 0.8}
+          "unshelve_spawning": 0.8, "live_migrating": 0.8}
 # States in which an instance has a domain and a claim on its host.
 LIVE_STATES = ("active", "stopped", "paused", "suspended", "resized", "rescued", "shelved")
 
@@ -306,6 +306,15 @@ watchdog_interval = 2
                 status, body = await self.api("POST", f"/servers/{u}/action", {"resize": {"flavorRef": "2"}})
                 if status != 202:
                     self.failures.append(f"{stage}: resize of {u} answered {status}: {body}")
+        elif stage == "live_migrating":  # needs two hosts: the scheduler never picks the current one
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the live migration")
+            for u in uuids:
+                status, body = await self.api("POST", f"/servers/{u}/action",
+                                              {"os-migrateLive": {"host": None, "block_migration": "auto"}})
+                if status != 202:
+                    self.failures.append(f"{stage}: live migration of {u} answered {status}: {body}")
         elif stage in ("rescuing", "unrescuing"):
             uuids = await self.create_batch(image_id)
             if not await self.settle():
@@ -334,7 +343,7 @@ watchdog_interval = 2
                         self.failures.append(f"{stage}: unshelve of {u} answered {status}: {body}")
         else:
             uuids = await self.create_batch(image_id)
-        seen = "spawning" if stage == "unshelve_spawning" else stage
+        seen = {"unshelve_spawning": "spawning", "live_migrating": "migrating"}.get(stage, stage)
         if stage != "before_scheduling" and not await self.wait_stage(uuids, seen):
             self.failures.append(f"{stage}: never saw the stage")
         await asyncio.sleep(rng.uniform(0, 0.15))
@@ -449,7 +458,9 @@ watchdog_interval = 2
                                ("rolled back to the server's own guest", "recovered_rescue_rolled_back"),
                                ("finishing the unrescue", "recovered_unrescue_finished"),
                                ("shelving again", "recovered_shelve_resumed"),
-                               ("unshelving again", "recovered_unshelve_resumed")):
+                               ("unshelving again", "recovered_unshelve_resumed"),
+                               ("finishing the live migration", "recovered_live_migration_finished"),
+                               ("live migration rolled back", "recovered_live_migration_rolled_back")):
                 if key in detail:
                     self.counts[label] += 1
             if u not in recovered:

@@ -427,14 +427,20 @@ async def recover_live_migration(pool: asyncpg.Pool, computes: dict[str, Any], i
     uuid = str(inst["uuid"])
     async with pool.acquire() as conn:
         open_ = await migrations.live_of_instance(conn, uuid, migrations.LIVE_OPEN)
-        await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
     migration = open_[-1] if open_ else None
+    request_id = (migration["request_id"] if migration is not None else None) or request_id
     source = computes.get(inst["host"]) if inst["host"] else None
     dest = computes.get(migration["dest_compute"]) if migration is not None and migration["dest_compute"] else None
-    if migration is not None and dest is not None and dest is not source \
-            and await dest.driver.get_info(uuid) is not None \
-            and (source is None or await source.driver.get_info(uuid) is None):
-        await dest.live.post_live_migration(inst, migration["id"], migration["request_id"] or request_id)
+    moved = (migration is not None and dest is not None and dest is not source
+             and await dest.driver.get_info(uuid) is not None
+             and (source is None or await source.driver.get_info(uuid) is None))
+    note = ("interrupted by a restart; the guest runs on the destination: finishing the live migration" if moved
+            else "interrupted by a restart; the guest is still on the source: live migration rolled back")
+    async with pool.acquire() as conn, conn.transaction():
+        await db.interrupt_open_events(conn, uuid, request_id, "interrupted by a restart of novalite")
+        await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=note)
+    if moved:
+        await dest.live.post_live_migration(inst, migration["id"], request_id)
         return "live_migration_finished"
     if migration is None or source is None:
         async with pool.acquire() as conn, conn.transaction():
@@ -443,10 +449,8 @@ async def recover_live_migration(pool: asyncpg.Pool, computes: dict[str, Any], i
             if migration is not None:
                 await conn.execute("UPDATE migrations SET status = 'error', updated_at = now() WHERE id = $1",
                                    migration["id"])
-            await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, "Error",
-                                  details="live migration interrupted by a restart; task cleared")
             await db.finish_action(conn, uuid, request_id)
         return "live_migration_cleared"
-    await source.live.rollback(inst, migration["id"], migration["request_id"] or request_id, dest, RECOVER_EVENT,
+    await source.live.rollback(inst, migration["id"], request_id, dest, MIGRATE_EVENT,
                                RuntimeError("interrupted by a restart of novalite"), False)
     return "live_migration_rolled_back"

@@ -247,6 +247,12 @@ class ComputeManager:
                 await asyncio.sleep(shelve_held.get(key, 0))
 
             self.shelve.after_state = shelve_after_state
+        if "live_migrating" in delays:  # a live migration is held ``running``, before the guest moves
+
+            async def before_move(uuid: str, migration_id: int) -> None:
+                await asyncio.sleep(delays["live_migrating"])
+
+            self.live.before_move = before_move
         log.warning("drill_delays_installed", host=self.host, delays=delays)
 
     async def _heartbeat(self) -> None:
