@@ -313,31 +313,14 @@ class Conductor:
         """The new flavor through the scheduler; the claim moves the source's allocation to the migration
         and claims the destination; then prep_resize on the destination. No host: back as it was, with a fault."""
         structlog.contextvars.bind_contextvars(request_id=request_id, instance_uuid=uuid)
-        started_at = datetime.now(UTC)
         async with self.pool.acquire() as conn:
             inst = await db.get(conn, uuid)
             migration = await migration_records.latest(conn, uuid, [migration_records.PRE_MIGRATING])
-            volume_hosts = [r["host"] for r in await conn.fetch(
-                "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1::uuid AND NOT deleted AND host IS NOT NULL",
-                uuid)]
+            volume_hosts = await migration_records.volume_hosts(conn, uuid)
         if inst is None or migration is None or inst["task_state"] != RESIZE_PREP:
             return
         spec = resize_request_spec(inst, migration, allow_same_host, volume_hosts)
-        record: dict | None = None
-        try:
-            selections, record = await self.scheduler.select_destinations(spec, [uuid], request_id)
-            selection = selections[0]
-        except Exception as exc:
-            log.exception("select_destinations_failed")
-            selection = exc
-        if record is not None:
-            async with self.pool.acquire() as conn:
-                await db.record_schedule(
-                    conn, [uuid], request_id, record, event=CONDUCTOR_EVENT, event_started_at=started_at,
-                    scheduled=[(uuid, json.dumps({"host": selection.host, "migration_id": migration["id"],
-                                                  "verdicts": f"/servers/{uuid}/os-scheduling"}))]
-                    if isinstance(selection, Selection) else [],
-                )
+        selection = await self.scheduler.select_move(spec, uuid, request_id, migration["id"], CONDUCTOR_EVENT)
         if isinstance(selection, Selection) and self.cast_resize is not None:
             self.cast_resize(selection.host, "prep_resize", uuid, request_id, migration["id"])
             return

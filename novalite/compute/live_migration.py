@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import traceback
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -162,32 +160,14 @@ class LiveMigrationTask:
 
     async def _live_migrate(self, uuid: str, request_id: str) -> None:
         structlog.contextvars.bind_contextvars(request_id=request_id, instance_uuid=uuid)
-        started_at = datetime.now(UTC)
         async with self.pool.acquire() as conn:
             inst = await db.get(conn, uuid)
             migration = await migrations.latest(conn, uuid, [migrations.ACCEPTED])
-            volume_hosts = [r["host"] for r in await conn.fetch(
-                "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1::uuid AND NOT deleted AND host IS NOT NULL",
-                uuid)]
+            volume_hosts = await migrations.volume_hosts(conn, uuid)
         if inst is None or migration is None or inst["task_state"] != MIGRATING:
             return
-        selection: Selection | NoValidHost | Exception
-        record: dict | None = None
-        try:
-            selections, record = await self.scheduler.select_destinations(
-                live_request_spec(inst, migration, volume_hosts), [uuid], request_id)
-            selection = selections[0]
-        except Exception as exc:
-            log.exception("select_destinations_failed")
-            selection = exc
-        if record is not None:
-            async with self.pool.acquire() as conn:
-                await db.record_schedule(
-                    conn, [uuid], request_id, record, event=CONDUCTOR_EVENT, event_started_at=started_at,
-                    scheduled=[(uuid, json.dumps({"host": selection.host, "migration_id": migration["id"],
-                                                  "verdicts": f"/servers/{uuid}/os-scheduling"}))]
-                    if isinstance(selection, Selection) else [],
-                )
+        selection = await self.scheduler.select_move(live_request_spec(inst, migration, volume_hosts), uuid,
+                                                     request_id, migration["id"], CONDUCTOR_EVENT)
         if isinstance(selection, Selection):
             self.cast_live(inst["host"], uuid, request_id, migration["id"])
             return
@@ -240,9 +220,19 @@ class LiveMigrationManager:
         async with self.pool.acquire() as conn:
             await db.event_start(conn, uuid, request_id, event, host)
 
-    async def _status(self, migration_id: int, expect: tuple[str, ...], status: str) -> asyncpg.Record:
+    async def _enter(self, uuid: str, request_id: str, migration_id: int, event: str, host: str | None,
+                     expect: tuple[str, ...], status: str) -> asyncpg.Record:
+        """One stage begins: the migration moves from ``expect`` to ``status`` with the stage's event
+        started (MigrationAborted first when an abort came in meanwhile)."""
+        self._check_abort(migration_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            migration = await migrations.set_status(conn, migration_id, list(expect), status)
+            await db.event_start(conn, uuid, request_id, event, host)
+        return migration
+
+    async def _done(self, uuid: str, request_id: str, event: str) -> None:
         async with self.pool.acquire() as conn:
-            return await migrations.set_status(conn, migration_id, list(expect), status)
+            await db.event_finish(conn, uuid, request_id, event)
 
     # -- the source's run ------------------------------------------------------------
     async def live_migration(self, uuid: str, request_id: str, migration_id: int) -> None:
@@ -256,23 +246,19 @@ class LiveMigrationManager:
         dest: ComputeManager | None = None
         event = CHECK_EVENT
         try:
-            migration = await self._status(migration_id, (migrations.ACCEPTED, migrations.QUEUED), migrations.QUEUED)
+            migration = await self._enter(uuid, request_id, migration_id, CHECK_EVENT, migration["dest_compute"],
+                                          (migrations.ACCEPTED, migrations.QUEUED), migrations.QUEUED)
             dest = self._peer(migration["dest_compute"])
-            await self._event(uuid, request_id, CHECK_EVENT, dest.host)
             await self.check_destination(dest)
-            async with self.pool.acquire() as conn:
-                await db.event_finish(conn, uuid, request_id, CHECK_EVENT)
+            await self._done(uuid, request_id, CHECK_EVENT)
             event = PRE_EVENT
-            self._check_abort(migration_id)
-            await self._status(migration_id, (migrations.QUEUED,), migrations.PREPARING)
-            await self._event(uuid, request_id, PRE_EVENT, dest.host)
+            await self._enter(uuid, request_id, migration_id, PRE_EVENT, dest.host, (migrations.QUEUED,),
+                              migrations.PREPARING)
             await dest.live.pre_live_migration(inst, self.manager)
-            async with self.pool.acquire() as conn:
-                await db.event_finish(conn, uuid, request_id, PRE_EVENT)
+            await self._done(uuid, request_id, PRE_EVENT)
             event = MIGRATE_EVENT
-            self._check_abort(migration_id)
-            await self._status(migration_id, (migrations.PREPARING,), migrations.RUNNING)
-            await self._event(uuid, request_id, MIGRATE_EVENT, self.host)
+            await self._enter(uuid, request_id, migration_id, MIGRATE_EVENT, self.host, (migrations.PREPARING,),
+                              migrations.RUNNING)
             if self.before_move is not None:
                 await self.before_move(uuid, migration_id)
             self._check_abort(migration_id)
@@ -283,8 +269,7 @@ class LiveMigrationManager:
             log.warning("live_migration_failed", error=str(exc), aborted=aborted)
             await self.rollback(inst, migration_id, request_id, dest, event, exc, aborted)
             return
-        async with self.pool.acquire() as conn:
-            await db.event_finish(conn, uuid, request_id, MIGRATE_EVENT)
+        await self._done(uuid, request_id, MIGRATE_EVENT)
         await dest.live.post_live_migration(inst, migration_id, request_id)
 
     async def check_destination(self, dest: ComputeManager) -> None:
