@@ -51,12 +51,14 @@ from novalite.virt.simhost import PersistentTestHost  # noqa: E402
 
 STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping", "spawning", "deleting",
           "rebuild_spawning", "image_uploading", "resize_finish", "rescuing", "unrescuing",
-          "shelving_image_uploading", "unshelve_spawning", "migrating", "evacuating"]
+          "shelving_image_uploading", "unshelve_spawning", "migrating", "evacuating",
+          "live_migrating"]
 # The task state a stage's kill aims at, when the stage is named after the action.
-SEEN = {"unshelve_spawning": "spawning", "migrating": "resize_finish", "evacuating": "rebuild_spawning"}
+SEEN = {"unshelve_spawning": "spawning", "migrating": "resize_finish", "evacuating": "rebuild_spawning",
+        "live_migrating": "migrating"}
 DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
           "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8, "shelving_image_uploading": 0.8,
-          "unshelve_spawning": 0.8}
+          "unshelve_spawning": 0.8, "live_migrating": 0.8}
 # States in which an instance has a domain and a claim on its host.
 LIVE_STATES = ("active", "stopped", "paused", "suspended", "resized", "rescued", "shelved")
 
@@ -319,6 +321,15 @@ watchdog_interval = 2
                 status, body = await self.api("POST", f"/servers/{u}/action", {"migrate": None})
                 if status != 202:
                     self.failures.append(f"{stage}: migrate of {u} answered {status}: {body}")
+        elif stage == "live_migrating":  # needs two hosts: the scheduler never picks the current one
+            uuids = await self.create_batch(image_id)
+            if not await self.settle():
+                self.failures.append(f"{stage}: batch never settled before the live migration")
+            for u in uuids:
+                status, body = await self.api("POST", f"/servers/{u}/action",
+                                              {"os-migrateLive": {"host": None, "block_migration": "auto"}})
+                if status != 202:
+                    self.failures.append(f"{stage}: live migration of {u} answered {status}: {body}")
         elif stage == "evacuating":
             uuids = await self.evacuate_batch(image_id)
         elif stage in ("rescuing", "unrescuing"):
@@ -504,7 +515,9 @@ watchdog_interval = 2
                                ("rolled back to the server's own guest", "recovered_rescue_rolled_back"),
                                ("finishing the unrescue", "recovered_unrescue_finished"),
                                ("shelving again", "recovered_shelve_resumed"),
-                               ("unshelving again", "recovered_unshelve_resumed")):
+                               ("unshelving again", "recovered_unshelve_resumed"),
+                               ("finishing the live migration", "recovered_live_migration_finished"),
+                               ("live migration rolled back", "recovered_live_migration_rolled_back")):
                 if key in detail:
                     self.counts[label] += 1
             if u not in recovered:

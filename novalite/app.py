@@ -29,6 +29,7 @@ from novalite.api.compute import (
     remote_consoles,
     security_groups_proxy,
     server_groups,
+    server_migrations,
     servers,
     volume_attachments,
 )
@@ -44,6 +45,7 @@ from novalite.compute.consoles import SerialConsoles
 from novalite.compute.drain import drain
 from novalite.compute.host import ComputeHost, compute_host
 from novalite.compute.interfaces import InterfaceAttachments
+from novalite.compute.live_migration import LiveMigrationTask
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.manager import ComputeManager
 from novalite.compute.metadata import MetadataService
@@ -267,6 +269,9 @@ def compute_ctx(config: Config, sighup: bool = False):
         def cast_resize(host: str, stage: str, uuid: str, request_id: str, migration_id: int) -> None:
             computes[host].resize.cast(stage, uuid, request_id, migration_id)
 
+        def cast_live(host: str, uuid: str, request_id: str, migration_id: int) -> None:
+            computes[host].live.cast(uuid, request_id, migration_id)
+
         def cast_unshelve(host: str, uuid: str, request_id: str) -> None:
             computes[host].shelve.cast_unshelve(uuid, request_id)
 
@@ -276,6 +281,7 @@ def compute_ctx(config: Config, sighup: bool = False):
         conductor = Conductor(workers, scheduler, config.scheduler, cast_build=cast_build, network_api=network_api,
                               foreground=app[keys.FOREGROUND], cast_resize=cast_resize,
                               cast_unshelve=cast_unshelve, cast_evacuate=cast_evacuate)
+        live_task = LiveMigrationTask(workers, scheduler, cast_live, conductor.spawn_task)
         def add_manager(host: HostConfig) -> ComputeManager:
             computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
                                                 conductor.reschedule, network_api, volume_build,
@@ -305,7 +311,8 @@ def compute_ctx(config: Config, sighup: bool = False):
             app[keys.SERVER_ACTIONS] = ServerActions(pool, computes, config, conductor.migrate_server,
                                                      unshelve_instance=conductor.unshelve_instance,
                                                      volumes=app[keys.VOLUME_API], images=image_store,
-                                                     evacuate_server=conductor.evacuate_server)
+                                                     evacuate_server=conductor.evacuate_server,
+                                                     live_migrate=live_task.live_migrate)
             app[keys.WATCHDOG] = watchdog
             app[keys.SERIAL_CONSOLES] = SerialConsoles(pool, config, app[keys.HOSTS])
             app[keys.INTERFACES] = attachments
@@ -505,6 +512,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None, sighup: bool = 
     catalog_routes.add_routes(app)
     compute_images.add_routes(app)
     compute_migrations.add_routes(app)
+    server_migrations.add_routes(app)
     servers.add_routes(app)
     server_groups.add_routes(app)
     image_api.add_routes(app)

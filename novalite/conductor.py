@@ -324,7 +324,7 @@ class Conductor:
         async with self.pool.acquire() as conn:
             inst = await db.get(conn, uuid)
             migration = await migration_records.latest(conn, uuid, [migration_records.PRE_MIGRATING])
-            volume_hosts = await self._volume_hosts(conn, uuid)
+            volume_hosts = await migration_records.volume_hosts(conn, uuid)
         if inst is None or migration is None or inst["task_state"] != RESIZE_PREP:
             return
         spec = resize_request_spec(inst, migration, allow_same_host, volume_hosts)
@@ -332,32 +332,11 @@ class Conductor:
         if host is not None and self.cast_resize is not None:
             self.cast_resize(host, "prep_resize", uuid, request_id, migration["id"])
 
-    @staticmethod
-    async def _volume_hosts(conn: asyncpg.Connection, uuid: str) -> list[str]:
-        return [r["host"] for r in await conn.fetch(
-            "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1::uuid AND NOT deleted AND host IS NOT NULL",
-            uuid)]
-
     async def _schedule_move(self, uuid: str, request_id: str, migration: asyncpg.Record, spec: dict, event: str,
                              task_state: str) -> str | None:
         """Schedule a move (its claim made as a move's) and record it under ``event``; the chosen host,
         or None after putting the instance back as it was (task cleared, migration ``error``, a fault)."""
-        started_at = datetime.now(UTC)
-        record: dict | None = None
-        try:
-            selections, record = await self.scheduler.select_destinations(spec, [uuid], request_id)
-            selection = selections[0]
-        except Exception as exc:
-            log.exception("select_destinations_failed")
-            selection = exc
-        if record is not None:
-            async with self.pool.acquire() as conn:
-                await db.record_schedule(
-                    conn, [uuid], request_id, record, event=event, event_started_at=started_at,
-                    scheduled=[(uuid, json.dumps({"host": selection.host, "migration_id": migration["id"],
-                                                  "verdicts": f"/servers/{uuid}/os-scheduling"}))]
-                    if isinstance(selection, Selection) else [],
-                )
+        selection = await self.scheduler.select_move(spec, uuid, request_id, migration["id"], event)
         if isinstance(selection, Selection):
             return selection.host
         message = str(selection) if isinstance(selection, NoValidHost) else f"Scheduling failed: {selection}"

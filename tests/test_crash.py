@@ -89,3 +89,14 @@ async def test_sigkill_during_shelve_and_unshelve_loses_nothing(pg_dsn, tmp_path
     assert failures == []
     assert counts["recovered_shelve_resumed"] >= 1
     assert counts["recovered_unshelve_resumed"] >= 1
+
+
+async def test_sigkill_during_live_migrations_loses_nothing(pg_dsn, tmp_path):
+    """A live migration cut off while ``running`` (the guest still on its source) is rolled back on
+    restart: the guest stays there, its claim is the instance's again, nothing is left on the other host."""
+    bench = load_bench()
+    bench.STAGES[:] = ["live_migrating"]
+    counts, failures = await bench.run(1, seed=8, servers=3, admin_dsn=pg_dsn, hosts=2, workdir=tmp_path,
+                                       verbose=False)
+    assert failures == []
+    assert counts["recovered_live_migration_rolled_back"] >= 1

@@ -47,12 +47,14 @@ def test_image() -> testimage.TestImage:
 
 
 @contextlib.asynccontextmanager
-async def qemu_cloud(pg_dsn, test_image, prefix: str = "nle2e", compute: str = "", network: str = ""):
+async def qemu_cloud(pg_dsn, test_image, prefix: str = "nle2e", compute: str = "", network: str = "",
+                     more_hosts: str = ""):
     """A cloud managing this machine's qemu:///system as host ``local``, the test image uploaded.
 
     Its domains, networks and pools carry a prefix of their own (other clouds, other test sessions
     may share qemu:///system) and are removed afterwards; ``compute`` adds ``[compute]`` settings,
-    ``network`` keys of its network ``lab`` (e.g. ``forward = "nat"``)."""
+    ``network`` keys of its network ``lab`` (e.g. ``forward = "nat"``), ``more_hosts`` further
+    ``[[hosts]]`` entries (a lab host)."""
     # qemu runs as its own user: the state directory must be traversable (pytest's tmp dirs are 0700).
     workdir = Path(tempfile.mkdtemp(prefix="novalite-e2e-", dir="/var/tmp"))
     workdir.chmod(0o755)
@@ -77,7 +79,7 @@ name = "lab"
 cidr = "10.{net}.7.0/24"
 {network}
 """
-    hosts = '[[hosts]]\nname = "local"\nuri = "qemu:///system"\n'
+    hosts = '[[hosts]]\nname = "local"\nuri = "qemu:///system"\n' + more_hosts
     cloud = await start_cloud(pg_dsn, workdir, extra=extra, hosts=hosts)
     try:
         cloud.image_ids = await testimage.upload(test_image, cloud.url, "admin", cloud.creds["admin"])

@@ -28,6 +28,7 @@ from novalite.compute.image_actions import (
     ImageRequest,
     is_volume_backed,
 )
+from novalite.compute.live_migration import LIVE_VM_STATES, MIGRATING, LiveMigrationCheck
 from novalite.compute.rebuild import REBUILD_VM_STATES, REBUILDING, RebuildCheck, RebuildRequest
 from novalite.compute.rescue import RESCUE_VM_STATES, RESCUING, UNRESCUING, RescueCheck
 from novalite.compute.resize import (
@@ -50,6 +51,7 @@ from novalite.compute.volume_snapshot import ImageWriter, VolumeBackedSnapshot
 from novalite.config import Config
 from novalite.context import RequestContext
 from novalite.db import instances as db
+from novalite.db import migration_records as migrations
 from novalite.volume.api import VolumeAPI
 
 log = structlog.get_logger(__name__)
@@ -94,6 +96,10 @@ SPECS: dict[str, ActionSpec] = {
     "shelve": ActionSpec("shelve", "shelve", SHELVE_VM_STATES, (None,), SHELVING),
     "shelveOffload": ActionSpec("shelveOffload", "shelveOffload", (states.SHELVED,), (None,), SHELVING_OFFLOADING),
     "unshelve": ActionSpec("unshelve", "unshelve", SHELVED_VM_STATES, (None,), UNSHELVING),
+    "live-migration": ActionSpec("os-migrateLive", "live-migration", LIVE_VM_STATES, (None,), MIGRATING),
+    "force_complete": ActionSpec("force_complete", "live-migration-force-complete", (states.ACTIVE,), (MIGRATING,),
+                                 ""),
+    "abort": ActionSpec("abort live migration", "live-migration-cancel", LIVE_VM_STATES, (MIGRATING,), ""),
 }
 
 
@@ -130,11 +136,13 @@ class ServerActions:
                  migrate_server: Callable[[str, str, bool], None] | None = None,
                  unshelve_instance: Callable[[str, str], None] | None = None,
                  volumes: VolumeAPI | None = None, images: ImageWriter | None = None,
-                 evacuate_server: Callable[[str, str, str | None], None] | None = None) -> None:
+                 evacuate_server: Callable[[str, str, str | None], None] | None = None,
+                 live_migrate: Callable[[str, str], None] | None = None) -> None:
         """``migrate_server`` is the conductor's resize cast (uuid, request_id, allow_same_host);
         ``evacuate_server`` its evacuation cast (uuid, request_id, admin_password);
         ``unshelve_instance`` casts an accepted unshelve to the conductor (it schedules offloaded servers);
-        ``volumes`` and ``images`` (the image store) make volume-backed snapshots."""
+        ``volumes`` and ``images`` (the image store) make volume-backed snapshots; ``live_migrate``
+        casts an accepted live migration to the conductor's task (uuid, request_id)."""
         self.pool = pool
         self.computes = computes
         self.config = config
@@ -147,6 +155,8 @@ class ServerActions:
         self.rescues = RescueCheck(pool)
         self.shelves = ShelveCheck(pool)
         self.unshelve_instance = unshelve_instance
+        self.lives = LiveMigrationCheck(pool)
+        self.live_migrate_instance = live_migrate
         self.volume_snapshots = VolumeBackedSnapshot(pool, volumes, images) if volumes is not None else None
 
     def _host_of(self, ctx: RequestContext, inst: asyncpg.Record, spec: ActionSpec) -> Any:
@@ -262,6 +272,37 @@ class ServerActions:
             raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
         await self.shelves.accept_unshelve(ctx, inst, new_az, host, authorize_host)
         self.unshelve_instance(str(inst["uuid"]), ctx.request_id)
+
+    async def live_migrate(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None) -> None:
+        """Nova's live_migrate: lock and state (ACTIVE or PAUSED, no task), the host known,
+        ``migrating`` with an accepted migration, the cast to the conductor."""
+        self._host_of(ctx, inst, SPECS["live-migration"])
+        if self.live_migrate_instance is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        await self.lives.accept(ctx, inst, host)
+        self.live_migrate_instance(str(inst["uuid"]), ctx.request_id)
+
+    async def live_migrate_force_complete(self, ctx: RequestContext, inst: asyncpg.Record, migration_id: int) -> None:
+        """Nova's live_migrate_force_complete: ACTIVE and migrating, the migration running; the source pauses it."""
+        compute = self._host_of(ctx, inst, SPECS["force_complete"])
+        await self.lives.in_progress(inst, migration_id, "force complete", (migrations.RUNNING,))
+        await self.lives.record(ctx, str(inst["uuid"]), SPECS["force_complete"].action)
+        await compute.live.force_complete(str(inst["uuid"]))
+
+    async def live_migrate_abort(self, ctx: RequestContext, inst: asyncpg.Record, migration_id: int,
+                                 abort_queued: bool) -> None:
+        """Nova's live_migrate_abort: migrating; a running migration (2.65+: a queued or preparing one too)."""
+        check_instance_lock(ctx, inst)
+        if inst["task_state"] != MIGRATING:
+            raise InstanceInvalidState("abort live migration", str(inst["uuid"]), "task_state", inst["task_state"])
+        allowed = (migrations.RUNNING, migrations.QUEUED, migrations.PREPARING) if abort_queued \
+            else (migrations.RUNNING,)
+        await self.lives.in_progress(inst, migration_id, "abort live migration", allowed)
+        compute = self.computes.get(inst["host"]) if inst["host"] else None
+        if compute is None:
+            raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
+        await self.lives.record(ctx, str(inst["uuid"]), SPECS["abort"].action)
+        await compute.live.abort(str(inst["uuid"]), migration_id)
 
     async def power_action(self, ctx: RequestContext, inst: asyncpg.Record, kind: str) -> None:
         """stop/start/reboot_soft/reboot_hard/pause/unpause/suspend/resume: check, set task state, cast."""

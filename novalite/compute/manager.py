@@ -35,6 +35,7 @@ from novalite.compute.failures import (
     moved_on,
 )
 from novalite.compute.host import ComputeHost
+from novalite.compute.live_migration import LiveMigrationManager
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.metadata import injected_files, instance_meta, user_data
 from novalite.compute.power import PowerManager
@@ -129,6 +130,7 @@ class ComputeManager:
                                         self.store, self.scratch, self.spawn_task)
         self.resize = ResizeManager(self, peers or (lambda _host: None))
         self.evacuate = EvacuateManager(self, peers or (lambda _host: None))
+        self.live = LiveMigrationManager(self, peers or (lambda _host: None))
         self.rescue = RescueManager(self)
         self.shelve = ShelveManager(self, image_store)
         self._image_cache = Periodic(f"image-cache-{self.host}", config.image_cache.manager_interval,
@@ -251,6 +253,12 @@ class ComputeManager:
                 await asyncio.sleep(shelve_held.get(key, 0))
 
             self.shelve.after_state = shelve_after_state
+        if "live_migrating" in delays:  # a live migration is held ``running``, before the guest moves
+
+            async def before_move(uuid: str, migration_id: int) -> None:
+                await asyncio.sleep(delays["live_migrating"])
+
+            self.live.before_move = before_move
         log.warning("drill_delays_installed", host=self.host, delays=delays)
 
     async def _heartbeat(self) -> None:

@@ -25,7 +25,9 @@ never leaves an instance in BUILD, DELETING or a power task state forever:
   password is gone with the process); an unrescue → finished;
 - a shelve, offload or unshelve → taken up again (compute/shelve_host.py
   ``ShelveManager.resume``); an unshelve that had no host yet is scheduled again,
-  with any claim it held released.
+  with any claim it held released;
+- a live migration → finished if the guest runs on the destination, rolled back
+  (the destination's leftovers removed, migration ``error``) if it still runs on the source.
 
 Each instance recovered gets a ``compute_recover_instance`` event on its open
 action saying what was found and done, and the events the crash cut off are
@@ -46,6 +48,7 @@ from novalite.compute.api import BuildRequest, ComputeAPI
 from novalite.compute.evacuate import recover_evacuation
 from novalite.compute.failures import Failure, fail_instance
 from novalite.compute.image_actions import SNAPSHOT_TASK_STATES
+from novalite.compute.live_migration import MIGRATING, recover_live_migration
 from novalite.compute.manager import BUILD_EVENT
 from novalite.compute.power import POWER_TASK_STATES, RECOVER_EVENT
 from novalite.compute.rebuild import REBUILD_TASK_STATES, REBUILDING
@@ -152,6 +155,8 @@ async def _recover_one(
             conductor.migrate_server(u, rid, allow)
 
         return await recover_resize(pool, computes, inst, request_id, schedule)
+    if task == MIGRATING:
+        return await recover_live_migration(pool, computes, inst, request_id)
     if task in (RESCUING, UNRESCUING):
         if compute is None:
             await _to_error(pool, inst, request_id, f"Host {inst['host']} of instance {uuid} is not managed here; "

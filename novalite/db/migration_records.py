@@ -1,5 +1,5 @@
-"""Nova's migration records (table ``migrations``): one per resize, cold migration or evacuation,
-with its status and both hosts.
+"""Nova's migration records (table ``migrations``): one per resize, cold migration, evacuation or
+live migration, with its status and both hosts (and, for a live migration, its progress in bytes).
 
 Every status change is a compare-and-set on ``status`` (as every instance state change is), so
 two confirms, or a confirm racing a revert, cannot both win.
@@ -34,6 +34,18 @@ RESIZE = "resize"
 MIGRATION = "migration"
 EVACUATION = "evacuation"
 OPEN = (PRE_MIGRATING, MIGRATING, POST_MIGRATING, FINISHED, CONFIRMING, REVERTING)
+# A live migration's (Nova's compute manager and libvirt driver): accepted by the API, queued on
+# the source, preparing the destination, running in libvirt, then completed; failed before it
+# started, error after, cancelled by an abort.
+QUEUED = "queued"
+PREPARING = "preparing"
+RUNNING = "running"
+CANCELLED = "cancelled"
+LIVE_IN_PROGRESS = (QUEUED, PREPARING, RUNNING, POST_MIGRATING)  # what GET /servers/{id}/migrations lists
+LIVE_OPEN = (ACCEPTED, *LIVE_IN_PROGRESS)
+LIVE = "live-migration"
+PROGRESS = ("memory_total", "memory_processed", "memory_remaining", "disk_total", "disk_processed",
+            "disk_remaining")
 
 _UPDATABLE = {"status", "dest_compute", "dest_node", "dest_host"}
 
@@ -64,6 +76,48 @@ async def create(
         inst["node"], old_flavor["flavorid"], new_flavor["flavorid"], old_flavor, new_flavor, inst["vm_state"],
         request_id, migration_type,
     )
+
+
+async def create_live(conn: asyncpg.Connection, inst: asyncpg.Record, dest: str | None, request_id: str
+                      ) -> asyncpg.Record:
+    """An ``accepted`` live-migration record of the instance from its host (to ``dest`` when named;
+    the scheduler fills it in otherwise). The flavor does not change: old and new are the same."""
+    flavor = dict(inst["flavor"])
+    return await conn.fetchrow(
+        """INSERT INTO migrations (uuid, instance_uuid, project_id, user_id, migration_type, status,
+                                   source_compute, source_node, dest_compute, dest_host, old_instance_type_id,
+                                   new_instance_type_id, old_flavor, new_flavor, old_vm_state, request_id)
+           VALUES ($1, $2, $3, $4, 'live-migration', $5, $6, $7, $8, $8,
+                   (SELECT internal_id FROM flavors WHERE flavorid = $9),
+                   (SELECT internal_id FROM flavors WHERE flavorid = $9), $10, $10, $11, $12)
+           RETURNING *""",
+        uuidlib.uuid4(), inst["uuid"], inst["project_id"], inst["user_id"], ACCEPTED, inst["host"], inst["node"],
+        dest, flavor.get("flavorid"), flavor, inst["vm_state"], request_id,
+    )
+
+
+async def set_progress(conn: asyncpg.Connection, migration_id: int, progress: dict[str, int]) -> None:
+    """A running live migration's bytes (libvirt's job info), as GET /servers/{id}/migrations shows them."""
+    values = [progress.get(k) for k in PROGRESS]
+    await conn.execute(
+        f"UPDATE migrations SET {', '.join(f'{k} = ${i + 2}' for i, k in enumerate(PROGRESS))}, updated_at = now() "
+        "WHERE id = $1", migration_id, *values)
+
+
+async def live_of_instance(conn: asyncpg.Connection, instance_uuid: str, statuses: Sequence[str] = LIVE_IN_PROGRESS
+                           ) -> list[asyncpg.Record]:
+    """The instance's live migrations in one of ``statuses``, oldest first."""
+    return await conn.fetch(
+        """SELECT * FROM migrations WHERE instance_uuid = $1::uuid AND migration_type = 'live-migration'
+             AND status = ANY($2::text[]) AND NOT deleted ORDER BY id""",
+        instance_uuid, list(statuses))
+
+
+async def volume_hosts(conn: asyncpg.Connection, instance_uuid: str) -> list[str]:
+    """The hosts whose pools hold the instance's volumes (a move must stay there: volumes do not move)."""
+    return [r["host"] for r in await conn.fetch(
+        "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1::uuid AND NOT deleted AND host IS NOT NULL",
+        instance_uuid)]
 
 
 async def set_status(

@@ -745,6 +745,34 @@ class NetworkAPI:
             rows = await q.ports_for_devices(conn, [instance_uuid])
         return await self._rebind(rows, host) if rows else []
 
+    async def prepare_host(self, instance_uuid: str, host: str) -> None:
+        """Before a live migration (Nova's setup_networks_on_host at the destination): the
+        instance's networks, DHCP entries and port filters on ``host`` too, while its ports stay
+        bound where the guest runs; :meth:`bind_ports_to_host` moves them once it runs there."""
+        driver = self.hosts.get(host)
+        async with self.pool.acquire() as conn:
+            rows = await q.ports_for_devices(conn, [instance_uuid])
+        if driver is None or not rows:
+            return
+        ports = [_port_info(r, filter_prefix=self._filter_prefix) for r in rows]
+        await self._plug(host, driver, ports)
+        await self.firewall.copy_to([p.port_id for p in ports], host)
+
+    async def unprepare_host(self, instance_uuid: str, host: str) -> None:
+        """Undo :meth:`prepare_host` after a failed live migration: the entries and filters leave
+        ``host`` (and a tenant network that no bound port uses there)."""
+        driver = self.hosts.get(host)
+        async with self.pool.acquire() as conn:
+            rows = [r for r in await q.ports_for_devices(conn, [instance_uuid]) if r["host"] != host]
+        if driver is None:
+            return
+        for r in rows:
+            p = _port_info(r, filter_prefix=self._filter_prefix)
+            await self._forget_entry(driver, host, p.network_id, p.network_name, p.mac)
+            await self.firewall.remove(host, p.port_id)
+        for network_id, name in {(r["network_id"], r["libvirt_name"]) for r in rows}:
+            await self._drop_unused(host, network_id, name)
+
     # -- the datapath follows the rows: DHCP entries, filters, NICs ------------------
     async def ports_changed(self, port_ids: Iterable[str]) -> None:
         """After ports' rows changed (fixed IP, security groups, port security): their DHCP

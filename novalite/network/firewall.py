@@ -109,6 +109,15 @@ class Firewall:
                     raise
                 log.warning("port_filter_set_failed", port_id=spec.port_id, host=host, exc_info=True)
 
+    async def copy_to(self, port_ids: Iterable[str], host: str) -> None:
+        """Set the ports' current filters on ``host`` too (a live migration's destination must have
+        them before the guest's NICs arrive there); a host that does not filter: nothing."""
+        driver = self.hosts.get(host)
+        if driver is None or not driver.enforces_port_filters:
+            return
+        for _bound, spec in await self._specs(port_ids):
+            await driver.set_port_filter(spec)
+
     async def refresh_groups(self, group_ids: Iterable[str]) -> None:
         """Refresh every port whose filter depends on the groups (members, and members of groups
         with rules naming them as remote group)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import json
 import random
 import time
 import uuid as uuidlib
@@ -28,6 +29,7 @@ import structlog
 
 from novalite import metrics
 from novalite.config import SchedulerConfig
+from novalite.db import instances as db
 from novalite.scheduler.filters import BaseFilter, build_filters, requested_resources
 from novalite.scheduler.host_state import HostState, load_host_states
 from novalite.scheduler.weighers import build_weighers, weigh
@@ -213,8 +215,8 @@ async def claim_move(
 
     The host row is checked and locked as in :func:`claim` (a same-host resize counts both flavors,
     as Nova does until the confirm); False when it no longer fits or the move has left its task
-    state (``migration["task_state"]``: ``resize_prep`` unless named, ``rebuilding`` for an
-    evacuation) or its migration ``pre-migrating``.
+    state or its migration its status (``migration["task_state"]``/``["status"]``: a live
+    migration's ``migrating``/``accepted``; a resize's ``resize_prep``/``pre-migrating`` by default).
     """
     vcpu_limit = host.vcpus * host.cpu_allocation_ratio
     ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
@@ -234,8 +236,9 @@ async def claim_move(
         moving = await conn.fetchval(
             """SELECT 1 FROM instances i JOIN migrations m ON m.instance_uuid = i.uuid
                WHERE i.uuid = $1::uuid AND NOT i.deleted AND i.task_state = $3
-                 AND m.id = $2 AND m.status = 'pre-migrating'""",
+                 AND m.id = $2 AND m.status = $4""",
             instance_uuid, migration["id"], migration.get("task_state", "resize_prep"),
+            migration.get("status", "pre-migrating"),
         )
         if node is None or not moving:
             return False
@@ -367,6 +370,30 @@ class Scheduler:
         reply: asyncio.Future = asyncio.get_running_loop().create_future()
         await self.queue.put((spec, instance_uuids, request_id, reply))
         return await reply
+
+    async def select_move(self, spec: dict, uuid: str, request_id: str, migration_id: int, event: str
+                          ) -> Selection | Exception:
+        """One destination for a moving instance (a resize, a live migration: ``spec["migration"]``,
+        claimed by :func:`claim_move`), the scheduling recorded with the conductor's ``event``
+        (finished when a host was found). Returns the Selection, or what stopped it (NoValidHost
+        or the error)."""
+        started_at = datetime.now(UTC)
+        record: dict | None = None
+        try:
+            selections, record = await self.select_destinations(spec, [uuid], request_id)
+            selection: Selection | Exception = selections[0]
+        except Exception as exc:
+            log.exception("select_destinations_failed")
+            selection = exc
+        if record is not None:
+            async with self.pool.acquire() as conn:
+                await db.record_schedule(
+                    conn, [uuid], request_id, record, event=event, event_started_at=started_at,
+                    scheduled=[(uuid, json.dumps({"host": selection.host, "migration_id": migration_id,
+                                                  "verdicts": f"/servers/{uuid}/os-scheduling"}))]
+                    if isinstance(selection, Selection) else [],
+                )
+        return selection
 
     async def _select(
         self, spec: dict, uuids: list[str], request_id: str

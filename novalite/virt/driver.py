@@ -478,6 +478,30 @@ class VirtDriver(Protocol):
         """End any block job on the disk ``target_dev`` (no pivot); idempotent, no domain is fine."""
         ...
 
+    # -- live migration ------------------------------------------------------------
+
+    async def migrate_live(self, instance_uuid: str, dest: VirtDriver, paths: dict[str, str]) -> None:
+        """Move the running (or paused) guest to the host of ``dest`` without stopping it.
+
+        Before: the destination holds the guest's writable disks as volumes of the same sizes
+        (an overlay on the destination's copy of the same base image), its read-only ones and
+        its console log, and the guest's networks and port filters. ``paths`` maps each path
+        prefix of this host (its instance pool) to the destination's. After: the domain runs
+        (persistently defined) on the destination and is gone here; the disks' writable layers
+        were copied while the guest ran. A failure or an abort (:meth:`abort_migration`) leaves
+        the guest running here as before. Hosts of libvirt's test driver cannot migrate: the
+        domain is defined and started there and destroyed here, which is the same end state.
+        """
+        ...
+
+    async def migration_progress(self, instance_uuid: str) -> dict[str, int] | None:
+        """The running migration job's bytes (memory_/disk_ total, processed, remaining), None without a job."""
+        ...
+
+    async def abort_migration(self, instance_uuid: str) -> bool:
+        """Abort the domain's running migration job (virDomainAbortJob); False when none runs."""
+        ...
+
     # -- storage: one pool of volumes per host -----------------------------------
     # Volumes are named within their pool; every verb returning a path returns
     # the path the hypervisor knows the volume by (DiskSpec.path of a guest disk).

@@ -17,7 +17,7 @@ from novalite import quota
 from novalite.api import errors, keys
 from novalite.api.compute import move_actions, network_actions, schemas
 from novalite.api.compute.common import at_least, authorize, compute_url
-from novalite.api.compute.validation import NAME, validate_body
+from novalite.api.compute.validation import BOOLEAN, NAME, to_bool, validate_body
 from novalite.compute.actions import ServerActions
 from novalite.compute.api import generate_password
 from novalite.compute.image_actions import ImageRequest, is_volume_backed
@@ -107,6 +107,43 @@ def _parse_resize(value: object) -> tuple[str, bool | None]:
     return str(ref), (None if disk_config is None else disk_config == "AUTO")
 
 
+MIGRATE_LIVE = "os_compute_api:os-migrate-server:migrate_live"
+HOST = {"type": ["string", "null"], "minLength": 1, "maxLength": 255}
+
+
+def migrate_live_schema(request: web.Request) -> dict:
+    """Nova's os-migrateLive body for the request's microversion (2.1, 2.25, 2.30, 2.68)."""
+    props: dict = {"host": HOST}
+    required = ["block_migration", "host"]
+    if at_least(request, 25):
+        props["block_migration"] = {"type": ["boolean", "string"], "enum": ["auto", *BOOLEAN["enum"]]}
+    else:
+        props["block_migration"] = BOOLEAN
+        props["disk_over_commit"] = BOOLEAN
+        required.append("disk_over_commit")
+    if at_least(request, 30) and not at_least(request, 68):
+        props["force"] = BOOLEAN
+    return {"type": "object", "properties": {"os-migrateLive": {
+        "type": "object", "properties": props, "required": required, "additionalProperties": False}},
+        "required": ["os-migrateLive"], "additionalProperties": False}
+
+
+async def migrate_live(request: web.Request, inst: asyncpg.Record, value: object) -> web.Response:
+    """os-migrateLive: 202; 400 for a bad body, an unknown host, a force without a host, or (before
+    2.34, when Nova answered synchronously) the instance's own host; 409 for a locked or busy server."""
+    validate_body(migrate_live_schema(request), {"os-migrateLive": value})
+    assert isinstance(value, dict)
+    host = value["host"]
+    target = {"project_id": inst["project_id"]}
+    ctx = authorize(request, f"{MIGRATE_LIVE}:host" if host else MIGRATE_LIVE, target)
+    if at_least(request, 30) and not at_least(request, 68) and to_bool(value.get("force", False)) and not host:
+        raise errors.BadRequest("Can't force to a non-provided destination")
+    if host and host == inst["host"] and not at_least(request, 34):
+        raise errors.BadRequest(f"Unable to migrate instance ({inst['uuid']}) to current host ({host}).")
+    await server_actions(request).live_migrate(ctx, inst, host)
+    return web.Response(status=202)
+
+
 # Nova's unshelve body schemas (api/openstack/compute/schemas/shelve.py): before 2.77 any value.
 UNSHELVE_V277 = {"type": "object", "properties": {"unshelve": {
     "type": ["object", "null"], "properties": {"availability_zone": NAME},
@@ -156,6 +193,8 @@ async def dispatch(request: web.Request, inst: asyncpg.Record, name: str, value:
             return response
     if name in ("shelve", "shelveOffload", "unshelve"):
         return await shelve_action(request, inst, name, value)
+    if name == "os-migrateLive":
+        return await migrate_live(request, inst, value)
     if name in ("createImage", "createBackup"):
         return await create_image(request, inst, name, value)
     if name in POWER_ACTIONS:

@@ -285,6 +285,47 @@ def design_guest(spec: GuestSpec, domain_type: str, arch: str | None = None) -> 
     return guest
 
 
+# A live block migration: the guest keeps running, its definition moves with it, and the disks'
+# writable layers are mirrored (the base images are on the destination already).
+MIGRATE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+                 | libvirt.VIR_MIGRATE_NON_SHARED_INC)
+JOB_FIELDS = ("memory_total", "memory_processed", "memory_remaining", "disk_total", "disk_processed",
+              "disk_remaining")
+
+
+def migration_xml(xml: str, paths: dict[str, str]) -> str:
+    """The domain as the destination defines it: every file path (disks, kernel, console log)
+    under a source prefix of ``paths`` moved to the destination's, and the interfaces naming
+    only their network (the destination's daemon picks its own bridge and port)."""
+    root = etree.fromstring(xml.encode())
+
+    def moved(value: str) -> str:
+        for old, new in paths.items():
+            if value.startswith(old):
+                return new + value[len(old):]
+        return value
+
+    for el in root.iter():
+        for attr in ("file", "path"):
+            if el.get(attr):
+                el.set(attr, moved(el.get(attr)))
+    for tag in ("kernel", "initrd"):
+        for el in root.iter(tag):
+            if el.text:
+                el.text = moved(el.text)
+    for source in root.findall("devices/interface[@type='network']/source"):
+        for attr in ("bridge", "portid"):
+            source.attrib.pop(attr, None)
+    return etree.tostring(root, encoding="unicode")
+
+
+def writable_disks(xml: str) -> list[str]:
+    """The targets of the domain's disks a block migration copies (not the read-only config drive)."""
+    root = etree.fromstring(xml.encode())
+    return [d.find("target").get("dev") for d in root.findall("devices/disk")
+            if d.find("readonly") is None and d.find("target") is not None and d.find("source") is not None]
+
+
 # --------------------------------------------------------------------------- driver
 
 class LibvirtDriver:
@@ -913,6 +954,79 @@ class LibvirtDriver:
                 raise _translate(exc, f"cannot end the block job of instance {instance_uuid}") from exc
 
         await self.host.call(abort)
+
+    # -- live migration ------------------------------------------------------------------
+
+    def _migrate_live_sync(self, instance_uuid: str, dest: LibvirtDriver, paths: dict[str, str]) -> None:
+        conn = self.host.connection()
+        domain = self._lookup(conn, instance_uuid)
+        dconn = dest.host.connection()
+        try:
+            if self.domain_type == "test":
+                self._move_simulated(domain, dconn)
+                return
+            xml = migration_xml(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE),
+                                paths)
+            disks = writable_disks(xml)
+            # Managed direct migration (no PEER2PEER): this process holds both connections, so the
+            # source daemon needs no way to the destination's; qemu's own streams (memory and the
+            # NBD disk mirror) go over loopback only.
+            params = {
+                libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+                libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml,
+                libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1",
+                libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "127.0.0.1",
+                libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: disks,
+            }
+            domain.migrate3(dconn, params, MIGRATE_FLAGS)
+        except libvirt.libvirtError as exc:
+            raise _translate(exc, f"cannot live-migrate instance {instance_uuid} to {dest.uri}") from exc
+        log.info("domain_migrated", instance_uuid=instance_uuid, to=dest.uri)
+
+    @staticmethod
+    def _move_simulated(domain: libvirt.virDomain, dconn: libvirt.virConnect) -> None:
+        """libvirt's test driver has no migration: define and start the same domain (same uuid)
+        on the destination, then destroy and undefine it here (what a migration leaves)."""
+        moved = dconn.defineXML(domain.XMLDesc(0))
+        moved.create()
+        if domain.info()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            moved.suspend()
+        domain.destroy()
+        domain.undefine()
+
+    def _job_sync(self, instance_uuid: str) -> dict[str, int] | None:
+        try:
+            stats = self._lookup(self.host.connection(), instance_uuid).jobStats()
+        except (InstanceNotFound, libvirt.libvirtError):
+            return None
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        return {k: int(stats[k]) for k in JOB_FIELDS if k in stats}
+
+    def _abort_job_sync(self, instance_uuid: str) -> bool:
+        try:
+            self._lookup(self.host.connection(), instance_uuid).abortJob()
+        except InstanceNotFound:
+            return False
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_OPERATION_INVALID:  # no job
+                return False
+            raise _translate(exc, f"cannot abort the job of instance {instance_uuid}") from exc
+        return True
+
+    async def migrate_live(self, instance_uuid: str, dest: virt.VirtDriver, paths: dict[str, str]) -> None:
+        """See VirtDriver.migrate_live; runs in one of this host's workers for the whole migration."""
+        if not isinstance(dest, LibvirtDriver):
+            raise VirtError(f"cannot live-migrate to {dest!r}")
+        if (self.domain_type == "test") != (dest.domain_type == "test"):
+            raise VirtError("a simulated host and a real one cannot migrate to each other")
+        await self.host.call(self._migrate_live_sync, instance_uuid, dest, paths)
+
+    async def migration_progress(self, instance_uuid: str) -> dict[str, int] | None:
+        return await self.host.call(self._job_sync, instance_uuid)
+
+    async def abort_migration(self, instance_uuid: str) -> bool:
+        return await self.host.call(self._abort_job_sync, instance_uuid)
 
     async def domain_xml(self, instance_uuid: str, inactive: bool = False) -> str:
         """The domain's live (or persistent) XML (libvirt-specific, not in the contract)."""

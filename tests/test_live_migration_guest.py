@@ -1,0 +1,121 @@
+"""Live migration of one real TCG guest between qemu:///system and a lab host (scripts/lab-host.sh).
+
+The hosts share no storage: the migration is a block migration (the root overlay's top layer,
+over a base image each host caches itself, copied by libvirt while the guest runs). The guest
+prints its uptime every second on its serial console (a user_data script): read through the
+API, it keeps counting across both moves, and it never boots again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import subprocess
+import uuid
+
+import pytest
+from conftest import wait_for_status
+from test_guest_e2e import qemu_cloud, test_image  # noqa: F401  (test_image is a fixture)
+from test_lab_host import lab, virsh
+
+from novalite.api import keys
+
+pytestmark = pytest.mark.qemu
+
+TICKS = "#!/bin/sh\nwhile true; do echo tick $(cut -d' ' -f1 /proc/uptime); sleep 1; done\n"
+TICK = re.compile(r"NOVALITE-GUEST: script: tick (\d+\.\d+)")
+
+
+@pytest.fixture(scope="module")
+async def two_hosts(pg_dsn, test_image):  # noqa: F811
+    """A cloud on qemu:///system (``local``) and a lab host (``lab``) started for this module.
+
+    Both daemons' bridges are this machine's, so one isolated subnet cannot be on both (their
+    DHCP servers would hold the same gateway address): the network is a bridge network on a bare
+    bridge of this test's own (the guest needs none; nothing holds an address there)."""
+    name = f"w3lm{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True, timeout=30)
+    uri = await lab("up", name)
+    try:
+        async with qemu_cloud(pg_dsn, test_image, "w3lm", network=f'forward = "bridge"\nbridge = "{name}"',
+                              more_hosts=f'\n[[hosts]]\nname = "lab"\nuri = "{uri}"\n') as cloud:
+            cloud.lab_uri = uri
+            yield cloud
+    finally:
+        await lab("down", name)
+        subprocess.run(["ip", "link", "del", name], check=False, timeout=30)
+
+
+async def console(cloud, sid: str) -> str:
+    """The guest's serial console log through the API (as the admin who booted it onto a host)."""
+    status, body, _ = await cloud.compute("POST", f"/servers/{sid}/action", user="admin",
+                                          json_body={"os-getConsoleOutput": {"length": -1}})
+    return body["output"] if status == 200 else ""
+
+
+def ticks(text: str) -> list[float]:
+    return [float(t) for t in TICK.findall(text)]
+
+
+async def ticking_past(cloud, sid: str, since: float, wait: int = 30) -> list[float]:
+    """The guest's uptime ticks once it printed one later than ``since`` (on its current host's log)."""
+    for _ in range(wait):
+        seen = ticks(await console(cloud, sid))
+        if seen and seen[-1] > since:
+            return seen
+        await asyncio.sleep(1)
+    raise AssertionError(f"the guest stopped ticking after {since}: {(await console(cloud, sid))[-2000:]}")
+
+
+async def migrate(cloud, sid: str, host: str | None) -> dict:
+    status, body, _ = await cloud.compute("POST", f"/servers/{sid}/action", version="2.30", user="admin", json_body={
+        "os-migrateLive": {"host": host, "block_migration": "auto"}})
+    assert status == 202, body
+    for _ in range(240):
+        async with cloud.app[keys.DB].acquire() as conn:
+            m = await conn.fetchrow("SELECT * FROM migrations WHERE instance_uuid = $1::uuid ORDER BY id DESC LIMIT 1",
+                                    uuid.UUID(sid))
+        if m["status"] in ("completed", "error", "cancelled"):
+            break
+        await asyncio.sleep(0.5)
+    server = await wait_for_status(cloud, sid, {"ACTIVE", "ERROR"}, user="admin", timeout=30)
+    assert m["status"] == "completed", (m["status"], server.get("fault"))
+    return server
+
+
+async def test_a_running_guest_moves_to_the_lab_host_and_back(two_hosts):
+    cloud = two_hosts
+    status, body, _ = await cloud.compute("POST", "/servers", user="admin", version="2.37", json_body={"server": {
+        "name": "w3lm", "imageRef": cloud.image_ids["ami"], "flavorRef": "1", "networks": "none",
+        "availability_zone": "nova:local", "config_drive": True,
+        "user_data": base64.b64encode(TICKS.encode()).decode()}})
+    assert status == 202, body
+    sid = body["server"]["id"]
+    try:
+        server = await wait_for_status(cloud, sid, {"ACTIVE", "ERROR"}, user="admin", timeout=180)
+        assert server["status"] == "ACTIVE", server.get("fault")
+        before = (await ticking_past(cloud, sid, 0.0, 120))[-1]
+
+        server = await migrate(cloud, sid, "lab")
+        assert server["OS-EXT-SRV-ATTR:host"] == "lab"
+        after = await ticking_past(cloud, sid, before)
+        text = await console(cloud, sid)
+        assert "boot kernel=" not in text, text[-2000:]  # the same guest, not a new boot
+        assert after[0] > before  # the log there starts with the guest already up
+        xml = virsh(cloud.lab_uri, "dumpxml", sid)
+        assert str(cloud.config.state_dir) not in xml and "/var/lib/libvirt/images/" in xml
+        assert subprocess.run(["virsh", "-c", "qemu:///system", "domstate", sid], capture_output=True,
+                              timeout=30).returncode != 0  # gone from the source
+
+        server = await migrate(cloud, sid, None)  # the scheduler's only other host
+        assert server["OS-EXT-SRV-ATTR:host"] == "local"
+        back = await ticking_past(cloud, sid, after[-1])
+        assert "boot kernel=" not in await console(cloud, sid) and back[-1] > after[-1]
+    finally:
+        await cloud.compute("DELETE", f"/servers/{sid}", user="admin")
+        await wait_for_status(cloud, sid, "DELETED", user="admin", timeout=60)
+    for host in ("local", "lab"):
+        manager = cloud.app[keys.COMPUTES][host]
+        assert await manager.driver.get_info(sid) is None
+        assert await manager.store.names(sid) == []
