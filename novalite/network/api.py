@@ -570,10 +570,11 @@ class NetworkAPI:
             if w.port is None:
                 needs[w.network["id"]] = needs.get(w.network["id"], 0) + 1
         fits = max_count
-        for net_id, per_instance in needs.items():
-            fits = min(fits, await q.free_addresses_on_network(conn, net_id) // per_instance)
-        if needs:
-            room = await quota.headroom(conn, project_id, "port")
+        if needs:  # the port quota's room and each network's free addresses: one round trip
+            room, free = await quota.headroom(conn, project_id, "port", also=q.free_addresses_sql("$4::uuid[]"),
+                                              also_args=(list(needs),))
+            for net_id, per_instance in needs.items():
+                fits = min(fits, free[net_id] // per_instance)
             if room is not None:
                 fits = min(fits, room // sum(needs.values()))
         if fits < 1:
@@ -593,13 +594,16 @@ class NetworkAPI:
         A host without a virt driver here gets ports in Postgres only.
         """
         async with self.pool.acquire() as conn:
-            existing = await q.ports_for_devices(conn, [instance_uuid])
+            wanted = await self._resolve(conn, project_id, requested_networks, instance_uuid, is_admin)
+            # Ports on the next free address say themselves whether the instance has them already.
+            fresh = all(w.port is None and w.fixed_ip is None for w in wanted)
+            existing = [] if fresh else await q.ports_for_devices(conn, [instance_uuid])
         if existing:
             return await self._rebind(existing, host)
         made: list[dict] = []
+        retried = False  # the instance had its ports already (a retried or rescheduled build)
         try:
             async with self.pool.acquire() as conn:
-                wanted = await self._resolve(conn, project_id, requested_networks, instance_uuid, is_admin)
                 tags: list[str | None] = []
                 joined: set[str] = set()
                 fixed_ids: list[str] = []  # ports made on a requested fixed IP
@@ -609,16 +613,23 @@ class NetworkAPI:
                                                 device_index=index)
                         if row is None:
                             raise exception.Conflict(f"Port {w.port['id']} is still in use.")
-                        made.append(row)
                     else:
-                        port_id, groups = await self._make_port(conn, w, instance_uuid, project_id, host, index)
-                        made.append({"id": port_id})
-                        joined.update(groups)
+                        row = await self._make_port(conn, w, instance_uuid, project_id, host, index)
+                        if row.get("existed"):
+                            retried = True
+                            break
+                        joined.update(row["groups"])
                         if w.fixed_ip is not None:
-                            fixed_ids.append(port_id)
+                            fixed_ids.append(row["id"])
+                    made.append(row)
                     tags.append(w.tag)
-                joined.update(await sg_q.join_instance_groups(conn, instance_uuid, fixed_ids))
-                rows = await q.ports_for_devices(conn, [instance_uuid])
+                if retried:
+                    existing = await q.ports_for_devices(conn, [instance_uuid])
+                else:
+                    joined.update(await sg_q.join_instance_groups(conn, instance_uuid, fixed_ids))
+                    rows = made if fresh else await q.ports_for_devices(conn, [instance_uuid])
+            if retried:
+                return await self._rebind(existing, host)
             ports = [_port_info(r, t, self._filter_prefix) for r, t in zip(rows, tags, strict=False)]
             driver = self.hosts.get(host) if host else None
             if driver is not None:
@@ -635,10 +646,10 @@ class NetworkAPI:
     async def _make_port(
         self, conn: asyncpg.Connection, w: _Wanted, instance_uuid: str, project_id: str, host: str | None,
         index: int,
-    ) -> tuple[str, list[str]]:
-        """The server's port on ``w.network``: (its id, the security groups it joined, none yet
-        for a requested fixed IP). The next free address takes one statement; a requested one
-        goes through the general port create."""
+    ) -> dict:
+        """The server's port on ``w.network`` with ``groups``, the security groups it joined (none
+        yet for a requested fixed IP). The next free address takes one statement (``existed``:
+        the instance had that port already); a requested one goes through the general port create."""
         try:
             if w.fixed_ip is None:
                 return await q.create_nova_port(
@@ -651,7 +662,7 @@ class NetworkAPI:
                     conn, network_id=w.network["id"], project_id=project_id, device_id=instance_uuid,
                     device_owner=DEVICE_OWNER, host=host, fixed_ip=w.fixed_ip, device_index=index,
                 )
-            return row["id"], []
+            return dict(row, groups=[])
         except (quota.OverQuota, q.PortQuotaExceeded):
             raise exception.QuotaExceeded("Maximum number of ports exceeded") from None
         except q.AddressInUse as exc:
