@@ -14,6 +14,7 @@ import ipaddress
 import secrets
 import uuid as uuidlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -477,38 +478,52 @@ class PortQuotaExceeded(Exception):
     """The project's Neutron port quota has no room for another port."""
 
 
-# A server's port (novalite_nova_port, migration 0007) with what a NIC and its lease need, as
-# ports_for_devices gives them; the network and subnet rows are read in the same round trip.
-_NOVA_PORT = """SELECT np.port_id::text AS id, np.existed, np.group_ids::text[] AS groups,
+@dataclass(frozen=True)
+class NovaPort:
+    """A port a build wants for its server on a network, on the next free address."""
+
+    network_id: str
+    project_id: str
+    device_id: str
+    device_owner: str
+    host: str | None
+    device_index: int
+    port_limit: int  # the project's port quota unless it has its own
+
+    def record(self, index: int) -> dict:
+        return {"i": index, "net": self.network_id, "project": self.project_id, "device": self.device_id,
+                "owner": self.device_owner, "bound_host": self.host, "idx": self.device_index,
+                "default_limit": self.port_limit}
+
+
+# Servers' ports (novalite_nova_ports, migration 0007) with what a NIC and its lease need, as
+# ports_for_devices gives them; the networks and subnets are read in the same round trip.
+_NOVA_PORTS = """SELECT np.i, np.error, np.port_id::text AS id, np.existed, np.group_ids::text[] AS groups,
         n.id::text AS network_id, np.sub::text AS subnet_id, np.mac AS mac_address, host(np.address) AS fixed_ip,
         n.name AS network_name, n.libvirt_name, n.mtu, s.cidr::text AS cidr, host(s.gateway_ip) AS gateway_ip,
         s.enable_dhcp, s.dns_nameservers
-    FROM novalite_nova_port($1, $2, $3, $4, $5, $6, $7) np
-    JOIN networks n ON n.id = $1 JOIN subnets s ON s.id = np.sub"""
+    FROM novalite_nova_ports($1::jsonb) np
+    LEFT JOIN networks n ON n.id = np.net LEFT JOIN subnets s ON s.id = np.sub"""
 
 
-async def create_nova_port(
-    conn: asyncpg.Connection, *, network_id: str, project_id: str, device_id: str, device_owner: str,
-    host: str | None, device_index: int, port_limit: int,
-) -> dict:
-    """A server's port on the network with the next free address, in one statement (schema:
-    novalite_nova_port): the port quota (``port_limit`` unless the project has its own) checked
-    on the project's usage row, the address picked as :func:`create_port` picks it, and the port
-    made a member of the instance's security groups. Returns the port as ports_for_devices
-    does, with ``groups`` (ids of the groups it joined) and ``existed``: true when the instance
-    already had a port at ``device_index`` (a retried build), which is returned untouched.
-    Raises PortQuotaExceeded or NoMoreAddresses."""
-    try:
-        row = await conn.fetchrow(
-            _NOVA_PORT, uuidlib.UUID(network_id), project_id, device_id, device_owner, host, device_index, port_limit,
-        )
-    except asyncpg.PostgresError as exc:
-        if exc.sqlstate == "NLQ01":
-            raise PortQuotaExceeded() from None
-        if exc.sqlstate == "NLA01":
-            raise NoMoreAddresses(f"no more addresses on network {network_id}") from None
-        raise
-    return dict(row, host=host, groups=sorted(row["groups"]))
+async def create_nova_ports(conn: asyncpg.Connection, wanted: list[NovaPort]) -> list[dict | Exception]:
+    """Servers' ports, each on its network's next free address, in one statement (schema:
+    novalite_nova_ports): the port quota checked on the project's usage row, the address picked
+    as :func:`create_port` picks it, the port made a member of its instance's security groups.
+    Per port, in order: the port as ports_for_devices gives it, with ``groups`` (ids of the groups
+    it joined) and ``existed`` (true: the instance had a port at that index already, a retried
+    build, and it is returned untouched); or PortQuotaExceeded / NoMoreAddresses for that port."""
+    rows = await conn.fetch(_NOVA_PORTS, [w.record(i) for i, w in enumerate(wanted)])
+    out: list[dict | Exception] = [RuntimeError("no answer")] * len(wanted)
+    for row in rows:
+        w = wanted[row["i"]]
+        if row["error"] == "NLQ01":
+            out[row["i"]] = PortQuotaExceeded()
+        elif row["error"] == "NLA01":
+            out[row["i"]] = NoMoreAddresses(f"no more addresses on network {w.network_id}")
+        else:
+            out[row["i"]] = dict(row, host=w.host, groups=sorted(row["groups"]))
+    return out
 
 
 async def _insert_port(conn: asyncpg.Connection, values: tuple) -> dict:

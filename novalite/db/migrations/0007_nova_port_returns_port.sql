@@ -4,7 +4,8 @@
 -- address and subnet): three round trips for one port. Now the function first looks for the
 -- instance's port at that NIC index and, when there is one, returns it with existed = true
 -- and makes nothing (the caller moves existing ports, as before); otherwise it makes the port
--- as 0005 did and returns its MAC, address and subnet. One round trip in the common case.
+-- as 0005 did and returns its MAC, address and subnet. One round trip in the common case, and
+-- novalite_nova_ports below makes the ports of many builds in one.
 DROP FUNCTION IF EXISTS novalite_nova_port(uuid, text, text, text, text, integer, integer);
 
 CREATE OR REPLACE FUNCTION novalite_nova_port(
@@ -57,4 +58,41 @@ BEGIN
         SELECT array_agg(DISTINCT security_group_id) INTO group_ids FROM joined;
     END IF;
     group_ids := coalesce(group_ids, '{}');
+END $$ LANGUAGE plpgsql;
+
+-- The ports of many builds in one statement (one commit for all: a project's port counter and
+-- a network's address cursor are hot rows, held until COMMIT). Each item is made as
+-- novalite_nova_port makes it, in the items' order by project and network (concurrent batches
+-- lock rows in one order); an item over the quota or without an address gets its SQLSTATE in
+-- `error` and nothing made, without failing the others.
+CREATE OR REPLACE FUNCTION novalite_nova_ports(items jsonb) RETURNS TABLE (
+    i integer, net uuid, port_id uuid, group_ids uuid[], existed boolean, mac text, address inet, sub uuid,
+    error text
+) AS $$
+DECLARE
+    x record;
+BEGIN
+    FOR x IN SELECT * FROM jsonb_to_recordset(items) AS r(i integer, net uuid, project text, device text,
+                                                         owner text, bound_host text, idx integer,
+                                                         default_limit integer)
+             ORDER BY r.project, r.net, r.i LOOP
+        i := x.i;
+        net := x.net;
+        error := NULL;
+        BEGIN
+            SELECT p.port_id, p.group_ids, p.existed, p.mac, p.address, p.sub
+              INTO port_id, group_ids, existed, mac, address, sub
+              FROM novalite_nova_port(x.net, x.project, x.device, x.owner, x.bound_host, x.idx,
+                                      x.default_limit) p;
+        EXCEPTION WHEN SQLSTATE 'NLQ01' OR SQLSTATE 'NLA01' THEN
+            error := SQLSTATE;
+            port_id := NULL;
+            group_ids := NULL;
+            existed := NULL;
+            mac := NULL;
+            address := NULL;
+            sub := NULL;
+        END;
+        RETURN NEXT;
+    END LOOP;
 END $$ LANGUAGE plpgsql;
