@@ -98,9 +98,10 @@ async def test_requested_networks_are_validated_with_novas_messages(pool, tmp_pa
         await api.validate_requested_networks("p-demo", [{"port": missing}], 1)
     with pytest.raises(errors.BadRequest, match="not a valid address"):
         await api.validate_requested_networks("p-demo", [{"uuid": nets["lab"], "fixed_ip": "10.99.0.5"}], 1)
-    assert await api.validate_requested_networks("p-demo", "none", 3) == 3
+    assert (await api.validate_requested_networks("p-demo", "none", 3)).fits == 3
     # A /28 pool holds 13 addresses: no more instances than that fit.
-    assert await api.validate_requested_networks("p-demo", [{"uuid": nets["lab"]}], 20) == 13
+    plan = await api.validate_requested_networks("p-demo", [{"uuid": nets["lab"]}], 20)
+    assert plan.fits == 13 and plan.networks == [{"id": nets["lab"], "tag": None}]
 
     # auto: the project's own network wins over the shared default.
     first = await api.allocate_for_instance("00000000-0000-0000-0000-000000000001", "p-demo", "auto", None)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from novalite.db.batch import BatchWriter
-from novalite.db.instances import StateConflict, get
+from novalite.db.instances import DeleteEnd, StateConflict, finish_deletes, get
 
 
 @dataclass
@@ -116,7 +116,7 @@ async def run_steps(conn: asyncpg.Connection, steps: list[BuildStep], full_row: 
 class StepWriter:
     """Sends the build steps of concurrent builds together (one statement per return shape in
     flight at a time, at most one step per instance in it) and answers each step as if it had
-    been sent alone."""
+    been sent alone; the ends of concurrent deletes likewise."""
 
     MAX_BATCH = 20
 
@@ -127,6 +127,12 @@ class StepWriter:
                                   "build_steps", key=lambda s: s.uuid)
             for full_row in (True, False)
         }
+        self._delete_ends = BatchWriter(pool, finish_deletes, self.MAX_BATCH, "delete_ends", key=lambda e: e.uuid)
+
+    async def finish_delete(self, end: DeleteEnd) -> None:
+        """The end of a delete (db.instances.finish_deletes), with other hosts' ends in one statement;
+        StateConflict when the instance was no longer being deleted."""
+        await self._delete_ends.submit(end)
 
     async def step(self, step: BuildStep) -> asyncpg.Record:
         """Apply one step; its row (or uuid) if it happened, else StateConflict with the actual row."""

@@ -188,6 +188,16 @@ def _serves_dhcp(spec: NetworkSpec) -> bool:
     return spec.enable_dhcp and bool(spec.dhcp_server)
 
 
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What the create's network check found: how many instances fit, and, when every request is
+    a network to take the next free address on (no ports, no fixed IPs), those networks resolved
+    as [{"id", "tag"}] for the build (which then needs no second look at the networks)."""
+
+    fits: int
+    networks: list[dict] | None
+
+
 @dataclass
 class _Wanted:
     """One resolved entry of requested_networks."""
@@ -555,8 +565,9 @@ class NetworkAPI:
     async def validate_requested_networks(
         self, project_id: str, requested: Any, max_count: int = 1, *, is_admin: bool = False,
         conn: asyncpg.Connection | None = None,
-    ) -> int:
-        """Check requested_networks at create time; return how many instances (≤ max_count) fit.
+    ) -> NetworkPlan:
+        """Check requested_networks at create time: how many instances (≤ max_count) fit, and the
+        networks resolved for the build (NetworkPlan).
 
         ``requested`` is "auto", "none", None (no ``networks`` key, before 2.37) or
         a list of {uuid, port, fixed_ip, tag}. Raises with Nova's messages:
@@ -585,27 +596,32 @@ class NetworkAPI:
                 fits = min(fits, room // sum(needs.values()))
         if fits < 1:
             raise exception.QuotaExceeded("Maximum number of ports exceeded")
-        return fits
+        fresh = all(w.port is None and w.fixed_ip is None for w in wanted)
+        return NetworkPlan(fits, [{"id": w.network["id"], "tag": w.tag} for w in wanted] if fresh else None)
 
     # -- build and delete -----------------------------------------------------------
     async def allocate_for_instance(
         self, instance_uuid: str, project_id: str, requested_networks: Any, host: str | None,
-        *, is_admin: bool = False,
+        *, is_admin: bool = False, resolved: list[dict] | None = None,
     ) -> list[PortInfo]:
         """NETWORKING step of a build: ports (MAC + fixed IP) and DHCP host entries on ``host``.
+        ``resolved``: the networks the create's check resolved (NetworkPlan.networks), if any.
 
         Idempotent per instance: if it already has ports (a retried or rescheduled
         build) they are moved to ``host`` and returned as they are. On failure the
         ports made by this call are removed again before the error propagates.
         A host without a virt driver here gets ports in Postgres only.
         """
-        async with self.pool.acquire() as conn:
-            wanted = await self._resolve(conn, project_id, requested_networks, instance_uuid, is_admin)
-            # Ports on the next free address say themselves whether the instance has them already.
-            fresh = all(w.port is None and w.fixed_ip is None for w in wanted)
-            existing = [] if fresh else await q.ports_for_devices(conn, [instance_uuid])
-        if existing:
-            return await self._rebind(existing, host)
+        if resolved is not None:
+            wanted, fresh = [_Wanted({"id": n["id"]}, tag=n["tag"]) for n in resolved], True
+        else:
+            async with self.pool.acquire() as conn:
+                wanted = await self._resolve(conn, project_id, requested_networks, instance_uuid, is_admin)
+                # Ports on the next free address say themselves whether the instance has them already.
+                fresh = all(w.port is None and w.fixed_ip is None for w in wanted)
+                existing = [] if fresh else await q.ports_for_devices(conn, [instance_uuid])
+            if existing:
+                return await self._rebind(existing, host)
         made: list[dict] = []  # ports made (or bound) by this call: undone if it fails
         try:
             if fresh:
