@@ -9,13 +9,19 @@ XML defined and started directly with libvirt, and prints per boot:
     bare: define+start → "init done" in the serial log
 
 and the difference of the means. Loopback only; nothing talks to the guests.
-Usage: bench/guest_boot.py [-n 5]
+
+``--parallel P``: P guests at once instead (issue #22): P concurrent POSTs, and the same P
+domains defined and started at once with libvirt (their disks prepared beforehand, untimed);
+the time until all P print ``init done`` on each side, novalite's overhead in per cent, and a
+last JSON line {"bench": "guest_boot", "parallel": P, "api_s": ..., "bare_s": ..., "overhead_pct": ...}.
+Usage: bench/guest_boot.py [-n 5] [--parallel 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import statistics
@@ -39,9 +45,52 @@ from novalite.image import testimage  # noqa: E402
 from novalite.virt.libvirt.storage import purge_pools  # noqa: E402
 
 INIT_DONE = "NOVALITE-GUEST: init done"
+BOOT_TIMEOUT = 300  # s, from the first POST (or start) to a guest's init line
+# With P guests at once each side reads each console once a second: P console reads every 50 ms
+# through the API (each up to 100 KiB of log, as JSON) took the 2 cores from the guests themselves.
+PARALLEL_POLL = 1.0
 
 
-async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[list[float], list[float], str]:
+async def _boot(s: aiohttp.ClientSession, url: str, hdrs: dict, image_id: str, name: str, poll: float
+                ) -> tuple[float, float, str]:
+    """POST one server and wait for its console's init line, read every ``poll`` s: (POST → ACTIVE s,
+    POST → init done s, its id)."""
+    body = {"server": {"name": name, "imageRef": image_id, "flavorRef": "1", "networks": "none", "config_drive": True}}
+    t0 = time.perf_counter()
+    async with s.post(f"{url}/compute/v2.1/servers", json=body, headers=hdrs) as r:
+        sid = (await r.json())["server"]["id"]
+    active = None
+    while True:
+        async with s.get(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs) as r:
+            status = (await r.json())["server"]["status"]
+        if status == "ACTIVE" and active is None:
+            active = time.perf_counter() - t0
+        if status == "ERROR":
+            raise RuntimeError(f"boot {name} failed")
+        if active is not None:
+            async with s.post(f"{url}/compute/v2.1/servers/{sid}/action", headers=hdrs,
+                              json={"os-getConsoleOutput": {}}) as r:
+                if r.status == 200 and INIT_DONE in (await r.json())["output"]:
+                    return active, time.perf_counter() - t0, sid
+        if time.perf_counter() - t0 > BOOT_TIMEOUT:
+            raise RuntimeError(f"{name} never printed init done")
+        await asyncio.sleep(poll)
+
+
+async def _delete(s: aiohttp.ClientSession, url: str, hdrs: dict, sid: str) -> None:
+    async with s.delete(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs):
+        pass
+    while True:
+        async with s.get(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs) as r:
+            if r.status == 404:
+                return
+        await asyncio.sleep(0.05)
+
+
+async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1
+                    ) -> tuple[list[float], list[float], float]:
+    """n boots one after another (parallel 1), or parallel boots at once: (POST → ACTIVE s
+    each, POST → init done s each, first POST → the last guest's init done s)."""
     pg, dsn = await start_postgres(root)
     port = free_port()
     tag = uuid.uuid4().hex[:6]
@@ -67,35 +116,19 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[lis
             creds = json.loads((root / "state" / "credentials.json").read_text())
             ids = await testimage.upload(image, url, "admin", creds["admin"])
             hdrs = {"X-Auth-Token": await token(s, url, creds["admin"]), "OpenStack-API-Version": "compute 2.56"}
-            for i in range(n):
-                body = {"server": {"name": f"bench{i}", "imageRef": ids["ami"], "flavorRef": "1",
-                                   "networks": "none", "config_drive": True}}
-                t0 = time.perf_counter()
-                async with s.post(f"{url}/compute/v2.1/servers", json=body, headers=hdrs) as r:
-                    sid = (await r.json())["server"]["id"]
-                active = None
-                while True:
-                    async with s.get(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs) as r:
-                        status = (await r.json())["server"]["status"]
-                    if status == "ACTIVE" and active is None:
-                        active = time.perf_counter() - t0
-                    if status == "ERROR":
-                        raise RuntimeError(f"boot {i} failed")
-                    if active is not None:
-                        async with s.post(f"{url}/compute/v2.1/servers/{sid}/action", headers=hdrs,
-                                          json={"os-getConsoleOutput": {}}) as r:
-                            if r.status == 200 and INIT_DONE in (await r.json())["output"]:
-                                break
-                    await asyncio.sleep(0.05)
-                to_active.append(active)
-                to_init.append(time.perf_counter() - t0)
-                async with s.delete(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs):
-                    pass
-                while True:
-                    async with s.get(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs) as r:
-                        if r.status == 404:
-                            break
-                    await asyncio.sleep(0.05)
+            t0 = time.perf_counter()
+            if parallel > 1:
+                boots = await asyncio.gather(*(_boot(s, url, hdrs, ids["ami"], f"bench{i}", PARALLEL_POLL)
+                                               for i in range(parallel)))
+            else:
+                boots = []
+                for i in range(n):
+                    boots.append(await _boot(s, url, hdrs, ids["ami"], f"bench{i}", 0.05))
+                    await _delete(s, url, hdrs, boots[-1][2])
+            wall = time.perf_counter() - t0
+            to_active, to_init = [b[0] for b in boots], [b[1] for b in boots]
+            if parallel > 1:
+                await asyncio.gather(*(_delete(s, url, hdrs, b[2]) for b in boots))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -109,62 +142,101 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage) -> tuple[lis
                 net.undefine()
         purge_pools(conn, f"nlb{tag}-")
         conn.close()
-    return to_active, to_init, str(root)
+    return to_active, to_init, wall
 
 
-def bare_boots(n: int, root: Path, image: testimage.TestImage) -> list[float]:
-    """The same guest (kernel, initrd, config drive, serial log) defined and started directly."""
+def _prepare_bare(root: Path, image: testimage.TestImage, i: int) -> tuple[str, Path]:
+    """The same guest as the API boots (kernel, initrd, config drive, serial log), its disks made:
+    (domain XML, console log path)."""
     from novalite.virt import DiskSpec, GuestSpec
     from novalite.virt.configdrive import build_config_drive, instance_metadata
     from novalite.virt.libvirt.driver import design_guest
 
+    u = str(uuid.uuid4())
+    d = root / f"bare{i}"
+    d.mkdir(mode=0o755)
+    shutil.copy(image.kernel, d / "kernel")
+    shutil.copy(image.ramdisk, d / "ramdisk")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / "disk"), "1G"], check=True)
+    build_config_drive(d / "disk.config", instance_metadata(uuid=u, name=f"bare{i}", hostname=f"bare{i}",
+                                                            availability_zone="nova"), None, [], {})
+    spec = GuestSpec(instance_uuid=u, name=f"bench-bare-{u[:8]}", memory_mb=512, vcpus=1, virt_type="qemu",
+                     disks=[DiskSpec(path=str(d / "disk")),
+                            DiskSpec(path=str(d / "disk.config"), device="cdrom", bus="sata",
+                                     target_dev="sda", driver_type="raw")],
+                     kernel=str(d / "kernel"), ramdisk=str(d / "ramdisk"), cmdline=image.cmdline,
+                     console_log_path=str(d / "console.log"))
+    return design_guest(spec, "qemu").to_xml(), d / "console.log"
+
+
+def _wait_init(logs: list[Path], t0: float, poll: float) -> None:
+    """Until every console log holds the init line, read every ``poll`` s (BOOT_TIMEOUT from t0)."""
+    waiting = list(logs)
+    while waiting:
+        waiting = [log for log in waiting if not (log.exists() and INIT_DONE in log.read_text(errors="replace"))]
+        if waiting:
+            if time.perf_counter() - t0 > BOOT_TIMEOUT:
+                raise RuntimeError("bare guest never printed init done")
+            time.sleep(poll)
+
+
+def bare_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1) -> tuple[list[float], float]:
+    """n guests defined and started one after another (parallel 1), or parallel at once, their
+    disks prepared before the clock starts: (define+start → init done s each, the wall time)."""
     conn = libvirt.open("qemu:///system")
-    times = []
+    times: list[float] = []
+    doms: list = []
     try:
-        for i in range(n):
-            u = str(uuid.uuid4())
-            d = root / f"bare{i}"
-            d.mkdir(mode=0o755)
-            shutil.copy(image.kernel, d / "kernel")
-            shutil.copy(image.ramdisk, d / "ramdisk")
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / "disk"), "1G"], check=True)
-            build_config_drive(d / "disk.config", instance_metadata(uuid=u, name=f"bare{i}", hostname=f"bare{i}",
-                                                                    availability_zone="nova"), None, [], {})
-            spec = GuestSpec(instance_uuid=u, name=f"bench-bare-{u[:8]}", memory_mb=512, vcpus=1, virt_type="qemu",
-                             disks=[DiskSpec(path=str(d / "disk")),
-                                    DiskSpec(path=str(d / "disk.config"), device="cdrom", bus="sata",
-                                             target_dev="sda", driver_type="raw")],
-                             kernel=str(d / "kernel"), ramdisk=str(d / "ramdisk"), cmdline=image.cmdline,
-                             console_log_path=str(d / "console.log"))
-            xml = design_guest(spec, "qemu").to_xml()
-            t0 = time.perf_counter()
-            dom = conn.defineXML(xml)
-            dom.create()
-            log = d / "console.log"
-            while not (log.exists() and INIT_DONE in log.read_text(errors="replace")):
-                time.sleep(0.05)
-                if time.perf_counter() - t0 > 120:
-                    raise RuntimeError("bare guest never printed init done")
-            times.append(time.perf_counter() - t0)
-            dom.destroy()
-            dom.undefine()
+        prepared = [_prepare_bare(root, image, i) for i in range(parallel if parallel > 1 else n)]
+        t_all = time.perf_counter()
+        if parallel > 1:
+            for xml, _log in prepared:
+                doms.append(dom := conn.defineXML(xml))
+                dom.create()
+            _wait_init([log for _xml, log in prepared], t_all, PARALLEL_POLL)
+            times = [time.perf_counter() - t_all]
+        else:
+            for xml, log in prepared:
+                t0 = time.perf_counter()
+                doms.append(dom := conn.defineXML(xml))
+                dom.create()
+                _wait_init([log], t0, 0.05)
+                times.append(time.perf_counter() - t0)
+                dom.destroy()
+                dom.undefine()
+                doms.remove(dom)
+        wall = time.perf_counter() - t_all
     finally:
+        for dom in doms:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefine()
         conn.close()
-    return times
+    return times, wall
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-n", type=int, default=5)
+    parser.add_argument("-n", type=int, default=5, help="boots one after another (default 5)")
+    parser.add_argument("--parallel", type=int, default=1, help="boot this many guests at once instead")
     args = parser.parse_args()
     image = testimage.build(Path("/var/tmp/novalite-testimage-cache"))
     root = Path(tempfile.mkdtemp(prefix="novalite-guestbench-", dir="/var/tmp"))
     root.chmod(0o755)
     try:
-        active, init, _ = await api_boots(args.n, root, image)
-        bare = await asyncio.to_thread(bare_boots, args.n, root, image)
+        active, init, api_wall = await api_boots(args.n, root, image, args.parallel)
+        bare, bare_wall = await asyncio.to_thread(bare_boots, args.n, root, image, args.parallel)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if args.parallel > 1:
+        overhead = (api_wall - bare_wall) / bare_wall * 100
+        print(f"{args.parallel} guests at once, until all printed init done: API {api_wall:.2f} s "
+              f"(POST → ACTIVE {min(active):.2f}–{max(active):.2f} s), bare libvirt {bare_wall:.2f} s: "
+              f"novalite's overhead {overhead:+.1f} %")
+        print(json.dumps({"bench": "guest_boot", "parallel": args.parallel, "api_s": round(api_wall, 2),
+                          "bare_s": round(bare_wall, 2), "overhead_pct": round(overhead, 1)}))
+        return 0
     print(f"{'boot':>4} | {'API POST→ACTIVE':>16} | {'API POST→init done':>19} | {'bare start→init done':>21}")
     for i in range(args.n):
         print(f"{i:>4} | {active[i]:15.2f}s | {init[i]:18.2f}s | {bare[i]:20.2f}s")

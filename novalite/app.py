@@ -480,8 +480,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None, sighup: bool = 
         # aiohttp answers a longer request line or header field with 400 before any handler runs
         handler_args={"max_line_size": config.api.max_line_size, "max_field_size": config.api.max_field_size},
         middlewares=[
-            *([metrics_api.metrics_middleware] if config.metrics.enabled else []),  # times everything
-            middleware.request_id_middleware,
+            middleware.request_id_middleware,  # times everything: the access line and the metric
             middleware.error_middleware,
             middleware.auth_middleware,
             middleware.microversion_middleware,

@@ -16,6 +16,7 @@ from novalite.api import errors, keys
 from novalite.config import Config, NetworkConfig
 from novalite.network import NetworkAPI, network_data
 from novalite.virt.libvirt import LibvirtDriver
+from novalite.virt.testnode import write_test_node
 
 
 def _qemu_system_available() -> bool:
@@ -80,6 +81,33 @@ async def test_ports_get_distinct_macs_ips_and_dhcp_entries_under_concurrency(po
         await driver.close()
 
 
+async def test_a_rescheduled_build_moves_its_port_to_the_new_host(pool, tmp_path):
+    """The build takes the networks the create resolved; a retry on another host (a reschedule)
+    gets the port made on the first one, moved with its DHCP entry, not a second port."""
+    cfg = _config(tmp_path, [])
+    sim1, sim2 = (LibvirtDriver(write_test_node(tmp_path / f"{name}.xml", name, 4, 4096), "test", disk_gb=1)
+                  for name in ("sim1", "sim2"))  # two hosts, each with its own networks
+    api = NetworkAPI(pool, cfg, {"sim1": sim1, "sim2": sim2})
+    await api.ensure_networks()
+    try:
+        plan = await api.validate_requested_networks("p-demo", "auto", 1)
+        assert plan.fits == 1 and len(plan.networks) == 1
+        server = str(uuid.uuid4())
+        first = await api.allocate_for_instance(server, "p-demo", "auto", "sim1", resolved=plan.networks)
+        moved = await api.allocate_for_instance(server, "p-demo", "auto", "sim2", resolved=plan.networks)
+        assert [(p.port_id, p.mac, p.ip) for p in moved] == [(p.port_id, p.mac, p.ip) for p in first]
+        assert [p.host for p in moved] == ["sim2"]
+        assert await pool.fetchval("SELECT count(*) FROM ports WHERE device_id = $1", server) == 1
+        assert await pool.fetchval("SELECT host FROM ports WHERE device_id = $1", server) == "sim2"
+        assert await sim2.dhcp_hosts(moved[0].network_name) == {moved[0].mac: moved[0].ip}
+        assert await sim1.dhcp_hosts(first[0].network_name) == {}
+        await api.deallocate_for_instance(server)
+        assert await pool.fetchval("SELECT count(*) FROM ports") == 0
+    finally:
+        await sim1.close()
+        await sim2.close()
+
+
 async def test_requested_networks_are_validated_with_novas_messages(pool, tmp_path):
     cfg = _config(tmp_path, [
         NetworkConfig(name="private", cidr="10.20.0.0/24"),
@@ -98,9 +126,10 @@ async def test_requested_networks_are_validated_with_novas_messages(pool, tmp_pa
         await api.validate_requested_networks("p-demo", [{"port": missing}], 1)
     with pytest.raises(errors.BadRequest, match="not a valid address"):
         await api.validate_requested_networks("p-demo", [{"uuid": nets["lab"], "fixed_ip": "10.99.0.5"}], 1)
-    assert await api.validate_requested_networks("p-demo", "none", 3) == 3
+    assert (await api.validate_requested_networks("p-demo", "none", 3)).fits == 3
     # A /28 pool holds 13 addresses: no more instances than that fit.
-    assert await api.validate_requested_networks("p-demo", [{"uuid": nets["lab"]}], 20) == 13
+    plan = await api.validate_requested_networks("p-demo", [{"uuid": nets["lab"]}], 20)
+    assert plan.fits == 13 and plan.networks == [{"id": nets["lab"], "tag": None}]
 
     # auto: the project's own network wins over the shared default.
     first = await api.allocate_for_instance("00000000-0000-0000-0000-000000000001", "p-demo", "auto", None)

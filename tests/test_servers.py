@@ -264,13 +264,13 @@ async def test_creates_beyond_the_concurrency_limit_wait_their_turn(pg_dsn, tmp_
     inside = peak = 0
     validate_networks = api._validate_networks
 
-    async def slow_and_counted(conn, ctx, req):  # a step inside the limited section, made slow enough to overlap
+    async def slow_and_counted(*args):  # a step inside the limited section, made slow enough to overlap
         nonlocal inside, peak
         inside += 1
         peak = max(peak, inside)
         try:
             await asyncio.sleep(0.05)
-            return await validate_networks(conn, ctx, req)
+            return await validate_networks(*args)
         finally:
             inside -= 1
 

@@ -1,38 +1,16 @@
 """GET /metrics (Prometheus text): on the API port for callers the ``novalite:metrics`` rule
-lets in (admin by default), or on a separate plain listener (``[metrics] listen``);
-and the middleware that times every API request by method, route pattern and status."""
+lets in (admin by default), or on a separate plain listener (``[metrics] listen``). Every API
+request is timed by method, route pattern and status in ``api.middleware.request_id_middleware``."""
 
 from __future__ import annotations
-
-import time
 
 from aiohttp import web
 
 from novalite import metrics
 from novalite.api import keys
 from novalite.api.compute.common import authorize
-from novalite.api.middleware import Handler
 
 POLICY_METRICS = "novalite:metrics"
-UNMATCHED = "unmatched"  # requests no route matched (404, 405): one label, whatever the path
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Time the request and count it under its route's pattern (``/compute/v2.1/servers/{server_id}``)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else UNMATCHED
-        metrics.api_request(request.method, route, status, time.perf_counter() - started)
 
 
 def _answer(body: bytes) -> web.Response:

@@ -11,6 +11,7 @@ from http import HTTPStatus
 import structlog
 from aiohttp import web
 
+from novalite import metrics
 from novalite.api import errors, jsonbody, keys, validation
 from novalite.context import RequestContext
 from novalite.identity import IdentityService, TokenInfo
@@ -86,17 +87,13 @@ def incoming_request_id(request: web.Request) -> str:
     return given if _REQUEST_ID.match(given) else f"req-{uuid.uuid4()}"
 
 
-def log_access(request: web.Request, status: int, started: float) -> None:
-    """The access line of one request; user and project come from the bound context."""
-    route = request.match_info.route.resource
-    access_log.info("request", method=request.method, route=route.canonical if route is not None else None,
-                    path=request.path, status=status, duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    remote=request.remote)
+UNMATCHED = "unmatched"  # the metric's route for requests no route matched (404, 405), whatever the path
 
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id, bind it to every log line, echo it back, and log the access line."""
+    """Give every request an id, bind it to every log line and echo it back; time the request
+    once for both its access line and its API metric (``novalite_api_request_seconds``)."""
     started = time.perf_counter()
     request_id = incoming_request_id(request)
     request[keys.REQUEST_ID] = request_id
@@ -104,25 +101,36 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     structlog.contextvars.bind_contextvars(request_id=request_id)
     foreground = request.app[keys.FOREGROUND]
     foreground.begin()
+    status = 500  # what escapes as anything but an answer or an HTTP error counts as a 500
     try:
         resp = await handler(request)
+        status = resp.status
     except web.HTTPException as exc:  # a redirect or an error aiohttp renders: raised on, as aiohttp wants
-        _answered(request, exc, request_id, started)
+        status = exc.status
+        _echo_request_id(request, exc, request_id)
         raise
     finally:
         foreground.end()
-    _answered(request, resp, request_id, started)
+        _answered(request, status, time.perf_counter() - started)
+    _echo_request_id(request, resp, request_id)
     return resp
 
 
-def _answered(request: web.Request, resp: web.StreamResponse | web.HTTPException, request_id: str,
-              started: float) -> None:
-    """Echo the request id in the answer's headers and write the access line."""
+def _echo_request_id(request: web.Request, resp: web.StreamResponse | web.HTTPException, request_id: str) -> None:
     resp.headers["x-openstack-request-id"] = request_id
     if service_of(request.path) == "compute":
         resp.headers["x-compute-request-id"] = request_id
+
+
+def _answered(request: web.Request, status: int, seconds: float) -> None:
+    """The request's metric, by its route's pattern (``/compute/v2.1/servers/{server_id}``), and
+    its access line (user and project come from the bound context)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else None
+    metrics.api_request(request.method, route or UNMATCHED, status, seconds)
     if request.app[keys.CONFIG].log.access_log:
-        log_access(request, resp.status, started)
+        access_log.info("request", method=request.method, route=route, path=request.path, status=status,
+                        duration_ms=round(seconds * 1000, 2), remote=request.remote)
 
 
 @web.middleware

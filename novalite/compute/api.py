@@ -15,7 +15,6 @@ import string
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
@@ -232,7 +231,7 @@ class ComputeAPI:
             raise exception.Invalid("min_count must be <= max_count")
         async with self._creating, self.pool.acquire() as conn:  # one connection for the whole create
             base = await self._validate(conn, ctx, req)
-            await self._validate_networks(conn, ctx, req)
+            await self._validate_networks(conn, ctx, req, base.request_spec)
             password = req.admin_password or (
                 generate_password() if self.config.api.enable_instance_password else None
             )
@@ -636,17 +635,21 @@ class ComputeAPI:
             "root_is_volume": any(b.get("boot_index") == 0 and b.get("destination_type") == "volume" for b in bdms),
         }
 
-    async def _validate_networks(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest) -> None:
-        """Requested networks, ports and fixed IPs must exist and be usable by this many instances."""
+    async def _validate_networks(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest,
+                                 request_spec: dict) -> None:
+        """Requested networks, ports and fixed IPs must exist and be usable by this many instances;
+        the networks resolved go in the request spec."""
         if self.network_api is None:
             return
-        fits = await self.network_api.validate_requested_networks(
+        plan = await self.network_api.validate_requested_networks(
             ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin, conn=conn
         )
-        if fits < req.min_count:
+        if plan.fits < req.min_count:
             raise exception.Forbidden(
-                f"Maximum number of ports exceeded: only {fits} of {req.min_count} instances can get addresses."
+                f"Maximum number of ports exceeded: only {plan.fits} of {req.min_count} instances can get addresses."
             )
+        if plan.networks is not None:
+            request_spec["networks"] = plan.networks  # the build takes them as they are (Nova's NetworkRequestList)
 
     # -- provision ----------------------------------------------------------
     def _instance_rows(
@@ -834,32 +837,16 @@ class ComputeAPI:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+def delete_end(uuid: str, request_id: str, host: str | None) -> db.DeleteEnd:
+    """The end of a delete: reported by the instance's compute host, or by the API without one."""
+    return db.DeleteEnd(uuid, request_id, publisher_id=f"nova-compute:{host}" if host else "nova-api",
+                        event="compute_terminate_instance", power_state=power_state.NOSTATE)
+
+
 async def finish_delete(pool: asyncpg.Pool, uuid: str, request_id: str, host: str | None) -> None:
-    """Free the claim and mark the instance deleted, in one transaction."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM allocations WHERE instance_uuid = $1", uuid)
-        await conn.execute("DELETE FROM instance_group_members WHERE instance_uuid = $1", uuid)
-        await conn.execute("UPDATE block_device_mappings SET deleted = true WHERE instance_uuid = $1", uuid)
-        now = datetime.now(UTC)
-        await db.compare_and_set(
-            conn,
-            uuid,
-            expect_task_state=states.DELETING,
-            vm_state=states.DELETED,
-            task_state=None,
-            power_state=power_state.NOSTATE,
-            deleted=True,
-            deleted_at=now,
-            terminated_at=now,
-        )
-        await db.event_finish(conn, uuid, request_id, "compute_terminate_instance")
-        await db.finish_action(conn, uuid, request_id)
-        await db.notify(
-            conn,
-            "instance.delete.end",
-            {"state": states.DELETED},
-            publisher_id=f"nova-compute:{host}" if host else "nova-api",
-            instance_uuids=[uuid],
-            request_id=request_id,
-        )
+    """Free the claim and mark the instance deleted, with the action's end, in one statement."""
+    async with pool.acquire() as conn:
+        (conflict,) = await db.finish_deletes(conn, [delete_end(uuid, request_id, host)])
+    if conflict is not None:
+        raise conflict
     log.info("instance_deleted", instance_uuid=uuid)

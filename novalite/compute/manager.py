@@ -24,7 +24,7 @@ import structlog
 
 from novalite import metrics
 from novalite.compute import states
-from novalite.compute.api import finish_delete
+from novalite.compute.api import delete_end
 from novalite.compute.disks import PreparedDisks, prepare_local_disks
 from novalite.compute.evacuate import EvacuateManager
 from novalite.compute.failures import (
@@ -442,7 +442,8 @@ class ComputeManager:
         if self.network_api is None or inst["requested_networks"] == "none":
             return []
         return await self.network_api.allocate_for_instance(
-            uuid, inst["project_id"], inst["requested_networks"], self.host
+            uuid, inst["project_id"], inst["requested_networks"], self.host,
+            resolved=(inst["request_spec"] or {}).get("networks"),
         )
 
     async def _block_device_mapping(
@@ -702,4 +703,5 @@ class ComputeManager:
             await self.volume_build.release_instance(uuid)
         if self.network_api is not None:
             await self.network_api.deallocate_for_instance(uuid)
-        await finish_delete(self.pool, uuid, request_id, self.host)
+        await self.steps.finish_delete(delete_end(uuid, request_id, self.host))  # with other deletes' ends
+        log.info("instance_deleted", instance_uuid=uuid)

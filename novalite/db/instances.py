@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -510,6 +511,73 @@ async def notify(
         payload,
     )
     log.info("notification", event_type=event_type, publisher_id=publisher_id, instance_uuids=[str(u) for u in uuids if u])
+
+
+# The ends of deletes, many in one statement: each instance still being deleted is marked
+# deleted, its claim and group memberships go, its BDMs are marked deleted, its terminate event
+# is finished (or recorded finished, as event_finish does), its action is finished and its
+# instance.delete.end stored. One commit for many: every delete changes its project's usage
+# row (a trigger), which a project's deletes and creates would otherwise take one commit at a time.
+_FINISH_DELETES = """
+WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(i integer, uuid uuid, request_id text, publisher text,
+                                                            event text, power_state integer)),
+inst AS (
+    UPDATE instances i SET updated_at = now(), vm_state = 'deleted', task_state = NULL, power_state = x.power_state,
+        deleted = true, deleted_at = now(), terminated_at = now()
+    FROM x WHERE i.uuid = x.uuid AND NOT i.deleted AND i.task_state = 'deleting' RETURNING i.uuid),
+alloc AS (DELETE FROM allocations a USING inst WHERE a.instance_uuid = inst.uuid),
+members AS (DELETE FROM instance_group_members m USING inst WHERE m.instance_uuid = inst.uuid),
+bdms AS (UPDATE block_device_mappings b SET deleted = true FROM inst WHERE b.instance_uuid = inst.uuid),
+act AS (SELECT DISTINCT ON (x.uuid) a.id, x.event FROM x JOIN inst ON inst.uuid = x.uuid
+        JOIN instance_actions a ON a.instance_uuid = x.uuid AND a.request_id = x.request_id
+        ORDER BY x.uuid, a.id DESC),
+open_event AS (SELECT DISTINCT ON (act.id) act.id AS action_id, e.id FROM act
+               JOIN instance_actions_events e ON e.action_id = act.id AND e.event = act.event AND e.finish_time IS NULL
+               ORDER BY act.id, e.id DESC),
+fin AS (UPDATE instance_actions_events e SET finish_time = now(), result = 'Success', traceback = NULL, details = NULL
+        FROM open_event o WHERE e.id = o.id),
+never AS (INSERT INTO instance_actions_events (action_id, event, finish_time, result)
+          SELECT act.id, act.event, now(), 'Success' FROM act
+          WHERE NOT EXISTS (SELECT 1 FROM open_event o WHERE o.action_id = act.id)),
+af AS (UPDATE instance_actions a SET finish_time = now(), updated_at = now()
+       FROM x JOIN inst ON inst.uuid = x.uuid
+       WHERE a.instance_uuid = x.uuid AND a.request_id = x.request_id AND a.finish_time IS NULL),
+n AS (INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload)
+      SELECT 'instance.delete.end', 'INFO', x.publisher, x.uuid, x.request_id, $2::jsonb
+      FROM x JOIN inst ON inst.uuid = x.uuid)
+SELECT x.i, inst.uuid IS NOT NULL AS done FROM x LEFT JOIN inst ON inst.uuid = x.uuid"""
+
+
+@dataclass(frozen=True)
+class DeleteEnd:
+    """The end of one instance's delete: who deleted it (the request) and who reports it."""
+
+    uuid: str
+    request_id: str
+    publisher_id: str  # of its instance.delete.end
+    event: str  # the action event the delete finishes
+    power_state: int  # the deleted instance's
+
+
+async def finish_deletes(conn: asyncpg.Connection, ends: list[DeleteEnd]) -> list[None | StateConflict]:
+    """The ends of deletes (at most one per instance) in one statement (_FINISH_DELETES); per
+    delete None, or StateConflict (with the current row) when the instance was no longer being
+    deleted, and then nothing of it changed."""
+    rows = await conn.fetch(
+        _FINISH_DELETES,
+        [{"i": i, "uuid": e.uuid, "request_id": e.request_id, "publisher": e.publisher_id, "event": e.event,
+          "power_state": e.power_state} for i, e in enumerate(ends)],
+        {"state": "deleted"},
+    )
+    out: list[None | StateConflict] = [None] * len(ends)
+    for row in rows:
+        end = ends[row["i"]]
+        if row["done"]:
+            log.info("notification", event_type="instance.delete.end", publisher_id=end.publisher_id,
+                     instance_uuids=[end.uuid])
+        else:
+            out[row["i"]] = StateConflict(end.uuid, await get(conn, end.uuid, include_deleted=True))
+    return out
 
 
 def iso(ts: datetime | None) -> str | None:

@@ -14,6 +14,7 @@ import ipaddress
 import secrets
 import uuid as uuidlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -202,13 +203,6 @@ async def free_addresses(conn: asyncpg.Connection, subnet_id: str) -> int:
     return await conn.fetchval(f"SELECT ({_FREE})::bigint FROM subnets s WHERE s.id = $1", uuidlib.UUID(subnet_id))
 
 
-async def free_addresses_on_network(conn: asyncpg.Connection, network_id: str) -> int:
-    """Free pool addresses over all of the network's subnets (a port takes one from the first
-    with any); one statement."""
-    return await conn.fetchval(
-        f"SELECT coalesce(sum({_FREE}), 0)::bigint FROM subnets s WHERE s.network_id = $1", uuidlib.UUID(network_id))
-
-
 # The subnet's allocation pools as rows (lo, hi), for the subnet ``s`` of the enclosing query.
 _POOLS = """SELECT (e->>'start')::inet AS lo, (e->>'end')::inet AS hi
             FROM jsonb_array_elements(s.allocation_pools) e"""
@@ -217,6 +211,15 @@ _FREE = f"""(SELECT coalesce(sum(pl.hi - pl.lo + 1), 0) - count(*) FILTER (WHERE
              FROM ({_POOLS}) pl)
           - (SELECT count(*) FROM ports p WHERE p.subnet_id = s.id
              AND EXISTS (SELECT 1 FROM ({_POOLS}) q WHERE p.fixed_ip BETWEEN q.lo AND q.hi))"""
+
+
+def free_addresses_sql(network_ids: str) -> str:
+    """An SQL expression: the free pool addresses of each network of ``network_ids`` (an SQL
+    uuid[]) over all of its subnets, as a JSON object {network id: count}."""
+    return f"""(SELECT coalesce(jsonb_object_agg(net.id::text,
+                                                (SELECT coalesce(sum({_FREE}), 0)::bigint
+                                                   FROM subnets s WHERE s.network_id = net.id)), '{{}}')
+        FROM unnest({network_ids}) AS net(id))"""
 
 
 async def subnets_of_network(conn: asyncpg.Connection, network_id: str) -> list[dict]:
@@ -475,27 +478,52 @@ class PortQuotaExceeded(Exception):
     """The project's Neutron port quota has no room for another port."""
 
 
-async def create_nova_port(
-    conn: asyncpg.Connection, *, network_id: str, project_id: str, device_id: str, device_owner: str,
-    host: str | None, device_index: int, port_limit: int,
-) -> tuple[str, list[str]]:
-    """A server's port on the network with the next free address, in one statement (schema:
-    novalite_nova_port): the port quota (``port_limit`` unless the project has its own) checked
-    on the project's usage row, the address picked as :func:`create_port` picks it, and the port
-    made a member of the instance's security groups. Returns (port id, ids of the groups it
-    joined); raises PortQuotaExceeded or NoMoreAddresses."""
-    try:
-        row = await conn.fetchrow(
-            "SELECT port_id::text AS id, group_ids::text[] AS groups FROM novalite_nova_port($1, $2, $3, $4, $5, $6, $7)",
-            uuidlib.UUID(network_id), project_id, device_id, device_owner, host, device_index, port_limit,
-        )
-    except asyncpg.PostgresError as exc:
-        if exc.sqlstate == "NLQ01":
-            raise PortQuotaExceeded() from None
-        if exc.sqlstate == "NLA01":
-            raise NoMoreAddresses(f"no more addresses on network {network_id}") from None
-        raise
-    return row["id"], sorted(row["groups"])
+@dataclass(frozen=True)
+class NovaPort:
+    """A port a build wants for its server on a network, on the next free address."""
+
+    network_id: str
+    project_id: str
+    device_id: str
+    device_owner: str
+    host: str | None
+    device_index: int
+    port_limit: int  # the project's port quota unless it has its own
+
+    def record(self, index: int) -> dict:
+        return {"i": index, "net": self.network_id, "project": self.project_id, "device": self.device_id,
+                "owner": self.device_owner, "bound_host": self.host, "idx": self.device_index,
+                "default_limit": self.port_limit}
+
+
+# Servers' ports (novalite_nova_ports, migration 0007) with what a NIC and its lease need, as
+# ports_for_devices gives them; the networks and subnets are read in the same round trip.
+_NOVA_PORTS = """SELECT np.i, np.error, np.port_id::text AS id, np.existed, np.group_ids::text[] AS groups,
+        n.id::text AS network_id, np.sub::text AS subnet_id, np.mac AS mac_address, host(np.address) AS fixed_ip,
+        n.name AS network_name, n.libvirt_name, n.mtu, s.cidr::text AS cidr, host(s.gateway_ip) AS gateway_ip,
+        s.enable_dhcp, s.dns_nameservers
+    FROM novalite_nova_ports($1::jsonb) np
+    LEFT JOIN networks n ON n.id = np.net LEFT JOIN subnets s ON s.id = np.sub"""
+
+
+async def create_nova_ports(conn: asyncpg.Connection, wanted: list[NovaPort]) -> list[dict | Exception]:
+    """Servers' ports, each on its network's next free address, in one statement (schema:
+    novalite_nova_ports): the port quota checked on the project's usage row, the address picked
+    as :func:`create_port` picks it, the port made a member of its instance's security groups.
+    Per port, in order: the port as ports_for_devices gives it, with ``groups`` (ids of the groups
+    it joined) and ``existed`` (true: the instance had a port at that index already, a retried
+    build, and it is returned untouched); or PortQuotaExceeded / NoMoreAddresses for that port."""
+    rows = await conn.fetch(_NOVA_PORTS, [w.record(i) for i, w in enumerate(wanted)])
+    out: list[dict | Exception] = [RuntimeError("no answer")] * len(wanted)
+    for row in rows:
+        w = wanted[row["i"]]
+        if row["error"] == "NLQ01":
+            out[row["i"]] = PortQuotaExceeded()
+        elif row["error"] == "NLA01":
+            out[row["i"]] = NoMoreAddresses(f"no more addresses on network {w.network_id}")
+        else:
+            out[row["i"]] = dict(row, host=w.host, groups=sorted(row["groups"]))
+    return out
 
 
 async def _insert_port(conn: asyncpg.Connection, values: tuple) -> dict:

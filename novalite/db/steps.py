@@ -5,22 +5,19 @@ A step finishes the previous step's action events, starts the next ones, may
 finish the action and store a notification — all only if the state change
 happened. Concurrent builds (hundreds during a boot storm) hand their steps to
 one ``StepWriter``, which sends whatever has accumulated while its previous
-statement was in flight: one round trip and one commit for many steps, and a
-lone step still goes out at once.
+statement was in flight (db.batch): one round trip and one commit for many steps,
+and a lone step still goes out at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
+import functools
 from dataclasses import dataclass, field
 
 import asyncpg
-import structlog
 
-from novalite.db.instances import StateConflict, get
-
-log = structlog.get_logger(__name__)
+from novalite.db.batch import BatchWriter
+from novalite.db.instances import DeleteEnd, StateConflict, finish_deletes, get
 
 
 @dataclass
@@ -117,70 +114,31 @@ async def run_steps(conn: asyncpg.Connection, steps: list[BuildStep], full_row: 
 
 
 class StepWriter:
-    """Sends the build steps of concurrent builds together (one statement per return shape
-    in flight at a time) and answers each step as if it had been sent alone."""
+    """Sends the build steps of concurrent builds together (one statement per return shape in
+    flight at a time, at most one step per instance in it) and answers each step as if it had
+    been sent alone; the ends of concurrent deletes likewise."""
 
     MAX_BATCH = 20
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._pending: dict[bool, deque[tuple[BuildStep, asyncio.Future]]] = {True: deque(), False: deque()}
-        self._writers: dict[bool, asyncio.Task | None] = {True: None, False: None}
+        self._writers = {
+            full_row: BatchWriter(pool, functools.partial(run_steps, full_row=full_row), self.MAX_BATCH,
+                                  "build_steps", key=lambda s: s.uuid)
+            for full_row in (True, False)
+        }
+        self._delete_ends = BatchWriter(pool, finish_deletes, self.MAX_BATCH, "delete_ends", key=lambda e: e.uuid)
+
+    async def finish_delete(self, end: DeleteEnd) -> None:
+        """The end of a delete (db.instances.finish_deletes), with other hosts' ends in one statement;
+        StateConflict when the instance was no longer being deleted."""
+        await self._delete_ends.submit(end)
 
     async def step(self, step: BuildStep) -> asyncpg.Record:
         """Apply one step; its row (or uuid) if it happened, else StateConflict with the actual row."""
-        future = asyncio.get_running_loop().create_future()
-        self._pending[step.full_row].append((step, future))
-        if self._writers[step.full_row] is None:
-            self._writers[step.full_row] = asyncio.create_task(self._write(step.full_row))
-        row = await future
+        row = await self._writers[step.full_row].submit(step)
         if row is None:
             async with self.pool.acquire() as conn:
                 raise StateConflict(step.uuid, await get(conn, step.uuid, include_deleted=True))
         return row
 
-    async def _write(self, full_row: bool) -> None:
-        pending = self._pending[full_row]
-        batch: list[tuple[BuildStep, asyncio.Future]] = []
-        try:
-            while pending:
-                later: list[tuple[BuildStep, asyncio.Future]] = []
-                seen: set[str] = set()
-                while pending and len(batch) < self.MAX_BATCH:
-                    step, future = item = pending.popleft()
-                    if future.done():  # its build was cancelled before the step was sent
-                        continue
-                    if step.uuid in seen:  # one step per instance and statement
-                        later.append(item)
-                    else:
-                        seen.add(step.uuid)
-                        batch.append(item)
-                pending.extendleft(reversed(later))
-                if batch:
-                    await self._send(batch, full_row)
-                batch = []
-        except asyncio.CancelledError:  # shutting down: nobody waits forever for its step
-            for _, future in batch + list(pending):
-                future.cancel()
-            pending.clear()
-            raise
-        finally:
-            self._writers[full_row] = None
-
-    async def _send(self, batch: list[tuple[BuildStep, asyncio.Future]], full_row: bool) -> None:
-        try:
-            async with self.pool.acquire() as conn:
-                rows = await run_steps(conn, [s for s, _ in batch], full_row)
-        except Exception as exc:
-            if len(batch) > 1:
-                # one bad step (or a deadlock with another transaction) must not fail the others
-                log.warning("build_steps_batch_failed", steps=len(batch), error=str(exc))
-                for item in batch:
-                    await self._send([item], full_row)
-                return
-            if not batch[0][1].done():
-                batch[0][1].set_exception(exc)
-            return
-        for (_, future), row in zip(batch, rows, strict=True):
-            if not future.done():
-                future.set_result(row)

@@ -30,6 +30,7 @@ from novalite.db import instances as instances_db
 from novalite.db import interfaces as iq
 from novalite.db import networks as q
 from novalite.db import security_groups as sg_q
+from novalite.db.batch import BatchWriter
 from novalite.network import quota
 from novalite.network.firewall import Firewall, filter_name
 from novalite.virt.driver import METADATA_ADDRESS, NetworkSpec, NicSpec, VirtDriver, VirtError
@@ -38,6 +39,7 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_NETWORK = NetworkConfig(name="private", cidr="10.20.0.0/24", shared=True)
 DEVICE_OWNER = "compute:nova"
+NOVA_PORTS_PER_STATEMENT = 20  # builds' ports sent together at most (as build steps are)
 METADATA_ROUTE = f"{METADATA_ADDRESS}/32"
 
 # Serves a tenant network's metadata socket (network id, listening socket), or stops (network id, None).
@@ -186,6 +188,16 @@ def _serves_dhcp(spec: NetworkSpec) -> bool:
     return spec.enable_dhcp and bool(spec.dhcp_server)
 
 
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What the create's network check found: how many instances fit, and, when every request is
+    a network to take the next free address on (no ports, no fixed IPs), those networks resolved
+    as [{"id", "tag"}] for the build (which then needs no second look at the networks)."""
+
+    fits: int
+    networks: list[dict] | None
+
+
 @dataclass
 class _Wanted:
     """One resolved entry of requested_networks."""
@@ -218,9 +230,13 @@ class NetworkAPI:
     _metadata_hosts: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     # the ports' packet filters on the same hosts (security groups)
     firewall: Firewall = field(init=False)
+    # concurrent builds' ports on the next free address, many per statement (db.batch)
+    _nova_ports: BatchWriter[q.NovaPort] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.firewall = Firewall(self.pool, self.config, self.hosts)
+        self._nova_ports = BatchWriter(self.pool, q.create_nova_ports, NOVA_PORTS_PER_STATEMENT, "nova_ports",
+                                       key=lambda w: w.device_id)
 
     @property
     def _filter_prefix(self) -> str:
@@ -549,8 +565,9 @@ class NetworkAPI:
     async def validate_requested_networks(
         self, project_id: str, requested: Any, max_count: int = 1, *, is_admin: bool = False,
         conn: asyncpg.Connection | None = None,
-    ) -> int:
-        """Check requested_networks at create time; return how many instances (≤ max_count) fit.
+    ) -> NetworkPlan:
+        """Check requested_networks at create time: how many instances (≤ max_count) fit, and the
+        networks resolved for the build (NetworkPlan).
 
         ``requested`` is "auto", "none", None (no ``networks`` key, before 2.37) or
         a list of {uuid, port, fixed_ip, tag}. Raises with Nova's messages:
@@ -570,56 +587,53 @@ class NetworkAPI:
             if w.port is None:
                 needs[w.network["id"]] = needs.get(w.network["id"], 0) + 1
         fits = max_count
-        for net_id, per_instance in needs.items():
-            fits = min(fits, await q.free_addresses_on_network(conn, net_id) // per_instance)
-        if needs:
-            room = await quota.headroom(conn, project_id, "port")
+        if needs:  # the port quota's room and each network's free addresses: one round trip
+            room, free = await quota.headroom(conn, project_id, "port", also=q.free_addresses_sql("$4::uuid[]"),
+                                              also_args=(list(needs),))
+            for net_id, per_instance in needs.items():
+                fits = min(fits, free[net_id] // per_instance)
             if room is not None:
                 fits = min(fits, room // sum(needs.values()))
         if fits < 1:
             raise exception.QuotaExceeded("Maximum number of ports exceeded")
-        return fits
+        fresh = all(w.port is None and w.fixed_ip is None for w in wanted)
+        return NetworkPlan(fits, [{"id": w.network["id"], "tag": w.tag} for w in wanted] if fresh else None)
 
     # -- build and delete -----------------------------------------------------------
     async def allocate_for_instance(
         self, instance_uuid: str, project_id: str, requested_networks: Any, host: str | None,
-        *, is_admin: bool = False,
+        *, is_admin: bool = False, resolved: list[dict] | None = None,
     ) -> list[PortInfo]:
         """NETWORKING step of a build: ports (MAC + fixed IP) and DHCP host entries on ``host``.
+        ``resolved``: the networks the create's check resolved (NetworkPlan.networks), if any.
 
         Idempotent per instance: if it already has ports (a retried or rescheduled
         build) they are moved to ``host`` and returned as they are. On failure the
         ports made by this call are removed again before the error propagates.
         A host without a virt driver here gets ports in Postgres only.
         """
-        async with self.pool.acquire() as conn:
-            existing = await q.ports_for_devices(conn, [instance_uuid])
-        if existing:
-            return await self._rebind(existing, host)
-        made: list[dict] = []
-        try:
+        if resolved is not None:
+            wanted, fresh = [_Wanted({"id": n["id"]}, tag=n["tag"]) for n in resolved], True
+        else:
             async with self.pool.acquire() as conn:
                 wanted = await self._resolve(conn, project_id, requested_networks, instance_uuid, is_admin)
-                tags: list[str | None] = []
-                joined: set[str] = set()
-                fixed_ids: list[str] = []  # ports made on a requested fixed IP
+                # Ports on the next free address say themselves whether the instance has them already.
+                fresh = all(w.port is None and w.fixed_ip is None for w in wanted)
+                existing = [] if fresh else await q.ports_for_devices(conn, [instance_uuid])
+            if existing:
+                return await self._rebind(existing, host)
+        made: list[dict] = []  # ports made (or bound) by this call: undone if it fails
+        try:
+            if fresh:
                 for index, w in enumerate(wanted):
-                    if w.port is not None:
-                        row = await q.bind_port(conn, w.port["id"], device_id=instance_uuid, host=host,
-                                                device_index=index)
-                        if row is None:
-                            raise exception.Conflict(f"Port {w.port['id']} is still in use.")
-                        made.append(row)
-                    else:
-                        port_id, groups = await self._make_port(conn, w, instance_uuid, project_id, host, index)
-                        made.append({"id": port_id})
-                        joined.update(groups)
-                        if w.fixed_ip is not None:
-                            fixed_ids.append(port_id)
-                    tags.append(w.tag)
-                joined.update(await sg_q.join_instance_groups(conn, instance_uuid, fixed_ids))
-                rows = await q.ports_for_devices(conn, [instance_uuid])
-            ports = [_port_info(r, t, self._filter_prefix) for r, t in zip(rows, tags, strict=False)]
+                    row = await self._make_port(None, w, instance_uuid, project_id, host, index)
+                    if row["existed"]:  # a retried or rescheduled build: its ports move here
+                        return await self._rebind(await self._ports_of(instance_uuid), host)
+                    made.append(row)
+                rows, joined = made, {g for r in made for g in r["groups"]}
+            else:
+                rows, joined = await self._bind_or_make(wanted, instance_uuid, project_id, host, made)
+            ports = [_port_info(r, w.tag, self._filter_prefix) for r, w in zip(rows, wanted, strict=False)]
             driver = self.hosts.get(host) if host else None
             if driver is not None:
                 await self._plug(host, driver, ports)
@@ -632,26 +646,60 @@ class NetworkAPI:
                 await asyncio.shield(self._undo(instance_uuid, {r["id"] for r in made}))
             raise
 
+    async def _ports_of(self, instance_uuid: str) -> list[dict]:
+        async with self.pool.acquire() as conn:
+            return await q.ports_for_devices(conn, [instance_uuid])
+
+    async def _bind_or_make(
+        self, wanted: list[_Wanted], instance_uuid: str, project_id: str, host: str | None, made: list[dict],
+    ) -> tuple[list[dict], set[str]]:
+        """The ports of a create that names ports or fixed IPs, on one connection: each wanted port
+        bound or made (appended to ``made`` as it is), the groups joined; (the instance's ports,
+        the ids of the groups they joined)."""
+        async with self.pool.acquire() as conn:
+            joined: set[str] = set()
+            fixed_ids: list[str] = []  # ports made on a requested fixed IP
+            for index, w in enumerate(wanted):
+                if w.port is not None:
+                    row = await q.bind_port(conn, w.port["id"], device_id=instance_uuid, host=host,
+                                            device_index=index)
+                    if row is None:
+                        raise exception.Conflict(f"Port {w.port['id']} is still in use.")
+                else:
+                    row = await self._make_port(conn, w, instance_uuid, project_id, host, index)
+                    joined.update(row["groups"])
+                    if w.fixed_ip is not None:
+                        fixed_ids.append(row["id"])
+                made.append(row)
+            joined.update(await sg_q.join_instance_groups(conn, instance_uuid, fixed_ids))
+            return await q.ports_for_devices(conn, [instance_uuid]), joined
+
     async def _make_port(
-        self, conn: asyncpg.Connection, w: _Wanted, instance_uuid: str, project_id: str, host: str | None,
+        self, conn: asyncpg.Connection | None, w: _Wanted, instance_uuid: str, project_id: str, host: str | None,
         index: int,
-    ) -> tuple[str, list[str]]:
-        """The server's port on ``w.network``: (its id, the security groups it joined, none yet
-        for a requested fixed IP). The next free address takes one statement; a requested one
-        goes through the general port create."""
+    ) -> dict:
+        """The server's port on ``w.network`` with ``groups``, the security groups it joined (none
+        yet for a requested fixed IP). A port on the next free address is one statement (``existed``:
+        the instance had that port already), sent with other builds' ports when the caller holds no
+        connection (``conn`` None); a requested address goes through the general port create."""
         try:
             if w.fixed_ip is None:
-                return await q.create_nova_port(
-                    conn, network_id=w.network["id"], project_id=project_id, device_id=instance_uuid,
-                    device_owner=DEVICE_OWNER, host=host, device_index=index, port_limit=quota.DEFAULTS["port"],
-                )
+                wanted = q.NovaPort(network_id=w.network["id"], project_id=project_id, device_id=instance_uuid,
+                                    device_owner=DEVICE_OWNER, host=host, device_index=index,
+                                    port_limit=quota.DEFAULTS["port"])
+                if conn is None:
+                    return await self._nova_ports.submit(wanted)
+                (row,) = await q.create_nova_ports(conn, [wanted])
+                if isinstance(row, Exception):
+                    raise row
+                return row
             async with conn.transaction():
                 await quota.reserve(conn, project_id, {"port": 1})
                 row = await q.create_port(
                     conn, network_id=w.network["id"], project_id=project_id, device_id=instance_uuid,
                     device_owner=DEVICE_OWNER, host=host, fixed_ip=w.fixed_ip, device_index=index,
                 )
-            return row["id"], []
+            return dict(row, groups=[])
         except (quota.OverQuota, q.PortQuotaExceeded):
             raise exception.QuotaExceeded("Maximum number of ports exceeded") from None
         except q.AddressInUse as exc:

@@ -13,6 +13,7 @@ statement that checks the quota on that row, without the advisory lock).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import asyncpg
 
@@ -113,11 +114,13 @@ async def projects_with_limits(conn: asyncpg.Connection) -> list[str]:
         "SELECT DISTINCT project_id FROM network_quotas ORDER BY project_id")]
 
 
-async def headroom(conn: asyncpg.Connection, project_id: str, resource: str) -> int | None:
-    """How many more of ``resource`` the project may make now (None: unlimited); one round trip."""
+async def headroom(conn: asyncpg.Connection, project_id: str, resource: str, *, also: str = "NULL",
+                   also_args: tuple = ()) -> tuple[int | None, Any]:
+    """How many more of ``resource`` the project may make now (None: unlimited), and the value of
+    the SQL expression ``also`` (its parameters from $4: ``also_args``) read in the same round trip."""
     row = await conn.fetchrow(
         f"""SELECT coalesce((SELECT hard_limit FROM network_quotas WHERE project_id = $1 AND resource = $2),
-                            $3::int) AS lim, ({_USAGE[resource]}) AS used""",
-        project_id, resource, DEFAULTS[resource],
+                            $3::int) AS lim, ({_USAGE[resource]}) AS used, {also} AS also""",
+        project_id, resource, DEFAULTS[resource], *also_args,
     )
-    return None if row["lim"] == UNLIMITED else max(0, row["lim"] - row["used"])
+    return None if row["lim"] == UNLIMITED else max(0, row["lim"] - row["used"]), row["also"]
