@@ -1,4 +1,4 @@
--- 0007: a server's port statement answers with the port itself (issue #22). Idempotent.
+-- 0008: a server's port statement answers with the port itself (issue #22). Idempotent.
 -- novalite_nova_port (0005) returned only the port's id, so a build read the instance's
 -- ports before (was it rebuilt or rescheduled with ports already?) and after (the NIC's MAC,
 -- address and subnet): three round trips for one port. Now the function first looks for the
