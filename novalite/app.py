@@ -225,13 +225,13 @@ def metadata_ctx(config: Config):
 
 
 def volume_ctx(config: Config):
-    """Volumes: one storage pool per host, defined and started before the computes run."""
+    """Volumes: one storage pool per host, defined and started as the host comes up, before its
+    compute runs (:func:`_bring_up_hosts`)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         volume_api = VolumeAPI(app[keys.DB], config, app[keys.HOSTS])
         volume_build = VolumeBuild(volume_api)
-        try:
-            await volume_api.ensure_pools()
+        try:  # each host's storage pool is made as it comes up (compute_ctx's bring-up)
             app[keys.VOLUME_API] = volume_api
             app[keys.VOLUME_BUILD] = volume_build
             app[keys.VOLUME_ATTACHMENTS] = VolumeAttachments(volume_api, app[keys.LOCKS])
@@ -291,7 +291,7 @@ def compute_ctx(config: Config, sighup: bool = False):
 
         async def bring_up() -> None:
             try:
-                await _bring_up_hosts(computes, network_api, attachments)
+                await _bring_up_hosts(computes, network_api, app[keys.VOLUME_API], attachments)
                 await recover(pool, compute_api, conductor, computes, to_recover)
             except Exception:  # scheduling must start even so: the API has accepted builds
                 log.exception("bring_up_failed")
@@ -345,17 +345,19 @@ def compute_ctx(config: Config, sighup: bool = False):
 BRING_UP_CONCURRENCY = 16
 
 
-async def _bring_up_hosts(computes: dict[str, ComputeManager], network_api: NetworkAPI,
+async def _bring_up_hosts(computes: dict[str, ComputeManager], network_api: NetworkAPI, volume_api: VolumeAPI,
                           attachments: InterfaceAttachments) -> None:
     """Every host's start, a bounded number at a time, while the API already serves: its
-    networks (DHCP entries reconciled, firewall synced), its compute node (init_host) and
-    its guests' NICs. A host that fails is logged and left out; the others go on."""
+    networks (DHCP entries reconciled, firewall synced), its volumes' storage pool, its compute
+    node (init_host) and its guests' NICs. A host that fails is logged and left out; the
+    others go on."""
     gate = asyncio.Semaphore(BRING_UP_CONCURRENCY)
 
     async def one(name: str, manager: ComputeManager) -> None:
         async with gate:
             try:
                 await network_api.ensure_host(name)
+                await volume_api.ensure_pool(name)
                 await manager.init_host()
                 await attachments.repair_nics(name)
             except Exception:
