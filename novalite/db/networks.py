@@ -212,11 +212,15 @@ async def free_addresses_on_network(conn: asyncpg.Connection, network_id: str) -
 # The subnet's allocation pools as rows (lo, hi), for the subnet ``s`` of the enclosing query.
 _POOLS = """SELECT (e->>'start')::inet AS lo, (e->>'end')::inet AS hi
             FROM jsonb_array_elements(s.allocation_pools) e"""
-# The free pool addresses of the subnet ``s`` of the enclosing query.
-_FREE = f"""(SELECT coalesce(sum(pl.hi - pl.lo + 1), 0) - count(*) FILTER (WHERE s.gateway_ip BETWEEN pl.lo AND pl.hi)
-             FROM ({_POOLS}) pl)
-          - (SELECT count(*) FROM ports p WHERE p.subnet_id = s.id
-             AND EXISTS (SELECT 1 FROM ({_POOLS}) q WHERE p.fixed_ip BETWEEN q.lo AND q.hi))"""
+# The free pool addresses of the subnet ``s`` of the enclosing query. The ports holding one are
+# counted per pool as a range of the (network_id, fixed_ip) unique index -- a subnet's pools lie in
+# its CIDR, which no other subnet of the network overlaps -- not by matching every port of the
+# subnet against every pool (124 ms a create with 21,000 ports on a /16; every create asks).
+_FREE = f"""(SELECT coalesce(sum(pl.hi - pl.lo + 1 - (SELECT count(*) FROM ports p
+                                                      WHERE p.network_id = s.network_id
+                                                        AND p.fixed_ip BETWEEN pl.lo AND pl.hi)), 0)
+                    - count(*) FILTER (WHERE s.gateway_ip BETWEEN pl.lo AND pl.hi)
+             FROM ({_POOLS}) pl)"""
 
 
 async def subnets_of_network(conn: asyncpg.Connection, network_id: str) -> list[dict]:
