@@ -29,7 +29,7 @@ Prints a table and ends with one JSON line:
  "storm_active_per_s"} (list/detail: the worse of member and admin).
 
 Usage: bench/scale.py [--instances 100000] [--projects 10] [--live 20000] [--hosts 1000]
-                      [--storm 1000] [-c 50] [--samples 200] [--no-plans] [--show-plans] [--port-groups] [--keep]
+                      [--storm 1000] [-c 50] [--samples 200] [--no-plans] [--show-plans] [--port-groups] [--sql-top K] [--keep]
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ import asyncpg
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))  # this checkout's novalite (the timed scheduler, the plans), not the venv's
 
 import boot_storm as storm  # noqa: E402  (the harness: Postgres, config, server, login, the storm)
 from scheduler_bench import SPEC  # noqa: E402  (the request spec its decisions are timed with)
@@ -73,11 +74,13 @@ class Figures:
     first_start_s: float = 0.0
     load_s: float = 0.0
     restart_s: float = 0.0
+    ready_s: float = 0.0  # start until every host is up, recovery done, scheduling started (hosts_ready)
     settle_s: float = 0.0
     lists: dict[str, list[float]] = field(default_factory=dict)  # case -> latencies ms
     pages: dict[str, list[float]] = field(default_factory=dict)  # who -> per-page latencies ms
     plans: list[tuple[str, bool, float, str]] = field(default_factory=list)  # filter, seq scan, ms, plan
-    decide_ms: list[float] = field(default_factory=list)
+    decide_ms: list[float] = field(default_factory=list)  # wall time
+    decide_cpu_ms: list[float] = field(default_factory=list)  # this thread's CPU time: the decision's own cost
     storm: storm.Result | None = None
     rss_mb: float = 0.0
 
@@ -262,6 +265,15 @@ async def timed_get(session: aiohttp.ClientSession, url: str, headers: dict) -> 
     return (time.perf_counter() - t0) * 1000, body
 
 
+async def wait_logged(server: storm.Server, event: str, timeout: float = 300) -> None:
+    """Until the server's log has `event` (its log is JSON, one event a line)."""
+    log = server.config.parent / "server.log"
+    deadline = time.monotonic() + timeout
+    while f'"event": "{event}"' not in log.read_text():
+        assert time.monotonic() < deadline, f"no {event} in {timeout} s: see {log}"
+        await asyncio.sleep(0.2)
+
+
 async def settle(server: storm.Server, quiet_cpu: float = 0.1, timeout: float = 120) -> float:
     """Seconds until the server used less than `quiet_cpu` of a core over one second."""
     t0 = time.perf_counter()
@@ -402,9 +414,10 @@ async def time_decisions(dsn: str, stop: asyncio.Event, figures: Figures) -> Non
         while not stop.is_set():
             if time.monotonic() - loaded > cfg.host_state_ttl:
                 hosts, loaded = await load_host_states(conn, cfg), time.monotonic()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             scheduler.choose(hosts, SPEC)
             figures.decide_ms.append((time.perf_counter() - t0) * 1000)
+            figures.decide_cpu_ms.append((time.thread_time() - c0) * 1000)
             await asyncio.sleep(0.02)
     finally:
         await conn.close()
@@ -446,6 +459,8 @@ async def run(args: argparse.Namespace) -> Figures:
             t0 = time.perf_counter()
             await server.start(session)
             figures.restart_s = time.perf_counter() - t0
+            await wait_logged(server, "hosts_ready")
+            figures.ready_s = time.perf_counter() - t0
             figures.settle_s = await settle(server)
             admin = await login(session, server.url, "admin", "admin", password)
             member = await login(session, server.url, "scale-u0", "scale-p0", password)
@@ -480,7 +495,8 @@ def pct(values: list[float], p: float) -> float:
 def print_report(f: Figures, args: argparse.Namespace, show_plans: bool) -> None:
     print(f"scale: {f.instances} instances ({args.projects} projects, {args.live} live) on {args.hosts} simulated hosts;"
           f" loaded in {f.load_s:.1f} s")
-    print(f"restart (start to serving): {f.restart_s:.2f} s, quiet after {f.settle_s:.1f} s more"
+    print(f"restart (start to serving): {f.restart_s:.2f} s, every host up and recovered at {f.ready_s:.2f} s,"
+          f" quiet after {f.settle_s:.1f} s more"
           f" (first start on the empty database: {f.first_start_s:.2f} s)")
     print(f"{'list':<38} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, ms in f.lists.items():
@@ -497,7 +513,8 @@ def print_report(f: Figures, args: argparse.Namespace, show_plans: bool) -> None
             if show_plans:
                 print("    " + plan.replace("\n", "\n    "))
     print(f"scheduling decision over {args.hosts} hosts during the storm: n={len(f.decide_ms)}"
-          f" p50 {pct(f.decide_ms, 50):.2f} ms, p99 {pct(f.decide_ms, 99):.2f} ms")
+          f" p50 {pct(f.decide_ms, 50):.2f} ms, p99 {pct(f.decide_ms, 99):.2f} ms wall;"
+          f" CPU p50 {pct(f.decide_cpu_ms, 50):.2f} ms, p99 {pct(f.decide_cpu_ms, 99):.2f} ms")
     storm.print_table([f.storm])
     print(f"server peak RSS: {f.rss_mb:.0f} MB")
 
@@ -529,10 +546,13 @@ async def main() -> int:
     parser.add_argument("--port-groups", action="store_true",
                         help="bind every loaded port to its project's default group (the start's firewall sync "
                              "then costs ports x group members: see bench/README.md)")
+    parser.add_argument("--sql-top", type=int, default=0,
+                        help="list the K statements that cost Postgres the most during the storm")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
     if args.live > args.instances or args.live > 60000:
         parser.error("--live must be at most --instances and fit the /16 network")
+    storm.SQL_TOP = args.sql_top
     figures = await run(args)
     print_report(figures, args, args.show_plans)
     print(headline(figures))

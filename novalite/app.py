@@ -49,7 +49,7 @@ from novalite.compute.live_migration import LiveMigrationTask
 from novalite.compute.locks import InstanceLocks
 from novalite.compute.manager import ComputeManager
 from novalite.compute.metadata import MetadataService
-from novalite.compute.recovery import recover
+from novalite.compute.recovery import interrupted, recover
 from novalite.compute.watchdog import Watchdog
 from novalite.conductor import Conductor
 from novalite.config import Config, ConfigError, HostConfig, load_config
@@ -187,7 +187,7 @@ def network_ctx(config: Config):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         drivers = {name: h.driver for name, h in app[keys.HOSTS].items()}
         network_api = NetworkAPI(app[keys.DB], config, drivers)
-        await network_api.ensure_networks()
+        await network_api.ensure_rows()  # the hosts' side: compute_ctx's bring-up
         app[keys.NETWORK_API] = network_api
         yield
         await network_api.firewall.close()
@@ -227,13 +227,13 @@ def metadata_ctx(config: Config):
 
 
 def volume_ctx(config: Config):
-    """Volumes: one storage pool per host, defined and started before the computes run."""
+    """Volumes: one storage pool per host, defined and started as the host comes up, before its
+    compute runs (:func:`_bring_up_hosts`)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         volume_api = VolumeAPI(app[keys.DB], config, app[keys.HOSTS])
         volume_build = VolumeBuild(volume_api)
-        try:
-            await volume_api.ensure_pools()
+        try:  # each host's storage pool is made as it comes up (compute_ctx's bring-up)
             app[keys.VOLUME_API] = volume_api
             app[keys.VOLUME_BUILD] = volume_build
             app[keys.VOLUME_ATTACHMENTS] = VolumeAttachments(volume_api, app[keys.LOCKS])
@@ -247,7 +247,9 @@ def volume_ctx(config: Config):
 
 
 def compute_ctx(config: Config, sighup: bool = False):
-    """Conductor, scheduler and one compute manager per host, recovered before serving; with
+    """Conductor, scheduler and one compute manager per host. The API serves at once; the hosts
+    come up in the background (:func:`_bring_up_hosts`), then the interrupted work read before
+    serving is recovered and scheduling starts (builds accepted meanwhile wait in BUILD); with
     ``sighup``, [[hosts]] are read again on SIGHUP (:class:`HostsReload`)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -293,17 +295,25 @@ def compute_ctx(config: Config, sighup: bool = False):
         compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
                                  network_api=network_api, volume_build=volume_build, image_store=image_store)
         watchdog = Watchdog(workers, config, computes)
-        try:
-            for manager in computes.values():
-                await manager.init_host()
-            await recover(pool, compute_api, conductor, computes)
-            attachments = InterfaceAttachments(pool, network_api, locks, config)
-            for name in computes:
-                await attachments.repair_nics(name)
+        attachments = InterfaceAttachments(pool, network_api, locks, config)
+        to_recover = await interrupted(pool)  # before the API serves: what it starts is not "interrupted"
+
+        async def bring_up() -> None:
+            try:
+                await _bring_up_hosts(computes, network_api, app[keys.VOLUME_API], attachments)
+                await recover(pool, compute_api, conductor, computes, to_recover)
+            except Exception:  # scheduling must start even so: the API has accepted builds
+                log.exception("bring_up_failed")
             scheduler.start()
             conductor.start()
             for manager in computes.values():
                 manager.start()
+            hosts_ready.set()
+            log.info("hosts_ready", hosts=len(computes))
+
+        hosts_ready = app[keys.HOSTS_READY]
+        bringing_up = asyncio.create_task(bring_up(), name="hosts-bring-up")
+        try:
             app[keys.COMPUTE_API] = compute_api
             app[keys.CONDUCTOR] = conductor
             app[keys.SCHEDULER] = scheduler
@@ -324,6 +334,8 @@ def compute_ctx(config: Config, sighup: bool = False):
         finally:
             if sighup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            bringing_up.cancel()
+            await asyncio.gather(bringing_up, return_exceptions=True)
             # Accepted work runs to its end first (bounded), so a clean stop leaves nothing to recover.
             await drain({"scheduling": conductor.pending, "background": compute_api.pending,
                          **{f"host_{name}": m.pending for name, m in computes.items()}},
@@ -337,6 +349,38 @@ def compute_ctx(config: Config, sighup: bool = False):
                 await manager.stop()
 
     return ctx
+
+
+# Hosts brought up at once at start: their libvirt calls run on their own threads, the
+# Postgres ones share the worker pool.
+BRING_UP_CONCURRENCY = 16
+
+
+async def _bring_up_hosts(computes: dict[str, ComputeManager], network_api: NetworkAPI, volume_api: VolumeAPI,
+                          attachments: InterfaceAttachments) -> None:
+    """Every host's start, a bounded number at a time, while the API already serves: its
+    networks (DHCP entries reconciled, firewall synced), its volumes' storage pool, its compute
+    node (init_host) and its guests' NICs. A host that fails is logged and left out; the
+    others go on."""
+    gate = asyncio.Semaphore(BRING_UP_CONCURRENCY)
+
+    async def one(name: str, manager: ComputeManager) -> None:
+        async with gate:
+            try:
+                await network_api.ensure_host(name)
+                await volume_api.ensure_pool(name)
+                await manager.init_host()
+                await attachments.repair_nics(name)
+            except Exception:
+                log.exception("host_bring_up_failed", host=name)
+
+    await asyncio.gather(*(one(name, m) for name, m in computes.items()))
+
+
+async def hosts_ready(app: web.Application) -> None:
+    """Wait until every host is up, recovery is done and builds are scheduled (the API
+    answers before: `novalite serve` starts serving while its hosts come up)."""
+    await app[keys.HOSTS_READY].wait()
 
 
 class HostsReload:
@@ -489,6 +533,7 @@ def init_app(config: Config, *, clouds_yaml: Path | None = None, sighup: bool = 
     app[keys.CONFIG] = config
     app[keys.FOREGROUND] = Foreground(config.api.busy_background_interval)  # API first, see novalite.foreground
     app[keys.LOCKS] = InstanceLocks()  # one lock per instance, for the compute and volume services
+    app[keys.HOSTS_READY] = asyncio.Event()  # set once the hosts are up and builds are scheduled
     # One enforcer per service, each over its own defaults and override file.
     for key, service in ((keys.POLICY, "nova"), (keys.GLANCE_POLICY, "glance"), (keys.NEUTRON_POLICY, "neutron"),
                          (keys.CINDER_POLICY, "cinder"), (keys.KEYSTONE_POLICY, "keystone")):

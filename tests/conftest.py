@@ -21,7 +21,7 @@ from aiohttp import web
 
 from novalite import db
 from novalite.api import keys
-from novalite.app import init_app
+from novalite.app import hosts_ready, init_app
 from novalite.bootstrap import clouds_yaml, credentials_file
 from novalite.config import load_config
 from novalite.logs import setup_logging
@@ -227,6 +227,7 @@ async def start_cloud(
     await runner.setup()
     site = web.TCPSite(runner, config.api.listen, config.api.port)
     await site.start()
+    await hosts_ready(app)  # the tests start from a cloud whose hosts are up and recovered
     creds = json.loads(credentials_file(config).read_text())
     session = aiohttp.ClientSession()
     cloud = Cloud(url=config.public_url, config=config, creds=creds, app=app, session=session, workdir=workdir)

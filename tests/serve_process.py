@@ -70,6 +70,16 @@ class ServeProcess:
                     found.append(record)
         return found
 
+    async def wait_event(self, name: str, count: int = 1, timeout: float = 60) -> list[dict]:
+        """The log's ``name`` events once there are ``count`` of them (the server logs
+        ``hosts_ready`` after it started serving, once its hosts are up and recovered)."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.events(name)) < count:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{count} {name} not logged in {timeout} s"
+            await asyncio.sleep(0.05)
+        return found
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

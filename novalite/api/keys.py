@@ -44,6 +44,7 @@ COMPUTE_API = web.AppKey("compute_api", "ComputeAPI")
 CONDUCTOR = web.AppKey("conductor", "Conductor")
 SCHEDULER = web.AppKey("scheduler", "Scheduler")
 COMPUTES = web.AppKey("computes", "dict[str, ComputeManager]")
+HOSTS_READY = web.AppKey("hosts_ready", asyncio.Event)  # the hosts are up, recovery done, builds scheduled
 SERVER_ACTIONS = web.AppKey("server_actions", "ServerActions")
 WATCHDOG = web.AppKey("watchdog", "Watchdog")
 RETENTION = web.AppKey("retention", "Retention")

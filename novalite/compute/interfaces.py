@@ -146,6 +146,9 @@ class InterfaceAttachments:
             uuids = [str(r["uuid"]) for r in await conn.fetch(
                 "SELECT uuid FROM instances WHERE host = $1 AND NOT deleted AND vm_state = ANY($2::text[])",
                 host, list(_HOTPLUG_VM_STATES))]
+        if uuids:  # the host is asked once which domains it has, not once per instance
+            present = set(await driver.list_instance_uuids())
+            uuids = [u for u in uuids if u in present]
         plugged = 0
         for uuid in uuids:
             async with self.locks.lock(uuid):

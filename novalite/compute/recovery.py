@@ -69,16 +69,25 @@ async def _request_id(conn: asyncpg.Connection, uuid: str) -> str:
     return action["request_id"] if action else "req-recovery"
 
 
-async def recover(
-    pool: asyncpg.Pool, compute_api: ComputeAPI, conductor: Conductor, computes: dict[str, Any]
-) -> Counter:
-    """Resume or finish every instance's interrupted work; return what was done, by kind."""
-    done: Counter = Counter()
+async def interrupted(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """The instances whose state says work was under way: read before the API serves, so what
+    the API starts after it is never taken for work a crash cut off."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
+        return await conn.fetch(
             """SELECT * FROM instances WHERE NOT deleted AND (task_state IS NOT NULL OR vm_state = 'building')
                ORDER BY id"""
         )
+
+
+async def recover(
+    pool: asyncpg.Pool, compute_api: ComputeAPI, conductor: Conductor, computes: dict[str, Any],
+    rows: list[asyncpg.Record] | None = None,
+) -> Counter:
+    """Resume or finish every instance's interrupted work (``rows``, from :func:`interrupted`;
+    read now when not given); return what was done, by kind."""
+    done: Counter = Counter()
+    if rows is None:
+        rows = await interrupted(pool)
     for inst in rows:
         uuid = str(inst["uuid"])
         structlog.contextvars.bind_contextvars(instance_uuid=uuid)

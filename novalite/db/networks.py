@@ -206,11 +206,15 @@ async def free_addresses(conn: asyncpg.Connection, subnet_id: str) -> int:
 # The subnet's allocation pools as rows (lo, hi), for the subnet ``s`` of the enclosing query.
 _POOLS = """SELECT (e->>'start')::inet AS lo, (e->>'end')::inet AS hi
             FROM jsonb_array_elements(s.allocation_pools) e"""
-# The free pool addresses of the subnet ``s`` of the enclosing query.
-_FREE = f"""(SELECT coalesce(sum(pl.hi - pl.lo + 1), 0) - count(*) FILTER (WHERE s.gateway_ip BETWEEN pl.lo AND pl.hi)
-             FROM ({_POOLS}) pl)
-          - (SELECT count(*) FROM ports p WHERE p.subnet_id = s.id
-             AND EXISTS (SELECT 1 FROM ({_POOLS}) q WHERE p.fixed_ip BETWEEN q.lo AND q.hi))"""
+# The free pool addresses of the subnet ``s`` of the enclosing query. The ports holding one are
+# counted per pool as a range of the (network_id, fixed_ip) unique index -- a subnet's pools lie in
+# its CIDR, which no other subnet of the network overlaps -- not by matching every port of the
+# subnet against every pool (124 ms a create with 21,000 ports on a /16; every create asks).
+_FREE = f"""(SELECT coalesce(sum(pl.hi - pl.lo + 1 - (SELECT count(*) FROM ports p
+                                                      WHERE p.network_id = s.network_id
+                                                        AND p.fixed_ip BETWEEN pl.lo AND pl.hi)), 0)
+                    - count(*) FILTER (WHERE s.gateway_ip BETWEEN pl.lo AND pl.hi)
+             FROM ({_POOLS}) pl)"""
 
 
 def free_addresses_sql(network_ids: str) -> str:
@@ -404,6 +408,18 @@ async def ports_for_devices(conn: asyncpg.Connection, device_ids: Iterable[str])
         list(device_ids),
     )
     return [dict(r) for r in rows]
+
+
+async def addresses_of_devices(conn: asyncpg.Connection, device_ids: Iterable[str]) -> list[asyncpg.Record]:
+    """(device_id, network_name, fixed_ip, mac_address) of the ports ports_for_devices gives, in
+    its order: all a server document's ``addresses`` shows, for a page of a thousand servers."""
+    return await conn.fetch(
+        """SELECT p.device_id, n.name AS network_name, host(p.fixed_ip) AS fixed_ip, p.mac_address
+             FROM ports p JOIN networks n ON n.id = p.network_id
+            WHERE p.device_id = ANY($1::text[]) AND p.subnet_id IS NOT NULL
+            ORDER BY p.device_id, p.device_index, p.created_at""",
+        list(device_ids),
+    )
 
 
 async def ports_by_ids(conn: asyncpg.Connection, port_ids: Iterable[str]) -> list[dict]:

@@ -24,7 +24,7 @@ class ServerListQuery:
     sort: list[tuple[str, str]]
     limit: int
     marker: str | None = None  # uuid of the last server of the previous page
-    detail: bool = False  # every column (the detail view) or the index view's id, uuid and name
+    detail: bool = False  # the detail view's columns (DETAIL_COLUMNS) or the index view's id, uuid and name
     project_id: str | None = None  # None: every project (all_tenants)
     changes_since: datetime | None = None  # updated_at at or after; with changes_before, deleted rows count too
     changes_before: datetime | None = None
@@ -56,6 +56,19 @@ _UUID_TEXT = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 def _is_shown_uuid(value: str) -> bool:
     """Whether `value` is a uuid written as the API writes them (what ``uuid::text`` gives)."""
     return re.fullmatch(_UUID_TEXT, value) is not None
+
+
+# What the detail view shows of a server: every column but the build's inputs (system metadata,
+# injected files, requested networks, the key pair's public key), and of the request spec only its
+# pinned availability zone -- the request spec is the largest JSON a row holds, and a page decodes
+# a thousand of them.
+DETAIL_COLUMNS = (
+    "id, uuid, project_id, user_id, display_name, display_description, hostname, reservation_id, launch_index, "
+    "vm_state, task_state, power_state, host, node, availability_zone, flavor, image_ref, kernel_id, ramdisk_id, "
+    "key_name, user_data, config_drive, auto_disk_config, access_ip_v4, access_ip_v6, root_device_name, metadata, "
+    "security_groups, tags, locked, locked_reason, progress, created_at, updated_at, launched_at, terminated_at, "
+    "deleted, jsonb_build_object('availability_zone', request_spec->'availability_zone') AS request_spec"
+)
 
 
 class MarkerNotFound(Exception):
@@ -133,7 +146,7 @@ async def list_servers(conn: asyncpg.Connection, q: ServerListQuery) -> list[asy
         if keyset:
             cmp = "<" if q.sort[0][1] == "desc" else ">"
             where.append(f"(created_at, id) {cmp} (SELECT created_at, id FROM instances WHERE id = {arg(marker_id)})")
-    columns = "*" if q.detail else "id, uuid, display_name"  # the index view needs no JSON columns
+    columns = DETAIL_COLUMNS if q.detail else "id, uuid, display_name"  # the index view needs no JSON columns
     sql = f"SELECT {columns} FROM instances WHERE {' AND '.join(where) or 'true'} ORDER BY {', '.join(order)}"
     if marker_id is None or keyset:
         sql += f" LIMIT {arg(q.limit)}"

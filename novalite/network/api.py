@@ -2,6 +2,7 @@
 
 Networks come from config (``[[networks]]``; one shared ``private`` network when
 none is configured) and are created at start by :meth:`NetworkAPI.ensure_networks`
+(or its two halves: :meth:`~NetworkAPI.ensure_rows`, then :meth:`~NetworkAPI.ensure_host` per host)
 in Postgres and, as isolated networks, on every compute host through its virt
 driver (:class:`novalite.virt.driver.VirtDriver`). A build
 asks :meth:`NetworkAPI.allocate_for_instance` for its ports (a MAC, a fixed IP
@@ -72,7 +73,12 @@ class PortInfo:
 
     def address(self) -> dict:
         """This port in a server document's ``addresses`` list."""
-        return {"addr": self.ip, "version": 4, "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": self.mac}
+        return address_doc(self.ip, self.mac)
+
+
+def address_doc(ip: str, mac: str) -> dict:
+    """A fixed IP and its port's MAC as a server document's ``addresses`` lists them."""
+    return {"addr": ip, "version": 4, "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": mac}
 
 
 def _port_info(row: dict, tag: str | None = None, filter_prefix: str | None = None) -> PortInfo:
@@ -224,6 +230,7 @@ class NetworkAPI:
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
     # configured network id → gateway, where the metadata service listens for it
     _metadata_gateways: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _defs: list[NetworkSpec] = field(default_factory=list, init=False, repr=False)  # set by ensure_rows
     # who serves the tenant networks' metadata sockets (watch_tenant_metadata), and the host
     # whose DHCP namespace holds each network's open socket
     _serve_metadata: ServeMetadata | None = field(default=None, init=False, repr=False)
@@ -252,21 +259,32 @@ class NetworkAPI:
         DHCP server is adopted), and this cloud's tenant networks and DHCP
         namespaces on a host with no port bound there are removed.
         """
+        await self.ensure_rows()
+        await asyncio.gather(*(self.ensure_host(host) for host in self.hosts))
+
+    async def ensure_rows(self) -> None:
+        """The configured networks in Postgres (what the API shows); their hosts come after,
+        with :meth:`ensure_host` (at start, in the background: the API serves meanwhile)."""
         defs = await self._ensure_rows()
         self._configured |= {d.uuid for d in defs}
         self._metadata_gateways = {d.uuid: d.gateway for d in defs if d.metadata_port and d.gateway}
-        await asyncio.gather(*(self._ensure_on(host, driver, defs) for host, driver in self.hosts.items()))
-        await asyncio.gather(*(self.firewall.sync_host(host, driver) for host, driver in self.hosts.items()))
+        self._defs = defs
         for d in defs:
             log.info("network_ready", network=d.name, id=str(d.uuid), cidr=str(d.cidr), gateway=d.gateway,
                      forward=d.forward, hosts=sorted(self.hosts))
 
+    async def ensure_host(self, host: str) -> None:
+        """The networks on one host (after :meth:`ensure_rows`): configured and tenant networks
+        made, DHCP entries reconciled with the ports bound there, its firewall synced."""
+        driver = self.hosts[host]
+        await self._ensure_on(host, driver, self._defs)
+        await self.firewall.sync_host(host, driver)
+
     async def add_host(self, host: str, driver: VirtDriver) -> None:
         """A host added while running (SIGHUP): the configured networks made there as at start."""
         self.hosts[host] = driver
-        defs = await self._ensure_rows()
-        await self._ensure_on(host, driver, defs)
-        await self.firewall.sync_host(host, driver)
+        await self.ensure_rows()
+        await self.ensure_host(host)
 
     def remove_host(self, host: str) -> None:
         """A host taken out while running: no network work goes there any more (its libvirt
@@ -876,10 +894,9 @@ class NetworkAPI:
         if not uuids:
             return out
         async with self.pool.acquire() as conn:
-            rows = await q.ports_for_devices(conn, uuids)
-        for r in rows:
-            p = _port_info(r)
-            out.setdefault(r["device_id"], {}).setdefault(p.network_label, []).append(p.address())
+            rows = await q.addresses_of_devices(conn, uuids)
+        for device_id, network, ip, mac in rows:
+            out.setdefault(device_id, {}).setdefault(network, []).append(address_doc(ip, mac))
         return out
 
     # -- hot-plug (os-interface, addFixedIp) ---------------------------------------

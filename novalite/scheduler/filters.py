@@ -61,9 +61,9 @@ class BaseFilter:
         if key is not None:
             keys = list(map(key, hosts))
             verdict = {k: check(h) for k, h in dict(zip(keys, hosts, strict=True)).items()}
+            if all(v is None for v in verdict.values()):  # the usual case: no per-host pass at all
+                return hosts, []
             kept = [h for h, k in zip(hosts, keys, strict=True) if verdict[k] is None]
-            if len(kept) == len(hosts):
-                return kept, []
             return kept, [(h, verdict[k]) for h, k in zip(hosts, keys, strict=True) if verdict[k] is not None]
         kept: list[HostState] = []
         removed: list[tuple[HostState, str]] = []
@@ -264,7 +264,7 @@ class ImagePropertiesFilter(BaseFilter):
         return check
 
     def memo_key(self, spec: dict) -> Callable[[HostState], Hashable] | None:
-        return operator.attrgetter("cpu_arch", "hypervisor_type", "hypervisor_version")
+        return operator.attrgetter("profile")  # exactly what the check reads
 
 
 # -- flavor extra specs -------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import random
 import time
@@ -300,6 +299,18 @@ async def resolve_request(conn: asyncpg.Connection, spec: dict, uuids: list[str]
     return spec
 
 
+def heaviest(totals: list[float], k: int) -> list[int]:
+    """Indexes of the k largest totals, largest first, ties in index order (what
+    ``sorted(range(n), key=totals.__getitem__, reverse=True)[:k]`` gives): the k-th largest
+    found with a sort of plain floats, then only the few at or above it ordered."""
+    if 0 < k < len(totals):
+        cut = sorted(totals, reverse=True)[k - 1]
+        candidates = [i for i, t in enumerate(totals) if t >= cut]
+    else:
+        candidates = list(range(len(totals)))
+    return sorted(candidates, key=totals.__getitem__, reverse=True)[:k]
+
+
 class Scheduler:
     """select_destinations over a request/reply queue."""
 
@@ -456,10 +467,7 @@ class Scheduler:
         totals, shares = weigh(self.weighers, self.cfg, passed, spec)
         if k is None:
             k = max(TABLE_MAX_WEIGHED, self.cfg.host_subset_size + self.cfg.max_attempts)
-        if len(passed) <= k:
-            order = sorted(range(len(passed)), key=totals.__getitem__, reverse=True)
-        else:
-            order = heapq.nlargest(k, range(len(passed)), key=totals.__getitem__)
+        order = heaviest(totals, k)
         verdicts.weights = [
             (passed[i].host, totals[i], {name: share[i] for name, share in shares.items()})
             for i in order[:TABLE_MAX_WEIGHED]

@@ -128,9 +128,9 @@ class VolumeAPI:
         target = cfg.pool_target / host if cfg.pool_target else f"{self.config.compute.instance_pool_target}/{name}"
         return StoragePoolSpec(name=name, type="dir", target=str(target))
 
-    async def ensure_pools(self) -> None:
-        """Define and start the storage pool of every host."""
-        await asyncio.gather(*(h.driver.ensure_pool(self.pool_def(name)) for name, h in self.hosts.items()))
+    async def ensure_pool(self, host: str) -> None:
+        """Define and start the storage pool of one host (at start: as the host comes up)."""
+        await self.hosts[host].driver.ensure_pool(self.pool_def(host))
 
     def storage(self, host: str | None) -> tuple[VirtDriver, StoragePoolSpec]:
         """The driver and the pool that hold the volumes of ``host``."""

@@ -45,9 +45,11 @@ def compute_url(request: web.Request) -> str:
     return f"{request.app[keys.CONFIG].public_url}/compute"
 
 
-def links(request: web.Request, collection: str, ident: str, project_id: str | None = None) -> list[dict]:
-    """Nova's self + bookmark links for one resource."""
-    base = compute_url(request)
+def links(request: web.Request, collection: str, ident: str, project_id: str | None = None,
+          base: str | None = None) -> list[dict]:
+    """Nova's self + bookmark links for one resource (``base``: compute_url(request), when the
+    caller has it already)."""
+    base = base or compute_url(request)
     proj = f"/{project_id}" if project_id else ""
     return [
         {"rel": "self", "href": f"{base}/v2.1{proj}/{collection}/{ident}"},
