@@ -153,7 +153,6 @@ async def make_compute_host(config: Config, host: HostConfig, pool: asyncpg.Pool
         uri,
         virt_type,
         config.compute.libvirt_threads,
-        disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
         state_dir=config.state_dir,
         hostname=host.name,
     )
