@@ -8,6 +8,7 @@ use it, so shutdown runs the other way round.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -159,6 +160,24 @@ async def make_compute_host(config: Config, host: HostConfig, pool: asyncpg.Pool
     return compute_host(host, config, driver, virt_type, pool)
 
 
+async def unreachable_hosts(hosts: dict[str, ComputeHost], timeout: float) -> set[str]:
+    """The hosts whose libvirt does not answer within ``timeout`` s now (asked all at once): they
+    start down and are started when they answer (:meth:`ComputeManager.start_late`)."""
+
+    async def answers(host: ComputeHost) -> bool:
+        try:
+            return await asyncio.wait_for(host.driver.is_alive(), timeout)
+        except TimeoutError:
+            return False
+
+    alive = await asyncio.gather(*(answers(h) for h in hosts.values()))
+    down = {name for name, up in zip(hosts, alive, strict=True) if not up}
+    for name in sorted(down):
+        log.warning("compute_host_unreachable_at_start", host=name, uri=hosts[name].driver.uri,
+                    detail="it starts down and is started when its libvirt answers")
+    return down
+
+
 def hosts_ctx(config: Config):
     """One virt driver per configured host -- one libvirt connection and worker pool each --
     shared by its compute manager, the network service and the volume service; closed last."""
@@ -169,6 +188,7 @@ def hosts_ctx(config: Config):
         for host in config.hosts:
             hosts[host.name] = await make_compute_host(config, host, app[keys.DB])
         app[keys.HOSTS] = hosts
+        app[keys.HOSTS_DOWN] = await unreachable_hosts(hosts, config.compute.report_interval)
         try:
             yield
         finally:
@@ -182,7 +202,7 @@ def network_ctx(config: Config):
     """Networks from config, made in Postgres and as isolated networks on every host."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        drivers = {name: h.driver for name, h in app[keys.HOSTS].items()}
+        drivers = {name: h.driver for name, h in app[keys.HOSTS].items() if name not in app[keys.HOSTS_DOWN]}
         network_api = NetworkAPI(app[keys.DB], config, drivers)
         await network_api.ensure_networks()
         app[keys.NETWORK_API] = network_api
@@ -230,7 +250,7 @@ def volume_ctx(config: Config):
         volume_api = VolumeAPI(app[keys.DB], config, app[keys.HOSTS])
         volume_build = VolumeBuild(volume_api)
         try:
-            await volume_api.ensure_pools()
+            await volume_api.ensure_pools(skip=app[keys.HOSTS_DOWN])
             app[keys.VOLUME_API] = volume_api
             app[keys.VOLUME_BUILD] = volume_build
             app[keys.VOLUME_ATTACHMENTS] = VolumeAttachments(volume_api, app[keys.LOCKS])
@@ -283,11 +303,26 @@ def compute_ctx(config: Config, sighup: bool = False):
         compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
                                  network_api=network_api, volume_build=volume_build, image_store=image_store)
         watchdog = Watchdog(workers, config, computes)
+        attachments = InterfaceAttachments(pool, network_api, locks, config)
+        down = app[keys.HOSTS_DOWN]
+
+        async def start_late(name: str) -> None:
+            """What the start does for a host, for one unreachable then: run once its libvirt answers."""
+            await network_api.add_host(name, app[keys.HOSTS][name].driver)
+            await app[keys.VOLUME_API].ensure_pools(skip=set(computes) - {name})
+            await computes[name].init_host()
+            await recover(pool, compute_api, conductor, computes, hosts={name})
+            await attachments.repair_nics(name)
+            await computes[name].power.sync_power_states()
+            down.discard(name)
+
         try:
-            for manager in computes.values():
-                await manager.init_host()
-            await recover(pool, compute_api, conductor, computes)
-            attachments = InterfaceAttachments(pool, network_api, locks, config)
+            for name, manager in computes.items():
+                if name in down:
+                    manager.late_start = functools.partial(start_late, name)
+                else:
+                    await manager.init_host()
+            await recover(pool, compute_api, conductor, computes, hosts={None, *computes.keys() - down})
             for name in computes:
                 await attachments.repair_nics(name)
             scheduler.start()

@@ -119,6 +119,9 @@ class ComputeManager:
         # with this message; `before_step(uuid, task_state)` is awaited before each step.
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
+        # Set by the wiring for a host whose libvirt did not answer at start: its start-up, run by
+        # the heartbeat once it answers (the host stays down, with its last report, until then).
+        self.late_start: Callable[[], Awaitable[None]] | None = None
         self.power = PowerManager(self.host, self.driver, pool, locks, config, self.spawn_task)
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
                                         self.store, self.scratch, self.spawn_task)
@@ -287,6 +290,10 @@ class ComputeManager:
         while True:
             await asyncio.sleep(interval)
             alive = await self._libvirt_answers(interval)
+            if alive and self.late_start is not None:
+                if not await self._start_late():
+                    continue
+                reachable = True  # just started: its facts and power states are fresh
             if alive != reachable:
                 reachable = alive
                 log.warning("compute_host_reachable" if alive else "compute_host_unreachable",
@@ -300,6 +307,20 @@ class ComputeManager:
                     await conn.execute("UPDATE compute_nodes SET heartbeat_at = now() WHERE host = $1", self.host)
             except Exception:  # a missed beat is logged, the next one retries
                 log.warning("heartbeat_failed", host=self.host, exc_info=True)
+
+    async def _start_late(self) -> bool:
+        """A host unreachable at start, answering now: its start-up (networks, pool, init_host,
+        recovery of its instances, power sync) runs here, and only then does it beat; a failure
+        is logged and tried again at the next beat."""
+        assert self.late_start is not None
+        try:
+            await self.late_start()
+        except Exception:
+            log.exception("compute_host_late_start_failed", host=self.host)
+            return False
+        self.late_start = None
+        log.warning("compute_host_started_late", host=self.host, uri=self.host_config.uri or "test:///")
+        return True
 
     async def _libvirt_answers(self, timeout: float) -> bool:
         """Whether the host's libvirt answers within ``timeout`` s (a worker may stay on a hung host)."""

@@ -128,9 +128,10 @@ class VolumeAPI:
         target = cfg.pool_target / host if cfg.pool_target else f"{self.config.compute.instance_pool_target}/{name}"
         return StoragePoolSpec(name=name, type="dir", target=str(target))
 
-    async def ensure_pools(self) -> None:
-        """Define and start the storage pool of every host."""
-        await asyncio.gather(*(h.driver.ensure_pool(self.pool_def(name)) for name, h in self.hosts.items()))
+    async def ensure_pools(self, skip: Iterable[str] = ()) -> None:
+        """Define and start the storage pool of every host but those in ``skip`` (unreachable now)."""
+        await asyncio.gather(*(h.driver.ensure_pool(self.pool_def(name)) for name, h in self.hosts.items()
+                               if name not in skip))
 
     def storage(self, host: str | None) -> tuple[VirtDriver, StoragePoolSpec]:
         """The driver and the pool that hold the volumes of ``host``."""
