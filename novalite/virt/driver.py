@@ -506,10 +506,12 @@ class VirtDriver(Protocol):
         """
         ...
 
-    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
+    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str,
+                           source_pool: str | None = None) -> str:
         """A full copy of volume ``source`` named ``name``, grown to ``size_gb`` where the pool can; its path.
 
-        The source is untouched; a leftover ``name`` is deleted first.
+        ``source`` is in ``source_pool`` (another pool of the same host) or else in ``pool``; the
+        host converts its data to ``fmt``. The source is untouched; a leftover ``name`` is deleted first.
         """
         ...
 

@@ -920,8 +920,9 @@ class LibvirtDriver:
     async def create_volume(self, pool: str, name: str, size_gb: int, fmt: str) -> str:
         return await self.host.call(self._storage.create_sync, pool, name, size_gb, fmt)
 
-    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
-        return await self.host.call(self._storage.clone_sync, pool, source, name, size_gb, fmt)
+    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str,
+                           source_pool: str | None = None) -> str:
+        return await self.host.call(self._storage.clone_sync, pool, source, name, size_gb, fmt, source_pool)
 
     async def make_volume(self, pool: str, name: str, capacity: int, fmt: str, backing: str | None = None) -> str:
         return await self.host.call(self._storage.make_sync, pool, name, capacity, fmt, backing)

@@ -158,10 +158,12 @@ class LibvirtStorage:
         except libvirt.libvirtError as exc:
             raise _error(exc, f"cannot create volume {name} in {pool}") from exc
 
-    def clone_sync(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
+    def clone_sync(self, pool: str, source: str, name: str, size_gb: int, fmt: str,
+                   source_pool: str | None = None) -> str:
+        """virStorageVolCreateXMLFrom: the host copies (qemu-img converts) the data, across pools too."""
         sp = self._pool(pool)
         try:
-            src = sp.storageVolLookupByName(source)
+            src = (self._pool(source_pool) if source_pool else sp).storageVolLookupByName(source)
             self.delete_sync(pool, name)
             vol = sp.createXMLFrom(design_volume(name, size_gb, fmt).to_xml(), src, 0)
             if vol.info()[1] < size_gb * GiB:
