@@ -250,7 +250,7 @@ def volume_ctx(config: Config):
         volume_api = VolumeAPI(app[keys.DB], config, app[keys.HOSTS])
         volume_build = VolumeBuild(volume_api)
         try:
-            await volume_api.ensure_pools(skip=app[keys.HOSTS_DOWN])
+            await volume_api.ensure_pools(app[keys.HOSTS].keys() - app[keys.HOSTS_DOWN])
             app[keys.VOLUME_API] = volume_api
             app[keys.VOLUME_BUILD] = volume_build
             app[keys.VOLUME_ATTACHMENTS] = VolumeAttachments(volume_api, app[keys.LOCKS])
@@ -309,9 +309,9 @@ def compute_ctx(config: Config, sighup: bool = False):
         async def start_late(name: str) -> None:
             """What the start does for a host, for one unreachable then: run once its libvirt answers."""
             await network_api.add_host(name, app[keys.HOSTS][name].driver)
-            await app[keys.VOLUME_API].ensure_pools(skip=set(computes) - {name})
+            await app[keys.VOLUME_API].ensure_pools([name])
             await computes[name].init_host()
-            await recover(pool, compute_api, conductor, computes, hosts={name})
+            await recover(pool, compute_api, conductor, computes, on_host=lambda host: host == name)
             await attachments.repair_nics(name)
             await computes[name].power.sync_power_states()
             down.discard(name)
@@ -322,7 +322,7 @@ def compute_ctx(config: Config, sighup: bool = False):
                     manager.late_start = functools.partial(start_late, name)
                 else:
                     await manager.init_host()
-            await recover(pool, compute_api, conductor, computes, hosts={None, *computes.keys() - down})
+            await recover(pool, compute_api, conductor, computes, on_host=lambda host: host not in down)
             for name in computes:
                 await attachments.repair_nics(name)
             scheduler.start()

@@ -173,24 +173,8 @@ async def test_a_host_whose_libvirtd_stops_goes_down_is_avoided_and_comes_back(p
     assert not (LAB_BASE / name).exists()
 
 
-LATE = """
-[scheduler]
-service_down_time = 3
-
-[compute]
-report_interval = 0.5
-virt_type = "qemu"
-
-[networking]
-libvirt_prefix = "w3lb-"
-
-[volume]
-pool_target = "/var/lib/libvirt/images/w3lb"
-
-[[networks]]
-name = "w3lbnet"
-cidr = "10.231.78.0/24"
-"""
+# The liveness test's settings, with names and a subnet of its own.
+LATE = LIVENESS.replace("w2hl", "w3lb").replace("10.231.77.", "10.231.78.")
 
 
 async def test_a_host_unreachable_at_start_starts_down_and_comes_up_when_it_answers(pg_dsn, tmp_path):

@@ -33,7 +33,7 @@ finished as errors, so the action log shows the interruption.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,19 +66,18 @@ async def _request_id(conn: asyncpg.Connection, uuid: str) -> str:
 
 async def recover(
     pool: asyncpg.Pool, compute_api: ComputeAPI, conductor: Conductor, computes: dict[str, Any],
-    hosts: Container[str | None] | None = None,
+    on_host: Callable[[str | None], bool] = lambda _host: True,
 ) -> Counter:
     """Resume or finish every instance's interrupted work; return what was done, by kind.
-    ``hosts``: only the instances on these hosts (None in it: those on no host), for a start
-    where some hosts do not answer yet, each recovered when it does."""
+    ``on_host``: only the instances whose host (None: on none) it accepts, for a start where some
+    hosts do not answer yet (each recovered when it does)."""
     done: Counter = Counter()
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             """SELECT * FROM instances WHERE NOT deleted AND (task_state IS NOT NULL OR vm_state = 'building')
                ORDER BY id"""
         )
-    if hosts is not None:
-        rows = [r for r in rows if r["host"] in hosts]
+    rows = [r for r in rows if on_host(r["host"])]
     for inst in rows:
         uuid = str(inst["uuid"])
         structlog.contextvars.bind_contextvars(instance_uuid=uuid)
@@ -92,7 +91,7 @@ async def recover(
         done[kind] += 1
         log.info("recovered", how=kind, task_state=inst["task_state"], vm_state=inst["vm_state"])
     structlog.contextvars.unbind_contextvars("instance_uuid")
-    confirms = await resume_confirms(pool, {n: c for n, c in computes.items() if hosts is None or n in hosts})  # confirms cut off (no task state during a confirm)
+    confirms = await resume_confirms(pool, {n: c for n, c in computes.items() if on_host(n)})  # confirms cut off (no task state during a confirm)
     if confirms:
         done["resize_confirm_resumed"] += confirms
     # After a clean stop there is nothing to redo: the count says so (0) at every start.

@@ -127,10 +127,9 @@ class VolumeAPI:
         target = cfg.pool_target / host if cfg.pool_target else f"{self.config.compute.instance_pool_target}/{name}"
         return StoragePoolSpec(name=name, type="dir", target=str(target))
 
-    async def ensure_pools(self, skip: Iterable[str] = ()) -> None:
-        """Define and start the storage pool of every host but those in ``skip`` (unreachable now)."""
-        await asyncio.gather(*(h.driver.ensure_pool(self.pool_def(name)) for name, h in self.hosts.items()
-                               if name not in skip))
+    async def ensure_pools(self, hosts: Iterable[str]) -> None:
+        """Define and start the storage pool of each of ``hosts`` (at start: those that answer)."""
+        await asyncio.gather(*(self.hosts[name].driver.ensure_pool(self.pool_def(name)) for name in hosts))
 
     def storage(self, host: str | None) -> tuple[VirtDriver, StoragePoolSpec]:
         """The driver and the pool that hold the volumes of ``host``."""
