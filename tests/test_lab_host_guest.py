@@ -138,13 +138,17 @@ async def test_domain_on_the_lab_host_names_no_path_of_novalites_state_dir(lab_g
     assert "<source file=" in xml and str(state) not in xml and str(LAB_BASE) not in xml
 
 
-async def test_volume_attaches_to_the_lab_guest_and_detaches(lab_guest):
+async def test_volume_from_an_image_attaches_to_the_lab_guest_and_detaches(lab_guest):
+    """The volume is made from an image on the lab host itself (a copy of its cached image volume)."""
     cloud = lab_guest
-    _, uri, _, sid, _, _ = cloud.lab
-    status, body, _ = await volume_call(cloud, "POST", "/volumes", user="admin", json_body={"volume": {"size": 1}})
+    tag, uri, _, sid, _, _ = cloud.lab
+    status, body, _ = await volume_call(cloud, "POST", "/volumes", user="admin", json_body={"volume": {
+        "size": 1, "imageRef": cloud.image_ids["qcow2"]}})
     assert status == 202, body
     vid = body["volume"]["id"]
-    await wait_volume(cloud, vid, "available", user="admin")
+    assert (await wait_volume(cloud, vid, {"available", "error"}, user="admin"))["status"] == "available"
+    info = await asyncio.to_thread(virsh, uri, "vol-info", "--bytes", f"volume-{vid}", f"{tag}-lab")
+    assert "Capacity: 1073741824 bytes" in " ".join(info.split()), info
     status, body, _ = await _admin(cloud, "POST", f"/servers/{sid}/os-volume_attachments",
                                    json_body={"volumeAttachment": {"volumeId": vid}})
     assert status == 200 and body["volumeAttachment"]["device"] == "/dev/vdb", body
