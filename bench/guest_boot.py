@@ -14,7 +14,13 @@ and the difference of the means. Loopback only; nothing talks to the guests.
 domains defined and started at once with libvirt (their disks prepared beforehand, untimed);
 the time until all P print ``init done`` on each side, novalite's overhead in per cent, and a
 last JSON line {"bench": "guest_boot", "parallel": P, "api_s": ..., "bare_s": ..., "overhead_pct": ...}.
-Usage: bench/guest_boot.py [-n 5] [--parallel 8]
+
+With ``--host NAME``: a lab host (scripts/lab-host.sh, a second libvirtd sharing no filesystem
+with novalite) started fresh: the first boot on it (the image's upload to it included), then N
+boots on it against N on this machine's qemu:///system; a table and one JSON line
+{"bench": "guest_boot", "host", "first_boot_s", "remote_s", "local_s", "overhead_s"}
+(means of POST → "init done").
+Usage: bench/guest_boot.py [-n 5] [--parallel 8 | --host NAME]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import aiohttp
 import libvirt
 
 REPO = Path(__file__).resolve().parent.parent
+LAB = REPO / "scripts" / "lab-host.sh"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -51,11 +58,13 @@ BOOT_TIMEOUT = 300  # s, from the first POST (or start) to a guest's init line
 PARALLEL_POLL = 1.0
 
 
-async def _boot(s: aiohttp.ClientSession, url: str, hdrs: dict, image_id: str, name: str, poll: float
-                ) -> tuple[float, float, str]:
+async def _boot(s: aiohttp.ClientSession, url: str, hdrs: dict, image_id: str, name: str, poll: float,
+                host: str | None = None) -> tuple[float, float, str]:
     """POST one server and wait for its console's init line, read every ``poll`` s: (POST → ACTIVE s,
     POST → init done s, its id)."""
     body = {"server": {"name": name, "imageRef": image_id, "flavorRef": "1", "networks": "none", "config_drive": True}}
+    if host is not None:  # forced onto that host (admin's zone:host)
+        body["server"]["availability_zone"] = f"nova:{host}"
     t0 = time.perf_counter()
     async with s.post(f"{url}/compute/v2.1/servers", json=body, headers=hdrs) as r:
         sid = (await r.json())["server"]["id"]
@@ -87,10 +96,12 @@ async def _delete(s: aiohttp.ClientSession, url: str, hdrs: dict, sid: str) -> N
         await asyncio.sleep(0.05)
 
 
-async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1
-                    ) -> tuple[list[float], list[float], float]:
-    """n boots one after another (parallel 1), or parallel boots at once: (POST → ACTIVE s
-    each, POST → init done s each, first POST → the last guest's init done s)."""
+async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1, host: str = "local",
+                    uri: str = "qemu:///system") -> tuple[list[float], list[float], float, float]:
+    """A `novalite serve` managing ``host`` at ``uri`` alone; its first boot, untimed in the
+    figures (the image's upload to the host included), then n boots one after another (parallel
+    1), or parallel boots at once: (POST → ACTIVE s each, POST → init done s each, first POST →
+    the last guest's init done s, the first boot's POST → init done s)."""
     pg, dsn = await start_postgres(root)
     port = free_port()
     tag = uuid.uuid4().hex[:6]
@@ -102,7 +113,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
         f'[networking]\nlibvirt_prefix = "nlb{tag}-"\ndefault_network = "bench"\n'
         f'[[networks]]\nname = "bench"\ncidr = "10.{100 + int(tag, 16) % 100}.8.0/24"\n'  # beside other clouds
         f'[volume]\npool_prefix = "nlb{tag}-"\n'
-        f'[[hosts]]\nname = "local"\nuri = "qemu:///system"\n'
+        f'[[hosts]]\nname = "{host}"\nuri = "{uri}"\n'
     )
     proc = subprocess.Popen([sys.executable, "-m", "novalite.cli", "--config", str(cfg), "serve", "--no-test-image", "--clouds-yaml",
                              str(root / "clouds.yaml")], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -116,14 +127,16 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
             creds = json.loads((root / "state" / "credentials.json").read_text())
             ids = await testimage.upload(image, url, "admin", creds["admin"])
             hdrs = {"X-Auth-Token": await token(s, url, creds["admin"]), "OpenStack-API-Version": "compute 2.56"}
+            first = await _boot(s, url, hdrs, ids["ami"], "bench-first", 0.05, host)
+            await _delete(s, url, hdrs, first[2])
             t0 = time.perf_counter()
             if parallel > 1:
-                boots = await asyncio.gather(*(_boot(s, url, hdrs, ids["ami"], f"bench{i}", PARALLEL_POLL)
+                boots = await asyncio.gather(*(_boot(s, url, hdrs, ids["ami"], f"bench{i}", PARALLEL_POLL, host)
                                                for i in range(parallel)))
             else:
                 boots = []
                 for i in range(n):
-                    boots.append(await _boot(s, url, hdrs, ids["ami"], f"bench{i}", 0.05))
+                    boots.append(await _boot(s, url, hdrs, ids["ami"], f"bench{i}", 0.05, host))
                     await _delete(s, url, hdrs, boots[-1][2])
             wall = time.perf_counter() - t0
             to_active, to_init = [b[0] for b in boots], [b[1] for b in boots]
@@ -133,7 +146,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
         proc.terminate()
         proc.wait(30)
         await pg.stop()
-        conn = libvirt.open("qemu:///system")
+        conn = libvirt.open(uri)
         for name in conn.listNetworks() + conn.listDefinedNetworks():
             if name.startswith(f"nlb{tag}-"):
                 net = conn.networkLookupByName(name)
@@ -142,7 +155,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
                 net.undefine()
         purge_pools(conn, f"nlb{tag}-")
         conn.close()
-    return to_active, to_init, wall
+    return to_active, to_init, wall, first[1]
 
 
 def _prepare_bare(root: Path, image: testimage.TestImage, i: int) -> tuple[str, Path]:
@@ -216,16 +229,52 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1
     return times, wall
 
 
+def lab_host(*args: str) -> str:
+    return subprocess.run([str(LAB), *args], check=True, capture_output=True, text=True, timeout=120).stdout.strip()
+
+
+async def remote_vs_local(n: int, name: str, root: Path, image: testimage.TestImage) -> dict:
+    """``n`` steady-state boots on lab host ``name`` (started fresh here, taken down after) and on
+    this machine's qemu:///system, each host alone in its own cloud (one network cannot start on
+    both: they share this machine's network namespace); the first boot on the lab host is timed
+    apart (the image's upload to it included)."""
+    remote_root, local_root = root / "remote", root / "local"
+    for d in (remote_root, local_root):
+        d.mkdir(mode=0o755)
+    uri = lab_host("up", name, str(remote_root / "state"))  # novalite's state hidden from it
+    try:
+        r_active, r_init, _, first = await api_boots(n, remote_root, image, host=name, uri=uri)
+    finally:
+        lab_host("down", name)
+    l_active, l_init, _, _ = await api_boots(n, local_root, image)
+    print(f"{'boot':>4} | {'remote POST→ACTIVE':>18} | {'remote →init done':>17} | {'local POST→ACTIVE':>17} | "
+          f"{'local →init done':>16}")
+    for i in range(n):
+        print(f"{i:>4} | {r_active[i]:17.2f}s | {r_init[i]:16.2f}s | {l_active[i]:16.2f}s | {l_init[i]:15.2f}s")
+    remote, local = statistics.mean(r_init), statistics.mean(l_init)
+    print(f"mean | {statistics.mean(r_active):17.2f}s | {remote:16.2f}s | {statistics.mean(l_active):16.2f}s | "
+          f"{local:15.2f}s")
+    print(f"first boot on the fresh lab host {name} (image upload included): {first:.2f} s")
+    return {"bench": "guest_boot", "host": name, "first_boot_s": round(first, 2), "remote_s": round(remote, 2),
+            "local_s": round(local, 2), "overhead_s": round(remote - local, 2)}
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=5, help="boots one after another (default 5)")
     parser.add_argument("--parallel", type=int, default=1, help="boot this many guests at once instead")
+    parser.add_argument("--host", metavar="NAME",
+                        help="a lab host (scripts/lab-host.sh) of this name, started and removed here: "
+                             "boots on it against boots on qemu:///system")
     args = parser.parse_args()
     image = testimage.build(Path("/var/tmp/novalite-testimage-cache"))
     root = Path(tempfile.mkdtemp(prefix="novalite-guestbench-", dir="/var/tmp"))
     root.chmod(0o755)
     try:
-        active, init, api_wall = await api_boots(args.n, root, image, args.parallel)
+        if args.host:
+            print(json.dumps(await remote_vs_local(args.n, args.host, root, image)))
+            return 0
+        active, init, api_wall, _ = await api_boots(args.n, root, image, args.parallel)
         bare, bare_wall = await asyncio.to_thread(bare_boots, args.n, root, image, args.parallel)
     finally:
         shutil.rmtree(root, ignore_errors=True)

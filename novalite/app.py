@@ -8,6 +8,7 @@ use it, so shutdown runs the other way round.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -155,11 +156,28 @@ async def make_compute_host(config: Config, host: HostConfig, pool: asyncpg.Pool
         uri,
         virt_type,
         config.compute.libvirt_threads,
-        disk_gb=host.simulate.disk_gb if host.simulate else host.disk_gb,
         state_dir=config.state_dir,
         hostname=host.name,
     )
     return compute_host(host, config, driver, virt_type, pool)
+
+
+async def unreachable_hosts(hosts: dict[str, ComputeHost], timeout: float) -> set[str]:
+    """The hosts whose libvirt does not answer within ``timeout`` s now (asked all at once): they
+    start down and are started when they answer (:meth:`ComputeManager.start_late`)."""
+
+    async def answers(host: ComputeHost) -> bool:
+        try:
+            return await asyncio.wait_for(host.driver.is_alive(), timeout)
+        except TimeoutError:
+            return False
+
+    alive = await asyncio.gather(*(answers(h) for h in hosts.values()))
+    down = {name for name, up in zip(hosts, alive, strict=True) if not up}
+    for name in sorted(down):
+        log.warning("compute_host_unreachable_at_start", host=name, uri=hosts[name].driver.uri,
+                    detail="it starts down and is started when its libvirt answers")
+    return down
 
 
 def hosts_ctx(config: Config):
@@ -172,6 +190,7 @@ def hosts_ctx(config: Config):
         for host in config.hosts:
             hosts[host.name] = await make_compute_host(config, host, app[keys.DB])
         app[keys.HOSTS] = hosts
+        app[keys.HOSTS_DOWN] = await unreachable_hosts(hosts, config.compute.report_interval)
         try:
             yield
         finally:
@@ -185,7 +204,7 @@ def network_ctx(config: Config):
     """Networks from config, made in Postgres and as isolated networks on every host."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        drivers = {name: h.driver for name, h in app[keys.HOSTS].items()}
+        drivers = {name: h.driver for name, h in app[keys.HOSTS].items() if name not in app[keys.HOSTS_DOWN]}
         network_api = NetworkAPI(app[keys.DB], config, drivers)
         await network_api.ensure_rows()  # the hosts' side: compute_ctx's bring-up
         app[keys.NETWORK_API] = network_api
@@ -297,11 +316,26 @@ def compute_ctx(config: Config, sighup: bool = False):
         watchdog = Watchdog(workers, config, computes)
         attachments = InterfaceAttachments(pool, network_api, locks, config)
         to_recover = await interrupted(pool)  # before the API serves: what it starts is not "interrupted"
+        down = app[keys.HOSTS_DOWN]
+
+        async def start_late(name: str) -> None:
+            """What the start does for a host, for one unreachable then: run once its libvirt answers."""
+            await network_api.add_host(name, app[keys.HOSTS][name].driver)
+            await app[keys.VOLUME_API].ensure_pool(name)
+            await computes[name].init_host()
+            await recover(pool, compute_api, conductor, computes, on_host=lambda host: host == name)
+            await attachments.repair_nics(name)
+            await computes[name].power.sync_power_states()
+            down.discard(name)
 
         async def bring_up() -> None:
             try:
-                await _bring_up_hosts(computes, network_api, app[keys.VOLUME_API], attachments)
-                await recover(pool, compute_api, conductor, computes, to_recover)
+                for name in down:
+                    computes[name].late_start = functools.partial(start_late, name)
+                await _bring_up_hosts({n: m for n, m in computes.items() if n not in down}, network_api,
+                                      app[keys.VOLUME_API], attachments)
+                await recover(pool, compute_api, conductor, computes, to_recover,
+                              on_host=lambda host: host not in down)
             except Exception:  # scheduling must start even so: the API has accepted builds
                 log.exception("bring_up_failed")
             scheduler.start()

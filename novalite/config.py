@@ -205,6 +205,8 @@ class ComputeConfig(_Section):
     # Nova's report_interval: seconds between a host's heartbeats, each written only while its
     # libvirt connection answers (so a host whose libvirtd is gone goes down after service_down_time).
     report_interval: float = Field(10, gt=0, description="seconds")
+    # Nova's update_resources_interval: seconds between reads of a host's disk (its instance pool's info).
+    update_resources_interval: float = Field(60, gt=0, description="seconds")
     # Power-state sync: libvirt lifecycle events do the work, this periodic pass is the safety net.
     power_sync_interval: float = Field(600, gt=0, description="seconds")
     # Domains on a host that no live instance owns: "log" reports them, "reap" also destroys them.

@@ -155,7 +155,7 @@ async def test_console_output_tails_the_serial_log(cloud, tmp_path):
     prefix = f"nlcons{uuid.uuid4().hex[:6]}"
     uid, project = str(uuid.uuid4()), "p-demo"
     log = tmp_path / "pool" / f"{uid}_console.log"
-    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as driver:
+    async with LibvirtDriver("qemu:///system", "qemu") as driver:
         await driver.ensure_pool(StoragePoolSpec(name=f"{prefix}-instances", type="dir", target=str(log.parent)))
         conn = libvirt.open("qemu:///system")
         domain = conn.defineXML(_DOMAIN.format(name=f"{prefix}-dom", uuid=uid, log=log))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from conftest import start_cloud, stop_cloud
+
 from novalite.api import keys
 
 
@@ -174,3 +176,30 @@ async def test_cli_hosts(cloud):
     )
     row = await cloud.app[keys.DB].fetchrow("SELECT disabled, disabled_reason FROM compute_nodes WHERE host = 'sim1'")
     assert row["disabled"] is True and row["disabled_reason"] == "r"
+
+
+async def test_disk_facts_are_the_instance_pools(pg_dsn, tmp_path):
+    """os-hypervisors shows a host's disk as its instance pool reports it (a test:/// host: libvirt's
+    test driver's 100 GiB, all free), read again by the periodic resource update; a simulated host's
+    configured disk_gb stays the operator's word."""
+    hosts = ('[[hosts]]\nname = "pooled"\nuri = "test:///default"\n\n'
+             '[[hosts]]\nname = "sim1"\nsimulate = { vcpus = 8, memory_mb = 16384, disk_gb = 200 }\n')
+    cloud = await start_cloud(pg_dsn, tmp_path, hosts=hosts)
+    try:
+        await allocate(cloud, "pooled", 1, 512, 10)
+
+        async def shown(host: str) -> dict:
+            _, body, _ = await cloud.compute("GET", f"/os-hypervisors/detail?hypervisor_hostname_pattern={host}",
+                                             user="admin", version="2.53")
+            h = body["hypervisors"][0]
+            return {k: h[k] for k in ("local_gb", "local_gb_used", "free_disk_gb", "disk_available_least")}
+
+        assert await shown("pooled") == {"local_gb": 100, "local_gb_used": 10, "free_disk_gb": 90,
+                                         "disk_available_least": 100}
+        assert await shown("sim1") == {"local_gb": 200, "local_gb_used": 0, "free_disk_gb": 200,
+                                       "disk_available_least": 200}
+        await cloud.app[keys.DB].execute("UPDATE compute_nodes SET local_gb = 1 WHERE host = 'pooled'")
+        await cloud.app[keys.COMPUTES]["pooled"].update_resources()
+        assert (await shown("pooled"))["local_gb"] == 100
+    finally:
+        await stop_cloud(cloud)

@@ -29,7 +29,7 @@ async def test_images_are_uploaded_once_verified_against_glance_and_pruned_when_
         async with cloud.app[keys.DB].acquire() as conn:
             await conn.execute("UPDATE images SET checksum = $2 WHERE id = $1::uuid", image_id, checksum)
     pool = StoragePoolSpec(name=f"nlstore{uuid.uuid4().hex[:8]}-instances", type="dir", target=str(tmp_path / "pool"))
-    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as driver:
+    async with LibvirtDriver("qemu:///system", "qemu") as driver:
         store = InstanceStore(driver, pool, False, images, cloud.app[keys.DB], tmp_path / "scratch")
         await store.ensure_pool()
         try:

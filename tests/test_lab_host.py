@@ -8,12 +8,23 @@ domain there.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
-from conftest import REPO, add_image, start_cloud, stop_cloud, wait_for_status
+import aiohttp
+from conftest import (
+    REPO,
+    add_image,
+    fresh_database,
+    start_cloud,
+    stop_cloud,
+    wait_for_status,
+    write_config,
+)
+from serve_process import ServeProcess, admin_token
 
 from novalite.api import keys
 
@@ -160,3 +171,67 @@ async def test_a_host_whose_libvirtd_stops_goes_down_is_avoided_and_comes_back(p
         await stop_cloud(cloud)
         await lab("down", name)
     assert not (LAB_BASE / name).exists()
+
+
+# The liveness test's settings, with names and a subnet of its own.
+LATE = LIVENESS.replace("w2hl", "w3lb").replace("10.231.77.", "10.231.78.")
+
+
+async def test_a_host_unreachable_at_start_starts_down_and_comes_up_when_it_answers(pg_dsn, tmp_path):
+    """novalite starts while a host's libvirtd is stopped: the start does not fail, the host is down
+    with its last report; started, its libvirtd answers and the host comes up, no restart of novalite."""
+    name = f"w3lb{uuid.uuid4().hex[:6]}"
+    uri = await lab("up", name, str(tmp_path / "state"))
+    hosts = ('[[hosts]]\nname = "sim1"\nsimulate = { vcpus = 8, memory_mb = 16384, disk_gb = 200 }\n\n'
+             f'[[hosts]]\nname = "lab"\nuri = "{uri}"\n')
+    dsn = await fresh_database(pg_dsn)
+    config = write_config(tmp_path, dsn, LATE, hosts)
+    port = int(config.read_text().split("port = ")[1].split()[0])
+    base = f"http://127.0.0.1:{port}"
+    serve = ServeProcess(config, "--no-test-image", "--clouds-yaml", str(tmp_path / "clouds.yaml"))
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def started() -> dict[str, str]:
+                """Serve, log in: the hosts' service states as os-services shows them."""
+                serve.start()
+                await serve.wait_listening(port)
+                password = json.loads((tmp_path / "state" / "credentials.json").read_text())["admin"]
+                session.headers["X-Auth-Token"] = await admin_token(session, base, password)
+                return await states()
+
+            async def states() -> dict[str, str]:
+                async with session.get(f"{base}/compute/v2.1/os-services") as r:
+                    return {s["host"]: s["state"] for s in (await r.json())["services"]}
+
+            async def lab_hypervisor() -> dict:
+                async with session.get(f"{base}/compute/v2.1/os-hypervisors/detail",
+                                       headers={"OpenStack-API-Version": "compute 2.28"}) as r:
+                    return next(h for h in (await r.json())["hypervisors"] if h["service"]["host"] == "lab")
+
+            assert await started() == {"sim1": "up", "lab": "up"}  # its first report
+            reported = await lab_hypervisor()
+            rc, _ = await serve.terminate(30)
+            assert rc == 0, serve.log.read_text()[-3000:]
+
+            await lab("stop", name)
+            assert (await started())["sim1"] == "up"
+            assert serve.events("compute_host_unreachable_at_start")[0]["host"] == "lab"
+            await asyncio.sleep(3)  # its last beat ages past service_down_time
+            assert await states() == {"sim1": "up", "lab": "down"}
+            shown = await lab_hypervisor()
+            assert shown["state"] == "down" and shown["vcpus"] == reported["vcpus"]  # its last report
+
+            await lab("up", name)
+            deadline = time.monotonic() + 15
+            while (await states())["lab"] != "up":
+                assert time.monotonic() < deadline, serve.log.read_text()[-3000:]
+                await asyncio.sleep(0.2)
+            assert [e["host"] for e in serve.events("compute_host_started_late")] == ["lab"]
+            assert (await lab_hypervisor())["local_gb"] > 0  # its pool made and measured there now
+            assert serve.events("compute_host_late_start_failed") == []
+            rc, _ = await serve.terminate(30)
+            assert rc == 0, serve.log.read_text()[-3000:]
+    finally:
+        serve.stop()
+        await lab("down", name)

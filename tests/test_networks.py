@@ -47,7 +47,7 @@ def _config(tmp_path, networks: list[NetworkConfig], prefix: str | None = None) 
 
 async def test_ports_get_distinct_macs_ips_and_dhcp_entries_under_concurrency(pool, tmp_path):
     cfg = _config(tmp_path, [])  # no [[networks]]: the default shared `private` network
-    driver = LibvirtDriver("test:///default", "test", disk_gb=1)
+    driver = LibvirtDriver("test:///default", "test")
     api = NetworkAPI(pool, cfg, {"sim1": driver})
     await api.ensure_networks()
     try:
@@ -165,7 +165,7 @@ async def test_isolated_network_with_dhcp_hosts_on_qemu_system(pool, tmp_path):
     """A real isolated libvirt network (bridge + dnsmasq) with DHCP host entries, then removed."""
     octet = 100 + secrets.randbelow(100)
     cfg = _config(tmp_path, [NetworkConfig(name="e2e", cidr=f"10.254.{octet}.0/24")])
-    driver = LibvirtDriver("qemu:///system", "qemu", disk_gb=1)
+    driver = LibvirtDriver("qemu:///system", "qemu")
     api = NetworkAPI(pool, cfg, {"local": driver})
     name = cfg.networking.libvirt_prefix + "e2e"
     try:

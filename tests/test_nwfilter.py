@@ -93,7 +93,7 @@ def _dumpxml(name: str) -> etree._Element:
 @pytest.fixture
 async def qemu_driver():
     prefix = f"nlt{secrets.token_hex(3)}-"
-    driver = LibvirtDriver("qemu:///system", "qemu", disk_gb=1)
+    driver = LibvirtDriver("qemu:///system", "qemu")
     try:
         yield driver, prefix
     finally:
@@ -135,7 +135,7 @@ async def test_port_filters_on_qemu_system(qemu_driver):
 
 
 async def test_the_test_driver_has_no_filters():
-    driver = LibvirtDriver("test:///default", "test", disk_gb=1)
+    driver = LibvirtDriver("test:///default", "test")
     try:
         await driver.set_port_filter(_spec("nlt-x"))
         assert await driver.port_filters("nlt") == []
@@ -234,7 +234,7 @@ async def test_a_build_sets_the_ports_filter_and_its_group_mates_follow(pool, tm
     cfg = Config.model_validate({"state": {"dir": str(tmp_path / "state")}})
     cfg.networks = [NetworkConfig(name="sg", cidr=f"10.253.{100 + secrets.randbelow(100)}.0/24")]
     cfg.networking.libvirt_prefix = prefix
-    driver = LibvirtDriver("qemu:///system", "qemu", disk_gb=1)
+    driver = LibvirtDriver("qemu:///system", "qemu")
     api = NetworkAPI(pool, cfg, {"local": driver})
     await pool.execute("INSERT INTO projects (id, name) VALUES ('p-admin', 'admin'), ('p-demo', 'demo')")
     try:

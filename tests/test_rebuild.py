@@ -171,7 +171,7 @@ async def test_rebuild_disks_keep_the_ephemeral_disk_only_when_asked(tmp_path):
     pool = StoragePoolSpec(name=f"rbt{uuidlib.uuid4().hex[:8]}-instances", type="dir", target=str(tmp_path / "pool"))
     uuid = str(uuidlib.uuid4())
     flavor = {"root_gb": 1, "ephemeral_gb": 1, "swap": 0}
-    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as driver:
+    async with LibvirtDriver("qemu:///system", "qemu") as driver:
         store = InstanceStore(driver, pool, False, store_dir, None, tmp_path / "scratch")
         await store.ensure_pool()
         try:

@@ -79,7 +79,7 @@ async def serving(pool, cfg, driver) -> tuple[NetworkAPI, MetadataListeners]:  #
 
 async def test_tenant_network_serves_metadata_in_its_dhcp_namespace(pool, tmp_path, prefix):  # noqa: F811
     cfg = _config(tmp_path, prefix)
-    driver = LibvirtDriver("qemu:///system", "qemu", disk_gb=1, state_dir=tmp_path / "state")
+    driver = LibvirtDriver("qemu:///system", "qemu", state_dir=tmp_path / "state")
     listeners = restarted = None
     try:
         api, listeners = await serving(pool, cfg, driver)

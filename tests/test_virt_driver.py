@@ -71,7 +71,7 @@ def node_uri(tmp_path: Path) -> str:
 
 @pytest_asyncio.fixture
 async def drv(node_uri: str) -> AsyncIterator[LibvirtDriver]:
-    driver = LibvirtDriver(node_uri, "qemu", disk_gb=500)
+    driver = LibvirtDriver(node_uri, "qemu")
     yield driver
     await driver.close()
 
@@ -150,11 +150,11 @@ def test_design_kvm_and_validation() -> None:
 
 def test_driver_refuses_foreign_virt_type() -> None:
     # Constructing the driver opens nothing, so this needs no running qemu.
-    qemu_host = LibvirtDriver("qemu:///system", "qemu", disk_gb=1)
+    qemu_host = LibvirtDriver("qemu:///system", "qemu")
     with pytest.raises(VirtError):
         qemu_host.design(make_spec("kvm"))
     assert qemu_host.design(make_spec("qemu")).virt_type == "qemu"
-    test_host = LibvirtDriver("test:///default", "qemu", disk_gb=1)
+    test_host = LibvirtDriver("test:///default", "qemu")
     assert test_host.design(make_spec("kvm")).virt_type == "test"
 
 
@@ -191,18 +191,39 @@ async def test_driver_satisfies_contract(drv: LibvirtDriver) -> None:
 @pytest.mark.asyncio
 async def test_init_host_reports_simulated_host(drv: LibvirtDriver) -> None:
     host = await drv.init_host()
-    assert (host.hostname, host.vcpus, host.memory_mb, host.local_gb) == ("sim1", 16, 32768, 500)
+    assert (host.hostname, host.vcpus, host.memory_mb) == ("sim1", 16, 32768)
     assert host.hypervisor_type == "TEST"
     assert isinstance(host.hypervisor_version, int)
     assert host.cpu_arch == "x86_64"
 
 
 @pytest.mark.asyncio
-async def test_local_gb_from_state_dir(node_uri: str, tmp_path: Path) -> None:
+async def test_pool_usage_of_a_simulated_host_is_the_test_drivers(drv: LibvirtDriver, tmp_path: Path) -> None:
+    """A test:/// host's disk is its pool's too: libvirt's test driver gives every pool 100 GiB, all free."""
+    pool = StoragePoolSpec(name="nl-usage", type="dir", target=str(tmp_path / "pool"))
+    await drv.ensure_pool(pool)
+    usage = await drv.pool_usage(pool.name)
+    assert (usage.capacity, usage.allocation, usage.available) == (100 * 1024**3, 0, 100 * 1024**3)
+
+
+async def test_pool_usage_is_what_virsh_pool_info_shows(tmp_path: Path) -> None:
+    """A real host's disk facts are its pool's info, the numbers `virsh pool-info` prints."""
+    pool = StoragePoolSpec(name=f"nlusage{uuid.uuid4().hex[:8]}", type="dir", target=str(tmp_path / "pool"))
+    async with LibvirtDriver("qemu:///system", "qemu") as drv:
+        await drv.ensure_pool(pool)
+        try:
+            usage = await drv.pool_usage(pool.name)
+            out = subprocess.run(["virsh", "-c", "qemu:///system", "pool-info", "--bytes", pool.name],
+                                 capture_output=True, text=True, check=True).stdout
+        finally:
+            sp = drv.host.connection().storagePoolLookupByName(pool.name)
+            sp.destroy()
+            sp.undefine()
+    shown = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
     st = os.statvfs(tmp_path)
-    async with LibvirtDriver(node_uri, "qemu", state_dir=tmp_path) as driver:
-        host = await driver.init_host()
-    assert host.local_gb == st.f_blocks * st.f_frsize // 1024**3
+    assert usage.capacity == int(shown["Capacity"]) == st.f_blocks * st.f_frsize
+    # Free space moves while other work writes; the two reads are a moment apart.
+    assert abs(usage.available - int(shown["Available"])) < 256 * 1024**2
 
 
 async def test_console_output_is_the_tail_of_the_log_the_domain_names(tmp_path: Path) -> None:
@@ -211,7 +232,7 @@ async def test_console_output_is_the_tail_of_the_log_the_domain_names(tmp_path: 
     pool = StoragePoolSpec(name=f"nlcon{uuid.uuid4().hex[:8]}", type="dir", target=str(tmp_path / "pool"))
     log = tmp_path / "pool" / "console.log"
     spec = make_spec("qemu", console_log_path=str(log), disks=[], nics=[])
-    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as drv:
+    async with LibvirtDriver("qemu:///system", "qemu") as drv:
         conn = drv.host.connection()
         await drv.ensure_pool(pool)
         try:
@@ -295,7 +316,7 @@ async def test_concurrent_duplicate_spawns(drv: LibvirtDriver) -> None:
 
 @pytest.mark.asyncio
 async def test_cancelled_spawn_leaves_nothing(node_uri: str) -> None:
-    async with LibvirtDriver(node_uri, "qemu", max_threads=1, disk_gb=1) as driver:
+    async with LibvirtDriver(node_uri, "qemu", max_threads=1) as driver:
         await driver.init_host()
         gate = threading.Event()
         blocker = driver.host.submit(gate.wait, 10)  # occupy the only worker
@@ -347,8 +368,8 @@ async def test_fifty_concurrent_spawns_do_not_block_loop(drv: LibvirtDriver) -> 
 @pytest.mark.asyncio
 async def test_test_driver_state_is_per_connection(node_uri: str) -> None:
     """Two drivers on one node file are two hosts: the test driver keeps state per connection."""
-    async with LibvirtDriver(node_uri, "qemu", disk_gb=1) as a, \
-            LibvirtDriver(node_uri, "qemu", disk_gb=1) as b:
+    async with LibvirtDriver(node_uri, "qemu") as a, \
+            LibvirtDriver(node_uri, "qemu") as b:
         spec = make_spec()
         await a.spawn(spec)
         assert await a.list_instance_uuids() == [spec.instance_uuid]
@@ -357,13 +378,13 @@ async def test_test_driver_state_is_per_connection(node_uri: str) -> None:
 
 @pytest.mark.asyncio
 async def test_closed_and_unreachable(node_uri: str, tmp_path: Path) -> None:
-    driver = LibvirtDriver(node_uri, "qemu", disk_gb=1)
+    driver = LibvirtDriver(node_uri, "qemu")
     await driver.init_host()
     await driver.close()
     await driver.close()  # idempotent
     with pytest.raises(HypervisorUnavailable):
         await driver.list_instance_uuids()
-    async with LibvirtDriver(f"test://{tmp_path}/missing.xml", "qemu", disk_gb=1) as broken:
+    async with LibvirtDriver(f"test://{tmp_path}/missing.xml", "qemu") as broken:
         with pytest.raises(HypervisorUnavailable):
             await broken.init_host()
 
@@ -452,7 +473,7 @@ def daemon_host():
 @pytest.mark.asyncio
 async def test_a_remote_host_reconnects_and_keeps_its_event_registration(daemon_host) -> None:
     events: list[tuple[str, str]] = []
-    async with LibvirtDriver(daemon_host.uri, "test", disk_gb=1) as driver:
+    async with LibvirtDriver(daemon_host.uri, "test") as driver:
         await driver.init_host()
         await driver.watch_lifecycle(lambda uuid_, _state, name: events.append((uuid_, name)))
         first = driver.host.connection()
@@ -555,7 +576,7 @@ async def test_volume_upload_and_download_through_streams_on_qemu_system(tmp_pat
     payload = os.urandom(3 * 256 * 1024 + 123)
     source = tmp_path / "payload"
     source.write_bytes(payload)
-    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1) as driver:
+    async with LibvirtDriver("qemu:///system", "qemu") as driver:
         if not await driver.is_alive():
             pytest.skip("qemu:///system is not reachable")
         try:

@@ -33,6 +33,7 @@ DSN = web.AppKey("dsn", str)
 IDENTITY = web.AppKey("identity", "IdentityService")
 IMAGE_STORE = web.AppKey("image_store", "ImageStore")
 HOSTS = web.AppKey("hosts", "dict[str, ComputeHost]")  # one per configured host: its driver, image cache
+HOSTS_DOWN = web.AppKey("hosts_down", set)  # hosts whose libvirt did not answer at start (started late)
 LOCKS = web.AppKey("locks", "InstanceLocks")
 NETWORK_API = web.AppKey("network_api", "NetworkAPI")
 METADATA = web.AppKey("metadata", "MetadataListeners")  # the metadata service's listeners

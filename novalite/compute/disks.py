@@ -33,7 +33,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from novalite.virt.driver import DiskSpec, StoragePoolSpec, VirtDriver, VolumeInfo
+from novalite.virt.driver import DiskSpec, PoolUsage, StoragePoolSpec, VirtDriver, VolumeInfo
 
 log = structlog.get_logger(__name__)
 
@@ -107,9 +107,13 @@ class InstanceStore:
 
     # -- the pool ------------------------------------------------------------------
     async def ensure_pool(self) -> None:
-        """Define, build and start the host's instance pool (idempotent; simulated hosts: nothing)."""
-        if not self.simulated:
-            await self.driver.ensure_pool(self.pool)
+        """Define, build and start the host's instance pool (idempotent; a simulated host's is
+        the test driver's, in memory, where nothing is written)."""
+        await self.driver.ensure_pool(self.pool)
+
+    async def usage(self) -> PoolUsage:
+        """The instance pool's capacity, allocation and free space as the host measures them."""
+        return await self.driver.pool_usage(self.pool.name)
 
     async def image(self, image_id: str) -> VolumeInfo:
         """The host's cached, verified copy of the image: uploaded once, shared by concurrent callers."""

@@ -25,7 +25,7 @@ import structlog
 from novalite import metrics
 from novalite.compute import states
 from novalite.compute.api import delete_end
-from novalite.compute.disks import PreparedDisks, prepare_local_disks
+from novalite.compute.disks import GiB, PreparedDisks, prepare_local_disks
 from novalite.compute.evacuate import EvacuateManager
 from novalite.compute.failures import (
     Failure,
@@ -57,7 +57,7 @@ from novalite.periodic import Periodic
 from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt import power_state
 from novalite.virt.configdrive import build_config_drive
-from novalite.virt.driver import GuestSpec, HostInfo, NicSpec
+from novalite.virt.driver import GuestSpec, HostInfo, NicSpec, VirtError
 from novalite.volume.build import VolumeBuild
 
 log = structlog.get_logger(__name__)
@@ -125,6 +125,9 @@ class ComputeManager:
         # with this message; `before_step(uuid, task_state)` is awaited before each step.
         self.fail_spawn: str | None = None
         self.before_step: Callable[[str, str | None], Awaitable[None]] | None = None
+        # Set by the wiring for a host whose libvirt did not answer at start: its start-up, run by
+        # the heartbeat once it answers (the host stays down, with its last report, until then).
+        self.late_start: Callable[[], Awaitable[None]] | None = None
         self.power = PowerManager(self.host, self.driver, pool, locks, config, self.spawn_task)
         self.snapshot = SnapshotManager(self.host, self.driver, pool, locks, config, image_store,
                                         self.store, self.scratch, self.spawn_task)
@@ -135,6 +138,8 @@ class ComputeManager:
         self.shelve = ShelveManager(self, image_store)
         self._image_cache = Periodic(f"image-cache-{self.host}", config.image_cache.manager_interval,
                                      self.prune_image_cache)
+        self._resources = Periodic(f"resources-{self.host}", config.compute.update_resources_interval,
+                                   self.update_resources)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -143,17 +148,16 @@ class ComputeManager:
         self.host_info = info
         await self.store.ensure_pool()
         await self.remove_orphan_volumes()
-        local_gb = self.host_config.disk_gb or info.local_gb
-        if self.host_config.simulate is not None:
-            local_gb = self.host_config.simulate.disk_gb
+        local_gb, available_gb = await self.disk_facts()
         async with self.pool.acquire() as conn:
             await conn.execute(
                 """INSERT INTO compute_nodes (host, hypervisor_hostname, uuid, service_uuid, uri, availability_zone,
                                               hypervisor_type, hypervisor_version, cpu_arch, vcpus, memory_mb,
                                               local_gb, virt_type, cpu_model, cpu_vendor, cpu_features,
-                                              cpu_topology, host_ip, booted_at, heartbeat_at)
+                                              cpu_topology, host_ip, booted_at, disk_available_least,
+                                              heartbeat_at)
                    VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17,
-                           now() - make_interval(secs => $18), now())
+                           now() - make_interval(secs => $18), $19, now())
                    ON CONFLICT (host) DO UPDATE SET uri = EXCLUDED.uri,
                        availability_zone = EXCLUDED.availability_zone, hypervisor_type = EXCLUDED.hypervisor_type,
                        hypervisor_version = EXCLUDED.hypervisor_version, cpu_arch = EXCLUDED.cpu_arch,
@@ -161,7 +165,8 @@ class ComputeManager:
                        virt_type = EXCLUDED.virt_type, cpu_model = EXCLUDED.cpu_model,
                        cpu_vendor = EXCLUDED.cpu_vendor, cpu_features = EXCLUDED.cpu_features,
                        cpu_topology = EXCLUDED.cpu_topology, host_ip = EXCLUDED.host_ip,
-                       booted_at = EXCLUDED.booted_at, heartbeat_at = now(), updated_at = now()""",
+                       booted_at = EXCLUDED.booted_at, disk_available_least = EXCLUDED.disk_available_least,
+                       heartbeat_at = now(), updated_at = now()""",
                 self.host,
                 uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"node.{self.host}.novalite"),
                 uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"service.{self.host}.novalite"),
@@ -180,8 +185,34 @@ class ComputeManager:
                 json.dumps(info.cpu_topology),
                 info.host_ip,
                 info.uptime_seconds,
+                available_gb,
             )
         log.info("compute_host_ready", host=self.host, vcpus=info.vcpus, memory_mb=info.memory_mb, local_gb=local_gb)
+
+    async def disk_facts(self) -> tuple[int, int | None]:
+        """``local_gb`` and ``disk_available_least`` of the host: its instance pool's capacity and
+        free space in whole GiB as the host measures them (virStoragePoolGetInfo, the same call
+        for a local or a remote host). A configured ``disk_gb`` (or a simulated host's) is the
+        operator's word instead: then there is no measured free space (None)."""
+        configured = (self.host_config.simulate.disk_gb if self.host_config.simulate is not None
+                      else self.host_config.disk_gb)
+        if configured is not None:
+            return configured, None
+        usage = await self.store.usage()
+        return usage.capacity // GiB, usage.available // GiB
+
+    async def update_resources(self) -> None:
+        """Nova's periodic resource update, for disk: the pool read again (volumes of other
+        services and the host's own files change its free space); a host that does not
+        answer keeps its last report."""
+        try:
+            local_gb, available_gb = await self.disk_facts()
+        except VirtError as exc:
+            log.warning("disk_facts_unavailable", host=self.host, error=str(exc))
+            return
+        async with self.pool.acquire() as conn:
+            await conn.execute("UPDATE compute_nodes SET local_gb = $2, disk_available_least = $3 WHERE host = $1",
+                               self.host, local_gb, available_gb)
 
     def start(self) -> None:
         self._workers.append(asyncio.create_task(self._serve(), name=f"compute-{self.host}"))
@@ -191,10 +222,12 @@ class ComputeManager:
         self._resize_confirmer = self.resize.start()
         self.shelve.start()
         self._image_cache.start()
+        self._resources.start()
 
     async def stop(self) -> None:
         await self.shelve.stop()
         await self._image_cache.stop()
+        await self._resources.stop()
         for w in self._workers:
             w.cancel()
         if getattr(self, "_resize_confirmer", None) is not None:
@@ -271,6 +304,10 @@ class ComputeManager:
         while True:
             await asyncio.sleep(interval)
             alive = await self._libvirt_answers(interval)
+            if alive and self.late_start is not None:
+                if not await self._start_late():
+                    continue
+                reachable = True  # just started: its facts and power states are fresh
             if alive != reachable:
                 reachable = alive
                 log.warning("compute_host_reachable" if alive else "compute_host_unreachable",
@@ -295,6 +332,20 @@ class ComputeManager:
             await self.evacuate.destroy_evacuated()
         except Exception:  # the next beat tries again
             log.warning("destroy_evacuated_failed", host=self.host, exc_info=True)
+
+    async def _start_late(self) -> bool:
+        """A host unreachable at start, answering now: its start-up (networks, pool, init_host,
+        recovery of its instances, power sync) runs here, and only then does it beat; a failure
+        is logged and tried again at the next beat."""
+        assert self.late_start is not None
+        try:
+            await self.late_start()
+        except Exception:
+            log.exception("compute_host_late_start_failed", host=self.host)
+            return False
+        self.late_start = None
+        log.warning("compute_host_started_late", host=self.host, uri=self.host_config.uri or "test:///")
+        return True
 
     async def _libvirt_answers(self, timeout: float) -> bool:
         """Whether the host's libvirt answers within ``timeout`` s (a worker may stay on a hung host)."""

@@ -37,6 +37,7 @@ finished as errors, so the action log shows the interruption.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,13 +82,16 @@ async def interrupted(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 
 async def recover(
     pool: asyncpg.Pool, compute_api: ComputeAPI, conductor: Conductor, computes: dict[str, Any],
-    rows: list[asyncpg.Record] | None = None,
+    rows: list[asyncpg.Record] | None = None, on_host: Callable[[str | None], bool] = lambda _host: True,
 ) -> Counter:
     """Resume or finish every instance's interrupted work (``rows``, from :func:`interrupted`;
-    read now when not given); return what was done, by kind."""
+    read now when not given); return what was done, by kind. ``on_host``: only the instances
+    whose host (None: on none) it accepts, for a start where some hosts do not answer yet (each
+    recovered when it does)."""
     done: Counter = Counter()
     if rows is None:
         rows = await interrupted(pool)
+    rows = [r for r in rows if on_host(r["host"])]
     for inst in rows:
         uuid = str(inst["uuid"])
         structlog.contextvars.bind_contextvars(instance_uuid=uuid)
@@ -101,7 +105,7 @@ async def recover(
         done[kind] += 1
         log.info("recovered", how=kind, task_state=inst["task_state"], vm_state=inst["vm_state"])
     structlog.contextvars.unbind_contextvars("instance_uuid")
-    confirms = await resume_confirms(pool, computes)  # confirms cut off (no task state during a confirm)
+    confirms = await resume_confirms(pool, {n: c for n, c in computes.items() if on_host(n)})  # confirms cut off (no task state during a confirm)
     if confirms:
         done["resize_confirm_resumed"] += confirms
     # After a clean stop there is nothing to redo: the count says so (0) at every start.

@@ -43,6 +43,7 @@ __all__ = [
     "FilterRule",
     "NetworkSpec",
     "NicSpec",
+    "PoolUsage",
     "PortFilterSpec",
     "StoragePoolSpec",
     "UploadSource",
@@ -241,6 +242,16 @@ class VolumeInfo:
     physical: int = 0  # bytes a download of the volume gives (a qcow2 file holds less than its capacity)
 
 
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    """A storage pool's size as its host reports it (virStoragePoolGetInfo), in bytes: what the
+    pool's storage holds in all, what is allocated in it, and what is still free for new data."""
+
+    capacity: int
+    allocation: int
+    available: int
+
+
 # What a volume upload reads: a local file, or chunks from an async source.
 UploadSource = str | os.PathLike[str] | AsyncIterable[bytes]
 # Where a volume download goes: a local file, or an async callable taking each chunk.
@@ -264,7 +275,6 @@ class HostInfo:
     hostname: str
     vcpus: int
     memory_mb: int
-    local_gb: int
     hypervisor_type: str
     hypervisor_version: int
     cpu_arch: str
@@ -520,10 +530,12 @@ class VirtDriver(Protocol):
         """
         ...
 
-    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
+    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str,
+                           source_pool: str | None = None) -> str:
         """A full copy of volume ``source`` named ``name``, grown to ``size_gb`` where the pool can; its path.
 
-        The source is untouched; a leftover ``name`` is deleted first.
+        ``source`` is in ``source_pool`` (another pool of the same host) or else in ``pool``; the
+        host converts its data to ``fmt``. The source is untouched; a leftover ``name`` is deleted first.
         """
         ...
 
@@ -553,6 +565,11 @@ class VirtDriver(Protocol):
 
     async def refresh_pool(self, pool: str) -> None:
         """Re-read the pool's volumes (after their data was written behind the pool's back)."""
+        ...
+
+    async def pool_usage(self, pool: str) -> PoolUsage:
+        """The pool's capacity, allocation and free space as the host measures them now (after a
+        refresh): a host's disk facts, wherever the host is."""
         ...
 
     async def upload_volume(self, pool: str, name: str, source: UploadSource) -> int:

@@ -30,7 +30,6 @@ live rows under the project's advisory lock, in the transaction that adds rows.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import uuid as uuidlib
 from collections.abc import Coroutine, Iterable, Mapping
@@ -40,7 +39,7 @@ import asyncpg
 import structlog
 
 from novalite import exception, quota
-from novalite.compute.disks import DiskError, qemu_img, stream_volume
+from novalite.compute.disks import DiskError, stream_volume
 from novalite.compute.host import ComputeHost
 from novalite.config import Config
 from novalite.context import RequestContext
@@ -273,10 +272,10 @@ class VolumeAPI:
         if "volume" in source:
             return await driver.clone_volume(pool.name, source["volume"]["vol_name"], name, vol["size"],
                                              pool.volume_format)
-        path = await driver.create_volume(pool.name, name, vol["size"], pool.volume_format)
-        if "image" in source:
-            await self._fill_from_image(vol["host"], source["image"], path, vol["format"], vol["size"])
-        return path
+        compute = self.hosts[vol["host"]]
+        if "image" in source and not compute.simulated:
+            return await self._from_image(compute, source["image"], vol)
+        return await driver.create_volume(pool.name, name, vol["size"], pool.volume_format)
 
     async def move(self, vol: asyncpg.Record, host: str) -> asyncpg.Record:
         """Move a volume's data into ``host``'s pool (an evacuated server's volume: its old host is
@@ -300,26 +299,17 @@ class VolumeAPI:
         log.info("volume_moved", volume_id=str(vol["id"]), source=vol["host"], host=host)
         return row
 
-    async def _fill_from_image(self, host: str, image: Any, path: str, fmt: str, size_gb: int) -> None:
-        """qemu-img convert the host's cached copy of the image into the volume (real hosts only)."""
-        compute = self.hosts.get(host)
-        if compute is None or compute.simulated:
-            return
+    async def _from_image(self, compute: ComputeHost, image: Any, vol: asyncpg.Record) -> str:
+        """The volume as a copy of the host's cached image volume (virStorageVolCreateXMLFrom from
+        its instance pool): the host converts the data, so nothing of it passes through this
+        machine, wherever the host is."""
         image_id = str(image["id"])
-        # The host's cached image volume, converted by this machine's qemu-img: a host on this machine
-        # only (a remote host's volume would need the host to convert it; not done yet).
-        base = (await compute.store.image(image_id)).path
-        src_fmt = "qcow2" if image["disk_format"] == "qcow2" else "raw"
-        proc = await asyncio.create_subprocess_exec(
-            "qemu-img", "info", "--output=json", "-f", src_fmt, str(base),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        out, _ = await proc.communicate()
-        virtual = int(json.loads(out)["virtual-size"]) if proc.returncode == 0 else 0
-        if virtual > size_gb * 1024**3:
-            raise DiskError(f"image {image_id} ({virtual} bytes) does not fit a {size_gb} GiB volume")
-        await qemu_img("convert", "-n", "-f", src_fmt, "-O", fmt, str(base), path)
-        await compute.driver.refresh_pool(self.pool_def(host).name)
+        cached = await compute.store.image(image_id)  # uploaded to the host once, checksum verified
+        if cached.capacity > vol["size"] * 1024**3:
+            raise DiskError(f"image {image_id} ({cached.capacity} bytes) does not fit a {vol['size']} GiB volume")
+        pool = self.pool_def(vol["host"])
+        return await compute.driver.clone_volume(pool.name, compute.store.image_volume(image_id), vol["vol_name"],
+                                                 vol["size"], pool.volume_format, source_pool=compute.store.pool.name)
 
     async def _create_data(self, vol: asyncpg.Record, source: dict[str, Any]) -> None:
         vid = str(vol["id"])

@@ -116,7 +116,9 @@ def _usage(request: web.Request, n: dict) -> dict:
         "free_disk_gb": n["local_gb"] - disk_used,
         "current_workload": n["current_workload"],
         "running_vms": n["running_vms"],
-        "disk_available_least": n["local_gb"] - disk_used,
+        # Measured free space of the host's instance pool where there is one; else what the flavors leave.
+        "disk_available_least": (n["disk_available_least"] if n["disk_available_least"] is not None
+                                 else n["local_gb"] - disk_used),
     }
 
 

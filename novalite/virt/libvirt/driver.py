@@ -44,6 +44,7 @@ from novalite.virt.driver import (
     LifecycleCallback,
     NetworkSpec,
     NicSpec,
+    PoolUsage,
     PortFilterSpec,
     StoragePoolSpec,
     UploadSource,
@@ -337,31 +338,25 @@ class LibvirtDriver:
         virt_type: str,
         max_threads: int = 4,
         *,
-        disk_gb: int | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         hostname: str | None = None,
     ) -> None:
         """Prepare the driver; nothing is opened until the first call (usually init_host).
 
-        ``local_gb`` is reported from ``disk_gb`` if given, else from the size of
-        the filesystem holding ``state_dir``; one of the two is required.
-        ``hostname`` overrides the name reported by libvirt (a test:/// node file
+        ``state_dir`` holds the DHCP servers of tenant networks on this machine (a host's disk
+        is its storage pool's, :meth:`pool_usage`). ``hostname`` overrides the name reported by libvirt (a test:/// node file
         written by :func:`novalite.virt.testnode.write_test_node` names itself).
         """
         if virt_type not in ("test", "qemu", "kvm"):
             raise ValueError(f"virt_type must be test, qemu or kvm, not {virt_type!r}")
-        if disk_gb is None and state_dir is None:
-            raise ValueError("give disk_gb or a state_dir to measure local disk from")
         self.uri = uri
         self.virt_type = virt_type
         self.domain_type = domain_type_for(uri, virt_type)
-        self._disk_gb = disk_gb
-        self._state_dir = Path(state_dir) if state_dir is not None else None
         self._hostname = hostname
         # The hypervisor: one connection and one worker pool for domains, storage and networks.
         self.host = LibvirtHost(uri, max_threads, name=hostname)
         self._storage = LibvirtStorage(self.host)
-        self._networks = LibvirtNetworks(self.host, self._state_dir)
+        self._networks = LibvirtNetworks(self.host, Path(state_dir) if state_dir is not None else None)
         self._filters = LibvirtFilters(self.host)
         # Names and uuids of spawns in flight; touched only on the event loop.
         self._spawning: set[str] = set()
@@ -391,7 +386,6 @@ class LibvirtDriver:
             hostname=hostname,
             vcpus=cpus,
             memory_mb=memory_mb,
-            local_gb=self._local_gb(),
             hypervisor_type=hv_type,
             hypervisor_version=hv_version,
             cpu_arch=model,  # virNodeInfo.model is the host's machine arch (uname -m)
@@ -402,13 +396,6 @@ class LibvirtDriver:
             host_ip=uri_host_ip(self.uri),
             uptime_seconds=node_uptime(conn, cpus),
         )
-
-    def _local_gb(self) -> int:
-        if self._disk_gb is not None:
-            return self._disk_gb
-        assert self._state_dir is not None
-        st = os.statvfs(self._state_dir)
-        return st.f_blocks * st.f_frsize // 1024**3
 
     def _lookup(self, conn: libvirt.virConnect, instance_uuid: str) -> libvirt.virDomain:
         try:
@@ -1047,8 +1034,9 @@ class LibvirtDriver:
     async def create_volume(self, pool: str, name: str, size_gb: int, fmt: str) -> str:
         return await self.host.call(self._storage.create_sync, pool, name, size_gb, fmt)
 
-    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
-        return await self.host.call(self._storage.clone_sync, pool, source, name, size_gb, fmt)
+    async def clone_volume(self, pool: str, source: str, name: str, size_gb: int, fmt: str,
+                           source_pool: str | None = None) -> str:
+        return await self.host.call(self._storage.clone_sync, pool, source, name, size_gb, fmt, source_pool)
 
     async def make_volume(self, pool: str, name: str, capacity: int, fmt: str, backing: str | None = None) -> str:
         return await self.host.call(self._storage.make_sync, pool, name, capacity, fmt, backing)
@@ -1067,6 +1055,9 @@ class LibvirtDriver:
 
     async def refresh_pool(self, pool: str) -> None:
         await self.host.call(self._storage.refresh_sync, pool)
+
+    async def pool_usage(self, pool: str) -> PoolUsage:
+        return await self.host.call(self._storage.usage_sync, pool)
 
     async def upload_volume(self, pool: str, name: str, source: UploadSource) -> int:
         """Through virStorageVolUpload; the test driver has no streams (VirtError, VIR_ERR_NO_SUPPORT)."""

@@ -28,6 +28,7 @@ import structlog
 
 from novalite.virt.driver import (
     DownloadTarget,
+    PoolUsage,
     StoragePoolSpec,
     UploadSource,
     VirtError,
@@ -157,10 +158,12 @@ class LibvirtStorage:
         except libvirt.libvirtError as exc:
             raise _error(exc, f"cannot create volume {name} in {pool}") from exc
 
-    def clone_sync(self, pool: str, source: str, name: str, size_gb: int, fmt: str) -> str:
+    def clone_sync(self, pool: str, source: str, name: str, size_gb: int, fmt: str,
+                   source_pool: str | None = None) -> str:
+        """virStorageVolCreateXMLFrom: the host copies (qemu-img converts) the data, across pools too."""
         sp = self._pool(pool)
         try:
-            src = sp.storageVolLookupByName(source)
+            src = (self._pool(source_pool) if source_pool else sp).storageVolLookupByName(source)
             self.delete_sync(pool, name)
             vol = sp.createXMLFrom(design_volume(name, size_gb, fmt).to_xml(), src, 0)
             if vol.info()[1] < size_gb * GiB:
@@ -266,6 +269,17 @@ class LibvirtStorage:
             self._pool(pool).refresh(0)
         except libvirt.libvirtError as exc:
             raise _error(exc, f"cannot refresh {pool}") from exc
+
+    def usage_sync(self, pool: str) -> PoolUsage:
+        """The pool's info after a refresh (a dir pool's numbers are its filesystem's, measured
+        on the host; the test driver's pools report 100 GiB free of 100 GiB)."""
+        sp = self._pool(pool)
+        try:
+            sp.refresh(0)
+            _state, capacity, allocation, available = sp.info()
+        except libvirt.libvirtError as exc:
+            raise _error(exc, f"cannot read the size of {pool}") from exc
+        return PoolUsage(capacity=capacity, allocation=allocation, available=available)
 
     # -- streams -------------------------------------------------------------------
     # A blocking stream in a worker; an async source or target is driven on the loop
