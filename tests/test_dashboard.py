@@ -379,3 +379,63 @@ async def test_instance_page_offers_the_serial_console_and_serves_xterm(cloud, b
         resp, text = await browser.get(f"/dashboard/static/vendor/{name}")
         assert resp.status == 200 and kind in resp.headers["Content-Type"], (name, resp.headers["Content-Type"])
     assert "xterm.js 6.0.0" in (await browser.get("/dashboard/static/vendor/README"))[1]
+
+
+# --- the instance page's server actions ------------------------------------------------------------
+
+def shown_actions(page: str) -> set[str]:
+    """The action buttons the page shows (the hidden ones are there for the live update to reveal)."""
+    forms = re.findall(r'<form[^>]*data-action="([^"]+)"[^>]*>', page)
+    tags = re.findall(r'(<form[^>]*data-action="[^"]+"[^>]*>)', page)
+    return {name for name, tag in zip(forms, tags, strict=True) if " hidden>" not in tag.replace("\n", " ")}
+
+
+async def test_actions_follow_the_servers_state_and_show_the_apis_errors(cloud, browser):
+    await browser.login()
+    image = await add_image(cloud, "actions-image")
+    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
+        "name": "acts-vm", "imageRef": image, "flavorRef": "1", "networks": "none"}})
+    server_id = body["server"]["id"]
+    await wait_for_status(cloud, server_id, "ACTIVE")
+    page_url = f"/dashboard/instances/{server_id}"
+    action_url = f"{page_url}/action"
+    _, page = await browser.get(page_url)
+    assert shown_actions(page) == {"stop", "reboot", "pause", "suspend", "resize", "rebuild", "rescue", "shelve",
+                                   "createImage", "lock", "delete"}  # no migrate: the policy wants an admin
+    assert 'data-confirm="Rebuild acts-vm? Its disk is replaced by the image."' in page
+
+    csrf = await browser.csrf(page_url)
+    _, page = await browser.post(action_url, {"csrf_token": csrf, "action": "pause"})
+    assert flash(page) == "Pause requested."
+    await wait_for_status(cloud, server_id, "PAUSED")
+    async with browser.http.get(cloud.url + f"{page_url}/state.json") as r:
+        assert set((await r.json())["actions"]) == {"unpause", "shelve", "createImage", "lock", "delete"}
+    _, page = await browser.post(action_url, {"csrf_token": csrf, "action": "pause"})  # a stale page's button
+    status, api, _ = await cloud.compute("POST", f"/servers/{server_id}/action", json_body={"pause": None})
+    assert status == 409 and flash(page) == api["conflictingRequest"]["message"]
+
+    _, page = await form_post(browser, page_url, action_url, {"action": "unpause"})
+    await wait_for_status(cloud, server_id, "ACTIVE")
+    _, page = await form_post(browser, page_url, action_url, {"action": "resize", "flavor": "2"})
+    assert flash(page) == "Resize requested."
+    await wait_for_status(cloud, server_id, "VERIFY_RESIZE")
+    _, page = await browser.get(page_url)
+    assert {"confirmResize", "revertResize"} <= shown_actions(page) and "resize" not in shown_actions(page)
+    _, page = await form_post(browser, page_url, action_url, {"action": "revertResize"})
+    server = await wait_for_status(cloud, server_id, "ACTIVE")
+    assert server["flavor"]["original_name"] == "m1.tiny"
+
+    _, page = await form_post(browser, page_url, action_url, {"action": "createImage", "name": "acts-snap"})
+    assert flash(page) == "Create snapshot requested."
+    status, body, _ = await cloud.request("GET", "/image/v2/images?name=acts-snap")
+    assert [i["name"] for i in body["images"]] == ["acts-snap"]
+    _, page = await form_post(browser, page_url, action_url, {"action": "resize", "flavor": "nope"})
+    assert "nope" in flash(page) and "requested" not in flash(page)  # Nova's 400 for a flavor it lacks
+
+    admin = Browser(cloud)
+    try:
+        await admin.login("admin", "demo")
+        _, page = await admin.get(page_url)
+        assert {"migrate", "os-migrateLive"} <= shown_actions(page)
+    finally:
+        await admin.close()

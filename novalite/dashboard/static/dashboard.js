@@ -79,6 +79,9 @@ function liveInstance() {
       const value = state.row[dd.dataset.field];
       dd.textContent = typeof value === "boolean" ? (value ? "yes" : "no") : value;
     }
+    for (const form of document.querySelectorAll("#actions form[data-action]")) {
+      form.hidden = !state.actions.includes(form.dataset.action);
+    }
     return state.row.busy;
   });
   const consoleLog = document.getElementById("console-log");
