@@ -12,10 +12,12 @@ import os
 import re
 
 import aiohttp
+import asyncpg
 import pytest
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 from yarl import URL
 
+from novalite.api import keys
 from novalite.dashboard import framework as fw
 from novalite.dashboard.sessions import COOKIE
 
@@ -54,9 +56,9 @@ class Browser:
         resp, _ = await self.post("/dashboard/login", form, allow_redirects=False, **kw)
         return resp
 
-    def session_token(self) -> str:
+    async def session_token(self) -> str:
         cookie = self.http.cookie_jar.filter_cookies(URL(self.cloud.url))[COOKIE].value
-        return self.cloud.app[fw.SESSIONS].get(cookie).token
+        return (await self.cloud.app[fw.SESSIONS].get(cookie)).token
 
     async def close(self) -> None:
         await self.http.close()
@@ -86,7 +88,7 @@ async def test_session_cookie_is_httponly_strict_and_secure_only_over_tls(browse
     cookie = resp.cookies[COOKIE]
     assert cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["secure"]
     assert len(cookie.value) >= 40  # a random id, not the token
-    assert cookie.value != browser.session_token()
+    assert cookie.value != await browser.session_token()
     tls = await browser.login(headers={"X-Forwarded-Proto": "https"})
     assert tls.cookies[COOKIE]["secure"]
 
@@ -118,7 +120,7 @@ async def test_posts_without_the_csrf_token_are_refused(cloud, browser):
 
 async def test_logout_revokes_the_token(cloud, browser):
     await browser.login()
-    token = browser.session_token()
+    token = await browser.session_token()
     async with cloud.session.get(cloud.url + "/compute/v2.1/servers", headers={"X-Auth-Token": token}) as r:
         assert r.status == 200
     resp, _ = await browser.post("/dashboard/logout", {"csrf_token": await browser.csrf("/dashboard/instances")},
@@ -171,7 +173,7 @@ async def test_a_member_gets_a_404_page_for_another_projects_instance(cloud, bro
 
 async def test_admin_switches_project_and_the_old_token_is_revoked(cloud, browser):
     await browser.login("admin", "admin")
-    old = browser.session_token()
+    old = await browser.session_token()
     _, page = await browser.get("/dashboard/instances")
     demo_id = re.search(r'<option value="([0-9a-f]+)">demo</option>', page).group(1)
     resp, page = await browser.post("/dashboard/project", {"csrf_token": await browser.csrf("/dashboard/instances"),
@@ -439,3 +441,34 @@ async def test_actions_follow_the_servers_state_and_show_the_apis_errors(cloud, 
         assert {"migrate", "os-migrateLive"} <= shown_actions(page)
     finally:
         await admin.close()
+
+
+async def test_a_session_survives_a_restart_and_logout_deletes_its_row(pg_dsn, tmp_path):
+    """Sessions live in the database (by the hash of the cookie's id): a new process on the same
+    database knows the browser; logging out deletes the row and revokes the token."""
+    first = await start_cloud(pg_dsn, tmp_path)
+    dsn = first.app[keys.DSN]
+    browser = Browser(first)
+    try:
+        await browser.login()
+        token = await browser.session_token()
+        cookie = browser.http.cookie_jar.filter_cookies(URL(first.url))[COOKIE].value
+        await stop_cloud(first)
+        second = await start_cloud(pg_dsn, tmp_path, dsn=dsn)
+        browser.cloud = second
+        resp, page = await browser.get("/dashboard/instances", allow_redirects=False)
+        assert resp.status == 200 and '<span class="project">demo</span>' in page
+        conn = await asyncpg.connect(dsn)
+        try:
+            stored = await conn.fetch("SELECT id_hash, token FROM dashboard_sessions")
+            assert [r["id_hash"] for r in stored] == [hashlib.sha256(cookie.encode()).hexdigest()]
+            assert cookie not in str([dict(r) for r in stored])  # the id itself is never stored
+            await browser.post("/dashboard/logout", {"csrf_token": await browser.csrf("/dashboard/instances")})
+            assert await conn.fetchval("SELECT count(*) FROM dashboard_sessions") == 0
+        finally:
+            await conn.close()
+        async with second.session.get(second.url + "/compute/v2.1/servers", headers={"X-Auth-Token": token}) as r:
+            assert r.status == 401
+    finally:
+        await browser.close()
+        await stop_cloud(browser.cloud)
