@@ -33,8 +33,8 @@ def downloads(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("downloads")
 
 
-@pytest.fixture(scope="module")
-async def driver(cloud, downloads):
+def chrome(downloads: Path):
+    """Headless Debian chromium through its chromedriver, saving downloads into ``downloads``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -47,7 +47,12 @@ async def driver(cloud, downloads):
     if os.geteuid() == 0:
         options.add_argument("--no-sandbox")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = await asyncio.to_thread(webdriver.Chrome, options=options, service=Service(str(CHROMEDRIVER)))
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+
+
+@pytest.fixture(scope="module")
+async def driver(cloud, downloads):
+    browser = await asyncio.to_thread(chrome, downloads)
     try:
         await asyncio.to_thread(login, browser, cloud.url, "demo", cloud.creds["demo"])
         yield browser

@@ -193,6 +193,7 @@ function serialConsole() {
     button.disabled = true;
     const term = new window.Terminal();
     term.open(document.getElementById("terminal"));
+    term.element.scrollIntoView({ block: "nearest" }); // xterm draws nothing while out of view
     const ws = new WebSocket(answer.body.url, ["binary"]);
     ws.binaryType = "arraybuffer";
     ws.addEventListener("open", () => {
