@@ -130,30 +130,34 @@ async def timed(browser: aiohttp.ClientSession, url: str, repeats: int, expect: 
 
 
 class Sampler:
-    """A browser polling the instances page and its live JSON back to back, in its own thread and
-    event loop; ``phase`` names where its samples go (idle, storm)."""
+    """A browser polling the instances page and its live JSON back to back (and, to compare, the API's
+    own page of 50), in its own thread and event loop; ``phase`` names where its samples go (idle, storm)."""
 
-    def __init__(self, url: str, password: str) -> None:
-        self.url, self.password = url, password
+    def __init__(self, url: str, password: str, api_headers: dict[str, str]) -> None:
+        self.url, self.password, self.api_headers = url, password, api_headers
         self.phase = "idle"
         self.samples: dict[str, dict[str, list[float]]] = {}
         self.stop = threading.Event()
 
     async def _loop(self) -> None:
         browser = await dashboard_login(self.url, self.password)
-        pages = {"page": (f"{self.url}/dashboard/instances", 'id="instances"'),
-                 "json": (f"{self.url}/dashboard/instances.json", '"rows"')}
+        pages = {"page": (f"{self.url}/dashboard/instances", 'id="instances"', None),
+                 "json": (f"{self.url}/dashboard/instances.json", '"rows"', None),
+                 "api": (f"{self.url}/compute/v2.1/servers/detail?limit=50", '"servers"', self.api_headers)}
         try:
             while not self.stop.is_set():
-                for name, (page_url, expect) in pages.items():
+                for name, (page_url, expect, headers) in pages.items():
                     phase = self.phase
-                    ms = (await timed(browser, page_url, 1, expect))[0]
+                    ms = (await timed(browser, page_url, 1, expect, headers))[0]
                     self.samples.setdefault(phase, {}).setdefault(name, []).append(ms)
         finally:
             await browser.close()
 
     def run(self) -> None:
         asyncio.run(self._loop())
+
+
+LABELS = {"page": "instances", "json": "instances.json", "api": "API servers/detail"}
 
 
 def summary(times: list[float]) -> dict:
@@ -167,7 +171,7 @@ async def storm_figures(cloud: Cloud, hosts: int, n: int, concurrency: int, idle
     demo = {"X-Auth-Token": await token(cloud.session, cloud.url, cloud.creds["demo"], "demo"),
             "OpenStack-API-Version": "compute latest"}
     await raise_port_quota_of(cloud, "demo", 2 * n)
-    sampler = Sampler(cloud.url, cloud.creds["admin"])
+    sampler = Sampler(cloud.url, cloud.creds["admin"], cloud.headers)
     thread = threading.Thread(target=sampler.run, name="dashboard-sampler")
     thread.start()
     try:
@@ -183,11 +187,11 @@ async def storm_figures(cloud: Cloud, hosts: int, n: int, concurrency: int, idle
     storm_s = result.storm_s
     figures = {"servers": n, "concurrency": concurrency, "storm_s": round(storm_s, 1),
                "active_per_s": round(n / storm_s, 1), "errors": result.errors}
-    for name in ("page", "json"):
+    for name in ("page", "json", "api"):
         idle, during = sampler.samples["idle"][name], sampler.samples["storm"][name]
         figures[name] = {f"idle_{k}": v for k, v in summary(idle).items()} | {
             f"storm_{k}": v for k, v in summary(during).items()}
-        print(f"{'instances' if name == 'page' else 'instances.json':16s} idle p50 {pct(idle, 50):6.1f} "
+        print(f"{LABELS[name]:22s} idle p50 {pct(idle, 50):6.1f} "
               f"p95 {pct(idle, 95):6.1f} max {max(idle):6.1f} ms (n={len(idle)}) | storm p50 {pct(during, 50):6.1f} "
               f"p95 {pct(during, 95):6.1f} max {max(during):6.1f} ms (n={len(during)})")
     print(f"storm: {n} servers, C={concurrency}, {storm_s:.1f} s to the last ACTIVE ({n / storm_s:.1f}/s), "

@@ -11,7 +11,15 @@ import secrets
 import pytest
 from conftest import wait_for_status
 from test_console import boot
-from test_dashboard_browser import CHROMEDRIVER, CHROMIUM, chrome, csp_violations, login, text_of, wait
+from test_dashboard_browser import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    chrome,
+    csp_violations,
+    login,
+    text_of,
+    wait,
+)
 from test_guest_e2e import qemu_cloud, test_image, wait_console  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),

@@ -46,8 +46,7 @@ def addresses(server: dict) -> str:
 
 def row(server: dict, image_names: dict[str, str], now: datetime) -> dict:
     """What one line of the instances table shows (the HTML page and its JSON updates alike)."""
-    image = server.get("image") or {}
-    image_id = image.get("id", "") if isinstance(image, dict) else ""
+    image = image_id(server)
     task = server.get("OS-EXT-STS:task_state")
     return {
         "id": server["id"],
@@ -57,7 +56,7 @@ def row(server: dict, image_names: dict[str, str], now: datetime) -> dict:
         "power_state": POWER_STATES.get(server.get("OS-EXT-STS:power_state"), ""),
         "addresses": addresses(server),
         "flavor": (server.get("flavor") or {}).get("original_name", ""),
-        "image": image_names.get(image_id, image_id[:8]) if image_id else "(volume)",
+        "image": image_names.get(image, image[:8]) if image else "(volume)",
         "host": server.get("OS-EXT-SRV-ATTR:host") or "",
         "age": age(server.get("created"), now),
         "locked": bool(server.get("locked")),
@@ -88,15 +87,29 @@ async def image_names(request: web.Request) -> dict[str, str]:
     return names_of(await images(request))
 
 
+def image_id(server: dict) -> str:
+    image = server.get("image") or {}
+    return image.get("id", "") if isinstance(image, dict) else ""  # "" when booted from a volume
+
+
+async def known_image_names(request: web.Request, servers: list[dict]) -> dict[str, str]:
+    """The names of the servers' images, asked of the image API only when one is new to this session:
+    the live list polls every second, and in a boot storm each API call waits behind the storm's."""
+    session = fw.session_of(request)
+    if not {image_id(s) for s in servers} - {""} <= session.image_names.keys():
+        session.image_names = await image_names(request)
+    return session.image_names
+
+
 async def server_rows(request: web.Request) -> dict:
     """One page of the project's servers: rows, the next page's marker, the API's error if any."""
     query = list_query(request)
-    servers, names = await asyncio.gather(fw.api(request, "GET", f"{SERVERS}/detail", params=query),
-                                          image_names(request))
+    servers = await fw.api(request, "GET", f"{SERVERS}/detail", params=query)
     if not servers.ok:
         return {"rows": [], "next": None, "error": servers.message()}
     now = datetime.now(UTC)
     found = servers.body.get("servers", [])
+    names = await known_image_names(request, found)
     rows = [row(s, names, now) for s in found]
     full = len(found) == int(query["limit"])
     return {"rows": rows, "next": rows[-1]["id"] if full and rows else None, "error": ""}

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
 import asyncpg
@@ -25,6 +26,7 @@ from novalite.db import dashboard_sessions as db
 COOKIE = "novalite_session"
 CSRF_FIELD = "csrf_token"
 PRUNE_BATCH = 1000  # expired sessions deleted per login
+MAX_REMEMBERED = 10_000  # sessions also kept in memory, the least recently used forgotten first
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Session:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     admin_area: bool = False  # the policy lets this token into the admin pages (the menu shows them)
     flash: str = ""  # one message for the next page (an action's answer), shown once
+    image_names: dict[str, str] = field(default_factory=dict)  # memory only: the instance list's image names
     stored_flash: str = ""  # the flash as the database has it (written back when a request changed it)
 
     def take_flash(self) -> str:
@@ -62,10 +65,20 @@ def id_hash(session_id: str) -> str:
 
 
 class SessionStore:
-    """Sessions in the database by the hash of their id."""
+    """Sessions in the database by the hash of their id, the recently used ones also in memory:
+    a page (and its live poll, every second or five) finds its session without a database round
+    trip, which in a boot storm would wait for a connection behind the storm's requests."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._recent: OrderedDict[str, Session] = OrderedDict()
+
+    def _remember(self, session: Session) -> Session:
+        self._recent[session.id] = session
+        self._recent.move_to_end(session.id)
+        while len(self._recent) > MAX_REMEMBERED:
+            self._recent.popitem(last=False)
+        return session
 
     @staticmethod
     def _fields(session: Session) -> dict:
@@ -76,7 +89,7 @@ class SessionStore:
         async with self._pool.acquire() as conn:
             await db.prune(conn, PRUNE_BATCH)
             await db.create(conn, id_hash(session.id), self._fields(session), session.expires_at)
-        return session
+        return self._remember(session)
 
     async def replace_token(self, session: Session, **fields) -> None:
         """A project switch: the same browser session, a new token (and a new CSRF secret)."""
@@ -89,9 +102,15 @@ class SessionStore:
     async def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
-        async with self._pool.acquire() as conn:
+        session = self._recent.get(session_id)
+        if session is not None and session.expires_at > time.time():
+            return self._remember(session)
+        async with self._pool.acquire() as conn:  # not remembered, or expired: the database deletes it
             found = await db.get(conn, id_hash(session_id))
-        return None if found is None else Session(id=session_id, stored_flash=found["flash"], **found)
+        if found is None:
+            self._recent.pop(session_id, None)
+            return None
+        return self._remember(Session(id=session_id, stored_flash=found["flash"], **found))
 
     async def save_flash(self, session: Session) -> None:
         """Write the flash message back if the request changed it (set one, or showed it)."""
@@ -101,6 +120,7 @@ class SessionStore:
             session.stored_flash = session.flash
 
     async def drop(self, session: Session) -> None:
+        self._recent.pop(session.id, None)
         async with self._pool.acquire() as conn:
             await db.delete(conn, id_hash(session.id))
 
