@@ -235,12 +235,18 @@ async def test_image_upload_streams_the_bytes_to_glance_with_the_token_kept_serv
     assert flash(page) == "Image deleted." and created["id"] not in page
 
 
+async def boot_server(cloud, name: str, image_name: str) -> str:
+    """A server of the demo project (no network) on a new image; its id."""
+    image = await add_image(cloud, image_name)
+    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
+        "name": name, "imageRef": image, "flavorRef": "1", "networks": "none"}})
+    assert status == 202, body
+    return body["server"]["id"]
+
+
 async def test_volume_create_attach_detach_delete(cloud, browser):
     await browser.login()
-    image = await add_image(cloud, "vol-image")
-    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
-        "name": "vol-host", "imageRef": image, "flavorRef": "1", "networks": "none"}})
-    server_id = body["server"]["id"]
+    server_id = await boot_server(cloud, "vol-host", "vol-image")
     _, page = await form_post(browser, "/dashboard/volumes", "/dashboard/volumes", {"name": "data", "size": "zero"})
     assert "size" in flash(page).lower() and 'id="flash"' in page  # Cinder's 400, on the page
     _, page = await form_post(browser, "/dashboard/volumes", "/dashboard/volumes", {"name": "data", "size": "1"})
@@ -363,10 +369,7 @@ async def test_instance_page_offers_the_serial_console_and_serves_xterm(cloud, b
     """Simulated hosts have no console to open, so the API's refusal is what the page gets; a real
     guest's URL goes to the page's terminal the same way (the vendored xterm.js over the websocket)."""
     await browser.login()
-    image = await add_image(cloud, "console-image")
-    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
-        "name": "console-vm", "imageRef": image, "flavorRef": "1", "networks": "none"}})
-    server_id = body["server"]["id"]
+    server_id = await boot_server(cloud, "console-vm", "console-image")
     await wait_for_status(cloud, server_id, "ACTIVE")
     _, page = await browser.get(f"/dashboard/instances/{server_id}")
     url = f"/dashboard/instances/{server_id}/console-url"
@@ -387,17 +390,13 @@ async def test_instance_page_offers_the_serial_console_and_serves_xterm(cloud, b
 
 def shown_actions(page: str) -> set[str]:
     """The action buttons the page shows (the hidden ones are there for the live update to reveal)."""
-    forms = re.findall(r'<form[^>]*data-action="([^"]+)"[^>]*>', page)
-    tags = re.findall(r'(<form[^>]*data-action="[^"]+"[^>]*>)', page)
-    return {name for name, tag in zip(forms, tags, strict=True) if " hidden>" not in tag.replace("\n", " ")}
+    tags = re.findall(r'<form[^>]*data-action="([^"]+)"([^>]*)>', page)
+    return {name for name, rest in tags if not rest.rstrip().endswith("hidden")}
 
 
 async def test_actions_follow_the_servers_state_and_show_the_apis_errors(cloud, browser):
     await browser.login()
-    image = await add_image(cloud, "actions-image")
-    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
-        "name": "acts-vm", "imageRef": image, "flavorRef": "1", "networks": "none"}})
-    server_id = body["server"]["id"]
+    server_id = await boot_server(cloud, "acts-vm", "actions-image")
     await wait_for_status(cloud, server_id, "ACTIVE")
     page_url = f"/dashboard/instances/{server_id}"
     action_url = f"{page_url}/action"
