@@ -257,10 +257,11 @@ class Server:
                 self.proc.kill()
 
 
-async def token(session: aiohttp.ClientSession, url: str, password: str) -> str:
+async def token(session: aiohttp.ClientSession, url: str, password: str, user: str = "admin") -> str:
+    """A token of ``user`` (admin or demo) scoped to the project of the same name."""
     body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "admin", "domain": {"id": "default"}, "password": password}}},
-        "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}
+        "name": user, "domain": {"id": "default"}, "password": password}}},
+        "scope": {"project": {"name": user, "domain": {"id": "default"}}}}}
     async with session.post(f"{url}/identity/v3/auth/tokens", json=body) as r:
         assert r.status == 201, await r.text()
         return r.headers["X-Subject-Token"]

@@ -96,9 +96,9 @@ async def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    async with admin_cloud("novalite-screenshots-", lab_config) as (session, url, password, headers, image):
-        server_id = await boot(session, url, headers, image)
-        saved = await asyncio.to_thread(shoot, url, password, server_id, args.out)
+    async with admin_cloud("novalite-screenshots-", lab_config) as cloud:
+        server_id = await boot(cloud.session, cloud.url, cloud.headers, cloud.image)
+        saved = await asyncio.to_thread(shoot, cloud.url, cloud.creds["admin"], server_id, args.out)
     for path in saved:
         print(f"{path} ({path.stat().st_size // 1024} KB)")
     return 0

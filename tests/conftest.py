@@ -41,9 +41,9 @@ setup_logging(os.environ.get("NOVALITE_TEST_LOG", "warning"), "console")
 # runs on two xdist workers (--dist loadgroup): these go to one of them, one after another; every
 # other module is a group of its own, so its module-scoped cloud is made once.
 SHARED_MACHINE = {
-    "test_configdrive_console", "test_console", "test_crash", "test_doctor", "test_first_start", "test_interfaces",
-    "test_kvm_probe", "test_lab_host", "test_lab_host_guest", "test_live_migration_guest", "test_metadata",
-    "test_network_forward", "test_networks",
+    "test_configdrive_console", "test_console", "test_crash", "test_dashboard_console_guest", "test_doctor",
+    "test_first_start", "test_interfaces", "test_kvm_probe", "test_lab_host", "test_lab_host_guest",
+    "test_live_migration_guest", "test_metadata", "test_network_forward", "test_networks",
     "test_nwfilter", "test_security_groups_proxy", "test_tenant_datapath", "test_tenant_metadata",
     "test_testimage", "test_virt_driver",
 }

@@ -12,10 +12,12 @@ import os
 import re
 
 import aiohttp
+import asyncpg
 import pytest
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 from yarl import URL
 
+from novalite.api import keys
 from novalite.dashboard import framework as fw
 from novalite.dashboard.sessions import COOKIE
 
@@ -54,9 +56,9 @@ class Browser:
         resp, _ = await self.post("/dashboard/login", form, allow_redirects=False, **kw)
         return resp
 
-    def session_token(self) -> str:
+    async def session_token(self) -> str:
         cookie = self.http.cookie_jar.filter_cookies(URL(self.cloud.url))[COOKIE].value
-        return self.cloud.app[fw.SESSIONS].get(cookie).token
+        return (await self.cloud.app[fw.SESSIONS].get(cookie)).token
 
     async def close(self) -> None:
         await self.http.close()
@@ -86,7 +88,7 @@ async def test_session_cookie_is_httponly_strict_and_secure_only_over_tls(browse
     cookie = resp.cookies[COOKIE]
     assert cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["secure"]
     assert len(cookie.value) >= 40  # a random id, not the token
-    assert cookie.value != browser.session_token()
+    assert cookie.value != await browser.session_token()
     tls = await browser.login(headers={"X-Forwarded-Proto": "https"})
     assert tls.cookies[COOKIE]["secure"]
 
@@ -118,7 +120,7 @@ async def test_posts_without_the_csrf_token_are_refused(cloud, browser):
 
 async def test_logout_revokes_the_token(cloud, browser):
     await browser.login()
-    token = browser.session_token()
+    token = await browser.session_token()
     async with cloud.session.get(cloud.url + "/compute/v2.1/servers", headers={"X-Auth-Token": token}) as r:
         assert r.status == 200
     resp, _ = await browser.post("/dashboard/logout", {"csrf_token": await browser.csrf("/dashboard/instances")},
@@ -171,7 +173,7 @@ async def test_a_member_gets_a_404_page_for_another_projects_instance(cloud, bro
 
 async def test_admin_switches_project_and_the_old_token_is_revoked(cloud, browser):
     await browser.login("admin", "admin")
-    old = browser.session_token()
+    old = await browser.session_token()
     _, page = await browser.get("/dashboard/instances")
     demo_id = re.search(r'<option value="([0-9a-f]+)">demo</option>', page).group(1)
     resp, page = await browser.post("/dashboard/project", {"csrf_token": await browser.csrf("/dashboard/instances"),
@@ -233,12 +235,18 @@ async def test_image_upload_streams_the_bytes_to_glance_with_the_token_kept_serv
     assert flash(page) == "Image deleted." and created["id"] not in page
 
 
+async def boot_server(cloud, name: str, image_name: str) -> str:
+    """A server of the demo project (no network) on a new image; its id."""
+    image = await add_image(cloud, image_name)
+    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
+        "name": name, "imageRef": image, "flavorRef": "1", "networks": "none"}})
+    assert status == 202, body
+    return body["server"]["id"]
+
+
 async def test_volume_create_attach_detach_delete(cloud, browser):
     await browser.login()
-    image = await add_image(cloud, "vol-image")
-    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
-        "name": "vol-host", "imageRef": image, "flavorRef": "1", "networks": "none"}})
-    server_id = body["server"]["id"]
+    server_id = await boot_server(cloud, "vol-host", "vol-image")
     _, page = await form_post(browser, "/dashboard/volumes", "/dashboard/volumes", {"name": "data", "size": "zero"})
     assert "size" in flash(page).lower() and 'id="flash"' in page  # Cinder's 400, on the page
     _, page = await form_post(browser, "/dashboard/volumes", "/dashboard/volumes", {"name": "data", "size": "1"})
@@ -361,10 +369,7 @@ async def test_instance_page_offers_the_serial_console_and_serves_xterm(cloud, b
     """Simulated hosts have no console to open, so the API's refusal is what the page gets; a real
     guest's URL goes to the page's terminal the same way (the vendored xterm.js over the websocket)."""
     await browser.login()
-    image = await add_image(cloud, "console-image")
-    status, body, _ = await cloud.compute("POST", "/servers", version="2.latest", json_body={"server": {
-        "name": "console-vm", "imageRef": image, "flavorRef": "1", "networks": "none"}})
-    server_id = body["server"]["id"]
+    server_id = await boot_server(cloud, "console-vm", "console-image")
     await wait_for_status(cloud, server_id, "ACTIVE")
     _, page = await browser.get(f"/dashboard/instances/{server_id}")
     url = f"/dashboard/instances/{server_id}/console-url"
@@ -379,3 +384,90 @@ async def test_instance_page_offers_the_serial_console_and_serves_xterm(cloud, b
         resp, text = await browser.get(f"/dashboard/static/vendor/{name}")
         assert resp.status == 200 and kind in resp.headers["Content-Type"], (name, resp.headers["Content-Type"])
     assert "xterm.js 6.0.0" in (await browser.get("/dashboard/static/vendor/README"))[1]
+
+
+# --- the instance page's server actions ------------------------------------------------------------
+
+def shown_actions(page: str) -> set[str]:
+    """The action buttons the page shows (the hidden ones are there for the live update to reveal)."""
+    tags = re.findall(r'<form[^>]*data-action="([^"]+)"([^>]*)>', page)
+    return {name for name, rest in tags if not rest.rstrip().endswith("hidden")}
+
+
+async def test_actions_follow_the_servers_state_and_show_the_apis_errors(cloud, browser):
+    await browser.login()
+    server_id = await boot_server(cloud, "acts-vm", "actions-image")
+    await wait_for_status(cloud, server_id, "ACTIVE")
+    page_url = f"/dashboard/instances/{server_id}"
+    action_url = f"{page_url}/action"
+    _, page = await browser.get(page_url)
+    assert shown_actions(page) == {"stop", "reboot", "pause", "suspend", "resize", "rebuild", "rescue", "shelve",
+                                   "createImage", "lock", "delete"}  # no migrate: the policy wants an admin
+    assert 'data-confirm="Rebuild acts-vm? Its disk is replaced by the image."' in page
+
+    csrf = await browser.csrf(page_url)
+    _, page = await browser.post(action_url, {"csrf_token": csrf, "action": "pause"})
+    assert flash(page) == "Pause requested."
+    await wait_for_status(cloud, server_id, "PAUSED")
+    async with browser.http.get(cloud.url + f"{page_url}/state.json") as r:
+        assert set((await r.json())["actions"]) == {"unpause", "shelve", "createImage", "lock", "delete"}
+    _, page = await browser.post(action_url, {"csrf_token": csrf, "action": "pause"})  # a stale page's button
+    status, api, _ = await cloud.compute("POST", f"/servers/{server_id}/action", json_body={"pause": None})
+    assert status == 409 and flash(page) == api["conflictingRequest"]["message"]
+
+    _, page = await form_post(browser, page_url, action_url, {"action": "unpause"})
+    await wait_for_status(cloud, server_id, "ACTIVE")
+    _, page = await form_post(browser, page_url, action_url, {"action": "resize", "flavor": "2"})
+    assert flash(page) == "Resize requested."
+    await wait_for_status(cloud, server_id, "VERIFY_RESIZE")
+    _, page = await browser.get(page_url)
+    assert {"confirmResize", "revertResize"} <= shown_actions(page) and "resize" not in shown_actions(page)
+    _, page = await form_post(browser, page_url, action_url, {"action": "revertResize"})
+    server = await wait_for_status(cloud, server_id, "ACTIVE")
+    assert server["flavor"]["original_name"] == "m1.tiny"
+
+    _, page = await form_post(browser, page_url, action_url, {"action": "createImage", "name": "acts-snap"})
+    assert flash(page) == "Create snapshot requested."
+    status, body, _ = await cloud.request("GET", "/image/v2/images?name=acts-snap")
+    assert [i["name"] for i in body["images"]] == ["acts-snap"]
+    _, page = await form_post(browser, page_url, action_url, {"action": "resize", "flavor": "nope"})
+    assert "nope" in flash(page) and "requested" not in flash(page)  # Nova's 400 for a flavor it lacks
+
+    admin = Browser(cloud)
+    try:
+        await admin.login("admin", "demo")
+        _, page = await admin.get(page_url)
+        assert {"migrate", "os-migrateLive"} <= shown_actions(page)
+    finally:
+        await admin.close()
+
+
+async def test_a_session_survives_a_restart_and_logout_deletes_its_row(pg_dsn, tmp_path):
+    """Sessions live in the database (by the hash of the cookie's id): a new process on the same
+    database knows the browser; logging out deletes the row and revokes the token."""
+    first = await start_cloud(pg_dsn, tmp_path)
+    dsn = first.app[keys.DSN]
+    browser = Browser(first)
+    try:
+        await browser.login()
+        token = await browser.session_token()
+        cookie = browser.http.cookie_jar.filter_cookies(URL(first.url))[COOKIE].value
+        await stop_cloud(first)
+        second = await start_cloud(pg_dsn, tmp_path, dsn=dsn)
+        browser.cloud = second
+        resp, page = await browser.get("/dashboard/instances", allow_redirects=False)
+        assert resp.status == 200 and '<span class="project">demo</span>' in page
+        conn = await asyncpg.connect(dsn)
+        try:
+            stored = await conn.fetch("SELECT id_hash, token FROM dashboard_sessions")
+            assert [r["id_hash"] for r in stored] == [hashlib.sha256(cookie.encode()).hexdigest()]
+            assert cookie not in str([dict(r) for r in stored])  # the id itself is never stored
+            await browser.post("/dashboard/logout", {"csrf_token": await browser.csrf("/dashboard/instances")})
+            assert await conn.fetchval("SELECT count(*) FROM dashboard_sessions") == 0
+        finally:
+            await conn.close()
+        async with second.session.get(second.url + "/compute/v2.1/servers", headers={"X-Auth-Token": token}) as r:
+            assert r.status == 401
+    finally:
+        await browser.close()
+        await stop_cloud(browser.cloud)

@@ -15,6 +15,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from novalite.api import keys
 from novalite.dashboard import admin, auth, images, instances, keypairs, networks, volumes
 from novalite.dashboard import framework as fw
 from novalite.dashboard.client import ApiClient
@@ -40,7 +41,9 @@ def dashboard_app() -> web.Application:
     return app
 
 
-async def client_ctx(app: web.Application) -> AsyncIterator[None]:
+async def dashboard_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The session store on the database pool (made by an earlier context), the API client's pool."""
+    app[fw.SESSIONS] = SessionStore(app[keys.DB])
     yield
     await app[fw.CLIENT].close()
 
@@ -48,9 +51,8 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
 def add_routes(app: web.Application) -> None:
     """The dashboard under /dashboard, and ``GET /`` sending browsers there. The session store
     and the API client live on the main app (pages read them through ``config_dict``)."""
-    app[fw.SESSIONS] = SessionStore()
     app[fw.CLIENT] = ApiClient()
-    app.cleanup_ctx.append(client_ctx)
+    app.cleanup_ctx.append(dashboard_ctx)
     app.add_subapp(fw.PREFIX, dashboard_app())
     app.router.add_get("/", home)
     app.router.add_get(fw.PREFIX, home)

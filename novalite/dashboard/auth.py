@@ -70,7 +70,7 @@ async def login(request: web.Request) -> web.Response:
     if not fields["project_id"]:
         await client.call(request, "DELETE", TOKENS, fields["token"], headers={"X-Subject-Token": fields["token"]})
         return login_page(request, "This user has no project to log in to; name one.", values, status=401)
-    session = request.config_dict[fw.SESSIONS].create(**fields, **await token_extras(request, fields["token"]))
+    session = await request.config_dict[fw.SESSIONS].create(**fields, **await token_extras(request, fields["token"]))
     resp = fw.redirect("/instances")
     set_cookie(request, resp, session)
     resp.del_cookie(fw.LOGIN_CSRF_COOKIE, path=fw.url("/login"))
@@ -100,7 +100,7 @@ async def switch_project(request: web.Request) -> web.Response:
         raise fw.PageError(answer.status, answer.message())
     old = session.token
     fields = token_fields(answer)
-    request.config_dict[fw.SESSIONS].replace_token(session, **fields, **await token_extras(request, fields["token"]))
+    await request.config_dict[fw.SESSIONS].replace_token(session, **fields, **await token_extras(request, fields["token"]))
     await request.config_dict[fw.CLIENT].call(request, "DELETE", TOKENS, old, headers={"X-Subject-Token": old})
     raise fw.redirect("/instances")
 
@@ -110,7 +110,7 @@ async def logout(request: web.Request) -> web.Response:
     session = fw.session_of(request)
     await request.config_dict[fw.CLIENT].call(request, "DELETE", TOKENS, session.token,
                                               headers={"X-Subject-Token": session.token})
-    request.config_dict[fw.SESSIONS].drop(session)
+    await request.config_dict[fw.SESSIONS].drop(session)
     resp = fw.redirect("/login")
     clear_cookie(resp)
     raise resp

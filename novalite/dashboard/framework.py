@@ -88,7 +88,7 @@ async def api(request: web.Request, method: str, path: str, *, body: dict | None
     answer = await request.config_dict[CLIENT].call(request, method, path, session_of(request).token, body=body,
                                                     headers=headers, params=params, data=data)
     if answer.status == 401:
-        request.config_dict[SESSIONS].drop(session_of(request))
+        await request.config_dict[SESSIONS].drop(session_of(request))
         raise web.HTTPFound(url("/login"))
     return answer
 
@@ -135,6 +135,15 @@ async def dashboard_middleware(request: web.Request, handler: Handler) -> web.St
     """Security headers on every answer; a session (else the login page) and a checked CSRF token
     on every POST; PageErrors and unknown paths as HTML pages."""
     try:
+        return await _page(request, handler)
+    finally:  # a flash message set for the next page, or shown on this one, is written back
+        if (session := request.get(SESSION)) is not None:
+            await request.config_dict[SESSIONS].save_flash(session)
+
+
+async def _page(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, or the error page in its place, with the security headers."""
+    try:
         resp = await _guarded(request, handler)
     except PageError as exc:
         resp = render(request, "error.html", {"status": exc.status, "message": exc.message}, status=exc.status)
@@ -151,7 +160,7 @@ async def dashboard_middleware(request: web.Request, handler: Handler) -> web.St
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     is_public = getattr(handler, "dashboard_public", False) or request.path.startswith(url("/static/"))
-    session = request.config_dict[SESSIONS].get(request.cookies.get(COOKIE))
+    session = await request.config_dict[SESSIONS].get(request.cookies.get(COOKIE))
     if session is not None:
         request[SESSION] = session
     elif not is_public:

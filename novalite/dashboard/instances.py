@@ -12,18 +12,12 @@ from aiohttp import web
 
 from novalite.api import keys
 from novalite.dashboard import framework as fw
+from novalite.dashboard import server_actions as buttons
 
 SERVERS = "/compute/v2.1/servers"
 POWER_STATES = {0: "No state", 1: "Running", 3: "Paused", 4: "Shut down", 6: "Crashed", 7: "Suspended"}
 TIMELINE_ACTIONS = 10  # the newest actions drawn on the instance page
 CONSOLE_LINES = 200
-ACTIONS = {  # the page's buttons → the compute API's server actions
-    "stop": {"os-stop": None},
-    "start": {"os-start": None},
-    "reboot": {"reboot": {"type": "SOFT"}},
-    "lock": {"lock": None},
-    "unlock": {"unlock": None},
-}
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -52,8 +46,7 @@ def addresses(server: dict) -> str:
 
 def row(server: dict, image_names: dict[str, str], now: datetime) -> dict:
     """What one line of the instances table shows (the HTML page and its JSON updates alike)."""
-    image = server.get("image") or {}
-    image_id = image.get("id", "") if isinstance(image, dict) else ""
+    image = image_id(server)
     task = server.get("OS-EXT-STS:task_state")
     return {
         "id": server["id"],
@@ -63,7 +56,7 @@ def row(server: dict, image_names: dict[str, str], now: datetime) -> dict:
         "power_state": POWER_STATES.get(server.get("OS-EXT-STS:power_state"), ""),
         "addresses": addresses(server),
         "flavor": (server.get("flavor") or {}).get("original_name", ""),
-        "image": image_names.get(image_id, image_id[:8]) if image_id else "(volume)",
+        "image": image_names.get(image, image[:8]) if image else "(volume)",
         "host": server.get("OS-EXT-SRV-ATTR:host") or "",
         "age": age(server.get("created"), now),
         "locked": bool(server.get("locked")),
@@ -80,20 +73,43 @@ def list_query(request: web.Request) -> dict[str, str]:
     return query
 
 
-async def image_names(request: web.Request) -> dict[str, str]:
+async def images(request: web.Request) -> list[dict]:
+    """The images the user sees (for names in the tables and the rebuild picker)."""
     answer = await fw.api(request, "GET", "/image/v2/images", params={"limit": "1000"})
-    return {i["id"]: i.get("name") or i["id"][:8] for i in (answer.body or {}).get("images", [])} if answer.ok else {}
+    return (answer.body or {}).get("images", []) if answer.ok else []
+
+
+def names_of(found: list[dict]) -> dict[str, str]:
+    return {i["id"]: i.get("name") or i["id"][:8] for i in found}
+
+
+async def image_names(request: web.Request) -> dict[str, str]:
+    return names_of(await images(request))
+
+
+def image_id(server: dict) -> str:
+    image = server.get("image") or {}
+    return image.get("id", "") if isinstance(image, dict) else ""  # "" when booted from a volume
+
+
+async def known_image_names(request: web.Request, servers: list[dict]) -> dict[str, str]:
+    """The names of the servers' images, asked of the image API only when one is new to this session:
+    the live list polls every second, and in a boot storm each API call waits behind the storm's."""
+    session = fw.session_of(request)
+    if not {image_id(s) for s in servers} - {""} <= session.image_names.keys():
+        session.image_names = await image_names(request)
+    return session.image_names
 
 
 async def server_rows(request: web.Request) -> dict:
     """One page of the project's servers: rows, the next page's marker, the API's error if any."""
     query = list_query(request)
-    servers, names = await asyncio.gather(fw.api(request, "GET", f"{SERVERS}/detail", params=query),
-                                          image_names(request))
+    servers = await fw.api(request, "GET", f"{SERVERS}/detail", params=query)
     if not servers.ok:
         return {"rows": [], "next": None, "error": servers.message()}
     now = datetime.now(UTC)
     found = servers.body.get("servers", [])
+    names = await known_image_names(request, found)
     rows = [row(s, names, now) for s in found]
     full = len(found) == int(query["limit"])
     return {"rows": rows, "next": rows[-1]["id"] if full and rows else None, "error": ""}
@@ -192,8 +208,8 @@ def timeline(action: dict, now: datetime) -> dict:
     """An instance action as bars: each event's offset and width in % of the action's span."""
     events = sorted(action.get("events") or [], key=lambda e: e.get("start_time") or "")
     start = parse_time(action.get("start_time")) or now
-    ends = [parse_time(e.get("finish_time")) or now for e in events] or [start]
-    span = max((max(ends) - start).total_seconds(), 1e-3)
+    ends = [parse_time(e.get("finish_time")) or now for e in events]  # an action may have no events (a lock)
+    span = max((max(ends, default=start) - start).total_seconds(), 1e-3)
     steps = []
     for event, end in zip(events, ends, strict=True):
         began = parse_time(event.get("start_time")) or start
@@ -251,15 +267,30 @@ async def scheduling(request: web.Request, path: str) -> dict:
     return {**doc, "matrix": verdict_matrix(doc), "error": ""}
 
 
+async def flavors(request: web.Request) -> list[dict]:
+    """The flavors the user may pick (the resize picker)."""
+    answer = await fw.api(request, "GET", "/compute/v2.1/flavors/detail")
+    return (answer.body or {}).get("flavors", []) if answer.ok else []
+
+
+def action_buttons(request: web.Request, server: dict) -> list[dict]:
+    """Every button of the page, each with whether it shows now (the page's script updates that live)."""
+    shown = buttons.allowed(request, fw.session_of(request), server)
+    return [{"name": name, "label": b.label, "picker": b.picker, "shown": name in shown,
+             "confirm": buttons.confirm_text(name, server.get("name", ""))} for name, b in buttons.BUTTONS.items()]
+
+
 async def detail(request: web.Request) -> web.Response:
     path = server_path(request)
     server = (await fw.api_ok(request, "GET", path))["server"]
     now = datetime.now(UTC)
-    names, steps, verdicts, console = await asyncio.gather(
-        image_names(request), timelines(request, path, now), scheduling(request, path), console_text(request, path))
+    found, flavor_list, steps, verdicts, console = await asyncio.gather(
+        images(request), flavors(request), timelines(request, path, now), scheduling(request, path),
+        console_text(request, path))
     return fw.render(request, "instance.html", {
-        "server": server, "row": row(server, names, now), "timelines": steps, "scheduling": verdicts,
-        "console": console, "metadata": server.get("metadata") or {}, "actions": ACTIONS,
+        "server": server, "row": row(server, names_of(found), now), "timelines": steps, "scheduling": verdicts,
+        "console": console, "metadata": server.get("metadata") or {}, "buttons": action_buttons(request, server),
+        "images": [i for i in found if i.get("status") == "active"], "flavors": flavor_list,
         "state_url": fw.url(f"/instances/{quote(server['id'])}/state.json"),
         "console_url": fw.url(f"/instances/{quote(server['id'])}/console.json"),
         "terminal_url": fw.url(f"/instances/{quote(server['id'])}/console-url"),
@@ -273,7 +304,9 @@ async def state_json(request: web.Request) -> web.Response:
         return web.json_response({"gone": True})
     if not answer.ok:
         raise fw.PageError(answer.status, answer.message())
-    return web.json_response({"gone": False, "row": row(answer.body["server"], {}, datetime.now(UTC))})
+    server = answer.body["server"]
+    return web.json_response({"gone": False, "row": row(server, {}, datetime.now(UTC)),
+                              "actions": buttons.allowed(request, fw.session_of(request), server)})
 
 
 async def console_json(request: web.Request) -> web.Response:
@@ -293,15 +326,16 @@ async def console_url(request: web.Request) -> web.Response:
 async def server_action(request: web.Request) -> web.Response:
     """POST: one of the page's actions; the API's answer (an error, say a locked server) is shown next."""
     path = server_path(request)
-    name = str(fw.form_of(request).get("action", ""))
-    if name == "delete":
-        answer = await fw.api(request, "DELETE", path)
-    elif name in ACTIONS:
-        answer = await fw.api(request, "POST", f"{path}/action", body=ACTIONS[name])
-    else:
+    form = fw.form_of(request)
+    name = str(form.get("action", ""))
+    if name not in buttons.BUTTONS:
         raise fw.PageError(400, f"Unknown action {name!r}.")
+    button = buttons.BUTTONS[name]
+    body = button.body(form)
+    answer = await (fw.api(request, "DELETE", path) if body is None
+                    else fw.api(request, "POST", f"{path}/action", body=body))
     session = fw.session_of(request)
-    session.flash = f"{name.capitalize()} requested." if answer.ok else answer.message()
+    session.flash = f"{button.label} requested." if answer.ok else answer.message()
     if name == "delete" and answer.ok:
         raise fw.redirect("/instances")
     raise fw.redirect(f"/instances/{quote(request.match_info['server_id'])}")

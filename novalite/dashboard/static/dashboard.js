@@ -79,6 +79,9 @@ function liveInstance() {
       const value = state.row[dd.dataset.field];
       dd.textContent = typeof value === "boolean" ? (value ? "yes" : "no") : value;
     }
+    for (const form of document.querySelectorAll("#actions form[data-action]")) {
+      form.hidden = !state.actions.includes(form.dataset.action);
+    }
     return state.row.busy;
   });
   const consoleLog = document.getElementById("console-log");
@@ -190,6 +193,7 @@ function serialConsole() {
     button.disabled = true;
     const term = new window.Terminal();
     term.open(document.getElementById("terminal"));
+    term.element.scrollIntoView({ block: "nearest" }); // xterm draws nothing while out of view
     const ws = new WebSocket(answer.body.url, ["binary"]);
     ws.binaryType = "arraybuffer";
     ws.addEventListener("open", () => {
