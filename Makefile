@@ -14,10 +14,11 @@ TEST_WORKERS ?= 2
 test: test-setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not qemu" $(PYTEST_ARGS)
 
-# Real TCG guests under qemu:///system (boot, rebuild, rescue, resize, snapshot, shelve, volumes,
-# and the Debian cloud image with cloud-init, built once and cached in /var/tmp): ~15 minutes.
+# Real TCG guests under qemu:///system and a lab host (boot, rebuild, rescue, resize, snapshot,
+# shelve, volumes, live migration, the dashboard's console); the Debian cloud image is
+# `make e2e-cloud` (CI's 30 minutes no longer hold both).
 e2e: test-setup
-	$(PY) -m pytest -q -m qemu --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "qemu and not cloudimage" --durations=25 $(PYTEST_ARGS)
 
 # The Debian cloud image (built once with mmdebstrap, cached in /var/tmp) booted with cloud-init.
 e2e-cloud: test-setup
