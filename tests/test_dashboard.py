@@ -200,6 +200,19 @@ async def form_post(browser, page: str, action: str, fields: dict) -> tuple[aioh
     return await browser.post(action, {"csrf_token": await browser.csrf(page), **fields})
 
 
+async def wait_for_host(cloud, server_id: str, wanted, timeout: float = 30) -> str:
+    """Until the server (as the admin sees it) is ACTIVE with no task on a host ``wanted`` accepts."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        _, body, _ = await cloud.compute("GET", f"/servers/{server_id}", user="admin")
+        server = body["server"]
+        host = server["OS-EXT-SRV-ATTR:host"]
+        if server["status"] == "ACTIVE" and server["OS-EXT-STS:task_state"] is None and wanted(host):
+            return host
+        assert asyncio.get_running_loop().time() < deadline, server
+        await asyncio.sleep(0.1)
+
+
 def flash(page: str) -> str:
     found = re.search(r'id="flash">([^<]*)<', page)
     return html.unescape(found.group(1)) if found else ""
@@ -438,6 +451,17 @@ async def test_actions_follow_the_servers_state_and_show_the_apis_errors(cloud, 
         await admin.login("admin", "demo")
         _, page = await admin.get(page_url)
         assert {"migrate", "os-migrateLive"} <= shown_actions(page)
+        # The buttons move the server: live to the other host, then cold back and confirmed.
+        source = (await wait_for_status(cloud, server_id, "ACTIVE", user="admin"))["OS-EXT-SRV-ATTR:host"]
+        _, page = await form_post(admin, page_url, action_url, {"action": "os-migrateLive"})
+        assert flash(page) == "Live migrate requested."
+        moved = await wait_for_host(cloud, server_id, lambda host: host != source)
+        _, page = await form_post(admin, page_url, action_url, {"action": "migrate"})
+        assert flash(page) == "Migrate requested."
+        await wait_for_status(cloud, server_id, "VERIFY_RESIZE", user="admin")
+        _, page = await form_post(admin, page_url, action_url, {"action": "confirmResize"})
+        server = await wait_for_status(cloud, server_id, "ACTIVE", user="admin")
+        assert server["OS-EXT-SRV-ATTR:host"] == source != moved
     finally:
         await admin.close()
 

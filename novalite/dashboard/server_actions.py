@@ -15,13 +15,8 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from novalite.api import keys
-from novalite.compute import states
 from novalite.compute.actions import SPECS, ActionSpec
 from novalite.dashboard.sessions import Session
-
-# Nova's live_migrate check_instance_state (compute/api.py); cold migrate is a resize without a flavor
-# and takes resize's states.
-LIVE_MIGRATE = ActionSpec("live-migration", "live-migration", (states.ACTIVE, states.PAUSED), (None,), "migrating")
 
 
 @dataclass(frozen=True)
@@ -69,10 +64,11 @@ BUTTONS: dict[str, Button] = {
     "unshelve": Button("Unshelve", "os_compute_api:os-shelve:unshelve", simple("unshelve"), SPECS["unshelve"]),
     "createImage": Button("Create snapshot", "os_compute_api:servers:create_image",
                           field("createImage", "name", "name"), SPECS["createImage"], picker="name"),
-    "migrate": Button("Migrate", "os_compute_api:os-migrate-server:migrate", simple("migrate"), SPECS["resize"],
+    "migrate": Button("Migrate", "os_compute_api:os-migrate-server:migrate", simple("migrate"), SPECS["migrate"],
                       confirm=" It restarts on another host."),
     "os-migrateLive": Button("Live migrate", "os_compute_api:os-migrate-server:migrate_live",
-                             simple("os-migrateLive", {"host": None, "block_migration": "auto"}), LIVE_MIGRATE,
+                             simple("os-migrateLive", {"host": None, "block_migration": "auto"}),
+                             SPECS["live-migration"],
                              confirm=" It moves to another host while running."),
     "lock": Button("Lock", "os_compute_api:os-lock-server:lock", simple("lock")),
     "unlock": Button("Unlock", "os_compute_api:os-lock-server:unlock", simple("unlock")),
