@@ -192,10 +192,16 @@ async def test_a_host_unreachable_at_start_starts_down_and_comes_up_when_it_answ
     try:
         async with aiohttp.ClientSession() as session:
 
+            starts = 0
+
             async def started() -> dict[str, str]:
-                """Serve, log in: the hosts' service states as os-services shows them."""
+                """Serve, log in: the hosts' service states as os-services shows them once the
+                start's bring-up is done (the API serves before it)."""
+                nonlocal starts
                 serve.start()
+                starts += 1
                 await serve.wait_listening(port)
+                await serve.wait_event("hosts_ready", starts)
                 password = json.loads((tmp_path / "state" / "credentials.json").read_text())["admin"]
                 session.headers["X-Auth-Token"] = await admin_token(session, base, password)
                 return await states()

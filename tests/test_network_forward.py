@@ -96,7 +96,7 @@ def test_a_remote_host_gets_the_config_drive_forced(uri: str, forced: bool) -> N
 @pytest.mark.asyncio
 async def test_a_forward_change_redefines_the_network_on_the_test_driver(tmp_path) -> None:
     uri = write_test_node(tmp_path / "fwd.xml", "fwd", vcpus=2, memory_mb=2048)
-    async with LibvirtDriver(uri, "qemu", disk_gb=10) as drv:
+    async with LibvirtDriver(uri, "qemu") as drv:
         isolated = spec(name="nl-fwd-t", host_routes=())
         bridge = await drv.ensure_network(isolated)
         assert forward_of(await drv.network_xml(isolated.name)) == (None, bridge, "10.20.0.1")
@@ -127,7 +127,7 @@ async def test_nat_and_bridge_networks_on_qemu_system(tmp_path) -> None:
     base = cidr.rsplit(".", 1)[0]
     nat = spec(name=f"{tag}-nat", uuid=str(uuid.uuid4()), cidr=cidr, gateway=f"{base}.1",
                dhcp_start=f"{base}.2", dhcp_end=f"{base}.254", forward="nat", host_routes=())
-    async with LibvirtDriver("qemu:///system", "qemu", disk_gb=1, state_dir=tmp_path) as drv:
+    async with LibvirtDriver("qemu:///system", "qemu", state_dir=tmp_path) as drv:
         if not await drv.is_alive():
             pytest.skip("qemu:///system is not reachable")
         conn = libvirt.open("qemu:///system")

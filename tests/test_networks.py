@@ -85,7 +85,7 @@ async def test_a_rescheduled_build_moves_its_port_to_the_new_host(pool, tmp_path
     """The build takes the networks the create resolved; a retry on another host (a reschedule)
     gets the port made on the first one, moved with its DHCP entry, not a second port."""
     cfg = _config(tmp_path, [])
-    sim1, sim2 = (LibvirtDriver(write_test_node(tmp_path / f"{name}.xml", name, 4, 4096), "test", disk_gb=1)
+    sim1, sim2 = (LibvirtDriver(write_test_node(tmp_path / f"{name}.xml", name, 4, 4096), "test")
                   for name in ("sim1", "sim2"))  # two hosts, each with its own networks
     api = NetworkAPI(pool, cfg, {"sim1": sim1, "sim2": sim2})
     await api.ensure_networks()

@@ -141,7 +141,7 @@ def _hostsfile(cmdline: list[str]) -> str:
                     reason="needs libvirtd (qemu:///system) and dnsmasq")
 async def test_overlapping_tenant_networks_get_own_bridges_and_dhcp_namespaces(pool, tmp_path, prefix):
     cfg = _config(tmp_path, prefix)
-    driver = LibvirtDriver("qemu:///system", "qemu", disk_gb=1, state_dir=tmp_path / "state")
+    driver = LibvirtDriver("qemu:///system", "qemu", state_dir=tmp_path / "state")
     api = NetworkAPI(pool, cfg, {"local": driver})
     try:
         await api.ensure_networks()
@@ -195,8 +195,8 @@ async def test_overlapping_tenant_networks_get_own_bridges_and_dhcp_namespaces(p
                     reason="needs libvirtd (qemu:///system) and dnsmasq")
 async def test_restart_adopts_dnsmasq_and_removes_stale_namespace(pool, tmp_path, prefix):
     cfg = _config(tmp_path, prefix)
-    driver = LibvirtDriver("qemu:///system", "qemu", disk_gb=1, state_dir=tmp_path / "state")
-    again = LibvirtDriver("qemu:///system", "qemu", disk_gb=1, state_dir=tmp_path / "state")
+    driver = LibvirtDriver("qemu:///system", "qemu", state_dir=tmp_path / "state")
+    again = LibvirtDriver("qemu:///system", "qemu", state_dir=tmp_path / "state")
     try:
         api = NetworkAPI(pool, cfg, {"local": driver})
         await api.ensure_networks()
@@ -231,7 +231,7 @@ async def test_restart_adopts_dnsmasq_and_removes_stale_namespace(pool, tmp_path
 @pytest.mark.skipif(not _qemu_system_available(), reason="needs libvirtd (qemu:///system)")
 async def test_tenant_network_without_dhcp_is_a_bare_bridge(pool, tmp_path, prefix):
     cfg = _config(tmp_path, prefix)
-    driver = LibvirtDriver("qemu:///system", "qemu", disk_gb=1, state_dir=tmp_path / "state")
+    driver = LibvirtDriver("qemu:///system", "qemu", state_dir=tmp_path / "state")
     api = NetworkAPI(pool, cfg, {"local": driver})
     try:
         net = await _tenant_network(pool, prefix, "p-a", dhcp=False)
@@ -246,7 +246,7 @@ async def test_tenant_network_without_dhcp_is_a_bare_bridge(pool, tmp_path, pref
 
 
 async def test_remote_host_refuses_tenant_network(pool, tmp_path, prefix):
-    driver = LibvirtDriver("qemu+ssh://nowhere.invalid/system", "qemu", disk_gb=1, state_dir=tmp_path)
+    driver = LibvirtDriver("qemu+ssh://nowhere.invalid/system", "qemu", state_dir=tmp_path)
     api = NetworkAPI(pool, _config(tmp_path, prefix), {"far": driver})
     net = await _tenant_network(pool, prefix, "p-a")
     instance = str(uuid.uuid4())
@@ -259,7 +259,7 @@ async def test_remote_host_refuses_tenant_network(pool, tmp_path, prefix):
 async def test_simulated_host_keeps_tenant_networks_in_its_connection(pool, tmp_path, prefix):
     uri = write_test_node(tmp_path / "sim1.xml", "sim1", 4, 8192)
     cfg = _config(tmp_path, prefix)
-    driver = LibvirtDriver(uri, "test", disk_gb=1, state_dir=tmp_path / "state")
+    driver = LibvirtDriver(uri, "test", state_dir=tmp_path / "state")
     try:
         api = NetworkAPI(pool, cfg, {"sim1": driver})
         await api.ensure_networks()
@@ -295,7 +295,7 @@ async def test_simulated_host_keeps_tenant_networks_in_its_connection(pool, tmp_
 async def test_concurrent_boots_and_deletes_on_one_tenant_network(pool, tmp_path, prefix):
     """Ports come and go concurrently: the network is on the host exactly while one is bound there."""
     uri = write_test_node(tmp_path / "sim1.xml", "sim1", 4, 8192)
-    driver = LibvirtDriver(uri, "test", disk_gb=1, state_dir=tmp_path / "state")
+    driver = LibvirtDriver(uri, "test", state_dir=tmp_path / "state")
     try:
         api = NetworkAPI(pool, _config(tmp_path, prefix), {"sim1": driver})
         net = await _tenant_network(pool, prefix, "p-a")
