@@ -74,7 +74,7 @@ async def test_hypervisors_usage_and_microversions(cloud):
     assert h["service"] == {"id": nodes["sim1"]["id"], "host": "sim1", "disabled_reason": None}
 
     _, body, _ = await cloud.compute("GET", "/os-hypervisors/detail", user="admin", version="2.88")
-    h = body["hypervisors"][0]
+    h = next(h for h in body["hypervisors"] if h["hypervisor_hostname"] == "sim1")
     assert h["id"] == str(nodes["sim1"]["uuid"]) and "vcpus" not in h and "cpu_info" not in h
     assert h["uptime"] and h["service"]["id"] == str(nodes["sim1"]["service_uuid"])
     status, _, _ = await cloud.compute("GET", "/os-hypervisors/statistics", user="admin", version="2.88")
