@@ -269,7 +269,8 @@ async def wait_logged(server: storm.Server, event: str, timeout: float = 300) ->
     """Until the server's log has `event` (its log is JSON, one event a line)."""
     log = server.config.parent / "server.log"
     deadline = time.monotonic() + timeout
-    while f'"event": "{event}"' not in log.read_text():
+    wanted = (f'"event":"{event}"', f'"event": "{event}"')  # compact (orjson) or json.dumps lines
+    while not any(w in log.read_text() for w in wanted):
         assert time.monotonic() < deadline, f"no {event} in {timeout} s: see {log}"
         await asyncio.sleep(0.2)
 
