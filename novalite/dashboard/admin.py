@@ -38,7 +38,8 @@ def usage(h: dict, most_instances: int) -> list[dict]:
 
 async def hypervisors(request: web.Request) -> web.Response:
     body = await fw.api_ok(request, "GET", HYPERVISORS, headers={"OpenStack-API-Version": USAGE_VERSION})
-    found = body.get("hypervisors", [])
+    # By name: the API lists by id, and hosts brought up concurrently get ids in no set order.
+    found = sorted(body.get("hypervisors", []), key=lambda h: h.get("hypervisor_hostname") or "")
     most = max([h.get("running_vms", 0) for h in found] + [1])
     rows = [{**h, "bars": usage(h, most)} for h in found]
     return fw.render(request, "admin_hypervisors.html", {"hypervisors": rows})
