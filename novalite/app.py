@@ -227,22 +227,49 @@ def metadata_ctx(config: Config):
         network_api = app[keys.NETWORK_API]
         listeners = MetadataListeners(MetadataService(app[keys.DB], config, network_api))
         app[keys.METADATA] = listeners
+        later: asyncio.Task[None] | None = None
         if config.metadata.enabled and _local_qemu(config):
-            for network_id, gateway in network_api.metadata_networks.items():
-                try:
-                    await listeners.listen(network_id, gateway, config.metadata.port)
-                except OSError as exc:
-                    log.warning("metadata_listen_failed", network_id=network_id, address=gateway,
-                                port=config.metadata.port, error=str(exc))
-                    continue
-                log.info("metadata_listening", network_id=network_id, address=gateway, port=config.metadata.port)
+            # A gateway whose bridge is already up (a restart) is served at once; the others once
+            # the hosts are up: they come up in the background while the API serves, and their
+            # bridges carry the gateway addresses.
+            waiting = await _listen_metadata(listeners, network_api.metadata_networks, config.metadata.port,
+                                             quiet=True)
+            if waiting:
+                later = asyncio.create_task(_listen_when_hosts_up(app, listeners, waiting, config.metadata.port),
+                                            name="metadata-listen")
             await network_api.watch_tenant_metadata(listeners.serve_socket)
         try:
             yield
         finally:
+            if later is not None:
+                later.cancel()
+                await asyncio.gather(later, return_exceptions=True)
             await listeners.close()
 
     return ctx
+
+
+async def _listen_metadata(listeners: MetadataListeners, gateways: dict[str, str], port: int,
+                           quiet: bool = False) -> dict[str, str]:
+    """Listen on each network's gateway; returns those that could not be bound (logged unless quiet)."""
+    failed: dict[str, str] = {}
+    for network_id, gateway in gateways.items():
+        try:
+            await listeners.listen(network_id, gateway, port)
+        except OSError as exc:
+            failed[network_id] = gateway
+            if not quiet:
+                log.warning("metadata_listen_failed", network_id=network_id, address=gateway, port=port,
+                            error=str(exc))
+            continue
+        log.info("metadata_listening", network_id=network_id, address=gateway, port=port)
+    return failed
+
+
+async def _listen_when_hosts_up(app: web.Application, listeners: MetadataListeners, gateways: dict[str, str],
+                                port: int) -> None:
+    await app[keys.HOSTS_READY].wait()
+    await _listen_metadata(listeners, gateways, port)
 
 
 def volume_ctx(config: Config):
