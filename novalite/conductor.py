@@ -324,10 +324,9 @@ class Conductor:
         async with self.pool.acquire() as conn:
             inst = await db.get(conn, uuid)
             migration = await migration_records.latest(conn, uuid, [migration_records.PRE_MIGRATING])
-            volume_hosts = await migration_records.volume_hosts(conn, uuid)
         if inst is None or migration is None or inst["task_state"] != RESIZE_PREP:
             return
-        spec = resize_request_spec(inst, migration, allow_same_host, volume_hosts)
+        spec = resize_request_spec(inst, migration, allow_same_host)
         host = await self._schedule_move(uuid, request_id, migration, spec, CONDUCTOR_EVENT, RESIZE_PREP)
         if host is not None and self.cast_resize is not None:
             self.cast_resize(host, "prep_resize", uuid, request_id, migration["id"])

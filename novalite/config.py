@@ -241,6 +241,9 @@ class DeadlinesConfig(_Section):
     building: float = Field(600, gt=0)  # each build step: networking, block_device_mapping, spawning
     deleting: float = Field(600, gt=0)
     power_action: float = Field(600, gt=0)  # powering-off/on, rebooting*, pausing, suspending, ...
+    # Moves copying disks and volumes between hosts (migrating, resize_*, an evacuation's volume move):
+    # Nova bounds none of them but a live migration's copy (800 s per GiB); one hour by default.
+    migrating: float = Field(3600, gt=0)
     watchdog_interval: float = Field(10, gt=0)
 
 

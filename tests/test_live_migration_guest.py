@@ -3,7 +3,10 @@
 The hosts share no storage: the migration is a block migration (the root overlay's top layer,
 over a base image each host caches itself, copied by libvirt while the guest runs). The guest
 prints its uptime every second on its serial console (a user_data script): read through the
-API, it keeps counting across both moves, and it never boots again.
+API, it keeps counting across both moves, and it never boots again. A small Cinder volume is
+attached first: the guest writes a marker on it once and, every second, reads it back from the
+disk (page cache dropped); the marker still read on each destination proves the block migration
+copied the volume in full (a volume has no backing chain) and the attachment followed it.
 """
 
 from __future__ import annotations
@@ -18,13 +21,26 @@ import pytest
 from conftest import wait_for_status
 from test_guest_e2e import qemu_cloud, test_image  # noqa: F401  (test_image is a fixture)
 from test_lab_host import lab, virsh
+from test_volumes import volume_call, wait_volume
 
 from novalite.api import keys
 
 pytestmark = pytest.mark.qemu
 
-TICKS = "#!/bin/sh\nwhile true; do echo tick $(cut -d' ' -f1 /proc/uptime); sleep 1; done\n"
+TICKS = """#!/bin/sh
+while true; do
+  v=""
+  if [ -b /dev/vdb ]; then
+    [ -e /tmp/marked ] || { printf VOLMARK42 > /dev/vdb; sync; touch /tmp/marked; }
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    v=" vol=$(head -c 9 /dev/vdb | tr -cd A-Z0-9)"
+  fi
+  echo tick $(cut -d' ' -f1 /proc/uptime)$v
+  sleep 1
+done
+"""
 TICK = re.compile(r"NOVALITE-GUEST: script: tick (\d+\.\d+)")
+MARKED = re.compile(r"NOVALITE-GUEST: script: tick (\d+\.\d+) vol=VOLMARK42")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +100,19 @@ async def migrate(cloud, sid: str, host: str | None) -> dict:
     return server
 
 
+async def marked_past(cloud, sid: str, since: float) -> None:
+    """The guest read its volume's marker from the disk at an uptime later than ``since``."""
+    for _ in range(30):
+        if any(float(t) > since for t in MARKED.findall(await console(cloud, sid))):
+            return
+        await asyncio.sleep(1)
+    raise AssertionError(f"no volume marker read after {since}: {(await console(cloud, sid))[-2000:]}")
+
+
+async def volume_host(cloud, vid: str) -> str:
+    return (await wait_volume(cloud, vid, "in-use", user="admin"))["os-vol-host-attr:host"].split("@")[0]
+
+
 async def test_a_running_guest_moves_to_the_lab_host_and_back(two_hosts):
     cloud = two_hosts
     status, body, _ = await cloud.compute("POST", "/servers", user="admin", version="2.37", json_body={"server": {
@@ -92,19 +121,31 @@ async def test_a_running_guest_moves_to_the_lab_host_and_back(two_hosts):
         "user_data": base64.b64encode(TICKS.encode()).decode()}})
     assert status == 202, body
     sid = body["server"]["id"]
+    status, body, _ = await volume_call(cloud, "POST", "/volumes", user="admin", json_body={"volume": {"size": 1}})
+    assert status == 202, body
+    vid = body["volume"]["id"]
     try:
         server = await wait_for_status(cloud, sid, {"ACTIVE", "ERROR"}, user="admin", timeout=180)
         assert server["status"] == "ACTIVE", server.get("fault")
-        before = (await ticking_past(cloud, sid, 0.0, 120))[-1]
+        await ticking_past(cloud, sid, 0.0, 120)
+        await wait_volume(cloud, vid, "available", user="admin")
+        status, body, _ = await cloud.compute("POST", f"/servers/{sid}/os-volume_attachments", user="admin",
+                                              json_body={"volumeAttachment": {"volumeId": vid}})
+        assert status == 200, body
+        await marked_past(cloud, sid, 0.0)
+        before = (await ticking_past(cloud, sid, 0.0))[-1]
 
         server = await migrate(cloud, sid, "lab")
         assert server["OS-EXT-SRV-ATTR:host"] == "lab"
         after = await ticking_past(cloud, sid, before)
+        await marked_past(cloud, sid, before)  # read from the lab host's copy
+        assert await volume_host(cloud, vid) == "lab"
         text = await console(cloud, sid)
         assert "boot kernel=" not in text, text[-2000:]  # the same guest, not a new boot
         assert after[0] > before  # the log there starts with the guest already up
         xml = virsh(cloud.lab_uri, "dumpxml", sid)
         assert str(cloud.config.state_dir) not in xml and "/var/lib/libvirt/images/" in xml
+        assert f"volume-{vid}" in xml
         assert subprocess.run(["virsh", "-c", "qemu:///system", "domstate", sid], capture_output=True,
                               timeout=30).returncode != 0  # gone from the source
 
@@ -112,9 +153,14 @@ async def test_a_running_guest_moves_to_the_lab_host_and_back(two_hosts):
         assert server["OS-EXT-SRV-ATTR:host"] == "local"
         back = await ticking_past(cloud, sid, after[-1])
         assert "boot kernel=" not in await console(cloud, sid) and back[-1] > after[-1]
+        await marked_past(cloud, sid, after[-1])
+        assert await volume_host(cloud, vid) == "local"
     finally:
         await cloud.compute("DELETE", f"/servers/{sid}", user="admin")
         await wait_for_status(cloud, sid, "DELETED", user="admin", timeout=60)
+        await wait_volume(cloud, vid, "available", user="admin")
+        await volume_call(cloud, "DELETE", f"/volumes/{vid}", user="admin")
+        await wait_volume(cloud, vid, "deleted", user="admin")
     for host in ("local", "lab"):
         manager = cloud.app[keys.COMPUTES][host]
         assert await manager.driver.get_info(sid) is None

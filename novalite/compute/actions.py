@@ -137,12 +137,12 @@ class ServerActions:
                  unshelve_instance: Callable[[str, str], None] | None = None,
                  volumes: VolumeAPI | None = None, images: ImageWriter | None = None,
                  evacuate_server: Callable[[str, str, str | None], None] | None = None,
-                 live_migrate: Callable[[str, str], None] | None = None) -> None:
+                 live_migrate: Callable[[str, str, bool], None] | None = None) -> None:
         """``migrate_server`` is the conductor's resize cast (uuid, request_id, allow_same_host);
         ``evacuate_server`` its evacuation cast (uuid, request_id, admin_password);
         ``unshelve_instance`` casts an accepted unshelve to the conductor (it schedules offloaded servers);
         ``volumes`` and ``images`` (the image store) make volume-backed snapshots; ``live_migrate``
-        casts an accepted live migration to the conductor's task (uuid, request_id)."""
+        casts an accepted live migration to the conductor's task (uuid, request_id, force)."""
         self.pool = pool
         self.computes = computes
         self.config = config
@@ -211,13 +211,14 @@ class ServerActions:
         self.migrate_server(str(inst["uuid"]), ctx.request_id, False)
 
     async def evacuate(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None,
-                       admin_password: str | None, stop: bool) -> None:
+                       admin_password: str | None, stop: bool, force: bool = False) -> None:
         """Nova's evacuate (no lock check, as in Nova): the instance's host must be down; the conductor
-        picks another host (or checks ``host``) and the instance is rebuilt there from its image."""
+        picks another host (or checks ``host``; ``force``: takes it without the filters) and the
+        instance is rebuilt there from its image."""
         check_instance_state(SPECS["evacuate"], inst)
         if self.evacuate_server is None:
             raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
-        await self.evacuations.accept(ctx, inst, host, stop)
+        await self.evacuations.accept(ctx, inst, host, stop, force)
         self.evacuate_server(str(inst["uuid"]), ctx.request_id, admin_password)
 
     async def confirm_resize(self, ctx: RequestContext, inst: asyncpg.Record) -> None:
@@ -273,14 +274,16 @@ class ServerActions:
         await self.shelves.accept_unshelve(ctx, inst, new_az, host, authorize_host)
         self.unshelve_instance(str(inst["uuid"]), ctx.request_id)
 
-    async def live_migrate(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None) -> None:
+    async def live_migrate(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None,
+                           force: bool = False) -> None:
         """Nova's live_migrate: lock and state (ACTIVE or PAUSED, no task), the host known,
-        ``migrating`` with an accepted migration, the cast to the conductor."""
+        ``migrating`` with an accepted migration, the cast to the conductor (``force`` with a
+        host: the scheduler's filters are skipped for it, its claim is still made)."""
         self._host_of(ctx, inst, SPECS["live-migration"])
         if self.live_migrate_instance is None:
             raise exception.Conflict(f"Instance {inst['uuid']} is not ready")
         await self.lives.accept(ctx, inst, host)
-        self.live_migrate_instance(str(inst["uuid"]), ctx.request_id)
+        self.live_migrate_instance(str(inst["uuid"]), ctx.request_id, bool(force and host))
 
     async def live_migrate_force_complete(self, ctx: RequestContext, inst: asyncpg.Record, migration_id: int) -> None:
         """Nova's live_migrate_force_complete: ACTIVE and migrating, the migration running; the source pauses it."""

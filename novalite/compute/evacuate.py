@@ -73,9 +73,10 @@ class EvacuateCheck:
         self.pool = pool
         self.config = config
 
-    async def accept(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None, stop: bool
-                     ) -> asyncpg.Record:
+    async def accept(self, ctx: RequestContext, inst: asyncpg.Record, host: str | None, stop: bool,
+                     force: bool = False) -> asyncpg.Record:
         """Validate, move the instance to ``rebuilding`` with an ``accepted`` evacuation record; return it.
+        ``force`` (2.29–2.67, with a host): the scheduler's filters are skipped for that host.
 
         The caller has checked the instance's state and casts to the conductor afterwards."""
         uuid = str(inst["uuid"])
@@ -89,7 +90,7 @@ class EvacuateCheck:
                 log.error("evacuate_source_up", instance_uuid=uuid, host=inst["host"])
                 raise exception.Invalid(f"Compute service of {inst['host']} is still in use.")
         spec = dict(inst["request_spec"] or {})
-        spec["requested_destination"] = {"host": host} if host else None
+        spec["requested_destination"] = {"host": host, "force": force} if host else None
         spec[STOP_KEY] = stop
         async with self.pool.acquire() as conn, conn.transaction():
             migration = await start_move(conn, ctx, inst, "evacuate", vm_states=EVACUATE_VM_STATES,
@@ -105,9 +106,12 @@ class EvacuateCheck:
 
 def evacuate_request_spec(inst: asyncpg.Record, migration: asyncpg.Record) -> dict:
     """The scheduling request of an evacuation: the instance's flavor, its down host ignored, a named
-    host forced (its filters still run), the claim made as a move's (the old host's held)."""
+    host forced (its filters still run unless the request said ``force``), the claim made as a
+    move's (the old host's held)."""
     spec = dict(inst["request_spec"] or {})
-    wanted = (spec.pop("requested_destination", None) or {}).get("host")
+    requested = spec.pop("requested_destination", None) or {}
+    wanted = requested.get("host")
+    spec["skip_filters"] = bool(wanted and requested.get("force"))
     spec.pop(STOP_KEY, None)
     spec["flavor"] = inst["flavor"]
     spec["migration"] = {"id": migration["id"], "uuid": str(migration["uuid"]),
@@ -192,7 +196,7 @@ class EvacuateManager:
     async def _adopt_volumes(self, uuid: str) -> None:
         """The instance's volumes in another host's pool move into this host's (re-runnable: a
         volume already here stays)."""
-        volume_api = self.manager.volume_build.volumes if self.manager.volume_build is not None else None
+        volume_api = self.manager.volume_api
         if volume_api is None:
             return
         async with self.pool.acquire() as conn:

@@ -13,13 +13,17 @@ Mirrors Nova's compute API ``live_migrate`` / ``live_migrate_force_complete`` /
   is carried by the migration (:func:`scheduler.manager.claim_move`), so nothing overcommits.
 - Source (:class:`LiveMigrationManager`): ``queued`` → ``preparing``: the destination gets
   the disks (an overlay on its own copy of the base image, the same sizes; the read-only config
-  drive uploaded; an empty console log), the networks, DHCP entries and port filters →
+  drive uploaded; an empty console log), empty copies of its Cinder volumes (same size and
+  format, filled in full by the same block migration), the networks, DHCP entries and port filters →
   ``running``: libvirt migrates the guest (live, block: the hosts share no storage) in a worker
   thread while its job info is written into the migration record → ``completed``: ports bound
-  to the destination, host/node, power state and the claims moved in one transaction, the
-  source's volumes removed. A failure or an abort leaves the guest running on the source:
-  the destination's leftovers go, migration ``error`` (``cancelled`` after an abort), ACTIVE
-  with the event failed.
+  to the destination, host/node, power state, the volume rows and the claims moved in one
+  transaction, the source's disks and volume copies removed. A failure or an abort leaves the
+  guest running on the source: the destination's leftovers (volume copies too) go, migration
+  ``error`` (``cancelled`` after an abort), ACTIVE with the event failed.
+- A delete meanwhile aborts it first, as Nova's does, then removes what it made on both hosts
+  (:meth:`LiveMigrationManager.cleanup_for_delete`).
+- ``force`` (2.30–2.67) with a host: the scheduler's filters are skipped for it; the claim is made.
 
 Hosts of libvirt's test driver cannot migrate; there the driver defines and starts the domain
 on the destination and destroys it on the source (:meth:`VirtDriver.migrate_live`), so the API
@@ -41,10 +45,11 @@ import structlog
 
 from novalite import exception
 from novalite.compute import states
-from novalite.compute.failures import Failure, fail_instance
+from novalite.compute.failures import Failure, fail_instance, finish_superseded, moved_on
 from novalite.context import RequestContext
 from novalite.db import instances as db
 from novalite.db import migration_records as migrations
+from novalite.db import volumes as volumes_db
 from novalite.scheduler.manager import NoValidHost, Scheduler, Selection
 from novalite.virt import power_state
 
@@ -126,18 +131,18 @@ class LiveMigrationCheck:
 # -- conductor side -----------------------------------------------------------------
 
 
-def live_request_spec(inst: asyncpg.Record, migration: asyncpg.Record, volume_hosts: list[str]) -> dict:
+def live_request_spec(inst: asyncpg.Record, migration: asyncpg.Record, force: bool = False) -> dict:
     """The scheduling request of a live migration: the same flavor, never the current host; the
-    named host only (its filters still run); an instance with volumes stays where they are (they
-    live in one host's pool), which leaves no host."""
+    named host only, its filters run unless ``force`` (Nova's 2.30–2.67 ``force``: the filters are
+    skipped, the claim is still made). Volumes are no pin: they are copied with the disks."""
     spec = dict(inst["request_spec"] or {})
     spec["flavor"] = dict(inst["flavor"])
     spec["migration"] = {"id": migration["id"], "uuid": str(migration["uuid"]),
                          "source_compute": migration["source_compute"], "task_state": MIGRATING,
                          "status": migrations.ACCEPTED}
     spec["ignore_hosts"] = [inst["host"]]
-    forced = set(volume_hosts) | ({migration["dest_compute"]} if migration["dest_compute"] else set())
-    spec["force_hosts"] = sorted(forced)
+    spec["force_hosts"] = [migration["dest_compute"]] if migration["dest_compute"] else []
+    spec["skip_filters"] = bool(force and migration["dest_compute"])
     spec.pop("scheduler_hints", None)
     spec.pop("retry", None)
     return spec
@@ -154,19 +159,19 @@ class LiveMigrationTask:
         self.cast_live = cast_live
         self.spawn = spawn
 
-    def live_migrate(self, uuid: str, request_id: str) -> None:
-        """Cast: schedule a live migration the compute API accepted."""
-        self.spawn(self._live_migrate(uuid, request_id))
+    def live_migrate(self, uuid: str, request_id: str, force: bool = False) -> None:
+        """Cast: schedule a live migration the compute API accepted (``force``: to its named host
+        without the filters)."""
+        self.spawn(self._live_migrate(uuid, request_id, force))
 
-    async def _live_migrate(self, uuid: str, request_id: str) -> None:
+    async def _live_migrate(self, uuid: str, request_id: str, force: bool) -> None:
         structlog.contextvars.bind_contextvars(request_id=request_id, instance_uuid=uuid)
         async with self.pool.acquire() as conn:
             inst = await db.get(conn, uuid)
             migration = await migrations.latest(conn, uuid, [migrations.ACCEPTED])
-            volume_hosts = await migrations.volume_hosts(conn, uuid)
         if inst is None or migration is None or inst["task_state"] != MIGRATING:
             return
-        selection = await self.scheduler.select_move(live_request_spec(inst, migration, volume_hosts), uuid,
+        selection = await self.scheduler.select_move(live_request_spec(inst, migration, force), uuid,
                                                      request_id, migration["id"], CONDUCTOR_EVENT)
         if isinstance(selection, Selection):
             self.cast_live(inst["host"], uuid, request_id, migration["id"])
@@ -202,13 +207,16 @@ class LiveMigrationManager:
         self.peers = peers
         self.pub = f"nova-compute:{self.host}"
         self._aborts: set[int] = set()  # migrations asked to abort while queued or preparing
+        self._running: dict[int, asyncio.Task] = {}  # the runs of this (source) host, by migration id
         # Fault injection for tests and drills (as ComputeManager.fail_spawn): awaited once the
         # migration is ``running``, before the guest moves.
         self.before_move: Callable[[str, int], Coroutine[Any, Any, None]] | None = None
 
     def cast(self, uuid: str, request_id: str, migration_id: int) -> None:
         """Cast: run the live migration from this (the source) host as one of its tracked tasks."""
-        self.manager.spawn_task(self.live_migration(uuid, request_id, migration_id))
+        task = self.manager.spawn_task(self.live_migration(uuid, request_id, migration_id))
+        self._running[migration_id] = task
+        task.add_done_callback(lambda _task: self._running.pop(migration_id, None))
 
     def _peer(self, host: str | None) -> ComputeManager:
         peer = self.peers(host) if host else None
@@ -254,7 +262,7 @@ class LiveMigrationManager:
             event = PRE_EVENT
             await self._enter(uuid, request_id, migration_id, PRE_EVENT, dest.host, (migrations.QUEUED,),
                               migrations.PREPARING)
-            await dest.live.pre_live_migration(inst, self.manager)
+            volume_paths = await dest.live.pre_live_migration(inst, self.manager)
             await self._done(uuid, request_id, PRE_EVENT)
             event = MIGRATE_EVENT
             await self._enter(uuid, request_id, migration_id, MIGRATE_EVENT, self.host, (migrations.PREPARING,),
@@ -262,7 +270,7 @@ class LiveMigrationManager:
             if self.before_move is not None:
                 await self.before_move(uuid, migration_id)
             self._check_abort(migration_id)
-            await self._migrate(uuid, migration_id, dest)
+            await self._migrate(uuid, migration_id, dest, volume_paths)
         except Exception as exc:
             aborted = isinstance(exc, MigrationAborted) or migration_id in self._aborts
             self._aborts.discard(migration_id)
@@ -285,9 +293,11 @@ class LiveMigrationManager:
         if migration_id in self._aborts:
             raise MigrationAborted("Migration was aborted")
 
-    async def _migrate(self, uuid: str, migration_id: int, dest: ComputeManager) -> None:
-        """libvirt's migration in a worker; meanwhile its job info goes into the migration record."""
-        paths = {f"{self.manager.store.pool.target}/": f"{dest.store.pool.target}/"}
+    async def _migrate(self, uuid: str, migration_id: int, dest: ComputeManager, volume_paths: dict[str, str]
+                       ) -> None:
+        """libvirt's migration in a worker; meanwhile its job info goes into the migration record.
+        ``volume_paths``: each Cinder volume's path here → its empty copy's on the destination."""
+        paths = {**volume_paths, f"{self.manager.store.pool.target}/": f"{dest.store.pool.target}/"}
         move = asyncio.ensure_future(self.driver.migrate_live(uuid, dest.driver, paths))
         while not move.done():
             await asyncio.wait({move}, timeout=PROGRESS_INTERVAL)
@@ -312,14 +322,41 @@ class LiveMigrationManager:
         changing and the copy converges; it runs again on the destination (post)."""
         await self.driver.pause(uuid)
 
+    async def abort_overdue(self, uuid: str) -> bool:
+        """The watchdog's first answer to a live migration past its deadline (Nova's
+        live_migration_completion_timeout with its default action, abort): the run from this host
+        is aborted and rolls back, so the guest stays here, ACTIVE, with the migration
+        ``cancelled``. False when no run of it goes on here or it was aborted already: then the
+        watchdog fails the instance (and a guest that still moves takes the row along, see post)."""
+        async with self.pool.acquire() as conn:
+            rows = await migrations.live_of_instance(conn, uuid, migrations.LIVE_OPEN)
+        fresh = [m["id"] for m in rows if m["id"] in self._running and m["id"] not in self._aborts]
+        for migration_id in fresh:
+            log.warning("live_migration_overdue_aborted", instance_uuid=uuid, migration_id=migration_id)
+            await self.abort(uuid, migration_id)
+        return bool(fresh)
+
+    async def stop(self, uuid: str, migration_id: int) -> None:
+        """Abort the migration and wait until its run from this host has ended (rolled back, or,
+        when the guest had already moved, finished or superseded)."""
+        await self.abort(uuid, migration_id)
+        task = self._running.get(migration_id)
+        if task is not None:
+            await asyncio.wait({task})
+        self._aborts.discard(migration_id)
+
     # -- destination: pre_live_migration -----------------------------------------------
-    async def pre_live_migration(self, inst: asyncpg.Record, source: ComputeManager) -> None:
+    async def pre_live_migration(self, inst: asyncpg.Record, source: ComputeManager) -> dict[str, str]:
         """Destination: the guest's volumes made here (same names and sizes; a root overlay on this
         host's copy of the base image, so only the top layer is copied), the config drive uploaded
         (libvirt copies no read-only disk), the kernel and ramdisk cached; its networks, DHCP
-        entries and port filters here too. The console log is started anew by this host's virtlogd."""
+        entries and port filters here too. The console log is started anew by this host's virtlogd.
+        Its Cinder volumes get empty copies of the same size and format in this host's volume pool,
+        which the block migration fills in full (a volume has no backing chain: its top layer, all
+        libvirt's incremental copy takes, is all of it); returns their paths there → here."""
         uuid = str(inst["uuid"])
         m = self.manager
+        volume_paths = await self._volume_copies(uuid, source.host)
         if not m.simulated:
             await m.store.remove(uuid)  # re-runnable: what an interrupted attempt left
             for name in await source.store.names(uuid):
@@ -339,12 +376,24 @@ class LiveMigrationManager:
                     await m.store.image(ref)
         if m.network_api is not None:
             await m.network_api.prepare_host(uuid, self.host)
+        return volume_paths
+
+    async def _volume_copies(self, uuid: str, source: str) -> dict[str, str]:
+        """Empty copies here of the instance's Cinder volumes on ``source``: their source path → this host's."""
+        volume_api = self.manager.volume_api
+        if volume_api is None:
+            return {}
+        async with self.pool.acquire() as conn:
+            vols = [v for v in await volumes_db.for_instance(conn, uuid) if v["host"] == source]
+        return {v["path"]: await volume_api.copy_to(v, self.host, empty=True) for v in vols}
 
     # -- destination: post_live_migration_at_destination --------------------------------
     async def post_live_migration(self, inst: asyncpg.Record, migration_id: int, request_id: str) -> None:
-        """Destination: the guest runs here. Ports bound here; host, node, power state, the
-        migration ``completed`` and the source's claim dropped in one transaction; the source's
-        volumes removed. Re-runnable (recovery calls it when the guest was found here)."""
+        """Destination: the guest runs here. Ports bound here; host, node, power state, the volume
+        rows, the migration ``completed`` and the source's claim dropped in one transaction; the
+        source's disks and volume copies removed. Re-runnable (recovery calls it when the guest was
+        found here). An instance failed meanwhile by the watchdog still follows its guest here
+        (migration ``error``); one being deleted is left to the delete, which removes it here."""
         uuid = str(inst["uuid"])
         await self._event(uuid, request_id, POST_EVENT, self.host)
         async with self.pool.acquire() as conn:
@@ -355,20 +404,44 @@ class LiveMigrationManager:
             info = await self.driver.get_info(uuid)
         if self.manager.network_api is not None:
             await self.manager.network_api.bind_ports_to_host(uuid, self.host)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await db.compare_and_set(conn, uuid, expect_task_state=MIGRATING, task_state=None, host=self.host,
-                                     node=migration["dest_node"],
-                                     power_state=info.power_state if info else power_state.NOSTATE)
-            await migrations.set_status(conn, migration_id, list(migrations.LIVE_OPEN), migrations.COMPLETED)
-            await migrations.drop_source_allocation(conn, str(migration["uuid"]))
-            await db.event_finish(conn, uuid, request_id, POST_EVENT)
-            await db.finish_action(conn, uuid, request_id)
-            await db.notify(conn, "instance.live_migration_post.end", {"host": self.host},
-                            publisher_id=self.pub, instance_uuids=[uuid], request_id=request_id)
+        power = info.power_state if info else power_state.NOSTATE
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._take_over(conn, uuid, migration, power, {"expect_task_state": MIGRATING},
+                                      migrations.COMPLETED)
+                await db.event_finish(conn, uuid, request_id, POST_EVENT)
+                await db.finish_action(conn, uuid, request_id)
+                await db.notify(conn, "instance.live_migration_post.end", {"host": self.host},
+                                publisher_id=self.pub, instance_uuids=[uuid], request_id=request_id)
+        except db.StateConflict as conflict:
+            actual = conflict.actual
+            failed = actual is not None and not actual["deleted"] and actual["vm_state"] == states.ERROR \
+                and actual["task_state"] is None
+            async with self.pool.acquire() as conn, conn.transaction():
+                if failed:  # by the watchdog: ERROR, but where the guest really runs
+                    await self._take_over(conn, uuid, migration, power,
+                                          {"expect_vm_state": states.ERROR, "expect_task_state": None},
+                                          migrations.ERROR)
+                await finish_superseded(conn, uuid, request_id, POST_EVENT, moved_on(conflict))
+            if not failed:
+                return
         source = self.peers(migration["source_compute"])
         if source is not None:
             await source.store.remove(uuid)
+        if self.manager.volume_api is not None:
+            await self.manager.volume_api.drop_copies(uuid, migration["source_compute"])
         log.info("live_migrated", instance_uuid=uuid, source=migration["source_compute"], dest=self.host)
+
+    async def _take_over(self, conn: asyncpg.Connection, uuid: str, migration: asyncpg.Record, power: int,
+                         expect: dict[str, Any], status: str) -> None:
+        """In the caller's transaction: the instance's row (from ``expect``), its volume rows and
+        the claims follow the guest, which runs here; the migration ends in ``status``."""
+        await db.compare_and_set(conn, uuid, task_state=None, host=self.host, node=migration["dest_node"],
+                                 power_state=power, **expect)
+        if self.manager.volume_api is not None:  # the attachments name this host's copies now
+            await self.manager.volume_api.follow(conn, uuid, self.host)
+        await migrations.set_status(conn, migration["id"], list(migrations.LIVE_OPEN), status)
+        await migrations.drop_source_allocation(conn, str(migration["uuid"]))
 
     # -- source: rollback_live_migration --------------------------------------------------
     async def rollback(self, inst: asyncpg.Record, migration_id: int, request_id: str, dest: ComputeManager | None,
@@ -395,11 +468,36 @@ class LiveMigrationManager:
         log.warning("live_migration_rolled_back", instance_uuid=uuid, status=status, reason=reason)
 
     async def rollback_at_destination(self, uuid: str) -> None:
-        """Destination: what pre_live_migration (or a cut-off migration) left here goes."""
+        """Destination: what pre_live_migration (or a cut-off migration) left here goes, the
+        empty or half-filled copies of the Cinder volumes (their rows name the source) too."""
         await self.driver.destroy(uuid)
         await self.manager.store.remove(uuid)
         if self.manager.network_api is not None:
             await self.manager.network_api.unprepare_host(uuid, self.host)
+        if self.manager.volume_api is not None:
+            await self.manager.volume_api.drop_copies(uuid, self.host)
+
+    # -- a delete in the middle ------------------------------------------------------------
+    async def cleanup_for_delete(self, uuid: str) -> None:
+        """The instance is being deleted (its host is this one): as Nova does, an open live
+        migration is aborted first and its run waited for; then what it made on the other host
+        goes (domain, disks, volume copies, DHCP entries and port filters), the claim it held is
+        freed and it ends ``cancelled``. The caller removes what is here."""
+        async with self.pool.acquire() as conn:
+            rows = await migrations.live_of_instance(conn, uuid, migrations.LIVE_OPEN)
+        for m in rows:
+            source = self.peers(m["source_compute"]) if m["source_compute"] else None
+            if source is not None:
+                await source.live.stop(uuid, m["id"])
+            for host in {m["source_compute"], m["dest_compute"]} - {None, self.host}:
+                peer = self.peers(host)
+                if peer is not None:
+                    await peer.live.rollback_at_destination(uuid)
+            async with self.pool.acquire() as conn, conn.transaction():
+                await migrations.drop_source_allocation(conn, str(m["uuid"]))
+                with contextlib.suppress(migrations.MigrationConflict):
+                    await migrations.set_status(conn, m["id"], list(migrations.LIVE_OPEN), migrations.CANCELLED)
+            log.info("live_migration_cancelled_by_delete", instance_uuid=uuid, migration_id=m["id"])
 
 
 # -- recovery after a crash -----------------------------------------------------------

@@ -58,6 +58,7 @@ from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt import power_state
 from novalite.virt.configdrive import build_config_drive
 from novalite.virt.driver import GuestSpec, HostInfo, NicSpec, VirtError
+from novalite.volume.api import VolumeAPI
 from novalite.volume.build import VolumeBuild
 
 log = structlog.get_logger(__name__)
@@ -363,10 +364,17 @@ class ComputeManager:
         except Exception:
             log.exception("power_sync_failed", host=self.host)
 
-    def spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
+        """Run ``coro`` as one of this host's tracked tasks (a shutdown waits for them); the task."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def volume_api(self) -> VolumeAPI | None:
+        """The volume service (a moving server's Cinder volumes); None when volumes are off."""
+        return self.volume_build.volumes if self.volume_build is not None else None
 
     async def _serve(self) -> None:
         while True:
@@ -748,6 +756,7 @@ class ComputeManager:
             await db.event_start(conn, uuid, request_id, "compute_terminate_instance", self.host)
             await db.notify(conn, "instance.delete.start", {"host": self.host},
                             publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id)
+        await self.live.cleanup_for_delete(uuid)  # a live migration is aborted first, as Nova does
         await self._undo_build(uuid)
         await self.resize.cleanup_for_delete(uuid)  # a resize's other host and its held claim
         if self.volume_build is not None:  # delete_on_termination volumes go, the others become available

@@ -14,15 +14,19 @@ conductor's MigrationTask, compute/manager.py ``prep_resize`` → ``resize_insta
 - Destination ``prep_resize`` (notifications only: the claim is made) → source
   ``resize_instance``: ``resize_migrating``, the disk-down check (Nova's
   "Unable to resize disk down." rolls back to the source), the guest stopped and its domain
-  removed, its volumes copied to the destination's pool (the originals stay on the source);
-  ``resize_migrated`` with the host moved → destination ``finish_resize``:
+  removed, its volumes copied to the destination's pool, its Cinder volumes too (the originals
+  stay on the source); ``resize_migrated`` with the host moved and the volume rows (hence the
+  attachments) naming the destination's copies, in one transaction → destination ``finish_resize``:
   ``resize_finish`` with the new flavor on the row (so quota, counted from the
   instances table as Nova's legacy counting does, moves exactly here), disks grown, the
   guest defined with the new vCPUs and memory (started unless it was STOPPED) →
   vm_state ``resized`` (VERIFY_RESIZE), migration ``finished``.
-- confirm: the source's leftovers (domain, ``<uuid>_resize``) and its claim go; ACTIVE (or
-  STOPPED). revert (``resize_reverting``): the destination's guest and copy go, the source
-  volumes are used again, the old flavor and host come back, the claim moves back.
+- confirm: the source's leftovers (domain, ``<uuid>_resize``, its Cinder volume copies) and its
+  claim go; ACTIVE (or STOPPED). revert (``resize_reverting``): the destination's guest and copy
+  go, the source volumes are used again (the volume rows name them again, with the host, in one
+  transaction; then the destination's copies go), the old flavor and host come back, the claim
+  moves back. Keeping the originals until confirm/revert (as for the disks) is what makes every
+  step re-runnable: a copy is never the only one until a row names it.
 
 Disks move as volumes through libvirt streams (:meth:`InstanceStore.copy`: an overlay is
 flattened by its host, downloaded and uploaded into the destination's pool), so the hosts
@@ -51,6 +55,7 @@ from novalite.db import boot as lookups
 from novalite.db import catalog
 from novalite.db import instances as db
 from novalite.db import migration_records as migrations
+from novalite.db import volumes as volumes_db
 from novalite.periodic import Periodic
 from novalite.virt import power_state
 
@@ -296,18 +301,17 @@ class ResizeCheck:
 # -- conductor side -----------------------------------------------------------------
 
 
-def resize_request_spec(inst: asyncpg.Record, migration: asyncpg.Record, allow_same_host: bool,
-                        volume_hosts: list[str]) -> dict:
+def resize_request_spec(inst: asyncpg.Record, migration: asyncpg.Record, allow_same_host: bool) -> dict:
     """The scheduling request of a resize or cold migration: the new flavor, the source ignored unless
-    same-host is allowed, the host a cold migration named (the filters still judge it); an instance
-    with volumes stays where its volumes are (they live in one host's pool)."""
+    same-host is allowed, the host a cold migration named (the filters still judge it). Volumes
+    are no pin: they move with the disks."""
     spec = dict(inst["request_spec"] or {})
     wanted = (spec.pop("requested_destination", None) or {}).get("host")
     spec["flavor"] = migration["new_flavor"]
     spec["migration"] = {"id": migration["id"], "uuid": str(migration["uuid"]),
                          "source_compute": migration["source_compute"]}
     spec["ignore_hosts"] = [] if allow_same_host else [inst["host"]]
-    spec["force_hosts"] = sorted(set(volume_hosts)) if volume_hosts else ([wanted] if wanted else [])
+    spec["force_hosts"] = [wanted] if wanted else []
     spec.pop("scheduler_hints", None)  # same_host/different_host were for the boot
     spec.pop("retry", None)
     return spec
@@ -465,6 +469,8 @@ class ResizeManager:
                     await migrations.set_status(conn, migration_id, migrations.MIGRATING, migrations.POST_MIGRATING)
                     await db.compare_and_set(conn, uuid, expect_task_state=RESIZE_MIGRATING,
                                              task_state=RESIZE_MIGRATED, host=dest, node=migration["dest_node"])
+                    if self.manager.volume_api is not None and dest != self.host:
+                        await self.manager.volume_api.follow(conn, uuid, dest)  # the attachments follow
                     await db.event_finish(conn, uuid, request_id, RESIZE_EVENT)
                     await db.notify(conn, "instance.resize.end", {"host": self.host}, publisher_id=self.pub,
                                     instance_uuids=[uuid], request_id=request_id)
@@ -475,13 +481,21 @@ class ResizeManager:
 
     async def migrate_disk_and_power_off(self, inst: asyncpg.Record, dest: ComputeManager) -> None:
         """Stop the guest (cleanly, within shutdown_timeout), remove its domain here, and copy its
-        volumes to the destination's pool; the originals stay here (as ``<name>_resize`` when the
-        destination is this host) until confirm/revert. Re-runnable: a cut-off copy is made again."""
+        volumes to the destination's pool, its Cinder volumes too (to another host); the originals
+        stay here (as ``<name>_resize`` when the destination is this host) until confirm/revert, and
+        the volume rows name the copies only once the instance's host moves. Re-runnable: a cut-off
+        copy is made again."""
         uuid = str(inst["uuid"])
         info = await self.driver.get_info(uuid)
         if info is not None and info.power_state == power_state.RUNNING:
             await self.driver.power_off(uuid, self.config.compute.shutdown_timeout)
         await self.driver.destroy(uuid)
+        volume_api = self.manager.volume_api
+        if volume_api is not None and dest.host != self.host:
+            async with self.pool.acquire() as conn:
+                vols = [v for v in await volumes_db.for_instance(conn, uuid) if v["host"] == self.host]
+            for vol in vols:
+                await volume_api.copy_to(vol, dest.host)
         if self.manager.simulated or dest.simulated:
             return
         store = self.manager.store
@@ -627,10 +641,13 @@ class ResizeManager:
         log.info("resize_confirmed", vm_state=vm_state)
 
     async def clean_source(self, uuid: str, migration: asyncpg.Record) -> None:
-        """Remove what the source kept for a revert: its domain (unless the guest now runs here) and ``<uuid>_resize``."""
+        """Remove what the source kept for a revert: its domain (unless the guest now runs here),
+        ``<uuid>_resize``, its copies of the Cinder volumes that moved."""
         if migration["dest_compute"] != self.host:
             await self.driver.destroy(uuid)
             await self.manager.store.remove(uuid)
+            if self.manager.volume_api is not None:
+                await self.manager.volume_api.drop_copies(uuid, self.host)
         else:
             await self.manager.store.remove(uuid, [n + RESIZE_SUFFIX for n in MOVED])
 
@@ -670,10 +687,14 @@ class ResizeManager:
                         **flavor_columns(old),
                     )
                     await migrations.revert_allocation(conn, uuid, str(migration["uuid"]))
+                    if self.manager.volume_api is not None:  # the originals kept here are used again
+                        await self.manager.volume_api.follow(conn, uuid, self.host)
             except db.StateConflict as conflict:
                 await self._superseded(uuid, request_id, FINISH_REVERT_EVENT, str(conflict))
                 return
             try:
+                if self.manager.volume_api is not None and migration["dest_compute"] != self.host:
+                    await self.manager.volume_api.drop_copies(uuid, migration["dest_compute"])
                 await self._restore_dir(uuid)
                 stopped = migration["old_vm_state"] == states.STOPPED
                 await self.spawn_here(inst, old, stopped)
@@ -713,6 +734,8 @@ class ResizeManager:
         if dest is not None and dest.host != self.host:
             await dest.driver.destroy(uuid)
             await dest.store.remove(uuid)
+            if self.manager.volume_api is not None:  # the volume rows still name this host's
+                await self.manager.volume_api.drop_copies(uuid, dest.host)
         await self._restore_dir(uuid)
         old = migration["old_flavor"]
         await self.spawn_here(inst, old, migration["old_vm_state"] == states.STOPPED)
@@ -733,6 +756,8 @@ class ResizeManager:
                 if host != self.host:  # this host's volumes, kept ones too, go with the instance
                     await peer.driver.destroy(uuid)
                     await peer.store.remove(uuid)
+                if self.manager.volume_api is not None:  # the copies the rows do not name
+                    await self.manager.volume_api.drop_copies(uuid, host)
             async with self.pool.acquire() as conn, conn.transaction():
                 await migrations.drop_source_allocation(conn, str(m["uuid"]))
                 status = migrations.CONFIRMED if m["status"] in (migrations.FINISHED, migrations.CONFIRMING) \

@@ -2,7 +2,12 @@
 
 Nova's build timeout is off by default and nothing bounds the other task
 states; here every in-flight state has a deadline (``[deadlines]`` in the
-config) counted from ``instances.task_state_since``.  The watchdog moves an
+config) counted from ``instances.task_state_since``. Moves that copy disks
+(live and cold migration, resize, an evacuation moving volumes) have their
+own, generous one (``migrating``), so a large copy is not cut by the build's;
+a live migration past it is first aborted, as Nova's completion timeout does
+(the guest stays on its source, ACTIVE), and failed only if that does not
+end it.  The watchdog moves an
 overdue instance to ERROR by compare-and-set on the exact state it saw, so
 work that moved on meanwhile is left alone, and work still running in this
 process fails its next compare-and-set and cleans up after itself.  A build
@@ -19,11 +24,18 @@ import structlog
 
 from novalite.compute import states
 from novalite.compute.failures import Failure, Notification, fail_instance
+from novalite.compute.live_migration import MIGRATING
 from novalite.compute.power import POWER_TASK_STATES
+from novalite.compute.rebuild import REBUILD_BLOCK_DEVICE_MAPPING
+from novalite.compute.resize import RESIZE_TASK_STATES
 from novalite.config import Config
 from novalite.periodic import Periodic
 
 log = structlog.get_logger(__name__)
+
+# The task states of moves that copy disks or volumes between hosts (an evacuation moves its
+# volumes in rebuild_block_device_mapping): ``[deadlines] migrating`` bounds them.
+MOVE_TASK_STATES = (MIGRATING, *RESIZE_TASK_STATES, REBUILD_BLOCK_DEVICE_MAPPING)
 
 
 class Watchdog:
@@ -44,6 +56,8 @@ class Watchdog:
             return d.deleting
         if task_state in POWER_TASK_STATES:
             return d.power_action
+        if task_state in MOVE_TASK_STATES:
+            return d.migrating
         return d.building
 
     def start(self) -> None:
@@ -55,7 +69,7 @@ class Watchdog:
     async def check_once(self) -> list[str]:
         """One pass; returns the uuids moved to ERROR."""
         d = self.config.deadlines
-        shortest = min(d.scheduling, d.building, d.deleting, d.power_action)
+        shortest = min(d.scheduling, d.building, d.deleting, d.power_action, d.migrating)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT *, extract(epoch FROM clock_timestamp() - task_state_since) AS age FROM instances
@@ -66,9 +80,16 @@ class Watchdog:
         expired = []
         for inst in rows:
             deadline = self.deadline_for(inst["vm_state"], inst["task_state"], inst["host"])
-            if inst["age"] > deadline and await self._expire(inst, deadline):
+            if inst["age"] > deadline and not await self._abort_live(inst) and await self._expire(inst, deadline):
                 expired.append(str(inst["uuid"]))
         return expired
+
+    async def _abort_live(self, inst: asyncpg.Record) -> bool:
+        """An overdue live migration still running here is aborted (it rolls back by itself); True then."""
+        compute = self.computes.get(inst["host"]) if inst["host"] else None
+        if inst["task_state"] != MIGRATING or compute is None:
+            return False
+        return await compute.live.abort_overdue(str(inst["uuid"]))
 
     async def _expire(self, inst: asyncpg.Record, deadline: float) -> bool:
         uuid = str(inst["uuid"])

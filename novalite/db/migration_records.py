@@ -113,13 +113,6 @@ async def live_of_instance(conn: asyncpg.Connection, instance_uuid: str, statuse
         instance_uuid, list(statuses))
 
 
-async def volume_hosts(conn: asyncpg.Connection, instance_uuid: str) -> list[str]:
-    """The hosts whose pools hold the instance's volumes (a move must stay there: volumes do not move)."""
-    return [r["host"] for r in await conn.fetch(
-        "SELECT DISTINCT host FROM volumes WHERE instance_uuid = $1::uuid AND NOT deleted AND host IS NOT NULL",
-        instance_uuid)]
-
-
 async def set_status(
     conn: asyncpg.Connection, migration_id: int, expect: str | Sequence[str], status: str, **updates: Any
 ) -> asyncpg.Record:

@@ -437,7 +437,9 @@ class Scheduler:
         return results, scheduling_record(uuids, results, spec, started_at)
 
     def filter_hosts(self, hosts: list[HostState], spec: dict) -> tuple[list[HostState], Verdicts]:
-        """Run the configured filters in order; every removal is recorded with its reason."""
+        """Run the configured filters in order; every removal is recorded with its reason. A move
+        forced to its named host (``skip_filters``, Nova's ``force``) skips them: only the host
+        restrictions apply, and the claim still decides."""
         verdicts = Verdicts(num_hosts=len(hosts), filters=[f.name for f in self.filters])
         rejected = verdicts.rejected
         remaining = hosts
@@ -453,7 +455,7 @@ class Scheduler:
                          if h.host in ignored]
             remaining = [h for h in remaining if h.host not in ignored]
         for flt in self.filters:
-            if not remaining:
+            if not remaining or spec.get("skip_filters"):  # a move forced to its named host (Nova's force)
                 break
             remaining, removed = flt.filter_all(remaining, spec)
             name = flt.name

@@ -281,23 +281,61 @@ class VolumeAPI:
         """Move a volume's data into ``host``'s pool (an evacuated server's volume: its old host is
         fenced off, but the volume is only reachable while that host's libvirt still answers): the
         bytes streamed between the hosts, the row re-pointed, the old copy deleted."""
+        path = await self.copy_to(vol, host)
+        async with self.pool.acquire() as conn:
+            row = await q.update_fields(conn, str(vol["id"]), host=host, pool_name=self.pool_def(host).name, path=path)
+        await self.drop_copy(vol, vol["host"])
+        log.info("volume_moved", volume_id=str(vol["id"]), source=vol["host"], host=host)
+        return row
+
+    async def copy_to(self, vol: asyncpg.Record, host: str, *, empty: bool = False) -> str:
+        """A copy of the volume in ``host``'s pool under its own name, the original left as it is
+        (a leftover copy there is replaced); its path. The bytes stream between the hosts through
+        libvirt (never through this machine's files); ``empty``: a blank volume of the same size
+        and format instead, for a live migration's block copy to fill. Simulated hosts (no streams)
+        get a blank one."""
         src, src_pool = self.storage(vol["host"])
         dst, dst_pool = self.storage(host)
         if not await src.is_alive():
             raise PoolError(f"volume {vol['id']} lives in the pool of host {vol['host']}, whose libvirt does not "
-                            "answer: it cannot be re-attached elsewhere")
+                            "answer: it cannot be copied elsewhere")
         name = vol["vol_name"]
-        if self.hosts[host].simulated or self.hosts[vol["host"]].simulated:
-            path = await dst.create_volume(dst_pool.name, name, vol["size"], dst_pool.volume_format)
-        else:
-            info = await src.volume_info(src_pool.name, name)
-            path = await stream_volume(src, src_pool.name, name, dst, dst_pool.name, name,
-                                       info.physical if info is not None else 0)
+        if empty or self.hosts[host].simulated or self.hosts[vol["host"]].simulated:
+            return await dst.create_volume(dst_pool.name, name, vol["size"], vol["format"] or dst_pool.volume_format)
+        info = await src.volume_info(src_pool.name, name)
+        return await stream_volume(src, src_pool.name, name, dst, dst_pool.name, name,
+                                   info.physical if info is not None else 0)
+
+    async def follow(self, conn: asyncpg.Connection, instance_uuid: str, host: str) -> list[asyncpg.Record]:
+        """In the caller's transaction: the instance's volumes now live in ``host``'s pool (their
+        copies there, made before, are the ones its guest uses); the rows, hence the attachments'
+        disk paths, name them. Raises PoolError for a volume that has no copy there."""
+        driver, pool = self.storage(host)
+        rows = []
+        for vol in await q.for_instance(conn, instance_uuid):
+            if vol["host"] == host:
+                rows.append(vol)
+                continue
+            info = await driver.volume_info(pool.name, vol["vol_name"])
+            if info is None:
+                raise PoolError(f"volume {vol['id']} has no copy in the pool of host {host}")
+            rows.append(await q.update_fields(conn, str(vol["id"]), host=host, pool_name=pool.name, path=info.path))
+        return rows
+
+    async def drop_copies(self, instance_uuid: str, host: str) -> None:
+        """The copies an instance's move left in ``host``'s pool of volumes whose rows name
+        another host (a move's source after it, its destination after a rollback) go."""
+        if host not in self.hosts:
+            return
         async with self.pool.acquire() as conn:
-            row = await q.update_fields(conn, str(vol["id"]), host=host, pool_name=dst_pool.name, path=path)
-        await src.delete_volume(src_pool.name, name)
-        log.info("volume_moved", volume_id=str(vol["id"]), source=vol["host"], host=host)
-        return row
+            vols = [v for v in await q.for_instance(conn, instance_uuid) if v["host"] != host]
+        for vol in vols:
+            await self.drop_copy(vol, host)
+
+    async def drop_copy(self, vol: asyncpg.Record, host: str) -> None:
+        """The volume's copy in ``host``'s pool goes (none there: nothing to do)."""
+        driver, pool = self.storage(host)
+        await driver.delete_volume(pool.name, vol["vol_name"])
 
     async def _from_image(self, compute: ComputeHost, image: Any, vol: asyncpg.Record) -> str:
         """The volume as a copy of the host's cached image volume (virStorageVolCreateXMLFrom from

@@ -136,11 +136,12 @@ async def migrate_live(request: web.Request, inst: asyncpg.Record, value: object
     host = value["host"]
     target = {"project_id": inst["project_id"]}
     ctx = authorize(request, f"{MIGRATE_LIVE}:host" if host else MIGRATE_LIVE, target)
-    if at_least(request, 30) and not at_least(request, 68) and to_bool(value.get("force", False)) and not host:
+    force = at_least(request, 30) and not at_least(request, 68) and to_bool(value.get("force", False))
+    if force and not host:
         raise errors.BadRequest("Can't force to a non-provided destination")
     if host and host == inst["host"] and not at_least(request, 34):
         raise errors.BadRequest(f"Unable to migrate instance ({inst['uuid']}) to current host ({host}).")
-    await server_actions(request).live_migrate(ctx, inst, host)
+    await server_actions(request).live_migrate(ctx, inst, host, force)
     return web.Response(status=202)
 
 

@@ -63,7 +63,8 @@ async def evacuate(request: web.Request, inst: asyncpg.Record, value: object) ->
     ctx = authorize(request, "os_compute_api:os-evacuate",
                     {"user_id": inst["user_id"], "project_id": inst["project_id"]})
     host = body.get("host")
-    if at_least(request, 29) and to_bool(body.get("force", False)) and not host:
+    force = at_least(request, 29) and to_bool(body.get("force", False))
+    if force and not host:
         raise errors.BadRequest("Can't force to a non-provided destination")
     shared = to_bool(body["onSharedStorage"]) if "onSharedStorage" in body else False
     if shared:
@@ -72,7 +73,7 @@ async def evacuate(request: web.Request, inst: asyncpg.Record, value: object) ->
     password = body.get("adminPass")
     if password is None and not at_least(request, 14):
         password = generate_password()
-    await _actions(request).evacuate(ctx, inst, host, password, stop=at_least(request, 95))
+    await _actions(request).evacuate(ctx, inst, host, password, stop=at_least(request, 95), force=force)
     if not at_least(request, 14) and request.app[keys.CONFIG].api.enable_instance_password:
         return web.json_response({"adminPass": password})
     return web.Response(status=200)
