@@ -401,7 +401,7 @@ async def run_storm(session: aiohttp.ClientSession, server: Server, headers: dic
         await warm_up(session, server.url, headers, image, concurrency, path)
     db = await asyncpg.connect(dsn)
     await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    await db.execute("SELECT pg_stat_statements_reset()")
+    mark = await reset_sql_stats(db)
     cpu0 = server.cpu_seconds()
     storm_cpu0 = (cpu0, postgres_cpu_seconds(pgdata), time.process_time())
     ids: list[str] = []
@@ -473,12 +473,7 @@ async def run_storm(session: aiohttp.ClientSession, server: Server, headers: dic
         " AND query NOT ILIKE '%pg_stat_statements%'"
     )) / max(1, n)
     if SQL_TOP:
-        rows = await db.fetch(
-            """SELECT calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) AS q
-               FROM pg_stat_statements WHERE toplevel ORDER BY total_exec_time DESC LIMIT $1""", SQL_TOP)
-        for r in rows:
-            print(f"{r['calls'] / n:6.2f}/boot {r['total_exec_time'] / r['calls']:6.3f} ms  {r['q']}",
-                  file=sys.stderr)
+        await print_sql_top(db, n, f"{path.name}, creates", mark)
     result.oversubscribed = await db.fetchval(
         """SELECT count(*) FROM compute_nodes n JOIN (SELECT host, sum(vcpus) v, sum(memory_mb) m
            FROM allocations GROUP BY host) a ON a.host = n.host
@@ -488,12 +483,44 @@ async def run_storm(session: aiohttp.ClientSession, server: Server, headers: dic
         """SELECT count(*) FROM instance_actions a WHERE a.action = 'create' AND (a.finish_time IS NULL
            OR EXISTS (SELECT 1 FROM instance_actions_events e WHERE e.action_id = a.id AND e.finish_time IS NULL))"""
     )
+    if SQL_TOP:
+        mark = await reset_sql_stats(db)
     t_del = time.perf_counter()  # delete everything (listing the ids included)
     result.errors += await delete_all(session, server.url, headers, concurrency)
     result.delete_s = time.perf_counter() - t_del
+    if SQL_TOP:
+        await print_sql_top(db, n, f"{path.name}, deletes", mark)
     result.cpu_s = server.cpu_seconds() - cpu0
     result.rss_mb = server.peak_rss_mb()
     await db.close()
+
+
+_WAL_MARK = "SELECT pg_current_wal_lsn(), pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+
+
+async def reset_sql_stats(db: asyncpg.Connection) -> tuple:
+    """Statement counters from zero, and where the WAL and the transaction ids are: the mark
+    the next phase's cost is measured from."""
+    await db.execute("SELECT pg_stat_statements_reset()")
+    return tuple(await db.fetchrow(_WAL_MARK))
+
+
+async def print_sql_top(db: asyncpg.Connection, n: int, phase: str, mark: tuple) -> None:
+    """The SQL_TOP statements that cost Postgres the most time in a phase, per boot (or delete):
+    calls, mean and total execution time, rows per call, WAL bytes per call; then the writing
+    transactions (each a commit waiting for a WAL flush) and the WAL bytes per boot."""
+    lsn, xid = await db.fetchrow(_WAL_MARK)
+    wal = await db.fetchval("SELECT pg_wal_lsn_diff($1, $2)", lsn, mark[0])
+    print(f"-- {phase}: {(xid - mark[1]) / n:.2f} writing transactions, {float(wal) / n:.0f} WAL bytes per boot",
+          file=sys.stderr)
+    rows = await db.fetch(
+        """SELECT calls, total_exec_time, rows, wal_bytes, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q
+           FROM pg_stat_statements WHERE toplevel AND query NOT ILIKE '%pg_stat_statements%'
+           ORDER BY total_exec_time DESC LIMIT $1""", SQL_TOP)
+    print(f"-- SQL top {SQL_TOP} ({phase}): calls/boot, mean ms, total ms, rows/call, WAL bytes/call", file=sys.stderr)
+    for r in rows:
+        print(f"{r['calls'] / n:6.2f} {r['total_exec_time'] / r['calls']:7.3f} {r['total_exec_time']:8.0f} "
+              f"{r['rows'] / r['calls']:6.1f} {int(r['wal_bytes']) / r['calls']:7.0f}  {r['q']}", file=sys.stderr)
 
 
 def print_table(rows: list[Result]) -> None:

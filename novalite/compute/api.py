@@ -29,6 +29,7 @@ from novalite.context import RequestContext
 from novalite.db import boot as lookups
 from novalite.db import images as images_db
 from novalite.db import instances as db
+from novalite.db.batch import BatchWriter
 from novalite.virt import power_state
 
 log = structlog.get_logger(__name__)
@@ -106,7 +107,7 @@ def generate_password(length: int = 12) -> str:
 
 
 class _Refused(Exception):
-    """Provisioning wrote nothing: the project's usage (``used``, as its statement saw it) no longer fits."""
+    """Provisioning wrote nothing: the project's usage (``used``, as its statement left it) no longer fits."""
 
     def __init__(self, used: dict[str, int]) -> None:
         super().__init__("quota re-check refused")
@@ -220,6 +221,9 @@ class ComputeAPI:
         self.image_store = image_store
         self._tasks: set[asyncio.Task] = set()
         self._creating = asyncio.Semaphore(config.api.max_concurrent_creates)  # FIFO: waiters in order
+        # the provisioning statements of concurrent creates, together: each project's usage row
+        # is held until a commit, once for all of them instead of once each (db.batch)
+        self._provisions = BatchWriter(pool, db.provision_many, config.api.max_concurrent_creates, "provisions")
 
     # -- create -------------------------------------------------------------
     async def create(self, ctx: RequestContext, req: CreateRequest) -> tuple[list[asyncpg.Record], str, str | None]:
@@ -741,20 +745,21 @@ class ComputeAPI:
     async def _write(
         self, conn: asyncpg.Connection, ctx: RequestContext, base: BaseOptions, rows: list[dict], notification: dict
     ) -> list[asyncpg.Record]:
-        """One statement on its own; in a transaction when a server group's member quota
+        """One statement, shared with the creates provisioning at the same time; on its own in a
+        transaction when a server group's member quota
         (its row locked) or volumes (reserved first: one winner per volume) come with it.
         Raises _Refused (nothing written) when the project's usage no longer fits ``rows``."""
         group = base.group
         volumes = any(b.get("volume_id") or b.get("snapshot_id") or b.get("destination_type") == "volume"
                       for b in base.bdms)
-        bounds = quota.usage_bounds(base.limits, base.flavor["vcpus"], base.flavor["memory_mb"], len(rows))
-        args = dict(
+        create = db.Provision(
+            rows=rows, bdms=[dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms],
             group_uuid=str(group["uuid"]) if group else None, request_id=ctx.request_id, user_id=ctx.user_id,
-            project_id=ctx.project_id, notification=notification, usage_bounds=bounds,
+            project_id=ctx.project_id, notification=notification,
+            usage_bounds=quota.usage_bounds(base.limits, base.flavor["vcpus"], base.flavor["memory_mb"], len(rows)),
         )
-        bdms = [dict(b, instance_uuid=r["uuid"]) for r in rows for b in base.bdms]
-        if group is None and not volumes:
-            instances, used = await db.provision(conn, rows, bdms, **args)
+        if group is None and not volumes:  # with the creates in flight beside it: one commit for all
+            instances, used = await self._provisions.submit(create)
             if not instances:
                 raise _Refused(used)
             return instances
@@ -771,7 +776,7 @@ class ComputeAPI:
             if self.volume_build is not None:  # available → reserved before the BDM rows: one winner per volume
                 for r in rows:
                     await self.volume_build.reserve_for_instance(conn, r["uuid"], base.bdms)
-            instances, used = await db.provision(conn, rows, bdms, **args)
+            instances, used = await db.provision(conn, create)
             if not instances:
                 raise _Refused(used)  # rolls the reservations back
             return instances

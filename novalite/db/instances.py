@@ -183,66 +183,114 @@ def _recordset(columns: dict[str, str]) -> str:
 _LOCK_USAGE = """INSERT INTO project_usage AS u (project_id) VALUES ($1) ON CONFLICT (project_id)
                  DO UPDATE SET project_id = u.project_id RETURNING instances, cores, ram"""
 
+_REQUEST_TYPES = {
+    "i": "integer", "project_id": "text", "request_id": "text", "user_id": "text", "group_uuid": "uuid",
+    "notification": "jsonb", "max_instances": "integer", "max_cores": "integer", "max_ram": "bigint",
+}
+
+# Many creates in ONE statement ($1 the requests, $2 their instance rows, $3 their BDMs; rows and
+# BDMs carry their request's index i and their own order n). Each project's usage row is locked
+# (all of a statement's projects in id order) and re-read once; a request is admitted when its
+# project's usage plus everything asked by the requests before it in this statement (admitted or
+# not: never over, sometimes too careful) is within its bounds. Per request, the usage after the
+# statement's admitted requests (what a refused one re-plans from) and its new rows in launch order.
 _PROVISION_SQL = f"""
-WITH gate AS ({_LOCK_USAGE.replace("$1", "$6")}),
+WITH req AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r({_recordset(_REQUEST_TYPES)})),
+x AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset($2::jsonb)
+        AS x({_recordset({c: _INSTANCE_TYPES.get(c, "text") for c in INSTANCE_COLUMNS})}, i integer, n integer)),
+need AS (SELECT i, count(*) AS instances, sum(vcpus) AS cores, sum(memory_mb) AS ram FROM x GROUP BY i),
+gate AS (
+    INSERT INTO project_usage AS u (project_id) SELECT DISTINCT project_id FROM req ORDER BY project_id
+    ON CONFLICT (project_id) DO UPDATE SET project_id = u.project_id RETURNING project_id, instances, cores, ram),
+queue AS (
+    SELECT r.*, k.instances, k.cores, k.ram,
+           g.instances + coalesce(sum(k.instances) OVER ahead, 0) AS seen_instances,
+           g.cores + coalesce(sum(k.cores) OVER ahead, 0) AS seen_cores,
+           g.ram + coalesce(sum(k.ram) OVER ahead, 0) AS seen_ram
+    FROM req r JOIN need k USING (i) JOIN gate g USING (project_id)
+    WINDOW ahead AS (PARTITION BY r.project_id ORDER BY r.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)),
+admitted AS MATERIALIZED (
+    SELECT * FROM queue WHERE (max_instances IS NULL OR seen_instances <= max_instances)
+        AND (max_cores IS NULL OR seen_cores <= max_cores) AND (max_ram IS NULL OR seen_ram <= max_ram)),
+taken AS (SELECT project_id, sum(instances) AS instances, sum(cores) AS cores, sum(ram) AS ram
+          FROM admitted GROUP BY project_id),
 ins AS (
     INSERT INTO instances ({", ".join(INSTANCE_COLUMNS)})
-    SELECT {", ".join(INSTANCE_COLUMNS)}
-    FROM jsonb_to_recordset($1::jsonb) AS x({_recordset({c: _INSTANCE_TYPES.get(c, "text") for c in INSTANCE_COLUMNS})})
-    WHERE (SELECT ($8::int IS NULL OR g.instances <= $8) AND ($9::int IS NULL OR g.cores <= $9)
-                  AND ($10::bigint IS NULL OR g.ram <= $10) FROM gate g)
+    SELECT {", ".join(INSTANCE_COLUMNS)} FROM x WHERE i IN (SELECT i FROM admitted) ORDER BY n
     RETURNING {", ".join(PROVISIONED_COLUMNS)}),
+made AS (SELECT ins.*, x.n, a.i, a.group_uuid, a.request_id, a.user_id, a.project_id, a.notification
+         FROM ins JOIN x USING (uuid) JOIN admitted a ON a.i = x.i),
 bdm AS (
     INSERT INTO block_device_mappings ({", ".join(_BDM_COLUMNS)})
     SELECT {", ".join(f"coalesce(b.{c}, false)" if c == "delete_on_termination" else f"b.{c}" for c in _BDM_COLUMNS)}
-    FROM jsonb_to_recordset($2::jsonb) AS b({_recordset(_BDM_COLUMNS)})
-    WHERE EXISTS (SELECT FROM ins)),  -- all instances got in or none; a join here would reorder the BDMs
+    FROM jsonb_to_recordset($3::jsonb) AS b({_recordset(_BDM_COLUMNS)}, n integer)
+    WHERE b.instance_uuid IN (SELECT uuid FROM ins) ORDER BY b.n),
 mem AS (
     INSERT INTO instance_group_members (group_uuid, instance_uuid)
-    SELECT $3::uuid, uuid FROM ins WHERE $3::uuid IS NOT NULL),
+    SELECT group_uuid, uuid FROM made WHERE group_uuid IS NOT NULL ORDER BY n),
 act AS (
     INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
-    SELECT 'create', uuid, $4, $5, $6 FROM ins),
+    SELECT 'create', uuid, request_id, user_id, project_id FROM made ORDER BY n),
 note AS (
     INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload)
-    SELECT 'instance.update', 'INFO', 'nova-api', uuid, $4, $7::jsonb FROM ins)
-SELECT g.instances AS used_instances, g.cores AS used_cores, g.ram AS used_ram, ins.*
-FROM gate g LEFT JOIN ins ON true ORDER BY launch_index
+    SELECT 'instance.update', 'INFO', 'nova-api', uuid, request_id, notification FROM made ORDER BY n)
+SELECT q.i, (g.instances + coalesce(t.instances, 0))::integer AS used_instances,
+       (g.cores + coalesce(t.cores, 0))::integer AS used_cores, (g.ram + coalesce(t.ram, 0))::bigint AS used_ram,
+       {", ".join(f"m.{c}" for c in PROVISIONED_COLUMNS)}
+FROM queue q JOIN gate g USING (project_id) LEFT JOIN taken t USING (project_id) LEFT JOIN made m ON m.i = q.i
+ORDER BY q.i, m.launch_index
 """
 
 
-async def provision(
-    conn: asyncpg.Connection,
-    rows: Sequence[dict],
-    bdms: Sequence[dict],
-    *,
-    group_uuid: str | None,
-    request_id: str,
-    user_id: str,
-    project_id: str,
-    notification: dict,
-    usage_bounds: Sequence[int | None] = (None, None, None),
-) -> tuple[list[asyncpg.Record], dict[str, int]]:
-    """Instances, their BDMs, group members, 'create' actions and instance.update
-    notifications in ONE statement, if the project's usage is within ``usage_bounds`` (the
-    most instances, cores and RAM it may already use; None: no bound). Returns the
-    PROVISIONED_COLUMNS of the new rows in launch order (none when it was not) and the usage
-    the statement saw. The project's usage row is locked from the check to the commit: for
-    this statement alone when the caller has no transaction open."""
-    result = await conn.fetch(
-        _PROVISION_SQL,
-        [{c: r.get(c) for c in INSTANCE_COLUMNS} for r in rows],
-        [{c: b.get(c) for c in _BDM_COLUMNS} for b in bdms],
-        group_uuid,
-        request_id,
-        user_id,
-        project_id,
-        notification,
-        *usage_bounds,
-    )
-    first = result[0]
-    used = {"instances": first["used_instances"], "cores": first["used_cores"], "ram": first["used_ram"]}
-    return [r for r in result if r["uuid"] is not None], used
+@dataclass(frozen=True, slots=True)
+class Provision:
+    """One create's instances to write (with their BDMs, group membership, 'create' actions and
+    instance.update notifications) if the project's usage is within ``usage_bounds``: the most
+    instances, cores and RAM it may already use (None: no bound)."""
+
+    rows: Sequence[dict]
+    bdms: Sequence[dict]
+    group_uuid: str | None
+    request_id: str
+    user_id: str
+    project_id: str
+    notification: dict
+    usage_bounds: Sequence[int | None] = (None, None, None)
+
+    def request(self, i: int) -> dict:
+        max_instances, max_cores, max_ram = self.usage_bounds
+        return {"i": i, "project_id": self.project_id, "request_id": self.request_id, "user_id": self.user_id,
+                "group_uuid": self.group_uuid, "notification": self.notification, "max_instances": max_instances,
+                "max_cores": max_cores, "max_ram": max_ram}
+
+
+Provisioned = tuple[list[asyncpg.Record], dict[str, int]]
+
+
+async def provision_many(conn: asyncpg.Connection, creates: Sequence[Provision]) -> list[Provisioned]:
+    """Many creates in ONE statement (one commit, one hold of each project's usage row). Per
+    create, in order: the PROVISIONED_COLUMNS of its new rows in launch order (none when its
+    project's usage did not fit it) and the project's usage after the statement. Never over: a
+    create is admitted only if it would fit with every create before it in the statement admitted."""
+    requests = [create.request(i) for i, create in enumerate(creates)]
+    rows = [{**{c: r.get(c) for c in INSTANCE_COLUMNS}, "i": i} for i, create in enumerate(creates) for r in create.rows]
+    bdms = [{c: b.get(c) for c in _BDM_COLUMNS} for create in creates for b in create.bdms]
+    for n, record in enumerate(rows + bdms):  # the order they are written in
+        record["n"] = n
+    out: list[Provisioned] = [([], {}) for _ in creates]
+    for r in await conn.fetch(_PROVISION_SQL, requests, rows, bdms):
+        instances, used = out[r["i"]]
+        used.update(instances=r["used_instances"], cores=r["used_cores"], ram=r["used_ram"])
+        if r["uuid"] is not None:
+            instances.append(r)
+    return out
+
+
+async def provision(conn: asyncpg.Connection, create: Provision) -> Provisioned:
+    """One create on its own (:func:`provision_many`): the project's usage row is locked from
+    the check to the commit, for this statement alone when the caller has no transaction open."""
+    return (await provision_many(conn, [create]))[0]
 
 
 async def lock_usage(conn: asyncpg.Connection, project_id: str) -> dict[str, int]:

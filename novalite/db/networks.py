@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -664,16 +664,19 @@ async def set_port_host(conn: asyncpg.Connection, port_id: str, host: str | None
     await conn.execute("UPDATE ports SET host = $2, updated_at = now() WHERE id = $1", uuidlib.UUID(port_id), host)
 
 
-async def release_port(conn: asyncpg.Connection, port: dict) -> None:
-    """Delete a port made for an instance, or unbind one the user created."""
-    if port["preserve_on_delete"]:
-        await conn.execute(
-            """UPDATE ports SET device_id = '', device_owner = '', host = NULL, status = 'DOWN', updated_at = now()
-               WHERE id = $1""",
-            uuidlib.UUID(port["id"]),
-        )
-    else:
-        await conn.execute("DELETE FROM ports WHERE id = $1", uuidlib.UUID(port["id"]))
+async def release_ports(conn: asyncpg.Connection, batches: Sequence[Sequence[dict]]) -> list[None]:
+    """Delete the ports made for instances and unbind those the user created, of many instances
+    in ONE statement: deleting ports takes their project's port counter row (a trigger) until
+    the commit, so one commit for many deletes instead of one each. One None per batch (for
+    db.batch.BatchWriter)."""
+    ports = [p for batch in batches for p in batch]
+    await conn.execute(
+        """WITH gone AS (DELETE FROM ports WHERE id = ANY($1::uuid[]))
+           UPDATE ports SET device_id = '', device_owner = '', host = NULL, status = 'DOWN', updated_at = now()
+            WHERE id = ANY($2::uuid[])""",
+        [p["id"] for p in ports if not p["preserve_on_delete"]], [p["id"] for p in ports if p["preserve_on_delete"]],
+    )
+    return [None] * len(batches)
 
 
 async def project_id_by_name(conn: asyncpg.Connection, name: str) -> str | None:

@@ -237,13 +237,16 @@ class NetworkAPI:
     _metadata_hosts: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     # the ports' packet filters on the same hosts (security groups)
     firewall: Firewall = field(init=False)
-    # concurrent builds' ports on the next free address, many per statement (db.batch)
+    # concurrent builds' ports on the next free address, many per statement (db.batch), and
+    # the ports of concurrent deletes, released together
     _nova_ports: BatchWriter[q.NovaPort] = field(init=False, repr=False)
+    _released: BatchWriter[list[dict]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.firewall = Firewall(self.pool, self.config, self.hosts)
         self._nova_ports = BatchWriter(self.pool, q.create_nova_ports, NOVA_PORTS_PER_STATEMENT, "nova_ports",
                                        key=lambda w: w.device_id)
+        self._released = BatchWriter(self.pool, q.release_ports, NOVA_PORTS_PER_STATEMENT, "released_ports")
 
     @property
     def _filter_prefix(self) -> str:
@@ -781,17 +784,18 @@ class NetworkAPI:
         members follow."""
         if not rows:
             return
-        async with self.pool.acquire() as conn:
-            groups = await sg_q.port_group_ids(conn, [r["id"] for r in rows])
+        groups: dict[str, list[str]] = {}
+        if self.firewall.enforced_anywhere():  # else no filter depends on the ports' groups
+            async with self.pool.acquire() as conn:
+                groups = await sg_q.port_group_ids(conn, [r["id"] for r in rows])
         left: set[tuple[str, str, str]] = set()
         for row in rows:
             driver = self.hosts.get(row["host"]) if row["host"] else None
             if driver is not None:
                 await self._forget_dhcp(driver, _port_info(row))
                 left.add((row["host"], row["network_id"], row["libvirt_name"]))
-            async with self.pool.acquire() as conn:
-                await q.release_port(conn, row)
             await self.firewall.remove(row["host"], row["id"])
+        await self._released.submit(rows)  # with other deletes' ports
         self.firewall.refresh_groups_soon(g for ids in groups.values() for g in ids)
         for host, network_id, name in left:
             await self._drop_unused(host, network_id, name)

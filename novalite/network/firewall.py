@@ -87,6 +87,10 @@ class Firewall:
         """The hosts whose filters filter (simulated hosts' do not: their ports need no filter work)."""
         return [host for host, driver in self.hosts.items() if driver.enforces_port_filters]
 
+    def enforced_anywhere(self) -> bool:
+        """Whether any host of this cloud filters: if none does, no filter depends on anything."""
+        return bool(self._enforcing())
+
     async def _specs(self, port_ids: Iterable[str]) -> list[tuple[str, PortFilterSpec]]:
         """(host, spec) of each of the ports bound to a host of this cloud that enforces filters."""
         ids = list(dict.fromkeys(port_ids))
