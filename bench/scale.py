@@ -79,6 +79,7 @@ class Figures:
     instances: int = 0
     first_start_s: float = 0.0
     load_s: float = 0.0
+    reused: bool = False  # the database --state kept from an earlier run: not loaded by this one
     restart_s: float = 0.0
     ready_s: float = 0.0  # start until every host is up, recovery done, scheduling started (hosts_ready)
     settle_s: float = 0.0
@@ -494,6 +495,7 @@ async def run(args: argparse.Namespace) -> Figures:
                     (root / "loaded.json").write_text(json.dumps(loaded))
             else:
                 figures.first_start_s, figures.load_s = loaded["first_start_s"], loaded["load_s"]
+                figures.reused = True
             await storm_room(dsn, args.storm)
             figures.instances = await count_instances(dsn)
             password = json.loads((root / "state" / "credentials.json").read_text())["admin"]
@@ -553,7 +555,7 @@ def pct(values: list[float], p: float) -> float:
 
 def print_report(f: Figures, args: argparse.Namespace, show_plans: bool) -> None:
     print(f"scale: {f.instances} instances ({args.projects} projects, {args.live} live) on {args.hosts} simulated hosts;"
-          f" loaded in {f.load_s:.1f} s")
+          f" loaded in {f.load_s:.1f} s" + (f" by an earlier run (kept in {args.state})" if f.reused else ""))
     print(f"restart (start to serving): {f.restart_s:.2f} s, every host up and recovered at {f.ready_s:.2f} s,"
           f" quiet after {f.settle_s:.1f} s more"
           f" (first start on the empty database: {f.first_start_s:.2f} s)")
