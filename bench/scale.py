@@ -30,6 +30,11 @@ Prints a table and ends with one JSON line:
 
 Usage: bench/scale.py [--instances 100000] [--projects 10] [--live 20000] [--hosts 1000]
                       [--storm 1000] [-c 50] [--samples 200] [--no-plans] [--show-plans] [--port-groups] [--sql-top K] [--keep]
+                      [--state DIR] [--repo CHECKOUT] [--no-storm]
+
+--state DIR keeps the loaded database: the first run loads it, the next ones (same load options)
+restart the server on it and measure again. Each storm deletes its servers at its end (their rows
+stay, deleted, as a user's would). --repo runs another checkout's server on it (a base to compare).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -73,6 +79,7 @@ class Figures:
     instances: int = 0
     first_start_s: float = 0.0
     load_s: float = 0.0
+    reused: bool = False  # the database --state kept from an earlier run: not loaded by this one
     restart_s: float = 0.0
     ready_s: float = 0.0  # start until every host is up, recovery done, scheduling started (hosts_ready)
     settle_s: float = 0.0
@@ -203,8 +210,8 @@ SELECT n.event_type, n.priority, n.publisher_id, g.uuid, 'req-' || md5('c' || g.
 
 
 async def load(dsn: str, template: str, instances: int, projects: int, live: int, hosts: int, port_groups: bool
-               ) -> int:
-    """Clone the template server's rows into the lived database (see _CLONE); the instances it has."""
+               ) -> None:
+    """Clone the template server's rows into the lived database (see _CLONE)."""
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
@@ -212,7 +219,6 @@ async def load(dsn: str, template: str, instances: int, projects: int, live: int
                                              ND=NOTIFICATION_DAYS, T=template,
                                              SG="true" if port_groups else "false"))
         await conn.execute("VACUUM ANALYZE")
-        return await conn.fetchval("SELECT count(*) FROM instances")
     finally:
         await conn.close()
 
@@ -426,37 +432,75 @@ async def time_decisions(dsn: str, stop: asyncio.Event, figures: Figures) -> Non
 
 # -- the run ---------------------------------------------------------------------------------
 
+LOAD_OPTIONS = ("instances", "projects", "live", "hosts", "port_groups")  # what a kept database was loaded with
+
+
+async def build(session: aiohttp.ClientSession, server: storm.Server, root: Path, dsn: str, args: argparse.Namespace,
+                figures: Figures) -> dict:
+    """First start on the empty database, the template server, then the bulk load; what a later
+    run needs to measure this database again (written to root/loaded.json when it is kept)."""
+    t0 = time.perf_counter()
+    await server.start(session)
+    figures.first_start_s = time.perf_counter() - t0
+    password = json.loads((root / "state" / "credentials.json").read_text())["admin"]
+    admin = await login(session, server.url, "admin", "admin", password)
+    conn = await asyncpg.connect(dsn)
+    await make_projects(conn, args.projects)
+    await conn.close()
+    member = await login(session, server.url, "scale-u0", "scale-p0", password)
+    image = await storm.upload_image(session, server.url, admin)
+    template = await boot_template(session, server.url, member, image)
+    server.stop()
+    t0 = time.perf_counter()
+    await load(dsn, template, args.instances, args.projects, args.live, args.hosts, args.port_groups)
+    figures.load_s = time.perf_counter() - t0
+    return {"database": urlsplit(dsn).path.lstrip("/"), "image": image,
+            "first_start_s": figures.first_start_s, "load_s": figures.load_s,
+            **{k: getattr(args, k) for k in LOAD_OPTIONS}}
+
+
+def kept(root: Path, args: argparse.Namespace) -> dict | None:
+    """What root/loaded.json says of a database kept by an earlier run (None: there is none);
+    refuses one loaded with other options."""
+    path = root / "loaded.json"
+    if not path.exists():
+        return None
+    loaded = json.loads(path.read_text())
+    differ = [k for k in LOAD_OPTIONS if loaded[k] != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"{path}: loaded with other {', '.join(differ)}; give the same options or another --state")
+    return loaded
+
+
 async def run(args: argparse.Namespace) -> Figures:
     figures = Figures()
-    root = Path(tempfile.mkdtemp(prefix="novalite-scale-"))
+    root = args.state or Path(tempfile.mkdtemp(prefix="novalite-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    loaded = kept(root, args)
     pg, admin_dsn = await storm.start_postgres(root)
-    dsn = await create_database(admin_dsn, "scale")
+    if loaded is None:
+        dsn = await create_database(admin_dsn, "scale")
+    else:
+        dsn = urlunsplit(urlsplit(admin_dsn)._replace(path="/" + loaded["database"]))
     port = storm.free_port()
     real = storm.PATHS["real"]
-    server = storm.Server(storm.write_config(root, dsn, args.hosts, port, real, args.storm), port)
+    config = storm.write_config(root, dsn, args.hosts, port, real, args.storm)
+    server = storm.Server(config, port)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=args.c + 8)) as session:
         try:
-            t0 = time.perf_counter()
-            await server.start(session)
-            figures.first_start_s = time.perf_counter() - t0
-            password = json.loads((root / "state" / "credentials.json").read_text())["admin"]
-            admin = await login(session, server.url, "admin", "admin", password)
-            conn = await asyncpg.connect(dsn)
-            await make_projects(conn, args.projects)
-            await conn.close()
-            member = await login(session, server.url, "scale-u0", "scale-p0", password)
+            if loaded is None:
+                loaded = await build(session, server, root, dsn, args, figures)
+                if args.state:
+                    (root / "loaded.json").write_text(json.dumps(loaded))
+            else:
+                figures.first_start_s, figures.load_s = loaded["first_start_s"], loaded["load_s"]
+                figures.reused = True
             await storm_room(dsn, args.storm)
-            image = await storm.upload_image(session, server.url, admin)
-            template = await boot_template(session, server.url, member, image)
-            server.stop()
+            figures.instances = await count_instances(dsn)
+            password = json.loads((root / "state" / "credentials.json").read_text())["admin"]
 
-            t0 = time.perf_counter()
-            figures.instances = await load(dsn, template, args.instances, args.projects, args.live,
-                                          args.hosts, args.port_groups)
-            figures.load_s = time.perf_counter() - t0
-
-            server = storm.Server(server.config, port)
+            server = storm.Server(config, port)
             t0 = time.perf_counter()
             await server.start(session)
             figures.restart_s = time.perf_counter() - t0
@@ -469,22 +513,38 @@ async def run(args: argparse.Namespace) -> Figures:
             await measure_paging(session, server.url, member, admin, figures)
             if not args.no_plans:
                 await measure_plans(dsn, args.live, figures)
-
-            stop = asyncio.Event()
-            decisions = asyncio.create_task(time_decisions(dsn, stop, figures))
-            figures.storm = storm.Result(args.storm, args.hosts, args.c, "single", real.name)
-            try:
-                await storm.run_storm(session, server, admin, image, dsn, root / "pgdata", figures.storm, real)
-            finally:
-                stop.set()
-                await decisions
+            if not args.no_storm:
+                await storm_on_top(session, server, admin, loaded["image"], dsn, root, args, figures)
             figures.rss_mb = server.peak_rss_mb()
         finally:
             server.stop()
             await pg.stop()
-            if not args.keep:
+            if not (args.keep or args.state):
                 shutil.rmtree(root, ignore_errors=True)
     return figures
+
+
+async def count_instances(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM instances")
+    finally:
+        await conn.close()
+
+
+async def storm_on_top(session: aiohttp.ClientSession, server: storm.Server, admin: dict, image: str, dsn: str,
+                       root: Path, args: argparse.Namespace, figures: Figures) -> None:
+    """bench/boot_storm.py's storm in the admin project (its servers deleted at its end), with a
+    scheduling decision timed every 20 ms while it runs."""
+    stop = asyncio.Event()
+    decisions = asyncio.create_task(time_decisions(dsn, stop, figures))
+    figures.storm = storm.Result(args.storm, args.hosts, args.c, "single", storm.PATHS["real"].name)
+    try:
+        await storm.run_storm(session, server, admin, image, dsn, root / "pgdata", figures.storm,
+                              storm.PATHS["real"])
+    finally:
+        stop.set()
+        await decisions
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -495,7 +555,7 @@ def pct(values: list[float], p: float) -> float:
 
 def print_report(f: Figures, args: argparse.Namespace, show_plans: bool) -> None:
     print(f"scale: {f.instances} instances ({args.projects} projects, {args.live} live) on {args.hosts} simulated hosts;"
-          f" loaded in {f.load_s:.1f} s")
+          f" loaded in {f.load_s:.1f} s" + (f" by an earlier run (kept in {args.state})" if f.reused else ""))
     print(f"restart (start to serving): {f.restart_s:.2f} s, every host up and recovered at {f.ready_s:.2f} s,"
           f" quiet after {f.settle_s:.1f} s more"
           f" (first start on the empty database: {f.first_start_s:.2f} s)")
@@ -513,10 +573,11 @@ def print_report(f: Figures, args: argparse.Namespace, show_plans: bool) -> None
             print(f"{name:<44} {'YES' if seq else 'no':>8} {ms:8.2f}")
             if show_plans:
                 print("    " + plan.replace("\n", "\n    "))
-    print(f"scheduling decision over {args.hosts} hosts during the storm: n={len(f.decide_ms)}"
-          f" p50 {pct(f.decide_ms, 50):.2f} ms, p99 {pct(f.decide_ms, 99):.2f} ms wall;"
-          f" CPU p50 {pct(f.decide_cpu_ms, 50):.2f} ms, p99 {pct(f.decide_cpu_ms, 99):.2f} ms")
-    storm.print_table([f.storm])
+    if f.storm is not None:
+        print(f"scheduling decision over {args.hosts} hosts during the storm: n={len(f.decide_ms)}"
+              f" p50 {pct(f.decide_ms, 50):.2f} ms, p99 {pct(f.decide_ms, 99):.2f} ms wall;"
+              f" CPU p50 {pct(f.decide_cpu_ms, 50):.2f} ms, p99 {pct(f.decide_cpu_ms, 99):.2f} ms")
+        storm.print_table([f.storm])
     print(f"server peak RSS: {f.rss_mb:.0f} MB")
 
 
@@ -529,7 +590,7 @@ def headline(f: Figures) -> str:
         "list_p99_ms": round(max(pct(ms, 99) for ms in lists), 1),
         "detail_p99_ms": round(max(pct(ms, 99) for ms in details), 1),
         "restart_s": round(f.restart_s, 2), "peak_rss_mb": round(f.rss_mb),
-        "storm_active_per_s": round(s.n / s.storm_s, 1) if s.storm_s else 0,
+        "storm_active_per_s": None if s is None else round(s.n / s.storm_s, 1) if s.storm_s else 0,
     })
 
 
@@ -550,15 +611,24 @@ async def main() -> int:
     parser.add_argument("--sql-top", type=int, default=0,
                         help="list the K statements that cost Postgres the most during the storm")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    parser.add_argument("--state", type=Path,
+                        help="keep the loaded database in this directory: the first run loads it there, later runs"
+                             " with the same load options only measure (the ~80 s load skipped)")
+    parser.add_argument("--repo", type=Path, default=storm.REPO,
+                        help="the checkout whose novalite serves (default this one): a base to compare against on"
+                             " the same --state")
+    parser.add_argument("--no-storm", action="store_true",
+                        help="skip the storm on top and the decisions timed during it")
     args = parser.parse_args()
     if args.live > args.instances or args.live > 60000:
         parser.error("--live must be at most --instances and fit the /16 network")
     storm.SQL_TOP = args.sql_top
+    storm.REPO = args.repo.resolve()  # the server subprocess runs from there (`python -m novalite.cli`)
     figures = await run(args)
     print_report(figures, args, args.show_plans)
     print(headline(figures))
     s = figures.storm
-    return 1 if s.errors + s.oversubscribed + s.incomplete_actions else 0
+    return 1 if s is not None and s.errors + s.oversubscribed + s.incomplete_actions else 0
 
 
 if __name__ == "__main__":
