@@ -43,6 +43,7 @@ BIN = Path(sys.executable).parent
 INCLUDE = REPO / "scripts" / "tempest-include.txt"
 MIGRATIONS = REPO / "scripts" / "tempest-migrations.txt"
 LAB_HOST = REPO / "scripts" / "lab-host.sh"
+LAB_BRIDGE = "nltempest-br"  # the bare bridge of a --lab-host run
 EXCLUDE = REPO / "scripts" / "tempest-exclude.txt"
 MAX_MICROVERSION = "2.96"  # novalite's advertised maximum (api/middleware.py)
 PROJECTS = 6  # member + reader per project; stestr workers draw from these
@@ -65,9 +66,25 @@ def write_config(ws: Path, port: int, qemu: bool, lab: tuple[str, str] | None = 
         f'[[hosts]]\nname = "sim{i}"\nsimulate = {{ vcpus = 64, memory_mb = 131072, disk_gb = 2000 }}\n\n'
         for i in (1, 2)
     )
+    real = ""
     if lab:
         hosts = (f'[[hosts]]\nname = "local"\nuri = "qemu:///system"\n\n'
                  f'[[hosts]]\nname = "{lab[0]}"\nuri = "{lab[1]}"\n')
+        # Both daemons' bridges are this machine's, so one isolated subnet cannot live on both
+        # (each DHCP server would hold its gateway): `private` is a provider network on a bare
+        # bridge of the run's own (LAB_BRIDGE), where nothing holds an address.
+        real = f"""
+[compute]
+virt_type = "qemu"
+shutdown_timeout = 5
+
+[[networks]]
+name = "private"
+cidr = "10.251.7.0/24"
+shared = true
+forward = "bridge"
+bridge = "{LAB_BRIDGE}"
+"""
     elif qemu:
         hosts += '[[hosts]]\nname = "local"\nuri = "qemu:///system"\navailability_zone = "qemu"\n'
     text = f"""
@@ -91,6 +108,7 @@ file = "{ws / 'policy.yaml'}"
 
 [networking]
 libvirt_prefix = "nltempest-"
+{real}
 
 {hosts}
 """
@@ -290,7 +308,10 @@ def selection(ws: Path, regex: str | None, lab: bool = False) -> list[str]:
         return ["--regex", regex]
     if lab:
         return ["--include-list", str(MIGRATIONS)]
-    args = ["--include-list", str(INCLUDE)]
+    # The simulated hosts move guests too (a domain defined on the destination): both lists.
+    both = ws / "include.txt"
+    both.write_text(INCLUDE.read_text() + MIGRATIONS.read_text())
+    args = ["--include-list", str(both)]
     if EXCLUDE.exists():
         args += ["--exclude-list", str(EXCLUDE)]
     return args
@@ -317,6 +338,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     lab = None
     if args.lab_host:
+        subprocess.run(["ip", "link", "add", LAB_BRIDGE, "type", "bridge"], check=False)
         uri = subprocess.run(["bash", str(LAB_HOST), "up", args.lab_host, str(ws / "state")],
                              check=True, capture_output=True, text=True).stdout.split()[-1]
         lab = (args.lab_host, uri)
@@ -353,6 +375,7 @@ def main() -> int:
         log.close()
         if lab:
             subprocess.run(["bash", str(LAB_HOST), "down", lab[0]], check=False)
+            subprocess.run(["ip", "link", "del", LAB_BRIDGE], check=False)
 
 
 if __name__ == "__main__":
