@@ -11,6 +11,13 @@ stestr (concurrency 2). The server is stopped at the end; its log stays in the
 workspace.
 
     .venv/bin/python scripts/run_tempest.py [--workspace DIR] [--regex R] [--qemu]
+    .venv/bin/python scripts/run_tempest.py --lab-host NAME   # migrations between real hosts
+
+``--lab-host NAME`` replaces the simulated hosts with two real ones: this machine's
+``qemu:///system`` (host ``local``) and a second libvirtd started by ``scripts/lab-host.sh up
+NAME`` (sharing no filesystem with novalite), and runs ``scripts/tempest-migrations.txt``
+(cold migration with confirm/revert, live block migration, migrations list, unshelve to a
+host) with real TCG guests of the test image. The lab host is removed at the end.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 INCLUDE = REPO / "scripts" / "tempest-include.txt"
+MIGRATIONS = REPO / "scripts" / "tempest-migrations.txt"
+LAB_HOST = REPO / "scripts" / "lab-host.sh"
+LAB_BRIDGE = "nltempest-br"  # the bare bridge of a --lab-host run
 EXCLUDE = REPO / "scripts" / "tempest-exclude.txt"
 MAX_MICROVERSION = "2.96"  # novalite's advertised maximum (api/middleware.py)
 PROJECTS = 6  # member + reader per project; stestr workers draw from these
@@ -49,12 +59,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(ws: Path, port: int, qemu: bool) -> Path:
+def write_config(ws: Path, port: int, qemu: bool, lab: tuple[str, str] | None = None) -> Path:
+    """novalite's config.toml: two simulated hosts (plus ``local`` with --qemu), or with ``lab``
+    (name, URI) the real ``local`` and the lab host, both in the default zone."""
     hosts = "".join(
         f'[[hosts]]\nname = "sim{i}"\nsimulate = {{ vcpus = 64, memory_mb = 131072, disk_gb = 2000 }}\n\n'
         for i in (1, 2)
     )
-    if qemu:
+    real = ""
+    if lab:
+        hosts = (f'[[hosts]]\nname = "local"\nuri = "qemu:///system"\n\n'
+                 f'[[hosts]]\nname = "{lab[0]}"\nuri = "{lab[1]}"\n')
+        # Both daemons' bridges are this machine's, so one isolated subnet cannot live on both
+        # (each DHCP server would hold its gateway): `private` is a provider network on a bare
+        # bridge of the run's own (LAB_BRIDGE), where nothing holds an address.
+        real = f"""
+[compute]
+virt_type = "qemu"
+shutdown_timeout = 5
+
+[[networks]]
+name = "private"
+cidr = "10.251.7.0/24"
+shared = true
+forward = "bridge"
+bridge = "{LAB_BRIDGE}"
+"""
+    elif qemu:
         hosts += '[[hosts]]\nname = "local"\nuri = "qemu:///system"\navailability_zone = "qemu"\n'
     text = f"""
 [api]
@@ -77,6 +108,7 @@ file = "{ws / 'policy.yaml'}"
 
 [networking]
 libvirt_prefix = "nltempest-"
+{real}
 
 {hosts}
 """
@@ -229,8 +261,9 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
             "compute_volume_common_az": "",
         },
         "compute-feature-enabled": {
-            "resize": "true", "cold_migration": "false", "live_migration": "false",
-            "block_migration_for_live_migration": "false", "snapshot": "true", "rescue": "true",
+            "resize": "true", "cold_migration": "true", "live_migration": "true",
+            "block_migration_for_live_migration": "true", "live_migrate_back_and_forth": "true",
+            "snapshot": "true", "rescue": "true",
             "shelve": "true", "shelve_migrate": "false", "change_password": "false",
             "console_output": "true", "vnc_console": "false", "spice_console": "false",
             "serial_console": "false", "rdp_console": "false", "interface_attach": "true",
@@ -269,11 +302,16 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
     return "\n".join(lines)
 
 
-def selection(ws: Path, regex: str | None) -> list[str]:
+def selection(ws: Path, regex: str | None, lab: bool = False) -> list[str]:
     """Arguments to `tempest run` choosing the tests."""
     if regex:
         return ["--regex", regex]
-    args = ["--include-list", str(INCLUDE)]
+    if lab:
+        return ["--include-list", str(MIGRATIONS)]
+    # The simulated hosts move guests too (a domain defined on the destination): both lists.
+    both = ws / "include.txt"
+    both.write_text(INCLUDE.read_text() + MIGRATIONS.read_text())
+    args = ["--include-list", str(both)]
     if EXCLUDE.exists():
         args += ["--exclude-list", str(EXCLUDE)]
     return args
@@ -285,6 +323,8 @@ def main() -> int:
     parser.add_argument("--regex", default=None, help="run these tests instead of the committed list")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--qemu", action="store_true", help="also manage qemu:///system as host `local`")
+    parser.add_argument("--lab-host", metavar="NAME", default=None,
+                        help="real hosts: qemu:///system and a scripts/lab-host.sh host NAME; run the migration tests")
     parser.add_argument("--keep", action="store_true", help="leave the server running (Ctrl-C stops it)")
     args = parser.parse_args()
 
@@ -296,7 +336,13 @@ def main() -> int:
     (ws / "locks").mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config = write_config(ws, port, args.qemu)
+    lab = None
+    if args.lab_host:
+        subprocess.run(["ip", "link", "add", LAB_BRIDGE, "type", "bridge"], check=False)
+        uri = subprocess.run(["bash", str(LAB_HOST), "up", args.lab_host, str(ws / "state")],
+                             check=True, capture_output=True, text=True).stdout.split()[-1]
+        lab = (args.lab_host, uri)
+    config = write_config(ws, port, args.qemu, lab)
     log = open(ws / "novalite.log", "w")
     server = subprocess.Popen(
         [str(BIN / "novalite"), "--config", str(config), "serve", "--no-test-image", "--clouds-yaml", str(ws / "clouds.yaml")],
@@ -310,7 +356,7 @@ def main() -> int:
         (ws / "etc" / "tempest.conf").write_text(tempest_conf(ws, url, env, args.qemu))
         print(f"novalite on {url}; workspace {ws}", flush=True)
         cmd = [str(BIN / "tempest"), "run", "--concurrency", str(args.concurrency),
-               "--config-file", str(ws / "etc" / "tempest.conf"), *selection(ws, args.regex)]
+               "--config-file", str(ws / "etc" / "tempest.conf"), *selection(ws, args.regex, bool(lab))]
         rc = subprocess.call(cmd, cwd=ws)
         if args.keep:
             print("server still running; Ctrl-C to stop", flush=True)
@@ -327,6 +373,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
         log.close()
+        if lab:
+            subprocess.run(["bash", str(LAB_HOST), "down", lab[0]], check=False)
+            subprocess.run(["ip", "link", "del", LAB_BRIDGE], check=False)
 
 
 if __name__ == "__main__":
