@@ -794,8 +794,9 @@ class NetworkAPI:
             if driver is not None:
                 await self._forget_dhcp(driver, _port_info(row))
                 left.add((row["host"], row["network_id"], row["libvirt_name"]))
-            await self.firewall.remove(row["host"], row["id"])
         await self._released.submit(rows)  # with other deletes' ports
+        for row in rows:  # after the rows: a group refresh meanwhile would make a filter from a row still there
+            await self.firewall.remove(row["host"], row["id"])
         self.firewall.refresh_groups_soon(g for ids in groups.values() for g in ids)
         for host, network_id, name in left:
             await self._drop_unused(host, network_id, name)
