@@ -19,7 +19,7 @@ import yaml
 from novalite.config import Config
 from novalite.identity import hash_password
 
-ROLES = ("admin", "member", "reader")
+ROLES = ("admin", "manager", "member", "reader")  # keystone-manage bootstrap's
 # DevStack's default flavors: (id, name, ram MB, disk GB, vcpus).
 FLAVORS = (
     ("1", "m1.tiny", 512, 1, 1),

@@ -2,7 +2,7 @@
 
 Starts ``novalite serve`` in a workspace (default ``.tempest/``) with simulated
 hosts and a private Postgres, provisions what Tempest needs through the public
-APIs (per project a member and a reader user plus admins, two active images;
+APIs (per project a member, a reader and a manager user plus admins, two active images;
 flavors m1.tiny and m1.small differ in RAM; the default network ``private``;
 Neutron quotas for the projects and an external network ``public``),
 writes ``tempest.conf`` and ``accounts.yaml``, and runs the tests listed in
@@ -193,12 +193,12 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
 
     async with aiohttp.ClientSession() as session:
         admin = await Admin.login(session, url, creds["admin"])
-        roles = {n: await admin.role_id(n) for n in ("admin", "member", "reader")}
-        members, readers, admins = [], [], []
+        roles = {n: await admin.role_id(n) for n in ("admin", "manager", "member", "reader")}
+        members, readers, managers, admins = [], [], [], []
         for i in range(1, PROJECTS + 1):
             pid = await admin.project(f"tempest-project-{i}")
             await admin.network_quota(pid)
-            for kind, bucket in (("member", members), ("reader", readers)):
+            for kind, bucket in (("member", members), ("reader", readers), ("manager", managers)):
                 name, pw = f"tempest-{kind}-{i}", secrets.token_urlsafe(12)
                 await admin.user(name, pw, pid, roles[kind])
                 bucket.append({"username": name, "project_name": f"tempest-project-{i}",
@@ -211,7 +211,7 @@ async def provision(url: str, creds: dict, ws: Path) -> dict:
             admins.append({"username": name, "project_name": f"tempest-admin-project-{i}",
                            "password": pw, "types": ["admin"], "roles": ["admin"]})
         # Members first: Tempest's unscoped requests (alt) take the first free account.
-        accounts = members + readers + admins
+        accounts = members + readers + managers + admins
         image = await asyncio.to_thread(testimage.build, Path(os.environ.get(
             "NOVALITE_TEST_IMAGE_CACHE", "/var/tmp/novalite-testimage-cache")))
         first = await testimage.upload(image, url, "admin", creds["admin"], token=admin.h["X-Auth-Token"])
@@ -261,6 +261,7 @@ def tempest_conf(ws: Path, url: str, env: dict, qemu: bool) -> str:
             "compute_volume_common_az": "",
         },
         "compute-feature-enabled": {
+            "nova_policy_roles": "admin,manager,member,reader",  # Nova 2025.1's defaults: managers migrate
             "resize": "true", "cold_migration": "true", "live_migration": "true",
             "block_migration_for_live_migration": "true", "live_migrate_back_and_forth": "true",
             "snapshot": "true", "rescue": "true",
@@ -321,7 +322,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", default=str(REPO / ".tempest"))
     parser.add_argument("--regex", default=None, help="run these tests instead of the committed list")
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="stestr workers (2; 1 with --lab-host: its two libvirt daemons share one kernel, and "
+                             "ebtables-nft changes made by both at once fail with RULE_DELETE)")
     parser.add_argument("--qemu", action="store_true", help="also manage qemu:///system as host `local`")
     parser.add_argument("--lab-host", metavar="NAME", default=None,
                         help="real hosts: qemu:///system and a scripts/lab-host.sh host NAME; run the migration tests")
@@ -355,7 +358,7 @@ def main() -> int:
         (ws / "etc" / "accounts.yaml").write_text(yaml.safe_dump(env["accounts"], sort_keys=False))
         (ws / "etc" / "tempest.conf").write_text(tempest_conf(ws, url, env, args.qemu))
         print(f"novalite on {url}; workspace {ws}", flush=True)
-        cmd = [str(BIN / "tempest"), "run", "--concurrency", str(args.concurrency),
+        cmd = [str(BIN / "tempest"), "run", "--concurrency", str(args.concurrency or (1 if lab else 2)),
                "--config-file", str(ws / "etc" / "tempest.conf"), *selection(ws, args.regex, bool(lab))]
         rc = subprocess.call(cmd, cwd=ws)
         if args.keep:

@@ -965,10 +965,26 @@ class LibvirtDriver:
                 libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "127.0.0.1",
                 libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: disks,
             }
-            domain.migrate3(dconn, params, MIGRATE_FLAGS)
+            moved = domain.migrate3(dconn, params, MIGRATE_FLAGS)
         except libvirt.libvirtError as exc:
             raise _translate(exc, f"cannot live-migrate instance {instance_uuid} to {dest.uri}") from exc
         log.info("domain_migrated", instance_uuid=instance_uuid, to=dest.uri)
+        self._activate_if_paused(instance_uuid, moved)
+
+    @staticmethod
+    def _activate_if_paused(instance_uuid: str, moved: libvirt.virDomain) -> None:
+        """A guest that arrives paused keeps its disks inactive (libvirt has qemu activate them at
+        the first resume), and qemu before 10.0 aborts when such a guest migrates again
+        (``bdrv_inactivate_recurse: Assertion !(bs->open_flags & BDRV_O_INACTIVE)``: the guest
+        is lost). So it is resumed and paused again at once: its disks become active, it stays
+        paused (its vCPUs run for that moment). A failure is logged: the move itself is done."""
+        try:
+            if moved.info()[0] != libvirt.VIR_DOMAIN_PAUSED:
+                return
+            moved.resume()
+            moved.suspend()
+        except libvirt.libvirtError as exc:
+            log.warning("paused_guest_activation_failed", instance_uuid=instance_uuid, error=str(exc))
 
     @staticmethod
     def _move_simulated(domain: libvirt.virDomain, dconn: libvirt.virConnect) -> None:
