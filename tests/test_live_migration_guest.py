@@ -63,6 +63,16 @@ async def two_hosts(pg_dsn, test_image):  # noqa: F811
         subprocess.run(["ip", "link", "del", name], check=False, timeout=30)
 
 
+async def boot_ticking(cloud, name: str) -> str:
+    """A guest booted onto ``local`` that prints its uptime every second (TICKS); its id."""
+    status, body, _ = await cloud.compute("POST", "/servers", user="admin", version="2.37", json_body={"server": {
+        "name": name, "imageRef": cloud.image_ids["ami"], "flavorRef": "1", "networks": "none",
+        "availability_zone": "nova:local", "config_drive": True,
+        "user_data": base64.b64encode(TICKS.encode()).decode()}})
+    assert status == 202, body
+    return body["server"]["id"]
+
+
 async def console(cloud, sid: str) -> str:
     """The guest's serial console log through the API (as the admin who booted it onto a host)."""
     status, body, _ = await cloud.compute("POST", f"/servers/{sid}/action", user="admin",
@@ -115,12 +125,7 @@ async def volume_host(cloud, vid: str) -> str:
 
 async def test_a_running_guest_moves_to_the_lab_host_and_back(two_hosts):
     cloud = two_hosts
-    status, body, _ = await cloud.compute("POST", "/servers", user="admin", version="2.37", json_body={"server": {
-        "name": "w3lm", "imageRef": cloud.image_ids["ami"], "flavorRef": "1", "networks": "none",
-        "availability_zone": "nova:local", "config_drive": True,
-        "user_data": base64.b64encode(TICKS.encode()).decode()}})
-    assert status == 202, body
-    sid = body["server"]["id"]
+    sid = await boot_ticking(cloud, "w3lm")
     status, body, _ = await volume_call(cloud, "POST", "/volumes", user="admin", json_body={"volume": {"size": 1}})
     assert status == 202, body
     vid = body["volume"]["id"]
@@ -172,12 +177,7 @@ async def test_a_paused_guest_moves_there_and_back_and_runs_on_when_unpaused(two
     aborted when such a guest migrated again (the guest was lost: Tempest's paused
     back-and-forth test). It moves there and back paused, then runs on where it was."""
     cloud = two_hosts
-    status, body, _ = await cloud.compute("POST", "/servers", user="admin", version="2.37", json_body={"server": {
-        "name": "w5pause", "imageRef": cloud.image_ids["ami"], "flavorRef": "1", "networks": "none",
-        "availability_zone": "nova:local", "config_drive": True,
-        "user_data": base64.b64encode(TICKS.encode()).decode()}})
-    assert status == 202, body
-    sid = body["server"]["id"]
+    sid = await boot_ticking(cloud, "w5pause")
     paused = frozenset({"PAUSED", "ERROR"})
     try:
         server = await wait_for_status(cloud, sid, {"ACTIVE", "ERROR"}, user="admin", timeout=180)
