@@ -155,6 +155,24 @@ class NoValidHost(Exception):
         )
 
 
+# One claim: the host's row checked and locked, the instance placed, the allocation recorded.
+_CLAIM = f"""WITH node AS (UPDATE compute_nodes SET updated_at = now()
+                 WHERE host = $1 AND vcpus_used + $3 <= $6::float8 AND memory_mb_used + $4 <= $7::float8
+                   AND disk_gb_used + $5 <= $8::float8
+                 RETURNING hypervisor_hostname, availability_zone),
+        inst AS (UPDATE instances SET host = $1, node = (SELECT hypervisor_hostname FROM node),
+                        availability_zone = (SELECT availability_zone FROM node),
+                        launched_on = $1, updated_at = now()
+                 WHERE uuid = $2 AND {db.by_uuid("NOT deleted AND vm_state = $9 AND task_state = $10")}
+                   AND EXISTS (SELECT 1 FROM node)
+                 RETURNING uuid)
+   INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb, created_at)
+   SELECT uuid, $1, $3, $4, $5, clock_timestamp() FROM inst
+   ON CONFLICT (instance_uuid) DO UPDATE SET host = EXCLUDED.host, vcpus = EXCLUDED.vcpus,
+       memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, created_at = EXCLUDED.created_at
+   RETURNING true"""
+
+
 async def claim(
     conn: asyncpg.Connection, host: HostState, instance_uuid: str, vcpus: int, memory_mb: int, disk_gb: int,
     from_state: tuple[str, str] = ("building", "scheduling"),
@@ -176,21 +194,7 @@ async def claim(
     ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
     disk_limit = host.local_gb * host.disk_allocation_ratio - host.reserved_host_disk_mb / 1024
     ok = await conn.fetchval(
-        """WITH node AS (UPDATE compute_nodes SET updated_at = now()
-                         WHERE host = $1 AND vcpus_used + $3 <= $6::float8 AND memory_mb_used + $4 <= $7::float8
-                           AND disk_gb_used + $5 <= $8::float8
-                         RETURNING hypervisor_hostname, availability_zone),
-                inst AS (UPDATE instances SET host = $1, node = (SELECT hypervisor_hostname FROM node),
-                                availability_zone = (SELECT availability_zone FROM node),
-                                launched_on = $1, updated_at = now()
-                         WHERE uuid = $2 AND NOT deleted AND vm_state = $9 AND task_state = $10
-                           AND EXISTS (SELECT 1 FROM node)
-                         RETURNING uuid)
-           INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb, created_at)
-           SELECT uuid, $1, $3, $4, $5, clock_timestamp() FROM inst
-           ON CONFLICT (instance_uuid) DO UPDATE SET host = EXCLUDED.host, vcpus = EXCLUDED.vcpus,
-               memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, created_at = EXCLUDED.created_at
-           RETURNING true""",
+        _CLAIM,
         host.host,
         instance_uuid,
         vcpus,

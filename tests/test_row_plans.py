@@ -1,0 +1,67 @@
+"""A server's row looked up by its uuid is read through the primary key, whatever the statistics say.
+
+After every server of a cloud is deleted and the table analysed, Postgres thinks the partial indexes
+of live rows (``WHERE NOT deleted``: vm_state, zone, in-flight, ...) empty, and a generic plan of
+``uuid = $1 AND NOT deleted`` scans one of them and filters the uuid out of every live row: in the
+next storm, each claim read every building row (issue #22). The statements of the boot path check
+their conditions on the one row the primary key finds (db.instances.by_uuid).
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from conftest import add_image, wait_for_status
+from test_scheduler_api import boot
+
+from novalite.db import instances as db
+from novalite.scheduler import manager
+
+
+async def generic_plan(conn: asyncpg.Connection, name: str, sql: str, args: str) -> str:
+    """The plan Postgres caches for ``sql`` once it stops planning per call (a generic plan)."""
+    await conn.execute(f"PREPARE {name} AS {sql}")
+    rows = await conn.fetch(f"EXPLAIN EXECUTE {name}({args})")
+    return "\n".join(r[0] for r in rows)
+
+
+async def test_uuid_lookups_use_the_primary_key_when_no_row_is_live(cloud):
+    image = await add_image(cloud)
+    uuids = [await boot(cloud, image) for _ in range(3)]
+    for uuid in uuids:
+        await wait_for_status(cloud, uuid, "ACTIVE")
+        status, _, _ = await cloud.compute("DELETE", f"/servers/{uuid}")
+        assert status == 204
+    for uuid in uuids:
+        await wait_for_status(cloud, uuid, "DELETED", user="admin")
+
+    conn = await asyncpg.connect(cloud.config.database.dsn)
+    try:
+        sent: list[str] = []  # what the boot path's helpers send, as they build it
+        conn.add_query_logger(lambda record: sent.append(record.query))
+        assert await db.get(conn, uuids[0]) is None
+        with pytest.raises(db.StateConflict):
+            await db.compare_and_set(conn, uuids[0], expect_vm_state="active", expect_task_state=None,
+                                     task_state="deleting")
+        get_sql, cas_sql = sent[0], sent[1]
+
+        # A table of months (a one-page table is read whole, whatever the indexes): deleted copies.
+        await conn.execute(
+            """INSERT INTO instances SELECT (jsonb_populate_record(NULL::instances, to_jsonb(i) || jsonb_build_object(
+                   'uuid', gen_random_uuid(), 'id', nextval(pg_get_serial_sequence('instances', 'id'))))).*
+               FROM instances i, generate_series(1, 1000)""")
+        await conn.execute("ANALYZE instances")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        some = f"'{uuids[0]}'"
+        plain = await generic_plan(conn, "plain", "SELECT * FROM instances WHERE uuid = $1 AND NOT deleted", some)
+        # The trap the guard avoids: the statistics show no live row, so a partial index looks free.
+        assert "instances_pkey" not in plain, plain
+        for name, sql, args in (
+            ("get", get_sql, some),
+            ("cas", cas_sql, f"{some}, 'deleting', '{{active}}'"),
+            ("claim", manager._CLAIM, f"'sim1', {some}, 1, 512, 1, 8, 16384, 200, 'building', 'scheduling'"),
+        ):
+            plan = await generic_plan(conn, name, sql, args)
+            assert "Index Scan using instances_pkey on instances" in plan, f"{name}:\n{plan}"
+    finally:
+        await conn.close()
