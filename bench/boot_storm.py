@@ -27,7 +27,8 @@ Ends with one JSON line per path of its single-POST row (the real path's last).
 Usage: bench/boot_storm.py [-n 1000] [--hosts 100] [-c 50] [--path real|minimal|both] [--cidr 10.200.0.0/16]
                            [--batch 50] [--no-small] [--no-batch] [--no-warmup]
 Environment: BENCH_TRACE=1 prints every POST and probe GET (start offset, latency) to stderr;
-BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit.
+BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit; BENCH_AUTO_EXPLAIN_MS=M logs
+the plans of statements slower than M ms (with --keep: the state directory's pgdata/log).
 """
 
 from __future__ import annotations
@@ -132,9 +133,16 @@ async def start_postgres(root: Path) -> tuple[EmbeddedPostgres, str]:
     if os.environ.get("BENCH_SYNC_COMMIT"):
         await conn.execute(f"ALTER SYSTEM SET synchronous_commit = '{os.environ['BENCH_SYNC_COMMIT']}'")
         await conn.execute("SELECT pg_reload_conf()")
+    explain_ms = os.environ.get("BENCH_AUTO_EXPLAIN_MS")
+    if explain_ms:  # plans (with their triggers' statements) of statements slower than this, in pgdata/log
+        for setting, value in (("auto_explain.log_min_duration", explain_ms), ("auto_explain.log_analyze", "on"),
+                               ("auto_explain.log_nested_statements", "on"), ("auto_explain.log_triggers", "on"),
+                               ("auto_explain.log_buffers", "on")):
+            await conn.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
+    wanted = ["pg_stat_statements", "auto_explain"] if explain_ms else ["pg_stat_statements"]
     loaded = await conn.fetchval("SHOW shared_preload_libraries")
-    if "pg_stat_statements" not in loaded:
-        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    if [name.strip() for name in loaded.split(",")] != wanted:
+        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = " + ", ".join(f"'{w}'" for w in wanted))
         await conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'top'")  # what the server sends
         await conn.close()
         await pg.stop()

@@ -67,7 +67,10 @@ async def _boot(s: aiohttp.ClientSession, url: str, hdrs: dict, image_id: str, n
         body["server"]["availability_zone"] = f"nova:{host}"
     t0 = time.perf_counter()
     async with s.post(f"{url}/compute/v2.1/servers", json=body, headers=hdrs) as r:
-        sid = (await r.json())["server"]["id"]
+        answer = await r.json()
+        if r.status != 202:
+            raise RuntimeError(f"POST {name}: {r.status} {answer}")
+        sid = answer["server"]["id"]
     active = None
     while True:
         async with s.get(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs) as r:
