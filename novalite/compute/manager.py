@@ -53,7 +53,7 @@ from novalite.config import Config, HostConfig
 from novalite.db import instances as db
 from novalite.db.steps import BuildStep, StepWriter
 from novalite.network import NetworkAPI, PortInfo, network_data
-from novalite.periodic import Periodic
+from novalite.periodic import Periodic, staggered
 from novalite.scheduler.affinity import validate_instance_group_policy
 from novalite.virt import power_state
 from novalite.virt.configdrive import build_config_drive
@@ -138,9 +138,9 @@ class ComputeManager:
         self.rescue = RescueManager(self)
         self.shelve = ShelveManager(self, image_store)
         self._image_cache = Periodic(f"image-cache-{self.host}", config.image_cache.manager_interval,
-                                     self.prune_image_cache)
+                                     self.prune_image_cache, stagger=True)
         self._resources = Periodic(f"resources-{self.host}", config.compute.update_resources_interval,
-                                   self.update_resources)
+                                   self.update_resources, stagger=True)
 
     # -- lifecycle ---------------------------------------------------------
     async def init_host(self) -> None:
@@ -302,8 +302,10 @@ class ComputeManager:
         power states are synced at once (its lifecycle events come back with the connection)."""
         interval = self.config.compute.report_interval
         reachable = True
+        wait = staggered(interval)  # not every host's beat in the same moment
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(wait)
+            wait = interval
             alive = await self._libvirt_answers(interval)
             if alive and self.late_start is not None:
                 if not await self._start_late():

@@ -38,6 +38,7 @@ from novalite.compute.failures import (
 from novalite.compute.locks import InstanceLocks
 from novalite.config import Config
 from novalite.db import instances as db
+from novalite.periodic import staggered
 from novalite.virt import power_state
 from novalite.virt.driver import InstanceNotFound, VirtDriver
 
@@ -220,12 +221,14 @@ class PowerManager:
             await self.driver.watch_lifecycle(self._on_lifecycle_event)
         except Exception:
             log.exception("lifecycle_subscribe_failed", host=self.host)
+        wait = staggered(self.config.compute.power_sync_interval)  # at once, then spread over the hosts
         while True:
             try:
                 await self.sync_power_states()
             except Exception:
                 log.exception("power_sync_failed", host=self.host)
-            await asyncio.sleep(self.config.compute.power_sync_interval)
+            await asyncio.sleep(wait)
+            wait = self.config.compute.power_sync_interval
 
     def _on_lifecycle_event(self, uuid: str, power: int, event: str) -> None:
         log.debug("lifecycle_event", host=self.host, instance_uuid=uuid, lifecycle=event, power_state=power)

@@ -772,7 +772,7 @@ class ResizeManager:
         if window <= 0:
             return None
         self._confirmer = Periodic(f"resize-confirm-{self.host}", min(60.0, max(1.0, window / 2)),
-                                   self.confirm_expired)
+                                   self.confirm_expired, stagger=True)
         self._confirmer.start()
         return self._confirmer
 

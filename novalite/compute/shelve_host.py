@@ -94,7 +94,7 @@ class ShelveManager:
         # Crash drills and tests: awaited after the instance reaches each task state.
         self.after_state: Callable[[str, str], Awaitable[None]] | None = None
         self._periodic = Periodic(f"shelve-offload-{self.host}", self.config.compute.shelved_poll_interval,
-                                  self.offload_expired)
+                                  self.offload_expired, stagger=True)
 
     @property
     def pub(self) -> str:
