@@ -7,6 +7,7 @@ import hashlib
 from datetime import datetime
 
 import asyncpg
+import orjson
 from aiohttp import web
 
 from novalite.api import keys
@@ -17,9 +18,18 @@ PROGRESS_STATUSES = ("ACTIVE", "BUILD", "REBUILD", "RESIZE", "VERIFY_RESIZE", "M
 FAULT_STATUSES = ("ERROR", "DELETED")
 
 
+# A detail page formats three thousand timestamps: orjson's formatting of a UTC datetime takes
+# under half the time of replace() + isoformat() (and a fifth of strftime's).
+_ISO_SECONDS = orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS
+
+
 def isotime(ts: datetime | None) -> str | None:
-    # isoformat, not strftime: a detail page formats two thousand of these, strftime is 5x slower
-    return ts.replace(microsecond=0, tzinfo=None).isoformat() + "Z" if ts else None
+    """``2026-12-01T06:38:46Z``: Nova's timestamps (UTC, to the second)."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None or ts.utcoffset():  # never from Postgres (timestamptz is UTC); as before
+        return ts.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+    return orjson.dumps(ts, option=_ISO_SECONDS)[1:-1].decode()
 
 
 @functools.lru_cache(maxsize=4096)  # a page of a thousand servers has a few dozen (project, host) pairs
@@ -181,7 +191,11 @@ def unextended(addresses: dict) -> dict:
 
 def _usage_time(ts: datetime | None) -> str | None:
     # Nova prints these naive, with microseconds, no Z.
-    return ts.replace(tzinfo=None).isoformat() if ts else None
+    if ts is None:
+        return None
+    if ts.tzinfo is None or ts.utcoffset():
+        return ts.replace(tzinfo=None).isoformat()
+    return orjson.dumps(ts, option=orjson.OPT_UTC_Z)[1:-2].decode()  # without the quotes and the Z
 
 
 def instance_name(request: web.Request, inst: asyncpg.Record) -> str:
