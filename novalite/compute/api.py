@@ -787,17 +787,12 @@ class ComputeAPI:
         uuid = str(instance["uuid"])
         if instance["locked"] and not ctx.is_admin:
             raise exception.Conflict(f"Instance {uuid} is locked")
-        async with self.pool.acquire() as conn, conn.transaction():
-            try:
-                await db.compare_and_set(
-                    conn, uuid, expect_task_state=db.Not(states.DELETING), task_state=states.DELETING
-                )
-            except db.StateConflict as conflict:
-                if conflict.actual is None or conflict.actual["deleted"]:
-                    raise exception.NotFound(f"Instance {uuid} could not be found.") from None
-                return  # already being deleted: DELETE is idempotent
-            await db.start_actions(conn, [uuid], "delete", ctx.request_id, ctx.user_id, ctx.project_id)
-        self.start_delete(uuid, ctx.request_id)
+        async with self.pool.acquire() as conn:
+            marked = await db.mark_deleting(conn, uuid, ctx.request_id, ctx.user_id, ctx.project_id)
+        if marked is None:
+            raise exception.NotFound(f"Instance {uuid} could not be found.")
+        if marked:  # else already being deleted: DELETE is idempotent
+            self.start_delete(uuid, ctx.request_id)
 
     def start_delete(self, uuid: str, request_id: str) -> None:
         task = asyncio.create_task(self.run_delete(uuid, request_id))

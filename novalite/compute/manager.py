@@ -755,9 +755,8 @@ class ComputeManager:
         """Destroy the domain and its files, then free the claim and mark deleted (caller holds the lock)."""
         uuid = str(inst["uuid"])
         async with self.pool.acquire() as conn:
-            await db.event_start(conn, uuid, request_id, "compute_terminate_instance", self.host)
-            await db.notify(conn, "instance.delete.start", {"host": self.host},
-                            publisher_id=f"nova-compute:{self.host}", instance_uuids=[uuid], request_id=request_id)
+            await db.event_start_notify(conn, uuid, request_id, "compute_terminate_instance", self.host,
+                                        "instance.delete.start", {"host": self.host}, f"nova-compute:{self.host}")
         await self.live.cleanup_for_delete(uuid)  # a live migration is aborted first, as Nova does
         await self._undo_build(uuid)
         await self.resize.cleanup_for_delete(uuid)  # a resize's other host and its held claim

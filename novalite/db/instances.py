@@ -407,6 +407,31 @@ async def start_actions(
     )
 
 
+# A DELETE's start in one statement (it was a transaction of four round trips): the instance is
+# marked deleting unless it is already, and the request's 'delete' action recorded with it. The
+# last two columns read the row as it was before (a statement does not see its own changes).
+_MARK_DELETING = f"""
+WITH cas AS (
+    UPDATE instances SET updated_at = now(), task_state = 'deleting'
+     WHERE uuid = $1 AND {by_uuid("task_state IS DISTINCT FROM 'deleting' AND NOT deleted")}
+    RETURNING uuid),
+act AS (
+    INSERT INTO instance_actions (action, instance_uuid, request_id, user_id, project_id)
+    SELECT 'delete', uuid, $2, $3, $4 FROM cas)
+SELECT EXISTS (SELECT 1 FROM cas) AS marked, (SELECT NOT deleted FROM instances WHERE uuid = $1) AS live"""
+
+
+async def mark_deleting(
+    conn: asyncpg.Connection, uuid: str, request_id: str, user_id: str, project_id: str
+) -> bool | None:
+    """Mark the instance deleting and start its 'delete' action: True when this call marked it,
+    False when a delete was under way already; None when there is no such (live) instance."""
+    row = await conn.fetchrow(_MARK_DELETING, uuid, request_id, user_id, project_id)
+    if row["marked"]:
+        return True
+    return False if row["live"] else None
+
+
 async def finish_action(conn: asyncpg.Connection, uuid: str, request_id: str, message: str | None = None) -> None:
     await conn.execute(
         """UPDATE instance_actions SET finish_time = now(), updated_at = now(), message = coalesce($3, message)
@@ -428,6 +453,23 @@ async def event_start(conn: asyncpg.Connection, uuid: str, request_id: str, even
         event,
         host,
     )
+
+
+async def event_start_notify(
+    conn: asyncpg.Connection, uuid: str, request_id: str, event: str, host: str | None, event_type: str,
+    payload: dict, publisher_id: str,
+) -> None:
+    """:func:`event_start` and :func:`notify` (for this instance) in one statement."""
+    await conn.execute(
+        """WITH ev AS (
+               INSERT INTO instance_actions_events (action_id, event, host)
+               SELECT id, $3, $4 FROM instance_actions WHERE instance_uuid = $1 AND request_id = $2
+               ORDER BY id DESC LIMIT 1)
+           INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload)
+           VALUES ($5, 'INFO', $6, $1, $2, $7)""",
+        uuid, request_id, event, host, event_type, publisher_id, payload,
+    )
+    log.info("notification", event_type=event_type, publisher_id=publisher_id, instance_uuids=[uuid])
 
 
 async def event_finish(
