@@ -120,3 +120,22 @@ async def test_the_free_address_count_reads_no_port_and_stays_exact(cloud):
     assert status == 204
     async with cloud.app[keys.DB].acquire() as conn:
         assert await q.free_addresses(conn, sub) == 100 == await counted_free(conn, sub)
+
+
+async def test_a_batch_of_server_ports_answers_each_port_and_makes_none_for_those_refused(cloud):
+    net, sub = await network(cloud, "10.82.0.0/29")  # pool .2-.6: five addresses
+    status, doc = await post(cloud, "port", {"network_id": net})  # one taken, four left
+    assert status == 201, doc
+    devices = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(7)]
+    wanted = [q.NovaPort(net, "ipam-a", d, "compute:nova", None, 0, -1) for d in devices[:6]]
+    wanted.insert(2, q.NovaPort(net, "ipam-b", devices[6], "compute:nova", None, 0, 0))  # port quota 0
+    async with cloud.app[keys.DB].acquire() as conn:
+        out = await q.create_nova_ports(conn, wanted)
+        assert type(out[2]) is q.PortQuotaExceeded
+        made = [o for o in out if isinstance(o, dict)]
+        assert sorted(o["fixed_ip"] for o in made) == [f"10.82.0.{i}" for i in range(3, 7)]
+        assert sum(isinstance(o, q.NoMoreAddresses) for o in out) == 2  # six asked for four addresses
+        held = await conn.fetch("SELECT device_id FROM ports WHERE network_id = $1::uuid AND device_id <> ''", net)
+        got = [w.device_id for w, o in zip(wanted, out, strict=True) if isinstance(o, dict)]
+        assert sorted(r["device_id"] for r in held) == sorted(got)  # nothing of the refused ones
+        assert await q.free_addresses(conn, sub) == 0 == await counted_free(conn, sub)
