@@ -32,7 +32,6 @@ def by_uuid(conditions: str) -> str:
     return f"({conditions}) IS TRUE"
 
 
-
 class Not:
     """An expectation that matches every value except these."""
 
@@ -145,15 +144,14 @@ async def compare_and_set(
     for key, value in updates.items():
         args.append(value)
         sets.append(f"{key} = ${len(args)}")
-    where = [
-        "uuid = $1",
+    where = [  # checked on the row of uuid $1
         _expect_clause("vm_state", expect_vm_state, args),
         _expect_clause("task_state", expect_task_state, args),
     ]
     if not allow_deleted:
         where.append("NOT deleted")
     row = await conn.fetchrow(
-        f"UPDATE instances SET {', '.join(sets)} WHERE uuid = $1 AND {by_uuid(' AND '.join(where[1:]))} RETURNING *",
+        f"UPDATE instances SET {', '.join(sets)} WHERE uuid = $1 AND {by_uuid(' AND '.join(where))} RETURNING *",
         *args,
     )
     if row is None:
