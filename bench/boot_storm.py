@@ -28,7 +28,9 @@ Usage: bench/boot_storm.py [-n 1000] [--hosts 100] [-c 50] [--path real|minimal|
                            [--batch 50] [--no-small] [--no-batch] [--no-warmup]
 Environment: BENCH_TRACE=1 prints every POST and probe GET (start offset, latency) to stderr;
 BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit; BENCH_AUTO_EXPLAIN_MS=M logs
-the plans of statements slower than M ms (with --keep: the state directory's pgdata/log).
+the plans of statements slower than M ms (with --keep: the state directory's pgdata/log);
+BENCH_API_CONFIG / BENCH_DATABASE_CONFIG add lines (";"-separated) to the server's [api] /
+[database] sections, e.g. BENCH_DATABASE_CONFIG="worker_pool_max = 8" (a row then covers that too).
 """
 
 from __future__ import annotations
@@ -163,8 +165,8 @@ def write_config(root: Path, dsn: str, hosts: int, port: int, path: Scenario, n:
     quota = (f"[quota]\ninstances = {room}\ncores = {room}\nram = {room * 512}\n" if path.quota
              else "[quota]\ninstances = -1\ncores = -1\nram = -1\n")
     lines = [
-        f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n',
-        f'[database]\ndsn = "{dsn}"\n',
+        f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n' + os.environ.get("BENCH_API_CONFIG", "").replace(";", "\n") + "\n",
+        f'[database]\ndsn = "{dsn}"\n' + os.environ.get("BENCH_DATABASE_CONFIG", "").replace(";", "\n") + "\n",
         f'[state]\ndir = "{root / "state"}"\n',
         f'[log]\nlevel = "{path.log_level}"\nformat = "json"\n',
         "[identity]\nbcrypt_rounds = 4\n",
@@ -327,9 +329,22 @@ async def any_building(session, url, headers) -> bool:
         return bool((await r.json())["servers"])
 
 
+async def list_ids(session, url, headers, query: str = "") -> list[str]:
+    """The ids of every server the list shows (with `query`, e.g. "status=ACTIVE&"), page by page:
+    a page holds at most the API's max_limit (1000)."""
+    ids: list[str] = []
+    marker = ""
+    while True:
+        async with session.get(f"{url}/compute/v2.1/servers?{query}limit=1000{marker}", headers=headers) as r:
+            page = [s["id"] for s in (await r.json())["servers"]]
+        ids += page
+        if len(page) < 1000:
+            return ids
+        marker = f"&marker={page[-1]}"
+
+
 async def count_status(session, url, headers, status: str) -> int:
-    async with session.get(f"{url}/compute/v2.1/servers?status={status}&limit=100000", headers=headers) as r:
-        return len((await r.json())["servers"])
+    return len(await list_ids(session, url, headers, f"status={status}&"))
 
 
 async def warm_up(session: aiohttp.ClientSession, url: str, headers: dict, image: str, concurrency: int,
@@ -352,8 +367,7 @@ async def warm_up(session: aiohttp.ClientSession, url: str, headers: dict, image
 
 async def delete_all(session: aiohttp.ClientSession, url: str, headers: dict, concurrency: int) -> int:
     """DELETE every server with C concurrent requests and wait until none is listed; the failures."""
-    async with session.get(f"{url}/compute/v2.1/servers?limit=100000", headers=headers) as r:
-        ids = [s["id"] for s in (await r.json())["servers"]]
+    ids = await list_ids(session, url, headers)
     sem = asyncio.Semaphore(concurrency)
     failed = 0
 
