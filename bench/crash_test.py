@@ -56,7 +56,7 @@ STAGES = ["before_scheduling", "scheduling", "networking", "block_device_mapping
 # The task state a stage's kill aims at, when the stage is named after the action.
 SEEN = {"unshelve_spawning": "spawning", "migrating": "resize_finish", "evacuating": "rebuild_spawning",
         "live_migrating": "migrating"}
-DELAYS = {"scheduling": 0.8, "none": 0.2, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
+DELAYS = {"scheduling": 0.8, "networking": 0.6, "block_device_mapping": 0.6, "spawning": 0.8,
           "deleting": 0.8, "image_pending_upload": 0.6, "image_uploading": 0.8, "shelving_image_uploading": 0.8,
           "unshelve_spawning": 0.8, "live_migrating": 0.8}
 # States in which an instance has a domain and a claim on its host.

@@ -214,7 +214,7 @@ class ComputeConfig(_Section):
     shutdown_timeout: float = Field(60, ge=0, description="seconds of clean shutdown before a hard stop")
     soft_reboot_timeout: float = Field(120, ge=0, description="seconds a soft reboot waits before going hard")
     # Crash drills only: seconds to hold every instance in a stage, e.g. {spawning = 2, deleting = 1}
-    # (stages: scheduling, none, networking, block_device_mapping, spawning, deleting).
+    # (stages: scheduling, networking, block_device_mapping, spawning, deleting).
     drill_stage_delays: dict[str, float] = {}
     # Resize (Nova's [DEFAULT] allow_resize_to_same_host): the current host may be the destination.
     allow_resize_to_same_host: bool = False

@@ -246,7 +246,7 @@ class ComputeManager:
         if not delays:
             return
         # before_step(uuid, next) runs before the step that LEAVES a stage.
-        leaving = {None: "scheduling", states.NETWORKING: "none", states.BLOCK_DEVICE_MAPPING: "networking",
+        leaving = {states.NETWORKING: "scheduling", states.BLOCK_DEVICE_MAPPING: "networking",
                    states.SPAWNING: "block_device_mapping"}
 
         async def before_step(uuid: str, new: str | None) -> None:
@@ -429,14 +429,16 @@ class ComputeManager:
             made = False  # whether this host may hold a domain or files of the instance
             spawning = False
             try:
-                # SCHEDULING → None on this host; the scheduler's claim is the resource claim.
+                # SCHEDULING → NETWORKING on this host, in one step: Nova passes through task_state
+                # None for the moment between its build's start and its network step, a write of the
+                # instance row (every one of its indexes) that nothing waits for. The scheduler's
+                # claim is the resource claim: the step happens only if the instance holds it here.
                 inst = await self._step(
-                    uuid, request_id, states.SCHEDULING, None, start_events=[BUILD_EVENT],
+                    uuid, request_id, states.SCHEDULING, states.NETWORKING,
+                    start_events=[BUILD_EVENT, "compute_allocate_network"],
                     notification=("instance.create.start", {"host": self.host}, publisher),
                     require_claim_on=self.host, full_row=True,
                 )
-                if inst["host"] != self.host:
-                    raise BuildAborted("instance is claimed on another host")
                 mark = time.perf_counter()
                 ports = await self._networking(inst, request_id)
                 made = True
@@ -497,9 +499,9 @@ class ComputeManager:
         self.spawn_task(self.clean_partial_build(uuid))
 
     async def _networking(self, inst: asyncpg.Record, request_id: str) -> list[PortInfo]:
-        """NETWORKING: ports with MACs and fixed IPs, DHCP host entries on this host's networks."""
+        """NETWORKING (the build's first step entered it): ports with MACs and fixed IPs, DHCP host
+        entries on this host's networks."""
         uuid = str(inst["uuid"])
-        await self._step(uuid, request_id, None, states.NETWORKING, start_events=["compute_allocate_network"])
         if self.network_api is None or inst["requested_networks"] == "none":
             return []
         return await self.network_api.allocate_for_instance(

@@ -38,7 +38,7 @@ class BuildStep:
     event_details: str | None = None  # stored on the events this step finishes
     finish_action: bool = False
     notification: tuple[str, dict, str] | None = None  # (event_type, payload, publisher_id)
-    require_claim_on: str | None = None  # the instance must hold a resource claim on this host
+    require_claim_on: str | None = None  # the instance must be on this host and hold a resource claim there
     full_row: bool = False  # return the whole instance row, not only its uuid
 
     def record(self, index: int) -> dict:
@@ -72,8 +72,8 @@ inst AS (
     WHERE i.uuid = x.uuid AND NOT i.deleted
       AND i.vm_state IS NOT DISTINCT FROM x.expect_vm_state
       AND i.task_state IS NOT DISTINCT FROM x.expect_task_state
-      AND (x.claim_host IS NULL OR EXISTS (
-          SELECT 1 FROM allocations a WHERE a.instance_uuid = i.uuid AND a.host = x.claim_host))
+      AND (x.claim_host IS NULL OR (i.host = x.claim_host AND EXISTS (
+          SELECT 1 FROM allocations a WHERE a.instance_uuid = i.uuid AND a.host = x.claim_host)))
     RETURNING i.*),
 act AS (
     SELECT DISTINCT ON (x.uuid) x.*, a.id AS action_id
