@@ -429,3 +429,33 @@ async def test_ports_filter_by_part_of_their_address(cloud):
     assert await listed("fixed_ips=ip_address=10.68.0.1") == set()  # the gateway: no port
     status, body, _ = await cloud.request("GET", f"{V2}/extensions/ip-substring-filtering")
     assert status == 200
+
+
+async def test_auto_network_is_chosen_as_nova_chooses(cloud):
+    """networks=auto (the create's check reads the choice and its free addresses in one round trip):
+    the default shared network while the project has none of its own, 403 when its own has no
+    address to give, its own network, 409 when it has several."""
+    image = await add_image(cloud)
+
+    async def create() -> tuple[int, dict]:
+        status, body, _ = await cloud.compute("POST", "/servers", json_body={"server": {
+            "name": "vm", "imageRef": image, "flavorRef": "1", "networks": "auto"}}, version="2.37")
+        return status, body
+
+    status, body = await create()
+    assert status == 202, body
+    shared = await wait_for_status(cloud, body["server"]["id"], "ACTIVE")
+    assert list(shared["addresses"]) == ["private"]  # [[networks]]' shared default
+    own, _ = await _network(cloud, cidr=None)  # the project's only network, without a subnet yet
+    status, body = await create()
+    assert status == 403 and "Maximum number of ports exceeded" in body["forbidden"]["message"]
+    await _post(cloud, "subnet", {"network_id": own["id"], "cidr": "10.73.0.0/24", "ip_version": 4})
+    status, body = await create()
+    assert status == 202, body
+    server = await wait_for_status(cloud, body["server"]["id"], "ACTIVE")
+    assert [a["addr"].startswith("10.73.0.") for a in server["addresses"][own["name"]]] == [True]
+    await _network(cloud, cidr="10.74.0.0/24")
+    status, body = await create()
+    assert status == 409 and "Multiple possible networks found" in body["conflictingRequest"]["message"]
+    status, body, _ = await cloud.compute("GET", "/servers")
+    assert {s["id"] for s in body["servers"]} == {shared["id"], server["id"]}  # nothing left of the refused

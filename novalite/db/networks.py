@@ -224,6 +224,17 @@ def free_addresses_sql(network_ids: str) -> str:
         FROM unnest({network_ids}) AS net(id))"""
 
 
+def auto_candidates_sql(project_arg: str) -> str:
+    """An SQL expression: the networks an ``auto`` request of the project ``project_arg`` (an SQL
+    text) chooses from -- those its members see, in list_networks' order -- each with its free pool
+    addresses, as a JSON list of {id, project_id, shared, is_default, free}."""
+    return f"""(SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'id', n.id::text, 'project_id', n.project_id, 'shared', n.shared, 'is_default', n.is_default,
+                    'free', (SELECT coalesce(sum({_FREE}), 0)::bigint FROM subnets s WHERE s.network_id = n.id))
+                  ORDER BY n.created_at, n.name), '[]')
+        FROM networks n WHERE {project_arg}::text IS NOT NULL AND {_visible_networks(project_arg, False)})"""
+
+
 async def subnets_of_network(conn: asyncpg.Connection, network_id: str) -> list[dict]:
     """The network's subnets, oldest first."""
     rows = await conn.fetch(

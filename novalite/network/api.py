@@ -204,6 +204,25 @@ class NetworkPlan:
     networks: list[dict] | None
 
 
+def _pick_auto(visible: list[dict], project_id: str) -> dict | None:
+    """Nova's choice for ``auto`` among the networks a project sees (oldest first): its own network
+    if it has exactly one, else the default, else the only shared one (409 when it is ambiguous)."""
+    own = [n for n in visible if n["project_id"] == project_id and not n["shared"]]
+    if len(own) == 1:
+        return own[0]
+    if len(own) > 1:
+        raise exception.Conflict(
+            "Multiple possible networks found, use a Network ID to be more specific."
+        )
+    default = [n for n in visible if n["is_default"]]
+    if default:
+        return default[0]
+    shared = [n for n in visible if n["shared"]]
+    if len(shared) > 1:
+        raise exception.Conflict("Multiple possible networks found, use a Network ID to be more specific.")
+    return shared[0] if shared else None
+
+
 @dataclass
 class _Wanted:
     """One resolved entry of requested_networks."""
@@ -546,21 +565,23 @@ class NetworkAPI:
 
     async def _auto_network(self, conn: asyncpg.Connection, project_id: str, is_admin: bool) -> dict | None:
         """The project's own network if it has exactly one, else the default, else the only shared one."""
-        visible = await q.list_networks(conn, project_id=project_id, is_admin=False)
-        own = [n for n in visible if n["project_id"] == project_id and not n["shared"]]
-        if len(own) == 1:
-            return own[0]
-        if len(own) > 1:
-            raise exception.Conflict(
-                "Multiple possible networks found, use a Network ID to be more specific."
-            )
-        default = [n for n in visible if n["is_default"]]
-        if default:
-            return default[0]
-        shared = [n for n in visible if n["shared"]]
-        if len(shared) > 1:
-            raise exception.Conflict("Multiple possible networks found, use a Network ID to be more specific.")
-        return shared[0] if shared else None
+        return _pick_auto(await q.list_networks(conn, project_id=project_id, is_admin=False), project_id)
+
+    async def _validate_auto(self, conn: asyncpg.Connection, project_id: str, requested: Any, max_count: int
+                             ) -> NetworkPlan:
+        """validate_requested_networks of ``auto`` (or no ``networks`` before 2.37): the networks to
+        choose from with their free addresses, and the port quota's room, in one round trip."""
+        room, visible = await quota.headroom(conn, project_id, "port", also=q.auto_candidates_sql("$1"))
+        net = _pick_auto(visible, project_id)
+        if net is None:
+            if requested == "auto":
+                raise exception.Invalid(f"Unable to automatically allocate a network for project {project_id}")
+            return NetworkPlan(max_count, [])
+        fits = min(max_count, net["free"], max_count if room is None else room)
+        if fits < 1:
+            raise exception.QuotaExceeded("Maximum number of ports exceeded")
+        return NetworkPlan(fits, [{"id": net["id"], "tag": None}])
+
 
     async def _check_fixed_ip(self, conn: asyncpg.Connection, net: dict, address: str,
                               instance_uuid: str | None) -> None:
@@ -602,6 +623,8 @@ class NetworkAPI:
             async with self.pool.acquire() as conn:
                 return await self.validate_requested_networks(
                     project_id, requested, max_count, is_admin=is_admin, conn=conn)
+        if requested is None or requested == "auto":
+            return await self._validate_auto(conn, project_id, requested, max_count)
         wanted = await self._resolve(conn, project_id, requested, None, is_admin)
         needs: dict[str, int] = {}
         for w in wanted:
