@@ -292,24 +292,23 @@ async def get_compute_node(conn: asyncpg.Connection, service_down_time: int, *, 
     return dict(row) if row else None
 
 
+def host_status_sql(node: str, service_down_time_arg: str) -> str:
+    """Nova's get_instance_host_status of the compute node row ``node`` (an SQL alias), as an SQL
+    expression: DOWN (forced down), MAINTENANCE (disabled), UP (heartbeat fresh) or UNKNOWN
+    (heartbeat stale); ``service_down_time_arg`` is the seconds (an SQL float8)."""
+    return f"""CASE WHEN {node}.forced_down THEN 'DOWN' WHEN {node}.disabled THEN 'MAINTENANCE'
+                    WHEN {node}.heartbeat_at IS NOT NULL
+                         AND {node}.heartbeat_at >= now() - make_interval(secs => {service_down_time_arg}) THEN 'UP'
+                    ELSE 'UNKNOWN' END"""
+
+
 async def host_statuses(conn: asyncpg.Connection, service_down_time: int, hosts: list[str]) -> dict[str, str]:
-    """Nova's get_instance_host_status per host: DOWN (forced down), MAINTENANCE (disabled), UP (heartbeat
-    fresh) or UNKNOWN (heartbeat stale); a host without a service row is left out (the caller shows "")."""
+    """host_status_sql per host; a host without a service row is left out (the caller shows "")."""
     rows = await conn.fetch(
-        """SELECT host, forced_down, disabled,
-                  (heartbeat_at IS NOT NULL AND heartbeat_at >= now() - make_interval(secs => $1)) AS alive
-             FROM compute_nodes WHERE host = ANY($2::text[])""",
+        f"SELECT host, {host_status_sql('n', '$1')} AS status FROM compute_nodes n WHERE host = ANY($2::text[])",
         float(service_down_time), hosts,
     )
-    out = {}
-    for r in rows:
-        if r["forced_down"]:
-            out[r["host"]] = "DOWN"
-        elif r["disabled"]:
-            out[r["host"]] = "MAINTENANCE"
-        else:
-            out[r["host"]] = "UP" if r["alive"] else "UNKNOWN"
-    return out
+    return {r["host"]: r["status"] for r in rows}
 
 
 async def update_service(conn: asyncpg.Connection, node_id: int, values: dict) -> None:

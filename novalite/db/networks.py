@@ -431,6 +431,15 @@ async def addresses_of_devices(conn: asyncpg.Connection, device_ids: Iterable[st
     )
 
 
+def device_addresses_sql(device_arg: str) -> str:
+    """An SQL expression: [network name, fixed IP, MAC] of each port of the device ``device_arg``
+    (an SQL text) that has a fixed IP, in addresses_of_devices' order, as a JSON list."""
+    return f"""(SELECT coalesce(jsonb_agg(jsonb_build_array(n.name, host(p.fixed_ip), p.mac_address)
+                                          ORDER BY p.device_index, p.created_at), '[]')
+                  FROM ports p JOIN networks n ON n.id = p.network_id
+                 WHERE p.device_id = {device_arg} AND p.subnet_id IS NOT NULL)"""
+
+
 async def ports_by_ids(conn: asyncpg.Connection, port_ids: Iterable[str]) -> list[dict]:
     """These ports (those with a fixed IP) with their network's names and subnet, as
     ports_for_devices gives them."""

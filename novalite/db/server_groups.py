@@ -61,9 +61,3 @@ async def delete(conn: asyncpg.Connection, group_uuid: str) -> bool:
     return await conn.fetchval("DELETE FROM instance_groups WHERE uuid = $1::uuid RETURNING true", group_uuid) is True
 
 
-async def groups_of(conn: asyncpg.Connection, instance_uuid: str) -> list[str]:
-    """Uuids of the groups an instance belongs to (Nova allows one)."""
-    rows = await conn.fetch(
-        "SELECT group_uuid::text AS g FROM instance_group_members WHERE instance_uuid = $1::uuid", instance_uuid
-    )
-    return [r["g"] for r in rows]

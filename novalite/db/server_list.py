@@ -15,6 +15,9 @@ from typing import Any
 
 import asyncpg
 
+from novalite.db.catalog import host_status_sql
+from novalite.db.networks import device_addresses_sql
+
 
 @dataclass(slots=True)
 class ServerListQuery:
@@ -155,3 +158,25 @@ async def list_servers(conn: asyncpg.Connection, q: ServerListQuery) -> list[asy
         ids = [r["id"] for r in rows]
         rows = rows[ids.index(marker_id) + 1 :][: q.limit] if marker_id in ids else rows[: q.limit]
     return rows
+
+
+async def server_extras(
+    conn: asyncpg.Connection, uuid: str, *, addresses: bool, groups: bool, host: str | None,
+    service_down_time: float = 0,
+) -> asyncpg.Record:
+    """What one server's document shows besides its row, in ONE round trip (it was five): ``fault``
+    (its latest, a row of instance_faults, or None), ``bdms`` (its block device mappings, rows, in
+    boot order), ``addresses`` ([network name, fixed IP, MAC] of its ports, when asked), ``groups``
+    (its server groups' uuids, when asked) and ``host_status`` (of ``host``'s service: see
+    catalog.host_status_sql; None without a host or a service row)."""
+    return await conn.fetchrow(
+        f"""SELECT (SELECT f FROM instance_faults f WHERE f.instance_uuid = $1::uuid ORDER BY f.id DESC LIMIT 1)
+                     AS fault,
+                   ARRAY(SELECT b FROM block_device_mappings b WHERE b.instance_uuid = $1::uuid AND NOT b.deleted
+                          ORDER BY b.boot_index NULLS LAST, b.id) AS bdms,
+                   {device_addresses_sql('$1::text') if addresses else 'NULL::jsonb'} AS addresses,
+                   {"ARRAY(SELECT group_uuid::text FROM instance_group_members WHERE instance_uuid = $1::uuid)"
+                    if groups else 'NULL::text[]'} AS groups,
+                   (SELECT {host_status_sql('n', '$3')} FROM compute_nodes n WHERE n.host = $2) AS host_status""",
+        uuid, host, float(service_down_time),
+    )

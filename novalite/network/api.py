@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,14 @@ class PortInfo:
 def address_doc(ip: str, mac: str) -> dict:
     """A fixed IP and its port's MAC as a server document's ``addresses`` lists them."""
     return {"addr": ip, "version": 4, "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": mac}
+
+
+def addresses_doc(ports: Iterable[Sequence[str]]) -> dict[str, list[dict]]:
+    """A server document's ``addresses`` from its ports' (network name, fixed IP, MAC), in order."""
+    out: dict[str, list[dict]] = {}
+    for network, ip, mac in ports:
+        out.setdefault(network, []).append(address_doc(ip, mac))
+    return out
 
 
 def _port_info(row: dict, tag: str | None = None, filter_prefix: str | None = None) -> PortInfo:
@@ -923,7 +931,7 @@ class NetworkAPI:
             return out
         async with self.pool.acquire() as conn:
             rows = await q.addresses_of_devices(conn, uuids)
-        for device_id, network, ip, mac in rows:
+        for device_id, network, ip, mac in rows:  # one pass: a detail page has a thousand servers
             out.setdefault(device_id, {}).setdefault(network, []).append(address_doc(ip, mac))
         return out
 

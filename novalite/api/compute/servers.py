@@ -6,7 +6,6 @@ Handlers stay thin: parse and authorize here, validate and provision in
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -28,7 +27,7 @@ from novalite.compute.states import states_from_status
 from novalite.context import RequestContext
 from novalite.db import catalog, is_uuid, server_list
 from novalite.db import instances as db
-from novalite.db import server_groups as sg_db
+from novalite.network.api import addresses_doc
 
 if TYPE_CHECKING:
     from multidict import MultiDictProxy
@@ -351,14 +350,6 @@ async def _detail_doc(
     )
 
 
-async def _server_groups(request: web.Request, uuid: str) -> list[str] | None:
-    """The instance's group uuids, as show (from 2.71) and update/rebuild answer them."""
-    if not at_least(request, 71):
-        return None
-    async with request.app[keys.DB].acquire() as conn:
-        return await sg_db.groups_of(conn, uuid)
-
-
 async def _query(request: web.Request, fn, *args):
     async with request.app[keys.DB].acquire() as conn:
         return await fn(conn, *args)
@@ -367,34 +358,48 @@ async def _query(request: web.Request, fn, *args):
 async def _one_server_doc(
     request: web.Request, ctx: RequestContext, inst: asyncpg.Record, all_attributes: bool = True
 ) -> dict:
-    """One server's document. Its fault, BDMs, addresses and groups are read at the same
-    time, each on its own connection: one wait instead of four while the loop is busy."""
+    """One server's document: its fault, BDMs, addresses, groups and host's status read in one
+    statement (db.server_list.server_extras)."""
     uuid = str(inst["uuid"])
-    faults, bdms, addrs, groups, statuses = await asyncio.gather(
-        _query(request, db.latest_faults, [uuid]),
-        _query(request, db.bdms_for, [uuid]),
-        addresses_for(request, [uuid]),
-        _server_groups(request, uuid),
-        _host_statuses(request, ctx, [inst], {"project_id": inst["project_id"]}),
-    )
-    return await _detail_doc(request, ctx, inst, faults.get(uuid), bdms.get(uuid, []), addrs.get(uuid),
-                             all_attributes=all_attributes, server_groups=groups, host_status=statuses.get(uuid))
+    unknown_only = _host_status_access(request, ctx, {"project_id": inst["project_id"]})
+    groups = at_least(request, 71)
+    async with request.app[keys.DB].acquire() as conn:
+        extras = await server_list.server_extras(
+            conn, uuid, addresses=request.app.get(keys.NETWORK_API) is not None, groups=groups,
+            host=inst["host"] if unknown_only is not None else None,
+            service_down_time=request.app[keys.CONFIG].scheduler.service_down_time,
+        )
+    host_status = None
+    if unknown_only is not None:
+        host_status = extras["host_status"] or "" if inst["host"] else ""
+        if unknown_only and host_status != "UNKNOWN":
+            host_status = None
+    return await _detail_doc(request, ctx, inst, extras["fault"], extras["bdms"],
+                             addresses_doc(extras["addresses"] or []), all_attributes=all_attributes,
+                             server_groups=extras["groups"] if groups else None, host_status=host_status)
+
+
+def _host_status_access(request: web.Request, ctx: RequestContext, target: dict) -> bool | None:
+    """Whether the caller sees host_status (2.16) of servers of ``target``: None (not at all), False
+    (any status: ``show:host_status``) or True (UNKNOWN only: ``show:host_status:unknown-only``), as
+    Nova's view decides."""
+    if not at_least(request, 16):
+        return None
+    policy = request.app[keys.POLICY]
+    if policy.check("os_compute_api:servers:show:host_status", ctx.creds(), target):
+        return False
+    if policy.check("os_compute_api:servers:show:host_status:unknown-only", ctx.creds(), target):
+        return True
+    return None
 
 
 async def _host_statuses(
     request: web.Request, ctx: RequestContext, rows: list[asyncpg.Record], target: dict
 ) -> dict[str, str]:
-    """host_status (2.16) of each server the caller may see it for, as Nova's view: with
-    ``show:host_status`` any status, with only ``show:host_status:unknown-only`` just UNKNOWN;
+    """host_status (2.16) of each server the caller may see it for (_host_status_access);
     "" for a server without a host (or whose host has no service)."""
-    if not at_least(request, 16) or not rows:
-        return {}
-    policy = request.app[keys.POLICY]
-    if policy.check("os_compute_api:servers:show:host_status", ctx.creds(), target):
-        unknown_only = False
-    elif policy.check("os_compute_api:servers:show:host_status:unknown-only", ctx.creds(), target):
-        unknown_only = True
-    else:
+    unknown_only = _host_status_access(request, ctx, target) if rows else None
+    if unknown_only is None:
         return {}
     hosts = sorted({r["host"] for r in rows if r["host"]})
     by_host = await _query(request, catalog.host_statuses, request.app[keys.CONFIG].scheduler.service_down_time,
