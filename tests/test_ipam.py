@@ -139,3 +139,27 @@ async def test_a_batch_of_server_ports_answers_each_port_and_makes_none_for_thos
         got = [w.device_id for w, o in zip(wanted, out, strict=True) if isinstance(o, dict)]
         assert sorted(r["device_id"] for r in held) == sorted(got)  # nothing of the refused ones
         assert await q.free_addresses(conn, sub) == 0 == await counted_free(conn, sub)
+
+
+async def test_a_port_delete_takes_its_projects_counter_before_its_subnet(cloud):
+    """A port create holds its project's port counter (its quota check), then counts the port into
+    its subnet; a delete takes the two in the same order, so a create and a delete on one network
+    never each hold what the other waits for (they deadlocked while servers booted and went)."""
+    net, sub = await network(cloud, "10.82.0.0/24")
+    status, doc = await post(cloud, "port", {"network_id": net})
+    assert status == 201, doc
+    port, project = doc["port"]["id"], doc["port"]["project_id"]
+    pool = cloud.app[keys.DB]
+    async with pool.acquire() as create, pool.acquire() as delete:
+        held = create.transaction()
+        await held.start()
+        await create.execute("SELECT 1 FROM network_usage WHERE project_id = $1 FOR UPDATE", project)
+        deleting = asyncio.create_task(delete.execute("DELETE FROM ports WHERE id = $1::uuid", port))
+        await asyncio.sleep(0.3)
+        assert not deleting.done()  # waiting for the project's counter, holding no subnet
+        # what the create's insert does next: with the old order this waited for the delete (deadlock)
+        await asyncio.wait_for(create.execute("UPDATE subnets SET pool_used = pool_used WHERE id = $1::uuid", sub), 5)
+        await held.commit()
+        assert await asyncio.wait_for(deleting, 5) == "DELETE 1"
+    async with pool.acquire() as conn:
+        assert await q.free_addresses(conn, sub) == 253 == await counted_free(conn, sub)  # .2-.254, the port gone
