@@ -88,6 +88,33 @@ async def test_verdicts_of_a_success_show_weights_and_the_choice(cloud):
     assert json.loads(event["details"])["verdicts"] == f"/servers/{uuid}/os-scheduling"
 
 
+async def test_concurrent_schedulings_each_keep_their_own_record(cloud):
+    """The records of concurrent schedulings go to Postgres in one statement (a multi-create's
+    among them): each server still has its own verdicts, its own finished scheduling event and its
+    scheduler notifications, under its own request."""
+    image = await add_image(cloud)
+    body = {"server": {"name": "multi", "imageRef": image, "flavorRef": "1", "networks": "none",
+                       "min_count": 3, "max_count": 3}}
+    status, _, _ = await cloud.compute("POST", "/servers", json_body=body, version="2.latest")
+    assert status == 202
+    singles = await asyncio.gather(*(boot(cloud, image) for _ in range(6)))  # 9: the quota is 10
+    _, listed, _ = await cloud.compute("GET", "/servers?name=multi", version="2.latest")
+    uuids = [s["id"] for s in listed["servers"]] + list(singles)
+    assert len(uuids) == 9
+    for uuid in uuids:
+        server = await wait_for_status(cloud, uuid, "ACTIVE", user="admin")
+        status, body, _ = await cloud.compute("GET", f"/servers/{uuid}/os-scheduling", user="admin")
+        assert status == 200 and body["scheduling"]["chosen"] == server["OS-EXT-SRV-ATTR:host"]
+        (event,) = [e for e in await create_events(cloud, uuid) if e["event"] == EVENT]
+        assert event["result"] == "Success" and json.loads(event["details"])["host"] == server["OS-EXT-SRV-ATTR:host"]
+    rows = await cloud.app[keys.DB].fetch(
+        """SELECT n.instance_uuid::text AS uuid, n.event_type, n.request_id = a.request_id AS own
+             FROM notifications n JOIN instance_actions a ON a.instance_uuid = n.instance_uuid AND a.action = 'create'
+            WHERE n.event_type LIKE 'scheduler.select_destinations.%' AND n.instance_uuid = ANY($1::uuid[])""", uuids)
+    assert sorted((r["uuid"], r["event_type"], r["own"]) for r in rows) == sorted(
+        (u, f"scheduler.select_destinations.{end}", True) for u in uuids for end in ("start", "end"))
+
+
 async def test_disabled_service_is_filtered_out_with_its_reason(cloud):
     image = await add_image(cloud)
     status, _, _ = await cloud.compute(

@@ -522,24 +522,59 @@ async def interrupt_open_events(conn: asyncpg.Connection, uuid: str, request_id:
     return [r["event"] for r in rows]
 
 
-_RECORD_SCHEDULE = """
-WITH verdicts AS (
+# The records of many schedulings in one statement: per scheduling its notifications and verdict
+# rows (the scheduler's) and its finished event for each instance that got a host (the conductor's).
+_RECORD_SCHEDULES = """
+WITH r AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
+        i integer, uuids uuid[], request_id text, start_payload jsonb, started_at timestamptz, verdicts jsonb,
+        end_payload jsonb, event text, event_started_at timestamptz, scheduled jsonb)),
+verdicts AS (
     INSERT INTO scheduling_verdicts (instance_uuid, request_id, host, summary, verdicts)
-    SELECT v.instance_uuid, $2, v.host, v.summary, v.verdicts
-      FROM jsonb_to_recordset($5::jsonb) AS v(instance_uuid uuid, host text, summary text, verdicts jsonb)),
+    SELECT v.instance_uuid, r.request_id, v.host, v.summary, v.verdicts
+      FROM r CROSS JOIN LATERAL jsonb_to_recordset(r.verdicts)
+                                AS v(instance_uuid uuid, host text, summary text, verdicts jsonb)),
 events AS (
     INSERT INTO instance_actions_events (action_id, event, start_time, finish_time, result, details)
-    SELECT a.id, $7, $8, now(), 'Success', d.details
-      FROM unnest($9::uuid[], $10::text[]) AS d(u, details)
-      CROSS JOIN LATERAL (SELECT id FROM instance_actions WHERE instance_uuid = d.u AND request_id = $2
+    SELECT a.id, r.event, r.event_started_at, now(), 'Success', d.details
+      FROM r CROSS JOIN LATERAL jsonb_to_recordset(r.scheduled) AS d(u uuid, details text)
+      CROSS JOIN LATERAL (SELECT id FROM instance_actions WHERE instance_uuid = d.u AND request_id = r.request_id
                           ORDER BY id DESC LIMIT 1) AS a)
 INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload, created_at)
-SELECT n.event_type, 'INFO', 'nova-scheduler', u.u, $2, n.payload, n.at
-  FROM (VALUES (1, 'scheduler.select_destinations.start', $3::jsonb, $4::timestamptz),
-               (2, 'scheduler.select_destinations.end', $6::jsonb, now())) AS n(ord, event_type, payload, at)
- CROSS JOIN unnest($1::uuid[]) WITH ORDINALITY AS u(u, i)
- ORDER BY n.ord, u.i
+SELECT n.event_type, 'INFO', 'nova-scheduler', u.u, r.request_id, n.payload, n.at
+  FROM r CROSS JOIN LATERAL (VALUES (1, 'scheduler.select_destinations.start', r.start_payload, r.started_at),
+                                    (2, 'scheduler.select_destinations.end', r.end_payload, now()))
+                            AS n(ord, event_type, payload, at)
+ CROSS JOIN LATERAL unnest(r.uuids) WITH ORDINALITY AS u(u, k)
+ ORDER BY r.i, n.ord, u.k
 """
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """What one scheduling leaves: the scheduler's record (scheduler.manager.scheduling_record) of
+    ``uuids``, and the conductor's ``event`` (started at ``event_started_at``) finished for each
+    instance in ``scheduled`` (uuid, details) that got a host."""
+
+    uuids: Sequence[str]
+    request_id: str
+    record: dict
+    event: str
+    event_started_at: datetime
+    scheduled: Sequence[tuple[str, str]]
+
+
+async def record_schedules(conn: asyncpg.Connection, records: list[ScheduleRecord]) -> list[None]:
+    """The records of many schedulings in ONE statement (a ``db.batch.BatchWriter`` sends those of
+    concurrent schedulings together); one None per record."""
+    await conn.execute(_RECORD_SCHEDULES, [
+        {"i": i, "uuids": list(r.uuids), "request_id": r.request_id, "start_payload": r.record["start_payload"],
+         "started_at": r.record["started_at"], "verdicts": r.record["verdicts"], "end_payload": r.record["end_payload"],
+         "event": r.event, "event_started_at": r.event_started_at,
+         "scheduled": [{"u": u, "details": d} for u, d in r.scheduled]}
+        for i, r in enumerate(records)
+    ])
+    return [None] * len(records)
 
 
 async def record_schedule(
@@ -552,21 +587,8 @@ async def record_schedule(
     event_started_at: datetime,
     scheduled: Sequence[tuple[str, str]],
 ) -> None:
-    """One statement after a scheduling: the scheduler's notifications and verdict rows, and
-    the conductor's finished event (uuid, details) for each instance that got a host."""
-    await conn.execute(
-        _RECORD_SCHEDULE,
-        list(uuids),
-        request_id,
-        record["start_payload"],
-        record["started_at"],
-        record["verdicts"],
-        record["end_payload"],
-        event,
-        event_started_at,
-        [u for u, _ in scheduled],
-        [d for _, d in scheduled],
-    )
+    """One scheduling's record (record_schedules) on its own."""
+    await record_schedules(conn, [ScheduleRecord(uuids, request_id, record, event, event_started_at, scheduled)])
 
 
 async def list_actions(conn: asyncpg.Connection, uuid: str) -> list[asyncpg.Record]:
