@@ -61,6 +61,22 @@ async def test_fifty_creates_against_ten_instances_admit_ten(cloud, demo):
     assert sorted(c for c, _, _ in again) == [202] + [403] * 9
 
 
+async def test_creates_need_no_more_connections_than_the_pool_has(pg_dsn, tmp_path, monkeypatch):
+    """More creates at once than the API pool has connections: each create's checks give their
+    connection back before the shared provisioning statement takes one (holding it while waiting
+    for that statement left the statement none, and no create ever answered)."""
+    monkeypatch.setenv("NOVALITE_API__MAX_CONCURRENT_CREATES", "8")
+    monkeypatch.setenv("NOVALITE_DATABASE__POOL_MAX", "3")
+    cloud = await start_cloud(pg_dsn, tmp_path)
+    try:
+        image = await add_image(cloud)
+        results = await asyncio.wait_for(asyncio.gather(*(create(cloud, image, f"c{i}") for i in range(10))), 60)
+        assert [code for code, _, _ in results] == [202] * 10
+        assert len(await live_servers(cloud)) == 10
+    finally:
+        await stop_cloud(cloud)
+
+
 async def test_fifty_creates_against_ten_cores_admit_five_medium(cloud, demo):
     image = await add_image(cloud)
     await set_quota(cloud, demo, instances=-1, cores=10, ram=-1)

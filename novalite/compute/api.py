@@ -233,13 +233,17 @@ class ComputeAPI:
         off) is the one every instance of the request gets on its config drive."""
         if req.min_count > req.max_count:
             raise exception.Invalid("min_count must be <= max_count")
-        async with self._creating, self.pool.acquire() as conn:  # one connection for the whole create
-            base = await self._validate(conn, ctx, req)
-            await self._validate_networks(conn, ctx, req, base.request_spec)
+        async with self._creating:
+            # The checks' connection goes back before provisioning: a batched provision writes on
+            # its writer's own, and a create holding one while it waited for that writer could
+            # leave the writer none (every connection held by a waiting create: no create ends).
+            async with self.pool.acquire() as conn:
+                base = await self._validate(conn, ctx, req)
+                await self._validate_networks(conn, ctx, req, base.request_spec)
             password = req.admin_password or (
                 generate_password() if self.config.api.enable_instance_password else None
             )
-            instances, reservation_id = await self._provision(conn, ctx, req, base)
+            instances, reservation_id = await self._provision(ctx, req, base)
         uuids = [str(i["uuid"]) for i in instances]
         self.build_instances(
             BuildRequest(instance_uuids=uuids, request_spec=base.request_spec, request_id=ctx.request_id,
@@ -716,7 +720,7 @@ class ComputeAPI:
         return rows
 
     async def _provision(
-        self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest, base: BaseOptions
+        self, ctx: RequestContext, req: CreateRequest, base: BaseOptions
     ) -> tuple[list[asyncpg.Record], str]:
         """Admit what fits in the project's quota and write it: instance rows, BDMs, group
         members, actions, notifications. How many fit is computed from the usage last seen;
@@ -735,7 +739,7 @@ class ComputeAPI:
                 )
             rows = self._instance_rows(ctx, req, base, count, reservation_id)
             try:
-                instances = await self._write(conn, ctx, base, rows, notification)
+                instances = await self._write(ctx, base, rows, notification)
                 break
             except _Refused as refused:
                 used = refused.used
@@ -743,7 +747,7 @@ class ComputeAPI:
         return instances, reservation_id
 
     async def _write(
-        self, conn: asyncpg.Connection, ctx: RequestContext, base: BaseOptions, rows: list[dict], notification: dict
+        self, ctx: RequestContext, base: BaseOptions, rows: list[dict], notification: dict
     ) -> list[asyncpg.Record]:
         """One statement, shared with the creates provisioning at the same time; on its own in a
         transaction when a server group's member quota
@@ -763,7 +767,7 @@ class ComputeAPI:
             if not instances:
                 raise _Refused(used)
             return instances
-        async with conn.transaction():
+        async with self.pool.acquire() as conn, conn.transaction():
             if group is not None:
                 members = await conn.fetchval(
                     """SELECT (SELECT count(*) FROM instance_group_members m WHERE m.group_uuid = g.uuid)
