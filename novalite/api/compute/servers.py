@@ -371,7 +371,7 @@ async def _one_server_doc(
         )
     host_status = None
     if unknown_only is not None:
-        host_status = extras["host_status"] or "" if inst["host"] else ""
+        host_status = (extras["host_status"] or "") if inst["host"] else ""  # "": no host, or no service
         if unknown_only and host_status != "UNKNOWN":
             host_status = None
     return await _detail_doc(request, ctx, inst, extras["fault"], extras["bdms"],

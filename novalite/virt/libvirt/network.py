@@ -179,7 +179,13 @@ class LibvirtNetworks:
     def _used_bridges(self) -> set[str]:
         used: set[str] = set()
         for net in self.host.connection().listAllNetworks(0):
-            bridge = LibvirtConfigNetwork.from_xml(net.XMLDesc(0)).bridge
+            try:
+                xml = net.XMLDesc(0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                    continue  # removed since the list (another client of this libvirt): its bridge is free
+                raise
+            bridge = LibvirtConfigNetwork.from_xml(xml).bridge
             if bridge:
                 used.add(bridge)
         if _shares_interfaces(self.host) and os.path.isdir("/sys/class/net"):
