@@ -215,12 +215,16 @@ _FREE = f"""(SELECT coalesce(sum(pl.hi - pl.lo + 1), 0) - s.pool_used
              FROM ({_POOLS}) pl)"""
 
 
+def _network_free_sql(network_id: str) -> str:
+    """An SQL expression: the free pool addresses of the network ``network_id`` (an SQL uuid)
+    over all of its subnets."""
+    return f"(SELECT coalesce(sum({_FREE}), 0)::bigint FROM subnets s WHERE s.network_id = {network_id})"
+
+
 def free_addresses_sql(network_ids: str) -> str:
     """An SQL expression: the free pool addresses of each network of ``network_ids`` (an SQL
-    uuid[]) over all of its subnets, as a JSON object {network id: count}."""
-    return f"""(SELECT coalesce(jsonb_object_agg(net.id::text,
-                                                (SELECT coalesce(sum({_FREE}), 0)::bigint
-                                                   FROM subnets s WHERE s.network_id = net.id)), '{{}}')
+    uuid[]), as a JSON object {network id: count}."""
+    return f"""(SELECT coalesce(jsonb_object_agg(net.id::text, {_network_free_sql('net.id')}), '{{}}')
         FROM unnest({network_ids}) AS net(id))"""
 
 
@@ -230,7 +234,7 @@ def auto_candidates_sql(project_arg: str) -> str:
     addresses, as a JSON list of {id, project_id, shared, is_default, free}."""
     return f"""(SELECT coalesce(jsonb_agg(jsonb_build_object(
                     'id', n.id::text, 'project_id', n.project_id, 'shared', n.shared, 'is_default', n.is_default,
-                    'free', (SELECT coalesce(sum({_FREE}), 0)::bigint FROM subnets s WHERE s.network_id = n.id))
+                    'free', {_network_free_sql('n.id')})
                   ORDER BY n.created_at, n.name), '[]')
         FROM networks n WHERE {project_arg}::text IS NOT NULL AND {_visible_networks(project_arg, False)})"""
 
