@@ -231,6 +231,14 @@ def _pick_auto(visible: list[dict], project_id: str) -> dict | None:
     return shared[0] if shared else None
 
 
+def _auto_or_invalid(net: dict | None, requested: Any, project_id: str) -> dict | None:
+    """The auto choice of a create's ``networks``: Nova's 400 when ``auto`` finds no network
+    (no ``networks`` before 2.37 then means none)."""
+    if net is None and requested == "auto":
+        raise exception.Invalid(f"Unable to automatically allocate a network for project {project_id}")
+    return net
+
+
 @dataclass
 class _Wanted:
     """One resolved entry of requested_networks."""
@@ -542,12 +550,8 @@ class NetworkAPI:
         if requested == "none":
             return []
         if requested is None or requested == "auto":
-            net = await self._auto_network(conn, project_id, is_admin)
-            if net is None:
-                if requested == "auto":
-                    raise exception.Invalid(f"Unable to automatically allocate a network for project {project_id}")
-                return []
-            return [_Wanted(net)]
+            net = _auto_or_invalid(await self._auto_network(conn, project_id, is_admin), requested, project_id)
+            return [] if net is None else [_Wanted(net)]
         if not isinstance(requested, list):
             raise exception.Invalid(f"Bad networks format: {requested!r}")
         out: list[_Wanted] = []
@@ -580,10 +584,8 @@ class NetworkAPI:
         """validate_requested_networks of ``auto`` (or no ``networks`` before 2.37): the networks to
         choose from with their free addresses, and the port quota's room, in one round trip."""
         room, visible = await quota.headroom(conn, project_id, "port", also=q.auto_candidates_sql("$1"))
-        net = _pick_auto(visible, project_id)
+        net = _auto_or_invalid(_pick_auto(visible, project_id), requested, project_id)
         if net is None:
-            if requested == "auto":
-                raise exception.Invalid(f"Unable to automatically allocate a network for project {project_id}")
             return NetworkPlan(max_count, [])
         fits = min(max_count, net["free"], max_count if room is None else room)
         if fits < 1:
