@@ -95,7 +95,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         # at 35-80 ms each, the detail page's p99).
         freeze_heap()
         hosts_up = asyncio.get_running_loop().create_task(app[keys.HOSTS_READY].wait())
-        hosts_up.add_done_callback(lambda _: freeze_heap())
+        hosts_up.add_done_callback(lambda task: task.cancelled() or freeze_heap())  # not when stopping first
         background.append(hosts_up)
 
     async def test_image(app: web.Application) -> None:
