@@ -15,6 +15,7 @@ from conftest import add_image, wait_for_status
 from test_scheduler_api import boot
 
 from novalite.db import instances as db
+from novalite.db import steps
 from novalite.scheduler import manager
 
 
@@ -63,5 +64,11 @@ async def test_uuid_lookups_use_the_primary_key_when_no_row_is_live(cloud):
         ):
             plan = await generic_plan(conn, name, sql, args)
             assert "Index Scan using instances_pkey on instances" in plan, f"{name}:\n{plan}"
+        # A batch (a build's steps, deletes' ends) finds its rows through the primary key too, not
+        # by hashing a scan of every row against jsonb_to_recordset's guess of 100 items.
+        for name, sql, args in (("steps", steps._STEPS_UUID_SQL, "'[]'"),
+                                ("delete_ends", db._FINISH_DELETES, "'[]', '{}'")):
+            plan = await generic_plan(conn, name, sql, args)
+            assert "Seq Scan on instance" not in plan and "Scan on instances_pkey" in plan, f"{name}:\n{plan}"
     finally:
         await conn.close()

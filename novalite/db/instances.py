@@ -32,6 +32,14 @@ def by_uuid(conditions: str) -> str:
     return f"({conditions}) IS TRUE"
 
 
+def among(items: str, column: str = "i.uuid", key: str = "uuid") -> str:
+    """``column`` is one of the ``key``s of ``items`` (a CTE of a batch, joined on it too), looked
+    up in its index. Joined only, the planner takes a jsonb_to_recordset batch for 100 rows and
+    hashes a scan of the whole table instead (1.5 ms for 1,000 instances, growing with the table);
+    the array is a parameter of the plan, estimated at a few rows."""
+    return f"{column} = ANY(ARRAY(SELECT {key} FROM {items}))"
+
+
 class Not:
     """An expectation that matches every value except these."""
 
@@ -641,13 +649,14 @@ async def notify(
 # is finished (or recorded finished, as event_finish does), its action is finished and its
 # instance.delete.end stored. One commit for many: every delete changes its project's usage
 # row (a trigger), which a project's deletes and creates would otherwise take one commit at a time.
-_FINISH_DELETES = """
+_FINISH_DELETES = f"""
 WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(i integer, uuid uuid, request_id text, publisher text,
                                                             event text, power_state integer)),
 inst AS (
     UPDATE instances i SET updated_at = now(), vm_state = 'deleted', task_state = NULL, power_state = x.power_state,
         deleted = true, deleted_at = now(), terminated_at = now()
-    FROM x WHERE i.uuid = x.uuid AND NOT i.deleted AND i.task_state = 'deleting' RETURNING i.uuid),
+    FROM x WHERE i.uuid = x.uuid AND {among("x")} AND {by_uuid("NOT i.deleted AND i.task_state = 'deleting'")}
+    RETURNING i.uuid),
 alloc AS (DELETE FROM allocations a USING inst WHERE a.instance_uuid = inst.uuid),
 members AS (DELETE FROM instance_group_members m USING inst WHERE m.instance_uuid = inst.uuid),
 bdms AS (UPDATE block_device_mappings b SET deleted = true FROM inst WHERE b.instance_uuid = inst.uuid),

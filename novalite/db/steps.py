@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from novalite.db.batch import BatchWriter
-from novalite.db.instances import DeleteEnd, StateConflict, finish_deletes, get
+from novalite.db.instances import DeleteEnd, StateConflict, among, by_uuid, finish_deletes, get
 
 
 @dataclass
@@ -54,7 +54,7 @@ class BuildStep:
         }
 
 
-_STEPS_CTE = """
+_STEPS_CTE = f"""
 x AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(
         i integer, uuid uuid, request_id text, expect_vm_state text, expect_task_state text, task_state text,
@@ -69,7 +69,7 @@ inst AS (
                         ELSE coalesce(array_position(ARRAY['networking', 'block_device_mapping', 'spawning'],
                                                      x.task_state) * 25, i.progress) END
     FROM x
-    WHERE i.uuid = x.uuid AND NOT i.deleted
+    WHERE i.uuid = x.uuid AND {among("x")} AND {by_uuid("NOT i.deleted")}
       AND i.vm_state IS NOT DISTINCT FROM x.expect_vm_state
       AND i.task_state IS NOT DISTINCT FROM x.expect_task_state
       AND (x.claim_host IS NULL OR (i.host = x.claim_host AND EXISTS (
@@ -90,7 +90,8 @@ st AS (
     SELECT act.action_id, e, act.host FROM act, unnest(act.start_events) AS e),
 af AS (
     UPDATE instance_actions a SET finish_time = now(), updated_at = now()
-    FROM act WHERE a.id = act.action_id AND act.finish_action AND a.finish_time IS NULL),
+    FROM act WHERE a.id = act.action_id AND {among("act", "a.id", "action_id")} AND act.finish_action
+      AND a.finish_time IS NULL),
 n AS (
     INSERT INTO notifications (event_type, priority, publisher_id, instance_uuid, request_id, payload)
     SELECT x.note_type, 'INFO', x.note_publisher, x.uuid, x.request_id, x.note_payload
