@@ -132,6 +132,7 @@ class BaseOptions:
     request_spec: dict
     limits: dict  # the project's quota limits
     used: dict  # the project's instance usage when validated (provisioning re-checks it under its lock)
+    networks_read: dict | None = None  # what the network check reads (NetworkAPI.create_read_sql), if read
 
 
 def check_metadata_quota(metadata: dict, limits: dict) -> None:
@@ -239,7 +240,7 @@ class ComputeAPI:
             # leave the writer none (every connection held by a waiting create: no create ends).
             async with self.pool.acquire() as conn:
                 base = await self._validate(conn, ctx, req)
-                await self._validate_networks(conn, ctx, req, base.request_spec)
+                await self._validate_networks(conn, ctx, req, base)
             password = req.admin_password or (
                 generate_password() if self.config.api.enable_instance_password else None
             )
@@ -270,9 +271,12 @@ class ComputeAPI:
         bdms = self._bdms_with_root(req)
         root = next((b for b in bdms if b.get("boot_index") == 0), None)
         image_id = self._boot_image_id(req, root)
+        # The network check's reads (an `auto` request's) come with the lookups: one round trip.
+        networks_read = (self.network_api.create_read_sql(req.requested_networks, "$3")
+                         if self.network_api is not None else None)
         snap = await lookups.snapshot(
             conn, flavorid=req.flavor_ref, image_id=image_id, project_id=ctx.project_id, user_id=ctx.user_id,
-            is_admin=ctx.is_admin, key_name=req.key_name, zones=bool(req.availability_zone),
+            is_admin=ctx.is_admin, key_name=req.key_name, zones=bool(req.availability_zone), also=networks_read,
         )
         flavor = self._flavor(snap, req.flavor_ref)
         validate_flavor_extra_specs(flavor["extra_specs"] or {})
@@ -302,6 +306,7 @@ class ComputeAPI:
             request_spec=self._request_spec(
                 ctx, req, flavor_doc, image_id, image, image_props, az, forced_host, group, bdms
             ),
+            networks_read=snap.get("also"),
         )
 
     @staticmethod
@@ -644,20 +649,21 @@ class ComputeAPI:
         }
 
     async def _validate_networks(self, conn: asyncpg.Connection, ctx: RequestContext, req: CreateRequest,
-                                 request_spec: dict) -> None:
+                                 base: BaseOptions) -> None:
         """Requested networks, ports and fixed IPs must exist and be usable by this many instances;
         the networks resolved go in the request spec."""
         if self.network_api is None:
             return
         plan = await self.network_api.validate_requested_networks(
-            ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin, conn=conn
+            ctx.project_id, req.requested_networks, req.max_count, is_admin=ctx.is_admin, conn=conn,
+            read=base.networks_read,
         )
         if plan.fits < req.min_count:
             raise exception.Forbidden(
                 f"Maximum number of ports exceeded: only {plan.fits} of {req.min_count} instances can get addresses."
             )
         if plan.networks is not None:
-            request_spec["networks"] = plan.networks  # the build takes them as they are (Nova's NetworkRequestList)
+            base.request_spec["networks"] = plan.networks  # the build takes them as they are (Nova's NetworkRequestList)
 
     # -- provision ----------------------------------------------------------
     def _instance_rows(

@@ -69,18 +69,21 @@ async def snapshot(
     is_admin: bool,
     key_name: str | None,
     zones: bool = True,
+    also: str | None = None,
 ) -> dict:
     """Everything the create path looks up, in ONE round trip: flavor, image (None when the
     project may not see it, as if it did not exist), zones (only when asked for: it reads
     every compute node), quota overrides (class `default`, then the project's own, which
     win), security group names, the key pair's public key and the project's instance usage
-    (None before its first instance; read without a lock: provisioning re-checks it)."""
+    (None before its first instance; read without a lock: provisioning re-checks it); and as
+    ``also`` the value of the SQL expression ``also`` (of the project, ``$3``) when given: what
+    another service's check of the create reads, in the same round trip."""
     try:
         image_uuid = str(uuid.UUID(image_id)) if image_id else None
     except ValueError:
         image_uuid = None
     row = await conn.fetchrow(
-        _SNAPSHOT,
+        _SNAPSHOT if also is None else f"{_SNAPSHOT}, {also} AS also",
         flavorid,
         image_uuid,
         project_id,

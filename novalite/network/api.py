@@ -579,11 +579,25 @@ class NetworkAPI:
         """The project's own network if it has exactly one, else the default, else the only shared one."""
         return _pick_auto(await q.list_networks(conn, project_id=project_id, is_admin=False), project_id)
 
-    async def _validate_auto(self, conn: asyncpg.Connection, project_id: str, requested: Any, max_count: int
-                             ) -> NetworkPlan:
-        """validate_requested_networks of ``auto`` (or no ``networks`` before 2.37): the networks to
-        choose from with their free addresses, and the port quota's room, in one round trip."""
-        room, visible = await quota.headroom(conn, project_id, "port", also=q.auto_candidates_sql("$1"))
+    @staticmethod
+    def create_read_sql(requested: Any, project_arg: str) -> str | None:
+        """What validate_requested_networks reads for a create's ``requested`` networks, as an SQL
+        expression of the project ``project_arg`` (an SQL text) that the caller may read with its
+        own lookups and hand over (``read``): for ``auto`` (or no ``networks`` before 2.37) the
+        port quota's room and the networks to choose from with their free addresses. None for
+        other requests (their check reads as it resolves them)."""
+        if requested is None or requested == "auto":
+            return (f"jsonb_build_object('room', {quota.room_sql(project_arg, 'port')}, "
+                    f"'networks', {q.auto_candidates_sql(project_arg)})")
+        return None
+
+    async def _validate_auto(self, conn: asyncpg.Connection, project_id: str, requested: Any, max_count: int,
+                             read: dict | None) -> NetworkPlan:
+        """validate_requested_networks of ``auto`` (or no ``networks`` before 2.37) from what
+        create_read_sql reads (in one round trip here when the caller did not)."""
+        if read is None:
+            read = await conn.fetchval(f"SELECT {self.create_read_sql(requested, '$1')}", project_id)
+        room, visible = read["room"], read["networks"]
         net = _auto_or_invalid(_pick_auto(visible, project_id), requested, project_id)
         if net is None:
             return NetworkPlan(max_count, [])
@@ -616,7 +630,7 @@ class NetworkAPI:
 
     async def validate_requested_networks(
         self, project_id: str, requested: Any, max_count: int = 1, *, is_admin: bool = False,
-        conn: asyncpg.Connection | None = None,
+        conn: asyncpg.Connection | None = None, read: dict | None = None,
     ) -> NetworkPlan:
         """Check requested_networks at create time: how many instances (≤ max_count) fit, and the
         networks resolved for the build (NetworkPlan).
@@ -627,14 +641,15 @@ class NetworkAPI:
         found.`` / fixed IP not in the subnet or already in use; 409 ``Port <id>
         is still in use.``; 403 ``Maximum number of ports exceeded`` when no
         instance would get an address or its ports would pass the project's Neutron port
-        quota. Runs on `conn` when the caller holds one.
+        quota. Runs on `conn` when the caller holds one; ``read``: the value of create_read_sql
+        when the caller read it.
         """
         if conn is None:
             async with self.pool.acquire() as conn:
                 return await self.validate_requested_networks(
-                    project_id, requested, max_count, is_admin=is_admin, conn=conn)
+                    project_id, requested, max_count, is_admin=is_admin, conn=conn, read=read)
         if requested is None or requested == "auto":
-            return await self._validate_auto(conn, project_id, requested, max_count)
+            return await self._validate_auto(conn, project_id, requested, max_count, read)
         wanted = await self._resolve(conn, project_id, requested, None, is_admin)
         needs: dict[str, int] = {}
         for w in wanted:
@@ -642,7 +657,7 @@ class NetworkAPI:
                 needs[w.network["id"]] = needs.get(w.network["id"], 0) + 1
         fits = max_count
         if needs:  # the port quota's room and each network's free addresses: one round trip
-            room, free = await quota.headroom(conn, project_id, "port", also=q.free_addresses_sql("$4::uuid[]"),
+            room, free = await quota.headroom(conn, project_id, "port", also=q.free_addresses_sql("$2::uuid[]"),
                                               also_args=(list(needs),))
             for net_id, per_instance in needs.items():
                 fits = min(fits, free[net_id] // per_instance)

@@ -27,15 +27,15 @@ DEFAULTS: dict[str, int] = {
 }
 UNLIMITED = -1
 
-# How each resource's usage is counted, for one project ($1). Ports include the ones Nova
-# makes for servers, as in Neutron; DHCP ports are the cloud's, not the project's. Ports are
-# counted by triggers into network_usage (migration 0005), read in constant time.
+# How each resource's usage is counted, for one project ({p}: an SQL text). Ports include the
+# ones Nova makes for servers, as in Neutron; DHCP ports are the cloud's, not the project's.
+# Ports are counted by triggers into network_usage (migration 0005), read in constant time.
 _USAGE = {
-    "network": "SELECT count(*) FROM networks WHERE project_id = $1",
-    "subnet": "SELECT count(*) FROM subnets WHERE project_id = $1",
-    "port": "SELECT coalesce((SELECT ports FROM network_usage WHERE project_id = $1), 0)",
-    "security_group": "SELECT count(*) FROM security_groups WHERE project_id = $1",
-    "security_group_rule": "SELECT count(*) FROM security_group_rules WHERE project_id = $1",
+    "network": "SELECT count(*) FROM networks WHERE project_id = {p}",
+    "subnet": "SELECT count(*) FROM subnets WHERE project_id = {p}",
+    "port": "SELECT coalesce((SELECT ports FROM network_usage WHERE project_id = {p}), 0)",
+    "security_group": "SELECT count(*) FROM security_groups WHERE project_id = {p}",
+    "security_group_rule": "SELECT count(*) FROM security_group_rules WHERE project_id = {p}",
 }
 
 
@@ -67,7 +67,7 @@ async def limits(conn: asyncpg.Connection, project_id: str) -> dict[str, int]:
 
 async def usage(conn: asyncpg.Connection, project_id: str) -> dict[str, int]:
     """How many of each resource the project has now."""
-    parts = ", ".join(f"({sql}) AS {name}" for name, sql in _USAGE.items())
+    parts = ", ".join(f"({sql.format(p='$1')}) AS {name}" for name, sql in _USAGE.items())
     row = await conn.fetchrow(f"SELECT {parts}", project_id)
     return dict(row)
 
@@ -86,7 +86,7 @@ async def reserve(conn: asyncpg.Connection, project_id: str, wanted: dict[str, i
     if "port" in checked:
         # The builds' port creates (db.networks.create_nova_port) hold this row, not the lock above.
         await conn.execute(_HOLD_PORTS, project_id)
-    parts = ", ".join(f"({_USAGE[r]}) AS {r}" for r in checked)
+    parts = ", ".join(f"({_USAGE[r].format(p='$1')}) AS {r}" for r in checked)
     used = await conn.fetchrow(f"SELECT {parts}", project_id)
     over = sorted(r for r, n in checked.items() if used[r] + n > lim[r])
     if over:
@@ -114,13 +114,18 @@ async def projects_with_limits(conn: asyncpg.Connection) -> list[str]:
         "SELECT DISTINCT project_id FROM network_quotas ORDER BY project_id")]
 
 
+def room_sql(project_arg: str, resource: str) -> str:
+    """An SQL expression: how many more of ``resource`` the project ``project_arg`` (an SQL text)
+    may make now, NULL when it is unlimited."""
+    return f"""(SELECT CASE WHEN q.lim = {UNLIMITED} THEN NULL ELSE greatest(0, q.lim - q.used) END
+        FROM (SELECT coalesce((SELECT hard_limit FROM network_quotas
+                                WHERE project_id = {project_arg} AND resource = '{resource}'), {DEFAULTS[resource]})
+                     AS lim, ({_USAGE[resource].format(p=project_arg)}) AS used) AS q)"""
+
+
 async def headroom(conn: asyncpg.Connection, project_id: str, resource: str, *, also: str = "NULL",
                    also_args: tuple = ()) -> tuple[int | None, Any]:
     """How many more of ``resource`` the project may make now (None: unlimited), and the value of
-    the SQL expression ``also`` (its parameters from $4: ``also_args``) read in the same round trip."""
-    row = await conn.fetchrow(
-        f"""SELECT coalesce((SELECT hard_limit FROM network_quotas WHERE project_id = $1 AND resource = $2),
-                            $3::int) AS lim, ({_USAGE[resource]}) AS used, {also} AS also""",
-        project_id, resource, DEFAULTS[resource], *also_args,
-    )
-    return None if row["lim"] == UNLIMITED else max(0, row["lim"] - row["used"]), row["also"]
+    the SQL expression ``also`` (its parameters from $2: ``also_args``) read in the same round trip."""
+    row = await conn.fetchrow(f"SELECT {room_sql('$1', resource)} AS room, {also} AS also", project_id, *also_args)
+    return row["room"], row["also"]
