@@ -52,16 +52,18 @@ def _target(inst: asyncpg.Record) -> dict:
 async def load_instance(request: web.Request, uuid: str | None = None) -> asyncpg.Record:
     """The instance named in the path, or Nova's 404 (also for other projects' servers)."""
     uuid = uuid or request.match_info["server_id"]
-    ctx = context(request)
     if not is_uuid(uuid):
         raise errors.NotFound(f"Instance {uuid} could not be found.")
     async with request.app[keys.DB].acquire() as conn:
-        inst = await db.get(conn, uuid)
-    if inst is None:
-        raise errors.NotFound(f"Instance {uuid} could not be found.")
-    if inst["project_id"] != ctx.project_id and not request.app[keys.POLICY].check(
+        return _visible(request, uuid, await db.get(conn, uuid))
+
+
+def _visible(request: web.Request, uuid: str, inst: asyncpg.Record | None) -> asyncpg.Record:
+    """``inst`` if it is there and the caller's to see, else Nova's 404."""
+    ctx = context(request)
+    if inst is None or (inst["project_id"] != ctx.project_id and not request.app[keys.POLICY].check(
         "os_compute_api:servers:show", ctx.creds(), _target(inst)
-    ):
+    )):
         raise errors.NotFound(f"Instance {uuid} could not be found.")
     return inst
 
@@ -356,19 +358,21 @@ async def _query(request: web.Request, fn, *args):
 
 
 async def _one_server_doc(
-    request: web.Request, ctx: RequestContext, inst: asyncpg.Record, all_attributes: bool = True
+    request: web.Request, ctx: RequestContext, inst: asyncpg.Record, all_attributes: bool = True,
+    extras: asyncpg.Record | None = None,
 ) -> dict:
     """One server's document: its fault, BDMs, addresses, groups and host's status read in one
-    statement (db.server_list.server_extras)."""
+    statement (db.server_list.server_extras) unless the caller read them (``extras``)."""
     uuid = str(inst["uuid"])
     unknown_only = _host_status_access(request, ctx, {"project_id": inst["project_id"]})
     groups = at_least(request, 71)
-    async with request.app[keys.DB].acquire() as conn:
-        extras = await server_list.server_extras(
-            conn, uuid, addresses=request.app.get(keys.NETWORK_API) is not None, groups=groups,
-            host=inst["host"] if unknown_only is not None else None,
-            service_down_time=request.app[keys.CONFIG].scheduler.service_down_time,
-        )
+    if extras is None:
+        async with request.app[keys.DB].acquire() as conn:
+            extras = await server_list.server_extras(
+                conn, uuid, addresses=request.app.get(keys.NETWORK_API) is not None, groups=groups,
+                host=inst["host"] if unknown_only is not None else None,
+                service_down_time=request.app[keys.CONFIG].scheduler.service_down_time,
+            )
     host_status = None
     if unknown_only is not None:
         host_status = (extras["host_status"] or "") if inst["host"] else ""  # "": no host, or no service
@@ -413,9 +417,19 @@ async def _host_statuses(
 
 
 async def show(request: web.Request) -> web.Response:
-    inst = await load_instance(request)
+    """The server and what its document shows besides its row, read in one statement
+    (db.server_list.server_shown)."""
+    uuid = request.match_info["server_id"]
+    if not is_uuid(uuid):
+        raise errors.NotFound(f"Instance {uuid} could not be found.")
+    async with request.app[keys.DB].acquire() as conn:
+        row = await server_list.server_shown(
+            conn, uuid, addresses=request.app.get(keys.NETWORK_API) is not None, groups=at_least(request, 71),
+            service_down_time=request.app[keys.CONFIG].scheduler.service_down_time,
+        )
+    inst = _visible(request, uuid, row)
     ctx = authorize(request, "os_compute_api:servers:show", _target(inst))
-    return web.json_response({"server": await _one_server_doc(request, ctx, inst)})
+    return web.json_response({"server": await _one_server_doc(request, ctx, inst, extras=inst)})
 
 
 async def update(request: web.Request) -> web.Response:
