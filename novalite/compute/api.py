@@ -29,6 +29,8 @@ from novalite.context import RequestContext
 from novalite.db import boot as lookups
 from novalite.db import images as images_db
 from novalite.db import instances as db
+from novalite.db import migration_records
+from novalite.db import volumes as volumes_db
 from novalite.db.batch import BatchWriter
 from novalite.virt import power_state
 
@@ -814,7 +816,10 @@ class ComputeAPI:
         structlog.contextvars.bind_contextvars(instance_uuid=uuid, request_id=request_id)
         async with self.locks.lock(uuid):
             async with self.pool.acquire() as conn:
-                inst = await db.get(conn, uuid)
+                # Whether there is a migration to end or a volume to release, read with the row:
+                # most deletes have neither, and each check was a round trip of its own.
+                inst = await db.get_with(conn, uuid, {"open_migration": migration_records.open_sql("i.uuid"),
+                                                      "holds_volumes": volumes_db.held_sql("i.uuid")})
             if inst is None:
                 return
             if inst["vm_state"] in (states.SHELVED, states.SHELVED_OFFLOADED):
@@ -824,11 +829,12 @@ class ComputeAPI:
             host = inst["host"]
             compute = self.computes.get(host) if host else None
             if compute is not None:
-                await compute.terminate_instance(inst, request_id)
+                await compute.terminate_instance(inst, request_id, migrations=inst["open_migration"],
+                                                 volumes=inst["holds_volumes"])
             else:
                 if self.network_api is not None:
                     await self.network_api.deallocate_for_instance(uuid)
-                if self.volume_build is not None:
+                if self.volume_build is not None and inst["holds_volumes"]:
                     await self.volume_build.release_instance(uuid)
                 await finish_delete(self.pool, uuid, request_id, host=None)
 

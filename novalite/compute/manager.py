@@ -480,14 +480,15 @@ class ComputeManager:
                 log.warning("build_failed", error=str(exc))
                 await self._build_failed(uuid, request_id, alternates, attempts, exc, made, spawning, admin_password)
 
-    async def _undo_build(self, uuid: str) -> None:
-        """Remove the domain and volumes this host made for an instance (ports stay: they move with it)."""
+    async def _undo_build(self, uuid: str, volumes: bool = True) -> None:
+        """Remove the domain and volumes this host made for an instance (ports stay: they move with it);
+        ``volumes`` False: the instance holds none."""
         try:
             await self.driver.destroy(uuid)
         except Exception:
             log.exception("cleanup_destroy_failed")
         await self.store.remove(uuid)
-        if self.volume_build is not None:  # a failed build: volumes it made go, claimed ones stay reserved
+        if self.volume_build is not None and volumes:  # a failed build: volumes it made go, claimed ones stay reserved
             await self.volume_build.undo_build(uuid)
 
     async def clean_partial_build(self, uuid: str) -> None:
@@ -753,16 +754,21 @@ class ComputeManager:
         return await self.driver.get_console_output(uuid, MAX_CONSOLE_BYTES)
 
     # -- delete --------------------------------------------------------------
-    async def terminate_instance(self, inst: asyncpg.Record, request_id: str) -> None:
-        """Destroy the domain and its files, then free the claim and mark deleted (caller holds the lock)."""
+    async def terminate_instance(self, inst: asyncpg.Record, request_id: str, *, migrations: bool = True,
+                                 volumes: bool = True) -> None:
+        """Destroy the domain and its files, then free the claim and mark deleted (caller holds the lock).
+        ``migrations`` / ``volumes`` False: the caller read (under the lock) that the instance has no
+        open migration / holds no volume, and their clean-ups are skipped."""
         uuid = str(inst["uuid"])
         async with self.pool.acquire() as conn:
             await db.event_start_notify(conn, uuid, request_id, "compute_terminate_instance", self.host,
                                         "instance.delete.start", {"host": self.host}, f"nova-compute:{self.host}")
-        await self.live.cleanup_for_delete(uuid)  # a live migration is aborted first, as Nova does
-        await self._undo_build(uuid)
-        await self.resize.cleanup_for_delete(uuid)  # a resize's other host and its held claim
-        if self.volume_build is not None:  # delete_on_termination volumes go, the others become available
+        if migrations:
+            await self.live.cleanup_for_delete(uuid)  # a live migration is aborted first, as Nova does
+        await self._undo_build(uuid, volumes=volumes)
+        if migrations:
+            await self.resize.cleanup_for_delete(uuid)  # a resize's other host and its held claim
+        if self.volume_build is not None and volumes:  # delete_on_termination volumes go, the others become available
             await self.volume_build.release_instance(uuid)
         if self.network_api is not None:
             await self.network_api.deallocate_for_instance(uuid)

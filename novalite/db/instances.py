@@ -363,6 +363,14 @@ async def get(conn: asyncpg.Connection, uuid: str, include_deleted: bool = False
     return await conn.fetchrow(f"SELECT * FROM instances WHERE uuid = $1 AND {by_uuid('NOT deleted')}", uuid)
 
 
+async def get_with(conn: asyncpg.Connection, uuid: str, also: dict[str, str]) -> asyncpg.Record | None:
+    """The live instance's row (as :func:`get`) with, under their names, the values of the SQL
+    expressions ``also`` of it (``i.uuid``, ``i.host``, ...), in the same round trip."""
+    extra = "".join(f", {sql} AS {name}" for name, sql in also.items())
+    return await conn.fetchrow(f"SELECT i.*{extra} FROM instances i WHERE i.uuid = $1 AND {by_uuid('NOT i.deleted')}",
+                               uuid)
+
+
 async def latest_faults(conn: asyncpg.Connection, uuids: Sequence[str]) -> dict[str, asyncpg.Record]:
     rows = await conn.fetch(
         """SELECT DISTINCT ON (instance_uuid) * FROM instance_faults

@@ -104,6 +104,14 @@ async def set_progress(conn: asyncpg.Connection, migration_id: int, progress: di
         "WHERE id = $1", migration_id, *values)
 
 
+def open_sql(instance_uuid: str) -> str:
+    """An SQL expression: whether the instance ``instance_uuid`` (an SQL uuid) has a migration a
+    delete must end first (a resize's, a cold migration's or an evacuation's open statuses, a
+    live migration's)."""
+    statuses = ", ".join(f"'{s}'" for s in dict.fromkeys((*OPEN, *LIVE_OPEN)))
+    return f"EXISTS (SELECT 1 FROM migrations m WHERE m.instance_uuid = {instance_uuid} AND m.status IN ({statuses}))"
+
+
 async def live_of_instance(conn: asyncpg.Connection, instance_uuid: str, statuses: Sequence[str] = LIVE_IN_PROGRESS
                            ) -> list[asyncpg.Record]:
     """The instance's live migrations in one of ``statuses``, oldest first."""

@@ -126,6 +126,14 @@ async def mark_deleted(conn: asyncpg.Connection, volume_id: str) -> None:
     )
 
 
+def held_sql(instance_uuid: str) -> str:
+    """An SQL expression: whether the instance ``instance_uuid`` (an SQL uuid) holds a volume (one
+    attached or reserved for it, or named by one of its BDMs)."""
+    return f"""(EXISTS (SELECT 1 FROM volumes v WHERE v.instance_uuid = {instance_uuid} AND NOT v.deleted)
+                OR EXISTS (SELECT 1 FROM block_device_mappings b WHERE b.instance_uuid = {instance_uuid}
+                                                                  AND b.volume_id IS NOT NULL AND NOT b.deleted))"""
+
+
 async def for_instance(conn: asyncpg.Connection, instance_uuid: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT * FROM volumes WHERE instance_uuid = $1 AND NOT deleted ORDER BY mountpoint NULLS LAST",
