@@ -9,13 +9,16 @@ their conditions on the one row the primary key finds (db.instances.by_uuid).
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import asyncpg
 import pytest
 from conftest import add_image, wait_for_status
 from test_scheduler_api import boot
 
 from novalite.db import instances as db
-from novalite.db import steps
+from novalite.db import networks, server_list, steps
 from novalite.scheduler import manager
 
 
@@ -70,5 +73,38 @@ async def test_uuid_lookups_use_the_primary_key_when_no_row_is_live(cloud):
                                 ("delete_ends", db._FINISH_DELETES, "'[]', '{}'")):
             plan = await generic_plan(conn, name, sql, args)
             assert "Seq Scan on instance" not in plan and "Scan on instances_pkey" in plan, f"{name}:\n{plan}"
+    finally:
+        await conn.close()
+
+
+async def test_a_servers_ports_are_found_through_the_device_index(cloud):
+    """ports_device holds bound ports only (``WHERE device_id <> ''``): a lookup by device says so too,
+    or a generic plan (a parameter) and the show's correlated one (the row's uuid) cannot use it and
+    read every port. The show read 20,000 ports (2.4 ms) for each GET on a lived database."""
+    image = await add_image(cloud)
+    uuid = await boot(cloud, image, networks="auto")  # a port on the cloud's shared network
+    await wait_for_status(cloud, uuid, "ACTIVE")
+    conn = await asyncpg.connect(cloud.config.database.dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ports WHERE device_id = $1", uuid) == 1
+        # Other servers' ports (without addresses), enough that reading them all costs more than the index.
+        await conn.execute(
+            """INSERT INTO ports SELECT (jsonb_populate_record(NULL::ports, to_jsonb(p) || jsonb_build_object(
+                   'id', gen_random_uuid(), 'device_id', gen_random_uuid()::text, 'fixed_ip', NULL,
+                   'subnet_id', NULL, 'mac_address', 'fa:16:3e:' || lpad(to_hex(g), 6, '0')))).*
+               FROM ports p, generate_series(1, 3000) AS g WHERE p.device_id = $1""", uuid)
+        await conn.execute("ANALYZE ports")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        sent: list[str] = []
+        conn.add_query_logger(lambda record: sent.append(record.query))
+        row = await server_list.server_shown(conn, uuid, addresses=True, groups=True)
+        assert len(json.loads(row["addresses"])) == 1  # (a plain connection: JSON as text)
+        assert len(await networks.ports_for_devices(conn, [uuid])) == 1
+        await asyncio.sleep(0.05)  # query loggers are called soon after, not during, the query
+        shown_sql = next(q for q in sent if q.lstrip().startswith("SELECT i.*"))
+        ports_sql = next(q for q in sent if "ANY($1::text[])" in q)
+        for name, sql, args in (("shown", shown_sql, f"'{uuid}', 0"), ("ports", ports_sql, f"ARRAY['{uuid}']")):
+            plan = await generic_plan(conn, name, sql, args)
+            assert "Seq Scan on ports" not in plan and "ports_device" in plan, f"{name}:\n{plan}"
     finally:
         await conn.close()

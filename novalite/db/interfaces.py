@@ -10,13 +10,13 @@ import uuid as uuidlib
 
 import asyncpg
 
-from novalite.db.networks import PORT_COLUMNS
+from novalite.db.networks import PORT_COLUMNS, bound_to
 
 
 async def next_device_index(conn: asyncpg.Connection, instance_uuid: str) -> int:
     """The NIC position after the instance's last port (0 when it has none)."""
     return await conn.fetchval(
-        "SELECT coalesce(max(device_index) + 1, 0) FROM ports WHERE device_id = $1", instance_uuid)
+        f"SELECT coalesce(max(device_index) + 1, 0) FROM ports p WHERE {bound_to('= $1')}", instance_uuid)
 
 
 async def claim_port(conn: asyncpg.Connection, port_id: str, *, device_id: str, device_owner: str,
@@ -51,7 +51,7 @@ async def interface_ports(conn: asyncpg.Connection, instance_uuid: str) -> list[
     """The instance's ports in NIC order, with port security (for the views and the group actions)."""
     rows = await conn.fetch(
         f"""SELECT {PORT_COLUMNS}, p.port_security_enabled FROM ports p
-            WHERE p.device_id = $1 ORDER BY p.device_index, p.created_at""",
+            WHERE {bound_to("= $1")} ORDER BY p.device_index, p.created_at""",
         instance_uuid,
     )
     return [dict(r) for r in rows]

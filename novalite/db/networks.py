@@ -407,6 +407,15 @@ async def port_with_address(conn: asyncpg.Connection, network_id: str, address: 
     return dict(row) if row else None
 
 
+def bound_to(devices: str, alias: str = "p") -> str:
+    """An SQL condition: the port ``alias`` is bound to one of ``devices`` (an SQL text array, or
+    one text with ``= ``). Spelled with ``device_id <> ''``, the predicate of the partial index
+    ports_device, so that a generic plan (a parameter) or a correlated one (another table's
+    column) can prove the index applies: without it they scanned every port, 2.4 ms a server's
+    show at 20,000 ports."""
+    return f"{alias}.device_id {devices} AND {alias}.device_id <> ''"
+
+
 # Ports with a fixed IP, each with its network's names and its subnet: what a NIC and its lease need.
 _PORTS_WITH_SUBNET = f"""SELECT {PORT_COLUMNS}, n.name AS network_name, n.libvirt_name, n.mtu,
         s.cidr::text AS cidr, host(s.gateway_ip) AS gateway_ip, s.enable_dhcp, s.dns_nameservers
@@ -416,7 +425,7 @@ _PORTS_WITH_SUBNET = f"""SELECT {PORT_COLUMNS}, n.name AS network_name, n.libvir
 async def ports_for_devices(conn: asyncpg.Connection, device_ids: Iterable[str]) -> list[dict]:
     """Ports bound to these instances, in NIC order, each with its network's names and subnet."""
     rows = await conn.fetch(
-        f"""{_PORTS_WITH_SUBNET} WHERE p.device_id = ANY($1::text[])
+        f"""{_PORTS_WITH_SUBNET} WHERE {bound_to("= ANY($1::text[])")}
             ORDER BY p.device_id, p.device_index, p.created_at""",
         list(device_ids),
     )
@@ -427,9 +436,9 @@ async def addresses_of_devices(conn: asyncpg.Connection, device_ids: Iterable[st
     """(device_id, network_name, fixed_ip, mac_address) of the ports ports_for_devices gives, in
     its order: all a server document's ``addresses`` shows, for a page of a thousand servers."""
     return await conn.fetch(
-        """SELECT p.device_id, n.name AS network_name, host(p.fixed_ip) AS fixed_ip, p.mac_address
+        f"""SELECT p.device_id, n.name AS network_name, host(p.fixed_ip) AS fixed_ip, p.mac_address
              FROM ports p JOIN networks n ON n.id = p.network_id
-            WHERE p.device_id = ANY($1::text[]) AND p.subnet_id IS NOT NULL
+            WHERE {bound_to("= ANY($1::text[])")} AND p.subnet_id IS NOT NULL
             ORDER BY p.device_id, p.device_index, p.created_at""",
         list(device_ids),
     )
@@ -441,7 +450,7 @@ def device_addresses_sql(device_arg: str) -> str:
     return f"""(SELECT coalesce(jsonb_agg(jsonb_build_array(n.name, host(p.fixed_ip), p.mac_address)
                                           ORDER BY p.device_index, p.created_at), '[]')
                   FROM ports p JOIN networks n ON n.id = p.network_id
-                 WHERE p.device_id = {device_arg} AND p.subnet_id IS NOT NULL)"""
+                 WHERE {bound_to(f"= {device_arg}")} AND p.subnet_id IS NOT NULL)"""
 
 
 async def ports_by_ids(conn: asyncpg.Connection, port_ids: Iterable[str]) -> list[dict]:
