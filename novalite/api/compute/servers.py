@@ -6,8 +6,9 @@ Handlers stay thin: parse and authorize here, validate and provision in
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -49,18 +50,18 @@ def _target(inst: asyncpg.Record) -> dict:
     return {"project_id": inst["project_id"], "user_id": inst["user_id"]}
 
 
-async def load_instance(request: web.Request, uuid: str | None = None) -> asyncpg.Record:
-    """The instance named in the path, or Nova's 404 (also for other projects' servers)."""
+async def load_instance(
+    request: web.Request, uuid: str | None = None,
+    read: Callable[[asyncpg.Connection, str], Awaitable[asyncpg.Record | None]] = db.get,
+) -> asyncpg.Record:
+    """The instance named in the path, or Nova's 404 (also for other projects' servers);
+    ``read``: how its row is read (the show reads more with it)."""
     uuid = uuid or request.match_info["server_id"]
+    ctx = context(request)
     if not is_uuid(uuid):
         raise errors.NotFound(f"Instance {uuid} could not be found.")
     async with request.app[keys.DB].acquire() as conn:
-        return _visible(request, uuid, await db.get(conn, uuid))
-
-
-def _visible(request: web.Request, uuid: str, inst: asyncpg.Record | None) -> asyncpg.Record:
-    """``inst`` if it is there and the caller's to see, else Nova's 404."""
-    ctx = context(request)
+        inst = await read(conn, uuid)
     if inst is None or (inst["project_id"] != ctx.project_id and not request.app[keys.POLICY].check(
         "os_compute_api:servers:show", ctx.creds(), _target(inst)
     )):
@@ -419,15 +420,10 @@ async def _host_statuses(
 async def show(request: web.Request) -> web.Response:
     """The server and what its document shows besides its row, read in one statement
     (db.server_list.server_shown)."""
-    uuid = request.match_info["server_id"]
-    if not is_uuid(uuid):
-        raise errors.NotFound(f"Instance {uuid} could not be found.")
-    async with request.app[keys.DB].acquire() as conn:
-        row = await server_list.server_shown(
-            conn, uuid, addresses=request.app.get(keys.NETWORK_API) is not None, groups=at_least(request, 71),
-            service_down_time=request.app[keys.CONFIG].scheduler.service_down_time,
-        )
-    inst = _visible(request, uuid, row)
+    inst = await load_instance(request, read=functools.partial(
+        server_list.server_shown, addresses=request.app.get(keys.NETWORK_API) is not None,
+        groups=at_least(request, 71), service_down_time=request.app[keys.CONFIG].scheduler.service_down_time,
+    ))
     ctx = authorize(request, "os_compute_api:servers:show", _target(inst))
     return web.json_response({"server": await _one_server_doc(request, ctx, inst, extras=inst)})
 
