@@ -363,12 +363,13 @@ async def get(conn: asyncpg.Connection, uuid: str, include_deleted: bool = False
     return await conn.fetchrow(f"SELECT * FROM instances WHERE uuid = $1 AND {by_uuid('NOT deleted')}", uuid)
 
 
-async def get_with(conn: asyncpg.Connection, uuid: str, also: dict[str, str]) -> asyncpg.Record | None:
+async def get_with(conn: asyncpg.Connection, uuid: str, also: dict[str, str], *args: Any) -> asyncpg.Record | None:
     """The live instance's row (as :func:`get`) with, under their names, the values of the SQL
-    expressions ``also`` of it (``i.uuid``, ``i.host``, ...), in the same round trip."""
+    expressions ``also`` of it (``i.uuid``, ``i.host``, ...; their parameters from $2: ``args``),
+    in the same round trip."""
     extra = "".join(f", {sql} AS {name}" for name, sql in also.items())
-    return await conn.fetchrow(f"SELECT i.*{extra} FROM instances i WHERE i.uuid = $1 AND {by_uuid('NOT i.deleted')}",
-                               uuid)
+    return await conn.fetchrow(
+        f"SELECT i.*{extra} FROM instances i WHERE i.uuid = $1::uuid AND {by_uuid('NOT i.deleted')}", uuid, *args)
 
 
 async def latest_faults(conn: asyncpg.Connection, uuids: Sequence[str]) -> dict[str, asyncpg.Record]:

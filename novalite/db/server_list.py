@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from novalite.db.catalog import host_status_sql
-from novalite.db.instances import by_uuid
+from novalite.db.instances import get_with
 from novalite.db.networks import device_addresses_sql
 
 
@@ -161,16 +161,17 @@ async def list_servers(conn: asyncpg.Connection, q: ServerListQuery) -> list[asy
     return rows
 
 
-def _extras_sql(uuid: str, host: str, service_down_time: str, *, addresses: bool, groups: bool) -> str:
-    """The select list of server_extras: of the server ``uuid`` (an SQL uuid) on ``host`` (SQL text)."""
-    return f"""(SELECT f FROM instance_faults f WHERE f.instance_uuid = {uuid} ORDER BY f.id DESC LIMIT 1) AS fault,
-               ARRAY(SELECT b FROM block_device_mappings b WHERE b.instance_uuid = {uuid} AND NOT b.deleted
-                      ORDER BY b.boot_index NULLS LAST, b.id) AS bdms,
-               {device_addresses_sql(f"{uuid}::text") if addresses else 'NULL::jsonb'} AS addresses,
-               {f"ARRAY(SELECT group_uuid::text FROM instance_group_members WHERE instance_uuid = {uuid})"
-                if groups else 'NULL::text[]'} AS groups,
-               (SELECT {host_status_sql('n', service_down_time)} FROM compute_nodes n WHERE n.host = {host})
-                 AS host_status"""
+def _extras(uuid: str, host: str, service_down_time: str, *, addresses: bool, groups: bool) -> dict[str, str]:
+    """server_extras' columns as SQL expressions, of the server ``uuid`` (an SQL uuid) on ``host`` (SQL text)."""
+    return {
+        "fault": f"(SELECT f FROM instance_faults f WHERE f.instance_uuid = {uuid} ORDER BY f.id DESC LIMIT 1)",
+        "bdms": f"""ARRAY(SELECT b FROM block_device_mappings b WHERE b.instance_uuid = {uuid} AND NOT b.deleted
+                          ORDER BY b.boot_index NULLS LAST, b.id)""",
+        "addresses": device_addresses_sql(f"{uuid}::text") if addresses else "NULL::jsonb",
+        "groups": (f"ARRAY(SELECT group_uuid::text FROM instance_group_members WHERE instance_uuid = {uuid})"
+                   if groups else "NULL::text[]"),
+        "host_status": f"(SELECT {host_status_sql('n', service_down_time)} FROM compute_nodes n WHERE n.host = {host})",
+    }
 
 
 async def server_extras(
@@ -183,7 +184,8 @@ async def server_extras(
     (its server groups' uuids, when asked) and ``host_status`` (of ``host``'s service: see
     catalog.host_status_sql; None without a host or a service row)."""
     return await conn.fetchrow(
-        f"SELECT {_extras_sql('$1::uuid', '$2', '$3', addresses=addresses, groups=groups)}",
+        "SELECT " + ", ".join(f"{sql} AS {name}" for name, sql in _extras(
+            "$1::uuid", "$2", "$3", addresses=addresses, groups=groups).items()),
         uuid, host, float(service_down_time),
     )
 
@@ -194,8 +196,5 @@ async def server_shown(
     """A live server's row (db.instances.get's columns) and, in the same row and round trip, what
     server_extras reads of it (the host status of its own host); None when no live server has the
     uuid. GET /servers/{id} reads the server once instead of twice."""
-    return await conn.fetchrow(
-        f"""SELECT i.*, {_extras_sql('i.uuid', 'i.host', '$2', addresses=addresses, groups=groups)}
-            FROM instances i WHERE i.uuid = $1::uuid AND {by_uuid('NOT i.deleted')}""",
-        uuid, float(service_down_time),
-    )
+    return await get_with(conn, uuid, _extras("i.uuid", "i.host", "$2", addresses=addresses, groups=groups),
+                          float(service_down_time))
