@@ -231,6 +231,12 @@ def _pick_auto(visible: list[dict], project_id: str) -> dict | None:
     return shared[0] if shared else None
 
 
+def _is_auto(requested: Any) -> bool:
+    """Whether a create's ``networks`` asks for the automatic choice: ``auto``, or no ``networks``
+    at all (before 2.37)."""
+    return requested is None or requested == "auto"
+
+
 def _auto_or_invalid(net: dict | None, requested: Any, project_id: str) -> dict | None:
     """The auto choice of a create's ``networks``: Nova's 400 when ``auto`` finds no network
     (no ``networks`` before 2.37 then means none)."""
@@ -549,7 +555,7 @@ class NetworkAPI:
     ) -> list[_Wanted]:
         if requested == "none":
             return []
-        if requested is None or requested == "auto":
+        if _is_auto(requested):
             net = _auto_or_invalid(await self._auto_network(conn, project_id, is_admin), requested, project_id)
             return [] if net is None else [_Wanted(net)]
         if not isinstance(requested, list):
@@ -586,7 +592,7 @@ class NetworkAPI:
         own lookups and hand over (``read``): for ``auto`` (or no ``networks`` before 2.37) the
         port quota's room and the networks to choose from with their free addresses. None for
         other requests (their check reads as it resolves them)."""
-        if requested is None or requested == "auto":
+        if _is_auto(requested):
             return (f"jsonb_build_object('room', {quota.room_sql(project_arg, 'port')}, "
                     f"'networks', {q.auto_candidates_sql(project_arg)})")
         return None
@@ -648,7 +654,7 @@ class NetworkAPI:
             async with self.pool.acquire() as conn:
                 return await self.validate_requested_networks(
                     project_id, requested, max_count, is_admin=is_admin, conn=conn, read=read)
-        if requested is None or requested == "auto":
+        if _is_auto(requested):
             return await self._validate_auto(conn, project_id, requested, max_count, read)
         wanted = await self._resolve(conn, project_id, requested, None, is_admin)
         needs: dict[str, int] = {}
