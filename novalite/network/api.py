@@ -694,7 +694,7 @@ class NetworkAPI:
                 wanted = await self._resolve(conn, project_id, requested_networks, instance_uuid, is_admin)
                 # Ports on the next free address say themselves whether the instance has them already.
                 fresh = all(w.port is None and w.fixed_ip is None for w in wanted)
-                existing = [] if fresh else await q.ports_for_devices(conn, [instance_uuid])
+                existing = [] if fresh else await q.ports_for_device(conn, instance_uuid)
             if existing:
                 return await self._rebind(existing, host)
         made: list[dict] = []  # ports made (or bound) by this call: undone if it fails
@@ -723,7 +723,7 @@ class NetworkAPI:
 
     async def _ports_of(self, instance_uuid: str) -> list[dict]:
         async with self.pool.acquire() as conn:
-            return await q.ports_for_devices(conn, [instance_uuid])
+            return await q.ports_for_device(conn, instance_uuid)
 
     async def _bind_or_make(
         self, wanted: list[_Wanted], instance_uuid: str, project_id: str, host: str | None, made: list[dict],
@@ -747,7 +747,7 @@ class NetworkAPI:
                         fixed_ids.append(row["id"])
                 made.append(row)
             joined.update(await sg_q.join_instance_groups(conn, instance_uuid, fixed_ids))
-            return await q.ports_for_devices(conn, [instance_uuid]), joined
+            return await q.ports_for_device(conn, instance_uuid), joined
 
     async def _make_port(
         self, conn: asyncpg.Connection | None, w: _Wanted, instance_uuid: str, project_id: str, host: str | None,
@@ -792,7 +792,7 @@ class NetworkAPI:
 
     async def _undo(self, instance_uuid: str, port_ids: set[str]) -> None:
         async with self.pool.acquire() as conn:
-            rows = await q.ports_for_devices(conn, [instance_uuid])
+            rows = await q.ports_for_device(conn, instance_uuid)
         await self._release([r for r in rows if r["id"] in port_ids])
 
     async def _rebind(self, rows: list[dict], host: str | None) -> list[PortInfo]:
@@ -858,7 +858,7 @@ class NetworkAPI:
     async def deallocate_for_instance(self, instance_uuid: str) -> None:
         """Remove the instance's DHCP entries and ports (user-made ports are unbound); idempotent."""
         async with self.pool.acquire() as conn:
-            rows = await q.ports_for_devices(conn, [instance_uuid])
+            rows = await q.ports_for_device(conn, instance_uuid)
         await self._release(rows)
         if rows:
             log.info("ports_deallocated", instance_uuid=instance_uuid, ports=len(rows))
@@ -867,7 +867,7 @@ class NetworkAPI:
         """Move an instance's existing ports to ``host`` (None: unbound, as a shelve offload leaves
         them): DHCP entries leave the old host and are added on the new one; no port is made."""
         async with self.pool.acquire() as conn:
-            rows = await q.ports_for_devices(conn, [instance_uuid])
+            rows = await q.ports_for_device(conn, instance_uuid)
         return await self._rebind(rows, host) if rows else []
 
     async def prepare_host(self, instance_uuid: str, host: str) -> None:
@@ -876,7 +876,7 @@ class NetworkAPI:
         bound where the guest runs; :meth:`bind_ports_to_host` moves them once it runs there."""
         driver = self.hosts.get(host)
         async with self.pool.acquire() as conn:
-            rows = await q.ports_for_devices(conn, [instance_uuid])
+            rows = await q.ports_for_device(conn, instance_uuid)
         if driver is None or not rows:
             return
         ports = [_port_info(r, filter_prefix=self._filter_prefix) for r in rows]
@@ -888,7 +888,7 @@ class NetworkAPI:
         ``host`` (and a tenant network that no bound port uses there)."""
         driver = self.hosts.get(host)
         async with self.pool.acquire() as conn:
-            rows = [r for r in await q.ports_for_devices(conn, [instance_uuid]) if r["host"] != host]
+            rows = [r for r in await q.ports_for_device(conn, instance_uuid) if r["host"] != host]
         if driver is None:
             return
         for r in rows:
@@ -943,7 +943,7 @@ class NetworkAPI:
     async def ports_for_instance(self, instance_uuid: str) -> list[PortInfo]:
         """The instance's ports in NIC order (for the config drive and the guest spec)."""
         async with self.pool.acquire() as conn:
-            rows = await q.ports_for_devices(conn, [instance_uuid])
+            rows = await q.ports_for_device(conn, instance_uuid)
         return [_port_info(r, filter_prefix=self._filter_prefix) for r in rows]
 
     async def addresses_for(self, instance_uuids: Iterable[str]) -> dict[str, dict[str, list[dict]]]:
@@ -1047,7 +1047,7 @@ class NetworkAPI:
 
     async def _bound_port(self, instance_uuid: str, port_id: str, tag: str | None = None) -> PortInfo:
         async with self.pool.acquire() as conn:
-            rows = await q.ports_for_devices(conn, [instance_uuid])
+            rows = await q.ports_for_device(conn, instance_uuid)
         return _port_info(next(r for r in rows if r["id"] == port_id), tag, self._filter_prefix)
 
     async def instance_port(self, instance_uuid: str, port_id: str) -> PortInfo | None:
@@ -1058,7 +1058,7 @@ class NetworkAPI:
         """Release one port of the instance after its NIC left the guest: its DHCP entry goes, the
         port is deleted (made by Nova) or unbound (the user's); a port not bound to it is fine."""
         async with self.pool.acquire() as conn:
-            rows = [r for r in await q.ports_for_devices(conn, [instance_uuid]) if r["id"] == port_id]
+            rows = [r for r in await q.ports_for_device(conn, instance_uuid) if r["id"] == port_id]
         await self._release(rows)
         for row in rows:
             if row["preserve_on_delete"]:
