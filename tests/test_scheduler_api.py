@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
@@ -48,6 +49,10 @@ async def test_no_valid_host_fault_names_filters_and_counts(pg_dsn, tmp_path):
             "RamFilter removed 2 (free RAM 2048 MB < 4096 MB requested)"
         )
         assert f"/servers/{uuid}/os-scheduling" in fault["details"]
+        # The detail list shows the fault as the show does (each reads it its own way), to the second.
+        _, listed, _ = await cloud.compute("GET", "/servers/detail?all_tenants=1", user="admin")
+        (item,) = [s for s in listed["servers"] if s["id"] == uuid]
+        assert item["fault"] == fault and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fault["created"])
         # The owner sees the message, not the admin details.
         owner_view = await wait_for_status(cloud, uuid, "ERROR")
         assert owner_view["fault"]["message"] == fault["message"] and "details" not in owner_view["fault"]

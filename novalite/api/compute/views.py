@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 
 import asyncpg
@@ -50,10 +51,14 @@ def basic(request: web.Request, inst: asyncpg.Record) -> dict:
     return {"id": uuid, "name": inst["display_name"], "links": links(request, "servers", uuid)}
 
 
-def fault_view(fault: asyncpg.Record | None, is_admin: bool) -> dict | None:
+def fault_view(fault: Mapping | None, is_admin: bool) -> dict | None:
+    """A fault's document: ``fault`` is a row of instance_faults, or its JSON (server_extras)."""
     if fault is None:
         return None
-    out = {"code": fault["code"], "created": isotime(fault["created_at"]), "message": fault["message"]}
+    created = fault["created_at"]
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created)
+    out = {"code": fault["code"], "created": isotime(created), "message": fault["message"]}
     if fault["details"] and (is_admin or fault["code"] != 500):
         out["details"] = fault["details"]
     return out
@@ -63,8 +68,8 @@ def show(
     request: web.Request,
     inst: asyncpg.Record,
     *,
-    fault: asyncpg.Record | None,
-    bdms: list[asyncpg.Record],
+    fault: Mapping | None,
+    bdms: list[Mapping],
     addresses: dict,
     show_extended_attr: bool,
     show_extra_specs: bool,
