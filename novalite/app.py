@@ -339,7 +339,8 @@ def compute_ctx(config: Config, sighup: bool = False):
         for host in config.hosts:
             add_manager(host)
         compute_api = ComputeAPI(pool, config, locks, build_instances=conductor.build_instances, computes=computes,
-                                 network_api=network_api, volume_build=volume_build, image_store=image_store)
+                                 network_api=network_api, volume_build=volume_build, image_store=image_store,
+                                 foreground=app[keys.FOREGROUND])
         watchdog = Watchdog(workers, config, computes)
         attachments = InterfaceAttachments(pool, network_api, locks, config)
         to_recover = await interrupted(pool)  # before the API serves: what it starts is not "interrupted"

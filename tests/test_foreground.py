@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+from conftest import add_image, start_cloud, stop_cloud, wait_for_status
+from test_scheduler_api import boot
+
+from novalite.api import keys
 from novalite.foreground import Foreground
 
 
@@ -37,3 +41,38 @@ async def test_the_api_falling_quiet_ends_the_wait():
     fg.end()
     await asyncio.wait_for(turn, 1)
     assert time.monotonic() - t0 < 0.1
+
+
+async def test_deletes_answer_first_and_their_terminations_follow(pg_dsn, tmp_path):
+    """While API requests are in flight, a DELETE is answered at once and its server's termination
+    waits for a background turn (one a second here); when the API falls quiet the rest start at once."""
+    cloud = await start_cloud(pg_dsn, tmp_path)
+    try:
+        image = await add_image(cloud)
+        uuids = [await boot(cloud, image) for _ in range(3)]
+        for uuid in uuids:
+            await wait_for_status(cloud, uuid, "ACTIVE")
+        fg, compute_api = cloud.app[keys.FOREGROUND], cloud.app[keys.COMPUTE_API]
+        fg.interval = 1.0  # ([api] busy_background_interval)
+        fg.begin()  # a long request in flight (a console, a slow client)
+        try:
+            for uuid in uuids:
+                status, _, _ = await cloud.compute("DELETE", f"/servers/{uuid}")
+                assert status == 204
+            await asyncio.sleep(0.3)  # long enough for simulated hosts to terminate all three
+            assert compute_api.pending() >= 2  # queued: at most one turn has come
+            waiting = [s for s in await listed(cloud, uuids) if s["OS-EXT-STS:task_state"] == "deleting"]
+            assert len(waiting) >= 2
+        finally:
+            fg.end()
+        deadline = time.monotonic() + 15
+        while await listed(cloud, uuids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await listed(cloud, uuids) == [] and compute_api.pending() == 0
+    finally:
+        await stop_cloud(cloud)
+
+
+async def listed(cloud, uuids: list[str]) -> list[dict]:
+    _, body, _ = await cloud.compute("GET", "/servers/detail")
+    return [s for s in body["servers"] if s["id"] in uuids]

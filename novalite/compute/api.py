@@ -32,6 +32,7 @@ from novalite.db import instances as db
 from novalite.db import migration_records
 from novalite.db import volumes as volumes_db
 from novalite.db.batch import BatchWriter
+from novalite.foreground import Foreground
 from novalite.virt import power_state
 
 log = structlog.get_logger(__name__)
@@ -210,10 +211,11 @@ class ComputeAPI:
         network_api: Any = None,
         volume_build: Any = None,
         image_store: Any = None,
+        foreground: Foreground | None = None,
     ) -> None:
         """``build_instances`` casts provisioned instances to the conductor; ``computes`` are the
         managers of the hosts, which deletes and console reads go to; ``image_store`` deletes the
-        image data of a shelved server's snapshot."""
+        image data of a shelved server's snapshot; ``foreground`` gives deletes their turns."""
         self.pool = pool
         self.network_api = network_api
         self.config = config
@@ -223,6 +225,12 @@ class ComputeAPI:
         self.computes = computes
         self.image_store = image_store
         self._tasks: set[asyncio.Task] = set()
+        # A delete's background part starts at a background turn (novalite.foreground): while
+        # DELETEs keep coming their answers go first, and the terminations follow together, in
+        # larger batches (a storm of 1,000 deletes: 240-250 -> 260-300/s, bench/README.md).
+        self.foreground = foreground or Foreground(0)
+        self._deletes: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._delete_starter: asyncio.Task | None = None
         self._creating = asyncio.Semaphore(config.api.max_concurrent_creates)  # FIFO: waiters in order
         # the provisioning statements of concurrent creates, together: each project's usage row
         # is held until a commit, once for all of them instead of once each (db.batch)
@@ -807,9 +815,19 @@ class ComputeAPI:
             self.start_delete(uuid, ctx.request_id)
 
     def start_delete(self, uuid: str, request_id: str) -> None:
-        task = asyncio.create_task(self.run_delete(uuid, request_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Queue the delete's background part (:meth:`run_delete`) for the next background turn.
+        The instance is marked deleting already: one still queued at a stop is a restart's to finish."""
+        self._deletes.put_nowait((uuid, request_id))
+        if self._delete_starter is None:
+            self._delete_starter = asyncio.create_task(self._start_deletes(), name="deletes")
+
+    async def _start_deletes(self) -> None:
+        while True:
+            uuid, request_id = await self._deletes.get()
+            await self.foreground.background_turn()
+            task = asyncio.create_task(self.run_delete(uuid, request_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def run_delete(self, uuid: str, request_id: str) -> None:
         """Wait out a build holding the instance lock, then destroy, free and mark deleted."""
@@ -845,10 +863,15 @@ class ComputeAPI:
         return None if compute is None else await compute.get_console_output(str(inst["uuid"]))
 
     def pending(self) -> int:
-        """Deletes and other work started in the background and not yet done."""
-        return len(self._tasks)
+        """Deletes queued or started in the background, and other background work, not yet done."""
+        return self._deletes.qsize() + len(self._tasks)
 
     async def wait_idle(self) -> None:
+        """Wait for the background work started; deletes still queued are left to recovery."""
+        if self._delete_starter is not None:
+            self._delete_starter.cancel()
+            await asyncio.gather(self._delete_starter, return_exceptions=True)
+            self._delete_starter = None
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
