@@ -6,7 +6,8 @@ well, and every answer waited behind that work. While API requests are in
 flight the conductor now starts the next scheduling request at most once per
 `interval`; as soon as the API is quiet it runs at full speed again. Background
 work is slowed during a burst, never stopped (at 0.05 s: still 20 scheduling
-requests a second, each possibly a multi-create, under continuous API load).
+requests a second, each possibly a multi-create, under continuous API load). The
+terminations of deleted servers take the same turns (ComputeAPI.start_delete).
 """
 
 from __future__ import annotations
