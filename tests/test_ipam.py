@@ -163,3 +163,22 @@ async def test_a_port_delete_takes_its_projects_counter_before_its_subnet(cloud)
         assert await asyncio.wait_for(deleting, 5) == "DELETE 1"
     async with pool.acquire() as conn:
         assert await q.free_addresses(conn, sub) == 253 == await counted_free(conn, sub)  # .2-.254, the port gone
+
+
+async def test_a_batch_returns_a_retried_builds_port_untouched_beside_new_ones(cloud):
+    """A build retried on its host asks for its port again: the batch gives it back as it is
+    (``existed``) and makes the others' ports, each on its own address."""
+    net, _ = await network(cloud, "10.83.0.0/24")
+    devices = [f"00000000-0000-4000-8000-00000000010{i}" for i in range(3)]
+    wanted = [q.NovaPort(net, "ipam-c", d, "compute:nova", None, 0, -1) for d in devices]
+    async with cloud.app[keys.DB].acquire() as conn:
+        (first,) = await q.create_nova_ports(conn, wanted[:1])
+        again, *others = await q.create_nova_ports(conn, wanted)
+        assert again["existed"] and (again["id"], again["fixed_ip"], again["mac_address"]) == (
+            first["id"], first["fixed_ip"], first["mac_address"])
+        assert [o["existed"] for o in others] == [False, False]
+        addresses = {first["fixed_ip"], *(o["fixed_ip"] for o in others)}
+        macs = {first["mac_address"], *(o["mac_address"] for o in others)}
+        assert len(addresses) == 3 == len(macs)
+        assert await conn.fetchval("SELECT count(*) FROM ports WHERE network_id = $1::uuid AND device_id <> ''",
+                                   net) == 3
