@@ -17,6 +17,7 @@ import pytest
 from conftest import add_image, wait_for_status
 from test_scheduler_api import boot
 
+from novalite import db as novalite_db
 from novalite.db import instances as db
 from novalite.db import networks, server_list, steps
 from novalite.scheduler import manager
@@ -117,3 +118,19 @@ async def test_a_servers_ports_are_found_through_the_device_index(cloud):
         assert custom <= 5 and generic >= 3, (generic, custom)
     finally:
         await conn.close()
+
+
+async def test_a_pooled_connection_looks_no_type_up_while_serving(cloud):
+    """asyncpg has no codec of its own for uuid[] and looks it up on a connection's first statement
+    with one (three round trips, 5-8 ms): the pool's connections do it when they open, not in the
+    first delete each of them serves."""
+    pool = await novalite_db.create_pool(cloud.config.database.dsn, 1, 1)
+    try:
+        async with pool.acquire() as conn:
+            sent: list[str] = []
+            conn.add_query_logger(lambda record: sent.append(record.query))
+            await networks.release_ports(conn, [[]])
+            await asyncio.sleep(0.05)  # query loggers are called soon after, not during, the query
+        assert any("DELETE FROM ports" in q for q in sent) and not [q for q in sent if "typeinfo" in q]
+    finally:
+        await pool.close()
