@@ -112,4 +112,3 @@ async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncp
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset, command_timeout=60,
         server_settings={"application_name": APPLICATION_NAME},
     )
-

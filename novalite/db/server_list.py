@@ -185,9 +185,10 @@ async def server_extras(
     service_down_time: float = 0,
 ) -> asyncpg.Record:
     """What one server's document shows besides its row, in ONE round trip (it was five): ``fault``
-    (its latest: code, message, details and created_at of a row of instance_faults, or None), ``bdms``
-    (volume_id and delete_on_termination of its block device mappings, in boot order), ``addresses`` ([network name, fixed IP, MAC] of its ports, when asked), ``groups``
-    (its server groups' uuids, when asked) and ``host_status`` (of ``host``'s service: see
+    (its latest: code, message, details and created_at of a row of instance_faults, or None),
+    ``bdms`` (volume_id and delete_on_termination of its block device mappings, in boot order),
+    ``addresses`` ([network name, fixed IP, MAC] of its ports, when asked), ``groups`` (its server
+    groups' uuids, when asked) and ``host_status`` (of ``host``'s service: see
     catalog.host_status_sql; None without a host or a service row)."""
     return await conn.fetchrow(
         "SELECT " + ", ".join(f"{sql} AS {name}" for name, sql in _extras(
