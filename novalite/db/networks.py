@@ -546,7 +546,7 @@ class NovaPort:
                 "default_limit": self.port_limit}
 
 
-# Servers' ports (novalite_nova_ports, migration 0008) with what a NIC and its lease need, as
+# Servers' ports (novalite_nova_ports, migration 0014) with what a NIC and its lease need, as
 # ports_for_device gives them; the networks and subnets are read in the same round trip.
 _NOVA_PORTS = """SELECT np.i, np.error, np.port_id::text AS id, np.existed, np.group_ids::text[] AS groups,
         n.id::text AS network_id, np.sub::text AS subnet_id, np.mac AS mac_address, host(np.address) AS fixed_ip,
