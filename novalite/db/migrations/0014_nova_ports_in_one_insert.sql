@@ -33,7 +33,6 @@ DECLARE
     r_address inet[] := '{}';
     r_sub uuid[] := '{}';
     r_error text[] := '{}';
-    r_new boolean[] := '{}';
     n_port uuid[] := '{}';  -- the ports to make: id, network, subnet, project, MAC, address,
     n_net uuid[] := '{}';   -- device, owner, host, index, port security, and their item's place
     n_sub uuid[] := '{}';
@@ -59,7 +58,6 @@ BEGIN
         k := k + 1;
         r_i[k] := x.i;
         r_net[k] := x.net;
-        r_new[k] := false;
         SELECT p.id, p.mac_address, p.fixed_ip, p.subnet_id INTO p_id, p_mac, p_address, p_sub
           FROM ports p WHERE p.device_id = x.device AND p.device_id <> '' AND p.device_index = x.idx LIMIT 1;
         IF p_id IS NOT NULL THEN  -- a retried build: its port as it is
@@ -122,7 +120,6 @@ BEGIN
         r_existed[k] := false;
         r_address[k] := p_address;
         r_sub[k] := p_sub;
-        r_new[k] := true;
     END LOOP;
 
     n := coalesce(array_length(n_port, 1), 0);
@@ -171,7 +168,7 @@ BEGIN
         group_ids := NULL;
         IF error IS NULL THEN
             group_ids := '{}';
-            IF r_new[j] AND groups ? port_id::text THEN
+            IF NOT existed AND groups ? port_id::text THEN  -- a port made here
                 group_ids := ARRAY(SELECT jsonb_array_elements_text(groups -> port_id::text))::uuid[];
             END IF;
         END IF;
