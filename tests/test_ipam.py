@@ -182,3 +182,21 @@ async def test_a_batch_returns_a_retried_builds_port_untouched_beside_new_ones(c
         assert len(addresses) == 3 == len(macs)
         assert await conn.fetchval("SELECT count(*) FROM ports WHERE network_id = $1::uuid AND device_id <> ''",
                                    net) == 3
+
+
+async def test_a_batch_draws_another_mac_when_its_first_is_taken(cloud):
+    """A port's random MAC may be taken already: the batch draws another for that port (the draw is
+    made repeatable here with Postgres' setseed, so the first one is known and taken beforehand)."""
+    net, _ = await network(cloud, "10.84.0.0/24")
+    draw = "SELECT 'fa:16:3e:' || regexp_replace(substr(md5(random()::text), 1, 6), '(..)(..)(..)', '\\1:\\2:\\3')"
+    async with cloud.app[keys.DB].acquire() as conn:
+        await conn.execute("SELECT setseed(0.25)")
+        taken = await conn.fetchval(draw)
+    status, doc = await post(cloud, "port", {"network_id": net, "mac_address": taken})
+    assert status == 201, doc
+    wanted = [q.NovaPort(net, "ipam-d", "00000000-0000-4000-8000-000000000200", "compute:nova", None, 0, -1)]
+    async with cloud.app[keys.DB].acquire() as conn:
+        await conn.execute("SELECT setseed(0.25)")
+        (made,) = await q.create_nova_ports(conn, wanted)
+    assert isinstance(made, dict) and not made["existed"] and made["mac_address"] != taken
+    assert made["mac_address"].startswith("fa:16:3e:")

@@ -50,6 +50,7 @@ DECLARE
     p_address inet;
     p_sub uuid;
     groups jsonb;
+    missing boolean;
 BEGIN
     FOR x IN SELECT * FROM jsonb_to_recordset(items) AS r(i integer, net uuid, project text, device text,
                                                          owner text, bound_host text, idx integer,
@@ -108,7 +109,7 @@ BEGIN
         n_net[n] := x.net;
         n_sub[n] := p_sub;
         n_project[n] := x.project;
-        n_mac[n] := 'fa:16:3e:' || regexp_replace(substr(md5(random()::text), 1, 6), '(..)(..)(..)', '\1:\2:\3');
+        n_mac[n] := NULL;  -- drawn when the ports are written
         n_address[n] := p_address;
         n_device[n] := x.device;
         n_owner[n] := x.owner;
@@ -124,24 +125,32 @@ BEGIN
 
     n := coalesce(array_length(n_port, 1), 0);
     IF n > 0 THEN
-        INSERT INTO ports AS p (id, network_id, subnet_id, project_id, mac_address, fixed_ip, device_id,
-                                device_owner, host, status, device_index, port_security_enabled)
-        SELECT w.id, w.net, w.sub, w.project, w.mac, w.address, w.device, w.owner, w.host, 'ACTIVE', w.idx, w.security
-          FROM unnest(n_port, n_net, n_sub, n_project, n_mac, n_address, n_device, n_owner, n_host, n_idx, n_security)
-               AS w(id, net, sub, project, mac, address, device, owner, host, idx, security)
-        ON CONFLICT (mac_address) DO NOTHING;
-        FOR j IN 1..n LOOP
-            p_mac := n_mac[j];
-            -- a MAC already taken (by another port, or twice in the batch): another random one
-            WHILE NOT EXISTS (SELECT 1 FROM ports p WHERE p.id = n_port[j]) LOOP
-                p_mac := 'fa:16:3e:' || regexp_replace(substr(md5(random()::text), 1, 6), '(..)(..)(..)', '\1:\2:\3');
-                INSERT INTO ports AS p (id, network_id, subnet_id, project_id, mac_address, fixed_ip, device_id,
-                                        device_owner, host, status, device_index, port_security_enabled)
-                VALUES (n_port[j], n_net[j], n_sub[j], n_project[j], p_mac, n_address[j], n_device[j], n_owner[j],
-                        n_host[j], 'ACTIVE', n_idx[j], n_security[j])
-                ON CONFLICT (mac_address) DO NOTHING;
+        LOOP  -- the ports not written yet, each with a random MAC under OpenStack's prefix
+            FOR j IN 1..n LOOP
+                IF n_mac[j] IS NULL THEN
+                    n_mac[j] := 'fa:16:3e:' || regexp_replace(substr(md5(random()::text), 1, 6), '(..)(..)(..)',
+                                                              '\1:\2:\3');
+                END IF;
             END LOOP;
-            r_mac[n_at[j]] := p_mac;
+            INSERT INTO ports AS p (id, network_id, subnet_id, project_id, mac_address, fixed_ip, device_id,
+                                    device_owner, host, status, device_index, port_security_enabled)
+            SELECT w.id, w.net, w.sub, w.project, w.mac, w.address, w.device, w.owner, w.host, 'ACTIVE', w.idx,
+                   w.security
+              FROM unnest(n_port, n_net, n_sub, n_project, n_mac, n_address, n_device, n_owner, n_host, n_idx,
+                          n_security) AS w(id, net, sub, project, mac, address, device, owner, host, idx, security)
+             WHERE NOT EXISTS (SELECT 1 FROM ports p WHERE p.id = w.id)
+            ON CONFLICT (mac_address) DO NOTHING;
+            missing := false;
+            FOR j IN 1..n LOOP  -- a MAC already taken (by another port, or twice in the batch): draw again
+                IF NOT EXISTS (SELECT 1 FROM ports p WHERE p.id = n_port[j]) THEN
+                    n_mac[j] := NULL;
+                    missing := true;
+                END IF;
+            END LOOP;
+            EXIT WHEN NOT missing;
+        END LOOP;
+        FOR j IN 1..n LOOP
+            r_mac[n_at[j]] := n_mac[j];
         END LOOP;
         WITH joined AS (
             INSERT INTO port_security_groups (port_id, security_group_id)
