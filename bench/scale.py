@@ -17,7 +17,7 @@ harness: its embedded Postgres, its config on the real path, its login):
 - plans: EXPLAIN (ANALYZE, BUFFERS) of the list query with each filter novalite supports, as
   db/server_list.py builds it (a Seq Scan on instances is flagged);
 - scheduling: one decision (filters + weighers, db-free, as the scheduler takes it) over the
-  hosts' states read from this database, timed in this process while a storm runs;
+  hosts' states read from this database, timed in a process of its own while a storm runs;
 - the storm: bench/boot_storm.py's run_storm on this database (real path), in the admin project;
 - peak RSS of the server over all of the above.
 
@@ -430,6 +430,23 @@ async def time_decisions(dsn: str, stop: asyncio.Event, figures: Figures) -> Non
         await conn.close()
 
 
+DECISIONS_MODE = "--decisions-until-eof"  # this file run as the decisions' own process (below)
+
+
+async def decisions_until_eof(dsn: str) -> None:
+    """The decisions timed in a process of their own until stdin closes, then their times as JSON:
+    in the storm client's event loop each 2 ms decision held up the client's POSTs and GETs."""
+    stop = asyncio.Event()
+    figures = Figures()
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    timing = asyncio.create_task(time_decisions(dsn, stop, figures))
+    await reader.read()
+    stop.set()
+    await timing
+    print(json.dumps({"wall": figures.decide_ms, "cpu": figures.decide_cpu_ms}))
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 LOAD_OPTIONS = ("instances", "projects", "live", "hosts", "port_groups")  # what a kept database was loaded with
@@ -535,16 +552,17 @@ async def count_instances(dsn: str) -> int:
 async def storm_on_top(session: aiohttp.ClientSession, server: storm.Server, admin: dict, image: str, dsn: str,
                        root: Path, args: argparse.Namespace, figures: Figures) -> None:
     """bench/boot_storm.py's storm in the admin project (its servers deleted at its end), with a
-    scheduling decision timed every 20 ms while it runs."""
-    stop = asyncio.Event()
-    decisions = asyncio.create_task(time_decisions(dsn, stop, figures))
+    scheduling decision timed every 20 ms while it runs, in a process of its own."""
+    timer = await asyncio.create_subprocess_exec(sys.executable, __file__, DECISIONS_MODE, dsn,
+                                                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     figures.storm = storm.Result(args.storm, args.hosts, args.c, "single", storm.PATHS["real"].name)
     try:
         await storm.run_storm(session, server, admin, image, dsn, root / "pgdata", figures.storm,
                               storm.PATHS["real"])
     finally:
-        stop.set()
-        await decisions
+        out, _ = await timer.communicate(b"")
+    times = json.loads(out)
+    figures.decide_ms, figures.decide_cpu_ms = times["wall"], times["cpu"]
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -595,6 +613,9 @@ def headline(f: Figures) -> str:
 
 
 async def main() -> int:
+    if sys.argv[1:2] == [DECISIONS_MODE]:
+        await decisions_until_eof(sys.argv[2])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=100_000, help="instances in all (default 100000)")
     parser.add_argument("--projects", type=int, default=10, help="projects sharing them (default 10)")
