@@ -1,0 +1,91 @@
+"""`serve` raises its own CPU priority once its database is up ([api] cpu_priority_boost): every
+thread of the process, the libvirt workers started later included, runs at a nice value 5 below
+the one it was started with; an embedded Postgres, started before, keeps its own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from conftest import fresh_database, write_config
+from serve_process import ServeProcess
+
+
+def nice_values(pid: int) -> dict[str, int]:
+    """Every thread's nice value (field 19 of /proc/<pid>/task/<tid>/stat), by thread id."""
+    values = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:  # the thread ended
+            continue
+        values[tid] = int(stat.rsplit(")", 1)[1].split()[16])
+    return values
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except FileNotFoundError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+async def serve_until_hosts_ready(config: Path) -> ServeProcess:
+    port = int(config.read_text().split("port = ")[1].split()[0])
+    serve = ServeProcess(config, "--no-test-image", "--clouds-yaml", str(config.parent / "clouds.yaml"))
+    serve.start()
+    await serve.wait_listening(port)
+    await serve.wait_event("hosts_ready")
+    return serve
+
+
+async def test_every_thread_of_serve_runs_five_nice_steps_up(pg_dsn, tmp_path):
+    assert os.geteuid() == 0, "lowering a nice value needs root"
+    started_at = os.getpriority(os.PRIO_PROCESS, 0)
+    serve = await serve_until_hosts_ready(write_config(tmp_path, await fresh_database(pg_dsn)))
+    try:
+        (said,) = serve.events("cpu_priority")
+        assert (said["was"], said["nice"]) == (started_at, started_at - 5)
+        threads = nice_values(serve.proc.pid)
+        assert len(threads) > 2  # the libvirt workers the hosts' bring-up started, after the change
+        assert set(threads.values()) == {started_at - 5}
+    finally:
+        serve.stop()
+
+
+async def test_boost_zero_leaves_the_priority_as_started(pg_dsn, tmp_path):
+    config = write_config(tmp_path, await fresh_database(pg_dsn), extra="")
+    config.write_text(config.read_text().replace("[api]\n", "[api]\ncpu_priority_boost = 0\n"))
+    serve = await serve_until_hosts_ready(config)
+    try:
+        assert not serve.events("cpu_priority") and not serve.events("cpu_priority_unchanged")
+        assert set(nice_values(serve.proc.pid).values()) == {os.getpriority(os.PRIO_PROCESS, 0)}
+    finally:
+        serve.stop()
+
+
+async def test_an_embedded_postgres_keeps_the_priority_serve_was_started_with(tmp_path):
+    serve = await serve_until_hosts_ready(write_config(tmp_path, ""))
+    try:
+        started_at = os.getpriority(os.PRIO_PROCESS, 0)
+        assert set(nice_values(serve.proc.pid).values()) == {started_at - 5}
+        pgdata = str(tmp_path / "state" / "pgdata")
+        (postmaster,) = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pgdata in cmdline(pid)]
+        backends = [postmaster, *children(postmaster)]  # its backends and workers, serve's connections
+        assert len(backends) > 2
+        assert {nice for pid in backends for nice in nice_values(pid).values()} == {started_at}
+    finally:
+        serve.stop()
