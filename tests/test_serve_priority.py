@@ -79,13 +79,14 @@ async def test_boost_zero_leaves_the_priority_as_started(pg_dsn, tmp_path):
 
 async def test_an_embedded_postgres_keeps_the_priority_serve_was_started_with(tmp_path):
     serve = await serve_until_hosts_ready(write_config(tmp_path, ""))
+    pgdata = str(tmp_path / "state" / "pgdata")
     try:
         started_at = os.getpriority(os.PRIO_PROCESS, 0)
         assert set(nice_values(serve.proc.pid).values()) == {started_at - 5}
-        pgdata = str(tmp_path / "state" / "pgdata")
         (postmaster,) = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pgdata in cmdline(pid)]
         backends = [postmaster, *children(postmaster)]  # its backends and workers, serve's connections
         assert len(backends) > 2
         assert {nice for pid in backends for nice in nice_values(pid).values()} == {started_at}
     finally:
-        serve.stop()
+        rc, _ = await serve.terminate(60)  # a clean stop stops the embedded Postgres too
+    assert rc == 0 and not [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pgdata in cmdline(pid)]
