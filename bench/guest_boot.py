@@ -99,6 +99,18 @@ async def _delete(s: aiohttp.ClientSession, url: str, hdrs: dict, sid: str) -> N
         await asyncio.sleep(0.05)
 
 
+async def wait_host_up(s: aiohttp.ClientSession, url: str, hdrs: dict, host: str, timeout: float = 120) -> None:
+    """Until os-services shows ``host`` up: `serve` answers before its hosts are brought up, and a
+    boot forced to a host that is not up yet is refused (its zone is not available)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with s.get(f"{url}/compute/v2.1/os-services", headers=hdrs) as r:
+            if any(sv["host"] == host and sv["state"] == "up" for sv in (await r.json())["services"]):
+                return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"host {host} not up in {timeout:.0f} s")
+
+
 async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1, host: str = "local",
                     uri: str = "qemu:///system") -> tuple[list[float], list[float], float, float]:
     """A `novalite serve` managing ``host`` at ``uri`` alone; its first boot, untimed in the
@@ -130,6 +142,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
             creds = json.loads((root / "state" / "credentials.json").read_text())
             ids = await testimage.upload(image, url, "admin", creds["admin"])
             hdrs = {"X-Auth-Token": await token(s, url, creds["admin"]), "OpenStack-API-Version": "compute 2.56"}
+            await wait_host_up(s, url, hdrs, host)
             first = await _boot(s, url, hdrs, ids["ami"], "bench-first", 0.05, host)
             await _delete(s, url, hdrs, first[2])
             t0 = time.perf_counter()
