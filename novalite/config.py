@@ -47,9 +47,10 @@ class ApiConfig(_Section):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Once its database is up, `serve` lowers its own nice value by this much (the threads it starts
     # later inherit it; an embedded Postgres started before keeps its own). Every request and build
-    # step passes through the one event loop thread, which on a small box otherwise waits for a CPU
-    # behind the database's backends (bench/README.md: storm POST p99 178 -> 127 ms). Lowering a nice
-    # value needs root or CAP_SYS_NICE; without, `serve` says so and runs as started. 0: as started.
+    # step passes through the one event loop thread, which in a storm on a small box shared with its
+    # database is runnable far more than it runs (bench/README.md, ninth round: POST p99 median
+    # 178 -> 127 ms over 19 pairs, the gain in the box's slow hours). Lowering a nice value needs
+    # root or CAP_SYS_NICE; without, `serve` says so and runs as started. 0: as started.
     cpu_priority_boost: int = Field(5, ge=0, le=20)
     # Creates validated and provisioned at once; more wait their turn, first come first
     # served. A burst of creates then neither queues reads behind it nor thrashes two
