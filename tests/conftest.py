@@ -144,8 +144,12 @@ class Cloud:
         return await self.request(method, f"/compute/v2.1{path}", **kw)
 
     def clouds_yaml(self) -> Path:
+        """The cloud's clouds.yaml, written at each call and replaced whole: concurrent CLI runs
+        (asyncio.gather in test_clients) read it while another call rewrites it."""
         path = self.workdir / "clouds.yaml"
-        path.write_text(clouds_yaml(self.config, self.creds))
+        fresh = path.with_name(f".clouds-{uuid.uuid4().hex}.yaml")
+        fresh.write_text(clouds_yaml(self.config, self.creds))
+        fresh.replace(path)
         return path
 
     async def openstack(self, *args: str, cloud: str = "novalite", check: bool = True) -> tuple[int, str, str]:
