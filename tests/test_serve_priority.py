@@ -30,16 +30,24 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def processes() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def of_pgdata(pgdata: str) -> list[int]:
+    """The processes whose command line names this data directory (a postmaster)."""
+    return [pid for pid in processes() if pgdata in cmdline(pid)]
+
+
 def children(pid: int) -> list[int]:
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except FileNotFoundError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
+    for child in processes():
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(child)
     return found
 
 
@@ -83,10 +91,10 @@ async def test_an_embedded_postgres_keeps_the_priority_serve_was_started_with(tm
     try:
         started_at = os.getpriority(os.PRIO_PROCESS, 0)
         assert set(nice_values(serve.proc.pid).values()) == {started_at - 5}
-        (postmaster,) = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pgdata in cmdline(pid)]
+        (postmaster,) = of_pgdata(pgdata)
         backends = [postmaster, *children(postmaster)]  # its backends and workers, serve's connections
         assert len(backends) > 2
         assert {nice for pid in backends for nice in nice_values(pid).values()} == {started_at}
     finally:
         rc, _ = await serve.terminate(60)  # a clean stop stops the embedded Postgres too
-    assert rc == 0 and not [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if pgdata in cmdline(pid)]
+    assert rc == 0 and not of_pgdata(pgdata)
