@@ -57,6 +57,7 @@ from novalite.config import Config, ConfigError, HostConfig, load_config
 from novalite.dashboard import add_routes as add_dashboard
 from novalite.db import catalog, startup
 from novalite.db import instances as instances_db
+from novalite.db.heartbeats import Heartbeats
 from novalite.db.steps import StepWriter
 from novalite.foreground import Foreground
 from novalite.identity import IdentityService
@@ -303,6 +304,7 @@ def compute_ctx(config: Config, sighup: bool = False):
         workers = app[keys.DB_WORKERS]  # background work: conductor, scheduler, compute hosts
         locks = app[keys.LOCKS]
         steps = StepWriter(workers)  # the build steps of all hosts, written together
+        heartbeats = Heartbeats(workers, config.compute.report_interval)  # and their heartbeats
         scheduler = Scheduler(workers, config.scheduler)
         network_api = app[keys.NETWORK_API]
         volume_build = app[keys.VOLUME_BUILD]
@@ -331,7 +333,7 @@ def compute_ctx(config: Config, sighup: bool = False):
                               cast_unshelve=cast_unshelve, cast_evacuate=cast_evacuate)
         live_task = LiveMigrationTask(workers, scheduler, cast_live, conductor.spawn_task)
         def add_manager(host: HostConfig) -> ComputeManager:
-            computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, config, locks,
+            computes[host.name] = ComputeManager(host, app[keys.HOSTS][host.name], workers, steps, heartbeats, config, locks,
                                                 conductor.reschedule, network_api, volume_build,
                                                 image_store=image_store, peers=computes.get)
             return computes[host.name]
@@ -409,6 +411,7 @@ def compute_ctx(config: Config, sighup: bool = False):
             await app[keys.VOLUME_API].wait_idle()  # attachments and volume data running in the background
             for manager in computes.values():
                 await manager.stop()
+            await heartbeats.close()
 
     return ctx
 

@@ -51,6 +51,7 @@ from novalite.compute.shelve_host import ShelveManager
 from novalite.compute.snapshot import ImageWriter, SnapshotManager
 from novalite.config import Config, HostConfig
 from novalite.db import instances as db
+from novalite.db.heartbeats import Heartbeats
 from novalite.db.steps import BuildStep, StepWriter
 from novalite.network import NetworkAPI, PortInfo, network_data
 from novalite.periodic import Periodic, staggered
@@ -90,6 +91,7 @@ class ComputeManager:
         compute_host: ComputeHost,
         pool: asyncpg.Pool,
         steps: StepWriter,
+        heartbeats: Heartbeats,
         config: Config,
         locks: InstanceLocks,
         reschedule: Reschedule,
@@ -113,6 +115,7 @@ class ComputeManager:
         self.driver = compute_host.driver  # owned by the wiring (app.py), which closes it
         self.pool = pool
         self.steps = steps
+        self.heartbeats = heartbeats
         self.config = config
         self.locks = locks
         self.reschedule = reschedule
@@ -320,15 +323,12 @@ class ComputeManager:
             if not alive:
                 continue
             try:
-                async with self.pool.acquire() as conn:
-                    forced_down = await conn.fetchval(
-                        "UPDATE compute_nodes SET heartbeat_at = now() WHERE host = $1 RETURNING forced_down",
-                        self.host)
+                beat = await self.heartbeats.beat(self.host)  # with the other hosts' beats
             except Exception:  # a missed beat is logged, the next one retries
                 log.warning("heartbeat_failed", host=self.host, exc_info=True)
                 continue
-            if not forced_down:  # back (or never gone): what evacuations left here goes
-                await self._destroy_evacuated()
+            if beat is not None and beat.evacuated and not beat.forced_down:
+                await self._destroy_evacuated()  # back (or never gone): what evacuations left here goes
 
     async def _destroy_evacuated(self) -> None:
         try:
