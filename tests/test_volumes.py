@@ -223,6 +223,10 @@ async def test_boot_from_image_volume_blank_and_snapshot_with_delete_on_terminat
     assert [v["attachments"][0]["device"] for v in vols] == ["/dev/vda", "/dev/vdb", "/dev/vdc"]
     assert vols[0]["bootable"] == "true" and vols[0]["size"] == 2
     assert vols[2]["snapshot_id"] == snap
+    # The detail list shows the same attachments, in the same (boot) order, as the server's own page.
+    _, listed, _ = await vcloud.compute("GET", "/servers/detail", version="2.latest")
+    (in_list,) = [s for s in listed["servers"] if s["id"] == sid]
+    assert in_list["os-extended-volumes:volumes_attached"] == attached
     cfg = await vcloud.app[keys.COMPUTES]["sim1"].driver.get_domain_config(sid)
     disks = {d.target_dev: d.source_path for d in cfg.devices if isinstance(d, LibvirtConfigGuestDisk)}
     assert disks["vda"].endswith(f"volume-{vols[0]['id']}")  # the guest runs from the volume

@@ -161,6 +161,23 @@ async def list_servers(conn: asyncpg.Connection, q: ServerListQuery) -> list[asy
     return rows
 
 
+async def attached_volumes(conn: asyncpg.Connection, uuids: list[str]) -> dict[str, list[asyncpg.Record]]:
+    """The volumes attached to each of the servers (a list's ``os-extended-volumes:volumes_attached``):
+    volume_id and delete_on_termination of their mappings that have a volume, in boot order. Only
+    those two columns, and only those rows: a page of 1,000 servers has 1,000 image mappings and
+    decoding them whole was half of its mappings' and faults' round trips."""
+    rows = await conn.fetch(
+        """SELECT instance_uuid::text AS uuid, volume_id, delete_on_termination FROM block_device_mappings
+           WHERE instance_uuid = ANY($1::uuid[]) AND NOT deleted AND volume_id IS NOT NULL
+           ORDER BY instance_uuid, boot_index NULLS LAST, id""",
+        uuids,
+    )
+    out: dict[str, list[asyncpg.Record]] = {}
+    for r in rows:
+        out.setdefault(r["uuid"], []).append(r)
+    return out
+
+
 def _extras(uuid: str, host: str, service_down_time: str, *, addresses: bool, groups: bool) -> dict[str, str]:
     """server_extras' columns as SQL expressions, of the server ``uuid`` (an SQL uuid) on ``host`` (SQL text)."""
     return {

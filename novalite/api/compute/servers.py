@@ -268,7 +268,7 @@ async def _list(request: web.Request, detail: bool) -> web.Response:
             raise errors.BadRequest(f"marker [{query.marker}] not found") from None
         uuids = [str(r["uuid"]) for r in rows]
         faults = await db.latest_faults(conn, uuids) if detail else {}
-        bdms = await db.bdms_for(conn, uuids) if detail else {}
+        bdms = await server_list.attached_volumes(conn, uuids) if detail else {}
     if detail:
         addrs = await addresses_for(request, uuids)
         statuses = await _host_statuses(request, ctx, rows, {"project_id": ctx.project_id})
