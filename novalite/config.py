@@ -210,7 +210,8 @@ class ComputeConfig(_Section):
     # service answers only on this machine's networks, so there the config drive is the way in.
     force_config_drive_remote: bool = True
     # Nova's report_interval: seconds between a host's heartbeats, each written only while its
-    # libvirt connection answers (so a host whose libvirtd is gone goes down after service_down_time).
+    # libvirt connection answers (so a host whose libvirtd is gone goes down after service_down_time);
+    # a beat waits up to a tenth of it (at most 1 s) to be written with the other hosts' beats.
     report_interval: float = Field(10, gt=0, description="seconds")
     # Nova's update_resources_interval: seconds between reads of a host's disk (its instance pool's info).
     update_resources_interval: float = Field(60, gt=0, description="seconds")
