@@ -108,7 +108,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         gc.freeze()
         # The collector's full-pass rule counts only what is not frozen (~40,000 objects with 1,000
         # hosts), so whatever one large request kept alive across a young collection set a full pass
-        # off: a detail page of 1,000 servers promoted enough to start one in 1 page of 7, 20-30 ms
+        # off: a detail page of 1,000 servers promoted enough to start one in 1 page of 7, 17-44 ms
         # each. With young collections every 10,000 allocations instead of 700, a request's objects
         # mostly die young: full passes in 1 page of ~190.
         gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
