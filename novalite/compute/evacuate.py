@@ -223,11 +223,7 @@ class EvacuateManager:
         ``completed`` (a ``failed`` one is left for the operator, as in Nova). Called at every
         heartbeat of the host while it answers and is not forced down."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                """SELECT m.* FROM migrations m LEFT JOIN instances i ON i.uuid = m.instance_uuid
-                   WHERE m.source_compute = $1 AND m.migration_type = 'evacuation' AND m.status = $2
-                     AND (i.host IS DISTINCT FROM $1 OR i.deleted)""",
-                self.host, migrations.DONE)
+            rows = await conn.fetch(f"SELECT m.* FROM {migrations.evacuated_away_sql('$1')}", self.host)
         for m in rows:
             uuid = str(m["instance_uuid"])
             await self.manager.driver.destroy(uuid)

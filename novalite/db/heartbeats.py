@@ -19,14 +19,12 @@ import asyncpg
 from novalite.db import migration_records
 
 # The rows are locked in host order first: a move's claim locks its two hosts' rows in that order too.
-_BEAT_SQL = """
+_BEAT_SQL = f"""
 WITH locked AS (SELECT host FROM compute_nodes WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE),
      beat AS (UPDATE compute_nodes n SET heartbeat_at = now() FROM locked WHERE n.host = locked.host
               RETURNING n.host, n.forced_down)
 SELECT b.host, b.forced_down,
-       EXISTS (SELECT 1 FROM migrations m LEFT JOIN instances i ON i.uuid = m.instance_uuid
-                WHERE m.source_compute = b.host AND m.migration_type = 'evacuation' AND m.status = $2
-                  AND (i.host IS DISTINCT FROM b.host OR i.deleted)) AS evacuated
+       EXISTS (SELECT 1 FROM {migration_records.evacuated_away_sql('b.host')}) AS evacuated
   FROM beat b"""
 
 MAX_WINDOW = 1.0  # seconds a beat may wait for others
@@ -76,7 +74,7 @@ class Heartbeats:
             return
         try:
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(_BEAT_SQL, sorted({host for host, _ in batch}), migration_records.DONE)
+                rows = await conn.fetch(_BEAT_SQL, sorted({host for host, _ in batch}))
         except Exception as exc:  # every host of the batch missed this beat; each logs it, the next one retries
             for _, future in batch:
                 if not future.done():

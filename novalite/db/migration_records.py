@@ -50,6 +50,15 @@ PROGRESS = ("memory_total", "memory_processed", "memory_remaining", "disk_total"
 _UPDATABLE = {"status", "dest_compute", "dest_node", "dest_host"}
 
 
+def evacuated_away_sql(host: str) -> str:
+    """``FROM ... WHERE`` of the done evacuations away from ``host`` (an SQL text expression) whose
+    instance now lives elsewhere or is deleted, as ``m`` (the migration) and ``i`` (its instance):
+    what that host still has of them to clean up (compute.evacuate's destroy_evacuated)."""
+    return (f"migrations m LEFT JOIN instances i ON i.uuid = m.instance_uuid"
+            f" WHERE m.source_compute = {host} AND m.migration_type = '{EVACUATION}' AND m.status = '{DONE}'"
+            f" AND (i.host IS DISTINCT FROM {host} OR i.deleted)")
+
+
 class MigrationConflict(Exception):
     """The migration is not in the expected status (the row as it is, or None)."""
 
