@@ -11,15 +11,21 @@ from conftest import fresh_database, write_config
 from serve_process import ServeProcess
 
 
+def stat_fields(path: str) -> list[str] | None:
+    """The fields of a /proc stat file after the command's name (field 3 first); None when the
+    process or thread ended meanwhile."""
+    try:
+        return Path(path).read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+
+
 def nice_values(pid: int) -> dict[str, int]:
     """Every thread's nice value (field 19 of /proc/<pid>/task/<tid>/stat), by thread id."""
     values = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except FileNotFoundError:  # the thread ended
-            continue
-        values[tid] = int(stat.rsplit(")", 1)[1].split()[16])
+        if (fields := stat_fields(f"/proc/{pid}/task/{tid}/stat")) is not None:
+            values[tid] = int(fields[16])
     return values
 
 
@@ -40,15 +46,8 @@ def of_pgdata(pgdata: str) -> list[int]:
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for child in processes():
-        try:
-            stat = Path(f"/proc/{child}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(child)
-    return found
+    """The processes whose parent (field 4 of their stat) is ``pid``."""
+    return [child for child in processes() if (fields := stat_fields(f"/proc/{child}/stat")) and int(fields[1]) == pid]
 
 
 async def serve_until_hosts_ready(config: Path) -> ServeProcess:
