@@ -453,6 +453,9 @@ async def test_actions_follow_the_servers_state_and_show_the_apis_errors(cloud, 
     assert flash(page) == "Create snapshot requested."
     status, body, _ = await cloud.request("GET", "/image/v2/images?name=acts-snap")
     assert [i["name"] for i in body["images"]] == ["acts-snap"]
+    # The snapshot's upload ends first: while it runs (image_uploading) Nova refuses a resize with
+    # 409 before it reads the flavor, as novalite does.
+    await wait_for_host(cloud, server_id, lambda host: True)
     _, page = await form_post(browser, page_url, action_url, {"action": "resize", "flavor": "nope"})
     assert "nope" in flash(page) and "requested" not in flash(page)  # Nova's 400 for a flavor it lacks
 
