@@ -2,8 +2,9 @@
 
 It serves requests from an asyncio queue (request/reply, as nova-scheduler
 serves RPC calls). Host states come from one query per request; the claim is
-a transaction that locks the host row and re-checks capacity against the
+a statement that locks the host row and re-checks capacity against the
 allocations committed so far, so concurrent schedules never oversubscribe.
+Concurrent schedulings' claims on different hosts go in one statement (db.batch).
 
 Every scheduling keeps its verdicts (each filter's verdict on each host, the
 weights of the hosts that passed) and stores them in one row of
@@ -29,6 +30,7 @@ import structlog
 from novalite import metrics
 from novalite.config import SchedulerConfig
 from novalite.db import instances as db
+from novalite.db.batch import BatchWriter
 from novalite.scheduler.filters import BaseFilter, build_filters, requested_resources
 from novalite.scheduler.host_state import HostState, load_host_states
 from novalite.scheduler.weighers import build_weighers, weigh
@@ -40,6 +42,7 @@ FAULT_MESSAGE_MAX = 255
 # Rows kept per kind in a stored table: a lab has a handful of hosts, a big cloud need not store 10,000.
 TABLE_MAX_REJECTED = 500
 TABLE_MAX_WEIGHED = 20  # heaviest hosts listed with their weight (a row each)
+CLAIM_BATCH = 50  # claims in one statement at most
 
 
 @dataclass
@@ -155,58 +158,77 @@ class NoValidHost(Exception):
         )
 
 
-# One claim: the host's row checked and locked, the instance placed, the allocation recorded.
-_CLAIM = f"""WITH node AS (UPDATE compute_nodes SET updated_at = now()
-                 WHERE host = $1 AND vcpus_used + $3 <= $6::float8 AND memory_mb_used + $4 <= $7::float8
-                   AND disk_gb_used + $5 <= $8::float8
-                 RETURNING hypervisor_hostname, availability_zone),
-        inst AS (UPDATE instances SET host = $1, node = (SELECT hypervisor_hostname FROM node),
-                        availability_zone = (SELECT availability_zone FROM node),
-                        launched_on = $1, updated_at = now()
-                 WHERE uuid = $2 AND {db.by_uuid("NOT deleted AND vm_state = $9 AND task_state = $10")}
-                   AND EXISTS (SELECT 1 FROM node)
-                 RETURNING uuid)
+# Claims, one per host (a batch never holds two of one host's), in one statement: the hosts' rows
+# locked in host order (as a move's claim and the heartbeats lock theirs), each checked against
+# the usage counters, the instances placed, the allocations recorded.
+_CLAIMS = f"""WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(
+                     i integer, host text, uuid uuid, vcpus integer, memory_mb integer, disk_gb integer,
+                     vcpu_limit float8, ram_limit float8, disk_limit float8, vm_state text, task_state text)),
+        locked AS MATERIALIZED (SELECT host FROM compute_nodes WHERE {db.among("r", "host", "host")}
+                                ORDER BY host FOR UPDATE),
+        node AS (UPDATE compute_nodes n SET updated_at = now() FROM r, locked
+                 WHERE n.host = locked.host AND r.host = locked.host AND n.vcpus_used + r.vcpus <= r.vcpu_limit
+                   AND n.memory_mb_used + r.memory_mb <= r.ram_limit AND n.disk_gb_used + r.disk_gb <= r.disk_limit
+                 RETURNING r.i, n.host, n.hypervisor_hostname, n.availability_zone),
+        inst AS (UPDATE instances i SET host = node.host, node = node.hypervisor_hostname,
+                        availability_zone = node.availability_zone, launched_on = node.host, updated_at = now()
+                 FROM node JOIN r ON r.i = node.i
+                 WHERE i.uuid = r.uuid AND {db.among("r")}
+                   AND {db.by_uuid("NOT i.deleted AND i.vm_state = r.vm_state AND i.task_state = r.task_state")}
+                 RETURNING node.i)
    INSERT INTO allocations (instance_uuid, host, vcpus, memory_mb, disk_gb, created_at)
-   SELECT uuid, $1, $3, $4, $5, clock_timestamp() FROM inst
+   SELECT r.uuid, r.host, r.vcpus, r.memory_mb, r.disk_gb, clock_timestamp() FROM inst JOIN r ON r.i = inst.i
    ON CONFLICT (instance_uuid) DO UPDATE SET host = EXCLUDED.host, vcpus = EXCLUDED.vcpus,
        memory_mb = EXCLUDED.memory_mb, disk_gb = EXCLUDED.disk_gb, created_at = EXCLUDED.created_at
-   RETURNING true"""
+   RETURNING instance_uuid::text"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One instance's claim on a host: what it takes and the (vm_state, task_state) it must still be in."""
+
+    host: HostState
+    instance_uuid: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    from_state: tuple[str, str] = ("building", "scheduling")
+
+
+async def claim_many(conn: asyncpg.Connection, claims: list[Claim]) -> list[bool]:
+    """Claims on different hosts in ONE statement; per claim whether it was made (False when
+    the resources no longer fit or the instance left the state it was claimed from).
+
+    Each host's row UPDATE checks the usage counters (kept from allocations by a trigger) and
+    locks the row until commit; a concurrent claim on the host waits and re-checks the
+    committed counts, so no host is ever oversubscribed. An allocation's created_at is the
+    clock time after that lock, so claims on one host are ordered as they happened (the late
+    group policy check relies on that order). The instance takes the host's availability zone,
+    as Nova's conductor sets it from the selected host."""
+    rows = []
+    for i, c in enumerate(claims):
+        h = c.host
+        rows.append({
+            "i": i, "host": h.host, "uuid": c.instance_uuid, "vcpus": c.vcpus, "memory_mb": c.memory_mb,
+            "disk_gb": c.disk_gb, "vcpu_limit": h.vcpus * h.cpu_allocation_ratio,
+            "ram_limit": h.memory_mb * h.ram_allocation_ratio - h.reserved_host_memory_mb,
+            "disk_limit": h.local_gb * h.disk_allocation_ratio - h.reserved_host_disk_mb / 1024,
+            "vm_state": c.from_state[0], "task_state": c.from_state[1],
+        })
+    made = {r["instance_uuid"] for r in await conn.fetch(_CLAIMS, rows)}
+    return [c.instance_uuid in made for c in claims]
 
 
 async def claim(
     conn: asyncpg.Connection, host: HostState, instance_uuid: str, vcpus: int, memory_mb: int, disk_gb: int,
     from_state: tuple[str, str] = ("building", "scheduling"),
 ) -> bool:
-    """Claim resources on a host for a still-scheduling instance, in ONE statement; False when
-    they no longer fit (or the instance left scheduling).
+    """Claim resources on a host for a still-scheduling instance (:func:`claim_many` of one);
+    False when they no longer fit (or the instance left scheduling).
 
     ``from_state`` is the (vm_state, task_state) the instance must still be in: a build's
-    (building, scheduling) by default, an unshelve's (shelved_offloaded, unshelving).
-
-    The host row's UPDATE checks the usage counters (kept from allocations by a trigger) and
-    locks the row until commit; a concurrent claim on the host waits and re-checks the
-    committed counts, so no host is ever oversubscribed. The allocation's created_at is the
-    clock time after that lock, so claims on one host are ordered as they happened (the late
-    group policy check relies on that order). The instance takes the host's availability zone,
-    as Nova's conductor sets it from the selected host.
-    """
-    vcpu_limit = host.vcpus * host.cpu_allocation_ratio
-    ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
-    disk_limit = host.local_gb * host.disk_allocation_ratio - host.reserved_host_disk_mb / 1024
-    ok = await conn.fetchval(
-        _CLAIM,
-        host.host,
-        instance_uuid,
-        vcpus,
-        memory_mb,
-        disk_gb,
-        vcpu_limit,
-        ram_limit,
-        disk_limit,
-        from_state[0],
-        from_state[1],
-    )
-    return bool(ok)
+    (building, scheduling) by default, an unshelve's (shelved_offloaded, unshelving)."""
+    return (await claim_many(conn, [Claim(host, instance_uuid, vcpus, memory_mb, disk_gb, from_state)]))[0]
 
 
 async def claim_move(
@@ -329,6 +351,9 @@ class Scheduler:
         self._hosts: list[HostState] | None = None
         self._hosts_loaded = 0.0
         self._group_locks: dict[str, asyncio.Lock] = {}
+        # The claims of concurrent schedulings, one per host in each statement (db.batch): a storm's
+        # thousand claims were a thousand round trips and commits on the workers' few connections.
+        self._claims = BatchWriter(pool, claim_many, CLAIM_BATCH, "claims", key=lambda c: c.host.host)
 
     async def host_states(self, conn: asyncpg.Connection) -> list[HostState]:
         """Host states from Postgres, reused for `host_state_ttl` seconds. Claims made here
@@ -420,17 +445,20 @@ class Scheduler:
         # Requests of one server group are scheduled one at a time: each sees the others' claims
         # as members, so concurrent creates cannot split an affinity group (or crowd an anti-affinity one).
         group_lock = self._group_locks.setdefault(group, asyncio.Lock()) if group else contextlib.nullcontext()
-        async with group_lock, self.pool.acquire() as conn:
-            hosts = await self.host_states(conn)
-            spec = await resolve_request(conn, spec, uuids)
+        async with group_lock:
+            # No connection is held while the claims wait for their writer (it needs one of the same pool).
+            async with self.pool.acquire() as conn:
+                hosts = await self.host_states(conn)
+                spec = await resolve_request(conn, spec, uuids)
             results: list[Selection | NoValidHost] = []
             for uuid in uuids:
-                result = await self._select_one(conn, hosts, spec, uuid, vcpus, ram, disk)
+                result = await self._select_one(hosts, spec, uuid, vcpus, ram, disk)
                 if isinstance(result, NoValidHost) and self._hosts_loaded < started:
                     # The cached view may be stale (e.g. servers deleted since): decide again on fresh states.
                     self.invalidate_host_states()
-                    hosts = await self.host_states(conn)
-                    result = await self._select_one(conn, hosts, spec, uuid, vcpus, ram, disk)
+                    async with self.pool.acquire() as conn:
+                        hosts = await self.host_states(conn)
+                    result = await self._select_one(hosts, spec, uuid, vcpus, ram, disk)
                 if isinstance(result, Selection) and spec["group"] is not None:
                     # Later instances of this request see this one as a member on its host.
                     group_hosts = spec["group"]["hosts"]
@@ -487,7 +515,7 @@ class Scheduler:
         return passed, (self.rank(passed, spec, verdicts) if passed else []), verdicts
 
     async def _select_one(
-        self, conn: asyncpg.Connection, hosts: list[HostState], spec: dict, uuid: str, vcpus: int, ram: int, disk: int
+        self, hosts: list[HostState], spec: dict, uuid: str, vcpus: int, ram: int, disk: int
     ) -> Selection | NoValidHost:
         passed, candidates, verdicts = self.choose(hosts, spec)
         failed: set[int] = set()
@@ -507,11 +535,12 @@ class Scheduler:
             try:
                 migration = spec.get("migration")  # a resize: the destination claim, the source held
                 if migration is not None:
-                    claimed = await claim_move(conn, chosen, uuid, migration, vcpus, ram, disk)
+                    async with self.pool.acquire() as conn:
+                        claimed = await claim_move(conn, chosen, uuid, migration, vcpus, ram, disk)
                 else:
                     # A spec may name the state the instance is scheduled from (an unshelve's).
-                    claimed = await claim(conn, chosen, uuid, vcpus, ram, disk,
-                                          tuple(spec.get("claim_from") or ("building", "scheduling")))
+                    claimed = await self._claims.submit(Claim(
+                        chosen, uuid, vcpus, ram, disk, tuple(spec.get("claim_from") or ("building", "scheduling"))))
             except BaseException:
                 chosen.unconsume(vcpus, ram, disk, uuid)
                 raise
