@@ -659,20 +659,21 @@ async def notify(
 # instance.delete.end stored. One commit for many: every delete changes its project's usage
 # row (a trigger), which a project's deletes and creates would otherwise take one commit at a time.
 # The hosts whose usage counters the deleted claims change (another trigger) are locked first, in
-# host order, as a batch of claims locks them: two batches never hold one host each and wait for
-# the other's.
+# host order, before the instances' rows, as a batch of claims locks them: two batches never hold
+# one row each and wait for the other's.
 _FINISH_DELETES = f"""
 WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(i integer, uuid uuid, request_id text, publisher text,
                                                             event text, power_state integer)),
+hosts AS MATERIALIZED (SELECT host FROM compute_nodes WHERE host = ANY(ARRAY(
+                          SELECT a.host FROM allocations a WHERE {among("x", "a.instance_uuid")}))
+                       ORDER BY host FOR UPDATE),
 inst AS (
     UPDATE instances i SET updated_at = now(), vm_state = 'deleted', task_state = NULL, power_state = x.power_state,
         deleted = true, deleted_at = now(), terminated_at = now()
     FROM x WHERE i.uuid = x.uuid AND {among("x")} AND {by_uuid("NOT i.deleted AND i.task_state = 'deleting'")}
+      AND (SELECT count(*) FROM hosts) >= 0
     RETURNING i.uuid),
-hosts AS MATERIALIZED (SELECT host FROM compute_nodes WHERE host = ANY(ARRAY(
-                          SELECT a.host FROM allocations a WHERE {among("x", "a.instance_uuid")}))
-                       ORDER BY host FOR UPDATE),
-alloc AS (DELETE FROM allocations a USING inst WHERE a.instance_uuid = inst.uuid AND (SELECT count(*) FROM hosts) >= 0),
+alloc AS (DELETE FROM allocations a USING inst WHERE a.instance_uuid = inst.uuid),
 members AS (DELETE FROM instance_group_members m USING inst WHERE m.instance_uuid = inst.uuid),
 bdms AS (UPDATE block_device_mappings b SET deleted = true FROM inst WHERE b.instance_uuid = inst.uuid),
 act AS (SELECT DISTINCT ON (x.uuid) a.id, x.event FROM x JOIN inst ON inst.uuid = x.uuid

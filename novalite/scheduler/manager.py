@@ -216,7 +216,7 @@ async def claim_many(conn: asyncpg.Connection, claims: list[Claim]) -> list[bool
             "vm_state": c.from_state[0], "task_state": c.from_state[1],
         })
     made = {r["instance_uuid"] for r in await conn.fetch(_CLAIMS, rows)}
-    return [c.instance_uuid in made for c in claims]
+    return [str(uuidlib.UUID(c.instance_uuid)) in made for c in claims]  # as Postgres writes a uuid
 
 
 async def claim(
