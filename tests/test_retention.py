@@ -33,8 +33,8 @@ async def add_old_notifications(cloud, n: int, days: float = 8) -> None:
         )
 
 
-async def boot(cloud, name: str = "vm") -> str:
-    image = await add_image(cloud)
+async def boot(cloud, name: str = "vm", image: str | None = None) -> str:
+    image = image or await add_image(cloud)
     body = {"server": {"name": name, "imageRef": image, "flavorRef": "1", "networks": "none"}}
     status, created, _ = await cloud.compute("POST", "/servers", json_body=body, version="2.latest")
     assert status == 202, created
@@ -168,15 +168,18 @@ async def test_revoke_racing_a_validation_leaves_no_cached_token(cloud):
 async def test_a_boot_completes_while_a_large_purge_runs(pg_dsn, tmp_path):
     cloud = await start_cloud(pg_dsn, tmp_path, extra="[retention]\nbatch_size = 200\n")
     try:
-        await add_old_notifications(cloud, 20_000)
+        # Enough batches that the purge is still under way when the POST returns, on a fast hour
+        # too (20,000 rows, 100 batches, were purged before it once), the image ready beforehand.
+        image = await add_image(cloud)
+        await add_old_notifications(cloud, 60_000)
         started = time.monotonic()
         purge = asyncio.create_task(cloud.app[keys.RETENTION].purge_once())
-        server = await boot(cloud)
+        server = await boot(cloud, image=image)
         assert not purge.done()  # the boot starts while the purge is under way
         await wait_for_status(cloud, server, "ACTIVE", timeout=30)
         booted = time.monotonic() - started
         purged = await asyncio.wait_for(purge, 60)
-        assert purged["notifications"] == 20_000
+        assert purged["notifications"] == 60_000
         assert await count(cloud, "SELECT count(*) FROM notifications WHERE event_type = 'test.old'") == 0
         assert booted < 15, f"the boot took {booted:.1f} s beside the purge"
     finally:
