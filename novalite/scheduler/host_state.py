@@ -79,12 +79,18 @@ class HostState:
         self.profile = host_profile(self.cpu_arch, self.hypervisor_type, self.hypervisor_version)
         self._refresh()
 
+    def limits(self) -> tuple[float, float, float]:
+        """What the host's instances may use in all: (vCPUs, RAM MB, disk GB), allocation ratios and
+        reservations applied (what the filters and a claim check usage against)."""
+        return (self.vcpus * self.cpu_allocation_ratio,
+                self.memory_mb * self.ram_allocation_ratio - self.reserved_host_memory_mb,
+                self.local_gb * self.disk_allocation_ratio - self.reserved_host_disk_mb / 1024)
+
     def _refresh(self) -> None:
-        self.free_ram_mb = self.memory_mb * self.ram_allocation_ratio - self.reserved_host_memory_mb - self.memory_mb_used
-        self.free_vcpus = self.vcpus * self.cpu_allocation_ratio - self.vcpus_used
-        self.free_disk_gb = (
-            self.local_gb * self.disk_allocation_ratio - self.reserved_host_disk_mb / 1024 - self.disk_gb_used
-        )
+        vcpus, ram, disk = self.limits()
+        self.free_vcpus = vcpus - self.vcpus_used
+        self.free_ram_mb = ram - self.memory_mb_used
+        self.free_disk_gb = disk - self.disk_gb_used
 
     @property
     def supported_instances(self) -> list[tuple[str, str, str]]:

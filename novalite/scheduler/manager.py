@@ -207,12 +207,10 @@ async def claim_many(conn: asyncpg.Connection, claims: list[Claim]) -> list[bool
     as Nova's conductor sets it from the selected host."""
     rows = []
     for i, c in enumerate(claims):
-        h = c.host
+        vcpu_limit, ram_limit, disk_limit = c.host.limits()
         rows.append({
-            "i": i, "host": h.host, "uuid": c.instance_uuid, "vcpus": c.vcpus, "memory_mb": c.memory_mb,
-            "disk_gb": c.disk_gb, "vcpu_limit": h.vcpus * h.cpu_allocation_ratio,
-            "ram_limit": h.memory_mb * h.ram_allocation_ratio - h.reserved_host_memory_mb,
-            "disk_limit": h.local_gb * h.disk_allocation_ratio - h.reserved_host_disk_mb / 1024,
+            "i": i, "host": c.host.host, "uuid": c.instance_uuid, "vcpus": c.vcpus, "memory_mb": c.memory_mb,
+            "disk_gb": c.disk_gb, "vcpu_limit": vcpu_limit, "ram_limit": ram_limit, "disk_limit": disk_limit,
             "vm_state": c.from_state[0], "task_state": c.from_state[1],
         })
     made = {r["instance_uuid"] for r in await conn.fetch(_CLAIMS, rows)}
@@ -243,9 +241,7 @@ async def claim_move(
     state or its migration its status (``migration["task_state"]``/``["status"]``: a live
     migration's ``migrating``/``accepted``; a resize's ``resize_prep``/``pre-migrating`` by default).
     """
-    vcpu_limit = host.vcpus * host.cpu_allocation_ratio
-    ram_limit = host.memory_mb * host.ram_allocation_ratio - host.reserved_host_memory_mb
-    disk_limit = host.local_gb * host.disk_allocation_ratio - host.reserved_host_disk_mb / 1024
+    vcpu_limit, ram_limit, disk_limit = host.limits()
     async with conn.transaction():
         # Both hosts' rows are locked in one order first: two moves crossing between the same hosts
         # (A: p1 → p2, B: p2 → p1) would otherwise each hold one row and wait for the other's.
