@@ -327,6 +327,7 @@ class NetworkAPI:
     async def add_host(self, host: str, driver: VirtDriver) -> None:
         """A host added while running (SIGHUP): the configured networks made there as at start."""
         self.hosts[host] = driver
+        self.firewall.hosts_changed()
         await self.ensure_rows()
         await self.ensure_host(host)
 
@@ -334,6 +335,7 @@ class NetworkAPI:
         """A host taken out while running: no network work goes there any more (its libvirt
         networks stay on its hypervisor, as a host's guests would)."""
         self.hosts.pop(host, None)
+        self.firewall.hosts_changed()
 
     async def _ensure_rows(self) -> list[NetworkSpec]:
         prefix = self.config.networking.libvirt_prefix
