@@ -7,7 +7,7 @@ import pytest
 from novalite.config import SchedulerConfig
 from novalite.scheduler import filters as f
 from novalite.scheduler import weighers as w
-from novalite.scheduler.host_state import HostState
+from novalite.scheduler.host_state import HostColumns, HostList, HostState, column
 from novalite.scheduler.manager import NoValidHost, Scheduler, Verdicts
 
 
@@ -239,3 +239,41 @@ def test_choose_filters_weighs_and_picks_among_the_best():
     assert verdicts.num_passed == 3
     assert [(h, flt) for h, flt, _ in verdicts.rejected] == [("off", "ComputeFilter"), ("full", "RamFilter")]
     assert [row["host"] for row in verdicts.table() if row["result"] == "passed"] == ["a", "b", "c"]
+
+
+def test_a_loads_columns_follow_its_hosts_and_decide_as_the_hosts_alone_do():
+    """load_host_states keeps the hosts' free resources in arrays too (HostColumns): what the
+    filters and weighers read there is what each host says, after every consume, and every
+    decision (verdicts, weights to the last bit, ranking) is the one on hosts without them."""
+    import random
+
+    rnd = random.Random(7)
+
+    def hosts() -> list[HostState]:
+        rnd.seed(7)
+        return [host(f"h{i:03d}", vcpus=rnd.choice([4, 16]), memory_mb=rnd.choice([2048, 16384]),
+                     memory_mb_used=512 * rnd.randint(0, 8), vcpus_used=rnd.randint(0, 6),
+                     disk_gb_used=rnd.randint(0, 90), disabled=rnd.random() < 0.1, up=rnd.random() > 0.1,
+                     failed_builds=rnd.choice([0, 0, 0, 2])) for i in range(200)]
+
+    loaded, alone = hosts(), hosts()
+    with_columns = HostList(loaded, HostColumns(loaded))  # as load_host_states returns them
+    cfg = SchedulerConfig(host_subset_size=1)
+    scheduler = Scheduler(None, cfg)  # type: ignore[arg-type]
+    for round_ in range(60):
+        s = spec(vcpus=rnd.choice([1, 2]), ram=rnd.choice([512, 1024, 4096]), root=rnd.choice([1, 20]))
+        if round_ % 4 == 0:  # a soft group: a weigher whose raw weights are read per host
+            s["group"] = {"uuid": "g", "policy": "soft-anti-affinity", "rules": {}, "hosts": {"h001": 2, "h007": 1}}
+        results = [scheduler.choose(hs, s) for hs in (with_columns, alone)]
+        (_, ranked_a, verdicts_a), (_, ranked_b, verdicts_b) = results
+        assert verdicts_a.to_dict() == verdicts_b.to_dict()
+        assert [(h, t.hex()) for h, t, _ in verdicts_a.weights] == [(h, t.hex()) for h, t, _ in verdicts_b.weights]
+        assert [h.host for h in ranked_a] == [h.host for h in ranked_b]
+        if not ranked_a:
+            continue
+        flavor = s["flavor"]
+        for chosen in (ranked_a[0], ranked_b[0]):
+            chosen.consume(flavor["vcpus"], flavor["memory_mb"], flavor["root_gb"], f"u{round_}")
+        for name in ("free_ram_mb", "free_vcpus", "free_disk_gb"):
+            assert column(with_columns, name).tolist() == [getattr(h, name) for h in with_columns]
+    assert any(r[1] == "RamFilter" for r in verdicts_a.rejected)  # the hosts filled up on the way

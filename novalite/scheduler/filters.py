@@ -23,7 +23,9 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Hashable
 
-from novalite.scheduler.host_state import HostState
+import numpy as np
+
+from novalite.scheduler.host_state import HostList, HostState, column
 
 Check = Callable[[HostState], str | None]
 
@@ -76,14 +78,15 @@ class BaseFilter:
         return kept, removed
 
 
-def _split(hosts: list[HostState], bad: list[HostState], check: Check) -> tuple[list, list]:
-    """(kept, [(host, reason)]) from the hosts a fast comprehension found failing (usually none or few)."""
-    if not bad:
+def _split_where(hosts: list[HostState], bad: np.ndarray, check: Check) -> tuple[list, list]:
+    """(kept, [(host, reason)]) from a boolean array of the hosts failing (usually none or few;
+    for the resource filters a numpy comparison of a column): a pass in Python only over the
+    hosts it names, and a reason asked only of those that fail."""
+    if not bad.any():
         return hosts, []
-    if len(bad) == len(hosts):
-        return [], [(h, check(h) or "rejected") for h in bad]
-    failing = set(map(id, bad))
-    return [h for h in hosts if id(h) not in failing], [(h, check(h) or "rejected") for h in bad]
+    keep = np.flatnonzero(~bad)
+    kept = hosts.at(keep) if isinstance(hosts, HostList) else [hosts[i] for i in keep.tolist()]
+    return kept, [(hosts[i], check(hosts[i]) or "rejected") for i in np.flatnonzero(bad).tolist()]
 
 
 class RetryFilter(BaseFilter):
@@ -102,7 +105,7 @@ class RetryFilter(BaseFilter):
         if check is None:
             return hosts, []
         tried = set(spec["retry"]["hosts"])
-        return _split(hosts, [h for h in hosts if h.host in tried], check)
+        return _split_where(hosts, np.array([h.host in tried for h in hosts], dtype=bool), check)
 
 
 class AvailabilityZoneFilter(BaseFilter):
@@ -119,7 +122,7 @@ class AvailabilityZoneFilter(BaseFilter):
         if check is None:
             return hosts, []
         az = spec["availability_zone"]
-        return _split(hosts, [h for h in hosts if h.availability_zone != az], check)
+        return _split_where(hosts, np.array([h.availability_zone != az for h in hosts], dtype=bool), check)
 
 
 class ComputeFilter(BaseFilter):
@@ -139,7 +142,7 @@ class ComputeFilter(BaseFilter):
         return self._check
 
     def filter_all(self, hosts, spec):
-        return _split(hosts, [h for h in hosts if h.disabled or not h.up], self._check)
+        return _split_where(hosts, ~column(hosts, "usable"), self._check)
 
 
 class RamFilter(BaseFilter):
@@ -153,7 +156,7 @@ class RamFilter(BaseFilter):
 
     def filter_all(self, hosts, spec):
         _, ram, _ = requested_resources(spec)
-        return _split(hosts, [h for h in hosts if h.free_ram_mb < ram], self.prepare(spec))
+        return _split_where(hosts, column(hosts, "free_ram_mb") < ram, self.prepare(spec))
 
 
 class CoreFilter(BaseFilter):
@@ -167,7 +170,7 @@ class CoreFilter(BaseFilter):
 
     def filter_all(self, hosts, spec):
         vcpus, _, _ = requested_resources(spec)
-        return _split(hosts, [h for h in hosts if h.free_vcpus < vcpus], self.prepare(spec))
+        return _split_where(hosts, column(hosts, "free_vcpus") < vcpus, self.prepare(spec))
 
 
 class DiskFilter(BaseFilter):
@@ -181,7 +184,7 @@ class DiskFilter(BaseFilter):
 
     def filter_all(self, hosts, spec):
         _, _, disk = requested_resources(spec)
-        return _split(hosts, [h for h in hosts if h.free_disk_gb < disk], self.prepare(spec))
+        return _split_where(hosts, column(hosts, "free_disk_gb") < disk, self.prepare(spec))
 
 
 # -- image properties ---------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import numpy as np
 import structlog
 
 from novalite import metrics
@@ -32,7 +33,7 @@ from novalite.config import SchedulerConfig
 from novalite.db import instances as db
 from novalite.db.batch import BatchWriter
 from novalite.scheduler.filters import BaseFilter, build_filters, requested_resources
-from novalite.scheduler.host_state import HostState, load_host_states
+from novalite.scheduler.host_state import HostList, HostState, load_host_states
 from novalite.scheduler.weighers import build_weighers, weigh
 
 log = structlog.get_logger(__name__)
@@ -321,16 +322,17 @@ async def resolve_request(conn: asyncpg.Connection, spec: dict, uuids: list[str]
     return spec
 
 
-def heaviest(totals: list[float], k: int) -> list[int]:
+def heaviest(totals: np.ndarray, k: int) -> list[int]:
     """Indexes of the k largest totals, largest first, ties in index order (what
     ``sorted(range(n), key=totals.__getitem__, reverse=True)[:k]`` gives): the k-th largest
-    found with a sort of plain floats, then only the few at or above it ordered."""
-    if 0 < k < len(totals):
-        cut = sorted(totals, reverse=True)[k - 1]
-        candidates = [i for i, t in enumerate(totals) if t >= cut]
+    found by a partition, then only the few at or above it ordered (a stable sort)."""
+    n = len(totals)
+    if 0 < k < n:
+        cut = np.partition(totals, n - k)[n - k]
+        candidates = np.flatnonzero(totals >= cut)
     else:
-        candidates = list(range(len(totals)))
-    return sorted(candidates, key=totals.__getitem__, reverse=True)[:k]
+        candidates = np.arange(n)
+    return candidates[np.argsort(-totals[candidates], kind="stable")][:k].tolist()
 
 
 class Scheduler:
@@ -482,10 +484,15 @@ class Scheduler:
             rejected += [(h.host, "ignore_hosts", "the instance's current host") for h in remaining
                          if h.host in ignored]
             remaining = [h for h in remaining if h.host not in ignored]
+        if isinstance(hosts, HostList) and remaining is not hosts:
+            remaining = hosts.some(remaining)
         for flt in self.filters:
             if not remaining or spec.get("skip_filters"):  # a move forced to its named host (Nova's force)
                 break
-            remaining, removed = flt.filter_all(remaining, spec)
+            survivors, removed = flt.filter_all(remaining, spec)
+            if isinstance(remaining, HostList) and not isinstance(survivors, HostList):
+                survivors = remaining.some(survivors)  # the load's columns follow a filter's own list
+            remaining = survivors
             name = flt.name
             rejected += [(h.host, name, reason) for h, reason in removed]
         verdicts.num_passed = len(remaining)
@@ -499,7 +506,7 @@ class Scheduler:
             k = max(TABLE_MAX_WEIGHED, self.cfg.host_subset_size + self.cfg.max_attempts)
         order = heaviest(totals, k)
         verdicts.weights = [
-            (passed[i].host, totals[i], {name: share[i] for name, share in shares.items()})
+            (passed[i].host, float(totals[i]), {name: float(share[i]) for name, share in shares.items()})
             for i in order[:TABLE_MAX_WEIGHED]
         ]
         return [passed[i] for i in order]

@@ -5,14 +5,18 @@ min-max normalised (all equal → all 0), multiplied by the weigher's
 multiplier and summed; the heaviest host wins. A weigher that returns None
 from ``weigh_all`` has nothing to say for this request (e.g. no soft group):
 every host gets 0 from it.
+
+The arithmetic is numpy's over arrays of the hosts' values (the same IEEE
+operations in the same order as Python's floats would do them, so the same
+weights): at 1,000 hosts a Python pass per weigher was most of a decision.
 """
 
 from __future__ import annotations
 
-import operator
+import numpy as np
 
 from novalite.config import SchedulerConfig
-from novalite.scheduler.host_state import HostState
+from novalite.scheduler.host_state import HostState, column
 
 
 class BaseWeigher:
@@ -22,9 +26,10 @@ class BaseWeigher:
     def weigh(self, host: HostState, spec: dict) -> float:
         """Raw weight of one host (unnormalised)."""
         out = self.weigh_all([host], spec)
-        return 0.0 if out is None else out[0]
+        return 0.0 if out is None else float(out[0])
 
-    def weigh_all(self, hosts: list[HostState], spec: dict) -> list[float] | None:  # pragma: no cover
+    def weigh_all(self, hosts: list[HostState], spec: dict) -> np.ndarray | None:  # pragma: no cover
+        """Raw weights of the hosts, in their order (None: nothing to say for this request)."""
         raise NotImplementedError
 
     def multiplier(self, cfg: SchedulerConfig) -> float:
@@ -38,7 +43,7 @@ class RAMWeigher(BaseWeigher):
     multiplier_option = "ram_weight_multiplier"
 
     def weigh_all(self, hosts, spec):
-        return [h.free_ram_mb for h in hosts]
+        return column(hosts, "free_ram_mb")
 
 
 class CPUWeigher(BaseWeigher):
@@ -46,7 +51,7 @@ class CPUWeigher(BaseWeigher):
     multiplier_option = "cpu_weight_multiplier"
 
     def weigh_all(self, hosts, spec):
-        return [h.free_vcpus for h in hosts]
+        return column(hosts, "free_vcpus")
 
 
 class DiskWeigher(BaseWeigher):
@@ -54,10 +59,7 @@ class DiskWeigher(BaseWeigher):
     multiplier_option = "disk_weight_multiplier"
 
     def weigh_all(self, hosts, spec):
-        return [h.free_disk_gb for h in hosts]
-
-
-_FAILED_BUILDS = operator.attrgetter("failed_builds")
+        return column(hosts, "free_disk_gb")
 
 
 class BuildFailureWeigher(BaseWeigher):
@@ -67,9 +69,10 @@ class BuildFailureWeigher(BaseWeigher):
     multiplier_option = "build_failure_weight_multiplier"
 
     def weigh_all(self, hosts, spec):
-        if not any(map(_FAILED_BUILDS, hosts)):  # the usual case, at C speed
+        failed = column(hosts, "failed_builds")
+        if not failed.any():  # the usual case
             return None
-        return [-h.failed_builds for h in hosts]
+        return -failed
 
 
 class _SoftGroupWeigher(BaseWeigher):
@@ -81,7 +84,7 @@ class _SoftGroupWeigher(BaseWeigher):
         if not group or group["policy"] != self.policy or not group["hosts"]:
             return None
         counts = group["hosts"]
-        return [self.sign * counts.get(h.host, 0) for h in hosts]
+        return np.fromiter((self.sign * counts.get(h.host, 0) for h in hosts), float, len(hosts))
 
 
 class ServerGroupSoftAffinityWeigher(_SoftGroupWeigher):
@@ -121,23 +124,22 @@ def normalize(values: list[float]) -> list[float]:
 
 def weigh(
     weighers: list[BaseWeigher], cfg: SchedulerConfig, hosts: list[HostState], spec: dict
-) -> tuple[list[float], dict[str, list[float]]]:
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(total weight per host, {weigher: its weighted share per host}) in the hosts' order."""
-    totals = [0.0] * len(hosts)
-    parts: dict[str, list[float]] = {}
+    totals: np.ndarray | None = None
+    parts: dict[str, np.ndarray] = {}
     for weigher in weighers:
         raw = weigher.weigh_all(hosts, spec)
         mult = weigher.multiplier(cfg)
         if raw is None or mult == 0:
             continue
-        lo, hi = min(raw), max(raw)
+        lo, hi = raw.min(), raw.max()
         if hi == lo:
             continue
-        scale = mult / (hi - lo)
-        share = [(v - lo) * scale for v in raw]
+        share = (raw - lo) * (mult / (hi - lo))
         parts[weigher.name] = share
-        totals = share if len(parts) == 1 else list(map(operator.add, totals, share))
-    return totals, parts
+        totals = share if totals is None else totals + share
+    return (np.zeros(len(hosts)) if totals is None else totals), parts
 
 
 def weigh_hosts(
@@ -145,7 +147,7 @@ def weigh_hosts(
 ) -> list[tuple[HostState, float]]:
     """Hosts with their total weight, heaviest first (ties keep the hosts' order, as Nova's sort does)."""
     totals, _ = weigh(weighers, cfg, hosts, spec)
-    ranked = list(zip(hosts, totals, strict=True))
+    ranked = list(zip(hosts, totals.tolist(), strict=True))
     ranked.sort(key=lambda hw: hw[1], reverse=True)
     return ranked
 
