@@ -122,7 +122,16 @@ class _Workers:
                 return future
             self._started += 1
             self._running += 1
-        _thread.start_new_thread(self._work, ())
+        try:
+            _thread.start_new_thread(self._work, ())
+        except BaseException:  # no thread (the process has run out of them)
+            with self._lock:
+                self._started -= 1
+                self._running -= 1
+                alone = not self._started
+            if alone:  # no worker would ever take the call: it is dropped (skipped if one starts later)
+                future.cancel()
+                raise
         return future
 
     def _work(self) -> None:
@@ -145,6 +154,11 @@ class _Workers:
             with self._lock:
                 self._running -= 1
                 self._exited.notify_all()
+
+    def threads(self) -> int:
+        """Worker threads started and not yet stopped."""
+        with self._lock:
+            return self._running
 
     def shutdown(self) -> None:
         """Let the queued and running calls finish, then stop every worker."""
@@ -197,6 +211,10 @@ class LibvirtHost:
         return self._closed
 
     # ------------------------------------------------------------ calls in workers
+
+    def worker_threads(self) -> int:
+        """Threads this host's calls run in now (at most ``max_threads``)."""
+        return self._workers.threads()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Schedule ``fn(*args)`` on the pool, with the caller's contextvars; returns its future."""
