@@ -100,9 +100,8 @@ class _Workers:
     the event loop waited 0.25 ms a thread for that (up to 8 ms), a thousand times over when a
     storm first reached 1,000 hosts."""
 
-    def __init__(self, max_threads: int, name: str) -> None:
+    def __init__(self, max_threads: int) -> None:
         self._max = max_threads
-        self._name = name
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._started = 0  # workers started (each runs until shutdown)
         self._idle = 0  # workers that finished a call and wait for the next
@@ -193,7 +192,7 @@ class LibvirtHost:
         self.name = name or uri
         # The test driver opened in this process: the host lives in the connection.
         self.in_process = uri.startswith("test:")
-        self._workers = _Workers(max_threads, f"libvirt-{id(self):x}")
+        self._workers = _Workers(max_threads)
         self._conn: libvirt.virConnect | None = None
         self._stale = False  # a call saw the connection die: reopen before the next use
         self._lock = threading.Lock()
