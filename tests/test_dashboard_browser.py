@@ -265,7 +265,7 @@ def create_keypair_and_download(browser, url: str, downloads: Path) -> tuple[str
     browser.get(url + "/dashboard/keypairs")
     browser.find_element(By.ID, "create-name").send_keys("web-key")
     browser.find_element(By.ID, "create-keypair").click()
-    browser.find_element(By.ID, "download-key").click()
+    wait(browser, lambda b: b.find_element(By.ID, "download-key")).click()  # the key's page, once it is made
     saved = downloads / "web-key.pem"
     wait(browser, lambda b: saved.exists() and saved.read_text().strip())
     shown = text_of(browser, "#private-key")
