@@ -103,11 +103,10 @@ class _Workers:
     def __init__(self, max_threads: int) -> None:
         self._max = max_threads
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._started = 0  # workers started (each runs until shutdown)
+        self._running = 0  # workers started and not yet exited (each runs until shutdown)
         self._idle = 0  # workers that finished a call and wait for the next
         self._lock = threading.Lock()
         self._exited = threading.Condition(self._lock)
-        self._running = 0  # workers started and not yet exited
 
     def submit(self, loop: asyncio.AbstractEventLoop, ctx: contextvars.Context, fn: Callable[..., Any],
                *args: Any) -> asyncio.Future:
@@ -117,17 +116,15 @@ class _Workers:
             if self._idle:
                 self._idle -= 1
                 return future
-            if self._started >= self._max:
+            if self._running >= self._max:
                 return future
-            self._started += 1
             self._running += 1
         try:
             _thread.start_new_thread(self._work, ())
         except BaseException:  # no thread (the process has run out of them)
             with self._lock:
-                self._started -= 1
                 self._running -= 1
-                alone = not self._started
+                alone = not self._running
             if alone:  # no worker would ever take the call: it is dropped (skipped if one starts later)
                 future.cancel()
                 raise
@@ -162,8 +159,8 @@ class _Workers:
     def shutdown(self) -> None:
         """Let the queued and running calls finish, then stop every worker."""
         with self._lock:
-            started = self._started
-        for _ in range(started):
+            running = self._running
+        for _ in range(running):
             self._calls.put(None)
         with self._exited:
             self._exited.wait_for(lambda: self._running == 0)
