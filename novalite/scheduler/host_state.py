@@ -137,12 +137,8 @@ class HostColumns:
     __slots__ = ("free_ram_mb", "free_vcpus", "free_disk_gb", "usable", "failed_builds")
 
     def __init__(self, hosts: list[HostState]) -> None:
-        n = len(hosts)
-        self.free_ram_mb = np.fromiter(map(_FREE_RAM, hosts), float, n)
-        self.free_vcpus = np.fromiter(map(_FREE_VCPUS, hosts), float, n)
-        self.free_disk_gb = np.fromiter(map(_FREE_DISK, hosts), float, n)
-        self.usable = np.fromiter((h.up and not h.disabled for h in hosts), bool, n)
-        self.failed_builds = np.fromiter(map(_FAILED_BUILDS, hosts), float, n)
+        for name in self.__slots__:
+            setattr(self, name, _read(hosts, name))
         for i, h in enumerate(hosts):
             h.columns, h.index = self, i
 
@@ -152,12 +148,11 @@ class HostColumns:
         self.free_disk_gb[h.index] = h.free_disk_gb
 
 
-_FREE_RAM = operator.attrgetter("free_ram_mb")
-_FREE_VCPUS = operator.attrgetter("free_vcpus")
-_FREE_DISK = operator.attrgetter("free_disk_gb")
-_FAILED_BUILDS = operator.attrgetter("failed_builds")
-_GETTERS = {"free_ram_mb": _FREE_RAM, "free_vcpus": _FREE_VCPUS, "free_disk_gb": _FREE_DISK,
-            "failed_builds": _FAILED_BUILDS}
+def _read(hosts: list[HostState], name: str) -> np.ndarray:
+    """Column ``name`` of :class:`HostColumns` read from each host."""
+    if name == "usable":
+        return np.fromiter((h.up and not h.disabled for h in hosts), bool, len(hosts))
+    return np.fromiter(map(operator.attrgetter(name), hosts), float, len(hosts))
 
 
 class HostList(list):
@@ -195,9 +190,7 @@ def column(hosts: list[HostState], name: str) -> np.ndarray:
     if isinstance(hosts, HostList):
         values = getattr(hosts.columns, name)
         return values if hosts.rows is None else values[hosts.rows]
-    if name == "usable":
-        return np.fromiter((h.up and not h.disabled for h in hosts), bool, len(hosts))
-    return np.fromiter(map(_GETTERS[name], hosts), float, len(hosts))
+    return _read(hosts, name)
 
 
 _INDEX = operator.attrgetter("index")
