@@ -8,7 +8,7 @@ import pytest
 from conftest import add_image, start_cloud, stop_cloud, wait_for_status
 
 from novalite.api import keys
-from novalite.compute.recovery import recover
+from novalite.compute.recovery import interrupted, recover
 
 
 async def boot(cloud, name: str = "vm") -> str:
@@ -270,14 +270,32 @@ async def test_recovery_finishes_a_delete_and_reconciles_power_actions(cloud):
     stopped = await boot(cloud, "stopping")
     await _force(cloud, doomed, task_state="deleting")
     manager = manager_of(cloud, await show(cloud, stopped))
-    await manager.driver.power_off(stopped)  # the stop got as far as the hypervisor
+    # A stop sets its task state, then reaches the hypervisor: its lifecycle event leaves the
+    # instance to the stop (a sync from it first, then the task state, would have settled it).
     await _force(cloud, stopped, task_state="powering-off")
+    await manager.driver.power_off(stopped)
     assert await _recover(cloud) == {"delete_finished": 1, "power_reconciled_stopped": 1}
     await wait_for_status(cloud, doomed, "DELETED")
     server = await show(cloud, stopped)
     assert (server["status"], server["OS-EXT-STS:task_state"]) == ("SHUTOFF", None)
     async with cloud.app[keys.DB].acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM allocations WHERE instance_uuid = $1", doomed) == 0
+
+
+async def test_recovery_leaves_a_power_action_settled_meanwhile_as_it_is(cloud):
+    uuid = await boot(cloud)
+    manager = manager_of(cloud, await show(cloud, uuid))
+    await _force(cloud, uuid, task_state="powering-off")
+    await manager.driver.power_off(uuid)
+    app = cloud.app
+    rows = await interrupted(app[keys.DB])  # read before the API serves; then a sync settles it
+    await _force(cloud, uuid, task_state=None, vm_state="stopped", power_state=4)
+    done = await recover(app[keys.DB], app[keys.COMPUTE_API], app[keys.CONDUCTOR], app[keys.COMPUTES], rows)
+    assert dict(done) == {"power_settled_meanwhile": 1}
+    server = await show(cloud, uuid)
+    assert (server["status"], server["OS-EXT-STS:task_state"]) == ("SHUTOFF", None)
+    assert any(e == "compute_recover_instance" and "settled meanwhile: now stopped" in d
+               for e, _, d in await _events(cloud, uuid))
 
 
 async def test_watchdog_moves_overdue_build_to_error_naming_the_step(pg_dsn, tmp_path):

@@ -137,7 +137,7 @@ async def _recover_one(
                             f"cannot reconcile the interrupted {task}")
             return "power_error"
         vm_state = await compute.power.reconcile_power_action(inst, request_id)
-        return f"power_reconciled_{vm_state}"
+        return "power_settled_meanwhile" if vm_state is None else f"power_reconciled_{vm_state}"
     if task in REBUILD_TASK_STATES:
         resumed = await recover_evacuation(pool, computes, inst,
                                            lambda u, rid: conductor.evacuate_server(u, rid, None))
