@@ -364,35 +364,30 @@ class PowerManager:
     # -- recovery helpers -------------------------------------------------------------
     async def reconcile_power_action(self, inst: asyncpg.Record, request_id: str) -> str | None:
         """A power action was cut off by a restart: set the state the domain really is in. Under
-        the instance's lock, as a power sync takes it: None when the row read before recovery is
-        no longer in that task state (a sync from a lifecycle event settled it meanwhile)."""
+        the instance's lock, as a power sync takes it: None, and nothing written, when the row
+        read before recovery is no longer in that task state (whoever changed it settled it)."""
         uuid = str(inst["uuid"])
         task = inst["task_state"]
-        note = f"interrupted by a restart in task_state {task}"
         async with self.locks.lock(uuid):
             async with self.pool.acquire() as conn:
                 now = await db.get(conn, uuid)
-            info = vm_state = None
             if now is None or now["task_state"] != task:
-                done = "settled meanwhile: now " + (
-                    "deleted" if now is None else f"{now['vm_state']}, task_state {now['task_state']}")
-            else:
-                info = await self.driver.get_info(uuid)
-                saved = (bool(info) and info.power_state == power_state.SHUTDOWN
-                         and await self.driver.has_saved_state(uuid))
-                vm_state = vm_state_for(info.power_state if info else None, saved)
-                power = info.power_state if info else power_state.NOSTATE
-                note += f"; domain is {'missing' if info is None else power}"
-                done = f"now {vm_state}"
+                log.info("power_action_settled_meanwhile", instance_uuid=uuid, task_state=task,
+                         now_vm_state=now and now["vm_state"], now_task_state=now and now["task_state"])
+                return None
+            info = await self.driver.get_info(uuid)
+            saved = bool(info) and info.power_state == power_state.SHUTDOWN and await self.driver.has_saved_state(uuid)
+            vm_state = vm_state_for(info.power_state if info else None, saved)
+            power = info.power_state if info else power_state.NOSTATE
+            note = f"interrupted by a restart in task_state {task}; domain is {'missing' if info is None else power}"
             async with self.pool.acquire() as conn, conn.transaction():
-                if vm_state is not None:
-                    await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=None,
-                                             vm_state=vm_state, power_state=power)
-                    if info is None:
-                        await db.add_fault(conn, uuid, 500, f"Domain of instance {uuid} not found on {self.host}",
-                                           note, self.host)
+                await db.compare_and_set(conn, uuid, expect_task_state=task, task_state=None, vm_state=vm_state,
+                                         power_state=power)
+                if info is None:
+                    await db.add_fault(conn, uuid, 500, f"Domain of instance {uuid} not found on {self.host}", note,
+                                       self.host)
                 for e in {f.event for f in FLOWS.values() if task in f.steps}:
                     await db.event_finish(conn, uuid, request_id, e, "Error", details=note)
-                await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=f"{note}; {done}")
+                await db.event_finish(conn, uuid, request_id, RECOVER_EVENT, details=f"{note}; now {vm_state}")
                 await db.finish_action(conn, uuid, request_id)
         return vm_state
