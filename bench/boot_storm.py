@@ -29,8 +29,8 @@ Usage: bench/boot_storm.py [-n 1000] [--hosts 100] [-c 50] [--path real|minimal|
 Environment: BENCH_TRACE=1 prints every POST and probe GET (start offset, latency) to stderr;
 BENCH_SYNC_COMMIT=off|local|on sets Postgres' synchronous_commit; BENCH_AUTO_EXPLAIN_MS=M logs
 the plans of statements slower than M ms (with --keep: the state directory's pgdata/log);
-BENCH_API_CONFIG / BENCH_DATABASE_CONFIG add lines (";"-separated) to the server's [api] /
-[database] sections, e.g. BENCH_DATABASE_CONFIG="worker_pool_max = 8" (a row then covers that too).
+BENCH_API_CONFIG / BENCH_DATABASE_CONFIG / BENCH_COMPUTE_CONFIG add lines (";"-separated) to the
+server's [api] / [database] / [compute] sections, e.g. BENCH_DATABASE_CONFIG="worker_pool_max = 8" (a row then covers that too).
 """
 
 from __future__ import annotations
@@ -170,6 +170,7 @@ def write_config(root: Path, dsn: str, hosts: int, port: int, path: Scenario, n:
         f'[state]\ndir = "{root / "state"}"\n',
         f'[log]\nlevel = "{path.log_level}"\nformat = "json"\n',
         "[identity]\nbcrypt_rounds = 4\n",
+        "[compute]\n" + os.environ.get("BENCH_COMPUTE_CONFIG", "").replace(";", "\n") + "\n",
         quota,
         "[scheduler]\nhost_subset_size = 2\n",
         f"[metrics]\nenabled = {'true' if METRICS else 'false'}\n",

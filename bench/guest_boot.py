@@ -12,15 +12,23 @@ and the difference of the means. Loopback only; nothing talks to the guests.
 
 ``--parallel P``: P guests at once instead (issue #22): P concurrent POSTs, and the same P
 domains defined and started at once with libvirt (their disks prepared beforehand, untimed);
-the time until all P print ``init done`` on each side, novalite's overhead in per cent, and a
-last JSON line {"bench": "guest_boot", "parallel": P, "api_s": ..., "bare_s": ..., "overhead_pct": ...}.
+the time until all P print ``init done`` on each side (the first POST or define → the last init
+line written to a guest's serial log, the logs read here every 50 ms; the API's own console
+reads, once a second, confirm each line), novalite's overhead in per cent; ``--rounds R``
+(default 3) rounds, which side goes first alternating, a row each, and a last JSON line of the
+median round: {"bench": "guest_boot", "parallel": P, "rounds": R, "api_s": ..., "bare_s": ...,
+"overhead_pct": ..., "overhead_pct_rounds": [...], "novalite_cpu_s": ..., "guests_cpu_s": ...}.
+Each row also says when the last domain was running on each side, and the CPU the server and
+its Postgres used meanwhile (its console reads and status polls included) against the guests'.
 
 With ``--host NAME``: a lab host (scripts/lab-host.sh, a second libvirtd sharing no filesystem
 with novalite) started fresh: the first boot on it (the image's upload to it included), then N
 boots on it against N on this machine's qemu:///system; a table and one JSON line
 {"bench": "guest_boot", "host", "first_boot_s", "remote_s", "local_s", "overhead_s"}
 (means of POST → "init done").
-Usage: bench/guest_boot.py [-n 5] [--parallel 8 | --host NAME]
+Usage: bench/guest_boot.py [-n 5] [--parallel 8 [--rounds 3] | --host NAME]
+Environment: BENCH_COMPUTE_CONFIG adds lines (";"-separated) to the server's [compute] section,
+e.g. BENCH_COMPUTE_CONFIG="libvirt_threads = 10".
 """
 
 from __future__ import annotations
@@ -29,11 +37,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -56,12 +67,98 @@ BOOT_TIMEOUT = 300  # s, from the first POST (or start) to a guest's init line
 # With P guests at once each side reads each console once a second: P console reads every 50 ms
 # through the API (each up to 100 KiB of log, as JSON) took the 2 cores from the guests themselves.
 PARALLEL_POLL = 1.0
+# The time a guest printed its init line is taken, on both sides, from its serial log file on this
+# machine, read here every 50 ms from where the last read ended (a few bytes a read): the 1 s polls
+# above alone left each side's figure up to a second late (±2 % of a 45 s wall).
+WATCH_POLL = 0.05
+
+
+class LogWatch:
+    """When each of a set of serial log files first held the init line (perf_counter s)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self.running: dict[str, float] = {}  # when each domain was seen running (recorded by the caller)
+        self._files: dict[str, tuple[Path, int, bytes]] = {}  # key → (path, offset read, tail kept)
+
+    def add(self, key: str, path: Path) -> None:
+        self._files.setdefault(key, (path, 0, b""))
+
+    def knows(self, key: str) -> bool:
+        return key in self._files or key in self.seen
+
+    def poll(self) -> None:
+        now = time.perf_counter()
+        for key, (path, offset, tail) in list(self._files.items()):
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            if INIT_DONE.encode() in tail + data:
+                self.seen[key] = now
+                del self._files[key]
+            else:
+                self._files[key] = (path, offset + len(data), (tail + data)[-len(INIT_DONE):])
+
+    def last(self, keys: list[str], times: dict[str, float] | None = None) -> float | None:
+        """The latest of these keys' times (``seen`` unless given), None while any is missing."""
+        times = self.seen if times is None else times
+        return max(times[k] for k in keys) if all(k in times for k in keys) else None
+
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no "Domain not found" lines on stderr while watching
+
+
+def _cpu(pid: int) -> float:
+    """CPU s of a process, its threads and its reaped children (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU s of a process and of its living children (Postgres' backends, a server's helpers)."""
+    total = _cpu(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            total += _cpu(int(stat.parent.name))
+    return total
+
+
+def guests_cpu(conn: libvirt.virConnect, doms: list) -> float:
+    """CPU s the domains' qemu processes used so far (their pid files under /run/libvirt/qemu)."""
+    return sum(_cpu(int(Path(f"/run/libvirt/qemu/{d.name()}.pid").read_text())) for d in doms)
+
+
+def _active(conn: libvirt.virConnect, uuid_: str) -> bool:
+    try:
+        return bool(conn.lookupByUUIDString(uuid_).isActive())
+    except libvirt.libvirtError:
+        return False
+
+
+def serial_log(conn: libvirt.virConnect, uuid_: str) -> Path | None:
+    """The serial log file a domain's XML names (None while there is no such domain)."""
+    try:
+        xml = conn.lookupByUUIDString(uuid_).XMLDesc(0)
+    except libvirt.libvirtError:
+        return None
+    m = re.search(r"<log file='([^']+)'", xml)
+    return Path(m.group(1)) if m else None
 
 
 async def _boot(s: aiohttp.ClientSession, url: str, hdrs: dict, image_id: str, name: str, poll: float,
-                host: str | None = None) -> tuple[float, float, str]:
+                host: str | None = None, posted: list[str] | None = None) -> tuple[float, float, str]:
     """POST one server and wait for its console's init line, read every ``poll`` s: (POST → ACTIVE s,
-    POST → init done s, its id)."""
+    POST → init done s, its id); its id is appended to ``posted`` once the POST is answered."""
     body = {"server": {"name": name, "imageRef": image_id, "flavorRef": "1", "networks": "none", "config_drive": True}}
     if host is not None:  # forced onto that host (admin's zone:host)
         body["server"]["availability_zone"] = f"nova:{host}"
@@ -71,6 +168,8 @@ async def _boot(s: aiohttp.ClientSession, url: str, hdrs: dict, image_id: str, n
         if r.status != 202:
             raise RuntimeError(f"POST {name}: {r.status} {answer}")
         sid = answer["server"]["id"]
+    if posted is not None:
+        posted.append(sid)
     active = None
     while True:
         async with s.get(f"{url}/compute/v2.1/servers/{sid}", headers=hdrs) as r:
@@ -112,11 +211,14 @@ async def wait_host_up(s: aiohttp.ClientSession, url: str, hdrs: dict, host: str
 
 
 async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1, host: str = "local",
-                    uri: str = "qemu:///system") -> tuple[list[float], list[float], float, float]:
+                    uri: str = "qemu:///system") -> tuple[list[float], list[float], float, float, dict | None]:
     """A `novalite serve` managing ``host`` at ``uri`` alone; its first boot, untimed in the
     figures (the image's upload to the host included), then n boots one after another (parallel
     1), or parallel boots at once: (POST → ACTIVE s each, POST → init done s each, first POST →
-    the last guest's init done s, the first boot's POST → init done s)."""
+    the last guest's init done s as the 1 s polls saw it, the first boot's POST → init done s,
+    parallel only: {"printed": first POST → the last init line written to a serial log, "running":
+    → the last domain seen running, "novalite_cpu": CPU s of the server and its Postgres meanwhile,
+    "guests_cpu": CPU s of the guests' qemu processes})."""
     pg, dsn = await start_postgres(root)
     port = free_port()
     tag = uuid.uuid4().hex[:6]
@@ -125,6 +227,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
         f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n[database]\ndsn = "{dsn}"\n'
         f'[state]\ndir = "{root / "state"}"\n[log]\nlevel = "warning"\nformat = "json"\n'
         f'[identity]\nbcrypt_rounds = 4\n[compute]\nvirt_type = "qemu"\n'
+        + os.environ.get("BENCH_COMPUTE_CONFIG", "").replace(";", "\n") + "\n"
         f'[networking]\nlibvirt_prefix = "nlb{tag}-"\ndefault_network = "bench"\n'
         f'[[networks]]\nname = "bench"\ncidr = "10.{100 + int(tag, 16) % 100}.8.0/24"\n'  # beside other clouds
         f'[volume]\npool_prefix = "nlb{tag}-"\n'
@@ -145,10 +248,26 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
             await wait_host_up(s, url, hdrs, host)
             first = await _boot(s, url, hdrs, ids["ami"], "bench-first", 0.05, host)
             await _delete(s, url, hdrs, first[2])
+            detail = None
             t0 = time.perf_counter()
             if parallel > 1:
-                boots = await asyncio.gather(*(_boot(s, url, hdrs, ids["ami"], f"bench{i}", PARALLEL_POLL, host)
-                                               for i in range(parallel)))
+                postmaster = int((root / "pgdata" / "postmaster.pid").read_text().split()[0])
+                cpu0 = tree_cpu(proc.pid) + tree_cpu(postmaster)
+                posted: list[str] = []
+                watching = asyncio.create_task(_watch_api_logs(uri, posted, watch := LogWatch()))
+                try:
+                    boots = await asyncio.gather(*(_boot(s, url, hdrs, ids["ami"], f"bench{i}", PARALLEL_POLL,
+                                                         host, posted) for i in range(parallel)))
+                finally:
+                    watching.cancel()
+                last = watch.last(posted)
+                if last is None:
+                    raise RuntimeError("an init line the API showed was never seen in its serial log")
+                ours = tree_cpu(proc.pid) + tree_cpu(postmaster) - cpu0
+                with contextlib.closing(libvirt.openReadOnly(uri)) as conn:
+                    guests = guests_cpu(conn, [conn.lookupByUUIDString(b[2]) for b in boots])
+                detail = {"printed": last - t0, "running": watch.last(posted, watch.running) - t0,
+                          "novalite_cpu": ours, "guests_cpu": guests}
             else:
                 boots = []
                 for i in range(n):
@@ -171,7 +290,24 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
                 net.undefine()
         purge_pools(conn, f"nlb{tag}-")
         conn.close()
-    return to_active, to_init, wall, first[1]
+    return to_active, to_init, wall, first[1], detail
+
+
+async def _watch_api_logs(uri: str, posted: list[str], watch: LogWatch) -> None:
+    """Until cancelled: each posted server's serial log (found once its domain exists) watched, and
+    when its domain was first seen running."""
+    conn = libvirt.openReadOnly(uri)
+    try:
+        while True:
+            for sid in posted:
+                if not watch.knows(sid) and (path := serial_log(conn, sid)) is not None:
+                    watch.add(sid, path)
+                if sid not in watch.running and _active(conn, sid):
+                    watch.running[sid] = time.perf_counter()
+            watch.poll()
+            await asyncio.sleep(WATCH_POLL)
+    finally:
+        conn.close()
 
 
 def _prepare_bare(root: Path, image: testimage.TestImage, i: int) -> tuple[str, Path]:
@@ -209,9 +345,12 @@ def _wait_init(logs: list[Path], t0: float, poll: float) -> None:
             time.sleep(poll)
 
 
-def bare_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1) -> tuple[list[float], float]:
+def bare_boots(n: int, root: Path, image: testimage.TestImage,
+               parallel: int = 1) -> tuple[list[float], float, float, float | None]:
     """n guests defined and started one after another (parallel 1), or parallel at once, their
-    disks prepared before the clock starts: (define+start → init done s each, the wall time)."""
+    disks prepared before the clock starts: (define+start → init done s each, or for parallel
+    the first define → the last init line written to its serial log; the wall time; the time
+    until every domain was started; parallel only: the CPU s the guests' qemu processes used)."""
     conn = libvirt.open("qemu:///system")
     times: list[float] = []
     doms: list = []
@@ -219,11 +358,32 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1
         prepared = [_prepare_bare(root, image, i) for i in range(parallel if parallel > 1 else n)]
         t_all = time.perf_counter()
         if parallel > 1:
-            for xml, _log in prepared:
+            watch = LogWatch()
+
+            def define_and_start(xml: str) -> None:
                 doms.append(dom := conn.defineXML(xml))
                 dom.create()
-            _wait_init([log for _xml, log in prepared], t_all, PARALLEL_POLL)
-            times = [time.perf_counter() - t_all]
+
+            # at once: a thread each (libvirt's connection takes concurrent calls), as the API's
+            # builds run concurrently on the host's libvirt threads
+            threads = [threading.Thread(target=define_and_start, args=(xml,)) for xml, _log in prepared]
+            for thread in threads:
+                thread.start()
+            for i, (_xml, log) in enumerate(prepared):
+                watch.add(str(i), log)
+            for thread in threads:
+                thread.join()
+            if len(doms) < len(prepared):
+                raise RuntimeError("a bare guest could not be started")
+            started = time.perf_counter() - t_all
+            keys = [str(i) for i in range(len(prepared))]
+            while (last := watch.last(keys)) is None:
+                if time.perf_counter() - t_all > BOOT_TIMEOUT:
+                    raise RuntimeError("bare guest never printed init done")
+                time.sleep(WATCH_POLL)
+                watch.poll()
+            times = [last - t_all]
+            bare_guests_cpu = guests_cpu(conn, doms)
         else:
             for xml, log in prepared:
                 t0 = time.perf_counter()
@@ -234,6 +394,8 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1
                 dom.destroy()
                 dom.undefine()
                 doms.remove(dom)
+            started = time.perf_counter() - t_all
+            bare_guests_cpu = None
         wall = time.perf_counter() - t_all
     finally:
         for dom in doms:
@@ -242,7 +404,7 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage, parallel: int = 1
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
         conn.close()
-    return times, wall
+    return times, wall, started, bare_guests_cpu
 
 
 def lab_host(*args: str) -> str:
@@ -259,10 +421,10 @@ async def remote_vs_local(n: int, name: str, root: Path, image: testimage.TestIm
         d.mkdir(mode=0o755)
     uri = lab_host("up", name, str(remote_root / "state"))  # novalite's state hidden from it
     try:
-        r_active, r_init, _, first = await api_boots(n, remote_root, image, host=name, uri=uri)
+        r_active, r_init, _, first, _ = await api_boots(n, remote_root, image, host=name, uri=uri)
     finally:
         lab_host("down", name)
-    l_active, l_init, _, _ = await api_boots(n, local_root, image)
+    l_active, l_init, _, _, _ = await api_boots(n, local_root, image)
     print(f"{'boot':>4} | {'remote POST→ACTIVE':>18} | {'remote →init done':>17} | {'local POST→ACTIVE':>17} | "
           f"{'local →init done':>16}")
     for i in range(n):
@@ -275,10 +437,57 @@ async def remote_vs_local(n: int, name: str, root: Path, image: testimage.TestIm
             "local_s": round(local, 2), "overhead_s": round(remote - local, 2)}
 
 
+async def parallel_rounds(parallel: int, rounds: int, root: Path, image: testimage.TestImage) -> dict:
+    """``rounds`` rounds of ``parallel`` guests at once through the API and with libvirt directly,
+    which side goes first alternating (the machine's pace drifts over minutes); a row a round and
+    the median round's figures."""
+    rows = []
+    for r in range(rounds):
+        api = bare = None
+        for side in ("api", "bare") if r % 2 == 0 else ("bare", "api"):
+            work = root / f"r{r}{side}"
+            work.mkdir(mode=0o755)
+            if side == "api":
+                api = await api_boots(1, work, image, parallel)
+            else:
+                bare = await asyncio.to_thread(bare_boots, 1, work, image, parallel)
+        active, _init, polled, _first, detail = api
+        (bare_printed,), _wall, bare_running, bare_guests = bare
+        printed = detail["printed"]
+        rows.append({"api_s": printed, "bare_s": bare_printed, "polled_s": polled, "active_max_s": max(active),
+                     "api_running_s": detail["running"], "bare_running_s": bare_running,
+                     "novalite_cpu_s": detail["novalite_cpu"], "api_guests_cpu_s": detail["guests_cpu"],
+                     "bare_guests_cpu_s": bare_guests,
+                     "overhead_pct": (printed - bare_printed) / bare_printed * 100,
+                     "first": "API" if r % 2 == 0 else "bare"})
+    print(f"{parallel} guests at once: the first POST (first define) → the last init line written to a serial log;")
+    print("all running: → the last domain started (API: seen running, asked every 50 ms); ACTIVE: as polled once a second")
+    print("CPU: the server's and its Postgres' (with children) from the first POST to the last init line seen")
+    print("through the API; the guests' qemu processes' over their lives")
+    print(f"{'round':>5} | {'first':>5} | {'API s':>6} | {'bare s':>6} | {'overhead':>8} | {'all running: API':>16} | "
+          f"{'bare':>5} | {'all ACTIVE':>10} | {'API, polled 1/s':>15} | {'novalite CPU':>12} | "
+          f"{'guests CPU: API':>15} | {'bare':>6}")
+    for i, row in enumerate(rows):
+        print(f"{i + 1:>5} | {row['first']:>5} | {row['api_s']:6.2f} | {row['bare_s']:6.2f} | "
+              f"{row['overhead_pct']:+7.1f}% | {row['api_running_s']:15.2f}s | {row['bare_running_s']:4.2f}s | "
+              f"{row['active_max_s']:9.2f}s | {row['polled_s']:14.2f}s | {row['novalite_cpu_s']:11.2f}s | "
+              f"{row['api_guests_cpu_s']:14.2f}s | {row['bare_guests_cpu_s']:5.2f}s")
+    median = sorted(rows, key=lambda row: row["overhead_pct"])[len(rows) // 2]
+    print(f"median round: API {median['api_s']:.2f} s, bare libvirt {median['bare_s']:.2f} s: "
+          f"novalite's overhead {median['overhead_pct']:+.1f} % (rounds: "
+          + ", ".join(f"{row['overhead_pct']:+.1f}" for row in rows) + " %)")
+    return {"bench": "guest_boot", "parallel": parallel, "rounds": rounds, "api_s": round(median["api_s"], 2),
+            "bare_s": round(median["bare_s"], 2), "overhead_pct": round(median["overhead_pct"], 1),
+            "overhead_pct_rounds": [round(row["overhead_pct"], 1) for row in rows],
+            "novalite_cpu_s": round(median["novalite_cpu_s"], 2), "guests_cpu_s": round(median["api_guests_cpu_s"], 2)}
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=5, help="boots one after another (default 5)")
     parser.add_argument("--parallel", type=int, default=1, help="boot this many guests at once instead")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --parallel: rounds of both sides, the order alternating (default 3)")
     parser.add_argument("--host", metavar="NAME",
                         help="a lab host (scripts/lab-host.sh) of this name, started and removed here: "
                              "boots on it against boots on qemu:///system")
@@ -290,18 +499,13 @@ async def main() -> int:
         if args.host:
             print(json.dumps(await remote_vs_local(args.n, args.host, root, image)))
             return 0
-        active, init, api_wall, _ = await api_boots(args.n, root, image, args.parallel)
-        bare, bare_wall = await asyncio.to_thread(bare_boots, args.n, root, image, args.parallel)
+        if args.parallel > 1:
+            print(json.dumps(await parallel_rounds(args.parallel, args.rounds, root, image)))
+            return 0
+        active, init, _, _, _ = await api_boots(args.n, root, image)
+        bare, _, _, _ = await asyncio.to_thread(bare_boots, args.n, root, image)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    if args.parallel > 1:
-        overhead = (api_wall - bare_wall) / bare_wall * 100
-        print(f"{args.parallel} guests at once, until all printed init done: API {api_wall:.2f} s "
-              f"(POST → ACTIVE {min(active):.2f}–{max(active):.2f} s), bare libvirt {bare_wall:.2f} s: "
-              f"novalite's overhead {overhead:+.1f} %")
-        print(json.dumps({"bench": "guest_boot", "parallel": args.parallel, "api_s": round(api_wall, 2),
-                          "bare_s": round(bare_wall, 2), "overhead_pct": round(overhead, 1)}))
-        return 0
     print(f"{'boot':>4} | {'API POST→ACTIVE':>16} | {'API POST→init done':>19} | {'bare start→init done':>21}")
     for i in range(args.n):
         print(f"{i:>4} | {active[i]:15.2f}s | {init[i]:18.2f}s | {bare[i]:20.2f}s")
