@@ -226,13 +226,17 @@ async def test_pool_usage_is_what_virsh_pool_info_shows(tmp_path: Path) -> None:
     assert abs(usage.available - int(shown["Available"])) < 256 * 1024**2
 
 
-async def test_console_output_is_the_tail_of_the_log_the_domain_names(tmp_path: Path) -> None:
-    """The serial log is a file of a pool on the host, read back through a stream (virStorageVolDownload):
-    the log a stopped (defined) domain names too, none before the guest wrote it."""
+@pytest.mark.parametrize("direct", [True, False], ids=["file-on-this-machine", "through-libvirt"])
+async def test_console_output_is_the_tail_of_the_log_the_domain_names(tmp_path: Path, direct: bool) -> None:
+    """The serial log is a file of a pool on the host: read directly on this machine (as Nova
+    does), or back through a stream (virStorageVolDownload) as from a remote host, the same
+    bytes either way; the log a stopped (defined) domain names too, none before the guest wrote it."""
     pool = StoragePoolSpec(name=f"nlcon{uuid.uuid4().hex[:8]}", type="dir", target=str(tmp_path / "pool"))
     log = tmp_path / "pool" / "console.log"
     spec = make_spec("qemu", console_log_path=str(log), disks=[], nics=[])
     async with LibvirtDriver("qemu:///system", "qemu") as drv:
+        assert drv._local_files  # qemu:///system is this machine's
+        drv._local_files = direct  # a remote host's way, on this machine's libvirt
         conn = drv.host.connection()
         await drv.ensure_pool(pool)
         try:
