@@ -160,17 +160,22 @@ def quota_room(n: int) -> int:
     return 2 * n + 1000
 
 
+def env_lines(name: str) -> str:
+    """The lines (";"-separated) environment variable ``name`` adds to a section of the server's config."""
+    return os.environ.get(name, "").replace(";", "\n") + "\n"
+
+
 def write_config(root: Path, dsn: str, hosts: int, port: int, path: Scenario, n: int) -> Path:
     room = quota_room(n)
     quota = (f"[quota]\ninstances = {room}\ncores = {room}\nram = {room * 512}\n" if path.quota
              else "[quota]\ninstances = -1\ncores = -1\nram = -1\n")
     lines = [
-        f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n' + os.environ.get("BENCH_API_CONFIG", "").replace(";", "\n") + "\n",
-        f'[database]\ndsn = "{dsn}"\n' + os.environ.get("BENCH_DATABASE_CONFIG", "").replace(";", "\n") + "\n",
+        f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n' + env_lines("BENCH_API_CONFIG"),
+        f'[database]\ndsn = "{dsn}"\n' + env_lines("BENCH_DATABASE_CONFIG"),
         f'[state]\ndir = "{root / "state"}"\n',
         f'[log]\nlevel = "{path.log_level}"\nformat = "json"\n',
         "[identity]\nbcrypt_rounds = 4\n",
-        "[compute]\n" + os.environ.get("BENCH_COMPUTE_CONFIG", "").replace(";", "\n") + "\n",
+        "[compute]\n" + env_lines("BENCH_COMPUTE_CONFIG"),
         quota,
         "[scheduler]\nhost_subset_size = 2\n",
         f"[metrics]\nenabled = {'true' if METRICS else 'false'}\n",

@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import shutil
 import statistics
@@ -60,7 +59,15 @@ LAB = REPO / "scripts" / "lab-host.sh"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from boot_storm import free_port, start_postgres, token, wait_serving  # noqa: E402
+from boot_storm import (  # noqa: E402
+    env_lines,
+    free_port,
+    postgres_cpu_seconds,
+    proc_cpu_seconds,
+    start_postgres,
+    token,
+    wait_serving,
+)
 
 from novalite.image import testimage  # noqa: E402
 from novalite.virt.libvirt.storage import purge_pools  # noqa: E402
@@ -114,31 +121,9 @@ class LogWatch:
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no "Domain not found" lines on stderr while watching
 
 
-def _cpu(pid: int) -> float:
-    """CPU s of a process, its threads and its reaped children (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU s of a process and of its living children (Postgres' backends, a server's helpers)."""
-    total = _cpu(pid)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            total += _cpu(int(stat.parent.name))
-    return total
-
-
 def guests_cpu(conn: libvirt.virConnect, doms: list) -> float:
     """CPU s the domains' qemu processes used so far (their pid files under /run/libvirt/qemu)."""
-    return sum(_cpu(int(Path(f"/run/libvirt/qemu/{d.name()}.pid").read_text())) for d in doms)
+    return sum(proc_cpu_seconds(int(Path(f"/run/libvirt/qemu/{d.name()}.pid").read_text())) for d in doms)
 
 
 def _active(conn: libvirt.virConnect, uuid_: str) -> bool:
@@ -231,8 +216,8 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
         f'[api]\nlisten = "127.0.0.1"\nport = {port}\nuser_clouds_yaml = false\n[database]\ndsn = "{dsn}"\n'
         f'[state]\ndir = "{root / "state"}"\n[log]\nlevel = "warning"\nformat = "json"\n'
         f'[identity]\nbcrypt_rounds = 4\n[compute]\nvirt_type = "qemu"\n'
-        + os.environ.get("BENCH_COMPUTE_CONFIG", "").replace(";", "\n") + "\n"
-        f'[networking]\nlibvirt_prefix = "nlb{tag}-"\ndefault_network = "bench"\n'
+        + env_lines("BENCH_COMPUTE_CONFIG")
+        + f'[networking]\nlibvirt_prefix = "nlb{tag}-"\ndefault_network = "bench"\n'
         f'[[networks]]\nname = "bench"\ncidr = "10.{100 + int(tag, 16) % 100}.8.0/24"\n'  # beside other clouds
         f'[volume]\npool_prefix = "nlb{tag}-"\n'
         f'[[hosts]]\nname = "{host}"\nuri = "{uri}"\n'
@@ -255,8 +240,10 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
             detail = None
             t0 = time.perf_counter()
             if parallel > 1:
-                postmaster = int((root / "pgdata" / "postmaster.pid").read_text().split()[0])
-                cpu0 = tree_cpu(proc.pid) + tree_cpu(postmaster)
+                def novalite_cpu() -> float:  # the server (and what it ran) and its Postgres
+                    return proc_cpu_seconds(proc.pid, reaped_children=True) + postgres_cpu_seconds(root / "pgdata")
+
+                cpu0 = novalite_cpu()
                 posted: list[str] = []
                 watching = asyncio.create_task(_watch_api_logs(uri, posted, watch := LogWatch()))
                 try:
@@ -267,7 +254,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
                 last = watch.last(posted)
                 if last is None:
                     raise RuntimeError("an init line the API showed was never seen in its serial log")
-                ours = tree_cpu(proc.pid) + tree_cpu(postmaster) - cpu0
+                ours = novalite_cpu() - cpu0
                 with contextlib.closing(libvirt.openReadOnly(uri)) as conn:
                     guests = guests_cpu(conn, [conn.lookupByUUIDString(b[2]) for b in boots])
                 detail = {"printed": last - t0, "running": watch.last(posted, watch.running) - t0,
@@ -338,15 +325,19 @@ def _prepare_bare(root: Path, image: testimage.TestImage, i: int) -> tuple[str, 
     return design_guest(spec, "qemu").to_xml(), d / "console.log"
 
 
-def _wait_init(logs: list[Path], t0: float, poll: float) -> None:
-    """Until every console log holds the init line, read every ``poll`` s (BOOT_TIMEOUT from t0)."""
-    waiting = list(logs)
-    while waiting:
-        waiting = [log for log in waiting if not (log.exists() and INIT_DONE in log.read_text(errors="replace"))]
-        if waiting:
-            if time.perf_counter() - t0 > BOOT_TIMEOUT:
-                raise RuntimeError("bare guest never printed init done")
-            time.sleep(poll)
+def wait_init(logs: list[Path], t0: float) -> float:
+    """When the last of these serial logs first held the init line (perf_counter s), read every
+    WATCH_POLL s; BOOT_TIMEOUT from t0."""
+    watch = LogWatch()
+    keys = [str(log) for log in logs]
+    for log in logs:
+        watch.add(str(log), log)
+    while (last := watch.last(keys)) is None:
+        if time.perf_counter() - t0 > BOOT_TIMEOUT:
+            raise RuntimeError("bare guest never printed init done")
+        time.sleep(WATCH_POLL)
+        watch.poll()
+    return last
 
 
 def bare_boots(n: int, root: Path, image: testimage.TestImage,
@@ -362,7 +353,6 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage,
         prepared = [_prepare_bare(root, image, i) for i in range(parallel if parallel > 1 else n)]
         t_all = time.perf_counter()
         if parallel > 1:
-            watch = LogWatch()
 
             def define_and_start(xml: str) -> None:
                 doms.append(dom := conn.defineXML(xml))
@@ -373,28 +363,19 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage,
             threads = [threading.Thread(target=define_and_start, args=(xml,)) for xml, _log in prepared]
             for thread in threads:
                 thread.start()
-            for i, (_xml, log) in enumerate(prepared):
-                watch.add(str(i), log)
             for thread in threads:
                 thread.join()
             if len(doms) < len(prepared):
                 raise RuntimeError("a bare guest could not be started")
             started = time.perf_counter() - t_all
-            keys = [str(i) for i in range(len(prepared))]
-            while (last := watch.last(keys)) is None:
-                if time.perf_counter() - t_all > BOOT_TIMEOUT:
-                    raise RuntimeError("bare guest never printed init done")
-                time.sleep(WATCH_POLL)
-                watch.poll()
-            times = [last - t_all]
+            times = [wait_init([log for _xml, log in prepared], t_all) - t_all]
             bare_guests_cpu = guests_cpu(conn, doms)
         else:
             for xml, log in prepared:
                 t0 = time.perf_counter()
                 doms.append(dom := conn.defineXML(xml))
                 dom.create()
-                _wait_init([log], t0, 0.05)
-                times.append(time.perf_counter() - t0)
+                times.append(wait_init([log], t0) - t0)
                 dom.destroy()
                 dom.undefine()
                 doms.remove(dom)
