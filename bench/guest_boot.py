@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -70,6 +69,7 @@ from boot_storm import (  # noqa: E402
 )
 
 from novalite.image import testimage  # noqa: E402
+from novalite.virt.libvirt.driver import serial_log_files  # noqa: E402
 from novalite.virt.libvirt.storage import purge_pools  # noqa: E402
 
 INIT_DONE = "NOVALITE-GUEST: init done"
@@ -139,8 +139,8 @@ def serial_log(conn: libvirt.virConnect, uuid_: str) -> Path | None:
         xml = conn.lookupByUUIDString(uuid_).XMLDesc(0)
     except libvirt.libvirtError:
         return None
-    m = re.search(r"<log file='([^']+)'", xml)
-    return Path(m.group(1)) if m else None
+    logs = serial_log_files(xml)
+    return Path(logs[0]) if logs else None
 
 
 async def _boot(s: aiohttp.ClientSession, url: str, hdrs: dict, image_id: str, name: str, poll: float,
