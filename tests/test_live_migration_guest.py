@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import subprocess
 import uuid
@@ -20,7 +21,7 @@ import uuid
 import pytest
 from conftest import wait_for_status
 from test_guest_e2e import qemu_cloud, test_image  # noqa: F401  (test_image is a fixture)
-from test_lab_host import lab, virsh
+from test_lab_host import LAB_BASE, lab, virsh
 from test_volumes import volume_call, wait_volume
 
 from novalite.api import keys
@@ -57,6 +58,7 @@ async def two_hosts(pg_dsn, test_image):  # noqa: F811
         async with qemu_cloud(pg_dsn, test_image, "w3lm", network=f'forward = "bridge"\nbridge = "{name}"',
                               more_hosts=f'\n[[hosts]]\nname = "lab"\nuri = "{uri}"\n') as cloud:
             cloud.lab_uri = uri
+            cloud.lab_dir = LAB_BASE / name
             yield cloud
     finally:
         await lab("down", name)
@@ -91,7 +93,26 @@ async def ticking_past(cloud, sid: str, since: float, wait: int = 30) -> list[fl
         if seen and seen[-1] > since:
             return seen
         await asyncio.sleep(1)
-    raise AssertionError(f"the guest stopped ticking after {since}: {(await console(cloud, sid))[-2000:]}")
+    raise AssertionError(f"the guest stopped ticking after {since}: {(await console(cloud, sid))[-2000:]}\n"
+                         f"{await whereabouts(cloud, sid)}")
+
+
+async def whereabouts(cloud, sid: str) -> str:
+    """What a failed wait saw besides the console: the server as the API shows it, the console
+    call's answer, the domain's state on each host and the tail of the lab host's qemu logs."""
+    _, server, _ = await cloud.compute("GET", f"/servers/{sid}", user="admin")
+    status, body, _ = await cloud.compute("POST", f"/servers/{sid}/action", user="admin",
+                                          json_body={"os-getConsoleOutput": {"length": 5}})
+    server = server.get("server", server)
+    shown = {k: v for k, v in server.items() if k.startswith(("OS-", "status")) or k == "fault"}
+    lines = [f"server: {json.dumps(shown)}", f"console call: {status} {json.dumps(body)[:300]}"]
+    for uri in ("qemu:///system", cloud.lab_uri):
+        state = subprocess.run(["virsh", "-q", "-c", uri, "domstate", "--reason", sid], capture_output=True,
+                               text=True, timeout=30)
+        lines.append(f"{uri}: {(state.stdout or state.stderr).strip()}")
+    for log_file in sorted((cloud.lab_dir / "log" / "qemu").glob("*.log")):
+        lines.append(f"{log_file.name}: {log_file.read_text(errors='replace')[-1500:]}")
+    return "\n".join(lines)
 
 
 async def migrate(cloud, sid: str, host: str | None, until: frozenset[str] = frozenset({"ACTIVE", "ERROR"})) -> dict:
