@@ -8,7 +8,7 @@ loopback HTTP only, and prints one table row per scenario:
     N, H, C, mode | POST p50/p95/p99/max ms | GET p99 ms | first → last POST answered s,
     first POST → last ACTIVE s, ACTIVE/s | delete/s | server CPU s (creates and deletes) |
     peak RSS MB | SQL statements per boot | errors, oversubscribed hosts, open actions |
-    CPU seconds of the server, Postgres and this client during the creates
+    CPU seconds of the server, Postgres and this client during the creates (and until the last POST was answered)
 
 Before each scenario 2×C servers are booted and deleted (the storm meets a warm server;
 `--no-warmup` storms a freshly started one).
@@ -106,6 +106,7 @@ class Result:
     delete_s: float = 0.0
     cpu_s: float = 0.0
     storm_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # server, Postgres, this client, during the creates
+    posts_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the same until the last POST was answered
     rss_mb: float = 0.0
     statements: float = 0.0
     errors: int = 0
@@ -417,6 +418,12 @@ async def storm(n: int, hosts: int, concurrency: int, batch: int, keep: bool, pa
     return result
 
 
+def cpu_since(start: tuple[float, float, float], server: Server, pgdata: Path) -> tuple[float, float, float]:
+    """CPU seconds of the server, its Postgres and this client since ``start`` (read the same way)."""
+    now = (server.cpu_seconds(), postgres_cpu_seconds(pgdata), time.process_time())
+    return tuple(b - a for a, b in zip(start, now, strict=True))
+
+
 async def run_storm(session: aiohttp.ClientSession, server: Server, headers: dict, image: str, dsn: str,
                     pgdata: Path, result: Result, path: Scenario, batch: int = 1, warmup: bool = True) -> None:
     """The storm itself on a running server: result.n servers booted with result.concurrency POSTs
@@ -481,12 +488,12 @@ async def run_storm(session: aiohttp.ClientSession, server: Server, headers: dic
     else:
         await asyncio.gather(*(post(i, 1) for i in range(n)))
     result.posts_s = time.perf_counter() - t_start
+    result.posts_cpu = cpu_since(storm_cpu0, server, pgdata)
     # every POST has returned, so each of its servers is listed: BUILD until it is ACTIVE or ERROR
     while await any_building(session, server.url, headers):
         await asyncio.sleep(POLL_INTERVAL)
     result.storm_s = time.perf_counter() - t_start
-    result.storm_cpu = tuple(b - a for a, b in zip(storm_cpu0, (
-        server.cpu_seconds(), postgres_cpu_seconds(pgdata), time.process_time()), strict=True))
+    result.storm_cpu = cpu_since(storm_cpu0, server, pgdata)
     done_posting.set()
     await probe
     await scrapes
@@ -554,7 +561,7 @@ async def print_sql_top(db: asyncpg.Connection, n: int, phase: str, mark: tuple)
 def print_table(rows: list[Result]) -> None:
     header = (f"{'path':>7} {'N':>5} {'H':>4} {'C':>3} {'mode':>9} | {'POST p50':>8} {'p95':>7} {'p99':>7} {'max':>7} ms | "
               f"{'GET p99':>7} ms | {'POSTs s':>7} {'storm s':>7} {'ACTIVE/s':>8} | {'del/s':>7} | {'CPU s':>6} {'RSS MB':>6} | "
-              f"{'SQL/boot':>8} | {'errors':>6} {'oversub':>7} {'open act':>8} | storm CPU s: server/PG/client")
+              f"{'SQL/boot':>8} | {'errors':>6} {'oversub':>7} {'open act':>8} | storm CPU s: server/PG/client (until the last POST)")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -563,7 +570,7 @@ def print_table(rows: list[Result]) -> None:
               f"{pct(r.get_ms, 99):7.1f} ms | {r.posts_s:7.2f} {r.storm_s:7.2f} {r.n / r.storm_s if r.storm_s else 0:8.1f} | "
               f"{r.n / r.delete_s if r.delete_s else 0:7.1f} | {r.cpu_s:6.1f} {r.rss_mb:6.0f} | "
               f"{r.statements:8.1f} | {r.errors:>6} {r.oversubscribed:>7} {r.incomplete_actions:>8} | "
-              + "/".join(f"{c:.1f}" for c in r.storm_cpu))
+              + "/".join(f"{c:.1f}" for c in r.storm_cpu) + " (" + "/".join(f"{c:.1f}" for c in r.posts_cpu) + ")")
     for name in dict.fromkeys(r.path for r in rows):
         print(f"  {PATHS[name].settings()}")
 
