@@ -107,6 +107,8 @@ class Result:
     cpu_s: float = 0.0
     storm_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # server, Postgres, this client, during the creates
     posts_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the same until the last POST was answered
+    pace_ms: float = 0.0  # the machine's pace just before the storm (machine_pace_ms)
+    steal_s: float = 0.0  # CPU time the hypervisor gave others during the creates (both CPUs)
     rss_mb: float = 0.0
     statements: float = 0.0
     errors: int = 0
@@ -220,6 +222,24 @@ def proc_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
     if reaped_children:
         used += int(fields[13]) + int(fields[14])
     return used / os.sysconf("SC_CLK_TCK")
+
+
+def machine_pace_ms() -> float:
+    """CPU milliseconds this process takes for a fixed pure-Python loop: the machine's pace. On
+    these virtual machines the same instructions take more or less CPU time from one minute to
+    the next, and a storm's CPU per boot follows; each row says at which pace it started."""
+    t0 = time.process_time()
+    total = 0
+    for i in range(4_000_000):
+        total += i * i
+    return (time.process_time() - t0) * 1000
+
+
+def steal_seconds() -> float:
+    """The machine's steal time so far (/proc/stat: CPU the hypervisor ran something else on)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu_seconds(pgdata: Path) -> float:
@@ -434,11 +454,13 @@ async def run_storm(session: aiohttp.ClientSession, server: Server, headers: dic
         await raise_port_quota(session, server.url, headers, quota_room(n))
     if warmup:
         await warm_up(session, server.url, headers, image, concurrency, path)
+    result.pace_ms = machine_pace_ms()
     db = await asyncpg.connect(dsn)
     await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     mark = await reset_sql_stats(db)
     cpu0 = server.cpu_seconds()
     storm_cpu0 = (cpu0, postgres_cpu_seconds(pgdata), time.process_time())
+    steal0 = steal_seconds()
     ids: list[str] = []
     sem = asyncio.Semaphore(concurrency)
     done_posting = asyncio.Event()
@@ -494,6 +516,7 @@ async def run_storm(session: aiohttp.ClientSession, server: Server, headers: dic
         await asyncio.sleep(POLL_INTERVAL)
     result.storm_s = time.perf_counter() - t_start
     result.storm_cpu = cpu_since(storm_cpu0, server, pgdata)
+    result.steal_s = steal_seconds() - steal0
     done_posting.set()
     await probe
     await scrapes
@@ -573,6 +596,9 @@ def print_table(rows: list[Result]) -> None:
               + "/".join(f"{c:.1f}" for c in r.storm_cpu) + " (" + "/".join(f"{c:.1f}" for c in r.posts_cpu) + ")")
     for name in dict.fromkeys(r.path for r in rows):
         print(f"  {PATHS[name].settings()}")
+    for r in rows:
+        print(f"  {r.path}, {r.mode}, N={r.n}: machine pace {r.pace_ms:.0f} ms (a fixed Python loop's CPU just before),"
+              f" steal {r.steal_s:.2f} s during the creates")
 
 
 def headline(r: Result) -> str:
