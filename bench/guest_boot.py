@@ -121,26 +121,9 @@ class LogWatch:
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no "Domain not found" lines on stderr while watching
 
 
-def guests_cpu(conn: libvirt.virConnect, doms: list) -> float:
+def guests_cpu(doms: list) -> float:
     """CPU s the domains' qemu processes used so far (their pid files under /run/libvirt/qemu)."""
     return sum(proc_cpu_seconds(int(Path(f"/run/libvirt/qemu/{d.name()}.pid").read_text())) for d in doms)
-
-
-def _active(conn: libvirt.virConnect, uuid_: str) -> bool:
-    try:
-        return bool(conn.lookupByUUIDString(uuid_).isActive())
-    except libvirt.libvirtError:
-        return False
-
-
-def serial_log(conn: libvirt.virConnect, uuid_: str) -> Path | None:
-    """The serial log file a domain's XML names (None while there is no such domain)."""
-    try:
-        xml = conn.lookupByUUIDString(uuid_).XMLDesc(0)
-    except libvirt.libvirtError:
-        return None
-    logs = serial_log_files(xml)
-    return Path(logs[0]) if logs else None
 
 
 async def _boot(s: aiohttp.ClientSession, url: str, hdrs: dict, image_id: str, name: str, poll: float,
@@ -256,7 +239,7 @@ async def api_boots(n: int, root: Path, image: testimage.TestImage, parallel: in
                     raise RuntimeError("an init line the API showed was never seen in its serial log")
                 ours = novalite_cpu() - cpu0
                 with contextlib.closing(libvirt.openReadOnly(uri)) as conn:
-                    guests = guests_cpu(conn, [conn.lookupByUUIDString(b[2]) for b in boots])
+                    guests = guests_cpu([conn.lookupByUUIDString(b[2]) for b in boots])
                 detail = {"printed": last - t0, "running": watch.last(posted, watch.running) - t0,
                           "novalite_cpu": ours, "guests_cpu": guests}
             else:
@@ -291,10 +274,16 @@ async def _watch_api_logs(uri: str, posted: list[str], watch: LogWatch) -> None:
     try:
         while True:
             for sid in posted:
-                if not watch.knows(sid) and (path := serial_log(conn, sid)) is not None:
-                    watch.add(sid, path)
-                if sid not in watch.running and _active(conn, sid):
-                    watch.running[sid] = time.perf_counter()
+                if watch.knows(sid) and sid in watch.running:
+                    continue
+                try:  # one lookup a domain a turn, until its log is watched and it was seen running
+                    dom = conn.lookupByUUIDString(sid)
+                    if not watch.knows(sid) and (logs := serial_log_files(dom.XMLDesc(0))):
+                        watch.add(sid, Path(logs[0]))
+                    if sid not in watch.running and dom.isActive():
+                        watch.running[sid] = time.perf_counter()
+                except libvirt.libvirtError:
+                    continue  # not defined yet
             watch.poll()
             await asyncio.sleep(WATCH_POLL)
     finally:
@@ -341,11 +330,11 @@ def wait_init(logs: list[Path], t0: float) -> float:
 
 
 def bare_boots(n: int, root: Path, image: testimage.TestImage,
-               parallel: int = 1) -> tuple[list[float], float, float, float | None]:
+               parallel: int = 1) -> tuple[list[float], float, float | None]:
     """n guests defined and started one after another (parallel 1), or parallel at once, their
     disks prepared before the clock starts: (define+start → init done s each, or for parallel
-    the first define → the last init line written to its serial log; the wall time; the time
-    until every domain was started; parallel only: the CPU s the guests' qemu processes used)."""
+    the first define → the last init line written to its serial log; the time until every
+    domain was started; parallel only: the CPU s the guests' qemu processes used)."""
     conn = libvirt.open("qemu:///system")
     times: list[float] = []
     doms: list = []
@@ -369,7 +358,7 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage,
                 raise RuntimeError("a bare guest could not be started")
             started = time.perf_counter() - t_all
             times = [wait_init([log for _xml, log in prepared], t_all) - t_all]
-            bare_guests_cpu = guests_cpu(conn, doms)
+            bare_guests_cpu = guests_cpu(doms)
         else:
             for xml, log in prepared:
                 t0 = time.perf_counter()
@@ -381,7 +370,6 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage,
                 doms.remove(dom)
             started = time.perf_counter() - t_all
             bare_guests_cpu = None
-        wall = time.perf_counter() - t_all
     finally:
         for dom in doms:
             with contextlib.suppress(libvirt.libvirtError):
@@ -389,7 +377,7 @@ def bare_boots(n: int, root: Path, image: testimage.TestImage,
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefine()
         conn.close()
-    return times, wall, started, bare_guests_cpu
+    return times, started, bare_guests_cpu
 
 
 def lab_host(*args: str) -> str:
@@ -437,7 +425,7 @@ async def parallel_rounds(parallel: int, rounds: int, root: Path, image: testima
             else:
                 bare = await asyncio.to_thread(bare_boots, 1, work, image, parallel)
         active, _init, polled, _first, detail = api
-        (bare_printed,), _wall, bare_running, bare_guests = bare
+        (bare_printed,), bare_running, bare_guests = bare
         printed = detail["printed"]
         rows.append({"api_s": printed, "bare_s": bare_printed, "polled_s": polled, "active_max_s": max(active),
                      "api_running_s": detail["running"], "bare_running_s": bare_running,
@@ -496,7 +484,7 @@ async def main() -> int:
             print(json.dumps(await parallel_rounds(args.parallel, args.rounds, root, image)))
             return 0
         active, init, _, _, _ = await api_boots(args.n, root, image)
-        bare, _, _, _ = await asyncio.to_thread(bare_boots, args.n, root, image)
+        bare, _, _ = await asyncio.to_thread(bare_boots, args.n, root, image)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"{'boot':>4} | {'API POST→ACTIVE':>16} | {'API POST→init done':>19} | {'bare start→init done':>21}")
