@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 
 import asyncpg
 
@@ -83,3 +86,27 @@ async def test_postgres_refusing_is_503_with_the_reason(cloud, pg_dsn):
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await admin.close()
     assert await probe(cloud) == (200, "text/plain", "OK")
+
+
+async def test_a_pooled_session_the_server_ends_mid_probe_is_not_postgres_unreachable(cloud, pg_dsn):
+    """A backend that a restart's terminate reaches only while a probe uses its pooled connection
+    (its exit is asynchronous: here it is held stopped until then) fails that one session; Postgres
+    itself answers, and the probe says so."""
+    database = await cloud.app[keys.DB].fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        pids = [r["pid"] for r in await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", database)]
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", pids)
+            probing = asyncio.create_task(probe(cloud))
+            await asyncio.sleep(0.3)  # the probe has sent its query on one of the stopped sessions
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        assert await probing == (200, "text/plain", "OK")
+    finally:
+        await admin.close()

@@ -41,16 +41,34 @@ class Result:
     details: str
 
 
+# What a session the server ended looks like to its client: terminated while idle (noticed on the
+# next use), mid-query, or mid-use inside asyncpg.
+_SESSION_ENDED = (asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError,
+                  asyncpg.InternalClientError)
+
+
+async def _compute_nodes(app: web.Application, service_down_time: int) -> list:
+    async with app[keys.DB].acquire() as conn:
+        return await catalog.list_compute_nodes(conn, service_down_time)
+
+
 async def run_checks(app: web.Application) -> tuple[list[Result], float | None, dict[str, str]]:
     """Postgres and the compute hosts in one query: the results, Postgres' latency in ms
     (None when it did not answer) and each configured host's ``up``/``down``."""
     config = app[keys.CONFIG]
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(POSTGRES_TIMEOUT), app[keys.DB].acquire() as conn:
-            nodes = await catalog.list_compute_nodes(conn, config.scheduler.service_down_time)
+        async with asyncio.timeout(POSTGRES_TIMEOUT):
+            try:
+                nodes = await _compute_nodes(app, config.scheduler.service_down_time)
+            except _SESSION_ENDED:
+                # A pooled session the server ended (a restart's terminate reaches each backend when
+                # it does, possibly mid-query): its siblings were most likely ended too, so the pool
+                # replaces them all, and whether Postgres answers is asked once more on a new
+                # connection, within the same time.
+                await app[keys.DB].expire_connections()
+                nodes = await _compute_nodes(app, config.scheduler.service_down_time)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-        # InternalClientError: a pooled connection whose session the server ended mid-use.
         reason = Result("postgres", False, "postgres unreachable", f"{type(exc).__name__}: {exc}".rstrip(": "))
         return [reason], None, {}
     latency = round((time.perf_counter() - started) * 1000, 2)
